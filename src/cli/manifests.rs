@@ -1,0 +1,464 @@
+//! `validate`, `diff`, `apply` and `get`: manifests from the project's directories (or the
+//! paths given) through validation, the plan, and the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::diagnostics::{count, Diagnostic};
+use crate::manifest::Kind;
+use crate::reconcile::{self, diff::render_change, ApplyOptions, DesiredSet, Plan};
+use crate::source::dir::{self, DirOptions, SourcePath};
+use crate::source::Snapshot;
+use crate::store::{ObjectKey, ObjectRecord, Store};
+
+/// Arguments of `validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Files or directories (default: the configured manifest directories).
+    pub paths: Vec<PathBuf>,
+    /// Output format: table (compiler-style diagnostics) or json.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Files or directories (default: the configured manifest directories).
+    pub paths: Vec<PathBuf>,
+}
+
+/// Arguments of `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Files or directories (default: the configured manifest directories).
+    pub paths: Vec<PathBuf>,
+    /// Show what would be done; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove objects whose manifests are gone.
+    #[arg(long)]
+    pub prune: bool,
+    /// Output format: table (one line per change) or json.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Only objects of this kind (workflow, schedule, alert, trigger, agent, workflowtemplate).
+    #[arg(value_parser = parse_kind)]
+    pub kind: Option<Kind>,
+    /// Only the object with this id.
+    pub id: Option<String>,
+    /// Include pruned objects.
+    #[arg(long)]
+    pub all: bool,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+fn parse_kind(text: &str) -> Result<Kind, String> {
+    Kind::parse(text).ok_or_else(|| {
+        format!(
+            "unknown kind `{text}`: expected one of {}",
+            Kind::ALL.map(|k| k.as_str().to_lowercase()).join(", ")
+        )
+    })
+}
+
+/// The manifests the command works on, read into memory.
+struct Loaded {
+    snapshot: Snapshot,
+    desired: DesiredSet,
+    /// Source paths given on the command line, as shown in records (for scoping deletions).
+    scope: Option<Vec<String>>,
+}
+
+fn load(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
+    let config = &context.config;
+    let (source_paths, scope): (Vec<SourcePath>, _) = if paths.is_empty() {
+        let paths = config
+            .config
+            .manifests
+            .paths
+            .iter()
+            .map(|p| SourcePath {
+                path: config.resolve(p),
+                required: false,
+            })
+            .collect();
+        (paths, None)
+    } else {
+        let shown = paths
+            .iter()
+            .map(|p| {
+                let p = p.strip_prefix(&config.project_dir).unwrap_or(p);
+                let p = p.strip_prefix("./").unwrap_or(p);
+                p.display().to_string().trim_end_matches('/').to_owned()
+            })
+            .collect();
+        let paths = paths
+            .iter()
+            .map(|p| SourcePath {
+                path: p.clone(),
+                required: true,
+            })
+            .collect();
+        (paths, Some(shown))
+    };
+    let snapshot = dir::load(
+        &source_paths,
+        &DirOptions {
+            root: config.project_dir.clone(),
+            max_file_bytes: config.config.manifests.max_file_bytes,
+        },
+    )?;
+    let desired = reconcile::desired_set(&snapshot);
+    Ok(Loaded {
+        snapshot,
+        desired,
+        scope,
+    })
+}
+
+/// Renders diagnostics with source snippets.
+fn render_diagnostics(snapshot: &Snapshot, diagnostics: &[Diagnostic], color: bool) -> String {
+    let texts: HashMap<&str, &str> = snapshot
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), f.text.as_str()))
+        .collect();
+    diagnostics
+        .iter()
+        .map(|d| d.render(texts.get(d.file.as_str()).copied(), color) + "\n")
+        .collect()
+}
+
+fn problems_line(diagnostics: &[Diagnostic]) -> String {
+    let (errors, warnings) = count(diagnostics);
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    format!("{}, {}", plural(errors, "error"), plural(warnings, "warning"))
+}
+
+/// `validate`.
+pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
+    context.init_logging(false)?;
+    let loaded = load(context, &args.paths)?;
+    let desired = &loaded.desired;
+    let objects = desired.objects.len() + desired.invalid.len();
+    let files = loaded.snapshot.files.len() + count_unreadable(&loaded.snapshot);
+    let mut out = std::io::stdout().lock();
+    if args.output == OutputFormat::Json || args.output == OutputFormat::Yaml {
+        let (errors, warnings) = count(&desired.diagnostics);
+        let report = serde_json::json!({
+            "revision": desired.revision,
+            "files": files,
+            "objects": objects,
+            "errors": errors,
+            "warnings": warnings,
+            "diagnostics": desired.diagnostics,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(
+            out,
+            "{}",
+            render_diagnostics(&loaded.snapshot, &desired.diagnostics, context.color)
+        )?;
+        writeln!(
+            out,
+            "validated {objects} object{} in {files} file{}: {}",
+            if objects == 1 { "" } else { "s" },
+            if files == 1 { "" } else { "s" },
+            problems_line(&desired.diagnostics)
+        )?;
+    }
+    Ok(if desired.has_errors() {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    })
+}
+
+fn count_unreadable(snapshot: &Snapshot) -> usize {
+    let mut files: Vec<&str> = snapshot
+        .diagnostics
+        .iter()
+        .map(|d| d.file.as_str())
+        .collect();
+    files.dedup();
+    files.len()
+}
+
+/// The store's records, with deletions limited to the paths given on the command line.
+fn applied_in_scope(
+    store: &Store,
+    scope: &Option<Vec<String>>,
+    desired: &DesiredSet,
+) -> Result<(BTreeMap<ObjectKey, ObjectRecord>, BTreeMap<ObjectKey, ObjectRecord>)> {
+    let all = store.objects()?;
+    let Some(scope) = scope else {
+        return Ok((all.clone(), all));
+    };
+    let in_scope = |file: &str| {
+        scope
+            .iter()
+            .any(|s| s == "." || file == s || file.starts_with(&format!("{s}/")))
+    };
+    let scoped = all
+        .iter()
+        .filter(|(key, record)| {
+            in_scope(&record.source_file)
+                || desired.objects.contains_key(*key)
+                || desired.invalid.contains_key(*key)
+        })
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    Ok((scoped, all))
+}
+
+/// `diff`.
+pub fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let loaded = load(context, &args.paths)?;
+    let store = Store::open(&context.data_dir())?;
+    let (applied, _) = applied_in_scope(&store, &loaded.scope, &loaded.desired)?;
+    let plan = reconcile::diff(&loaded.desired, &applied);
+    eprint!(
+        "{}",
+        render_diagnostics(
+            &loaded.snapshot,
+            &loaded.desired.diagnostics,
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && context.color
+        )
+    );
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", render_plan(&plan, context.color))?;
+    writeln!(out, "{}", plan.summary())?;
+    Ok(if loaded.desired.has_errors() {
+        EXIT_ERROR
+    } else if plan.has_changes() {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    })
+}
+
+fn render_plan(plan: &Plan, color: bool) -> String {
+    let (bold, reset) = if color {
+        ("\x1b[1m", "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let mut out = String::new();
+    for (changes, what) in [
+        (&plan.create, "create"),
+        (&plan.update, "update"),
+        (&plan.delete, "delete (manifest removed; apply --prune removes it)"),
+    ] {
+        for change in changes {
+            out.push_str(&format!(
+                "{bold}{} {} ({}): {what}{reset}\n",
+                change.key.kind, change.key.id, change.file
+            ));
+            out.push_str(&render_change(change, color));
+        }
+    }
+    for held in &plan.invalid {
+        let note = if held.last_good_in_force {
+            "invalid manifest: the last good version stays in force"
+        } else {
+            "invalid manifest: not applied"
+        };
+        out.push_str(&format!(
+            "{bold}{} {} ({}): {note}{reset}\n",
+            held.key.kind, held.key.id, held.file
+        ));
+    }
+    for key in &plan.kept {
+        out.push_str(&format!(
+            "{bold}{} {}: kept, its file cannot be read{reset}\n",
+            key.kind, key.id
+        ));
+    }
+    out
+}
+
+/// `apply`.
+pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let loaded = load(context, &args.paths)?;
+    let store = Store::open(&context.data_dir())?;
+    let (applied, all) = applied_in_scope(&store, &loaded.scope, &loaded.desired)?;
+    let plan = reconcile::diff(&loaded.desired, &applied);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let report = reconcile::apply(
+        &store,
+        &loaded.desired,
+        &all,
+        &plan,
+        &ApplyOptions {
+            prune: args.prune,
+            dry_run: args.dry_run,
+            source: "dir".to_owned(),
+        },
+        &now,
+    )?;
+    tracing::info!(
+        revision = %report.revision,
+        created = report.created.len(),
+        updated = report.updated.len(),
+        pruned = report.pruned.len(),
+        unchanged = report.unchanged,
+        invalid = report.invalid.len(),
+        dry_run = report.dry_run,
+        "apply finished"
+    );
+    let mut out = std::io::stdout().lock();
+    if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
+        let mut value = serde_json::to_value(&report)?;
+        value["diagnostics"] = serde_json::to_value(&loaded.desired.diagnostics)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        eprint!(
+            "{}",
+            render_diagnostics(&loaded.snapshot, &loaded.desired.diagnostics, false)
+        );
+        let suffix = if args.dry_run { " (dry run)" } else { "" };
+        for (keys, verb) in [
+            (&report.created, "created"),
+            (&report.updated, "configured"),
+            (&report.pruned, "pruned"),
+        ] {
+            for key in keys {
+                writeln!(out, "{} {} {verb}{suffix}", key.kind, key.id)?;
+            }
+        }
+        for key in &report.not_pruned {
+            writeln!(
+                out,
+                "{} {} not pruned: its manifest is gone (apply --prune removes it)",
+                key.kind, key.id
+            )?;
+        }
+        for held in &plan.invalid {
+            let what = if held.last_good_in_force {
+                "invalid: the last good version stays in force"
+            } else {
+                "invalid: not applied"
+            };
+            writeln!(out, "{} {} {what}", held.key.kind, held.key.id)?;
+        }
+        for key in &report.kept {
+            writeln!(
+                out,
+                "{} {} kept: its file cannot be read",
+                key.kind, key.id
+            )?;
+        }
+        writeln!(
+            out,
+            "{}revision {}: {} created, {} configured, {} pruned, {} unchanged, {} invalid; {}",
+            if args.dry_run { "dry run, nothing written: " } else { "applied " },
+            report.revision,
+            report.created.len(),
+            report.updated.len(),
+            report.pruned.len(),
+            report.unchanged,
+            report.invalid.len(),
+            problems_line(&loaded.desired.diagnostics)
+        )?;
+    }
+    Ok(if loaded.desired.has_errors() {
+        EXIT_FINDINGS
+    } else {
+        EXIT_OK
+    })
+}
+
+/// `get`.
+pub fn get(context: &Context, args: &GetArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let store = Store::open(&context.data_dir())?;
+    let records: Vec<ObjectRecord> = store
+        .objects()?
+        .into_values()
+        .filter(|r| args.kind.is_none_or(|k| r.key.kind == k))
+        .filter(|r| args.id.as_ref().is_none_or(|id| &r.key.id == id))
+        .filter(|r| args.all || r.status != crate::store::ObjectStatus::Pruned)
+        .collect();
+    if args.id.is_some() && records.is_empty() {
+        anyhow::bail!(
+            "no {} with id `{}` in the store",
+            args.kind.map_or("object".to_owned(), |k| k.to_string()),
+            args.id.as_deref().unwrap_or_default()
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
+        OutputFormat::Yaml => write!(
+            out,
+            "{}",
+            reconcile::diff::to_yaml(&serde_json::to_value(&records)?)
+        )?,
+        OutputFormat::Table => {
+            let rows: Vec<[String; 6]> = records
+                .iter()
+                .map(|r| {
+                    [
+                        r.key.kind.to_string(),
+                        r.key.id.clone(),
+                        r.name.clone(),
+                        serde_json::to_value(r.status)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        r.applied_revision.clone().unwrap_or_else(|| "-".into()),
+                        r.source_file.clone(),
+                    ]
+                })
+                .collect();
+            write!(
+                out,
+                "{}",
+                table(&["KIND", "ID", "NAME", "STATUS", "REVISION", "FILE"], &rows)
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if index + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}

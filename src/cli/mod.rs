@@ -1,0 +1,154 @@
+//! The command line: clap types, the shared context every command gets, and dispatch. One
+//! file per command group.
+
+mod config_cmd;
+mod init;
+mod manifests;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, ConfigOptions, Environment, LoadedConfig};
+
+/// Exit code: the command did what was asked and found nothing wrong.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the command ran and found problems or differences.
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit code: the command could not do its job (usage, IO, store in use).
+pub const EXIT_ERROR: u8 = 2;
+
+/// Keep test automation in git: validate, diff and apply manifests of workflows, schedules,
+/// alerts and triggers.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Environment whose configuration to use.
+    #[arg(long, short = 'e', global = true, value_enum, env = "ORCHESTRATOR_ENVIRONMENT")]
+    pub environment: Option<Environment>,
+    /// Configuration file to use instead of config/<environment>.yaml.
+    #[arg(long, global = true, env = "ORCHESTRATOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory holding the store (overrides storage.data_dir).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Project directory: where config/ and the manifest directories are.
+    #[arg(long, short = 'C', global = true, default_value = ".")]
+    pub project_dir: PathBuf,
+    /// Debug logging on stderr and in the log file.
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+    /// Never colour the output (NO_COLOR and a non-terminal output do the same).
+    #[arg(long, global = true)]
+    pub no_color: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats of listing commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Human-readable text.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scaffold a project: configuration for the four environments, manifest directories with
+    /// working examples, and a .gitignore.
+    Init(init::InitArgs),
+    /// Check manifests against the schemas and the semantic rules; exit 1 on errors.
+    Validate(manifests::ValidateArgs),
+    /// Show what apply would change; exit 0 no differences, 1 differences, 2 error.
+    Diff(manifests::DiffArgs),
+    /// Apply manifests to the store.
+    Apply(manifests::ApplyArgs),
+    /// List the objects in the store.
+    Get(manifests::GetArgs),
+    /// Show or validate configuration.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+/// What every command gets: the parsed flags, the configuration and output settings.
+pub struct Context {
+    /// The global flags.
+    pub cli: Cli,
+    /// The effective configuration.
+    pub config: LoadedConfig,
+    /// Whether stdout gets ANSI colours.
+    pub color: bool,
+}
+
+impl Context {
+    /// The data directory: `--data-dir`, else the configuration's.
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.cli.data_dir {
+            Some(dir) => dir.clone(),
+            None => self.config.resolve(&self.config.config.storage.data_dir),
+        }
+    }
+
+    /// Starts logging to stderr and, when `to_file`, to the log directory.
+    pub fn init_logging(&self, to_file: bool) -> Result<()> {
+        let dir = self.config.resolve(&self.config.config.logging.dir);
+        crate::logging::init(
+            self.cli.verbose,
+            &self.config.config.logging.level,
+            to_file.then_some(dir.as_path()),
+        )?;
+        Ok(())
+    }
+}
+
+/// Parses the process arguments and runs the command.
+pub fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    run_cli(cli)
+}
+
+/// Runs a parsed command line.
+pub fn run_cli(cli: Cli) -> Result<ExitCode> {
+    // These two must work without a loadable configuration.
+    match &cli.command {
+        Command::Init(args) => {
+            crate::logging::init(cli.verbose, "info", None)?;
+            return init::run(&cli, args).map(ExitCode::from);
+        }
+        Command::Config(config_cmd::ConfigCommand::Validate) => {
+            crate::logging::init(cli.verbose, "info", None)?;
+            return config_cmd::validate(&cli).map(ExitCode::from);
+        }
+        _ => {}
+    }
+    let config = config::load(&ConfigOptions {
+        project_dir: cli.project_dir.clone(),
+        environment: cli.environment,
+        config_file: cli.config.clone(),
+        env_vars: std::env::vars().collect(),
+    })
+    .context("cannot load configuration")?;
+    let color = !cli.no_color
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::io::stdout().is_terminal();
+    let context = Context { cli, config, color };
+    let code = match &context.cli.command {
+        Command::Validate(args) => manifests::validate(&context, args)?,
+        Command::Diff(args) => manifests::diff(&context, args)?,
+        Command::Apply(args) => manifests::apply(&context, args)?,
+        Command::Get(args) => manifests::get(&context, args)?,
+        Command::Config(command) => config_cmd::run(&context, command)?,
+        Command::Init(_) => EXIT_OK,
+    };
+    Ok(ExitCode::from(code))
+}

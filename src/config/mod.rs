@@ -1,0 +1,440 @@
+//! Configuration per environment (development, testing, staging, production): the embedded
+//! defaults, then the project's `config/<environment>.yaml` (or `--config FILE`), then
+//! `ORCHESTRATOR_*` environment variables, then command-line flags. The file is validated
+//! against `schemas/config.json` with the same diagnostics as manifests.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::diagnostics::Diagnostic;
+use crate::manifest::parse;
+use crate::schema::{self, SchemaName};
+
+/// The environments a project can run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Local development, debug logging.
+    #[default]
+    Development,
+    /// Automated testing.
+    Testing,
+    /// Pre-production testing.
+    Staging,
+    /// Live production.
+    Production,
+}
+
+impl Environment {
+    /// Every environment.
+    pub const ALL: [Environment; 4] = [
+        Environment::Development,
+        Environment::Testing,
+        Environment::Staging,
+        Environment::Production,
+    ];
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Testing => "testing",
+            Environment::Staging => "staging",
+            Environment::Production => "production",
+        }
+    }
+
+    /// The embedded default configuration file (also what `init` writes).
+    pub fn default_file(self) -> &'static str {
+        match self {
+            Environment::Development => include_str!("../../config/development.yaml"),
+            Environment::Testing => include_str!("../../config/testing.yaml"),
+            Environment::Staging => include_str!("../../config/staging.yaml"),
+            Environment::Production => include_str!("../../config/production.yaml"),
+        }
+    }
+
+    /// The project-relative path of the environment's configuration file.
+    pub fn file_path(self) -> PathBuf {
+        Path::new("config").join(format!("{}.yaml", self.as_str()))
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The environment this configuration is for.
+    pub environment: Environment,
+    /// The API and dashboard server.
+    pub server: ServerConfig,
+    /// The sled store.
+    pub storage: StorageConfig,
+    /// Log level and directory.
+    pub logging: LoggingConfig,
+    /// Where reports are written.
+    pub reports_dir: PathBuf,
+    /// Where manifests are read from.
+    pub manifests: ManifestsConfig,
+    /// Run execution limits.
+    pub runs: RunsConfig,
+    /// Schedule defaults.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Server settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind.
+    pub port: u16,
+    /// Reference to the API token (`env:NAME` or `file:PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+    /// Largest request body accepted.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+fn default_max_body_bytes() -> u64 {
+    25 * 1024 * 1024
+}
+
+/// Store settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The data directory holding the sled store.
+    pub data_dir: PathBuf,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Level written to `logs/system.log`: error, warn, info, debug, trace.
+    pub level: String,
+    /// The log directory.
+    pub dir: PathBuf,
+}
+
+/// Manifest source settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestsConfig {
+    /// Directories (or files) holding manifests, relative to the project.
+    pub paths: Vec<PathBuf>,
+    /// Largest manifest file read.
+    pub max_file_bytes: u64,
+}
+
+/// Run settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunsConfig {
+    /// Runs kept per workflow.
+    pub history_limit: u32,
+    /// Steps of one run that may run at once.
+    pub max_parallel: u32,
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Default time zone of schedules.
+    pub timezone: String,
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOptions {
+    /// The project directory (relative paths in the configuration are relative to it).
+    pub project_dir: PathBuf,
+    /// The environment; `None` means development.
+    pub environment: Option<Environment>,
+    /// An explicit configuration file instead of `config/<environment>.yaml`.
+    pub config_file: Option<PathBuf>,
+    /// Environment variables to apply (name, value); normally `std::env::vars()`.
+    pub env_vars: Vec<(String, String)>,
+}
+
+/// The configuration and what it was built from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The effective configuration.
+    pub config: Config,
+    /// The file used, if any (otherwise only the embedded defaults).
+    pub file: Option<PathBuf>,
+    /// Environment variables that overrode a setting.
+    pub overrides: Vec<String>,
+    /// The project directory.
+    pub project_dir: PathBuf,
+}
+
+impl LoadedConfig {
+    /// A configured path resolved against the project directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.project_dir.join(path)
+        }
+    }
+}
+
+/// What can go wrong loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file cannot be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is invalid.
+    #[error("{}", render_invalid(.diagnostics))]
+    Invalid {
+        /// Every problem found.
+        diagnostics: Vec<Diagnostic>,
+    },
+    /// An environment variable holds an unusable value.
+    #[error("environment variable {name}={value:?} is invalid: {expected}")]
+    BadVariable {
+        /// The variable.
+        name: String,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: String,
+    },
+}
+
+fn render_invalid(diagnostics: &[Diagnostic]) -> String {
+    let lines: Vec<String> = diagnostics.iter().map(Diagnostic::one_line).collect();
+    format!("invalid configuration:\n{}", lines.join("\n"))
+}
+
+/// Validates a configuration file's text, returning its value and every problem.
+pub fn check_text(file: &str, text: &str) -> (Option<Value>, Vec<Diagnostic>) {
+    let mut documents = match parse::parse_yaml(text) {
+        Ok(documents) => documents,
+        Err(err) => {
+            return (
+                None,
+                vec![Diagnostic::error(file, err.line, err.column, "", err.message)],
+            )
+        }
+    };
+    if documents.len() > 1 {
+        return (
+            None,
+            vec![Diagnostic::error(
+                file,
+                0,
+                0,
+                "",
+                "expected one YAML document in a configuration file".to_owned(),
+            )],
+        );
+    }
+    let Some(document) = documents.pop() else {
+        return (Some(Value::Object(Default::default())), Vec::new());
+    };
+    let diagnostics: Vec<Diagnostic> = schema::validate(SchemaName::Config, &document.value)
+        .into_iter()
+        .map(|v| {
+            let (line, column) = document.locations.locate(&v.pointer, v.at_key);
+            Diagnostic::error(file, line, column, &v.pointer, v.message)
+        })
+        .collect();
+    (Some(document.value), diagnostics)
+}
+
+/// Loads the effective configuration.
+pub fn load(options: &ConfigOptions) -> Result<LoadedConfig, ConfigError> {
+    let environment = options.environment.unwrap_or_default();
+    let mut merged = embedded_defaults(environment);
+    let file = match &options.config_file {
+        Some(path) => Some(options.project_dir.join(path)),
+        None => {
+            let path = options.project_dir.join(environment.file_path());
+            path.exists().then_some(path)
+        }
+    };
+    if let Some(path) = &file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let shown = path
+            .strip_prefix(&options.project_dir)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let (value, diagnostics) = check_text(&shown, &text);
+        if !diagnostics.is_empty() {
+            return Err(ConfigError::Invalid { diagnostics });
+        }
+        if let Some(value) = value {
+            merge(&mut merged, value);
+        }
+    }
+    if let Value::Object(map) = &mut merged {
+        // The environment asked for wins over what a file says, so that `--environment
+        // production --config other.yaml` still reports production.
+        map.insert("environment".into(), Value::from(environment.as_str()));
+    }
+    let mut config: Config =
+        serde_json::from_value(merged).map_err(|err| ConfigError::Invalid {
+            diagnostics: vec![Diagnostic::error(
+                &file
+                    .as_ref()
+                    .map_or("<defaults>".to_owned(), |p| p.display().to_string()),
+                0,
+                0,
+                "",
+                err.to_string(),
+            )],
+        })?;
+    let overrides = apply_env_vars(&mut config, &options.env_vars)?;
+    Ok(LoadedConfig {
+        config,
+        file,
+        overrides,
+        project_dir: options.project_dir.clone(),
+    })
+}
+
+fn embedded_defaults(environment: Environment) -> Value {
+    // The embedded files are covered by tests; they always parse.
+    parse::parse_yaml(environment.default_file())
+        .ok()
+        .and_then(|mut docs| docs.pop())
+        .map(|d| d.value)
+        .unwrap_or(Value::Object(Default::default()))
+}
+
+/// Deep-merges `overlay` into `base`: mappings merge key by key, anything else replaces.
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+fn apply_env_vars(
+    config: &mut Config,
+    vars: &[(String, String)],
+) -> Result<Vec<String>, ConfigError> {
+    let mut applied = Vec::new();
+    for (name, value) in vars {
+        let bad = |expected: &str| ConfigError::BadVariable {
+            name: name.clone(),
+            value: value.clone(),
+            expected: expected.to_owned(),
+        };
+        match name.as_str() {
+            "ORCHESTRATOR_HOST" => config.server.host = value.clone(),
+            "ORCHESTRATOR_PORT" => {
+                config.server.port = value
+                    .parse()
+                    .map_err(|_| bad("expected a port number from 0 to 65535"))?
+            }
+            "ORCHESTRATOR_DATA_DIR" => config.storage.data_dir = value.into(),
+            "ORCHESTRATOR_LOG_DIR" => config.logging.dir = value.into(),
+            "ORCHESTRATOR_REPORTS_DIR" => config.reports_dir = value.into(),
+            "ORCHESTRATOR_LOG_LEVEL" => {
+                if !LOG_LEVELS.contains(&value.as_str()) {
+                    return Err(bad("expected one of error, warn, info, debug, trace"));
+                }
+                config.logging.level = value.clone();
+            }
+            "ORCHESTRATOR_API_TOKEN" => {
+                if !(value.starts_with("env:") || value.starts_with("file:")) {
+                    return Err(bad(
+                        "expected a reference such as env:NAME or file:PATH, never the token itself",
+                    ));
+                }
+                config.server.api_token = Some(value.clone());
+            }
+            _ => continue,
+        }
+        applied.push(name.clone());
+    }
+    applied.sort();
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid_for_every_environment() {
+        for environment in Environment::ALL {
+            let (_, diagnostics) = check_text("x.yaml", environment.default_file());
+            assert!(diagnostics.is_empty(), "{environment}: {diagnostics:?}");
+            let loaded = load(&ConfigOptions {
+                environment: Some(environment),
+                project_dir: PathBuf::from("/nonexistent"),
+                ..ConfigOptions::default()
+            })
+            .unwrap();
+            assert_eq!(loaded.config.environment, environment);
+        }
+    }
+
+    #[test]
+    fn env_vars_override_and_are_checked() {
+        let mut options = ConfigOptions {
+            project_dir: PathBuf::from("/nonexistent"),
+            env_vars: vec![("ORCHESTRATOR_PORT".into(), "9000".into())],
+            ..ConfigOptions::default()
+        };
+        let loaded = load(&options).unwrap();
+        assert_eq!(loaded.config.server.port, 9000);
+        assert_eq!(loaded.overrides, ["ORCHESTRATOR_PORT"]);
+        options.env_vars = vec![("ORCHESTRATOR_PORT".into(), "http".into())];
+        let err = load(&options).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "environment variable ORCHESTRATOR_PORT=\"http\" is invalid: expected a port number from 0 to 65535"
+        );
+    }
+
+    #[test]
+    fn invalid_file_reports_line_and_field() {
+        let (_, diagnostics) = check_text("config/x.yaml", "server:\n  port: http\n");
+        assert_eq!(diagnostics.len(), 1);
+        assert_eq!(
+            diagnostics[0].one_line(),
+            "config/x.yaml:2:9: error: expected an integer, found `http` (at /server/port)"
+        );
+    }
+}

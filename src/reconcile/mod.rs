@@ -1,0 +1,261 @@
+//! Reconciliation: from a snapshot of files to the desired set of objects ([`desired_set`],
+//! pure), from desired and applied state to a plan ([`diff`], pure), and from a plan to the
+//! store ([`apply`]).
+
+pub mod apply;
+pub mod diff;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rayon::prelude::*;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::diagnostics::Diagnostic;
+use crate::manifest::{self, parse, Kind, Manifest};
+use crate::schema::{self, semantic, SchemaName};
+use crate::source::{Snapshot, SourceFile};
+use crate::store::ObjectKey;
+
+pub use apply::{apply, ApplyOptions, ApplyReport};
+pub use diff::{diff, Change, Plan};
+
+/// A valid object the snapshot declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObject {
+    /// Kind and id.
+    pub key: ObjectKey,
+    /// The declared name.
+    pub name: String,
+    /// The manifest with aliases normalised.
+    pub spec: Value,
+    /// Content hash of the spec.
+    pub hash: String,
+    /// The file it is declared in.
+    pub file: String,
+}
+
+/// An object whose manifest in the snapshot is invalid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidObject {
+    /// The declared name.
+    pub name: String,
+    /// The file it is declared in.
+    pub file: String,
+    /// What is wrong.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// What a snapshot asks for.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredSet {
+    /// The snapshot's revision.
+    pub revision: String,
+    /// Valid objects by key.
+    pub objects: BTreeMap<ObjectKey, DesiredObject>,
+    /// Objects whose manifest is invalid, by key: their last good version stays in force.
+    pub invalid: BTreeMap<ObjectKey, InvalidObject>,
+    /// Files with problems that hide which objects they declare (syntax errors, unreadable
+    /// files, documents without a usable name): objects last seen in them are kept.
+    pub damaged_files: BTreeSet<String>,
+    /// Every diagnostic, sorted by file and position.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl DesiredSet {
+    /// Whether any diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Parses, validates and cross-checks every manifest of a snapshot.
+pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
+    let mut set = DesiredSet {
+        revision: snapshot.revision.clone(),
+        ..DesiredSet::default()
+    };
+    for diagnostic in &snapshot.diagnostics {
+        set.damaged_files.insert(diagnostic.file.clone());
+        set.diagnostics.push(diagnostic.clone());
+    }
+
+    // Files are independent until references are checked: parse and validate in parallel.
+    let per_file: Vec<FileResult> = snapshot.files.par_iter().map(check_file).collect();
+
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for result in per_file {
+        if result.damaged {
+            set.damaged_files.insert(result.file.clone());
+        }
+        set.diagnostics.extend(result.diagnostics);
+        candidates.extend(result.candidates);
+    }
+
+    // Ids must be unique within a kind across the whole snapshot.
+    let keyed: Vec<(Kind, String, &Manifest)> = candidates
+        .iter()
+        .map(|c| (c.manifest.kind, c.id.clone(), &c.manifest))
+        .collect();
+    for (index, diagnostic) in semantic::duplicate_ids(&keyed) {
+        candidates[index].diagnostics.push(diagnostic);
+    }
+
+    let catalog = semantic::Catalog::new(candidates.iter().map(|c| &c.manifest));
+    let references: Vec<Vec<Diagnostic>> = candidates
+        .par_iter()
+        .map(|c| semantic::check_references(&c.manifest, &catalog))
+        .collect();
+
+    let duplicated: BTreeSet<ObjectKey> = {
+        let mut seen = BTreeSet::new();
+        candidates
+            .iter()
+            .map(|c| c.key())
+            .filter(|k| !seen.insert(k.clone()))
+            .collect()
+    };
+    for (mut candidate, reference_diagnostics) in candidates.into_iter().zip(references) {
+        candidate.diagnostics.extend(reference_diagnostics);
+        let key = candidate.key();
+        let name = candidate.manifest.name().unwrap_or_default().to_owned();
+        let file = candidate.manifest.file.clone();
+        set.diagnostics.extend(candidate.diagnostics.iter().cloned());
+        if candidate.diagnostics.iter().any(Diagnostic::is_error) {
+            let entry = set.invalid.entry(key).or_insert_with(|| InvalidObject {
+                name,
+                file,
+                diagnostics: Vec::new(),
+            });
+            entry.diagnostics.extend(candidate.diagnostics);
+        } else if !duplicated.contains(&key) {
+            let hash = content_hash(&candidate.manifest.value);
+            set.objects.insert(
+                key.clone(),
+                DesiredObject {
+                    key,
+                    name,
+                    spec: candidate.manifest.value,
+                    hash,
+                    file,
+                },
+            );
+        }
+    }
+    set.diagnostics.sort_by(|a, b| {
+        (&a.file, a.line, a.column, &a.message).cmp(&(&b.file, b.line, b.column, &b.message))
+    });
+    set.diagnostics.dedup();
+    set
+}
+
+/// The content hash of a spec: SHA-256 of its JSON, first 16 hex digits.
+pub fn content_hash(spec: &Value) -> String {
+    let bytes = serde_json::to_vec(spec).unwrap_or_default();
+    Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A document that got as far as having a kind and an id.
+struct Candidate {
+    manifest: Manifest,
+    id: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Candidate {
+    fn key(&self) -> ObjectKey {
+        ObjectKey {
+            kind: self.manifest.kind,
+            id: self.id.clone(),
+        }
+    }
+}
+
+struct FileResult {
+    file: String,
+    damaged: bool,
+    candidates: Vec<Candidate>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Parses one file and validates each of its documents on its own.
+fn check_file(source: &SourceFile) -> FileResult {
+    let mut result = FileResult {
+        file: source.path.clone(),
+        damaged: false,
+        candidates: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    let is_json = source.path.ends_with(".json");
+    let documents = if is_json {
+        parse::parse_json(&source.text).map(|d| vec![d])
+    } else {
+        parse::parse_yaml(&source.text)
+    };
+    let documents = match documents {
+        Ok(documents) => documents,
+        Err(err) => {
+            result.damaged = true;
+            result.diagnostics.push(Diagnostic::error(
+                &source.path,
+                err.line,
+                err.column,
+                "",
+                err.message,
+            ));
+            return result;
+        }
+    };
+    let many = documents.len() > 1;
+    for (index, document) in documents.into_iter().enumerate() {
+        // In a multi-document YAML file, pointers start with the document's index.
+        let prefix = if many {
+            format!("/{index}")
+        } else {
+            String::new()
+        };
+        let (manifests, problems) = manifest::extract(&source.path, document, &prefix);
+        if problems.iter().any(Diagnostic::is_error) && manifests.is_empty() {
+            result.damaged = true;
+        }
+        result.diagnostics.extend(problems);
+        for manifest in manifests {
+            let mut diagnostics: Vec<Diagnostic> =
+                schema::validate(SchemaName::Manifest(manifest.kind), &manifest.value)
+                    .into_iter()
+                    .map(|v| manifest.error_at(&v.pointer, v.at_key, v.message))
+                    .collect();
+            let Some(id) = manifest.id() else {
+                if manifest.name().is_some_and(|n| !n.is_empty()) {
+                    diagnostics.push(manifest.error_at(
+                        "/name",
+                        false,
+                        "name must contain a letter or digit to derive an id from; or set `id`"
+                            .to_owned(),
+                    ));
+                } else if manifest.kind == Kind::WorkflowTemplate {
+                    diagnostics.push(manifest.error_at(
+                        "",
+                        false,
+                        "missing required field `name` (or the guide's `template`)".to_owned(),
+                    ));
+                }
+                // Without an id nothing can be tracked: the file keeps what it had.
+                result.damaged = true;
+                result.diagnostics.extend(diagnostics);
+                continue;
+            };
+            diagnostics.extend(semantic::check_object(&manifest));
+            result.candidates.push(Candidate {
+                manifest,
+                id,
+                diagnostics,
+            });
+        }
+    }
+    result
+}

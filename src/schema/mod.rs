@@ -1,0 +1,383 @@
+//! The JSON Schemas in `schemas/`, embedded and compiled once, and validation of manifests and
+//! configuration against them. The schemas are the single source of truth for the shape of a
+//! document; rules that a schema cannot express (references between objects, cycles, cron,
+//! durations, alert conditions) live in [`semantic`]. No IO.
+
+pub mod semantic;
+
+use std::sync::OnceLock;
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::Validator;
+use serde_json::Value;
+
+use crate::manifest::{describe_type, Kind};
+
+/// The configuration schema, as published in `schemas/config.json`.
+pub const CONFIG_SCHEMA: &str = include_str!("../../schemas/config.json");
+
+/// The schema text of a kind, as published in `schemas/`.
+pub fn schema_text(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Workflow => include_str!("../../schemas/workflow.json"),
+        Kind::WorkflowTemplate => include_str!("../../schemas/workflow-template.json"),
+        Kind::Agent => include_str!("../../schemas/agent.json"),
+        Kind::Schedule => include_str!("../../schemas/schedule.json"),
+        Kind::Alert => include_str!("../../schemas/alert.json"),
+        Kind::Trigger => include_str!("../../schemas/trigger.json"),
+    }
+}
+
+/// The file name of a kind's schema under `schemas/`.
+pub fn schema_file(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Workflow => "workflow.json",
+        Kind::WorkflowTemplate => "workflow-template.json",
+        Kind::Agent => "agent.json",
+        Kind::Schedule => "schedule.json",
+        Kind::Alert => "alert.json",
+        Kind::Trigger => "trigger.json",
+    }
+}
+
+/// Which schema to validate against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaName {
+    /// A manifest kind's schema.
+    Manifest(Kind),
+    /// The configuration schema.
+    Config,
+}
+
+/// One schema violation: where (JSON pointer), whether it concerns the key rather than the
+/// value there, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON pointer to the offending node.
+    pub pointer: String,
+    /// The pointer names a mapping key that should not be there: locate the key.
+    pub at_key: bool,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+struct Compiled {
+    schema: Value,
+    validator: Validator,
+}
+
+fn compiled(name: SchemaName) -> &'static Compiled {
+    static CACHE: OnceLock<Vec<Compiled>> = OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        let mut texts: Vec<&str> = Kind::ALL.iter().map(|k| schema_text(*k)).collect();
+        texts.push(CONFIG_SCHEMA);
+        texts
+            .into_iter()
+            .map(|text| {
+                // The schemas are part of the binary and covered by tests: a broken one is a
+                // build defect, not an input error.
+                let schema: Value = serde_json::from_str(text).expect("embedded schema is JSON");
+                let validator = jsonschema::options()
+                    .should_validate_formats(true)
+                    .with_format("duration", |s: &str| {
+                        crate::duration::parse_duration(s).is_ok()
+                    })
+                    .with_format("cron", |s: &str| crate::cron::CronSchedule::parse(s).is_ok())
+                    .with_format("condition", |s: &str| {
+                        crate::condition::parse_condition(s).is_ok()
+                    })
+                    .build(&schema)
+                    .expect("embedded schema compiles");
+                Compiled { schema, validator }
+            })
+            .collect()
+    });
+    let index = match name {
+        SchemaName::Manifest(kind) => Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0),
+        SchemaName::Config => Kind::ALL.len(),
+    };
+    &all[index]
+}
+
+/// Validates a value against a schema, returning every violation with a message that says
+/// what was expected.
+pub fn validate(name: SchemaName, value: &Value) -> Vec<Violation> {
+    let compiled = compiled(name);
+    if compiled.validator.is_valid(value) {
+        return Vec::new();
+    }
+    let mut violations: Vec<Violation> = compiled
+        .validator
+        .iter_errors(value)
+        .map(|error| {
+            let pointer = error.instance_path().as_str().to_owned();
+            let schema_path = error.schema_path().as_str().to_owned();
+            describe(
+                &compiled.schema,
+                &schema_path,
+                pointer,
+                error.kind(),
+                error.instance(),
+                || error.to_string(),
+            )
+        })
+        .collect();
+    violations.sort_by(|a, b| a.pointer.cmp(&b.pointer).then(a.message.cmp(&b.message)));
+    violations.dedup();
+    violations
+}
+
+fn describe(
+    schema: &Value,
+    schema_path: &str,
+    pointer: String,
+    kind: &ValidationErrorKind,
+    instance: &Value,
+    fallback: impl FnOnce() -> String,
+) -> Violation {
+    let plain = |message: String| Violation {
+        pointer: pointer.clone(),
+        at_key: false,
+        message,
+    };
+    match kind {
+        ValidationErrorKind::Required { property } => {
+            let field = property.as_str().unwrap_or_default();
+            plain(format!("missing required field `{field}`"))
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let field = unexpected.first().cloned().unwrap_or_default();
+            let allowed = allowed_properties(schema, schema_path);
+            let hint = did_you_mean(&field, allowed.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            Violation {
+                pointer: format!(
+                    "{pointer}/{}",
+                    crate::diagnostics::escape_pointer_segment(&field)
+                ),
+                at_key: true,
+                message: format!(
+                    "unknown field `{field}`{hint} (expected one of: {})",
+                    allowed.join(", ")
+                ),
+            }
+        }
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => type_name(&t.to_string()),
+                TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|t| type_name(&t.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            plain(format!(
+                "expected {expected}, found {}",
+                describe_value(instance)
+            ))
+        }
+        ValidationErrorKind::Enum { options } => plain(format!(
+            "expected one of {}, found {}",
+            list_values(options),
+            describe_value(instance)
+        )),
+        ValidationErrorKind::Constant { expected_value } => plain(format!(
+            "expected {expected_value}, found {}",
+            describe_value(instance)
+        )),
+        ValidationErrorKind::Format { format } => {
+            let text = instance.as_str().unwrap_or_default();
+            plain(semantic::format_message(format, text))
+        }
+        ValidationErrorKind::Pattern { pattern } => plain(format!(
+            "{} does not match the expected form `{pattern}`{}",
+            describe_value(instance),
+            pattern_hint(schema_path)
+        )),
+        ValidationErrorKind::MinItems { limit } => plain(format!(
+            "expected at least {limit} item{}, found {}",
+            if *limit == 1 { "" } else { "s" },
+            instance.as_array().map_or(0, Vec::len)
+        )),
+        ValidationErrorKind::MinLength { limit: 1 } => plain("must not be empty".to_owned()),
+        ValidationErrorKind::UniqueItems => plain(format!(
+            "expected unique items, found duplicates in {}",
+            describe_value(instance)
+        )),
+        ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
+            let description = sub_schema(schema, schema_path)
+                .and_then(|s| s.get("description"))
+                .and_then(Value::as_str)
+                .map(|d| format!(": {}", lowercase_first(d)))
+                .unwrap_or_default();
+            plain(format!(
+                "{} is not an accepted value{description}",
+                describe_value(instance)
+            ))
+        }
+        _ => plain(fallback()),
+    }
+}
+
+/// The schema node a schema path (without its last keyword) points at.
+fn sub_schema<'a>(schema: &'a Value, schema_path: &str) -> Option<&'a Value> {
+    let parent = schema_path.rsplit_once('/').map_or("", |(p, _)| p);
+    schema.pointer(parent)
+}
+
+fn allowed_properties(schema: &Value, schema_path: &str) -> Vec<String> {
+    let mut names: Vec<String> = sub_schema(schema, schema_path)
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    // Fields declared in if/then/else branches of the same object count too.
+    if let Some(node) = sub_schema(schema, schema_path) {
+        for branch in ["then", "else"] {
+            if let Some(props) = node
+                .get(branch)
+                .and_then(|b| b.get("properties"))
+                .and_then(Value::as_object)
+            {
+                names.extend(props.keys().cloned());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn pattern_hint(schema_path: &str) -> &'static str {
+    if schema_path.ends_with("/secret/pattern") || schema_path.ends_with("/api_token/pattern") {
+        " (a reference such as env:NAME or file:PATH, never the secret itself)"
+    } else if schema_path.ends_with("/id/pattern") {
+        " (lowercase letters, digits, `_`, `.` and `-`)"
+    } else {
+        ""
+    }
+}
+
+fn type_name(json_type: &str) -> String {
+    match json_type {
+        "object" => "a mapping".to_owned(),
+        "array" => "an array".to_owned(),
+        "integer" => "an integer".to_owned(),
+        other => format!("a {other}"),
+    }
+}
+
+fn list_values(options: &Value) -> String {
+    options
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => format!("`{s}`"),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// A short description of a value for messages: `"text"`, `5`, `an array`.
+pub fn describe_value(value: &Value) -> String {
+    match value {
+        Value::String(s) if s.chars().count() <= 60 => format!("`{s}`"),
+        Value::Number(n) => format!("`{n}`"),
+        Value::Bool(b) => format!("`{b}`"),
+        other => describe_type(other).to_owned(),
+    }
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The closest candidate within a small edit distance, for "did you mean" hints.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(word, candidate), candidate))
+        .filter(|(distance, candidate)| {
+            *distance <= 2.max(word.chars().count().min(candidate.chars().count()) / 3)
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_embedded_schema_compiles() {
+        for kind in Kind::ALL {
+            let _ = compiled(SchemaName::Manifest(kind));
+        }
+        let _ = compiled(SchemaName::Config);
+    }
+
+    #[test]
+    fn unknown_field_suggests_the_closest() {
+        let violations = validate(
+            SchemaName::Manifest(Kind::Workflow),
+            &json!({"name": "a", "stesp": [], "steps": [{"name": "x"}]}),
+        );
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].pointer, "/stesp");
+        assert!(violations[0].at_key);
+        assert!(
+            violations[0]
+                .message
+                .starts_with("unknown field `stesp`; did you mean `steps`?"),
+            "{}",
+            violations[0].message
+        );
+    }
+
+    #[test]
+    fn type_and_required_messages_say_what_was_expected() {
+        let violations = validate(
+            SchemaName::Manifest(Kind::Schedule),
+            &json!({"name": "a", "cron": 5}),
+        );
+        let messages: Vec<_> = violations
+            .iter()
+            .map(|v| format!("{} {}", v.pointer, v.message))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                " missing required field `workflow`",
+                "/cron expected a string, found `5`"
+            ]
+        );
+    }
+}

@@ -1,0 +1,389 @@
+//! The rules a JSON Schema cannot express: step names and `depends_on` forming a DAG,
+//! references between objects (agents and their actions, templates, workflows), and the
+//! detailed messages for the cron, duration and condition formats. No IO.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::Value;
+
+use crate::agents::{self, BUILTIN_AGENTS};
+use crate::diagnostics::{escape_pointer_segment, Diagnostic};
+use crate::manifest::{Kind, Manifest};
+use crate::schema::did_you_mean;
+
+/// The detailed message for a string that failed one of the custom formats.
+pub fn format_message(format: &str, text: &str) -> String {
+    let detail = match format {
+        "duration" => crate::duration::parse_duration(text)
+            .err()
+            .map(|e| e.to_string()),
+        "cron" => crate::cron::CronSchedule::parse(text)
+            .err()
+            .map(|e| format!("invalid cron expression `{text}`: {e}")),
+        "condition" => crate::condition::parse_condition(text)
+            .err()
+            .map(|e| format!("invalid condition at column {}: {}", e.column, e.message)),
+        _ => None,
+    };
+    detail.unwrap_or_else(|| format!("`{text}` is not a valid {format}"))
+}
+
+/// Checks one object on its own: for workflows and templates, unique step names and a
+/// `depends_on` graph without unknown steps or cycles.
+pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    if !matches!(manifest.kind, Kind::Workflow | Kind::WorkflowTemplate) {
+        return diagnostics;
+    }
+    let Some(steps) = manifest.value.get("steps").and_then(Value::as_array) else {
+        return diagnostics;
+    };
+    if steps.is_empty() && manifest.kind == Kind::WorkflowTemplate {
+        diagnostics.push(Diagnostic::warning(
+            &manifest.file,
+            manifest.locate("/steps", false).0,
+            manifest.locate("/steps", false).1,
+            &format!("{}/steps", manifest.pointer),
+            "template has no steps: a workflow using it would do nothing".to_owned(),
+        ));
+    }
+    let mut index_of: HashMap<&str, usize> = HashMap::new();
+    for (index, step) in steps.iter().enumerate() {
+        let Some(name) = step.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Some(first) = index_of.get(name) {
+            let (line, _) = manifest.locate(&format!("/steps/{first}/name"), false);
+            diagnostics.push(manifest.error_at(
+                &format!("/steps/{index}/name"),
+                false,
+                format!("duplicate step name `{name}` (first used at line {line}): step names must be unique"),
+            ));
+        } else {
+            index_of.insert(name, index);
+        }
+    }
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (index, step) in steps.iter().enumerate() {
+        let Some(depends_on) = step.get("depends_on").and_then(Value::as_array) else {
+            continue;
+        };
+        for (position, dependency) in depends_on.iter().enumerate() {
+            let Some(dependency) = dependency.as_str() else {
+                continue;
+            };
+            let pointer = format!("/steps/{index}/depends_on/{position}");
+            match index_of.get(dependency) {
+                Some(&target) if target == index => diagnostics.push(manifest.error_at(
+                    &pointer,
+                    false,
+                    format!("step `{dependency}` depends on itself"),
+                )),
+                Some(&target) => edges[index].push(target),
+                None => {
+                    let names: Vec<&str> = index_of.keys().copied().collect();
+                    let hint = did_you_mean(dependency, names.iter().copied())
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    let mut sorted = names.clone();
+                    sorted.sort_unstable();
+                    diagnostics.push(manifest.error_at(
+                        &pointer,
+                        false,
+                        format!(
+                            "unknown step `{dependency}` in depends_on{hint} (steps: {})",
+                            sorted.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&edges) {
+        let name_of = |i: usize| steps[i].get("name").and_then(Value::as_str).unwrap_or("?");
+        let path: Vec<&str> = cycle.iter().map(|&i| name_of(i)).collect();
+        diagnostics.push(manifest.error_at(
+            &format!("/steps/{}/depends_on", cycle[0]),
+            false,
+            format!(
+                "dependency cycle: {} -> {}: depends_on must form a DAG",
+                path.join(" -> "),
+                path[0]
+            ),
+        ));
+    }
+    diagnostics
+}
+
+/// A cycle in a graph given as adjacency lists, as the nodes along it.
+fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    for start in 0..edges.len() {
+        if marks[start] != Mark::New {
+            continue;
+        }
+        // Iterative DFS: (node, next edge to follow); the stack is the current path.
+        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+        marks[start] = Mark::Open;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&target) = edges[node].get(*next) {
+                *next += 1;
+                match marks[target] {
+                    Mark::Open => {
+                        let from = stack.iter().position(|(n, _)| *n == target)?;
+                        return Some(stack[from..].iter().map(|(n, _)| *n).collect());
+                    }
+                    Mark::New => {
+                        marks[target] = Mark::Open;
+                        stack.push((target, 0));
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                marks[node] = Mark::Done;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+/// What other objects can refer to, gathered from the whole snapshot.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Agent manifests by name: their type and declared actions.
+    agents: BTreeMap<String, (String, Option<Vec<String>>)>,
+    /// Workflow ids, and names to ids for hints.
+    workflows: BTreeSet<String>,
+    workflow_names: BTreeMap<String, String>,
+    /// Template names and ids.
+    templates: BTreeSet<String>,
+}
+
+impl Catalog {
+    /// Builds the catalog from every manifest of the snapshot, valid or not: an object whose
+    /// new version is invalid keeps its last good version, so references to it still hold.
+    pub fn new<'a>(manifests: impl IntoIterator<Item = &'a Manifest>) -> Self {
+        let mut catalog = Catalog::default();
+        for manifest in manifests {
+            let Some(id) = manifest.id() else { continue };
+            let name = manifest.name().unwrap_or_default().to_owned();
+            match manifest.kind {
+                Kind::Agent => {
+                    let agent_type = manifest
+                        .value
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("exec")
+                        .to_owned();
+                    let actions = manifest.value.get("actions").and_then(|a| {
+                        a.as_array().map(|items| {
+                            items
+                                .iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect()
+                        })
+                    });
+                    catalog.agents.insert(name, (agent_type, actions));
+                }
+                Kind::Workflow => {
+                    catalog.workflow_names.insert(name, id.clone());
+                    catalog.workflows.insert(id);
+                }
+                Kind::WorkflowTemplate => {
+                    catalog.templates.insert(name);
+                    catalog.templates.insert(id);
+                }
+                _ => {}
+            }
+        }
+        catalog
+    }
+
+    /// The actions an agent offers, or `None` when the agent is unknown; an empty list means
+    /// any action is accepted (an exec plugin that does not declare its actions).
+    fn actions_of(&self, agent: &str) -> Option<Vec<String>> {
+        if let Some((agent_type, declared)) = self.agents.get(agent) {
+            if let Some(declared) = declared {
+                return Some(declared.clone());
+            }
+            return Some(
+                agents::builtin(agent_type)
+                    .map(|b| b.actions.iter().map(|a| (*a).to_owned()).collect())
+                    .unwrap_or_default(),
+            );
+        }
+        agents::builtin(agent).map(|b| b.actions.iter().map(|a| (*a).to_owned()).collect())
+    }
+
+    fn agent_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = BUILTIN_AGENTS.iter().map(|a| a.name.to_owned()).collect();
+        names.extend(self.agents.keys().cloned());
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Checks the references of one object against the catalog.
+pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    match manifest.kind {
+        Kind::Workflow | Kind::WorkflowTemplate => {
+            check_steps(manifest, catalog, &mut diagnostics);
+            if let Some(template) = manifest.value.get("template").and_then(Value::as_str) {
+                if manifest.kind == Kind::Workflow && !catalog.templates.contains(template) {
+                    let hint = did_you_mean(template, catalog.templates.iter().map(String::as_str))
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    diagnostics.push(manifest.error_at(
+                        "/template",
+                        false,
+                        format!("unknown workflow template `{template}`{hint}: expected the name or id of a WorkflowTemplate"),
+                    ));
+                }
+            }
+        }
+        Kind::Schedule | Kind::Trigger => {
+            if let Some(workflow) = manifest.value.get("workflow").and_then(Value::as_str) {
+                if !catalog.workflows.contains(workflow) {
+                    let hint = match catalog.workflow_names.get(workflow) {
+                        Some(id) => format!("; workflows are referred to by id: did you mean `{id}`?"),
+                        None => did_you_mean(workflow, catalog.workflows.iter().map(String::as_str))
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_default(),
+                    };
+                    diagnostics.push(manifest.error_at(
+                        "/workflow",
+                        false,
+                        format!("unknown workflow `{workflow}`{hint}"),
+                    ));
+                }
+            }
+        }
+        Kind::Agent | Kind::Alert => {}
+    }
+    diagnostics
+}
+
+fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Diagnostic>) {
+    let Some(steps) = manifest.value.get("steps").and_then(Value::as_array) else {
+        return;
+    };
+    for (index, step) in steps.iter().enumerate() {
+        let agent = step.get("agent").and_then(Value::as_str);
+        let action = step.get("action").and_then(Value::as_str);
+        let has_command = step.get("command").is_some()
+            || step
+                .get("parameters")
+                .and_then(|p| p.get("command"))
+                .is_some();
+        let agent_name = agent.unwrap_or("shell");
+        let Some(actions) = catalog.actions_of(agent_name) else {
+            let names = catalog.agent_names();
+            let hint = did_you_mean(agent_name, names.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            diagnostics.push(manifest.error_at(
+                &format!("/steps/{index}/agent"),
+                false,
+                format!(
+                    "unknown agent `{agent_name}`{hint} (expected a built-in agent or an Agent manifest: {})",
+                    names.join(", ")
+                ),
+            ));
+            continue;
+        };
+        if let Some(action) = action {
+            if !actions.is_empty() && !actions.iter().any(|a| a == action) {
+                let hint = did_you_mean(action, actions.iter().map(String::as_str))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                diagnostics.push(manifest.error_at(
+                    &format!("/steps/{index}/action"),
+                    false,
+                    format!(
+                        "agent `{agent_name}` has no action `{action}`{hint} (its actions: {})",
+                        actions.join(", ")
+                    ),
+                ));
+            }
+        }
+        let runs_shell = agent.is_none() || (agent_name == "shell" && !catalog.agents.contains_key("shell"));
+        if runs_shell && !has_command {
+            let pointer = format!("/steps/{index}");
+            diagnostics.push(manifest.error_at(
+                &pointer,
+                false,
+                format!(
+                    "step `{}` has nothing to run: give it `command` (run by the shell agent) or an `agent` and `action`",
+                    step.get("name").and_then(Value::as_str).unwrap_or("?")
+                ),
+            ));
+        }
+    }
+}
+
+/// Reports objects of one kind that share an id, each naming the other places.
+pub fn duplicate_ids(manifests: &[(Kind, String, &Manifest)]) -> Vec<(usize, Diagnostic)> {
+    let mut by_key: BTreeMap<(Kind, &str), Vec<usize>> = BTreeMap::new();
+    for (index, (kind, id, _)) in manifests.iter().enumerate() {
+        by_key.entry((*kind, id.as_str())).or_default().push(index);
+    }
+    let mut diagnostics = Vec::new();
+    for ((kind, id), indexes) in by_key.into_iter().filter(|(_, v)| v.len() > 1) {
+        for &index in &indexes {
+            let manifest = manifests[index].2;
+            let others: Vec<String> = indexes
+                .iter()
+                .filter(|&&other| other != index)
+                .map(|&other| {
+                    let m = manifests[other].2;
+                    let (line, column) = m.locate("", false);
+                    format!("{}:{line}:{column}", m.file)
+                })
+                .collect();
+            let field = if manifest.value.get("id").is_some() {
+                "/id"
+            } else {
+                "/name"
+            };
+            diagnostics.push((
+                index,
+                manifest.error_at(
+                    field,
+                    false,
+                    format!(
+                        "duplicate {kind} id `{id}`, also defined at {}: ids must be unique (rename one or give it an `id`)",
+                        others.join(", ")
+                    ),
+                ),
+            ));
+        }
+    }
+    diagnostics
+}
+
+/// The pointer of a mapping entry, escaped.
+pub fn entry_pointer(parent: &str, key: &str) -> String {
+    format!("{parent}/{}", escape_pointer_segment(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cycles_and_accepts_dags() {
+        assert_eq!(find_cycle(&[vec![1], vec![2], vec![]]), None);
+        assert_eq!(find_cycle(&[vec![1], vec![2], vec![0]]), Some(vec![0, 1, 2]));
+        assert_eq!(find_cycle(&[vec![], vec![2], vec![1]]), Some(vec![1, 2]));
+    }
+}

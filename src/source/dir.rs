@@ -1,0 +1,217 @@
+//! The directory source: reads the manifest files (`.yaml`, `.yml`, `.json`) under a set of
+//! paths. Hidden entries are skipped; a symlink is followed only while it stays inside the
+//! project root; oversized and non-UTF-8 files are reported, not read.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{revision_of, Snapshot, SourceFile};
+use crate::diagnostics::Diagnostic;
+
+/// How to read a directory source.
+#[derive(Debug, Clone)]
+pub struct DirOptions {
+    /// The project root: paths are shown relative to it and symlinks may not leave it.
+    pub root: PathBuf,
+    /// Files larger than this are reported instead of read.
+    pub max_file_bytes: u64,
+}
+
+/// A path given to the source.
+#[derive(Debug, Clone)]
+pub struct SourcePath {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// Whether its absence is an error (named on the command line) or normal (a default
+    /// manifest directory the project does not use).
+    pub required: bool,
+}
+
+/// A path that could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// A path named on the command line does not exist.
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    /// Listing a directory or reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether a path names a manifest file by its extension.
+pub fn is_manifest_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// Reads every manifest file under the given paths.
+pub fn load(paths: &[SourcePath], options: &DirOptions) -> Result<Snapshot, DirError> {
+    let root = fs::canonicalize(&options.root).unwrap_or_else(|_| options.root.clone());
+    let mut walker = Walker {
+        root,
+        display_root: options.root.clone(),
+        max_file_bytes: options.max_file_bytes,
+        seen_dirs: HashSet::new(),
+        seen_files: HashSet::new(),
+        files: Vec::new(),
+        diagnostics: Vec::new(),
+    };
+    for source_path in paths {
+        let path = &source_path.path;
+        match fs::symlink_metadata(path) {
+            Ok(_) => walker.visit(path, true)?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if source_path.required {
+                    return Err(DirError::NotFound(path.display().to_string()));
+                }
+            }
+            Err(source) => {
+                return Err(DirError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    let mut files = walker.files;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut diagnostics = walker.diagnostics;
+    diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
+    let contents: Vec<(String, &[u8])> = files
+        .iter()
+        .map(|f| (f.path.clone(), f.text.as_bytes()))
+        .collect();
+    let revision = revision_of("dir", &contents);
+    Ok(Snapshot {
+        revision,
+        files,
+        diagnostics,
+    })
+}
+
+struct Walker {
+    root: PathBuf,
+    display_root: PathBuf,
+    max_file_bytes: u64,
+    seen_dirs: HashSet<PathBuf>,
+    seen_files: HashSet<PathBuf>,
+    files: Vec<SourceFile>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Walker {
+    fn display(&self, path: &Path) -> String {
+        let shown = path.strip_prefix(&self.display_root).unwrap_or(path);
+        let shown = shown.strip_prefix("./").unwrap_or(shown);
+        shown.display().to_string()
+    }
+
+    /// Visits a file or directory. `named` is true for paths given explicitly, whose
+    /// extension is not checked.
+    fn visit(&mut self, path: &Path, named: bool) -> Result<(), DirError> {
+        let io = |source| DirError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let link_metadata = fs::symlink_metadata(path).map_err(io)?;
+        if link_metadata.file_type().is_symlink() {
+            let target = match fs::canonicalize(path) {
+                Ok(target) => target,
+                Err(_) => {
+                    self.diagnostics.push(Diagnostic::error(
+                        &self.display(path),
+                        0,
+                        0,
+                        "",
+                        "broken symlink: its target does not exist".to_owned(),
+                    ));
+                    return Ok(());
+                }
+            };
+            if !target.starts_with(&self.root) {
+                self.diagnostics.push(Diagnostic::error(
+                    &self.display(path),
+                    0,
+                    0,
+                    "",
+                    format!(
+                        "symlink points outside the project ({}): refusing to read it; copy the file into the tree instead",
+                        target.display()
+                    ),
+                ));
+                return Ok(());
+            }
+        }
+        let metadata = fs::metadata(path).map_err(io)?;
+        if metadata.is_dir() {
+            let canonical = fs::canonicalize(path).map_err(io)?;
+            if !self.seen_dirs.insert(canonical) {
+                return Ok(());
+            }
+            let mut entries: Vec<PathBuf> = fs::read_dir(path)
+                .map_err(io)?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|p| {
+                    !p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+                })
+                .collect();
+            entries.sort();
+            for entry in entries {
+                self.visit(&entry, false)?;
+            }
+            return Ok(());
+        }
+        if !named && !is_manifest_file(path) {
+            return Ok(());
+        }
+        let canonical = fs::canonicalize(path).map_err(io)?;
+        if !self.seen_files.insert(canonical) {
+            return Ok(());
+        }
+        let shown = self.display(path);
+        if metadata.len() > self.max_file_bytes {
+            self.diagnostics.push(Diagnostic::error(
+                &shown,
+                0,
+                0,
+                "",
+                format!(
+                    "file is {} bytes, over the {}-byte limit for a manifest (manifests.max_file_bytes): split it or raise the limit",
+                    metadata.len(),
+                    self.max_file_bytes
+                ),
+            ));
+            return Ok(());
+        }
+        let bytes = fs::read(path).map_err(io)?;
+        match String::from_utf8(bytes) {
+            Ok(text) => self.files.push(SourceFile { path: shown, text }),
+            Err(err) => {
+                let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+                let valid = String::from_utf8_lossy(valid);
+                let line = valid.matches('\n').count() as u32 + 1;
+                let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+                self.diagnostics.push(Diagnostic::error(
+                    &shown,
+                    line,
+                    column,
+                    "",
+                    "invalid UTF-8: manifests must be UTF-8 text".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

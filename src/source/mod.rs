@@ -1,0 +1,42 @@
+//! Sources of manifests. A source produces a [`Snapshot`]: the manifest files it holds, read
+//! into memory, and a revision that names exactly that content.
+
+pub mod dir;
+
+use sha2::{Digest, Sha256};
+
+use crate::diagnostics::Diagnostic;
+
+/// A manifest file read from a source.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// The path as shown to the user (relative to the project root when inside it).
+    pub path: String,
+    /// The file's text.
+    pub text: String,
+}
+
+/// Everything a source held at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Names the content: `dir:` and the first 12 hex digits of a SHA-256 over every path and
+    /// its content, so an unchanged tree has an unchanged revision on every machine.
+    pub revision: String,
+    /// The readable manifest files, sorted by path.
+    pub files: Vec<SourceFile>,
+    /// Files that could not be used (too large, not UTF-8, a symlink out of the tree).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The revision of a set of files: the same files with the same content give the same one.
+pub fn revision_of(prefix: &str, files: &[(String, &[u8])]) -> String {
+    let mut hasher = Sha256::new();
+    for (path, content) in files {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(Sha256::digest(content));
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}:{hex}")
+}

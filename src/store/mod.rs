@@ -1,0 +1,373 @@
+//! The durable state, in sled. This is the only module that imports sled.
+//!
+//! Trees: `objects` (key `Kind/id`, one record per object ever applied) and `meta` (per-source
+//! status). Every value starts with a format-version byte so that a later release can migrate
+//! records; the rest is JSON. Writes go through one atomic batch and are flushed before the
+//! call returns, so whatever the caller then reports is on disk.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::diagnostics::Diagnostic;
+use crate::manifest::Kind;
+
+/// Version byte of the record encoding written by this release.
+const FORMAT_VERSION: u8 = 1;
+
+/// The file in the data directory naming the process that holds the store.
+const OWNER_FILE: &str = "owner.pid";
+
+/// An object's identity: its kind and id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    /// The kind.
+    pub kind: Kind,
+    /// The id, unique within the kind.
+    pub id: String,
+}
+
+impl ObjectKey {
+    fn to_bytes(&self) -> Vec<u8> {
+        format!("{}/{}", self.kind.as_str(), self.id).into_bytes()
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.id)
+    }
+}
+
+/// Where an object stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectStatus {
+    /// Its current manifest is applied.
+    Applied,
+    /// Its current manifest is invalid; `spec` is the last good version, still in force
+    /// (or none if it never had one).
+    Invalid,
+    /// Its manifest was removed and `apply --prune` removed it.
+    Pruned,
+}
+
+/// What the store keeps about one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// Kind and id.
+    #[serde(flatten)]
+    pub key: ObjectKey,
+    /// The declared name.
+    pub name: String,
+    /// The applied spec in force, if any.
+    pub spec: Option<Value>,
+    /// Content hash of `spec`.
+    pub hash: Option<String>,
+    /// The file the object was last seen in.
+    pub source_file: String,
+    /// Applied, invalid or pruned.
+    pub status: ObjectStatus,
+    /// Why the current manifest is invalid.
+    #[serde(default)]
+    pub diagnostics: Vec<Diagnostic>,
+    /// The source revision whose manifest is in force.
+    pub applied_revision: Option<String>,
+    /// The last source revision that included this object.
+    pub attempted_revision: String,
+    /// Incremented every time the spec in force changes.
+    pub generation: u64,
+    /// When the spec in force was applied (RFC 3339).
+    pub applied_at: Option<String>,
+    /// When this record last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+impl ObjectRecord {
+    /// Whether the object is in force (it has an applied spec and was not pruned).
+    pub fn is_live(&self) -> bool {
+        self.spec.is_some() && self.status != ObjectStatus::Pruned
+    }
+}
+
+/// Reconcile status of one source, as Flux keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The source (`dir` for the directory source).
+    pub source: String,
+    /// The last revision applied without errors.
+    pub last_applied_revision: Option<String>,
+    /// The last revision an apply was attempted at.
+    pub last_attempted_revision: String,
+    /// When the last attempt happened (RFC 3339).
+    pub last_attempt_at: String,
+    /// Errors found in the last attempt.
+    pub errors: usize,
+}
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory cannot be created or written.
+    #[error("cannot use data directory {path}: {source}; fix its permissions or choose another with --data-dir")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the store.
+    #[error("data directory {path} is in use by {holder}; stop it, or let commands go through its API, or use another --data-dir")]
+    Locked {
+        /// The directory.
+        path: String,
+        /// "PID N (command)" or "another process".
+        holder: String,
+    },
+    /// sled failed.
+    #[error("store error in {path}: {source}")]
+    Sled {
+        /// The data directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: sled::Error,
+    },
+    /// A record could not be decoded.
+    #[error("corrupt record {key} in the store: {message}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The open store.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    objects: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in a data directory, holding it for this process.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let shown = data_dir.display().to_string();
+        fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: shown.clone(),
+            source,
+        })?;
+        let db_path = data_dir.join("db");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .open()
+            .map_err(|source| match source {
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("lock") =>
+                {
+                    StoreError::Locked {
+                        path: shown.clone(),
+                        holder: read_owner(data_dir),
+                    }
+                }
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+                    StoreError::DataDir {
+                        path: shown.clone(),
+                        source: io,
+                    }
+                }
+                source => StoreError::Sled {
+                    path: shown.clone(),
+                    source,
+                },
+            })?;
+        let sled_error = |source| StoreError::Sled {
+            path: shown.clone(),
+            source,
+        };
+        let objects = db.open_tree("objects").map_err(sled_error)?;
+        let meta = db.open_tree("meta").map_err(sled_error)?;
+        let owner = format!(
+            "{}\n{}\n",
+            std::process::id(),
+            std::env::args().collect::<Vec<_>>().join(" ")
+        );
+        fs::write(data_dir.join(OWNER_FILE), owner).map_err(|source| StoreError::DataDir {
+            path: shown.clone(),
+            source,
+        })?;
+        Ok(Store {
+            path: data_dir.to_owned(),
+            db,
+            objects,
+            meta,
+        })
+    }
+
+    fn sled_error(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Every object record, live or not.
+    pub fn objects(&self) -> Result<BTreeMap<ObjectKey, ObjectRecord>, StoreError> {
+        let mut records = BTreeMap::new();
+        for entry in self.objects.iter() {
+            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+            let record: ObjectRecord = decode(&key, &value)?;
+            records.insert(record.key.clone(), record);
+        }
+        Ok(records)
+    }
+
+    /// One object record.
+    pub fn object(&self, key: &ObjectKey) -> Result<Option<ObjectRecord>, StoreError> {
+        let bytes = key.to_bytes();
+        self.objects
+            .get(&bytes)
+            .map_err(|e| self.sled_error(e))?
+            .map(|value| decode(&bytes, &value))
+            .transpose()
+    }
+
+    /// The status of a source.
+    pub fn source_status(&self, source: &str) -> Result<Option<SourceStatus>, StoreError> {
+        let key = format!("source/{source}");
+        self.meta
+            .get(key.as_bytes())
+            .map_err(|e| self.sled_error(e))?
+            .map(|value| decode(key.as_bytes(), &value))
+            .transpose()
+    }
+
+    /// Writes object records and a source status as one atomic batch per tree, then flushes:
+    /// when this returns `Ok`, the change is on disk.
+    pub fn commit(
+        &self,
+        records: &[ObjectRecord],
+        status: Option<&SourceStatus>,
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for record in records {
+            batch.insert(record.key.to_bytes(), encode(record));
+        }
+        self.objects
+            .apply_batch(batch)
+            .map_err(|e| self.sled_error(e))?;
+        if let Some(status) = status {
+            let key = format!("source/{}", status.source);
+            self.meta
+                .insert(key.as_bytes(), encode(status))
+                .map_err(|e| self.sled_error(e))?;
+        }
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Best effort: a stale owner file only makes a later "in use" message less precise.
+        let _ = fs::remove_file(self.path.join(OWNER_FILE));
+    }
+}
+
+fn read_owner(data_dir: &Path) -> String {
+    match fs::read_to_string(data_dir.join(OWNER_FILE)) {
+        Ok(text) => {
+            let mut lines = text.lines();
+            let pid = lines.next().unwrap_or("?").trim().to_owned();
+            let command = lines.next().unwrap_or("").trim();
+            if command.is_empty() {
+                format!("PID {pid}")
+            } else {
+                format!("PID {pid} ({command})")
+            }
+        }
+        Err(_) => "another process".to_owned(),
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![FORMAT_VERSION];
+    // Serialising these plain data types to JSON cannot fail.
+    serde_json::to_writer(&mut bytes, value).expect("record serialises");
+    bytes
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    let corrupt = |message: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message,
+    };
+    match value.split_first() {
+        Some((&FORMAT_VERSION, rest)) => {
+            serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((version, _)) => Err(corrupt(format!(
+            "record format {version} is newer than this release understands ({FORMAT_VERSION})"
+        ))),
+        None => Err(corrupt("empty record".to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> ObjectRecord {
+        ObjectRecord {
+            key: ObjectKey {
+                kind: Kind::Workflow,
+                id: id.to_owned(),
+            },
+            name: id.to_owned(),
+            spec: Some(serde_json::json!({"name": id})),
+            hash: Some("h".into()),
+            source_file: "workflows/a.yaml".into(),
+            status: ObjectStatus::Applied,
+            diagnostics: Vec::new(),
+            applied_revision: Some("dir:1".into()),
+            attempted_revision: "dir:1".into(),
+            generation: 1,
+            applied_at: None,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.commit(&[record("wf_a")], None).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let objects = store.objects().unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects.values().next().unwrap(), &record("wf_a"));
+    }
+
+    #[test]
+    fn a_second_opener_is_told_who_holds_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Store::open(dir.path()).unwrap();
+        let err = match Store::open(dir.path()) {
+            Err(err) => err.to_string(),
+            Ok(_) => String::from("opened twice"),
+        };
+        assert!(
+            err.contains(&format!("is in use by PID {}", std::process::id())),
+            "{err}"
+        );
+    }
+}
