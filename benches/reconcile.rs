@@ -1,1 +1,258 @@
-fn main(){}
+//! Reconcile benchmark: 10,000 generated manifests of mixed kinds.
+//!
+//! - cold reconcile: read + parse + validate + diff + durable apply into an empty store;
+//! - no-op re-reconcile: the same against the populated store;
+//! - validation throughput: JSON Schema validation of the same documents, beside
+//!   python-jsonschema validating them with the same schemas in the same run (skipped with a
+//!   note when python3 cannot import jsonschema; `bench/foundation` installs it).
+//!
+//! Prints a markdown table; medians of several runs after a warm-up.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use orchestrator::manifest::Kind;
+use orchestrator::reconcile::{self, ApplyOptions};
+use orchestrator::schema::{self, SchemaName};
+use orchestrator::source::dir::{self, DirOptions, SourcePath};
+use orchestrator::store::Store;
+use serde_json::{json, Value};
+
+const MANIFESTS: usize = 10_000;
+const RUNS: usize = 5;
+
+fn main() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let project = work.path().join("project");
+    let documents = generate(&project);
+    let options = DirOptions {
+        root: project.clone(),
+        max_file_bytes: 4 << 20,
+    };
+    let paths: Vec<SourcePath> = Kind::ALL
+        .iter()
+        .map(|k| SourcePath {
+            path: project.join(k.directory()),
+            required: false,
+        })
+        .collect();
+
+    let reconcile_once = |data_dir: &Path| -> (Duration, usize) {
+        let started = Instant::now();
+        let snapshot = dir::load(&paths, &options).expect("load");
+        let desired = reconcile::desired_set(&snapshot);
+        assert!(
+            !desired.has_errors(),
+            "{:?}",
+            &desired.diagnostics[..3.min(desired.diagnostics.len())]
+        );
+        let store = Store::open(data_dir).expect("store");
+        let applied = store.objects().expect("objects");
+        let plan = reconcile::diff(&desired, &applied);
+        let report = reconcile::apply(
+            &store,
+            &desired,
+            &applied,
+            &plan,
+            &ApplyOptions {
+                prune: true,
+                dry_run: false,
+                source: "dir".into(),
+            },
+            "2026-01-01T00:00:00Z",
+        )
+        .expect("apply");
+        (
+            started.elapsed(),
+            report.created.len() + report.updated.len(),
+        )
+    };
+
+    // Warm-up (page cache, allocator).
+    reconcile_once(&work.path().join("warmup"));
+    let mut cold = Vec::new();
+    let mut noop = Vec::new();
+    for run in 0..RUNS {
+        let data_dir = work.path().join(format!("data-{run}"));
+        let (elapsed, written) = reconcile_once(&data_dir);
+        assert_eq!(written, MANIFESTS);
+        cold.push(elapsed);
+        let (elapsed, written) = reconcile_once(&data_dir);
+        assert_eq!(written, 0);
+        noop.push(elapsed);
+    }
+
+    // Validation throughput, JSON Schema only, single thread.
+    let mut validation = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        for (kind, document) in &documents {
+            assert!(schema::validate(SchemaName::Manifest(*kind), document).is_empty());
+        }
+        validation.push(started.elapsed());
+    }
+    let rust_rate = MANIFESTS as f64 / median(&validation).as_secs_f64();
+    let python_rate = python_rate(work.path(), &documents);
+
+    println!("| metric | orchestrator | reference | ratio | target | result |");
+    println!("|---|---|---|---|---|---|");
+    row("cold reconcile, 10,000 manifests (durable)", &cold, 2.0);
+    row("no-op re-reconcile, 10,000 manifests", &noop, 0.3);
+    match python_rate {
+        Some(python) => {
+            let ratio = rust_rate / python;
+            println!(
+                "| schema validation throughput | {:.0} docs/s | python-jsonschema {:.0} docs/s | {:.1}x | >= 40x | {} |",
+                rust_rate,
+                python,
+                ratio,
+                if ratio >= 40.0 { "pass" } else { "miss" }
+            );
+        }
+        None => println!(
+            "| schema validation throughput | {rust_rate:.0} docs/s | python-jsonschema not installed | - | >= 40x | not measured |"
+        ),
+    }
+}
+
+fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    sorted[sorted.len() / 2]
+}
+
+fn row(metric: &str, samples: &[Duration], target_seconds: f64) {
+    let mid = median(samples).as_secs_f64();
+    let min = samples.iter().min().unwrap().as_secs_f64();
+    let max = samples.iter().max().unwrap().as_secs_f64();
+    println!(
+        "| {metric} | {:.0} ms (spread {:.0}-{:.0}) | target {:.0} ms | {:.2}x of target | <= {:.0} ms | {} |",
+        mid * 1e3,
+        min * 1e3,
+        max * 1e3,
+        target_seconds * 1e3,
+        mid / target_seconds,
+        target_seconds * 1e3,
+        if mid <= target_seconds { "pass" } else { "miss" }
+    );
+}
+
+/// Writes the manifests; returns each document with its kind for the validation run.
+fn generate(project: &Path) -> Vec<(Kind, Value)> {
+    let mut documents = Vec::with_capacity(MANIFESTS);
+    for kind in Kind::ALL {
+        fs::create_dir_all(project.join(kind.directory())).unwrap();
+    }
+    let workflows = 4_000;
+    for i in 0..MANIFESTS {
+        let (kind, value) = match i % 10 {
+            0..=3 => (
+                Kind::Workflow,
+                json!({
+                    "name": format!("Workflow {i}"),
+                    "description": "generated",
+                    "max_parallel": 2,
+                    "timeout": "30m",
+                    "steps": [
+                        {"name": "setup", "agent": "test_runner", "action": "setup_environment",
+                         "parameters": {"environment": "staging"}},
+                        {"name": "unit", "command": ["cargo", "test"], "depends_on": ["setup"],
+                         "retries": 1, "retry_delay": "5s", "timeout": 600},
+                        {"name": "api", "agent": "test_runner", "action": "run_tests",
+                         "depends_on": ["setup"], "parameters": {"test_suite": "api", "parallel": true}},
+                        {"name": "report", "agent": "report_generator", "action": "generate_html_report",
+                         "depends_on": ["unit", "api"], "if": "always()"}
+                    ]
+                }),
+            ),
+            4 | 5 => (
+                Kind::Schedule,
+                json!({"name": format!("Schedule {i}"), "cron": format!("{} {} * * 1-5", i % 60, i % 24),
+                       "workflow": format!("wf_workflow-{}", (i / 10) * 10 % workflows), "timezone": "UTC"}),
+            ),
+            6 | 7 => (
+                Kind::Alert,
+                json!({"name": format!("Alert {i}"), "condition": "system.cpu_percent > 80 and system.memory_percent > 70",
+                       "duration": "5m", "actions": ["email", "webhook"], "severity": "warning"}),
+            ),
+            8 => (
+                Kind::Trigger,
+                json!({"name": format!("Trigger {i}"), "type": "webhook", "path": format!("/hooks/t{i}"),
+                       "provider": "github", "workflow": format!("wf_workflow-{}", (i / 10) * 10 % workflows),
+                       "events": ["push", "pull_request"], "secret": "env:HOOK_SECRET"}),
+            ),
+            _ if i % 20 == 9 => (
+                Kind::Agent,
+                json!({"name": format!("agent_{i}"), "type": "exec", "command": ["python3", "agent.py"],
+                       "actions": ["run"]}),
+            ),
+            _ => (
+                Kind::WorkflowTemplate,
+                json!({"name": format!("Template {i}"), "parameters": {"environment": {"type": "string", "required": true}},
+                       "steps": [{"name": "run", "command": ["make", "test"]}]}),
+            ),
+        };
+        let file = project.join(kind.directory()).join(format!("m{i:05}.yaml"));
+        fs::write(&file, orchestrator::reconcile::diff::to_yaml(&value)).unwrap();
+        documents.push((kind, value));
+    }
+    documents
+}
+
+/// Documents per second python-jsonschema validates with the same schemas.
+fn python_rate(work: &Path, documents: &[(Kind, Value)]) -> Option<f64> {
+    let input = work.join("python-input.json");
+    let schemas: serde_json::Map<String, Value> = Kind::ALL
+        .iter()
+        .map(|k| {
+            (
+                k.as_str().to_owned(),
+                serde_json::from_str(schema::schema_text(*k)).unwrap(),
+            )
+        })
+        .collect();
+    let docs: Vec<Value> = documents
+        .iter()
+        .map(|(k, d)| json!([k.as_str(), d]))
+        .collect();
+    fs::write(
+        &input,
+        json!({"schemas": schemas, "documents": docs}).to_string(),
+    )
+    .ok()?;
+    let script = r#"
+import json, sys, time
+from jsonschema import Draft202012Validator
+data = json.load(open(sys.argv[1]))
+validators = {k: Draft202012Validator(s) for k, s in data["schemas"].items()}
+docs = data["documents"]
+for kind, doc in docs[:500]:
+    validators[kind].is_valid(doc)
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    for kind, doc in docs:
+        assert validators[kind].is_valid(doc), doc
+    times.append(time.perf_counter() - start)
+print(len(docs) / sorted(times)[1])
+"#;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&input)
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        eprintln!(
+            "python-jsonschema not measured: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}

@@ -1,6 +1,1053 @@
-//! stub
-#![allow(missing_docs)]
-pub struct CronSchedule;
-#[derive(Debug)] pub struct CronError;
-impl std::fmt::Display for CronError { fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result { f.write_str("bad cron") } }
-impl CronSchedule { pub fn parse(s: &str) -> Result<Self, CronError> { if s.split_whitespace().count() >= 5 || s.starts_with('@') { Ok(CronSchedule) } else { Err(CronError) } } }
+//! Crontab schedule expressions with Debian cron (Vixie cron / cronie) semantics.
+//!
+//! Every field is validated here, one by one, so that an error can name the field and
+//! the text that is wrong. The validated fields are then handed to `croner`, which does
+//! the calendar arithmetic for [`CronSchedule::next_after`].
+//!
+//! Supported syntax:
+//!
+//! - five fields `minute hour day-of-month month day-of-week`, or six with a leading
+//!   seconds field;
+//! - `*`, numbers, ranges `a-b`, steps `*/n`, `a-b/n` and `a/n` (the last meaning
+//!   `a-max/n`, as in cronie), and comma-separated lists of these;
+//! - month names `jan`-`dec` and day names `sun`-`sat`, case-insensitive, in the month
+//!   and day-of-week fields; both `0` and `7` mean Sunday;
+//! - the macros `@hourly`, `@daily`, `@midnight`, `@weekly`, `@monthly`, `@yearly` and
+//!   `@annually`.
+//!
+//! The day rule follows Vixie cron: when neither day field starts with `*`, a day fires
+//! if its day of month *or* its weekday matches; when either starts with `*` (including
+//! `*/2`), both fields must match.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeZone};
+use croner::parser::{CronParser, Seconds};
+
+/// The macros accepted in place of the five fields, with their five-field equivalents.
+const MACROS: [(&str, &str); 7] = [
+    ("@hourly", "0 * * * *"),
+    ("@daily", "0 0 * * *"),
+    ("@midnight", "0 0 * * *"),
+    ("@weekly", "0 0 * * 0"),
+    ("@monthly", "0 0 1 * *"),
+    ("@yearly", "0 0 1 1 *"),
+    ("@annually", "0 0 1 1 *"),
+];
+
+const MONTH_NAMES: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+/// The longest each month can be, with February counted in a leap year.
+const MAX_DAYS_IN_MONTH: [u32; 12] = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/// One field of a crontab expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CronField {
+    /// The optional leading seconds field (0-59).
+    Second,
+    /// The minute field (0-59).
+    Minute,
+    /// The hour field (0-23).
+    Hour,
+    /// The day-of-month field (1-31).
+    DayOfMonth,
+    /// The month field (1-12 or `jan`-`dec`).
+    Month,
+    /// The day-of-week field (0-7 or `sun`-`sat`, where 0 and 7 are Sunday).
+    DayOfWeek,
+}
+
+impl CronField {
+    /// The smallest value the field accepts.
+    fn min(self) -> u32 {
+        match self {
+            CronField::DayOfMonth | CronField::Month => 1,
+            _ => 0,
+        }
+    }
+
+    /// The largest value the field accepts.
+    fn max(self) -> u32 {
+        match self {
+            CronField::Second | CronField::Minute => 59,
+            CronField::Hour => 23,
+            CronField::DayOfMonth => 31,
+            CronField::Month => 12,
+            CronField::DayOfWeek => 7,
+        }
+    }
+
+    /// The symbolic names the field accepts, with the value of the first name.
+    fn names(self) -> Option<(&'static [&'static str], u32)> {
+        match self {
+            CronField::Month => Some((&MONTH_NAMES, 1)),
+            CronField::DayOfWeek => Some((&DAY_NAMES, 0)),
+            _ => None,
+        }
+    }
+
+    /// What a single value of this field looks like, for error messages.
+    fn expected_value(self) -> String {
+        match self {
+            CronField::Month => "a number 1-12 or a month name jan-dec".to_string(),
+            CronField::DayOfWeek => {
+                "a number 0-7 (0 and 7 are sunday) or a day name sun-sat".to_string()
+            }
+            _ => format!("a number {}-{}", self.min(), self.max()),
+        }
+    }
+}
+
+impl fmt::Display for CronField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CronField::Second => "second",
+            CronField::Minute => "minute",
+            CronField::Hour => "hour",
+            CronField::DayOfMonth => "day-of-month",
+            CronField::Month => "month",
+            CronField::DayOfWeek => "day-of-week",
+        })
+    }
+}
+
+/// Why a crontab expression was rejected.
+///
+/// Displays as ``<field> field `<text>`: <message>`` when the error belongs to one field,
+/// and as the bare message otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render_error(.field.as_ref(), .text, .message))]
+pub struct CronError {
+    /// The field the problem was found in, if it belongs to a single field.
+    pub field: Option<CronField>,
+    /// The complete text of that field, or an empty string when `field` is `None`.
+    pub text: String,
+    /// What is wrong and what was expected instead.
+    pub message: String,
+}
+
+impl CronError {
+    /// Creates an error that concerns the expression as a whole.
+    fn whole(message: impl Into<String>) -> Self {
+        CronError {
+            field: None,
+            text: String::new(),
+            message: message.into(),
+        }
+    }
+
+    /// Creates an error that concerns the field `field`, whose text is `text`.
+    fn in_field(field: CronField, text: &str, message: impl Into<String>) -> Self {
+        CronError {
+            field: Some(field),
+            text: text.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+fn render_error(field: Option<&CronField>, text: &str, message: &str) -> String {
+    match field {
+        Some(field) => format!("{field} field `{text}`: {message}"),
+        None => message.to_string(),
+    }
+}
+
+/// A validated crontab schedule that can compute its next fire time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CronSchedule {
+    cron: croner::Cron,
+    expression: String,
+    has_seconds: bool,
+}
+
+impl CronSchedule {
+    /// Parses and validates a crontab expression such as `0 2 * * *` or `@daily`.
+    ///
+    /// Surrounding whitespace is ignored.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`CronError`] naming the offending field for a wrong field count, an
+    /// unknown or unsupported macro, a value out of range, a reversed range, a zero step,
+    /// Quartz syntax (`?`, `L`, `W`, `#`), any other malformed field, and an expression
+    /// that is well-formed but can never fire, such as `0 0 30 2 *`.
+    pub fn parse(expr: &str) -> Result<CronSchedule, CronError> {
+        let parsed = parse_fields(expr)?;
+        let pattern = parsed.croner_pattern();
+        // Croner only treats a day field as a wildcard when it is exactly `*`, while
+        // Vixie cron looks at the first character, so `*/2` is a wildcard there. Deciding
+        // the AND/OR day rule here and forcing it on croner keeps the Vixie behaviour.
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .dom_and_dow(parsed.days_must_both_match())
+            .build()
+            .parse(&pattern)
+            .map_err(|err| {
+                CronError::whole(format!(
+                    "internal error: croner rejected the validated pattern `{pattern}`: {err}"
+                ))
+            })?;
+        Ok(CronSchedule {
+            cron,
+            expression: expr.trim().to_string(),
+            has_seconds: parsed.has_seconds,
+        })
+    }
+
+    /// The expression as written, without surrounding whitespace.
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// The first fire time strictly after `after`, in the time zone of `after`.
+    ///
+    /// Returns `None` when there is no such time up to the year 5000, which is as far as
+    /// croner searches.
+    pub fn next_after<Tz: TimeZone>(&self, after: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+        self.cron.find_next_occurrence(after, false).ok()
+    }
+
+    /// Whether the expression has a leading seconds field (six fields).
+    pub fn has_seconds(&self) -> bool {
+        self.has_seconds
+    }
+}
+
+impl FromStr for CronSchedule {
+    type Err = CronError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        CronSchedule::parse(text)
+    }
+}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expression)
+    }
+}
+
+/// The values each field allows, as bit sets indexed by value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ParsedFields {
+    has_seconds: bool,
+    seconds: u64,
+    minutes: u64,
+    hours: u64,
+    days_of_month: u64,
+    months: u64,
+    /// Weekdays 0-6 with Sunday as 0; a `7` in the text has been folded into bit 0.
+    days_of_week: u64,
+    /// The day-of-month text starts with `*`, which makes it a wildcard for the day rule.
+    dom_star: bool,
+    /// The day-of-week text starts with `*`, which makes it a wildcard for the day rule.
+    dow_star: bool,
+    /// The day-of-month text is exactly `*`.
+    dom_all: bool,
+    /// The day-of-week text is exactly `*`.
+    dow_all: bool,
+}
+
+impl ParsedFields {
+    /// Vixie cron requires both day fields to match when either starts with `*`.
+    fn days_must_both_match(&self) -> bool {
+        self.dom_star || self.dow_star
+    }
+
+    /// Renders the fields as a six-field pattern for croner.
+    ///
+    /// Every field is spelled out as an explicit list of numbers, so croner never sees
+    /// names, `a/n` steps or any other syntax it might read differently. The one exception
+    /// is a day field that is exactly `*`: croner needs the literal `*` there to know the
+    /// field is unrestricted.
+    fn croner_pattern(&self) -> String {
+        let days_of_month = if self.dom_all {
+            "*".to_string()
+        } else {
+            render_list(self.days_of_month)
+        };
+        let days_of_week = if self.dow_all {
+            "*".to_string()
+        } else {
+            render_list(self.days_of_week)
+        };
+        [
+            render_list(self.seconds),
+            render_list(self.minutes),
+            render_list(self.hours),
+            days_of_month,
+            render_list(self.months),
+            days_of_week,
+        ]
+        .join(" ")
+    }
+}
+
+fn render_list(bits: u64) -> String {
+    (0..64u32)
+        .filter(|value| bits & (1u64 << value) != 0)
+        .map(|value| value.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Splits the expression into fields, expands macros and validates every field.
+fn parse_fields(expr: &str) -> Result<ParsedFields, CronError> {
+    let trimmed = expr.trim();
+    let expanded;
+    let texts: Vec<&str> = if trimmed.starts_with('@') {
+        expanded = expand_macro(trimmed)?;
+        expanded.split_whitespace().collect()
+    } else {
+        trimmed.split_whitespace().collect()
+    };
+
+    let (seconds_text, rest) = match texts.as_slice() {
+        [minute, hour, dom, month, dow] => (None, [*minute, *hour, *dom, *month, *dow]),
+        [second, minute, hour, dom, month, dow] => {
+            (Some(*second), [*minute, *hour, *dom, *month, *dow])
+        }
+        other => {
+            return Err(CronError::whole(format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week) \
+                 or 6 with leading seconds, found {}",
+                other.len()
+            )))
+        }
+    };
+    let [minute_text, hour_text, dom_text, month_text, dow_text] = rest;
+
+    let seconds = match seconds_text {
+        Some(text) => parse_field(CronField::Second, text)?,
+        None => 1,
+    };
+    let parsed = ParsedFields {
+        has_seconds: seconds_text.is_some(),
+        seconds,
+        minutes: parse_field(CronField::Minute, minute_text)?,
+        hours: parse_field(CronField::Hour, hour_text)?,
+        days_of_month: parse_field(CronField::DayOfMonth, dom_text)?,
+        months: parse_field(CronField::Month, month_text)?,
+        days_of_week: fold_sunday(parse_field(CronField::DayOfWeek, dow_text)?),
+        dom_star: dom_text.starts_with('*'),
+        dow_star: dow_text.starts_with('*'),
+        dom_all: dom_text == "*",
+        dow_all: dow_text == "*",
+    };
+    check_can_fire(&parsed, dom_text, month_text)?;
+    Ok(parsed)
+}
+
+/// Returns the five-field equivalent of a macro such as `@daily`.
+fn expand_macro(text: &str) -> Result<String, CronError> {
+    let mut words = text.split_whitespace();
+    let name = words.next().unwrap_or(text);
+    if words.next().is_some() {
+        return Err(CronError::whole(format!(
+            "macro `{name}` must stand alone: expected nothing after it"
+        )));
+    }
+    if name.eq_ignore_ascii_case("@reboot") {
+        return Err(CronError::whole(
+            "macro `@reboot` is not supported: expected a time-based schedule such as `@daily`",
+        ));
+    }
+    MACROS
+        .iter()
+        .find(|(macro_name, _)| name.eq_ignore_ascii_case(macro_name))
+        .map(|(_, fields)| (*fields).to_string())
+        .ok_or_else(|| {
+            let known: Vec<&str> = MACROS.iter().map(|(macro_name, _)| *macro_name).collect();
+            CronError::whole(format!(
+                "unknown macro `{name}`: expected one of {}",
+                known.join(", ")
+            ))
+        })
+}
+
+/// Moves a Sunday written as `7` onto `0`, so weekdays are always 0-6.
+fn fold_sunday(days_of_week: u64) -> u64 {
+    let sunday_as_seven = 1u64 << 7;
+    if days_of_week & sunday_as_seven != 0 {
+        (days_of_week & !sunday_as_seven) | 1
+    } else {
+        days_of_week
+    }
+}
+
+/// Rejects expressions whose day-of-month never occurs in any of the chosen months.
+///
+/// This can only happen when the day fields are ANDed: with the OR rule the weekday
+/// field alone still produces fire times. An ANDed weekday never makes an expression
+/// impossible, because every date, 29 February included, falls on each weekday in
+/// some year.
+fn check_can_fire(
+    parsed: &ParsedFields,
+    dom_text: &str,
+    month_text: &str,
+) -> Result<(), CronError> {
+    if !parsed.days_must_both_match() {
+        return Ok(());
+    }
+    let possible = (1u32..).zip(MAX_DAYS_IN_MONTH).any(|(month, days)| {
+        parsed.months & (1u64 << month) != 0
+            && (1..=days).any(|day| parsed.days_of_month & (1u64 << day) != 0)
+    });
+    if possible {
+        Ok(())
+    } else {
+        Err(CronError::in_field(
+            CronField::DayOfMonth,
+            dom_text,
+            format!("never occurs in month `{month_text}`, so the expression can never fire"),
+        ))
+    }
+}
+
+/// Parses one field into the set of values it allows.
+fn parse_field(field: CronField, text: &str) -> Result<u64, CronError> {
+    let error = |message: String| CronError::in_field(field, text, message);
+
+    // Quartz syntax is common in schedules copied from Java tools, so it gets a message
+    // that explains the mismatch instead of a generic "invalid value".
+    if text.contains('?') {
+        return Err(error(
+            "`?` is a Quartz extension, not crontab syntax: use `*` instead".to_string(),
+        ));
+    }
+    if text.contains('#') {
+        return Err(error(
+            "`#` (nth weekday of the month) is a Quartz extension, not crontab syntax".to_string(),
+        ));
+    }
+
+    let mut bits = 0u64;
+    for item in text.split(',') {
+        bits |= parse_item(field, item).map_err(error)?;
+    }
+    Ok(bits)
+}
+
+/// Parses one comma-separated item: `*`, `a`, `a-b`, each optionally followed by `/step`.
+fn parse_item(field: CronField, item: &str) -> Result<u64, String> {
+    if item.is_empty() {
+        return Err("empty list item: expected a value, range or step between commas".to_string());
+    }
+    let (base, step) = match item.split_once('/') {
+        Some((base, step)) => (base, Some(parse_step(step)?)),
+        None => (item, None),
+    };
+    let (start, end) = if base == "*" {
+        (field.min(), field.max())
+    } else if let Some((start, end)) = base.split_once('-') {
+        let start = parse_value(field, start, false)?;
+        let end = parse_value(field, end, true)?;
+        if start > end {
+            return Err(format!(
+                "range `{base}` is reversed: expected the start to be at most the end"
+            ));
+        }
+        (start, end)
+    } else {
+        let value = parse_value(field, base, false)?;
+        // As in cronie, `a/n` means every n-th value from `a` to the end of the field.
+        match step {
+            Some(_) => (value, field.max()),
+            None => (value, value),
+        }
+    };
+    let step = step.unwrap_or(1);
+    let mut bits = 0u64;
+    let mut value = start;
+    while value <= end {
+        bits |= 1u64 << value;
+        value = match value.checked_add(step) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(bits)
+}
+
+/// Parses the step after a `/`, which must be a positive integer.
+fn parse_step(text: &str) -> Result<u32, String> {
+    if text.is_empty() {
+        return Err("missing step after `/`: expected a positive integer".to_string());
+    }
+    if !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "invalid step `{text}`: expected a positive integer"
+        ));
+    }
+    match text.parse::<u32>() {
+        Ok(0) => Err("step `0` is invalid: expected a positive integer".to_string()),
+        Ok(step) => Ok(step),
+        Err(_) => Err(format!(
+            "step `{text}` is too large: expected a positive integer"
+        )),
+    }
+}
+
+/// Parses a single number or name and checks it against the field's range.
+///
+/// `range_end` is set for the value after a `-`, where `sun` means 7 so that ranges
+/// such as `mon-sun` read naturally.
+fn parse_value(field: CronField, text: &str, range_end: bool) -> Result<u32, String> {
+    let (min, max) = (field.min(), field.max());
+    let out_of_range = || {
+        let note = if field == CronField::DayOfWeek {
+            " (0 and 7 are sunday)"
+        } else {
+            ""
+        };
+        format!("value `{text}` is out of range: expected {min}-{max}{note}")
+    };
+    if text.is_empty() {
+        return Err(format!(
+            "missing value: expected {}",
+            field.expected_value()
+        ));
+    }
+    if text.bytes().all(|byte| byte.is_ascii_digit()) {
+        // A number too long for u32 is certainly out of range, so it gets the same message.
+        let value = text.parse::<u32>().map_err(|_| out_of_range())?;
+        return if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(out_of_range())
+        };
+    }
+    if let Some((names, first)) = field.names() {
+        let named = (first..)
+            .zip(names)
+            .find(|(_, name)| name.eq_ignore_ascii_case(text));
+        if let Some((value, _)) = named {
+            let is_sunday = field == CronField::DayOfWeek && value == 0;
+            return Ok(if range_end && is_sunday { 7 } else { value });
+        }
+    }
+    if let Some(message) = quartz_letter_message(text) {
+        return Err(message);
+    }
+    Err(format!(
+        "invalid value `{text}`: expected {}",
+        field.expected_value()
+    ))
+}
+
+/// Explains `L` and `W` values, which are Quartz extensions that crontab does not have.
+fn quartz_letter_message(text: &str) -> Option<String> {
+    let upper = text.to_ascii_uppercase();
+    let letters = upper.trim_start_matches(|c: char| c.is_ascii_digit());
+    match letters {
+        "L" => Some("`L` (last) is a Quartz extension, not crontab syntax".to_string()),
+        "W" | "LW" => {
+            Some("`W` (nearest weekday) is a Quartz extension, not crontab syntax".to_string())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, Duration, FixedOffset, NaiveDate, Timelike, Utc};
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    /// Returns the first `count` fire times after `from`.
+    fn fire_times(expr: &str, from: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let schedule = CronSchedule::parse(expr).unwrap();
+        let mut times = Vec::new();
+        let mut cursor = from;
+        for _ in 0..count {
+            cursor = schedule.next_after(&cursor).unwrap();
+            times.push(cursor);
+        }
+        times
+    }
+
+    /// An expression, the instant to start from and the fire times expected after it.
+    type Case = (&'static str, DateTime<Utc>, Vec<DateTime<Utc>>);
+
+    #[test]
+    fn next_fire_times_follow_the_table() {
+        let from = utc(2025, 1, 1, 0, 0, 0); // A Wednesday.
+        let table: Vec<Case> = vec![
+            (
+                "0 2 * * *",
+                from,
+                vec![
+                    utc(2025, 1, 1, 2, 0, 0),
+                    utc(2025, 1, 2, 2, 0, 0),
+                    utc(2025, 1, 3, 2, 0, 0),
+                ],
+            ),
+            (
+                "*/15 * * * *",
+                utc(2025, 1, 1, 10, 7, 30),
+                vec![
+                    utc(2025, 1, 1, 10, 15, 0),
+                    utc(2025, 1, 1, 10, 30, 0),
+                    utc(2025, 1, 1, 10, 45, 0),
+                    utc(2025, 1, 1, 11, 0, 0),
+                ],
+            ),
+            (
+                "0 9-17 * * 1-5",
+                utc(2025, 1, 3, 16, 30, 0), // Friday afternoon.
+                vec![
+                    utc(2025, 1, 3, 17, 0, 0),
+                    utc(2025, 1, 6, 9, 0, 0),
+                    utc(2025, 1, 6, 10, 0, 0),
+                ],
+            ),
+            (
+                "0 0 * * 0",
+                from,
+                vec![utc(2025, 1, 5, 0, 0, 0), utc(2025, 1, 12, 0, 0, 0)],
+            ),
+            (
+                "0 0 * * 7",
+                from,
+                vec![utc(2025, 1, 5, 0, 0, 0), utc(2025, 1, 12, 0, 0, 0)],
+            ),
+            (
+                "0 0 1 * *",
+                from,
+                vec![utc(2025, 2, 1, 0, 0, 0), utc(2025, 3, 1, 0, 0, 0)],
+            ),
+            (
+                "0 0 * * mon-fri",
+                utc(2025, 1, 3, 12, 0, 0), // Friday noon.
+                vec![utc(2025, 1, 6, 0, 0, 0), utc(2025, 1, 7, 0, 0, 0)],
+            ),
+            (
+                "0 0 1 jan *",
+                from,
+                vec![utc(2026, 1, 1, 0, 0, 0), utc(2027, 1, 1, 0, 0, 0)],
+            ),
+            (
+                "0 0 1 JAN-mar SAT,Sun",
+                from,
+                vec![utc(2025, 1, 4, 0, 0, 0), utc(2025, 1, 5, 0, 0, 0)],
+            ),
+            // The OR rule: both day fields are restricted, so the 13th and every Friday fire.
+            (
+                "0 0 13 * 5",
+                from,
+                vec![
+                    utc(2025, 1, 3, 0, 0, 0),
+                    utc(2025, 1, 10, 0, 0, 0),
+                    utc(2025, 1, 13, 0, 0, 0),
+                    utc(2025, 1, 17, 0, 0, 0),
+                ],
+            ),
+            // The star rule: `*/2` makes the day-of-month a wildcard for the day rule, so
+            // both fields must match: Mondays that fall on odd days.
+            (
+                "0 0 */2 * 1",
+                from,
+                vec![
+                    utc(2025, 1, 13, 0, 0, 0),
+                    utc(2025, 1, 27, 0, 0, 0),
+                    utc(2025, 2, 3, 0, 0, 0),
+                    utc(2025, 2, 17, 0, 0, 0),
+                ],
+            ),
+            // The same rule with the star in the day-of-week field: the 13th, on even weekdays.
+            (
+                "0 0 13 * */2",
+                from,
+                vec![
+                    utc(2025, 2, 13, 0, 0, 0),
+                    utc(2025, 3, 13, 0, 0, 0),
+                    utc(2025, 4, 13, 0, 0, 0),
+                ],
+            ),
+            (
+                "0 0 29 2 *",
+                from,
+                vec![utc(2028, 2, 29, 0, 0, 0), utc(2032, 2, 29, 0, 0, 0)],
+            ),
+            (
+                "*/10 * * * * *",
+                utc(2025, 1, 1, 0, 0, 5),
+                vec![utc(2025, 1, 1, 0, 0, 10), utc(2025, 1, 1, 0, 0, 20)],
+            ),
+            (
+                "30 0 12 * * *",
+                from,
+                vec![utc(2025, 1, 1, 12, 0, 30), utc(2025, 1, 2, 12, 0, 30)],
+            ),
+            // `a/n` runs from `a` to the end of the field.
+            (
+                "50/5 0 * * *",
+                from,
+                vec![
+                    utc(2025, 1, 1, 0, 50, 0),
+                    utc(2025, 1, 1, 0, 55, 0),
+                    utc(2025, 1, 2, 0, 50, 0),
+                ],
+            ),
+            (
+                "@hourly",
+                from,
+                vec![utc(2025, 1, 1, 1, 0, 0), utc(2025, 1, 1, 2, 0, 0)],
+            ),
+            ("@daily", from, vec![utc(2025, 1, 2, 0, 0, 0)]),
+            ("@midnight", from, vec![utc(2025, 1, 2, 0, 0, 0)]),
+            ("@weekly", from, vec![utc(2025, 1, 5, 0, 0, 0)]),
+            ("@monthly", from, vec![utc(2025, 2, 1, 0, 0, 0)]),
+            ("@yearly", from, vec![utc(2026, 1, 1, 0, 0, 0)]),
+            ("@annually", from, vec![utc(2026, 1, 1, 0, 0, 0)]),
+        ];
+        for (expr, start, expected) in table {
+            assert_eq!(
+                fire_times(expr, start, expected.len()),
+                expected,
+                "expression `{expr}`"
+            );
+        }
+    }
+
+    #[test]
+    fn next_after_is_strictly_after() {
+        let schedule = CronSchedule::parse("0 2 * * *").unwrap();
+        let at_fire = utc(2025, 1, 1, 2, 0, 0);
+        assert_eq!(
+            schedule.next_after(&at_fire),
+            Some(utc(2025, 1, 2, 2, 0, 0))
+        );
+        let just_before = at_fire - Duration::milliseconds(1);
+        assert_eq!(schedule.next_after(&just_before), Some(at_fire));
+        let just_after = at_fire + Duration::milliseconds(1);
+        assert_eq!(
+            schedule.next_after(&just_after),
+            Some(utc(2025, 1, 2, 2, 0, 0))
+        );
+    }
+
+    #[test]
+    fn next_after_works_in_a_fixed_offset() {
+        let schedule = CronSchedule::parse("0 2 * * *").unwrap();
+        let offset = FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+        let from = offset.with_ymd_and_hms(2025, 1, 1, 3, 0, 0).unwrap();
+        let next = schedule.next_after(&from).unwrap();
+        assert_eq!(next, offset.with_ymd_and_hms(2025, 1, 2, 2, 0, 0).unwrap());
+        assert_eq!(next.offset(), &offset);
+        assert_eq!(next.with_timezone(&Utc), utc(2025, 1, 1, 20, 30, 0));
+    }
+
+    #[test]
+    fn accessors_report_the_expression() {
+        let schedule = CronSchedule::parse("  */10 * * * * *  ").unwrap();
+        assert_eq!(schedule.expression(), "*/10 * * * * *");
+        assert_eq!(schedule.to_string(), "*/10 * * * * *");
+        assert!(schedule.has_seconds());
+        assert!(!CronSchedule::parse("@daily").unwrap().has_seconds());
+        assert!(!"0 2 * * *".parse::<CronSchedule>().unwrap().has_seconds());
+    }
+
+    /// Checks a date against the day fields with the Vixie rules, independently of croner.
+    fn vixie_day_matches(fields: &ParsedFields, date: NaiveDate) -> bool {
+        let dom = has(fields.days_of_month, date.day());
+        let dow = has(fields.days_of_week, date.weekday().num_days_from_sunday());
+        let day = if fields.dom_star || fields.dow_star {
+            dom && dow
+        } else {
+            dom || dow
+        };
+        day && has(fields.months, date.month())
+    }
+
+    fn has(bits: u64, value: u32) -> bool {
+        bits & (1u64 << value) != 0
+    }
+
+    /// Finds the next fire time by walking days, then every second of a matching day.
+    fn brute_force_next(fields: &ParsedFields, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let start = (after + Duration::seconds(1)).with_nanosecond(0)?;
+        let mut date = start.date_naive();
+        for _ in 0..(366 * 30) {
+            if vixie_day_matches(fields, date) {
+                let values = |bits: u64| (0..60u32).filter(move |&value| has(bits, value));
+                for hour in values(fields.hours) {
+                    for minute in values(fields.minutes) {
+                        for second in values(fields.seconds) {
+                            let time = date.and_hms_opt(hour, minute, second)?.and_utc();
+                            if time >= start {
+                                return Some(time);
+                            }
+                        }
+                    }
+                }
+            }
+            date = date.succ_opt()?;
+        }
+        None
+    }
+
+    #[test]
+    fn croner_agrees_with_a_brute_force_vixie_matcher() {
+        // These expressions cover the day rule in all its combinations, since that is where
+        // croner's own reading of the fields differs from Vixie cron.
+        let expressions = [
+            "0 0 */2 * 1",
+            "0 0 13 * 5",
+            "0 0 13 * */2",
+            "0 0 */3 * */2",
+            "0 0 1-7 * mon",
+            "0 0 *,1 * 3",
+            "0 0 1 * *,3",
+            "0 12 31 * *",
+            "0 6 29 2 1",
+            "0 6 29 2 *",
+            "15 10 * * 7",
+            "0 0 5/10 * 6-7",
+            "0 0 * * sat-sun",
+            "0 0 * * 5-sun",
+            "*/20 3 * * *",
+        ];
+        let starts = [
+            utc(2025, 1, 1, 0, 0, 0),
+            utc(2025, 2, 27, 23, 59, 59),
+            utc(2024, 12, 31, 12, 0, 0),
+            utc(2027, 6, 15, 3, 30, 0),
+        ];
+        for expr in expressions {
+            let schedule = CronSchedule::parse(expr).unwrap();
+            let fields = parse_fields(expr).unwrap();
+            for start in starts {
+                let mut cursor = start;
+                for _ in 0..5 {
+                    let expected = brute_force_next(&fields, cursor);
+                    let actual = schedule.next_after(&cursor);
+                    assert_eq!(actual, expected, "expression `{expr}` after {cursor}");
+                    match actual {
+                        Some(next) => cursor = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fields_parse_into_the_expected_values() {
+        let fields = parse_fields("*/20 1-3,5 */10 feb-apr 1/2").unwrap();
+        assert_eq!(fields.seconds, 1);
+        assert_eq!(render_list(fields.minutes), "0,20,40");
+        assert_eq!(render_list(fields.hours), "1,2,3,5");
+        assert_eq!(render_list(fields.days_of_month), "1,11,21,31");
+        assert_eq!(render_list(fields.months), "2,3,4");
+        // 1/2 in the day-of-week field is 1,3,5,7, and 7 is Sunday.
+        assert_eq!(render_list(fields.days_of_week), "0,1,3,5");
+        assert!(fields.dom_star && !fields.dom_all && !fields.dow_star);
+        assert_eq!(
+            render_list(parse_fields("0 0 * * mon-sun").unwrap().days_of_week),
+            "0,1,2,3,4,5,6"
+        );
+    }
+
+    fn error_of(expr: &str) -> CronError {
+        match CronSchedule::parse(expr) {
+            Ok(_) => panic!("expected `{expr}` to be rejected"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn invalid_expressions_have_exact_messages() {
+        let cases = [
+            (
+                "0 2 * *",
+                "expected 5 fields (minute hour day-of-month month day-of-week) \
+                 or 6 with leading seconds, found 4",
+            ),
+            (
+                "0 0 2 * * * *",
+                "expected 5 fields (minute hour day-of-month month day-of-week) \
+                 or 6 with leading seconds, found 7",
+            ),
+            (
+                "",
+                "expected 5 fields (minute hour day-of-month month day-of-week) \
+                 or 6 with leading seconds, found 0",
+            ),
+            ("60 * * * *", "minute field `60`: value `60` is out of range: expected 0-59"),
+            ("0 24 * * *", "hour field `24`: value `24` is out of range: expected 0-23"),
+            ("0 0 0 * *", "day-of-month field `0`: value `0` is out of range: expected 1-31"),
+            ("0 0 * 13 *", "month field `13`: value `13` is out of range: expected 1-12"),
+            (
+                "0 0 * * 8",
+                "day-of-week field `8`: value `8` is out of range: expected 0-7 (0 and 7 are sunday)",
+            ),
+            ("60 0 * * * *", "second field `60`: value `60` is out of range: expected 0-59"),
+            (
+                "0 5-1 * * *",
+                "hour field `5-1`: range `5-1` is reversed: expected the start to be at most the end",
+            ),
+            (
+                "*/0 * * * *",
+                "minute field `*/0`: step `0` is invalid: expected a positive integer",
+            ),
+            (
+                "1,,2 * * * *",
+                "minute field `1,,2`: empty list item: expected a value, range or step between commas",
+            ),
+            (
+                "0 0 * * mon,",
+                "day-of-week field `mon,`: empty list item: expected a value, range or step between commas",
+            ),
+            (
+                "x * * * *",
+                "minute field `x`: invalid value `x`: expected a number 0-59",
+            ),
+            (
+                "0 0 * * monday",
+                "day-of-week field `monday`: invalid value `monday`: expected a number 0-7 \
+                 (0 and 7 are sunday) or a day name sun-sat",
+            ),
+            (
+                "0 0 * mon *",
+                "month field `mon`: invalid value `mon`: expected a number 1-12 or a month name jan-dec",
+            ),
+            (
+                "0 0 ? * 1",
+                "day-of-month field `?`: `?` is a Quartz extension, not crontab syntax: use `*` instead",
+            ),
+            ("0 0 L * *", "day-of-month field `L`: `L` (last) is a Quartz extension, not crontab syntax"),
+            (
+                "0 0 15W * *",
+                "day-of-month field `15W`: `W` (nearest weekday) is a Quartz extension, not crontab syntax",
+            ),
+            (
+                "0 0 * * 5#3",
+                "day-of-week field `5#3`: `#` (nth weekday of the month) is a Quartz extension, not crontab syntax",
+            ),
+            ("0 0 * * 5L", "day-of-week field `5L`: `L` (last) is a Quartz extension, not crontab syntax"),
+            (
+                "0 0 30 2 *",
+                "day-of-month field `30`: never occurs in month `2`, so the expression can never fire",
+            ),
+            (
+                "0 0 31 4 *",
+                "day-of-month field `31`: never occurs in month `4`, so the expression can never fire",
+            ),
+            (
+                "0 0 31 apr,jun *",
+                "day-of-month field `31`: never occurs in month `apr,jun`, \
+                 so the expression can never fire",
+            ),
+            (
+                "0 0 30,31 2 */2",
+                "day-of-month field `30,31`: never occurs in month `2`, so the expression can never fire",
+            ),
+            (
+                "@reboot",
+                "macro `@reboot` is not supported: expected a time-based schedule such as `@daily`",
+            ),
+            (
+                "@fortnightly",
+                "unknown macro `@fortnightly`: expected one of @hourly, @daily, @midnight, \
+                 @weekly, @monthly, @yearly, @annually",
+            ),
+            ("@daily 5", "macro `@daily` must stand alone: expected nothing after it"),
+            (
+                "*/ * * * *",
+                "minute field `*/`: missing step after `/`: expected a positive integer",
+            ),
+            ("-5 * * * *", "minute field `-5`: missing value: expected a number 0-59"),
+            ("1/2/3 * * * *", "minute field `1/2/3`: invalid step `2/3`: expected a positive integer"),
+        ];
+        for (expr, message) in cases {
+            assert_eq!(error_of(expr).to_string(), message, "expression `{expr}`");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_and_its_text() {
+        let err = error_of("0 0 31 4 *");
+        assert_eq!(err.field, Some(CronField::DayOfMonth));
+        assert_eq!(err.text, "31");
+        let err = error_of("0 0 * *");
+        assert_eq!(err.field, None);
+        assert_eq!(err.text, "");
+    }
+
+    #[test]
+    fn restricted_days_with_or_rule_are_not_impossible() {
+        // With both day fields restricted the weekday still fires, so this is valid.
+        let next = fire_times("0 0 30 2 mon", utc(2025, 1, 1, 0, 0, 0), 1);
+        assert_eq!(next, vec![utc(2025, 2, 3, 0, 0, 0)]);
+    }
+
+    #[test]
+    fn odd_inputs_never_panic() {
+        let inputs = [
+            "",
+            " ",
+            "\t\n",
+            "@",
+            "@@",
+            "*",
+            "* * * * * * * * * *",
+            "99999999999999999999 * * * *",
+            "0 0 * * 99999999999999999999",
+            "*/99999999999999999999 * * * *",
+            "1-99999999999999999999 * * * *",
+            "0 0 1 1 * *",
+            "é * * * *",
+            "0 0 * * 月",
+            "日 本 語 の 文 字",
+            "🦀 * * * *",
+            "-",
+            "- - - - -",
+            "/ / / / /",
+            ", , , , ,",
+            "*/*/* * * * *",
+            "1-2-3 * * * *",
+            "0 0 * * sun-mon",
+            "0\u{a0}0 * * *",
+            "4294967295 * * * *",
+            "*/4294967295 * * * *",
+            "0 0 1-31/4294967295 * *",
+        ];
+        for input in inputs {
+            if let Ok(schedule) = CronSchedule::parse(input) {
+                let _ = schedule.next_after(&utc(2025, 1, 1, 0, 0, 0));
+            }
+        }
+        assert!(CronSchedule::parse("*/4294967295 * * * *").is_ok());
+        // Croner stops searching in the year 5000, so later starts have no next time.
+        let far = NaiveDate::from_ymd_opt(5000, 1, 2)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(
+            CronSchedule::parse("0 0 1 1 *").unwrap().next_after(&far),
+            None
+        );
+        let very_far = NaiveDate::from_ymd_opt(200_000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        assert_eq!(
+            CronSchedule::parse("* * * * *")
+                .unwrap()
+                .next_after(&very_far),
+            None
+        );
+    }
+}

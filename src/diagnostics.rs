@@ -85,7 +85,13 @@ impl Diagnostic {
     /// source text is at hand.
     pub fn render(&self, source: Option<&str>, color: bool) -> String {
         let (bold_red, bold_yellow, blue, bold, reset) = if color {
-            ("\x1b[1;31m", "\x1b[1;33m", "\x1b[1;34m", "\x1b[1m", "\x1b[0m")
+            (
+                "\x1b[1;31m",
+                "\x1b[1;33m",
+                "\x1b[1;34m",
+                "\x1b[1m",
+                "\x1b[0m",
+            )
         } else {
             ("", "", "", "", "")
         };
@@ -93,7 +99,10 @@ impl Diagnostic {
             Severity::Error => ("error", bold_red),
             Severity::Warning => ("warning", bold_yellow),
         };
-        let mut out = format!("{label_color}{label}{reset}{bold}: {}{reset}\n", self.message);
+        let mut out = format!(
+            "{label_color}{label}{reset}{bold}: {}{reset}\n",
+            self.message
+        );
         let pointer = if self.pointer.is_empty() {
             String::new()
         } else {

@@ -81,13 +81,19 @@ pub fn validate(cli: &Cli) -> Result<u8> {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(err) => {
-                problems.push(Diagnostic::error(&shown, 0, 0, "", format!("cannot read: {err}")));
+                problems.push(Diagnostic::error(
+                    &shown,
+                    0,
+                    0,
+                    "",
+                    format!("cannot read: {err}"),
+                ));
                 continue;
             }
         };
         let (_, diagnostics) = check_text(&shown, &text);
         for diagnostic in &diagnostics {
-            write!(out, "{}\n", diagnostic.render(Some(&text), false))?;
+            writeln!(out, "{}", diagnostic.render(Some(&text), false))?;
         }
         if diagnostics.is_empty() {
             writeln!(out, "{shown}: ok")?;

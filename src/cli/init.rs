@@ -29,8 +29,14 @@ pub fn scaffold_files() -> Vec<(String, &'static str)> {
         .map(|e| (e.file_path().display().to_string(), e.default_file()))
         .collect();
     files.extend([
-        ("workflows/api_tests.json".to_owned(), include_str!("../../workflows/api_tests.json")),
-        ("workflows/smoke.yaml".to_owned(), include_str!("../../workflows/smoke.yaml")),
+        (
+            "workflows/api_tests.json".to_owned(),
+            include_str!("../../workflows/api_tests.json"),
+        ),
+        (
+            "workflows/smoke.yaml".to_owned(),
+            include_str!("../../workflows/smoke.yaml"),
+        ),
         (
             "workflows/api_tests_production.yaml".to_owned(),
             include_str!("../../workflows/api_tests_production.yaml"),
@@ -39,13 +45,34 @@ pub fn scaffold_files() -> Vec<(String, &'static str)> {
             "templates/api_test_suite.json".to_owned(),
             include_str!("../../templates/api_test_suite.json"),
         ),
-        ("agents/test_runner.yaml".to_owned(), include_str!("../../agents/test_runner.yaml")),
-        ("schedules/nightly.yaml".to_owned(), include_str!("../../schedules/nightly.yaml")),
-        ("alerts/alerts.json".to_owned(), include_str!("../../alerts/alerts.json")),
-        ("triggers/github.yaml".to_owned(), include_str!("../../triggers/github.yaml")),
-        ("suites/setup.sh".to_owned(), include_str!("../../suites/setup.sh")),
-        ("suites/api.sh".to_owned(), include_str!("../../suites/api.sh")),
-        (".gitignore".to_owned(), "data/\nlogs/\nreports/\n.orchestrator/\n"),
+        (
+            "agents/test_runner.yaml".to_owned(),
+            include_str!("../../agents/test_runner.yaml"),
+        ),
+        (
+            "schedules/nightly.yaml".to_owned(),
+            include_str!("../../schedules/nightly.yaml"),
+        ),
+        (
+            "alerts/alerts.json".to_owned(),
+            include_str!("../../alerts/alerts.json"),
+        ),
+        (
+            "triggers/github.yaml".to_owned(),
+            include_str!("../../triggers/github.yaml"),
+        ),
+        (
+            "suites/setup.sh".to_owned(),
+            include_str!("../../suites/setup.sh"),
+        ),
+        (
+            "suites/api.sh".to_owned(),
+            include_str!("../../suites/api.sh"),
+        ),
+        (
+            ".gitignore".to_owned(),
+            "data/\nlogs/\nreports/\n.orchestrator/\n",
+        ),
     ]);
     files
 }

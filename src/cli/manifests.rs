@@ -145,7 +145,11 @@ fn render_diagnostics(snapshot: &Snapshot, diagnostics: &[Diagnostic], color: bo
 fn problems_line(diagnostics: &[Diagnostic]) -> String {
     let (errors, warnings) = count(diagnostics);
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    format!("{}, {}", plural(errors, "error"), plural(warnings, "warning"))
+    format!(
+        "{}, {}",
+        plural(errors, "error"),
+        plural(warnings, "warning")
+    )
 }
 
 /// `validate`.
@@ -203,7 +207,10 @@ fn applied_in_scope(
     store: &Store,
     scope: &Option<Vec<String>>,
     desired: &DesiredSet,
-) -> Result<(BTreeMap<ObjectKey, ObjectRecord>, BTreeMap<ObjectKey, ObjectRecord>)> {
+) -> Result<(
+    BTreeMap<ObjectKey, ObjectRecord>,
+    BTreeMap<ObjectKey, ObjectRecord>,
+)> {
     let all = store.objects()?;
     let Some(scope) = scope else {
         return Ok((all.clone(), all));
@@ -262,7 +269,10 @@ fn render_plan(plan: &Plan, color: bool) -> String {
     for (changes, what) in [
         (&plan.create, "create"),
         (&plan.update, "update"),
-        (&plan.delete, "delete (manifest removed; apply --prune removes it)"),
+        (
+            &plan.delete,
+            "delete (manifest removed; apply --prune removes it)",
+        ),
     ] {
         for change in changes {
             out.push_str(&format!(
@@ -358,16 +368,16 @@ pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
             writeln!(out, "{} {} {what}", held.key.kind, held.key.id)?;
         }
         for key in &report.kept {
-            writeln!(
-                out,
-                "{} {} kept: its file cannot be read",
-                key.kind, key.id
-            )?;
+            writeln!(out, "{} {} kept: its file cannot be read", key.kind, key.id)?;
         }
         writeln!(
             out,
             "{}revision {}: {} created, {} configured, {} pruned, {} unchanged, {} invalid; {}",
-            if args.dry_run { "dry run, nothing written: " } else { "applied " },
+            if args.dry_run {
+                "dry run, nothing written: "
+            } else {
+                "applied "
+            },
             report.revision,
             report.created.len(),
             report.updated.len(),

@@ -27,7 +27,13 @@ pub const EXIT_ERROR: u8 = 2;
 #[command(name = "orchestrator", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Environment whose configuration to use.
-    #[arg(long, short = 'e', global = true, value_enum, env = "ORCHESTRATOR_ENVIRONMENT")]
+    #[arg(
+        long,
+        short = 'e',
+        global = true,
+        value_enum,
+        env = "ORCHESTRATOR_ENVIRONMENT"
+    )]
     pub environment: Option<Environment>,
     /// Configuration file to use instead of config/<environment>.yaml.
     #[arg(long, global = true, env = "ORCHESTRATOR_CONFIG")]

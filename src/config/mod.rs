@@ -236,7 +236,13 @@ pub fn check_text(file: &str, text: &str) -> (Option<Value>, Vec<Diagnostic>) {
         Err(err) => {
             return (
                 None,
-                vec![Diagnostic::error(file, err.line, err.column, "", err.message)],
+                vec![Diagnostic::error(
+                    file,
+                    err.line,
+                    err.column,
+                    "",
+                    err.message,
+                )],
             )
         }
     };

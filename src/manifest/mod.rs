@@ -78,9 +78,9 @@ impl Kind {
     /// The kind named by `text`, case-insensitively (`workflow`, `Workflow`, `workflows`).
     pub fn parse(text: &str) -> Option<Kind> {
         let lower = text.to_ascii_lowercase();
-        Kind::ALL.into_iter().find(|kind| {
-            lower == kind.as_str().to_ascii_lowercase() || lower == kind.directory()
-        })
+        Kind::ALL
+            .into_iter()
+            .find(|kind| lower == kind.as_str().to_ascii_lowercase() || lower == kind.directory())
     }
 }
 
@@ -274,9 +274,7 @@ pub fn extract(
             return (manifests, diagnostics);
         }
         // The guide's template document names itself with `template` and carries steps.
-        None if map.contains_key("template") && map.contains_key("steps") => {
-            Kind::WorkflowTemplate
-        }
+        None if map.contains_key("template") && map.contains_key("steps") => Kind::WorkflowTemplate,
         None => match kind_from_path(file) {
             Some(kind) => kind,
             None => {
@@ -294,13 +292,7 @@ pub fn extract(
             }
         },
     };
-    let (more, problems) = extract_one(
-        file,
-        kind,
-        value,
-        locations,
-        document_pointer.to_owned(),
-    );
+    let (more, problems) = extract_one(file, kind, value, locations, document_pointer.to_owned());
     manifests.extend(more);
     diagnostics.extend(problems);
     (manifests, diagnostics)
@@ -332,6 +324,8 @@ fn extract_one(
                     &format!("{pointer}/{alias}"),
                     format!("both `{canonical}` and its alias `{alias}` are set: keep one"),
                 ));
+                // Reported once here; the schema would otherwise call the alias unknown.
+                map.remove(*alias);
                 continue;
             }
             if let Some(aliased) = map.remove(*alias) {
@@ -393,7 +387,8 @@ mod tests {
 
     #[test]
     fn alerts_list_expands_to_alert_manifests() {
-        let text = r#"{"alerts": [{"name": "A", "condition": "system.cpu_percent > 1"}, {"name": "B"}]}"#;
+        let text =
+            r#"{"alerts": [{"name": "A", "condition": "system.cpu_percent > 1"}, {"name": "B"}]}"#;
         let document = parse::parse_json(text).unwrap();
         let (manifests, diagnostics) = extract("x.json", document, "");
         assert!(diagnostics.is_empty());

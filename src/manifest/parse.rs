@@ -9,6 +9,14 @@ use serde_saphyr::{Budget, Options, Spanned};
 
 /// Deepest nesting accepted in a manifest; real manifests stay far below it.
 pub const MAX_DEPTH: usize = 64;
+/// The most alias uses (`*name`) in one YAML file.
+const MAX_ALIASES: usize = 1_000;
+/// The most anchors (`&name`) in one YAML file.
+const MAX_ANCHORS: usize = 1_000;
+/// The most nodes in one YAML file, counting each alias expansion.
+const MAX_NODES: usize = 250_000;
+/// The most documents in one YAML file.
+const MAX_DOCUMENTS: usize = 10_000;
 
 /// A parsed document: its value and where each of its nodes sits in the file.
 #[derive(Debug, Clone)]
@@ -117,10 +125,10 @@ impl LocatedNode {
 pub fn parse_yaml(text: &str) -> Result<Vec<ParsedDocument>, SyntaxError> {
     let mut budget = Budget::default();
     budget.max_depth = MAX_DEPTH;
-    budget.max_aliases = 1_000;
-    budget.max_anchors = 1_000;
-    budget.max_nodes = 250_000;
-    budget.max_documents = 10_000;
+    budget.max_aliases = MAX_ALIASES;
+    budget.max_anchors = MAX_ANCHORS;
+    budget.max_nodes = MAX_NODES;
+    budget.max_documents = MAX_DOCUMENTS;
     let mut options = Options::default();
     options.budget = Some(budget);
     let documents: Vec<Option<Spanned<YamlNode>>> =
@@ -232,16 +240,41 @@ fn syntax_error(err: serde_saphyr::Error) -> SyntaxError {
         .unwrap_or((0, 0));
     let full = err.without_snippet().to_string();
     // The location travels separately; keep the first line of the message only.
-    let message = full.lines().next().unwrap_or("invalid YAML").trim().to_owned();
+    let message = full
+        .lines()
+        .next()
+        .unwrap_or("invalid YAML")
+        .trim()
+        .to_owned();
     let message = match message.find(" at line ") {
         Some(index) => message[..index].to_owned(),
         None => message,
     };
+    let message = match message.strip_prefix("budget breached: ") {
+        Some(breach) => budget_message(breach),
+        None => format!("invalid YAML: {message}"),
+    };
     SyntaxError {
         line,
         column,
-        message: format!("invalid YAML: {message}"),
+        message,
     }
+}
+
+/// Turns serde-saphyr's `Nodes { nodes: 250001 }` into a sentence naming the limit.
+fn budget_message(breach: &str) -> String {
+    let variant = breach.split_whitespace().next().unwrap_or(breach);
+    let what = match variant {
+        "Nodes" => format!("more than {MAX_NODES} nodes once aliases are expanded"),
+        "Depth" => format!("nesting deeper than {MAX_DEPTH} levels"),
+        "Aliases" => format!("more than {MAX_ALIASES} alias uses"),
+        "Anchors" => format!("more than {MAX_ANCHORS} anchors"),
+        "Documents" => format!("more than {MAX_DOCUMENTS} documents"),
+        _ => breach.to_owned(),
+    };
+    format!(
+        "YAML input too large: {what} (a limit that guards against alias bombs and runaway files)"
+    )
 }
 
 /// A YAML node as serde-saphyr hands it over, children with their spans.
@@ -410,7 +443,10 @@ mod tests {
     fn json_syntax_error_points_at_its_line() {
         let err = parse_json("{\n  \"name\": \"x\",\n}\n").unwrap_err();
         assert_eq!((err.line, err.column), (3, 1));
-        assert!(err.message.starts_with("invalid JSON: trailing comma"), "{err:?}");
+        assert!(
+            err.message.starts_with("invalid JSON: trailing comma"),
+            "{err:?}"
+        );
     }
 
     #[test]

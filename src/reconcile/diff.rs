@@ -163,7 +163,6 @@ pub fn render_change(change: &Change, color: bool) -> String {
 
 /// A spec as YAML, for diffs and `get -o yaml`.
 pub fn to_yaml(value: &Value) -> String {
-    serde_saphyr::to_string(value).unwrap_or_else(|_| {
-        serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
-    })
+    serde_saphyr::to_string(value)
+        .unwrap_or_else(|_| serde_json::to_string_pretty(value).unwrap_or_default() + "\n")
 }

@@ -120,7 +120,8 @@ pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
         let key = candidate.key();
         let name = candidate.manifest.name().unwrap_or_default().to_owned();
         let file = candidate.manifest.file.clone();
-        set.diagnostics.extend(candidate.diagnostics.iter().cloned());
+        set.diagnostics
+            .extend(candidate.diagnostics.iter().cloned());
         if candidate.diagnostics.iter().any(Diagnostic::is_error) {
             let entry = set.invalid.entry(key).or_insert_with(|| InvalidObject {
                 name,
@@ -157,6 +158,18 @@ pub fn content_hash(spec: &Value) -> String {
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The column of the `inner`-th character of a one-line scalar that starts at
+/// `line:column`, stepping over an opening quote; the scalar's own column when the text
+/// there is not what was parsed.
+fn column_inside_scalar(text: &str, line: u32, column: u32, inner: u32) -> u32 {
+    let Some(source_line) = text.lines().nth(line.saturating_sub(1) as usize) else {
+        return column;
+    };
+    let mut rest = source_line.chars().skip(column.saturating_sub(1) as usize);
+    let quote = u32::from(matches!(rest.next(), Some('"' | '\'')));
+    column + quote + inner.saturating_sub(1)
 }
 
 /// A document that got as far as having a kind and an id.
@@ -227,16 +240,29 @@ fn check_file(source: &SourceFile) -> FileResult {
             let mut diagnostics: Vec<Diagnostic> =
                 schema::validate(SchemaName::Manifest(manifest.kind), &manifest.value)
                     .into_iter()
-                    .map(|v| manifest.error_at(&v.pointer, v.at_key, v.message))
+                    .map(|v| {
+                        let mut diagnostic = manifest.error_at(&v.pointer, v.at_key, v.message);
+                        if let Some(inner) = v.inner_column {
+                            diagnostic.column = column_inside_scalar(
+                                &source.text,
+                                diagnostic.line,
+                                diagnostic.column,
+                                inner,
+                            );
+                        }
+                        diagnostic
+                    })
                     .collect();
             let Some(id) = manifest.id() else {
                 if manifest.name().is_some_and(|n| !n.is_empty()) {
-                    diagnostics.push(manifest.error_at(
-                        "/name",
-                        false,
-                        "name must contain a letter or digit to derive an id from; or set `id`"
-                            .to_owned(),
-                    ));
+                    diagnostics.push(
+                        manifest.error_at(
+                            "/name",
+                            false,
+                            "name must contain a letter or digit to derive an id from; or set `id`"
+                                .to_owned(),
+                        ),
+                    );
                 } else if manifest.kind == Kind::WorkflowTemplate {
                     diagnostics.push(manifest.error_at(
                         "",

@@ -59,6 +59,9 @@ pub struct Violation {
     pub at_key: bool,
     /// What is wrong and what was expected.
     pub message: String,
+    /// For a string that failed a format: the 1-based character inside the string where
+    /// the problem was found, when the format's parser knows it.
+    pub inner_column: Option<u32>,
 }
 
 struct Compiled {
@@ -82,7 +85,9 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     .with_format("duration", |s: &str| {
                         crate::duration::parse_duration(s).is_ok()
                     })
-                    .with_format("cron", |s: &str| crate::cron::CronSchedule::parse(s).is_ok())
+                    .with_format("cron", |s: &str| {
+                        crate::cron::CronSchedule::parse(s).is_ok()
+                    })
                     .with_format("condition", |s: &str| {
                         crate::condition::parse_condition(s).is_ok()
                     })
@@ -139,6 +144,7 @@ fn describe(
         pointer: pointer.clone(),
         at_key: false,
         message,
+        inner_column: None,
     };
     match kind {
         ValidationErrorKind::Required { property } => {
@@ -161,6 +167,7 @@ fn describe(
                     "unknown field `{field}`{hint} (expected one of: {})",
                     allowed.join(", ")
                 ),
+                inner_column: None,
             }
         }
         ValidationErrorKind::Type { kind } => {
@@ -188,7 +195,11 @@ fn describe(
         )),
         ValidationErrorKind::Format { format } => {
             let text = instance.as_str().unwrap_or_default();
-            plain(semantic::format_message(format, text))
+            let (message, inner_column) = semantic::format_message(format, text);
+            Violation {
+                inner_column,
+                ..plain(message)
+            }
         }
         ValidationErrorKind::Pattern { pattern } => plain(format!(
             "{} does not match the expected form `{pattern}`{}",

@@ -7,25 +7,29 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::Value;
 
 use crate::agents::{self, BUILTIN_AGENTS};
-use crate::diagnostics::{escape_pointer_segment, Diagnostic};
+use crate::diagnostics::Diagnostic;
 use crate::manifest::{Kind, Manifest};
 use crate::schema::did_you_mean;
 
-/// The detailed message for a string that failed one of the custom formats.
-pub fn format_message(format: &str, text: &str) -> String {
+/// The detailed message for a string that failed one of the custom formats, and the
+/// 1-based character inside the string where the problem is, when known.
+pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
     let detail = match format {
         "duration" => crate::duration::parse_duration(text)
             .err()
-            .map(|e| e.to_string()),
+            .map(|e| (e.to_string(), None)),
         "cron" => crate::cron::CronSchedule::parse(text)
             .err()
-            .map(|e| format!("invalid cron expression `{text}`: {e}")),
-        "condition" => crate::condition::parse_condition(text)
-            .err()
-            .map(|e| format!("invalid condition at column {}: {}", e.column, e.message)),
+            .map(|e| (format!("invalid cron expression `{text}`: {e}"), None)),
+        "condition" => crate::condition::parse_condition(text).err().map(|e| {
+            (
+                format!("invalid condition at column {}: {}", e.column, e.message),
+                u32::try_from(e.column).ok(),
+            )
+        }),
         _ => None,
     };
-    detail.unwrap_or_else(|| format!("`{text}` is not a valid {format}"))
+    detail.unwrap_or_else(|| (format!("`{text}` is not a valid {format}"), None))
 }
 
 /// Checks one object on its own: for workflows and templates, unique step names and a
@@ -255,10 +259,14 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
             if let Some(workflow) = manifest.value.get("workflow").and_then(Value::as_str) {
                 if !catalog.workflows.contains(workflow) {
                     let hint = match catalog.workflow_names.get(workflow) {
-                        Some(id) => format!("; workflows are referred to by id: did you mean `{id}`?"),
-                        None => did_you_mean(workflow, catalog.workflows.iter().map(String::as_str))
-                            .map(|s| format!("; did you mean `{s}`?"))
-                            .unwrap_or_default(),
+                        Some(id) => {
+                            format!("; workflows are referred to by id: did you mean `{id}`?")
+                        }
+                        None => {
+                            did_you_mean(workflow, catalog.workflows.iter().map(String::as_str))
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default()
+                        }
                     };
                     diagnostics.push(manifest.error_at(
                         "/workflow",
@@ -316,7 +324,8 @@ fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Dia
                 ));
             }
         }
-        let runs_shell = agent.is_none() || (agent_name == "shell" && !catalog.agents.contains_key("shell"));
+        let runs_shell =
+            agent.is_none() || (agent_name == "shell" && !catalog.agents.contains_key("shell"));
         if runs_shell && !has_command {
             let pointer = format!("/steps/{index}");
             diagnostics.push(manifest.error_at(
@@ -371,11 +380,6 @@ pub fn duplicate_ids(manifests: &[(Kind, String, &Manifest)]) -> Vec<(usize, Dia
     diagnostics
 }
 
-/// The pointer of a mapping entry, escaped.
-pub fn entry_pointer(parent: &str, key: &str) -> String {
-    format!("{parent}/{}", escape_pointer_segment(key))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +387,10 @@ mod tests {
     #[test]
     fn finds_cycles_and_accepts_dags() {
         assert_eq!(find_cycle(&[vec![1], vec![2], vec![]]), None);
-        assert_eq!(find_cycle(&[vec![1], vec![2], vec![0]]), Some(vec![0, 1, 2]));
+        assert_eq!(
+            find_cycle(&[vec![1], vec![2], vec![0]]),
+            Some(vec![0, 1, 2])
+        );
         assert_eq!(find_cycle(&[vec![], vec![2], vec![1]]), Some(vec![1, 2]));
     }
 }

@@ -33,7 +33,11 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
 
     // A second init refuses to overwrite, and says how to.
     let again = orchestrator(dir, &["init"]).expect_code(2);
-    assert!(again.stderr.contains("use --force to overwrite"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("use --force to overwrite"),
+        "{}",
+        again.stderr
+    );
     orchestrator(dir, &["init", "--force"]).expect_code(0);
 
     let validate = orchestrator(dir, &["validate"]).expect_code(0);
@@ -49,7 +53,8 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
         .contains("Workflow wf_api-test-suite (workflows/api_tests.json): create"));
     assert!(diff.stdout.contains("+name: API Test Suite"));
     assert!(
-        diff.stdout.ends_with("9 to create, 0 to update, 0 to delete\n"),
+        diff.stdout
+            .ends_with("9 to create, 0 to update, 0 to delete\n"),
         "{}",
         diff.stdout
     );
@@ -65,10 +70,7 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
     assert_eq!(workflow["source_file"], "workflows/api_tests.json");
 
     let unchanged = orchestrator(dir, &["diff"]).expect_code(0);
-    assert_eq!(
-        unchanged.stdout,
-        "0 to create, 0 to update, 0 to delete\n"
-    );
+    assert_eq!(unchanged.stdout, "0 to create, 0 to update, 0 to delete\n");
 
     // An edit shows as exactly that edit.
     let path = dir.join("workflows/api_tests.json");
@@ -78,15 +80,21 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
     let changed: Vec<&str> = edited
         .stdout
         .lines()
-        .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"))
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
         .collect();
-    assert_eq!(changed, ["-    template: detailed", "+    template: summary"]);
-    assert!(edited.stdout.contains("0 to create, 1 to update, 0 to delete"));
-    orchestrator(dir, &["apply"]).expect_code(0);
     assert_eq!(
-        record(&stored(dir), "wf_api-test-suite")["generation"],
-        2
+        changed,
+        ["-    template: detailed", "+    template: summary"]
     );
+    assert!(edited
+        .stdout
+        .contains("0 to create, 1 to update, 0 to delete"));
+    orchestrator(dir, &["apply"]).expect_code(0);
+    assert_eq!(record(&stored(dir), "wf_api-test-suite")["generation"], 2);
 
     // A broken file: the diagnostic is reported, the last good version stays in force, and
     // the valid files still apply.
@@ -103,11 +111,17 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
         "{}",
         broken.stderr
     );
-    assert!(broken.stderr.contains("--> workflows/smoke.yaml:"), "{}", broken.stderr);
+    assert!(
+        broken.stderr.contains("--> workflows/smoke.yaml:"),
+        "{}",
+        broken.stderr
+    );
     assert!(broken
         .stdout
         .contains("Workflow wf_smoke invalid: the last good version stays in force"));
-    assert!(broken.stdout.contains("Workflow wf_api-test-suite configured"));
+    assert!(broken
+        .stdout
+        .contains("Workflow wf_api-test-suite configured"));
     let records = stored(dir);
     let smoke_record = record(&records, "wf_smoke");
     assert_eq!(smoke_record["status"], "invalid");
@@ -120,7 +134,11 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
     // A file that does not even parse keeps the objects it held.
     fs::write(&smoke, "name: [unclosed\n").unwrap();
     let unreadable = orchestrator(dir, &["apply", "--prune"]).expect_code(1);
-    assert!(unreadable.stdout.contains("Workflow wf_smoke kept"), "{}", unreadable.stdout);
+    assert!(
+        unreadable.stdout.contains("Workflow wf_smoke kept"),
+        "{}",
+        unreadable.stdout
+    );
     assert!(record(&stored(dir), "wf_smoke")["spec"].is_object());
 
     // Fixing it brings it back to applied.
@@ -134,7 +152,9 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
     assert!(deleted.stdout.contains(
         "Trigger trg_github-push (triggers/github.yaml): delete (manifest removed; apply --prune removes it)"
     ));
-    assert!(deleted.stdout.contains("0 to create, 0 to update, 1 to delete"));
+    assert!(deleted
+        .stdout
+        .contains("0 to create, 0 to update, 1 to delete"));
     let kept = orchestrator(dir, &["apply"]).expect_code(0);
     assert!(kept.stdout.contains("Trigger trg_github-push not pruned"));
     assert_eq!(record(&stored(dir), "trg_github-push")["status"], "applied");
@@ -178,7 +198,9 @@ fn a_held_store_is_reported_with_the_holder_pid() {
             "data directory {} is in use by PID {}",
             dir.join("data").display(),
             std::process::id()
-        )) || run.stderr.contains(&format!("is in use by PID {}", std::process::id())),
+        )) || run
+            .stderr
+            .contains(&format!("is in use by PID {}", std::process::id())),
         "{}",
         run.stderr
     );
@@ -196,7 +218,8 @@ fn unwritable_data_dir_is_one_line_naming_the_path() {
     fs::write(dir.join("blocker"), "").unwrap();
     let run = orchestrator(dir, &["apply", "--data-dir", "blocker/data"]).expect_code(2);
     assert!(
-        run.stderr.starts_with("error: cannot use data directory blocker/data:"),
+        run.stderr
+            .starts_with("error: cannot use data directory blocker/data:"),
         "{}",
         run.stderr
     );
@@ -229,7 +252,9 @@ fn config_show_follows_environment_and_overrides() {
     .unwrap();
     let invalid = orchestrator(dir, &["config", "validate"]).expect_code(1);
     assert!(
-        invalid.stdout.contains("--> config/testing.yaml:3:9 at /server/port"),
+        invalid
+            .stdout
+            .contains("--> config/testing.yaml:3:9 at /server/port"),
         "{}",
         invalid.stdout
     );
@@ -238,13 +263,13 @@ fn config_show_follows_environment_and_overrides() {
 #[test]
 fn the_repository_and_its_examples_validate() {
     let run = orchestrator(&repo_dir(), &["validate"]).expect_code(0);
-    assert!(run.stdout.contains("0 errors, 0 warnings"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("0 errors, 0 warnings"),
+        "{}",
+        run.stdout
+    );
     let examples = repo_dir().join("examples/manifests");
-    let run = orchestrator(
-        &repo_dir(),
-        &["validate", examples.to_str().unwrap()],
-    )
-    .expect_code(0);
+    let run = orchestrator(&repo_dir(), &["validate", examples.to_str().unwrap()]).expect_code(0);
     assert!(run.stdout.contains("0 errors"), "{}", run.stdout);
 }
 

@@ -48,12 +48,20 @@ fn deep_nesting_is_an_error_not_a_crash() {
     let dir = project.path();
     fs::create_dir(dir.join("workflows")).unwrap();
     let deep = "[".repeat(10_000) + &"]".repeat(10_000);
-    fs::write(dir.join("workflows/deep.yaml"), format!("name: deep\nsteps: {deep}\n")).unwrap();
+    fs::write(
+        dir.join("workflows/deep.yaml"),
+        format!("name: deep\nsteps: {deep}\n"),
+    )
+    .unwrap();
     fs::write(dir.join("workflows/deep.json"), &deep).unwrap();
     let run = orchestrator(dir, &["validate"]).expect_code(1);
     assert!(run.stdout.contains("workflows/deep.yaml"), "{}", run.stdout);
     assert!(run.stdout.contains("workflows/deep.json"), "{}", run.stdout);
-    assert!(run.stdout.contains("recursion limit exceeded"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("recursion limit exceeded"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -62,7 +70,11 @@ fn a_symlink_out_of_the_tree_is_not_followed() {
     let dir = project.path();
     fs::create_dir(dir.join("workflows")).unwrap();
     let outside = tempfile::tempdir().unwrap();
-    fs::write(outside.path().join("secret.yaml"), "name: secret\nsteps: []\n").unwrap();
+    fs::write(
+        outside.path().join("secret.yaml"),
+        "name: secret\nsteps: []\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink(
         outside.path().join("secret.yaml"),
         dir.join("workflows/link.yaml"),
