@@ -1,7 +1,8 @@
 //! Reconcile benchmark: 10,000 generated manifests of mixed kinds.
 //!
 //! - cold reconcile: read + parse + validate + diff + durable apply into an empty store;
-//! - no-op re-reconcile: the same against the populated store;
+//! - no-op re-reconcile: the same against the populated store (the unchanged revision reuses
+//!   its memo), and once more with the memo bypassed, for reference;
 //! - validation throughput: JSON Schema validation of the same documents, beside
 //!   python-jsonschema validating them with the same schemas in the same run (skipped with a
 //!   note when python3 cannot import jsonschema; `bench/foundation` installs it).
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use orchestrator::manifest::Kind;
-use orchestrator::reconcile::{self, ApplyOptions};
+use orchestrator::reconcile::{self, ReconcileOptions};
 use orchestrator::schema::{self, SchemaName};
 use orchestrator::source::dir::{self, DirOptions, SourcePath};
 use orchestrator::store::Store;
@@ -39,49 +40,53 @@ fn main() {
         })
         .collect();
 
-    let reconcile_once = |data_dir: &Path| -> (Duration, usize) {
+    let reconcile_once = |data_dir: &Path, use_memo: bool| -> (Duration, usize, bool) {
         let started = Instant::now();
         let snapshot = dir::load(&paths, &options).expect("load");
-        let desired = reconcile::desired_set(&snapshot);
-        assert!(
-            !desired.has_errors(),
-            "{:?}",
-            &desired.diagnostics[..3.min(desired.diagnostics.len())]
-        );
         let store = Store::open(data_dir).expect("store");
-        let applied = store.objects().expect("objects");
-        let plan = reconcile::diff(&desired, &applied);
-        let report = reconcile::apply(
+        let prepared = reconcile::prepare(
             &store,
-            &desired,
-            &applied,
-            &plan,
-            &ApplyOptions {
-                prune: true,
-                dry_run: false,
+            &snapshot,
+            &ReconcileOptions {
                 source: "dir".into(),
+                scope: None,
+                prune: true,
+                use_memo,
             },
-            "2026-01-01T00:00:00Z",
         )
-        .expect("apply");
+        .expect("prepare");
+        assert!(
+            !prepared.has_errors(),
+            "{:?}",
+            &prepared.diagnostics[..3.min(prepared.diagnostics.len())]
+        );
+        let report =
+            reconcile::apply(&store, &prepared, false, "2026-01-01T00:00:00Z").expect("apply");
         (
             started.elapsed(),
             report.created.len() + report.updated.len(),
+            prepared.from_memo,
         )
     };
 
     // Warm-up (page cache, allocator).
-    reconcile_once(&work.path().join("warmup"));
+    reconcile_once(&work.path().join("warmup"), true);
     let mut cold = Vec::new();
     let mut noop = Vec::new();
+    let mut recheck = Vec::new();
     for run in 0..RUNS {
         let data_dir = work.path().join(format!("data-{run}"));
-        let (elapsed, written) = reconcile_once(&data_dir);
+        let (elapsed, written, _) = reconcile_once(&data_dir, true);
         assert_eq!(written, MANIFESTS);
         cold.push(elapsed);
-        let (elapsed, written) = reconcile_once(&data_dir);
+        let (elapsed, written, from_memo) = reconcile_once(&data_dir, true);
         assert_eq!(written, 0);
+        assert!(from_memo, "an unchanged revision reuses its memo");
         noop.push(elapsed);
+        let (elapsed, written, from_memo) = reconcile_once(&data_dir, false);
+        assert_eq!(written, 0);
+        assert!(!from_memo);
+        recheck.push(elapsed);
     }
 
     // Validation throughput, JSON Schema only, single thread.
@@ -100,6 +105,10 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     row("cold reconcile, 10,000 manifests (durable)", &cold, 2.0);
     row("no-op re-reconcile, 10,000 manifests", &noop, 0.3);
+    println!(
+        "| no-op re-reconcile without the memo (every file parsed and validated again) | {:.0} ms | - | - | - | info |",
+        median(&recheck).as_secs_f64() * 1e3
+    );
     match python_rate {
         Some(python) => {
             let ratio = rust_rate / python;

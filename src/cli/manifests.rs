@@ -1,7 +1,7 @@
 //! `validate`, `diff`, `apply` and `get`: manifests from the project's directories (or the
 //! paths given) through validation, the plan, and the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -11,10 +11,10 @@ use clap::Args;
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::diagnostics::{count, Diagnostic};
 use crate::manifest::Kind;
-use crate::reconcile::{self, diff::render_change, ApplyOptions, DesiredSet, Plan};
+use crate::reconcile::{self, diff::render_change, Plan, Prepared, ReconcileOptions};
 use crate::source::dir::{self, DirOptions, SourcePath};
 use crate::source::Snapshot;
-use crate::store::{ObjectKey, ObjectRecord, Store};
+use crate::store::{ObjectRecord, Store};
 
 /// Arguments of `validate`.
 #[derive(Debug, Args)]
@@ -77,7 +77,6 @@ fn parse_kind(text: &str) -> Result<Kind, String> {
 /// The manifests the command works on, read into memory.
 struct Loaded {
     snapshot: Snapshot,
-    desired: DesiredSet,
     /// Source paths given on the command line, as shown in records (for scoping deletions).
     scope: Option<Vec<String>>,
 }
@@ -121,12 +120,28 @@ fn load(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
             max_file_bytes: config.config.manifests.max_file_bytes,
         },
     )?;
-    let desired = reconcile::desired_set(&snapshot);
-    Ok(Loaded {
-        snapshot,
-        desired,
-        scope,
-    })
+    Ok(Loaded { snapshot, scope })
+}
+
+/// Opens the store and prepares the plan for the loaded manifests.
+fn prepare(context: &Context, loaded: &Loaded, prune: bool) -> Result<(Store, Prepared)> {
+    let store = Store::open(&context.data_dir())?;
+    let prepared = reconcile::prepare(
+        &store,
+        &loaded.snapshot,
+        &ReconcileOptions {
+            source: "dir".to_owned(),
+            scope: loaded.scope.clone(),
+            prune,
+            use_memo: true,
+        },
+    )?;
+    tracing::debug!(
+        revision = %prepared.revision,
+        from_memo = prepared.from_memo,
+        "plan prepared"
+    );
+    Ok((store, prepared))
 }
 
 /// Renders diagnostics with source snippets.
@@ -156,7 +171,7 @@ fn problems_line(diagnostics: &[Diagnostic]) -> String {
 pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
     context.init_logging(false)?;
     let loaded = load(context, &args.paths)?;
-    let desired = &loaded.desired;
+    let desired = &reconcile::desired_set(&loaded.snapshot);
     let objects = desired.objects.len() + desired.invalid.len();
     let files = loaded.snapshot.files.len() + count_unreadable(&loaded.snapshot);
     let mut out = std::io::stdout().lock();
@@ -202,55 +217,24 @@ fn count_unreadable(snapshot: &Snapshot) -> usize {
     files.len()
 }
 
-/// The store's records, with deletions limited to the paths given on the command line.
-fn applied_in_scope(
-    store: &Store,
-    scope: &Option<Vec<String>>,
-    desired: &DesiredSet,
-) -> Result<(
-    BTreeMap<ObjectKey, ObjectRecord>,
-    BTreeMap<ObjectKey, ObjectRecord>,
-)> {
-    let all = store.objects()?;
-    let Some(scope) = scope else {
-        return Ok((all.clone(), all));
-    };
-    let in_scope = |file: &str| {
-        scope
-            .iter()
-            .any(|s| s == "." || file == s || file.starts_with(&format!("{s}/")))
-    };
-    let scoped = all
-        .iter()
-        .filter(|(key, record)| {
-            in_scope(&record.source_file)
-                || desired.objects.contains_key(*key)
-                || desired.invalid.contains_key(*key)
-        })
-        .map(|(k, r)| (k.clone(), r.clone()))
-        .collect();
-    Ok((scoped, all))
-}
-
 /// `diff`.
 pub fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
     context.init_logging(true)?;
     let loaded = load(context, &args.paths)?;
-    let store = Store::open(&context.data_dir())?;
-    let (applied, _) = applied_in_scope(&store, &loaded.scope, &loaded.desired)?;
-    let plan = reconcile::diff(&loaded.desired, &applied);
+    let (_store, prepared) = prepare(context, &loaded, false)?;
+    let plan = &prepared.plan;
     eprint!(
         "{}",
         render_diagnostics(
             &loaded.snapshot,
-            &loaded.desired.diagnostics,
+            &prepared.diagnostics,
             std::io::IsTerminal::is_terminal(&std::io::stderr()) && context.color
         )
     );
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", render_plan(&plan, context.color))?;
+    write!(out, "{}", render_plan(plan, context.color))?;
     writeln!(out, "{}", plan.summary())?;
-    Ok(if loaded.desired.has_errors() {
+    Ok(if prepared.has_errors() {
         EXIT_ERROR
     } else if plan.has_changes() {
         EXIT_FINDINGS
@@ -306,22 +290,10 @@ fn render_plan(plan: &Plan, color: bool) -> String {
 pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     context.init_logging(true)?;
     let loaded = load(context, &args.paths)?;
-    let store = Store::open(&context.data_dir())?;
-    let (applied, all) = applied_in_scope(&store, &loaded.scope, &loaded.desired)?;
-    let plan = reconcile::diff(&loaded.desired, &applied);
+    let (store, prepared) = prepare(context, &loaded, args.prune)?;
+    let plan = &prepared.plan;
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let report = reconcile::apply(
-        &store,
-        &loaded.desired,
-        &all,
-        &plan,
-        &ApplyOptions {
-            prune: args.prune,
-            dry_run: args.dry_run,
-            source: "dir".to_owned(),
-        },
-        &now,
-    )?;
+    let report = reconcile::apply(&store, &prepared, args.dry_run, &now)?;
     tracing::info!(
         revision = %report.revision,
         created = report.created.len(),
@@ -335,12 +307,12 @@ pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
         let mut value = serde_json::to_value(&report)?;
-        value["diagnostics"] = serde_json::to_value(&loaded.desired.diagnostics)?;
+        value["diagnostics"] = serde_json::to_value(&prepared.diagnostics)?;
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         eprint!(
             "{}",
-            render_diagnostics(&loaded.snapshot, &loaded.desired.diagnostics, false)
+            render_diagnostics(&loaded.snapshot, &prepared.diagnostics, false)
         );
         let suffix = if args.dry_run { " (dry run)" } else { "" };
         for (keys, verb) in [
@@ -384,10 +356,10 @@ pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
             report.pruned.len(),
             report.unchanged,
             report.invalid.len(),
-            problems_line(&loaded.desired.diagnostics)
+            problems_line(&prepared.diagnostics)
         )?;
     }
-    Ok(if loaded.desired.has_errors() {
+    Ok(if prepared.has_errors() {
         EXIT_FINDINGS
     } else {
         EXIT_OK

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::DesiredSet;
 use crate::store::{ObjectKey, ObjectRecord, ObjectStatus};
 
 /// One object that would change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// Kind and id.
     #[serde(flatten)]
@@ -25,7 +25,7 @@ pub struct Change {
 }
 
 /// An object whose manifest is invalid: nothing about it changes but its status.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Held {
     /// Kind and id.
     #[serde(flatten)]
@@ -37,7 +37,7 @@ pub struct Held {
 }
 
 /// What applying would do.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Objects to create.
     pub create: Vec<Change>,
@@ -60,6 +60,44 @@ impl Plan {
     /// Whether the desired state differs from the applied state.
     pub fn has_changes(&self) -> bool {
         !(self.create.is_empty() && self.update.is_empty() && self.delete.is_empty())
+    }
+
+    /// Whether applying would write records: creations, updates, recoveries, and with
+    /// `prune` deletions. (Invalid objects are written only when their diagnostics change,
+    /// which a settled plan never has.)
+    pub fn has_writes(&self, prune: bool) -> bool {
+        !(self.create.is_empty()
+            && self.update.is_empty()
+            && self.recovered.is_empty()
+            && (!prune || self.delete.is_empty()))
+    }
+
+    /// The plan as it stands once this one is applied: what was created, updated or
+    /// recovered is unchanged, and with `prune` the deletions are gone. Equal to diffing the
+    /// same desired set against the store after the apply.
+    pub fn settled(&self, prune: bool) -> Plan {
+        let mut unchanged: Vec<ObjectKey> = self
+            .unchanged
+            .iter()
+            .chain(self.create.iter().map(|c| &c.key))
+            .chain(self.update.iter().map(|c| &c.key))
+            .chain(&self.recovered)
+            .cloned()
+            .collect();
+        unchanged.sort();
+        Plan {
+            create: Vec::new(),
+            update: Vec::new(),
+            delete: if prune {
+                Vec::new()
+            } else {
+                self.delete.clone()
+            },
+            unchanged,
+            invalid: self.invalid.clone(),
+            kept: self.kept.clone(),
+            recovered: Vec::new(),
+        }
     }
 
     /// "N to create, N to update, N to delete".

@@ -1,9 +1,11 @@
 //! Reconciliation: from a snapshot of files to the desired set of objects ([`desired_set`],
-//! pure), from desired and applied state to a plan ([`diff`], pure), and from a plan to the
+//! pure), from desired and applied state to a plan ([`diff`], pure), both together against
+//! the store with the memo of an unchanged revision ([`prepare`]), and from a plan to the
 //! store ([`apply`]).
 
 pub mod apply;
 pub mod diff;
+pub mod prepare;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,8 +19,9 @@ use crate::schema::{self, semantic, SchemaName};
 use crate::source::{Snapshot, SourceFile};
 use crate::store::ObjectKey;
 
-pub use apply::{apply, ApplyOptions, ApplyReport};
+pub use apply::{apply, ApplyReport};
 pub use diff::{diff, Change, Plan};
+pub use prepare::{prepare, Prepared, ReconcileOptions};
 
 /// A valid object the snapshot declares.
 #[derive(Debug, Clone, PartialEq)]

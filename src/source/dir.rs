@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use super::{revision_of, Snapshot, SourceFile};
 use crate::diagnostics::Diagnostic;
 
@@ -62,7 +64,7 @@ pub fn load(paths: &[SourcePath], options: &DirOptions) -> Result<Snapshot, DirE
         max_file_bytes: options.max_file_bytes,
         seen_dirs: HashSet::new(),
         seen_files: HashSet::new(),
-        files: Vec::new(),
+        to_read: Vec::new(),
         diagnostics: Vec::new(),
     };
     for source_path in paths {
@@ -82,14 +84,32 @@ pub fn load(paths: &[SourcePath], options: &DirOptions) -> Result<Snapshot, DirE
             }
         }
     }
-    let mut files = walker.files;
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    // Reading is most of the cost of a large tree: read the files in parallel.
+    let read: Vec<Result<Result<SourceFile, Diagnostic>, DirError>> = walker
+        .to_read
+        .par_iter()
+        .map(|(path, shown)| read_manifest(path, shown))
+        .collect();
+    let mut files = Vec::with_capacity(read.len());
     let mut diagnostics = walker.diagnostics;
+    for outcome in read {
+        match outcome? {
+            Ok(file) => files.push(file),
+            Err(diagnostic) => diagnostics.push(diagnostic),
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     diagnostics.sort_by(|a, b| a.file.cmp(&b.file));
-    let contents: Vec<(String, &[u8])> = files
+    let mut contents: Vec<(String, &[u8])> = files
         .iter()
         .map(|f| (f.path.clone(), f.text.as_bytes()))
         .collect();
+    // Unusable files are part of what the tree holds: a change in them changes the revision.
+    contents.extend(
+        diagnostics
+            .iter()
+            .map(|d| (d.file.clone(), d.message.as_bytes())),
+    );
     let revision = revision_of("dir", &contents);
     Ok(Snapshot {
         revision,
@@ -104,7 +124,8 @@ struct Walker {
     max_file_bytes: u64,
     seen_dirs: HashSet<PathBuf>,
     seen_files: HashSet<PathBuf>,
-    files: Vec<SourceFile>,
+    /// Manifest files found, with the path shown for each; read after the walk.
+    to_read: Vec<(PathBuf, String)>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -195,23 +216,34 @@ impl Walker {
             ));
             return Ok(());
         }
-        let bytes = fs::read(path).map_err(io)?;
-        match String::from_utf8(bytes) {
-            Ok(text) => self.files.push(SourceFile { path: shown, text }),
-            Err(err) => {
-                let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
-                let valid = String::from_utf8_lossy(valid);
-                let line = valid.matches('\n').count() as u32 + 1;
-                let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
-                self.diagnostics.push(Diagnostic::error(
-                    &shown,
-                    line,
-                    column,
-                    "",
-                    "invalid UTF-8: manifests must be UTF-8 text".to_owned(),
-                ));
-            }
-        }
+        self.to_read.push((path.to_path_buf(), shown));
         Ok(())
     }
+}
+
+/// Reads one manifest file: its text, or a diagnostic when it is not UTF-8.
+fn read_manifest(path: &Path, shown: &str) -> Result<Result<SourceFile, Diagnostic>, DirError> {
+    let bytes = fs::read(path).map_err(|source| DirError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => Ok(SourceFile {
+            path: shown.to_owned(),
+            text,
+        }),
+        Err(err) => {
+            let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+            let valid = String::from_utf8_lossy(valid);
+            let line = valid.matches('\n').count() as u32 + 1;
+            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+            Err(Diagnostic::error(
+                shown,
+                line,
+                column,
+                "",
+                "invalid UTF-8: manifests must be UTF-8 text".to_owned(),
+            ))
+        }
+    })
 }

@@ -20,6 +20,8 @@ const FORMAT_VERSION: u8 = 1;
 
 /// The file in the data directory naming the process that holds the store.
 const OWNER_FILE: &str = "owner.pid";
+/// Key prefix of reconcile memos in the meta tree.
+const MEMO_PREFIX: &str = "memo/";
 
 /// An object's identity: its kind and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -249,24 +251,57 @@ impl Store {
             .transpose()
     }
 
-    /// Writes object records and a source status as one atomic batch per tree, then flushes:
-    /// when this returns `Ok`, the change is on disk.
+    /// The reconcile memo last stored for a source (see [`Store::commit`]), if it is still
+    /// valid: no object record has changed since it was written.
+    pub fn memo(&self, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = format!("{MEMO_PREFIX}{source}");
+        Ok(self
+            .meta
+            .get(key.as_bytes())
+            .map_err(|e| self.sled_error(e))?
+            .map(|value| value.to_vec()))
+    }
+
+    /// Writes object records and a source status, then flushes: when this returns `Ok`, the
+    /// change is on disk.
+    ///
+    /// Memos describe the object records as they were when the memo was written, so any write
+    /// of records first drops every memo (sled recovers a prefix of its operations after a
+    /// crash, so no recovered state has changed records beside an old memo). `memo`, when
+    /// given, is stored for the status' source after the records.
     pub fn commit(
         &self,
         records: &[ObjectRecord],
         status: Option<&SourceStatus>,
+        memo: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for record in records {
-            batch.insert(record.key.to_bytes(), encode(record));
-        }
-        self.objects
-            .apply_batch(batch)
-            .map_err(|e| self.sled_error(e))?;
-        if let Some(status) = status {
-            let key = format!("source/{}", status.source);
+        if !records.is_empty() {
+            let mut stale = sled::Batch::default();
+            for entry in self.meta.scan_prefix(MEMO_PREFIX.as_bytes()).keys() {
+                stale.remove(entry.map_err(|e| self.sled_error(e))?);
+            }
             self.meta
-                .insert(key.as_bytes(), encode(status))
+                .apply_batch(stale)
+                .map_err(|e| self.sled_error(e))?;
+            let mut batch = sled::Batch::default();
+            for record in records {
+                batch.insert(record.key.to_bytes(), encode(record));
+            }
+            self.objects
+                .apply_batch(batch)
+                .map_err(|e| self.sled_error(e))?;
+        }
+        if let Some(status) = status {
+            let mut batch = sled::Batch::default();
+            batch.insert(
+                format!("source/{}", status.source).as_bytes(),
+                encode(status),
+            );
+            if let Some(memo) = memo {
+                batch.insert(format!("{MEMO_PREFIX}{}", status.source).as_bytes(), memo);
+            }
+            self.meta
+                .apply_batch(batch)
                 .map_err(|e| self.sled_error(e))?;
         }
         self.db.flush().map_err(|e| self.sled_error(e))?;
@@ -349,7 +384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store.commit(&[record("wf_a")], None).unwrap();
+            store.commit(&[record("wf_a")], None, None).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let objects = store.objects().unwrap();
@@ -369,5 +404,25 @@ mod tests {
             err.contains(&format!("is in use by PID {}", std::process::id())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn writing_records_drops_every_memo() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let status = SourceStatus {
+            source: "dir".into(),
+            last_applied_revision: None,
+            last_attempted_revision: "dir:1".into(),
+            last_attempt_at: "2026-01-01T00:00:00Z".into(),
+            errors: 0,
+        };
+        store.commit(&[], Some(&status), Some(b"memo")).unwrap();
+        assert_eq!(store.memo("dir").unwrap().as_deref(), Some(&b"memo"[..]));
+        // A status-only write keeps it; a record write drops it.
+        store.commit(&[], Some(&status), None).unwrap();
+        assert!(store.memo("dir").unwrap().is_some());
+        store.commit(&[record("wf_a")], None, None).unwrap();
+        assert_eq!(store.memo("dir").unwrap(), None);
     }
 }

@@ -2,6 +2,7 @@
 
 mod flow;
 mod inputs;
+mod memo;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
