@@ -18,6 +18,7 @@ pub mod config;
 pub mod cron;
 pub mod diagnostics;
 pub mod duration;
+pub mod engine;
 pub mod logging;
 pub mod manifest;
 pub mod reconcile;

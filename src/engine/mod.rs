@@ -1,0 +1,4 @@
+//! Runs workflows: parameters, template expansion, the step DAG, processes, retries,
+//! timeouts, cancellation, logs and durable run records.
+
+pub mod model;

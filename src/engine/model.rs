@@ -1,0 +1,264 @@
+//! The records of a run: the run itself, its steps and their attempts, and the test cases a
+//! step reported. Plain data, stored as JSON by the store and shown by the CLI and the API.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The state of a run or a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Waiting to start (a run waiting for a concurrency slot, a step for its dependencies).
+    Queued,
+    /// Started and not finished.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Finished unsuccessfully.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+    /// Stopped because it ran out of time.
+    TimedOut,
+    /// A step that did not run: its condition was false, or an earlier step failed.
+    Skipped,
+    /// Found unfinished after the process that ran it went away.
+    Interrupted,
+}
+
+impl Status {
+    /// Whether this is a final state.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+
+    /// Whether a step in this state counts as a success for `success()` conditions and
+    /// dependencies.
+    pub fn is_success(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Skipped)
+    }
+
+    /// The lowercase name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::TimedOut => "timed_out",
+            Status::Skipped => "skipped",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `cli`, `api`, `schedule`, `webhook` or `rerun`.
+    pub kind: String,
+    /// Details: the schedule id, the webhook delivery, the run re-run, the user.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub details: Map<String, Value>,
+}
+
+/// Counts of test cases by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSummary {
+    /// All test cases.
+    pub total: u32,
+    /// Passed.
+    pub passed: u32,
+    /// Failed an assertion.
+    pub failed: u32,
+    /// Errored (an exception outside an assertion).
+    pub errors: u32,
+    /// Skipped.
+    pub skipped: u32,
+}
+
+impl TestSummary {
+    /// Counts the cases.
+    pub fn of<'a>(cases: impl IntoIterator<Item = &'a TestCase>) -> TestSummary {
+        let mut summary = TestSummary::default();
+        for case in cases {
+            summary.total += 1;
+            match case.status {
+                TestStatus::Passed => summary.passed += 1,
+                TestStatus::Failed => summary.failed += 1,
+                TestStatus::Error => summary.errors += 1,
+                TestStatus::Skipped => summary.skipped += 1,
+            }
+        }
+        summary
+    }
+
+    /// Adds another summary to this one.
+    pub fn add(&mut self, other: TestSummary) {
+        self.total += other.total;
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.errors += other.errors;
+        self.skipped += other.skipped;
+    }
+}
+
+/// The outcome of one test case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    /// Passed.
+    Passed,
+    /// An assertion failed (`<failure>`).
+    Failed,
+    /// An unexpected error (`<error>`).
+    Error,
+    /// Skipped (`<skipped>`).
+    Skipped,
+}
+
+/// One test case from a JUnit XML report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestCase {
+    /// The enclosing `<testsuite name>`, nested suites joined with `/`; empty when absent.
+    pub suite: String,
+    /// `classname`; empty when absent.
+    pub classname: String,
+    /// `name`.
+    pub name: String,
+    /// The outcome.
+    pub status: TestStatus,
+    /// `time` in seconds; 0 when absent or unreadable.
+    pub time_seconds: f64,
+    /// The failure, error or skip message (`message` attribute, else the first line of the
+    /// element's text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The failure or error body (stack trace), trimmed and capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
+    /// `<system-out>` and `<system-err>` of the case, capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// One attempt at a step (a step with retries has several).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    /// The attempt's outcome.
+    pub status: Status,
+    /// RFC 3339 with milliseconds.
+    pub started_at: String,
+    /// RFC 3339 with milliseconds.
+    pub finished_at: String,
+    /// Wall time.
+    pub duration_ms: u64,
+    /// The process exit code, when a process ran and exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The run.
+    pub run_id: String,
+    /// Position in the workflow.
+    pub index: u32,
+    /// Step name.
+    pub name: String,
+    /// The agent that runs it.
+    pub agent: String,
+    /// The agent's action.
+    pub action: String,
+    /// Current state.
+    pub status: Status,
+    /// Every attempt so far.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When the step reached its final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// From the first start to the end, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The last attempt's exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, was skipped or was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `key=value` outputs the step wrote to `$ORCHESTRATOR_OUTPUT`.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub outputs: Map<String, Value>,
+    /// The log file, relative to the log directory.
+    pub log: String,
+    /// Process group of the running attempt, so a later process can stop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<i32>,
+    /// Test cases the step reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestCase>,
+    /// Files the step produced (reports), relative to the project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+}
+
+/// One run of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// `run_` and a ULID: sortable by creation time.
+    pub id: String,
+    /// The workflow's id.
+    pub workflow_id: String,
+    /// The workflow's name.
+    pub workflow_name: String,
+    /// Current state.
+    pub status: Status,
+    /// The validated parameters, defaults filled in.
+    pub parameters: Map<String, Value>,
+    /// What started it.
+    pub trigger: Trigger,
+    /// The workflow as it ran: template expanded, before parameter substitution.
+    pub workflow: Value,
+    /// Step names in workflow order.
+    pub steps: Vec<String>,
+    /// When it was created.
+    pub created_at: String,
+    /// When its first step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it reached its final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Wall time from start to finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it failed, was cancelled or was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Test cases of all steps, counted.
+    #[serde(default)]
+    pub tests: TestSummary,
+    /// The run this one re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    /// The process executing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
