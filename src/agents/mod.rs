@@ -1,6 +1,9 @@
 //! Agents run workflow steps. This module knows the built-in agents and the actions each
 //! offers, which validation uses to check the steps of a workflow.
 
+pub mod report;
+pub mod runtime;
+
 /// A built-in agent type and its actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuiltinAgent {

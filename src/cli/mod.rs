@@ -4,6 +4,8 @@
 mod config_cmd;
 mod init;
 mod manifests;
+mod runs;
+mod workflow;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -84,6 +86,18 @@ pub enum Command {
     /// Show or validate configuration.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// List, show, create, render and execute workflows.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
+    /// List runs, show them, read their logs, cancel and re-run them.
+    #[command(subcommand)]
+    Run(runs::RunCommand),
+    /// Execute a queued run (what `workflow execute --detach` starts).
+    #[command(name = "__run", hide = true)]
+    RunQueued {
+        /// The run id.
+        run: String,
+    },
 }
 
 /// What every command gets: the parsed flags, the configuration and output settings.
@@ -154,6 +168,9 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Apply(args) => manifests::apply(&context, args)?,
         Command::Get(args) => manifests::get(&context, args)?,
         Command::Config(command) => config_cmd::run(&context, command)?,
+        Command::Workflow(command) => workflow::run(&context, command)?,
+        Command::Run(command) => runs::run(&context, command)?,
+        Command::RunQueued { run } => workflow::run_queued(&context, run)?,
         Command::Init(_) => EXIT_OK,
     };
     Ok(ExitCode::from(code))

@@ -1,4 +1,9 @@
 //! Runs workflows: parameters, template expansion, the step DAG, processes, retries,
 //! timeouts, cancellation, logs and durable run records.
 
+pub mod expand;
+pub mod junit;
 pub mod model;
+pub mod params;
+pub mod process;
+pub mod run;

@@ -13,6 +13,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diagnostics::Diagnostic;
+use crate::engine::model::{RunRecord, StepRecord};
 use crate::manifest::Kind;
 
 /// Version byte of the record encoding written by this release.
@@ -155,6 +156,8 @@ pub struct Store {
     db: sled::Db,
     objects: sled::Tree,
     meta: sled::Tree,
+    runs: sled::Tree,
+    steps: sled::Tree,
 }
 
 impl Store {
@@ -196,6 +199,8 @@ impl Store {
         };
         let objects = db.open_tree("objects").map_err(sled_error)?;
         let meta = db.open_tree("meta").map_err(sled_error)?;
+        let runs = db.open_tree("runs").map_err(sled_error)?;
+        let steps = db.open_tree("steps").map_err(sled_error)?;
         let owner = format!(
             "{}\n{}\n",
             std::process::id(),
@@ -210,6 +215,8 @@ impl Store {
             db,
             objects,
             meta,
+            runs,
+            steps,
         })
     }
 
@@ -307,6 +314,97 @@ impl Store {
         self.db.flush().map_err(|e| self.sled_error(e))?;
         Ok(())
     }
+}
+
+/// Run records: one per run in `runs`, its steps in `steps` under the run id, so a step's
+/// state change writes one small record.
+impl Store {
+    /// Writes a run and some of its steps; with `durable`, flushes before returning.
+    pub fn save_run(
+        &self,
+        run: Option<&RunRecord>,
+        steps: &[&StepRecord],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if let Some(run) = run {
+            self.runs
+                .insert(run.id.as_bytes(), encode(run))
+                .map_err(|e| self.sled_error(e))?;
+        }
+        if !steps.is_empty() {
+            let mut batch = sled::Batch::default();
+            for step in steps {
+                batch.insert(step_key(&step.run_id, step.index), encode(*step));
+            }
+            self.steps
+                .apply_batch(batch)
+                .map_err(|e| self.sled_error(e))?;
+        }
+        if durable {
+            self.db.flush().map_err(|e| self.sled_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// One run.
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.runs
+            .get(id.as_bytes())
+            .map_err(|e| self.sled_error(e))?
+            .map(|value| decode(id.as_bytes(), &value))
+            .transpose()
+    }
+
+    /// Every run, oldest first (run ids sort by creation time).
+    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// The steps of a run, in workflow order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let mut prefix = run_id.as_bytes().to_vec();
+        prefix.push(0);
+        self.steps
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// Removes runs and their steps, durably.
+    pub fn delete_runs(&self, ids: &[String]) -> Result<(), StoreError> {
+        for id in ids {
+            let mut prefix = id.as_bytes().to_vec();
+            prefix.push(0);
+            let mut batch = sled::Batch::default();
+            for key in self.steps.scan_prefix(&prefix).keys() {
+                batch.remove(key.map_err(|e| self.sled_error(e))?);
+            }
+            self.steps
+                .apply_batch(batch)
+                .map_err(|e| self.sled_error(e))?;
+            self.runs
+                .remove(id.as_bytes())
+                .map_err(|e| self.sled_error(e))?;
+        }
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(())
+    }
+}
+
+fn step_key(run_id: &str, index: u32) -> Vec<u8> {
+    let mut key = run_id.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
 }
 
 impl Drop for Store {

@@ -1,0 +1,390 @@
+//! `run list | show | logs | cancel | rerun`: the history of runs, their logs and test
+//! results, and control over a running one.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use super::manifests::table;
+use super::workflow::{follow_run, human_ms, open_store};
+use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
+use crate::engine::model::{Status, TestStatus};
+use crate::engine::run::{self, cancel_request_path};
+use crate::store::{Store, StoreError};
+
+/// `run` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// List runs, newest first.
+    List(ListArgs),
+    /// Show a run: its steps, attempts, test results and artifacts.
+    Show(ShowArgs),
+    /// Print a run's logs (one step's, or all in order).
+    Logs(LogsArgs),
+    /// Cancel a running run: its steps' process groups are stopped.
+    Cancel(CancelArgs),
+    /// Run a finished run's workflow again with the same parameters.
+    Rerun(RerunArgs),
+}
+
+/// Arguments of `run list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only runs of this workflow.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Only runs in this state (queued, running, succeeded, failed, cancelled, timed_out,
+    /// interrupted).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many runs.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `run show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run id.
+    pub run: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `run logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run id.
+    pub run: String,
+    /// Only this step's log.
+    pub step: Option<String>,
+    /// Keep printing while the run goes on.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// Arguments of `run cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run id.
+    pub run: String,
+}
+
+/// Arguments of `run rerun`.
+#[derive(Debug, Args)]
+pub struct RerunArgs {
+    /// The run id.
+    pub run: String,
+    /// Keep the steps that succeeded; run the failed ones and what follows them.
+    #[arg(long)]
+    pub from_failed: bool,
+}
+
+/// Runs a `run` subcommand.
+pub fn run(context: &Context, command: &RunCommand) -> Result<u8> {
+    context.init_logging(true)?;
+    match command {
+        RunCommand::List(args) => list(context, args),
+        RunCommand::Show(args) => show(context, args),
+        RunCommand::Logs(args) => logs(context, args),
+        RunCommand::Cancel(args) => cancel(context, args),
+        RunCommand::Rerun(args) => rerun(context, args),
+    }
+}
+
+fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+    let store = open_store(context)?;
+    let runs: Vec<_> = store
+        .runs()?
+        .into_iter()
+        .rev()
+        .filter(|r| args.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))
+        .filter(|r| args.status.as_ref().is_none_or(|s| r.status.as_str() == s))
+        .take(args.limit)
+        .collect();
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?,
+        OutputFormat::Yaml => write!(
+            out,
+            "{}",
+            crate::reconcile::diff::to_yaml(&serde_json::to_value(&runs)?)
+        )?,
+        OutputFormat::Table => {
+            let rows: Vec<[String; 6]> = runs
+                .iter()
+                .map(|r| {
+                    [
+                        r.id.clone(),
+                        r.workflow_id.clone(),
+                        r.status.to_string(),
+                        r.created_at.clone(),
+                        r.duration_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+                        if r.tests.total > 0 {
+                            format!("{}/{}", r.tests.passed, r.tests.total)
+                        } else {
+                            "-".into()
+                        },
+                    ]
+                })
+                .collect();
+            write!(
+                out,
+                "{}",
+                table(
+                    &["RUN", "WORKFLOW", "STATUS", "CREATED", "DURATION", "TESTS"],
+                    &rows
+                )
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn load_run(store: &Store, id: &str) -> Result<crate::engine::model::RunRecord> {
+    match store.run(id)? {
+        Some(run) => Ok(run),
+        None => bail!("no run `{id}` (`orchestrator run list` shows the runs kept)"),
+    }
+}
+
+fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
+    let store = open_store(context)?;
+    let run = load_run(&store, &args.run)?;
+    let steps = store.steps(&run.id)?;
+    let mut out = std::io::stdout().lock();
+    if args.output != OutputFormat::Table {
+        let value = serde_json::json!({"run": run, "steps": steps});
+        if args.output == OutputFormat::Json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        } else {
+            write!(out, "{}", crate::reconcile::diff::to_yaml(&value))?;
+        }
+        return Ok(EXIT_OK);
+    }
+    writeln!(
+        out,
+        "run {} of {} ({})",
+        run.id, run.workflow_id, run.workflow_name
+    )?;
+    writeln!(
+        out,
+        "status {}{}",
+        run.status,
+        run.message
+            .as_ref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "trigger {}, created {}",
+        run.trigger.kind, run.created_at
+    )?;
+    if !run.parameters.is_empty() {
+        writeln!(
+            out,
+            "parameters {}",
+            serde_json::Value::Object(run.parameters.clone())
+        )?;
+    }
+    if let Some(duration) = run.duration_ms {
+        writeln!(out, "duration {}", human_ms(duration))?;
+    }
+    writeln!(out)?;
+    let rows: Vec<[String; 6]> = steps
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                format!("{}.{}", s.agent, s.action),
+                s.status.to_string(),
+                s.attempts.len().to_string(),
+                s.duration_ms.map(human_ms).unwrap_or_else(|| "-".into()),
+                s.message.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    write!(
+        out,
+        "{}",
+        table(
+            &["STEP", "AGENT", "STATUS", "ATTEMPTS", "DURATION", "MESSAGE"],
+            &rows
+        )
+    )?;
+    let tests = run.tests;
+    if tests.total > 0 {
+        writeln!(
+            out,
+            "\ntests: {} total, {} passed, {} failed, {} errors, {} skipped",
+            tests.total, tests.passed, tests.failed, tests.errors, tests.skipped
+        )?;
+        for step in &steps {
+            for case in step
+                .tests
+                .iter()
+                .filter(|c| matches!(c.status, TestStatus::Failed | TestStatus::Error))
+            {
+                writeln!(
+                    out,
+                    "  ✘ {} {}::{}: {}",
+                    step.name,
+                    case.classname,
+                    case.name,
+                    case.message.clone().unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    let artifacts: Vec<&String> = steps.iter().flat_map(|s| &s.artifacts).collect();
+    if !artifacts.is_empty() {
+        writeln!(out, "\nartifacts:")?;
+        for artifact in artifacts {
+            writeln!(out, "  {artifact}")?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
+    let log_dir = context.config.resolve(&context.config.config.logging.dir);
+    let run_dir = log_dir.join("workflows").join(&args.run);
+    let files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                    .filter(|p| {
+                        args.step.as_ref().is_none_or(|s| {
+                            p.file_stem().and_then(|n| n.to_str())
+                                == Some(run::log_name(s).as_str())
+                        })
+                    })
+                    .map(|p| {
+                        let created = std::fs::metadata(&p)
+                            .and_then(|m| m.created().or_else(|_| m.modified()))
+                            .unwrap_or(std::time::UNIX_EPOCH);
+                        (created, p)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files.into_iter().map(|(_, p)| p).collect()
+    };
+    if !run_dir.exists() {
+        bail!("no logs for run `{}` in {}", args.run, run_dir.display());
+    }
+    let many = args.step.is_none();
+    let mut offsets: std::collections::HashMap<std::path::PathBuf, u64> = Default::default();
+    let mut out = std::io::stdout().lock();
+    let mut print_new = |out: &mut std::io::StdoutLock<'_>| -> Result<()> {
+        for file in files(&run_dir) {
+            let offset = offsets.entry(file.clone()).or_insert(0);
+            let mut handle = std::fs::File::open(&file)?;
+            handle.seek(SeekFrom::Start(*offset))?;
+            let mut text = String::new();
+            handle.read_to_string(&mut text)?;
+            if text.is_empty() {
+                continue;
+            }
+            *offset += text.len() as u64;
+            let step = file
+                .file_stem()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            for line in text.lines() {
+                if many {
+                    writeln!(out, "{step} | {line}")?;
+                } else {
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+        out.flush()?;
+        Ok(())
+    };
+    print_new(&mut out)?;
+    if !args.follow {
+        return Ok(EXIT_OK);
+    }
+    // The process running the run holds the store; it is done when the store comes free
+    // and the run is finished.
+    loop {
+        match Store::open(&context.data_dir()) {
+            Ok(store) => {
+                let finished = store.run(&args.run)?.is_none_or(|r| r.status.is_finished());
+                drop(store);
+                if finished {
+                    print_new(&mut out)?;
+                    return Ok(EXIT_OK);
+                }
+            }
+            Err(StoreError::Locked { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
+        print_new(&mut out)?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
+    match open_store(context) {
+        Ok(store) => {
+            let run = load_run(&store, &args.run)?;
+            println!("run {} is {}: nothing to cancel", run.id, run.status);
+            return Ok(EXIT_FINDINGS);
+        }
+        Err(err)
+            if err
+                .downcast_ref::<StoreError>()
+                .is_some_and(|e| matches!(e, StoreError::Locked { .. })) => {}
+        Err(err) => return Err(err),
+    }
+    // Another process is running runs: ask it through a request file, and wait for it to
+    // take the request.
+    let request = cancel_request_path(&context.data_dir(), &args.run);
+    if let Some(parent) = request.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&request, b"cancel\n")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while request.exists() {
+        if Instant::now() > deadline {
+            let _ = std::fs::remove_file(&request);
+            bail!("the process holding the store did not take the cancel request for {} within 30 s; is the run id right?", args.run);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "run {} cancel requested: its steps are being stopped",
+        args.run
+    );
+    Ok(EXIT_OK)
+}
+
+fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {
+    let store = open_store(context)?;
+    let original = load_run(&store, &args.run)?;
+    if !original.status.is_finished() {
+        bail!(
+            "run {} is {}: wait for it to finish or cancel it first",
+            original.id,
+            original.status
+        );
+    }
+    if args.from_failed && original.status == Status::Succeeded {
+        bail!("run {} succeeded: nothing failed to re-run", original.id);
+    }
+    let (run, steps) = run::create_rerun(&store, &original, args.from_failed)?;
+    follow_run(context, &store, run, steps)
+}

@@ -1,0 +1,553 @@
+//! `workflow list | show | create | render | execute`: workflows in the store and running
+//! them in the foreground, following every step live.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
+
+use super::manifests::{self, table, ApplyArgs};
+use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::engine::model::{RunRecord, Status, StepRecord, Trigger};
+use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event, RunRequest};
+use crate::engine::{expand, params};
+use crate::manifest::{slug, Kind};
+use crate::store::Store;
+
+/// `workflow` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// List workflows with their last run.
+    List(ListArgs),
+    /// Show one workflow: its manifest and recent runs.
+    Show(ShowArgs),
+    /// Write a workflow manifest into workflows/ and apply it; prints its id.
+    Create(CreateArgs),
+    /// Print a workflow as it would run: template expanded, parameters resolved.
+    Render(RenderArgs),
+    /// Run a workflow and follow it; exit 0 when it succeeded, 1 when it did not.
+    Execute(ExecuteArgs),
+}
+
+/// Arguments of `workflow list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `workflow show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Workflow id (or name).
+    pub id: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `workflow create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The workflow's name; its id is derived from it.
+    pub name: String,
+    /// A workflow file (JSON or YAML) whose steps and settings to use.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `workflow render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Workflow id (or name).
+    pub id: String,
+    /// Run parameters as a JSON object.
+    #[arg(long)]
+    pub params: Option<String>,
+}
+
+/// Arguments of `workflow execute`.
+#[derive(Debug, Args)]
+pub struct ExecuteArgs {
+    /// Workflow id (or name).
+    pub id: String,
+    /// Run parameters as a JSON object, e.g. '{"environment": "production"}'.
+    #[arg(long)]
+    pub params: Option<String>,
+    /// Print the run id and return; the run goes on in the background.
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// Runs a `workflow` subcommand.
+pub fn run(context: &Context, command: &WorkflowCommand) -> Result<u8> {
+    match command {
+        WorkflowCommand::List(args) => list(context, args),
+        WorkflowCommand::Show(args) => show(context, args),
+        WorkflowCommand::Create(args) => create(context, args),
+        WorkflowCommand::Render(args) => render(context, args),
+        WorkflowCommand::Execute(args) => execute(context, args),
+    }
+}
+
+/// Opens the store and marks runs left behind by a vanished process as interrupted.
+pub fn open_store(context: &Context) -> Result<Store> {
+    let store = Store::open(&context.data_dir())?;
+    for id in run::recover(&store)? {
+        eprintln!("note: run {id} was left running by a process that ended; marked interrupted");
+    }
+    Ok(store)
+}
+
+/// The engine's settings from the configuration.
+pub fn engine_config(context: &Context) -> EngineConfig {
+    let config = &context.config;
+    EngineConfig {
+        project_dir: config.project_dir.clone(),
+        log_dir: config.resolve(&config.config.logging.dir),
+        reports_dir: config.resolve(&config.config.reports_dir),
+        data_dir: context.data_dir(),
+        history_limit: config.config.runs.history_limit as usize,
+        max_parallel: config.config.runs.max_parallel as usize,
+    }
+}
+
+/// Parses `--params`.
+pub fn parse_params(text: Option<&str>) -> Result<Map<String, Value>> {
+    let Some(text) = text else {
+        return Ok(Map::new());
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => bail!("--params must be a JSON object, got {other}"),
+        Err(err) => bail!("--params is not valid JSON: {err} (example: --params '{{\"environment\": \"staging\"}}')"),
+    }
+}
+
+fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let store = open_store(context)?;
+    let runs = store.runs()?;
+    let workflows: Vec<Value> = store
+        .objects()?
+        .into_values()
+        .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
+        .map(|r| {
+            let last = runs.iter().rev().find(|run| run.workflow_id == r.key.id);
+            let spec = r.spec.clone().unwrap_or_default();
+            let steps = spec
+                .get("steps")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            serde_json::json!({
+                "id": r.key.id,
+                "name": r.name,
+                "steps": steps,
+                "template": spec.get("template"),
+                "last_run": last.map(|l| serde_json::json!({"id": l.id, "status": l.status, "created_at": l.created_at})),
+            })
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&workflows)?)?,
+        OutputFormat::Yaml => write!(
+            out,
+            "{}",
+            crate::reconcile::diff::to_yaml(&Value::Array(workflows))
+        )?,
+        OutputFormat::Table => {
+            let rows: Vec<[String; 5]> = workflows
+                .iter()
+                .map(|w| {
+                    [
+                        w["id"].as_str().unwrap_or_default().to_owned(),
+                        w["name"].as_str().unwrap_or_default().to_owned(),
+                        match w["template"].as_str() {
+                            Some(t) => format!("template {t}"),
+                            None => w["steps"].to_string(),
+                        },
+                        w["last_run"]["status"].as_str().unwrap_or("-").to_owned(),
+                        w["last_run"]["created_at"]
+                            .as_str()
+                            .unwrap_or("-")
+                            .to_owned(),
+                    ]
+                })
+                .collect();
+            write!(
+                out,
+                "{}",
+                table(&["ID", "NAME", "STEPS", "LAST RUN", "WHEN"], &rows)
+            )?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let store = open_store(context)?;
+    let record = run::find_workflow(&store, &args.id)?;
+    let runs: Vec<RunRecord> = store
+        .runs()?
+        .into_iter()
+        .filter(|r| r.workflow_id == record.key.id)
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.output != OutputFormat::Table {
+        let value = serde_json::json!({"workflow": record, "runs": runs});
+        if args.output == OutputFormat::Json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        } else {
+            write!(out, "{}", crate::reconcile::diff::to_yaml(&value))?;
+        }
+        return Ok(EXIT_OK);
+    }
+    writeln!(
+        out,
+        "{} ({})  from {}",
+        record.key.id, record.name, record.source_file
+    )?;
+    write!(
+        out,
+        "{}",
+        crate::reconcile::diff::to_yaml(&record.spec.clone().unwrap_or_default())
+    )?;
+    writeln!(out, "\nrecent runs:")?;
+    if runs.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for run in runs.iter().rev().take(10) {
+        writeln!(
+            out,
+            "  {}  {:<11} {}  {}",
+            run.id,
+            run.status.as_str(),
+            run.created_at,
+            run.duration_ms
+                .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
+    let mut document: Value = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let parsed = if path.extension().is_some_and(|e| e == "json") {
+                crate::manifest::parse::parse_json(&text).map(|d| d.value)
+            } else {
+                crate::manifest::parse::parse_yaml(&text).map(|mut d| {
+                    if d.is_empty() {
+                        Value::Null
+                    } else {
+                        d.remove(0).value
+                    }
+                })
+            };
+            parsed.map_err(|e| {
+                anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message)
+            })?
+        }
+        None => serde_json::json!({
+            "steps": [{"name": "hello", "command": ["echo", format!("hello from {}", args.name)]}]
+        }),
+    };
+    let Value::Object(map) = &mut document else {
+        bail!("the workflow file must hold one mapping with `steps`");
+    };
+    map.remove("id");
+    map.remove("kind");
+    let mut ordered = Map::new();
+    ordered.insert("name".into(), Value::from(args.name.clone()));
+    ordered.extend(std::mem::take(map));
+    let slug = slug(&args.name);
+    if slug.is_empty() {
+        bail!(
+            "the name `{}` has no letters or digits to derive an id from",
+            args.name
+        );
+    }
+    let dir = context.config.project_dir.join("workflows");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{slug}.yaml"));
+    if path.exists() {
+        bail!(
+            "{} exists already: edit it, or pick another name",
+            path.display()
+        );
+    }
+    let text = format!(
+        "# yaml-language-server: $schema=../schemas/workflow.json\n{}",
+        crate::reconcile::diff::to_yaml(&Value::Object(ordered))
+    );
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    let code = manifests::apply(
+        context,
+        &ApplyArgs {
+            paths: vec![path.clone()],
+            dry_run: false,
+            prune: false,
+            output: OutputFormat::Table,
+        },
+    );
+    match code {
+        Ok(EXIT_OK) => {
+            println!("created workflow wf_{slug} in workflows/{slug}.yaml");
+            Ok(EXIT_OK)
+        }
+        other => {
+            let _ = std::fs::remove_file(&path);
+            eprintln!("the workflow was not created; fix the problems above and try again");
+            other.map(|_| EXIT_FINDINGS)
+        }
+    }
+}
+
+fn render(context: &Context, args: &RenderArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let store = open_store(context)?;
+    let record = run::find_workflow(&store, &args.id)?;
+    let expanded = run::expand_workflow(&store, &record.spec.clone().unwrap_or_default())?;
+    let mut given = expanded.preset.clone();
+    given.extend(parse_params(args.params.as_deref())?);
+    let parameters = params::resolve(expanded.declared.as_ref(), &given)
+        .map_err(|p| anyhow::anyhow!("parameters of {} are not valid:\n{p}", record.key.id))?;
+    let scope = expand::Scope {
+        params: parameters.clone(),
+        ..expand::Scope::default()
+    };
+    let mut workflow = expanded.workflow.clone();
+    if let Some(steps) = workflow.get_mut("steps").and_then(Value::as_array_mut) {
+        for step in steps {
+            for field in ["parameters", "command", "env"] {
+                if let Some(value) = step.get(field) {
+                    // Only `params.*` is known before the run; other references stay as written.
+                    if let Ok(done) = expand::substitute(value, &scope) {
+                        step[field] = done;
+                    }
+                }
+            }
+        }
+    }
+    if let Value::Object(map) = &mut workflow {
+        map.insert("parameters".into(), Value::Object(parameters));
+    }
+    print!("{}", crate::reconcile::diff::to_yaml(&workflow));
+    Ok(EXIT_OK)
+}
+
+fn execute(context: &Context, args: &ExecuteArgs) -> Result<u8> {
+    context.init_logging(true)?;
+    let parameters = parse_params(args.params.as_deref())?;
+    let store = open_store(context)?;
+    let request = RunRequest {
+        workflow: args.id.clone(),
+        parameters,
+        trigger: Trigger {
+            kind: "cli".into(),
+            details: Map::new(),
+        },
+    };
+    let (run, steps) = match run::create_run(&store, &request) {
+        Ok(created) => created,
+        Err(EngineError::Store(err)) => return Err(err.into()),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    if args.detach {
+        drop(store);
+        return detach(context, &run.id);
+    }
+    follow_run(context, &store, run, steps)
+}
+
+/// Starts `__run RUN_ID` as a background process of its own and returns.
+fn detach(context: &Context, run_id: &str) -> Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let log_dir = context.config.resolve(&context.config.config.logging.dir);
+    std::fs::create_dir_all(&log_dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join("system.log"))?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("-C")
+        .arg(&context.config.project_dir)
+        .arg("--data-dir")
+        .arg(context.data_dir());
+    if let Some(environment) = context.cli.environment {
+        command.arg("--environment").arg(environment.as_str());
+    }
+    if let Some(config) = &context.cli.config {
+        command.arg("--config").arg(config);
+    }
+    command
+        .arg("__run")
+        .arg(run_id)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the background run")?;
+    println!("{run_id}");
+    Ok(EXIT_OK)
+}
+
+/// Executes a queued run in this process (`workflow execute --detach` starts this).
+pub fn run_queued(context: &Context, run_id: &str) -> Result<u8> {
+    context.init_logging(true)?;
+    // The process that queued the run may still be closing the store.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match open_store(context) {
+            Ok(store) => break store,
+            Err(err) if std::time::Instant::now() < deadline => {
+                tracing::debug!("waiting for the store: {err}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    let Some(run) = store.run(run_id)? else {
+        bail!("no run {run_id}");
+    };
+    if run.status != Status::Queued {
+        bail!("run {run_id} is {}, not queued", run.status);
+    }
+    let steps = store.steps(run_id)?;
+    follow_run(context, &store, run, steps)
+}
+
+/// Runs in the foreground, printing each step as it starts and ends; Ctrl-C cancels the run.
+pub fn follow_run(
+    context: &Context,
+    store: &Store,
+    run: RunRecord,
+    steps: Vec<StepRecord>,
+) -> Result<u8> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    let log_dir = context.config.resolve(&context.config.config.logging.dir);
+    let color = context.color;
+    println!(
+        "run {} of {} started ({} step{})",
+        run.id,
+        run.workflow_id,
+        steps.len(),
+        if steps.len() == 1 { "" } else { "s" }
+    );
+    let print = |event: &Event| {
+        let mut out = std::io::stdout().lock();
+        let _ = match event {
+            Event::StepStarted { step } => {
+                writeln!(out, "  ▶ {} ({}.{})", step.name, step.agent, step.action)
+            }
+            Event::StepRetrying { step, delay } => writeln!(
+                out,
+                "  ↻ {} attempt {} {}; retrying in {}",
+                step.name,
+                step.attempts.len(),
+                step.attempts.last().map_or("failed", |a| a.status.as_str()),
+                crate::duration::format_duration(*delay)
+            ),
+            Event::StepFinished { step } => {
+                let (mark, paint) = match step.status {
+                    Status::Succeeded => ("✔", "32"),
+                    Status::Skipped => ("–", "33"),
+                    _ => ("✘", "31"),
+                };
+                let mark = if color {
+                    format!("\x1b[{paint}m{mark}\x1b[0m")
+                } else {
+                    mark.to_owned()
+                };
+                let _ = writeln!(
+                    out,
+                    "  {mark} {} {}{}{}",
+                    step.name,
+                    step.status,
+                    step.duration_ms
+                        .map(|d| format!(" in {}", human_ms(d)))
+                        .unwrap_or_default(),
+                    step.message
+                        .as_ref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                );
+                if matches!(step.status, Status::Failed | Status::TimedOut) {
+                    for line in log_tail(&log_dir.join(&step.log), 15) {
+                        let _ = writeln!(out, "      │ {line}");
+                    }
+                }
+                Ok(())
+            }
+        };
+    };
+    let run = run::execute(
+        store,
+        &engine_config(context),
+        run,
+        steps,
+        &CancelSignal { flag },
+        &print,
+    )?;
+    let tests = run.tests;
+    if tests.total > 0 {
+        println!(
+            "tests: {} total, {} passed, {} failed, {} errors, {} skipped",
+            tests.total, tests.passed, tests.failed, tests.errors, tests.skipped
+        );
+    }
+    println!(
+        "run {} {} in {}{}",
+        run.id,
+        run.status,
+        human_ms(run.duration_ms.unwrap_or(0)),
+        run.message
+            .as_ref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
+    );
+    Ok(if run.status == Status::Succeeded {
+        EXIT_OK
+    } else {
+        EXIT_FINDINGS
+    })
+}
+
+/// "850 ms", "12.3 s", "2 min 5 s".
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// The last lines of a log file.
+pub fn log_tail(path: &std::path::Path, lines: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
+}

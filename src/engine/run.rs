@@ -1,0 +1,1162 @@
+//! Creating and executing runs. A run's steps form a DAG (in listed order when no step has
+//! `depends_on`); ready steps start up to `max_parallel` at a time, each in a worker thread
+//! that runs its agent, with retries and backoff; timeouts and cancellation stop the step's
+//! process group. Every state change is written to the store, and flushed before it is
+//! reported: one flush covers all the steps that finished and started together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::expand::{self, ConditionContext, Expanded, Scope, StepState};
+use super::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
+use super::params;
+use super::process::{signal_group, StepControl, StopReason};
+use crate::agents::runtime::{agent_for, Outcome, ReportData, StepContext};
+use crate::agents::{builtin, BUILTIN_AGENTS};
+use crate::manifest::Kind;
+use crate::store::{ObjectRecord, Store, StoreError};
+
+/// Where a run's files go and the limits it runs under.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The project directory: default working directory of steps.
+    pub project_dir: PathBuf,
+    /// `logs/`: step logs under `workflows/<run>/`, agent logs under `agents/`.
+    pub log_dir: PathBuf,
+    /// `reports/`.
+    pub reports_dir: PathBuf,
+    /// The data directory (for cancel requests from other processes).
+    pub data_dir: PathBuf,
+    /// Runs kept per workflow unless the workflow sets `history_limit`.
+    pub history_limit: usize,
+    /// Steps running at once unless the workflow sets `max_parallel`.
+    pub max_parallel: usize,
+}
+
+/// Something that happened to a run, reported after it is durable.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A step started (or started again, for a retry).
+    StepStarted {
+        /// The step.
+        step: StepRecord,
+    },
+    /// A step reached its final state.
+    StepFinished {
+        /// The step.
+        step: StepRecord,
+    },
+    /// An attempt failed and will be retried.
+    StepRetrying {
+        /// The step.
+        step: StepRecord,
+        /// Seconds until the next attempt.
+        delay: Duration,
+    },
+}
+
+/// Why a run could not be created or executed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No such workflow.
+    #[error("{0}")]
+    NotFound(String),
+    /// Parameters or the workflow are not acceptable; nothing ran.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Finds a live workflow by id, or by name when no id matches.
+pub fn find_workflow(store: &Store, id_or_name: &str) -> Result<ObjectRecord, EngineError> {
+    let objects = store.objects()?;
+    let workflows: Vec<&ObjectRecord> = objects
+        .values()
+        .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
+        .collect();
+    if let Some(found) = workflows
+        .iter()
+        .find(|r| r.key.id == id_or_name)
+        .or_else(|| workflows.iter().find(|r| r.name == id_or_name))
+    {
+        return Ok((*found).clone());
+    }
+    let hint = crate::schema::did_you_mean(id_or_name, workflows.iter().map(|r| r.key.id.as_str()))
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    Err(EngineError::NotFound(format!(
+        "no workflow `{id_or_name}` in the store{hint} (`orchestrator workflow list` shows them; apply new manifests first)"
+    )))
+}
+
+/// The workflow after template expansion, with its declared parameters.
+pub fn expand_workflow(store: &Store, spec: &Value) -> Result<Expanded, EngineError> {
+    let objects = store.objects()?;
+    expand::expand(spec, |name| {
+        objects
+            .values()
+            .filter(|r| r.key.kind == Kind::WorkflowTemplate && r.is_live())
+            .find(|r| {
+                r.key.id == name
+                    || r.name == name
+                    || r.spec
+                        .as_ref()
+                        .and_then(|s| s.get("template"))
+                        .and_then(Value::as_str)
+                        == Some(name)
+            })
+            .and_then(|r| r.spec.clone())
+    })
+    .map_err(EngineError::Invalid)
+}
+
+/// What a new run needs.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// Workflow id or name.
+    pub workflow: String,
+    /// Parameters given (`--params`).
+    pub parameters: Map<String, Value>,
+    /// What started it.
+    pub trigger: Trigger,
+}
+
+/// A sortable unique run id.
+pub fn new_run_id() -> String {
+    format!("run_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Creates a queued run: the workflow expanded, parameters checked, every step queued, all
+/// stored durably. Nothing runs yet.
+pub fn create_run(
+    store: &Store,
+    request: &RunRequest,
+) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
+    let record = find_workflow(store, &request.workflow)?;
+    let spec = record.spec.clone().unwrap_or_default();
+    let expanded = expand_workflow(store, &spec)?;
+    let mut given = expanded.preset.clone();
+    given.extend(request.parameters.clone());
+    let parameters = params::resolve(expanded.declared.as_ref(), &given).map_err(|problems| {
+        EngineError::Invalid(format!(
+            "parameters of {} are not valid; nothing ran:\n{problems}",
+            record.key.id
+        ))
+    })?;
+    let run = new_run(
+        &record.key.id,
+        &record.name,
+        expanded.workflow,
+        parameters,
+        request.trigger.clone(),
+    )?;
+    let steps = initial_steps(&run)?;
+    store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), true)?;
+    Ok((run, steps))
+}
+
+fn new_run(
+    workflow_id: &str,
+    workflow_name: &str,
+    workflow: Value,
+    parameters: Map<String, Value>,
+    trigger: Trigger,
+) -> Result<RunRecord, EngineError> {
+    let steps: Vec<String> = workflow
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if steps.is_empty() {
+        return Err(EngineError::Invalid(format!(
+            "workflow {workflow_id} has no steps to run"
+        )));
+    }
+    Ok(RunRecord {
+        id: new_run_id(),
+        workflow_id: workflow_id.to_owned(),
+        workflow_name: workflow_name.to_owned(),
+        status: Status::Queued,
+        parameters,
+        trigger,
+        workflow,
+        steps,
+        created_at: now(),
+        started_at: None,
+        finished_at: None,
+        duration_ms: None,
+        message: None,
+        tests: TestSummary::default(),
+        rerun_of: None,
+        pid: None,
+    })
+}
+
+/// File-system-safe form of a step name for its log file.
+pub fn log_name(step: &str) -> String {
+    step.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn initial_steps(run: &RunRecord) -> Result<Vec<StepRecord>, EngineError> {
+    let specs = run.workflow["steps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    specs
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            let name = spec["name"].as_str().unwrap_or_default().to_owned();
+            let (agent, action) = agent_and_action(spec);
+            Ok(StepRecord {
+                run_id: run.id.clone(),
+                index: index as u32,
+                log: format!("workflows/{}/{}.log", run.id, log_name(&name)),
+                name,
+                agent,
+                action,
+                status: Status::Queued,
+                attempts: Vec::new(),
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                exit_code: None,
+                message: None,
+                outputs: Map::new(),
+                pgid: None,
+                tests: Vec::new(),
+                artifacts: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+fn agent_and_action(spec: &Value) -> (String, String) {
+    let agent = spec
+        .get("agent")
+        .and_then(Value::as_str)
+        .unwrap_or("shell")
+        .to_owned();
+    let action = spec
+        .get("action")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| builtin(&agent).map(|b| b.actions[0].to_owned()))
+        .unwrap_or_else(|| "run".to_owned());
+    (agent, action)
+}
+
+/// Creates a run that repeats an earlier one: same workflow as it ran, same parameters. With
+/// `from_failed`, steps that succeeded keep their result and only the rest run again.
+pub fn create_rerun(
+    store: &Store,
+    original: &RunRecord,
+    from_failed: bool,
+) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
+    let mut details = Map::new();
+    details.insert("run".into(), Value::from(original.id.clone()));
+    details.insert("from_failed".into(), Value::from(from_failed));
+    let mut run = new_run(
+        &original.workflow_id,
+        &original.workflow_name,
+        original.workflow.clone(),
+        original.parameters.clone(),
+        Trigger {
+            kind: "rerun".into(),
+            details,
+        },
+    )?;
+    run.rerun_of = Some(original.id.clone());
+    let mut steps = initial_steps(&run)?;
+    if from_failed {
+        let previous = store.steps(&original.id)?;
+        for step in &mut steps {
+            if let Some(old) = previous
+                .iter()
+                .find(|o| o.name == step.name && o.status == Status::Succeeded)
+            {
+                step.status = Status::Succeeded;
+                step.outputs = old.outputs.clone();
+                step.tests = old.tests.clone();
+                step.exit_code = old.exit_code;
+                step.message = Some(format!("reused from {}", original.id));
+            }
+        }
+    }
+    store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), true)?;
+    Ok((run, steps))
+}
+
+/// Marks runs left `running` by a process that is gone as `interrupted`, kills what is left
+/// of their steps' process groups, and returns their ids. Call with the store held: no other
+/// process can be running them.
+pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
+    let mut recovered = Vec::new();
+    for mut run in store.runs()? {
+        if run.status != Status::Running {
+            continue;
+        }
+        let at = now();
+        let mut steps = store.steps(&run.id)?;
+        for step in &mut steps {
+            if step.status.is_finished() {
+                continue;
+            }
+            if let Some(pgid) = step.pgid.take() {
+                signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            step.status = Status::Interrupted;
+            step.finished_at = Some(at.clone());
+            step.message = Some("the process running this step went away".into());
+        }
+        run.status = Status::Interrupted;
+        run.finished_at = Some(at);
+        run.message = Some(format!(
+            "interrupted: the process running it ({}) ended before the run finished",
+            run.pid
+                .map_or("unknown PID".to_owned(), |p| format!("PID {p}"))
+        ));
+        store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), false)?;
+        recovered.push(run.id.clone());
+    }
+    if !recovered.is_empty() {
+        store.save_run(None, &[], true)?;
+    }
+    Ok(recovered)
+}
+
+/// Where another process asks for a run to be cancelled.
+pub fn cancel_request_path(data_dir: &Path, run_id: &str) -> PathBuf {
+    data_dir.join("control").join(format!("cancel-{run_id}"))
+}
+
+/// One step as the executor schedules it.
+struct Planned {
+    spec: Value,
+    deps: Vec<usize>,
+    /// Transitive dependencies.
+    upstream: Vec<usize>,
+    timeout: Option<Duration>,
+    retries: u32,
+    retry_delay: Duration,
+    continue_on_error: bool,
+    condition: Option<String>,
+}
+
+fn duration_field(value: Option<&Value>) -> Option<Duration> {
+    match value? {
+        Value::Number(n) => n.as_f64().map(Duration::from_secs_f64),
+        Value::String(text) => crate::duration::parse_duration(text).ok(),
+        _ => None,
+    }
+}
+
+fn plan(workflow: &Value) -> Vec<Planned> {
+    let specs = workflow["steps"].as_array().cloned().unwrap_or_default();
+    let index: HashMap<String, usize> = specs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s["name"].as_str().map(|n| (n.to_owned(), i)))
+        .collect();
+    let dag = specs.iter().any(|s| s.get("depends_on").is_some());
+    let mut planned: Vec<Planned> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let deps = if dag {
+                spec.get("depends_on")
+                    .and_then(Value::as_array)
+                    .map(|d| {
+                        d.iter()
+                            .filter_map(|n| n.as_str().and_then(|n| index.get(n)).copied())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else if i > 0 {
+                vec![i - 1]
+            } else {
+                Vec::new()
+            };
+            let (agent, action) = agent_and_action(spec);
+            let timeout = duration_field(spec.get("timeout")).or_else(|| {
+                (agent == "test_runner" && action == "run_tests")
+                    .then(|| duration_field(spec.get("parameters").and_then(|p| p.get("timeout"))))
+                    .flatten()
+            });
+            Planned {
+                deps,
+                upstream: Vec::new(),
+                timeout: timeout.filter(|t| !t.is_zero()),
+                retries: spec.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
+                retry_delay: duration_field(spec.get("retry_delay"))
+                    .unwrap_or(Duration::from_secs(1)),
+                continue_on_error: spec
+                    .get("continue_on_error")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                condition: spec.get("if").and_then(Value::as_str).map(str::to_owned),
+                spec: spec.clone(),
+            }
+        })
+        .collect();
+    // Transitive closure; the workflow was validated acyclic, but guard anyway.
+    for i in 0..planned.len() {
+        let mut seen = vec![false; planned.len()];
+        let mut stack = planned[i].deps.clone();
+        while let Some(d) = stack.pop() {
+            if d != i && !seen[d] {
+                seen[d] = true;
+                stack.extend(planned[d].deps.iter().copied());
+            }
+        }
+        planned[i].upstream = (0..planned.len()).filter(|&d| seen[d]).collect();
+    }
+    planned
+}
+
+enum Message {
+    AttemptStarted(usize, Instant),
+    AttemptFailed(usize, Attempt, Duration),
+    Done(usize, Box<Outcome>, Vec<Attempt>),
+}
+
+/// How a run is stopped from outside: a flag (Ctrl-C, a server's cancel) or a request file.
+#[derive(Debug, Clone)]
+pub struct CancelSignal {
+    /// Set to cancel.
+    pub flag: Arc<AtomicBool>,
+}
+
+/// Executes a created run to its end and returns it. `on_event` hears each durable change.
+pub fn execute(
+    store: &Store,
+    config: &EngineConfig,
+    mut run: RunRecord,
+    mut steps: Vec<StepRecord>,
+    cancel: &CancelSignal,
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<RunRecord, EngineError> {
+    let planned = plan(&run.workflow);
+    let agents = agent_configs(store)?;
+    let run_dir = config.log_dir.join("workflows").join(&run.id);
+    fs::create_dir_all(&run_dir)
+        .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
+    let max_parallel = run
+        .workflow
+        .get("max_parallel")
+        .and_then(Value::as_u64)
+        .map_or(config.max_parallel, |n| n as usize)
+        .max(1);
+    let run_deadline = duration_field(run.workflow.get("timeout"))
+        .filter(|t| !t.is_zero())
+        .map(|t| Instant::now() + t);
+    let cancel_file = cancel_request_path(&config.data_dir, &run.id);
+    let base_env = base_env(&run);
+    let started = Instant::now();
+    run.status = Status::Running;
+    run.started_at = Some(now());
+    run.pid = Some(std::process::id());
+    store.save_run(Some(&run), &[], true)?;
+
+    let mut controls: Vec<Option<Arc<StepControl>>> = vec![None; steps.len()];
+    let mut deadlines: Vec<Option<Instant>> = vec![None; steps.len()];
+    let mut step_started: Vec<Option<Instant>> = vec![None; steps.len()];
+    // Whether each finished step counts as a success for what follows.
+    let mut ok: Vec<Option<bool>> = steps
+        .iter()
+        .map(|s| (s.status == Status::Succeeded).then_some(true))
+        .collect();
+    let mut running = 0usize;
+    let mut cancelled = false;
+    let mut timed_out = false;
+    let (sender, receiver) = mpsc::channel::<Message>();
+
+    std::thread::scope(|scope| -> Result<(), EngineError> {
+        loop {
+            let mut changed: Vec<usize> = Vec::new();
+            let mut events: Vec<Event> = Vec::new();
+
+            // Stop requests.
+            let cancel_now =
+                !cancelled && (cancel.flag.load(Ordering::SeqCst) || cancel_file.exists());
+            let timeout_now = !timed_out && run_deadline.is_some_and(|d| Instant::now() >= d);
+            if cancel_now || timeout_now {
+                cancelled |= cancel_now;
+                timed_out |= timeout_now;
+                let reason = if cancel_now {
+                    StopReason::Cancel
+                } else {
+                    StopReason::Timeout
+                };
+                for control in controls.iter().flatten() {
+                    control.stop(reason);
+                }
+                let _ = fs::remove_file(&cancel_file);
+            }
+            for (index, deadline) in deadlines.iter_mut().enumerate() {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    *deadline = None;
+                    if let Some(control) = &controls[index] {
+                        control.stop(StopReason::Timeout);
+                    }
+                }
+            }
+
+            // Start what is ready.
+            if !cancelled && !timed_out {
+                for index in 0..steps.len() {
+                    if running >= max_parallel {
+                        break;
+                    }
+                    if steps[index].status != Status::Queued
+                        || planned[index].deps.iter().any(|&d| ok[d].is_none())
+                    {
+                        continue;
+                    }
+                    let upstream_ok = planned[index].upstream.iter().all(|&d| ok[d] == Some(true));
+                    let scope_now = scope_of(&run, &steps);
+                    let condition = planned[index].condition.as_deref().unwrap_or("success()");
+                    let run_it = expand::evaluate_condition(
+                        condition,
+                        &scope_now,
+                        ConditionContext {
+                            upstream_ok,
+                            cancelled: false,
+                        },
+                    );
+                    let step = &mut steps[index];
+                    match run_it {
+                        Ok(true) => {
+                            step.status = Status::Running;
+                            step.started_at = Some(now());
+                            step_started[index] = Some(Instant::now());
+                            running += 1;
+                            let control = StepControl::new();
+                            controls[index] = Some(Arc::clone(&control));
+                            deadlines[index] = planned[index].timeout.map(|t| Instant::now() + t);
+                            events.push(Event::StepStarted { step: step.clone() });
+                            changed.push(index);
+                            let job = StepJob {
+                                index,
+                                run_id: run.id.clone(),
+                                workflow_id: run.workflow_id.clone(),
+                                step: step.clone(),
+                                planned: &planned[index],
+                                scope: scope_now,
+                                config,
+                                agent_config: agents.get(&step.agent).cloned(),
+                                base_env: &base_env,
+                                control,
+                                reports: (step.agent == "report_generator"
+                                    || agents
+                                        .get(&step.agent)
+                                        .and_then(|a| a.get("type"))
+                                        .and_then(Value::as_str)
+                                        == Some("report_generator"))
+                                .then(|| report_data(store, &run, &steps))
+                                .transpose()?,
+                                sender: sender.clone(),
+                            };
+                            scope.spawn(move || job.run());
+                        }
+                        Ok(false) => {
+                            step.status = Status::Skipped;
+                            step.finished_at = Some(now());
+                            step.message = Some(if upstream_ok {
+                                format!("skipped: `{condition}` is false")
+                            } else {
+                                "skipped: an earlier step failed".to_owned()
+                            });
+                            ok[index] = Some(upstream_ok);
+                            events.push(Event::StepFinished { step: step.clone() });
+                            changed.push(index);
+                        }
+                        Err(err) => {
+                            step.status = Status::Failed;
+                            step.finished_at = Some(now());
+                            step.message = Some(format!("condition `{condition}`: {err}"));
+                            ok[index] = Some(false);
+                            events.push(Event::StepFinished { step: step.clone() });
+                            changed.push(index);
+                        }
+                    }
+                }
+            }
+            if (cancelled || timed_out) && running == 0 {
+                let status = if cancelled {
+                    Status::Cancelled
+                } else {
+                    Status::TimedOut
+                };
+                for (index, step) in steps.iter_mut().enumerate() {
+                    if step.status == Status::Queued {
+                        step.status = status;
+                        step.finished_at = Some(now());
+                        step.message = Some(if cancelled {
+                            "cancelled before it started".into()
+                        } else {
+                            "the workflow timed out before it started".into()
+                        });
+                        ok[index] = Some(false);
+                        changed.push(index);
+                    }
+                }
+            }
+
+            let all_done = running == 0 && steps.iter().all(|s| s.status.is_finished());
+            if all_done {
+                finish_run(&mut run, &steps, &planned, cancelled, timed_out, started);
+            }
+            if !changed.is_empty() || all_done {
+                changed.sort_unstable();
+                changed.dedup();
+                let records: Vec<&StepRecord> = changed.iter().map(|&i| &steps[i]).collect();
+                store.save_run(Some(&run), &records, true)?;
+                for event in &events {
+                    on_event(event);
+                }
+            }
+            if all_done {
+                return Ok(());
+            }
+
+            // Wait for a worker, a deadline, or the next look at stop requests.
+            let mut wait = Duration::from_millis(100);
+            for deadline in deadlines.iter().flatten().chain(run_deadline.iter()) {
+                wait = wait.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            let mut first = match receiver.recv_timeout(wait) {
+                Ok(message) => Some(message),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            };
+            let mut finished_events = Vec::new();
+            let mut finished_changed = Vec::new();
+            while let Some(message) = first.take().or_else(|| receiver.try_recv().ok()) {
+                match message {
+                    Message::AttemptStarted(index, at) => {
+                        deadlines[index] = planned[index].timeout.map(|t| at + t);
+                    }
+                    Message::AttemptFailed(index, attempt, delay) => {
+                        deadlines[index] = None;
+                        steps[index].attempts.push(attempt);
+                        store.save_run(None, &[&steps[index]], false)?;
+                        on_event(&Event::StepRetrying {
+                            step: steps[index].clone(),
+                            delay,
+                        });
+                    }
+                    Message::Done(index, outcome, attempts) => {
+                        running -= 1;
+                        deadlines[index] = None;
+                        controls[index] = None;
+                        let step = &mut steps[index];
+                        let status = outcome.status.unwrap_or(Status::Failed);
+                        step.attempts = attempts;
+                        step.status = status;
+                        step.exit_code = outcome.exit_code;
+                        step.message = outcome.message;
+                        step.outputs = outcome.outputs;
+                        step.tests = outcome.tests;
+                        step.artifacts = outcome.artifacts;
+                        step.finished_at = Some(now());
+                        step.duration_ms =
+                            step_started[index].map(|s| s.elapsed().as_millis() as u64);
+                        step.pgid = None;
+                        ok[index] = Some(
+                            status == Status::Succeeded
+                                || (planned[index].continue_on_error
+                                    && !matches!(status, Status::Cancelled)),
+                        );
+                        agent_log(config, step);
+                        finished_events.push(Event::StepFinished { step: step.clone() });
+                        finished_changed.push(index);
+                    }
+                }
+            }
+            if !finished_changed.is_empty() {
+                // Written together with whatever starts next, in one flush; reported after it.
+                let records: Vec<&StepRecord> =
+                    finished_changed.iter().map(|&i| &steps[i]).collect();
+                store.save_run(None, &records, false)?;
+                pending_events(&mut finished_events, on_event, store)?;
+            }
+        }
+    })?;
+    let _ = fs::remove_file(&cancel_file);
+    enforce_history(store, config, &run)?;
+    Ok(run)
+}
+
+/// Reports step completions once they are durable. The next loop turn would flush them with
+/// the steps that start next; flushing here keeps "finished" before "started" in the output.
+fn pending_events(
+    events: &mut Vec<Event>,
+    on_event: &(dyn Fn(&Event) + Sync),
+    store: &Store,
+) -> Result<(), EngineError> {
+    store.save_run(None, &[], true)?;
+    for event in events.drain(..) {
+        on_event(&event);
+    }
+    Ok(())
+}
+
+fn finish_run(
+    run: &mut RunRecord,
+    steps: &[StepRecord],
+    planned: &[Planned],
+    cancelled: bool,
+    timed_out: bool,
+    started: Instant,
+) {
+    let failed: Vec<&StepRecord> = steps
+        .iter()
+        .zip(planned)
+        .filter(|(s, p)| {
+            matches!(
+                s.status,
+                Status::Failed | Status::TimedOut | Status::Interrupted
+            ) && !p.continue_on_error
+        })
+        .map(|(s, _)| s)
+        .collect();
+    let (status, message) = if cancelled {
+        (Status::Cancelled, Some("cancelled".to_owned()))
+    } else if timed_out {
+        (
+            Status::TimedOut,
+            Some("the workflow's timeout ran out".to_owned()),
+        )
+    } else if let Some(first) = failed.first() {
+        (
+            Status::Failed,
+            Some(format!(
+                "step `{}` {}{}",
+                first.name,
+                first.status,
+                first
+                    .message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            )),
+        )
+    } else {
+        (Status::Succeeded, None)
+    };
+    run.status = status;
+    run.message = message;
+    run.finished_at = Some(now());
+    run.duration_ms = Some(started.elapsed().as_millis() as u64);
+    let mut tests = TestSummary::default();
+    for step in steps {
+        tests.add(TestSummary::of(&step.tests));
+    }
+    run.tests = tests;
+}
+
+fn scope_of(run: &RunRecord, steps: &[StepRecord]) -> Scope {
+    let mut scope = Scope {
+        params: run.parameters.clone(),
+        ..Scope::default()
+    };
+    scope.run.insert("id".into(), Value::from(run.id.clone()));
+    scope
+        .run
+        .insert("workflow_id".into(), Value::from(run.workflow_id.clone()));
+    scope.run.insert(
+        "workflow_name".into(),
+        Value::from(run.workflow_name.clone()),
+    );
+    for step in steps.iter().filter(|s| s.status.is_finished()) {
+        scope.steps.insert(
+            step.name.clone(),
+            StepState {
+                status: step.status,
+                outputs: step.outputs.clone(),
+            },
+        );
+    }
+    scope
+}
+
+fn base_env(run: &RunRecord) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("ORCHESTRATOR_RUN_ID".to_owned(), run.id.clone()),
+        (
+            "ORCHESTRATOR_WORKFLOW_ID".to_owned(),
+            run.workflow_id.clone(),
+        ),
+    ];
+    for (name, value) in &run.parameters {
+        env.push((params::env_name(name), params::env_value(value)));
+    }
+    if let Some(vars) = run.workflow.get("env").and_then(Value::as_object) {
+        for (name, value) in vars {
+            env.push((name.clone(), params::env_value(value)));
+        }
+    }
+    env
+}
+
+/// Agent manifests by agent name.
+fn agent_configs(store: &Store) -> Result<BTreeMap<String, Value>, StoreError> {
+    Ok(store
+        .objects()?
+        .into_values()
+        .filter(|r| r.key.kind == Kind::Agent && r.is_live())
+        .filter_map(|r| r.spec.map(|spec| (r.name, spec)))
+        .collect())
+}
+
+fn report_data(
+    store: &Store,
+    run: &RunRecord,
+    steps: &[StepRecord],
+) -> Result<ReportData, EngineError> {
+    let previous = store
+        .runs()?
+        .into_iter()
+        .rfind(|r| r.workflow_id == run.workflow_id && r.id < run.id && r.status.is_finished());
+    let previous = match previous {
+        Some(previous) => {
+            let steps = store.steps(&previous.id)?;
+            Some((previous, steps))
+        }
+        None => None,
+    };
+    Ok(ReportData {
+        current: (run.clone(), steps.to_vec()),
+        previous,
+    })
+}
+
+fn agent_log(config: &EngineConfig, step: &StepRecord) {
+    let dir = config.log_dir.join("agents");
+    if fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    if let Ok(mut file) = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{}.log", log_name(&step.agent))))
+    {
+        let _ = writeln!(
+            file,
+            "{} {} {} {}.{} {} {}ms{}",
+            now(),
+            step.run_id,
+            step.name,
+            step.agent,
+            step.action,
+            step.status,
+            step.duration_ms.unwrap_or(0),
+            step.message
+                .as_ref()
+                .map(|m| format!(" {m}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Keeps the newest runs of the workflow within its history limit; older runs go with their
+/// logs and reports.
+fn enforce_history(
+    store: &Store,
+    config: &EngineConfig,
+    run: &RunRecord,
+) -> Result<(), StoreError> {
+    let limit = run
+        .workflow
+        .get("history_limit")
+        .and_then(Value::as_u64)
+        .map_or(config.history_limit, |n| n as usize)
+        .max(1);
+    let runs: Vec<RunRecord> = store
+        .runs()?
+        .into_iter()
+        .filter(|r| r.workflow_id == run.workflow_id && r.status.is_finished())
+        .collect();
+    if runs.len() <= limit {
+        return Ok(());
+    }
+    let old: Vec<String> = runs[..runs.len() - limit]
+        .iter()
+        .map(|r| r.id.clone())
+        .collect();
+    store.delete_runs(&old)?;
+    for id in &old {
+        let _ = fs::remove_dir_all(config.log_dir.join("workflows").join(id));
+        let _ = fs::remove_dir_all(config.reports_dir.join(id));
+    }
+    Ok(())
+}
+
+/// Everything a worker thread needs to run one step.
+struct StepJob<'a> {
+    index: usize,
+    run_id: String,
+    workflow_id: String,
+    step: StepRecord,
+    planned: &'a Planned,
+    scope: Scope,
+    config: &'a EngineConfig,
+    agent_config: Option<Value>,
+    base_env: &'a [(String, String)],
+    control: Arc<StepControl>,
+    reports: Option<ReportData>,
+    sender: mpsc::Sender<Message>,
+}
+
+impl StepJob<'_> {
+    fn run(self) {
+        let (outcome, attempts) = self.attempts();
+        let _ = self
+            .sender
+            .send(Message::Done(self.index, Box::new(outcome), attempts));
+    }
+
+    fn attempts(&self) -> (Outcome, Vec<Attempt>) {
+        let log_path = self.config.log_dir.join(&self.step.log);
+        let outputs_path = log_path.with_extension("outputs");
+        let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
+            Ok(file) => file,
+            Err(err) => {
+                return (
+                    Outcome {
+                        status: Some(Status::Failed),
+                        message: Some(format!("cannot open {}: {err}", log_path.display())),
+                        ..Outcome::default()
+                    },
+                    Vec::new(),
+                )
+            }
+        };
+        let Some(agent) = agent_for(&self.step.agent, self.agent_config.as_ref()) else {
+            let known: Vec<&str> = BUILTIN_AGENTS.iter().map(|a| a.name).collect();
+            return (
+                Outcome {
+                    status: Some(Status::Failed),
+                    message: Some(format!(
+                        "no agent `{}`: expected {} or an Agent manifest",
+                        self.step.agent,
+                        known.join(", ")
+                    )),
+                    ..Outcome::default()
+                },
+                Vec::new(),
+            );
+        };
+        if self
+            .agent_config
+            .as_ref()
+            .and_then(|c| c.get("enabled"))
+            .and_then(Value::as_bool)
+            == Some(false)
+        {
+            return (
+                Outcome {
+                    status: Some(Status::Failed),
+                    message: Some(format!(
+                        "agent `{}` is disabled (enabled: false in its manifest)",
+                        self.step.agent
+                    )),
+                    ..Outcome::default()
+                },
+                Vec::new(),
+            );
+        }
+        let spec = &self.planned.spec;
+        let substituted = spec
+            .get("parameters")
+            .map(|p| expand::substitute(p, &self.scope))
+            .transpose()
+            .and_then(|p| {
+                let command = spec
+                    .get("command")
+                    .map(|c| expand::substitute(c, &self.scope))
+                    .transpose()?;
+                Ok((p, command))
+            });
+        let (parameters, command) = match substituted {
+            Ok((p, c)) => (
+                p.and_then(|p| p.as_object().cloned()).unwrap_or_default(),
+                c,
+            ),
+            Err(err) => {
+                return (
+                    Outcome {
+                        status: Some(Status::Failed),
+                        message: Some(err),
+                        ..Outcome::default()
+                    },
+                    Vec::new(),
+                )
+            }
+        };
+        let mut env = self.base_env.to_vec();
+        env.push(("ORCHESTRATOR_STEP".into(), self.step.name.clone()));
+        env.push((
+            "ORCHESTRATOR_OUTPUT".into(),
+            outputs_path.display().to_string(),
+        ));
+        if let Some(vars) = spec.get("env").and_then(Value::as_object) {
+            for (name, value) in vars {
+                let value = expand::substitute(value, &self.scope).unwrap_or(value.clone());
+                env.push((name.clone(), params::env_value(&value)));
+            }
+        }
+        let agent_log = self
+            .config
+            .log_dir
+            .join("agents")
+            .join(format!("{}.log", log_name(&self.step.agent)));
+        let mut attempts = Vec::new();
+        let total = self.planned.retries + 1;
+        for number in 1..=total {
+            let started_at = now();
+            let started = Instant::now();
+            let _ = self
+                .sender
+                .send(Message::AttemptStarted(self.index, started));
+            let _ = fs::remove_file(&outputs_path);
+            let context = StepContext {
+                run_id: &self.run_id,
+                workflow_id: &self.workflow_id,
+                step: &self.step.name,
+                project_dir: &self.config.project_dir,
+                reports_dir: &self.config.reports_dir,
+                agent_log: &agent_log,
+                log: &log,
+                env: &env,
+                command: command.as_ref(),
+                working_dir: spec.get("working_dir").and_then(Value::as_str),
+                config: self.agent_config.as_ref(),
+                control: &self.control,
+                timeout: self.planned.timeout,
+                reports: self.reports.as_ref(),
+            };
+            if total > 1 {
+                context.note(&format!("attempt {number} of {total}"));
+            }
+            let mut outcome = agent.execute_action(&self.step.action, &parameters, &context);
+            if let Some(reason) = self.control.stopped() {
+                outcome.status = Some(match reason {
+                    StopReason::Timeout => Status::TimedOut,
+                    StopReason::Cancel => Status::Cancelled,
+                });
+                if outcome.message.is_none() || reason == StopReason::Timeout {
+                    outcome.message = Some(match reason {
+                        StopReason::Timeout => format!(
+                            "timed out after {}; its process group was killed",
+                            crate::duration::format_duration(
+                                self.planned.timeout.unwrap_or_default()
+                            )
+                        ),
+                        StopReason::Cancel => "cancelled".into(),
+                    });
+                }
+            }
+            for (key, value) in read_outputs(&outputs_path) {
+                outcome.outputs.insert(key, Value::from(value));
+            }
+            let status = outcome.status.unwrap_or(Status::Failed);
+            let attempt = Attempt {
+                number,
+                status,
+                started_at,
+                finished_at: now(),
+                duration_ms: started.elapsed().as_millis() as u64,
+                exit_code: outcome.exit_code,
+                message: outcome.message.clone(),
+            };
+            let retry = number < total
+                && matches!(status, Status::Failed | Status::TimedOut)
+                && self.control.stopped() != Some(StopReason::Cancel);
+            if !retry {
+                attempts.push(attempt);
+                return (outcome, attempts);
+            }
+            let delay = self
+                .planned
+                .retry_delay
+                .saturating_mul(1 << (number - 1).min(10));
+            context.note(&format!(
+                "attempt {number} {status}; retrying in {}",
+                crate::duration::format_duration(delay)
+            ));
+            let _ = self
+                .sender
+                .send(Message::AttemptFailed(self.index, attempt.clone(), delay));
+            attempts.push(attempt);
+            self.control.clear_timeout();
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                if self.control.stopped() == Some(StopReason::Cancel) {
+                    return (
+                        Outcome {
+                            status: Some(Status::Cancelled),
+                            message: Some("cancelled while waiting to retry".into()),
+                            ..Outcome::default()
+                        },
+                        attempts,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+}
+
+/// `key=value` lines, and GitHub's `key<<DELIMITER` blocks, from a step's output file.
+pub fn read_outputs(path: &Path) -> Vec<(String, String)> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut outputs = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((key, delimiter)) = line.split_once("<<") {
+            let mut value = Vec::new();
+            for body in lines.by_ref() {
+                if body == delimiter {
+                    break;
+                }
+                value.push(body);
+            }
+            outputs.push((key.trim().to_owned(), value.join("\n")));
+        } else if let Some((key, value)) = line.split_once('=') {
+            outputs.push((key.trim().to_owned(), value.to_owned()));
+        }
+    }
+    outputs
+}
