@@ -497,12 +497,16 @@ pub fn execute(
     let mut cancelled = false;
     let mut timed_out = false;
     let (sender, receiver) = mpsc::channel::<Message>();
+    // Steps that finished in the last wait, written and reported with what starts next: one
+    // flush per turn, "finished" events before "started" ones.
+    let mut changed: Vec<usize> = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
+    // What conditions and substitutions see, grown as steps finish (not rebuilt per step).
+    let mut step_scope = Arc::new(run_scope(&run));
+    let mut in_scope = vec![false; steps.len()];
 
     std::thread::scope(|scope| -> Result<(), EngineError> {
         loop {
-            let mut changed: Vec<usize> = Vec::new();
-            let mut events: Vec<Event> = Vec::new();
-
             // Stop requests.
             let cancel_now =
                 !cancelled && (cancel.flag.load(Ordering::SeqCst) || cancel_file.exists());
@@ -541,11 +545,22 @@ pub fn execute(
                         continue;
                     }
                     let upstream_ok = planned[index].upstream.iter().all(|&d| ok[d] == Some(true));
-                    let scope_now = scope_of(&run, &steps);
+                    for (finished, step) in in_scope.iter_mut().zip(&steps) {
+                        if !*finished && step.status.is_finished() {
+                            *finished = true;
+                            Arc::make_mut(&mut step_scope).steps.insert(
+                                step.name.clone(),
+                                StepState {
+                                    status: step.status,
+                                    outputs: step.outputs.clone(),
+                                },
+                            );
+                        }
+                    }
                     let condition = planned[index].condition.as_deref().unwrap_or("success()");
                     let run_it = expand::evaluate_condition(
                         condition,
-                        &scope_now,
+                        &step_scope,
                         ConditionContext {
                             upstream_ok,
                             cancelled: false,
@@ -569,7 +584,7 @@ pub fn execute(
                                 workflow_id: run.workflow_id.clone(),
                                 step: step.clone(),
                                 planned: &planned[index],
-                                scope: scope_now,
+                                scope: Arc::clone(&step_scope),
                                 config,
                                 agent_config: agents.get(&step.agent).cloned(),
                                 base_env: &base_env,
@@ -638,9 +653,13 @@ pub fn execute(
                 changed.sort_unstable();
                 changed.dedup();
                 let records: Vec<&StepRecord> = changed.iter().map(|&i| &steps[i]).collect();
-                store.save_run(Some(&run), &records, true)?;
-                for event in &events {
-                    on_event(event);
+                // The run record (with its whole workflow) is written only when it changes:
+                // at the start above and here at the end, so a step costs the same in a
+                // 10-step workflow as in a 1,000-step one.
+                store.save_run(all_done.then_some(&run), &records, true)?;
+                changed.clear();
+                for event in events.drain(..) {
+                    on_event(&event);
                 }
             }
             if all_done {
@@ -657,8 +676,6 @@ pub fn execute(
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => None,
             };
-            let mut finished_events = Vec::new();
-            let mut finished_changed = Vec::new();
             while let Some(message) = first.take().or_else(|| receiver.try_recv().ok()) {
                 match message {
                     Message::AttemptStarted(index, at) => {
@@ -696,37 +713,16 @@ pub fn execute(
                                     && !matches!(status, Status::Cancelled)),
                         );
                         agent_log(config, step);
-                        finished_events.push(Event::StepFinished { step: step.clone() });
-                        finished_changed.push(index);
+                        events.push(Event::StepFinished { step: step.clone() });
+                        changed.push(index);
                     }
                 }
-            }
-            if !finished_changed.is_empty() {
-                // Written together with whatever starts next, in one flush; reported after it.
-                let records: Vec<&StepRecord> =
-                    finished_changed.iter().map(|&i| &steps[i]).collect();
-                store.save_run(None, &records, false)?;
-                pending_events(&mut finished_events, on_event, store)?;
             }
         }
     })?;
     let _ = fs::remove_file(&cancel_file);
     enforce_history(store, config, &run)?;
     Ok(run)
-}
-
-/// Reports step completions once they are durable. The next loop turn would flush them with
-/// the steps that start next; flushing here keeps "finished" before "started" in the output.
-fn pending_events(
-    events: &mut Vec<Event>,
-    on_event: &(dyn Fn(&Event) + Sync),
-    store: &Store,
-) -> Result<(), EngineError> {
-    store.save_run(None, &[], true)?;
-    for event in events.drain(..) {
-        on_event(&event);
-    }
-    Ok(())
 }
 
 fn finish_run(
@@ -783,7 +779,8 @@ fn finish_run(
     run.tests = tests;
 }
 
-fn scope_of(run: &RunRecord, steps: &[StepRecord]) -> Scope {
+/// The scope every step starts from: the run's parameters and `run.*`.
+fn run_scope(run: &RunRecord) -> Scope {
     let mut scope = Scope {
         params: run.parameters.clone(),
         ..Scope::default()
@@ -796,15 +793,6 @@ fn scope_of(run: &RunRecord, steps: &[StepRecord]) -> Scope {
         "workflow_name".into(),
         Value::from(run.workflow_name.clone()),
     );
-    for step in steps.iter().filter(|s| s.status.is_finished()) {
-        scope.steps.insert(
-            step.name.clone(),
-            StepState {
-                status: step.status,
-                outputs: step.outputs.clone(),
-            },
-        );
-    }
     scope
 }
 
@@ -927,7 +915,7 @@ struct StepJob<'a> {
     workflow_id: String,
     step: StepRecord,
     planned: &'a Planned,
-    scope: Scope,
+    scope: Arc<Scope>,
     config: &'a EngineConfig,
     agent_config: Option<Value>,
     base_env: &'a [(String, String)],
