@@ -670,16 +670,24 @@ impl Agent for Exec {
                 return outcome;
             }
         };
-        outcome.status = Some(if result.success() {
-            status
-        } else {
-            Status::Failed
-        });
-        outcome.message = answer
+        let answered = answer
             .get("message")
             .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or(outcome.message);
+            .map(str::to_owned);
+        if result.success() || status == Status::Failed {
+            outcome.status = Some(status);
+            outcome.message = answered.or(outcome.message);
+        } else {
+            // A plugin that exits non-zero failed, whatever it answered: say both.
+            outcome.status = Some(Status::Failed);
+            outcome.message = Some(match answered {
+                Some(text) => format!(
+                    "the plugin ended with {} (it answered: {text})",
+                    result.describe()
+                ),
+                None => format!("the plugin failed with {}", result.describe()),
+            });
+        }
         outcome.outputs = answer
             .get("outputs")
             .and_then(Value::as_object)

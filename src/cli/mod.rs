@@ -37,8 +37,10 @@ pub struct Cli {
         env = "ORCHESTRATOR_ENVIRONMENT"
     )]
     pub environment: Option<Environment>,
-    /// Configuration file to use instead of config/<environment>.yaml.
-    #[arg(long, global = true, env = "ORCHESTRATOR_CONFIG")]
+    /// Configuration file to use instead of config/<environment>.yaml. Given before the
+    /// command (`orchestrator --config FILE status`): after it, `--config` belongs to the
+    /// command, as in `workflow create NAME --config FILE`.
+    #[arg(long, env = "ORCHESTRATOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Data directory holding the store (overrides storage.data_dir).
     #[arg(long, global = true)]

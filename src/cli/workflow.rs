@@ -12,11 +12,12 @@ use serde_json::{Map, Value};
 
 use super::manifests::{self, table, ApplyArgs};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
+use crate::engine::admission::{AgentSwitches, RunAdmission};
 use crate::engine::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event, RunRequest};
 use crate::engine::{expand, params};
 use crate::manifest::{slug, Kind};
-use crate::store::Store;
+use crate::store::{ObjectStatus, Store};
 
 /// `workflow` subcommands.
 #[derive(Debug, Subcommand)]
@@ -114,6 +115,8 @@ pub fn engine_config(context: &Context) -> EngineConfig {
         data_dir: context.data_dir(),
         history_limit: config.config.runs.history_limit as usize,
         max_parallel: config.config.runs.max_parallel as usize,
+        admission: RunAdmission::new(),
+        agent_switches: AgentSwitches::new(),
     }
 }
 
@@ -265,8 +268,10 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
     let Value::Object(map) = &mut document else {
         bail!("the workflow file must hold one mapping with `steps`");
     };
+    // The name given on the command line is the workflow's name (and so its id).
     map.remove("id");
     map.remove("kind");
+    map.remove("name");
     let mut ordered = Map::new();
     ordered.insert("name".into(), Value::from(args.name.clone()));
     ordered.extend(std::mem::take(map));
@@ -291,25 +296,39 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
         crate::reconcile::diff::to_yaml(&Value::Object(ordered))
     );
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    // The whole project is reconciled, not just the new file: the agents, templates and
+    // other manifests the workflow relies on must be in force for it to run.
     let code = manifests::apply(
         context,
         &ApplyArgs {
-            paths: vec![path.clone()],
+            paths: Vec::new(),
             dry_run: false,
             prune: false,
             output: OutputFormat::Table,
         },
-    );
-    match code {
-        Ok(EXIT_OK) => {
-            println!("created workflow wf_{slug} in workflows/{slug}.yaml");
-            Ok(EXIT_OK)
+    )?;
+    let id = format!("wf_{slug}");
+    let created = {
+        let store = Store::open(&context.data_dir())?;
+        store.objects()?.values().any(|r| {
+            r.key.kind == Kind::Workflow
+                && r.key.id == id
+                && r.is_live()
+                && r.status == ObjectStatus::Applied
+        })
+    };
+    if created {
+        println!("created workflow {id} in workflows/{slug}.yaml");
+        if code != EXIT_OK {
+            eprintln!(
+                "note: other manifests in the project have problems (shown above); {id} is applied"
+            );
         }
-        other => {
-            let _ = std::fs::remove_file(&path);
-            eprintln!("the workflow was not created; fix the problems above and try again");
-            other.map(|_| EXIT_FINDINGS)
-        }
+        Ok(EXIT_OK)
+    } else {
+        let _ = std::fs::remove_file(&path);
+        eprintln!("the workflow was not created; fix the problems above and try again");
+        Ok(EXIT_FINDINGS)
     }
 }
 

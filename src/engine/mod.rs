@@ -1,6 +1,7 @@
 //! Runs workflows: parameters, template expansion, the step DAG, processes, retries,
 //! timeouts, cancellation, logs and durable run records.
 
+pub mod admission;
 pub mod expand;
 pub mod junit;
 pub mod model;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
+use super::admission::{AgentSwitches, Policy, Refusal, RunAdmission};
 use super::expand::{self, ConditionContext, Expanded, Scope, StepState};
 use super::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
 use super::params;
@@ -39,6 +40,10 @@ pub struct EngineConfig {
     pub history_limit: usize,
     /// Steps running at once unless the workflow sets `max_parallel`.
     pub max_parallel: usize,
+    /// The runs active in this process, for `concurrency` policies.
+    pub admission: Arc<RunAdmission>,
+    /// Agents switched off or on while the process runs.
+    pub agent_switches: Arc<AgentSwitches>,
 }
 
 /// Something that happened to a run, reported after it is durable.
@@ -359,6 +364,9 @@ pub fn cancel_request_path(data_dir: &Path, run_id: &str) -> PathBuf {
 
 /// One step as the executor schedules it.
 struct Planned {
+    agent: String,
+    /// The agent's `max_concurrent`: steps of it running at once in this process.
+    max_concurrent: Option<usize>,
     spec: Value,
     deps: Vec<usize>,
     /// Transitive dependencies.
@@ -378,7 +386,7 @@ fn duration_field(value: Option<&Value>) -> Option<Duration> {
     }
 }
 
-fn plan(workflow: &Value) -> Vec<Planned> {
+fn plan(workflow: &Value, agents: &BTreeMap<String, Value>) -> Vec<Planned> {
     let specs = workflow["steps"].as_array().cloned().unwrap_or_default();
     let index: HashMap<String, usize> = specs
         .iter()
@@ -405,12 +413,25 @@ fn plan(workflow: &Value) -> Vec<Planned> {
                 Vec::new()
             };
             let (agent, action) = agent_and_action(spec);
-            let timeout = duration_field(spec.get("timeout")).or_else(|| {
-                (agent == "test_runner" && action == "run_tests")
-                    .then(|| duration_field(spec.get("parameters").and_then(|p| p.get("timeout"))))
-                    .flatten()
-            });
+            // The step's own timeout, else test_runner's `timeout` parameter, else the
+            // agent manifest's default.
+            let timeout = duration_field(spec.get("timeout"))
+                .or_else(|| {
+                    (agent == "test_runner" && action == "run_tests")
+                        .then(|| {
+                            duration_field(spec.get("parameters").and_then(|p| p.get("timeout")))
+                        })
+                        .flatten()
+                })
+                .or_else(|| duration_field(agents.get(&agent).and_then(|a| a.get("timeout"))));
+            let max_concurrent = agents
+                .get(&agent)
+                .and_then(|a| a.get("max_concurrent"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize);
             Planned {
+                agent,
+                max_concurrent,
                 deps,
                 upstream: Vec::new(),
                 timeout: timeout.filter(|t| !t.is_zero()),
@@ -463,8 +484,8 @@ pub fn execute(
     cancel: &CancelSignal,
     on_event: &(dyn Fn(&Event) + Sync),
 ) -> Result<RunRecord, EngineError> {
-    let planned = plan(&run.workflow);
     let agents = agent_configs(store)?;
+    let planned = plan(&run.workflow, &agents);
     let run_dir = config.log_dir.join("workflows").join(&run.id);
     fs::create_dir_all(&run_dir)
         .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
@@ -479,6 +500,33 @@ pub fn execute(
         .map(|t| Instant::now() + t);
     let cancel_file = cancel_request_path(&config.data_dir, &run.id);
     let base_env = base_env(&run);
+    // Held until the run ends: the workflow's concurrency policy decides when it may start.
+    let _ticket = match config.admission.admit(
+        &run.workflow_id,
+        &run.id,
+        Policy::of(&run.workflow),
+        &cancel.flag,
+    ) {
+        Ok(ticket) => ticket,
+        Err(refusal) => {
+            let status = match refusal {
+                Refusal::Forbidden { .. } => Status::Skipped,
+                Refusal::Cancelled => Status::Cancelled,
+            };
+            let at = now();
+            for step in steps.iter_mut().filter(|s| !s.status.is_finished()) {
+                step.status = status;
+                step.finished_at = Some(at.clone());
+                step.message = Some(refusal.to_string());
+            }
+            run.status = status;
+            run.message = Some(refusal.to_string());
+            run.finished_at = Some(at);
+            run.duration_ms = Some(0);
+            store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), true)?;
+            return Ok(run);
+        }
+    };
     let started = Instant::now();
     run.status = Status::Running;
     run.started_at = Some(now());
@@ -504,6 +552,8 @@ pub fn execute(
     // What conditions and substitutions see, grown as steps finish (not rebuilt per step).
     let mut step_scope = Arc::new(run_scope(&run));
     let mut in_scope = vec![false; steps.len()];
+    // Steps holding one of their agent's `max_concurrent` slots.
+    let mut holds_slot = vec![false; steps.len()];
 
     std::thread::scope(|scope| -> Result<(), EngineError> {
         loop {
@@ -566,6 +616,18 @@ pub fn execute(
                             cancelled: false,
                         },
                     );
+                    if run_it == Ok(true) {
+                        if let Some(max) = planned[index].max_concurrent {
+                            if !config
+                                .agent_switches
+                                .try_acquire(&planned[index].agent, max)
+                            {
+                                // The agent is busy: the step stays queued for a later turn.
+                                continue;
+                            }
+                            holds_slot[index] = true;
+                        }
+                    }
                     let step = &mut steps[index];
                     match run_it {
                         Ok(true) => {
@@ -692,6 +754,9 @@ pub fn execute(
                     }
                     Message::Done(index, outcome, attempts) => {
                         running -= 1;
+                        if std::mem::take(&mut holds_slot[index]) {
+                            config.agent_switches.release(&planned[index].agent);
+                        }
                         deadlines[index] = None;
                         controls[index] = None;
                         let step = &mut steps[index];
@@ -925,6 +990,68 @@ struct StepJob<'a> {
 }
 
 impl StepJob<'_> {
+    /// Whether the step's agent takes work; when it is disabled, fails the step or waits for
+    /// the agent as its manifest's `when_disabled` says (a wait ends with a cancel or the
+    /// step's timeout). `None` when the step may go ahead.
+    fn wait_for_agent(&self, log: &fs::File) -> Option<Outcome> {
+        let agent = &self.step.agent;
+        let config = self.agent_config.as_ref();
+        let manifest_enabled = config
+            .and_then(|c| c.get("enabled"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true);
+        let switches = &self.config.agent_switches;
+        if switches.enabled(agent, manifest_enabled) {
+            return None;
+        }
+        let why = if manifest_enabled {
+            "stopped"
+        } else {
+            "disabled: enabled: false in its manifest"
+        };
+        let waits = config
+            .and_then(|c| c.get("when_disabled"))
+            .and_then(Value::as_str)
+            == Some("wait");
+        if !waits {
+            return Some(Outcome {
+                status: Some(Status::Failed),
+                message: Some(format!(
+                    "agent `{agent}` is {why}; its steps fail while it is (set `when_disabled: wait` in its manifest to have them wait)"
+                )),
+                ..Outcome::default()
+            });
+        }
+        let mut log = log;
+        let _ = writeln!(
+            log,
+            "[orchestrator] waiting for agent `{agent}` ({why}) to be enabled (when_disabled: wait)"
+        );
+        loop {
+            if let Some(reason) = self.control.stopped() {
+                let (status, message) = match reason {
+                    StopReason::Timeout => (
+                        Status::TimedOut,
+                        format!("timed out waiting for agent `{agent}` to be enabled"),
+                    ),
+                    StopReason::Cancel => (
+                        Status::Cancelled,
+                        format!("cancelled while waiting for agent `{agent}` to be enabled"),
+                    ),
+                };
+                return Some(Outcome {
+                    status: Some(status),
+                    message: Some(message),
+                    ..Outcome::default()
+                });
+            }
+            if switches.wait_enabled(agent, manifest_enabled, Duration::from_millis(100)) {
+                let _ = writeln!(log, "[orchestrator] agent `{agent}` is enabled again");
+                return None;
+            }
+        }
+    }
+
     fn run(self) {
         let (outcome, attempts) = self.attempts();
         let _ = self
@@ -963,24 +1090,8 @@ impl StepJob<'_> {
                 Vec::new(),
             );
         };
-        if self
-            .agent_config
-            .as_ref()
-            .and_then(|c| c.get("enabled"))
-            .and_then(Value::as_bool)
-            == Some(false)
-        {
-            return (
-                Outcome {
-                    status: Some(Status::Failed),
-                    message: Some(format!(
-                        "agent `{}` is disabled (enabled: false in its manifest)",
-                        self.step.agent
-                    )),
-                    ..Outcome::default()
-                },
-                Vec::new(),
-            );
+        if let Some(outcome) = self.wait_for_agent(&log) {
+            return (outcome, Vec::new());
         }
         let spec = &self.planned.spec;
         let substituted = spec

@@ -1,5 +1,6 @@
 //! Integration tests: the real `orchestrator` binary in temporary project directories.
 
+mod agents;
 mod engine;
 mod flow;
 mod inputs;
