@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod api;
 pub mod cli;
 pub mod condition;
 pub mod config;
@@ -19,9 +20,11 @@ pub mod cron;
 pub mod diagnostics;
 pub mod duration;
 pub mod engine;
+pub mod events;
 pub mod logging;
 pub mod manifest;
 pub mod reconcile;
 pub mod schema;
+pub mod server;
 pub mod source;
 pub mod store;

@@ -12,7 +12,6 @@ use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::diagnostics::{count, Diagnostic};
 use crate::manifest::Kind;
 use crate::reconcile::{self, diff::render_change, Plan, Prepared, ReconcileOptions};
-use crate::source::dir::{self, DirOptions, SourcePath};
 use crate::source::Snapshot;
 use crate::store::{ObjectRecord, Store};
 
@@ -82,44 +81,7 @@ struct Loaded {
 }
 
 fn load(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
-    let config = &context.config;
-    let (source_paths, scope): (Vec<SourcePath>, _) = if paths.is_empty() {
-        let paths = config
-            .config
-            .manifests
-            .paths
-            .iter()
-            .map(|p| SourcePath {
-                path: config.resolve(p),
-                required: false,
-            })
-            .collect();
-        (paths, None)
-    } else {
-        let shown = paths
-            .iter()
-            .map(|p| {
-                let p = p.strip_prefix(&config.project_dir).unwrap_or(p);
-                let p = p.strip_prefix("./").unwrap_or(p);
-                p.display().to_string().trim_end_matches('/').to_owned()
-            })
-            .collect();
-        let paths = paths
-            .iter()
-            .map(|p| SourcePath {
-                path: p.clone(),
-                required: true,
-            })
-            .collect();
-        (paths, Some(shown))
-    };
-    let snapshot = dir::load(
-        &source_paths,
-        &DirOptions {
-            root: config.project_dir.clone(),
-            max_file_bytes: config.config.manifests.max_file_bytes,
-        },
-    )?;
+    let (snapshot, scope) = reconcile::load_manifests(&context.config, paths)?;
     Ok(Loaded { snapshot, scope })
 }
 

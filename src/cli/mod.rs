@@ -5,6 +5,7 @@ mod config_cmd;
 mod init;
 mod manifests;
 mod runs;
+pub mod server_cmd;
 mod workflow;
 
 use std::io::IsTerminal;
@@ -94,6 +95,12 @@ pub enum Command {
     /// List runs, show them, read their logs, cancel and re-run them.
     #[command(subcommand)]
     Run(runs::RunCommand),
+    /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
+    Start(server_cmd::StartArgs),
+    /// Stop the server started for this data directory, gracefully.
+    Stop,
+    /// Whether a server runs, and its state; exit 0 running, 3 not running.
+    Status(server_cmd::StatusArgs),
     /// Execute a queued run (what `workflow execute --detach` starts).
     #[command(name = "__run", hide = true)]
     RunQueued {
@@ -173,6 +180,9 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Workflow(command) => workflow::run(&context, command)?,
         Command::Run(command) => runs::run(&context, command)?,
         Command::RunQueued { run } => workflow::run_queued(&context, run)?,
+        Command::Start(args) => server_cmd::start(&context, args)?,
+        Command::Stop => server_cmd::stop(&context)?,
+        Command::Status(args) => server_cmd::status(&context, args)?,
         Command::Init(_) => EXIT_OK,
     };
     Ok(ExitCode::from(code))

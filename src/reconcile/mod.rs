@@ -288,3 +288,50 @@ fn check_file(source: &SourceFile) -> FileResult {
     }
     result
 }
+
+/// Reads the manifests a reconcile works on: the given paths (which then limit deletions to
+/// them: the second value, as shown in records), or the configured manifest directories.
+pub fn load_manifests(
+    config: &crate::config::LoadedConfig,
+    paths: &[std::path::PathBuf],
+) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
+    use crate::source::dir::{self, DirOptions, SourcePath};
+    let (source_paths, scope): (Vec<SourcePath>, _) = if paths.is_empty() {
+        let paths = config
+            .config
+            .manifests
+            .paths
+            .iter()
+            .map(|p| SourcePath {
+                path: config.resolve(p),
+                required: false,
+            })
+            .collect();
+        (paths, None)
+    } else {
+        let shown = paths
+            .iter()
+            .map(|p| {
+                let p = p.strip_prefix(&config.project_dir).unwrap_or(p);
+                let p = p.strip_prefix("./").unwrap_or(p);
+                p.display().to_string().trim_end_matches('/').to_owned()
+            })
+            .collect();
+        let paths = paths
+            .iter()
+            .map(|p| SourcePath {
+                path: p.clone(),
+                required: true,
+            })
+            .collect();
+        (paths, Some(shown))
+    };
+    let snapshot = dir::load(
+        &source_paths,
+        &DirOptions {
+            root: config.project_dir.clone(),
+            max_file_bytes: config.config.manifests.max_file_bytes,
+        },
+    )?;
+    Ok((snapshot, scope))
+}

@@ -1,0 +1,149 @@
+//! The HTTP API: JSON routes under `/api`, `/ws`, `/metrics`, `/healthz`, `/readyz`. Every
+//! error is `{"error": {"code", "message", "details"}}` with the right 4xx or 5xx status;
+//! request bodies are size-limited and must be JSON where JSON is expected.
+
+mod error;
+mod handlers;
+pub mod ws;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::{ApiError, ApiJson};
+
+use crate::server::Shared;
+
+/// The application state handlers see.
+pub type AppState = Arc<Shared>;
+
+/// Every route, as (method, path) — the OpenAPI test and `/api` index read this.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/ws"),
+    ("GET", "/api"),
+    ("GET", "/api/status"),
+    ("GET", "/api/workflows"),
+    ("GET", "/api/workflows/{id}"),
+    ("POST", "/api/workflows/{id}/execute"),
+    ("GET", "/api/runs"),
+    ("GET", "/api/runs/{id}"),
+    ("GET", "/api/runs/{id}/logs/{step}"),
+    ("POST", "/api/runs/{id}/cancel"),
+    ("POST", "/api/runs/{id}/rerun"),
+    ("GET", "/api/agents"),
+    ("GET", "/api/agents/{name}"),
+    ("POST", "/api/agents/{name}/start"),
+    ("POST", "/api/agents/{name}/stop"),
+    ("GET", "/api/manifests"),
+    ("GET", "/api/scheduler/jobs"),
+    ("POST", "/api/diff"),
+    ("POST", "/api/apply"),
+    ("POST", "/api/sync"),
+];
+
+/// The router with every route.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.config.server.max_body_bytes as usize;
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/ws", get(ws::upgrade))
+        .route("/api", get(handlers::index))
+        .route("/api/status", get(handlers::status))
+        .route("/api/workflows", get(handlers::list_workflows))
+        .route("/api/workflows/{id}", get(handlers::show_workflow))
+        .route(
+            "/api/workflows/{id}/execute",
+            post(handlers::execute_workflow),
+        )
+        .route("/api/runs", get(handlers::list_runs))
+        .route("/api/runs/{id}", get(handlers::show_run))
+        .route("/api/runs/{id}/logs/{step}", get(handlers::run_log))
+        .route("/api/runs/{id}/cancel", post(handlers::cancel_run))
+        .route("/api/runs/{id}/rerun", post(handlers::rerun))
+        .route("/api/agents", get(handlers::list_agents))
+        .route("/api/agents/{name}", get(handlers::show_agent))
+        .route("/api/agents/{name}/start", post(handlers::start_agent))
+        .route("/api/agents/{name}/stop", post(handlers::stop_agent))
+        .route("/api/manifests", get(handlers::list_manifests))
+        .route("/api/scheduler/jobs", get(handlers::list_jobs))
+        .route("/api/diff", post(handlers::diff))
+        .route("/api/apply", post(handlers::apply))
+        .route("/api/sync", post(handlers::sync))
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            access_log,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Mutating routes and `/ws` need the API token when one is configured.
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = state.api_token.as_deref() else {
+        return next.run(request).await;
+    };
+    let needs_token = request.method() != axum::http::Method::GET || request.uri().path() == "/ws";
+    if !needs_token {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        next.run(request).await
+    } else {
+        use axum::response::IntoResponse;
+        ApiError::unauthorized(if given.is_some() {
+            "the bearer token is not the configured API token"
+        } else {
+            "this route needs `Authorization: Bearer <token>` (the server has an API token configured)"
+        })
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One line per request in `logs/api.log`: time, method, path (no query string, which may
+/// carry secrets), status, duration.
+async fn access_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    state.metrics.http_requests.inc();
+    if status.is_server_error() {
+        state.metrics.http_errors.inc();
+    }
+    state.log_request(&format!(
+        "{method} {path} {} {:.1}ms",
+        status.as_u16(),
+        started.elapsed().as_secs_f64() * 1e3
+    ));
+    response
+}

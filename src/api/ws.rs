@@ -1,0 +1,174 @@
+//! `/ws`: the event stream. Each message is `{"type", "payload", "timestamp", "sequence"}`.
+//! A client narrows what it gets with `{"type": "subscribe", "events": [...]}` (no
+//! subscription: every kind but `run_log`), widens it again with `unsubscribe`, and may send
+//! `{"type": "ping"}` for a `pong`. A client that falls behind loses the oldest events and
+//! gets `{"type": "lagged", "payload": {"missed": N}}` instead: it never slows the server
+//! or the other clients.
+
+use std::collections::HashSet;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use crate::events::EventKind;
+
+/// Upgrades the connection.
+pub async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| serve(state, socket))
+}
+
+#[derive(Debug, Deserialize)]
+struct ClientMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+/// What a client asked for: `None` is the default set.
+struct Subscription(Option<HashSet<EventKind>>);
+
+impl Subscription {
+    fn wants(&self, kind: EventKind) -> bool {
+        match &self.0 {
+            Some(kinds) => kinds.contains(&kind),
+            None => kind.sent_by_default(),
+        }
+    }
+}
+
+fn notice(kind: &str, payload: Value) -> Message {
+    Message::Text(
+        json!({
+            "type": kind,
+            "payload": payload,
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        })
+        .to_string()
+        .into(),
+    )
+}
+
+async fn serve(state: AppState, socket: WebSocket) {
+    let mut events = state.events.subscribe();
+    let (mut sink, mut stream) = socket.split();
+    let mut subscription = Subscription(None);
+    let hello = notice(
+        "connected",
+        json!({
+            "events": crate::events::EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "sequence": state.events.published(),
+        }),
+    );
+    if sink.send(hello).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let message = match event {
+                    Ok(event) => {
+                        if !subscription.wants(event.kind) {
+                            continue;
+                        }
+                        match serde_json::to_string(&*event) {
+                            Ok(text) => Message::Text(text.into()),
+                            Err(_) => continue,
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => notice("lagged", json!({"missed": missed})),
+                    Err(RecvError::Closed) => break,
+                };
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            incoming = stream.next() => {
+                let Some(Ok(message)) = incoming else { break };
+                let text = match message {
+                    Message::Text(text) => text.to_string(),
+                    Message::Close(_) => break,
+                    _ => continue,
+                };
+                let reply = match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(request) => handle(&mut subscription, request),
+                    Err(err) => Some(notice(
+                        "error",
+                        json!({"message": format!("expected {{\"type\": \"subscribe\"|\"unsubscribe\"|\"ping\", \"events\": [...]}}: {err}")}),
+                    )),
+                };
+                if let Some(reply) = reply {
+                    if sink.send(reply).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn handle(subscription: &mut Subscription, request: ClientMessage) -> Option<Message> {
+    match request.kind.as_str() {
+        "ping" => Some(notice("pong", Value::Null)),
+        "subscribe" | "unsubscribe" => {
+            let mut kinds = Vec::new();
+            let mut unknown = Vec::new();
+            for name in &request.events {
+                match EventKind::parse(name) {
+                    Some(kind) => kinds.push(kind),
+                    None => unknown.push(name.clone()),
+                }
+            }
+            if !unknown.is_empty() {
+                return Some(notice(
+                    "error",
+                    json!({
+                        "message": format!("unknown event type(s): {}", unknown.join(", ")),
+                        "expected": EventKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                    }),
+                ));
+            }
+            if request.kind == "subscribe" {
+                let set = subscription.0.get_or_insert_with(HashSet::new);
+                if kinds.is_empty() {
+                    // `subscribe` with no list: everything, run logs included.
+                    set.extend(EventKind::ALL);
+                } else {
+                    set.extend(kinds);
+                }
+            } else {
+                let set = subscription.0.get_or_insert_with(|| {
+                    EventKind::ALL
+                        .into_iter()
+                        .filter(|k| k.sent_by_default())
+                        .collect()
+                });
+                if kinds.is_empty() {
+                    set.clear();
+                } else {
+                    for kind in kinds {
+                        set.remove(&kind);
+                    }
+                }
+            }
+            let mut current: Vec<&str> = subscription
+                .0
+                .iter()
+                .flatten()
+                .map(|k| k.as_str())
+                .collect();
+            current.sort_unstable();
+            Some(notice("subscribed", json!({"events": current})))
+        }
+        other => Some(notice(
+            "error",
+            json!({"message": format!("unknown message type `{other}`: expected subscribe, unsubscribe or ping")}),
+        )),
+    }
+}

@@ -1,0 +1,297 @@
+//! `start [--host H] [--port P] [--background]`, `stop`, `status`: the controller process.
+//! A running server is found through `server.json` in the data directory.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use serde_json::Value;
+
+use super::workflow::engine_config;
+use super::{Context, OutputFormat, EXIT_OK};
+use crate::server::process_file::{self, ServerInfo};
+use crate::server::{self, StartOptions};
+
+/// `status` exits with this when no server runs.
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// Arguments of `start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Address to listen on (default: server.host of the environment's configuration).
+    #[arg(long, env = "ORCHESTRATOR_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on (default: server.port; 0 picks a free one).
+    #[arg(long, env = "ORCHESTRATOR_PORT")]
+    pub port: Option<u16>,
+    /// Detach: run in the background, output to logs/system.log; returns once it is ready.
+    #[arg(long)]
+    pub background: bool,
+    /// Listen on a non-loopback address without an API token.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Seconds running steps get to finish at shutdown before they are stopped.
+    #[arg(long, default_value_t = 10)]
+    pub grace: u64,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// Runs `start`.
+pub fn start(context: &Context, args: &StartArgs) -> Result<u8> {
+    let data_dir = context.data_dir();
+    if let Some(info) = process_file::read(&data_dir) {
+        bail!(
+            "a server is already running for {} (PID {}, {}); stop it with `orchestrator stop`",
+            data_dir.display(),
+            info.pid,
+            info.url()
+        );
+    }
+    let host = args
+        .host
+        .clone()
+        .unwrap_or_else(|| context.config.config.server.host.clone());
+    let port = args.port.unwrap_or(context.config.config.server.port);
+    if args.background {
+        return start_background(context, &host, port, args);
+    }
+    context.init_logging(true)?;
+    let environment = context.config.config.environment.as_str().to_owned();
+    server::serve(
+        context.config.clone(),
+        environment.clone(),
+        data_dir.clone(),
+        engine_config(context),
+        StartOptions {
+            host,
+            port,
+            insecure: args.insecure,
+            grace: Duration::from_secs(args.grace),
+        },
+        |address| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "orchestrator listening on http://{address} (environment {environment}, data {}); Ctrl-C stops it",
+                data_dir.display()
+            );
+            let _ = out.flush();
+        },
+    )?;
+    println!("stopped");
+    Ok(EXIT_OK)
+}
+
+fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) -> Result<u8> {
+    use std::os::unix::process::CommandExt;
+    let log_dir = context.config.resolve(&context.config.config.logging.dir);
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    let log_path = log_dir.join("system.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("-C")
+        .arg(&context.config.project_dir)
+        .arg("--data-dir")
+        .arg(context.data_dir());
+    if let Some(environment) = context.cli.environment {
+        command.arg("--environment").arg(environment.as_str());
+    }
+    if let Some(config) = &context.cli.config {
+        command.arg("--config").arg(config);
+    }
+    if context.cli.verbose {
+        command.arg("--verbose");
+    }
+    command
+        .args(["start", "--host", host, "--port", &port.to_string()])
+        .args(["--grace", &args.grace.to_string()]);
+    if args.insecure {
+        command.arg("--insecure");
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // A process group of its own: the terminal's Ctrl-C does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the background server")?;
+    let data_dir = context.data_dir();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: String = text
+                .get(log_start as usize..)
+                .unwrap_or_default()
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_owned();
+            bail!(
+                "the background server exited ({status}) before it was ready: {}",
+                tail.trim_start_matches("error: ")
+            );
+        }
+        if let Some(info) = process_file::read(&data_dir).filter(|i| i.pid == child.id()) {
+            println!(
+                "orchestrator started in the background: PID {}, {} (logs in {}); stop it with `orchestrator stop`",
+                info.pid,
+                info.url(),
+                log_path.display()
+            );
+            return Ok(EXIT_OK);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the background server (PID {}) did not become ready within 60 s; see {}",
+                child.id(),
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Runs `stop`.
+pub fn stop(context: &Context) -> Result<u8> {
+    let data_dir = context.data_dir();
+    let Some(info) = process_file::read(&data_dir) else {
+        println!("no server is running for {}", data_dir.display());
+        return Ok(EXIT_OK);
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(info.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("cannot signal the server (PID {})", info.pid))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while process_file::process_alive(info.pid) {
+        if Instant::now() > deadline {
+            bail!(
+                "the server (PID {}) did not stop within 120 s; it may be waiting for steps to finish",
+                info.pid
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    println!("orchestrator stopped (PID {})", info.pid);
+    Ok(EXIT_OK)
+}
+
+/// The running server of this project's data directory, if any.
+pub fn running(context: &Context) -> Option<ServerInfo> {
+    process_file::read(&context.data_dir())
+}
+
+/// Runs `status`: exit 0 when a server runs, 3 when none does.
+pub fn status(context: &Context, args: &StatusArgs) -> Result<u8> {
+    let Some(info) = running(context) else {
+        if args.output == OutputFormat::Json {
+            println!("{}", serde_json::json!({"running": false}));
+        } else {
+            println!(
+                "not running (no server for {}); start it with `orchestrator start`",
+                context.data_dir().display()
+            );
+        }
+        return Ok(EXIT_NOT_RUNNING);
+    };
+    let status: Value = ureq::get(&format!("{}/api/status", info.url()))
+        .call()
+        .with_context(|| {
+            format!(
+                "the server (PID {}) does not answer at {}",
+                info.pid,
+                info.url()
+            )
+        })?
+        .body_mut()
+        .read_to_string()
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .context("the server's status is not JSON")?;
+    if args.output == OutputFormat::Json {
+        let mut status = status;
+        status["running"] = Value::from(true);
+        status["address"] = Value::from(info.address.clone());
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(EXIT_OK);
+    }
+    let uptime = status["uptime_seconds"].as_u64().unwrap_or(0);
+    println!("running: PID {}, {}", info.pid, info.url());
+    println!(
+        "environment: {}; up {}",
+        status["environment"].as_str().unwrap_or("?"),
+        super::workflow::human_ms(uptime * 1000)
+    );
+    let source = &status["source"]["status"];
+    println!(
+        "source: dir; last applied revision {}, last attempted {}{}",
+        source["last_applied_revision"].as_str().unwrap_or("none"),
+        source["last_attempted_revision"].as_str().unwrap_or("none"),
+        match source["errors"].as_u64() {
+            Some(n) if n > 0 => format!(" ({n} errors)"),
+            _ => String::new(),
+        }
+    );
+    let objects: Vec<String> = status["objects"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect())
+        .unwrap_or_default();
+    println!(
+        "objects: {}",
+        if objects.is_empty() {
+            "none".to_owned()
+        } else {
+            objects.join(", ")
+        }
+    );
+    let active: Vec<&str> = status["active_runs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "active runs: {}",
+        if active.is_empty() {
+            "none".to_owned()
+        } else {
+            active.join(", ")
+        }
+    );
+    let agents: Vec<String> = status["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|agent| {
+                    format!(
+                        "{} {}",
+                        agent["name"].as_str().unwrap_or("?"),
+                        if agent["enabled"].as_bool().unwrap_or(false) {
+                            "enabled"
+                        } else {
+                            "stopped"
+                        }
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("agents: {}", agents.join(", "));
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,254 @@
+//! The reconcile loop: the manifest directories are watched (notify), changes are debounced
+//! — editors save through rename-and-replace, several files change at once — and the whole
+//! source is reconciled into the store; a periodic full resync catches anything a watch
+//! missed. Every reconcile publishes what it changed, once it is durable.
+//!
+//! The controller prunes: a manifest removed from the tree removes its object, because the
+//! files are the source of truth (`apply` from the command line prunes only when asked).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use notify::{RecursiveMode, Watcher};
+use serde::Serialize;
+use serde_json::json;
+
+use super::Shared;
+use crate::diagnostics::Diagnostic;
+use crate::events::EventKind;
+use crate::reconcile::{self, ApplyReport, ReconcileOptions};
+use crate::store::ObjectKey;
+
+/// How long the tree must be quiet before a reconcile starts.
+pub const DEBOUNCE_QUIET: Duration = Duration::from_millis(40);
+/// The longest a burst of changes delays a reconcile.
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(200);
+/// A full resync happens at least this often, changes or not.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileOutcome {
+    /// What was applied (or, dry, would be).
+    pub report: ApplyReport,
+    /// Every diagnostic found.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Whether the plan came from the memo of an unchanged revision.
+    pub from_memo: bool,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// Reconciles the configured manifest directories (or `paths`) into the store and publishes
+/// what changed. Blocking: call from a thread of its own or `spawn_blocking`.
+pub fn reconcile(
+    shared: &Shared,
+    paths: &[PathBuf],
+    prune: bool,
+    dry_run: bool,
+    reason: &str,
+) -> Result<ReconcileOutcome> {
+    let _one_at_a_time = shared
+        .reconcile_lock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let (snapshot, scope) = reconcile::load_manifests(&shared.config, paths)?;
+    let prepared = reconcile::prepare(
+        &shared.store,
+        &snapshot,
+        &ReconcileOptions {
+            source: "dir".to_owned(),
+            scope,
+            prune,
+            use_memo: true,
+        },
+    )?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let report = reconcile::apply(&shared.store, &prepared, dry_run, &now)?;
+    let outcome = ReconcileOutcome {
+        report,
+        diagnostics: prepared.diagnostics.clone(),
+        from_memo: prepared.from_memo,
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    if !dry_run {
+        shared.metrics.reconciles.inc();
+        if outcome.report.errors > 0 {
+            shared.metrics.reconcile_errors.inc();
+        }
+        publish(shared, &outcome, reason);
+    }
+    Ok(outcome)
+}
+
+fn publish(shared: &Shared, outcome: &ReconcileOutcome, reason: &str) {
+    let report = &outcome.report;
+    let key_json = |key: &ObjectKey, change: &str| json!({"kind": key.kind, "id": key.id, "change": change, "revision": report.revision});
+    for (keys, change) in [
+        (&report.created, "created"),
+        (&report.updated, "updated"),
+        (&report.pruned, "pruned"),
+    ] {
+        for key in keys {
+            shared
+                .events
+                .publish(EventKind::ManifestApplied, key_json(key, change));
+        }
+    }
+    let objects = if report.invalid.is_empty() {
+        Default::default()
+    } else {
+        shared.store.objects().unwrap_or_default()
+    };
+    for key in &report.invalid {
+        let file = objects.get(key).map(|r| r.source_file.as_str());
+        let diagnostics: Vec<&Diagnostic> = outcome
+            .diagnostics
+            .iter()
+            .filter(|d| Some(d.file.as_str()) == file)
+            .collect();
+        let mut payload = key_json(key, "invalid");
+        payload["diagnostics"] = json!(diagnostics);
+        shared.events.publish(EventKind::ManifestInvalid, payload);
+    }
+    shared.events.publish(
+        EventKind::SyncCompleted,
+        json!({
+            "reason": reason,
+            "revision": report.revision,
+            "created": report.created.len(),
+            "updated": report.updated.len(),
+            "pruned": report.pruned.len(),
+            "unchanged": report.unchanged,
+            "invalid": report.invalid.len(),
+            "errors": report.errors,
+            "warnings": report.warnings,
+            "duration_ms": outcome.duration_ms,
+        }),
+    );
+}
+
+/// Watches the manifest directories and reconciles on every change, until `stop` is set.
+/// Runs on the calling thread.
+pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    let roots: Vec<PathBuf> = shared
+        .config
+        .config
+        .manifests
+        .paths
+        .iter()
+        .map(|p| shared.config.resolve(p))
+        .collect();
+    let (sender, receiver) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = sender.send(event);
+    })?;
+    let mut watched = Watched::default();
+    watched.refresh(&mut watcher, &roots);
+    let mut last_sync = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let first = match receiver.recv_timeout(Duration::from_millis(250)) {
+            Ok(event) => Some(event),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let relevant = first.as_ref().is_some_and(|event| concerns(event, &roots));
+        let resync_due = last_sync.elapsed() >= RESYNC_INTERVAL;
+        if !relevant && !resync_due {
+            continue;
+        }
+        let reason = if relevant { "change" } else { "resync" };
+        if relevant {
+            // Debounce: wait for a quiet moment, within a bound.
+            let burst_started = Instant::now();
+            loop {
+                let left = DEBOUNCE_MAX.saturating_sub(burst_started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                match receiver.recv_timeout(DEBOUNCE_QUIET.min(left)) {
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        watched.refresh(&mut watcher, &roots);
+        last_sync = Instant::now();
+        if let Err(err) = reconcile(&shared, &[], true, false, reason) {
+            shared.metrics.errors.inc();
+            tracing::error!("reconcile failed; the last applied state stays in force: {err:#}");
+        }
+    }
+    Ok(())
+}
+
+fn concerns(event: &notify::Result<notify::Event>, roots: &[PathBuf]) -> bool {
+    match event {
+        Ok(event) => {
+            matches!(
+                event.kind,
+                notify::EventKind::Create(_)
+                    | notify::EventKind::Modify(_)
+                    | notify::EventKind::Remove(_)
+                    | notify::EventKind::Any
+            ) && event
+                .paths
+                .iter()
+                .any(|p| roots.iter().any(|r| p.starts_with(r) || r.starts_with(p)))
+        }
+        // The watcher lost track (e.g. a queue overflow): reconcile everything.
+        Err(_) => true,
+    }
+}
+
+/// The directories being watched: each manifest root recursively once it exists, and the
+/// nearest existing ancestor of a missing one, so its creation is seen.
+#[derive(Default)]
+struct Watched {
+    recursive: BTreeSet<PathBuf>,
+    shallow: BTreeSet<PathBuf>,
+}
+
+impl Watched {
+    fn refresh(&mut self, watcher: &mut impl Watcher, roots: &[PathBuf]) {
+        let mut want_recursive = BTreeSet::new();
+        let mut want_shallow = BTreeSet::new();
+        for root in roots {
+            if root.is_dir() {
+                want_recursive.insert(root.clone());
+            } else if let Some(ancestor) = existing_ancestor(root) {
+                want_shallow.insert(ancestor);
+            }
+        }
+        for gone in self.recursive.difference(&want_recursive) {
+            let _ = watcher.unwatch(gone);
+        }
+        for gone in self.shallow.difference(&want_shallow) {
+            let _ = watcher.unwatch(gone);
+        }
+        for path in want_recursive.difference(&self.recursive) {
+            if let Err(err) = watcher.watch(path, RecursiveMode::Recursive) {
+                tracing::warn!("cannot watch {}: {err}", path.display());
+            }
+        }
+        for path in want_shallow.difference(&self.shallow) {
+            if let Err(err) = watcher.watch(path, RecursiveMode::NonRecursive) {
+                tracing::warn!("cannot watch {}: {err}", path.display());
+            }
+        }
+        self.recursive = want_recursive;
+        self.shallow = want_shallow;
+    }
+}
+
+fn existing_ancestor(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .find(|p| p.is_dir())
+        .map(Path::to_owned)
+}
