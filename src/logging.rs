@@ -5,7 +5,7 @@ use std::fs::{self, OpenOptions};
 use std::path::Path;
 use std::sync::Mutex;
 
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
@@ -24,6 +24,14 @@ fn level(name: &str) -> LevelFilter {
     name.parse().unwrap_or(LevelFilter::INFO)
 }
 
+/// This program's own events at `level`; other crates' only from warnings up (their debug
+/// output is about their internals, not about what the user asked for).
+fn ours_at(level: LevelFilter) -> Targets {
+    Targets::new()
+        .with_target("orchestrator", level)
+        .with_default(level.min(LevelFilter::WARN))
+}
+
 /// Installs the global subscriber. `log_dir` is `None` for commands that write nothing.
 pub fn init(verbose: bool, file_level: &str, log_dir: Option<&Path>) -> Result<(), LogError> {
     let stderr_level = if verbose {
@@ -35,7 +43,7 @@ pub fn init(verbose: bool, file_level: &str, log_dir: Option<&Path>) -> Result<(
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
-        .with_filter(stderr_level);
+        .with_filter(ours_at(stderr_level));
     let file_layer = match log_dir {
         Some(dir) => {
             let path = dir.join("system.log");
@@ -58,7 +66,7 @@ pub fn init(verbose: bool, file_level: &str, log_dir: Option<&Path>) -> Result<(
                 fmt::layer()
                     .with_writer(Mutex::new(file))
                     .with_ansi(false)
-                    .with_filter(file_level),
+                    .with_filter(ours_at(file_level)),
             )
         }
         None => None,

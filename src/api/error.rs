@@ -61,6 +61,43 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 413: the body is over `server.max_body_bytes`.
+    pub fn payload_too_large(max_body_bytes: u64) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body is larger than the server accepts: at most {max_body_bytes} bytes (server.max_body_bytes)"
+            ),
+        )
+        .with_details(json!({"max_body_bytes": max_body_bytes}))
+    }
+
+    /// An error with the code its status implies (for answers produced outside the
+    /// handlers, e.g. by axum's extractors).
+    pub fn from_status(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+            status if status.is_server_error() => "internal",
+            _ => "error",
+        };
+        let mut message = message.into();
+        if message.is_empty() {
+            message = status
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_owned();
+        }
+        ApiError::new(status, code, message)
+    }
+
     /// 500, logged.
     pub fn internal(err: impl std::fmt::Display) -> ApiError {
         tracing::error!("internal error answering a request: {err}");

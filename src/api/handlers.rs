@@ -18,6 +18,7 @@ use crate::engine::model::{RunRecord, Status, Trigger};
 use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
 use crate::manifest::Kind;
+use crate::server::view::workflow_summary;
 use crate::server::{self, controller, run_summary};
 use crate::store::ObjectRecord;
 
@@ -87,7 +88,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
-    let objects = state.store.objects()?;
+    let objects = &state.view.objects().records;
     let mut gauges: Vec<(String, &str, f64)> = Vec::new();
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     let mut invalid = 0usize;
@@ -175,7 +176,7 @@ pub async fn method_not_allowed() -> ApiError {
 }
 
 pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let objects = state.store.objects()?;
+    let objects = &state.view.objects().records;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for record in objects.values().filter(|r| r.is_live()) {
         *counts.entry(record.key.kind.as_str()).or_default() += 1;
@@ -197,7 +198,7 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         },
         "objects": counts,
         "active_runs": state.active_run_ids(),
-        "agents": agents_json(&state, &objects),
+        "agents": agents_json(&state, objects),
     })))
 }
 
@@ -208,6 +209,8 @@ pub struct Page {
     offset: Option<usize>,
     workflow: Option<String>,
     status: Option<String>,
+    /// Whole records (what the command line reads) instead of summaries.
+    full: bool,
 }
 
 const DEFAULT_PAGE: usize = 50;
@@ -224,59 +227,34 @@ fn page_bounds(page: &Page) -> ApiResult<(usize, usize)> {
     Ok((limit, page.offset.unwrap_or(0)))
 }
 
-fn workflow_json(record: &ObjectRecord, last_run: Option<&RunRecord>) -> Value {
-    let spec = record.spec.as_ref();
-    json!({
-        "id": record.key.id,
-        "name": record.name,
-        "description": spec.and_then(|s| s.get("description")).cloned().unwrap_or(Value::Null),
-        "steps": spec.and_then(|s| s.get("steps")).and_then(Value::as_array).map_or(0, Vec::len),
-        "template": spec.and_then(|s| s.get("template")).cloned().unwrap_or(Value::Null),
-        "status": record.status,
-        "source_file": record.source_file,
-        "applied_revision": record.applied_revision,
-        "last_run": last_run.map(|r| json!({
-            "id": r.id, "status": r.status, "created_at": r.created_at, "finished_at": r.finished_at
-        })),
-    })
-}
-
-fn last_runs(state: &AppState) -> ApiResult<BTreeMap<String, RunRecord>> {
-    let mut last = BTreeMap::new();
-    for run in state.store.runs()? {
-        // Runs come oldest first: the last one seen per workflow is the newest.
-        last.insert(run.workflow_id.clone(), run);
-    }
-    Ok(last)
-}
-
 pub async fn list_workflows(
     State(state): State<AppState>,
     Query(page): Query<Page>,
 ) -> ApiResult<Json<Value>> {
     let (limit, offset) = page_bounds(&page)?;
-    let objects = state.store.objects()?;
-    let workflows: Vec<&ObjectRecord> = objects
-        .values()
-        .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
-        .collect();
-    let last = last_runs(&state)?;
-    let items: Vec<Value> = workflows
+    // From the in-memory view: nothing is decoded per request.
+    let objects = state.view.objects();
+    let items: Vec<Value> = objects
+        .workflows
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|r| workflow_json(r, last.get(&r.key.id)))
+        .map(|(id, summary)| {
+            let mut item = summary.clone();
+            item["last_run"] = state.view.last_run(id);
+            item
+        })
         .collect();
     Ok(Json(json!({
         "workflows": items,
-        "total": workflows.len(),
+        "total": objects.workflows.len(),
         "limit": limit,
         "offset": offset,
     })))
 }
 
 fn find_workflow(state: &AppState, id: &str) -> ApiResult<ObjectRecord> {
-    Ok(run::find_workflow(&state.store, id)?)
+    Ok(run::find_workflow_in(&state.view.objects().records, id)?)
 }
 
 pub async fn show_workflow(
@@ -293,7 +271,8 @@ pub async fn show_workflow(
         .take(20)
         .map(run_summary)
         .collect();
-    let mut body = workflow_json(&record, None);
+    let mut body = workflow_summary(&record);
+    body["last_run"] = state.view.last_run(&record.key.id);
     body["spec"] = record.spec.clone().unwrap_or(Value::Null);
     body["diagnostics"] = json!(record.diagnostics);
     body["runs"] = json!(runs);
@@ -366,8 +345,16 @@ pub async fn list_runs(
         .filter(|r| page.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))
         .filter(|r| status.is_none_or(|s| r.status == s))
         .collect();
+    let page_of = runs.iter().skip(offset).take(limit);
+    let items: Vec<Value> = if page.full {
+        page_of
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect()
+    } else {
+        page_of.map(run_summary).collect()
+    };
     Ok(Json(json!({
-        "runs": runs.iter().skip(offset).take(limit).map(run_summary).collect::<Vec<_>>(),
+        "runs": items,
         "total": runs.len(),
         "limit": limit,
         "offset": offset,
@@ -501,13 +488,13 @@ fn agents_json(
 }
 
 pub async fn list_agents(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let objects = state.store.objects()?;
-    Ok(Json(json!({"agents": agents_json(&state, &objects)})))
+    let objects = &state.view.objects().records;
+    Ok(Json(json!({"agents": agents_json(&state, objects)})))
 }
 
 fn find_agent(state: &AppState, name: &str) -> ApiResult<Value> {
-    let objects = state.store.objects()?;
-    let agents = agents_json(state, &objects);
+    let objects = &state.view.objects().records;
+    let agents = agents_json(state, objects);
     let names: Vec<String> = agents
         .iter()
         .filter_map(|a| a["name"].as_str().map(str::to_owned))
@@ -551,8 +538,24 @@ pub async fn stop_agent(
     switch_agent(&state, &name, false)
 }
 
-pub async fn list_manifests(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let objects = state.store.objects()?;
+#[derive(Debug, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct FullQuery {
+    /// Whole records (what the command line reads) as `records`.
+    full: bool,
+}
+
+pub async fn list_manifests(
+    State(state): State<AppState>,
+    Query(query): Query<FullQuery>,
+) -> ApiResult<Json<Value>> {
+    let objects = &state.view.objects().records;
+    if query.full {
+        return Ok(Json(json!({
+            "source": state.store.source_status("dir")?,
+            "records": objects.values().collect::<Vec<_>>(),
+        })));
+    }
     let items: Vec<Value> = objects
         .values()
         .map(|r| {
@@ -577,7 +580,7 @@ pub async fn list_manifests(State(state): State<AppState>) -> ApiResult<Json<Val
 }
 
 pub async fn list_jobs(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let objects = state.store.objects()?;
+    let objects = &state.view.objects().records;
     let jobs: Vec<Value> = objects
         .values()
         .filter(|r| r.key.kind == Kind::Schedule && r.is_live())

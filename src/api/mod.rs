@@ -4,6 +4,7 @@
 
 mod error;
 mod handlers;
+mod source_hook;
 pub mod ws;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/diff"),
     ("POST", "/api/apply"),
     ("POST", "/api/sync"),
+    ("POST", "/hooks/source"),
 ];
 
 /// The router with every route.
@@ -85,6 +87,12 @@ pub fn router(state: AppState) -> Router {
             Arc::clone(&state),
             authorize,
         ))
+        // Added after `authorize`, so outside it: a webhook proves itself by its signature.
+        .route("/hooks/source", post(source_hook::receive))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            json_errors,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             access_log,
@@ -119,6 +127,44 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         })
         .into_response()
     }
+}
+
+/// Keeps the promise that every error is JSON. The extractors of axum answer on their own
+/// before a handler runs — a query string that does not parse, a body over
+/// `server.max_body_bytes`, a path segment that is not UTF-8, `/ws` without an upgrade —
+/// with a plain-text body; such an answer is rewritten into the `{"error": ...}` shape, its
+/// status and headers kept and its text as the message.
+async fn json_errors(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Rejection texts are a line or two; anything longer is cut.
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let error = if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::payload_too_large(state.config.config.server.max_body_bytes)
+    } else {
+        ApiError::from_status(status, text)
+    };
+    let mut rewritten = error.into_response();
+    for (name, value) in &parts.headers {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            rewritten.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    rewritten
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

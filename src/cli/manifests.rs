@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use super::backend::Backend;
+use super::client::ApiClient;
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::diagnostics::{count, Diagnostic};
 use crate::manifest::Kind;
-use crate::reconcile::{self, diff::render_change, Plan, Prepared, ReconcileOptions};
+use crate::reconcile::{self, diff::render_change, ApplyReport, Plan, Prepared, ReconcileOptions};
 use crate::source::Snapshot;
 use crate::store::{ObjectRecord, Store};
 
@@ -85,8 +87,38 @@ fn load(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
     Ok(Loaded { snapshot, scope })
 }
 
-/// Opens the store and prepares the plan for the loaded manifests.
-fn prepare(context: &Context, loaded: &Loaded, prune: bool) -> Result<(Store, Prepared)> {
+/// A reconcile's plan, diagnostics and report, computed here or by the running server.
+struct Reconciled {
+    plan: Plan,
+    diagnostics: Vec<Diagnostic>,
+    report: ApplyReport,
+}
+
+impl Reconciled {
+    fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Reconciles the loaded manifests against the store (with `dry_run`, only plans). While a
+/// server holds the store the server does it (`POST /api/diff` or `/api/apply`).
+fn reconcile_loaded(
+    context: &Context,
+    loaded: &Loaded,
+    prune: bool,
+    dry_run: bool,
+) -> Result<Reconciled> {
+    if let Some(client) = ApiClient::for_context(context)? {
+        let route = if dry_run { "/api/diff" } else { "/api/apply" };
+        let paths = loaded.scope.clone().unwrap_or_default();
+        let outcome = client.post(route, &serde_json::json!({"paths": paths, "prune": prune}))?;
+        let field = |name: &str| outcome.get(name).cloned().unwrap_or_default();
+        return Ok(Reconciled {
+            plan: serde_json::from_value(field("plan"))?,
+            diagnostics: serde_json::from_value(field("diagnostics"))?,
+            report: serde_json::from_value(field("report"))?,
+        });
+    }
     let store = Store::open(&context.data_dir())?;
     let prepared = reconcile::prepare(
         &store,
@@ -103,7 +135,16 @@ fn prepare(context: &Context, loaded: &Loaded, prune: bool) -> Result<(Store, Pr
         from_memo = prepared.from_memo,
         "plan prepared"
     );
-    Ok((store, prepared))
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let report = reconcile::apply(&store, &prepared, dry_run, &now)?;
+    let Prepared {
+        plan, diagnostics, ..
+    } = prepared;
+    Ok(Reconciled {
+        plan,
+        diagnostics,
+        report,
+    })
 }
 
 /// Renders diagnostics with source snippets.
@@ -183,7 +224,7 @@ fn count_unreadable(snapshot: &Snapshot) -> usize {
 pub fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
     context.init_logging(true)?;
     let loaded = load(context, &args.paths)?;
-    let (_store, prepared) = prepare(context, &loaded, false)?;
+    let prepared = reconcile_loaded(context, &loaded, false, true)?;
     let plan = &prepared.plan;
     eprint!(
         "{}",
@@ -252,10 +293,9 @@ fn render_plan(plan: &Plan, color: bool) -> String {
 pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     context.init_logging(true)?;
     let loaded = load(context, &args.paths)?;
-    let (store, prepared) = prepare(context, &loaded, args.prune)?;
+    let prepared = reconcile_loaded(context, &loaded, args.prune, args.dry_run)?;
     let plan = &prepared.plan;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let report = reconcile::apply(&store, &prepared, args.dry_run, &now)?;
+    let report = &prepared.report;
     tracing::info!(
         revision = %report.revision,
         created = report.created.len(),
@@ -268,7 +308,7 @@ pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
     );
     let mut out = std::io::stdout().lock();
     if matches!(args.output, OutputFormat::Json | OutputFormat::Yaml) {
-        let mut value = serde_json::to_value(&report)?;
+        let mut value = serde_json::to_value(report)?;
         value["diagnostics"] = serde_json::to_value(&prepared.diagnostics)?;
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
@@ -331,7 +371,7 @@ pub fn apply(context: &Context, args: &ApplyArgs) -> Result<u8> {
 /// `get`.
 pub fn get(context: &Context, args: &GetArgs) -> Result<u8> {
     context.init_logging(true)?;
-    let store = Store::open(&context.data_dir())?;
+    let store = Backend::open(context)?;
     let records: Vec<ObjectRecord> = store
         .objects()?
         .into_values()

@@ -1,6 +1,8 @@
 //! The command line: clap types, the shared context every command gets, and dispatch. One
 //! file per command group.
 
+mod backend;
+mod client;
 mod config_cmd;
 mod init;
 mod manifests;

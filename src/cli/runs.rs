@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
+use super::backend::Backend;
+use super::client::{ApiClient, ApiFailure};
 use super::manifests::table;
-use super::workflow::{follow_run, human_ms, open_store};
+use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
 use crate::engine::model::{Status, TestStatus};
 use crate::engine::run::{self, cancel_request_path};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// `run` subcommands.
 #[derive(Debug, Subcommand)]
@@ -99,7 +101,7 @@ pub fn run(context: &Context, command: &RunCommand) -> Result<u8> {
 }
 
 fn list(context: &Context, args: &ListArgs) -> Result<u8> {
-    let store = open_store(context)?;
+    let store = Backend::open(context)?;
     let runs: Vec<_> = store
         .runs()?
         .into_iter()
@@ -147,7 +149,7 @@ fn list(context: &Context, args: &ListArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn load_run(store: &Store, id: &str) -> Result<crate::engine::model::RunRecord> {
+fn load_run(store: &Backend, id: &str) -> Result<crate::engine::model::RunRecord> {
     match store.run(id)? {
         Some(run) => Ok(run),
         None => bail!("no run `{id}` (`orchestrator run list` shows the runs kept)"),
@@ -155,7 +157,7 @@ fn load_run(store: &Store, id: &str) -> Result<crate::engine::model::RunRecord> 
 }
 
 fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
-    let store = open_store(context)?;
+    let store = Backend::open(context)?;
     let run = load_run(&store, &args.run)?;
     let steps = store.steps(&run.id)?;
     let mut out = std::io::stdout().lock();
@@ -317,20 +319,25 @@ fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
     if !args.follow {
         return Ok(EXIT_OK);
     }
-    // The process running the run holds the store; it is done when the store comes free
-    // and the run is finished.
+    // Done when the run is finished: asked of the server running it, or of the store once
+    // the process running it lets go of it.
     loop {
-        match Store::open(&context.data_dir()) {
-            Ok(store) => {
-                let finished = store.run(&args.run)?.is_none_or(|r| r.status.is_finished());
-                drop(store);
-                if finished {
-                    print_new(&mut out)?;
-                    return Ok(EXIT_OK);
-                }
+        let finished = match Backend::open(context) {
+            Ok(backend) => backend
+                .run(&args.run)?
+                .is_none_or(|r| r.status.is_finished()),
+            Err(err)
+                if err
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(|e| matches!(e, StoreError::Locked { .. })) =>
+            {
+                false
             }
-            Err(StoreError::Locked { .. }) => {}
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
+        };
+        if finished {
+            print_new(&mut out)?;
+            return Ok(EXIT_OK);
         }
         print_new(&mut out)?;
         std::thread::sleep(Duration::from_millis(200));
@@ -338,8 +345,32 @@ fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
 }
 
 fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
+    if let Some(client) = ApiClient::for_context(context)? {
+        return match client.post(
+            &format!("/api/runs/{}/cancel", args.run),
+            &serde_json::Value::Null,
+        ) {
+            Ok(_) => {
+                println!(
+                    "run {} cancel requested: its steps are being stopped",
+                    args.run
+                );
+                Ok(EXIT_OK)
+            }
+            Err(err)
+                if err
+                    .downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 409) =>
+            {
+                println!("{err}");
+                Ok(EXIT_FINDINGS)
+            }
+            Err(err) => Err(err),
+        };
+    }
     match open_store(context) {
         Ok(store) => {
+            let store = Backend::Local(store);
             let run = load_run(&store, &args.run)?;
             println!("run {} is {}: nothing to cancel", run.id, run.status);
             return Ok(EXIT_FINDINGS);
@@ -373,8 +404,8 @@ fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
 }
 
 fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {
-    let store = open_store(context)?;
-    let original = load_run(&store, &args.run)?;
+    let backend = Backend::open(context)?;
+    let original = load_run(&backend, &args.run)?;
     if !original.status.is_finished() {
         bail!(
             "run {} is {}: wait for it to finish or cancel it first",
@@ -385,6 +416,18 @@ fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {
     if args.from_failed && original.status == Status::Succeeded {
         bail!("run {} succeeded: nothing failed to re-run", original.id);
     }
-    let (run, steps) = run::create_rerun(&store, &original, args.from_failed)?;
-    follow_run(context, &store, run, steps)
+    match backend {
+        Backend::Local(store) => {
+            let (run, steps) = run::create_rerun(&store, &original, args.from_failed)?;
+            follow_run(context, &store, run, steps)
+        }
+        Backend::Remote(client) => {
+            let answer = client.post(
+                &format!("/api/runs/{}/rerun", original.id),
+                &serde_json::json!({"from_failed": args.from_failed}),
+            )?;
+            let run_id = answer["run_id"].as_str().unwrap_or_default().to_owned();
+            follow_remote(context, &client, &run_id)
+        }
+    }
 }

@@ -34,6 +34,11 @@ pub struct StartArgs {
     /// Seconds running steps get to finish at shutdown before they are stopped.
     #[arg(long, default_value_t = 10)]
     pub grace: u64,
+    /// Follow this git repository instead of the manifest directories (overrides
+    /// source.git.url and .branch): an https:// or file:// URL or a local path (relative to
+    /// the project), with an optional #BRANCH.
+    #[arg(long, value_name = "URL[#BRANCH]")]
+    pub source: Option<String>,
 }
 
 /// Arguments of `status`.
@@ -75,6 +80,7 @@ pub fn start(context: &Context, args: &StartArgs) -> Result<u8> {
             port,
             insecure: args.insecure,
             grace: Duration::from_secs(args.grace),
+            source: args.source.clone(),
         },
         |address| {
             let mut out = std::io::stdout().lock();
@@ -122,6 +128,9 @@ fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) 
         .args(["--grace", &args.grace.to_string()]);
     if args.insecure {
         command.arg("--insecure");
+    }
+    if let Some(source) = &args.source {
+        command.arg("--source").arg(source);
     }
     let mut child = command
         .stdin(std::process::Stdio::null())

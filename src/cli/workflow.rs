@@ -10,6 +10,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
+use super::backend::Backend;
+use super::client::{ApiClient, ApiFailure};
 use super::manifests::{self, table, ApplyArgs};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::engine::admission::{AgentSwitches, RunAdmission};
@@ -134,7 +136,7 @@ pub fn parse_params(text: Option<&str>) -> Result<Map<String, Value>> {
 
 fn list(context: &Context, args: &ListArgs) -> Result<u8> {
     context.init_logging(true)?;
-    let store = open_store(context)?;
+    let store = Backend::open(context)?;
     let runs = store.runs()?;
     let workflows: Vec<Value> = store
         .objects()?
@@ -195,8 +197,8 @@ fn list(context: &Context, args: &ListArgs) -> Result<u8> {
 
 fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     context.init_logging(true)?;
-    let store = open_store(context)?;
-    let record = run::find_workflow(&store, &args.id)?;
+    let store = Backend::open(context)?;
+    let record = run::find_workflow_in(&store.objects()?, &args.id)?;
     let runs: Vec<RunRecord> = store
         .runs()?
         .into_iter()
@@ -309,7 +311,7 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
     )?;
     let id = format!("wf_{slug}");
     let created = {
-        let store = Store::open(&context.data_dir())?;
+        let store = Backend::open(context)?;
         store.objects()?.values().any(|r| {
             r.key.kind == Kind::Workflow
                 && r.key.id == id
@@ -334,9 +336,9 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
 
 fn render(context: &Context, args: &RenderArgs) -> Result<u8> {
     context.init_logging(true)?;
-    let store = open_store(context)?;
-    let record = run::find_workflow(&store, &args.id)?;
-    let expanded = run::expand_workflow(&store, &record.spec.clone().unwrap_or_default())?;
+    let objects = Backend::open(context)?.objects()?;
+    let record = run::find_workflow_in(&objects, &args.id)?;
+    let expanded = run::expand_workflow_in(&objects, &record.spec.clone().unwrap_or_default())?;
     let mut given = expanded.preset.clone();
     given.extend(parse_params(args.params.as_deref())?);
     let parameters = params::resolve(expanded.declared.as_ref(), &given)
@@ -368,7 +370,32 @@ fn render(context: &Context, args: &RenderArgs) -> Result<u8> {
 fn execute(context: &Context, args: &ExecuteArgs) -> Result<u8> {
     context.init_logging(true)?;
     let parameters = parse_params(args.params.as_deref())?;
-    let store = open_store(context)?;
+    let store = match Backend::open(context)? {
+        Backend::Local(store) => store,
+        Backend::Remote(client) => {
+            let answer = client.post(
+                &format!("/api/workflows/{}/execute", args.id),
+                &serde_json::json!({ "parameters": parameters }),
+            );
+            let run_id = match answer {
+                Ok(value) => value["run_id"].as_str().unwrap_or_default().to_owned(),
+                Err(err)
+                    if err
+                        .downcast_ref::<ApiFailure>()
+                        .is_some_and(|f| f.status < 500) =>
+                {
+                    eprintln!("error: {err}");
+                    return Ok(EXIT_ERROR);
+                }
+                Err(err) => return Err(err),
+            };
+            if args.detach {
+                println!("{run_id}");
+                return Ok(EXIT_OK);
+            }
+            return follow_remote(context, &client, &run_id);
+        }
+    };
     let request = RunRequest {
         workflow: args.id.clone(),
         parameters,
@@ -458,66 +485,11 @@ pub fn follow_run(
     run: RunRecord,
     steps: Vec<StepRecord>,
 ) -> Result<u8> {
-    let flag = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&flag))?;
-    }
+    let flag = cancel_on_signals()?;
     let log_dir = context.config.resolve(&context.config.config.logging.dir);
     let color = context.color;
-    println!(
-        "run {} of {} started ({} step{})",
-        run.id,
-        run.workflow_id,
-        steps.len(),
-        if steps.len() == 1 { "" } else { "s" }
-    );
-    let print = |event: &Event| {
-        let mut out = std::io::stdout().lock();
-        let _ = match event {
-            Event::StepStarted { step } => {
-                writeln!(out, "  ▶ {} ({}.{})", step.name, step.agent, step.action)
-            }
-            Event::StepRetrying { step, delay } => writeln!(
-                out,
-                "  ↻ {} attempt {} {}; retrying in {}",
-                step.name,
-                step.attempts.len(),
-                step.attempts.last().map_or("failed", |a| a.status.as_str()),
-                crate::duration::format_duration(*delay)
-            ),
-            Event::StepFinished { step } => {
-                let (mark, paint) = match step.status {
-                    Status::Succeeded => ("✔", "32"),
-                    Status::Skipped => ("–", "33"),
-                    _ => ("✘", "31"),
-                };
-                let mark = if color {
-                    format!("\x1b[{paint}m{mark}\x1b[0m")
-                } else {
-                    mark.to_owned()
-                };
-                let _ = writeln!(
-                    out,
-                    "  {mark} {} {}{}{}",
-                    step.name,
-                    step.status,
-                    step.duration_ms
-                        .map(|d| format!(" in {}", human_ms(d)))
-                        .unwrap_or_default(),
-                    step.message
-                        .as_ref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                );
-                if matches!(step.status, Status::Failed | Status::TimedOut) {
-                    for line in log_tail(&log_dir.join(&step.log), 15) {
-                        let _ = writeln!(out, "      │ {line}");
-                    }
-                }
-                Ok(())
-            }
-        };
-    };
+    print_run_start(&run, steps.len());
+    let print = |event: &Event| print_event(event, color, &log_dir);
     let run = run::execute(
         store,
         &engine_config(context),
@@ -526,6 +498,79 @@ pub fn follow_run(
         &CancelSignal { flag },
         &print,
     )?;
+    Ok(print_run_end(&run))
+}
+
+/// A flag set by Ctrl-C and SIGTERM.
+fn cancel_on_signals() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&flag))?;
+    }
+    Ok(flag)
+}
+
+fn print_run_start(run: &RunRecord, steps: usize) {
+    println!(
+        "run {} of {} started ({} step{})",
+        run.id,
+        run.workflow_id,
+        steps,
+        if steps == 1 { "" } else { "s" }
+    );
+}
+
+/// One line per step event; a failed step gets the tail of its log.
+fn print_event(event: &Event, color: bool, log_dir: &std::path::Path) {
+    let mut out = std::io::stdout().lock();
+    let _ = match event {
+        Event::StepStarted { step } => {
+            writeln!(out, "  ▶ {} ({}.{})", step.name, step.agent, step.action)
+        }
+        Event::StepRetrying { step, delay } => writeln!(
+            out,
+            "  ↻ {} attempt {} {}; retrying in {}",
+            step.name,
+            step.attempts.len(),
+            step.attempts.last().map_or("failed", |a| a.status.as_str()),
+            crate::duration::format_duration(*delay)
+        ),
+        Event::StepFinished { step } => {
+            let (mark, paint) = match step.status {
+                Status::Succeeded => ("✔", "32"),
+                Status::Skipped => ("–", "33"),
+                _ => ("✘", "31"),
+            };
+            let mark = if color {
+                format!("\x1b[{paint}m{mark}\x1b[0m")
+            } else {
+                mark.to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "  {mark} {} {}{}{}",
+                step.name,
+                step.status,
+                step.duration_ms
+                    .map(|d| format!(" in {}", human_ms(d)))
+                    .unwrap_or_default(),
+                step.message
+                    .as_ref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            if matches!(step.status, Status::Failed | Status::TimedOut) {
+                for line in log_tail(&log_dir.join(&step.log), 15) {
+                    let _ = writeln!(out, "      │ {line}");
+                }
+            }
+            Ok(())
+        }
+    };
+}
+
+/// The test summary and the final line; the exit code for the run's outcome.
+fn print_run_end(run: &RunRecord) -> u8 {
     let tests = run.tests;
     if tests.total > 0 {
         println!(
@@ -543,11 +588,74 @@ pub fn follow_run(
             .map(|m| format!(": {m}"))
             .unwrap_or_default()
     );
-    Ok(if run.status == Status::Succeeded {
+    if run.status == Status::Succeeded {
         EXIT_OK
     } else {
         EXIT_FINDINGS
-    })
+    }
+}
+
+/// Follows a run the server executes, printing what `follow_run` prints: the server is
+/// polled and each step's changes become the same events. Ctrl-C asks the server to cancel.
+pub fn follow_remote(context: &Context, client: &ApiClient, run_id: &str) -> Result<u8> {
+    let flag = cancel_on_signals()?;
+    let log_dir = context.config.resolve(&context.config.config.logging.dir);
+    let Some((run, steps)) = client.run(run_id)? else {
+        bail!("the server does not know run {run_id}");
+    };
+    print_run_start(&run, steps.len());
+    let mut seen: Vec<(Status, usize)> = steps
+        .iter()
+        .map(|s| (Status::Queued, s.attempts.len()))
+        .collect();
+    let mut cancel_sent = false;
+    loop {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) && !cancel_sent {
+            cancel_sent = true;
+            let _ = client.post(&format!("/api/runs/{run_id}/cancel"), &Value::Null);
+        }
+        let Some((run, steps)) = client.run(run_id)? else {
+            bail!("run {run_id} disappeared from the server");
+        };
+        for (step, (status, attempts)) in steps.iter().zip(seen.iter_mut()) {
+            if step.status == *status && step.attempts.len() == *attempts {
+                continue;
+            }
+            if *status == Status::Queued
+                && step.status != Status::Queued
+                && step.started_at.is_some()
+            {
+                print_event(
+                    &Event::StepStarted { step: step.clone() },
+                    context.color,
+                    &log_dir,
+                );
+            }
+            if step.status == Status::Running && step.attempts.len() > *attempts {
+                print_event(
+                    &Event::StepRetrying {
+                        step: step.clone(),
+                        delay: std::time::Duration::ZERO,
+                    },
+                    context.color,
+                    &log_dir,
+                );
+            }
+            if step.status.is_finished() {
+                print_event(
+                    &Event::StepFinished { step: step.clone() },
+                    context.color,
+                    &log_dir,
+                );
+            }
+            *status = step.status;
+            *attempts = step.attempts.len();
+        }
+        if run.status.is_finished() {
+            return Ok(print_run_end(&run));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// "850 ms", "12.3 s", "2 min 5 s".

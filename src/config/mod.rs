@@ -89,6 +89,10 @@ pub struct Config {
     pub runs: RunsConfig,
     /// Schedule defaults.
     pub scheduler: SchedulerConfig,
+    /// Where the server reads manifests from: without it, the manifest directories of the
+    /// project (watched); with `git`, a repository it fetches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceConfig>,
 }
 
 /// Server settings.
@@ -155,6 +159,57 @@ pub struct RunsConfig {
 pub struct SchedulerConfig {
     /// Default time zone of schedules.
     pub timezone: String,
+}
+
+/// The manifest source of the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// A git repository followed on one branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSourceConfig>,
+}
+
+/// A git repository the server follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSourceConfig {
+    /// `https://`, `http://` or `file://` URL, or a local path (relative to the project).
+    pub url: String,
+    /// The branch; without it the repository's default branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The directory inside the repository holding the manifest directories (default `.`);
+    /// `manifests.paths` are relative to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How often to fetch (seconds, or a duration such as `5m`; default 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<DurationSetting>,
+    /// Reference to the secret push webhooks on `/hooks/source` are signed with (`env:NAME` or
+    /// `file:PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+/// A duration as configured: seconds, or a duration string such as `90s` or `5m`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DurationSetting {
+    /// Whole seconds.
+    Seconds(u64),
+    /// A duration string (see [`crate::duration`]).
+    Text(String),
+}
+
+impl DurationSetting {
+    /// The duration (the schema has checked the text already).
+    pub fn duration(&self) -> Result<std::time::Duration, crate::duration::DurationError> {
+        match self {
+            DurationSetting::Seconds(seconds) => Ok(std::time::Duration::from_secs(*seconds)),
+            DurationSetting::Text(text) => crate::duration::parse_duration(text),
+        }
+    }
 }
 
 /// Where configuration comes from.
@@ -431,6 +486,44 @@ mod tests {
         assert_eq!(
             err,
             "environment variable ORCHESTRATOR_PORT=\"http\" is invalid: expected a port number from 0 to 65535"
+        );
+    }
+
+    #[test]
+    fn git_source_settings_are_checked_with_their_location() {
+        let text = "source:\n  git:\n    url: https://example.com/org/tests.git\n    branch: main\n    path: deploy\n    interval: 5m\n    webhook_secret: env:HOOK_SECRET\n";
+        let (value, diagnostics) = check_text("c.yaml", text);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let source: SourceConfig =
+            serde_json::from_value(value.unwrap()["source"].clone()).unwrap();
+        let git = source.git.unwrap();
+        assert_eq!(git.branch.as_deref(), Some("main"));
+        assert_eq!(
+            git.interval.unwrap().duration().unwrap(),
+            std::time::Duration::from_secs(300)
+        );
+        let one_line = |text: &str| -> Vec<String> {
+            check_text("c.yaml", text)
+                .1
+                .iter()
+                .map(Diagnostic::one_line)
+                .collect()
+        };
+        assert_eq!(
+            one_line("source:\n  git:\n    url: ftp://example.com/x\n"),
+            ["c.yaml:3:10: error: unsupported URL scheme `ftp` in `ftp://example.com/x`: expected an https:// or file:// URL or a local path (at /source/git/url)"]
+        );
+        assert_eq!(
+            one_line("source:\n  git:\n    url: ''\n"),
+            ["c.yaml:3:10: error: the git source URL is empty: expected an https:// or file:// URL or a local path (at /source/git/url)"]
+        );
+        assert_eq!(
+            one_line("source:\n  git:\n    url: x\n    path: ../up\n"),
+            ["c.yaml:4:11: error: `../up` must be a directory relative to the top of the repository, without `..` (at /source/git/path)"]
+        );
+        assert_eq!(
+            one_line("source:\n  git:\n    branch: main\n"),
+            ["c.yaml:3:5: error: missing required field `url` (at /source/git)"]
         );
     }
 

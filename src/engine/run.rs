@@ -23,7 +23,7 @@ use super::process::{signal_group, StepControl, StopReason};
 use crate::agents::runtime::{agent_for, Outcome, ReportData, StepContext};
 use crate::agents::{builtin, BUILTIN_AGENTS};
 use crate::manifest::Kind;
-use crate::store::{ObjectRecord, Store, StoreError};
+use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// Where a run's files go and the limits it runs under.
 #[derive(Debug, Clone)]
@@ -84,7 +84,14 @@ pub enum EngineError {
 
 /// Finds a live workflow by id, or by name when no id matches.
 pub fn find_workflow(store: &Store, id_or_name: &str) -> Result<ObjectRecord, EngineError> {
-    let objects = store.objects()?;
+    find_workflow_in(&store.objects()?, id_or_name)
+}
+
+/// [`find_workflow`] among records already read.
+pub fn find_workflow_in(
+    objects: &BTreeMap<ObjectKey, ObjectRecord>,
+    id_or_name: &str,
+) -> Result<ObjectRecord, EngineError> {
     let workflows: Vec<&ObjectRecord> = objects
         .values()
         .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
@@ -106,7 +113,14 @@ pub fn find_workflow(store: &Store, id_or_name: &str) -> Result<ObjectRecord, En
 
 /// The workflow after template expansion, with its declared parameters.
 pub fn expand_workflow(store: &Store, spec: &Value) -> Result<Expanded, EngineError> {
-    let objects = store.objects()?;
+    expand_workflow_in(&store.objects()?, spec)
+}
+
+/// [`expand_workflow`] against records already read.
+pub fn expand_workflow_in(
+    objects: &BTreeMap<ObjectKey, ObjectRecord>,
+    spec: &Value,
+) -> Result<Expanded, EngineError> {
     expand::expand(spec, |name| {
         objects
             .values()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::prepare::{Memo, Prepared};
 use super::DesiredSet;
@@ -11,7 +11,7 @@ use crate::diagnostics::count;
 use crate::store::{ObjectKey, ObjectRecord, ObjectStatus, SourceStatus, Store, StoreError};
 
 /// What an apply did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ApplyReport {
     /// The revision applied.
     pub revision: String,

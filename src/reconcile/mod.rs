@@ -295,6 +295,17 @@ pub fn load_manifests(
     config: &crate::config::LoadedConfig,
     paths: &[std::path::PathBuf],
 ) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
+    load_manifests_under(config, &config.project_dir, paths)
+}
+
+/// [`load_manifests`] with the configured manifest directories relative to `root` instead of
+/// the project directory (a git checkout); paths are shown relative to `root`, and symlinks
+/// may not leave it.
+pub fn load_manifests_under(
+    config: &crate::config::LoadedConfig,
+    root: &std::path::Path,
+    paths: &[std::path::PathBuf],
+) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
     use crate::source::dir::{self, DirOptions, SourcePath};
     let (source_paths, scope): (Vec<SourcePath>, _) = if paths.is_empty() {
         let paths = config
@@ -303,7 +314,7 @@ pub fn load_manifests(
             .paths
             .iter()
             .map(|p| SourcePath {
-                path: config.resolve(p),
+                path: root.join(p),
                 required: false,
             })
             .collect();
@@ -312,7 +323,7 @@ pub fn load_manifests(
         let shown = paths
             .iter()
             .map(|p| {
-                let p = p.strip_prefix(&config.project_dir).unwrap_or(p);
+                let p = p.strip_prefix(root).unwrap_or(p);
                 let p = p.strip_prefix("./").unwrap_or(p);
                 p.display().to_string().trim_end_matches('/').to_owned()
             })
@@ -329,7 +340,7 @@ pub fn load_manifests(
     let snapshot = dir::load(
         &source_paths,
         &DirOptions {
-            root: config.project_dir.clone(),
+            root: root.to_owned(),
             max_file_bytes: config.config.manifests.max_file_bytes,
         },
     )?;

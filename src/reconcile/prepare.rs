@@ -147,6 +147,10 @@ fn memo_key(snapshot: &Snapshot, scope: Option<&[String]>) -> String {
         hasher.update(Sha256::digest(schema::schema_text(kind)));
     }
     hasher.update(snapshot.revision.as_bytes());
+    if let Some(content) = &snapshot.content_revision {
+        hasher.update([0]);
+        hasher.update(content.as_bytes());
+    }
     match scope {
         None => hasher.update([0]),
         Some(paths) => {

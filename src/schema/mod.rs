@@ -91,6 +91,15 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     .with_format("condition", |s: &str| {
                         crate::condition::parse_condition(s).is_ok()
                     })
+                    .with_format("git-url", |s: &str| {
+                        crate::source::git::check_url(s).is_ok()
+                    })
+                    .with_format("git-branch", |s: &str| {
+                        crate::source::git::check_branch(s).is_ok()
+                    })
+                    .with_format("repository-path", |s: &str| {
+                        crate::source::git::check_path(s).is_ok()
+                    })
                     .build(&schema)
                     .expect("embedded schema compiles");
                 Compiled { schema, validator }
@@ -261,7 +270,10 @@ fn allowed_properties(schema: &Value, schema_path: &str) -> Vec<String> {
 }
 
 fn pattern_hint(schema_path: &str) -> &'static str {
-    if schema_path.ends_with("/secret/pattern") || schema_path.ends_with("/api_token/pattern") {
+    if schema_path.ends_with("/secret/pattern")
+        || schema_path.ends_with("/api_token/pattern")
+        || schema_path.ends_with("/webhook_secret/pattern")
+    {
         " (a reference such as env:NAME or file:PATH, never the secret itself)"
     } else if schema_path.ends_with("/id/pattern") {
         " (lowercase letters, digits, `_`, `.` and `-`)"

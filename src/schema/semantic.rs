@@ -27,6 +27,13 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
                 u32::try_from(e.column).ok(),
             )
         }),
+        "git-url" => crate::source::git::check_url(text).err().map(|e| (e, None)),
+        "git-branch" => crate::source::git::check_branch(text)
+            .err()
+            .map(|e| (e, None)),
+        "repository-path" => crate::source::git::check_path(text)
+            .err()
+            .map(|e| (e, None)),
         _ => None,
     };
     detail.unwrap_or_else(|| (format!("`{text}` is not a valid {format}"), None))

@@ -41,10 +41,14 @@ pub struct ReconcileOutcome {
     pub from_memo: bool,
     /// How long it took.
     pub duration_ms: u64,
+    /// The plan: what changed (or, dry, would change), object by object.
+    pub plan: crate::reconcile::Plan,
 }
 
 /// Reconciles the configured manifest directories (or `paths`) into the store and publishes
-/// what changed. Blocking: call from a thread of its own or `spawn_blocking`.
+/// what changed. With a git source, fetches it and reconciles its tip commit instead (paths
+/// are refused: the repository is reconciled whole). Blocking: call from a thread of its
+/// own or `spawn_blocking`.
 pub fn reconcile(
     shared: &Shared,
     paths: &[PathBuf],
@@ -57,12 +61,23 @@ pub fn reconcile(
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let (snapshot, scope) = reconcile::load_manifests(&shared.config, paths)?;
+    // A git source is fetched first, and the manifests of its tip commit are read.
+    let (snapshot, scope, source) = match &shared.git {
+        Some(git) => (
+            super::source::load(shared, git, paths)?,
+            None,
+            super::source::GIT_SOURCE,
+        ),
+        None => {
+            let (snapshot, scope) = reconcile::load_manifests(&shared.config, paths)?;
+            (snapshot, scope, "dir")
+        }
+    };
     let prepared = reconcile::prepare(
         &shared.store,
         &snapshot,
         &ReconcileOptions {
-            source: "dir".to_owned(),
+            source: source.to_owned(),
             scope,
             prune,
             use_memo: true,
@@ -75,8 +90,10 @@ pub fn reconcile(
         diagnostics: prepared.diagnostics.clone(),
         from_memo: prepared.from_memo,
         duration_ms: started.elapsed().as_millis() as u64,
+        plan: prepared.plan.clone(),
     };
     if !dry_run {
+        shared.view.refresh_objects(&shared.store)?;
         shared.metrics.reconciles.inc();
         if outcome.report.errors > 0 {
             shared.metrics.reconcile_errors.inc();
@@ -136,13 +153,16 @@ fn publish(shared: &Shared, outcome: &ReconcileOutcome, reason: &str) {
 /// Watches the manifest directories and reconciles on every change, until `stop` is set.
 /// Runs on the calling thread.
 pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+    // Absolute paths: events name what changed by the path that was watched.
+    let project = std::fs::canonicalize(&shared.config.project_dir)
+        .unwrap_or_else(|_| shared.config.project_dir.clone());
     let roots: Vec<PathBuf> = shared
         .config
         .config
         .manifests
         .paths
         .iter()
-        .map(|p| shared.config.resolve(p))
+        .map(|p| project.join(p))
         .collect();
     let (sender, receiver) = mpsc::channel::<notify::Result<notify::Event>>();
     let mut watcher = notify::recommended_watcher(move |event| {
@@ -150,6 +170,7 @@ pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> R
     })?;
     let mut watched = Watched::default();
     watched.refresh(&mut watcher, &roots);
+    tracing::debug!(recursive = ?watched.recursive, shallow = ?watched.shallow, "watching");
     let mut last_sync = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let first = match receiver.recv_timeout(Duration::from_millis(250)) {
@@ -158,6 +179,9 @@ pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> R
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let relevant = first.as_ref().is_some_and(|event| concerns(event, &roots));
+        if let Some(event) = &first {
+            tracing::trace!(?event, relevant, "file system event");
+        }
         let resync_due = last_sync.elapsed() >= RESYNC_INTERVAL;
         if !relevant && !resync_due {
             continue;
@@ -190,16 +214,22 @@ pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> R
 fn concerns(event: &notify::Result<notify::Event>, roots: &[PathBuf]) -> bool {
     match event {
         Ok(event) => {
-            matches!(
-                event.kind,
+            // Reads (the reconcile's own included) and metadata changes do not change what
+            // a manifest says.
+            let changes_content = match event.kind {
                 notify::EventKind::Create(_)
-                    | notify::EventKind::Modify(_)
-                    | notify::EventKind::Remove(_)
-                    | notify::EventKind::Any
-            ) && event
-                .paths
-                .iter()
-                .any(|p| roots.iter().any(|r| p.starts_with(r) || r.starts_with(p)))
+                | notify::EventKind::Remove(_)
+                | notify::EventKind::Any => true,
+                notify::EventKind::Modify(kind) => {
+                    !matches!(kind, notify::event::ModifyKind::Metadata(_))
+                }
+                _ => false,
+            };
+            changes_content
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| roots.iter().any(|r| p.starts_with(r) || r.starts_with(p)))
         }
         // The watcher lost track (e.g. a queue overflow): reconcile everything.
         Err(_) => true,
@@ -251,4 +281,26 @@ fn existing_ancestor(path: &Path) -> Option<PathBuf> {
         .skip(1)
         .find(|p| p.is_dir())
         .map(Path::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_reports_a_new_file_under_a_watched_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("workflows");
+        std::fs::create_dir(&root).unwrap();
+        let (sender, receiver) = mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |event| {
+            let _ = sender.send(event);
+        })
+        .unwrap();
+        let mut watched = Watched::default();
+        watched.refresh(&mut watcher, std::slice::from_ref(&root));
+        std::fs::write(root.join("new.yaml"), "name: x\n").unwrap();
+        let event = receiver.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(concerns(&event, &[root]), "{event:?}");
+    }
 }

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub webhook_deliveries: Counter,
     /// Internal errors (store, threads).
     pub errors: Counter,
+    /// Fetches of a git source that failed.
+    pub source_fetch_errors: Counter,
 }
 
 impl Metrics {
@@ -163,6 +165,12 @@ impl Metrics {
             "orchestrator_errors_total",
             "Internal errors.",
             self.errors.get(),
+        );
+        counter(
+            &mut out,
+            "orchestrator_source_fetch_errors_total",
+            "Fetches of the git source that failed.",
+            self.source_fetch_errors.get(),
         );
         for (name, help, value) in gauges {
             let _ = writeln!(

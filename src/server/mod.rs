@@ -6,6 +6,8 @@
 pub mod controller;
 pub mod metrics;
 pub mod process_file;
+pub mod source;
+pub mod view;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,6 +54,11 @@ pub struct Shared {
     pub reconcile_lock: Mutex<()>,
     /// The API token, when one is configured.
     pub api_token: Option<String>,
+    /// The git repository followed instead of the manifest directories, when one is
+    /// configured (`source.git` or `start --source`).
+    pub git: Option<source::GitState>,
+    /// What the read routes serve, in memory.
+    pub view: view::View,
     /// `logs/api.log`, the access log.
     pub api_log: Mutex<Option<std::fs::File>>,
 }
@@ -69,6 +76,12 @@ impl Shared {
             let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
             let _ = writeln!(file, "{now} {line}");
         }
+    }
+
+    /// The `source` object of `GET /api/status`: `kind` (`dir` or `git`), where manifests
+    /// come from and the stored status of that source (see [`source::status_json`]).
+    pub fn source_json(&self) -> Result<Value, crate::store::StoreError> {
+        source::status_json(self)
     }
 
     /// The runs executing now.
@@ -150,6 +163,7 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
         .unwrap_or_else(|e| e.into_inner())
         .insert(run.id.clone(), Arc::clone(&flag));
     shared.metrics.runs_started.inc();
+    shared.view.record_run(&run);
     shared
         .events
         .publish(EventKind::WorkflowStarted, run_summary(&run));
@@ -188,6 +202,7 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
             match result {
                 Ok(finished) => {
                     shared.metrics.record_run(&finished);
+                    shared.view.record_run(&finished);
                     events.publish(EventKind::WorkflowCompleted, run_summary(&finished));
                 }
                 Err(err) => {
@@ -239,21 +254,33 @@ pub struct StartOptions {
     pub insecure: bool,
     /// How long running steps get to finish at shutdown before they are stopped.
     pub grace: std::time::Duration,
+    /// `--source URL[#branch]`: follow this git repository instead of what the
+    /// configuration says.
+    pub source: Option<String>,
 }
 
 /// Resolves a secret reference: `env:NAME` or `file:PATH` (relative to the project).
 pub fn resolve_secret(reference: &str, project_dir: &std::path::Path) -> anyhow::Result<String> {
+    resolve_secret_named("API token", reference, project_dir)
+}
+
+/// [`resolve_secret`] for a secret other than the API token: `what` names it in errors.
+pub fn resolve_secret_named(
+    what: &str,
+    reference: &str,
+    project_dir: &std::path::Path,
+) -> anyhow::Result<String> {
     use anyhow::Context as _;
     if let Some(name) = reference.strip_prefix("env:") {
         let value = std::env::var(name)
-            .with_context(|| format!("the API token reference `{reference}` names the environment variable {name}, which is not set"))?;
+            .with_context(|| format!("the {what} reference `{reference}` names the environment variable {name}, which is not set"))?;
         return Ok(value.trim().to_owned());
     }
     if let Some(path) = reference.strip_prefix("file:") {
         let path = project_dir.join(path);
         let value = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "the API token reference `{reference}` names {}, which cannot be read",
+                "the {what} reference `{reference}` names {}, which cannot be read",
                 path.display()
             )
         })?;
@@ -288,6 +315,7 @@ pub fn serve(
             options.host
         );
     }
+    let git = source::GitState::from_config(&config, options.source.as_deref())?;
     let store = Arc::new(Store::open(&data_dir)?);
     for id in run::recover(&store)? {
         tracing::warn!("run {id} was left running by a process that ended; marked interrupted");
@@ -300,7 +328,9 @@ pub fn serve(
         .append(true)
         .open(log_dir.join("api.log"))
         .with_context(|| format!("cannot open {}", log_dir.join("api.log").display()))?;
+    let view = view::View::load(&store)?;
     let shared = Arc::new(Shared {
+        view,
         store,
         config,
         environment,
@@ -315,6 +345,7 @@ pub fn serve(
         stopping: AtomicBool::new(false),
         reconcile_lock: Mutex::new(()),
         api_token,
+        git,
         api_log: Mutex::new(Some(api_log)),
     });
 
@@ -349,13 +380,20 @@ pub fn serve(
     let watcher = {
         let shared = Arc::clone(&shared);
         let stop = Arc::clone(&stop_watching);
-        std::thread::Builder::new()
-            .name("watcher".into())
-            .spawn(move || {
-                if let Err(err) = controller::watch(shared, stop) {
-                    tracing::error!("the manifest watcher stopped: {err:#}");
-                }
-            })?
+        if shared.git.is_some() {
+            // A git source is polled (and woken by webhooks); the directories are not watched.
+            std::thread::Builder::new()
+                .name("git source".into())
+                .spawn(move || source::poll(&shared, &stop))?
+        } else {
+            std::thread::Builder::new()
+                .name("watcher".into())
+                .spawn(move || {
+                    if let Err(err) = controller::watch(shared, stop) {
+                        tracing::error!("the manifest watcher stopped: {err:#}");
+                    }
+                })?
+        }
     };
     process_file::write(
         &data_dir,

@@ -113,6 +113,7 @@ pub fn load(paths: &[SourcePath], options: &DirOptions) -> Result<Snapshot, DirE
     let revision = revision_of("dir", &contents);
     Ok(Snapshot {
         revision,
+        content_revision: None,
         files,
         diagnostics,
     })

@@ -2,6 +2,7 @@
 //! into memory, and a revision that names exactly that content.
 
 pub mod dir;
+pub mod git;
 
 use sha2::{Digest, Sha256};
 
@@ -22,10 +23,24 @@ pub struct Snapshot {
     /// Names the content: `dir:` and the first 12 hex digits of a SHA-256 over every path and
     /// its content, so an unchanged tree has an unchanged revision on every machine.
     pub revision: String,
+    /// The content's own revision when `revision` names the snapshot after where it came
+    /// from instead (a git commit, see [`Snapshot::with_revision`]).
+    pub content_revision: Option<String>,
     /// The readable manifest files, sorted by path.
     pub files: Vec<SourceFile>,
     /// Files that could not be used (too large, not UTF-8, a symlink out of the tree).
     pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Snapshot {
+    /// Names the snapshot after where it came from, e.g. `git:<sha>`, so records and status
+    /// show the commit. The content revision is kept: what is read from one commit also
+    /// depends on the configured paths and limits, and the memo key must cover that.
+    pub fn with_revision(mut self, revision: String) -> Snapshot {
+        let content = std::mem::replace(&mut self.revision, revision);
+        self.content_revision = Some(content);
+        self
+    }
 }
 
 /// The revision of a set of files: the same files with the same content give the same one.

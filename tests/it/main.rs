@@ -5,6 +5,7 @@ mod engine;
 mod flow;
 mod inputs;
 mod memo;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

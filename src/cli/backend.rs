@@ -1,0 +1,65 @@
+//! Where a command reads and changes state: the store itself when no server runs, or the
+//! running server's API (sled allows one process per data directory). Commands are written
+//! once against this and print the same either way.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use super::client::ApiClient;
+use super::workflow::open_store;
+use super::Context;
+use crate::engine::model::{RunRecord, StepRecord};
+use crate::store::{ObjectKey, ObjectRecord, Store};
+
+/// The store, or the server holding it.
+pub enum Backend {
+    /// This process opened the store.
+    Local(Store),
+    /// A server holds the store; requests go through its API.
+    Remote(ApiClient),
+}
+
+impl Backend {
+    /// The running server when there is one, else the store.
+    pub fn open(context: &Context) -> Result<Backend> {
+        match ApiClient::for_context(context)? {
+            Some(client) => Ok(Backend::Remote(client)),
+            None => Ok(Backend::Local(open_store(context)?)),
+        }
+    }
+
+    /// Every object record.
+    pub fn objects(&self) -> Result<BTreeMap<ObjectKey, ObjectRecord>> {
+        match self {
+            Backend::Local(store) => Ok(store.objects()?),
+            Backend::Remote(client) => client.objects(),
+        }
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        match self {
+            Backend::Local(store) => Ok(store.runs()?),
+            Backend::Remote(client) => client.runs(),
+        }
+    }
+
+    /// One run.
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        match self {
+            Backend::Local(store) => Ok(store.run(id)?),
+            Backend::Remote(client) => Ok(client.run(id)?.map(|(run, _)| run)),
+        }
+    }
+
+    /// The steps of a run, in workflow order.
+    pub fn steps(&self, id: &str) -> Result<Vec<StepRecord>> {
+        match self {
+            Backend::Local(store) => Ok(store.steps(id)?),
+            Backend::Remote(client) => {
+                Ok(client.run(id)?.map(|(_, steps)| steps).unwrap_or_default())
+            }
+        }
+    }
+}

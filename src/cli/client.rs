@@ -1,0 +1,142 @@
+//! The API client the command line uses while a server holds the store: the same commands,
+//! the same output, through the server's REST API (found through `server.json`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use super::Context;
+use crate::engine::model::{RunRecord, StepRecord};
+use crate::server::process_file::{self, ServerInfo};
+use crate::store::{ObjectKey, ObjectRecord};
+
+/// An error answer from the server.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiFailure {
+    /// HTTP status.
+    pub status: u16,
+    /// The error code (`not_found`, `invalid`, ...).
+    pub code: String,
+    /// The server's message.
+    pub message: String,
+}
+
+/// A client for the server of this project's data directory.
+pub struct ApiClient {
+    /// The server.
+    pub info: ServerInfo,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    /// The client for the running server, or `None` when no server runs.
+    pub fn for_context(context: &Context) -> Result<Option<ApiClient>> {
+        let Some(info) = process_file::read(&context.data_dir()) else {
+            return Ok(None);
+        };
+        let token = match &context.config.config.server.api_token {
+            Some(reference) => Some(crate::server::resolve_secret(
+                reference,
+                &context.config.project_dir,
+            )?),
+            None => None,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        tracing::debug!(server = %info.url(), "going through the running server");
+        Ok(Some(ApiClient { info, token, agent }))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.info.url())
+    }
+
+    fn answer(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value> {
+        let mut response = response.with_context(|| {
+            format!(
+                "the server (PID {}) does not answer at {}",
+                self.info.pid,
+                self.info.url()
+            )
+        })?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status >= 400 {
+            let error = &value["error"];
+            return Err(ApiFailure {
+                status,
+                code: error["code"].as_str().unwrap_or("error").to_owned(),
+                message: error["message"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("the server answered {status}")),
+            }
+            .into());
+        }
+        Ok(value)
+    }
+
+    /// GET a JSON document.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        self.answer(self.agent.get(&self.url(path)).call())
+    }
+
+    /// POST a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let mut request = self
+            .agent
+            .post(&self.url(path))
+            .header("Content-Type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        self.answer(request.send(body.to_string()))
+    }
+
+    /// Every object record.
+    pub fn objects(&self) -> Result<BTreeMap<ObjectKey, ObjectRecord>> {
+        let value = self.get("/api/manifests?full=true")?;
+        let records: Vec<ObjectRecord> = serde_json::from_value(value["records"].clone())
+            .context("the server's object records are not in the expected shape")?;
+        Ok(records.into_iter().map(|r| (r.key.clone(), r)).collect())
+    }
+
+    /// Every run, oldest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        let value = self.get("/api/runs?full=true&limit=10000")?;
+        let mut runs: Vec<RunRecord> = serde_json::from_value(value["runs"].clone())
+            .context("the server's runs are not in the expected shape")?;
+        runs.reverse();
+        Ok(runs)
+    }
+
+    /// One run and its steps.
+    pub fn run(&self, id: &str) -> Result<Option<(RunRecord, Vec<StepRecord>)>> {
+        match self.get(&format!("/api/runs/{id}")) {
+            Ok(value) => Ok(Some(
+                serde_json::from_value::<(RunRecord, Vec<StepRecord>)>(Value::Array(vec![
+                    value["run"].clone(),
+                    value["steps"].clone(),
+                ]))
+                .context("the server's run is not in the expected shape")?,
+            )),
+            Err(err)
+                if err
+                    .downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.status == 404) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! What the read routes serve, kept in memory: the object records as of the last reconcile,
+//! each workflow's summary ready to send, and the newest run of each workflow. The store
+//! stays the source of truth — the view is rebuilt from it after every reconcile and updated
+//! as runs start and finish — so a list request decodes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde_json::{json, Value};
+
+use crate::engine::model::RunRecord;
+use crate::manifest::Kind;
+use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
+
+/// One consistent picture of the objects.
+#[derive(Debug, Default)]
+pub struct Objects {
+    /// Every record, as the store holds it.
+    pub records: BTreeMap<ObjectKey, ObjectRecord>,
+    /// Live workflows in id order: (id, summary without its last run).
+    pub workflows: Vec<(String, Value)>,
+}
+
+/// The in-memory view.
+#[derive(Debug, Default)]
+pub struct View {
+    objects: RwLock<Arc<Objects>>,
+    last_runs: RwLock<HashMap<String, Value>>,
+}
+
+/// A workflow as lists show it (without its last run).
+pub fn workflow_summary(record: &ObjectRecord) -> Value {
+    let spec = record.spec.as_ref();
+    json!({
+        "id": record.key.id,
+        "name": record.name,
+        "description": spec.and_then(|s| s.get("description")).cloned().unwrap_or(Value::Null),
+        "steps": spec.and_then(|s| s.get("steps")).and_then(Value::as_array).map_or(0, Vec::len),
+        "template": spec.and_then(|s| s.get("template")).cloned().unwrap_or(Value::Null),
+        "status": record.status,
+        "source_file": record.source_file,
+        "applied_revision": record.applied_revision,
+    })
+}
+
+/// A run as a workflow's `last_run` shows it.
+pub fn last_run_summary(run: &RunRecord) -> Value {
+    json!({
+        "id": run.id,
+        "status": run.status,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+    })
+}
+
+impl View {
+    /// The view of what the store holds now.
+    pub fn load(store: &Store) -> Result<View, StoreError> {
+        let view = View::default();
+        view.refresh_objects(store)?;
+        let mut last = HashMap::new();
+        for run in store.runs()? {
+            // Oldest first: the last one seen per workflow is the newest.
+            last.insert(run.workflow_id.clone(), last_run_summary(&run));
+        }
+        *view.last_runs.write().unwrap_or_else(|e| e.into_inner()) = last;
+        Ok(view)
+    }
+
+    /// Re-reads the object records (after a reconcile).
+    pub fn refresh_objects(&self, store: &Store) -> Result<(), StoreError> {
+        let records = store.objects()?;
+        let workflows = records
+            .values()
+            .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
+            .map(|r| (r.key.id.clone(), workflow_summary(r)))
+            .collect();
+        *self.objects.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(Objects { records, workflows });
+        Ok(())
+    }
+
+    /// Notes a run's latest state as its workflow's last run.
+    pub fn record_run(&self, run: &RunRecord) {
+        self.last_runs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run.workflow_id.clone(), last_run_summary(run));
+    }
+
+    /// The objects as of the last reconcile.
+    pub fn objects(&self) -> Arc<Objects> {
+        Arc::clone(&self.objects.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The newest run of a workflow, if it has one.
+    pub fn last_run(&self, workflow: &str) -> Value {
+        self.last_runs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(workflow)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}

@@ -1,0 +1,1130 @@
+//! The long-running server end to end: `orchestrator start` as a child process on a free
+//! port in a temp project, driven over REST (ureq) and WebSocket (tokio-tungstenite): runs,
+//! agents, metrics and the access log; JSON errors for bad input; the event stream; the
+//! directory watcher; `start --background`, `status`, `stop`; the API token.
+//!
+//! Nothing waits a fixed time: every wait polls with a deadline or waits for an event.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{temp_project, Run};
+
+/// The longest any single wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary with a clean environment: no `ORCHESTRATOR_*` variable of the caller leaks in.
+fn command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command.current_dir(dir).env("NO_COLOR", "1");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ORCHESTRATOR_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Runs a command that must end on its own (it is killed, and the test fails, if it does
+/// not end within the deadline: a `start` that should be refused must not hang the suite).
+fn cli(dir: &Path, args: &[&str]) -> Run {
+    let mut child = command(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run orchestrator");
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("wait");
+            panic!(
+                "`orchestrator {}` did not end within {DEADLINE:?}\n--- stdout\n{}\n--- stderr\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Run::from(child.wait_with_output().expect("output"))
+}
+
+/// Polls `probe` until it gives a value, failing after the deadline.
+#[track_caller]
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An `init`ed project with extra files (project-relative path, content).
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let project = temp_project();
+    let dir = project.path();
+    cli(dir, &["init"]).expect_code(0);
+    for (path, text) in files {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    project
+}
+
+/// Replaces `from` with `to` in the development configuration `init` wrote.
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("config/development.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains(from),
+        "config/development.yaml has no `{from}`:\n{text}"
+    );
+    fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// Whether a process exists (signal 0).
+fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// `orchestrator start --port 0` running in the foreground as a child; stopped with SIGTERM
+/// when dropped.
+struct Server {
+    child: Option<Child>,
+    address: String,
+    stderr: Arc<Mutex<String>>,
+    stdout: Option<JoinHandle<String>>,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// Starts the server with extra environment variables and waits for its
+    /// `orchestrator listening on http://ADDR ...` line.
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut child = command(dir)
+            .args(["start", "--port", "0"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        // Both pipes are drained for the server's whole life, so it never blocks on them.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buffer) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let (first_line, heard) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = first_line.send(line);
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            rest
+        });
+        let mut server = Server {
+            child: Some(child),
+            address: String::new(),
+            stderr,
+            stdout: Some(stdout),
+        };
+        let line = heard.recv_timeout(DEADLINE).unwrap_or_default();
+        let Some(address) = line
+            .strip_prefix("orchestrator listening on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            panic!(
+                "the server did not say where it listens; stdout: {line:?}\n--- stderr\n{}",
+                server.stderr()
+            );
+        };
+        server.address = address.to_owned();
+        server
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn api(&self) -> Api {
+        Api::new(&self.address, None)
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the rest of stdout.
+    fn stop(&mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not stop within {DEADLINE:?} of SIGTERM\n--- stderr\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap_or_default();
+        (status, stdout)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// One HTTP answer, whatever its status.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    content_type: String,
+    location: Option<String>,
+    text: String,
+}
+
+impl Reply {
+    /// Asserts the status and returns the body as JSON.
+    #[track_caller]
+    fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{self:?}"
+        );
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// Asserts an error answer: the status, the JSON shape and the code; returns the
+    /// message.
+    #[track_caller]
+    fn expect_error(self, status: u16, code: &str) -> String {
+        let body = self.expect(status);
+        let error = &body["error"];
+        assert_eq!(error["code"], code, "{body}");
+        assert!(error.get("details").is_some(), "{body}");
+        let message = error["message"].as_str().unwrap_or_default().to_owned();
+        assert!(!message.is_empty(), "{body}");
+        message
+    }
+}
+
+/// A small client of the API.
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(address: &str, token: Option<&str>) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(DEADLINE))
+            .build()
+            .new_agent();
+        Api {
+            base: format!("http://{address}"),
+            agent,
+            token: token.map(str::to_owned),
+        }
+    }
+
+    fn reply(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut response = result.expect("an HTTP answer");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let location = header("location");
+        Reply {
+            status: response.status().as_u16(),
+            content_type,
+            location,
+            text: response.body_mut().read_to_string().expect("a text body"),
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        Api::reply(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    /// POST with `Content-Type: application/json` (an empty body when `body` is empty).
+    fn post(&self, path: &str, body: &str) -> Reply {
+        self.post_as(path, "application/json", body)
+    }
+
+    fn post_as(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        if body.is_empty() {
+            Api::reply(request.send_empty())
+        } else {
+            Api::reply(request.header("Content-Type", content_type).send(body))
+        }
+    }
+
+    fn delete(&self, path: &str) -> Reply {
+        Api::reply(self.agent.delete(format!("{}{path}", self.base)).call())
+    }
+
+    /// Starts a run; asserts the 202 and its Location; returns the run id.
+    #[track_caller]
+    fn execute(&self, workflow: &str, body: &str) -> String {
+        let reply = self.post(&format!("/api/workflows/{workflow}/execute"), body);
+        let location = reply.location.clone();
+        let accepted = reply.expect(202);
+        let id = accepted["run_id"].as_str().expect("run_id").to_owned();
+        assert!(id.starts_with("run_"), "{accepted}");
+        assert_eq!(accepted["workflow_id"], workflow, "{accepted}");
+        assert_eq!(location, Some(format!("/api/runs/{id}")));
+        id
+    }
+
+    /// Polls a run until it reaches a final state; returns `{"run", "steps"}`.
+    fn wait_finished(&self, run: &str) -> Value {
+        eventually(&format!("run {run} to finish"), || {
+            let shown = self.get(&format!("/api/runs/{run}")).expect(200);
+            let status = shown["run"]["status"].as_str().unwrap_or_default();
+            (status != "queued" && status != "running").then_some(shown)
+        })
+    }
+
+    fn workflow_ids(&self) -> Vec<String> {
+        let listed = self.get("/api/workflows").expect(200);
+        listed["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A workflow of one shell step.
+const HELLO: &str = r#"name: Hello
+steps:
+  - name: greet
+    command: ["sh", "-c", "echo hello from the server"]
+"#;
+
+#[test]
+fn rest_api_runs_workflows_and_reports_them() {
+    let project = project(&[("workflows/hello.yaml", HELLO)]);
+    let dir = project.path();
+    let mut server = Server::start(dir);
+    let api = server.api();
+
+    // server.json names this process and address while it runs.
+    let info: Value =
+        serde_json::from_slice(&fs::read(dir.join("data/server.json")).unwrap()).unwrap();
+    assert_eq!(info["pid"], server.pid());
+    assert_eq!(info["address"], server.address.as_str());
+
+    let listed = api.get("/api/workflows").expect(200);
+    assert_eq!(listed["total"], 4, "{listed}");
+    let mut ids = api.workflow_ids();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "wf_api-test-suite",
+            "wf_api-tests-production",
+            "wf_hello",
+            "wf_smoke"
+        ]
+    );
+    let smoke = api.get("/api/workflows/wf_smoke").expect(200);
+    assert_eq!(smoke["name"], "Smoke", "{smoke}");
+    assert_eq!(smoke["status"], "applied", "{smoke}");
+    assert_eq!(smoke["steps"], 4, "{smoke}");
+    assert_eq!(smoke["spec"]["steps"][0]["name"], "checkout", "{smoke}");
+
+    // A run through the API, followed to its end.
+    let run = api.execute(
+        "wf_api-test-suite",
+        r#"{"parameters": {"environment": "staging"}}"#,
+    );
+    let shown = api.wait_finished(&run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    assert_eq!(shown["run"]["trigger"]["kind"], "api", "{shown}");
+    assert_eq!(shown["run"]["parameters"]["environment"], "staging");
+    assert_eq!(shown["run"]["tests"]["total"], 3, "{shown}");
+    assert_eq!(shown["run"]["tests"]["passed"], 3, "{shown}");
+    let steps = shown["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{shown}");
+    assert_eq!(steps[1]["name"], "run_tests");
+    assert_eq!(steps[1]["tests"].as_array().unwrap().len(), 3, "{shown}");
+    assert!(steps.iter().all(|s| s["status"] == "succeeded"), "{shown}");
+
+    let log = api.get(&format!("/api/runs/{run}/logs/run_tests"));
+    assert_eq!(log.status, 200, "{log:?}");
+    assert!(log.content_type.starts_with("text/plain"), "{log:?}");
+    assert!(log.text.contains("3 passed"), "{log:?}");
+    let message = api
+        .get(&format!("/api/runs/{run}/logs/nope"))
+        .expect_error(404, "not_found");
+    assert!(
+        message.contains("setup, run_tests, generate_report"),
+        "{message}"
+    );
+
+    // Nothing to cancel in a finished run; a re-run starts a new one.
+    let message = api
+        .post(&format!("/api/runs/{run}/cancel"), "")
+        .expect_error(409, "conflict");
+    assert!(message.contains("succeeded"), "{message}");
+    let rerun = api.post(&format!("/api/runs/{run}/rerun"), "");
+    let location = rerun.location.clone();
+    let rerun = rerun.expect(202);
+    let rerun_id = rerun["run_id"].as_str().unwrap().to_owned();
+    assert_ne!(rerun_id, run);
+    assert_eq!(location, Some(format!("/api/runs/{rerun_id}")));
+    let shown = api.wait_finished(&rerun_id);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    assert_eq!(shown["run"]["rerun_of"], run.as_str(), "{shown}");
+    let listed = api.get("/api/workflows").expect(200);
+    let suite = listed["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == "wf_api-test-suite")
+        .unwrap();
+    assert_eq!(suite["last_run"]["id"], rerun_id.as_str(), "{suite}");
+
+    // Agents: a stopped agent fails its steps, saying so, until it is started again.
+    let agents = api.get("/api/agents").expect(200);
+    let agent = |name: &str| {
+        agents["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no agent {name}: {agents}"))
+            .clone()
+    };
+    assert_eq!(agent("test_runner")["builtin"], false);
+    assert_eq!(agent("test_runner")["enabled"], true);
+    assert_eq!(agent("shell")["enabled"], true);
+    let stopped = api.post("/api/agents/shell/stop", "").expect(200);
+    assert_eq!(stopped["enabled"], false, "{stopped}");
+    assert_eq!(api.get("/api/agents/shell").expect(200)["enabled"], false);
+    let failed = api.execute("wf_hello", "");
+    let shown = api.wait_finished(&failed);
+    assert_eq!(shown["run"]["status"], "failed", "{shown}");
+    assert_eq!(shown["steps"][0]["agent"], "shell", "{shown}");
+    let message = shown["steps"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("agent `shell` is stopped"), "{shown}");
+    let started = api.post("/api/agents/shell/start", "").expect(200);
+    assert_eq!(started["enabled"], true, "{started}");
+    let ok = api.execute("wf_hello", "{}");
+    assert_eq!(api.wait_finished(&ok)["run"]["status"], "succeeded");
+    api.post("/api/agents/nope/stop", "")
+        .expect_error(404, "not_found");
+
+    let status = api.get("/api/status").expect(200);
+    assert_eq!(status["pid"], server.pid(), "{status}");
+    assert_eq!(status["environment"], "development", "{status}");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["objects"]["Workflow"], 4, "{status}");
+    assert_eq!(status["objects"]["Schedule"], 1, "{status}");
+    assert_eq!(status["active_runs"], json!([]), "{status}");
+    assert_eq!(status["source"]["status"]["errors"], 0, "{status}");
+
+    let health = api.get("/healthz");
+    assert_eq!((health.status, health.text.trim()), (200, "ok"));
+    assert_eq!(api.get("/readyz").expect(200), json!({"ready": true}));
+
+    let jobs = api.get("/api/scheduler/jobs").expect(200);
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["id"], "sch_nightly-api-tests");
+    assert_eq!(jobs[0]["schedule"], "0 2 * * *");
+    assert_eq!(jobs[0]["workflow_id"], "wf_api-test-suite");
+
+    let page = api.get("/api/runs?limit=2").expect(200);
+    assert_eq!(page["total"], 4, "{page}");
+    assert_eq!(page["runs"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!(page["runs"][0]["id"], ok.as_str(), "newest first: {page}");
+
+    // Four runs started; the finished ones are counted once each has ended.
+    let metrics = eventually("the finished runs to be counted", || {
+        let reply = api.get("/metrics");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(reply.content_type.starts_with("text/plain"), "{reply:?}");
+        reply
+            .text
+            .contains("orchestrator_runs_finished_total{status=\"succeeded\"} 3\n")
+            .then_some(reply.text)
+    });
+    assert!(
+        metrics.contains("\norchestrator_runs_started_total 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("orchestrator_runs_finished_total{status=\"failed\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("orchestrator_objects{kind=\"Workflow\"} 4\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\norchestrator_active_runs 0\n"),
+        "{metrics}"
+    );
+
+    // SIGTERM: a clean exit, and server.json is gone.
+    let (exit, stdout) = server.stop();
+    assert!(exit.success(), "{exit:?}\n--- stderr\n{}", server.stderr());
+    assert!(stdout.contains("stopped"), "{stdout}");
+    assert!(!dir.join("data/server.json").exists());
+
+    // The access log: one line per request, method, path (no query string) and status.
+    let log = fs::read_to_string(dir.join("logs/api.log")).unwrap();
+    for line in [
+        "GET /api/workflows 200 ".to_owned(),
+        "POST /api/workflows/wf_api-test-suite/execute 202 ".to_owned(),
+        format!("GET /api/runs/{run}/logs/run_tests 200 "),
+        format!("GET /api/runs/{run}/logs/nope 404 "),
+        format!("POST /api/runs/{run}/cancel 409 "),
+        "POST /api/agents/shell/stop 200 ".to_owned(),
+        "GET /api/runs 200 ".to_owned(),
+        "GET /metrics 200 ".to_owned(),
+    ] {
+        assert!(log.contains(&line), "no `{line}` in logs/api.log:\n{log}");
+    }
+    assert!(
+        !log.contains("limit=2"),
+        "the query string was logged:\n{log}"
+    );
+    let executes = log
+        .lines()
+        .filter(|l| l.contains("POST /api/workflows/") && l.contains("/execute 202 "))
+        .count();
+    assert_eq!(executes, 3, "{log}");
+}
+
+const ECHO: &str = r#"name: Echo
+parameters:
+  target: {type: string, required: true}
+steps:
+  - name: echo
+    command: ["echo", "{{ params.target }}"]
+"#;
+
+#[test]
+fn bad_input_is_answered_with_json_errors() {
+    let project = project(&[("workflows/echo.yaml", ECHO)]);
+    let dir = project.path();
+    edit_config(
+        dir,
+        "  port: 8080\n",
+        "  port: 8080\n  max_body_bytes: 1024\n",
+    );
+    let server = Server::start(dir);
+    let api = server.api();
+    let execute = "/api/workflows/wf_smoke/execute";
+
+    let message = api
+        .post(execute, r#"{"parameters": {"#)
+        .expect_error(400, "malformed_json");
+    assert!(message.contains("not valid JSON"), "{message}");
+    assert!(message.contains("column"), "{message}");
+
+    let message = api
+        .post_as(execute, "text/plain", r#"{"parameters": {}}"#)
+        .expect_error(415, "unsupported_media_type");
+    assert!(message.contains("application/json"), "{message}");
+
+    let message = api
+        .post(execute, r#"{"parameters": 5}"#)
+        .expect_error(422, "invalid_body");
+    assert!(message.contains("invalid type: integer `5`"), "{message}");
+    let message = api
+        .post(execute, r#"{"params": {}}"#)
+        .expect_error(422, "invalid_body");
+    assert!(message.contains("unknown field `params`"), "{message}");
+
+    let message = api
+        .post("/api/workflows/wf_smok/execute", "{}")
+        .expect_error(404, "not_found");
+    assert!(message.contains("no workflow `wf_smok`"), "{message}");
+    assert!(message.contains("did you mean `wf_smoke`?"), "{message}");
+    api.get("/api/workflows/wf_smok")
+        .expect_error(404, "not_found");
+    api.get("/api/runs/run_nope").expect_error(404, "not_found");
+
+    let message = api.get("/api/nope").expect_error(404, "not_found");
+    assert!(message.contains("GET /api"), "{message}");
+    api.post("/nope", "{}").expect_error(404, "not_found");
+
+    let wrong_method = api.delete("/api/workflows");
+    assert_eq!(wrong_method.status, 405, "{wrong_method:?}");
+    wrong_method.expect_error(405, "method_not_allowed");
+    api.get(execute).expect_error(405, "method_not_allowed");
+    api.post("/api/status", "")
+        .expect_error(405, "method_not_allowed");
+
+    // Over server.max_body_bytes (1024): refused before it is read, still as JSON.
+    let big = json!({"parameters": {"padding": "x".repeat(4096)}}).to_string();
+    let message = api
+        .post(execute, &big)
+        .expect_error(413, "payload_too_large");
+    assert!(message.contains("max_body_bytes"), "{message}");
+    // Just under the limit is fine as far as size goes.
+    let padded = json!({"parameters": {"p": "x".repeat(900)}}).to_string();
+    assert!(padded.len() < 1024);
+    api.post("/api/workflows/wf_smok/execute", &padded)
+        .expect_error(404, "not_found");
+
+    // Parameters checked against the declared ones, every problem at once.
+    let message = api
+        .post(
+            "/api/workflows/wf_echo/execute",
+            r#"{"parameters": {"traget": "x"}}"#,
+        )
+        .expect_error(422, "invalid");
+    assert!(message.contains("did you mean `target`?"), "{message}");
+    assert!(
+        message.contains("missing required parameter `target`"),
+        "{message}"
+    );
+    let message = api
+        .post(
+            "/api/workflows/wf_echo/execute",
+            r#"{"parameters": {"target": 5}}"#,
+        )
+        .expect_error(422, "invalid");
+    assert!(message.contains("must be a string"), "{message}");
+
+    // Query strings.
+    let body = api.get("/api/workflows?limit=0").expect(400);
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert_eq!(body["error"]["details"]["field"], "limit", "{body}");
+    let message = api
+        .get("/api/runs?limit=100000")
+        .expect_error(400, "bad_request");
+    assert!(message.contains("between 1 and"), "{message}");
+    let message = api
+        .get("/api/workflows?limit=abc")
+        .expect_error(400, "bad_request");
+    assert!(message.contains("limit"), "{message}");
+    let message = api
+        .get("/api/runs?status=bogus")
+        .expect_error(400, "bad_request");
+    assert!(message.contains("bogus"), "{message}");
+    let message = api
+        .get("/api/runs?colour=red")
+        .expect_error(400, "bad_request");
+    assert!(message.contains("colour"), "{message}");
+
+    // Not a WebSocket handshake.
+    api.get("/ws").expect_error(400, "bad_request");
+
+    // None of it started a run.
+    let runs = api.get("/api/runs").expect(200);
+    assert_eq!(runs["total"], 0, "{runs}");
+}
+
+/// An open `/ws` connection.
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message as JSON, within the deadline.
+async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .expect("a message within the deadline")
+            .expect("the connection is open")
+            .expect("a well-formed frame");
+        match message {
+            Message::Text(text) => {
+                return serde_json::from_str(text.as_str())
+                    .unwrap_or_else(|e| panic!("{e}: {}", text.as_str()))
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+async fn ws_send(ws: &mut Ws, message: Value) {
+    ws.send(Message::text(message.to_string()))
+        .await
+        .expect("send");
+}
+
+/// Reads messages until one matches; returns it.
+async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        let message = ws_next(ws).await;
+        if wanted(&message) {
+            return message;
+        }
+    }
+}
+
+/// Connects to `/ws` and reads the `connected` hello.
+async fn ws_connect(address: &str, token: Option<&str>) -> Ws {
+    let mut request = format!("ws://{address}/ws").into_client_request().unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect to /ws");
+    let hello = ws_next(&mut ws).await;
+    assert_eq!(hello["type"], "connected", "{hello}");
+    let kinds = hello["payload"]["events"].as_array().unwrap();
+    assert!(kinds.contains(&json!("workflow_completed")), "{hello}");
+    ws
+}
+
+/// The run an event is about.
+fn event_run(event: &Value) -> Option<&str> {
+    let payload = &event["payload"];
+    match event["type"].as_str()? {
+        "workflow_started" | "workflow_completed" => payload["id"].as_str(),
+        "step_started" | "step_completed" | "step_retrying" => payload["run_id"].as_str(),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_websocket_streams_run_events_in_order() {
+    let project = project(&[]);
+    let server = Server::start(project.path());
+    let api = server.api();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut ws = ws_connect(&server.address, None).await;
+
+        let run = api.execute(
+            "wf_api-test-suite",
+            r#"{"parameters": {"environment": "staging"}}"#,
+        );
+        let mut seen = Vec::new();
+        let mut last_sequence = 0;
+        let completed = loop {
+            let event = ws_next(&mut ws).await;
+            let sequence = event["sequence"].as_u64().expect("a sequence number");
+            assert!(sequence > last_sequence, "sequence went back: {event}");
+            last_sequence = sequence;
+            if event_run(&event) != Some(run.as_str()) {
+                continue;
+            }
+            let kind = event["type"].as_str().unwrap().to_owned();
+            let step = event["payload"]["name"].as_str().unwrap_or("").to_owned();
+            seen.push(format!("{kind} {step}").trim().to_owned());
+            if kind == "workflow_completed" {
+                break event;
+            }
+        };
+        assert_eq!(
+            seen,
+            [
+                "workflow_started",
+                "step_started setup",
+                "step_completed setup",
+                "step_started run_tests",
+                "step_completed run_tests",
+                "step_started generate_report",
+                "step_completed generate_report",
+                "workflow_completed",
+            ]
+        );
+        assert_eq!(completed["payload"]["status"], "succeeded", "{completed}");
+        assert_eq!(completed["payload"]["tests"]["passed"], 3, "{completed}");
+        // What the event said is what the store says.
+        let shown = api.get(&format!("/api/runs/{run}")).expect(200);
+        assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+
+        ws_send(&mut ws, json!({"type": "ping"})).await;
+        let pong = ws_next(&mut ws).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+
+        // Unknown names are refused, and the subscription stays as it was.
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "events": ["workflow_finished"]}),
+        )
+        .await;
+        let refused = ws_next(&mut ws).await;
+        assert_eq!(refused["type"], "error", "{refused}");
+        let message = refused["payload"]["message"].as_str().unwrap();
+        assert!(message.contains("workflow_finished"), "{refused}");
+        ws_send(&mut ws, json!({"type": "dance"})).await;
+        let refused = ws_next(&mut ws).await;
+        assert_eq!(refused["type"], "error", "{refused}");
+        ws.send(Message::text("not json")).await.unwrap();
+        let refused = ws_next(&mut ws).await;
+        assert_eq!(refused["type"], "error", "{refused}");
+
+        // Narrowed to one kind: the next run shows up only as its completion.
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "events": ["workflow_completed"]}),
+        )
+        .await;
+        let subscribed = ws_next(&mut ws).await;
+        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+        assert_eq!(
+            subscribed["payload"]["events"],
+            json!(["workflow_completed"])
+        );
+        let second = api.execute("wf_api-test-suite", "");
+        let event = ws_next(&mut ws).await;
+        assert_eq!(event["type"], "workflow_completed", "{event}");
+        assert_eq!(event_run(&event), Some(second.as_str()), "{event}");
+        assert_eq!(event["payload"]["status"], "succeeded", "{event}");
+        // Nothing else was queued behind it: a ping is answered next.
+        ws_send(&mut ws, json!({"type": "ping"})).await;
+        let pong = ws_next(&mut ws).await;
+        assert_eq!(pong["type"], "pong", "{pong}");
+    });
+}
+
+#[test]
+fn the_watcher_applies_changes_keeps_the_last_good_version_and_prunes() {
+    let project = project(&[]);
+    let dir = project.path();
+    // `extra` does not exist when the server starts.
+    edit_config(
+        dir,
+        "paths: [workflows, templates, agents, schedules, alerts, triggers]",
+        "paths: [workflows, templates, agents, schedules, alerts, triggers, extra]",
+    );
+    let server = Server::start(dir);
+    let api = server.api();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut ws = ws_connect(&server.address, None).await;
+        ws_send(
+            &mut ws,
+            json!({"type": "subscribe", "events": ["manifest_applied", "manifest_invalid"]}),
+        )
+        .await;
+        assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+        let change = |id: &'static str, change: &'static str| {
+            move |event: &Value| {
+                event["type"] == "manifest_applied"
+                    && event["payload"]["id"] == id
+                    && event["payload"]["change"] == change
+            }
+        };
+        let workflows = dir.join("workflows");
+
+        // (a) A new file: applied, and in the list once the event has arrived.
+        fs::write(
+            workflows.join("fresh.yaml"),
+            "name: Fresh\ndescription: first\nsteps:\n  - name: one\n    command: [\"true\"]\n",
+        )
+        .unwrap();
+        let event = ws_until(&mut ws, "wf_fresh created", change("wf_fresh", "created")).await;
+        assert_eq!(event["payload"]["kind"], "Workflow", "{event}");
+        assert!(api.workflow_ids().contains(&"wf_fresh".to_owned()));
+
+        // (b) Saved the way editors do: a temporary file renamed over the original.
+        let temporary = workflows.join(".fresh.yaml.swp");
+        fs::write(
+            &temporary,
+            "name: Fresh\ndescription: second\nsteps:\n  - name: one\n    command: [\"true\"]\n  - name: two\n    command: [\"true\"]\n",
+        )
+        .unwrap();
+        fs::rename(&temporary, workflows.join("fresh.yaml")).unwrap();
+        ws_until(&mut ws, "wf_fresh updated", change("wf_fresh", "updated")).await;
+        let shown = api.get("/api/workflows/wf_fresh").expect(200);
+        assert_eq!(shown["spec"]["description"], "second", "{shown}");
+        assert_eq!(shown["steps"], 2, "{shown}");
+        assert_eq!(shown["status"], "applied", "{shown}");
+
+        // (c) Broken: reported, and the last good version stays in force.
+        fs::write(
+            workflows.join("fresh.yaml"),
+            "name: Fresh\ndescription: third\nsteps: 5\n",
+        )
+        .unwrap();
+        let event = ws_until(&mut ws, "wf_fresh invalid", |event| {
+            event["type"] == "manifest_invalid" && event["payload"]["id"] == "wf_fresh"
+        })
+        .await;
+        let diagnostics = event["payload"]["diagnostics"].as_array().unwrap();
+        assert!(!diagnostics.is_empty(), "{event}");
+        assert_eq!(diagnostics[0]["file"], "workflows/fresh.yaml", "{event}");
+        assert!(
+            diagnostics[0]["pointer"].as_str().unwrap().starts_with("/steps"),
+            "{event}"
+        );
+        let shown = api.get("/api/workflows/wf_fresh").expect(200);
+        assert_eq!(shown["status"], "invalid", "{shown}");
+        assert_eq!(shown["spec"]["description"], "second", "{shown}");
+        assert_eq!(shown["spec"]["steps"].as_array().unwrap().len(), 2);
+        assert!(
+            !shown["diagnostics"].as_array().unwrap().is_empty(),
+            "{shown}"
+        );
+
+        // (d) Deleted: pruned.
+        fs::remove_file(workflows.join("fresh.yaml")).unwrap();
+        ws_until(&mut ws, "wf_fresh pruned", change("wf_fresh", "pruned")).await;
+        assert!(!api.workflow_ids().contains(&"wf_fresh".to_owned()));
+        api.get("/api/workflows/wf_fresh")
+            .expect_error(404, "not_found");
+
+        // (e) A manifest directory created after the start is watched too.
+        fs::create_dir(dir.join("extra")).unwrap();
+        fs::write(
+            dir.join("extra/more.yaml"),
+            "kind: Workflow\nname: More\nsteps:\n  - name: one\n    command: [\"true\"]\n",
+        )
+        .unwrap();
+        ws_until(&mut ws, "wf_more created", change("wf_more", "created")).await;
+        assert!(api.workflow_ids().contains(&"wf_more".to_owned()));
+    });
+}
+
+/// `PID N` in a line of output.
+fn pid_in(text: &str) -> u32 {
+    let rest = &text[text
+        .find("PID ")
+        .unwrap_or_else(|| panic!("no PID in {text}"))
+        + 4..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap()
+}
+
+/// A background server started by a test: stopped (SIGTERM, then SIGKILL) if the test
+/// fails before it stops it.
+struct Background(Option<u32>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            signal(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn background_start_status_stop_and_refusals() {
+    let project = project(&[]);
+    let dir = project.path();
+
+    let started = cli(dir, &["start", "--background", "--port", "0"]).expect_code(0);
+    let pid = pid_in(&started.stdout);
+    let mut guard = Background(Some(pid));
+    let url = started
+        .stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .map(|a| a.trim_end_matches([',', ';']).to_owned())
+        .unwrap_or_else(|| panic!("no URL in {}", started.stdout));
+    // It returned once ready: answering at once, no retry.
+    let api = Api::new(&url, None);
+    assert_eq!(api.get("/readyz").expect(200), json!({"ready": true}));
+    assert_eq!(api.get("/api/status").expect(200)["pid"], pid);
+
+    let status = cli(dir, &["status"]).expect_code(0);
+    assert!(
+        status
+            .stdout
+            .contains(&format!("running: PID {pid}, http://{url}")),
+        "{}",
+        status.stdout
+    );
+    let status = cli(dir, &["status", "-o", "json"]).expect_code(0);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["pid"], pid, "{status}");
+
+    for args in [
+        &["start", "--background", "--port", "0"][..],
+        &["start", "--port", "0"][..],
+    ] {
+        let again = cli(dir, args);
+        assert_ne!(again.code, 0, "{}", again.stdout);
+        assert!(again.stderr.contains("already running"), "{}", again.stderr);
+        assert!(
+            again.stderr.contains(&format!("PID {pid}")),
+            "{}",
+            again.stderr
+        );
+    }
+    assert!(
+        alive(pid),
+        "a refused second start stopped the first server"
+    );
+
+    let stopped = cli(dir, &["stop"]).expect_code(0);
+    assert!(
+        stopped.stdout.contains(&format!("stopped (PID {pid})")),
+        "{}",
+        stopped.stdout
+    );
+    assert!(!alive(pid), "stop returned before the server was gone");
+    guard.0 = None;
+    assert!(!dir.join("data/server.json").exists());
+    let status = cli(dir, &["status"]).expect_code(3);
+    assert!(status.stdout.contains("not running"), "{}", status.stdout);
+    let again = cli(dir, &["stop"]).expect_code(0);
+    assert!(
+        again.stdout.contains("no server is running"),
+        "{}",
+        again.stdout
+    );
+
+    // A port in use: one line saying so and how to pick another.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let refused = cli(dir, &["start", "--port", &port]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    let stderr = refused.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(&port), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert!(stderr.contains("--port"), "{stderr}");
+    // The same in the background, from the server's log.
+    let refused = cli(dir, &["start", "--background", "--port", &port]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("already in use"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("--port"), "{}", refused.stderr);
+    drop(taken);
+
+    // Every address without a token: refused, before anything listens.
+    let refused = cli(dir, &["start", "--host", "0.0.0.0", "--port", "0"]);
+    assert_ne!(refused.code, 0, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("without an API token"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("--insecure"), "{}", refused.stderr);
+    assert!(!dir.join("data/server.json").exists());
+}
+
+#[test]
+fn an_api_token_guards_the_routes_that_change_things() {
+    let project = project(&[]);
+    let dir = project.path();
+    edit_config(
+        dir,
+        "  port: 8080\n",
+        "  port: 8080\n  api_token: env:TEST_TOKEN\n",
+    );
+    let token = "s3cret-token";
+    let server = Server::start_with(dir, &[("TEST_TOKEN", token)]);
+    let anonymous = server.api();
+    let execute = "/api/workflows/wf_api-test-suite/execute";
+
+    let message = anonymous
+        .post(execute, "")
+        .expect_error(401, "unauthorized");
+    assert!(message.contains("Authorization: Bearer"), "{message}");
+    let wrong = Api::new(&server.address, Some("guess"));
+    let message = wrong.post(execute, "").expect_error(401, "unauthorized");
+    assert!(
+        message.contains("not the configured API token"),
+        "{message}"
+    );
+    wrong
+        .post("/api/agents/shell/stop", "")
+        .expect_error(401, "unauthorized");
+    // Nothing ran.
+    assert_eq!(anonymous.get("/api/runs").expect(200)["total"], 0);
+
+    let authorized = Api::new(&server.address, Some(token));
+    let run = authorized.execute("wf_api-test-suite", "");
+    // Reads need no token.
+    assert_eq!(anonymous.wait_finished(&run)["run"]["status"], "succeeded");
+    assert_eq!(anonymous.get("/api/workflows").expect(200)["total"], 3);
+    assert_eq!(anonymous.get("/readyz").expect(200)["ready"], true);
+
+    // The event stream needs it too.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let request = format!("ws://{}/ws", server.address);
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 401)
+            }
+            Err(other) => panic!("expected a 401, got {other}"),
+            Ok(_) => panic!("/ws accepted a client without the token"),
+        }
+        ws_connect(&server.address, Some(token)).await;
+    });
+}
