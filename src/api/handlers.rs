@@ -181,7 +181,6 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     for record in objects.values().filter(|r| r.is_live()) {
         *counts.entry(record.key.kind.as_str()).or_default() += 1;
     }
-    let source = state.store.source_status("dir")?;
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
@@ -191,11 +190,7 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "ready": state.ready.load(std::sync::atomic::Ordering::SeqCst),
         "project_dir": state.config.project_dir,
         "data_dir": state.data_dir,
-        "source": {
-            "kind": "dir",
-            "paths": state.config.config.manifests.paths,
-            "status": source,
-        },
+        "source": state.source_json()?,
         "objects": counts,
         "active_runs": state.active_run_ids(),
         "agents": agents_json(&state, objects),
@@ -552,7 +547,7 @@ pub async fn list_manifests(
     let objects = &state.view.objects().records;
     if query.full {
         return Ok(Json(json!({
-            "source": state.store.source_status("dir")?,
+            "source": state.store.source_status(state.source_name())?,
             "records": objects.values().collect::<Vec<_>>(),
         })));
     }
@@ -574,7 +569,7 @@ pub async fn list_manifests(
         })
         .collect();
     Ok(Json(json!({
-        "source": state.store.source_status("dir")?,
+        "source": state.store.source_status(state.source_name())?,
         "objects": items,
     })))
 }
@@ -619,6 +614,12 @@ async fn reconcile_request(
     reason: &'static str,
 ) -> ApiResult<Json<Value>> {
     let body: ReconcileBody = optional_json(&headers, &body)?;
+    if state.git.is_some() && !body.paths.is_empty() {
+        return Err(ApiError::bad_request(
+            "the server follows a git repository: it reconciles the whole repository at its branch's commit, not paths",
+        )
+        .with_details(json!({"field": "paths"})));
+    }
     let project = state.config.project_dir.clone();
     let mut paths = Vec::new();
     for path in &body.paths {
@@ -644,9 +645,16 @@ async fn reconcile_request(
     }
     let prune = body.prune.unwrap_or(default_prune);
     let outcome = blocking(move || {
-        Ok(controller::reconcile(
-            &state, &paths, prune, dry_run, reason,
-        )?)
+        controller::reconcile(&state, &paths, prune, dry_run, reason).map_err(|err| {
+            match err.downcast_ref::<crate::source::git::GitError>() {
+                Some(fetch) => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "source_unavailable",
+                    format!("the git source cannot be fetched; the last good revision stays in force: {fetch}"),
+                ),
+                None => ApiError::from(err),
+            }
+        })
     })
     .await?;
     Ok(Json(

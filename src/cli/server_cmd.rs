@@ -249,16 +249,32 @@ pub fn status(context: &Context, args: &StatusArgs) -> Result<u8> {
         status["environment"].as_str().unwrap_or("?"),
         super::workflow::human_ms(uptime * 1000)
     );
-    let source = &status["source"]["status"];
+    let source = &status["source"];
+    let stored = &source["status"];
+    let kind = source["kind"].as_str().unwrap_or("dir");
+    let origin = match kind {
+        "git" => format!(
+            "git {}{}",
+            source["url"].as_str().unwrap_or("?"),
+            source["branch"]
+                .as_str()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default()
+        ),
+        other => other.to_owned(),
+    };
     println!(
-        "source: dir; last applied revision {}, last attempted {}{}",
-        source["last_applied_revision"].as_str().unwrap_or("none"),
-        source["last_attempted_revision"].as_str().unwrap_or("none"),
-        match source["errors"].as_u64() {
+        "source: {origin}; last applied revision {}, last attempted {}{}",
+        stored["last_applied_revision"].as_str().unwrap_or("none"),
+        stored["last_attempted_revision"].as_str().unwrap_or("none"),
+        match stored["errors"].as_u64() {
             Some(n) if n > 0 => format!(" ({n} errors)"),
             _ => String::new(),
         }
     );
+    if let Some(error) = source["last_fetch_error"].as_str() {
+        println!("source fetch failing: {error}");
+    }
     let objects: Vec<String> = status["objects"]
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect())

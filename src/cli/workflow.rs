@@ -284,6 +284,12 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
             args.name
         );
     }
+    if let Some(hint) = crate::server::source::commit_instead_hint(
+        &context.config,
+        &std::path::Path::new("workflows").join(format!("{slug}.yaml")),
+    ) {
+        bail!("workflow create writes no files in git-source mode: {hint}");
+    }
     let dir = context.config.project_dir.join("workflows");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{slug}.yaml"));

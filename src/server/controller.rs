@@ -117,21 +117,25 @@ fn publish(shared: &Shared, outcome: &ReconcileOutcome, reason: &str) {
                 .publish(EventKind::ManifestApplied, key_json(key, change));
         }
     }
-    let objects = if report.invalid.is_empty() {
+    let objects = if report.invalid.is_empty() && report.kept.is_empty() {
         Default::default()
     } else {
         shared.store.objects().unwrap_or_default()
     };
-    for key in &report.invalid {
-        let file = objects.get(key).map(|r| r.source_file.as_str());
-        let diagnostics: Vec<&Diagnostic> = outcome
-            .diagnostics
-            .iter()
-            .filter(|d| Some(d.file.as_str()) == file)
-            .collect();
-        let mut payload = key_json(key, "invalid");
-        payload["diagnostics"] = json!(diagnostics);
-        shared.events.publish(EventKind::ManifestInvalid, payload);
+    // Invalid documents, and objects kept because their file no longer parses at all: both
+    // leave the last good version in force.
+    for (keys, change) in [(&report.invalid, "invalid"), (&report.kept, "kept")] {
+        for key in keys {
+            let file = objects.get(key).map(|r| r.source_file.as_str());
+            let diagnostics: Vec<&Diagnostic> = outcome
+                .diagnostics
+                .iter()
+                .filter(|d| Some(d.file.as_str()) == file)
+                .collect();
+            let mut payload = key_json(key, change);
+            payload["diagnostics"] = json!(diagnostics);
+            shared.events.publish(EventKind::ManifestInvalid, payload);
+        }
     }
     shared.events.publish(
         EventKind::SyncCompleted,
@@ -171,6 +175,12 @@ pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> R
     let mut watched = Watched::default();
     watched.refresh(&mut watcher, &roots);
     tracing::debug!(recursive = ?watched.recursive, shallow = ?watched.shallow, "watching");
+    // What changed between the first reconcile and the watches being in place is caught by
+    // one more (cheap: an unchanged tree reuses its memo).
+    if let Err(err) = reconcile(&shared, &[], true, false, "resync") {
+        shared.metrics.errors.inc();
+        tracing::error!("reconcile failed; the last applied state stays in force: {err:#}");
+    }
     let mut last_sync = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let first = match receiver.recv_timeout(Duration::from_millis(250)) {

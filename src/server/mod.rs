@@ -84,6 +84,16 @@ impl Shared {
         source::status_json(self)
     }
 
+    /// The name the store keeps the status of the source in use under: `git` or `dir`
+    /// (for `store.source_status(...)`).
+    pub fn source_name(&self) -> &'static str {
+        if self.git.is_some() {
+            source::GIT_SOURCE
+        } else {
+            "dir"
+        }
+    }
+
     /// The runs executing now.
     pub fn active_run_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
@@ -432,7 +442,14 @@ pub fn serve(
     while !shared.active_run_ids().is_empty() && Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = watcher.join();
+    // A git fetch in progress may wait on the network: give it a while, not forever.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while !watcher.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if watcher.is_finished() {
+        let _ = watcher.join();
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     process_file::remove(&data_dir);
     shared.store.save_run(None, &[], true)?;

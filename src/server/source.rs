@@ -107,7 +107,7 @@ impl GitState {
                 if spec.is_some() {
                     "--source"
                 } else {
-                    "source.git.url"
+                    "source.git"
                 }
             )
         })?;
@@ -320,11 +320,17 @@ pub fn status_json(shared: &Shared) -> Result<Value, crate::store::StoreError> {
     }))
 }
 
-/// The hint commands that would write a manifest give in git-source mode.
+/// What a command that would write a manifest (`workflow create`, ...) says instead when
+/// the configuration names a git source: `file` is the manifest's path relative to the
+/// manifest root (e.g. `workflows/x.yaml`). `None` without a git source.
 pub fn commit_instead_hint(config: &LoadedConfig, file: &Path) -> Option<String> {
     let git = config.config.source.as_ref()?.git.as_ref()?;
+    let file = match git.path.as_deref() {
+        Some(path) if path != "." => Path::new(path).join(file),
+        _ => file.to_owned(),
+    };
     Some(format!(
-        "this project follows the git repository {} (source.git): commit {} there instead, and the server applies it on its next sync",
+        "this project follows the git repository {} (source.git): commit {} there instead, and the server applies it on its next sync (POST /api/sync, the webhook or the interval)",
         git::redact_url(&git.url),
         file.display()
     ))
@@ -333,6 +339,67 @@ pub fn commit_instead_hint(config: &LoadedConfig, file: &Path) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(text: &str) -> (tempfile::TempDir, LoadedConfig) {
+        let project = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(project.path().join("config")).unwrap();
+        std::fs::write(project.path().join("config/development.yaml"), text).unwrap();
+        let loaded = crate::config::load(&crate::config::ConfigOptions {
+            project_dir: project.path().to_owned(),
+            ..Default::default()
+        })
+        .unwrap();
+        (project, loaded)
+    }
+
+    #[test]
+    fn the_flag_overrides_the_configured_url_and_branch() {
+        let (_project, loaded) = config(
+            "source:\n  git:\n    url: https://example.com/a.git\n    branch: main\n    path: deploy\n    interval: 5m\n",
+        );
+        let git = GitState::from_config(&loaded, None).unwrap().unwrap();
+        assert_eq!(git.source.url, "https://example.com/a.git");
+        assert_eq!(git.source.branch.as_deref(), Some("main"));
+        assert_eq!(git.source.interval, Duration::from_secs(300));
+        let git = GitState::from_config(&loaded, Some("repo#dev"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            git.source.url,
+            loaded.project_dir.join("repo").display().to_string()
+        );
+        assert_eq!(git.source.branch.as_deref(), Some("dev"));
+        assert_eq!(git.source.path, Path::new("deploy"));
+        let err = GitState::from_config(&loaded, Some("svn://x/y"))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unsupported URL scheme `svn` in `svn://x/y`: expected an https:// or file:// URL or a local path (--source)"
+        );
+        assert!(commit_instead_hint(&loaded, Path::new("workflows/x.yaml"))
+            .unwrap()
+            .contains("commit deploy/workflows/x.yaml there instead"));
+
+        let (_plain_dir, plain) = config("server:\n  port: 9000\n");
+        assert!(GitState::from_config(&plain, None).unwrap().is_none());
+        assert!(commit_instead_hint(&plain, Path::new("x")).is_none());
+        let (_zero_dir, zero) = config("source:\n  git:\n    url: x\n    interval: 0s\n");
+        assert_eq!(
+            GitState::from_config(&zero, None)
+                .err()
+                .unwrap()
+                .to_string(),
+            "the fetch interval must be longer than zero (source.git)"
+        );
+        let (_secret_dir, secret) = config(
+            "source:\n  git:\n    url: x\n    webhook_secret: env:ORCHESTRATOR_TEST_UNSET_SECRET\n",
+        );
+        assert_eq!(
+            GitState::from_config(&secret, None).err().unwrap().to_string(),
+            "the source.git.webhook_secret reference `env:ORCHESTRATOR_TEST_UNSET_SECRET` names the environment variable ORCHESTRATOR_TEST_UNSET_SECRET, which is not set"
+        );
+    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_a_cap() {

@@ -252,7 +252,9 @@ impl GitSource {
 
     /// Fetches the branch and checks out its tip under `<data_dir>/source`.
     pub fn sync(&self, data_dir: &Path) -> Result<GitCheckout, GitError> {
-        let base = data_dir.join("source");
+        // Absolute: libgit2 resolves a relative checkout directory against something else.
+        let base = std::path::absolute(data_dir.join("source"))
+            .map_err(|e| local_error(&data_dir.join("source"), e))?;
         let mirror = open_mirror(&base.join("git"))?;
         let url = self.display_url();
         let fetch_error = |err: git2::Error| GitError::Fetch {

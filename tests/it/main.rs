@@ -3,6 +3,7 @@
 mod agents;
 mod engine;
 mod flow;
+mod git_source;
 mod inputs;
 mod memo;
 mod server;

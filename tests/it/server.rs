@@ -369,7 +369,7 @@ steps:
 
 #[test]
 fn rest_api_runs_workflows_and_reports_them() {
-    let project = project(&[("workflows/hello.yaml", HELLO)]);
+    let project = project(&[("workflows/hello.yaml", HELLO), ("workflows/nap.yaml", NAP)]);
     let dir = project.path();
     let mut server = Server::start(dir);
     let api = server.api();
@@ -381,7 +381,7 @@ fn rest_api_runs_workflows_and_reports_them() {
     assert_eq!(info["address"], server.address.as_str());
 
     let listed = api.get("/api/workflows").expect(200);
-    assert_eq!(listed["total"], 4, "{listed}");
+    assert_eq!(listed["total"], 5, "{listed}");
     let mut ids = api.workflow_ids();
     ids.sort();
     assert_eq!(
@@ -390,6 +390,7 @@ fn rest_api_runs_workflows_and_reports_them() {
             "wf_api-test-suite",
             "wf_api-tests-production",
             "wf_hello",
+            "wf_nap",
             "wf_smoke"
         ]
     );
@@ -433,6 +434,20 @@ fn rest_api_runs_workflows_and_reports_them() {
         .post(&format!("/api/runs/{run}/cancel"), "")
         .expect_error(409, "conflict");
     assert!(message.contains("succeeded"), "{message}");
+    // A running run is cancelled: its step's process is stopped, the run ends cancelled.
+    let napping = api.execute("wf_nap", "");
+    eventually("the nap step to start", || {
+        let shown = api.get(&format!("/api/runs/{napping}")).expect(200);
+        (shown["steps"][0]["status"] == "running").then_some(())
+    });
+    let cancelling = api
+        .post(&format!("/api/runs/{napping}/cancel"), "")
+        .expect(202);
+    assert_eq!(cancelling["status"], "cancelling", "{cancelling}");
+    let shown = api.wait_finished(&napping);
+    assert_eq!(shown["run"]["status"], "cancelled", "{shown}");
+    assert_eq!(shown["steps"][0]["status"], "cancelled", "{shown}");
+
     let rerun = api.post(&format!("/api/runs/{run}/rerun"), "");
     let location = rerun.location.clone();
     let rerun = rerun.expect(202);
@@ -485,7 +500,7 @@ fn rest_api_runs_workflows_and_reports_them() {
     assert_eq!(status["pid"], server.pid(), "{status}");
     assert_eq!(status["environment"], "development", "{status}");
     assert_eq!(status["ready"], true, "{status}");
-    assert_eq!(status["objects"]["Workflow"], 4, "{status}");
+    assert_eq!(status["objects"]["Workflow"], 5, "{status}");
     assert_eq!(status["objects"]["Schedule"], 1, "{status}");
     assert_eq!(status["active_runs"], json!([]), "{status}");
     assert_eq!(status["source"]["status"]["errors"], 0, "{status}");
@@ -502,11 +517,11 @@ fn rest_api_runs_workflows_and_reports_them() {
     assert_eq!(jobs[0]["workflow_id"], "wf_api-test-suite");
 
     let page = api.get("/api/runs?limit=2").expect(200);
-    assert_eq!(page["total"], 4, "{page}");
+    assert_eq!(page["total"], 5, "{page}");
     assert_eq!(page["runs"].as_array().unwrap().len(), 2, "{page}");
     assert_eq!(page["runs"][0]["id"], ok.as_str(), "newest first: {page}");
 
-    // Four runs started; the finished ones are counted once each has ended.
+    // Five runs started; the finished ones are counted once each has ended.
     let metrics = eventually("the finished runs to be counted", || {
         let reply = api.get("/metrics");
         assert_eq!(reply.status, 200, "{reply:?}");
@@ -517,7 +532,7 @@ fn rest_api_runs_workflows_and_reports_them() {
             .then_some(reply.text)
     });
     assert!(
-        metrics.contains("\norchestrator_runs_started_total 4\n"),
+        metrics.contains("\norchestrator_runs_started_total 5\n"),
         "{metrics}"
     );
     assert!(
@@ -525,7 +540,11 @@ fn rest_api_runs_workflows_and_reports_them() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("orchestrator_objects{kind=\"Workflow\"} 4\n"),
+        metrics.contains("orchestrator_runs_finished_total{status=\"cancelled\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("orchestrator_objects{kind=\"Workflow\"} 5\n"),
         "{metrics}"
     );
     assert!(
@@ -547,6 +566,7 @@ fn rest_api_runs_workflows_and_reports_them() {
         format!("GET /api/runs/{run}/logs/run_tests 200 "),
         format!("GET /api/runs/{run}/logs/nope 404 "),
         format!("POST /api/runs/{run}/cancel 409 "),
+        format!("POST /api/runs/{napping}/cancel 202 "),
         "POST /api/agents/shell/stop 200 ".to_owned(),
         "GET /api/runs 200 ".to_owned(),
         "GET /metrics 200 ".to_owned(),
@@ -561,8 +581,15 @@ fn rest_api_runs_workflows_and_reports_them() {
         .lines()
         .filter(|l| l.contains("POST /api/workflows/") && l.contains("/execute 202 "))
         .count();
-    assert_eq!(executes, 3, "{log}");
+    assert_eq!(executes, 4, "{log}");
 }
+
+/// A workflow whose one step runs until it is stopped.
+const NAP: &str = r#"name: Nap
+steps:
+  - name: nap
+    command: ["sleep", "60"]
+"#;
 
 const ECHO: &str = r#"name: Echo
 parameters:
@@ -727,6 +754,27 @@ async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> V
     }
 }
 
+/// Narrows the stream to `events` and reads up to the `subscribed` answer (events published
+/// before the request was read may come first).
+async fn ws_subscribe(ws: &mut Ws, events: &[&str]) {
+    ws_send(ws, json!({"type": "subscribe", "events": events})).await;
+    let subscribed = ws_until(ws, "the subscription", |message| {
+        assert!(
+            message.get("sequence").is_some() || message["type"] == "subscribed",
+            "{message}"
+        );
+        message["type"] == "subscribed"
+    })
+    .await;
+    let mut wanted: Vec<&str> = events.to_vec();
+    wanted.sort_unstable();
+    assert_eq!(
+        subscribed["payload"]["events"],
+        json!(wanted),
+        "{subscribed}"
+    );
+}
+
 /// Connects to `/ws` and reads the `connected` hello.
 async fn ws_connect(address: &str, token: Option<&str>) -> Ws {
     let mut request = format!("ws://{address}/ws").into_client_request().unwrap();
@@ -804,11 +852,13 @@ fn the_websocket_streams_run_events_in_order() {
         let shown = api.get(&format!("/api/runs/{run}")).expect(200);
         assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
 
+        // Narrowed to one kind; with no run going on, nothing else comes now.
+        ws_subscribe(&mut ws, &["workflow_completed"]).await;
         ws_send(&mut ws, json!({"type": "ping"})).await;
         let pong = ws_next(&mut ws).await;
         assert_eq!(pong["type"], "pong", "{pong}");
 
-        // Unknown names are refused, and the subscription stays as it was.
+        // Unknown names and messages are answered with an error.
         ws_send(
             &mut ws,
             json!({"type": "subscribe", "events": ["workflow_finished"]}),
@@ -825,18 +875,7 @@ fn the_websocket_streams_run_events_in_order() {
         let refused = ws_next(&mut ws).await;
         assert_eq!(refused["type"], "error", "{refused}");
 
-        // Narrowed to one kind: the next run shows up only as its completion.
-        ws_send(
-            &mut ws,
-            json!({"type": "subscribe", "events": ["workflow_completed"]}),
-        )
-        .await;
-        let subscribed = ws_next(&mut ws).await;
-        assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
-        assert_eq!(
-            subscribed["payload"]["events"],
-            json!(["workflow_completed"])
-        );
+        // The next run shows up only as its completion.
         let second = api.execute("wf_api-test-suite", "");
         let event = ws_next(&mut ws).await;
         assert_eq!(event["type"], "workflow_completed", "{event}");
@@ -864,12 +903,7 @@ fn the_watcher_applies_changes_keeps_the_last_good_version_and_prunes() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let mut ws = ws_connect(&server.address, None).await;
-        ws_send(
-            &mut ws,
-            json!({"type": "subscribe", "events": ["manifest_applied", "manifest_invalid"]}),
-        )
-        .await;
-        assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+        ws_subscribe(&mut ws, &["manifest_applied", "manifest_invalid"]).await;
         let change = |id: &'static str, change: &'static str| {
             move |event: &Value| {
                 event["type"] == "manifest_applied"
@@ -945,6 +979,71 @@ fn the_watcher_applies_changes_keeps_the_last_good_version_and_prunes() {
         .unwrap();
         ws_until(&mut ws, "wf_more created", change("wf_more", "created")).await;
         assert!(api.workflow_ids().contains(&"wf_more".to_owned()));
+    });
+}
+
+#[test]
+fn a_file_that_no_longer_parses_is_reported_and_its_objects_stay() {
+    let project = project(&[]);
+    let dir = project.path();
+    let server = Server::start(dir);
+    let api = server.api();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut ws = ws_connect(&server.address, None).await;
+        ws_subscribe(&mut ws, &["manifest_invalid", "sync_completed"]).await;
+        fs::write(dir.join("workflows/smoke.yaml"), "name: Smoke\nsteps: [\n").unwrap();
+        // Everything up to the end of the reconcile that found the error.
+        let mut invalid = None;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the reconcile"
+            );
+            let message = ws_next(&mut ws).await;
+            if message["type"] == "manifest_invalid" && message["payload"]["id"] == "wf_smoke" {
+                invalid = Some(message);
+            } else if message["type"] == "sync_completed" && message["payload"]["errors"] != 0 {
+                break;
+            }
+        }
+        // The objects of the file stay in force as they were.
+        let shown = api.get("/api/workflows/wf_smoke").expect(200);
+        assert_eq!(
+            shown["spec"]["steps"].as_array().unwrap().len(),
+            4,
+            "{shown}"
+        );
+        let listed = api.get("/api/manifests").expect(200);
+        assert_eq!(listed["source"]["errors"], 1, "{listed}");
+        // And listeners were told the manifest is broken, with the parse error.
+        let invalid = invalid.unwrap_or_else(|| {
+            panic!("no manifest_invalid event for wf_smoke, whose file no longer parses")
+        });
+        let diagnostics = invalid["payload"]["diagnostics"].as_array().unwrap();
+        assert!(!diagnostics.is_empty(), "{invalid}");
+        assert_eq!(diagnostics[0]["file"], "workflows/smoke.yaml", "{invalid}");
+    });
+}
+
+#[test]
+fn a_change_right_after_the_start_is_not_missed() {
+    let project = project(&[]);
+    let dir = project.path();
+    let server = Server::start(dir);
+    // At once, before anything else talks to the server: "listening" means the manifest
+    // directories are watched.
+    fs::write(
+        dir.join("workflows/quick.yaml"),
+        "name: Quick\nsteps:\n  - name: one\n    command: [\"true\"]\n",
+    )
+    .unwrap();
+    let api = server.api();
+    eventually("wf_quick to be applied", || {
+        api.workflow_ids()
+            .contains(&"wf_quick".to_owned())
+            .then_some(())
     });
 }
 

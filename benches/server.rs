@@ -1,0 +1,411 @@
+//! Server benchmark, on a project of 1,000 workflow manifests served by a real
+//! `orchestrator start` (release build):
+//!
+//! - file change → store → `/ws` event: 200 edits, each timed from the write to the
+//!   `manifest_applied` event for that workflow (debounce included); p50 and p99;
+//! - `GET /api/workflows` (default page, and all 1,000) under `wrk` with 32 connections, beside
+//!   Dagu's `/api/v2/dags` serving 1,000 DAGs in the same run (`DAGU_BIN`; skipped without it);
+//! - `/ws` fan-out: 100 clients while a run produces about 10,000 events; every client must
+//!   get every event of the run (or be told it lagged);
+//! - resident memory of the server, idle and after the list load, beside Dagu's.
+//!
+//! `bench/server` installs wrk and Dagu and runs this. Prints markdown tables.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+const WORKFLOWS: usize = 1_000;
+const EDITS: usize = 200;
+const WS_CLIENTS: usize = 100;
+/// Steps in the fan-out run: two events per step, two per run.
+const FANOUT_STEPS: usize = 4_999;
+
+fn main() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let project = work.path().join("project");
+    let binary = release_binary();
+    run_ok(Command::new(&binary).arg("init").arg(&project));
+    for index in 0..WORKFLOWS {
+        fs::write(
+            project
+                .join("workflows")
+                .join(format!("bench-{index:04}.yaml")),
+            workflow_text(index, "first"),
+        )
+        .expect("write workflow");
+    }
+    let mut chain = String::from("name: Fanout\nhistory_limit: 2\nsteps:\n");
+    for index in 0..FANOUT_STEPS {
+        chain.push_str(&format!("  - name: s{index}\n    command: [\"true\"]\n"));
+    }
+    fs::write(project.join("workflows/fanout.yaml"), chain).expect("write fan-out workflow");
+
+    let mut server = Server::start(&binary, &project);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let idle_rss = rss_kib(server.child.id());
+
+    // 1. Edit latency.
+    let latencies = runtime.block_on(edit_latencies(&server.address, &project));
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+
+    // 2. List throughput.
+    let page = wrk(&format!("http://{}/api/workflows", server.address));
+    let all = wrk(&format!(
+        "http://{}/api/workflows?limit=1000",
+        server.address
+    ));
+    let loaded_rss = rss_kib(server.child.id());
+
+    // 3. Fan-out.
+    let fanout = runtime.block_on(fanout(&server.address));
+    server.stop();
+
+    // Dagu beside it.
+    let dagu = std::env::var_os("DAGU_BIN").map(PathBuf::from).map(|bin| {
+        let home = work.path().join("dagu");
+        fs::create_dir_all(home.join("dags")).expect("dagu dags");
+        for index in 0..WORKFLOWS {
+            fs::write(
+                home.join("dags").join(format!("bench-{index:04}.yaml")),
+                format!("description: bench {index}\nsteps:\n  - name: s\n    command: \"true\"\n"),
+            )
+            .expect("write dag");
+        }
+        let port = free_port();
+        let mut child = Command::new(&bin)
+            .args(["server", "--port", &port.to_string(), "--dags"])
+            .arg(home.join("dags"))
+            .env("DAGU_HOME", &home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dagu");
+        let url = format!("http://127.0.0.1:{port}/api/v2/dags");
+        wait_until_up(&url);
+        let idle = rss_kib(child.id());
+        let list = wrk(&url);
+        let loaded = rss_kib(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        (list, idle, loaded)
+    });
+
+    println!("| measure | orchestrator | target | Dagu 1.30.2 |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| file change → /ws event, p50 / p99 ({EDITS} edits, {WORKFLOWS} manifests) | {:.0} / {:.0} ms | p99 ≤ 250 ms | — |",
+        p50, p99
+    );
+    let dagu_list = dagu.as_ref().map_or("n/a".to_owned(), |(l, _, _)| {
+        format!("{:.0} req/s, p99 {:.1} ms", l.rps, l.p99_ms)
+    });
+    println!(
+        "| GET /api/workflows, default page, 32 connections | {:.0} req/s, p99 {:.2} ms | ≥ 10,000 req/s, p99 ≤ 5 ms | {dagu_list} |",
+        page.rps, page.p99_ms
+    );
+    println!(
+        "| GET /api/workflows?limit=1000 | {:.0} req/s, p99 {:.2} ms | — | — |",
+        all.rps, all.p99_ms
+    );
+    println!(
+        "| /ws fan-out: {WS_CLIENTS} clients × {} events | {} delivered, {} missing, {} lagged notices; {:.0} events/s delivered | none lost | — |",
+        fanout.expected, fanout.delivered, fanout.missing, fanout.lagged, fanout.rate
+    );
+    let dagu_rss = dagu.as_ref().map_or("n/a".to_owned(), |(_, idle, loaded)| {
+        format!(
+            "{:.1} / {:.1} MiB",
+            *idle as f64 / 1024.0,
+            *loaded as f64 / 1024.0
+        )
+    });
+    println!(
+        "| RSS idle / after the list load | {:.1} / {:.1} MiB | ≤ 30 / ≤ 60 MiB | {dagu_rss} |",
+        idle_rss as f64 / 1024.0,
+        loaded_rss as f64 / 1024.0
+    );
+}
+
+fn workflow_text(index: usize, description: &str) -> String {
+    format!(
+        "name: Bench {index:04}\ndescription: {description}\nsteps:\n  - name: check\n    command: [\"true\"]\n"
+    )
+}
+
+/// The release binary next to this bench's own executable (`target/release/`).
+fn release_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .join("orchestrator");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release` first (bench/server does)",
+        binary.display()
+    );
+    binary
+}
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(binary: &Path, project: &Path) -> Server {
+        let mut child = Command::new(binary)
+            .args(["start", "--port", "0"])
+            .current_dir(project)
+            .env("ORCHESTRATOR_ENVIRONMENT", "production")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let address = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Server { child, address }
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(
+    address: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
+        .await
+        .expect("connect /ws");
+    // The `connected` greeting.
+    let _ = socket.next().await;
+    socket
+}
+
+async fn next_json(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<Value> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Text(text)) => return serde_json::from_str(&text).ok(),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn edit_latencies(address: &str, project: &Path) -> Vec<f64> {
+    let mut socket = connect(address).await;
+    socket
+        .send(Message::Text(
+            r#"{"type": "subscribe", "events": ["manifest_applied"]}"#.into(),
+        ))
+        .await
+        .expect("subscribe");
+    let _subscribed = next_json(&mut socket).await;
+    let mut latencies = Vec::with_capacity(EDITS);
+    for edit in 0..EDITS {
+        let index = (edit * 7) % WORKFLOWS;
+        let id = format!("wf_bench-{index:04}");
+        let started = Instant::now();
+        fs::write(
+            project
+                .join("workflows")
+                .join(format!("bench-{index:04}.yaml")),
+            workflow_text(index, &format!("edit {edit}")),
+        )
+        .expect("edit");
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), next_json(&mut socket))
+                .await
+                .expect("no manifest_applied within 10 s")
+                .expect("the stream ended");
+            if event["payload"]["id"] == id.as_str() {
+                break;
+            }
+        }
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies
+}
+
+struct Fanout {
+    expected: usize,
+    delivered: usize,
+    missing: usize,
+    lagged: usize,
+    rate: f64,
+}
+
+async fn fanout(address: &str) -> Fanout {
+    let expected = FANOUT_STEPS * 2 + 2;
+    let mut clients = Vec::new();
+    for _ in 0..WS_CLIENTS {
+        clients.push(connect(address).await);
+    }
+    let started = Instant::now();
+    let agent = ureq::Agent::new_with_defaults();
+    let answer: Value = serde_json::from_str(
+        &agent
+            .post(&format!("http://{address}/api/workflows/wf_fanout/execute"))
+            .header("Content-Type", "application/json")
+            .send("{}")
+            .expect("execute")
+            .body_mut()
+            .read_to_string()
+            .expect("body"),
+    )
+    .expect("json");
+    let run_id = answer["run_id"].as_str().expect("run id").to_owned();
+    let mut tasks = Vec::new();
+    for mut socket in clients {
+        let run_id = run_id.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut seen, mut lagged) = (0usize, 0usize);
+            loop {
+                let Ok(Some(event)) =
+                    tokio::time::timeout(Duration::from_secs(60), next_json(&mut socket)).await
+                else {
+                    break;
+                };
+                match event["type"].as_str() {
+                    Some("lagged") => lagged += 1,
+                    Some("workflow_started" | "step_started" | "step_completed")
+                        if event["payload"]["run_id"] == run_id.as_str()
+                            || event["payload"]["id"] == run_id.as_str() =>
+                    {
+                        seen += 1
+                    }
+                    Some("workflow_completed") if event["payload"]["id"] == run_id.as_str() => {
+                        seen += 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (seen, lagged)
+        }));
+    }
+    let (mut delivered, mut lagged) = (0usize, 0usize);
+    for task in tasks {
+        let (seen, lag) = task.await.expect("client task");
+        delivered += seen;
+        lagged += lag;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Fanout {
+        expected,
+        delivered,
+        missing: expected * WS_CLIENTS - delivered,
+        lagged,
+        rate: delivered as f64 / elapsed,
+    }
+}
+
+struct Load {
+    rps: f64,
+    p99_ms: f64,
+}
+
+/// `wrk -t2 -c32 -d5s --latency URL`: requests per second and the 99th percentile.
+fn wrk(url: &str) -> Load {
+    let output = Command::new("wrk")
+        .args(["-t2", "-c32", "-d5s", "--latency", url])
+        .output()
+        .expect("wrk (bench/server installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| duration_ms(v.trim()))
+        .unwrap_or(f64::NAN);
+    Load { rps, p99_ms }
+}
+
+/// wrk's `1.23ms`, `456.00us`, `1.50s`.
+fn duration_ms(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => value / 1e3,
+        "ms" => value,
+        "s" => value * 1e3,
+        "m" => value * 60e3,
+        _ => f64::NAN,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(samples: &[f64], quantile: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted[index]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_until_up(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(url).call().is_err() {
+        assert!(Instant::now() < deadline, "{url} did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_ok(command: &mut Command) {
+    let output = command.output().expect("run");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
