@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::engine::run::EngineError;
 
@@ -109,10 +111,38 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer, `{"error": {"code", "message", "details"}}`: what
+/// [`ApiError`] is sent as, and the `ApiError` schema of the OpenAPI document.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = ApiError)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `bad_request`, `malformed_json`, `invalid_body`,
+    /// `invalid`, `unauthorized`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `source_unavailable`, `internal`, ...
+    #[schema(example = "not_found")]
+    pub code: &'static str,
+    /// What is wrong and what was expected, for a person.
+    pub message: String,
+    /// Anything more (the field, the diagnostics, the allowed values), or null.
+    pub details: Value,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+                details: self.details,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

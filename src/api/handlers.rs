@@ -9,12 +9,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
+use super::error::ErrorBody;
+use super::openapi::WorkflowList;
 use super::{ApiError, AppState, ROUTES};
 use crate::agents::BUILTIN_AGENTS;
-use crate::engine::model::{RunRecord, Status, Trigger};
+use crate::engine::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
 use crate::manifest::Kind;
@@ -69,24 +72,49 @@ fn optional_json<T: DeserializeOwned + Default>(headers: &HeaderMap, body: &Byte
     })
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "server",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Whether the server is ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// True once the first reconcile is done, false again while shutting down.
+    ready: bool,
+}
+
+/// Readiness: the first reconcile is done and the server is not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "server", responses(
+    (status = 200, description = "Ready", body = Readiness, example = json!({"ready": true})),
+    (status = 503, description = "Not ready yet, or shutting down", body = Readiness,
+        example = json!({"ready": false})),
+))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(std::sync::atomic::Ordering::SeqCst)
         && !state.stopping.load(std::sync::atomic::Ordering::SeqCst)
     {
-        Json(json!({"ready": true})).into_response()
+        Json(Readiness { ready: true }).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false})),
+            Json(Readiness { ready: false }),
         )
             .into_response()
     }
 }
 
+/// Prometheus metrics.
+///
+/// Counters (requests, runs started and finished by status, reconciles, webhook deliveries,
+/// source fetch errors) and gauges (active runs, objects by kind, invalid objects, uptime,
+/// resident memory) in the Prometheus text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "server", responses(
+    (status = 200, description = "The metrics", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"),
+))]
 pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     let objects = &state.view.objects().records;
     let mut gauges: Vec<(String, &str, f64)> = Vec::new();
@@ -118,12 +146,8 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         "Events published on the bus.",
         state.events.published() as f64,
     ));
-    if let Some(rss) = resident_bytes() {
-        gauges.push((
-            "process_resident_memory_bytes".into(),
-            "Resident memory of the server.",
-            rss as f64,
-        ));
+    for (name, help, value) in crate::server::metrics::process_gauges() {
+        gauges.push((name.into(), help, value));
     }
     let mut text = state.metrics.render(
         &gauges
@@ -149,18 +173,35 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
-/// Resident set size from /proc (Linux).
-fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// Every route of the API.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteIndex {
+    /// In the order they are declared.
+    routes: Vec<Route>,
 }
 
-pub async fn index() -> Json<Value> {
-    Json(json!({
-        "routes": ROUTES.iter().map(|(m, p)| json!({"method": m, "path": p})).collect::<Vec<_>>()
-    }))
+/// One route.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Route {
+    /// `GET` or `POST`.
+    #[schema(example = "GET")]
+    method: &'static str,
+    /// With `{name}` for a path parameter.
+    #[schema(example = "/api/runs/{id}")]
+    path: &'static str,
+}
+
+/// The route list.
+#[utoipa::path(get, path = "/api", tag = "server", responses(
+    (status = 200, description = "Every route, as method and path", body = RouteIndex),
+))]
+pub async fn index() -> Json<RouteIndex> {
+    Json(RouteIndex {
+        routes: ROUTES
+            .iter()
+            .map(|&(method, path)| Route { method, path })
+            .collect(),
+    })
 }
 
 pub async fn not_found() -> ApiError {
@@ -175,6 +216,20 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The server's status.
+///
+/// Version, PID, environment, start time and uptime, readiness, project and data
+/// directories, the manifest source (directories, or the git source with its fetch status),
+/// objects in force by kind, active runs and the agents.
+#[utoipa::path(get, path = "/api/status", tag = "server", responses(
+    (status = 200, description = "The status", body = Object, example = json!({
+        "version": "0.1.0", "pid": 4242, "environment": "development",
+        "started_at": "2026-01-01T00:00:00.000Z", "uptime_seconds": 60, "ready": true,
+        "project_dir": "/srv/tests", "data_dir": "/srv/tests/data",
+        "source": {"kind": "dir"}, "objects": {"Workflow": 5, "Schedule": 1},
+        "active_runs": [], "agents": []})),
+    (status = 500, description = "The store cannot be read", body = ErrorBody),
+))]
 pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let objects = &state.view.objects().records;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -197,12 +252,20 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     })))
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The query of the lists: a page, and for runs, filters. Unknown parameters are refused.
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// How many items (1 to 10000; default 50).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
+    /// How many items to skip (default 0).
     offset: Option<usize>,
+    /// Runs of this workflow id only.
     workflow: Option<String>,
+    /// Runs in this state only.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
     /// Whole records (what the command line reads) instead of summaries.
     full: bool,
@@ -222,36 +285,42 @@ fn page_bounds(page: &Page) -> ApiResult<(usize, usize)> {
     Ok((limit, page.offset.unwrap_or(0)))
 }
 
+/// The workflows.
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows",
+    params(
+        ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000,
+            description = "How many workflows (1 to 10000; default 50)"),
+        ("offset" = Option<usize>, Query, description = "How many to skip (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "A page of workflows", body = WorkflowList),
+        (status = 400, description = "A query parameter that does not parse, is out of range or is unknown", body = ErrorBody),
+    ))]
 pub async fn list_workflows(
     State(state): State<AppState>,
     Query(page): Query<Page>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let (limit, offset) = page_bounds(&page)?;
-    // From the in-memory view: nothing is decoded per request.
-    let objects = state.view.objects();
-    let items: Vec<Value> = objects
-        .workflows
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(id, summary)| {
-            let mut item = summary.clone();
-            item["last_run"] = state.view.last_run(id);
-            item
-        })
-        .collect();
-    Ok(Json(json!({
-        "workflows": items,
-        "total": objects.workflows.len(),
-        "limit": limit,
-        "offset": offset,
-    })))
+    // From the in-memory view, pre-serialized: nothing is decoded or re-encoded per request.
+    let body = state.view.workflow_page(offset, limit);
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 fn find_workflow(state: &AppState, id: &str) -> ApiResult<ObjectRecord> {
     Ok(run::find_workflow_in(&state.view.objects().records, id)?)
 }
 
+/// One workflow.
+///
+/// Its summary, `last_run`, the `spec` in force, the `diagnostics` of its current manifest
+/// and its 20 latest `runs` (summaries).
+#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
+    params(("id" = String, Path, description = "The workflow's id (`wf_...`) or name")),
+    responses(
+        (status = 200, description = "The workflow", body = Object),
+        (status = 404, description = "No such workflow (the message suggests close ids)", body = ErrorBody),
+        (status = 500, description = "The store cannot be read", body = ErrorBody),
+    ))]
 pub async fn show_workflow(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -274,12 +343,62 @@ pub async fn show_workflow(
     Ok(Json(body))
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The body of `execute` (optional).
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecuteBody {
+    /// Values of the workflow's declared parameters, checked against their declarations;
+    /// defaults fill in the rest.
     parameters: Map<String, Value>,
+    /// Who starts the run: `api` (default), or `cli` for the command line going through the
+    /// server, so the run is recorded as it would be without one.
+    trigger: ExecuteTrigger,
 }
 
+/// The trigger kinds a client may ask for.
+#[derive(Debug, Serialize, Deserialize, Default, Clone, Copy, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecuteTrigger {
+    #[default]
+    Api,
+    Cli,
+}
+
+/// `202 Accepted`: a run was created and started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecuteAccepted {
+    /// The new run's id (`run_` and a ULID).
+    run_id: String,
+    /// Its workflow.
+    workflow_id: String,
+    /// Its state when created.
+    status: Status,
+    /// Its summary (the fields of a run record, `steps` as a count).
+    #[schema(value_type = Object)]
+    run: Value,
+}
+
+/// Runs a workflow.
+///
+/// The run is created durably, then started; the answer does not wait for it to finish
+/// (follow it at `Location`, or on `/ws`).
+#[utoipa::path(post, path = "/api/workflows/{id}/execute", tag = "workflows",
+    params(("id" = String, Path, description = "The workflow's id (`wf_...`) or name")),
+    request_body(content = ExecuteBody, content_type = "application/json",
+        description = "Optional: no body runs with the defaults",
+        example = json!({"parameters": {"environment": "staging"}})),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The run was created and started", body = ExecuteAccepted,
+            headers(("Location" = String, description = "`/api/runs/{run_id}`"))),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "No such workflow", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape (`invalid_body`), parameters that do not match the declared ones, or the server is shutting down (`invalid`)", body = ErrorBody),
+        (status = 500, description = "The store cannot be written", body = ErrorBody),
+    ))]
 pub async fn execute_workflow(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -292,7 +411,11 @@ pub async fn execute_workflow(
             workflow: id,
             parameters: body.parameters,
             trigger: Trigger {
-                kind: "api".into(),
+                kind: match body.trigger {
+                    ExecuteTrigger::Api => "api",
+                    ExecuteTrigger::Cli => "cli",
+                }
+                .into(),
                 details: Map::new(),
             },
         };
@@ -306,20 +429,43 @@ fn accepted(run: &RunRecord) -> Response {
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/runs/{}", run.id))],
-        Json(json!({
-            "run_id": run.id,
-            "workflow_id": run.workflow_id,
-            "status": run.status,
-            "run": run_summary(run),
-        })),
+        Json(ExecuteAccepted {
+            run_id: run.id.clone(),
+            workflow_id: run.workflow_id.clone(),
+            status: run.status,
+            run: run_summary(run),
+        }),
     )
         .into_response()
 }
 
+/// A page of runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    /// Newest first: summaries (the fields of a run record, `steps` as a count), or whole
+    /// run records with `full=true`.
+    #[schema(value_type = Vec<Object>)]
+    runs: Vec<Value>,
+    /// All runs that match the filters.
+    total: usize,
+    /// The page size.
+    limit: usize,
+    /// Items skipped.
+    offset: usize,
+}
+
+/// The runs, newest first.
+#[utoipa::path(get, path = "/api/runs", tag = "runs",
+    params(Page),
+    responses(
+        (status = 200, description = "A page of runs", body = RunList),
+        (status = 400, description = "A query parameter that does not parse, is out of range, is not a state or is unknown", body = ErrorBody),
+        (status = 500, description = "The store cannot be read", body = ErrorBody),
+    ))]
 pub async fn list_runs(
     State(state): State<AppState>,
     Query(page): Query<Page>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunList>> {
     let (limit, offset) = page_bounds(&page)?;
     let status = match page.status.as_deref() {
         Some(text) => Some(
@@ -348,12 +494,12 @@ pub async fn list_runs(
     } else {
         page_of.map(run_summary).collect()
     };
-    Ok(Json(json!({
-        "runs": items,
-        "total": runs.len(),
-        "limit": limit,
-        "offset": offset,
-    })))
+    Ok(Json(RunList {
+        runs: items,
+        total: runs.len(),
+        limit,
+        offset,
+    }))
 }
 
 fn load_run(state: &AppState, id: &str) -> ApiResult<RunRecord> {
@@ -363,15 +509,46 @@ fn load_run(state: &AppState, id: &str) -> ApiResult<RunRecord> {
         .ok_or_else(|| ApiError::not_found(format!("no run `{id}`; GET /api/runs lists them")))
 }
 
+/// A run and its steps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunDetail {
+    /// The run.
+    run: RunRecord,
+    /// Its steps in workflow order, with their attempts and test cases.
+    steps: Vec<StepRecord>,
+}
+
+/// One run, with its steps.
+#[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The run's id (`run_...`)")),
+    responses(
+        (status = 200, description = "The run and its steps", body = RunDetail),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 500, description = "The store cannot be read", body = ErrorBody),
+    ))]
 pub async fn show_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunDetail>> {
     let run = load_run(&state, &id)?;
     let steps = state.store.steps(&id)?;
-    Ok(Json(json!({"run": run, "steps": steps})))
+    Ok(Json(RunDetail { run, steps }))
 }
 
+/// A step's log.
+///
+/// What the step's process wrote (stdout and stderr, every attempt); empty when it has not
+/// started.
+#[utoipa::path(get, path = "/api/runs/{id}/logs/{step}", tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run's id (`run_...`)"),
+        ("step" = String, Path, description = "The step's name"),
+    ),
+    responses(
+        (status = 200, description = "The log", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "No such run, or the run has no such step (the message lists its steps)", body = ErrorBody),
+        (status = 500, description = "The store or the log file cannot be read", body = ErrorBody),
+    ))]
 pub async fn run_log(
     State(state): State<AppState>,
     Path((id, step)): Path<(String, String)>,
@@ -394,15 +571,44 @@ pub async fn run_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
+/// `202 Accepted`: the run was asked to stop.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelAccepted {
+    /// The run.
+    run_id: String,
+    /// Always `cancelling`; the run ends `cancelled` once its running steps are stopped.
+    #[schema(example = "cancelling")]
+    status: &'static str,
+}
+
+/// Cancels a run.
+///
+/// Running steps are stopped (their process groups), pending ones skipped; the run ends
+/// `cancelled`.
+#[utoipa::path(post, path = "/api/runs/{id}/cancel", tag = "runs",
+    params(("id" = String, Path, description = "The run's id (`run_...`)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The run is being cancelled", body = CancelAccepted),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run is not executing (finished, or not in this server): nothing to cancel", body = ErrorBody),
+        (status = 500, description = "The store cannot be read", body = ErrorBody),
+    ))]
 pub async fn cancel_run(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let run = load_run(&state, &id)?;
-    if state.cancel_run(&id) {
+    // A run whose final state is stored is over, even in the moment before its executor
+    // lets go of it.
+    if !run.status.is_finished() && state.cancel_run(&id) {
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"run_id": id, "status": "cancelling"})),
+            Json(CancelAccepted {
+                run_id: id,
+                status: "cancelling",
+            }),
         )
             .into_response());
     }
@@ -412,12 +618,36 @@ pub async fn cancel_run(
     )
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The body of `rerun` (optional).
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RerunBody {
+    /// Keep the steps that succeeded (and their outputs) and run from the first that did
+    /// not; default false, everything runs again.
     from_failed: bool,
 }
 
+/// Re-runs a finished run.
+///
+/// A new run of the same workflow as it ran, with the same parameters; `rerun_of` names
+/// the original.
+#[utoipa::path(post, path = "/api/runs/{id}/rerun", tag = "runs",
+    params(("id" = String, Path, description = "The finished run's id (`run_...`)")),
+    request_body(content = RerunBody, content_type = "application/json",
+        description = "Optional", example = json!({"from_failed": true})),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The new run was created and started", body = ExecuteAccepted,
+            headers(("Location" = String, description = "`/api/runs/{run_id}`"))),
+        (status = 400, description = "The body is not valid JSON", body = ErrorBody),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "No such run", body = ErrorBody),
+        (status = 409, description = "The run has not finished", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape, or the run cannot be re-run", body = ErrorBody),
+        (status = 500, description = "The store cannot be written", body = ErrorBody),
+    ))]
 pub async fn rerun(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -482,6 +712,15 @@ fn agents_json(
         .collect()
 }
 
+/// The agents.
+///
+/// `{"agents": [...]}` by name: the built-in agents and those declared by manifests, each
+/// with `name`, `type`, `builtin`, `actions`, `description`, `enabled` (now),
+/// `manifest_enabled` and `running_steps`; declared ones also `id`, `when_disabled` and
+/// `max_concurrent`.
+#[utoipa::path(get, path = "/api/agents", tag = "agents", responses(
+    (status = 200, description = "The agents", body = Object),
+))]
 pub async fn list_agents(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let objects = &state.view.objects().records;
     Ok(Json(json!({"agents": agents_json(&state, objects)})))
@@ -502,6 +741,13 @@ fn find_agent(state: &AppState, name: &str) -> ApiResult<Value> {
         })
 }
 
+/// One agent.
+#[utoipa::path(get, path = "/api/agents/{name}", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name")),
+    responses(
+        (status = 200, description = "The agent (the fields of an item of `GET /api/agents`)", body = Object),
+        (status = 404, description = "No such agent (the message lists them)", body = ErrorBody),
+    ))]
 pub async fn show_agent(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -519,6 +765,18 @@ fn switch_agent(state: &AppState, name: &str, enabled: bool) -> ApiResult<Json<V
     Ok(Json(agent))
 }
 
+/// Switches an agent on.
+///
+/// Until the server stops: after a restart the manifest's `enabled` holds again.
+/// Publishes `agent_status_changed`.
+#[utoipa::path(post, path = "/api/agents/{name}/start", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The agent, switched on", body = Object),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+    ))]
 pub async fn start_agent(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -526,6 +784,18 @@ pub async fn start_agent(
     switch_agent(&state, &name, true)
 }
 
+/// Switches an agent off.
+///
+/// Steps that use it then fail, or wait, as its `when_disabled` says; steps already running
+/// finish. Until the server stops. Publishes `agent_status_changed`.
+#[utoipa::path(post, path = "/api/agents/{name}/stop", tag = "agents",
+    params(("name" = String, Path, description = "The agent's name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The agent, switched off", body = Object),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "No such agent", body = ErrorBody),
+    ))]
 pub async fn stop_agent(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -533,13 +803,27 @@ pub async fn stop_agent(
     switch_agent(&state, &name, false)
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The query of `GET /api/manifests`. Unknown parameters are refused.
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FullQuery {
     /// Whole records (what the command line reads) as `records`.
     full: bool,
 }
 
+/// The objects in the store and the source's status.
+///
+/// `{"source", "objects"}`: each object's kind, id, name, status (`applied`, `invalid`,
+/// ...), source file, applied and attempted revisions, generation, time applied and
+/// diagnostics; with `full=true`, `{"source", "records"}` with the whole records.
+#[utoipa::path(get, path = "/api/manifests", tag = "manifests",
+    params(FullQuery),
+    responses(
+        (status = 200, description = "The objects", body = Object),
+        (status = 400, description = "A query parameter that does not parse or is unknown", body = ErrorBody),
+        (status = 500, description = "The store cannot be read", body = ErrorBody),
+    ))]
 pub async fn list_manifests(
     State(state): State<AppState>,
     Query(query): Query<FullQuery>,
@@ -574,6 +858,13 @@ pub async fn list_manifests(
     })))
 }
 
+/// The schedules in force.
+///
+/// `{"jobs": [...]}`, each with `id`, `name`, `schedule` (cron), `workflow_id`,
+/// `parameters`, `timezone`, `suspend` and `status`.
+#[utoipa::path(get, path = "/api/scheduler/jobs", tag = "manifests", responses(
+    (status = 200, description = "The schedules", body = Object),
+))]
 pub async fn list_jobs(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let objects = &state.view.objects().records;
     let jobs: Vec<Value> = objects
@@ -596,7 +887,8 @@ pub async fn list_jobs(State(state): State<AppState>) -> ApiResult<Json<Value>> 
     Ok(Json(json!({"jobs": jobs})))
 }
 
-#[derive(Debug, Deserialize, Default)]
+/// The body of `diff`, `apply` and `sync` (optional).
+#[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReconcileBody {
     /// Limit to these paths (relative to the project); all manifest directories when empty.
@@ -662,6 +954,26 @@ async fn reconcile_request(
     ))
 }
 
+/// What `apply` would change, without changing anything.
+///
+/// The plan (objects to create, update, delete, unchanged, invalid, kept) with a unified
+/// diff per change. `prune` defaults to false.
+#[utoipa::path(post, path = "/api/diff", tag = "manifests",
+    request_body(content = ReconcileBody, content_type = "application/json",
+        description = "Optional: no body means every manifest directory, prune false",
+        example = json!({"paths": ["workflows/smoke.yaml"], "prune": false})),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The plan: the reconcile's outcome (plan, counts, diagnostics, revision)", body = Object),
+        (status = 400, description = "The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository", body = ErrorBody),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "A path does not exist in the project", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
+        (status = 500, description = "The reconcile failed (the store, reading the files)", body = ErrorBody),
+        (status = 502, description = "The git source cannot be fetched; the last good revision stays in force", body = ErrorBody),
+    ))]
 pub async fn diff(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -670,6 +982,26 @@ pub async fn diff(
     reconcile_request(state, headers, body, true, false, "diff").await
 }
 
+/// Reconciles the manifests into the store now.
+///
+/// Valid objects are written in one durable batch; invalid ones keep their last good
+/// version. `prune` defaults to false. Publishes `manifest_applied`/`manifest_invalid`.
+#[utoipa::path(post, path = "/api/apply", tag = "manifests",
+    request_body(content = ReconcileBody, content_type = "application/json",
+        description = "Optional: no body means every manifest directory, prune false",
+        example = json!({"paths": ["workflows/smoke.yaml"], "prune": false})),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What was applied: the reconcile's outcome (plan, counts, diagnostics, revision)", body = Object),
+        (status = 400, description = "The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository", body = ErrorBody),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "A path does not exist in the project", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
+        (status = 500, description = "The reconcile failed (the store, reading the files)", body = ErrorBody),
+        (status = 502, description = "The git source cannot be fetched; the last good revision stays in force", body = ErrorBody),
+    ))]
 pub async fn apply(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -678,6 +1010,26 @@ pub async fn apply(
     reconcile_request(state, headers, body, false, false, "apply").await
 }
 
+/// Fetches the source (a git source: its branch) and reconciles, pruning.
+///
+/// Like `apply` with `prune` defaulting to true; with a git source, the whole repository at
+/// the fetched commit. Publishes `sync_completed`.
+#[utoipa::path(post, path = "/api/sync", tag = "manifests",
+    request_body(content = ReconcileBody, content_type = "application/json",
+        description = "Optional: no body means every manifest directory, prune true",
+        example = json!({"paths": ["workflows/smoke.yaml"], "prune": false})),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What was applied: the reconcile's outcome (plan, counts, diagnostics, revision)", body = Object),
+        (status = 400, description = "The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository", body = ErrorBody),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+        (status = 404, description = "A path does not exist in the project", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
+        (status = 500, description = "The reconcile failed (the store, reading the files)", body = ErrorBody),
+        (status = 502, description = "The git source cannot be fetched; the last good revision stays in force", body = ErrorBody),
+    ))]
 pub async fn sync(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -1,9 +1,12 @@
 //! The HTTP API: JSON routes under `/api`, `/ws`, `/metrics`, `/healthz`, `/readyz`. Every
 //! error is `{"error": {"code", "message", "details"}}` with the right 4xx or 5xx status;
-//! request bodies are size-limited and must be JSON where JSON is expected.
+//! request bodies are size-limited and must be JSON where JSON is expected. The OpenAPI 3.1
+//! document of all of it is generated from the handlers ([`ApiDoc`]) and served at
+//! `GET /api/openapi.json`.
 
 mod error;
 mod handlers;
+pub mod openapi;
 mod source_hook;
 pub mod ws;
 
@@ -17,6 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use error::{ApiError, ApiJson};
+pub use openapi::ApiDoc;
 
 use crate::server::Shared;
 
@@ -30,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/ws"),
     ("GET", "/api"),
+    ("GET", "/api/openapi.json"),
     ("GET", "/api/status"),
     ("GET", "/api/workflows"),
     ("GET", "/api/workflows/{id}"),
@@ -60,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(handlers::metrics))
         .route("/ws", get(ws::upgrade))
         .route("/api", get(handlers::index))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/api/status", get(handlers::status))
         .route("/api/workflows", get(handlers::list_workflows))
         .route("/api/workflows/{id}", get(handlers::show_workflow))

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 
 /// The header GitHub signs deliveries with.
@@ -50,7 +51,32 @@ fn pushed_branch(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Receives a delivery: checks it, then asks the git source to fetch.
+/// Receives a push webhook delivery: checks it, then asks the git source to fetch.
+///
+/// Answered at once: the fetch and reconcile run on the source's own thread, and deliveries
+/// that arrive before it starts count as one. A `ping`, or a push to another branch than
+/// the one followed, is answered 200 and ignored. Outside the bearer-token layer: with
+/// `source.git.webhook_secret` set the delivery must be signed (`X-Hub-Signature-256`);
+/// without one, the API token is needed when one is configured.
+#[utoipa::path(post, path = "/hooks/source", tag = "source",
+    params(
+        ("X-GitHub-Event" = Option<String>, Header,
+            description = "`ping` is answered `pong`; any other event asks for a fetch"),
+    ),
+    request_body(content = Value, content_type = "application/json",
+        description = "The delivery; a push's `ref` (`refs/heads/<branch>`) is compared with the branch followed",
+        example = json!({"ref": "refs/heads/main", "after": "9fceb02d0ae598e95dc970b74767f19372d61af8"})),
+    security(("webhook_signature" = []), ("bearer" = [])),
+    responses(
+        (status = 202, description = "A fetch is queued", body = Object, example = json!({
+            "status": "accepted", "message": "a fetch of https://github.com/example/tests.git is queued",
+            "revision": "git:9fceb02d0ae598e95dc970b74767f19372d61af8"})),
+        (status = 200, description = "A `ping` (`status: pong`), or a push to another branch (`status: ignored`)",
+            body = Object, example = json!({"status": "ignored", "message": "a push to `dev`; the server follows `main`"})),
+        (status = 401, description = "The signature is missing or does not match, or (no secret) the API token is missing", body = ErrorBody),
+        (status = 404, description = "The server reads the manifest directories, not a git repository", body = ErrorBody),
+        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+    ))]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -59,6 +59,7 @@ async fn serve(state: AppState, socket: WebSocket) {
     let mut events = state.events.subscribe();
     let (mut sink, mut stream) = socket.split();
     let mut subscription = Subscription(None);
+    let mut reading_logs = false;
     let hello = notice(
         "connected",
         json!({
@@ -97,7 +98,20 @@ async fn serve(state: AppState, socket: WebSocket) {
                     _ => continue,
                 };
                 let reply = match serde_json::from_str::<ClientMessage>(&text) {
-                    Ok(request) => handle(&mut subscription, request),
+                    Ok(request) => {
+                        let reply = handle(&mut subscription, request);
+                        // Logs are read from disk only while some client wants them.
+                        let wants_logs = subscription.wants(EventKind::RunLog);
+                        if wants_logs != reading_logs {
+                            if wants_logs {
+                                state.log_listeners.add();
+                            } else {
+                                state.log_listeners.remove();
+                            }
+                            reading_logs = wants_logs;
+                        }
+                        reply
+                    }
                     Err(err) => Some(notice(
                         "error",
                         json!({"message": format!("expected {{\"type\": \"subscribe\"|\"unsubscribe\"|\"ping\", \"events\": [...]}}: {err}")}),
@@ -110,6 +124,9 @@ async fn serve(state: AppState, socket: WebSocket) {
                 }
             }
         }
+    }
+    if reading_logs {
+        state.log_listeners.remove();
     }
 }
 

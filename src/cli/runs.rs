@@ -357,24 +357,19 @@ fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
                 );
                 Ok(EXIT_OK)
             }
+            // Not running there, or no such run: said as without a server.
             Err(err)
                 if err
                     .downcast_ref::<ApiFailure>()
-                    .is_some_and(|f| f.status == 409) =>
+                    .is_some_and(|f| f.status == 404 || f.status == 409) =>
             {
-                println!("{err}");
-                Ok(EXIT_FINDINGS)
+                nothing_to_cancel(&Backend::Remote(client), &args.run)
             }
             Err(err) => Err(err),
         };
     }
     match open_store(context) {
-        Ok(store) => {
-            let store = Backend::Local(store);
-            let run = load_run(&store, &args.run)?;
-            println!("run {} is {}: nothing to cancel", run.id, run.status);
-            return Ok(EXIT_FINDINGS);
-        }
+        Ok(store) => return nothing_to_cancel(&Backend::Local(store), &args.run),
         Err(err)
             if err
                 .downcast_ref::<StoreError>()
@@ -401,6 +396,13 @@ fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
         args.run
     );
     Ok(EXIT_OK)
+}
+
+/// A run that is not running: says so (or that there is no such run).
+fn nothing_to_cancel(store: &Backend, id: &str) -> Result<u8> {
+    let run = load_run(store, id)?;
+    println!("run {} is {}: nothing to cancel", run.id, run.status);
+    Ok(EXIT_FINDINGS)
 }
 
 fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {

@@ -32,7 +32,7 @@ pub struct StartArgs {
     #[arg(long)]
     pub insecure: bool,
     /// Seconds running steps get to finish at shutdown before they are stopped.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "ORCHESTRATOR_SHUTDOWN_GRACE")]
     pub grace: u64,
     /// Follow this git repository instead of the manifest directories (overrides
     /// source.git.url and .branch): an https:// or file:// URL or a local path (relative to

@@ -381,7 +381,7 @@ fn execute(context: &Context, args: &ExecuteArgs) -> Result<u8> {
         Backend::Remote(client) => {
             let answer = client.post(
                 &format!("/api/workflows/{}/execute", args.id),
-                &serde_json::json!({ "parameters": parameters }),
+                &serde_json::json!({ "parameters": parameters, "trigger": "cli" }),
             );
             let run_id = match answer {
                 Ok(value) => value["run_id"].as_str().unwrap_or_default().to_owned(),
@@ -602,7 +602,8 @@ fn print_run_end(run: &RunRecord) -> u8 {
 }
 
 /// Follows a run the server executes, printing what `follow_run` prints: the server is
-/// polled and each step's changes become the same events. Ctrl-C asks the server to cancel.
+/// polled and each step's changes become the same events, in the order they happened.
+/// Ctrl-C asks the server to cancel.
 pub fn follow_remote(context: &Context, client: &ApiClient, run_id: &str) -> Result<u8> {
     let flag = cancel_on_signals()?;
     let log_dir = context.config.resolve(&context.config.config.logging.dir);
@@ -610,9 +611,14 @@ pub fn follow_remote(context: &Context, client: &ApiClient, run_id: &str) -> Res
         bail!("the server does not know run {run_id}");
     };
     print_run_start(&run, steps.len());
+    // Steps a `--from-failed` re-run reuses are done before it starts (succeeded, never
+    // started here): the engine reports nothing about them.
     let mut seen: Vec<(Status, usize)> = steps
         .iter()
-        .map(|s| (Status::Queued, s.attempts.len()))
+        .map(|s| match s.status {
+            Status::Succeeded if s.started_at.is_none() => (s.status, s.attempts.len()),
+            _ => (Status::Queued, 0),
+        })
         .collect();
     let mut cancel_sent = false;
     loop {
@@ -623,45 +629,70 @@ pub fn follow_remote(context: &Context, client: &ApiClient, run_id: &str) -> Res
         let Some((run, steps)) = client.run(run_id)? else {
             bail!("run {run_id} disappeared from the server");
         };
+        // What happened since the last look, each event with the time it happened.
+        let mut events: Vec<(String, Event)> = Vec::new();
         for (step, (status, attempts)) in steps.iter().zip(seen.iter_mut()) {
             if step.status == *status && step.attempts.len() == *attempts {
                 continue;
             }
-            if *status == Status::Queued
-                && step.status != Status::Queued
-                && step.started_at.is_some()
-            {
-                print_event(
-                    &Event::StepStarted { step: step.clone() },
-                    context.color,
-                    &log_dir,
-                );
+            if *status == Status::Queued {
+                if let Some(at) = &step.started_at {
+                    events.push((at.clone(), Event::StepStarted { step: step.clone() }));
+                }
             }
-            if step.status == Status::Running && step.attempts.len() > *attempts {
-                print_event(
-                    &Event::StepRetrying {
-                        step: step.clone(),
-                        delay: std::time::Duration::ZERO,
-                    },
-                    context.color,
-                    &log_dir,
-                );
+            for number in *attempts + 1..=step.attempts.len() {
+                let attempt = &step.attempts[number - 1];
+                // An attempt was retried unless it was the step's last word: the engine
+                // reports a retry for every failed attempt but the one that ends the step.
+                let retried = number < step.attempts.len()
+                    || !step.status.is_finished()
+                    || step.status != attempt.status;
+                if retried {
+                    let mut so_far = step.clone();
+                    so_far.attempts.truncate(number);
+                    events.push((
+                        attempt.finished_at.clone(),
+                        Event::StepRetrying {
+                            step: so_far,
+                            delay: retry_delay(&run, step.index as usize, number as u32),
+                        },
+                    ));
+                }
             }
-            if step.status.is_finished() {
-                print_event(
-                    &Event::StepFinished { step: step.clone() },
-                    context.color,
-                    &log_dir,
-                );
+            // Steps the run's end stopped before they started are not reported as events.
+            let never_started = step.started_at.is_none()
+                && matches!(step.status, Status::Cancelled | Status::TimedOut);
+            if step.status.is_finished() && !never_started {
+                events.push((
+                    step.finished_at.clone().unwrap_or_default(),
+                    Event::StepFinished { step: step.clone() },
+                ));
             }
             *status = step.status;
             *attempts = step.attempts.len();
+        }
+        // Stable: a step's own events keep their order when their times are equal.
+        events.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, event) in &events {
+            print_event(event, context.color, &log_dir);
         }
         if run.status.is_finished() {
             return Ok(print_run_end(&run));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// How long the engine waits before attempt `number + 1` of a step: its `retry_delay`
+/// (default 1 s), doubled per attempt, as `engine::run` computes it.
+fn retry_delay(run: &RunRecord, index: usize, number: u32) -> std::time::Duration {
+    let base = match run.workflow["steps"][index].get("retry_delay") {
+        Some(Value::Number(n)) => n.as_f64().map(std::time::Duration::from_secs_f64),
+        Some(Value::String(text)) => crate::duration::parse_duration(text).ok(),
+        _ => None,
+    }
+    .unwrap_or(std::time::Duration::from_secs(1));
+    base.saturating_mul(1 << (number.max(1) - 1).min(10))
 }
 
 /// "850 ms", "12.3 s", "2 min 5 s".

@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// The state of a run or a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting to start (a run waiting for a concurrency slot, a step for its dependencies).
@@ -60,7 +61,7 @@ impl std::fmt::Display for Status {
 }
 
 /// What started a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Trigger {
     /// `cli`, `api`, `schedule`, `webhook` or `rerun`.
     pub kind: String,
@@ -70,7 +71,7 @@ pub struct Trigger {
 }
 
 /// Counts of test cases by outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TestSummary {
     /// All test cases.
     pub total: u32,
@@ -111,7 +112,7 @@ impl TestSummary {
 }
 
 /// The outcome of one test case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TestStatus {
     /// Passed.
@@ -125,7 +126,7 @@ pub enum TestStatus {
 }
 
 /// One test case from a JUnit XML report.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TestCase {
     /// The enclosing `<testsuite name>`, nested suites joined with `/`; empty when absent.
     pub suite: String,
@@ -150,7 +151,7 @@ pub struct TestCase {
 }
 
 /// One attempt at a step (a step with retries has several).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
@@ -171,7 +172,7 @@ pub struct Attempt {
 }
 
 /// One step of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StepRecord {
     /// The run.
     pub run_id: String,
@@ -220,7 +221,7 @@ pub struct StepRecord {
 }
 
 /// One run of a workflow.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunRecord {
     /// `run_` and a ULID: sortable by creation time.
     pub id: String,

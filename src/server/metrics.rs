@@ -203,3 +203,96 @@ mod tests {
         assert!(text.contains("orchestrator_run_duration_seconds_bucket{le=\"+Inf\"} 0"));
     }
 }
+
+/// The process's own figures, Prometheus' `process_*` names: CPU seconds, resident and
+/// virtual memory, open file descriptors, threads, start time. Read from /proc (Linux).
+pub fn process_gauges() -> Vec<(&'static str, &'static str, f64)> {
+    let mut gauges = Vec::new();
+    let ticks = 100.0; // USER_HZ on Linux
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n).and_then(|v| v.parse::<f64>().ok());
+        // After ')': state is index 0, utime 11, stime 12, num_threads 17, starttime 19.
+        if let (Some(user), Some(system)) = (field(11), field(12)) {
+            gauges.push((
+                "process_cpu_seconds_total",
+                "User and system CPU time spent, in seconds.",
+                (user + system) / ticks,
+            ));
+        }
+        if let Some(threads) = field(17) {
+            gauges.push(("process_threads", "Threads of the process.", threads));
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot)) = (field(19), boot) {
+            gauges.push((
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds.",
+                boot + start / ticks,
+            ));
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for (key, name, help) in [
+            (
+                "VmRSS:",
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            (
+                "VmSize:",
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+        ] {
+            if let Some(kib) = status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+            {
+                gauges.push((name, help, kib * 1024.0));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        gauges.push((
+            "process_open_fds",
+            "Open file descriptors.",
+            entries.count() as f64,
+        ));
+    }
+    gauges
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+
+    #[test]
+    fn process_gauges_report_this_process() {
+        let gauges = process_gauges();
+        let get = |name: &str| gauges.iter().find(|g| g.0 == name).map(|g| g.2);
+        assert!(get("process_resident_memory_bytes").unwrap() > 1e6);
+        assert!(get("process_threads").unwrap() >= 1.0);
+        assert!(get("process_open_fds").unwrap() >= 3.0);
+        let start = get("process_start_time_seconds").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0,
+            "{start} vs {now}"
+        );
+        assert!(get("process_cpu_seconds_total").unwrap() >= 0.0);
+    }
+}

@@ -4,6 +4,7 @@
 //! once it is durable.
 
 pub mod controller;
+pub mod log_tail;
 pub mod metrics;
 pub mod process_file;
 pub mod source;
@@ -18,7 +19,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::config::LoadedConfig;
-use crate::engine::model::{RunRecord, StepRecord};
+use crate::engine::model::{RunRecord, Status, StepRecord};
 use crate::engine::process;
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event as EngineEvent};
 use crate::events::{EventBus, EventKind};
@@ -59,6 +60,8 @@ pub struct Shared {
     pub git: Option<source::GitState>,
     /// What the read routes serve, in memory.
     pub view: view::View,
+    /// WebSocket clients subscribed to `run_log`.
+    pub log_listeners: Arc<log_tail::LogListeners>,
     /// `logs/api.log`, the access log.
     pub api_log: Mutex<Option<std::fs::File>>,
 }
@@ -183,6 +186,15 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
         .spawn(move || {
             let id = run.id.clone();
             let events = shared.events.clone();
+            let (logs_done, done) = std::sync::mpsc::channel::<()>();
+            let tail = {
+                let (id, events) = (id.clone(), events.clone());
+                let run_dir = shared.engine.log_dir.join("workflows").join(&id);
+                let listeners = Arc::clone(&shared.log_listeners);
+                std::thread::Builder::new()
+                    .name(format!("logs {id}"))
+                    .spawn(move || log_tail::follow(id, run_dir, events, listeners, done))
+            };
             let on_event = |event: &EngineEvent| match event {
                 EngineEvent::StepStarted { step } => {
                     events.publish(EventKind::StepStarted, step_summary(step))
@@ -204,6 +216,17 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
                 &CancelSignal { flag },
                 &on_event,
             );
+            let _ = logs_done.send(());
+            if let Ok(tail) = tail {
+                let _ = tail.join();
+            }
+            let result = result.and_then(|finished| {
+                if shared.stopping.load(Ordering::SeqCst) && finished.status == Status::Cancelled {
+                    Ok(interrupted_by_shutdown(&shared.store, finished)?)
+                } else {
+                    Ok(finished)
+                }
+            });
             shared
                 .active_runs
                 .lock()
@@ -224,6 +247,26 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
     if let Err(err) = spawned {
         tracing::error!("cannot start a thread for a run: {err}");
     }
+}
+
+/// A run stopped because the server shut down is `interrupted`, not `cancelled`: nobody
+/// asked for it to stop, and a re-run is what it needs.
+fn interrupted_by_shutdown(
+    store: &Store,
+    mut run: RunRecord,
+) -> Result<RunRecord, crate::store::StoreError> {
+    let mut steps = store.steps(&run.id)?;
+    for step in steps.iter_mut().filter(|s| s.status == Status::Cancelled) {
+        step.status = Status::Interrupted;
+        step.message = Some("the server shut down before this step finished".into());
+    }
+    run.status = Status::Interrupted;
+    run.message = Some(
+        "interrupted: the server shut down before the run finished; its steps were stopped after the grace period"
+            .into(),
+    );
+    store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), true)?;
+    Ok(run)
 }
 
 /// Creates a run and starts it; returns the queued run (blocking: call off the async
@@ -341,6 +384,7 @@ pub fn serve(
     let view = view::View::load(&store)?;
     let shared = Arc::new(Shared {
         view,
+        log_listeners: Arc::default(),
         store,
         config,
         environment,

@@ -17,8 +17,8 @@ use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 pub struct Objects {
     /// Every record, as the store holds it.
     pub records: BTreeMap<ObjectKey, ObjectRecord>,
-    /// Live workflows in id order: (id, summary without its last run).
-    pub workflows: Vec<(String, Value)>,
+    /// Live workflows in id order: (id, summary without its last run, serialized once).
+    pub workflows: Vec<(String, String)>,
 }
 
 /// The in-memory view.
@@ -73,7 +73,7 @@ impl View {
         let workflows = records
             .values()
             .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
-            .map(|r| (r.key.id.clone(), workflow_summary(r)))
+            .map(|r| (r.key.id.clone(), workflow_summary(r).to_string()))
             .collect();
         *self.objects.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(Objects { records, workflows });
@@ -91,6 +91,39 @@ impl View {
     /// The objects as of the last reconcile.
     pub fn objects(&self) -> Arc<Objects> {
         Arc::clone(&self.objects.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A page of workflows as the JSON body of `GET /api/workflows`, written straight from
+    /// the summaries serialized at reconcile time.
+    pub fn workflow_page(&self, offset: usize, limit: usize) -> String {
+        let objects = self.objects();
+        let last_runs = self.last_runs.read().unwrap_or_else(|e| e.into_inner());
+        let mut body = String::with_capacity(64 + limit.min(objects.workflows.len()) * 400);
+        body.push_str("{\"workflows\":[");
+        for (n, (id, summary)) in objects
+            .workflows
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .enumerate()
+        {
+            if n > 0 {
+                body.push(',');
+            }
+            // `{...}` + `,"last_run":...}`: the summary is an object, so its last byte is `}`.
+            body.push_str(&summary[..summary.len() - 1]);
+            body.push_str(",\"last_run\":");
+            match last_runs.get(id) {
+                Some(run) => body.push_str(&run.to_string()),
+                None => body.push_str("null"),
+            }
+            body.push('}');
+        }
+        body.push_str(&format!(
+            "],\"total\":{},\"limit\":{limit},\"offset\":{offset}}}",
+            objects.workflows.len()
+        ));
+        body
     }
 
     /// The newest run of a workflow, if it has one.

@@ -163,6 +163,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in a data directory, holding it for this process.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        /// sled's page cache.
+        const CACHE_BYTES: u64 = 16 << 20;
         let shown = data_dir.display().to_string();
         fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: shown.clone(),
@@ -171,6 +173,9 @@ impl Store {
         let db_path = data_dir.join("db");
         let db = sled::Config::new()
             .path(&db_path)
+            // sled's default page cache is 1 GiB; the records here are small and read
+            // mostly through the server's in-memory view.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| match source {
                 sled::Error::Io(ref io)

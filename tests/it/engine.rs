@@ -26,7 +26,7 @@ fn show(dir: &Path, run: &str) -> Value {
     serde_json::from_str(&shown.stdout).unwrap()
 }
 
-fn run_id(stdout: &str) -> String {
+pub(crate) fn run_id(stdout: &str) -> String {
     stdout
         .split_whitespace()
         .find(|w| w.starts_with("run_"))
@@ -225,7 +225,7 @@ fn a_run_left_by_a_killed_process_is_marked_interrupted() {
 }
 
 /// Waits for a file to appear, with a deadline.
-fn wait_for_file(path: &Path, what: &str) {
+pub(crate) fn wait_for_file(path: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !path.exists() {
         assert!(
@@ -238,7 +238,7 @@ fn wait_for_file(path: &Path, what: &str) {
 }
 
 /// Asserts that a process is gone (probing with signal 0), with a deadline.
-fn assert_gone(pid_file: &Path) {
+pub(crate) fn assert_gone(pid_file: &Path) {
     let pid: i32 = fs::read_to_string(pid_file)
         .unwrap()
         .trim()
@@ -251,7 +251,7 @@ fn assert_gone(pid_file: &Path) {
     }
 }
 
-const SLEEPER: &str = r#"name: Sleeper
+pub(crate) const SLEEPER: &str = r#"name: Sleeper
 steps:
   - name: nap
     command: ["sh", "-c", "sleep 100 & echo $! > nap.pid; touch started; wait"]

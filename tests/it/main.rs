@@ -1,6 +1,7 @@
 //! Integration tests: the real `orchestrator` binary in temporary project directories.
 
 mod agents;
+mod cli_remote;
 mod engine;
 mod flow;
 mod git_source;

@@ -20,11 +20,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{temp_project, Run};
 
+/// `GET /api/openapi.json` against what the server answers (a child module, so it can use
+/// the helpers here).
+#[path = "openapi.rs"]
+mod openapi;
+
 /// The longest any single wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The binary with a clean environment: no `ORCHESTRATOR_*` variable of the caller leaks in.
-fn command(dir: &Path) -> Command {
+pub(crate) fn command(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
     command.current_dir(dir).env("NO_COLOR", "1");
     for (name, _) in std::env::vars_os() {
@@ -37,7 +42,7 @@ fn command(dir: &Path) -> Command {
 
 /// Runs a command that must end on its own (it is killed, and the test fails, if it does
 /// not end within the deadline: a `start` that should be refused must not hang the suite).
-fn cli(dir: &Path, args: &[&str]) -> Run {
+pub(crate) fn cli(dir: &Path, args: &[&str]) -> Run {
     let mut child = command(dir)
         .args(args)
         .stdin(Stdio::null())
@@ -64,7 +69,7 @@ fn cli(dir: &Path, args: &[&str]) -> Run {
 
 /// Polls `probe` until it gives a value, failing after the deadline.
 #[track_caller]
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + DEADLINE;
     loop {
         if let Some(value) = probe() {
@@ -76,7 +81,7 @@ fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 }
 
 /// An `init`ed project with extra files (project-relative path, content).
-fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub(crate) fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     let project = temp_project();
     let dir = project.path();
     cli(dir, &["init"]).expect_code(0);
@@ -110,7 +115,7 @@ fn alive(pid: u32) -> bool {
 
 /// `orchestrator start --port 0` running in the foreground as a child; stopped with SIGTERM
 /// when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Option<Child>,
     address: String,
     stderr: Arc<Mutex<String>>,
@@ -118,7 +123,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
+    pub(crate) fn start(dir: &Path) -> Server {
         Server::start_with(dir, &[])
     }
 
@@ -176,7 +181,7 @@ impl Server {
         server
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
@@ -591,7 +596,7 @@ steps:
     command: ["sleep", "60"]
 "#;
 
-const ECHO: &str = r#"name: Echo
+pub(crate) const ECHO: &str = r#"name: Echo
 parameters:
   target: {type: string, required: true}
 steps:
@@ -1225,5 +1230,69 @@ fn an_api_token_guards_the_routes_that_change_things() {
             Ok(_) => panic!("/ws accepted a client without the token"),
         }
         ws_connect(&server.address, Some(token)).await;
+    });
+}
+
+#[test]
+fn step_logs_stream_to_clients_that_subscribe_to_them() {
+    let dir = project(&[(
+        "workflows/talk.yaml",
+        "name: Talk\nsteps:\n  - name: speak\n    command: [\"sh\", \"-c\", \"echo first line; echo second line\"]\n",
+    )]);
+    let server = Server::start(dir.path());
+    let api = server.api();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut ws = ws_connect(&server.address, None).await;
+        ws_subscribe(&mut ws, &["run_log", "workflow_completed"]).await;
+        let run = api.execute("wf_talk", "{}");
+        let mut text = String::new();
+        loop {
+            let event = ws_next(&mut ws).await;
+            match event["type"].as_str() {
+                Some("run_log") if event["payload"]["run_id"] == run.as_str() => {
+                    assert_eq!(event["payload"]["step"], "speak", "{event}");
+                    text.push_str(event["payload"]["text"].as_str().unwrap());
+                }
+                Some("workflow_completed") if event["payload"]["id"] == run.as_str() => break,
+                _ => {}
+            }
+        }
+        // Every line is published before the run is reported complete.
+        assert_eq!(text, "first line\nsecond line\n");
+    });
+}
+
+#[test]
+fn a_shutdown_interrupts_runs_still_going_after_the_grace_period() {
+    let dir = project(&[(
+        "workflows/long.yaml",
+        "name: Long\nsteps:\n  - name: nap\n    command: [\"sh\", \"-c\", \"sleep 100 & echo $! > nap.pid; touch started; wait\"]\n",
+    )]);
+    let mut server = Server::start_with(dir.path(), &[("ORCHESTRATOR_SHUTDOWN_GRACE", "1")]);
+    let run = server.api().execute("wf_long", "{}");
+    eventually("the step to start", || {
+        dir.path().join("started").exists().then_some(())
+    });
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
+    let shown = cli(dir.path(), &["run", "show", &run, "-o", "json"]);
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    assert_eq!(shown["run"]["status"], "interrupted", "{shown}");
+    assert!(
+        shown["run"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shut down"),
+        "{shown}"
+    );
+    assert_eq!(shown["steps"][0]["status"], "interrupted", "{shown}");
+    let pid: u32 = std::fs::read_to_string(dir.path().join("nap.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually("the step's process group to be gone", || {
+        (!alive(pid)).then_some(())
     });
 }

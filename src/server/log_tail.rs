@@ -1,0 +1,127 @@
+//! `run_log` events: the lines a run's steps write to their logs, read as the files grow
+//! (the way `tail -f` does) and published while anyone listens for them.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::events::{EventBus, EventKind};
+
+/// How often growing logs are read.
+const POLL: Duration = Duration::from_millis(200);
+/// The most bytes one event carries; a longer burst becomes several events.
+const CHUNK: usize = 64 * 1024;
+
+/// Clients subscribed to `run_log`: logs are read only while there are some.
+#[derive(Debug, Default)]
+pub struct LogListeners(AtomicUsize);
+
+impl LogListeners {
+    /// One more listener.
+    pub fn add(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One fewer.
+    pub fn remove(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    fn any(&self) -> bool {
+        self.0.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Follows the logs of one run until `done` says the run ended (or is dropped), then reads
+/// what is left once and returns.
+pub fn follow(
+    run_id: String,
+    run_dir: PathBuf,
+    events: EventBus,
+    listeners: Arc<LogListeners>,
+    done: mpsc::Receiver<()>,
+) {
+    let mut offsets: HashMap<PathBuf, u64> = HashMap::new();
+    loop {
+        let finished = !matches!(
+            done.recv_timeout(POLL),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        if listeners.any() {
+            publish_new(&run_id, &run_dir, &events, &mut offsets);
+        } else {
+            // Nobody listens: skip what was written meanwhile.
+            skip_to_end(&run_dir, &mut offsets);
+        }
+        if finished {
+            return;
+        }
+    }
+}
+
+fn logs(run_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(run_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn skip_to_end(run_dir: &Path, offsets: &mut HashMap<PathBuf, u64>) {
+    for file in logs(run_dir) {
+        if let Ok(meta) = std::fs::metadata(&file) {
+            offsets.insert(file, meta.len());
+        }
+    }
+}
+
+fn publish_new(
+    run_id: &str,
+    run_dir: &Path,
+    events: &EventBus,
+    offsets: &mut HashMap<PathBuf, u64>,
+) {
+    for file in logs(run_dir) {
+        let offset = offsets.entry(file.clone()).or_insert(0);
+        let Ok(mut handle) = std::fs::File::open(&file) else {
+            continue;
+        };
+        if handle.seek(SeekFrom::Start(*offset)).is_err() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        if handle.read_to_end(&mut bytes).is_err() || bytes.is_empty() {
+            continue;
+        }
+        // Only whole lines; a partial last line waits for its end.
+        let Some(end) = bytes.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let step = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        for chunk in bytes[..=end].chunks(CHUNK) {
+            let text = String::from_utf8_lossy(chunk);
+            events.publish(
+                EventKind::RunLog,
+                json!({"run_id": run_id, "step": step, "text": text}),
+            );
+        }
+        *offset += end as u64 + 1;
+    }
+}
