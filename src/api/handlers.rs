@@ -38,7 +38,10 @@ async fn blocking<T: Send + 'static>(
 
 /// A JSON body that may be left out entirely (then `T::default()`); a body that is there
 /// must be JSON, with the JSON content type, of the expected shape.
-fn optional_json<T: DeserializeOwned + Default>(headers: &HeaderMap, body: &Bytes) -> ApiResult<T> {
+pub(super) fn optional_json<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }

@@ -6,6 +6,7 @@
 
 mod error;
 mod handlers;
+mod jobs;
 pub mod openapi;
 mod source_hook;
 pub mod ws;
@@ -50,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/agents/{name}/stop"),
     ("GET", "/api/manifests"),
     ("GET", "/api/scheduler/jobs"),
+    ("POST", "/api/scheduler/jobs"),
     ("POST", "/api/diff"),
     ("POST", "/api/apply"),
     ("POST", "/api/sync"),
@@ -83,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/agents/{name}/start", post(handlers::start_agent))
         .route("/api/agents/{name}/stop", post(handlers::stop_agent))
         .route("/api/manifests", get(handlers::list_manifests))
-        .route("/api/scheduler/jobs", get(handlers::list_jobs))
+        .route(
+            "/api/scheduler/jobs",
+            get(handlers::list_jobs).post(jobs::create_job),
+        )
         .route("/api/diff", post(handlers::diff))
         .route("/api/apply", post(handlers::apply))
         .route("/api/sync", post(handlers::sync))

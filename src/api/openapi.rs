@@ -14,7 +14,7 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{handlers, source_hook};
+use super::{handlers, jobs, source_hook};
 use crate::engine::model::{
     Attempt, RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary, Trigger,
 };
@@ -56,6 +56,7 @@ use crate::engine::model::{
         handlers::stop_agent,
         handlers::list_manifests,
         handlers::list_jobs,
+        jobs::create_job,
         handlers::diff,
         handlers::apply,
         handlers::sync,
@@ -67,6 +68,7 @@ use crate::engine::model::{
         handlers::ExecuteBody,
         handlers::RerunBody,
         handlers::ReconcileBody,
+        jobs::CreateJob,
         handlers::ExecuteAccepted,
         handlers::CancelAccepted,
         handlers::RunList,

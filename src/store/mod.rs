@@ -163,6 +163,22 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store in a data directory, holding it for this process.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        // A handle this process just dropped is released by sled's own threads a moment
+        // later: only then is the lock free again. Another process's lock is reported at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match Store::open_once(data_dir) {
+                Err(StoreError::Locked { .. })
+                    if std::time::Instant::now() < deadline && held_by_this_process(data_dir) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(data_dir: &Path) -> Result<Store, StoreError> {
         /// sled's page cache.
         const CACHE_BYTES: u64 = 16 << 20;
         let shown = data_dir.display().to_string();
@@ -417,6 +433,13 @@ impl Drop for Store {
         // Best effort: a stale owner file only makes a later "in use" message less precise.
         let _ = fs::remove_file(self.path.join(OWNER_FILE));
     }
+}
+
+/// Whether the owner file names this process.
+fn held_by_this_process(data_dir: &Path) -> bool {
+    fs::read_to_string(data_dir.join(OWNER_FILE)).is_ok_and(|text| {
+        text.lines().next().map(str::trim) == Some(std::process::id().to_string().as_str())
+    })
 }
 
 fn read_owner(data_dir: &Path) -> String {

@@ -1296,3 +1296,72 @@ fn a_shutdown_interrupts_runs_still_going_after_the_grace_period() {
         (!alive(pid)).then_some(())
     });
 }
+
+#[test]
+fn the_guides_job_creation_writes_a_schedule_manifest_and_applies_it() {
+    let dir = project(&[]);
+    let server = Server::start(dir.path());
+    let api = server.api();
+    // The guide's request, verbatim.
+    let created = api
+        .post(
+            "/api/scheduler/jobs",
+            r#"{"name": "API Tests", "schedule": "0 2 * * *", "workflow_id": "wf_api-test-suite"}"#,
+        )
+        .expect(201);
+    assert_eq!(created["id"], "sch_api-tests", "{created}");
+    assert_eq!(created["schedule"], "0 2 * * *");
+    let file = std::fs::read_to_string(dir.path().join("schedules/api-tests.yaml")).unwrap();
+    assert!(
+        file.contains("cron: 0 2 * * *") || file.contains("cron: '0 2 * * *'"),
+        "{file}"
+    );
+    assert!(file.contains("workflow: wf_api-test-suite"), "{file}");
+    let jobs = api.get("/api/scheduler/jobs").expect(200);
+    let job = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == "sch_api-tests")
+        .cloned()
+        .unwrap_or_else(|| panic!("{jobs}"));
+    assert_eq!(job["workflow_id"], "wf_api-test-suite");
+    assert_eq!(job["status"], "applied");
+
+    // The same name again is a conflict; the file is untouched.
+    api.post(
+        "/api/scheduler/jobs",
+        r#"{"name": "API Tests", "schedule": "*/5 * * * *", "workflow_id": "wf_smoke"}"#,
+    )
+    .expect_error(409, "conflict");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("schedules/api-tests.yaml")).unwrap(),
+        file
+    );
+    // A cron that can never fire is refused with the reason, and leaves nothing behind.
+    let message = api
+        .post(
+            "/api/scheduler/jobs",
+            r#"{"name": "Never", "schedule": "0 0 30 2 *", "workflow_id": "wf_smoke"}"#,
+        )
+        .expect_error(422, "invalid");
+    assert!(message.contains("nothing was created"), "{message}");
+    assert!(!dir.path().join("schedules/never.yaml").exists());
+    let jobs = api.get("/api/scheduler/jobs").expect(200);
+    assert!(
+        !jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == "sch_never"),
+        "{jobs}"
+    );
+    // A missing field is named.
+    let message = api
+        .post(
+            "/api/scheduler/jobs",
+            r#"{"name": "No Cron", "workflow_id": "wf_smoke"}"#,
+        )
+        .expect_error(400, "bad_request");
+    assert!(message.contains("`schedule` is required"), "{message}");
+}

@@ -1,0 +1,178 @@
+//! `POST /api/scheduler/jobs`, the guide's way to create a schedule: the server writes a
+//! Schedule manifest into `schedules/` and reconciles it, so the files stay the source of
+//! truth (a git-source server refuses and says to commit the file instead).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::handlers::optional_json;
+use super::AppState;
+use crate::manifest::{slug, Kind};
+use crate::server::controller;
+use crate::store::{ObjectKey, ObjectStatus};
+
+/// The guide's body: `{"name", "schedule", "workflow_id", "parameters"}`.
+#[derive(Debug, Deserialize, Default, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateJob {
+    /// The schedule's name; its id is `sch_` and the name's slug.
+    name: String,
+    /// Crontab expression (`0 2 * * *`); `cron` is accepted too.
+    #[serde(alias = "cron")]
+    schedule: String,
+    /// The workflow to run.
+    #[serde(alias = "workflow")]
+    workflow_id: String,
+    /// Parameters for each run.
+    #[schema(value_type = Object)]
+    parameters: Map<String, Value>,
+    /// IANA time zone (default from the configuration).
+    timezone: Option<String>,
+}
+
+/// Creates a schedule: `201` with it, `409` when one with that id exists, `422` when the
+/// manifest would be invalid (nothing is left behind).
+#[utoipa::path(post, path = "/api/scheduler/jobs", tag = "manifests",
+    request_body(content = CreateJob, description = "The schedule to create"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created and applied", body = Object),
+        (status = 400, description = "The body is malformed or a field is missing", body = super::error::ErrorBody),
+        (status = 401, description = "The API token is missing or wrong", body = super::error::ErrorBody),
+        (status = 409, description = "A schedule with this id exists, or the server follows a git repository", body = super::error::ErrorBody),
+        (status = 413, description = "The body is too large", body = super::error::ErrorBody),
+        (status = 415, description = "The body is not JSON", body = super::error::ErrorBody),
+        (status = 422, description = "The schedule is invalid: the diagnostics say why", body = super::error::ErrorBody),
+        (status = 500, description = "Internal error", body = super::error::ErrorBody),
+    ))]
+pub async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let job: CreateJob = optional_json(&headers, &body)?;
+    for (field, value) in [
+        ("name", &job.name),
+        ("schedule", &job.schedule),
+        ("workflow_id", &job.workflow_id),
+    ] {
+        if value.trim().is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "`{field}` is required: expected {{\"name\", \"schedule\", \"workflow_id\", \"parameters\"}}"
+            ))
+            .with_details(json!({"field": field})));
+        }
+    }
+    if let Some(hint) = crate::server::source::commit_instead_hint(
+        &state.config,
+        &std::path::Path::new("schedules").join(format!("{}.yaml", slug(&job.name))),
+    ) {
+        return Err(ApiError::conflict(format!(
+            "schedules cannot be created through the API in git-source mode: {hint}"
+        )));
+    }
+    let slug = slug(&job.name);
+    if slug.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "the name `{}` has no letters or digits to derive an id from",
+            job.name
+        ))
+        .with_details(json!({"field": "name"})));
+    }
+    let id = format!("sch_{slug}");
+    let key = ObjectKey {
+        kind: Kind::Schedule,
+        id: id.clone(),
+    };
+    if state
+        .view
+        .objects()
+        .records
+        .get(&key)
+        .is_some_and(|r| r.is_live())
+    {
+        return Err(ApiError::conflict(format!(
+            "schedule {id} exists already: edit its manifest, or pick another name"
+        )));
+    }
+    let dir = state.config.project_dir.join("schedules");
+    let path = dir.join(format!("{slug}.yaml"));
+    if path.exists() {
+        return Err(ApiError::conflict(format!(
+            "schedules/{slug}.yaml exists already: edit it, or pick another name"
+        )));
+    }
+    let mut manifest = Map::new();
+    manifest.insert("kind".into(), Value::from("Schedule"));
+    manifest.insert("name".into(), Value::from(job.name.clone()));
+    manifest.insert("cron".into(), Value::from(job.schedule.clone()));
+    manifest.insert("workflow".into(), Value::from(job.workflow_id.clone()));
+    if let Some(timezone) = &job.timezone {
+        manifest.insert("timezone".into(), Value::from(timezone.clone()));
+    }
+    if !job.parameters.is_empty() {
+        manifest.insert("parameters".into(), Value::Object(job.parameters.clone()));
+    }
+    let text = format!(
+        "# yaml-language-server: $schema=../schemas/schedule.json\n# Created through POST /api/scheduler/jobs.\n{}",
+        crate::reconcile::diff::to_yaml(&Value::Object(manifest))
+    );
+    let outcome = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
+        std::fs::write(&path, text).map_err(ApiError::internal)?;
+        let outcome = controller::reconcile(&state, &[], true, false, "api")?;
+        let record = state.store.object(&key)?;
+        let applied = record
+            .as_ref()
+            .is_some_and(|r| r.is_live() && r.status == ObjectStatus::Applied);
+        if !applied {
+            // Nothing is left behind: the file goes, and the reconcile forgets it.
+            let _ = std::fs::remove_file(&path);
+            let _ = controller::reconcile(&state, &[], true, false, "api");
+            let file = format!(
+                "schedules/{}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let diagnostics: Vec<_> = outcome
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.file == file)
+                .collect();
+            let reason = diagnostics
+                .first()
+                .map(|d| d.message.clone())
+                .unwrap_or_else(|| "the schedule was not applied".into());
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("the schedule is not valid; nothing was created: {reason}"),
+            )
+            .with_details(json!({"diagnostics": diagnostics})));
+        }
+        Ok(record)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let spec = outcome.and_then(|r| r.spec).unwrap_or_default();
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, "/api/scheduler/jobs".to_owned())],
+        Json(json!({
+            "id": id,
+            "name": job.name,
+            "schedule": spec.get("cron").cloned().unwrap_or(Value::Null),
+            "workflow_id": spec.get("workflow").cloned().unwrap_or(Value::Null),
+            "parameters": spec.get("parameters").cloned().unwrap_or(json!({})),
+            "timezone": spec.get("timezone").cloned().unwrap_or(Value::Null),
+            "file": format!("schedules/{slug}.yaml"),
+        })),
+    )
+        .into_response())
+}
