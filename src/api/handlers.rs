@@ -957,6 +957,51 @@ async fn reconcile_request(
     ))
 }
 
+/// The answers of `POST /api/diff`, `/api/apply` and `/api/sync`, documented once.
+pub struct ReconcileAnswers;
+
+impl utoipa::IntoResponses for ReconcileAnswers {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, ResponsesBuilder};
+        let answer = |description: &str, schema: Ref| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(schema)).build(),
+                )
+                .build()
+        };
+        let error = |description: &str| answer(description, Ref::from_schema_name("ApiError"));
+        ResponsesBuilder::new()
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description(
+                        "The reconcile's outcome: the plan (for `diff`, what would change), \
+                         counts, diagnostics and revision",
+                    )
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::schema::Object::new()))
+                            .build(),
+                    )
+                    .build(),
+            )
+            .response("400", error("The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository"))
+            .response("401", error("An API token is configured and the request does not carry it"))
+            .response("404", error("A path does not exist in the project"))
+            .response("413", error("The body is over `server.max_body_bytes`"))
+            .response("415", error("A body without `Content-Type: application/json`"))
+            .response("422", error("A body of the wrong shape"))
+            .response("500", error("The reconcile failed (the store, reading the files)"))
+            .response("502", error("The git source cannot be fetched; the last good revision stays in force"))
+            .build()
+            .into()
+    }
+}
+
 /// What `apply` would change, without changing anything.
 ///
 /// The plan (objects to create, update, delete, unchanged, invalid, kept) with a unified
@@ -966,17 +1011,8 @@ async fn reconcile_request(
         description = "Optional: no body means every manifest directory, prune false",
         example = json!({"paths": ["workflows/smoke.yaml"], "prune": false})),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "The plan: the reconcile's outcome (plan, counts, diagnostics, revision)", body = Object),
-        (status = 400, description = "The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository", body = ErrorBody),
-        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
-        (status = 404, description = "A path does not exist in the project", body = ErrorBody),
-        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
-        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
-        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
-        (status = 500, description = "The reconcile failed (the store, reading the files)", body = ErrorBody),
-        (status = 502, description = "The git source cannot be fetched; the last good revision stays in force", body = ErrorBody),
-    ))]
+    responses(ReconcileAnswers),
+)]
 pub async fn diff(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -994,17 +1030,8 @@ pub async fn diff(
         description = "Optional: no body means every manifest directory, prune false",
         example = json!({"paths": ["workflows/smoke.yaml"], "prune": false})),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "What was applied: the reconcile's outcome (plan, counts, diagnostics, revision)", body = Object),
-        (status = 400, description = "The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository", body = ErrorBody),
-        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
-        (status = 404, description = "A path does not exist in the project", body = ErrorBody),
-        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
-        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
-        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
-        (status = 500, description = "The reconcile failed (the store, reading the files)", body = ErrorBody),
-        (status = 502, description = "The git source cannot be fetched; the last good revision stays in force", body = ErrorBody),
-    ))]
+    responses(ReconcileAnswers),
+)]
 pub async fn apply(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -1022,17 +1049,8 @@ pub async fn apply(
         description = "Optional: no body means every manifest directory, prune true",
         example = json!({"paths": ["workflows/smoke.yaml"], "prune": false})),
     security(("bearer" = [])),
-    responses(
-        (status = 200, description = "What was applied: the reconcile's outcome (plan, counts, diagnostics, revision)", body = Object),
-        (status = 400, description = "The body is not valid JSON, or a path is absolute, leaves the project, or is given while the server follows a git repository", body = ErrorBody),
-        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
-        (status = 404, description = "A path does not exist in the project", body = ErrorBody),
-        (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
-        (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
-        (status = 422, description = "A body of the wrong shape", body = ErrorBody),
-        (status = 500, description = "The reconcile failed (the store, reading the files)", body = ErrorBody),
-        (status = 502, description = "The git source cannot be fetched; the last good revision stays in force", body = ErrorBody),
-    ))]
+    responses(ReconcileAnswers),
+)]
 pub async fn sync(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -130,6 +130,24 @@ impl Context {
         }
     }
 
+    /// This program, set to the same project, data directory, environment and configuration
+    /// file: for the processes it starts in the background.
+    pub fn this_program(&self) -> Result<std::process::Command> {
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command
+            .arg("-C")
+            .arg(&self.config.project_dir)
+            .arg("--data-dir")
+            .arg(self.data_dir());
+        if let Some(environment) = self.cli.environment {
+            command.arg("--environment").arg(environment.as_str());
+        }
+        if let Some(config) = &self.cli.config {
+            command.arg("--config").arg(config);
+        }
+        Ok(command)
+    }
+
     /// Starts logging to stderr and, when `to_file`, to the log directory.
     pub fn init_logging(&self, to_file: bool) -> Result<()> {
         let dir = self.config.resolve(&self.config.config.logging.dir);

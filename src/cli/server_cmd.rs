@@ -108,18 +108,7 @@ fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) 
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    command
-        .arg("-C")
-        .arg(&context.config.project_dir)
-        .arg("--data-dir")
-        .arg(context.data_dir());
-    if let Some(environment) = context.cli.environment {
-        command.arg("--environment").arg(environment.as_str());
-    }
-    if let Some(config) = &context.cli.config {
-        command.arg("--config").arg(config);
-    }
+    let mut command = context.this_program()?;
     if context.cli.verbose {
         command.arg("--verbose");
     }

@@ -434,18 +434,7 @@ fn detach(context: &Context, run_id: &str) -> Result<u8> {
         .create(true)
         .append(true)
         .open(log_dir.join("system.log"))?;
-    let mut command = std::process::Command::new(std::env::current_exe()?);
-    command
-        .arg("-C")
-        .arg(&context.config.project_dir)
-        .arg("--data-dir")
-        .arg(context.data_dir());
-    if let Some(environment) = context.cli.environment {
-        command.arg("--environment").arg(environment.as_str());
-    }
-    if let Some(config) = &context.cli.config {
-        command.arg("--config").arg(config);
-    }
+    let mut command = context.this_program()?;
     command
         .arg("__run")
         .arg(run_id)
