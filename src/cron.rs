@@ -213,6 +213,17 @@ impl CronSchedule {
         self.cron.find_next_occurrence(after, false).ok()
     }
 
+    /// The first fire time strictly after `after` for a job whose crontab runs in the time
+    /// zone `zone`: the instant the scheduler sets its timer for.
+    pub fn next_fire(
+        &self,
+        after: DateTime<chrono::Utc>,
+        zone: chrono_tz::Tz,
+    ) -> Option<DateTime<chrono::Utc>> {
+        self.next_after(&after.with_timezone(&zone))
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     /// Whether the expression has a leading seconds field (six fields).
     pub fn has_seconds(&self) -> bool {
         self.has_seconds

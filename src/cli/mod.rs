@@ -7,6 +7,8 @@ mod config_cmd;
 mod init;
 mod manifests;
 mod runs;
+mod schedule_cmd;
+mod schedule_next;
 pub mod server_cmd;
 mod workflow;
 
@@ -97,6 +99,9 @@ pub enum Command {
     /// List runs, show them, read their logs, cancel and re-run them.
     #[command(subcommand)]
     Run(runs::RunCommand),
+    /// Cron schedules: list, show, create, and the next fire times of an expression.
+    #[command(subcommand)]
+    Schedule(schedule_cmd::ScheduleCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
     Start(server_cmd::StartArgs),
     /// Stop the server started for this data directory, gracefully.
@@ -200,6 +205,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Workflow(command) => workflow::run(&context, command)?,
         Command::Run(command) => runs::run(&context, command)?,
         Command::RunQueued { run } => workflow::run_queued(&context, run)?,
+        Command::Schedule(command) => schedule_cmd::run(&context, command)?,
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,

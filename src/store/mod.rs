@@ -400,6 +400,85 @@ impl Store {
             .collect()
     }
 
+    /// A record in one of the runtime state trees (`schedules`, `deliveries`, ...): what
+    /// the scheduler, the webhook receiver and the like remember across restarts.
+    pub fn state<T: DeserializeOwned>(
+        &self,
+        tree: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tree = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        tree.get(key.as_bytes())
+            .map_err(|e| self.sled_error(e))?
+            .map(|value| decode(key.as_bytes(), &value))
+            .transpose()
+    }
+
+    /// Every record of a state tree whose key starts with `prefix`, in key order.
+    pub fn states<T: DeserializeOwned>(
+        &self,
+        tree: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let tree = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        tree.scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), decode(&key, &value)?))
+            })
+            .collect()
+    }
+
+    /// Writes a state record; with `durable`, flushed before this returns.
+    pub fn put_state<T: Serialize>(
+        &self,
+        tree: &str,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        opened
+            .insert(key.as_bytes(), encode(value))
+            .map_err(|e| self.sled_error(e))?;
+        if durable {
+            self.db.flush().map_err(|e| self.sled_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a state record only if none exists under `key` (atomically); returns whether
+    /// it was written. With `durable`, flushed before this returns.
+    pub fn insert_state_once<T: Serialize>(
+        &self,
+        tree: &str,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<bool, StoreError> {
+        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let written = opened
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(encode(value)))
+            .map_err(|e| self.sled_error(e))?
+            .is_ok();
+        if written && durable {
+            self.db.flush().map_err(|e| self.sled_error(e))?;
+        }
+        Ok(written)
+    }
+
+    /// Removes state records, durably.
+    pub fn remove_states(&self, tree: &str, keys: &[String]) -> Result<(), StoreError> {
+        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key.as_bytes());
+        }
+        opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        self.db.flush().map_err(|e| self.sled_error(e))?;
+        Ok(())
+    }
+
     /// Removes runs and their steps, durably.
     pub fn delete_runs(&self, ids: &[String]) -> Result<(), StoreError> {
         for id in ids {
@@ -503,6 +582,33 @@ mod tests {
             applied_at: None,
             updated_at: "2026-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn state_records_are_kept_and_inserted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_state("schedules", "sch_a", &serde_json::json!({"n": 1}), true)
+                .unwrap();
+            assert!(store
+                .insert_state_once("deliveries", "d1", &serde_json::json!(1), true)
+                .unwrap());
+            assert!(!store
+                .insert_state_once("deliveries", "d1", &serde_json::json!(2), true)
+                .unwrap());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let value: Option<serde_json::Value> = store.state("schedules", "sch_a").unwrap();
+        assert_eq!(value, Some(serde_json::json!({"n": 1})));
+        let all: Vec<(String, serde_json::Value)> = store.states("deliveries", "").unwrap();
+        assert_eq!(all, vec![("d1".to_owned(), serde_json::json!(1))]);
+        store.remove_states("deliveries", &["d1".into()]).unwrap();
+        assert!(store
+            .states::<serde_json::Value>("deliveries", "")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
