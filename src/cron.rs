@@ -2,14 +2,15 @@
 //!
 //! Every field is validated here, one by one, so that an error can name the field and
 //! the text that is wrong. The validated fields are then handed to `croner`, which does
-//! the calendar arithmetic for [`CronSchedule::next_after`].
+//! the calendar arithmetic on wall-clock time; time zones and their offset changes (DST)
+//! are handled here, by [`CronSchedule::next_fire`], the way Debian's cron handles them.
 //!
 //! Supported syntax:
 //!
 //! - five fields `minute hour day-of-month month day-of-week`, or six with a leading
 //!   seconds field;
 //! - `*`, numbers, ranges `a-b`, steps `*/n`, `a-b/n` and `a/n` (the last meaning
-//!   `a-max/n`, as in cronie), and comma-separated lists of these;
+//!   `a-max/n`), and comma-separated lists of these;
 //! - month names `jan`-`dec` and day names `sun`-`sat`, case-insensitive, in the month
 //!   and day-of-week fields; both `0` and `7` mean Sunday;
 //! - the macros `@hourly`, `@daily`, `@midnight`, `@weekly`, `@monthly`, `@yearly` and
@@ -22,7 +23,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds};
 
 /// The macros accepted in place of the five fields, with their five-field equivalents.
@@ -158,12 +159,39 @@ fn render_error(field: Option<&CronField>, text: &str, message: &str) -> String 
     }
 }
 
+/// A forward offset change of at least this many seconds is a clock correction for cron
+/// (its "time has changed a *lot*" case): nothing skipped by it is caught up.
+///
+/// Cron counts in wall-clock minutes: after the last minute before a forward jump of `G`
+/// minutes it wakes up `G + 1` minutes later, and more than 180 is a correction, so
+/// `G >= 180`.
+const CORRECTION_FORWARD_SECS: i64 = 180 * 60;
+
+/// A backward offset change of more than this many seconds is a clock correction for
+/// cron: the repeated times fire again for every job.
+///
+/// After the last minute before a backward jump of `O` minutes cron finds itself
+/// `1 - O` minutes "later"; below -180 is a correction, so `O > 181`.
+const CORRECTION_BACKWARD_SECS: i64 = 181 * 60;
+
+/// A forward offset change shorter than this is, for cron, a late wake-up (its "small"
+/// case, a difference of at most 5 minutes): every job catches up, wildcard jobs too.
+const LATE_WAKEUP_SECS: i64 = 5 * 60;
+
+/// How far apart [`first_offset_change`] samples a zone's UTC offset. Offset changes
+/// closer together than this that cancel each other out would go unnoticed; since 1970
+/// no two offset changes of any zone have been less than two days apart.
+const OFFSET_PROBE_SECS: i64 = 3600;
+
 /// A validated crontab schedule that can compute its next fire time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronSchedule {
-    cron: croner::Cron,
+    /// The fields, evaluated by croner on wall-clock time read as UTC, so that croner
+    /// never applies time zone rules of its own.
+    wall: croner::Cron,
     expression: String,
     has_seconds: bool,
+    fixed_time: bool,
 }
 
 impl CronSchedule {
@@ -183,7 +211,7 @@ impl CronSchedule {
         // Croner only treats a day field as a wildcard when it is exactly `*`, while
         // Vixie cron looks at the first character, so `*/2` is a wildcard there. Deciding
         // the AND/OR day rule here and forcing it on croner keeps the Vixie behaviour.
-        let cron = CronParser::builder()
+        let wall = CronParser::builder()
             .seconds(Seconds::Required)
             .dom_and_dow(parsed.days_must_both_match())
             .build()
@@ -194,9 +222,10 @@ impl CronSchedule {
                 ))
             })?;
         Ok(CronSchedule {
-            cron,
+            wall,
             expression: expr.trim().to_string(),
             has_seconds: parsed.has_seconds,
+            fixed_time: parsed.fixed_time,
         })
     }
 
@@ -207,26 +236,243 @@ impl CronSchedule {
 
     /// The first fire time strictly after `after`, in the time zone of `after`.
     ///
-    /// Returns `None` when there is no such time up to the year 5000, which is as far as
-    /// croner searches.
-    pub fn next_after<Tz: TimeZone>(&self, after: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-        self.cron.find_next_occurrence(after, false).ok()
+    /// The same as [`CronSchedule::next_fire`], for any [`TimeZone`]: offset changes of
+    /// the zone follow the rules documented there.
+    pub fn next_after<Z: TimeZone>(&self, after: &DateTime<Z>) -> Option<DateTime<Z>> {
+        let zone = after.timezone();
+        self.next_in_zone(after.with_timezone(&Utc), &zone)
+            .map(|next| next.with_timezone(&zone))
     }
 
     /// The first fire time strictly after `after` for a job whose crontab runs in the time
     /// zone `zone`: the instant the scheduler sets its timer for.
-    pub fn next_fire(
-        &self,
-        after: DateTime<chrono::Utc>,
-        zone: chrono_tz::Tz,
-    ) -> Option<DateTime<chrono::Utc>> {
-        self.next_after(&after.with_timezone(&zone))
-            .map(|t| t.with_timezone(&chrono::Utc))
+    ///
+    /// The expression is matched against the wall clock of `zone`. Where the zone's UTC
+    /// offset changes (daylight saving time), the result is what Debian's cron (Vixie
+    /// cron, cronie) does when the system clock is in that zone:
+    ///
+    /// - A job is **fixed-time** when neither its minute nor its hour field starts with
+    ///   `*` (`30 2 * * *`, `0 9-17 * * 1-5`, `@daily`, `@weekly`, `@monthly`,
+    ///   `@yearly`); otherwise it is a **wildcard** job (`*/15 * * * *`, `30 * * * *`,
+    ///   `* 2 * * *`, `@hourly`). Only the minute and hour fields decide; a seconds field
+    ///   is matched but never makes a job wildcard.
+    /// - **Clock jumps forward** (spring forward; wall times in the gap do not exist): a
+    ///   fixed-time job whose times fall in the gap fires once, at the first instant after
+    ///   the gap — Europe/Berlin `30 2 * * *` on 2026-03-29 fires at 03:00+02:00. All of
+    ///   its times in the gap, and a time of its own at that very instant, make that one
+    ///   run (cron starts one run per skipped minute, all at that moment). A wildcard job
+    ///   follows real elapsed time: its times in the gap do not happen —
+    ///   `*/15 * * * *` goes from 01:45+01:00 to 03:00+02:00.
+    /// - **Clock jumps back** (fall back; wall times in the repeated interval happen
+    ///   twice): a fixed-time job fires only in the first occurrence — `30 2 * * *` on
+    ///   2026-10-25 fires at 02:30+02:00, not at 02:30+01:00. A wildcard job follows real
+    ///   elapsed time and fires in both — `30 * * * *` fires at 02:30+02:00 and again at
+    ///   02:30+01:00.
+    /// - As in cron, an offset change of 3 hours or more forward, or of more than 181
+    ///   minutes back (a zone moving across the date line, such as Pacific/Apia on
+    ///   2011-12-30), counts as a clock correction: nothing skipped is caught up, and
+    ///   repeated times fire again for every job. A forward change of less than 5 minutes
+    ///   counts as a late wake-up: every job, wildcard ones too, catches up its skipped
+    ///   times once at the first instant after the gap. No zone has had such a small
+    ///   change since 1970.
+    ///
+    /// Returns `None` when there is no fire time before the year 5000.
+    pub fn next_fire(&self, after: DateTime<Utc>, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
+        self.next_in_zone(after, &zone)
     }
 
     /// Whether the expression has a leading seconds field (six fields).
     pub fn has_seconds(&self) -> bool {
         self.has_seconds
+    }
+
+    /// Whether this is a fixed-time job for DST purposes: neither its minute nor its hour
+    /// field starts with `*`. See [`CronSchedule::next_fire`].
+    pub fn is_fixed_time(&self) -> bool {
+        self.fixed_time
+    }
+
+    /// Walks the spans of constant UTC offset from `after` on: within a span the next
+    /// matching wall-clock time is found by croner, and each offset change crossed is
+    /// handled by the rules of [`CronSchedule::next_fire`].
+    fn next_in_zone<Z: TimeZone>(&self, after: DateTime<Utc>, zone: &Z) -> Option<DateTime<Utc>> {
+        let mut cursor = after;
+        // Whether a fire time at `cursor` itself counts: only at the start of a new span.
+        let mut inclusive = false;
+        loop {
+            let offset = offset_at(zone, cursor.timestamp())?;
+            let local = cursor
+                .naive_utc()
+                .checked_add_signed(TimeDelta::seconds(offset))?;
+            let wall = self.next_wall_time(local, inclusive)?;
+            let candidate = wall
+                .checked_sub_signed(TimeDelta::seconds(offset))?
+                .and_utc();
+            match first_offset_change(zone, cursor, candidate, offset)? {
+                None => {
+                    if self.fixed_time && is_repeated_occurrence(zone, wall, candidate) {
+                        cursor = candidate;
+                        inclusive = false;
+                        continue;
+                    }
+                    return Some(candidate);
+                }
+                Some((change, new_offset)) => {
+                    // Nothing matches between `cursor` and the change. If the clock jumps
+                    // forward there, the wall times from `change + offset` up to
+                    // `change + new_offset` are skipped, and `wall` is the first match at
+                    // or after the start of that gap.
+                    let jump = new_offset - offset;
+                    let gap_end = change
+                        .naive_utc()
+                        .checked_add_signed(TimeDelta::seconds(new_offset))?;
+                    if jump > 0 && wall < gap_end && self.catches_up(jump) {
+                        return Some(change);
+                    }
+                    cursor = change;
+                    inclusive = true;
+                }
+            }
+        }
+    }
+
+    /// The first wall-clock time after `local` (or at it, if `inclusive`) the fields match.
+    fn next_wall_time(&self, local: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
+        self.wall
+            .find_next_occurrence(&local.and_utc(), inclusive)
+            .ok()
+            .map(|time| time.naive_utc())
+    }
+
+    /// Whether times skipped by a forward offset change of `jump` seconds fire once at the
+    /// end of the gap.
+    fn catches_up(&self, jump: i64) -> bool {
+        if jump >= CORRECTION_FORWARD_SECS {
+            false
+        } else if jump < LATE_WAKEUP_SECS {
+            true
+        } else {
+            self.fixed_time
+        }
+    }
+}
+
+/// Why a time zone name was rejected by [`parse_time_zone`].
+///
+/// Displays as ``unknown time zone `Europe/Berln`; did you mean `Europe/Berlin`? (expected
+/// an IANA name such as Europe/Berlin or UTC)``.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} (expected an IANA name such as Europe/Berlin or UTC)", render_zone_error(.name, *.suggestion))]
+pub struct TimeZoneError {
+    /// The name as given.
+    pub name: String,
+    /// The known zone the name most likely meant, if any is close.
+    pub suggestion: Option<&'static str>,
+}
+
+fn render_zone_error(name: &str, suggestion: Option<&str>) -> String {
+    match suggestion {
+        _ if name.trim().is_empty() => "empty time zone".to_string(),
+        Some(known) => format!("unknown time zone `{name}`; did you mean `{known}`?"),
+        None => format!("unknown time zone `{name}`"),
+    }
+}
+
+/// Parses an IANA time zone name such as `Europe/Berlin`, `America/New_York` or `UTC`
+/// (the names of the tz database chrono-tz carries, links such as `US/Eastern` included).
+///
+/// # Errors
+///
+/// Returns a [`TimeZoneError`] for any other text, suggesting the closest known name: one
+/// that differs only in case, one whose last part is the given name (`Berlin`), or one
+/// within a small edit distance (`Europe/Berln`).
+pub fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, TimeZoneError> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| TimeZoneError {
+        name: name.to_string(),
+        suggestion: suggest_time_zone(name),
+    })
+}
+
+fn suggest_time_zone(name: &str) -> Option<&'static str> {
+    let normalize = |text: &str| text.trim().replace(' ', "_").to_ascii_lowercase();
+    let wanted = normalize(name);
+    if wanted.is_empty() {
+        return None;
+    }
+    let names = || chrono_tz::TZ_VARIANTS.iter().map(|zone| zone.name());
+    names()
+        .find(|known| known.to_ascii_lowercase() == wanted)
+        .or_else(|| {
+            names().find(|known| {
+                !wanted.contains('/')
+                    && known
+                        .rsplit('/')
+                        .next()
+                        .is_some_and(|city| city.to_ascii_lowercase() == wanted)
+            })
+        })
+        .or_else(|| crate::schema::did_you_mean(name.trim(), names()))
+}
+
+/// The UTC offset of `zone` at the Unix time `timestamp`, in seconds.
+fn offset_at<Z: TimeZone>(zone: &Z, timestamp: i64) -> Option<i64> {
+    let utc = DateTime::from_timestamp(timestamp, 0)?.naive_utc();
+    Some(i64::from(
+        zone.offset_from_utc_datetime(&utc).fix().local_minus_utc(),
+    ))
+}
+
+/// The first instant in `(from, to]` at which the UTC offset of `zone` is no longer
+/// `offset`, with the new offset; `Ok(None)` when it stays `offset` up to `to`.
+///
+/// Offset changes happen on whole seconds, so the offset at `from` is the offset at the
+/// whole second `from` falls in, and the change is found exactly by bisection.
+fn first_offset_change<Z: TimeZone>(
+    zone: &Z,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    offset: i64,
+) -> Option<Option<(DateTime<Utc>, i64)>> {
+    let end = to.timestamp();
+    let mut low = from.timestamp();
+    while low < end {
+        let high = low.saturating_add(OFFSET_PROBE_SECS).min(end);
+        if offset_at(zone, high)? != offset {
+            // The offset is `offset` at `same` and something else at `differs`.
+            let (mut same, mut differs) = (low, high);
+            while differs - same > 1 {
+                let middle = same + (differs - same) / 2;
+                if offset_at(zone, middle)? == offset {
+                    same = middle;
+                } else {
+                    differs = middle;
+                }
+            }
+            let change = DateTime::from_timestamp(differs, 0)?;
+            return Some(Some((change, offset_at(zone, differs)?)));
+        }
+        low = high;
+    }
+    Some(None)
+}
+
+/// Whether `instant`, whose wall-clock time in `zone` is `wall`, is the second occurrence
+/// of a wall time repeated by a backward offset change that cron treats as DST (not as a
+/// clock correction).
+fn is_repeated_occurrence<Z: TimeZone>(
+    zone: &Z,
+    wall: NaiveDateTime,
+    instant: DateTime<Utc>,
+) -> bool {
+    match zone.from_local_datetime(&wall) {
+        LocalResult::Ambiguous(first, second) => {
+            let offset_of = |time: &DateTime<Z>| i64::from(time.offset().fix().local_minus_utc());
+            let repeated_for = offset_of(&first) - offset_of(&second);
+            second.with_timezone(&Utc) == instant
+                && first.with_timezone(&Utc) != instant
+                && repeated_for <= CORRECTION_BACKWARD_SECS
+        }
+        _ => false,
     }
 }
 
@@ -263,6 +509,9 @@ struct ParsedFields {
     dom_all: bool,
     /// The day-of-week text is exactly `*`.
     dow_all: bool,
+    /// Neither the minute nor the hour text starts with `*`: a fixed-time job in cron's
+    /// DST handling.
+    fixed_time: bool,
 }
 
 impl ParsedFields {
@@ -350,6 +599,7 @@ fn parse_fields(expr: &str) -> Result<ParsedFields, CronError> {
         dow_star: dow_text.starts_with('*'),
         dom_all: dom_text == "*",
         dow_all: dow_text == "*",
+        fixed_time: !minute_text.starts_with('*') && !hour_text.starts_with('*'),
     };
     check_can_fire(&parsed, dom_text, month_text)?;
     Ok(parsed)

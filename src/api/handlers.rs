@@ -869,24 +869,21 @@ pub async fn list_manifests(
     (status = 200, description = "The schedules", body = Object),
 ))]
 pub async fn list_jobs(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let objects = &state.view.objects().records;
-    let jobs: Vec<Value> = objects
-        .values()
-        .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
-        .map(|r| {
-            let spec = r.spec.clone().unwrap_or_default();
-            json!({
-                "id": r.key.id,
-                "name": r.name,
-                "schedule": spec.get("cron").or_else(|| spec.get("schedule")).cloned().unwrap_or(Value::Null),
-                "workflow_id": spec.get("workflow").cloned().unwrap_or(Value::Null),
-                "parameters": spec.get("parameters").cloned().unwrap_or(json!({})),
-                "timezone": spec.get("timezone").cloned().unwrap_or(Value::Null),
-                "suspend": spec.get("suspend").cloned().unwrap_or(Value::from(false)),
-                "status": r.status,
-            })
-        })
-        .collect();
+    let objects = state.view.objects();
+    let states = crate::scheduler::states(&state.store)?;
+    let jobs = crate::scheduler::jobs_json(
+        &objects.records,
+        &states,
+        |run| {
+            state
+                .store
+                .run(run)
+                .ok()
+                .flatten()
+                .map(|r| r.status.as_str().to_owned())
+        },
+        &state.config.config.scheduler.timezone,
+    );
     Ok(Json(json!({"jobs": jobs})))
 }
 

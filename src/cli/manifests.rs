@@ -446,3 +446,75 @@ pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> Strin
     }
     out
 }
+
+/// Writes a new manifest of `kind` for `name` into its directory (`workflows/<slug>.yaml`,
+/// ...) and reconciles the project, so the file stays the source of truth: what
+/// `workflow create` and `schedule create` do. Reports `created KIND ID in FILE`; when the
+/// object does not apply, the file is removed again and the problems are shown.
+pub fn create_manifest(
+    context: &Context,
+    kind: Kind,
+    name: &str,
+    document: serde_json::Value,
+) -> Result<u8> {
+    use anyhow::{bail, Context as _};
+    let slug = crate::manifest::slug(name);
+    if slug.is_empty() {
+        bail!("the name `{name}` has no letters or digits to derive an id from");
+    }
+    let relative = std::path::Path::new(kind.directory()).join(format!("{slug}.yaml"));
+    let noun = kind.as_str().to_ascii_lowercase();
+    if let Some(hint) = crate::server::source::commit_instead_hint(&context.config, &relative) {
+        bail!("{noun} create writes no files in git-source mode: {hint}");
+    }
+    let path = context.config.project_dir.join(&relative);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        bail!(
+            "{} exists already: edit it, or pick another name",
+            path.display()
+        );
+    }
+    let schema = match kind {
+        Kind::WorkflowTemplate => "workflow-template",
+        other => other.directory().trim_end_matches('s'),
+    };
+    let text = format!(
+        "# yaml-language-server: $schema=../schemas/{schema}.json\n{}",
+        reconcile::diff::to_yaml(&document)
+    );
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    // The whole project is reconciled, not just the new file: what the object relies on
+    // (agents, templates, the workflow a schedule runs) must be in force with it.
+    let code = apply(
+        context,
+        &ApplyArgs {
+            paths: Vec::new(),
+            dry_run: false,
+            prune: false,
+            output: OutputFormat::Table,
+        },
+    )?;
+    let id = format!("{}{slug}", kind.id_prefix());
+    let created = Backend::open(context)?.objects()?.values().any(|r| {
+        r.key.kind == kind
+            && r.key.id == id
+            && r.is_live()
+            && r.status == crate::store::ObjectStatus::Applied
+    });
+    if created {
+        println!("created {noun} {id} in {}", relative.display());
+        if code != EXIT_OK {
+            eprintln!(
+                "note: other manifests in the project have problems (shown above); {id} is applied"
+            );
+        }
+        Ok(EXIT_OK)
+    } else {
+        let _ = std::fs::remove_file(&path);
+        eprintln!("the {noun} was not created; fix the problems above and try again");
+        Ok(EXIT_FINDINGS)
+    }
+}

@@ -12,14 +12,14 @@ use serde_json::{Map, Value};
 
 use super::backend::Backend;
 use super::client::{ApiClient, ApiFailure};
-use super::manifests::{self, table, ApplyArgs};
+use super::manifests::{self, table};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::engine::admission::{AgentSwitches, RunAdmission};
 use crate::engine::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event, RunRequest};
 use crate::engine::{expand, params};
-use crate::manifest::{slug, Kind};
-use crate::store::{ObjectStatus, Store};
+use crate::manifest::Kind;
+use crate::store::Store;
 
 /// `workflow` subcommands.
 #[derive(Debug, Subcommand)]
@@ -277,67 +277,7 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
     let mut ordered = Map::new();
     ordered.insert("name".into(), Value::from(args.name.clone()));
     ordered.extend(std::mem::take(map));
-    let slug = slug(&args.name);
-    if slug.is_empty() {
-        bail!(
-            "the name `{}` has no letters or digits to derive an id from",
-            args.name
-        );
-    }
-    if let Some(hint) = crate::server::source::commit_instead_hint(
-        &context.config,
-        &std::path::Path::new("workflows").join(format!("{slug}.yaml")),
-    ) {
-        bail!("workflow create writes no files in git-source mode: {hint}");
-    }
-    let dir = context.config.project_dir.join("workflows");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("{slug}.yaml"));
-    if path.exists() {
-        bail!(
-            "{} exists already: edit it, or pick another name",
-            path.display()
-        );
-    }
-    let text = format!(
-        "# yaml-language-server: $schema=../schemas/workflow.json\n{}",
-        crate::reconcile::diff::to_yaml(&Value::Object(ordered))
-    );
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    // The whole project is reconciled, not just the new file: the agents, templates and
-    // other manifests the workflow relies on must be in force for it to run.
-    let code = manifests::apply(
-        context,
-        &ApplyArgs {
-            paths: Vec::new(),
-            dry_run: false,
-            prune: false,
-            output: OutputFormat::Table,
-        },
-    )?;
-    let id = format!("wf_{slug}");
-    let created = {
-        let store = Backend::open(context)?;
-        store.objects()?.values().any(|r| {
-            r.key.kind == Kind::Workflow
-                && r.key.id == id
-                && r.is_live()
-                && r.status == ObjectStatus::Applied
-        })
-    };
-    if created {
-        println!("created workflow {id} in workflows/{slug}.yaml");
-        if code != EXIT_OK {
-            eprintln!(
-                "note: other manifests in the project have problems (shown above); {id} is applied"
-            );
-        }
-        Ok(EXIT_OK)
-    } else {
-        let _ = std::fs::remove_file(&path);
-        eprintln!("the workflow was not created; fix the problems above and try again");
-        Ok(EXIT_FINDINGS)
-    }
+    manifests::create_manifest(context, Kind::Workflow, &args.name, Value::Object(ordered))
 }
 
 fn render(context: &Context, args: &RenderArgs) -> Result<u8> {

@@ -88,6 +88,9 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     .with_format("cron", |s: &str| {
                         crate::cron::CronSchedule::parse(s).is_ok()
                     })
+                    .with_format("timezone", |s: &str| {
+                        crate::cron::parse_time_zone(s).is_ok()
+                    })
                     .with_format("condition", |s: &str| {
                         crate::condition::parse_condition(s).is_ok()
                     })
@@ -99,6 +102,10 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     })
                     .with_format("repository-path", |s: &str| {
                         crate::source::git::check_path(s).is_ok()
+                    })
+                    .with_format("glob", |s: &str| crate::triggers::glob(s).is_ok())
+                    .with_format("payload-template", |s: &str| {
+                        crate::triggers::template::check(s).is_ok()
                     })
                     .build(&schema)
                     .expect("embedded schema compiles");
@@ -275,6 +282,8 @@ fn pattern_hint(schema_path: &str) -> &'static str {
         || schema_path.ends_with("/webhook_secret/pattern")
     {
         " (a reference such as env:NAME or file:PATH, never the secret itself)"
+    } else if schema_path.ends_with("/path/pattern") {
+        " (a URL path under /hooks/, e.g. /hooks/github)"
     } else if schema_path.ends_with("/id/pattern") {
         " (lowercase letters, digits, `_`, `.` and `-`)"
     } else {

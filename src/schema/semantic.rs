@@ -1,6 +1,6 @@
 //! The rules a JSON Schema cannot express: step names and `depends_on` forming a DAG,
 //! references between objects (agents and their actions, templates, workflows), and the
-//! detailed messages for the cron, duration and condition formats. No IO.
+//! detailed messages for the cron, timezone, duration and condition formats. No IO.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,6 +21,9 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
         "cron" => crate::cron::CronSchedule::parse(text)
             .err()
             .map(|e| (format!("invalid cron expression `{text}`: {e}"), None)),
+        "timezone" => crate::cron::parse_time_zone(text)
+            .err()
+            .map(|e| (e.to_string(), None)),
         "condition" => crate::condition::parse_condition(text).err().map(|e| {
             (
                 format!("invalid condition at column {}: {}", e.column, e.message),
@@ -34,15 +37,26 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
         "repository-path" => crate::source::git::check_path(text)
             .err()
             .map(|e| (e, None)),
+        "glob" => crate::triggers::glob(text).err().map(|e| (e, None)),
+        "payload-template" => crate::triggers::template::check(text)
+            .err()
+            .map(|e| (e, None)),
         _ => None,
     };
     detail.unwrap_or_else(|| (format!("`{text}` is not a valid {format}"), None))
 }
 
 /// Checks one object on its own: for workflows and templates, unique step names and a
-/// `depends_on` graph without unknown steps or cycles.
+/// `depends_on` graph without unknown steps or cycles; for triggers, the rules between
+/// fields (`crate::triggers::check_manifest`).
 pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
+    if manifest.kind == Kind::Trigger {
+        for (pointer, message) in crate::triggers::check_manifest(&manifest.value) {
+            diagnostics.push(manifest.error_at(&pointer, false, message));
+        }
+        return diagnostics;
+    }
     if !matches!(manifest.kind, Kind::Workflow | Kind::WorkflowTemplate) {
         return diagnostics;
     }

@@ -465,6 +465,8 @@ pub fn serve(
     tracing::info!(%address, "listening");
     on_ready(&address);
 
+    let (stop_scheduling, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = runtime.spawn(crate::scheduler::run(Arc::clone(&shared), stopped));
     let app = crate::api::router(Arc::clone(&shared));
     let served = runtime.block_on(async {
         axum::serve(listener, app)
@@ -472,6 +474,9 @@ pub fn serve(
             .await
     });
     tracing::info!("shutting down");
+    // The scheduler first, so that a fire it is making still starts its run.
+    let _ = stop_scheduling.send(true);
+    let _ = runtime.block_on(scheduler);
     shared.stopping.store(true, Ordering::SeqCst);
     stop_watching.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + options.grace;

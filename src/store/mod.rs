@@ -424,7 +424,10 @@ impl Store {
         tree.scan_prefix(prefix.as_bytes())
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
-                Ok((String::from_utf8_lossy(&key).into_owned(), decode(&key, &value)?))
+                Ok((
+                    String::from_utf8_lossy(&key).into_owned(),
+                    decode(&key, &value)?,
+                ))
             })
             .collect()
     }

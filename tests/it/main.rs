@@ -7,6 +7,7 @@ mod flow;
 mod git_source;
 mod inputs;
 mod memo;
+mod scheduler;
 mod server;
 
 use std::path::{Path, PathBuf};

@@ -129,7 +129,7 @@ impl Server {
 
     /// Starts the server with extra environment variables and waits for its
     /// `orchestrator listening on http://ADDR ...` line.
-    fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = command(dir)
             .args(["start", "--port", "0"])
             .envs(env.iter().copied())
@@ -185,16 +185,16 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api::new(&self.address, None)
     }
 
     /// SIGTERM, then waits for the exit; returns the status and the rest of stdout.
-    fn stop(&mut self) -> (ExitStatus, String) {
+    pub(crate) fn stop(&mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + DEADLINE;
@@ -234,7 +234,7 @@ impl Drop for Server {
 
 /// One HTTP answer, whatever its status.
 #[derive(Debug)]
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     content_type: String,
     location: Option<String>,
@@ -244,7 +244,7 @@ struct Reply {
 impl Reply {
     /// Asserts the status and returns the body as JSON.
     #[track_caller]
-    fn expect(self, status: u16) -> Value {
+    pub(crate) fn expect(self, status: u16) -> Value {
         assert_eq!(self.status, status, "{self:?}");
         assert!(
             self.content_type.starts_with("application/json"),
@@ -268,7 +268,7 @@ impl Reply {
 }
 
 /// A small client of the API.
-struct Api {
+pub(crate) struct Api {
     base: String,
     agent: ureq::Agent,
     token: Option<String>,
@@ -307,7 +307,7 @@ impl Api {
         }
     }
 
-    fn get(&self, path: &str) -> Reply {
+    pub(crate) fn get(&self, path: &str) -> Reply {
         Api::reply(self.agent.get(format!("{}{path}", self.base)).call())
     }
 

@@ -1,0 +1,661 @@
+//! Cron schedules: each live Schedule object fires its workflow at its due instants.
+//!
+//! - **A timer per due time.** The scheduler sleeps until the earliest due instant of all
+//!   schedules (a tokio timer, millisecond resolution), not on a polling tick; a reconcile
+//!   wakes it to re-plan.
+//! - **Recorded before it runs.** A fire is written durably (the due instant fired and the
+//!   next one) before its run is created, and the run carries the schedule and the due
+//!   instant in its trigger. After a crash, a fire recorded without a run is started once:
+//!   the run is looked up by its trigger first, so nothing is lost and nothing repeats.
+//! - **Missed fires** (the server was down, or the schedule was suspended meanwhile) follow
+//!   `catchup`: `none` skips them, `last` runs the latest one, `all` runs each (at most
+//!   [`MAX_CATCHUP`]); any older than `starting_deadline` are skipped.
+//! - **`concurrency_policy`** between the runs one schedule starts: `allow`, `forbid` (a fire
+//!   while the previous run is active is skipped and counted), `replace` (the previous run is
+//!   cancelled).
+//!
+//! [`plan`] is the pure core — state, spec and the current instant in, what to do out — and
+//! is tested with an injected clock; [`run`] drives it on the server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::cron::CronSchedule;
+use crate::engine::model::{RunRecord, Trigger};
+use crate::engine::run::RunRequest;
+use crate::events::EventKind;
+use crate::manifest::Kind;
+use crate::server::Shared;
+use crate::store::{ObjectRecord, Store, StoreError};
+
+/// The state tree of schedules in the store.
+pub const STATE_TREE: &str = "schedules";
+/// The most missed fires `catchup: all` runs at once.
+pub const MAX_CATCHUP: usize = 100;
+
+/// `catchup`: what to do with fires missed while the server was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Catchup {
+    /// Skip them.
+    None,
+    /// Run the latest one.
+    Last,
+    /// Run each of them.
+    All,
+}
+
+/// `concurrency_policy` between the runs of one schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    /// Runs side by side.
+    Allow,
+    /// A fire while the previous run is active is skipped.
+    Forbid,
+    /// The previous run is cancelled.
+    Replace,
+}
+
+/// A Schedule object, read for firing.
+#[derive(Debug, Clone)]
+pub struct ScheduleSpec {
+    /// Its id (`sch_...`).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The expression.
+    pub cron: CronSchedule,
+    /// The zone the expression is read in.
+    pub zone: chrono_tz::Tz,
+    /// The workflow to run.
+    pub workflow: String,
+    /// The runs' parameters.
+    pub parameters: Map<String, Value>,
+    /// Between its runs.
+    pub overlap: Overlap,
+    /// Missed fires.
+    pub catchup: Catchup,
+    /// Missed fires older than this are skipped.
+    pub starting_deadline: Option<Duration>,
+    /// Fires nothing while set.
+    pub suspend: bool,
+    /// What decides the due times: the expression and the zone. When it changes, the
+    /// next due instant is computed afresh from now.
+    pub timing: String,
+}
+
+impl ScheduleSpec {
+    /// Reads a live Schedule record; `default_zone` when it names none.
+    pub fn from_record(record: &ObjectRecord, default_zone: &str) -> Result<ScheduleSpec, String> {
+        let spec = record.spec.as_ref().ok_or("no spec in force")?;
+        let text = |name: &str| spec.get(name).and_then(Value::as_str);
+        let expression = text("cron").or_else(|| text("schedule")).ok_or("no cron")?;
+        let cron = CronSchedule::parse(expression).map_err(|e| e.to_string())?;
+        let zone_name = text("timezone").unwrap_or(default_zone);
+        let zone: chrono_tz::Tz = zone_name
+            .parse()
+            .map_err(|_| format!("unknown time zone `{zone_name}`"))?;
+        Ok(ScheduleSpec {
+            id: record.key.id.clone(),
+            name: record.name.clone(),
+            cron,
+            zone,
+            workflow: text("workflow").ok_or("no workflow")?.to_owned(),
+            parameters: spec
+                .get("parameters")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            overlap: match text("concurrency_policy") {
+                Some("forbid") => Overlap::Forbid,
+                Some("replace") => Overlap::Replace,
+                _ => Overlap::Allow,
+            },
+            catchup: match text("catchup") {
+                Some("last") => Catchup::Last,
+                Some("all") => Catchup::All,
+                _ => Catchup::None,
+            },
+            starting_deadline: match spec.get("starting_deadline") {
+                Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
+                Some(Value::String(text)) => crate::duration::parse_duration(text).ok(),
+                _ => None,
+            },
+            suspend: spec
+                .get("suspend")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            timing: format!("{expression} {zone_name}"),
+        })
+    }
+}
+
+/// What the store remembers of a schedule between fires and across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    /// The expression and zone the due times were computed for.
+    pub timing: String,
+    /// The next instant it is due.
+    pub next_due: Option<DateTime<Utc>>,
+    /// The last due instant fired.
+    pub last_fired: Option<DateTime<Utc>>,
+    /// The run of the last fire that started one.
+    pub last_run: Option<String>,
+    /// The last fire is recorded but its run not yet created (set durably before the run
+    /// starts; a restart that finds it set starts that run, unless it exists already).
+    #[serde(default)]
+    pub pending: bool,
+    /// Fires that started a run.
+    pub fires: u64,
+    /// Fires skipped (missed beyond catch-up, or forbidden by the concurrency policy).
+    pub skipped: u64,
+    /// Why the last skip happened.
+    pub last_skip: Option<String>,
+}
+
+/// What to do now.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Due instants to fire now, oldest first.
+    pub fire: Vec<DateTime<Utc>>,
+    /// Missed due instants skipped.
+    pub skipped: u64,
+    /// The next instant to wake for.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Decides, at `now`, which due instants of a schedule fire and when it is next due. Pure.
+pub fn plan(spec: &ScheduleSpec, state: Option<&ScheduleState>, now: DateTime<Utc>) -> Plan {
+    let fresh = || spec.cron.next_fire(now, spec.zone);
+    let Some(state) = state.filter(|s| s.timing == spec.timing) else {
+        // New, or its timing changed: the next instant after now.
+        return Plan {
+            next_due: fresh(),
+            ..Plan::default()
+        };
+    };
+    if spec.suspend {
+        // Suspended: nothing fires, and nothing accumulates for later.
+        return Plan {
+            next_due: fresh(),
+            ..Plan::default()
+        };
+    }
+    let Some(mut due) = state.next_due else {
+        return Plan {
+            next_due: fresh(),
+            ..Plan::default()
+        };
+    };
+    if due > now {
+        return Plan {
+            next_due: Some(due),
+            ..Plan::default()
+        };
+    }
+    // Every due instant up to now, bounded.
+    let mut missed = Vec::new();
+    let mut count = 0u64;
+    while due <= now {
+        count += 1;
+        if missed.len() == MAX_CATCHUP {
+            missed.remove(0);
+        }
+        missed.push(due);
+        match spec.cron.next_fire(due, spec.zone) {
+            Some(next) => due = next,
+            None => break,
+        }
+    }
+    let next_due = (due > now).then_some(due).or_else(fresh);
+    // The most recent one is due now, not missed: it fires on time whatever `catchup` says.
+    let latest = missed.pop();
+    let in_deadline = |at: &DateTime<Utc>| {
+        spec.starting_deadline.is_none_or(|deadline| {
+            now.signed_duration_since(*at)
+                .to_std()
+                .is_ok_and(|late| late <= deadline)
+        })
+    };
+    let mut fire: Vec<DateTime<Utc>> = match spec.catchup {
+        Catchup::All => missed.into_iter().filter(|at| in_deadline(at)).collect(),
+        Catchup::Last | Catchup::None => Vec::new(),
+    };
+    if let Some(latest) = latest {
+        // On time means within a second; later, it is a missed fire like the others and
+        // `catchup: none` skips it.
+        let on_time = now.signed_duration_since(latest) <= chrono::TimeDelta::seconds(1);
+        if (on_time || spec.catchup != Catchup::None) && in_deadline(&latest) {
+            fire.push(latest);
+        }
+    }
+    Plan {
+        skipped: count - fire.len() as u64,
+        fire,
+        next_due,
+    }
+}
+
+/// The schedules' runtime records, by schedule id.
+pub fn states(store: &Store) -> Result<BTreeMap<String, ScheduleState>, StoreError> {
+    Ok(store.states(STATE_TREE, "")?.into_iter().collect())
+}
+
+/// Schedules as `GET /api/scheduler/jobs` and `schedule list` show them: the manifest's
+/// fields, the next fire, the last fire and the state of its run.
+pub fn jobs_json(
+    objects: &BTreeMap<crate::store::ObjectKey, ObjectRecord>,
+    states: &BTreeMap<String, ScheduleState>,
+    run_status: impl Fn(&str) -> Option<String>,
+    default_zone: &str,
+) -> Vec<Value> {
+    objects
+        .values()
+        .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
+        .map(|record| {
+            let spec = record.spec.clone().unwrap_or_default();
+            let parsed = ScheduleSpec::from_record(record, default_zone);
+            let state = states.get(&record.key.id);
+            let next = match (&parsed, state) {
+                (Ok(parsed), Some(state)) if state.timing == parsed.timing && !parsed.suspend => {
+                    state.next_due
+                }
+                (Ok(parsed), _) if !parsed.suspend => {
+                    parsed.cron.next_fire(Utc::now(), parsed.zone)
+                }
+                _ => None,
+            };
+            let zone = parsed.as_ref().map(|p| p.zone);
+            let local = |at: DateTime<Utc>| match zone {
+                Ok(zone) => at.with_timezone(&zone).to_rfc3339(),
+                Err(_) => at.to_rfc3339(),
+            };
+            let last_run = state.and_then(|s| s.last_run.clone());
+            json!({
+                "id": record.key.id,
+                "name": record.name,
+                "schedule": spec.get("cron").or_else(|| spec.get("schedule")).cloned().unwrap_or(Value::Null),
+                "timezone": spec.get("timezone").and_then(Value::as_str).unwrap_or(default_zone),
+                "workflow_id": spec.get("workflow").cloned().unwrap_or(Value::Null),
+                "parameters": spec.get("parameters").cloned().unwrap_or(json!({})),
+                "suspend": spec.get("suspend").cloned().unwrap_or(Value::from(false)),
+                "concurrency_policy": spec.get("concurrency_policy").cloned().unwrap_or(Value::from("allow")),
+                "catchup": spec.get("catchup").cloned().unwrap_or(Value::from("none")),
+                "status": record.status,
+                "next_fire": next.map(local),
+                "last_fired": state.and_then(|s| s.last_fired).map(local),
+                "last_run": last_run.as_ref().map(|id| json!({"id": id, "status": run_status(id)})),
+                "fires": state.map_or(0, |s| s.fires),
+                "skipped": state.map_or(0, |s| s.skipped),
+                "last_skip": state.and_then(|s| s.last_skip.clone()),
+            })
+        })
+        .collect()
+}
+
+/// The run a fire created, if it got that far: found by its trigger.
+fn run_of_fire(store: &Store, schedule: &str, due: DateTime<Utc>) -> Option<RunRecord> {
+    let due = due.to_rfc3339();
+    store.runs().ok()?.into_iter().rev().find(|run| {
+        run.trigger.kind == "schedule"
+            && run.trigger.details.get("schedule").and_then(Value::as_str) == Some(schedule)
+            && run.trigger.details.get("due").and_then(Value::as_str) == Some(due.as_str())
+    })
+}
+
+/// One schedule's fire: the run request for a due instant.
+fn request(spec: &ScheduleSpec, due: DateTime<Utc>) -> RunRequest {
+    let mut details = Map::new();
+    details.insert("schedule".into(), Value::from(spec.id.clone()));
+    details.insert("name".into(), Value::from(spec.name.clone()));
+    details.insert("due".into(), Value::from(due.to_rfc3339()));
+    RunRequest {
+        workflow: spec.workflow.clone(),
+        parameters: spec.parameters.clone(),
+        trigger: Trigger {
+            kind: "schedule".into(),
+            details,
+        },
+    }
+}
+
+/// Fires what is due for every live schedule and returns the next instant to wake for.
+/// Blocking: call off the async threads.
+pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let default_zone = shared.config.config.scheduler.timezone.clone();
+    let objects = shared.view.objects();
+    let mut states = states(&shared.store)?;
+    let mut earliest: Option<DateTime<Utc>> = None;
+    let mut fires: Vec<(ScheduleSpec, DateTime<Utc>)> = Vec::new();
+    let mut changed: Vec<(String, ScheduleState)> = Vec::new();
+    for record in objects
+        .records
+        .values()
+        .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
+    {
+        let spec = match ScheduleSpec::from_record(record, &default_zone) {
+            Ok(spec) => spec,
+            Err(err) => {
+                tracing::warn!(schedule = %record.key.id, "cannot schedule: {err}");
+                continue;
+            }
+        };
+        let mut state = states.remove(&spec.id).unwrap_or_default();
+        // A fire recorded by a process that stopped before its run was created.
+        if let (true, Some(due)) = (state.pending, state.last_fired) {
+            match run_of_fire(&shared.store, &spec.id, due) {
+                Some(run) => {
+                    state.last_run = Some(run.id);
+                    state.pending = false;
+                }
+                None => fires.push((spec.clone(), due)),
+            }
+        }
+        let planned = plan(&spec, Some(&state).filter(|s| !s.timing.is_empty()), now);
+        let before = state.clone();
+        state.timing = spec.timing.clone();
+        state.next_due = planned.next_due;
+        if planned.skipped > 0 {
+            state.skipped += planned.skipped;
+            state.last_skip = Some(format!(
+                "{} missed fire(s) skipped (catchup: {:?}, starting_deadline)",
+                planned.skipped, spec.catchup
+            ));
+        }
+        for due in &planned.fire {
+            state.last_fired = Some(*due);
+            state.pending = true;
+            fires.push((spec.clone(), *due));
+        }
+        if state != before {
+            changed.push((spec.id.clone(), state));
+        }
+        if let Some(next) = planned.next_due {
+            earliest = Some(earliest.map_or(next, |e| e.min(next)));
+        }
+    }
+    // Durable before any run starts: one flush for every schedule that changed.
+    for (n, (id, state)) in changed.iter().enumerate() {
+        shared
+            .store
+            .put_state(STATE_TREE, id, state, n + 1 == changed.len())?;
+    }
+    // Schedules fire side by side; one schedule's fires (a catch-up) one after another.
+    let mut by_schedule: BTreeMap<String, (ScheduleSpec, Vec<DateTime<Utc>>)> = BTreeMap::new();
+    for (spec, due) in fires {
+        by_schedule
+            .entry(spec.id.clone())
+            .or_insert_with(|| (spec, Vec::new()))
+            .1
+            .push(due);
+    }
+    let mut started: Vec<(String, DateTime<Utc>, Result<String, String>)> = Vec::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = by_schedule
+            .values()
+            .map(|(spec, dues)| {
+                let shared = Arc::clone(shared);
+                scope.spawn(move || {
+                    dues.iter()
+                        .map(|due| (spec.id.clone(), *due, fire(&shared, spec, *due)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            if let Ok(results) = handle.join() {
+                started.extend(results);
+            }
+        }
+    });
+    for (id, due, result) in started {
+        let mut state: ScheduleState = shared.store.state(STATE_TREE, &id)?.unwrap_or_default();
+        match &result {
+            Ok(run) => {
+                state.fires += 1;
+                state.last_run = Some(run.clone());
+            }
+            Err(reason) => {
+                state.skipped += 1;
+                state.last_skip = Some(reason.clone());
+            }
+        }
+        if state.last_fired == Some(due) {
+            state.pending = false;
+        }
+        shared.store.put_state(STATE_TREE, &id, &state, false)?;
+        let lateness = Utc::now().signed_duration_since(due).num_milliseconds();
+        shared.events.publish(
+            EventKind::ScheduleFired,
+            json!({
+                "schedule": id,
+                "due": due.to_rfc3339(),
+                "lateness_ms": lateness,
+                "run_id": result.as_ref().ok(),
+                "skipped": result.as_ref().err(),
+            }),
+        );
+    }
+    Ok(earliest)
+}
+
+/// Starts the run of one fire, as the schedule's concurrency policy allows. The run id, or
+/// why no run started.
+fn fire(shared: &Arc<Shared>, spec: &ScheduleSpec, due: DateTime<Utc>) -> Result<String, String> {
+    let previous: Option<ScheduleState> = shared.store.state(STATE_TREE, &spec.id).ok().flatten();
+    let previous_run = previous
+        .and_then(|s| s.last_run)
+        .filter(|id| shared.active_run_ids().contains(id));
+    match (spec.overlap, previous_run) {
+        (Overlap::Forbid, Some(active)) => {
+            return Err(format!(
+                "skipped the fire due {}: run {active} of this schedule is still active (concurrency_policy: forbid)",
+                due.to_rfc3339()
+            ))
+        }
+        (Overlap::Replace, Some(active)) => {
+            shared.cancel_run(&active);
+        }
+        _ => {}
+    }
+    crate::server::start_run(shared, &request(spec, due))
+        .map(|run| run.id)
+        .map_err(|err| format!("the fire due {} started no run: {err}", due.to_rfc3339()))
+}
+
+/// Drives the schedules until `stop` resolves: sleeps until the earliest due instant, or
+/// until a reconcile changes the objects.
+pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut events = shared.events.subscribe();
+    loop {
+        let ticked = {
+            let shared = Arc::clone(&shared);
+            tokio::task::spawn_blocking(move || tick(&shared, Utc::now())).await
+        };
+        let next = match ticked {
+            Ok(Ok(next)) => next,
+            Ok(Err(err)) => {
+                tracing::error!("the scheduler could not record its state: {err}");
+                Some(Utc::now() + chrono::TimeDelta::seconds(1))
+            }
+            Err(err) => {
+                tracing::error!("the scheduler failed: {err}");
+                Some(Utc::now() + chrono::TimeDelta::seconds(1))
+            }
+        };
+        let sleep = next
+            .and_then(|at| at.signed_duration_since(Utc::now()).to_std().ok())
+            .unwrap_or(Duration::ZERO);
+        let timer = tokio::time::sleep(if next.is_some() {
+            sleep
+        } else {
+            Duration::from_secs(3600)
+        });
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                _ = &mut timer => break,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+                event = events.recv() => match event {
+                    Ok(event) if event.kind == EventKind::SyncCompleted => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cron: &str, catchup: Catchup, deadline: Option<u64>) -> ScheduleSpec {
+        ScheduleSpec {
+            id: "sch_t".into(),
+            name: "t".into(),
+            cron: CronSchedule::parse(cron).unwrap(),
+            zone: chrono_tz::UTC,
+            workflow: "wf".into(),
+            parameters: Map::new(),
+            overlap: Overlap::Allow,
+            catchup,
+            starting_deadline: deadline.map(Duration::from_secs),
+            suspend: false,
+            timing: format!("{cron} UTC"),
+        }
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn state(spec: &ScheduleSpec, next_due: &str) -> ScheduleState {
+        ScheduleState {
+            timing: spec.timing.clone(),
+            next_due: Some(at(next_due)),
+            ..ScheduleState::default()
+        }
+    }
+
+    #[test]
+    fn a_new_schedule_waits_for_its_first_due_instant() {
+        let spec = spec("0 2 * * *", Catchup::None, None);
+        let planned = plan(&spec, None, at("2026-05-01T10:00:00Z"));
+        assert!(planned.fire.is_empty());
+        assert_eq!(planned.next_due, Some(at("2026-05-02T02:00:00Z")));
+    }
+
+    #[test]
+    fn a_due_instant_fires_once_and_moves_on() {
+        let spec = spec("*/15 * * * *", Catchup::None, None);
+        let state = state(&spec, "2026-05-01T10:15:00Z");
+        let planned = plan(&spec, Some(&state), at("2026-05-01T10:15:00.004Z"));
+        assert_eq!(planned.fire, vec![at("2026-05-01T10:15:00Z")]);
+        assert_eq!(planned.skipped, 0);
+        assert_eq!(planned.next_due, Some(at("2026-05-01T10:30:00Z")));
+        // Not yet due: nothing.
+        let early = plan(&spec, Some(&state), at("2026-05-01T10:14:59Z"));
+        assert!(early.fire.is_empty());
+        assert_eq!(early.next_due, Some(at("2026-05-01T10:15:00Z")));
+    }
+
+    #[test]
+    fn missed_fires_follow_catchup() {
+        // Down from 10:00 to 11:10: 10:15, 10:30, 10:45, 11:00 were missed.
+        let now = at("2026-05-01T11:10:00Z");
+        let none = spec("*/15 * * * *", Catchup::None, None);
+        let planned = plan(&none, Some(&state(&none, "2026-05-01T10:15:00Z")), now);
+        assert!(planned.fire.is_empty());
+        assert_eq!(planned.skipped, 4);
+        assert_eq!(planned.next_due, Some(at("2026-05-01T11:15:00Z")));
+
+        let last = spec("*/15 * * * *", Catchup::Last, None);
+        let planned = plan(&last, Some(&state(&last, "2026-05-01T10:15:00Z")), now);
+        assert_eq!(planned.fire, vec![at("2026-05-01T11:00:00Z")]);
+        assert_eq!(planned.skipped, 3);
+
+        let all = spec("*/15 * * * *", Catchup::All, None);
+        let planned = plan(&all, Some(&state(&all, "2026-05-01T10:15:00Z")), now);
+        assert_eq!(
+            planned.fire,
+            vec![
+                at("2026-05-01T10:15:00Z"),
+                at("2026-05-01T10:30:00Z"),
+                at("2026-05-01T10:45:00Z"),
+                at("2026-05-01T11:00:00Z")
+            ]
+        );
+        assert_eq!(planned.skipped, 0);
+
+        // With a 30-minute starting deadline, only 10:45 and 11:00 are still worth running.
+        let bounded = spec("*/15 * * * *", Catchup::All, Some(30 * 60));
+        let planned = plan(
+            &bounded,
+            Some(&state(&bounded, "2026-05-01T10:15:00Z")),
+            now,
+        );
+        assert_eq!(
+            planned.fire,
+            vec![at("2026-05-01T10:45:00Z"), at("2026-05-01T11:00:00Z")]
+        );
+        assert_eq!(planned.skipped, 2);
+    }
+
+    #[test]
+    fn a_changed_expression_or_a_suspension_plans_afresh() {
+        let before = spec("*/15 * * * *", Catchup::All, None);
+        let old = state(&before, "2026-05-01T10:15:00Z");
+        let now = at("2026-05-01T11:10:00Z");
+        let after = spec("0 * * * *", Catchup::All, None);
+        let planned = plan(&after, Some(&old), now);
+        assert!(
+            planned.fire.is_empty(),
+            "no catch-up of another expression's fires"
+        );
+        assert_eq!(planned.next_due, Some(at("2026-05-01T12:00:00Z")));
+        let mut suspended = before.clone();
+        suspended.suspend = true;
+        let planned = plan(&suspended, Some(&old), now);
+        assert!(planned.fire.is_empty());
+        assert_eq!(planned.next_due, Some(at("2026-05-01T11:15:00Z")));
+    }
+
+    #[test]
+    fn catchup_all_is_bounded() {
+        let all = spec("* * * * * *", Catchup::All, None);
+        let planned = plan(
+            &all,
+            Some(&state(&all, "2026-05-01T10:00:00Z")),
+            at("2026-05-01T11:00:00Z"),
+        );
+        assert_eq!(planned.fire.len(), MAX_CATCHUP);
+        assert_eq!(planned.fire.last(), Some(&at("2026-05-01T11:00:00Z")));
+        assert_eq!(planned.skipped, 3601 - MAX_CATCHUP as u64);
+    }
+
+    #[test]
+    fn fall_back_and_spring_forward_follow_the_expression_in_its_zone() {
+        let mut daily = spec("30 2 * * *", Catchup::None, None);
+        daily.zone = chrono_tz::Europe::Berlin;
+        daily.timing = "30 2 * * * Europe/Berlin".into();
+        // 2026-03-29: 02:00 → 03:00 in Berlin; the 02:30 job runs once, right after the gap.
+        let planned = plan(&daily, None, at("2026-03-28T12:00:00Z"));
+        let due = planned.next_due.unwrap();
+        assert_eq!(
+            due.with_timezone(&chrono_tz::Europe::Berlin).to_rfc3339(),
+            "2026-03-29T03:00:00+02:00"
+        );
+    }
+}

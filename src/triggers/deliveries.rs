@@ -1,0 +1,252 @@
+//! What the webhook receiver remembers, in two of the store's runtime state trees (the only
+//! part of `triggers` that touches the store):
+//!
+//! - `deliveries`, `<trigger id>/<ulid>` → a [`DeliveryRecord`] for every delivery at every
+//!   trigger (accepted, duplicate, filtered, rejected, ping, error); the keys sort by
+//!   arrival, so the newest come last.
+//! - `delivery_ids`, `<trigger id>/<delivery id>` → the key of the accepted delivery's
+//!   record: written once ([`Store::insert_state_once`]) before its run is created, so a
+//!   redelivery — even after a restart or a crash — finds it and runs nothing.
+//!
+//! Each trigger keeps its newest `history_limit` records (and their ids); older ones go.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeliveryRecord, DeliveryResult};
+use crate::store::{Store, StoreError};
+
+/// The tree of delivery records.
+pub const TREE: &str = "deliveries";
+/// The tree of delivery ids seen, for deduplication.
+pub const IDS_TREE: &str = "delivery_ids";
+
+/// Records are pruned every this many deliveries per trigger (and at the first after a
+/// start).
+const PRUNE_EVERY: u64 = 100;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdEntry {
+    /// Key of the accepted delivery's record in [`TREE`].
+    record: String,
+}
+
+/// A new record key for a delivery at `trigger`: later deliveries sort after earlier ones
+/// (a monotonic ULID, so even two in one millisecond keep their order).
+pub fn new_key(trigger: &str) -> String {
+    static GENERATOR: LazyLock<Mutex<ulid::Generator>> =
+        LazyLock::new(|| Mutex::new(ulid::Generator::new()));
+    let ulid = GENERATOR
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .generate()
+        .unwrap_or_else(|_| ulid::Ulid::new());
+    format!("{trigger}/{ulid}")
+}
+
+/// Writes (or rewrites) a delivery record.
+pub fn record(
+    store: &Store,
+    key: &str,
+    record: &DeliveryRecord,
+    durable: bool,
+) -> Result<(), StoreError> {
+    store.put_state(TREE, key, record, durable)
+}
+
+/// What claiming a delivery id found.
+#[derive(Debug)]
+pub enum Claim {
+    /// The id is new: it is now remembered (not yet flushed: the flush of the run's
+    /// creation, which follows, covers it).
+    New,
+    /// The id was accepted before; the record of that delivery, when still kept.
+    Seen(Option<DeliveryRecord>),
+}
+
+/// Claims a delivery id for `trigger`, pointing at the record under `key`.
+pub fn claim(
+    store: &Store,
+    trigger: &str,
+    delivery: &str,
+    key: &str,
+) -> Result<Claim, StoreError> {
+    let id_key = format!("{trigger}/{delivery}");
+    let entry = IdEntry {
+        record: key.to_owned(),
+    };
+    if store.insert_state_once(IDS_TREE, &id_key, &entry, false)? {
+        return Ok(Claim::New);
+    }
+    let earlier = match store.state::<IdEntry>(IDS_TREE, &id_key)? {
+        Some(entry) => store.state::<DeliveryRecord>(TREE, &entry.record)?,
+        None => None,
+    };
+    Ok(Claim::Seen(earlier))
+}
+
+/// Forgets a claimed id (its run could not be created: a redelivery may try again).
+pub fn release(store: &Store, trigger: &str, delivery: &str) -> Result<(), StoreError> {
+    store.remove_states(IDS_TREE, &[format!("{trigger}/{delivery}")])
+}
+
+/// The records of a trigger, newest first, at most `limit`, and how many are kept.
+pub fn list(
+    store: &Store,
+    trigger: &str,
+    limit: usize,
+) -> Result<(Vec<DeliveryRecord>, usize), StoreError> {
+    let keys = store.states::<serde::de::IgnoredAny>(TREE, &format!("{trigger}/"))?;
+    let total = keys.len();
+    let mut records = Vec::with_capacity(limit.min(total));
+    for (key, _) in keys.iter().rev().take(limit) {
+        if let Some(record) = store.state::<DeliveryRecord>(TREE, key)? {
+            records.push(record);
+        }
+    }
+    Ok((records, total))
+}
+
+/// Counts deliveries per trigger and prunes a trigger's records to `keep` now and then.
+pub fn note_delivery(store: &Store, trigger: &str, keep: usize) -> Result<(), StoreError> {
+    static COUNTS: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Mutex::default);
+    let due = {
+        let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(trigger.to_owned()).or_insert(0);
+        *count += 1;
+        *count % PRUNE_EVERY == 1
+    };
+    if due {
+        prune(store, trigger, keep)?;
+    }
+    Ok(())
+}
+
+/// Removes a trigger's oldest records beyond `keep`, and the ids of the accepted ones among
+/// them; returns how many records went.
+pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreError> {
+    let keys = store.states::<serde::de::IgnoredAny>(TREE, &format!("{trigger}/"))?;
+    if keys.len() <= keep {
+        return Ok(0);
+    }
+    let old: Vec<String> = keys[..keys.len() - keep]
+        .iter()
+        .map(|(key, _)| key.clone())
+        .collect();
+    let mut ids = Vec::new();
+    for key in &old {
+        if let Some(record) = store.state::<DeliveryRecord>(TREE, key)? {
+            if matches!(
+                record.result,
+                DeliveryResult::Accepted | DeliveryResult::Error
+            ) {
+                ids.push(format!("{trigger}/{}", record.delivery));
+            }
+        }
+    }
+    if !ids.is_empty() {
+        store.remove_states(IDS_TREE, &ids)?;
+    }
+    store.remove_states(TREE, &old)?;
+    Ok(old.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_of(trigger: &str, delivery: &str, result: DeliveryResult) -> DeliveryRecord {
+        DeliveryRecord {
+            trigger: trigger.into(),
+            delivery: delivery.into(),
+            event: Some("push".into()),
+            action: None,
+            branch: Some("main".into()),
+            result,
+            reason: None,
+            run_id: None,
+            received_at: "2025-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn claims_dedupe_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let key = new_key("trg_a");
+            assert!(matches!(
+                claim(&store, "trg_a", "d-1", &key).unwrap(),
+                Claim::New
+            ));
+            let mut accepted = record_of("trg_a", "d-1", DeliveryResult::Accepted);
+            accepted.run_id = Some("run_1".into());
+            record(&store, &key, &accepted, true).unwrap();
+            // Another trigger on the same path has its own ids.
+            assert!(matches!(
+                claim(&store, "trg_b", "d-1", &new_key("trg_b")).unwrap(),
+                Claim::New
+            ));
+            store.put_state(TREE, "flush", &0, true).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        match claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap() {
+            Claim::Seen(Some(earlier)) => assert_eq!(earlier.run_id.as_deref(), Some("run_1")),
+            other => panic!("{other:?}"),
+        }
+        release(&store, "trg_a", "d-1").unwrap();
+        assert!(matches!(
+            claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap(),
+            Claim::New
+        ));
+    }
+
+    #[test]
+    fn lists_newest_first_and_prunes_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..10 {
+            let key = new_key("trg_a");
+            let delivery = format!("d-{i}");
+            assert!(matches!(
+                claim(&store, "trg_a", &delivery, &key).unwrap(),
+                Claim::New
+            ));
+            record(
+                &store,
+                &key,
+                &record_of("trg_a", &delivery, DeliveryResult::Accepted),
+                false,
+            )
+            .unwrap();
+        }
+        // A trigger whose id starts like another's is not mixed in.
+        record(
+            &store,
+            &new_key("trg_ab"),
+            &record_of("trg_ab", "x", DeliveryResult::Filtered),
+            false,
+        )
+        .unwrap();
+        let (records, total) = list(&store, "trg_a", 3).unwrap();
+        assert_eq!(total, 10);
+        let ids: Vec<&str> = records.iter().map(|r| r.delivery.as_str()).collect();
+        assert_eq!(ids, ["d-9", "d-8", "d-7"]);
+        assert_eq!(prune(&store, "trg_a", 4).unwrap(), 6);
+        let (records, total) = list(&store, "trg_a", 100).unwrap();
+        assert_eq!(total, 4);
+        assert_eq!(records.last().unwrap().delivery, "d-6");
+        // The pruned deliveries' ids are forgotten; the kept ones are still duplicates.
+        assert!(matches!(
+            claim(&store, "trg_a", "d-0", &new_key("trg_a")).unwrap(),
+            Claim::New
+        ));
+        assert!(matches!(
+            claim(&store, "trg_a", "d-9", &new_key("trg_a")).unwrap(),
+            Claim::Seen(Some(_))
+        ));
+        assert_eq!(list(&store, "trg_ab", 10).unwrap().1, 1);
+    }
+}
