@@ -178,10 +178,10 @@ const CORRECTION_BACKWARD_SECS: i64 = 181 * 60;
 /// case, a difference of at most 5 minutes): every job catches up, wildcard jobs too.
 const LATE_WAKEUP_SECS: i64 = 5 * 60;
 
-/// How far apart [`first_offset_change`] samples a zone's UTC offset. Offset changes
-/// closer together than this that cancel each other out would go unnoticed; since 1970
-/// no two offset changes of any zone have been less than two days apart.
-const OFFSET_PROBE_SECS: i64 = 3600;
+/// How far apart [`first_offset_change`] samples a zone's UTC offset: a day. Two offset
+/// changes within one sample that cancel each other out would go unnoticed, but no two
+/// offset changes of any zone in the tz database are less than four days apart.
+const OFFSET_PROBE_SECS: i64 = 86_400;
 
 /// A validated crontab schedule that can compute its next fire time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +276,9 @@ impl CronSchedule {
     ///   times once at the first instant after the gap. No zone has had such a small
     ///   change since 1970.
     ///
+    /// The offsets are those of the tz database compiled into chrono-tz, whose DST rules
+    /// run to the year 2099; later, a zone keeps the offset of its last change.
+    ///
     /// Returns `None` when there is no fire time before the year 5000.
     pub fn next_fire(&self, after: DateTime<Utc>, zone: chrono_tz::Tz) -> Option<DateTime<Utc>> {
         self.next_in_zone(after, &zone)
@@ -362,7 +365,10 @@ impl CronSchedule {
 /// Displays as ``unknown time zone `Europe/Berln`; did you mean `Europe/Berlin`? (expected
 /// an IANA name such as Europe/Berlin or UTC)``.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{} (expected an IANA name such as Europe/Berlin or UTC)", render_zone_error(.name, *.suggestion))]
+#[error(
+    "{} (expected an IANA name such as Europe/Berlin or UTC)",
+    render_zone_error(.name, *.suggestion)
+)]
 pub struct TimeZoneError {
     /// The name as given.
     pub name: String,
@@ -423,7 +429,8 @@ fn offset_at<Z: TimeZone>(zone: &Z, timestamp: i64) -> Option<i64> {
 }
 
 /// The first instant in `(from, to]` at which the UTC offset of `zone` is no longer
-/// `offset`, with the new offset; `Ok(None)` when it stays `offset` up to `to`.
+/// `offset`, with the new offset; `Some(None)` when it stays `offset` up to `to`, and
+/// `None` only for instants chrono cannot represent.
 ///
 /// Offset changes happen on whole seconds, so the offset at `from` is the offset at the
 /// whole second `from` falls in, and the change is found exactly by bisection.
@@ -717,7 +724,7 @@ fn parse_item(field: CronField, item: &str) -> Result<u64, String> {
         (start, end)
     } else {
         let value = parse_value(field, base, false)?;
-        // As in cronie, `a/n` means every n-th value from `a` to the end of the field.
+        // `a/n` means every n-th value from `a` to the end of the field, as cronsim reads it.
         match step {
             Some(_) => (value, field.max()),
             None => (value, value),
@@ -818,7 +825,7 @@ fn quartz_letter_message(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{Datelike, Duration, FixedOffset, NaiveDate, Timelike, Utc};
+    use chrono::{Datelike, Duration, FixedOffset, NaiveDate, Timelike};
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
@@ -1006,6 +1013,795 @@ mod tests {
         assert_eq!(next, offset.with_ymd_and_hms(2025, 1, 2, 2, 0, 0).unwrap());
         assert_eq!(next.offset(), &offset);
         assert_eq!(next.with_timezone(&Utc), utc(2025, 1, 1, 20, 30, 0));
+    }
+
+    /// The next `count` fire times after `from` (RFC 3339) in `zone`, as RFC 3339 instants
+    /// with the offset of the zone at each one.
+    fn zoned_fire_times(expr: &str, zone: chrono_tz::Tz, from: &str, count: usize) -> Vec<String> {
+        let schedule = CronSchedule::parse(expr).unwrap();
+        let mut cursor = DateTime::parse_from_rfc3339(from)
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut times = Vec::new();
+        for _ in 0..count {
+            let Some(next) = schedule.next_fire(cursor, zone) else {
+                break;
+            };
+            assert!(
+                next > cursor,
+                "`{expr}` in {zone}: {next} is not after {cursor}"
+            );
+            times.push(
+                next.with_timezone(&zone)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            );
+            cursor = next;
+        }
+        times
+    }
+
+    /// An expression, its time zone, the instant to start from and the fire times expected
+    /// after it, all as RFC 3339 with offsets.
+    type ZonedCase = (
+        &'static str,
+        chrono_tz::Tz,
+        &'static str,
+        &'static [&'static str],
+    );
+
+    #[test]
+    fn next_fire_follows_the_table_in_utc() {
+        use chrono_tz::UTC;
+        let new_year = "2026-01-01T00:00:00+00:00"; // A Thursday.
+        let table: Vec<ZonedCase> = vec![
+            // The guide's five examples.
+            (
+                "0 2 * * *",
+                UTC,
+                new_year,
+                &[
+                    "2026-01-01T02:00:00+00:00",
+                    "2026-01-02T02:00:00+00:00",
+                    "2026-01-03T02:00:00+00:00",
+                ],
+            ),
+            (
+                "*/15 * * * *",
+                UTC,
+                "2026-01-01T10:07:30+00:00",
+                &[
+                    "2026-01-01T10:15:00+00:00",
+                    "2026-01-01T10:30:00+00:00",
+                    "2026-01-01T10:45:00+00:00",
+                    "2026-01-01T11:00:00+00:00",
+                ],
+            ),
+            (
+                "0 9-17 * * 1-5",
+                UTC,
+                "2026-01-02T16:30:00+00:00", // Friday afternoon.
+                &[
+                    "2026-01-02T17:00:00+00:00",
+                    "2026-01-05T09:00:00+00:00",
+                    "2026-01-05T10:00:00+00:00",
+                ],
+            ),
+            (
+                "0 0 * * 0",
+                UTC,
+                new_year,
+                &["2026-01-04T00:00:00+00:00", "2026-01-11T00:00:00+00:00"],
+            ),
+            (
+                "0 0 1 * *",
+                UTC,
+                new_year,
+                &["2026-02-01T00:00:00+00:00", "2026-03-01T00:00:00+00:00"],
+            ),
+            // Day of week 7 is Sunday, like 0.
+            (
+                "0 0 * * 7",
+                UTC,
+                new_year,
+                &["2026-01-04T00:00:00+00:00", "2026-01-11T00:00:00+00:00"],
+            ),
+            (
+                "0 0 * * 5-7",
+                UTC,
+                new_year,
+                &[
+                    "2026-01-02T00:00:00+00:00",
+                    "2026-01-03T00:00:00+00:00",
+                    "2026-01-04T00:00:00+00:00",
+                    "2026-01-09T00:00:00+00:00",
+                ],
+            ),
+            // Names, in any case.
+            (
+                "0 8 * * MON-fri",
+                UTC,
+                "2026-01-02T12:00:00+00:00",
+                &["2026-01-05T08:00:00+00:00", "2026-01-06T08:00:00+00:00"],
+            ),
+            (
+                "0 12 * dec sun",
+                UTC,
+                new_year,
+                &["2026-12-06T12:00:00+00:00", "2026-12-13T12:00:00+00:00"],
+            ),
+            (
+                "0 0 1 jan *",
+                UTC,
+                new_year,
+                &["2027-01-01T00:00:00+00:00", "2028-01-01T00:00:00+00:00"],
+            ),
+            // Both day fields restricted: the 13th *or* a Friday.
+            (
+                "0 0 13 * 5",
+                UTC,
+                new_year,
+                &[
+                    "2026-01-02T00:00:00+00:00",
+                    "2026-01-09T00:00:00+00:00",
+                    "2026-01-13T00:00:00+00:00",
+                    "2026-01-16T00:00:00+00:00",
+                ],
+            ),
+            // A day field starting with `*` is unrestricted for the rule: both must match,
+            // here Fridays on odd days of the month...
+            (
+                "0 0 */2 * 5",
+                UTC,
+                new_year,
+                &[
+                    "2026-01-09T00:00:00+00:00",
+                    "2026-01-23T00:00:00+00:00",
+                    "2026-02-13T00:00:00+00:00",
+                ],
+            ),
+            // ...and the 13th when it is a Sunday or a Friday (`*/5` is 0 and 5).
+            (
+                "0 0 13 * */5",
+                UTC,
+                new_year,
+                &[
+                    "2026-02-13T00:00:00+00:00",
+                    "2026-03-13T00:00:00+00:00",
+                    "2026-09-13T00:00:00+00:00",
+                ],
+            ),
+            (
+                "0 0 29 2 *",
+                UTC,
+                new_year,
+                &["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"],
+            ),
+            // 29 February on a Sunday: both day fields must match.
+            (
+                "0 0 29 2 */7",
+                UTC,
+                new_year,
+                &["2032-02-29T00:00:00+00:00", "2060-02-29T00:00:00+00:00"],
+            ),
+            ("@hourly", UTC, new_year, &["2026-01-01T01:00:00+00:00"]),
+            ("@daily", UTC, new_year, &["2026-01-02T00:00:00+00:00"]),
+            ("@midnight", UTC, new_year, &["2026-01-02T00:00:00+00:00"]),
+            ("@weekly", UTC, new_year, &["2026-01-04T00:00:00+00:00"]),
+            ("@monthly", UTC, new_year, &["2026-02-01T00:00:00+00:00"]),
+            ("@yearly", UTC, new_year, &["2027-01-01T00:00:00+00:00"]),
+            ("@annually", UTC, new_year, &["2027-01-01T00:00:00+00:00"]),
+            // Six fields: seconds first.
+            (
+                "30 */20 * * * *",
+                UTC,
+                new_year,
+                &[
+                    "2026-01-01T00:00:30+00:00",
+                    "2026-01-01T00:20:30+00:00",
+                    "2026-01-01T00:40:30+00:00",
+                ],
+            ),
+        ];
+        check_table(&table);
+    }
+
+    fn check_table(table: &[ZonedCase]) {
+        for (expr, zone, from, expected) in table {
+            assert_eq!(
+                zoned_fire_times(expr, *zone, from, expected.len()),
+                *expected,
+                "`{expr}` in {zone} after {from}"
+            );
+        }
+    }
+
+    #[test]
+    fn next_fire_follows_debian_cron_across_dst_changes() {
+        use chrono_tz::America::{New_York, Santiago};
+        use chrono_tz::Antarctica::Casey;
+        use chrono_tz::Australia::Lord_Howe;
+        use chrono_tz::Europe::Berlin;
+        use chrono_tz::Pacific::{Apia, Chatham};
+        let table: Vec<ZonedCase> = vec![
+            // Europe/Berlin, 2026-03-29: 02:00+01:00 is followed by 03:00+02:00. A fixed-time
+            // job in the gap runs once at 03:00.
+            (
+                "30 2 * * *",
+                Berlin,
+                "2026-03-28T12:00:00+01:00",
+                &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"],
+            ),
+            (
+                "0 2 * * *",
+                Berlin,
+                "2026-03-28T12:00:00+01:00",
+                &["2026-03-29T03:00:00+02:00", "2026-03-30T02:00:00+02:00"],
+            ),
+            // Several skipped times and a real time at 03:00 make one run.
+            (
+                "0,30 2,3 * * *",
+                Berlin,
+                "2026-03-28T12:00:00+01:00",
+                &[
+                    "2026-03-29T03:00:00+02:00",
+                    "2026-03-29T03:30:00+02:00",
+                    "2026-03-30T02:00:00+02:00",
+                ],
+            ),
+            // Wildcard jobs follow real time: the missing times do not happen.
+            (
+                "*/30 * * * *",
+                Berlin,
+                "2026-03-29T01:00:00+01:00",
+                &[
+                    "2026-03-29T01:30:00+01:00",
+                    "2026-03-29T03:00:00+02:00",
+                    "2026-03-29T03:30:00+02:00",
+                ],
+            ),
+            (
+                "30 * * * *",
+                Berlin,
+                "2026-03-29T01:00:00+01:00",
+                &["2026-03-29T01:30:00+01:00", "2026-03-29T03:30:00+02:00"],
+            ),
+            (
+                "* 2 * * *",
+                Berlin,
+                "2026-03-29T01:00:00+01:00",
+                &["2026-03-30T02:00:00+02:00", "2026-03-30T02:01:00+02:00"],
+            ),
+            // Europe/Berlin, 2026-10-25: 03:00+02:00 is followed by 02:00+01:00. A fixed-time
+            // job runs in the first 02:xx only...
+            (
+                "30 2 * * *",
+                Berlin,
+                "2026-10-24T12:00:00+02:00",
+                &["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+            ),
+            (
+                "0 2 * * *",
+                Berlin,
+                "2026-10-24T12:00:00+02:00",
+                &["2026-10-25T02:00:00+02:00", "2026-10-26T02:00:00+01:00"],
+            ),
+            // ...also when asked from inside the second one.
+            (
+                "30 2 * * *",
+                Berlin,
+                "2026-10-25T02:10:00+01:00",
+                &["2026-10-26T02:30:00+01:00"],
+            ),
+            // Wildcard jobs run in both.
+            (
+                "*/30 * * * *",
+                Berlin,
+                "2026-10-25T01:45:00+02:00",
+                &[
+                    "2026-10-25T02:00:00+02:00",
+                    "2026-10-25T02:30:00+02:00",
+                    "2026-10-25T02:00:00+01:00",
+                    "2026-10-25T02:30:00+01:00",
+                    "2026-10-25T03:00:00+01:00",
+                ],
+            ),
+            (
+                "30 * * * *",
+                Berlin,
+                "2026-10-25T01:45:00+02:00",
+                &[
+                    "2026-10-25T02:30:00+02:00",
+                    "2026-10-25T02:30:00+01:00",
+                    "2026-10-25T03:30:00+01:00",
+                ],
+            ),
+            // Six fields follow the same rules; the seconds field does not matter.
+            (
+                "15 30 2 * * *",
+                Berlin,
+                "2026-03-28T12:00:00+01:00",
+                &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:15+02:00"],
+            ),
+            (
+                "15 30 2 * * *",
+                Berlin,
+                "2026-10-24T12:00:00+02:00",
+                &["2026-10-25T02:30:15+02:00", "2026-10-26T02:30:15+01:00"],
+            ),
+            (
+                "*/20 30 2 * * *",
+                Berlin,
+                "2026-10-25T02:30:30+02:00",
+                &["2026-10-25T02:30:40+02:00", "2026-10-26T02:30:00+01:00"],
+            ),
+            (
+                "0 */30 * * * *",
+                Berlin,
+                "2026-10-25T02:45:00+02:00",
+                &["2026-10-25T02:00:00+01:00", "2026-10-25T02:30:00+01:00"],
+            ),
+            // America/New_York, 2026-03-08: 02:00-05:00 is followed by 03:00-04:00.
+            (
+                "30 2 * * *",
+                New_York,
+                "2026-03-07T12:00:00-05:00",
+                &["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
+            ),
+            (
+                "0 2 * * *",
+                New_York,
+                "2026-03-07T12:00:00-05:00",
+                &["2026-03-08T03:00:00-04:00", "2026-03-09T02:00:00-04:00"],
+            ),
+            (
+                "*/30 * * * *",
+                New_York,
+                "2026-03-08T01:00:00-05:00",
+                &["2026-03-08T01:30:00-05:00", "2026-03-08T03:00:00-04:00"],
+            ),
+            (
+                "30 * * * *",
+                New_York,
+                "2026-03-08T01:00:00-05:00",
+                &["2026-03-08T01:30:00-05:00", "2026-03-08T03:30:00-04:00"],
+            ),
+            // America/New_York, 2026-11-01: 02:00-04:00 is followed by 01:00-05:00, so
+            // 01:xx happens twice and 02:xx once.
+            (
+                "30 1 * * *",
+                New_York,
+                "2026-10-31T12:00:00-04:00",
+                &["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"],
+            ),
+            (
+                "30 2 * * *",
+                New_York,
+                "2026-10-31T12:00:00-04:00",
+                &["2026-11-01T02:30:00-05:00", "2026-11-02T02:30:00-05:00"],
+            ),
+            (
+                "0 2 * * *",
+                New_York,
+                "2026-10-31T12:00:00-04:00",
+                &["2026-11-01T02:00:00-05:00"],
+            ),
+            (
+                "*/30 * * * *",
+                New_York,
+                "2026-11-01T00:45:00-04:00",
+                &[
+                    "2026-11-01T01:00:00-04:00",
+                    "2026-11-01T01:30:00-04:00",
+                    "2026-11-01T01:00:00-05:00",
+                    "2026-11-01T01:30:00-05:00",
+                    "2026-11-01T02:00:00-05:00",
+                ],
+            ),
+            (
+                "30 * * * *",
+                New_York,
+                "2026-11-01T00:45:00-04:00",
+                &[
+                    "2026-11-01T01:30:00-04:00",
+                    "2026-11-01T01:30:00-05:00",
+                    "2026-11-01T02:30:00-05:00",
+                ],
+            ),
+            // Australia/Lord_Howe shifts by 30 minutes. 2026-10-04: 02:00+10:30 is followed
+            // by 02:30+11:00; 2026-04-05: 02:00+11:00 is followed by 01:30+10:30.
+            (
+                "15 2 * * *",
+                Lord_Howe,
+                "2026-10-03T12:00:00+10:30",
+                &["2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"],
+            ),
+            (
+                "*/15 * * * *",
+                Lord_Howe,
+                "2026-10-04T01:40:00+10:30",
+                &[
+                    "2026-10-04T01:45:00+10:30",
+                    "2026-10-04T02:30:00+11:00",
+                    "2026-10-04T02:45:00+11:00",
+                ],
+            ),
+            (
+                "45 1 * * *",
+                Lord_Howe,
+                "2026-04-04T12:00:00+11:00",
+                &["2026-04-05T01:45:00+11:00", "2026-04-06T01:45:00+10:30"],
+            ),
+            (
+                "*/15 * * * *",
+                Lord_Howe,
+                "2026-04-05T01:20:00+11:00",
+                &[
+                    "2026-04-05T01:30:00+11:00",
+                    "2026-04-05T01:45:00+11:00",
+                    "2026-04-05T01:30:00+10:30",
+                    "2026-04-05T01:45:00+10:30",
+                    "2026-04-05T02:00:00+10:30",
+                ],
+            ),
+            // Pacific/Chatham, 2026-09-27: 02:45+12:45 is followed by 03:45+13:45; 04:00
+            // is the first even hour after the gap.
+            (
+                "0 */2 * * *",
+                Chatham,
+                "2026-09-27T03:55:00+13:45",
+                &["2026-09-27T04:00:00+13:45", "2026-09-27T06:00:00+13:45"],
+            ),
+            (
+                "0 3 * * *",
+                Chatham,
+                "2026-09-26T12:00:00+12:45",
+                &["2026-09-27T03:45:00+13:45", "2026-09-28T03:00:00+13:45"],
+            ),
+            // America/Santiago changes at midnight. 2026-09-06: 00:00-04:00 is followed by
+            // 01:00-03:00, so the day has no midnight and @daily runs at 01:00.
+            (
+                "@daily",
+                Santiago,
+                "2026-09-05T12:00:00-04:00",
+                &["2026-09-06T01:00:00-03:00", "2026-09-07T00:00:00-03:00"],
+            ),
+            (
+                "0 */2 * * *",
+                Santiago,
+                "2026-09-05T23:00:00-04:00",
+                &["2026-09-06T02:00:00-03:00"],
+            ),
+            // 2026-04-05: 00:00-03:00 is followed by 23:00-04:00 on the 4th.
+            (
+                "30 23 * * *",
+                Santiago,
+                "2026-04-04T12:00:00-03:00",
+                &["2026-04-04T23:30:00-03:00", "2026-04-05T23:30:00-04:00"],
+            ),
+            // Antarctica/Casey, 2018-10-07: 04:00+08:00 is followed by 07:00+11:00. A jump
+            // of 3 hours is a clock correction for cron: nothing is caught up.
+            (
+                "30 5 * * *",
+                Casey,
+                "2018-10-06T12:00:00+08:00",
+                &["2018-10-08T05:30:00+11:00"],
+            ),
+            // 2018-03-11: 04:00+11:00 is followed by 01:00+08:00. Back by 3 hours is still
+            // DST for cron: a fixed-time job runs once, a wildcard job twice.
+            (
+                "30 2 * * *",
+                Casey,
+                "2018-03-10T12:00:00+11:00",
+                &["2018-03-11T02:30:00+11:00", "2018-03-12T02:30:00+08:00"],
+            ),
+            (
+                "30 */1 * * *",
+                Casey,
+                "2018-03-11T02:00:00+11:00",
+                &[
+                    "2018-03-11T02:30:00+11:00",
+                    "2018-03-11T03:30:00+11:00",
+                    "2018-03-11T01:30:00+08:00",
+                    "2018-03-11T02:30:00+08:00",
+                ],
+            ),
+            // Pacific/Apia skipped 2011-12-30 (23:59:59-10:00, then 00:00:00+14:00 on the
+            // 31st): a clock correction, so the 30th's noon is not caught up.
+            (
+                "0 12 * * *",
+                Apia,
+                "2011-12-29T00:00:00-10:00",
+                &["2011-12-29T12:00:00-10:00", "2011-12-31T12:00:00+14:00"],
+            ),
+            (
+                "0 0 * * *",
+                Apia,
+                "2011-12-29T00:00:00-10:00",
+                &["2011-12-31T00:00:00+14:00", "2012-01-01T00:00:00+14:00"],
+            ),
+        ];
+        check_table(&table);
+    }
+
+    #[test]
+    fn fixed_time_is_decided_by_the_minute_and_hour_text() {
+        let cases = [
+            ("30 2 * * *", true),
+            ("0 9-17 * * 1-5", true),
+            ("0-59 2 * * *", true),
+            ("0,30 2,3 * * *", true),
+            ("@daily", true),
+            ("@midnight", true),
+            ("@weekly", true),
+            ("@monthly", true),
+            ("@yearly", true),
+            ("*/10 30 2 * * *", true),
+            ("*/15 * * * *", false),
+            ("30 * * * *", false),
+            ("* 2 * * *", false),
+            ("0 */2 * * *", false),
+            ("*/1 2 * * *", false),
+            ("@hourly", false),
+            ("0 * 2 * * *", false),
+        ];
+        for (expr, fixed) in cases {
+            assert_eq!(
+                CronSchedule::parse(expr).unwrap().is_fixed_time(),
+                fixed,
+                "`{expr}`"
+            );
+        }
+    }
+
+    /// A zone with one offset change, at `at`, from `before` to `after` seconds east of UTC:
+    /// for the rules' thresholds, which no real zone has had since 1970.
+    #[derive(Debug, Clone, Copy)]
+    struct OneChange {
+        at: i64,
+        before: i32,
+        after: i32,
+    }
+
+    impl TimeZone for OneChange {
+        type Offset = FixedOffset;
+
+        fn from_offset(_: &FixedOffset) -> Self {
+            unreachable!("the tests call next_in_zone with the zone itself")
+        }
+
+        fn offset_from_local_date(&self, _: &NaiveDate) -> LocalResult<FixedOffset> {
+            unreachable!("cron.rs only asks for local date-times")
+        }
+
+        fn offset_from_local_datetime(&self, local: &NaiveDateTime) -> LocalResult<FixedOffset> {
+            let local = local.and_utc().timestamp();
+            let fixed = |offset: i32| FixedOffset::east_opt(offset).unwrap();
+            let in_before = local - i64::from(self.before) < self.at;
+            let in_after = local - i64::from(self.after) >= self.at;
+            match (in_before, in_after) {
+                (true, true) => LocalResult::Ambiguous(fixed(self.before), fixed(self.after)),
+                (true, false) => LocalResult::Single(fixed(self.before)),
+                (false, true) => LocalResult::Single(fixed(self.after)),
+                (false, false) => LocalResult::None,
+            }
+        }
+
+        fn offset_from_utc_date(&self, _: &NaiveDate) -> FixedOffset {
+            unreachable!("cron.rs only asks for date-times")
+        }
+
+        fn offset_from_utc_datetime(&self, utc: &NaiveDateTime) -> FixedOffset {
+            let offset = if utc.and_utc().timestamp() < self.at {
+                self.before
+            } else {
+                self.after
+            };
+            FixedOffset::east_opt(offset).unwrap()
+        }
+    }
+
+    /// Fire times in a [`OneChange`] zone whose change is at 2026-01-01T02:00 local (before
+    /// the change), from 01:30 local, as wall-clock `HH:MM` with the offset in minutes.
+    fn around_one_change(expr: &str, change_minutes: i32, count: usize) -> Vec<String> {
+        let before = 3600;
+        let at = utc(2026, 1, 1, 1, 0, 0).timestamp();
+        let zone = OneChange {
+            at,
+            before,
+            after: before + change_minutes * 60,
+        };
+        let schedule = CronSchedule::parse(expr).unwrap();
+        let mut cursor = utc(2026, 1, 1, 0, 30, 0);
+        let mut times = Vec::new();
+        for _ in 0..count {
+            cursor = schedule.next_in_zone(cursor, &zone).unwrap();
+            let offset = zone.offset_from_utc_datetime(&cursor.naive_utc());
+            let local = cursor.with_timezone(&offset);
+            times.push(format!(
+                "{}{:+}",
+                local.format("%d %H:%M"),
+                offset.local_minus_utc() / 60
+            ));
+        }
+        times
+    }
+
+    #[test]
+    fn the_size_of_an_offset_change_decides_as_in_cron() {
+        // Forward by less than 5 minutes: a late wake-up for cron, every job catches up.
+        assert_eq!(
+            around_one_change("2 * * * *", 4, 2),
+            ["01 02:04+64", "01 03:02+64"]
+        );
+        // Forward by 5 minutes: DST, a wildcard job's skipped time is gone...
+        assert_eq!(
+            around_one_change("2 * * * *", 5, 2),
+            ["01 03:02+65", "01 04:02+65"]
+        );
+        // ...and a fixed-time job catches up.
+        assert_eq!(
+            around_one_change("2 2 * * *", 5, 2),
+            ["01 02:05+65", "02 02:02+65"]
+        );
+        // Forward by 179 minutes, still DST; by 180, a clock correction: nothing is
+        // caught up.
+        assert_eq!(
+            around_one_change("0 4 * * *", 179, 2),
+            ["01 04:59+239", "02 04:00+239"]
+        );
+        assert_eq!(around_one_change("0 4 * * *", 180, 1), ["02 04:00+240"]);
+        // Back by 181 minutes, still DST: a fixed-time job does not run again in the
+        // repeated time; back by 182, a clock correction: it does.
+        assert_eq!(around_one_change("0 0 * * *", -181, 1), ["02 00:00-121"]);
+        assert_eq!(
+            around_one_change("0 0 * * *", -182, 2),
+            ["01 00:00-122", "02 00:00-122"]
+        );
+        // Back by an hour: a fixed-time job runs in the first occurrence, a wildcard job
+        // in both.
+        assert_eq!(
+            around_one_change("45 1 * * *", -60, 2),
+            ["01 01:45+60", "02 01:45+0"]
+        );
+        assert_eq!(
+            around_one_change("45 * * * *", -60, 3),
+            ["01 01:45+60", "01 01:45+0", "01 02:45+0"]
+        );
+    }
+
+    /// What Debian's cron daemon does, minute by minute, written after its main loop
+    /// (`cron.c`): the wall-clock minute it expects next, the four ways the clock may have
+    /// moved, fixed-time and wildcard jobs run accordingly. Returns the instants of the runs
+    /// in `(from, until]`, one per instant.
+    fn simulate_cron_daemon(
+        expr: &str,
+        zone: chrono_tz::Tz,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        let fields = parse_fields(expr).unwrap();
+        let wall_minute = |instant: DateTime<Utc>| {
+            let offset = instant
+                .with_timezone(&zone)
+                .offset()
+                .fix()
+                .local_minus_utc();
+            (instant.timestamp() + i64::from(offset)).div_euclid(60)
+        };
+        let matches = |minute: i64| {
+            let wall = DateTime::from_timestamp(minute * 60, 0)
+                .unwrap()
+                .naive_utc();
+            vixie_day_matches(&fields, wall.date())
+                && has(fields.hours, wall.hour())
+                && has(fields.minutes, wall.minute())
+        };
+        let mut runs: Vec<DateTime<Utc>> = Vec::new();
+        let mut run = |now: DateTime<Utc>, minute: i64, wild: bool, fixed: bool| {
+            let kind = if fields.fixed_time { fixed } else { wild };
+            if kind && matches(minute) && runs.last() != Some(&now) {
+                runs.push(now);
+            }
+        };
+        let mut virtual_time = wall_minute(from);
+        let mut now = from;
+        while now < until {
+            now += Duration::minutes(1);
+            let clock = wall_minute(now);
+            let difference = clock - virtual_time;
+            if difference == 1 {
+                virtual_time = clock;
+                run(now, virtual_time, true, true);
+            } else if !(-180..=180).contains(&difference) {
+                virtual_time = clock;
+                run(now, clock, true, true);
+            } else if difference > 5 {
+                run(now, clock, true, false);
+                while virtual_time < clock {
+                    virtual_time += 1;
+                    run(now, virtual_time, false, true);
+                }
+            } else if difference > 0 {
+                while virtual_time < clock {
+                    virtual_time += 1;
+                    run(now, virtual_time, true, true);
+                }
+            } else {
+                run(now, clock, true, false);
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn next_fire_agrees_with_a_simulation_of_the_cron_daemon() {
+        use chrono_tz::America::{New_York, Santiago};
+        use chrono_tz::Antarctica::Casey;
+        use chrono_tz::Australia::Lord_Howe;
+        use chrono_tz::Europe::Berlin;
+        use chrono_tz::Pacific::{Apia, Chatham};
+        // A day before and after each offset change.
+        let changes = [
+            (Berlin, utc(2026, 3, 29, 1, 0, 0)),
+            (Berlin, utc(2026, 10, 25, 1, 0, 0)),
+            (New_York, utc(2026, 3, 8, 7, 0, 0)),
+            (New_York, utc(2026, 11, 1, 6, 0, 0)),
+            (Lord_Howe, utc(2026, 4, 4, 15, 0, 0)),
+            (Lord_Howe, utc(2026, 10, 3, 15, 30, 0)),
+            (Santiago, utc(2026, 4, 5, 3, 0, 0)),
+            (Santiago, utc(2026, 9, 6, 4, 0, 0)),
+            (Casey, utc(2018, 3, 10, 17, 0, 0)),
+            (Casey, utc(2018, 10, 6, 20, 0, 0)),
+            (Apia, utc(2011, 12, 30, 10, 0, 0)),
+            (Chatham, utc(2026, 4, 4, 14, 0, 0)),
+            (Chatham, utc(2026, 9, 26, 14, 0, 0)),
+        ];
+        let expressions = [
+            "30 2 * * *",
+            "0 2 * * *",
+            "0,30 2,3 * * *",
+            "15 1 * * *",
+            "45 1 * * *",
+            "59 1 * * *",
+            "0 3 * * *",
+            "30 4 * * *",
+            "5 0-6 * * *",
+            "0 0 * * *",
+            "30 23 * * *",
+            "0-59/20 2 * * *",
+            "*/30 * * * *",
+            "30 * * * *",
+            "* 2 * * *",
+            "*/7 1-3 * * *",
+            "0 */2 * * *",
+            "@hourly",
+            "@daily",
+        ];
+        for (zone, change) in changes {
+            let from = change - Duration::days(1);
+            let until = change + Duration::days(1);
+            for expr in expressions {
+                let expected = simulate_cron_daemon(expr, zone, from, until);
+                let schedule = CronSchedule::parse(expr).unwrap();
+                let mut actual = Vec::new();
+                let mut cursor = from;
+                while let Some(next) = schedule.next_fire(cursor, zone).filter(|t| *t <= until) {
+                    actual.push(next);
+                    cursor = next;
+                }
+                let show = |times: &[DateTime<Utc>]| {
+                    times
+                        .iter()
+                        .map(|t| t.with_timezone(&zone).to_rfc3339())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    show(&actual),
+                    show(&expected),
+                    "`{expr}` in {zone} around {change}"
+                );
+            }
+        }
     }
 
     #[test]

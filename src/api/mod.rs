@@ -6,9 +6,11 @@
 
 mod error;
 mod handlers;
+mod hooks;
 mod jobs;
 pub mod openapi;
 mod source_hook;
+mod triggers;
 pub mod ws;
 
 use std::sync::Arc;
@@ -56,6 +58,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/apply"),
     ("POST", "/api/sync"),
     ("POST", "/hooks/source"),
+    ("GET", "/api/triggers"),
+    ("GET", "/api/triggers/{id}"),
+    ("GET", "/api/triggers/{id}/deliveries"),
+    ("POST", "/hooks/{path}"),
 ];
 
 /// The router with every route.
@@ -92,6 +98,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/diff", post(handlers::diff))
         .route("/api/apply", post(handlers::apply))
         .route("/api/sync", post(handlers::sync))
+        .route("/api/triggers", get(triggers::list_triggers))
+        .route("/api/triggers/{id}", get(triggers::show_trigger))
+        .route(
+            "/api/triggers/{id}/deliveries",
+            get(triggers::list_deliveries),
+        )
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -100,6 +112,12 @@ pub fn router(state: AppState) -> Router {
         ))
         // Added after `authorize`, so outside it: a webhook proves itself by its signature.
         .route("/hooks/source", post(source_hook::receive))
+        // Webhook triggers (`/hooks/source` above, being static, wins over this): their
+        // own secrets, and up to 25 MB whatever `server.max_body_bytes` says.
+        .route(
+            "/hooks/{*path}",
+            post(hooks::receive).layer(DefaultBodyLimit::max(crate::triggers::MAX_DELIVERY_BYTES)),
+        )
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             json_errors,

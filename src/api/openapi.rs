@@ -14,7 +14,7 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{handlers, jobs, source_hook};
+use super::{handlers, hooks, jobs, source_hook, triggers};
 use crate::engine::model::{
     Attempt, RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary, Trigger,
 };
@@ -61,6 +61,10 @@ use crate::engine::model::{
         handlers::apply,
         handlers::sync,
         source_hook::receive,
+        triggers::list_triggers,
+        triggers::show_trigger,
+        triggers::list_deliveries,
+        hooks::receive,
     ),
     components(schemas(
         ErrorBody,
@@ -85,6 +89,10 @@ use crate::engine::model::{
         TestSummary,
         TestCase,
         TestStatus,
+        triggers::TriggerList,
+        triggers::DeliveryList,
+        crate::triggers::DeliveryRecord,
+        crate::triggers::DeliveryResult,
     )),
     modifiers(&SecuritySchemes, &OptionalBodies),
     tags(
@@ -95,6 +103,7 @@ use crate::engine::model::{
         (name = "server", description = "Health, readiness, status, metrics and this document"),
         (name = "events", description = "The `/ws` event stream"),
         (name = "source", description = "The git source's push webhook"),
+        (name = "triggers", description = "Webhook triggers: deliveries that start runs, and what happened to them"),
     ),
 )]
 pub struct ApiDoc;
@@ -127,6 +136,29 @@ impl Modify for SecuritySchemes {
                  (GitHub's signature). Needed by `POST /hooks/source` when a webhook secret is \
                  configured; without one, that route takes the bearer token instead.",
             ))),
+        );
+        components.add_security_scheme(
+            "trigger_signature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Hub-Signature-256",
+                "`sha256=<hex HMAC-SHA256 of the raw body>` under the trigger's `secret` \
+                 (GitHub's signature; a generic trigger names its own header in \
+                 `signature_header`, the `sha256=` prefix optional). Needed by \
+                 `POST /hooks/{path}` for a trigger with a secret.",
+            ))),
+        );
+        components.add_security_scheme(
+            "trigger_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <secret>` with the trigger's `secret`, for a \
+                         generic trigger with `auth: bearer`. A trigger without a secret takes \
+                         the server's API token (the `bearer` scheme) when one is configured.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -104,9 +104,9 @@ async fn serve(state: AppState, socket: WebSocket) {
                         let wants_logs = subscription.wants(EventKind::RunLog);
                         if wants_logs != reading_logs {
                             if wants_logs {
-                                state.log_listeners.add();
+                                state.log_tail.listeners().add();
                             } else {
-                                state.log_listeners.remove();
+                                state.log_tail.listeners().remove();
                             }
                             reading_logs = wants_logs;
                         }
@@ -126,7 +126,7 @@ async fn serve(state: AppState, socket: WebSocket) {
         }
     }
     if reading_logs {
-        state.log_listeners.remove();
+        state.log_tail.listeners().remove();
     }
 }
 

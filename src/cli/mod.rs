@@ -10,6 +10,7 @@ mod runs;
 mod schedule_cmd;
 mod schedule_next;
 pub mod server_cmd;
+mod trigger_cmd;
 mod workflow;
 
 use std::io::IsTerminal;
@@ -102,6 +103,9 @@ pub enum Command {
     /// Cron schedules: list, show, create, and the next fire times of an expression.
     #[command(subcommand)]
     Schedule(schedule_cmd::ScheduleCommand),
+    /// Webhook triggers: create, list, show, and what happened to their deliveries.
+    #[command(subcommand)]
+    Trigger(trigger_cmd::TriggerCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
     Start(server_cmd::StartArgs),
     /// Stop the server started for this data directory, gracefully.
@@ -206,6 +210,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run(command) => runs::run(&context, command)?,
         Command::RunQueued { run } => workflow::run_queued(&context, run)?,
         Command::Schedule(command) => schedule_cmd::run(&context, command)?,
+        Command::Trigger(command) => trigger_cmd::run(&context, command)?,
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,

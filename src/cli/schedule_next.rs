@@ -2,11 +2,14 @@
 //! an expression, one RFC 3339 instant with offset a line — a plan to read before
 //! committing a schedule.
 
+use std::io::Write as _;
+
 use anyhow::{Context as _, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Args;
 
 use super::{Context, EXIT_OK};
-use crate::cron::CronSchedule;
+use crate::cron::{parse_time_zone, CronSchedule};
 
 /// Arguments of `schedule next`.
 #[derive(Debug, Args)]
@@ -24,7 +27,8 @@ pub struct NextArgs {
     pub count: usize,
 }
 
-/// Runs `schedule next`.
+/// Runs `schedule next`: prints each fire time as an RFC 3339 instant with the offset of
+/// the zone at that instant (`2026-03-29T03:00:00+02:00`), nothing else, one a line.
 pub fn run(context: &Context, args: &NextArgs) -> Result<u8> {
     let schedule = CronSchedule::parse(&args.cron)
         .map_err(|e| anyhow::anyhow!("`{}` is not a valid cron expression: {e}", args.cron))?;
@@ -32,21 +36,28 @@ pub fn run(context: &Context, args: &NextArgs) -> Result<u8> {
         .timezone
         .clone()
         .unwrap_or_else(|| context.config.config.scheduler.timezone.clone());
-    let zone: chrono_tz::Tz = zone_name
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{zone_name}` is not an IANA time zone (e.g. Europe/Berlin, UTC)"))?;
+    let zone = parse_time_zone(&zone_name).map_err(|e| anyhow::anyhow!("--timezone: {e}"))?;
     let mut at = match &args.from {
-        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
-            .with_context(|| format!("--from `{text}` is not an RFC 3339 instant (e.g. 2026-03-29T00:00:00+01:00)"))?
-            .with_timezone(&chrono::Utc),
-        None => chrono::Utc::now(),
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .with_context(|| {
+                format!(
+                    "--from `{text}` is not an RFC 3339 instant (e.g. 2026-03-29T00:00:00+01:00)"
+                )
+            })?
+            .with_timezone(&Utc),
+        None => Utc::now(),
     };
+    let mut out = std::io::stdout().lock();
     for _ in 0..args.count {
         let Some(next) = schedule.next_fire(at, zone) else {
             break;
         };
-        println!("{}", next.with_timezone(&zone).to_rfc3339());
+        let line = next
+            .with_timezone(&zone)
+            .to_rfc3339_opts(SecondsFormat::Secs, false);
+        writeln!(out, "{line}")?;
         at = next;
     }
+    out.flush()?;
     Ok(EXIT_OK)
 }

@@ -165,9 +165,61 @@ pub fn create_run(
     store: &Store,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let record = find_workflow(store, &request.workflow)?;
+    let created = prepare_run(&store.objects()?, request)?;
+    store.save_run(
+        Some(&created.0),
+        &created.1.iter().collect::<Vec<_>>(),
+        true,
+    )?;
+    Ok(created)
+}
+
+/// A created run and its queued steps.
+pub type Created = (RunRecord, Vec<StepRecord>);
+
+/// Creates several queued runs against records already read, stored in one durable batch:
+/// what a scheduler firing many schedules at once needs. One result per request.
+pub fn create_runs_in(
+    store: &Store,
+    objects: &BTreeMap<ObjectKey, ObjectRecord>,
+    requests: &[RunRequest],
+) -> Result<Vec<Result<Created, EngineError>>, StoreError> {
+    let created: Vec<_> = requests.iter().map(|r| prepare_run(objects, r)).collect();
+    let mut any = false;
+    for (run, steps) in created.iter().flatten() {
+        store.save_run(Some(run), &steps.iter().collect::<Vec<_>>(), false)?;
+        any = true;
+    }
+    if any {
+        store.save_run(None, &[], true)?;
+    }
+    Ok(created)
+}
+
+/// [`create_run`] against records already read (the server's in-memory view).
+pub fn create_run_in(
+    store: &Store,
+    objects: &BTreeMap<ObjectKey, ObjectRecord>,
+    request: &RunRequest,
+) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
+    let created = prepare_run(objects, request)?;
+    store.save_run(
+        Some(&created.0),
+        &created.1.iter().collect::<Vec<_>>(),
+        true,
+    )?;
+    Ok(created)
+}
+
+/// The run and its queued steps for a request: the workflow found and expanded, the
+/// parameters checked. Nothing is written.
+fn prepare_run(
+    objects: &BTreeMap<ObjectKey, ObjectRecord>,
+    request: &RunRequest,
+) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
+    let record = find_workflow_in(objects, &request.workflow)?;
     let spec = record.spec.clone().unwrap_or_default();
-    let expanded = expand_workflow(store, &spec)?;
+    let expanded = expand_workflow_in(objects, &spec)?;
     let mut given = expanded.preset.clone();
     given.extend(request.parameters.clone());
     let parameters = params::resolve(expanded.declared.as_ref(), &given).map_err(|problems| {
@@ -184,7 +236,6 @@ pub fn create_run(
         request.trigger.clone(),
     )?;
     let steps = initial_steps(&run)?;
-    store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), true)?;
     Ok((run, steps))
 }
 
@@ -493,13 +544,26 @@ pub struct CancelSignal {
 pub fn execute(
     store: &Store,
     config: &EngineConfig,
+    run: RunRecord,
+    steps: Vec<StepRecord>,
+    cancel: &CancelSignal,
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<RunRecord, EngineError> {
+    let agents = agent_configs(&store.objects()?);
+    execute_with_agents(store, config, &agents, run, steps, cancel, on_event)
+}
+
+/// [`execute`] with the Agent manifests already read (by name).
+pub fn execute_with_agents(
+    store: &Store,
+    config: &EngineConfig,
+    agents: &BTreeMap<String, Value>,
     mut run: RunRecord,
     mut steps: Vec<StepRecord>,
     cancel: &CancelSignal,
     on_event: &(dyn Fn(&Event) + Sync),
 ) -> Result<RunRecord, EngineError> {
-    let agents = agent_configs(store)?;
-    let planned = plan(&run.workflow, &agents);
+    let planned = plan(&run.workflow, agents);
     let run_dir = config.log_dir.join("workflows").join(&run.id);
     fs::create_dir_all(&run_dir)
         .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
@@ -895,13 +959,12 @@ fn base_env(run: &RunRecord) -> Vec<(String, String)> {
 }
 
 /// Agent manifests by agent name.
-fn agent_configs(store: &Store) -> Result<BTreeMap<String, Value>, StoreError> {
-    Ok(store
-        .objects()?
-        .into_values()
+pub fn agent_configs(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> BTreeMap<String, Value> {
+    objects
+        .values()
         .filter(|r| r.key.kind == Kind::Agent && r.is_live())
-        .filter_map(|r| r.spec.map(|spec| (r.name, spec)))
-        .collect())
+        .filter_map(|r| r.spec.clone().map(|spec| (r.name.clone(), spec)))
+        .collect()
 }
 
 fn report_data(

@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cron::CronSchedule;
 use crate::engine::model::{RunRecord, Trigger};
-use crate::engine::run::RunRequest;
+use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
 use crate::manifest::Kind;
 use crate::server::Shared;
@@ -378,42 +378,24 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
             earliest = Some(earliest.map_or(next, |e| e.min(next)));
         }
     }
-    // Durable before any run starts: one flush for every schedule that changed.
-    for (n, (id, state)) in changed.iter().enumerate() {
-        shared
-            .store
-            .put_state(STATE_TREE, id, state, n + 1 == changed.len())?;
+    // Durable before any run starts: one batch and one flush for every schedule that changed.
+    if !changed.is_empty() {
+        shared.store.put_states(STATE_TREE, &changed, true)?;
     }
-    // Schedules fire side by side; one schedule's fires (a catch-up) one after another.
-    let mut by_schedule: BTreeMap<String, (ScheduleSpec, Vec<DateTime<Utc>>)> = BTreeMap::new();
-    for (spec, due) in fires {
-        by_schedule
-            .entry(spec.id.clone())
-            .or_insert_with(|| (spec, Vec::new()))
-            .1
-            .push(due);
-    }
-    let mut started: Vec<(String, DateTime<Utc>, Result<String, String>)> = Vec::new();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = by_schedule
-            .values()
-            .map(|(spec, dues)| {
-                let shared = Arc::clone(shared);
-                scope.spawn(move || {
-                    dues.iter()
-                        .map(|due| (spec.id.clone(), *due, fire(&shared, spec, *due)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for handle in handles {
-            if let Ok(results) = handle.join() {
-                started.extend(results);
-            }
-        }
-    });
+    let started = start_fires(shared, &objects.records, &fires);
+    let mut settled: BTreeMap<String, ScheduleState> = BTreeMap::new();
     for (id, due, result) in started {
-        let mut state: ScheduleState = shared.store.state(STATE_TREE, &id)?.unwrap_or_default();
+        let state = match settled.entry(id.clone()) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
+                changed
+                    .iter()
+                    .find(|(changed_id, _)| *changed_id == id)
+                    .map(|(_, state)| state.clone())
+                    .map_or_else(|| shared.store.state(STATE_TREE, &id), |s| Ok(Some(s)))?
+                    .unwrap_or_default(),
+            ),
+        };
         match &result {
             Ok(run) => {
                 state.fires += 1;
@@ -427,7 +409,6 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
         if state.last_fired == Some(due) {
             state.pending = false;
         }
-        shared.store.put_state(STATE_TREE, &id, &state, false)?;
         let lateness = Utc::now().signed_duration_since(due).num_milliseconds();
         shared.events.publish(
             EventKind::ScheduleFired,
@@ -440,31 +421,86 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
             }),
         );
     }
+    if !settled.is_empty() {
+        // The runs are durable already (created in one batch): this only links them.
+        let records: Vec<(String, ScheduleState)> = settled.into_iter().collect();
+        shared.store.put_states(STATE_TREE, &records, false)?;
+    }
     Ok(earliest)
 }
 
-/// Starts the run of one fire, as the schedule's concurrency policy allows. The run id, or
-/// why no run started.
-fn fire(shared: &Arc<Shared>, spec: &ScheduleSpec, due: DateTime<Utc>) -> Result<String, String> {
-    let previous: Option<ScheduleState> = shared.store.state(STATE_TREE, &spec.id).ok().flatten();
-    let previous_run = previous
-        .and_then(|s| s.last_run)
-        .filter(|id| shared.active_run_ids().contains(id));
-    match (spec.overlap, previous_run) {
-        (Overlap::Forbid, Some(active)) => {
-            return Err(format!(
-                "skipped the fire due {}: run {active} of this schedule is still active (concurrency_policy: forbid)",
-                due.to_rfc3339()
-            ))
+/// Starts the runs of the fires, as each schedule's concurrency policy allows: the runs are
+/// created in one durable batch, then each starts in a thread of its own. For each fire, the
+/// run id or why no run started.
+fn start_fires(
+    shared: &Arc<Shared>,
+    objects: &BTreeMap<crate::store::ObjectKey, ObjectRecord>,
+    fires: &[(ScheduleSpec, DateTime<Utc>)],
+) -> Vec<(String, DateTime<Utc>, Result<String, String>)> {
+    let active = shared.active_run_ids();
+    let mut outcomes: Vec<(String, DateTime<Utc>, Result<String, String>)> = Vec::new();
+    let mut requests: Vec<(usize, RunRequest)> = Vec::new();
+    // Per schedule: its last run, and whether one of this batch's fires started a run.
+    let mut previous: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
+    for (spec, due) in fires {
+        let entry = previous.entry(spec.id.clone()).or_insert_with(|| {
+            let state: Option<ScheduleState> =
+                shared.store.state(STATE_TREE, &spec.id).ok().flatten();
+            (state.and_then(|s| s.last_run), false)
+        });
+        let running = entry.1
+            || entry
+                .0
+                .as_ref()
+                .is_some_and(|id| active.iter().any(|a| a == id));
+        match (spec.overlap, running) {
+            (Overlap::Forbid, true) => {
+                outcomes.push((
+                    spec.id.clone(),
+                    *due,
+                    Err(format!(
+                        "skipped the fire due {}: the previous run of this schedule is still active (concurrency_policy: forbid)",
+                        due.to_rfc3339()
+                    )),
+                ));
+                continue;
+            }
+            (Overlap::Replace, true) => {
+                if let Some(id) = &entry.0 {
+                    shared.cancel_run(id);
+                }
+            }
+            _ => {}
         }
-        (Overlap::Replace, Some(active)) => {
-            shared.cancel_run(&active);
-        }
-        _ => {}
+        entry.1 = true;
+        outcomes.push((spec.id.clone(), *due, Err(String::new())));
+        requests.push((outcomes.len() - 1, request(spec, *due)));
     }
-    crate::server::start_run(shared, &request(spec, due))
-        .map(|run| run.id)
-        .map_err(|err| format!("the fire due {} started no run: {err}", due.to_rfc3339()))
+    let batch: Vec<RunRequest> = requests.iter().map(|(_, r)| r.clone()).collect();
+    let created = match run::create_runs_in(&shared.store, objects, &batch) {
+        Ok(created) => created,
+        Err(err) => {
+            for (index, _) in &requests {
+                outcomes[*index].2 = Err(format!("the store failed: {err}"));
+            }
+            return outcomes;
+        }
+    };
+    for ((index, _), result) in requests.iter().zip(created) {
+        let due = outcomes[*index].1;
+        outcomes[*index].2 = match result {
+            Ok((run, steps)) => {
+                let id = run.id.clone();
+                crate::server::spawn_run(shared, run, steps);
+                Ok(id)
+            }
+            Err(err) => Err(format!(
+                "the fire due {} started no run: {err}",
+                due.to_rfc3339()
+            )),
+        };
+    }
+    outcomes
 }
 
 /// Drives the schedules until `stop` resolves: sleeps until the earliest due instant, or

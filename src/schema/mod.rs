@@ -412,4 +412,62 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn time_zones_are_iana_names_with_a_suggestion() {
+        let schedule = |zone: &str| {
+            validate(
+                SchemaName::Manifest(Kind::Schedule),
+                &json!({"name": "a", "cron": "0 2 * * *", "workflow": "wf_a", "timezone": zone}),
+            )
+            .into_iter()
+            .map(|v| format!("{} {}", v.pointer, v.message))
+            .collect::<Vec<_>>()
+        };
+        for zone in [
+            "UTC",
+            "Europe/Berlin",
+            "America/New_York",
+            "Australia/Lord_Howe",
+        ] {
+            assert_eq!(schedule(zone), Vec::<String>::new(), "{zone}");
+        }
+        let expected = "(expected an IANA name such as Europe/Berlin or UTC)";
+        assert_eq!(
+            schedule("Europe/Berln"),
+            [format!(
+                "/timezone unknown time zone `Europe/Berln`; did you mean `Europe/Berlin`? {expected}"
+            )]
+        );
+        assert_eq!(
+            schedule("new_york"),
+            [format!(
+                "/timezone unknown time zone `new_york`; did you mean `America/New_York`? {expected}"
+            )]
+        );
+        assert_eq!(
+            schedule("Mars/Olympus_Mons"),
+            [format!(
+                "/timezone unknown time zone `Mars/Olympus_Mons` {expected}"
+            )]
+        );
+        assert_eq!(
+            schedule(""),
+            [format!("/timezone empty time zone {expected}")]
+        );
+
+        let config = validate(
+            SchemaName::Config,
+            &json!({"scheduler": {"timezone": "europe/berlin"}}),
+        );
+        assert_eq!(config.len(), 1, "{config:?}");
+        assert_eq!(config[0].pointer, "/scheduler/timezone");
+        assert!(
+            config[0]
+                .message
+                .starts_with("unknown time zone `europe/berlin`; did you mean `Europe/Berlin`?"),
+            "{}",
+            config[0].message
+        );
+    }
 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
@@ -39,29 +39,56 @@ impl LogListeners {
     }
 }
 
-/// Follows the logs of one run until `done` says the run ended (or is dropped), then reads
-/// what is left once and returns.
-pub fn follow(
-    run_id: String,
-    run_dir: PathBuf,
-    events: EventBus,
-    listeners: Arc<LogListeners>,
-    done: mpsc::Receiver<()>,
-) {
-    let mut offsets: HashMap<PathBuf, u64> = HashMap::new();
-    loop {
-        let finished = !matches!(
-            done.recv_timeout(POLL),
-            Err(mpsc::RecvTimeoutError::Timeout)
-        );
-        if listeners.any() {
-            publish_new(&run_id, &run_dir, &events, &mut offsets);
-        } else {
-            // Nobody listens: skip what was written meanwhile.
-            skip_to_end(&run_dir, &mut offsets);
+/// A run's log directory and how far each of its logs has been read.
+type Followed = (PathBuf, HashMap<PathBuf, u64>);
+
+/// Follows the logs of every active run from one thread: each run is added when it starts
+/// and finished (a last read, then forgotten) when it ends.
+#[derive(Debug, Default)]
+pub struct LogTailer {
+    runs: Mutex<HashMap<String, Followed>>,
+    listeners: LogListeners,
+}
+
+impl LogTailer {
+    /// The clients subscribed to `run_log`.
+    pub fn listeners(&self) -> &LogListeners {
+        &self.listeners
+    }
+
+    /// Starts following a run's log directory.
+    pub fn add(&self, run_id: &str, run_dir: PathBuf) {
+        self.lock()
+            .insert(run_id.to_owned(), (run_dir, HashMap::new()));
+    }
+
+    /// Reads what is left of a run's logs (published if anyone listens) and forgets it.
+    pub fn finish(&self, run_id: &str, events: &EventBus) {
+        let removed = self.lock().remove(run_id);
+        if let Some((dir, mut offsets)) = removed {
+            if self.listeners.any() {
+                publish_new(run_id, &dir, events, &mut offsets);
+            }
         }
-        if finished {
-            return;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Followed>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the growing logs every [`POLL`] until `stop` is set.
+    pub fn run(&self, events: &EventBus, stop: &AtomicBool) {
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(POLL);
+            let mut runs = self.lock();
+            for (run_id, (dir, offsets)) in runs.iter_mut() {
+                if self.listeners.any() {
+                    publish_new(run_id, dir, events, offsets);
+                } else {
+                    // Nobody listens: skip what was written meanwhile.
+                    skip_to_end(dir, offsets);
+                }
+            }
         }
     }
 }

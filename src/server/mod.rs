@@ -60,8 +60,8 @@ pub struct Shared {
     pub git: Option<source::GitState>,
     /// What the read routes serve, in memory.
     pub view: view::View,
-    /// WebSocket clients subscribed to `run_log`.
-    pub log_listeners: Arc<log_tail::LogListeners>,
+    /// `run_log` events: the logs of active runs, read while clients subscribe to them.
+    pub log_tail: log_tail::LogTailer,
     /// `logs/api.log`, the access log.
     pub api_log: Mutex<Option<std::fs::File>>,
 }
@@ -186,15 +186,8 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
         .spawn(move || {
             let id = run.id.clone();
             let events = shared.events.clone();
-            let (logs_done, done) = std::sync::mpsc::channel::<()>();
-            let tail = {
-                let (id, events) = (id.clone(), events.clone());
-                let run_dir = shared.engine.log_dir.join("workflows").join(&id);
-                let listeners = Arc::clone(&shared.log_listeners);
-                std::thread::Builder::new()
-                    .name(format!("logs {id}"))
-                    .spawn(move || log_tail::follow(id, run_dir, events, listeners, done))
-            };
+            let run_dir = shared.engine.log_dir.join("workflows").join(&id);
+            shared.log_tail.add(&id, run_dir);
             let on_event = |event: &EngineEvent| match event {
                 EngineEvent::StepStarted { step } => {
                     events.publish(EventKind::StepStarted, step_summary(step))
@@ -208,18 +201,18 @@ pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
                     events.publish(EventKind::StepRetrying, payload)
                 }
             };
-            let result = run::execute(
+            let agents = run::agent_configs(&shared.view.objects().records);
+            let result = run::execute_with_agents(
                 &shared.store,
                 &shared.engine,
+                &agents,
                 run,
                 steps,
                 &CancelSignal { flag },
                 &on_event,
             );
-            let _ = logs_done.send(());
-            if let Ok(tail) = tail {
-                let _ = tail.join();
-            }
+            // Every line is published before the run is reported complete.
+            shared.log_tail.finish(&id, &events);
             let result = result.and_then(|finished| {
                 if shared.stopping.load(Ordering::SeqCst) && finished.status == Status::Cancelled {
                     Ok(interrupted_by_shutdown(&shared.store, finished)?)
@@ -280,7 +273,7 @@ pub fn start_run(
             "the server is shutting down: no new runs start".into(),
         ));
     }
-    let (run, steps) = run::create_run(&shared.store, request)?;
+    let (run, steps) = run::create_run_in(&shared.store, &shared.view.objects().records, request)?;
     spawn_run(shared, run.clone(), steps);
     Ok(run)
 }
@@ -384,7 +377,7 @@ pub fn serve(
     let view = view::View::load(&store)?;
     let shared = Arc::new(Shared {
         view,
-        log_listeners: Arc::default(),
+        log_tail: log_tail::LogTailer::default(),
         store,
         config,
         environment,
@@ -449,6 +442,13 @@ pub fn serve(
                 })?
         }
     };
+    let tailer = {
+        let shared = Arc::clone(&shared);
+        let stop = Arc::clone(&stop_watching);
+        std::thread::Builder::new()
+            .name("log tail".into())
+            .spawn(move || shared.log_tail.run(&shared.events, &stop))?
+    };
     process_file::write(
         &data_dir,
         &process_file::ServerInfo {
@@ -498,6 +498,7 @@ pub fn serve(
     }
     if watcher.is_finished() {
         let _ = watcher.join();
+        let _ = tailer.join();
     }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     process_file::remove(&data_dir);

@@ -158,6 +158,75 @@ pub struct Store {
     meta: sled::Tree,
     runs: sled::Tree,
     steps: sled::Tree,
+    flushes: GroupCommit,
+}
+
+/// Group commit: one sled flush at a time, each covering every write made before it
+/// started. sled seals and syncs its current buffer on every `flush` call, so many threads
+/// flushing at once (runs, webhook deliveries) cost one device sync each; here a caller
+/// waits for the flush in progress (it may have started before the caller's write) and
+/// then for the next one, which one of the waiters runs for all of them.
+#[derive(Default)]
+struct GroupCommit {
+    state: std::sync::Mutex<FlushState>,
+    finished: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// A flush is running.
+    running: bool,
+    /// Flushes started so far; the running one, if any, is number `started`.
+    started: u64,
+    /// The last flush finished.
+    finished: u64,
+    /// The last flush that failed, and why.
+    failed: Option<(u64, std::io::ErrorKind, String)>,
+}
+
+impl GroupCommit {
+    /// Returns once everything written before the call is on disk.
+    fn flush(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock();
+        // A flush already running may have started before this caller's write: only the
+        // next one to start is sure to cover it.
+        let needed = state.started + 1;
+        loop {
+            if state.finished >= needed {
+                return match &state.failed {
+                    Some((number, kind, message)) if *number >= needed => Err(sled::Error::Io(
+                        std::io::Error::new(*kind, message.clone()),
+                    )),
+                    _ => Ok(()),
+                };
+            }
+            if !state.running {
+                state.running = true;
+                state.started += 1;
+                let number = state.started;
+                drop(state);
+                let result = db.flush();
+                let mut state = lock();
+                state.running = false;
+                state.finished = number;
+                if let Err(err) = &result {
+                    let kind = match err {
+                        sled::Error::Io(io) => io.kind(),
+                        _ => std::io::ErrorKind::Other,
+                    };
+                    state.failed = Some((number, kind, err.to_string()));
+                }
+                drop(state);
+                self.finished.notify_all();
+                return result.map(|_| ());
+            }
+            state = self
+                .finished
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl Store {
@@ -238,7 +307,16 @@ impl Store {
             meta,
             runs,
             steps,
+            flushes: GroupCommit::default(),
         })
+    }
+
+    /// Makes every write made so far durable (one flush for all the threads asking at
+    /// once: see [`GroupCommit`]).
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flushes
+            .flush(&self.db)
+            .map_err(|e| self.sled_error(e))
     }
 
     fn sled_error(&self, source: sled::Error) -> StoreError {
@@ -332,7 +410,7 @@ impl Store {
                 .apply_batch(batch)
                 .map_err(|e| self.sled_error(e))?;
         }
-        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.flush()?;
         Ok(())
     }
 }
@@ -362,7 +440,7 @@ impl Store {
                 .map_err(|e| self.sled_error(e))?;
         }
         if durable {
-            self.db.flush().map_err(|e| self.sled_error(e))?;
+            self.flush()?;
         }
         Ok(())
     }
@@ -445,7 +523,27 @@ impl Store {
             .insert(key.as_bytes(), encode(value))
             .map_err(|e| self.sled_error(e))?;
         if durable {
-            self.db.flush().map_err(|e| self.sled_error(e))?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes several state records of one tree in one batch; with `durable`, flushed
+    /// before this returns.
+    pub fn put_states<T: Serialize>(
+        &self,
+        tree: &str,
+        records: &[(String, T)],
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let mut batch = sled::Batch::default();
+        for (key, value) in records {
+            batch.insert(key.as_bytes(), encode(value));
+        }
+        opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        if durable {
+            self.flush()?;
         }
         Ok(())
     }
@@ -465,7 +563,7 @@ impl Store {
             .map_err(|e| self.sled_error(e))?
             .is_ok();
         if written && durable {
-            self.db.flush().map_err(|e| self.sled_error(e))?;
+            self.flush()?;
         }
         Ok(written)
     }
@@ -478,7 +576,7 @@ impl Store {
             batch.remove(key.as_bytes());
         }
         opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
-        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.flush()?;
         Ok(())
     }
 
@@ -498,7 +596,7 @@ impl Store {
                 .remove(id.as_bytes())
                 .map_err(|e| self.sled_error(e))?;
         }
-        self.db.flush().map_err(|e| self.sled_error(e))?;
+        self.flush()?;
         Ok(())
     }
 }

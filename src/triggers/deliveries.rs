@@ -67,12 +67,7 @@ pub enum Claim {
 }
 
 /// Claims a delivery id for `trigger`, pointing at the record under `key`.
-pub fn claim(
-    store: &Store,
-    trigger: &str,
-    delivery: &str,
-    key: &str,
-) -> Result<Claim, StoreError> {
+pub fn claim(store: &Store, trigger: &str, delivery: &str, key: &str) -> Result<Claim, StoreError> {
     let id_key = format!("{trigger}/{delivery}");
     let entry = IdEntry {
         record: key.to_owned(),
@@ -189,7 +184,6 @@ mod tests {
                 claim(&store, "trg_b", "d-1", &new_key("trg_b")).unwrap(),
                 Claim::New
             ));
-            store.put_state(TREE, "flush", &0, true).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         match claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap() {

@@ -1,9 +1,10 @@
 //! Webhook triggers, the pure part: a Trigger manifest read into a [`TriggerSpec`], matching
 //! a delivery to the triggers of its path, checking its signature ([`signature`]), its
 //! filters (event, action, branch, changed paths), and the run parameters mapped from its
-//! payload ([`template`]). No IO: the HTTP side (`api::hooks`) resolves secrets, dedupes
-//! deliveries in the store and starts the runs.
+//! payload ([`template`]). No IO but in [`deliveries`], the records the receiver keeps in
+//! the store; the HTTP side (`api::hooks`) resolves secrets and starts the runs.
 
+pub mod deliveries;
 pub mod signature;
 pub mod template;
 
@@ -333,8 +334,7 @@ impl TriggerSpec {
             // Only a push lists its changed files; other events pass.
             if let Some(changed) = changed_paths(payload) {
                 if !changed.iter().any(|p| globs.is_match(p)) {
-                    let mut shown: Vec<&str> =
-                        changed.iter().take(5).map(String::as_str).collect();
+                    let mut shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
                     if changed.len() > 5 {
                         shown.push("...");
                     }
@@ -643,10 +643,14 @@ mod tests {
     #[test]
     fn event_filter() {
         let t = spec(json!({"events": ["push", "pull_request"]}));
-        assert_eq!(t.filter(Some("push"), &push("refs/heads/main", &[])), Ok(()));
+        assert_eq!(
+            t.filter(Some("push"), &push("refs/heads/main", &[])),
+            Ok(())
+        );
         let reason = t.filter(Some("issues"), &json!({})).unwrap_err();
         assert!(
-            reason.contains("event `issues` is not one of the trigger's events: push, pull_request"),
+            reason
+                .contains("event `issues` is not one of the trigger's events: push, pull_request"),
             "{reason}"
         );
         assert!(t
@@ -661,7 +665,8 @@ mod tests {
 
     #[test]
     fn action_filter_applies_to_events_with_an_action() {
-        let t = spec(json!({"events": ["push", "pull_request"], "actions": ["opened", "synchronize"]}));
+        let t =
+            spec(json!({"events": ["push", "pull_request"], "actions": ["opened", "synchronize"]}));
         assert_eq!(
             t.filter(Some("pull_request"), &pull_request("opened", "main")),
             Ok(())
@@ -678,13 +683,19 @@ mod tests {
             "action `closed` is not one of the trigger's actions: opened, synchronize"
         );
         // A push carries no action: it passes the action filter.
-        assert_eq!(t.filter(Some("push"), &push("refs/heads/main", &[])), Ok(()));
+        assert_eq!(
+            t.filter(Some("push"), &push("refs/heads/main", &[])),
+            Ok(())
+        );
     }
 
     #[test]
     fn branch_filter_with_globs() {
         let t = spec(json!({"branches": ["main", "release/*"]}));
-        assert_eq!(t.filter(Some("push"), &push("refs/heads/main", &[])), Ok(()));
+        assert_eq!(
+            t.filter(Some("push"), &push("refs/heads/main", &[])),
+            Ok(())
+        );
         assert_eq!(
             t.filter(Some("push"), &push("refs/heads/release/1.2", &[])),
             Ok(())
@@ -692,7 +703,10 @@ mod tests {
         let reason = t
             .filter(Some("push"), &push("refs/heads/release/1.2/hotfix", &[]))
             .unwrap_err();
-        assert!(reason.contains("branch `release/1.2/hotfix` matches none"), "{reason}");
+        assert!(
+            reason.contains("branch `release/1.2/hotfix` matches none"),
+            "{reason}"
+        );
         let reason = t
             .filter(Some("push"), &push("refs/heads/dev", &[]))
             .unwrap_err();
@@ -703,7 +717,10 @@ mod tests {
         let reason = t
             .filter(Some("push"), &push("refs/tags/v1.0", &[]))
             .unwrap_err();
-        assert!(reason.starts_with("a push to tag `v1.0` names no branch"), "{reason}");
+        assert!(
+            reason.starts_with("a push to tag `v1.0` names no branch"),
+            "{reason}"
+        );
         // A pull request is filtered on its base branch.
         assert_eq!(
             t.filter(Some("pull_request"), &pull_request("opened", "main")),
@@ -728,7 +745,10 @@ mod tests {
                 &json!({"ref": "refs/heads/gone", "deleted": true, "commits": []}),
             )
             .unwrap_err();
-        assert_eq!(reason, "the push deletes `refs/heads/gone`: there is nothing to run");
+        assert_eq!(
+            reason,
+            "the push deletes `refs/heads/gone`: there is nothing to run"
+        );
     }
 
     #[test]
@@ -776,7 +796,10 @@ mod tests {
 
     #[test]
     fn branches_from_pushes_pull_requests_and_generic_payloads() {
-        assert_eq!(branch_of(&json!({"ref": "refs/heads/a/b"})).as_deref(), Some("a/b"));
+        assert_eq!(
+            branch_of(&json!({"ref": "refs/heads/a/b"})).as_deref(),
+            Some("a/b")
+        );
         assert_eq!(branch_of(&json!({"ref": "refs/tags/v1"})), None);
         assert_eq!(
             branch_of(&json!({"ref": "main", "ref_type": "branch"})).as_deref(),
@@ -860,12 +883,17 @@ mod tests {
                 .collect()
         };
         assert!(messages(json!({"path": "/hooks/x", "secret": "env:S"})).is_empty());
-        assert!(messages(json!({"provider": "generic", "auth": "bearer", "secret": "env:S",
-            "event_header": "X-Event", "delivery_header": "X-Id"}))
+        assert!(messages(
+            json!({"provider": "generic", "auth": "bearer", "secret": "env:S",
+            "event_header": "X-Event", "delivery_header": "X-Id"})
+        )
         .is_empty());
         let found = messages(json!({"auth": "bearer", "secret": "env:S", "event_header": "X-E"}));
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].starts_with("/auth: GitHub signs deliveries"), "{found:?}");
+        assert!(
+            found[0].starts_with("/auth: GitHub signs deliveries"),
+            "{found:?}"
+        );
         assert!(found[1].starts_with("/event_header: `event_header` is for `provider: generic`"));
         let found = messages(json!({"provider": "generic", "signature_header": "X-Sig"}));
         assert_eq!(

@@ -62,10 +62,10 @@ pub fn verify_hmac(
 
 /// `Authorization: Bearer <token>`, compared in constant time.
 pub fn verify_bearer(token: &str, authorization: Option<&str>) -> Result<(), String> {
-    let Some(given) = authorization
-        .map(str::trim)
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-    else {
+    let Some(given) = authorization.map(str::trim).and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    }) else {
         return Err("missing `Authorization: Bearer <token>` header".into());
     };
     if bool::from(given.trim().as_bytes().ct_eq(token.as_bytes())) {
@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn generic_hmac_takes_the_prefix_or_not() {
-        assert_eq!(verify_hmac("X-Signature", SECRET, BODY, Some(EXPECTED)), Ok(()));
+        assert_eq!(
+            verify_hmac("X-Signature", SECRET, BODY, Some(EXPECTED)),
+            Ok(())
+        );
         assert_eq!(
             verify_hmac("X-Signature", SECRET, BODY, Some(&EXPECTED[7..])),
             Ok(())
@@ -141,7 +144,9 @@ mod tests {
         assert!(verify_bearer("t0k", Some("Basic dDBr"))
             .unwrap_err()
             .starts_with("missing"));
-        assert!(verify_bearer("t0k", None).unwrap_err().starts_with("missing"));
+        assert!(verify_bearer("t0k", None)
+            .unwrap_err()
+            .starts_with("missing"));
     }
 
     #[test]
@@ -179,20 +184,23 @@ mod tests {
         )
         .unwrap();
         let with_token: &[(&str, &str)] = &[("Authorization", "Bearer s3cret")];
-        assert_eq!(bearer.verify(Some("s3cret"), None, with_token, BODY), Ok(()));
+        assert_eq!(
+            bearer.verify(Some("s3cret"), None, with_token, BODY),
+            Ok(())
+        );
         let reason = bearer
             .verify(Some("other"), None, with_token, BODY)
             .unwrap_err();
         assert!(reason.contains("env:S"), "{reason}");
-        assert!(!reason.contains("other"), "the secret is never shown: {reason}");
+        assert!(
+            !reason.contains("other"),
+            "the secret is never shown: {reason}"
+        );
 
         // No secret: open, unless the server has an API token.
-        let open = TriggerSpec::from_spec(
-            "trg_o",
-            "o",
-            &json!({"path": "/hooks/o", "workflow": "wf"}),
-        )
-        .unwrap();
+        let open =
+            TriggerSpec::from_spec("trg_o", "o", &json!({"path": "/hooks/o", "workflow": "wf"}))
+                .unwrap();
         assert_eq!(open.verify(None, None, unsigned, BODY), Ok(()));
         assert!(open
             .verify(None, Some("api"), unsigned, BODY)

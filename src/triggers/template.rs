@@ -8,7 +8,9 @@
 use serde_json::Value;
 
 /// The names a reference may start with.
-pub const ROOTS: &[&str] = &["payload", "event", "action", "branch", "delivery", "trigger"];
+pub const ROOTS: &[&str] = &[
+    "payload", "event", "action", "branch", "delivery", "trigger",
+];
 
 /// Checks the references of a parameter value: every `{{` closed, every reference starting
 /// with one of [`ROOTS`].
@@ -166,7 +168,11 @@ mod tests {
             Some(json!("pr-"))
         );
         assert_eq!(
-            substitute(&json!({"a": "{{ payload.nope }}", "b": ["{{ event }}"]}), &c).unwrap(),
+            substitute(
+                &json!({"a": "{{ payload.nope }}", "b": ["{{ event }}"]}),
+                &c
+            )
+            .unwrap(),
             Some(json!({"a": null, "b": ["push"]}))
         );
     }
@@ -178,7 +184,9 @@ mod tests {
             .unwrap_err()
             .starts_with("unknown reference `params.x`"));
         assert!(check("{{ }}").unwrap_err().starts_with("empty reference"));
-        assert!(check("{{ payload..x }}").unwrap_err().contains("empty segment"));
+        assert!(check("{{ payload..x }}")
+            .unwrap_err()
+            .contains("empty segment"));
         assert_eq!(check("{{ payload.after }}-{{ delivery }}"), Ok(()));
         assert_eq!(check("no references"), Ok(()));
         assert!(substitute(&json!("{{ nope }}"), &context()).is_err());

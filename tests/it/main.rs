@@ -2,6 +2,7 @@
 
 mod agents;
 mod cli_remote;
+mod cron_crosscheck;
 mod engine;
 mod flow;
 mod git_source;
@@ -9,6 +10,7 @@ mod inputs;
 mod memo;
 mod scheduler;
 mod server;
+mod triggers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,196 @@
+//! Scheduler benchmark: fire lateness. 100 schedules due on the same second (`*/5 * * * *
+//! *`), three rounds on a real release server; for each fire, the time from the due instant
+//! to the first step's process running (the step prints the clock as it starts). Prints
+//! p50, p99 and the worst.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const SCHEDULES: usize = 100;
+const ROUNDS: usize = 3;
+
+fn main() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let project = work.path().join("project");
+    let binary = release_binary();
+    run_ok(Command::new(&binary).arg("init").arg(&project));
+    fs::write(
+        project.join("workflows/clock.yaml"),
+        "name: Clock\nhistory_limit: 1000\nsteps:\n  - name: now\n    command: [\"date\", \"+%s.%N\"]\n",
+    )
+    .expect("workflow");
+    for index in 0..SCHEDULES {
+        fs::write(
+            project.join("schedules").join(format!("s{index:03}.yaml")),
+            format!("name: S{index:03}\ncron: \"*/5 * * * * *\"\nworkflow: wf_clock\n"),
+        )
+        .expect("schedule");
+    }
+    let mut server = start(&binary, &project);
+    let address = server.1.clone();
+    let wanted = SCHEDULES * ROUNDS;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let runs = loop {
+        let runs = finished_runs(&address);
+        if runs.len() >= wanted {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} runs finished",
+            runs.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = server.0.wait();
+
+    let mut lateness: Vec<f64> = Vec::new();
+    // (The table below compares with `floor_lateness`, measured in the same run.)
+    for run in runs.iter().take(wanted) {
+        let due = chrono::DateTime::parse_from_rfc3339(
+            run["trigger"]["details"]["due"].as_str().expect("due"),
+        )
+        .expect("due instant");
+        let id = run["id"].as_str().expect("id");
+        let log = fs::read_to_string(project.join("logs/workflows").join(id).join("now.log"))
+            .expect("step log");
+        let started: f64 = log.trim().parse().expect("a clock reading");
+        let due = due.timestamp() as f64 + f64::from(due.timestamp_subsec_nanos()) / 1e9;
+        lateness.push((started - due) * 1e3);
+    }
+    let floor = floor_lateness(ROUNDS);
+    let (ours, floor) = (Percentiles::of(lateness), Percentiles::of(floor));
+    println!("| measure | p50 | p99 | max | target |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| fire lateness, {SCHEDULES} schedules due on the same second × {ROUNDS} rounds: due → first step's process running | {:.1} ms | {:.1} ms | {:.1} ms | p99 ≤ 50 ms |",
+        ours.p50, ours.p99, ours.max
+    );
+    println!(
+        "| floor: {SCHEDULES} threads at one instant, each creating a log file and spawning the same step | {:.1} ms | {:.1} ms | {:.1} ms | — |",
+        floor.p50, floor.p99, floor.max
+    );
+}
+
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Percentiles {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: samples[samples.len() - 1],
+        }
+    }
+}
+
+/// The same work without the orchestrator: at one instant, one thread per schedule creates
+/// a log file and spawns `date +%s.%N` into it; the lateness of each process's clock.
+fn floor_lateness(rounds: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let handles: Vec<_> = (0..SCHEDULES)
+            .map(|index| {
+                let path = dir.path().join(format!("{round}-{index}.log"));
+                std::thread::spawn(move || {
+                    let log = fs::File::create(&path).expect("log");
+                    let status = Command::new("date")
+                        .arg("+%s.%N")
+                        .stdout(log)
+                        .status()
+                        .expect("date");
+                    assert!(status.success());
+                    path
+                })
+            })
+            .collect();
+        for handle in handles {
+            let path = handle.join().expect("thread");
+            let started: f64 = fs::read_to_string(path)
+                .expect("clock")
+                .trim()
+                .parse()
+                .expect("a clock reading");
+            samples.push((started - start) * 1e3);
+        }
+    }
+    samples
+}
+
+fn finished_runs(address: &str) -> Vec<Value> {
+    let Ok(mut response) = ureq::get(&format!(
+        "http://{address}/api/runs?workflow=wf_clock&status=succeeded&limit=1000"
+    ))
+    .call() else {
+        return Vec::new();
+    };
+    let body: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap_or_default())
+            .unwrap_or_default();
+    let mut runs = body["runs"].as_array().cloned().unwrap_or_default();
+    // Oldest first: whole rounds.
+    runs.reverse();
+    runs
+}
+
+fn release_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .join("orchestrator");
+    assert!(
+        binary.exists(),
+        "run `cargo build --release` first (bench/scheduler does)"
+    );
+    binary
+}
+
+fn start(binary: &Path, project: &Path) -> (Child, String) {
+    let mut child = Command::new(binary)
+        .args(["start", "--port", "0"])
+        .current_dir(project)
+        .env("ORCHESTRATOR_ENVIRONMENT", "production")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (child, address)
+}
+
+fn run_ok(command: &mut Command) {
+    let output = command.output().expect("run");
+    assert!(output.status.success(), "{command:?}");
+}

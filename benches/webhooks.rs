@@ -1,0 +1,442 @@
+//! Webhook benchmark: a real `orchestrator start` (release build, production environment)
+//! with one GitHub trigger whose workflow is a single `true` step, and a loopback client
+//! sending signed push deliveries at a fixed rate (1,000/s for 10 s by default) over
+//! several keep-alive connections.
+//!
+//! Latency is measured from the moment each delivery was due to be sent (so a client or
+//! server that falls behind shows in the figures, not in a lower send rate) to the end of
+//! its answer. Afterwards: every delivery must be recorded (`/api/triggers/{id}/deliveries`
+//! total), runs started (`orchestrator_runs_started_total`) must equal the deliveries
+//! accepted, and the time until every run has finished is reported.
+//!
+//! `bench/webhooks` builds the release binary and runs this. `WEBHOOK_RATE`,
+//! `WEBHOOK_SECONDS` and `WEBHOOK_CONNECTIONS` change the load. Prints a markdown table.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpStream;
+
+const SECRET: &str = "bench-webhook-secret";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let rate = env_or("WEBHOOK_RATE", 1_000);
+    let seconds = env_or("WEBHOOK_SECONDS", 10);
+    let connections = env_or("WEBHOOK_CONNECTIONS", 32) as usize;
+    let total = (rate * seconds) as usize;
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let project = work.path().join("project");
+    let binary = release_binary();
+    run_ok(Command::new(&binary).arg("init").arg(&project));
+    // Only what the benchmark needs: the scaffolded examples stay out of the way.
+    for dir in ["workflows", "templates", "schedules", "alerts", "triggers"] {
+        let _ = fs::remove_dir_all(project.join(dir));
+        fs::create_dir_all(project.join(dir)).expect("manifest dir");
+    }
+    fs::write(
+        project.join("workflows/hook.yaml"),
+        "name: Hook\nconcurrency: allow\nhistory_limit: 50\nparameters:\n  commit: {type: string, default: none}\nsteps:\n  - name: t\n    command: [\"true\"]\n",
+    )
+    .expect("write workflow");
+    fs::write(
+        project.join("triggers/bench.yaml"),
+        format!(
+            "name: Bench\npath: /hooks/bench\nprovider: github\nworkflow: wf_hook\nevents: [push]\nbranches: [main]\nsecret: env:BENCH_WEBHOOK_SECRET\nhistory_limit: {}\nparameters:\n  commit: \"{{{{ payload.after }}}}\"\n",
+            total * 2
+        ),
+    )
+    .expect("write trigger");
+
+    let mut server = Server::start(&binary, &project);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Every request is built and signed before the clock starts.
+    let requests: Vec<Arc<Vec<u8>>> = (0..total)
+        .map(|i| Arc::new(request(&server.address, i)))
+        .collect();
+    let started = Instant::now();
+    let results = runtime.block_on(load(&server.address, requests, rate, connections));
+    let load_secs = started.elapsed().as_secs_f64();
+
+    let accepted = results.iter().filter(|r| r.status == 202).count();
+    let failed: Vec<&Sample> = results.iter().filter(|r| r.status != 202).collect();
+    let mut latencies: Vec<f64> = results.iter().map(|r| r.latency_ms).collect();
+    latencies.sort_by(f64::total_cmp);
+
+    // Every delivery recorded, a run for every accepted one; then the runs drain.
+    let api = Api::new(&server.address);
+    let deliveries = api.json("/api/triggers/trg_bench/deliveries?limit=1");
+    let recorded = deliveries["total"].as_u64().unwrap_or(0) as usize;
+    let all = api.json(&format!(
+        "/api/triggers/trg_bench/deliveries?limit={}",
+        total * 2
+    ));
+    let recorded_accepted = all["deliveries"]
+        .as_array()
+        .map(|d| d.iter().filter(|r| r["result"] == "accepted").count())
+        .unwrap_or(0);
+    let runs_started = api.metric("orchestrator_runs_started_total");
+    let drain_started = Instant::now();
+    let deadline = drain_started + Duration::from_secs(600);
+    let finished = loop {
+        let finished: f64 = api
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("orchestrator_runs_finished_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if finished as usize >= accepted || Instant::now() > deadline {
+            break finished as usize;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let drain = drain_started.elapsed().as_secs_f64();
+    let succeeded = api.metric("orchestrator_runs_finished_total{status=\"succeeded\"}");
+    let kept_runs = api.json("/api/runs?workflow=wf_hook&limit=1")["total"]
+        .as_u64()
+        .unwrap_or(0);
+    let rss = rss_kib(server.child.id());
+    server.stop();
+    let store_bytes = dir_size(&project.join("data"));
+
+    let p = |q: f64| percentile(&latencies, q);
+    println!(
+        "| measure ({total} signed push deliveries, {rate}/s for {seconds} s, {connections} connections, loopback) | result | target |"
+    );
+    println!("|---|---:|---:|");
+    println!(
+        "| sent in | {load_secs:.2} s ({:.0}/s) | {rate}/s |",
+        total as f64 / load_secs
+    );
+    println!(
+        "| 202 latency p50 / p90 / p99 / max | {:.2} / {:.2} / {:.2} / {:.1} ms | p99 ≤ 20 ms |",
+        p(0.50),
+        p(0.90),
+        p(0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "| answered 202 / other | {accepted} / {} | all 202 |",
+        failed.len()
+    );
+    println!(
+        "| deliveries recorded (of them accepted) | {recorded} ({recorded_accepted}) | {total} ({total}) |"
+    );
+    println!("| runs started | {runs_started} | = accepted ({accepted}) |");
+    println!(
+        "| runs finished (succeeded), time to drain after the load | {finished} ({succeeded}), {drain:.1} s | all |"
+    );
+    println!(
+        "| runs kept (history_limit 50), store on disk, server RSS after | {kept_runs}, {:.1} MiB, {:.1} MiB | bounded |",
+        store_bytes as f64 / 1_048_576.0,
+        rss as f64 / 1024.0
+    );
+    if let Some(first) = failed.first() {
+        eprintln!("first failed answer: {} {}", first.status, first.text);
+    }
+}
+
+/// One answer.
+struct Sample {
+    status: u16,
+    latency_ms: f64,
+    text: String,
+}
+
+/// The bytes of delivery `index`: a GitHub-shaped push to `main`, signed.
+fn request(address: &str, index: usize) -> Vec<u8> {
+    let after = format!("{:040x}", index as u128 * 0x9e37_79b9_7f4a_7c15 + 1);
+    let payload = json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": after,
+        "created": false, "deleted": false, "forced": false,
+        "base_ref": null,
+        "compare": format!("https://github.com/example/tests/compare/{}", &after[..12]),
+        "commits": [{
+            "id": after, "tree_id": after, "distinct": true,
+            "message": format!("Change {index}"),
+            "timestamp": "2025-01-01T00:00:00Z",
+            "url": format!("https://github.com/example/tests/commit/{after}"),
+            "author": {"name": "Dev", "email": "dev@example.com", "username": "dev"},
+            "committer": {"name": "Dev", "email": "dev@example.com", "username": "dev"},
+            "added": [], "removed": [], "modified": ["src/lib.rs", "README.md"],
+        }],
+        "head_commit": null,
+        "repository": {
+            "id": 1, "name": "tests", "full_name": "example/tests", "private": false,
+            "owner": {"login": "example", "id": 2, "type": "Organization"},
+            "html_url": "https://github.com/example/tests", "default_branch": "main",
+        },
+        "pusher": {"name": "dev", "email": "dev@example.com"},
+        "sender": {"login": "dev", "id": 3, "type": "User"},
+    });
+    let body = serde_json::to_vec(&payload).expect("payload");
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac");
+    mac.update(&body);
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let mut bytes = format!(
+        "POST /hooks/bench HTTP/1.1\r\nHost: {address}\r\nUser-Agent: GitHub-Hookshot/bench\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: bench-{index:06}\r\nX-Hub-Signature-256: sha256={signature}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Sends every request at `rate` per second over `connections` keep-alive connections;
+/// each latency is counted from when the request was due.
+async fn load(
+    address: &str,
+    requests: Vec<Arc<Vec<u8>>>,
+    rate: u64,
+    connections: usize,
+) -> Vec<Sample> {
+    let total = requests.len();
+    let (jobs, receiver) = tokio::sync::mpsc::channel::<(Instant, Arc<Vec<u8>>)>(total.max(1));
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let receiver = Arc::clone(&receiver);
+        let address = address.to_owned();
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut connection: Option<AsyncBufReader<TcpStream>> = None;
+            loop {
+                let job = receiver.lock().await.recv().await;
+                let Some((due, bytes)) = job else {
+                    break;
+                };
+                let (status, text) = loop {
+                    let stream = match connection.as_mut() {
+                        Some(stream) => stream,
+                        None => connection.insert(AsyncBufReader::new(
+                            TcpStream::connect(&address).await.expect("connect"),
+                        )),
+                    };
+                    match exchange(stream, &bytes).await {
+                        Ok(answer) => break answer,
+                        // The server closed an idle connection: reconnect and resend.
+                        Err(_) => connection = None,
+                    }
+                };
+                samples.push(Sample {
+                    status,
+                    latency_ms: due.elapsed().as_secs_f64() * 1e3,
+                    text,
+                });
+            }
+            samples
+        }));
+    }
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = tokio::time::Instant::now();
+    for (index, bytes) in requests.into_iter().enumerate() {
+        let due = start + period * index as u32;
+        tokio::time::sleep_until(due).await;
+        jobs.send((due.into_std(), bytes)).await.expect("queue");
+    }
+    drop(jobs);
+    let mut samples = Vec::with_capacity(total);
+    for worker in workers {
+        samples.extend(worker.await.expect("worker"));
+    }
+    samples
+}
+
+/// Writes one request and reads its answer (status line, headers, `Content-Length` body).
+async fn exchange(
+    stream: &mut AsyncBufReader<TcpStream>,
+    bytes: &[u8],
+) -> std::io::Result<(u16, String)> {
+    stream.get_mut().write_all(bytes).await?;
+    let mut line = String::new();
+    if stream.read_line(&mut line).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await?;
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A blocking client for the checks after the load.
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(address: &str) -> Api {
+        Api {
+            base: format!("http://{address}"),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(60)))
+                .build()
+                .new_agent(),
+        }
+    }
+
+    fn text(&self, path: &str) -> String {
+        self.agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .expect("GET")
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .expect("body")
+    }
+
+    fn json(&self, path: &str) -> Value {
+        serde_json::from_str(&self.text(path)).expect("JSON")
+    }
+
+    fn metrics(&self) -> String {
+        self.text("/metrics")
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    }
+}
+
+fn release_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/release")
+        .join("orchestrator");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release` first (bench/webhooks does)",
+        binary.display()
+    );
+    binary
+}
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(binary: &Path, project: &Path) -> Server {
+        let mut child = Command::new(binary)
+            .args(["start", "--port", "0"])
+            .current_dir(project)
+            .env("ORCHESTRATOR_ENVIRONMENT", "production")
+            .env("BENCH_WEBHOOK_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let address = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        Server { child, address }
+    }
+
+    fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn run_ok(command: &mut Command) {
+    let output = command.output().expect("run");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
