@@ -162,11 +162,17 @@ struct Sample {
     text: String,
 }
 
+/// The pushed ref: `refs/heads/main` (the trigger's branch), or `WEBHOOK_REF` — another
+/// branch measures the receiver alone (every delivery filtered out, answered 200, no run).
+fn git_ref() -> String {
+    std::env::var("WEBHOOK_REF").unwrap_or_else(|_| "refs/heads/main".to_owned())
+}
+
 /// The bytes of delivery `index`: a GitHub-shaped push to `main`, signed.
 fn request(address: &str, index: usize) -> Vec<u8> {
     let after = format!("{:040x}", index as u128 * 0x9e37_79b9_7f4a_7c15 + 1);
     let payload = json!({
-        "ref": "refs/heads/main",
+        "ref": git_ref(),
         "before": "0000000000000000000000000000000000000000",
         "after": after,
         "created": false, "deleted": false, "forced": false,

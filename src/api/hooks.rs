@@ -16,8 +16,10 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
@@ -123,15 +125,9 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.metrics.webhook_deliveries.inc();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the delivery is larger than {MAX_DELIVERY_BYTES} bytes (25 MB), the most a webhook may send"),
-            )
-            .with_details(json!({"max_body_bytes": MAX_DELIVERY_BYTES}))
+            too_large()
         } else {
             ApiError::from_status(rejection.status(), rejection.body_text())
         }
@@ -142,6 +138,35 @@ pub async fn receive(
             .await
             .map_err(ApiError::internal)??;
     Ok((status, Json(value)))
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the delivery is larger than {MAX_DELIVERY_BYTES} bytes (25 MB), the most a webhook may send"),
+    )
+    .with_details(json!({"max_body_bytes": MAX_DELIVERY_BYTES}))
+}
+
+/// In front of [`receive`]: counts the delivery, and refuses one whose `Content-Length` is
+/// over 25 MB before reading any of it (a body without a length is cut off at 25 MB as it
+/// is read).
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    state.metrics.webhook_deliveries.inc();
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_DELIVERY_BYTES as u64) {
+        let mut response = too_large().into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
+    next.run(request).await
 }
 
 /// One trigger's part of a delivery.

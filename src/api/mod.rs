@@ -116,7 +116,12 @@ pub fn router(state: AppState) -> Router {
         // own secrets, and up to 25 MB whatever `server.max_body_bytes` says.
         .route(
             "/hooks/{*path}",
-            post(hooks::receive).layer(DefaultBodyLimit::max(crate::triggers::MAX_DELIVERY_BYTES)),
+            post(hooks::receive)
+                .layer(DefaultBodyLimit::max(crate::triggers::MAX_DELIVERY_BYTES))
+                .layer(middleware::from_fn_with_state(
+                    Arc::clone(&state),
+                    hooks::guard,
+                )),
         )
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),

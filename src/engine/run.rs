@@ -1019,11 +1019,34 @@ fn agent_log(config: &EngineConfig, step: &StepRecord) {
 
 /// Keeps the newest runs of the workflow within its history limit; older runs go with their
 /// logs and reports.
+///
+/// It reads every stored run, so while other runs of the workflow are still to finish here
+/// (a burst of webhook deliveries, say) it runs at most every [`HISTORY_EVERY`] per
+/// workflow rather than after each run; a run with no other run of its workflow still to
+/// finish always enforces it, so the history ends exactly at the limit.
 fn enforce_history(
     store: &Store,
     config: &EngineConfig,
     run: &RunRecord,
 ) -> Result<(), StoreError> {
+    {
+        use std::collections::HashSet;
+        use std::sync::{LazyLock, Mutex};
+        /// Per workflow: when its history was last trimmed, and the runs still active that
+        /// have already come this far (their final state is stored).
+        type Trims = HashMap<String, (Option<Instant>, HashSet<String>)>;
+        static TRIMS: LazyLock<Mutex<Trims>> = LazyLock::new(Mutex::default);
+        let active = config.admission.active(&run.workflow_id);
+        let mut trims = TRIMS.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, finished) = trims.entry(run.workflow_id.clone()).or_default();
+        finished.retain(|id| active.contains(id));
+        finished.insert(run.id.clone());
+        let still_to_finish = active.iter().any(|id| !finished.contains(id));
+        if still_to_finish && last.is_some_and(|at| at.elapsed() < HISTORY_EVERY) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+    }
     let limit = run
         .workflow
         .get("history_limit")
@@ -1049,6 +1072,9 @@ fn enforce_history(
     }
     Ok(())
 }
+
+/// How often a workflow's history is trimmed while several of its runs are active.
+const HISTORY_EVERY: Duration = Duration::from_millis(200);
 
 /// Everything a worker thread needs to run one step.
 struct StepJob<'a> {

@@ -195,9 +195,9 @@ impl GroupCommit {
         loop {
             if state.finished >= needed {
                 return match &state.failed {
-                    Some((number, kind, message)) if *number >= needed => Err(sled::Error::Io(
-                        std::io::Error::new(*kind, message.clone()),
-                    )),
+                    Some((number, kind, message)) if *number >= needed => {
+                        Err(sled::Error::Io(std::io::Error::new(*kind, message.clone())))
+                    }
                     _ => Ok(()),
                 };
             }
@@ -221,10 +221,7 @@ impl GroupCommit {
                 self.finished.notify_all();
                 return result.map(|_| ());
             }
-            state = self
-                .finished
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -314,9 +311,7 @@ impl Store {
     /// Makes every write made so far durable (one flush for all the threads asking at
     /// once: see [`GroupCommit`]).
     fn flush(&self) -> Result<(), StoreError> {
-        self.flushes
-            .flush(&self.db)
-            .map_err(|e| self.sled_error(e))
+        self.flushes.flush(&self.db).map_err(|e| self.sled_error(e))
     }
 
     fn sled_error(&self, source: sled::Error) -> StoreError {
@@ -683,6 +678,40 @@ mod tests {
             applied_at: None,
             updated_at: "2026-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn durable_writes_from_many_threads_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = 8 * 25;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            std::thread::scope(|scope| {
+                for thread in 0..8 {
+                    let store = &store;
+                    scope.spawn(move || {
+                        for n in 0..25 {
+                            let key = format!("t{thread}/{n:02}");
+                            store.put_state("group", &key, &n, true).unwrap();
+                        }
+                    });
+                }
+            });
+            let state = store.flushes.state.lock().unwrap();
+            assert!(!state.running);
+            assert_eq!(state.started, state.finished);
+            assert!(
+                state.started >= 1 && state.started <= calls,
+                "{}",
+                state.started
+            );
+            assert!(state.failed.is_none());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.states::<u32>("group", "").unwrap().len(),
+            calls as usize
+        );
     }
 
     #[test]

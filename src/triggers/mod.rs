@@ -197,7 +197,7 @@ impl TriggerSpec {
             .header(name)
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .map(str::to_owned)
+            .map(|v| v.chars().take(200).collect())
     }
 
     /// The delivery id a sender gives (`X-GitHub-Delivery`, or the generic provider's
