@@ -15,13 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{release_binary, run_ok};
+
 const CHAINS: [usize; 3] = [10, 100, 1_000];
 const REPEATS: usize = 5;
 
 fn main() {
     let work = tempfile::tempdir().expect("temp dir");
     let project = work.path().join("project");
-    let binary = orchestrator_binary();
+    let binary = release_binary();
     run_ok(Command::new(&binary).arg("init").arg(&project));
     for steps in CHAINS {
         write_chain(&project.join("workflows"), steps);
@@ -89,19 +93,6 @@ fn main() {
     }
 }
 
-/// The release binary next to this bench's own executable (`target/release/`).
-fn orchestrator_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let release = exe.parent().and_then(Path::parent).expect("target/release");
-    let binary = release.join("orchestrator");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release` first (bench/engine does)",
-        binary.display()
-    );
-    binary
-}
-
 fn write_chain(dir: &Path, steps: usize) {
     let mut text = format!("name: Chain {steps}\nhistory_limit: 3\nsteps:\n");
     for index in 0..steps {
@@ -151,19 +142,6 @@ fn bare_spawns(count: usize) -> Duration {
         assert!(status.success());
     }
     started.elapsed()
-}
-
-fn run_ok(command: &mut Command) {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .expect("start the command");
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn median(samples: impl Iterator<Item = Duration>) -> Duration {

@@ -4,12 +4,14 @@
 //! p50, p99 and the worst.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{release_binary, run_ok, Server};
 
 const SCHEDULES: usize = 100;
 const ROUNDS: usize = 3;
@@ -31,8 +33,8 @@ fn main() {
         )
         .expect("schedule");
     }
-    let mut server = start(&binary, &project);
-    let address = server.1.clone();
+    let mut server = Server::start(&binary, &project, &[]);
+    let address = server.address.clone();
     let wanted = SCHEDULES * ROUNDS;
     let deadline = Instant::now() + Duration::from_secs(120);
     let runs = loop {
@@ -47,11 +49,7 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = server.0.wait();
+    server.stop();
 
     let mut lateness: Vec<f64> = Vec::new();
     // (The table below compares with `floor_lateness`, measured in the same run.)
@@ -151,46 +149,4 @@ fn finished_runs(address: &str) -> Vec<Value> {
     // Oldest first: whole rounds.
     runs.reverse();
     runs
-}
-
-fn release_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .join("orchestrator");
-    assert!(
-        binary.exists(),
-        "run `cargo build --release` first (bench/scheduler does)"
-    );
-    binary
-}
-
-fn start(binary: &Path, project: &Path) -> (Child, String) {
-    let mut child = Command::new(binary)
-        .args(["start", "--port", "0"])
-        .current_dir(project)
-        .env("ORCHESTRATOR_ENVIRONMENT", "production")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (child, address)
-}
-
-fn run_ok(command: &mut Command) {
-    let output = command.output().expect("run");
-    assert!(output.status.success(), "{command:?}");
 }

@@ -12,14 +12,17 @@
 //! `bench/server` installs wrk and Dagu and runs this. Prints markdown tables.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{percentile, release_binary, rss_kib, run_ok, Server};
 
 const WORKFLOWS: usize = 1_000;
 const EDITS: usize = 200;
@@ -43,10 +46,10 @@ fn main() {
     }
     // Memory and list throughput on exactly the 1,000 manifests: first just after a start
     // that applied them, then idle after a restart, then after the list load.
-    let mut server = Server::start(&binary, &project);
+    let mut server = Server::start(&binary, &project, &[]);
     let fresh_rss = rss_kib(server.child.id());
     server.stop();
-    let mut server = Server::start(&binary, &project);
+    let mut server = Server::start(&binary, &project, &[]);
     let idle_rss = rss_kib(server.child.id());
     let page = wrk(&format!("http://{}/api/workflows", server.address));
     let all = wrk(&format!(
@@ -62,7 +65,7 @@ fn main() {
         chain.push_str(&format!("  - name: s{index}\n    command: [\"true\"]\n"));
     }
     fs::write(project.join("workflows/fanout.yaml"), chain).expect("write fan-out workflow");
-    let mut server = Server::start(&binary, &project);
+    let mut server = Server::start(&binary, &project, &[]);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let latencies = runtime.block_on(edit_latencies(&server.address, &project));
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
@@ -142,61 +145,6 @@ fn workflow_text(index: usize, description: &str) -> String {
     format!(
         "name: Bench {index:04}\ndescription: {description}\nsteps:\n  - name: check\n    command: [\"true\"]\n"
     )
-}
-
-/// The release binary next to this bench's own executable (`target/release/`).
-fn release_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .join("orchestrator");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release` first (bench/server does)",
-        binary.display()
-    );
-    binary
-}
-
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(binary: &Path, project: &Path) -> Server {
-        let mut child = Command::new(binary)
-            .args(["start", "--port", "0"])
-            .current_dir(project)
-            .env("ORCHESTRATOR_ENVIRONMENT", "production")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let address = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
-        Server { child, address }
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
 }
 
 async fn connect(
@@ -373,25 +321,6 @@ fn duration_ms(text: &str) -> f64 {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn percentile(samples: &[f64], quantile: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
-    sorted[index]
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -405,13 +334,4 @@ fn wait_until_up(url: &str) {
         assert!(Instant::now() < deadline, "{url} did not come up");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn run_ok(command: &mut Command) {
-    let output = command.output().expect("run");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -13,15 +13,18 @@
 //! `WEBHOOK_SECONDS` and `WEBHOOK_CONNECTIONS` change the load. Prints a markdown table.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
+
+#[path = "support/mod.rs"]
+mod support;
 use serde_json::{json, Value};
 use sha2::Sha256;
+use support::{percentile, release_binary, rss_kib, run_ok, Server};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::TcpStream;
 
@@ -63,7 +66,7 @@ fn main() {
     )
     .expect("write trigger");
 
-    let mut server = Server::start(&binary, &project);
+    let mut server = Server::start(&binary, &project, &[("BENCH_WEBHOOK_SECRET", SECRET)]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -349,73 +352,6 @@ impl Api {
     }
 }
 
-fn release_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/release")
-        .join("orchestrator");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release` first (bench/webhooks does)",
-        binary.display()
-    );
-    binary
-}
-
-struct Server {
-    child: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(binary: &Path, project: &Path) -> Server {
-        let mut child = Command::new(binary)
-            .args(["start", "--port", "0"])
-            .current_dir(project)
-            .env("ORCHESTRATOR_ENVIRONMENT", "production")
-            .env("BENCH_WEBHOOK_SECRET", SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let address = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
-        Server { child, address }
-    }
-
-    fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(path) else {
         return 0;
@@ -428,21 +364,4 @@ fn dir_size(path: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * quantile).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn run_ok(command: &mut Command) {
-    let output = command.output().expect("run");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
