@@ -82,12 +82,7 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
-/// Finds a live workflow by id, or by name when no id matches.
-pub fn find_workflow(store: &Store, id_or_name: &str) -> Result<ObjectRecord, EngineError> {
-    find_workflow_in(&store.objects()?, id_or_name)
-}
-
-/// [`find_workflow`] among records already read.
+/// Finds a live workflow by id, or by name when no id matches, among the object records.
 pub fn find_workflow_in(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     id_or_name: &str,
@@ -111,12 +106,8 @@ pub fn find_workflow_in(
     )))
 }
 
-/// The workflow after template expansion, with its declared parameters.
-pub fn expand_workflow(store: &Store, spec: &Value) -> Result<Expanded, EngineError> {
-    expand_workflow_in(&store.objects()?, spec)
-}
-
-/// [`expand_workflow`] against records already read.
+/// The workflow after template expansion (templates looked up among the object records),
+/// with its declared parameters.
 pub fn expand_workflow_in(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     spec: &Value,
@@ -165,13 +156,7 @@ pub fn create_run(
     store: &Store,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let created = prepare_run(&store.objects()?, request)?;
-    store.save_run(
-        Some(&created.0),
-        &created.1.iter().collect::<Vec<_>>(),
-        true,
-    )?;
-    Ok(created)
+    create_run_in(store, &store.objects()?, request)
 }
 
 /// A created run and its queued steps.
