@@ -23,6 +23,7 @@ pub mod engine;
 pub mod events;
 pub mod logging;
 pub mod manifest;
+pub mod monitor;
 pub mod reconcile;
 pub mod scheduler;
 pub mod schema;

@@ -93,6 +93,12 @@ pub struct Config {
     /// project (watched); with `git`, a repository it fetches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceConfig>,
+    /// The system sampler, metric history and alert evaluation.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+    /// Notification channels that alert actions name.
+    #[serde(default)]
+    pub notifications: NotificationsConfig,
 }
 
 /// Server settings.
@@ -151,6 +157,136 @@ pub struct RunsConfig {
     pub history_limit: u32,
     /// Steps of one run that may run at once.
     pub max_parallel: u32,
+    /// Runs the server executes at once; more wait queued for a slot, in creation order.
+    /// `None` means 8 per CPU core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active: Option<u32>,
+}
+
+impl RunsConfig {
+    /// How many runs the server executes at once.
+    pub fn max_active_runs(&self) -> usize {
+        match self.max_active {
+            Some(limit) => limit.max(1) as usize,
+            None => 8 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Monitoring settings: the system sampler, the persisted history and alert evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// How often system metrics are sampled and published.
+    pub sample_interval: DurationSetting,
+    /// Width of the downsampled points of the persisted history.
+    pub history_step: DurationSetting,
+    /// How long the persisted history is kept.
+    pub history_retention: DurationSetting,
+    /// How often alert rules are evaluated.
+    pub evaluation_interval: DurationSetting,
+    /// The window workflow, agent and test metrics are computed over.
+    pub metrics_window: DurationSetting,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            sample_interval: DurationSetting::Seconds(10),
+            history_step: DurationSetting::Seconds(60),
+            history_retention: DurationSetting::Seconds(24 * 3600),
+            evaluation_interval: DurationSetting::Seconds(10),
+            metrics_window: DurationSetting::Seconds(3600),
+        }
+    }
+}
+
+/// Notification channels by name, and how deliveries are retried.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NotificationsConfig {
+    /// How failed deliveries are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The channels by name (`email`, `webhook`, `slack`, or any name with a `type`).
+    #[serde(flatten)]
+    pub channels: std::collections::BTreeMap<String, ChannelConfig>,
+}
+
+/// How failed notification deliveries are retried: `attempts` in all, waiting
+/// `initial_backoff` before the second and doubling up to five minutes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Delivery attempts per notification.
+    pub attempts: u32,
+    /// Wait before the second attempt.
+    pub initial_backoff: DurationSetting,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: 5,
+            initial_backoff: DurationSetting::Seconds(1),
+        }
+    }
+}
+
+/// One notification channel as configured. The `type` may be left out of channels named
+/// `email`, `webhook` or `slack`; [`NotificationsConfig::channel`] fills it in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// `email`, `webhook` or `slack`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// SMTP server (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// SMTP port (email); the default follows `security`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `none`, `starttls` (default) or `tls` (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<String>,
+    /// Reference to the SMTP user name (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Reference to the SMTP password (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Sender address (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Recipient addresses (email).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    /// Receiver URL (webhook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Reference to a bearer token (webhook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token: Option<String>,
+    /// Incoming-webhook URL or a reference to it (slack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// Channel override (slack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// How long one delivery attempt may take (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSetting>,
+}
+
+impl NotificationsConfig {
+    /// The channel named `name` with its `type` filled in, if configured.
+    pub fn channel(&self, name: &str) -> Option<ChannelConfig> {
+        let mut channel = self.channels.get(name)?.clone();
+        if channel.kind.is_none() {
+            channel.kind = Some(name.to_owned());
+        }
+        Some(channel)
+    }
 }
 
 /// Scheduler settings.
