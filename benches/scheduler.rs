@@ -26,6 +26,23 @@ fn main() {
         "name: Clock\nhistory_limit: 1000\nsteps:\n  - name: now\n    command: [\"date\", \"+%s.%N\"]\n",
     )
     .expect("workflow");
+    // Every fire's run executes at once: the limit on runs executing at once is raised
+    // above the 100 schedules (`SCHEDULER_MAX_ACTIVE` sets another; with the default, 8 per
+    // core, most runs wait for a slot and the figures measure that queue).
+    let max_active = std::env::var("SCHEDULER_MAX_ACTIVE").unwrap_or_else(|_| "128".into());
+    if max_active != "default" {
+        let config = project.join("config/production.yaml");
+        let text = fs::read_to_string(&config).expect("config");
+        assert!(text.contains("\nruns:\n"), "no runs section in {text}");
+        fs::write(
+            &config,
+            text.replace(
+                "\nruns:\n",
+                &format!("\nruns:\n  max_active: {max_active}\n"),
+            ),
+        )
+        .expect("config");
+    }
     for index in 0..SCHEDULES {
         fs::write(
             project.join("schedules").join(format!("s{index:03}.yaml")),

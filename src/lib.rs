@@ -17,6 +17,7 @@ pub mod cli;
 pub mod condition;
 pub mod config;
 pub mod cron;
+pub mod dashboard;
 pub mod diagnostics;
 pub mod duration;
 pub mod engine;

@@ -112,8 +112,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics.
 ///
 /// Counters (requests, runs started and finished by status, reconciles, webhook deliveries,
-/// source fetch errors) and gauges (active runs, objects by kind, invalid objects, uptime,
-/// resident memory) in the Prometheus text exposition format.
+/// source fetch errors) and gauges (active runs, runs waiting for a slot, objects by kind,
+/// invalid objects, uptime, resident memory) in the Prometheus text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "server", responses(
     (status = 200, description = "The metrics", body = String,
         content_type = "text/plain; version=0.0.4; charset=utf-8"),
@@ -135,6 +135,11 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         state.active_run_ids().len() as f64,
     ));
     gauges.push((
+        "orchestrator_runs_waiting".into(),
+        "Runs created and waiting for a run slot (runs.max_active).",
+        state.waiting_runs() as f64,
+    ));
+    gauges.push((
         "orchestrator_invalid_objects".into(),
         "Objects whose current manifest is invalid.",
         invalid as f64,
@@ -152,6 +157,11 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     for (name, help, value) in crate::server::metrics::process_gauges() {
         gauges.push((name.into(), help, value));
     }
+    if let Some(sample) = state.system.latest() {
+        for (name, help, value) in sample.gauges() {
+            gauges.push((name.into(), help, value));
+        }
+    }
     let mut text = state.metrics.render(
         &gauges
             .iter()
@@ -166,6 +176,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
             "orchestrator_objects{{kind=\"{kind}\"}} {count}\n"
         ));
     }
+    text.push_str(&state.stats.prometheus(chrono::Utc::now()));
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -4,10 +4,13 @@
 //! document of all of it is generated from the handlers ([`ApiDoc`]) and served at
 //! `GET /api/openapi.json`.
 
+mod agent_metrics;
+mod alerts;
 mod error;
 mod handlers;
 mod hooks;
 mod jobs;
+mod monitor;
 pub mod openapi;
 mod source_hook;
 mod triggers;
@@ -19,7 +22,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 pub use error::{ApiError, ApiJson};
@@ -41,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/status"),
     ("GET", "/api/workflows"),
     ("GET", "/api/workflows/{id}"),
+    ("GET", "/api/workflows/{id}/metrics"),
     ("POST", "/api/workflows/{id}/execute"),
     ("GET", "/api/runs"),
     ("GET", "/api/runs/{id}"),
@@ -49,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/runs/{id}/rerun"),
     ("GET", "/api/agents"),
     ("GET", "/api/agents/{name}"),
+    ("GET", "/api/agents/{name}/metrics"),
     ("POST", "/api/agents/{name}/start"),
     ("POST", "/api/agents/{name}/stop"),
     ("GET", "/api/manifests"),
@@ -62,6 +67,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/triggers/{id}"),
     ("GET", "/api/triggers/{id}/deliveries"),
     ("POST", "/hooks/{path}"),
+    ("GET", "/api/alerts"),
+    ("GET", "/api/alerts/{id}"),
+    ("GET", "/api/silences"),
+    ("POST", "/api/silences"),
+    ("DELETE", "/api/silences/{id}"),
+    ("GET", "/api/system/metrics"),
+    ("GET", "/"),
+    ("GET", "/assets/{path}"),
 ];
 
 /// The router with every route.
@@ -78,6 +91,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workflows", get(handlers::list_workflows))
         .route("/api/workflows/{id}", get(handlers::show_workflow))
         .route(
+            "/api/workflows/{id}/metrics",
+            get(agent_metrics::workflow_metrics),
+        )
+        .route(
             "/api/workflows/{id}/execute",
             post(handlers::execute_workflow),
         )
@@ -88,6 +105,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/rerun", post(handlers::rerun))
         .route("/api/agents", get(handlers::list_agents))
         .route("/api/agents/{name}", get(handlers::show_agent))
+        .route(
+            "/api/agents/{name}/metrics",
+            get(agent_metrics::agent_metrics),
+        )
         .route("/api/agents/{name}/start", post(handlers::start_agent))
         .route("/api/agents/{name}/stop", post(handlers::stop_agent))
         .route("/api/manifests", get(handlers::list_manifests))
@@ -104,6 +125,16 @@ pub fn router(state: AppState) -> Router {
             "/api/triggers/{id}/deliveries",
             get(triggers::list_deliveries),
         )
+        .route("/api/system/metrics", get(monitor::system_metrics))
+        .route("/api/alerts", get(alerts::list_alerts))
+        .route("/api/alerts/{id}", get(alerts::show_alert))
+        .route(
+            "/api/silences",
+            get(alerts::list_silences).post(alerts::create_silence),
+        )
+        .route("/api/silences/{id}", delete(alerts::expire_silence))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{*path}", get(crate::dashboard::asset))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -149,8 +180,14 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        .map(str::trim)
+        .map(str::to_owned)
+        // A browser cannot set headers on a WebSocket: `/ws?token=` instead.
+        .or_else(|| ws_query_token(&request));
+    if given
+        .as_deref()
+        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
+    {
         next.run(request).await
     } else {
         use axum::response::IntoResponse;
@@ -161,6 +198,18 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
         })
         .into_response()
     }
+}
+
+/// The `token` query parameter of `/ws` (only there: elsewhere the header is the way).
+fn ws_query_token(request: &Request) -> Option<String> {
+    if request.uri().path() != "/ws" {
+        return None;
+    }
+    let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
+        request.uri(),
+    )
+    .ok()?;
+    query.0.get("token").cloned()
 }
 
 /// Keeps the promise that every error is JSON. The extractors of axum answer on their own

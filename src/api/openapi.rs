@@ -14,7 +14,7 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::{handlers, hooks, jobs, source_hook, triggers};
+use super::{alerts, handlers, hooks, jobs, monitor, source_hook, triggers};
 use crate::engine::model::{
     Attempt, RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary, Trigger,
 };
@@ -30,7 +30,7 @@ use crate::engine::model::{
             `/ws` event stream.\n\nEvery error is `{\"error\": {\"code\", \"message\", \
             \"details\"}}` (the `ApiError` schema) with the right 4xx or 5xx status; request \
             bodies are limited to `server.max_body_bytes` and must be JSON where JSON is \
-            expected. With `server.api_token` configured, every `POST` route and `/ws` need \
+            expected. With `server.api_token` configured, every `POST` and `DELETE` route and `/ws` need \
             `Authorization: Bearer <token>` (the `bearer` scheme); `GET` routes are open.",
         license(name = "MIT", identifier = "MIT"),
     ),
@@ -44,6 +44,7 @@ use crate::engine::model::{
         handlers::status,
         handlers::list_workflows,
         handlers::show_workflow,
+        super::agent_metrics::workflow_metrics,
         handlers::execute_workflow,
         handlers::list_runs,
         handlers::show_run,
@@ -52,6 +53,7 @@ use crate::engine::model::{
         handlers::rerun,
         handlers::list_agents,
         handlers::show_agent,
+        super::agent_metrics::agent_metrics,
         handlers::start_agent,
         handlers::stop_agent,
         handlers::list_manifests,
@@ -65,6 +67,14 @@ use crate::engine::model::{
         triggers::show_trigger,
         triggers::list_deliveries,
         hooks::receive,
+        monitor::system_metrics,
+        alerts::list_alerts,
+        alerts::show_alert,
+        alerts::list_silences,
+        alerts::create_silence,
+        alerts::expire_silence,
+        dashboard_index,
+        dashboard_asset,
     ),
     components(schemas(
         ErrorBody,
@@ -89,10 +99,25 @@ use crate::engine::model::{
         TestSummary,
         TestCase,
         TestStatus,
+        crate::monitor::stats::AgentMetrics,
+        crate::monitor::stats::WorkflowMetrics,
+        crate::monitor::stats::TestMetrics,
+        crate::monitor::stats::TestCaseMetrics,
+        crate::monitor::stats::LastError,
+        crate::monitor::stats::HealthCheck,
+        crate::monitor::stats::HealthStatus,
         triggers::TriggerList,
         triggers::DeliveryList,
         crate::triggers::DeliveryRecord,
         crate::triggers::DeliveryResult,
+        monitor::SystemMetrics,
+        crate::monitor::system::SystemSample,
+        crate::monitor::history::HistoryPoint,
+        alerts::AlertList,
+        alerts::SilenceList,
+        crate::monitor::alerts::Silence,
+        crate::monitor::alerts::Matcher,
+        crate::monitor::alerts::SilenceRequest,
     )),
     modifiers(&SecuritySchemes, &OptionalBodies),
     tags(
@@ -104,6 +129,9 @@ use crate::engine::model::{
         (name = "events", description = "The `/ws` event stream"),
         (name = "source", description = "The git source's push webhook"),
         (name = "triggers", description = "Webhook triggers: deliveries that start runs, and what happened to them"),
+        (name = "monitoring", description = "System metrics and their history"),
+        (name = "alerts", description = "Alert rules, their state and notifications, and silences"),
+        (name = "dashboard", description = "The web dashboard: its page and embedded assets"),
     ),
 )]
 pub struct ApiDoc;
@@ -121,7 +149,7 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "`Authorization: Bearer <token>` with the server's API token \
-                         (`server.api_token`). Needed by every `POST` route and `/ws` when a \
+                         (`server.api_token`). Needed by every `POST` and `DELETE` route and `/ws` when a \
                          token is configured; without one they are open (the server then \
                          binds only a loopback address unless started with `--insecure`).",
                     ))
@@ -235,6 +263,8 @@ pub async fn openapi_json() -> Response {
 ///
 /// Documentation only: the route is served by `ws::upgrade`.
 #[utoipa::path(get, path = "/ws", tag = "events",
+    params(("token" = Option<String>, Query,
+        description = "The API token, for clients that cannot set the `Authorization` header (browsers); only `/ws` reads it")),
     security(("bearer" = [])),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol"),
@@ -243,6 +273,35 @@ pub async fn openapi_json() -> Response {
     ))]
 #[allow(dead_code)]
 async fn websocket() {}
+
+/// The web dashboard.
+///
+/// Its HTML shell, with a strict Content-Security-Policy; the pages are JavaScript modules
+/// under `/assets/`. `ETag` and `Cache-Control: no-cache`: a request with a matching
+/// `If-None-Match` gets `304`.
+///
+/// Documentation only: the route is served by `dashboard::index`.
+#[utoipa::path(get, path = "/", tag = "dashboard",
+    responses(
+        (status = 200, description = "The dashboard's page", body = String, content_type = "text/html"),
+        (status = 304, description = "Not modified (`If-None-Match` matched the `ETag`)"),
+    ))]
+#[allow(dead_code)]
+async fn dashboard_index() {}
+
+/// A file of the dashboard (scripts, styles, images), embedded in the binary.
+///
+/// Documentation only: the route is served by `dashboard::asset`.
+#[utoipa::path(get, path = "/assets/{path}", tag = "dashboard",
+    params(("path" = String, Path, description = "The file's path, e.g. `app.js` or `pages/runs.js`")),
+    responses(
+        (status = 200, description = "The file, with its content type (`text/javascript`, `text/css`, `image/svg+xml`, ...)",
+            body = String, content_type = "text/javascript"),
+        (status = 304, description = "Not modified (`If-None-Match` matched the `ETag`)"),
+        (status = 404, description = "No such asset", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+async fn dashboard_asset() {}
 
 #[cfg(test)]
 mod tests {
@@ -365,7 +424,7 @@ mod tests {
                 assert_eq!(declared, in_path, "{here}: path parameters");
                 // What the bearer token guards says so; so do the routes outside that layer.
                 let security = operation["security"].to_string();
-                if method == "post" || path == "/ws" {
+                if method != "get" || path == "/ws" {
                     assert!(
                         security.contains("\"bearer\""),
                         "{here}: no bearer security"

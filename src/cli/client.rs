@@ -102,6 +102,15 @@ impl ApiClient {
         self.answer(request.send(body.to_string()))
     }
 
+    /// DELETE, answered with a JSON document.
+    pub fn delete(&self, path: &str) -> Result<Value> {
+        let mut request = self.agent.delete(&self.url(path));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        self.answer(request.call())
+    }
+
     /// Every object record.
     pub fn objects(&self) -> Result<BTreeMap<ObjectKey, ObjectRecord>> {
         let value = self.get("/api/manifests?full=true")?;

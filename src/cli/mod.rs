@@ -1,6 +1,7 @@
 //! The command line: clap types, the shared context every command gets, and dispatch. One
 //! file per command group.
 
+mod alert_cmd;
 mod backend;
 mod client;
 mod config_cmd;
@@ -106,6 +107,9 @@ pub enum Command {
     /// Webhook triggers: create, list, show, and what happened to their deliveries.
     #[command(subcommand)]
     Trigger(trigger_cmd::TriggerCommand),
+    /// Alert rules: their state and notifications, and silences that mute them.
+    #[command(subcommand)]
+    Alert(alert_cmd::AlertCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
     Start(server_cmd::StartArgs),
     /// Stop the server started for this data directory, gracefully.
@@ -211,6 +215,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::RunQueued { run } => workflow::run_queued(&context, run)?,
         Command::Schedule(command) => schedule_cmd::run(&context, command)?,
         Command::Trigger(command) => trigger_cmd::run(&context, command)?,
+        Command::Alert(command) => alert_cmd::run(&context, command)?,
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,

@@ -10,8 +10,13 @@
 //!   start in the order they were created.
 //!
 //! Only one process opens a data directory, so this registry sees every active run of it.
+//!
+//! Over all workflows, [`RunSlots`] bounds the runs a server executes at once
+//! (`runs.max_active`): a run beyond the limit waits, without a thread of its own, and takes
+//! the slot of a run that ends, in the order the runs were handed over. A run takes its slot
+//! before its workflow's policy is applied.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -210,6 +215,115 @@ fn remove_waiting(state: &mut Workflows, workflow: &str, run: &str) {
         if waiting.is_empty() {
             state.waiting.remove(workflow);
         }
+    }
+}
+
+/// A bound on the runs executing at once, over all workflows, with the runs waiting for a
+/// slot in the order they were handed over. `T` is what a waiting run needs to start.
+///
+/// It never blocks: [`RunSlots::enter`] either takes a slot or queues, and
+/// [`RunSlots::release`] hands the freed slot to the first waiting run, so whoever ends a run
+/// starts the next one.
+#[derive(Debug)]
+pub struct RunSlots<T> {
+    limit: usize,
+    state: Mutex<SlotState<T>>,
+}
+
+#[derive(Debug)]
+struct SlotState<T> {
+    /// Slots taken.
+    taken: usize,
+    /// Runs waiting for a slot, first come first.
+    waiting: VecDeque<(String, T)>,
+}
+
+impl<T> RunSlots<T> {
+    /// `limit` slots (at least one).
+    pub fn new(limit: usize) -> RunSlots<T> {
+        RunSlots {
+            limit: limit.max(1),
+            state: Mutex::new(SlotState {
+                taken: 0,
+                waiting: VecDeque::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many runs may execute at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Takes a slot for run `id` when one is free and no run waits before it: `Some(item)`
+    /// back, to start now. Otherwise the run waits: `None`, and `item` is kept until a slot
+    /// frees ([`RunSlots::release`]) or the run leaves the queue ([`RunSlots::remove`],
+    /// [`RunSlots::drain`]).
+    pub fn enter(&self, id: &str, item: T) -> Option<T> {
+        let mut state = self.lock();
+        if state.taken < self.limit && state.waiting.is_empty() {
+            state.taken += 1;
+            Some(item)
+        } else {
+            state.waiting.push_back((id.to_owned(), item));
+            None
+        }
+    }
+
+    /// Gives back a slot. The first waiting run, if any, takes it over and is returned: the
+    /// caller starts it (and releases again when it ends).
+    pub fn release(&self) -> Option<(String, T)> {
+        let mut state = self.lock();
+        match state.waiting.pop_front() {
+            Some(next) => Some(next),
+            None => {
+                state.taken = state.taken.saturating_sub(1);
+                None
+            }
+        }
+    }
+
+    /// Takes a waiting run out of the queue (it was cancelled); `None` when it is not waiting.
+    pub fn remove(&self, id: &str) -> Option<T> {
+        let mut state = self.lock();
+        let at = state
+            .waiting
+            .iter()
+            .position(|(waiting, _)| waiting == id)?;
+        state.waiting.remove(at).map(|(_, item)| item)
+    }
+
+    /// Takes every waiting run out of the queue, first come first (the server is stopping).
+    pub fn drain(&self) -> Vec<(String, T)> {
+        self.lock().waiting.drain(..).collect()
+    }
+
+    /// Whether run `id` waits for a slot.
+    pub fn is_waiting(&self, id: &str) -> bool {
+        self.lock().waiting.iter().any(|(waiting, _)| waiting == id)
+    }
+
+    /// The ids of the runs waiting, first come first.
+    pub fn waiting_ids(&self) -> Vec<String> {
+        self.lock()
+            .waiting
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// How many runs wait for a slot.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    /// How many slots are taken.
+    pub fn taken(&self) -> usize {
+        self.lock().taken
     }
 }
 
@@ -413,6 +527,77 @@ mod tests {
         cancel.store(true, Ordering::SeqCst);
         assert_eq!(waiter.join().unwrap().unwrap_err(), Refusal::Cancelled);
         assert!(admission.lock().waiting.is_empty());
+    }
+
+    #[test]
+    fn run_slots_bound_the_runs_and_hand_freed_slots_over_in_order() {
+        let slots: RunSlots<u32> = RunSlots::new(2);
+        assert_eq!(slots.enter("run_1", 1), Some(1));
+        assert_eq!(slots.enter("run_2", 2), Some(2));
+        // Full: the next ones wait, in the order they came.
+        assert_eq!(slots.enter("run_3", 3), None);
+        assert_eq!(slots.enter("run_4", 4), None);
+        assert_eq!(slots.enter("run_5", 5), None);
+        assert_eq!(slots.waiting_ids(), ["run_3", "run_4", "run_5"]);
+        assert_eq!((slots.taken(), slots.waiting()), (2, 3));
+        // A cancelled waiting run leaves the queue; one not waiting is not found.
+        assert_eq!(slots.remove("run_4"), Some(4));
+        assert_eq!(slots.remove("run_4"), None);
+        assert!(!slots.is_waiting("run_4") && slots.is_waiting("run_5"));
+        // An ending run hands its slot to the first waiting one: still two taken.
+        assert_eq!(slots.release(), Some(("run_3".to_owned(), 3)));
+        assert_eq!(slots.taken(), 2);
+        // A newcomer does not overtake a waiting run even when the count would allow it.
+        assert_eq!(slots.release(), Some(("run_5".to_owned(), 5)));
+        assert_eq!(slots.release(), None);
+        assert_eq!(slots.taken(), 1);
+        assert_eq!(slots.enter("run_6", 6), Some(6));
+        assert_eq!(slots.enter("run_7", 7), None);
+        assert_eq!(slots.drain(), [("run_7".to_owned(), 7)]);
+        assert_eq!(slots.waiting(), 0);
+        assert_eq!(slots.release(), None);
+        assert_eq!(slots.release(), None);
+        assert_eq!(slots.taken(), 0);
+        assert_eq!(slots.release(), None, "no slot below zero");
+        assert_eq!(slots.taken(), 0);
+    }
+
+    #[test]
+    fn run_slots_hold_under_concurrent_use() {
+        let slots: Arc<RunSlots<()>> = Arc::new(RunSlots::new(3));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|worker| {
+                let (slots, running, most, done) = (
+                    Arc::clone(&slots),
+                    Arc::clone(&running),
+                    Arc::clone(&most),
+                    Arc::clone(&done),
+                );
+                std::thread::spawn(move || {
+                    for n in 0..200 {
+                        // Whoever holds a slot runs what it is handed, then the next.
+                        let mut next = slots.enter(&format!("run_{worker}_{n}"), ()).map(|_| ());
+                        while next.is_some() {
+                            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            std::thread::yield_now();
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            done.fetch_add(1, Ordering::SeqCst);
+                            next = slots.release().map(|_| ());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        assert!(most.load(Ordering::SeqCst) <= 3, "more than 3 ran at once");
+        assert_eq!(done.load(Ordering::SeqCst), 1600, "a run was lost");
+        assert_eq!((slots.taken(), slots.waiting()), (0, 0));
     }
 
     #[test]

@@ -169,6 +169,15 @@ pub struct Attempt {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// CPU time (user + system) of the processes the attempt ran and waited for, in
+    /// seconds; absent when it ran none (an `http` or `report_generator` step) and in
+    /// records written before it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    /// Peak resident memory of the largest process the attempt ran, in bytes; absent as
+    /// `cpu_seconds` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rss_bytes: Option<u64>,
 }
 
 /// One step of a run.
@@ -218,6 +227,23 @@ pub struct StepRecord {
     /// Files the step produced (reports), relative to the project.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
+}
+
+impl StepRecord {
+    /// CPU seconds of the processes all its attempts ran; `None` when no attempt measured
+    /// any.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.attempts
+            .iter()
+            .filter_map(|a| a.cpu_seconds)
+            .reduce(|a, b| a + b)
+    }
+
+    /// The peak resident memory of the largest process any attempt ran; `None` when no
+    /// attempt measured any.
+    pub fn max_rss_bytes(&self) -> Option<u64> {
+        self.attempts.iter().filter_map(|a| a.max_rss_bytes).max()
+    }
 }
 
 /// One run of a workflow.

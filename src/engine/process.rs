@@ -1,6 +1,8 @@
 //! Step processes: argv (or an author's `sh -c` string), environment, working directory,
 //! stdout and stderr appended to the step's log as they happen, each process in a process
-//! group of its own so a timeout or a cancel stops everything it started.
+//! group of its own so a timeout or a cancel stops everything it started. A process is
+//! reaped with `wait4`, so the CPU time and peak memory it and the descendants it waited
+//! for used are known ([`ResourceUsage`]) and added up on its step's [`StepControl`].
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use wait4::Wait4;
 
 /// How long a process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -36,6 +39,27 @@ pub struct StepControl {
 struct ControlState {
     pgid: Option<i32>,
     stop: Option<StopReason>,
+    usage: Option<ResourceUsage>,
+}
+
+/// What processes used, from the kernel's accounting of a reaped child (`wait4`): its own
+/// use plus that of the descendants it waited for.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ResourceUsage {
+    /// User plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
+    /// Peak resident set size of the largest process, in bytes.
+    pub max_rss_bytes: u64,
+}
+
+impl ResourceUsage {
+    /// The use of two runs one after the other: CPU time adds up, the peak is the larger.
+    pub fn combine(self, other: ResourceUsage) -> ResourceUsage {
+        ResourceUsage {
+            cpu_seconds: self.cpu_seconds + other.cpu_seconds,
+            max_rss_bytes: self.max_rss_bytes.max(other.max_rss_bytes),
+        }
+    }
 }
 
 impl StepControl {
@@ -80,6 +104,24 @@ impl StepControl {
     /// The process group running now.
     pub fn pgid(&self) -> Option<i32> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).pgid
+    }
+
+    /// The resources used by the processes run under this control since the last call,
+    /// and forgets them (called once per attempt); `None` when no process ran.
+    pub fn take_usage(&self) -> Option<ResourceUsage> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .usage
+            .take()
+    }
+
+    fn add_usage(&self, usage: ResourceUsage) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.usage = Some(match state.usage {
+            Some(before) => before.combine(usage),
+            None => usage,
+        });
     }
 
     fn set_pgid(&self, pgid: Option<i32>) -> Option<StopReason> {
@@ -128,6 +170,9 @@ pub struct ProcessResult {
     pub stopped: Option<StopReason>,
     /// Wall time.
     pub duration: Duration,
+    /// CPU time and peak memory of the process and the descendants it waited for (`None`
+    /// when it did not start).
+    pub usage: Option<ResourceUsage>,
 }
 
 impl ProcessResult {
@@ -203,7 +248,20 @@ pub fn run_process(
     if let Some(pipe) = child.stdout.take() {
         pipe.take(MAX_CAPTURE as u64).read_to_end(&mut stdout)?;
     }
-    let status = child.wait()?;
+    // A blocking wait: a stop signals the process group from another thread, which ends
+    // the wait. `wait4` reaps the child and reads what it used.
+    let reaped = loop {
+        match child.wait4() {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    let status = reaped.status;
+    let usage = ResourceUsage {
+        cpu_seconds: (reaped.rusage.utime + reaped.rusage.stime).as_secs_f64(),
+        max_rss_bytes: reaped.rusage.maxrss,
+    };
+    control.add_usage(usage);
     if let Some(writer) = writer {
         let _ = writer.join();
     }
@@ -215,6 +273,7 @@ pub fn run_process(
         stdout,
         stopped,
         duration: started.elapsed(),
+        usage: Some(usage),
     })
 }
 
@@ -247,6 +306,39 @@ mod tests {
     }
 
     #[test]
+    fn usage_counts_cpu_and_peak_memory_of_the_process_and_what_it_waited_for() {
+        let (dir, file) = log();
+        // The shell forks python and waits for it: python's use is counted through it.
+        let spec = ProcessSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "python3 -c 'x = bytearray(60_000_000); s = sum(range(3_000_000))'; true".into(),
+            ],
+            cwd: dir.path().to_owned(),
+            ..ProcessSpec::default()
+        };
+        let control = StepControl::new();
+        let result = run_process(&spec, &file, &control).unwrap();
+        assert!(result.success(), "{}", result.describe());
+        let usage = result.usage.unwrap();
+        assert!(usage.max_rss_bytes >= 60_000_000, "{usage:?}");
+        assert!(usage.cpu_seconds > 0.0, "{usage:?}");
+        // A second process under the same control: CPU adds up, the peak stays the largest.
+        let small = ProcessSpec {
+            argv: vec!["true".into()],
+            cwd: dir.path().to_owned(),
+            ..ProcessSpec::default()
+        };
+        let second = run_process(&small, &file, &control).unwrap().usage.unwrap();
+        assert!(second.max_rss_bytes < 60_000_000, "{second:?}");
+        let total = control.take_usage().unwrap();
+        assert_eq!(total.max_rss_bytes, usage.max_rss_bytes);
+        assert!((total.cpu_seconds - usage.cpu_seconds - second.cpu_seconds).abs() < 1e-9);
+        assert_eq!(control.take_usage(), None, "taken once");
+    }
+
+    #[test]
     fn a_stop_kills_the_whole_group() {
         let (dir, file) = log();
         let marker = dir.path().join("child.pid");
@@ -276,6 +368,7 @@ mod tests {
         stopper.join().unwrap();
         assert_eq!(result.stopped, Some(StopReason::Timeout));
         assert!(result.duration < Duration::from_secs(10));
+        assert!(result.usage.is_some(), "a killed process is measured too");
         let child: i32 = std::fs::read_to_string(&marker)
             .unwrap()
             .trim()

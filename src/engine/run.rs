@@ -1276,6 +1276,7 @@ impl StepJob<'_> {
                 outcome.outputs.insert(key, Value::from(value));
             }
             let status = outcome.status.unwrap_or(Status::Failed);
+            let usage = self.control.take_usage();
             let attempt = Attempt {
                 number,
                 status,
@@ -1284,6 +1285,8 @@ impl StepJob<'_> {
                 duration_ms: started.elapsed().as_millis() as u64,
                 exit_code: outcome.exit_code,
                 message: outcome.message.clone(),
+                cpu_seconds: usage.map(|u| u.cpu_seconds),
+                max_rss_bytes: usage.map(|u| u.max_rss_bytes),
             };
             let retry = number < total
                 && matches!(status, Status::Failed | Status::TimedOut)

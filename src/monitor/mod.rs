@@ -6,6 +6,7 @@
 //! an alert condition names, and an [`AlertNotification`] is what a channel delivers.
 
 pub mod alerts;
+pub mod history;
 pub mod notify;
 pub mod stats;
 pub mod system;

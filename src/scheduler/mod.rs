@@ -3,10 +3,16 @@
 //! - **A timer per due time.** The scheduler sleeps until the earliest due instant of all
 //!   schedules (a tokio timer, millisecond resolution), not on a polling tick; a reconcile
 //!   wakes it to re-plan.
+//! - **Prepared ahead, released on time.** [`LEAD`] before a due instant the fire is made:
+//!   recorded, its run created, the run's thread started and parked. At the instant the
+//!   thread wakes by its own timer and only the run itself is left to do: no store write of
+//!   the fire, no workflow expansion, no thread creation at the due instant.
 //! - **Recorded before it runs.** A fire is written durably (the due instant fired and the
-//!   next one) before its run is created, and the run carries the schedule and the due
-//!   instant in its trigger. After a crash, a fire recorded without a run is started once:
-//!   the run is looked up by its trigger first, so nothing is lost and nothing repeats.
+//!   next one, with a `pending` mark) before its run is created, and the run carries the
+//!   schedule and the due instant in its trigger. After a crash, a pending fire is settled
+//!   once: the run is looked up by its trigger first; a fire without a run gets one, and a
+//!   run created but never started (the crash came between) is started, so nothing is lost
+//!   and nothing repeats.
 //! - **Missed fires** (the server was down, or the schedule was suspended meanwhile) follow
 //!   `catchup`: `none` skips them, `last` runs the latest one, `all` runs each (at most
 //!   [`MAX_CATCHUP`]); any older than `starting_deadline` are skipped.
@@ -37,6 +43,9 @@ use crate::store::{ObjectRecord, Store, StoreError};
 pub const STATE_TREE: &str = "schedules";
 /// The most missed fires `catchup: all` runs at once.
 pub const MAX_CATCHUP: usize = 100;
+/// How long before its due instant a fire is prepared (recorded, its run created and its
+/// thread waiting for the instant).
+pub const LEAD: Duration = Duration::from_millis(200);
 
 /// `catchup`: what to do with fires missed while the server was down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +179,19 @@ pub struct Plan {
 
 /// Decides, at `now`, which due instants of a schedule fire and when it is next due. Pure.
 pub fn plan(spec: &ScheduleSpec, state: Option<&ScheduleState>, now: DateTime<Utc>) -> Plan {
+    plan_ahead(spec, state, now, Duration::ZERO)
+}
+
+/// [`plan`], with the due instants up to `lead` after `now` fired too (prepared ahead, they
+/// are released at their instants). Whether a fire is late (missed, past its starting
+/// deadline) is still judged at `now`. Pure.
+pub fn plan_ahead(
+    spec: &ScheduleSpec,
+    state: Option<&ScheduleState>,
+    now: DateTime<Utc>,
+    lead: Duration,
+) -> Plan {
+    let horizon = now + chrono::TimeDelta::from_std(lead).unwrap_or_default();
     let fresh = || spec.cron.next_fire(now, spec.zone);
     let Some(state) = state.filter(|s| s.timing == spec.timing) else {
         // New, or its timing changed: the next instant after now.
@@ -191,16 +213,16 @@ pub fn plan(spec: &ScheduleSpec, state: Option<&ScheduleState>, now: DateTime<Ut
             ..Plan::default()
         };
     };
-    if due > now {
+    if due > horizon {
         return Plan {
             next_due: Some(due),
             ..Plan::default()
         };
     }
-    // Every due instant up to now, bounded.
+    // Every due instant up to the horizon, bounded.
     let mut missed = Vec::new();
     let mut count = 0u64;
-    while due <= now {
+    while due <= horizon {
         count += 1;
         if missed.len() == MAX_CATCHUP {
             missed.remove(0);
@@ -211,14 +233,15 @@ pub fn plan(spec: &ScheduleSpec, state: Option<&ScheduleState>, now: DateTime<Ut
             None => break,
         }
     }
-    let next_due = (due > now).then_some(due).or_else(fresh);
+    let next_due = (due > horizon).then_some(due).or_else(fresh);
     // The most recent one is due now, not missed: it fires on time whatever `catchup` says.
     let latest = missed.pop();
     let in_deadline = |at: &DateTime<Utc>| {
         spec.starting_deadline.is_none_or(|deadline| {
+            // Not yet due (prepared ahead): not late at all.
             now.signed_duration_since(*at)
                 .to_std()
-                .is_ok_and(|late| late <= deadline)
+                .map_or(true, |late| late <= deadline)
         })
     };
     let mut fire: Vec<DateTime<Utc>> = match spec.catchup {
@@ -323,14 +346,18 @@ fn request(spec: &ScheduleSpec, due: DateTime<Utc>) -> RunRequest {
     }
 }
 
-/// Fires what is due for every live schedule and returns the next instant to wake for.
-/// Blocking: call off the async threads.
+/// Fires what is due for every live schedule by `now` + [`LEAD`] and returns the next due
+/// instant. A fire due within the lead is prepared now and its run released at the due
+/// instant; this returns once every fire it made is due. Blocking: call off the async
+/// threads.
 pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
     let default_zone = shared.config.config.scheduler.timezone.clone();
     let objects = shared.view.objects();
     let mut states = states(&shared.store)?;
     let mut earliest: Option<DateTime<Utc>> = None;
     let mut fires: Vec<(ScheduleSpec, DateTime<Utc>)> = Vec::new();
+    // Runs of pending fires created by a process that stopped before starting them.
+    let mut unstarted: Vec<RunRecord> = Vec::new();
     let mut changed: Vec<(String, ScheduleState)> = Vec::new();
     for record in objects
         .records
@@ -345,18 +372,31 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
             }
         };
         let mut state = states.remove(&spec.id).unwrap_or_default();
+        // Compared with at the end: what changed (a pending fire settled here too) is written.
+        let before = state.clone();
         // A fire recorded by a process that stopped before its run was created.
         if let (true, Some(due)) = (state.pending, state.last_fired) {
             match run_of_fire(&shared.store, &spec.id, due) {
                 Some(run) => {
-                    state.last_run = Some(run.id);
-                    state.pending = false;
+                    state.last_run = Some(run.id.clone());
+                    let live = shared.live_run_ids().contains(&run.id);
+                    if run.status == crate::engine::model::Status::Queued && !live {
+                        // Created but never started: it starts now, and the fire stays
+                        // pending until a later pass finds the run under way or over.
+                        unstarted.push(run);
+                    } else {
+                        state.pending = false;
+                    }
                 }
                 None => fires.push((spec.clone(), due)),
             }
         }
-        let planned = plan(&spec, Some(&state).filter(|s| !s.timing.is_empty()), now);
-        let before = state.clone();
+        let planned = plan_ahead(
+            &spec,
+            Some(&state).filter(|s| !s.timing.is_empty()),
+            now,
+            LEAD,
+        );
         state.timing = spec.timing.clone();
         state.next_due = planned.next_due;
         if planned.skipped > 0 {
@@ -382,7 +422,28 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
     if !changed.is_empty() {
         shared.store.put_states(STATE_TREE, &changed, true)?;
     }
+    for run in unstarted {
+        match shared.store.steps(&run.id) {
+            Ok(steps) => {
+                tracing::warn!(run = %run.id, "starting the run of a fire that a process which ended had created but not started");
+                crate::server::spawn_run(shared, run, steps);
+            }
+            Err(err) => {
+                tracing::error!(run = %run.id, "cannot read the steps of a fire's run: {err}")
+            }
+        }
+    }
     let started = start_fires(shared, &objects.records, &fires);
+    // Released by their own timers at their due instants; the fires are told and linked
+    // once the last of them is due.
+    if let Some(wait) = fires
+        .iter()
+        .map(|(_, due)| *due)
+        .max()
+        .and_then(|last| last.signed_duration_since(Utc::now()).to_std().ok())
+    {
+        std::thread::sleep(wait);
+    }
     let mut settled: BTreeMap<String, ScheduleState> = BTreeMap::new();
     for (id, due, result) in started {
         let state = match settled.entry(id.clone()) {
@@ -430,14 +491,14 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
 }
 
 /// Starts the runs of the fires, as each schedule's concurrency policy allows: the runs are
-/// created in one durable batch, then each starts in a thread of its own. For each fire, the
-/// run id or why no run started.
+/// created in one durable batch, then each is handed over to start at its due instant. For
+/// each fire, the run id or why no run started.
 fn start_fires(
     shared: &Arc<Shared>,
     objects: &BTreeMap<crate::store::ObjectKey, ObjectRecord>,
     fires: &[(ScheduleSpec, DateTime<Utc>)],
 ) -> Vec<(String, DateTime<Utc>, Result<String, String>)> {
-    let active = shared.active_run_ids();
+    let active = shared.live_run_ids();
     let mut outcomes: Vec<(String, DateTime<Utc>, Result<String, String>)> = Vec::new();
     let mut requests: Vec<(usize, RunRequest)> = Vec::new();
     // Per schedule: its last run, and whether one of this batch's fires started a run.
@@ -491,7 +552,7 @@ fn start_fires(
         outcomes[*index].2 = match result {
             Ok((run, steps)) => {
                 let id = run.id.clone();
-                crate::server::spawn_run(shared, run, steps);
+                crate::server::spawn_run_at(shared, run, steps, Some(due.into()));
                 Ok(id)
             }
             Err(err) => Err(format!(
@@ -523,9 +584,10 @@ pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<boo
                 Some(Utc::now() + chrono::TimeDelta::seconds(1))
             }
         };
+        // Woken the lead before the due instant, to prepare its fires.
         let sleep = next
             .and_then(|at| at.signed_duration_since(Utc::now()).to_std().ok())
-            .unwrap_or(Duration::ZERO);
+            .map_or(Duration::ZERO, |left| left.saturating_sub(LEAD));
         let timer = tokio::time::sleep(if next.is_some() {
             sleep
         } else {
@@ -605,6 +667,35 @@ mod tests {
         let early = plan(&spec, Some(&state), at("2026-05-01T10:14:59Z"));
         assert!(early.fire.is_empty());
         assert_eq!(early.next_due, Some(at("2026-05-01T10:15:00Z")));
+    }
+
+    #[test]
+    fn a_fire_within_the_lead_is_planned_ahead_and_lateness_is_judged_at_now() {
+        let spec = spec("*/15 * * * *", Catchup::None, None);
+        let state = state(&spec, "2026-05-01T10:15:00Z");
+        let lead = Duration::from_millis(200);
+        // 150 ms early: within the lead, it is planned now.
+        let ahead = plan_ahead(&spec, Some(&state), at("2026-05-01T10:14:59.850Z"), lead);
+        assert_eq!(ahead.fire, vec![at("2026-05-01T10:15:00Z")]);
+        assert_eq!(ahead.next_due, Some(at("2026-05-01T10:30:00Z")));
+        // 300 ms early: not yet.
+        let early = plan_ahead(&spec, Some(&state), at("2026-05-01T10:14:59.700Z"), lead);
+        assert!(early.fire.is_empty());
+        assert_eq!(early.next_due, Some(at("2026-05-01T10:15:00Z")));
+        // 900 ms late is still on time (within a second of now, not of now + lead).
+        let late = plan_ahead(&spec, Some(&state), at("2026-05-01T10:15:00.900Z"), lead);
+        assert_eq!(late.fire, vec![at("2026-05-01T10:15:00Z")]);
+        // Two seconds late under `catchup: none`: missed, skipped.
+        let missed = plan_ahead(&spec, Some(&state), at("2026-05-01T10:15:02Z"), lead);
+        assert!(missed.fire.is_empty());
+        assert_eq!(missed.skipped, 1);
+        // A starting deadline does not refuse a fire that is not due yet.
+        let bounded = ScheduleSpec {
+            starting_deadline: Some(Duration::from_secs(1)),
+            ..spec.clone()
+        };
+        let ahead = plan_ahead(&bounded, Some(&state), at("2026-05-01T10:14:59.850Z"), lead);
+        assert_eq!(ahead.fire, vec![at("2026-05-01T10:15:00Z")]);
     }
 
     #[test]

@@ -45,8 +45,12 @@ pub struct Shared {
     pub started: Instant,
     /// The same, as RFC 3339.
     pub started_at: String,
-    /// Cancel flags of the runs executing in this process.
+    /// Cancel flags of the runs handed over to this process: executing, or waiting for a
+    /// run slot.
     pub active_runs: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// The limit on runs executing at once (`runs.max_active`) and the runs waiting for a
+    /// slot.
+    pub run_slots: crate::engine::admission::RunSlots<PendingRun>,
     /// Set once the first reconcile is done and the listener is bound.
     pub ready: AtomicBool,
     /// Set when shutting down: no new runs start.
@@ -64,6 +68,13 @@ pub struct Shared {
     pub log_tail: log_tail::LogTailer,
     /// `logs/api.log`, the access log.
     pub api_log: Mutex<Option<std::fs::File>>,
+    /// Workflow, agent and test metrics over `monitoring.metrics_window`, and the agents'
+    /// health checks.
+    pub stats: Arc<crate::monitor::stats::RunStats>,
+    /// System metrics: the latest sample, recent samples and the persisted history.
+    pub system: Arc<crate::monitor::system::SystemMonitor>,
+    /// Alert evaluation: the notification channels, and the lock of the alerts' states.
+    pub alerts: crate::monitor::alerts::Alerts,
 }
 
 impl Shared {
@@ -97,8 +108,21 @@ impl Shared {
         }
     }
 
-    /// The runs executing now.
+    /// The runs executing now (not those waiting for a run slot).
     pub fn active_run_ids(&self) -> Vec<String> {
+        let waiting: std::collections::HashSet<String> =
+            self.run_slots.waiting_ids().into_iter().collect();
+        let mut ids: Vec<String> = self
+            .live_run_ids()
+            .into_iter()
+            .filter(|id| !waiting.contains(id))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The runs this process holds: executing, or waiting for a run slot.
+    pub fn live_run_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self
             .active_runs
             .lock()
@@ -110,20 +134,29 @@ impl Shared {
         ids
     }
 
-    /// Asks an active run to stop; false when it is not executing here.
+    /// How many runs wait for a run slot.
+    pub fn waiting_runs(&self) -> usize {
+        self.run_slots.waiting()
+    }
+
+    /// Asks a run of this process to stop; false when it is not here. A run waiting for a
+    /// slot ends `cancelled` at once (durably), without starting.
     pub fn cancel_run(&self, run_id: &str) -> bool {
-        match self
+        let flag = self
             .active_runs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(run_id)
-        {
-            Some(flag) => {
-                flag.store(true, Ordering::SeqCst);
-                true
-            }
-            None => false,
+            .cloned();
+        let Some(flag) = flag else {
+            return false;
+        };
+        // Set first: a run leaving the queue right now sees it before it starts.
+        flag.store(true, Ordering::SeqCst);
+        if let Some(pending) = self.run_slots.remove(run_id) {
+            end_unstarted(self, vec![pending], Status::Cancelled, CANCELLED_WAITING);
         }
+        true
     }
 }
 
@@ -166,79 +199,254 @@ fn step_summary(step: &StepRecord) -> Value {
     })
 }
 
-/// Starts a created run in a thread of its own: executes it under its workflow's
-/// concurrency policy, publishing each durable change. Returns at once.
+/// A run handed over to the server to execute: created (durably, `queued`), its cancel flag
+/// registered, waiting for a run slot or for the instant it may start.
+#[derive(Debug)]
+pub struct PendingRun {
+    run: RunRecord,
+    steps: Vec<StepRecord>,
+    flag: Arc<AtomicBool>,
+    /// Not before this instant (a schedule's fire prepared ahead of its due instant).
+    not_before: Option<std::time::SystemTime>,
+}
+
+/// Starts a created run: executes it under the server-wide limit on runs executing at once
+/// (`runs.max_active`) and its workflow's concurrency policy, publishing each durable
+/// change. Returns at once: with a slot free the run starts in a thread; otherwise it waits,
+/// `queued`, and starts in the order it came as slots free.
 pub fn spawn_run(shared: &Arc<Shared>, run: RunRecord, steps: Vec<StepRecord>) {
+    spawn_run_at(shared, run, steps, None);
+}
+
+/// [`spawn_run`] for a run that must not start before `not_before`: its thread is ready
+/// beforehand (the scheduler prepares a fire ahead of its due instant), so that at the
+/// instant only the run itself is left to do.
+pub fn spawn_run_at(
+    shared: &Arc<Shared>,
+    run: RunRecord,
+    steps: Vec<StepRecord>,
+    not_before: Option<std::time::SystemTime>,
+) {
     let flag = Arc::new(AtomicBool::new(false));
     shared
         .active_runs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(run.id.clone(), Arc::clone(&flag));
-    shared.metrics.runs_started.inc();
     shared.view.record_run(&run);
-    shared
-        .events
-        .publish(EventKind::WorkflowStarted, run_summary(&run));
-    let shared = Arc::clone(shared);
+    let id = run.id.clone();
+    let pending = PendingRun {
+        run,
+        steps,
+        flag,
+        not_before,
+    };
+    if let Some(pending) = shared.run_slots.enter(&id, pending) {
+        start_worker(shared, pending);
+    }
+}
+
+/// A thread that executes `first` in the slot it holds, then each waiting run the slot is
+/// handed to as runs end, until none waits.
+fn start_worker(shared: &Arc<Shared>, first: PendingRun) {
+    let worker = Arc::clone(shared);
+    // Kept to end the run if no thread can be had.
+    let fallback = (first.run.clone(), first.steps.clone());
     let spawned = std::thread::Builder::new()
-        .name(format!("run {}", run.id))
+        .name("run worker".into())
         .spawn(move || {
-            let id = run.id.clone();
-            let events = shared.events.clone();
-            let run_dir = shared.engine.log_dir.join("workflows").join(&id);
-            shared.log_tail.add(&id, run_dir);
-            let on_event = |event: &EngineEvent| match event {
-                EngineEvent::StepStarted { step } => {
-                    events.publish(EventKind::StepStarted, step_summary(step))
-                }
-                EngineEvent::StepFinished { step } => {
-                    events.publish(EventKind::StepCompleted, step_summary(step))
-                }
-                EngineEvent::StepRetrying { step, delay } => {
-                    let mut payload = step_summary(step);
-                    payload["retry_in_ms"] = json!(delay.as_millis() as u64);
-                    events.publish(EventKind::StepRetrying, payload)
-                }
-            };
-            let agents = run::agent_configs(&shared.view.objects().records);
-            let result = run::execute_with_agents(
-                &shared.store,
-                &shared.engine,
-                &agents,
-                run,
-                steps,
-                &CancelSignal { flag },
-                &on_event,
-            );
-            // Every line is published before the run is reported complete.
-            shared.log_tail.finish(&id, &events);
-            let result = result.and_then(|finished| {
-                if shared.stopping.load(Ordering::SeqCst) && finished.status == Status::Cancelled {
-                    Ok(interrupted_by_shutdown(&shared.store, finished)?)
-                } else {
-                    Ok(finished)
-                }
-            });
-            shared
-                .active_runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            match result {
-                Ok(finished) => {
-                    shared.metrics.record_run(&finished);
-                    shared.view.record_run(&finished);
-                    events.publish(EventKind::WorkflowCompleted, run_summary(&finished));
-                }
-                Err(err) => {
-                    tracing::error!(run = %id, "run failed to execute: {err}");
-                    shared.metrics.errors.inc();
-                }
+            let mut next = Some(first);
+            while let Some(pending) = next.take() {
+                execute_pending(&worker, pending);
+                next = next_waiting(&worker);
             }
         });
     if let Err(err) = spawned {
         tracing::error!("cannot start a thread for a run: {err}");
+        shared.metrics.errors.inc();
+        let message = format!("the server could not start a thread for this run: {err}");
+        end_unstarted(
+            shared,
+            vec![PendingRun {
+                run: fallback.0,
+                steps: fallback.1,
+                flag: Arc::new(AtomicBool::new(false)),
+                not_before: None,
+            }],
+            Status::Failed,
+            &message,
+        );
+        // The slot goes to the next waiting run, which tries again.
+        if let Some(next) = next_waiting(shared) {
+            start_worker(shared, next);
+        }
+    }
+}
+
+/// Gives back the slot of a run that ended; the first waiting run that is still wanted
+/// takes it. Runs cancelled while they waited, and every waiting run once the server is
+/// stopping, end here without starting.
+fn next_waiting(shared: &Shared) -> Option<PendingRun> {
+    loop {
+        let (_, pending) = shared.run_slots.release()?;
+        if shared.stopping.load(Ordering::SeqCst) {
+            end_unstarted(
+                shared,
+                vec![pending],
+                Status::Interrupted,
+                SHUTDOWN_BEFORE_START,
+            );
+        } else if pending.flag.load(Ordering::SeqCst) {
+            end_unstarted(shared, vec![pending], Status::Cancelled, CANCELLED_WAITING);
+        } else {
+            return Some(pending);
+        }
+    }
+}
+
+const SHUTDOWN_BEFORE_START: &str =
+    "interrupted: the server shut down before the run started (it was waiting for a run slot, runs.max_active)";
+const CANCELLED_WAITING: &str = "cancelled while it waited for a run slot (runs.max_active)";
+
+/// Ends runs that never started (cancelled or interrupted while they waited for a slot):
+/// written in one durable batch, then each is reported complete.
+fn end_unstarted(shared: &Shared, pending: Vec<PendingRun>, status: Status, message: &str) {
+    if pending.is_empty() {
+        return;
+    }
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut ended = Vec::with_capacity(pending.len());
+    let mut failed = false;
+    for PendingRun {
+        mut run, mut steps, ..
+    } in pending
+    {
+        for step in steps.iter_mut().filter(|s| !s.status.is_finished()) {
+            step.status = status;
+            step.finished_at = Some(at.clone());
+            step.message = Some(message.to_owned());
+        }
+        run.status = status;
+        run.message = Some(message.to_owned());
+        run.finished_at = Some(at.clone());
+        run.duration_ms = Some(0);
+        let records: Vec<&StepRecord> = steps.iter().collect();
+        if let Err(err) = shared.store.save_run(Some(&run), &records, false) {
+            tracing::error!(run = %run.id, "cannot record that the run never started: {err}");
+            failed = true;
+        }
+        ended.push(run);
+    }
+    if let Err(err) = shared.store.save_run(None, &[], true) {
+        tracing::error!("cannot record that runs never started: {err}");
+        failed = true;
+    }
+    if failed {
+        shared.metrics.errors.inc();
+    }
+    let mut active = shared.active_runs.lock().unwrap_or_else(|e| e.into_inner());
+    for run in &ended {
+        active.remove(&run.id);
+    }
+    drop(active);
+    for run in ended {
+        shared.metrics.record_run(&run);
+        shared.view.record_run(&run);
+        shared
+            .events
+            .publish(EventKind::WorkflowCompleted, run_summary(&run));
+    }
+}
+
+/// Ends every run waiting for a slot as `interrupted` (the server is stopping: no new runs
+/// start), in one durable batch.
+pub fn interrupt_waiting_runs(shared: &Shared) {
+    let waiting: Vec<PendingRun> = shared
+        .run_slots
+        .drain()
+        .into_iter()
+        .map(|(_, pending)| pending)
+        .collect();
+    if !waiting.is_empty() {
+        tracing::warn!(
+            runs = waiting.len(),
+            "shutting down: runs waiting for a slot end interrupted"
+        );
+    }
+    end_unstarted(shared, waiting, Status::Interrupted, SHUTDOWN_BEFORE_START);
+}
+
+/// Executes a run that holds a slot, in the calling thread, to its end.
+fn execute_pending(shared: &Arc<Shared>, pending: PendingRun) {
+    let PendingRun {
+        run,
+        steps,
+        flag,
+        not_before,
+    } = pending;
+    let id = run.id.clone();
+    let events = shared.events.clone();
+    let run_dir = shared.engine.log_dir.join("workflows").join(&id);
+    shared.log_tail.add(&id, run_dir);
+    let on_event = |event: &EngineEvent| match event {
+        EngineEvent::StepStarted { step } => {
+            events.publish(EventKind::StepStarted, step_summary(step))
+        }
+        EngineEvent::StepFinished { step } => {
+            events.publish(EventKind::StepCompleted, step_summary(step))
+        }
+        EngineEvent::StepRetrying { step, delay } => {
+            let mut payload = step_summary(step);
+            payload["retry_in_ms"] = json!(delay.as_millis() as u64);
+            events.publish(EventKind::StepRetrying, payload)
+        }
+    };
+    let agents = run::agent_configs(&shared.view.objects().records);
+    let summary = run_summary(&run);
+    if let Some(at) = not_before {
+        // Ready ahead of time: wait for the instant itself.
+        if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    shared.metrics.runs_started.inc();
+    events.publish(EventKind::WorkflowStarted, summary);
+    let result = run::execute_with_agents(
+        &shared.store,
+        &shared.engine,
+        &agents,
+        run,
+        steps,
+        &CancelSignal { flag },
+        &on_event,
+    );
+    // Every line is published before the run is reported complete.
+    shared.log_tail.finish(&id, &events);
+    let result = result.and_then(|finished| {
+        if shared.stopping.load(Ordering::SeqCst) && finished.status == Status::Cancelled {
+            Ok(interrupted_by_shutdown(&shared.store, finished)?)
+        } else {
+            Ok(finished)
+        }
+    });
+    shared
+        .active_runs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    match result {
+        Ok(finished) => {
+            shared.metrics.record_run(&finished);
+            shared
+                .stats
+                .record(&finished, &shared.store.steps(&id).unwrap_or_default());
+            shared.view.record_run(&finished);
+            events.publish(EventKind::WorkflowCompleted, run_summary(&finished));
+        }
+        Err(err) => {
+            tracing::error!(run = %id, "run failed to execute: {err}");
+            shared.metrics.errors.inc();
+        }
     }
 }
 
@@ -375,9 +583,23 @@ pub fn serve(
         .open(log_dir.join("api.log"))
         .with_context(|| format!("cannot open {}", log_dir.join("api.log").display()))?;
     let view = view::View::load(&store)?;
+    let stats = Arc::new(crate::monitor::stats::RunStats::for_config(
+        &config.config.monitoring,
+    ));
+    stats.bootstrap(&store, chrono::Utc::now())?;
+    let system = Arc::new(crate::monitor::system::SystemMonitor::open(
+        Arc::clone(&store),
+        &data_dir,
+        crate::monitor::system::MonitorSettings::from_config(&config.config.monitoring),
+    )?);
+    let alerts = crate::monitor::alerts::Alerts::new(crate::monitor::notify::Notifier::new(
+        &config.config.notifications,
+        &config.project_dir,
+    ));
     let shared = Arc::new(Shared {
         view,
         log_tail: log_tail::LogTailer::default(),
+        run_slots: crate::engine::admission::RunSlots::new(config.config.runs.max_active_runs()),
         store,
         config,
         environment,
@@ -394,6 +616,9 @@ pub fn serve(
         api_token,
         git,
         api_log: Mutex::new(Some(api_log)),
+        stats,
+        system,
+        alerts,
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -442,6 +667,8 @@ pub fn serve(
                 })?
         }
     };
+    // Agent health checks: now, then every minute.
+    crate::monitor::stats::health::spawn_for_server(&shared)?;
     let tailer = {
         let shared = Arc::clone(&shared);
         let stop = Arc::clone(&stop_watching);
@@ -466,6 +693,15 @@ pub fn serve(
     on_ready(&address);
 
     let (stop_scheduling, stopped) = tokio::sync::watch::channel(false);
+    let sampler = runtime.spawn(crate::monitor::system::run(
+        Arc::clone(&shared),
+        stopped.clone(),
+    ));
+    let alerting = runtime.spawn(crate::monitor::alerts::run(
+        Arc::clone(&shared),
+        stopped.clone(),
+        format!("http://{address}"),
+    ));
     let scheduler = runtime.spawn(crate::scheduler::run(Arc::clone(&shared), stopped));
     let app = crate::api::router(Arc::clone(&shared));
     let served = runtime.block_on(async {
@@ -477,7 +713,11 @@ pub fn serve(
     // The scheduler first, so that a fire it is making still starts its run.
     let _ = stop_scheduling.send(true);
     let _ = runtime.block_on(scheduler);
+    // The sampler writes the history's bucket in progress as it stops.
+    let _ = runtime.block_on(sampler);
+    let _ = runtime.block_on(alerting);
     shared.stopping.store(true, Ordering::SeqCst);
+    interrupt_waiting_runs(&shared);
     stop_watching.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + options.grace;
     while !shared.active_run_ids().is_empty() && Instant::now() < deadline {

@@ -235,7 +235,8 @@ impl Store {
         loop {
             match Store::open_once(data_dir) {
                 Err(StoreError::Locked { .. })
-                    if std::time::Instant::now() < deadline && held_by_this_process(data_dir) =>
+                    if std::time::Instant::now() < deadline
+                        && (held_by_this_process(data_dir) || released_here(data_dir)) =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -605,9 +606,31 @@ fn step_key(run_id: &str, index: u32) -> Vec<u8> {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // sled releases its lock a moment after this handle goes, while the owner file is
+        // already gone: remember the release so that `open` in this process waits for it.
+        released_by_this_process()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.path.clone());
         // Best effort: a stale owner file only makes a later "in use" message less precise.
         let _ = fs::remove_file(self.path.join(OWNER_FILE));
     }
+}
+
+/// Data directories whose store this process has closed.
+fn released_by_this_process() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
+    static RELEASED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    RELEASED.get_or_init(Default::default)
+}
+
+/// Whether this process closed the store in `data_dir`, so a lock on it is sled's own
+/// release still in progress.
+fn released_here(data_dir: &Path) -> bool {
+    released_by_this_process()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(data_dir)
 }
 
 /// Whether the owner file names this process.

@@ -214,15 +214,17 @@ fn is_timestamp(text: &str) -> bool {
 }
 
 /// A JSON document with its run ids, timestamps, durations (a run's, a step's, a test
-/// case's) and PIDs masked.
+/// case's), PIDs and the resources step processes used masked.
 fn normalise_json(value: &Value, project: &Path) -> Value {
-    const VOLATILE: [&str; 6] = [
+    const VOLATILE: [&str; 8] = [
         "created_at",
         "started_at",
         "finished_at",
         "duration_ms",
         "time_seconds",
         "pid",
+        "cpu_seconds",
+        "max_rss_bytes",
     ];
     match value {
         Value::Object(map) => Value::Object(

@@ -1,6 +1,8 @@
 //! Integration tests: the real `orchestrator` binary in temporary project directories.
 
+mod agent_metrics;
 mod agents;
+mod alerts;
 mod cli_remote;
 mod cron_crosscheck;
 mod engine;
@@ -8,6 +10,10 @@ mod flow;
 mod git_source;
 mod inputs;
 mod memo;
+mod monitoring;
+mod notifications;
+mod receivers;
+mod run_slots;
 mod scheduler;
 mod server;
 mod triggers;

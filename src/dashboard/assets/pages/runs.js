@@ -1,0 +1,328 @@
+// Runs: the list (filters by workflow and status, paged) and one run (live step states,
+// the log tail of each step over /ws, test cases with failures expanded, duration bars,
+// artifacts, cancel, re-run and re-run from failed).
+
+import { html, setHTML, el, badge, relTime, duration, elapsed, table, href, durationBar, facts, errorBox, debounce, toast, pageHeader } from "../lib/ui.js";
+import { dagSvg, setNodeStatus } from "../lib/dag.js";
+import { qs } from "../lib/api.js";
+
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "skipped", "interrupted"];
+const PAGE = 50;
+const finished = (status) => status && status !== "queued" && status !== "running";
+
+export async function render(ctx) {
+  if (ctx.params[0]) return detail(ctx, ctx.params[0]);
+  return list(ctx);
+}
+
+function testsText(tests) {
+  if (!tests || !tests.total) return "—";
+  const bad = (tests.failed || 0) + (tests.errors || 0);
+  return bad ? `${bad} of ${tests.total} failed` : `${tests.passed}/${tests.total} passed`;
+}
+
+async function list(ctx) {
+  const { api, root, query } = ctx;
+  const filters = { workflow: query.get("workflow") || "", status: query.get("status") || "", offset: Number(query.get("offset") || 0) };
+  const workflows = await api.get("/api/workflows?limit=1000", { signal: ctx.signal });
+  setHTML(
+    root,
+    html`${pageHeader("Runs", { subtitle: "Every run, newest first" })}
+    <form class="filters" data-form="filters" role="search" aria-label="Filter runs">
+      <label>Workflow<select name="workflow"><option value="">All workflows</option>${workflows.workflows.map(
+        (w) => html`<option value="${w.id}" ${w.id === filters.workflow ? html`selected` : ""}>${w.name}</option>`,
+      )}</select></label>
+      <label>Status<select name="status"><option value="">Any status</option>${STATUSES.map(
+        (s) => html`<option value="${s}" ${s === filters.status ? html`selected` : ""}>${s.replace("_", " ")}</option>`,
+      )}</select></label>
+      <button type="submit">Apply</button>
+    </form>
+    <div data-section="list"><p class="loading">Loading…</p></div>
+    <div class="pager" data-section="pager"></div>`,
+  );
+  const form = root.querySelector('[data-form="filters"]');
+  const go = (offset) => ctx.navigate(`#/runs${qs({ workflow: form.workflow.value, status: form.status.value, offset: offset || "" })}`);
+  form.addEventListener("submit", (e) => (e.preventDefault(), go(0)));
+  form.addEventListener("change", () => go(0));
+
+  async function load() {
+    const page = await api.get(`/api/runs${qs({ workflow: filters.workflow, status: filters.status, limit: PAGE, offset: filters.offset })}`, { signal: ctx.signal });
+    const max = Math.max(1, ...page.runs.map((r) => r.duration_ms || elapsed(r.started_at) || 0));
+    setHTML(
+      root.querySelector('[data-section="list"]'),
+      table(
+        [
+          { label: "Run", render: (r) => html`<a href="${href("runs", r.id)}" class="mono">${r.id}</a>${r.rerun_of ? html`<div class="muted">re-run of ${r.rerun_of}</div>` : ""}` },
+          { label: "Workflow", render: (r) => html`<a href="${href("workflows", r.workflow_id)}">${r.workflow_name}</a>` },
+          { label: "Status", render: (r) => badge(r.status) },
+          { label: "Trigger", render: (r) => (r.trigger && r.trigger.kind) || "—", class: "hide-narrow" },
+          { label: "Created", render: (r) => relTime(r.created_at) },
+          { label: "Duration", render: (r) => { const ms = r.duration_ms ?? elapsed(r.started_at); return html`${durationBar(ms, max, { status: r.status })} <span class="muted nowrap">${duration(ms)}</span>`; } },
+          { label: "Tests", render: (r) => testsText(r.tests) },
+        ],
+        page.runs,
+        { empty: filters.workflow || filters.status ? "No run matches these filters." : "No runs yet: run a workflow from the Workflows page.", rowAttrs: (r) => ({ "data-run": r.id, "data-status": r.status }) },
+      ),
+    );
+    const pager = root.querySelector('[data-section="pager"]');
+    setHTML(pager, html`<span class="muted">${page.total ? `${page.offset + 1}–${page.offset + page.runs.length} of ${page.total}` : ""}</span>`);
+    if (page.offset > 0) pager.append(el("button", { type: "button", onclick: () => go(Math.max(0, page.offset - PAGE)) }, "Newer"));
+    if (page.offset + page.runs.length < page.total) pager.append(el("button", { type: "button", onclick: () => go(page.offset + PAGE) }, "Older"));
+  }
+  await load();
+  const soon = debounce(() => load().catch(() => {}), 250);
+  for (const type of ["workflow_started", "workflow_completed", "step_completed", "resync"]) ctx.on(type, soon);
+}
+
+/**
+ * Appends streamed log chunks to text fetched from the file, without repeating what the
+ * file already had: the chunks that arrived before the fetch read the file are its tail.
+ */
+export function mergeLog(fetched, chunks) {
+  let joined = "";
+  let inFile = 0;
+  for (let k = 1; k <= chunks.length; k++) {
+    joined += chunks[k - 1];
+    if (fetched.endsWith(joined)) inFile = k;
+  }
+  return fetched + chunks.slice(inFile).join("");
+}
+
+async function detail(ctx, id) {
+  const { api, root } = ctx;
+  const path = `/api/runs/${encodeURIComponent(id)}`;
+  // Log lines are streamed only to clients that ask; ask before reading the files.
+  ctx.want("run_log");
+  const logs = new Map(); // step -> {pre, pending: [] | null}
+  const early = new Map(); // step -> chunks heard before its log panel exists
+  ctx.on("run_log", (p) => {
+    if (!p || p.run_id !== id) return;
+    const log = logs.get(p.step);
+    if (!log) early.set(p.step, [...(early.get(p.step) || []), p.text]);
+    else if (log.pending) log.pending.push(p.text);
+    else append(log, p.text);
+  });
+
+  let data = await api.get(path, { signal: ctx.signal });
+  ctx.setTitle(`Run ${id}`);
+  setHTML(
+    root,
+    html`${pageHeader(`Run ${id}`, { crumb: html`<a href="#/runs">Runs</a> / <a href="${href("workflows", data.run.workflow_id)}">${data.run.workflow_name}</a>` })}
+    <div data-section="summary" class="grid cols-2"></div>
+    <h2>Steps</h2><div data-section="graph" class="card"></div>
+    <div data-section="steps"></div>
+    <h2>Tests</h2><div data-section="tests"></div>
+    <h2>Logs</h2><div data-section="logs"></div>
+    <div data-section="artifacts"></div>`,
+  );
+  const part = (name) => root.querySelector(`[data-section="${name}"]`);
+  const actions = root.querySelector("[data-actions]");
+  const cancel = el("button", { type: "button", class: "danger", "data-action": "cancel" }, "Cancel");
+  const rerun = el("button", { type: "button", "data-action": "rerun" }, "Re-run");
+  const rerunFailed = el("button", { type: "button", "data-action": "rerun-failed" }, "Re-run from failed");
+  actions.append(cancel, rerun, rerunFailed);
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      await api.post(`${path}/cancel`);
+      toast("Cancelling…");
+    } catch (err) {
+      toast(`${err.code || "error"}: ${err.message}`, "error", 8000);
+      cancel.disabled = false;
+    }
+  });
+  const startRerun = async (fromFailed) => {
+    try {
+      const accepted = await api.post(`${path}/rerun`, { from_failed: fromFailed });
+      toast(`Started ${accepted.run_id}`, "success");
+      ctx.navigate(href("runs", accepted.run_id));
+    } catch (err) {
+      toast(`${err.code || "error"}: ${err.message}`, "error", 8000);
+    }
+  };
+  rerun.addEventListener("click", () => startRerun(false));
+  rerunFailed.addEventListener("click", () => startRerun(true));
+
+  const workflowSteps = () => (data.run.workflow && data.run.workflow.steps) || data.steps.map((s) => ({ name: s.name, agent: s.agent, action: s.action }));
+  const states = () => Object.fromEntries(data.steps.map((s) => [s.name, s.status]));
+
+  function showSummary() {
+    const run = data.run;
+    const params = Object.entries(run.parameters || {});
+    setHTML(
+      part("summary"),
+      html`<div class="card">${facts([
+        ["Status", html`<span data-run-status="${run.status}">${badge(run.status)}</span>`],
+        ["Workflow", html`<a href="${href("workflows", run.workflow_id)}">${run.workflow_name}</a> <span class="muted mono">${run.workflow_id}</span>`],
+        ["Trigger", (run.trigger && run.trigger.kind) || "—"],
+        ["Created", relTime(run.created_at)],
+        ["Started", relTime(run.started_at)],
+        ["Finished", relTime(run.finished_at)],
+        ["Duration", duration(run.duration_ms ?? elapsed(run.started_at))],
+        run.message ? ["Message", run.message] : null,
+        run.rerun_of ? ["Re-run of", html`<a href="${href("runs", run.rerun_of)}">${run.rerun_of}</a>`] : null,
+      ])}</div>
+      <div class="card"><h3>Parameters</h3>${params.length ? facts(params.map(([k, v]) => [k, html`<code>${typeof v === "string" ? v : JSON.stringify(v)}</code>`])) : html`<p class="muted">None.</p>`}
+      <h3>Tests</h3><p data-tests-summary>${testsText(run.tests)}</p></div>`,
+    );
+    const done = finished(run.status);
+    cancel.hidden = done;
+    cancel.disabled = false;
+    rerun.hidden = !done;
+    rerunFailed.hidden = !done || run.status === "succeeded";
+  }
+
+  function showSteps() {
+    const run = data.run;
+    const start = run.started_at ? new Date(run.started_at).getTime() : null;
+    const spans = data.steps.map((s) => {
+      const from = s.started_at ? new Date(s.started_at).getTime() : null;
+      const ms = s.duration_ms ?? (from ? Date.now() - from : null);
+      return { s, offset: from && start ? from - start : 0, ms };
+    });
+    const total = Math.max(1, run.duration_ms ?? 0, ...spans.map((x) => x.offset + (x.ms || 0)));
+    setHTML(
+      part("steps"),
+      table(
+        [
+          { label: "Step", render: ({ s }) => html`<strong>${s.name}</strong>` },
+          { label: "Agent", render: ({ s }) => html`${s.agent}${s.action ? html` <span class="muted">· ${s.action}</span>` : ""}`, class: "hide-narrow" },
+          { label: "Status", render: ({ s }) => badge(s.status) },
+          { label: "Timeline", render: ({ s, offset, ms }) => durationBar(ms, total, { offset, status: s.status, width: 180, label: `${s.name}: ${duration(ms)}` }) },
+          { label: "Duration", render: ({ ms }) => duration(ms), num: true },
+          { label: "Attempts", render: ({ s }) => String((s.attempts || []).length), num: true, class: "hide-narrow" },
+          { label: "Exit", render: ({ s }) => (s.exit_code ?? "—").toString(), num: true },
+          { label: "Message", render: ({ s }) => s.message || "" },
+        ],
+        spans,
+        { empty: "No steps.", rowAttrs: ({ s }) => ({ "data-step": s.name, "data-status": s.status }) },
+      ),
+    );
+  }
+
+  function showGraph() {
+    setHTML(part("graph"), dagSvg(workflowSteps(), states(), { label: `Steps of run ${id}` }));
+  }
+
+  function showTests() {
+    const cases = data.steps.flatMap((s) => (s.tests || []).map((t) => ({ ...t, step: s.name })));
+    if (!cases.length) {
+      setHTML(part("tests"), html`<p class="muted" data-tests="none">${finished(data.run.status) ? "No test results were reported." : "No test results yet."}</p>`);
+      return;
+    }
+    const bad = (t) => t.status === "failed" || t.status === "error";
+    const order = (t) => (bad(t) ? 0 : t.status === "skipped" ? 2 : 1);
+    cases.sort((a, b) => order(a) - order(b));
+    setHTML(
+      part("tests"),
+      html`<div data-tests="${cases.length}">${cases.map(
+        (t) => html`<details class="test-case" data-test="${t.name}" data-test-status="${t.status}" ${bad(t) ? html`open` : ""}>
+          <summary>${badge(t.status)} <strong>${t.name}</strong> <span class="muted">${[t.suite, t.classname].filter(Boolean).join(" · ")} · ${t.step}</span>
+          <span class="muted">${duration((t.time_seconds || 0) * 1000)}</span></summary>
+          <div class="body">${t.message ? html`<p>${t.message}</p>` : ""}${t.details ? html`<pre class="code">${t.details}</pre>` : ""}${t.output ? html`<pre class="code">${t.output}</pre>` : ""}${!t.message && !t.details && !t.output ? html`<p class="muted">No details.</p>` : ""}</div>
+        </details>`,
+      )}</div>`,
+    );
+  }
+
+  function showArtifacts() {
+    const files = data.steps.flatMap((s) => (s.artifacts || []).map((a) => ({ step: s.name, path: a })));
+    setHTML(
+      part("artifacts"),
+      files.length
+        ? html`<h2>Artifacts</h2>${table(
+            [
+              { label: "File", render: (f) => html`<code>${f.path}</code>` },
+              { label: "Step", render: (f) => f.step },
+            ],
+            files,
+          )}<p class="muted">Paths are relative to the project directory.</p>`
+        : "",
+    );
+  }
+
+  function append(log, text) {
+    const pre = log.pre;
+    const follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+    pre.append(text);
+    if (follow) pre.scrollTop = pre.scrollHeight;
+    pre.closest("details")?.setAttribute("data-has-log", "true");
+  }
+
+  async function fetchLog(name) {
+    const log = logs.get(name);
+    log.pending = [...(early.get(name) || [])];
+    early.delete(name);
+    try {
+      const text = await api.getText(`${path}/logs/${encodeURIComponent(name)}`, { signal: ctx.signal });
+      log.pre.textContent = mergeLog(text, log.pending);
+    } catch (err) {
+      if (err.name !== "AbortError") log.pre.textContent = `(the log could not be read: ${err.message})`;
+    }
+    log.pending = null;
+    log.fetched = true;
+    if (log.pre.textContent) log.pre.closest("details")?.setAttribute("data-has-log", "true");
+  }
+
+  function ensureLogPanels() {
+    for (const s of data.steps) {
+      let log = logs.get(s.name);
+      if (!log) {
+        const pre = el("pre", { class: "log", "data-log": s.name, tabindex: "0", "aria-label": `Log of ${s.name}` });
+        const details = el("details", { class: "step-log", "data-step-log": s.name }, el("summary", {}, el("strong", {}, s.name), el("span", { "data-log-status": "" })), pre);
+        part("logs").append(details);
+        log = { pre, details, pending: null, fetched: false };
+        logs.set(s.name, log);
+      }
+      setHTML(log.details.querySelector("[data-log-status]"), badge(s.status));
+      const active = s.status !== "queued" && s.status !== "skipped";
+      if (active && !log.fetched && !log.pending) fetchLog(s.name);
+      if ((s.status === "running" || s.status === "failed" || s.status === "timed_out") && !log.opened) {
+        log.details.open = true;
+        log.opened = true;
+      }
+    }
+    // A short run: open the first log so there is something to read.
+    if (![...logs.values()].some((l) => l.details.open) && logs.size) [...logs.values()][0].details.open = true;
+  }
+
+  function showAll() {
+    showSummary();
+    showGraph();
+    showSteps();
+    showTests();
+    showArtifacts();
+    ensureLogPanels();
+    root.dataset.runStatus = data.run.status;
+  }
+  showAll();
+
+  const reload = debounce(async () => {
+    try {
+      data = await api.get(path, { signal: ctx.signal });
+      showAll();
+    } catch {
+      /* left, or the server is away: the next event or resync tries again */
+    }
+  }, 120);
+  const onStep = (p) => {
+    if (!p || p.run_id !== id) return;
+    const step = data.steps.find((s) => s.name === p.name);
+    if (step) Object.assign(step, { status: p.status, started_at: p.started_at, finished_at: p.finished_at, duration_ms: p.duration_ms, exit_code: p.exit_code, message: p.message });
+    setNodeStatus(part("graph"), p.name, p.status);
+    showSteps();
+    ensureLogPanels();
+    reload();
+  };
+  ctx.on("step_started", onStep);
+  ctx.on("step_completed", onStep);
+  ctx.on("step_retrying", onStep);
+  ctx.on("workflow_started", (run) => run && run.id === id && reload());
+  ctx.on("workflow_completed", (run) => run && run.id === id && reload());
+  ctx.on("resync", reload);
+  // Running durations and bars move while nothing else happens.
+  const ticker = setInterval(() => {
+    if (!finished(data.run.status)) showSteps();
+  }, 1000);
+  ctx.onLeave(() => clearInterval(ticker));
+}

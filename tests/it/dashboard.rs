@@ -1,0 +1,579 @@
+//! The web dashboard end to end: `orchestrator start` in a seeded project, the dashboard
+//! opened in a real headless chromium (see `browser`). Every page loads with no console
+//! error and shows the seeded data; a run started from the Run form is followed live (its
+//! step states, log and test cases arrive over /ws, without a reload); the theme toggle;
+//! the API token asked for once; and over plain HTTP, the assets' types, ETags and policy.
+//!
+//! Screenshots of each page go to `target/screenshots/`.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::browser::{server_url, Browser, DESKTOP};
+use crate::server::{eventually, project, Server, DEADLINE};
+
+/// A workflow with typed parameters: a shell step that writes to its log (and, with
+/// `hold`, waits for a `release` file in the project), then a JUnit suite through the
+/// test_runner agent, which fails a case when `flavour` is `broken`.
+const CHECKOUT: &str = r#"name: Checkout
+description: Greets, then runs the dashboard suite
+parameters:
+  greeting: {type: string, required: true, description: Who to greet}
+  hold: {type: boolean, default: false, description: Wait for a release file}
+  flavour: {type: string, enum: [plain, broken], default: plain}
+  cases: {type: integer, default: 2}
+steps:
+  - name: greet
+    command: ["sh", "-c", "echo \"hello $1\"; if [ \"$2\" = true ]; then n=0; while [ ! -f release ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; echo released; fi", "greet", "{{ params.greeting }}", "{{ params.hold }}"]
+  - name: suite
+    depends_on: [greet]
+    agent: test_runner
+    action: run_tests
+    parameters: {test_suite: dash, tags: "{{ params.flavour }}"}
+"#;
+
+/// The test_runner agent with the `dash` suite.
+const AGENT: &str = r#"name: test_runner
+type: test_runner
+description: Runs the dashboard suite
+suites:
+  dash:
+    command: ["sh", "suites/dash.sh"]
+    junit: reports/junit-dash.xml
+"#;
+
+const SUITE: &str = r#"#!/bin/sh
+out="${ORCHESTRATOR_JUNIT:?}"
+mkdir -p "$(dirname "$out")"
+echo "dashboard suite ($ORCHESTRATOR_TEST_TAGS)"
+if [ "$ORCHESTRATOR_TEST_TAGS" = broken ]; then
+  second='<testcase classname="dash" name="totals_add_up" time="0.02"><failure message="expected 3, got 4">assertion failed at totals.rs:12</failure></testcase>'
+  code=1
+else
+  second='<testcase classname="dash" name="totals_add_up" time="0.02"/>'
+  code=0
+fi
+printf '<?xml version="1.0"?>\n<testsuite name="dashboard" tests="2"><testcase classname="dash" name="loads_the_page" time="0.01"/>%s</testsuite>\n' "$second" > "$out"
+exit $code
+"#;
+
+/// A seeded project: the Checkout workflow and its agent and suite.
+fn seeded() -> tempfile::TempDir {
+    project(&[
+        ("workflows/checkout.yaml", CHECKOUT),
+        ("agents/test_runner.yaml", AGENT),
+        ("suites/dash.sh", SUITE),
+    ])
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .new_agent()
+}
+
+/// Starts a run over the API and waits for it to finish; returns `{"run", "steps"}`.
+fn run_to_end(base: &str, parameters: Value) -> Value {
+    let agent = agent();
+    let mut response = agent
+        .post(format!("{base}/api/workflows/wf_checkout/execute"))
+        .header("Content-Type", "application/json")
+        .send(json!({ "parameters": parameters }).to_string())
+        .expect("execute");
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status().as_u16(), 202, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(&format!("run {id} to finish"), || {
+        let mut response = agent.get(format!("{base}/api/runs/{id}")).call().ok()?;
+        let shown: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
+        let status = shown["run"]["status"].as_str()?;
+        (status != "queued" && status != "running").then_some(shown)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn every_page_loads_without_errors_and_shows_the_seeded_data() {
+    let project = seeded();
+    let _server = Server::start(project.path());
+    let base = server_url(project.path());
+    let failed = run_to_end(
+        &base,
+        json!({"greeting": "seed", "flavour": "broken", "cases": 3}),
+    );
+    assert_eq!(failed["run"]["status"], "failed", "{failed}");
+    let failed_id = failed["run"]["id"].as_str().unwrap().to_owned();
+    let passed = run_to_end(&base, json!({"greeting": "again"}));
+    assert_eq!(passed["run"]["status"], "succeeded", "{passed}");
+
+    runtime().block_on(async {
+        let browser = Browser::start(DESKTOP).await;
+        browser.open(&format!("{base}/"), "overview").await;
+        // The header: the directory source, its revision, in sync; the live connection.
+        browser.wait_text("#source-status", "in sync").await;
+        browser
+            .wait_text("#connection[data-state='live']", "Live")
+            .await;
+        // Recent failures name the failed run.
+        browser
+            .wait_text("[data-section='failures']", &failed_id)
+            .await;
+        browser
+            .wait_text("[data-section='server']", "Workflow")
+            .await;
+        // Every page of the issue is in the navigation.
+        let nav = browser.text("#nav").await;
+        for title in [
+            "Overview",
+            "Workflows",
+            "Runs",
+            "Schedules",
+            "Agents",
+            "Monitoring",
+            "Alerts",
+            "Reports and analytics",
+            "Manifests",
+            "Custom dashboards",
+        ] {
+            assert!(nav.contains(title), "{title} not in the navigation: {nav}");
+        }
+        browser.assert_no_errors("overview").await;
+        browser.screenshot("overview").await;
+
+        browser.route("#/workflows", "workflows").await;
+        let row = browser
+            .wait_text("tr[data-workflow='wf_checkout']", "Checkout")
+            .await;
+        assert!(row.contains("succeeded"), "last run status: {row}");
+        // The sparkline has one bar per run, coloured by status.
+        let bars = browser
+            .js(
+                "return [...document.querySelectorAll(\"tr[data-workflow='wf_checkout'] svg.sparkline rect\")].map(r => r.getAttribute('class'));",
+                vec![],
+            )
+            .await;
+        assert_eq!(bars, json!(["c-failed", "c-succeeded"]));
+        browser.assert_no_errors("workflows").await;
+        browser.screenshot("workflows").await;
+
+        browser.route("#/workflows/wf_checkout", "workflows").await;
+        // The step graph: both steps, the edge between them.
+        browser
+            .wait_element(".dag g.node[data-step='greet']")
+            .await;
+        browser
+            .wait_element(".dag g.node[data-step='suite']")
+            .await;
+        let edges = browser
+            .js("return document.querySelectorAll('.dag path.edge').length;", vec![])
+            .await;
+        assert_eq!(edges, json!(1));
+        browser.click("[data-tab='manifest']").await;
+        browser
+            .wait_text("[data-manifest]", "test_suite: dash")
+            .await;
+        browser.click("[data-tab='history']").await;
+        browser.wait_text("#panel-history", &failed_id).await;
+        // The Run form has a control of the right kind for each typed parameter.
+        browser.click("[data-action='run']").await;
+        let kinds = browser
+            .js(
+                "const f = document.querySelector(\"form[data-form='run']\"); return ['greeting','hold','flavour','cases'].map(n => { const c = f.elements[n]; return c.tagName.toLowerCase() + ':' + (c.type || '') + ':' + c.required; });",
+                vec![],
+            )
+            .await;
+        assert_eq!(
+            kinds,
+            json!([
+                "input:text:true",
+                "input:checkbox:false",
+                "select:select-one:false",
+                "input:number:false"
+            ])
+        );
+        browser.assert_no_errors("workflow detail").await;
+        browser.screenshot("workflow-detail").await;
+
+        browser.route("#/runs", "runs").await;
+        browser
+            .wait_element(&format!("tr[data-run='{failed_id}'][data-status='failed']"))
+            .await;
+        let rows = browser
+            .js("return document.querySelectorAll('tr[data-run]').length;", vec![])
+            .await;
+        assert_eq!(rows, json!(2));
+        browser.screenshot("runs").await;
+        // Filtered by status, from the filter form.
+        browser.route("#/runs?status=failed", "runs").await;
+        let rows = browser
+            .js("return [...document.querySelectorAll('tr[data-run]')].map(r => r.dataset.run);", vec![])
+            .await;
+        assert_eq!(rows, json!([failed_id]));
+        browser.assert_no_errors("runs").await;
+
+        browser
+            .route(&format!("#/runs/{failed_id}"), "runs")
+            .await;
+        browser
+            .wait_element("[data-run-status='failed']")
+            .await;
+        // The failed test case is expanded with its message; the passed one is not.
+        browser
+            .wait_text("details.test-case[open][data-test='totals_add_up']", "expected 3, got 4")
+            .await;
+        let passed_open = browser
+            .js("return document.querySelector(\"details.test-case[data-test='loads_the_page']\").open;", vec![])
+            .await;
+        assert_eq!(passed_open, json!(false));
+        browser.wait_text("pre[data-log='greet']", "hello seed").await;
+        browser.wait_text("pre[data-log='suite']", "dashboard suite (broken)").await;
+        browser
+            .wait_element(".dag g.node.n-failed[data-step='suite']")
+            .await;
+        browser
+            .wait_text("[data-section='artifacts']", "reports/junit-dash.xml")
+            .await;
+        // Finished and failed: re-run, and re-run from failed, not cancel.
+        let buttons = browser
+            .js("return ['cancel','rerun','rerun-failed'].map(a => !document.querySelector(`[data-action='${a}']`).hidden);", vec![])
+            .await;
+        assert_eq!(buttons, json!([false, true, true]));
+        browser.assert_no_errors("run detail").await;
+        browser.screenshot("run-detail").await;
+
+        // The pages still to come say so.
+        for page in [
+            "schedules",
+            "agents",
+            "monitoring",
+            "alerts",
+            "reports",
+            "manifests",
+            "dashboards",
+        ] {
+            browser.route(&format!("#/{page}"), page).await;
+            browser
+                .wait_text(&format!("[data-placeholder='{page}']"), "Not built yet")
+                .await;
+        }
+        browser.screenshot("placeholder").await;
+        browser.assert_no_errors("placeholders").await;
+
+        // 768 pixels wide: nothing overflows sideways.
+        browser.resize((768, 1000)).await;
+        for (hash, page, name) in [
+            ("#/", "overview", "overview-768"),
+            (&*format!("#/runs/{failed_id}"), "runs", "run-detail-768"),
+            ("#/workflows", "workflows", "workflows-768"),
+        ] {
+            browser.route(hash, page).await;
+            let overflow = browser
+                .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
+                .await;
+            assert!(
+                overflow.as_i64().unwrap_or(1) <= 0,
+                "{name}: the page is wider than the window by {overflow} px"
+            );
+            browser.screenshot(name).await;
+        }
+        browser.assert_no_errors("768 px").await;
+        browser.close().await;
+    });
+}
+
+#[test]
+fn a_run_started_from_the_dashboard_is_followed_live() {
+    let project = seeded();
+    let dir = project.path();
+    let _server = Server::start(dir);
+    let base = server_url(dir);
+    runtime().block_on(async {
+        let browser = Browser::start(DESKTOP).await;
+        browser.open(&format!("{base}/#/workflows"), "workflows").await;
+        browser
+            .wait_text("#connection[data-state='live']", "Live")
+            .await;
+        browser
+            .click("tr[data-workflow='wf_checkout'] a.button")
+            .await;
+        browser.wait_ready("workflows").await;
+        browser
+            .type_into("form[data-form='run'] input[name='greeting']", "from the dashboard")
+            .await;
+        browser
+            .click("form[data-form='run'] input[name='hold']")
+            .await;
+        browser
+            .click("form[data-form='run'] button[type='submit']")
+            .await;
+        let hash = browser
+            .wait_for(
+                "the run page",
+                "return /^#\\/runs\\/run_/.test(location.hash) && document.querySelector(\"section.page[data-page='runs'][data-ready]\") ? location.hash : null;",
+                vec![],
+            )
+            .await;
+        let run = hash.as_str().unwrap().trim_start_matches("#/runs/").to_owned();
+        // From here on the page is never reloaded: this mark would be gone.
+        browser.js("window.__sameDocument = true;", vec![]).await;
+        // Held: running, its first log line already streamed.
+        browser.wait_element("[data-run-status='running']").await;
+        browser
+            .wait_text("pre[data-log='greet']", "hello from the dashboard")
+            .await;
+        browser
+            .wait_element(".dag g.node.n-running[data-step='greet']")
+            .await;
+        browser.screenshot("run-live").await;
+        fs::write(dir.join("release"), "").unwrap();
+        browser.wait_element("[data-run-status='succeeded']").await;
+        browser.wait_text("pre[data-log='greet']", "released").await;
+        browser
+            .wait_text("pre[data-log='suite']", "dashboard suite (plain)")
+            .await;
+        browser
+            .wait_element("details.test-case[data-test='totals_add_up'][data-test-status='passed']")
+            .await;
+        browser.wait_text("[data-tests-summary]", "2/2 passed").await;
+        browser
+            .wait_element(".dag g.node.n-succeeded[data-step='suite']")
+            .await;
+        // Each line once: the file read at the start and the stream joined without repeats.
+        let log = browser.text("pre[data-log='greet']").await;
+        assert_eq!(log.matches("hello from the dashboard").count(), 1, "{log}");
+        assert_eq!(log.matches("released").count(), 1, "{log}");
+        let same = browser.js("return window.__sameDocument === true;", vec![]).await;
+        assert_eq!(same, json!(true), "the page was reloaded");
+        assert_eq!(
+            browser.text("[data-section='summary']").await.contains("from the dashboard"),
+            true
+        );
+        // The server has the run as the page showed it.
+        let shown: Value = {
+            let mut response = agent()
+                .get(format!("{base}/api/runs/{run}"))
+                .call()
+                .unwrap();
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+        };
+        assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+        assert_eq!(shown["run"]["parameters"]["greeting"], "from the dashboard");
+        assert_eq!(shown["run"]["parameters"]["hold"], true);
+        assert_eq!(shown["run"]["parameters"]["cases"], 2, "the default");
+        browser.assert_no_errors("live run").await;
+        browser.screenshot("run-finished").await;
+        browser.close().await;
+    });
+}
+
+#[test]
+fn the_theme_toggle_switches_to_dark_and_is_remembered() {
+    let project = seeded();
+    let _server = Server::start(project.path());
+    let base = server_url(project.path());
+    runtime().block_on(async {
+        let browser = Browser::start(DESKTOP).await;
+        browser.open(&format!("{base}/"), "overview").await;
+        let background =
+            "return [document.documentElement.dataset.theme, getComputedStyle(document.body).backgroundColor];";
+        let light = browser.js(background, vec![]).await;
+        assert_eq!(light[0], "light", "headless chromium prefers light: {light}");
+        browser.click("#theme-toggle").await;
+        let dark = browser.js(background, vec![]).await;
+        assert_eq!(dark[0], "dark", "{dark}");
+        assert_ne!(dark[1], light[1], "the background did not change");
+        let pressed = browser
+            .js("return document.getElementById('theme-toggle').getAttribute('aria-pressed');", vec![])
+            .await;
+        assert_eq!(pressed, json!("true"));
+        // Kept across a reload.
+        browser.client().refresh().await.unwrap();
+        browser.wait_ready("overview").await;
+        let again = browser.js(background, vec![]).await;
+        assert_eq!(again, dark);
+        browser.route("#/workflows", "workflows").await;
+        browser.screenshot("workflows-dark").await;
+        // Keyboard: the skip link is the first stop and moves focus to the content.
+        browser
+            .js("document.activeElement.blur(); window.scrollTo(0, 0);", vec![])
+            .await;
+        browser
+            .client()
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys("\u{E004}")
+            .await
+            .unwrap();
+        let focused = browser.js("return document.activeElement.id;", vec![]).await;
+        assert_eq!(focused, json!("skip-link"));
+        browser
+            .client()
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys("\u{E007}")
+            .await
+            .unwrap();
+        let focused = browser.js("return document.activeElement.id;", vec![]).await;
+        assert_eq!(focused, json!("main"));
+        browser.assert_no_errors("dark theme").await;
+        browser.close().await;
+    });
+}
+
+#[test]
+fn with_an_api_token_the_dashboard_asks_for_it_once() {
+    let project = seeded();
+    let dir = project.path();
+    let config = dir.join("config/development.yaml");
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains("  port: 8080\n"), "{text}");
+    fs::write(
+        &config,
+        text.replacen(
+            "  port: 8080\n",
+            "  port: 8080\n  api_token: env:DASHBOARD_TOKEN\n",
+            1,
+        ),
+    )
+    .unwrap();
+    let _server = Server::start_with(dir, &[("DASHBOARD_TOKEN", "open sesame/+=")]);
+    let base = server_url(dir);
+    runtime().block_on(async {
+        let browser = Browser::start(DESKTOP).await;
+        browser.open(&format!("{base}/#/workflows/wf_checkout"), "workflows").await;
+        // Reads need no token; the event stream does: the dialog asks for it.
+        browser
+            .wait_element("#connection[data-state='needs-token']")
+            .await;
+        browser.wait_element("#token-dialog[open]").await;
+        browser.screenshot("token-dialog").await;
+        browser.type_into("#token-input", "open sesame/+=").await;
+        browser.click("#token-form button[value='ok']").await;
+        browser
+            .wait_text("#connection[data-state='live']", "Live")
+            .await;
+        // Kept: running the workflow asks no more.
+        browser.click("[data-action='run']").await;
+        browser
+            .type_into("form[data-form='run'] input[name='greeting']", "token holder")
+            .await;
+        browser
+            .click("form[data-form='run'] button[type='submit']")
+            .await;
+        browser.wait_ready("runs").await;
+        browser.wait_element("[data-run-status='succeeded']").await;
+        browser
+            .wait_text("pre[data-log='greet']", "hello token holder")
+            .await;
+        let open = browser
+            .js("return document.getElementById('token-dialog').open;", vec![])
+            .await;
+        assert_eq!(open, json!(false));
+        let kept = browser
+            .js("return sessionStorage.getItem('orchestrator.apiToken');", vec![])
+            .await;
+        assert_eq!(kept, json!("open sesame/+="));
+        browser.assert_no_errors("token").await;
+        browser.close().await;
+    });
+}
+
+#[test]
+fn assets_are_served_with_types_etags_and_a_strict_policy() {
+    let project = project(&[]);
+    let _server = Server::start(project.path());
+    let base = server_url(project.path());
+    let agent = agent();
+    let get = |path: &str, etag: Option<&str>| {
+        let mut request = agent.get(format!("{base}{path}"));
+        if let Some(etag) = etag {
+            request = request.header("If-None-Match", etag);
+        }
+        let mut response = request.call().expect("an answer");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (ctype, etag, cache, csp) = (
+            header("content-type"),
+            header("etag"),
+            header("cache-control"),
+            header("content-security-policy"),
+        );
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        (status, ctype, etag, cache, csp, body)
+    };
+
+    let (status, ctype, etag, cache, csp, body) = get("/", None);
+    assert_eq!(status, 200);
+    assert_eq!(ctype, "text/html; charset=utf-8");
+    assert_eq!(cache, "no-cache");
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(body.contains("<script type=\"module\" src=\"/assets/app.js\">"), "{body}");
+    assert!(
+        body.contains(r#"<meta name="dashboard-pages" content="overview,workflows,runs"#),
+        "{body}"
+    );
+    let (status, _, again, _, _, body) = get("/", Some(&etag));
+    assert_eq!((status, body.as_str(), again), (304, "", etag.clone()));
+    let (status, _, _, _, _, _) = get("/", Some("\"stale\""));
+    assert_eq!(status, 200);
+
+    for (path, expected) in [
+        ("/assets/app.js", "text/javascript; charset=utf-8"),
+        ("/assets/pages/runs.js", "text/javascript; charset=utf-8"),
+        ("/assets/app.css", "text/css; charset=utf-8"),
+        ("/assets/favicon.svg", "image/svg+xml"),
+    ] {
+        let (status, ctype, etag, cache, _, body) = get(path, None);
+        assert_eq!((status, ctype.as_str()), (200, expected), "{path}");
+        assert_eq!(cache, "no-cache", "{path}");
+        assert!(!body.is_empty() && etag.starts_with('"'), "{path}");
+        assert_eq!(get(path, Some(&etag)).0, 304, "{path}");
+    }
+
+    let (status, ctype, _, _, _, body) = get("/assets/pages/nope.js", None);
+    assert_eq!(status, 404);
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "not_found", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pages/nope.js"),
+        "{error}"
+    );
+    // The API's own 404s stay as they were.
+    let (status, _, _, _, _, body) = get("/api/nope", None);
+    assert_eq!(status, 404);
+    assert!(body.contains("GET /api"), "{body}");
+}
+
+/// The screenshots directory is where the README says (a sanity check of the helper).
+#[test]
+fn screenshots_go_under_target() {
+    let dir = crate::browser::screenshots_dir();
+    assert!(dir.ends_with(Path::new("target/screenshots")) || std::env::var_os("CARGO_TARGET_DIR").is_some());
+}
