@@ -173,10 +173,7 @@ mod tests {
     fn every_asset_is_prepared_with_a_type_and_an_etag() {
         for (path, _) in ASSETS {
             let prepared = &PREPARED[path];
-            assert_ne!(
-                prepared.content_type, "application/octet-stream",
-                "{path}"
-            );
+            assert_ne!(prepared.content_type, "application/octet-stream", "{path}");
             assert!(prepared.etag.starts_with('"') && prepared.etag.len() == 26);
             assert!(!prepared.body.is_empty(), "{path} is empty");
         }

@@ -142,11 +142,14 @@ fn publish_new(
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        for chunk in bytes[..=end].chunks(CHUNK) {
+        // `offset`: where the text starts in the log file, so a client that also read the
+        // file (`GET /api/runs/{id}/logs/{step}`) joins the two without repeating a line.
+        for (index, chunk) in bytes[..=end].chunks(CHUNK).enumerate() {
             let text = String::from_utf8_lossy(chunk);
             events.publish(
                 EventKind::RunLog,
-                json!({"run_id": run_id, "step": step, "text": text}),
+                json!({"run_id": run_id, "step": step, "text": text,
+                       "offset": *offset + (index * CHUNK) as u64}),
             );
         }
         *offset += end as u64 + 1;

@@ -281,7 +281,11 @@ impl Browser {
         let recorder = self
             .js("return Array.isArray(window.__dashboardErrors);", vec![])
             .await;
-        assert_eq!(recorder, json!(true), "{here}: the error recorder is not loaded");
+        assert_eq!(
+            recorder,
+            json!(true),
+            "{here}: the error recorder is not loaded"
+        );
         let errors = self.errors().await;
         assert!(errors.is_empty(), "{here}: console errors: {errors:#?}");
     }

@@ -7,7 +7,6 @@
 //! Screenshots of each page go to `target/screenshots/`.
 
 use std::fs;
-use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -358,10 +357,8 @@ fn a_run_started_from_the_dashboard_is_followed_live() {
         assert_eq!(log.matches("released").count(), 1, "{log}");
         let same = browser.js("return window.__sameDocument === true;", vec![]).await;
         assert_eq!(same, json!(true), "the page was reloaded");
-        assert_eq!(
-            browser.text("[data-section='summary']").await.contains("from the dashboard"),
-            true
-        );
+        let summary = browser.text("[data-section='summary']").await;
+        assert!(summary.contains("from the dashboard"), "{summary}");
         // The server has the run as the page showed it.
         let shown: Value = {
             let mut response = agent()
@@ -456,7 +453,9 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
     let base = server_url(dir);
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;
-        browser.open(&format!("{base}/#/workflows/wf_checkout"), "workflows").await;
+        browser
+            .open(&format!("{base}/#/workflows/wf_checkout"), "workflows")
+            .await;
         // Reads need no token; the event stream does: the dialog asks for it.
         browser
             .wait_element("#connection[data-state='needs-token']")
@@ -471,7 +470,10 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
         // Kept: running the workflow asks no more.
         browser.click("[data-action='run']").await;
         browser
-            .type_into("form[data-form='run'] input[name='greeting']", "token holder")
+            .type_into(
+                "form[data-form='run'] input[name='greeting']",
+                "token holder",
+            )
             .await;
         browser
             .click("form[data-form='run'] button[type='submit']")
@@ -482,11 +484,17 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
             .wait_text("pre[data-log='greet']", "hello token holder")
             .await;
         let open = browser
-            .js("return document.getElementById('token-dialog').open;", vec![])
+            .js(
+                "return document.getElementById('token-dialog').open;",
+                vec![],
+            )
             .await;
         assert_eq!(open, json!(false));
         let kept = browser
-            .js("return sessionStorage.getItem('orchestrator.apiToken');", vec![])
+            .js(
+                "return sessionStorage.getItem('orchestrator.apiToken');",
+                vec![],
+            )
             .await;
         assert_eq!(kept, json!("open sesame/+="));
         browser.assert_no_errors("token").await;
@@ -529,8 +537,14 @@ fn assets_are_served_with_types_etags_and_a_strict_policy() {
     assert_eq!(status, 200);
     assert_eq!(ctype, "text/html; charset=utf-8");
     assert_eq!(cache, "no-cache");
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
-    assert!(body.contains("<script type=\"module\" src=\"/assets/app.js\">"), "{body}");
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert!(
+        body.contains("<script type=\"module\" src=\"/assets/app.js\">"),
+        "{body}"
+    );
     assert!(
         body.contains(r#"<meta name="dashboard-pages" content="overview,workflows,runs"#),
         "{body}"
@@ -571,9 +585,73 @@ fn assets_are_served_with_types_etags_and_a_strict_policy() {
     assert!(body.contains("GET /api"), "{body}");
 }
 
-/// The screenshots directory is where the README says (a sanity check of the helper).
+/// The run page joins a step's log file and its streamed lines by byte offset: each
+/// `run_log` event says where its text starts in the file.
 #[test]
-fn screenshots_go_under_target() {
-    let dir = crate::browser::screenshots_dir();
-    assert!(dir.ends_with(Path::new("target/screenshots")) || std::env::var_os("CARGO_TARGET_DIR").is_some());
+fn run_log_events_say_where_their_text_starts_in_the_log_file() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let project = project(&[(
+        "workflows/talk.yaml",
+        "name: Talk\nsteps:\n  - name: speak\n    command: [\"sh\", \"-c\", \"echo one; sleep 0.3; echo two; sleep 0.3; echo three\"]\n",
+    )]);
+    let _server = Server::start(project.path());
+    let base = server_url(project.path());
+    let address = base.trim_start_matches("http://").to_owned();
+    runtime().block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
+            .await
+            .expect("connect to /ws");
+        async fn read(
+            ws: &mut tokio_tungstenite::WebSocketStream<
+                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+            >,
+        ) -> Value {
+            loop {
+                let message = tokio::time::timeout(DEADLINE, ws.next())
+                    .await
+                    .expect("an event within the deadline")
+                    .expect("the stream is open")
+                    .expect("a message");
+                if let Message::Text(text) = message {
+                    return serde_json::from_str(&text).unwrap();
+                }
+            }
+        }
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "events": ["run_log", "workflow_completed"]})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        while read(&mut ws).await["type"] != "subscribed" {}
+        let mut response = agent()
+            .post(format!("{base}/api/workflows/wf_talk/execute"))
+            .send_empty()
+            .unwrap();
+        let accepted: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        let run = accepted["run_id"].as_str().unwrap().to_owned();
+        let mut joined = String::new();
+        loop {
+            let event = read(&mut ws).await;
+            let payload = &event["payload"];
+            match event["type"].as_str() {
+                Some("run_log") if payload["run_id"] == run.as_str() => {
+                    assert_eq!(payload["offset"], json!(joined.len()), "{event}");
+                    joined.push_str(payload["text"].as_str().unwrap());
+                }
+                Some("workflow_completed") if payload["id"] == run.as_str() => break,
+                _ => {}
+            }
+        }
+        assert_eq!(joined, "one\ntwo\nthree\n");
+        let mut response = agent()
+            .get(format!("{base}/api/runs/{run}/logs/speak"))
+            .call()
+            .unwrap();
+        assert_eq!(response.body_mut().read_to_string().unwrap(), joined);
+    });
 }

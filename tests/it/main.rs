@@ -3,8 +3,10 @@
 mod agent_metrics;
 mod agents;
 mod alerts;
+mod browser;
 mod cli_remote;
 mod cron_crosscheck;
+mod dashboard;
 mod engine;
 mod flow;
 mod git_source;

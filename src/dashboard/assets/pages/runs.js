@@ -74,18 +74,21 @@ async function list(ctx) {
   for (const type of ["workflow_started", "workflow_completed", "step_completed", "resync"]) ctx.on(type, soon);
 }
 
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const byteLength = (text) => encoder.encode(text).length;
+
 /**
- * Appends streamed log chunks to text fetched from the file, without repeating what the
- * file already had: the chunks that arrived before the fetch read the file are its tail.
+ * The part of a streamed log chunk not shown yet. `shown` is how many bytes of the step's
+ * log file the page shows; the chunk starts at byte `offset` of that file (a chunk the
+ * file read already had is dropped, one that overlaps it is cut).
  */
-export function mergeLog(fetched, chunks) {
-  let joined = "";
-  let inFile = 0;
-  for (let k = 1; k <= chunks.length; k++) {
-    joined += chunks[k - 1];
-    if (fetched.endsWith(joined)) inFile = k;
-  }
-  return fetched + chunks.slice(inFile).join("");
+export function unseen(shown, chunk) {
+  if (typeof chunk.offset !== "number") return chunk.text;
+  const bytes = encoder.encode(chunk.text);
+  if (chunk.offset + bytes.length <= shown) return "";
+  if (chunk.offset >= shown) return chunk.text;
+  return decoder.decode(bytes.slice(shown - chunk.offset));
 }
 
 async function detail(ctx, id) {
@@ -98,9 +101,9 @@ async function detail(ctx, id) {
   ctx.on("run_log", (p) => {
     if (!p || p.run_id !== id) return;
     const log = logs.get(p.step);
-    if (!log) early.set(p.step, [...(early.get(p.step) || []), p.text]);
-    else if (log.pending) log.pending.push(p.text);
-    else append(log, p.text);
+    if (!log) early.set(p.step, [...(early.get(p.step) || []), p]);
+    else if (log.pending) log.pending.push(p);
+    else append(log, p);
   });
 
   let data = await api.get(path, { signal: ctx.signal });
@@ -241,7 +244,10 @@ async function detail(ctx, id) {
     );
   }
 
-  function append(log, text) {
+  function append(log, chunk) {
+    const text = unseen(log.shown, chunk);
+    log.shown = Math.max(log.shown, (chunk.offset ?? log.shown) + byteLength(chunk.text));
+    if (!text) return;
     const pre = log.pre;
     const follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
     pre.append(text);
@@ -255,11 +261,14 @@ async function detail(ctx, id) {
     early.delete(name);
     try {
       const text = await api.getText(`${path}/logs/${encodeURIComponent(name)}`, { signal: ctx.signal });
-      log.pre.textContent = mergeLog(text, log.pending);
+      log.pre.textContent = text;
+      log.shown = byteLength(text);
     } catch (err) {
       if (err.name !== "AbortError") log.pre.textContent = `(the log could not be read: ${err.message})`;
     }
+    const heard = log.pending;
     log.pending = null;
+    heard.forEach((chunk) => append(log, chunk));
     log.fetched = true;
     if (log.pre.textContent) log.pre.closest("details")?.setAttribute("data-has-log", "true");
   }
@@ -271,7 +280,7 @@ async function detail(ctx, id) {
         const pre = el("pre", { class: "log", "data-log": s.name, tabindex: "0", "aria-label": `Log of ${s.name}` });
         const details = el("details", { class: "step-log", "data-step-log": s.name }, el("summary", {}, el("strong", {}, s.name), el("span", { "data-log-status": "" })), pre);
         part("logs").append(details);
-        log = { pre, details, pending: null, fetched: false };
+        log = { pre, details, pending: null, fetched: false, shown: 0 };
         logs.set(s.name, log);
       }
       setHTML(log.details.querySelector("[data-log-status]"), badge(s.status));
