@@ -374,7 +374,10 @@ pub fn create_rerun(
 /// process can be running them.
 pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
     let mut recovered = Vec::new();
-    for mut run in store.runs()? {
+    for id in store.run_ids_with_status(&[Status::Running])? {
+        let Some(mut run) = store.run(&id)? else {
+            continue;
+        };
         if run.status != Status::Running {
             continue;
         }
@@ -957,15 +960,19 @@ fn report_data(
     run: &RunRecord,
     steps: &[StepRecord],
 ) -> Result<ReportData, EngineError> {
-    let previous = store
-        .runs()?
+    let previous_id = store
+        .workflow_run_ids(&run.workflow_id)?
         .into_iter()
-        .rfind(|r| r.workflow_id == run.workflow_id && r.id < run.id && r.status.is_finished());
-    let previous = match previous {
-        Some(previous) => {
-            let steps = store.steps(&previous.id)?;
-            Some((previous, steps))
-        }
+        .rfind(|(id, status)| *id < run.id && status.is_finished())
+        .map(|(id, _)| id);
+    let previous = match previous_id {
+        Some(id) => match store.run(&id)? {
+            Some(previous) => {
+                let steps = store.steps(&previous.id)?;
+                Some((previous, steps))
+            }
+            None => None,
+        },
         None => None,
     };
     Ok(ReportData {
@@ -1005,10 +1012,11 @@ fn agent_log(config: &EngineConfig, step: &StepRecord) {
 /// Keeps the newest runs of the workflow within its history limit; older runs go with their
 /// logs and reports.
 ///
-/// It reads every stored run, so while other runs of the workflow are still to finish here
-/// (a burst of webhook deliveries, say) it runs at most every [`HISTORY_EVERY`] per
-/// workflow rather than after each run; a run with no other run of its workflow still to
-/// finish always enforces it, so the history ends exactly at the limit.
+/// It reads the workflow's entries of the run index (ids and statuses, no run record), so
+/// while other runs of the workflow are still to finish here (a burst of webhook
+/// deliveries, say) it runs at most every [`HISTORY_EVERY`] per workflow rather than after
+/// each run; a run with no other run of its workflow still to finish always enforces it,
+/// so the history ends exactly at the limit.
 fn enforce_history(
     store: &Store,
     config: &EngineConfig,
@@ -1038,20 +1046,18 @@ fn enforce_history(
         .and_then(Value::as_u64)
         .map_or(config.history_limit, |n| n as usize)
         .max(1);
-    let runs: Vec<RunRecord> = store
-        .runs()?
+    let finished: Vec<String> = store
+        .workflow_run_ids(&run.workflow_id)?
         .into_iter()
-        .filter(|r| r.workflow_id == run.workflow_id && r.status.is_finished())
+        .filter(|(_, status)| status.is_finished())
+        .map(|(id, _)| id)
         .collect();
-    if runs.len() <= limit {
+    if finished.len() <= limit {
         return Ok(());
     }
-    let old: Vec<String> = runs[..runs.len() - limit]
-        .iter()
-        .map(|r| r.id.clone())
-        .collect();
-    store.delete_runs(&old)?;
-    for id in &old {
+    let old = &finished[..finished.len() - limit];
+    store.delete_runs(&run.workflow_id, old)?;
+    for id in old {
         let _ = fs::remove_dir_all(config.log_dir.join("workflows").join(id));
         let _ = fs::remove_dir_all(config.reports_dir.join(id));
     }

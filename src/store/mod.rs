@@ -1,7 +1,10 @@
 //! The durable state, in sled. This is the only module that imports sled.
 //!
 //! Trees: `objects` (key `Kind/id`, one record per object ever applied) and `meta` (per-source
-//! status). Every value starts with a format-version byte so that a later release can migrate
+//! status); `runs` and `steps` (a run's record, its steps under `<run id>\0<index>`), and
+//! `runs_by_workflow`, the index of runs per workflow: key `<workflow id>\0<run id>` (run ids
+//! sort by creation), value the run's status, written with the run record in one
+//! transaction so that a workflow's runs are listed and counted without decoding any other. Every value starts with a format-version byte so that a later release can migrate
 //! records; the rest is JSON. Writes go through one atomic batch and are flushed before the
 //! call returns, so whatever the caller then reports is on disk.
 
@@ -13,7 +16,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diagnostics::Diagnostic;
-use crate::engine::model::{RunRecord, StepRecord};
+use crate::engine::model::{RunRecord, Status, StepRecord};
 use crate::manifest::Kind;
 
 /// Version byte of the record encoding written by this release.
@@ -158,6 +161,8 @@ pub struct Store {
     meta: sled::Tree,
     runs: sled::Tree,
     steps: sled::Tree,
+    /// `<workflow id>\0<run id>` → the run's status.
+    runs_by_workflow: sled::Tree,
     flushes: GroupCommit,
 }
 
@@ -289,6 +294,7 @@ impl Store {
         let meta = db.open_tree("meta").map_err(sled_error)?;
         let runs = db.open_tree("runs").map_err(sled_error)?;
         let steps = db.open_tree("steps").map_err(sled_error)?;
+        let runs_by_workflow = db.open_tree("runs_by_workflow").map_err(sled_error)?;
         let owner = format!(
             "{}\n{}\n",
             std::process::id(),
@@ -298,15 +304,36 @@ impl Store {
             path: shown.clone(),
             source,
         })?;
-        Ok(Store {
+        let store = Store {
             path: data_dir.to_owned(),
             db,
             objects,
             meta,
             runs,
             steps,
+            runs_by_workflow,
             flushes: GroupCommit::default(),
-        })
+        };
+        store.build_run_index()?;
+        Ok(store)
+    }
+
+    /// A store written before the run index existed has runs and no index: the index is
+    /// built once, from every run, and flushed.
+    fn build_run_index(&self) -> Result<(), StoreError> {
+        if !self.runs_by_workflow.is_empty() || self.runs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for entry in self.runs.iter() {
+            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+            let run: RunIndexFields = decode(&key, &value)?;
+            batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
+        }
+        self.runs_by_workflow
+            .apply_batch(batch)
+            .map_err(|e| self.sled_error(e))?;
+        self.flush()
     }
 
     /// Makes every write made so far durable (one flush for all the threads asking at
@@ -414,7 +441,8 @@ impl Store {
 /// Run records: one per run in `runs`, its steps in `steps` under the run id, so a step's
 /// state change writes one small record.
 impl Store {
-    /// Writes a run and some of its steps; with `durable`, flushes before returning.
+    /// Writes a run and some of its steps; with `durable`, flushes before returning. The run
+    /// record and its entry in the per-workflow index are written in one transaction.
     pub fn save_run(
         &self,
         run: Option<&RunRecord>,
@@ -422,9 +450,22 @@ impl Store {
         durable: bool,
     ) -> Result<(), StoreError> {
         if let Some(run) = run {
-            self.runs
-                .insert(run.id.as_bytes(), encode(run))
-                .map_err(|e| self.sled_error(e))?;
+            use sled::Transactional;
+            let record = encode(run);
+            let key = index_key(&run.workflow_id, &run.id);
+            let status = encode(&run.status);
+            (&self.runs, &self.runs_by_workflow)
+                .transaction(|(runs, index)| {
+                    runs.insert(run.id.as_bytes(), record.as_slice())?;
+                    index.insert(key.as_slice(), status.as_slice())?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => self.sled_error(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        self.sled_error(sled::Error::Unsupported("transaction aborted".into()))
+                    }
+                })?;
         }
         if !steps.is_empty() {
             let mut batch = sled::Batch::default();
@@ -450,10 +491,82 @@ impl Store {
             .transpose()
     }
 
-    /// Every run, oldest first (run ids sort by creation time).
+    /// Every run, oldest first (run ids sort by creation time). This decodes every record:
+    /// for one workflow's runs, see [`Store::workflow_runs`].
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         self.runs
             .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    /// The ids and statuses of a workflow's runs, oldest first, read from the index alone.
+    pub fn workflow_run_ids(&self, workflow_id: &str) -> Result<Vec<(String, Status)>, StoreError> {
+        let prefix = index_key(workflow_id, "");
+        self.runs_by_workflow
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+                let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                Ok((id, decode(&key, &value)?))
+            })
+            .collect()
+    }
+
+    /// A workflow's runs, oldest first: only its own records are decoded.
+    pub fn workflow_runs(&self, workflow_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = Vec::new();
+        for (id, _) in self.workflow_run_ids(workflow_id)? {
+            if let Some(run) = self.run(&id)? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The newest run of each workflow that has one, decoding only those.
+    pub fn latest_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut newest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for key in self.runs_by_workflow.iter().keys() {
+            let key = key.map_err(|e| self.sled_error(e))?;
+            if let Some(at) = key.iter().position(|&b| b == 0) {
+                // Keys come in order: the last one per workflow is its newest run.
+                newest.insert(key[..at].to_vec(), key[at + 1..].to_vec());
+            }
+        }
+        let mut runs = Vec::new();
+        for id in newest.values() {
+            if let Some(run) = self.run(&String::from_utf8_lossy(id))? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// The ids of the runs in one of `statuses`, oldest first, read from the index alone.
+    pub fn run_ids_with_status(&self, statuses: &[Status]) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in self.runs_by_workflow.iter() {
+            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+            let status: Status = decode(&key, &value)?;
+            if statuses.contains(&status) {
+                if let Some(at) = key.iter().position(|&b| b == 0) {
+                    ids.push(String::from_utf8_lossy(&key[at + 1..]).into_owned());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The runs created at or after the run id `from` (ids sort by creation time), oldest
+    /// first.
+    pub fn runs_from(&self, from: &str) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs
+            .range(from.as_bytes()..)
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
                 decode(&key, &value)
@@ -576,8 +689,9 @@ impl Store {
         Ok(())
     }
 
-    /// Removes runs and their steps, durably.
-    pub fn delete_runs(&self, ids: &[String]) -> Result<(), StoreError> {
+    /// Removes runs of one workflow, their steps and their index entries, durably.
+    pub fn delete_runs(&self, workflow_id: &str, ids: &[String]) -> Result<(), StoreError> {
+        let mut index = sled::Batch::default();
         for id in ids {
             let mut prefix = id.as_bytes().to_vec();
             prefix.push(0);
@@ -591,10 +705,31 @@ impl Store {
             self.runs
                 .remove(id.as_bytes())
                 .map_err(|e| self.sled_error(e))?;
+            index.remove(index_key(workflow_id, id));
         }
+        self.runs_by_workflow
+            .apply_batch(index)
+            .map_err(|e| self.sled_error(e))?;
         self.flush()?;
         Ok(())
     }
+}
+
+/// What the run index needs of a run record (the rest is skipped when it is built).
+#[derive(Deserialize)]
+struct RunIndexFields {
+    id: String,
+    workflow_id: String,
+    status: Status,
+}
+
+/// The run index's key: `<workflow id>\0<run id>`.
+fn index_key(workflow_id: &str, run_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(workflow_id.len() + 1 + run_id.len());
+    key.extend_from_slice(workflow_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(run_id.as_bytes());
+    key
 }
 
 fn step_key(run_id: &str, index: u32) -> Vec<u8> {
