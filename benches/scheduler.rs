@@ -27,7 +27,7 @@ fn main() {
     )
     .expect("workflow");
     // Every fire's run executes at once: the limit on runs executing at once is raised
-    // above the 100 schedules (`SCHEDULER_MAX_ACTIVE` sets another; with the default, 8 per
+    // above the 100 schedules (`SCHEDULER_MAX_ACTIVE` sets another; with the default, 2 per
     // core, most runs wait for a slot and the figures measure that queue).
     let max_active = std::env::var("SCHEDULER_MAX_ACTIVE").unwrap_or_else(|_| "128".into());
     if max_active != "default" {

@@ -54,7 +54,7 @@ fn main() {
         let _ = fs::remove_dir_all(project.join(dir));
         fs::create_dir_all(project.join(dir)).expect("manifest dir");
     }
-    // `WEBHOOK_MAX_ACTIVE` sets `runs.max_active` (runs executing at once; default 8 per
+    // `WEBHOOK_MAX_ACTIVE` sets `runs.max_active` (runs executing at once; default 2 per
     // core): the deliveries beyond it wait for a slot.
     if let Ok(max_active) = std::env::var("WEBHOOK_MAX_ACTIVE") {
         let config = project.join("config/production.yaml");

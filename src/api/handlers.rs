@@ -342,10 +342,9 @@ pub async fn show_workflow(
     let record = find_workflow(&state, &id)?;
     let runs: Vec<Value> = state
         .store
-        .runs()?
+        .workflow_runs(&record.key.id)?
         .iter()
         .rev()
-        .filter(|r| r.workflow_id == record.key.id)
         .take(20)
         .map(run_summary)
         .collect();
@@ -492,9 +491,11 @@ pub async fn list_runs(
         ),
         None => None,
     };
-    let runs: Vec<RunRecord> = state
-        .store
-        .runs()?
+    let stored = match &page.workflow {
+        Some(workflow) => state.store.workflow_runs(workflow)?,
+        None => state.store.runs()?,
+    };
+    let runs: Vec<RunRecord> = stored
         .into_iter()
         .rev()
         .filter(|r| page.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))

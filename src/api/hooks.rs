@@ -358,8 +358,9 @@ fn run_trigger(
             return finish(record, DeliveryResult::Duplicate, reason, None);
         }
     }
-    // Remembered before the run exists: the run's creation flushes both, so no crash can
-    // leave a run whose delivery would be accepted again.
+    // Remembered before the run exists (sled recovers a prefix of its writes), so no crash
+    // can leave a run whose delivery would be accepted again; one flush, after the run and
+    // the record naming it are written, makes them all durable before the answer.
     deliveries::record(&state.store, &key, &record, false)?;
     let mut details = Map::new();
     details.insert("trigger".into(), Value::from(trigger.id.clone()));
@@ -376,10 +377,12 @@ fn run_trigger(
             details,
         },
     };
-    match crate::server::start_run(state, &request) {
+    let accepted = crate::server::start_run_recorded(state, &request, |run| {
+        record.run_id = Some(run.id.clone());
+        deliveries::record(&state.store, &key, &record, true)
+    });
+    match accepted {
         Ok(run) => {
-            record.run_id = Some(run.id.clone());
-            deliveries::record(&state.store, &key, &record, true)?;
             tracing::debug!(trigger = %trigger.id, delivery = %record.delivery, run = %run.id, "webhook delivery accepted");
             Ok(Outcome {
                 record,
@@ -391,6 +394,7 @@ fn run_trigger(
             // No run: the id is released, so a redelivery may try again.
             let reason = format!("the run could not be started: {err}");
             let status = ApiError::from(err).status;
+            record.run_id = None;
             deliveries::release(&state.store, &trigger.id, &record.delivery)?;
             record.result = DeliveryResult::Error;
             record.reason = Some(reason);

@@ -1,9 +1,13 @@
 //! `POST /api/scheduler/jobs`, the guide's way to create a schedule: the server writes a
 //! Schedule manifest into `schedules/` and reconciles it, so the files stay the source of
 //! truth (a git-source server refuses and says to commit the file instead).
+//!
+//! `POST /api/scheduler/jobs/{id}/pause` and `/resume` switch a schedule off and on at run
+//! time: a flag in the scheduler's durable state, not in the manifest (a manifest's
+//! `suspend: true` holds the schedule whatever the flag says).
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -175,4 +179,75 @@ pub async fn create_job(
         })),
     )
         .into_response())
+}
+
+/// Pauses a schedule: it fires nothing until resumed, across restarts too. `paused` in the
+/// answer (and in `GET /api/scheduler/jobs`) is this switch; `suspend` is the manifest's.
+#[utoipa::path(post, path = "/api/scheduler/jobs/{id}/pause", tag = "manifests",
+    params(("id" = String, Path, description = "The schedule's id (`sch_...`) or name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Paused (or paused already): the schedule as `GET /api/scheduler/jobs` lists it", body = Object),
+        (status = 401, description = "The API token is missing or wrong", body = super::error::ErrorBody),
+        (status = 404, description = "No such schedule (the message suggests close ids)", body = super::error::ErrorBody),
+        (status = 500, description = "Internal error", body = super::error::ErrorBody),
+    ))]
+pub async fn pause_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    switch_job(state, id, true).await
+}
+
+/// Resumes a paused schedule: it is next due at its expression's first instant from now;
+/// what was due while it was paused is not caught up.
+#[utoipa::path(post, path = "/api/scheduler/jobs/{id}/resume", tag = "manifests",
+    params(("id" = String, Path, description = "The schedule's id (`sch_...`) or name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Resumed (or not paused): the schedule as `GET /api/scheduler/jobs` lists it", body = Object),
+        (status = 401, description = "The API token is missing or wrong", body = super::error::ErrorBody),
+        (status = 404, description = "No such schedule (the message suggests close ids)", body = super::error::ErrorBody),
+        (status = 500, description = "Internal error", body = super::error::ErrorBody),
+    ))]
+pub async fn resume_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    switch_job(state, id, false).await
+}
+
+/// Sets the pause switch durably, then answers with the schedule as listed.
+async fn switch_job(state: AppState, given: String, paused: bool) -> Result<Json<Value>, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let objects = state.view.objects();
+        let zone = &state.config.config.scheduler.timezone;
+        let id = crate::scheduler::set_paused(&state.store, &objects.records, &given, paused, zone)
+            .map_err(|err| match err {
+                crate::scheduler::PauseError::NotFound { .. } => {
+                    ApiError::not_found(err.to_string())
+                }
+                crate::scheduler::PauseError::Store(err) => ApiError::internal(err),
+            })?;
+        let states = crate::scheduler::states(&state.store)?;
+        let job = crate::scheduler::jobs_json(
+            &objects.records,
+            &states,
+            |run| {
+                state
+                    .store
+                    .run(run)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.status.as_str().to_owned())
+            },
+            zone,
+        )
+        .into_iter()
+        .find(|job| job["id"] == id.as_str())
+        .ok_or_else(|| ApiError::not_found(format!("schedule `{id}` is gone")))?;
+        Ok(Json(job))
+    })
+    .await
+    .map_err(ApiError::internal)?
 }

@@ -5,13 +5,16 @@
 //! `GET /api/openapi.json`.
 
 mod agent_metrics;
+mod agent_runs;
 mod alerts;
 mod error;
 mod handlers;
 mod hooks;
 mod jobs;
+mod manifest_save;
 mod monitor;
 pub mod openapi;
+mod reports;
 mod source_hook;
 mod triggers;
 pub mod ws;
@@ -45,20 +48,30 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/workflows"),
     ("GET", "/api/workflows/{id}"),
     ("GET", "/api/workflows/{id}/metrics"),
+    ("GET", "/api/workflows/{id}/trends"),
     ("POST", "/api/workflows/{id}/execute"),
     ("GET", "/api/runs"),
     ("GET", "/api/runs/{id}"),
     ("GET", "/api/runs/{id}/logs/{step}"),
+    ("GET", "/api/runs/{id}/artifacts/{path}"),
     ("POST", "/api/runs/{id}/cancel"),
     ("POST", "/api/runs/{id}/rerun"),
     ("GET", "/api/agents"),
     ("GET", "/api/agents/{name}"),
     ("GET", "/api/agents/{name}/metrics"),
+    ("GET", "/api/agents/{name}/executions"),
     ("POST", "/api/agents/{name}/start"),
     ("POST", "/api/agents/{name}/stop"),
     ("GET", "/api/manifests"),
+    ("POST", "/api/manifests"),
+    ("POST", "/api/validate"),
+    ("GET", "/api/dashboards"),
+    ("GET", "/api/dashboards/{id}"),
+    ("GET", "/api/agent-types"),
     ("GET", "/api/scheduler/jobs"),
     ("POST", "/api/scheduler/jobs"),
+    ("POST", "/api/scheduler/jobs/{id}/pause"),
+    ("POST", "/api/scheduler/jobs/{id}/resume"),
     ("POST", "/api/diff"),
     ("POST", "/api/apply"),
     ("POST", "/api/sync"),
@@ -101,6 +114,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs", get(handlers::list_runs))
         .route("/api/runs/{id}", get(handlers::show_run))
         .route("/api/runs/{id}/logs/{step}", get(handlers::run_log))
+        .route(
+            "/api/runs/{id}/artifacts/{*path}",
+            get(reports::run_artifact),
+        )
+        .route("/api/workflows/{id}/trends", get(reports::workflow_trends))
         .route("/api/runs/{id}/cancel", post(handlers::cancel_run))
         .route("/api/runs/{id}/rerun", post(handlers::rerun))
         .route("/api/agents", get(handlers::list_agents))
@@ -109,13 +127,26 @@ pub fn router(state: AppState) -> Router {
             "/api/agents/{name}/metrics",
             get(agent_metrics::agent_metrics),
         )
+        .route(
+            "/api/agents/{name}/executions",
+            get(agent_runs::agent_executions),
+        )
         .route("/api/agents/{name}/start", post(handlers::start_agent))
         .route("/api/agents/{name}/stop", post(handlers::stop_agent))
-        .route("/api/manifests", get(handlers::list_manifests))
+        .route(
+            "/api/manifests",
+            get(handlers::list_manifests).post(manifest_save::save),
+        )
+        .route("/api/validate", post(manifest_save::validate))
+        .route("/api/dashboards", get(manifest_save::list_dashboards))
+        .route("/api/dashboards/{id}", get(manifest_save::show_dashboard))
+        .route("/api/agent-types", get(manifest_save::agent_types))
         .route(
             "/api/scheduler/jobs",
             get(handlers::list_jobs).post(jobs::create_job),
         )
+        .route("/api/scheduler/jobs/{id}/pause", post(jobs::pause_job))
+        .route("/api/scheduler/jobs/{id}/resume", post(jobs::resume_job))
         .route("/api/diff", post(handlers::diff))
         .route("/api/apply", post(handlers::apply))
         .route("/api/sync", post(handlers::sync))

@@ -1,5 +1,5 @@
-//! `schedule list | show ID | create NAME CRON WORKFLOW_ID | next CRON`: cron schedules,
-//! their next fire and their last run.
+//! `schedule list | show ID | create NAME CRON WORKFLOW_ID | pause ID | resume ID | next CRON`:
+//! cron schedules, their next fire and their last run, and the run-time pause switch.
 
 use std::io::Write;
 
@@ -23,8 +23,19 @@ pub enum ScheduleCommand {
     Show(ShowArgs),
     /// Write a schedule manifest into schedules/ and apply it; prints its id.
     Create(CreateArgs),
+    /// Pause a schedule: it fires nothing until resumed (kept across server restarts).
+    Pause(PauseArgs),
+    /// Resume a paused schedule: it fires again from its next due instant on.
+    Resume(PauseArgs),
     /// Print the next fire times of a cron expression.
     Next(NextArgs),
+}
+
+/// Arguments of `schedule pause` and `schedule resume`.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    /// Schedule id (or name).
+    pub id: String,
 }
 
 /// Arguments of `schedule list`.
@@ -68,6 +79,8 @@ pub fn run(context: &Context, command: &ScheduleCommand) -> Result<u8> {
         ScheduleCommand::List(args) => list(context, args),
         ScheduleCommand::Show(args) => show(context, args),
         ScheduleCommand::Create(args) => create(context, args),
+        ScheduleCommand::Pause(args) => pause(context, &args.id, true),
+        ScheduleCommand::Resume(args) => pause(context, &args.id, false),
         ScheduleCommand::Next(args) => schedule_next::run(context, args),
     }
 }
@@ -134,6 +147,8 @@ fn list(context: &Context, args: &ListArgs) -> Result<u8> {
                 text(&job["workflow_id"]),
                 if job["suspend"] == Value::Bool(true) {
                     "suspended".to_owned()
+                } else if job["paused"] == Value::Bool(true) {
+                    "paused".to_owned()
                 } else {
                     text(&job["next_fire"])
                 },
@@ -208,6 +223,15 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
             "suspended"
         )?;
     }
+    if job["paused"] == Value::Bool(true) {
+        writeln!(
+            out,
+            "{:<12} yes, since {}: it fires nothing until `orchestrator schedule resume {}`",
+            "paused",
+            text(&job["paused_at"]),
+            text(&job["id"])
+        )?;
+    }
     match job["last_run"]["id"].as_str() {
         Some(run) => writeln!(
             out,
@@ -237,4 +261,60 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
         document.insert("parameters".into(), Value::Object(parameters));
     }
     manifests::create_manifest(context, Kind::Schedule, &args.name, Value::Object(document))
+}
+
+/// `schedule pause ID` (`paused` true) and `schedule resume ID`: through the server when one
+/// runs, else in the store directly.
+fn pause(context: &Context, given: &str, paused: bool) -> Result<u8> {
+    context.init_logging(true)?;
+    let verb = if paused { "pause" } else { "resume" };
+    let job = match Backend::open(context)? {
+        Backend::Remote(client) => {
+            let path = format!("/api/scheduler/jobs/{}/{verb}", path_segment(given));
+            client.post(&path, &Value::Object(Map::new()))?
+        }
+        Backend::Local(store) => {
+            let objects = store.objects()?;
+            let zone = &context.config.config.scheduler.timezone;
+            let id = crate::scheduler::set_paused(&store, &objects, given, paused, zone)?;
+            let states = crate::scheduler::states(&store)?;
+            crate::scheduler::jobs_json(&objects, &states, |_| None, zone)
+                .into_iter()
+                .find(|job| job["id"] == id.as_str())
+                .unwrap_or_default()
+        }
+    };
+    let id = text(&job["id"]);
+    let mut out = std::io::stdout().lock();
+    if paused {
+        writeln!(
+            out,
+            "paused schedule {id}: it fires nothing until `orchestrator schedule resume {id}`"
+        )?;
+    } else if job["suspend"] == Value::Bool(true) {
+        writeln!(
+            out,
+            "resumed schedule {id}, but its manifest says `suspend: true`: it fires nothing until that changes"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "resumed schedule {id}: next fire {}",
+            text(&job["next_fire"])
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `text` as one percent-encoded path segment.
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -158,7 +158,8 @@ pub struct RunsConfig {
     /// Steps of one run that may run at once.
     pub max_parallel: u32,
     /// Runs the server executes at once; more wait queued for a slot, in creation order.
-    /// `None` means 8 per CPU core.
+    /// `None` means 2 per CPU core: the measured drain of a burst is the same from 2 to 8 per
+    /// core, and fewer runs at once leave the API and webhook receiver their CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_active: Option<u32>,
 }
@@ -168,7 +169,7 @@ impl RunsConfig {
     pub fn max_active_runs(&self) -> usize {
         match self.max_active {
             Some(limit) => limit.max(1) as usize,
-            None => 8 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            None => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

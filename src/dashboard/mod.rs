@@ -43,6 +43,14 @@ pub const ASSETS: &[(&str, &[u8])] = &[
     asset!("pages/overview.js"),
     asset!("pages/workflows.js"),
     asset!("pages/runs.js"),
+    asset!("pages/schedules.js"),
+    asset!("pages/agents.js"),
+    asset!("pages/monitoring.js"),
+    asset!("pages/alerts.js"),
+    asset!("pages/reports.js"),
+    asset!("pages/manifests.js"),
+    asset!("pages/editor.js"),
+    asset!("pages/dashboards.js"),
 ];
 
 /// The Content-Security-Policy of the shell: everything from this origin only (`'self'`

@@ -146,6 +146,18 @@ pub fn new_run_id() -> String {
     format!("run_{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
+/// The smallest run id a run created at or after `at` can have (run ids sort by creation
+/// time): where to start reading runs created since then.
+pub fn first_run_id_at(at: std::time::SystemTime) -> String {
+    let millis = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    format!(
+        "run_{}",
+        ulid::Ulid::from_parts(millis, 0).to_string().to_lowercase()
+    )
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -192,6 +204,22 @@ pub fn create_run_in(
         Some(&created.0),
         &created.1.iter().collect::<Vec<_>>(),
         true,
+    )?;
+    Ok(created)
+}
+
+/// [`create_run_in`] without the flush: the run is written but durable only with the
+/// caller's next flush (which it must make before reporting the run).
+pub fn create_run_unflushed(
+    store: &Store,
+    objects: &BTreeMap<ObjectKey, ObjectRecord>,
+    request: &RunRequest,
+) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
+    let created = prepare_run(objects, request)?;
+    store.save_run(
+        Some(&created.0),
+        &created.1.iter().collect::<Vec<_>>(),
+        false,
     )?;
     Ok(created)
 }

@@ -26,17 +26,20 @@ pub enum Kind {
     Alert,
     /// A webhook trigger that runs a workflow.
     Trigger,
+    /// A custom dashboard page composed of widgets.
+    Dashboard,
 }
 
 impl Kind {
     /// Every kind, in the order objects are listed and applied.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Agent,
         Kind::WorkflowTemplate,
         Kind::Workflow,
         Kind::Schedule,
         Kind::Trigger,
         Kind::Alert,
+        Kind::Dashboard,
     ];
 
     /// The name used in manifests (`kind: Workflow`).
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Schedule => "Schedule",
             Kind::Alert => "Alert",
             Kind::Trigger => "Trigger",
+            Kind::Dashboard => "Dashboard",
         }
     }
 
@@ -60,6 +64,7 @@ impl Kind {
             Kind::Schedule => "sch_",
             Kind::Alert => "alert_",
             Kind::Trigger => "trg_",
+            Kind::Dashboard => "dash_",
         }
     }
 
@@ -72,6 +77,7 @@ impl Kind {
             Kind::Schedule => "schedules",
             Kind::Alert => "alerts",
             Kind::Trigger => "triggers",
+            Kind::Dashboard => "dashboards",
         }
     }
 

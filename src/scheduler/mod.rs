@@ -46,6 +46,18 @@ pub const MAX_CATCHUP: usize = 100;
 /// How long before its due instant a fire is prepared (recorded, its run created and its
 /// thread waiting for the instant).
 pub const LEAD: Duration = Duration::from_millis(200);
+/// How many upcoming fire instants `GET /api/scheduler/jobs` lists (`next_fires`).
+pub const NEXT_FIRES: usize = 5;
+
+/// Held while the state tree is read, changed and written back (by a scheduler pass, a
+/// pause or a resume), so that none of them undoes another's write.
+static STATE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn state_lock() -> std::sync::MutexGuard<'static, ()> {
+    STATE_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// `catchup`: what to do with fires missed while the server was down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +176,13 @@ pub struct ScheduleState {
     pub skipped: u64,
     /// Why the last skip happened.
     pub last_skip: Option<String>,
+    /// Paused at run time (`POST /api/scheduler/jobs/{id}/pause`, `schedule pause`): it
+    /// fires nothing until resumed, whatever its manifest says. Kept across restarts.
+    #[serde(default)]
+    pub paused: bool,
+    /// When it was paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<DateTime<Utc>>,
 }
 
 /// What to do now.
@@ -200,8 +219,8 @@ pub fn plan_ahead(
             ..Plan::default()
         };
     };
-    if spec.suspend {
-        // Suspended: nothing fires, and nothing accumulates for later.
+    if spec.suspend || state.paused {
+        // Suspended or paused: nothing fires, and nothing accumulates for later.
         return Plan {
             next_due: fresh(),
             ..Plan::default()
@@ -283,7 +302,9 @@ pub fn jobs_json(
             let spec = record.spec.clone().unwrap_or_default();
             let parsed = ScheduleSpec::from_record(record, default_zone);
             let state = states.get(&record.key.id);
+            let paused = state.is_some_and(|s| s.paused);
             let next = match (&parsed, state) {
+                _ if paused => None,
                 (Ok(parsed), Some(state)) if state.timing == parsed.timing && !parsed.suspend => {
                     state.next_due
                 }
@@ -292,6 +313,15 @@ pub fn jobs_json(
                 }
                 _ => None,
             };
+            // The next few instants from the next one on, in UTC.
+            let mut next_fires: Vec<String> = Vec::new();
+            if let (Ok(parsed), Some(first)) = (&parsed, next) {
+                let mut at = Some(first);
+                while let Some(instant) = at.filter(|_| next_fires.len() < NEXT_FIRES) {
+                    next_fires.push(instant.to_rfc3339());
+                    at = parsed.cron.next_fire(instant, parsed.zone);
+                }
+            }
             let zone = parsed.as_ref().map(|p| p.zone);
             let local = |at: DateTime<Utc>| match zone {
                 Ok(zone) => at.with_timezone(&zone).to_rfc3339(),
@@ -306,10 +336,13 @@ pub fn jobs_json(
                 "workflow_id": spec.get("workflow").cloned().unwrap_or(Value::Null),
                 "parameters": spec.get("parameters").cloned().unwrap_or(json!({})),
                 "suspend": spec.get("suspend").cloned().unwrap_or(Value::from(false)),
+                "paused": paused,
+                "paused_at": state.and_then(|s| s.paused_at).map(|at| at.to_rfc3339()),
                 "concurrency_policy": spec.get("concurrency_policy").cloned().unwrap_or(Value::from("allow")),
                 "catchup": spec.get("catchup").cloned().unwrap_or(Value::from("none")),
                 "status": record.status,
                 "next_fire": next.map(local),
+                "next_fires": next_fires,
                 "last_fired": state.and_then(|s| s.last_fired).map(local),
                 "last_run": last_run.as_ref().map(|id| json!({"id": id, "status": run_status(id)})),
                 "fires": state.map_or(0, |s| s.fires),
@@ -320,10 +353,80 @@ pub fn jobs_json(
         .collect()
 }
 
-/// The run a fire created, if it got that far: found by its trigger.
+/// Why a schedule could not be paused or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// No live schedule has that id or name.
+    #[error("no schedule `{given}`{hint} (GET /api/scheduler/jobs lists them)")]
+    NotFound {
+        /// The id or name asked for.
+        given: String,
+        /// `; did you mean ...?`, or empty.
+        hint: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Pauses (`paused: true`) or resumes a live schedule, found by id or name, and records it
+/// durably in its state. A paused schedule fires nothing until resumed (its manifest's
+/// `suspend: true` still holds it whatever this says); on resume it is next due at its
+/// expression's first instant after now: what was missed while paused is not caught up.
+/// Returns the schedule's id. Blocking.
+pub fn set_paused(
+    store: &Store,
+    objects: &BTreeMap<crate::store::ObjectKey, ObjectRecord>,
+    given: &str,
+    paused: bool,
+    default_zone: &str,
+) -> Result<String, PauseError> {
+    let live = || {
+        objects
+            .values()
+            .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
+    };
+    let Some(record) = live()
+        .find(|r| r.key.id == given)
+        .or_else(|| live().find(|r| r.name == given))
+    else {
+        let ids: Vec<String> = live().map(|r| r.key.id.clone()).collect();
+        let hint = crate::schema::did_you_mean(given, ids.iter().map(String::as_str))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        return Err(PauseError::NotFound {
+            given: given.to_owned(),
+            hint,
+        });
+    };
+    let id = record.key.id.clone();
+    let _guard = state_lock();
+    let mut state: ScheduleState = store.state(STATE_TREE, &id)?.unwrap_or_default();
+    if state.paused == paused {
+        return Ok(id);
+    }
+    state.paused = paused;
+    if paused {
+        state.paused_at = Some(Utc::now());
+    } else {
+        state.paused_at = None;
+        if let Ok(spec) = ScheduleSpec::from_record(record, default_zone) {
+            if state.timing == spec.timing {
+                state.next_due = spec.cron.next_fire(Utc::now(), spec.zone);
+            }
+        }
+    }
+    store.put_state(STATE_TREE, &id, &state, true)?;
+    Ok(id)
+}
+
+/// The run a fire created, if it got that far: found by its trigger among the runs created
+/// since the fire could be made (a [`LEAD`] before its due instant, with a minute's margin).
 fn run_of_fire(store: &Store, schedule: &str, due: DateTime<Utc>) -> Option<RunRecord> {
+    let since = std::time::SystemTime::from(due) - LEAD - Duration::from_secs(60);
+    let from = crate::engine::run::first_run_id_at(since);
     let due = due.to_rfc3339();
-    store.runs().ok()?.into_iter().rev().find(|run| {
+    store.runs_from(&from).ok()?.into_iter().rev().find(|run| {
         run.trigger.kind == "schedule"
             && run.trigger.details.get("schedule").and_then(Value::as_str) == Some(schedule)
             && run.trigger.details.get("due").and_then(Value::as_str) == Some(due.as_str())
@@ -353,6 +456,8 @@ fn request(spec: &ScheduleSpec, due: DateTime<Utc>) -> RunRequest {
 pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
     let default_zone = shared.config.config.scheduler.timezone.clone();
     let objects = shared.view.objects();
+    // Until the changes are written: a pause or resume meanwhile would be undone.
+    let guard = state_lock();
     let mut states = states(&shared.store)?;
     let mut earliest: Option<DateTime<Utc>> = None;
     let mut fires: Vec<(ScheduleSpec, DateTime<Utc>)> = Vec::new();
@@ -422,6 +527,7 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
     if !changed.is_empty() {
         shared.store.put_states(STATE_TREE, &changed, true)?;
     }
+    drop(guard);
     for run in unstarted {
         match shared.store.steps(&run.id) {
             Ok(steps) => {
@@ -445,17 +551,14 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
         std::thread::sleep(wait);
     }
     let mut settled: BTreeMap<String, ScheduleState> = BTreeMap::new();
+    // Read afresh under the lock: a pause or resume since the first write is kept.
+    let guard = state_lock();
     for (id, due, result) in started {
         let state = match settled.entry(id.clone()) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => entry.insert(
-                changed
-                    .iter()
-                    .find(|(changed_id, _)| *changed_id == id)
-                    .map(|(_, state)| state.clone())
-                    .map_or_else(|| shared.store.state(STATE_TREE, &id), |s| Ok(Some(s)))?
-                    .unwrap_or_default(),
-            ),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(shared.store.state(STATE_TREE, &id)?.unwrap_or_default())
+            }
         };
         match &result {
             Ok(run) => {
@@ -487,6 +590,7 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
         let records: Vec<(String, ScheduleState)> = settled.into_iter().collect();
         shared.store.put_states(STATE_TREE, &records, false)?;
     }
+    drop(guard);
     Ok(earliest)
 }
 
@@ -770,6 +874,17 @@ mod tests {
         assert_eq!(planned.fire.len(), MAX_CATCHUP);
         assert_eq!(planned.fire.last(), Some(&at("2026-05-01T11:00:00Z")));
         assert_eq!(planned.skipped, 3601 - MAX_CATCHUP as u64);
+    }
+
+    #[test]
+    fn a_paused_schedule_fires_nothing_and_catches_nothing_up() {
+        let all = spec("*/15 * * * *", Catchup::All, None);
+        let mut paused = state(&all, "2026-05-01T10:15:00Z");
+        paused.paused = true;
+        let planned = plan(&all, Some(&paused), at("2026-05-01T11:10:00Z"));
+        assert!(planned.fire.is_empty(), "{planned:?}");
+        assert_eq!(planned.skipped, 0);
+        assert_eq!(planned.next_due, Some(at("2026-05-01T11:15:00Z")));
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub fn schema_text(kind: Kind) -> &'static str {
         Kind::Schedule => include_str!("../../schemas/schedule.json"),
         Kind::Alert => include_str!("../../schemas/alert.json"),
         Kind::Trigger => include_str!("../../schemas/trigger.json"),
+        Kind::Dashboard => include_str!("../../schemas/dashboard.json"),
     }
 }
 
@@ -37,6 +38,7 @@ pub fn schema_file(kind: Kind) -> &'static str {
         Kind::Schedule => "schedule.json",
         Kind::Alert => "alert.json",
         Kind::Trigger => "trigger.json",
+        Kind::Dashboard => "dashboard.json",
     }
 }
 
@@ -392,6 +394,70 @@ mod tests {
             "{}",
             violations[0].message
         );
+    }
+
+    fn dashboard(value: serde_json::Value) -> Vec<String> {
+        validate(SchemaName::Manifest(Kind::Dashboard), &value)
+            .into_iter()
+            .map(|v| format!("{} {}", v.pointer, v.message))
+            .collect()
+    }
+
+    #[test]
+    fn dashboards_accept_every_widget_type() {
+        let valid = json!({
+            "kind": "Dashboard",
+            "name": "Team board",
+            "description": "What the team watches",
+            "widgets": [
+                {"type": "system_metric", "title": "CPU", "width": 2, "options": {"metric": "cpu_percent", "since": "1h"}},
+                {"type": "pass_rate", "options": {"workflow": "wf_smoke", "runs": 30}},
+                {"type": "runs_table", "width": 4, "options": {"workflow": "wf_smoke", "status": "failed", "limit": 5}},
+                {"type": "alerts_table", "options": {"state": "firing"}},
+                {"type": "workflow_sparkline", "options": {"workflow": "wf_smoke"}},
+                {"type": "agent_metrics", "width": 1, "options": {"agent": "shell"}},
+                {"type": "runs_table"}
+            ]
+        });
+        assert_eq!(dashboard(valid), Vec::<String>::new());
+    }
+
+    #[test]
+    fn dashboard_problems_point_at_the_widget_field() {
+        assert_eq!(
+            dashboard(json!({"name": "b", "widgets": []})),
+            ["/widgets expected at least 1 item, found 0"]
+        );
+        assert_eq!(
+            dashboard(json!({"widgets": [{"type": "runs_table"}]})),
+            [" missing required field `name`"]
+        );
+        let problems = dashboard(json!({"name": "b", "widgets": [
+            {"type": "pie_chart"},
+            {"type": "runs_table", "width": 5, "options": {"status": "broken", "limt": 3}},
+            {"type": "workflow_sparkline"},
+            {"type": "agent_metrics", "options": {}},
+            {"type": "system_metric", "options": {"metric": "cpu", "since": "soon"}},
+            {"type": "alerts_table", "colour": "red"}
+        ]}));
+        let expected_start = [
+            "/widgets/0/type expected one of `system_metric`, `pass_rate`, `runs_table`, `alerts_table`, `workflow_sparkline`, `agent_metrics`, found `pie_chart`",
+            "/widgets/1/options/limt unknown field `limt`; did you mean `limit`?",
+            "/widgets/1/options/status expected one of `queued`",
+            "/widgets/1/width ",
+            "/widgets/2 missing required field `options`",
+            "/widgets/3/options missing required field `agent`",
+            "/widgets/4/options/metric expected one of `cpu_percent`",
+            "/widgets/4/options/since ",
+            "/widgets/5/colour unknown field `colour`",
+        ];
+        assert_eq!(problems.len(), expected_start.len(), "{problems:#?}");
+        for (problem, start) in problems.iter().zip(expected_start) {
+            assert!(
+                problem.starts_with(start),
+                "{problem:?} should start with {start:?}\n{problems:#?}"
+            );
+        }
     }
 
     #[test]

@@ -297,7 +297,7 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
                 }
             }
         }
-        Kind::Agent | Kind::Alert => {}
+        Kind::Agent | Kind::Alert | Kind::Dashboard => {}
     }
     diagnostics
 }

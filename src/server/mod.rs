@@ -50,7 +50,7 @@ pub struct Shared {
     pub active_runs: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// The limit on runs executing at once (`runs.max_active`) and the runs waiting for a
     /// slot.
-    pub run_slots: crate::engine::admission::RunSlots<PendingRun>,
+    pub run_slots: crate::engine::admission::RunSlots<WaitingRun>,
     /// Set once the first reconcile is done and the listener is bound.
     pub ready: AtomicBool,
     /// Set when shutting down: no new runs start.
@@ -153,8 +153,13 @@ impl Shared {
         };
         // Set first: a run leaving the queue right now sees it before it starts.
         flag.store(true, Ordering::SeqCst);
-        if let Some(pending) = self.run_slots.remove(run_id) {
-            end_unstarted(self, vec![pending], Status::Cancelled, CANCELLED_WAITING);
+        if self.run_slots.remove(run_id).is_some() {
+            end_unstarted(
+                self,
+                vec![(run_id.to_owned(), None)],
+                Status::Cancelled,
+                CANCELLED_WAITING,
+            );
         }
         true
     }
@@ -199,10 +204,19 @@ fn step_summary(step: &StepRecord) -> Value {
     })
 }
 
-/// A run handed over to the server to execute: created (durably, `queued`), its cancel flag
-/// registered, waiting for a run slot or for the instant it may start.
+/// A run waiting for a run slot: only what is needed to start it. Its record and steps
+/// stay in the store (it is durably `queued`) and are read when a slot frees, so that ten
+/// thousand waiting runs cost their ids, not their expanded workflows.
 #[derive(Debug)]
-pub struct PendingRun {
+pub struct WaitingRun {
+    flag: Arc<AtomicBool>,
+    /// Not before this instant (a schedule's fire prepared ahead of its due instant).
+    not_before: Option<std::time::SystemTime>,
+}
+
+/// A run about to execute in a slot it holds: its record and queued steps, its cancel flag.
+#[derive(Debug)]
+struct PendingRun {
     run: RunRecord,
     steps: Vec<StepRecord>,
     flag: Arc<AtomicBool>,
@@ -234,16 +248,55 @@ pub fn spawn_run_at(
         .unwrap_or_else(|e| e.into_inner())
         .insert(run.id.clone(), Arc::clone(&flag));
     shared.view.record_run(&run);
-    let id = run.id.clone();
-    let pending = PendingRun {
-        run,
-        steps,
-        flag,
+    let waiting = WaitingRun {
+        flag: Arc::clone(&flag),
         not_before,
     };
-    if let Some(pending) = shared.run_slots.enter(&id, pending) {
-        start_worker(shared, pending);
+    // Queued, the run keeps only its id and flag: the record and steps are dropped here
+    // and read back from the store when its slot comes.
+    if shared.run_slots.enter(&run.id, waiting).is_some() {
+        start_worker(
+            shared,
+            PendingRun {
+                run,
+                steps,
+                flag,
+                not_before,
+            },
+        );
     }
+}
+
+/// Starts, through the run slots and in creation order, the runs a process that ended left
+/// `queued`: runs created through the API, a webhook or a schedule that were waiting for a
+/// slot (or for their workflow's `queue` policy) when it stopped. Each was acknowledged, so
+/// it runs now, once: the scheduler sees these as live and does not start a pending fire's
+/// run again. A schedule's run prepared ahead of its due instant still waits for it. Call
+/// at start, after [`run::recover`] and before the scheduler runs; returns their ids.
+pub fn resume_queued_runs(shared: &Arc<Shared>) -> Result<Vec<String>, crate::store::StoreError> {
+    let live: std::collections::HashSet<String> = shared.live_run_ids().into_iter().collect();
+    let mut resumed = Vec::new();
+    for id in shared.store.run_ids_with_status(&[Status::Queued])? {
+        if live.contains(&id) {
+            continue;
+        }
+        let Some(run) = shared.store.run(&id)? else {
+            continue;
+        };
+        if run.status != Status::Queued {
+            continue;
+        }
+        let not_before = (run.trigger.kind == "schedule")
+            .then(|| run.trigger.details.get("due").and_then(Value::as_str))
+            .flatten()
+            .and_then(|due| chrono::DateTime::parse_from_rfc3339(due).ok())
+            .map(std::time::SystemTime::from)
+            .filter(|due| *due > std::time::SystemTime::now());
+        let steps = shared.store.steps(&id)?;
+        spawn_run_at(shared, run, steps, not_before);
+        resumed.push(id);
+    }
+    Ok(resumed)
 }
 
 /// A thread that executes `first` in the slot it holds, then each waiting run the slot is
@@ -267,12 +320,7 @@ fn start_worker(shared: &Arc<Shared>, first: PendingRun) {
         let message = format!("the server could not start a thread for this run: {err}");
         end_unstarted(
             shared,
-            vec![PendingRun {
-                run: fallback.0,
-                steps: fallback.1,
-                flag: Arc::new(AtomicBool::new(false)),
-                not_before: None,
-            }],
+            vec![(fallback.0.id.clone(), Some(fallback))],
             Status::Failed,
             &message,
         );
@@ -284,24 +332,72 @@ fn start_worker(shared: &Arc<Shared>, first: PendingRun) {
 }
 
 /// Gives back the slot of a run that ended; the first waiting run that is still wanted
-/// takes it. Runs cancelled while they waited, and every waiting run once the server is
-/// stopping, end here without starting.
+/// takes it, its record and steps read from the store. Runs cancelled while they waited,
+/// and every waiting run once the server is stopping, end here without starting.
 fn next_waiting(shared: &Shared) -> Option<PendingRun> {
     loop {
-        let (_, pending) = shared.run_slots.release()?;
+        let (id, waiting) = shared.run_slots.release()?;
         if shared.stopping.load(Ordering::SeqCst) {
             end_unstarted(
                 shared,
-                vec![pending],
+                vec![(id, None)],
                 Status::Interrupted,
                 SHUTDOWN_BEFORE_START,
             );
-        } else if pending.flag.load(Ordering::SeqCst) {
-            end_unstarted(shared, vec![pending], Status::Cancelled, CANCELLED_WAITING);
-        } else {
-            return Some(pending);
+            continue;
+        }
+        if waiting.flag.load(Ordering::SeqCst) {
+            end_unstarted(
+                shared,
+                vec![(id, None)],
+                Status::Cancelled,
+                CANCELLED_WAITING,
+            );
+            continue;
+        }
+        match load_queued(shared, &id) {
+            Ok(Some((run, steps))) => {
+                return Some(PendingRun {
+                    run,
+                    steps,
+                    flag: waiting.flag,
+                    not_before: waiting.not_before,
+                })
+            }
+            Ok(None) => {
+                // Gone from the store, or no longer queued: nothing to start.
+                forget_run(shared, &id);
+            }
+            Err(err) => {
+                tracing::error!(run = %id, "cannot read a waiting run to start it: {err}");
+                shared.metrics.errors.inc();
+                forget_run(shared, &id);
+            }
         }
     }
+}
+
+/// A run's record and its steps, read from the store.
+type Loaded = (RunRecord, Vec<StepRecord>);
+
+/// A waiting run's record and steps, when it is still `queued` in the store.
+fn load_queued(shared: &Shared, id: &str) -> Result<Option<Loaded>, crate::store::StoreError> {
+    match shared.store.run(id)? {
+        Some(run) if run.status == Status::Queued => {
+            let steps = shared.store.steps(id)?;
+            Ok(Some((run, steps)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Drops a run from the runs this process holds.
+fn forget_run(shared: &Shared, id: &str) {
+    shared
+        .active_runs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(id);
 }
 
 const SHUTDOWN_BEFORE_START: &str =
@@ -309,18 +405,37 @@ const SHUTDOWN_BEFORE_START: &str =
 const CANCELLED_WAITING: &str = "cancelled while it waited for a run slot (runs.max_active)";
 
 /// Ends runs that never started (cancelled or interrupted while they waited for a slot):
-/// written in one durable batch, then each is reported complete.
-fn end_unstarted(shared: &Shared, pending: Vec<PendingRun>, status: Status, message: &str) {
+/// written in one durable batch, then each is reported complete. Each run comes by id,
+/// with its record and steps when they are at hand (read from the store otherwise).
+fn end_unstarted(
+    shared: &Shared,
+    pending: Vec<(String, Option<Loaded>)>,
+    status: Status,
+    message: &str,
+) {
     if pending.is_empty() {
         return;
     }
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut ended = Vec::with_capacity(pending.len());
+    let mut gone = Vec::new();
     let mut failed = false;
-    for PendingRun {
-        mut run, mut steps, ..
-    } in pending
-    {
+    for (id, loaded) in pending {
+        let loaded = match loaded {
+            Some(loaded) => Some(loaded),
+            None => match load_queued(shared, &id) {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    tracing::error!(run = %id, "cannot read a waiting run to end it: {err}");
+                    failed = true;
+                    None
+                }
+            },
+        };
+        let Some((mut run, mut steps)) = loaded else {
+            gone.push(id);
+            continue;
+        };
         for step in steps.iter_mut().filter(|s| !s.status.is_finished()) {
             step.status = status;
             step.finished_at = Some(at.clone());
@@ -345,8 +460,8 @@ fn end_unstarted(shared: &Shared, pending: Vec<PendingRun>, status: Status, mess
         shared.metrics.errors.inc();
     }
     let mut active = shared.active_runs.lock().unwrap_or_else(|e| e.into_inner());
-    for run in &ended {
-        active.remove(&run.id);
+    for id in ended.iter().map(|run| &run.id).chain(&gone) {
+        active.remove(id);
     }
     drop(active);
     for run in ended {
@@ -361,11 +476,11 @@ fn end_unstarted(shared: &Shared, pending: Vec<PendingRun>, status: Status, mess
 /// Ends every run waiting for a slot as `interrupted` (the server is stopping: no new runs
 /// start), in one durable batch.
 pub fn interrupt_waiting_runs(shared: &Shared) {
-    let waiting: Vec<PendingRun> = shared
+    let waiting: Vec<(String, Option<Loaded>)> = shared
         .run_slots
         .drain()
         .into_iter()
-        .map(|(_, pending)| pending)
+        .map(|(id, _)| (id, None))
         .collect();
     if !waiting.is_empty() {
         tracing::warn!(
@@ -486,6 +601,27 @@ pub fn start_run(
     Ok(run)
 }
 
+/// [`start_run`] with one flush for the run and what the caller writes with it: the run is
+/// created unflushed, `record` writes what must be durable along with it (a webhook
+/// delivery's record naming the run) and flushes, and only then does the run start. A
+/// run whose `record` fails does not start (it stays `queued` in the store, unacknowledged).
+pub fn start_run_recorded(
+    shared: &Arc<Shared>,
+    request: &run::RunRequest,
+    record: impl FnOnce(&RunRecord) -> Result<(), crate::store::StoreError>,
+) -> Result<RunRecord, EngineError> {
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Err(EngineError::Invalid(
+            "the server is shutting down: no new runs start".into(),
+        ));
+    }
+    let (run, steps) =
+        run::create_run_unflushed(&shared.store, &shared.view.objects().records, request)?;
+    record(&run)?;
+    spawn_run(shared, run.clone(), steps);
+    Ok(run)
+}
+
 /// Creates a re-run of a finished run and starts it.
 pub fn start_rerun(
     shared: &Arc<Shared>,
@@ -574,6 +710,7 @@ pub fn serve(
     for id in run::recover(&store)? {
         tracing::warn!("run {id} was left running by a process that ended; marked interrupted");
     }
+    // Runs left `queued` are started once the first reconcile is done (below).
     let log_dir = config.resolve(&config.config.logging.dir);
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
@@ -647,6 +784,16 @@ pub fn serve(
     // The first reconcile, before the server says it is ready.
     if let Err(err) = controller::reconcile(&shared, &[], true, false, "start") {
         tracing::error!("the first reconcile failed; serving the last applied state: {err:#}");
+    }
+    // Acknowledged runs a process that ended left waiting: they start now, through the
+    // slots, before the scheduler looks at its pending fires.
+    let resumed = resume_queued_runs(&shared)?;
+    if !resumed.is_empty() {
+        tracing::warn!(
+            runs = resumed.len(),
+            first = %resumed[0],
+            "starting runs left queued by a process that ended"
+        );
     }
     let stop_watching = Arc::new(AtomicBool::new(false));
     let watcher = {

@@ -59,8 +59,7 @@ impl View {
         let view = View::default();
         view.refresh_objects(store)?;
         let mut last = HashMap::new();
-        for run in store.runs()? {
-            // Oldest first: the last one seen per workflow is the newest.
+        for run in store.latest_runs()? {
             last.insert(run.workflow_id.clone(), last_run_summary(&run));
         }
         *view.last_runs.write().unwrap_or_else(|e| e.into_inner()) = last;

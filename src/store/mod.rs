@@ -1,10 +1,11 @@
 //! The durable state, in sled. This is the only module that imports sled.
 //!
 //! Trees: `objects` (key `Kind/id`, one record per object ever applied) and `meta` (per-source
-//! status); `runs` and `steps` (a run's record, its steps under `<run id>\0<index>`), and
-//! `runs_by_workflow`, the index of runs per workflow: key `<workflow id>\0<run id>` (run ids
-//! sort by creation), value the run's status, written with the run record in one
-//! transaction so that a workflow's runs are listed and counted without decoding any other. Every value starts with a format-version byte so that a later release can migrate
+//! status); `runs` and `steps` (a run's record, its steps under `<run id>\0<index>`). `runs`
+//! also holds the index of runs per workflow, under keys that start with a zero byte
+//! (`\0by-workflow\0<workflow id>\0<run id>`, run ids sort by creation; value: the run's
+//! status): it is written in the same batch as the run record, so that a workflow's runs
+//! are listed and counted without decoding any other, and no crash leaves the two apart. Every value starts with a format-version byte so that a later release can migrate
 //! records; the rest is JSON. Writes go through one atomic batch and are flushed before the
 //! call returns, so whatever the caller then reports is on disk.
 
@@ -161,8 +162,6 @@ pub struct Store {
     meta: sled::Tree,
     runs: sled::Tree,
     steps: sled::Tree,
-    /// `<workflow id>\0<run id>` → the run's status.
-    runs_by_workflow: sled::Tree,
     flushes: GroupCommit,
 }
 
@@ -294,7 +293,6 @@ impl Store {
         let meta = db.open_tree("meta").map_err(sled_error)?;
         let runs = db.open_tree("runs").map_err(sled_error)?;
         let steps = db.open_tree("steps").map_err(sled_error)?;
-        let runs_by_workflow = db.open_tree("runs_by_workflow").map_err(sled_error)?;
         let owner = format!(
             "{}\n{}\n",
             std::process::id(),
@@ -311,7 +309,6 @@ impl Store {
             meta,
             runs,
             steps,
-            runs_by_workflow,
             flushes: GroupCommit::default(),
         };
         store.build_run_index()?;
@@ -321,19 +318,26 @@ impl Store {
     /// A store written before the run index existed has runs and no index: the index is
     /// built once, from every run, and flushed.
     fn build_run_index(&self) -> Result<(), StoreError> {
-        if !self.runs_by_workflow.is_empty() || self.runs.is_empty() {
+        if self.runs.scan_prefix(INDEX_PREFIX).next().is_some()
+            || self.run_records().next().is_none()
+        {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for entry in self.runs.iter() {
+        for entry in self.run_records() {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
             let run: RunIndexFields = decode(&key, &value)?;
             batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
         }
-        self.runs_by_workflow
+        self.runs
             .apply_batch(batch)
             .map_err(|e| self.sled_error(e))?;
         self.flush()
+    }
+
+    /// The run records (the `runs` tree after its index entries), in id order.
+    fn run_records(&self) -> sled::Iter {
+        self.runs.range(&[1u8][..]..)
     }
 
     /// Makes every write made so far durable (one flush for all the threads asking at
@@ -442,7 +446,7 @@ impl Store {
 /// state change writes one small record.
 impl Store {
     /// Writes a run and some of its steps; with `durable`, flushes before returning. The run
-    /// record and its entry in the per-workflow index are written in one transaction.
+    /// record and its entry in the per-workflow index are written in one batch.
     pub fn save_run(
         &self,
         run: Option<&RunRecord>,
@@ -450,22 +454,12 @@ impl Store {
         durable: bool,
     ) -> Result<(), StoreError> {
         if let Some(run) = run {
-            use sled::Transactional;
-            let record = encode(run);
-            let key = index_key(&run.workflow_id, &run.id);
-            let status = encode(&run.status);
-            (&self.runs, &self.runs_by_workflow)
-                .transaction(|(runs, index)| {
-                    runs.insert(run.id.as_bytes(), record.as_slice())?;
-                    index.insert(key.as_slice(), status.as_slice())?;
-                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Storage(e) => self.sled_error(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        self.sled_error(sled::Error::Unsupported("transaction aborted".into()))
-                    }
-                })?;
+            let mut batch = sled::Batch::default();
+            batch.insert(run.id.as_bytes(), encode(run));
+            batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
+            self.runs
+                .apply_batch(batch)
+                .map_err(|e| self.sled_error(e))?;
         }
         if !steps.is_empty() {
             let mut batch = sled::Batch::default();
@@ -494,8 +488,7 @@ impl Store {
     /// Every run, oldest first (run ids sort by creation time). This decodes every record:
     /// for one workflow's runs, see [`Store::workflow_runs`].
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.runs
-            .iter()
+        self.run_records()
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
                 decode(&key, &value)
@@ -506,7 +499,7 @@ impl Store {
     /// The ids and statuses of a workflow's runs, oldest first, read from the index alone.
     pub fn workflow_run_ids(&self, workflow_id: &str) -> Result<Vec<(String, Status)>, StoreError> {
         let prefix = index_key(workflow_id, "");
-        self.runs_by_workflow
+        self.runs
             .scan_prefix(&prefix)
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
@@ -530,8 +523,9 @@ impl Store {
     /// The newest run of each workflow that has one, decoding only those.
     pub fn latest_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
         let mut newest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for key in self.runs_by_workflow.iter().keys() {
+        for key in self.runs.scan_prefix(INDEX_PREFIX).keys() {
             let key = key.map_err(|e| self.sled_error(e))?;
+            let key = &key[INDEX_PREFIX.len()..];
             if let Some(at) = key.iter().position(|&b| b == 0) {
                 // Keys come in order: the last one per workflow is its newest run.
                 newest.insert(key[..at].to_vec(), key[at + 1..].to_vec());
@@ -549,10 +543,11 @@ impl Store {
     /// The ids of the runs in one of `statuses`, oldest first, read from the index alone.
     pub fn run_ids_with_status(&self, statuses: &[Status]) -> Result<Vec<String>, StoreError> {
         let mut ids = Vec::new();
-        for entry in self.runs_by_workflow.iter() {
+        for entry in self.runs.scan_prefix(INDEX_PREFIX) {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
             let status: Status = decode(&key, &value)?;
             if statuses.contains(&status) {
+                let key = &key[INDEX_PREFIX.len()..];
                 if let Some(at) = key.iter().position(|&b| b == 0) {
                     ids.push(String::from_utf8_lossy(&key[at + 1..]).into_owned());
                 }
@@ -566,7 +561,7 @@ impl Store {
     /// first.
     pub fn runs_from(&self, from: &str) -> Result<Vec<RunRecord>, StoreError> {
         self.runs
-            .range(from.as_bytes()..)
+            .range(from.as_bytes().max(&[1u8][..])..)
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
                 decode(&key, &value)
@@ -691,7 +686,6 @@ impl Store {
 
     /// Removes runs of one workflow, their steps and their index entries, durably.
     pub fn delete_runs(&self, workflow_id: &str, ids: &[String]) -> Result<(), StoreError> {
-        let mut index = sled::Batch::default();
         for id in ids {
             let mut prefix = id.as_bytes().to_vec();
             prefix.push(0);
@@ -702,14 +696,13 @@ impl Store {
             self.steps
                 .apply_batch(batch)
                 .map_err(|e| self.sled_error(e))?;
+            let mut batch = sled::Batch::default();
+            batch.remove(id.as_bytes());
+            batch.remove(index_key(workflow_id, id));
             self.runs
-                .remove(id.as_bytes())
+                .apply_batch(batch)
                 .map_err(|e| self.sled_error(e))?;
-            index.remove(index_key(workflow_id, id));
         }
-        self.runs_by_workflow
-            .apply_batch(index)
-            .map_err(|e| self.sled_error(e))?;
         self.flush()?;
         Ok(())
     }
@@ -723,9 +716,13 @@ struct RunIndexFields {
     status: Status,
 }
 
-/// The run index's key: `<workflow id>\0<run id>`.
+/// Where the run index starts in the `runs` tree: before every run id.
+const INDEX_PREFIX: &[u8] = b"\0by-workflow\0";
+
+/// The run index's key: `\0by-workflow\0<workflow id>\0<run id>`.
 fn index_key(workflow_id: &str, run_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(workflow_id.len() + 1 + run_id.len());
+    let mut key = Vec::with_capacity(INDEX_PREFIX.len() + workflow_id.len() + 1 + run_id.len());
+    key.extend_from_slice(INDEX_PREFIX);
     key.extend_from_slice(workflow_id.as_bytes());
     key.push(0);
     key.extend_from_slice(run_id.as_bytes());
@@ -923,6 +920,116 @@ mod tests {
         assert!(
             err.contains(&format!("is in use by PID {}", std::process::id())),
             "{err}"
+        );
+    }
+
+    fn run_record(id: &str, workflow: &str, status: Status) -> RunRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "workflow_id": workflow,
+            "workflow_name": workflow,
+            "status": status,
+            "parameters": {},
+            "trigger": {"kind": "api"},
+            "workflow": {"steps": [{"name": "a", "command": ["true"]}]},
+            "steps": ["a"],
+            "created_at": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_run_index_lists_one_workflows_runs_and_follows_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (id, workflow, status) in [
+            ("run_01", "wf_a", Status::Succeeded),
+            ("run_02", "wf_b", Status::Queued),
+            ("run_03", "wf_a", Status::Running),
+            ("run_04", "wf_a", Status::Queued),
+            ("run_05", "wf_b", Status::Failed),
+        ] {
+            store
+                .save_run(Some(&run_record(id, workflow, status)), &[], false)
+                .unwrap();
+        }
+        // A status change rewrites the entry.
+        store
+            .save_run(
+                Some(&run_record("run_03", "wf_a", Status::Succeeded)),
+                &[],
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            store.workflow_run_ids("wf_a").unwrap(),
+            [
+                ("run_01".to_owned(), Status::Succeeded),
+                ("run_03".to_owned(), Status::Succeeded),
+                ("run_04".to_owned(), Status::Queued),
+            ]
+        );
+        // A workflow whose id is a prefix of another's sees only its own.
+        assert!(store.workflow_run_ids("wf_").unwrap().is_empty());
+        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.workflow_runs("wf_b").unwrap()),
+            ["run_02", "run_05"]
+        );
+        let mut latest = ids(store.latest_runs().unwrap());
+        latest.sort();
+        assert_eq!(latest, ["run_04", "run_05"]);
+        assert_eq!(
+            store.run_ids_with_status(&[Status::Queued]).unwrap(),
+            ["run_02", "run_04"]
+        );
+        assert_eq!(
+            ids(store.runs_from("run_04").unwrap()),
+            ["run_04", "run_05"]
+        );
+
+        store
+            .delete_runs("wf_a", &["run_01".into(), "run_03".into()])
+            .unwrap();
+        assert_eq!(
+            store.workflow_run_ids("wf_a").unwrap(),
+            [("run_04".to_owned(), Status::Queued)]
+        );
+        assert!(store.run("run_01").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_store_without_the_run_index_gets_it_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for (id, workflow, status) in [
+                ("run_01", "wf_a", Status::Succeeded),
+                ("run_02", "wf_b", Status::Queued),
+                ("run_03", "wf_a", Status::Failed),
+            ] {
+                store
+                    .save_run(Some(&run_record(id, workflow, status)), &[], false)
+                    .unwrap();
+            }
+            // As a release before the index left it: runs, no index.
+            for key in store.runs.scan_prefix(INDEX_PREFIX).keys() {
+                store.runs.remove(key.unwrap()).unwrap();
+            }
+            store.flush().unwrap();
+            assert!(store.workflow_run_ids("wf_a").unwrap().is_empty());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.workflow_run_ids("wf_a").unwrap(),
+            [
+                ("run_01".to_owned(), Status::Succeeded),
+                ("run_03".to_owned(), Status::Failed),
+            ]
+        );
+        assert_eq!(
+            store.run_ids_with_status(&[Status::Queued]).unwrap(),
+            ["run_02"]
         );
     }
 

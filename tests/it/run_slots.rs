@@ -2,7 +2,8 @@
 //! runs beyond it are created `queued` and answered at once, wait for a slot, and start in
 //! the order they were created as slots free; a waiting run cancelled ends without
 //! starting; at shutdown the waiting runs end `interrupted`, none is left `running`;
-//! `/metrics` counts the runs waiting.
+//! `/metrics` counts the runs waiting; runs left waiting by a server killed outright start,
+//! once each and in order, when it starts again.
 //!
 //! Each step writes `start <run>` to a shared log, waits until the test creates
 //! `gate/release/<run>`, then writes `end <run>`: the log shows which runs executed at once.
@@ -237,4 +238,64 @@ fn a_shutdown_ends_the_waiting_runs_interrupted_without_starting_them() {
             assert!(message.contains("before the run started"), "{shown}");
         }
     }
+}
+
+/// `run show` of a run, straight from the store (no server holds it).
+fn shown(dir: &Path, run: &str) -> Value {
+    let shown = cli(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
+    serde_json::from_str(&shown.stdout).unwrap()
+}
+
+#[test]
+fn runs_left_waiting_by_a_killed_server_run_once_at_the_next_start() {
+    let dir = gated_project(1);
+    let mut server = Server::start(dir.path());
+    let client = Client::new(dir.path());
+    let runs: Vec<String> = (0..3).map(|_| client.execute()).collect();
+    eventually("the first run to start and two to wait", || {
+        (started(dir.path()) == runs[..1] && client.metric("orchestrator_runs_waiting") == 2.0)
+            .then_some(())
+    });
+    // No shutdown: the process is gone at once, with two acknowledged runs waiting.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(server);
+    for run in &runs[1..] {
+        assert_eq!(shown(dir.path(), run)["run"]["status"], "queued");
+    }
+
+    server = Server::start(dir.path());
+    let client = Client::new(dir.path());
+    // The run that was executing ends interrupted; the waiting ones start in creation
+    // order, still one at a time.
+    let first = client.run(&runs[0]);
+    assert_eq!(first["run"]["status"], "interrupted", "{first}");
+    let resumed = eventually("the second run to start", || {
+        let started = started(dir.path());
+        (started.len() == 2).then_some(started)
+    });
+    assert_eq!(resumed, runs[..2]);
+    assert_eq!(client.metric("orchestrator_runs_waiting"), 1.0);
+    assert_eq!(client.run(&runs[2])["run"]["status"], "queued");
+    release(dir.path(), &runs[1]);
+    eventually("the third run to start", || {
+        (started(dir.path()).len() == 3).then_some(())
+    });
+    release(dir.path(), &runs[2]);
+    for run in &runs[1..] {
+        let finished = eventually("the run to succeed", || {
+            let shown = client.run(run);
+            (shown["run"]["status"] != "queued" && shown["run"]["status"] != "running")
+                .then_some(shown)
+        });
+        assert_eq!(finished["run"]["status"], "succeeded", "{finished}");
+    }
+    // Each ran exactly once, in order.
+    assert_eq!(started(dir.path()), runs);
+    assert_eq!(client.metric("orchestrator_runs_waiting"), 0.0);
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status:?}\n{}", server.stderr());
 }

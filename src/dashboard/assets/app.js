@@ -7,7 +7,7 @@
 
 import * as api from "./lib/api.js";
 import * as live from "./lib/live.js";
-import { html, setHTML, errorBox, relTime, debounce, esc } from "./lib/ui.js";
+import { html, setHTML, errorBox, relTime, debounce } from "./lib/ui.js";
 
 /** Every page of the dashboard, in navigation order. */
 export const NAV = [
@@ -21,6 +21,7 @@ export const NAV = [
   { id: "reports", title: "Reports and analytics" },
   { id: "manifests", title: "Manifests" },
   { id: "dashboards", title: "Custom dashboards" },
+  { id: "editor", title: "Workflow editor", hidden: true },
 ];
 
 const built = new Set(
@@ -69,10 +70,22 @@ function renderNav() {
   const list = document.getElementById("nav-list");
   setHTML(
     list,
-    html`${NAV.map(
-      (p) => html`<li><a href="#/${p.id}" data-page="${p.id}">${p.title}${built.has(p.id) ? "" : html`<span class="soon">soon</span>`}</a></li>`,
+    html`${NAV.filter((p) => !p.hidden).map(
+      (p) => html`<li><a href="#/${p.id}" data-page="${p.id}">${p.title}${built.has(p.id) ? "" : html`<span class="soon">soon</span>`}</a>${p.id === "dashboards" ? html`<ul class="nav-sub" id="nav-dashboards" aria-label="Saved dashboards"></ul>` : ""}</li>`,
     )}`,
   );
+}
+
+/** Lists each saved custom dashboard under "Custom dashboards" in the navigation. */
+async function refreshDashboardNav() {
+  const list = document.getElementById("nav-dashboards");
+  if (!list || !built.has("dashboards")) return;
+  try {
+    const { dashboards } = await api.get("/api/dashboards");
+    setHTML(list, html`${dashboards.map((d) => html`<li><a href="#/dashboards/${encodeURIComponent(d.id)}" data-dashboard="${d.id}">${d.name}</a></li>`)}`);
+  } catch {
+    /* the list stays as it was; the next manifest event tries again */
+  }
 }
 
 /** The route of a hash: `#/runs/ID?x=1` → {page: "runs", params: ["ID"], query}. */
@@ -211,7 +224,7 @@ async function refreshSource() {
       ${stored.last_attempt_at ? html`<span class="hide-narrow">· synced ${relTime(stored.last_attempt_at)}</span>` : ""}`,
     );
   } catch (err) {
-    setHTML(box, html`<span class="badge s-failed">status unavailable</span> ${esc(err.message || err)}`);
+    setHTML(box, html`<span class="badge s-failed">status unavailable</span> ${err.message || String(err)}`);
   }
 }
 
@@ -243,6 +256,9 @@ renderNav();
 live.onState(showConnection);
 const refreshSourceSoon = debounce(refreshSource, 300);
 for (const type of ["sync_completed", "manifest_applied", "manifest_invalid", "resync"]) live.on(type, refreshSourceSoon);
+const refreshDashboardNavSoon = debounce(refreshDashboardNav, 300);
+for (const type of ["manifest_applied", "resync"]) live.on(type, refreshDashboardNavSoon);
+refreshDashboardNav();
 window.addEventListener("hashchange", route);
 live.start();
 refreshSource();

@@ -2,7 +2,7 @@
 // right of its deepest dependency; a step without `depends_on` waits for nothing), drawn
 // as inline SVG with one node per step, coloured by status when states are given.
 
-import { html, esc } from "./ui.js";
+import { html } from "./ui.js";
 
 /**
  * Lays the steps out. steps: [{name, depends_on?: [names]}] in workflow order. Returns
@@ -76,7 +76,7 @@ export function dagSvg(steps, states = {}, { label = "Step graph" } = {}) {
       <text x="10" y="19">${name}</text>
       <text class="sub" x="10" y="35" data-sub>${states[n.name] ? status.replace(/_/g, " ") : sub}</text></g>`;
   });
-  return html`<div class="dag"><svg role="img" aria-label="${esc(label)}" width="${layout.width + pad * 2}" height="${layout.height + pad * 2}" viewBox="0 0 ${layout.width + pad * 2} ${layout.height + pad * 2}">
+  return html`<div class="dag"><svg role="img" aria-label="${label}" width="${layout.width + pad * 2}" height="${layout.height + pad * 2}" viewBox="0 0 ${layout.width + pad * 2} ${layout.height + pad * 2}">
     <defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z"/></marker></defs>
     ${edges}${nodes}</svg></div>`;
 }

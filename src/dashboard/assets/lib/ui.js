@@ -65,6 +65,15 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/**
+ * A link target from API data, kept only when it is a path on this server (`/api/...`) or
+ * a route (`#/...`): anything else (`javascript:`, another origin) becomes `#`.
+ */
+export function safeUrl(url) {
+  const text = String(url ?? "");
+  return /^(\/(?![/\\])|#)/.test(text) ? text : "#";
+}
+
 /** `#/runs/ID`-style link target, each segment encoded. */
 export function href(...segments) {
   return "#/" + segments.map((s) => encodeURIComponent(s)).join("/");
@@ -195,42 +204,163 @@ export function gaugeBar(percent) {
   return html`<div class="gauge-bar"><svg viewBox="0 0 100 6" preserveAspectRatio="none" aria-hidden="true"><rect class="${cls}" x="0" y="0" width="${p.toFixed(1)}" height="6"/></svg></div>`;
 }
 
+/** "Nice" tick values covering [lo, hi]: about `count` of them, on 1/2/5 × 10^n steps. */
+export function niceTicks(lo, hi, count = 4) {
+  if (!(hi > lo)) return [lo];
+  const raw = (hi - lo) / Math.max(1, count);
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
+  const ticks = [];
+  for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
+  return ticks;
+}
+
+/** The label of a time on an axis spanning `span` ms. */
+function timeLabel(ms, span) {
+  const at = new Date(ms);
+  if (span > 2 * 86400e3) return at.toLocaleDateString([], { month: "short", day: "numeric" });
+  if (span > 86400e3 * 0.9) return at.toLocaleString([], { weekday: "short", hour: "2-digit", minute: "2-digit" });
+  if (span < 300e3) return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// Charts by id, for the hover read-out (the markup is a string: its data stays here). The
+// newest few hundred are kept; an older chart still on screen just has no read-out.
+const charts = new Map();
+let chartSeq = 0;
+let hoverInstalled = false;
+
+function installHover() {
+  if (hoverInstalled || typeof document === "undefined") return;
+  hoverInstalled = true;
+  const hide = (svg) => svg?.querySelector(".hover")?.setAttribute("visibility", "hidden");
+  document.addEventListener("pointermove", (event) => {
+    const svg = event.target instanceof Element ? event.target.closest("svg.chart[data-chart]") : null;
+    document.querySelectorAll("svg.chart[data-hovering]").forEach((other) => {
+      if (other !== svg) {
+        other.removeAttribute("data-hovering");
+        hide(other);
+      }
+    });
+    if (!svg) return;
+    const chart = charts.get(svg.dataset.chart);
+    if (!chart) return;
+    const box = svg.getBoundingClientRect();
+    const x = ((event.clientX - box.left) / box.width) * chart.width;
+    if (x < chart.pad.left || x > chart.width - chart.pad.right) return hide(svg);
+    const value = chart.ix(x);
+    const rows = [];
+    let nearest = null;
+    chart.series.forEach((s, i) => {
+      if (!s.points.length) return;
+      let best = s.points[0];
+      for (const p of s.points) if (Math.abs(p[0] - value) < Math.abs(best[0] - value)) best = p;
+      if (nearest === null || Math.abs(best[0] - value) < Math.abs(nearest - value)) nearest = best[0];
+      rows.push({ i, name: s.name, point: best });
+    });
+    if (nearest === null) return hide(svg);
+    const group = svg.querySelector(".hover");
+    const px = chart.sx(nearest);
+    const line = group.querySelector("line");
+    line.setAttribute("x1", px);
+    line.setAttribute("x2", px);
+    group.querySelectorAll("circle").forEach((c) => c.setAttribute("visibility", "hidden"));
+    for (const row of rows) {
+      const dot = group.querySelector(`circle[data-series="${row.i}"]`);
+      if (!dot) continue;
+      dot.setAttribute("cx", chart.sx(row.point[0]));
+      dot.setAttribute("cy", chart.sy(row.point[1]));
+      dot.setAttribute("visibility", "visible");
+    }
+    const lines = [chart.isTime ? new Date(nearest).toLocaleString() : String(nearest), ...rows.map((r) => `${r.name}: ${chart.format(r.point[1])}`)];
+    const text = group.querySelector("text");
+    text.replaceChildren(
+      ...lines.map((l, k) => {
+        const span = document.createElementNS("http://www.w3.org/2000/svg", "tspan");
+        span.setAttribute("x", "0");
+        span.setAttribute("dy", k ? "1.2em" : "0");
+        span.textContent = l;
+        return span;
+      }),
+    );
+    const widest = Math.max(...lines.map((l) => l.length)) * 5.6 + 12;
+    const tall = lines.length * 12 + 8;
+    const left = px + widest + 12 > chart.width - chart.pad.right ? px - widest - 8 : px + 8;
+    const panel = group.querySelector("g.tip");
+    panel.setAttribute("transform", `translate(${left.toFixed(1)},${chart.pad.top + 2})`);
+    const rect = panel.querySelector("rect");
+    rect.setAttribute("width", widest.toFixed(0));
+    rect.setAttribute("height", tall);
+    text.setAttribute("transform", "translate(6,13)");
+    group.setAttribute("visibility", "visible");
+    svg.setAttribute("data-hovering", "");
+    svg.dataset.hoverValue = lines.join(" | ");
+  });
+}
+
 /**
  * A line/area chart. series: [{name, points: [[time ms or number, value], ...]}];
- * options: {width, height, min, max, format(value) -> text, area: true, label}.
+ * options: {width, height, min, max, format(value) -> text, area: true, label, xFormat(x),
+ * legend (default: when there are several series), from, to (the x range: default the
+ * data's)}. Values on a time axis (x > 1e11) are labelled as times; moving the pointer over
+ * the chart shows each series' value at the nearest point.
  */
 export function lineChart(series, options = {}) {
   const { width = 560, height = 160, area = true, format = (v) => String(Math.round(v)), label = "Chart" } = options;
-  const pad = { left: 40, right: 8, top: 8, bottom: 18 };
+  const pad = { left: 46, right: 10, top: 10, bottom: 20 };
   const all = series.flatMap((s) => s.points);
   if (!all.length) return html`<p class="empty">No data yet.</p>`;
   const xs = all.map((p) => p[0]);
-  const ys = all.map((p) => p[1]);
-  const x0 = Math.min(...xs);
-  const x1 = Math.max(...xs, x0 + 1);
-  const y0 = options.min ?? Math.min(0, ...ys);
-  const y1 = options.max ?? Math.max(...ys, y0 + 1);
-  const sx = (x) => pad.left + ((x - x0) / (x1 - x0)) * (width - pad.left - pad.right);
-  const sy = (y) => pad.top + (1 - (y - y0) / (y1 - y0)) * (height - pad.top - pad.bottom);
+  const ys = all.map((p) => p[1]).filter((y) => Number.isFinite(y));
+  const x0 = options.from ?? Math.min(...xs);
+  const x1 = Math.max(options.to ?? Math.max(...xs), x0 + 1);
+  let y0 = options.min ?? Math.min(0, ...ys);
+  let y1 = options.max ?? Math.max(...ys, y0 + 1e-9);
+  if (!(y1 > y0)) y1 = y0 + 1;
+  const yTicks = niceTicks(y0, y1, 4);
+  // An open top is rounded up to the next tick, so the highest line has a label.
+  if (options.max === undefined && yTicks.length && yTicks[yTicks.length - 1] < y1) {
+    const step = yTicks.length > 1 ? yTicks[1] - yTicks[0] : y1 - y0;
+    yTicks.push(Number((yTicks[yTicks.length - 1] + step).toPrecision(12)));
+  }
+  if (options.max === undefined) y1 = Math.max(y1, yTicks[yTicks.length - 1]);
+  // The left margin fits the longest value label.
+  pad.left = Math.max(30, Math.min(96, Math.max(...yTicks.map((t) => String(format(t)).length)) * 5.8 + 10));
+  const plotW = width - pad.left - pad.right;
+  const plotH = height - pad.top - pad.bottom;
+  const sx = (x) => pad.left + ((x - x0) / (x1 - x0)) * plotW;
+  const sy = (y) => pad.top + (1 - (y - y0) / (y1 - y0)) * plotH;
+  const ix = (px) => x0 + ((px - pad.left) / plotW) * (x1 - x0);
   const paths = series.map((s, i) => {
     if (!s.points.length) return "";
     const line = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
     const fill = area
       ? `${line}L${sx(s.points[s.points.length - 1][0]).toFixed(1)},${sy(y0).toFixed(1)}L${sx(s.points[0][0]).toFixed(1)},${sy(y0).toFixed(1)}Z`
       : "";
-    return html`${area ? html`<path class="area-${i % 4}" d="${fill}"/>` : ""}<path class="line series-${i % 4}" d="${line}"><title>${s.name}</title></path>`;
+    const dot = s.points.length === 1 ? html`<circle class="dot series-${i % 4}" cx="${sx(s.points[0][0]).toFixed(1)}" cy="${sy(s.points[0][1]).toFixed(1)}" r="2.5"/>` : "";
+    return html`${area ? html`<path class="area-${i % 4}" d="${fill}"/>` : ""}<path class="line series-${i % 4}" data-series="${s.name}" d="${line}"><title>${s.name}</title></path>${dot}`;
   });
   const isTime = x0 > 1e11;
-  const xLabel = (x) => (isTime ? new Date(x).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : String(x));
-  return html`<svg class="chart" role="img" aria-label="${label}" viewBox="0 0 ${width} ${height}">
-    <line class="grid-line" x1="${pad.left}" x2="${width - pad.right}" y1="${sy(y1)}" y2="${sy(y1)}"/>
-    <line class="grid-line" x1="${pad.left}" x2="${width - pad.right}" y1="${sy((y0 + y1) / 2)}" y2="${sy((y0 + y1) / 2)}"/>
-    <line class="axis" x1="${pad.left}" x2="${width - pad.right}" y1="${sy(y0)}" y2="${sy(y0)}"/>
-    <text x="${pad.left - 4}" y="${sy(y1) + 4}" text-anchor="end">${format(y1)}</text>
-    <text x="${pad.left - 4}" y="${sy(y0)}" text-anchor="end">${format(y0)}</text>
-    <text x="${pad.left}" y="${height - 4}">${xLabel(x0)}</text>
-    <text x="${width - pad.right}" y="${height - 4}" text-anchor="end">${xLabel(x1)}</text>
-    ${paths}</svg>`;
+  const xLabel = options.xFormat || ((x) => (isTime ? timeLabel(x, x1 - x0) : String(Math.round(x * 100) / 100)));
+  const xCount = Math.max(2, Math.min(6, Math.floor(plotW / 90)));
+  const xTicks = Array.from({ length: xCount }, (_, k) => x0 + ((x1 - x0) * k) / (xCount - 1));
+  const id = `c${++chartSeq}`;
+  charts.set(id, { series, format, width, pad, sx, sy, ix, isTime });
+  if (charts.size > 300) charts.delete(charts.keys().next().value);
+  installHover();
+  const legend = (options.legend ?? series.length > 1)
+    ? html`<div class="chart-legend">${series.map((s, i) => html`<span class="key k-${i % 4}">${s.name}</span>`)}</div>`
+    : "";
+  return html`<svg class="chart" role="img" aria-label="${label}" data-chart="${id}" data-points="${all.length}" viewBox="0 0 ${width} ${height}">
+    ${yTicks.map((t) => html`<line class="grid-line" x1="${pad.left}" x2="${width - pad.right}" y1="${sy(t).toFixed(1)}" y2="${sy(t).toFixed(1)}"/><text class="y-tick" x="${pad.left - 5}" y="${(sy(t) + 3).toFixed(1)}" text-anchor="end">${format(t)}</text>`)}
+    <line class="axis" x1="${pad.left}" x2="${width - pad.right}" y1="${sy(y0).toFixed(1)}" y2="${sy(y0).toFixed(1)}"/>
+    <line class="axis" x1="${pad.left}" x2="${pad.left}" y1="${pad.top}" y2="${sy(y0).toFixed(1)}"/>
+    ${xTicks.map((t, k) => (k > 0 && xLabel(t) === xLabel(xTicks[k - 1]) ? "" : html`<text class="x-tick" x="${sx(t).toFixed(1)}" y="${height - 5}" text-anchor="${k === 0 ? "start" : k === xCount - 1 ? "end" : "middle"}">${xLabel(t)}</text>`))}
+    ${paths}
+    <g class="hover" visibility="hidden" pointer-events="none"><line class="hover-line" x1="0" x2="0" y1="${pad.top}" y2="${sy(y0).toFixed(1)}"/>
+      ${series.map((_, i) => html`<circle class="dot series-${i % 4}" data-series="${i}" r="3" cx="0" cy="0"/>`)}
+      <g class="tip"><rect rx="4"/><text></text></g></g>
+    <rect class="hover-target" x="${pad.left}" y="${pad.top}" width="${plotW}" height="${plotH}"/></svg>${legend}`;
 }
 
 /** An API error (or any error) as a box: code, message, details. */
@@ -248,7 +378,58 @@ export function toast(message, kind = "info", ms = 5000) {
   if (!area) return;
   const node = el("div", { class: `toast ${kind}` }, message);
   area.append(node);
+  // A burst of events does not cover the page: the newest few stay.
+  while (area.childElementCount > MAX_TOASTS) area.firstElementChild.remove();
   setTimeout(() => node.remove(), ms);
+}
+
+/** How many toasts show at once. */
+const MAX_TOASTS = 3;
+
+/**
+ * Copies text to the clipboard; where there is none (an insecure origin), selects the text
+ * of `node` for a manual copy instead. Says which with a toast.
+ */
+export async function copyText(text, node) {
+  try {
+    await navigator.clipboard.writeText(text);
+    toast("Copied", "success");
+  } catch {
+    if (node) {
+      node.textContent = text;
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+    }
+    toast("Press Ctrl+C to copy the selected text", "info");
+  }
+}
+
+/** Offers text as a file download named `name`. */
+export function downloadText(name, text, type = "application/yaml") {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const link = el("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+/**
+ * The element of `form` a diagnostic's JSON pointer is about: the one whose
+ * `data-pointer` is the pointer, or the closest enclosing one (null: none).
+ */
+export function fieldFor(form, pointer) {
+  const nodes = [...form.querySelectorAll("[data-pointer]")];
+  let p = pointer || "";
+  for (;;) {
+    const node = nodes.find((n) => n.dataset.pointer === p);
+    if (node) return node;
+    if (!p) return null;
+    p = p.slice(0, p.lastIndexOf("/"));
+  }
 }
 
 /** The page header: title, optional breadcrumb (SafeHtml) and actions (nodes). */

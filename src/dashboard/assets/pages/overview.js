@@ -1,21 +1,21 @@
 // Overview: the source, what runs now, recent failures, firing alerts and system gauges,
 // kept current from /ws.
 
-import { html, setHTML, badge, relTime, duration, bytes, table, href, gaugeBar, facts, errorBox, debounce, lineChart } from "../lib/ui.js";
+import { html, setHTML, badge, relTime, duration, bytes, table, href, gaugeBar, facts, errorBox, debounce, lineChart, pageHeader } from "../lib/ui.js";
 
 export async function render(ctx) {
   const { api, root } = ctx;
   setHTML(
     root,
-    html`<div class="page-header"><div><h1>Overview</h1><div class="muted">What the orchestrator is doing now</div></div></div>
+    html`${pageHeader("Overview", { subtitle: "What the orchestrator is doing now" })}
     <div class="grid cols-4" data-section="gauges"></div>
     <div class="grid cols-2">
       <section><h2>Running now</h2><div data-section="running"></div></section>
-      <section><h2>Firing alerts</h2><div data-section="alerts"></div></section>
+      <section><h2><a href="#/alerts">Firing alerts</a></h2><div data-section="alerts"></div></section>
     </div>
     <section><h2>Recent failures</h2><div data-section="failures"></div></section>
     <div class="grid cols-2">
-      <section><h2>System</h2><div class="card" data-section="chart"></div></section>
+      <section><h2><a href="#/monitoring">System</a></h2><div class="card" data-section="chart"></div></section>
       <section><h2>Server</h2><div class="card" data-section="server"></div></section>
     </div>`,
   );
@@ -66,13 +66,13 @@ export async function render(ctx) {
       part("alerts"),
       table(
         [
-          { label: "Alert", render: (a) => a.name },
+          { label: "Alert", render: (a) => html`<a href="${href("alerts", a.id)}">${a.name}</a>` },
           { label: "Severity", render: (a) => badge(a.severity || "none") },
           { label: "Since", render: (a) => relTime(a.fired_at || a.since) },
           { label: "Value", render: (a) => (a.value === null || a.value === undefined ? "—" : Number(a.value).toFixed(2)), num: true },
         ],
         firing,
-        { empty: `No alert is firing (${(body.alerts || []).length} rule(s)).` },
+        { empty: `No alert is firing (${(body.alerts || []).length} rule(s)).`, rowAttrs: (a) => ({ "data-alert": a.id }) },
       ),
     );
   }
@@ -132,6 +132,7 @@ export async function render(ctx) {
   const runsSoon = debounce(() => loadRuns().catch(() => {}), 200);
   const alertsSoon = debounce(() => loadAlerts(), 200);
   const serverSoon = debounce(() => loadServer().catch(() => {}), 500);
+  ctx.onLeave(() => [runsSoon, alertsSoon, serverSoon].forEach((fn) => fn.cancel()));
   ctx.on("workflow_started", () => (runsSoon(), serverSoon()));
   ctx.on("workflow_completed", () => (runsSoon(), serverSoon()));
   ctx.on("alert_firing", alertsSoon);
@@ -141,7 +142,7 @@ export async function render(ctx) {
     latest = sample;
     points.push({ ...sample });
     const cutoff = Date.now() - 3600 * 1000;
-    points = points.filter((p) => new Date(p.at).getTime() >= cutoff);
+    points = points.filter((p) => new Date(p.at).getTime() >= cutoff).slice(-2000);
     showGauges();
   });
   ctx.on("resync", () => (runsSoon(), alertsSoon(), loadSystem(), serverSoon()));

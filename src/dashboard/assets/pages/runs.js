@@ -2,12 +2,16 @@
 // the log tail of each step over /ws, test cases with failures expanded, duration bars,
 // artifacts, cancel, re-run and re-run from failed).
 
-import { html, setHTML, el, badge, relTime, duration, elapsed, table, href, durationBar, facts, errorBox, debounce, toast, pageHeader } from "../lib/ui.js";
+import { html, setHTML, el, badge, relTime, duration, elapsed, table, href, durationBar, facts, debounce, toast, pageHeader } from "../lib/ui.js";
 import { dagSvg, setNodeStatus } from "../lib/dag.js";
 import { qs } from "../lib/api.js";
 
 const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled", "timed_out", "skipped", "interrupted"];
 const PAGE = 50;
+/** The most characters a log pane keeps: older text is cut from its top as new text comes. */
+export const LOG_LIMIT = 200_000;
+/** The most chunks kept for a step whose log pane does not exist yet. */
+const EARLY_LIMIT = 500;
 const finished = (status) => status && status !== "queued" && status !== "running";
 
 export async function render(ctx) {
@@ -74,6 +78,24 @@ async function list(ctx) {
   for (const type of ["workflow_started", "workflow_completed", "step_completed", "resync"]) ctx.on(type, soon);
 }
 
+/**
+ * Where `GET /api/runs/{id}/artifacts/{path}` serves a recorded file, or null for a path it
+ * refuses (absolute, `..`, empty segments).
+ */
+export function artifactUrl(runId, path) {
+  const parts = String(path).split("/");
+  if (!path || path.startsWith("/") || path.includes("\\") || parts.some((p) => p === "" || p === "." || p === "..")) return null;
+  return `/api/runs/${encodeURIComponent(runId)}/artifacts/${parts.map(encodeURIComponent).join("/")}`;
+}
+
+/** Keeps a log pane to its last LOG_LIMIT characters (a note says the top was cut). */
+function trim(pre) {
+  const text = pre.textContent;
+  if (text.length <= LOG_LIMIT) return;
+  const cut = text.indexOf("\n", text.length - LOG_LIMIT);
+  pre.textContent = `[… earlier lines not shown: the whole log is at GET ${pre.dataset.logUrl || "the run's logs route"}]\n${text.slice(cut < 0 ? text.length - LOG_LIMIT : cut + 1)}`;
+}
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const byteLength = (text) => encoder.encode(text).length;
@@ -101,7 +123,7 @@ async function detail(ctx, id) {
   ctx.on("run_log", (p) => {
     if (!p || p.run_id !== id) return;
     const log = logs.get(p.step);
-    if (!log) early.set(p.step, [...(early.get(p.step) || []), p]);
+    if (!log) early.set(p.step, [...(early.get(p.step) || []).slice(1 - EARLY_LIMIT), p]);
     else if (log.pending) log.pending.push(p);
     else append(log, p);
   });
@@ -229,17 +251,20 @@ async function detail(ctx, id) {
   }
 
   function showArtifacts() {
-    const files = data.steps.flatMap((s) => (s.artifacts || []).map((a) => ({ step: s.name, path: a })));
+    const files = data.steps.flatMap((s) => (s.artifacts || []).map((a) => ({ step: s.name, path: a, url: artifactUrl(id, a) })));
     setHTML(
       part("artifacts"),
       files.length
         ? html`<h2>Artifacts</h2>${table(
             [
-              { label: "File", render: (f) => html`<code>${f.path}</code>` },
+              {
+                label: "File",
+                render: (f) => (f.url ? html`<a href="${f.url}" target="_blank" rel="noopener" data-artifact="${f.path}"><code>${f.path}</code></a>` : html`<code>${f.path}</code>`),
+              },
               { label: "Step", render: (f) => f.step },
             ],
             files,
-          )}<p class="muted">Paths are relative to the project directory.</p>`
+          )}<p class="muted">Paths are relative to the project directory; files under reports/ and the run's log directory open here.</p>`
         : "",
     );
   }
@@ -251,6 +276,7 @@ async function detail(ctx, id) {
     const pre = log.pre;
     const follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
     pre.append(text);
+    trim(pre);
     if (follow) pre.scrollTop = pre.scrollHeight;
     pre.closest("details")?.setAttribute("data-has-log", "true");
   }
@@ -262,6 +288,7 @@ async function detail(ctx, id) {
     try {
       const text = await api.getText(`${path}/logs/${encodeURIComponent(name)}`, { signal: ctx.signal });
       log.pre.textContent = text;
+      trim(log.pre);
       log.shown = byteLength(text);
     } catch (err) {
       if (err.name !== "AbortError") log.pre.textContent = `(the log could not be read: ${err.message})`;
@@ -277,7 +304,7 @@ async function detail(ctx, id) {
     for (const s of data.steps) {
       let log = logs.get(s.name);
       if (!log) {
-        const pre = el("pre", { class: "log", "data-log": s.name, tabindex: "0", "aria-label": `Log of ${s.name}` });
+        const pre = el("pre", { class: "log", "data-log": s.name, "data-log-url": `${path}/logs/${encodeURIComponent(s.name)}`, tabindex: "0", "aria-label": `Log of ${s.name}` });
         const details = el("details", { class: "step-log", "data-step-log": s.name }, el("summary", {}, el("strong", {}, s.name), el("span", { "data-log-status": "" })), pre);
         part("logs").append(details);
         log = { pre, details, pending: null, fetched: false, shown: 0 };
@@ -314,6 +341,7 @@ async function detail(ctx, id) {
       /* left, or the server is away: the next event or resync tries again */
     }
   }, 120);
+  ctx.onLeave(() => reload.cancel());
   const onStep = (p) => {
     if (!p || p.run_id !== id) return;
     const step = data.steps.find((s) => s.name === p.name);

@@ -35,6 +35,7 @@ function spark(runs) {
 async function list(ctx) {
   const { api, root } = ctx;
   setHTML(root, html`${pageHeader("Workflows", { subtitle: "Workflows in force, from the manifests" })}<div data-section="list"><p class="loading">Loading…</p></div>`);
+  root.querySelector("[data-actions]").append(el("a", { class: "button primary", href: "#/editor", "data-action": "new-workflow" }, "New workflow"));
   async function load() {
     const [workflows, runs] = await Promise.all([
       api.get("/api/workflows?limit=1000", { signal: ctx.signal }),
@@ -95,6 +96,7 @@ async function detail(ctx, id) {
   const part = (name) => root.querySelector(`[data-section="${name}"]`);
   const runButton = el("button", { type: "button", class: "primary", "data-action": "run", "aria-expanded": "false" }, "Run…");
   root.querySelector("[data-actions]").append(runButton);
+  root.querySelector("[data-actions]").append(el("a", { class: "button", href: href("editor", workflow.id), "data-action": "edit" }, "Edit"));
 
   const last = workflow.last_run;
   setHTML(
