@@ -20,7 +20,7 @@ const MAX_NESTING: usize = 32;
 const MAX_COMPARISONS: usize = 256;
 
 /// Metrics about the host, which take no labels.
-const SYSTEM_METRICS: [&str; 9] = [
+pub const SYSTEM_METRICS: [&str; 9] = [
     "system.cpu_percent",
     "system.memory_percent",
     "system.disk_percent",

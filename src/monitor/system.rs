@@ -26,17 +26,7 @@ use crate::events::EventKind;
 use crate::store::{Store, StoreError};
 
 /// The metric names a sample answers, as alert conditions write them.
-pub const METRIC_NAMES: [&str; 9] = [
-    "system.cpu_percent",
-    "system.memory_percent",
-    "system.disk_percent",
-    "system.network_rx_bytes_per_second",
-    "system.network_tx_bytes_per_second",
-    "system.load_average",
-    "system.process_count",
-    "system.orchestrator_cpu_percent",
-    "system.orchestrator_rss_bytes",
-];
+pub const METRIC_NAMES: [&str; 9] = crate::condition::SYSTEM_METRICS;
 
 /// One sample of the machine and of the orchestrator process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::browser::agent;
 use crate::receivers::{HttpRecorder, SmtpSink};
 use crate::server::{cli, eventually, project, Server, DEADLINE};
 
@@ -52,19 +53,32 @@ fn webhook_channel(recorder: &HttpRecorder) -> String {
     format!("  webhook:\n    url: {}/hook\n", recorder.url())
 }
 
+/// An empty project configured (see [`configure`]) with a webhook channel to a fresh
+/// [`HttpRecorder`]; returns both.
+fn webhook_project() -> (HttpRecorder, tempfile::TempDir) {
+    let webhook = HttpRecorder::start();
+    let project = project(&[]);
+    configure(project.path(), &webhook_channel(&webhook));
+    (webhook, project)
+}
+
+/// Expires `silence` with `alert unsilence` and asserts it says so.
+#[track_caller]
+fn unsilence(dir: &Path, silence: &str) {
+    let expired = cli(dir, &["alert", "unsilence", silence])
+        .expect_code(0)
+        .stdout;
+    assert!(
+        expired.starts_with(&format!("{silence} expired at ")),
+        "{expired}"
+    );
+}
+
 /// The running server's address, from `data/server.json`.
 fn address(dir: &Path) -> String {
     let text = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
     let info: Value = serde_json::from_str(&text).unwrap();
     info["address"].as_str().unwrap().to_owned()
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent()
 }
 
 /// A JSON request: (status, body).
@@ -297,10 +311,8 @@ fn a_firing_alert_notifies_webhook_slack_and_email_and_is_reported() {
 
 #[test]
 fn silences_mute_notifications_until_they_are_expired() {
-    let webhook = HttpRecorder::start();
-    let project = project(&[]);
+    let (webhook, project) = webhook_project();
     let dir = project.path();
-    configure(dir, &webhook_channel(&webhook));
     write_alert(dir, "busy.yaml", &busy_alert(&["webhook"], "1s"));
     let server = Server::start(dir);
     // Firing and repeating every second.
@@ -390,13 +402,7 @@ fn silences_mute_notifications_until_they_are_expired() {
     assert!(silences.contains("team=qa"), "{silences}");
 
     // Expired: the repeats resume.
-    let expired = cli(dir, &["alert", "unsilence", &silence])
-        .expect_code(0)
-        .stdout;
-    assert!(
-        expired.starts_with(&format!("{silence} expired at ")),
-        "{expired}"
-    );
+    unsilence(dir, &silence);
     webhook.wait_for(sent + 1);
     let (_, listed) = request(dir, "GET", "/api/silences", None);
     assert_eq!(listed["silences"][0]["state"], "expired", "{listed}");
@@ -407,10 +413,8 @@ fn silences_mute_notifications_until_they_are_expired() {
 
 #[test]
 fn a_restart_remembers_a_firing_alert_without_notifying_again() {
-    let webhook = HttpRecorder::start();
-    let project = project(&[]);
+    let (webhook, project) = webhook_project();
     let dir = project.path();
-    configure(dir, &webhook_channel(&webhook));
     write_alert(dir, "busy.yaml", &busy_alert(&["webhook"], "1h"));
     let mut server = Server::start(dir);
     webhook.wait_for(1);
@@ -455,13 +459,7 @@ fn a_restart_remembers_a_firing_alert_without_notifying_again() {
         .next()
         .unwrap()
         .to_owned();
-    let expired = cli(dir, &["alert", "unsilence", &silence])
-        .expect_code(0)
-        .stdout;
-    assert!(
-        expired.starts_with(&format!("{silence} expired at ")),
-        "{expired}"
-    );
+    unsilence(dir, &silence);
     let offline = cli(dir, &["alert", "silences"]).expect_code(0).stdout;
     let err = cli(dir, &["alert", "show", "alert_busy-hots"])
         .expect_code(2)
@@ -523,10 +521,8 @@ fn run_to_end(dir: &Path, workflow: &str) -> String {
 
 #[test]
 fn a_workflow_failure_rate_fires_and_resolves_with_the_runs() {
-    let webhook = HttpRecorder::start();
-    let project = project(&[]);
+    let (webhook, project) = webhook_project();
     let dir = project.path();
-    configure(dir, &webhook_channel(&webhook));
     let marker = dir.join("passing");
     fs::write(
         dir.join("workflows/flip.yaml"),

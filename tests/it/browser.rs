@@ -17,7 +17,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 use crate::repo_dir;
-use crate::server::DEADLINE;
+use crate::server::{eventually, Server, DEADLINE};
 
 /// The width and height of the window, pixels.
 pub(crate) const DESKTOP: (u32, u32) = (1280, 900);
@@ -290,6 +290,24 @@ impl Browser {
         assert!(errors.is_empty(), "{here}: console errors: {errors:#?}");
     }
 
+    /// Asserts no console error (`here` names the place) and saves a screenshot `shot`.
+    pub(crate) async fn check(&self, here: &str, shot: &str) {
+        self.assert_no_errors(here).await;
+        self.screenshot(shot).await;
+    }
+
+    /// Clicks `css` after scrolling it to the middle of the window, away from the sticky
+    /// top bar and from the corner where the toasts of earlier actions may still show.
+    pub(crate) async fn press(&self, css: &str) {
+        self.wait_element(css).await;
+        self.js(
+            "document.querySelector(arguments[0]).scrollIntoView({block: 'center'}); return true;",
+            vec![json!(css)],
+        )
+        .await;
+        self.click(css).await;
+    }
+
     /// Saves a PNG of the window to `target/screenshots/<name>.png`; returns its path.
     pub(crate) async fn screenshot(&self, name: &str) -> PathBuf {
         let png = self.client().screenshot().await.expect("a screenshot");
@@ -364,4 +382,63 @@ pub(crate) fn server_url(project: &Path) -> String {
         "http://{}",
         info["address"].as_str().expect("an address in server.json")
     )
+}
+
+/// Starts `orchestrator start` in the project `dir`; returns the server (stopped on drop)
+/// and its base URL.
+pub(crate) fn serve(dir: &Path) -> (Server, String) {
+    let server = Server::start(dir);
+    let base = server_url(dir);
+    (server, base)
+}
+
+/// A single-threaded tokio runtime to drive a [`Browser`] from a plain `#[test]`.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An HTTP client for the server under test: statuses are answers, not errors.
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .new_agent()
+}
+
+/// Executes `workflow` (an id such as `wf_checkout`) with the request `body` over the API
+/// (asserting 202) and waits until the run is neither queued nor running; returns
+/// `{"run", "steps"}`.
+#[track_caller]
+pub(crate) fn run_to_end(base: &str, workflow: &str, body: Value) -> Value {
+    let agent = agent();
+    let mut response = agent
+        .post(format!("{base}/api/workflows/{workflow}/execute"))
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .expect("execute");
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status().as_u16(), 202, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(&format!("run {id} to finish"), || {
+        let mut response = agent.get(format!("{base}/api/runs/{id}")).call().ok()?;
+        let shown: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
+        let status = shown["run"]["status"].as_str()?;
+        (status != "queued" && status != "running").then_some(shown)
+    })
+}
+
+/// Asserts that `text` contains each of `expected`; `what` names the text in the message.
+#[track_caller]
+pub(crate) fn assert_contains_all(text: &str, expected: &[&str], what: &str) {
+    for expected in expected {
+        assert!(text.contains(expected), "{expected} not in {what}:\n{text}");
+    }
 }

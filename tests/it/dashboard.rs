@@ -10,8 +10,10 @@ use std::fs;
 
 use serde_json::{json, Value};
 
-use crate::browser::{server_url, Browser, DESKTOP};
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::browser::{
+    agent, assert_contains_all, run_to_end, runtime, serve, server_url, Browser, DESKTOP,
+};
+use crate::server::{project, Server, DEADLINE};
 
 /// A workflow with typed parameters: a shell step that writes to its log (and, with
 /// `hold`, waits for a `release` file in the project), then a JUnit suite through the
@@ -67,56 +69,22 @@ fn seeded() -> tempfile::TempDir {
     ])
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent()
-}
-
-/// Starts a run over the API and waits for it to finish; returns `{"run", "steps"}`.
-fn run_to_end(base: &str, parameters: Value) -> Value {
-    let agent = agent();
-    let mut response = agent
-        .post(format!("{base}/api/workflows/wf_checkout/execute"))
-        .header("Content-Type", "application/json")
-        .send(json!({ "parameters": parameters }).to_string())
-        .expect("execute");
-    let text = response.body_mut().read_to_string().unwrap();
-    assert_eq!(response.status().as_u16(), 202, "{text}");
-    let id = serde_json::from_str::<Value>(&text).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(&format!("run {id} to finish"), || {
-        let mut response = agent.get(format!("{base}/api/runs/{id}")).call().ok()?;
-        let shown: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
-        let status = shown["run"]["status"].as_str()?;
-        (status != "queued" && status != "running").then_some(shown)
-    })
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn every_page_loads_without_errors_and_shows_the_seeded_data() {
     let project = seeded();
-    let _server = Server::start(project.path());
-    let base = server_url(project.path());
+    let (_server, base) = serve(project.path());
     let failed = run_to_end(
         &base,
-        json!({"greeting": "seed", "flavour": "broken", "cases": 3}),
+        "wf_checkout",
+        json!({"parameters": {"greeting": "seed", "flavour": "broken", "cases": 3}}),
     );
     assert_eq!(failed["run"]["status"], "failed", "{failed}");
     let failed_id = failed["run"]["id"].as_str().unwrap().to_owned();
-    let passed = run_to_end(&base, json!({"greeting": "again"}));
+    let passed = run_to_end(
+        &base,
+        "wf_checkout",
+        json!({"parameters": {"greeting": "again"}}),
+    );
     assert_eq!(passed["run"]["status"], "succeeded", "{passed}");
 
     runtime().block_on(async {
@@ -136,22 +104,23 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
             .await;
         // Every page of the issue is in the navigation.
         let nav = browser.text("#nav").await;
-        for title in [
-            "Overview",
-            "Workflows",
-            "Runs",
-            "Schedules",
-            "Agents",
-            "Monitoring",
-            "Alerts",
-            "Reports and analytics",
-            "Manifests",
-            "Custom dashboards",
-        ] {
-            assert!(nav.contains(title), "{title} not in the navigation: {nav}");
-        }
-        browser.assert_no_errors("overview").await;
-        browser.screenshot("overview").await;
+        assert_contains_all(
+            &nav,
+            &[
+                "Overview",
+                "Workflows",
+                "Runs",
+                "Schedules",
+                "Agents",
+                "Monitoring",
+                "Alerts",
+                "Reports and analytics",
+                "Manifests",
+                "Custom dashboards",
+            ],
+            "the navigation",
+        );
+        browser.check("overview", "overview").await;
 
         browser.route("#/workflows", "workflows").await;
         let row = browser
@@ -166,8 +135,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
             )
             .await;
         assert_eq!(bars, json!(["c-failed", "c-succeeded"]));
-        browser.assert_no_errors("workflows").await;
-        browser.screenshot("workflows").await;
+        browser.check("workflows", "workflows").await;
 
         browser.route("#/workflows/wf_checkout", "workflows").await;
         // The step graph: both steps, the edge between them.
@@ -204,8 +172,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
                 "input:number:false"
             ])
         );
-        browser.assert_no_errors("workflow detail").await;
-        browser.screenshot("workflow-detail").await;
+        browser.check("workflow detail", "workflow-detail").await;
 
         browser.route("#/runs", "runs").await;
         browser
@@ -251,8 +218,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
             .js("return ['cancel','rerun','rerun-failed'].map(a => !document.querySelector(`[data-action='${a}']`).hidden);", vec![])
             .await;
         assert_eq!(buttons, json!([false, true, true]));
-        browser.assert_no_errors("run detail").await;
-        browser.screenshot("run-detail").await;
+        browser.check("run detail", "run-detail").await;
 
         // Every page of the navigation is built: each loads, none is a placeholder.
         for page in [
@@ -298,8 +264,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
 fn a_run_started_from_the_dashboard_is_followed_live() {
     let project = seeded();
     let dir = project.path();
-    let _server = Server::start(dir);
-    let base = server_url(dir);
+    let (_server, base) = serve(dir);
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;
         browser.open(&format!("{base}/#/workflows"), "workflows").await;
@@ -371,8 +336,7 @@ fn a_run_started_from_the_dashboard_is_followed_live() {
         assert_eq!(shown["run"]["parameters"]["greeting"], "from the dashboard");
         assert_eq!(shown["run"]["parameters"]["hold"], true);
         assert_eq!(shown["run"]["parameters"]["cases"], 2, "the default");
-        browser.assert_no_errors("live run").await;
-        browser.screenshot("run-finished").await;
+        browser.check("live run", "run-finished").await;
         browser.close().await;
     });
 }
@@ -380,8 +344,7 @@ fn a_run_started_from_the_dashboard_is_followed_live() {
 #[test]
 fn the_theme_toggle_switches_to_dark_and_is_remembered() {
     let project = seeded();
-    let _server = Server::start(project.path());
-    let base = server_url(project.path());
+    let (_server, base) = serve(project.path());
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;
         browser.open(&format!("{base}/"), "overview").await;
@@ -505,8 +468,7 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
 #[test]
 fn assets_are_served_with_types_etags_and_a_strict_policy() {
     let project = project(&[]);
-    let _server = Server::start(project.path());
-    let base = server_url(project.path());
+    let (_server, base) = serve(project.path());
     let agent = agent();
     let get = |path: &str, etag: Option<&str>| {
         let mut request = agent.get(format!("{base}{path}"));
@@ -596,8 +558,7 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
         "workflows/talk.yaml",
         "name: Talk\nsteps:\n  - name: speak\n    command: [\"sh\", \"-c\", \"echo one; sleep 0.3; echo two; sleep 0.3; echo three\"]\n",
     )]);
-    let _server = Server::start(project.path());
-    let base = server_url(project.path());
+    let (_server, base) = serve(project.path());
     let address = base.trim_start_matches("http://").to_owned();
     runtime().block_on(async {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))

@@ -9,15 +9,8 @@ use std::fs;
 use fantoccini::Locator;
 use serde_json::json;
 
-use crate::browser::{server_url, Browser, DESKTOP};
-use crate::server::{project, Server};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
+use crate::server::project;
 
 /// Replaces the text of an input by typing (real key events, so the page sees `input`).
 async fn fill(browser: &Browser, css: &str, text: &str) {
@@ -44,19 +37,6 @@ async fn choose(browser: &Browser, css: &str, value: &str) {
         .unwrap_or_else(|e| panic!("cannot choose {value} in {css}: {e}"));
 }
 
-/// Clicks a button after scrolling it to the middle of the window (the sticky top bar
-/// would otherwise cover a header button of a scrolled page).
-async fn press(browser: &Browser, css: &str) {
-    browser.wait_element(css).await;
-    browser
-        .js(
-            "document.querySelector(arguments[0]).scrollIntoView({block: 'center'});",
-            vec![json!(css)],
-        )
-        .await;
-    browser.click(css).await;
-}
-
 /// Waits until the page's validation panel says valid (`true`) or not (`false`).
 async fn wait_valid(browser: &Browser, valid: bool) {
     browser
@@ -80,13 +60,12 @@ async fn overflow(browser: &Browser) -> i64 {
 fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
     let project = project(&[]);
     let dir = project.path();
-    let _server = Server::start(dir);
-    let base = server_url(dir);
+    let (_server, base) = serve(dir);
 
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;
         browser.open(&format!("{base}/#/workflows"), "workflows").await;
-        press(&browser, "[data-action='new-workflow']").await;
+        browser.press("[data-action='new-workflow']").await;
         browser.wait_ready("editor").await;
         // A new workflow has no name and no steps yet: the validation says what is missing.
         wait_valid(&browser, false).await;
@@ -94,7 +73,7 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
         fill(&browser, "input[data-bind='name']", "Editor Flow").await;
         fill(&browser, "input[data-bind='description']", "Made in the browser").await;
         // Step 1: a shell command.
-        press(&browser, "button[data-op='add-step']").await;
+        browser.press("button[data-op='add-step']").await;
         fill(&browser, "input[data-step='0'][data-key='name']", "build").await;
         fill(
             &browser,
@@ -103,11 +82,11 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
         )
         .await;
         // Step 2: the test_runner agent's run_tests action, with a parameter, after step 1.
-        press(&browser, "button[data-op='add-step']").await;
+        browser.press("button[data-op='add-step']").await;
         fill(&browser, "input[data-step='1'][data-key='name']", "test").await;
         choose(&browser, "select[data-step='1'][data-key='agent']", "test_runner").await;
         choose(&browser, "select[data-step='1'][data-key='action']", "run_tests").await;
-        press(&browser, "button[data-op='add-sparam'][data-index='1']").await;
+        browser.press("button[data-op='add-sparam'][data-index='1']").await;
         fill(
             &browser,
             "input[data-step='1'][data-sparam='0'][data-key='key']",
@@ -120,11 +99,11 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
             "api",
         )
         .await;
-        press(&browser, "input[data-step='1'][data-dep]").await;
+        browser.press("input[data-step='1'][data-dep]").await;
         // A typed workflow parameter.
-        press(&browser, "button[data-op='add-param']").await;
+        browser.press("button[data-op='add-param']").await;
         fill(&browser, "input[data-param='0'][data-key='name']", "target").await;
-        press(&browser, "input[data-param='0'][data-key='required']").await;
+        browser.press("input[data-param='0'][data-key='required']").await;
         fill(&browser, "input[data-param='0'][data-key='default']", "staging").await;
 
         // The YAML and the graph follow.
@@ -140,8 +119,7 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
         assert_eq!(edges, json!(1));
         wait_valid(&browser, true).await;
         assert!(overflow(&browser).await <= 0, "the editor is wider than the window");
-        browser.assert_no_errors("editor, valid").await;
-        browser.screenshot("editor-valid").await;
+        browser.check("editor, valid", "editor-valid").await;
 
         // An error, shown at its field; fixed, it goes.
         fill(&browser, "input[data-bind='timeout']", "soon").await;
@@ -166,7 +144,7 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
         assert_eq!(left, json!(0));
 
         // Saved: the workflow's page, the list, the file.
-        press(&browser, "[data-action='save']").await;
+        browser.press("[data-action='save']").await;
         browser
             .wait_text("section.page[data-page='workflows'][data-ready] h1", "Editor Flow")
             .await;
@@ -175,15 +153,13 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
             .await;
         let text = fs::read_to_string(dir.join("workflows/editor-flow.yaml"))
             .expect("workflows/editor-flow.yaml");
-        for expected in [
+        assert_contains_all(&text, &[
             "name: Editor Flow",
             "timeout: 10m",
             "agent: test_runner",
             "test_suite: api",
             "depends_on:",
-        ] {
-            assert!(text.contains(expected), "{expected} not in\n{text}");
-        }
+        ], "workflows/editor-flow.yaml");
         browser.route("#/workflows", "workflows").await;
         browser
             .wait_text("tr[data-workflow='wf_editor-flow']", "Editor Flow")
@@ -191,7 +167,7 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
 
         // Opened again from its page: the editor shows what was saved.
         browser.route("#/workflows/wf_editor-flow", "workflows").await;
-        press(&browser, "[data-action='edit']").await;
+        browser.press("[data-action='edit']").await;
         browser.wait_ready("editor").await;
         let loaded = browser
             .js("return [document.querySelector(\"input[data-bind='name']\").value, document.querySelectorAll('[data-step-card]').length, document.querySelector(\"input[data-step='1'][data-dep]\").checked];", vec![])
@@ -214,8 +190,7 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
 fn compose_a_custom_dashboard_save_it_and_see_it_in_the_navigation() {
     let project = project(&[]);
     let dir = project.path();
-    let _server = Server::start(dir);
-    let base = server_url(dir);
+    let (_server, base) = serve(dir);
 
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;
@@ -223,7 +198,7 @@ fn compose_a_custom_dashboard_save_it_and_see_it_in_the_navigation() {
         browser
             .wait_text("[data-section='list']", "No dashboards yet")
             .await;
-        press(&browser, "[data-action='new-dashboard']").await;
+        browser.press("[data-action='new-dashboard']").await;
         browser.wait_ready("dashboards").await;
         browser.wait_element("form[data-form='dashboard']").await;
 
@@ -233,7 +208,7 @@ fn compose_a_custom_dashboard_save_it_and_see_it_in_the_navigation() {
         choose(&browser, "select[data-widget='0'][data-key='width']", "4").await;
         // Widget 2: a system metric chart.
         choose(&browser, "select[data-add-type]", "system_metric").await;
-        press(&browser, "button[data-op='add']").await;
+        browser.press("button[data-op='add']").await;
         choose(&browser, "select[data-widget='1'][data-option='metric']", "memory_percent").await;
         fill(&browser, "input[data-widget='1'][data-key='title']", "Memory").await;
         browser.wait_text("[data-yaml]", "metric: memory_percent").await;
@@ -249,10 +224,9 @@ fn compose_a_custom_dashboard_save_it_and_see_it_in_the_navigation() {
         fill(&browser, "input[data-widget='0'][data-option='limit']", "5").await;
         wait_valid(&browser, true).await;
         browser.wait_element("[data-section='preview'] [data-widget='1'][data-loaded='true']").await;
-        browser.assert_no_errors("dashboard compose").await;
-        browser.screenshot("dashboard-compose").await;
+        browser.check("dashboard compose", "dashboard-compose").await;
 
-        press(&browser, "[data-action='save']").await;
+        browser.press("[data-action='save']").await;
         browser
             .wait_text("section.page[data-page='dashboards'][data-ready] h1", "Team Board")
             .await;
@@ -272,25 +246,22 @@ fn compose_a_custom_dashboard_save_it_and_see_it_in_the_navigation() {
             .await;
         let text = fs::read_to_string(dir.join("dashboards/team-board.yaml"))
             .expect("dashboards/team-board.yaml");
-        for expected in [
+        assert_contains_all(&text, &[
             "name: Team Board",
             "type: runs_table",
             "status: failed",
             "width: 4",
             "type: system_metric",
             "metric: memory_percent",
-        ] {
-            assert!(text.contains(expected), "{expected} not in\n{text}");
-        }
-        browser.assert_no_errors("dashboard view").await;
-        browser.screenshot("dashboard-view").await;
+        ], "dashboards/team-board.yaml");
+        browser.check("dashboard view", "dashboard-view").await;
 
         // From the navigation, and listed.
         browser.route("#/dashboards", "dashboards").await;
         browser
             .wait_element("tr[data-dashboard-row='dash_team-board']")
             .await;
-        press(&browser, "#nav-dashboards a[data-dashboard='dash_team-board']").await;
+        browser.press("#nav-dashboards a[data-dashboard='dash_team-board']").await;
         browser.wait_ready("dashboards").await;
         browser
             .wait_element("[data-section='widgets'] [data-widget='1'][data-loaded='true']")

@@ -17,8 +17,8 @@ use std::net::TcpStream;
 
 use serde_json::{json, Value};
 
-use crate::browser::{server_url, Browser, DESKTOP};
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::browser::{agent, runtime, serve, Browser, DESKTOP};
+use crate::server::{eventually, project, DEADLINE};
 
 /// A JUnit suite and an HTML report: the suite fails a case when `flavour` is `broken`; the
 /// report step runs either way.
@@ -104,14 +104,6 @@ fn seeded() -> tempfile::TempDir {
     project
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent()
-}
-
 /// GET: (status, content type, headers' CSP, body).
 fn get(base: &str, path: &str) -> (u16, String, String, String) {
     let mut response = agent()
@@ -138,25 +130,13 @@ fn get_json(base: &str, path: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Starts a run of Checkout and waits for its end; returns `{"run", "steps"}`.
+/// Starts a run of Checkout with `flavour` and waits for its end; returns `{"run", "steps"}`.
 fn run_to_end(base: &str, flavour: &str) -> Value {
-    let mut response = agent()
-        .post(format!("{base}/api/workflows/wf_checkout/execute"))
-        .header("Content-Type", "application/json")
-        .send(json!({"parameters": {"flavour": flavour}}).to_string())
-        .expect("execute");
-    let text = response.body_mut().read_to_string().unwrap();
-    assert_eq!(response.status().as_u16(), 202, "{text}");
-    let id = serde_json::from_str::<Value>(&text).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(&format!("run {id} to finish"), || {
-        let (_, _, _, text) = get(base, &format!("/api/runs/{id}"));
-        let shown: Value = serde_json::from_str(&text).ok()?;
-        let status = shown["run"]["status"].as_str()?;
-        (status != "queued" && status != "running").then_some(shown)
-    })
+    crate::browser::run_to_end(
+        base,
+        "wf_checkout",
+        json!({"parameters": {"flavour": flavour}}),
+    )
 }
 
 /// The id of the alert named `name`.
@@ -181,18 +161,10 @@ fn artifacts(run: &Value) -> Vec<String> {
         .collect()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn monitoring_alerts_and_reports_pages_show_the_system_live() {
     let project = seeded();
-    let _server = Server::start(project.path());
-    let base = server_url(project.path());
+    let (_server, base) = serve(project.path());
     let failed = run_to_end(&base, "broken");
     assert_eq!(failed["run"]["status"], "failed", "{failed}");
     let passed = run_to_end(&base, "plain");
@@ -266,8 +238,7 @@ fn monitoring_alerts_and_reports_pages_show_the_system_live() {
             read_out.as_str().unwrap().contains("Memory: "),
             "{read_out}"
         );
-        browser.assert_no_errors("monitoring").await;
-        browser.screenshot("monitoring").await;
+        browser.check("monitoring", "monitoring").await;
 
         // Alerts: the firing rule with its value per metric and its failed delivery, the
         // inactive one.
@@ -293,8 +264,7 @@ fn monitoring_alerts_and_reports_pages_show_the_system_live() {
             .wait_text(&format!("tr[data-alert='{calm}'][data-state='inactive']"), "Calm Load")
             .await;
         browser.wait_text("[data-count='firing']", "1").await;
-        browser.assert_no_errors("alerts").await;
-        browser.screenshot("alerts").await;
+        browser.check("alerts", "alerts").await;
 
         // A failing alert appears without a reload.
         browser.js("window.__noReload = 'still here';", vec![]).await;
@@ -367,8 +337,7 @@ fn monitoring_alerts_and_reports_pages_show_the_system_live() {
         browser
             .wait_element("[data-alert-state='firing']")
             .await;
-        browser.assert_no_errors("alert detail").await;
-        browser.screenshot("alert-detail").await;
+        browser.check("alert detail", "alert-detail").await;
 
         // Reports: the workflow's outcomes, trends, failing test and report links.
         browser.route("#/reports", "reports").await;
@@ -417,8 +386,7 @@ fn monitoring_alerts_and_reports_pages_show_the_system_live() {
         assert_eq!(on_run.as_str(), Some(link.as_str()));
         browser.route("#/reports/wf_checkout", "reports").await;
         browser.wait_text("[data-stat='runs']", "2").await;
-        browser.assert_no_errors("reports").await;
-        browser.screenshot("reports").await;
+        browser.check("reports", "reports").await;
         browser.resize((768, 1000)).await;
         browser.wait_element("[data-section='runs'] table").await;
         browser.screenshot("reports-768").await;
@@ -479,8 +447,7 @@ fn raw_get(base: &str, target: &str) -> (u16, String) {
 #[test]
 fn the_artifacts_route_serves_recorded_reports_and_refuses_traversal() {
     let project = seeded();
-    let _server = Server::start(project.path());
-    let base = server_url(project.path());
+    let (_server, base) = serve(project.path());
     let run = run_to_end(&base, "broken");
     let id = run["run"]["id"].as_str().unwrap().to_owned();
     let recorded = artifacts(&run);

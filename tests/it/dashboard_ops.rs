@@ -11,8 +11,8 @@ use std::fs;
 
 use serde_json::{json, Value};
 
-use crate::browser::{server_url, Browser, DESKTOP};
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::browser::{agent, run_to_end, runtime, serve, Browser, DESKTOP};
+use crate::server::{eventually, project};
 
 const TICK: &str = "name: Tick\ndescription: Two quick shell steps\nsteps:\n  - name: first\n    command: [\"sh\", \"-c\", \"echo tick one\"]\n  - name: second\n    depends_on: [first]\n    command: [\"sh\", \"-c\", \"echo tick two\"]\n";
 
@@ -39,14 +39,6 @@ fn seeded() -> tempfile::TempDir {
     ])
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent()
-}
-
 fn get(base: &str, path: &str) -> (u16, Value) {
     let mut response = agent()
         .get(format!("{base}{path}"))
@@ -61,22 +53,9 @@ fn get(base: &str, path: &str) -> (u16, Value) {
 
 /// Runs `wf_tick` through the API to its end; returns the run id.
 fn run_tick(base: &str) -> String {
-    let mut response = agent()
-        .post(format!("{base}/api/workflows/wf_tick/execute"))
-        .header("Content-Type", "application/json")
-        .send("{}")
-        .expect("execute");
-    let text = response.body_mut().read_to_string().unwrap();
-    assert_eq!(response.status().as_u16(), 202, "{text}");
-    let id = serde_json::from_str::<Value>(&text).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(&format!("run {id} to succeed"), || {
-        let (_, shown) = get(base, &format!("/api/runs/{id}"));
-        (shown["run"]["status"] == "succeeded").then_some(())
-    });
-    id
+    let shown = run_to_end(base, "wf_tick", json!({}));
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
+    shown["run"]["id"].as_str().unwrap().to_owned()
 }
 
 fn job(base: &str, id: &str) -> Option<Value> {
@@ -88,31 +67,10 @@ fn job(base: &str, id: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Clicks an element scrolled to the middle of the window, away from the corner where the
-/// toasts of earlier actions may still show.
-async fn click(browser: &Browser, css: &str) {
-    browser.wait_element(css).await;
-    browser
-        .js(
-            "document.querySelector(arguments[0]).scrollIntoView({block: 'center'}); return true;",
-            vec![json!(css)],
-        )
-        .await;
-    browser.click(css).await;
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn agent_executions_lists_an_agents_recent_steps_newest_first_with_their_logs() {
     let dir = seeded();
-    let _server = Server::start(dir.path());
-    let base = server_url(dir.path());
+    let (_server, base) = serve(dir.path());
     let older = run_tick(&base);
     let newer = run_tick(&base);
     let (status, body) = get(&base, "/api/agents/shell/executions?limit=3");
@@ -171,8 +129,7 @@ fn agent_executions_lists_an_agents_recent_steps_newest_first_with_their_logs() 
 #[test]
 fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
     let dir = seeded();
-    let _server = Server::start(dir.path());
-    let base = server_url(dir.path());
+    let (_server, base) = serve(dir.path());
     let run = run_tick(&base);
     // The ghost agent's first health check has failed before the page is looked at.
     eventually("the ghost agent's health check", || {
@@ -205,11 +162,10 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
             )
             .await;
         assert_eq!(link, json!("#/workflows/wf_tick"));
-        browser.assert_no_errors("the schedules page").await;
-        browser.screenshot("ops-schedules").await;
+        browser.check("the schedules page", "ops-schedules").await;
 
         // Pause from the page: the API says paused, the row says so.
-        click(&browser, "[data-schedule='sch_nightly-tick'] button[data-action='pause']")
+        browser.press("[data-schedule='sch_nightly-tick'] button[data-action='pause']")
             .await;
         eventually("the API to report the schedule paused", || {
             job(&base, "sch_nightly-tick").filter(|j| j["paused"] == true)
@@ -219,7 +175,7 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
             .await;
 
         // Create from the form; first with a cron that can never fire: its diagnostic inline.
-        click(&browser, "button[data-action='new']").await;
+        browser.press("button[data-action='new']").await;
         browser.type_into("#schedule-name", "Never Ever").await;
         browser.type_into("#schedule-cron", "0 0 30 2 *").await;
         browser
@@ -228,7 +184,7 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
                 vec![],
             )
             .await;
-        click(&browser, "#schedule-form button[type='submit']").await;
+        browser.press("#schedule-form button[type='submit']").await;
         let diagnostic = browser
             .wait_text("[data-section='form-errors'] [data-diagnostics]", "schedules/never-ever.yaml:")
             .await;
@@ -238,15 +194,14 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
             .js("document.querySelector('#schedule-cron').value = ''; return true;", vec![])
             .await;
         browser.type_into("#schedule-cron", "*/5 * * * *").await;
-        click(&browser, "#schedule-form button[type='submit']").await;
+        browser.press("#schedule-form button[type='submit']").await;
         let created = eventually("the created schedule in the API", || job(&base, "sch_never-ever"));
         assert_eq!(created["schedule"], "*/5 * * * *", "{created}");
         browser
             .wait_text("[data-schedule='sch_never-ever']", "*/5 * * * *")
             .await;
         assert!(dir.path().join("schedules/never-ever.yaml").exists());
-        browser.assert_no_errors("after pausing and creating").await;
-        browser.screenshot("ops-schedules-created").await;
+        browser.check("after pausing and creating", "ops-schedules-created").await;
 
         // Agents: the failing health check, the shell agent's executions, then stop it.
         browser.route("#/agents", "agents").await;
@@ -261,9 +216,8 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
             .await;
         let shell = browser.text("[data-agent='shell']").await;
         assert!(shell.contains("100 %"), "the success rate: {shell}");
-        browser.assert_no_errors("the agents page").await;
-        browser.screenshot("ops-agents").await;
-        click(&browser, "[data-agent='shell'] button[data-action='stop']")
+        browser.check("the agents page", "ops-agents").await;
+        browser.press("[data-agent='shell'] button[data-action='stop']")
             .await;
         eventually("the API to report shell disabled", || {
             let (_, shell) = get(&base, "/api/agents/shell");
@@ -300,14 +254,14 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
             )
             .await;
         // The diff: nothing to change, then a real change shown as added and removed lines.
-        click(&browser, "button[data-action='diff']").await;
+        browser.press("button[data-action='diff']").await;
         browser.wait_element("[data-diff]").await;
         fs::write(
             dir.path().join("workflows/tick.yaml"),
             TICK.replace("Two quick shell steps", "Two quick steps, edited"),
         )
         .unwrap();
-        click(&browser, "button[data-action='diff']").await;
+        browser.press("button[data-action='diff']").await;
         let lines = browser
             .wait_for(
                 "the edit in the diff (unless the watcher applied it first)",
@@ -336,14 +290,13 @@ fn schedules_agents_and_manifests_pages_show_the_seeded_data_and_act() {
             ])
         );
         // Sync now: the edit is in force.
-        click(&browser, "button[data-action='sync']").await;
+        browser.press("button[data-action='sync']").await;
         browser.wait_text("#toasts", "Synced").await;
         eventually("the edit in force", || {
             let (_, wf) = get(&base, "/api/workflows/wf_tick");
             (wf["description"] == "Two quick steps, edited").then_some(())
         });
-        browser.assert_no_errors("the manifests page").await;
-        browser.screenshot("ops-manifests").await;
+        browser.check("the manifests page", "ops-manifests").await;
 
         // Readable at 768 px.
         browser.resize((768, 1000)).await;

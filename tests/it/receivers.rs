@@ -90,20 +90,7 @@ impl HttpRecorder {
             arrived: Mutex::new(0),
             stop: AtomicBool::new(false),
         });
-        let accepting = Arc::clone(&shared);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accepting.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let connection = Arc::clone(&accepting);
-                thread::spawn(move || {
-                    // A client that hangs up mid-request is not a test failure.
-                    let _ = serve_http(stream, &connection);
-                });
-            }
-        });
+        accept_until_stopped(listener, Arc::clone(&shared), |s| &s.stop, serve_http);
         HttpRecorder { address, shared }
     }
 
@@ -121,28 +108,71 @@ impl HttpRecorder {
     /// and returns them all; fails the test after the deadline.
     #[track_caller]
     pub(crate) fn wait_for(&self, n: usize) -> Vec<Recorded> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let requests = self.requests();
-            if requests.len() >= n {
-                return requests;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait_for_count(
+            n,
+            || self.requests(),
+            |requests| {
+                format!(
                 "the HTTP recorder at {} got {} request(s) within {DEADLINE:?}, expected {n}: {requests:#?}",
                 self.url(),
                 requests.len()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+            )
+            },
+        )
     }
 }
 
 impl Drop for HttpRecorder {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.address);
+        stop_accepting(&self.shared.stop, self.address);
+    }
+}
+
+/// Accepts connections on `listener` on a thread of its own, serving each on a thread of its
+/// own with `serve`, until the flag `stop` picks out of `shared` is set.
+fn accept_until_stopped<S: Send + Sync + 'static>(
+    listener: TcpListener,
+    shared: Arc<S>,
+    stop: fn(&S) -> &AtomicBool,
+    serve: fn(TcpStream, &S) -> std::io::Result<()>,
+) {
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stop(&shared).load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let connection = Arc::clone(&shared);
+            thread::spawn(move || {
+                // A client that hangs up mid-conversation is not a test failure.
+                let _ = serve(stream, &connection);
+            });
+        }
+    });
+}
+
+/// Sets `stop` and wakes the accept loop listening on `address` so it sees the flag.
+fn stop_accepting(stop: &AtomicBool, address: SocketAddr) {
+    stop.store(true, Ordering::SeqCst);
+    let _ = TcpStream::connect(address);
+}
+
+/// Polls `current` until it holds at least `n` items and returns them; after
+/// [`DEADLINE`] fails the test with `describe(items)`.
+#[track_caller]
+fn wait_for_count<T>(
+    n: usize,
+    current: impl Fn() -> Vec<T>,
+    describe: impl Fn(&[T]) -> String,
+) -> Vec<T> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let items = current();
+        if items.len() >= n {
+            return items;
+        }
+        assert!(Instant::now() < deadline, "{}", describe(&items));
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -321,19 +351,7 @@ impl SmtpSink {
             auth_attempts: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
-        let accepting = Arc::clone(&shared);
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if accepting.stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let session = Arc::clone(&accepting);
-                thread::spawn(move || {
-                    let _ = serve_smtp(stream, &session);
-                });
-            }
-        });
+        accept_until_stopped(listener, Arc::clone(&shared), |s| &s.stop, serve_smtp);
         SmtpSink { address, shared }
     }
 
@@ -356,27 +374,23 @@ impl SmtpSink {
     /// after the deadline.
     #[track_caller]
     pub(crate) fn wait_for(&self, n: usize) -> Vec<SmtpMessage> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let messages = self.messages();
-            if messages.len() >= n {
-                return messages;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait_for_count(
+            n,
+            || self.messages(),
+            |messages| {
+                format!(
                 "the SMTP sink on port {} accepted {} message(s) within {DEADLINE:?}, expected {n}: {messages:#?}",
                 self.port(),
                 messages.len()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+            )
+            },
+        )
     }
 }
 
 impl Drop for SmtpSink {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.address);
+        stop_accepting(&self.shared.stop, self.address);
     }
 }
 
