@@ -453,20 +453,23 @@ impl Store {
         steps: &[&StepRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
-        if let Some(run) = run {
-            let mut batch = sled::Batch::default();
-            batch.insert(run.id.as_bytes(), encode(run));
-            batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
-            self.runs
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
-        }
+        // Steps first: sled applies a batch to one tree, so a reader may see one tree's
+        // batch without the other's. Whoever reads a run and then its steps (the API, a
+        // follower) and finds the run finished then finds its steps final too.
         if !steps.is_empty() {
             let mut batch = sled::Batch::default();
             for step in steps {
                 batch.insert(step_key(&step.run_id, step.index), encode(*step));
             }
             self.steps
+                .apply_batch(batch)
+                .map_err(|e| self.sled_error(e))?;
+        }
+        if let Some(run) = run {
+            let mut batch = sled::Batch::default();
+            batch.insert(run.id.as_bytes(), encode(run));
+            batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
+            self.runs
                 .apply_batch(batch)
                 .map_err(|e| self.sled_error(e))?;
         }
