@@ -221,16 +221,12 @@ fn monitoring_alerts_and_reports_pages_show_the_system_live() {
         browser
             .wait_element("[data-plot='cpu'] svg.chart path.line")
             .await;
-        browser
-            .js(
-                "const svg = document.querySelector(\"[data-plot='memory'] svg.chart\"); const b = svg.getBoundingClientRect(); svg.querySelector('.hover-target').dispatchEvent(new PointerEvent('pointermove', {bubbles: true, clientX: b.left + b.width * 0.9, clientY: b.top + b.height / 2}));",
-                vec![],
-            )
-            .await;
+        // Live samples redraw the charts, which may replace the element a pointer moved
+        // over: each look moves the pointer over the chart there is now.
         let read_out = browser
             .wait_for(
                 "the hover read-out",
-                "return document.querySelector(\"[data-plot='memory'] svg.chart\").dataset.hoverValue || null;",
+                "const svg = document.querySelector(\"[data-plot='memory'] svg.chart\"); if (!svg) return null; const b = svg.getBoundingClientRect(); svg.querySelector('.hover-target')?.dispatchEvent(new PointerEvent('pointermove', {bubbles: true, clientX: b.left + b.width * 0.9, clientY: b.top + b.height / 2})); return svg.dataset.hoverValue || null;",
                 vec![],
             )
             .await;
