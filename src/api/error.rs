@@ -58,6 +58,27 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 422 for a manifest written by the API that the reconcile did not apply: the
+    /// diagnostics of its `file`, the first one's message after `summary` (`fallback` when
+    /// there is none).
+    pub fn not_applied(
+        diagnostics: Vec<crate::diagnostics::Diagnostic>,
+        file: &str,
+        summary: &str,
+        fallback: &str,
+    ) -> ApiError {
+        let diagnostics: Vec<_> = diagnostics.into_iter().filter(|d| d.file == file).collect();
+        let reason = diagnostics
+            .first()
+            .map_or_else(|| fallback.to_owned(), |d| d.message.clone());
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("{summary}: {reason}"),
+        )
+        .with_details(serde_json::json!({"diagnostics": diagnostics, "file": file}))
+    }
+
     /// 401.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

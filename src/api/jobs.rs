@@ -144,21 +144,12 @@ pub async fn create_job(
                 "schedules/{}",
                 path.file_name().unwrap_or_default().to_string_lossy()
             );
-            let diagnostics: Vec<_> = outcome
-                .diagnostics
-                .into_iter()
-                .filter(|d| d.file == file)
-                .collect();
-            let reason = diagnostics
-                .first()
-                .map(|d| d.message.clone())
-                .unwrap_or_else(|| "the schedule was not applied".into());
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!("the schedule is not valid; nothing was created: {reason}"),
-            )
-            .with_details(json!({"diagnostics": diagnostics})));
+            return Err(ApiError::not_applied(
+                outcome.diagnostics,
+                &file,
+                "the schedule is not valid; nothing was created",
+                "the schedule was not applied",
+            ));
         }
         Ok(record)
     })

@@ -576,21 +576,12 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
         .filter(|r| r.is_live() && r.status == ObjectStatus::Applied);
     let Some(record) = applied else {
         undo();
-        let diagnostics: Vec<Diagnostic> = outcome
-            .diagnostics
-            .into_iter()
-            .filter(|d| d.file == target.file)
-            .collect();
-        let reason = diagnostics
-            .first()
-            .map(|d| d.message.clone())
-            .unwrap_or_else(|| "the object was not applied".into());
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
-            format!("the manifest was not applied; the file is as it was: {reason}"),
-        )
-        .with_details(json!({"diagnostics": diagnostics, "file": target.file})));
+        return Err(ApiError::not_applied(
+            outcome.diagnostics,
+            &target.file,
+            "the manifest was not applied; the file is as it was",
+            "the object was not applied",
+        ));
     };
     let created = target.existing.is_none();
     let answer = json!({

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use crate::cli::OutputArgs;
 use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -19,23 +20,15 @@ use crate::monitor::alerts::{self, SilenceRequest};
 #[derive(Debug, Subcommand)]
 pub enum AlertCommand {
     /// List alert rules: state, since when, value, severity, silences, last notification.
-    List(ListArgs),
+    List(OutputArgs),
     /// Show one alert rule: its condition, status, notifications and history.
     Show(ShowArgs),
     /// Mute the notifications of an alert (by id or name) or of alerts with some labels.
     Silence(SilenceArgs),
     /// List silences: active, pending, and expired ones until they are pruned.
-    Silences(ListArgs),
+    Silences(OutputArgs),
     /// Expire a silence now.
     Unsilence(UnsilenceArgs),
-}
-
-/// Arguments of `alert list` and `alert silences`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
 /// Arguments of `alert show`.
@@ -188,7 +181,7 @@ fn alerts_of(backend: &Backend) -> Result<Vec<Value>> {
     }
 }
 
-fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+fn list(context: &Context, args: &OutputArgs) -> Result<u8> {
     let list = alerts_of(&Backend::open(context)?)?;
     if args.output != OutputFormat::Table {
         print_value(args.output, &Value::Array(list))?;
@@ -493,7 +486,7 @@ fn matchers_text(silence: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn list_silences(context: &Context, args: &ListArgs) -> Result<u8> {
+fn list_silences(context: &Context, args: &OutputArgs) -> Result<u8> {
     let list = match Backend::open(context)? {
         Backend::Remote(client) => client.get("/api/silences")?["silences"]
             .as_array()

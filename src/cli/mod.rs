@@ -78,6 +78,15 @@ pub enum OutputFormat {
     Yaml,
 }
 
+/// The arguments of a listing command that takes only an output format (`workflow list`,
+/// `schedule list`, `trigger list`, `alert list`, `alert silences`).
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

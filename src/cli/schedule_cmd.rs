@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use crate::cli::OutputArgs;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
@@ -18,7 +19,7 @@ use crate::manifest::Kind;
 #[derive(Debug, Subcommand)]
 pub enum ScheduleCommand {
     /// List schedules: cron, time zone, workflow, next fire, last run.
-    List(ListArgs),
+    List(OutputArgs),
     /// Show one schedule.
     Show(ShowArgs),
     /// Write a schedule manifest into schedules/ and apply it; prints its id.
@@ -36,14 +37,6 @@ pub enum ScheduleCommand {
 pub struct PauseArgs {
     /// Schedule id (or name).
     pub id: String,
-}
-
-/// Arguments of `schedule list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
 /// Arguments of `schedule show`.
@@ -130,7 +123,7 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+fn list(context: &Context, args: &OutputArgs) -> Result<u8> {
     let jobs = jobs(context)?;
     if args.output != OutputFormat::Table {
         print_value(args.output, &Value::Array(jobs))?;

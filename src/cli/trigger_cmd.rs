@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use crate::cli::OutputArgs;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
@@ -22,7 +23,7 @@ pub enum TriggerCommand {
     #[command(subcommand)]
     Create(CreateCommand),
     /// List the triggers in force.
-    List(ListArgs),
+    List(OutputArgs),
     /// Show one trigger and its latest deliveries.
     Show(ShowArgs),
     /// What happened to a trigger's deliveries, newest first.
@@ -75,14 +76,6 @@ pub struct WebhookArgs {
     /// The trigger's name (default: from the path); its id is derived from it.
     #[arg(long)]
     pub name: Option<String>,
-}
-
-/// Arguments of `trigger list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
 /// Arguments of `trigger show`.
@@ -217,7 +210,7 @@ fn print_value(output: OutputFormat, value: &Value) -> Result<()> {
     Ok(())
 }
 
-fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+fn list(context: &Context, args: &OutputArgs) -> Result<u8> {
     context.init_logging(true)?;
     let triggers = triggers_of(Backend::open(context)?.objects()?.into_values());
     if args.output != OutputFormat::Table {

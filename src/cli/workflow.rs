@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::cli::OutputArgs;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
@@ -25,7 +26,7 @@ use crate::store::Store;
 #[derive(Debug, Subcommand)]
 pub enum WorkflowCommand {
     /// List workflows with their last run.
-    List(ListArgs),
+    List(OutputArgs),
     /// Show one workflow: its manifest and recent runs.
     Show(ShowArgs),
     /// Write a workflow manifest into workflows/ and apply it; prints its id.
@@ -34,14 +35,6 @@ pub enum WorkflowCommand {
     Render(RenderArgs),
     /// Run a workflow and follow it; exit 0 when it succeeded, 1 when it did not.
     Execute(ExecuteArgs),
-}
-
-/// Arguments of `workflow list`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Output format.
-    #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
 /// Arguments of `workflow show`.
@@ -134,7 +127,7 @@ pub fn parse_params(text: Option<&str>) -> Result<Map<String, Value>> {
     }
 }
 
-fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+fn list(context: &Context, args: &OutputArgs) -> Result<u8> {
     context.init_logging(true)?;
     let store = Backend::open(context)?;
     let runs = store.runs()?;
