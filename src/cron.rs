@@ -178,6 +178,10 @@ const CORRECTION_BACKWARD_SECS: i64 = 181 * 60;
 /// case, a difference of at most 5 minutes): every job catches up, wildcard jobs too.
 const LATE_WAKEUP_SECS: i64 = 5 * 60;
 
+/// 0000-12-31T00:00:00Z, a day before the first wall-clock time croner matches (0001-01-01):
+/// where [`CronSchedule::next_fire`] starts searching when asked about an earlier instant.
+const FIRST_SEARCHED_SECS: i64 = -62_135_683_200;
+
 /// How far apart [`first_offset_change`] samples a zone's UTC offset: a day. Two offset
 /// changes within one sample that cancel each other out would go unnoticed, but no two
 /// offset changes of any zone in the tz database are less than four days apart.
@@ -299,7 +303,10 @@ impl CronSchedule {
     /// matching wall-clock time is found by croner, and each offset change crossed is
     /// handled by the rules of [`CronSchedule::next_fire`].
     fn next_in_zone<Z: TimeZone>(&self, after: DateTime<Utc>, zone: &Z) -> Option<DateTime<Utc>> {
-        let mut cursor = after;
+        // croner knows no year before 1, so nothing fires earlier: a search from before
+        // then starts the day before, as walking the offsets up to the first fire is linear
+        // in the time it spans (from chrono's first year that took minutes).
+        let mut cursor = after.max(DateTime::from_timestamp(FIRST_SEARCHED_SECS, 0)?);
         // Whether a fire time at `cursor` itself counts: only at the start of a new span.
         let mut inclusive = false;
         loop {

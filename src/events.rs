@@ -113,6 +113,9 @@ pub struct Event {
 pub struct EventBus {
     sender: broadcast::Sender<Arc<Event>>,
     sequence: Arc<std::sync::atomic::AtomicU64>,
+    /// Held from taking a sequence number to sending: events enter the channel in the
+    /// order of their numbers, even when threads publish at once.
+    order: Arc<std::sync::Mutex<()>>,
 }
 
 impl EventBus {
@@ -122,11 +125,13 @@ impl EventBus {
         EventBus {
             sender,
             sequence: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            order: Arc::new(std::sync::Mutex::new(())),
         }
     }
 
     /// Publishes an event. Call only once what it reports is durable.
     pub fn publish(&self, kind: EventKind, payload: Value) {
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let sequence = self
             .sequence
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -166,6 +171,40 @@ mod tests {
             );
         }
         assert_eq!(EventKind::parse("workflow_finished"), None);
+    }
+
+    #[test]
+    fn events_published_at_once_from_threads_arrive_in_sequence_order() {
+        let bus = EventBus::new(1024);
+        let mut listener = bus.subscribe();
+        let reader = std::thread::spawn(move || {
+            let (mut received, mut last) = (0u64, None);
+            loop {
+                match listener.blocking_recv() {
+                    Ok(event) => {
+                        if let Some(last) = last {
+                            assert!(event.sequence > last, "{} after {last}", event.sequence);
+                        }
+                        last = Some(event.sequence);
+                        received += 1;
+                    }
+                    // What was missed is counted; the order is checked from here on.
+                    Err(broadcast::error::RecvError::Lagged(missed)) => received += missed,
+                    Err(broadcast::error::RecvError::Closed) => return received,
+                }
+            }
+        });
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for n in 0..20_000 {
+                        bus.publish(EventKind::StepStarted, Value::from(n));
+                    }
+                });
+            }
+        });
+        drop(bus);
+        assert_eq!(reader.join().unwrap(), 160_000);
     }
 
     #[test]

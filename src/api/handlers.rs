@@ -518,10 +518,12 @@ pub async fn list_runs(
 }
 
 fn load_run(state: &AppState, id: &str) -> ApiResult<RunRecord> {
-    state
-        .store
-        .run(id)?
-        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`; GET /api/runs lists them")))
+    // Run ids never hold a NUL; the keys of the runs tree's index start with one.
+    let found = match id.contains('\0') {
+        true => None,
+        false => state.store.run(id)?,
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("no run `{id}`; GET /api/runs lists them")))
 }
 
 /// A run and its steps.

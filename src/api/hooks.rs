@@ -342,7 +342,10 @@ fn run_trigger(
     match deliveries::claim(&state.store, &trigger.id, &record.delivery, &key)? {
         Claim::New => {}
         Claim::Seen(earlier) => {
-            record.run_id = earlier.as_ref().and_then(|e| e.run_id.clone());
+            record.run_id = match &earlier {
+                Some(earlier) => earlier.run_id.clone(),
+                None => deliveries::claimed_run(&state.store, &trigger.id, &record.delivery)?,
+            };
             let when = earlier
                 .map(|e| format!(" at {}", e.received_at))
                 .unwrap_or_default();
@@ -379,6 +382,7 @@ fn run_trigger(
     };
     let accepted = crate::server::start_run_recorded(state, &request, |run| {
         record.run_id = Some(run.id.clone());
+        deliveries::name_run(&state.store, &trigger.id, &record.delivery, &key, &run.id)?;
         deliveries::record(&state.store, &key, &record, true)
     });
     match accepted {
@@ -409,8 +413,9 @@ fn run_trigger(
 }
 
 /// The payload as JSON; a form-encoded body (GitHub's other content type) is refused with
-/// the setting to change.
-fn parse_payload(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+/// the setting to change. Public for the webhook fuzz target, which runs the handler's
+/// pure steps.
+pub fn parse_payload(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -91,6 +91,8 @@ pub async fn create_job(
         .with_details(json!({"field": "name"})));
     }
     let id = format!("sch_{slug}");
+    // The file name is cut to fit a file system's limit; the id keeps the whole slug.
+    let slug = super::manifest_save::file_stem(&slug).to_owned();
     let key = ObjectKey {
         kind: Kind::Schedule,
         id: id.clone(),
@@ -129,6 +131,25 @@ pub async fn create_job(
         crate::reconcile::diff::to_yaml(&Value::Object(manifest))
     );
     let outcome = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        // Checked before anything is written: a schedule that would be invalid leaves no
+        // file and no record behind.
+        let file = format!(
+            "schedules/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let diagnostics =
+            super::manifest_save::check_new_file(&state, Kind::Schedule, &file, &text)?;
+        if diagnostics
+            .iter()
+            .any(crate::diagnostics::Diagnostic::is_error)
+        {
+            return Err(ApiError::not_applied(
+                diagnostics,
+                &file,
+                "the schedule is not valid; nothing was created",
+                "the schedule was not applied",
+            ));
+        }
         std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
         std::fs::write(&path, text).map_err(ApiError::internal)?;
         let outcome = controller::reconcile(&state, &[], true, false, "api")?;

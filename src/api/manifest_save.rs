@@ -62,15 +62,16 @@ struct Target {
     text: String,
 }
 
-/// Refuses ids that are not plain slugs (the only ids the manifests produce).
+/// Refuses ids that are not plain slugs (the only ids the manifests produce: letters of
+/// any script, as `slug` keeps them).
 fn check_id(id: &str) -> Result<(), ApiError> {
     let plain = !id.is_empty()
-        && id.len() <= 200
+        && id.len() <= 1000
         && !id.starts_with('.')
         && !id.contains("..")
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if plain {
         Ok(())
     } else {
@@ -79,6 +80,20 @@ fn check_id(id: &str) -> Result<(), ApiError> {
         ))
         .with_details(json!({"field": "id"})))
     }
+}
+
+/// The longest file name stem the API writes, in bytes: file systems allow 255 per name,
+/// and a name of 200 letters of a non-Latin script slugs to several bytes a letter.
+const MAX_STEM_BYTES: usize = 200;
+
+/// The file name stem for a slug: at most [`MAX_STEM_BYTES`], cut between letters (the id
+/// keeps the whole slug; only the file name is shortened).
+pub(super) fn file_stem(slug: &str) -> &str {
+    let mut end = slug.len().min(MAX_STEM_BYTES);
+    while !slug.is_char_boundary(end) {
+        end -= 1;
+    }
+    slug[..end].trim_end_matches(['-', '.', '_'])
 }
 
 /// A project-relative path that stays inside the project.
@@ -224,7 +239,7 @@ fn target(state: &AppState, body: ManifestBody) -> Result<Target, ApiError> {
             let stem = id
                 .as_deref()
                 .map(|id| id.strip_prefix(kind.id_prefix()).unwrap_or(id))
-                .map(|s| slug(s).trim_start_matches(['.', '-', '_']).to_owned())
+                .map(|s| file_stem(slug(s).trim_start_matches(['.', '-', '_'])).to_owned())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "untitled".to_owned());
             header = format!(
@@ -343,6 +358,24 @@ fn check(state: &AppState, target: &Target) -> Result<Vec<Diagnostic>, ApiError>
         .into_iter()
         .filter(|d| d.file == target.file)
         .collect())
+}
+
+/// The diagnostics `text` would have as the new project file `file`, validated with every
+/// other manifest; nothing is written.
+pub(super) fn check_new_file(
+    state: &AppState,
+    kind: Kind,
+    file: &str,
+    text: &str,
+) -> Result<Vec<Diagnostic>, ApiError> {
+    let target = Target {
+        kind,
+        id: None,
+        file: file.to_owned(),
+        existing: None,
+        text: text.to_owned(),
+    };
+    check(state, &target)
 }
 
 /// Whether `file` is inside one of the configured manifest directories.
@@ -709,7 +742,13 @@ mod tests {
 
     #[test]
     fn ids_are_plain_slugs() {
-        for good in ["wf_smoke", "dash_team-board", "wf_a.b"] {
+        for good in [
+            "wf_smoke",
+            "dash_team-board",
+            "wf_a.b",
+            "wf_café",
+            "wf_اختبار-الواجهة",
+        ] {
             assert!(check_id(good).is_ok(), "{good}");
         }
         for bad in [
@@ -720,6 +759,8 @@ mod tests {
             "a b",
             "wf_..",
             "/abs",
+            "wf_a\0",
+            "wf_a\\b",
         ] {
             assert!(check_id(bad).is_err(), "{bad}");
         }
@@ -744,6 +785,19 @@ mod tests {
             Some("dash_team-board")
         );
         assert_eq!(manifest_id(Kind::Workflow, &json!({"name": "!!"})), None);
+    }
+
+    #[test]
+    fn file_stems_fit_a_file_name() {
+        assert_eq!(file_stem("smoke"), "smoke");
+        let long = "é".repeat(200);
+        let stem = file_stem(&long);
+        assert!(stem.len() <= MAX_STEM_BYTES && stem.len() >= MAX_STEM_BYTES - 1);
+        assert!(long.starts_with(stem));
+        assert_eq!(
+            file_stem(&format!("{}-b", "a".repeat(199))),
+            "a".repeat(199)
+        );
     }
 
     #[test]

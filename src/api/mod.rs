@@ -9,7 +9,7 @@ mod agent_runs;
 mod alerts;
 mod error;
 mod handlers;
-mod hooks;
+pub mod hooks;
 mod jobs;
 mod manifest_save;
 mod monitor;

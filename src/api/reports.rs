@@ -155,7 +155,12 @@ pub async fn run_artifact(
     let store = std::sync::Arc::clone(&state.store);
     let run_id = id.clone();
     let (run, steps) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((store.run(&run_id)?, store.steps(&run_id)?))
+        // Run ids never hold a NUL; the keys of the runs tree's index start with one.
+        let run = match run_id.contains('\0') {
+            true => None,
+            false => store.run(&run_id)?,
+        };
+        Ok::<_, crate::store::StoreError>((run, store.steps(&run_id)?))
     })
     .await
     .map_err(ApiError::internal)??;

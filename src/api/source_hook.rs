@@ -83,12 +83,9 @@ pub async fn receive(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.metrics.webhook_deliveries.inc();
-    let Some(git) = state.git.as_ref() else {
-        return Err(ApiError::not_found(
-            "this server reads the manifest directories, not a git repository: /hooks/source is for a git source (source.git in the configuration, or start --source)",
-        ));
-    };
-    if let Some(secret) = git.webhook_secret() {
+    // The credentials first, in either mode: nothing about the server is told to a caller
+    // without them.
+    if let Some(secret) = state.git.as_ref().and_then(|git| git.webhook_secret()) {
         let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
         verify_signature(secret.as_bytes(), &body, signature).map_err(ApiError::unauthorized)?;
     } else if let Some(token) = state.api_token.as_deref() {
@@ -104,6 +101,11 @@ pub async fn receive(
             ));
         }
     }
+    let Some(git) = state.git.as_ref() else {
+        return Err(ApiError::not_found(
+            "this server reads the manifest directories, not a git repository: /hooks/source is for a git source (source.git in the configuration, or start --source)",
+        ));
+    };
     let event = headers
         .get("x-github-event")
         .and_then(|v| v.to_str().ok())

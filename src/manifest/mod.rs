@@ -221,7 +221,13 @@ pub fn extract(
                 _ => Vec::new(),
             };
             for (index, item) in items.iter().enumerate() {
-                let item_location = item_locations.get(index).cloned().unwrap_or_default();
+                // Without item locations (a JSON file whose locations could not be read),
+                // the document's own: every diagnostic keeps a line in the file.
+                let item_location = item_locations.get(index).cloned().unwrap_or(LocatedNode {
+                    line: locations.line,
+                    column: locations.column,
+                    children: LocatedChildren::None,
+                });
                 let (more, problems) = extract_one(
                     file,
                     Kind::Alert,

@@ -131,6 +131,9 @@ pub fn parse_yaml(text: &str) -> Result<Vec<ParsedDocument>, SyntaxError> {
     budget.max_documents = MAX_DOCUMENTS;
     let mut options = Options::default();
     options.budget = Some(budget);
+    // YAML 1.2 core schema: only true/false are booleans, so keys and values such as `n`,
+    // `y`, `no`, `on` or `off` stay the strings they look like.
+    options.strict_booleans = true;
     let documents: Vec<Option<Spanned<YamlNode>>> =
         serde_saphyr::from_multiple_with_options(text, options).map_err(syntax_error)?;
     Ok(documents
@@ -422,6 +425,16 @@ mod tests {
         assert_eq!(locations.locate("/steps/0/agent", true), (4, 5));
         // A missing field points at the mapping that lacks it.
         assert_eq!(locations.locate("/steps/0/missing", false), (3, 5));
+    }
+
+    #[test]
+    fn only_true_and_false_are_booleans() {
+        let text = "n: 1\ny: yes\non: off\nflag: true\nother: False\n";
+        let document = &parse_yaml(text).unwrap()[0];
+        assert_eq!(
+            document.value,
+            serde_json::json!({"n": 1, "y": "yes", "on": "off", "flag": true, "other": false})
+        );
     }
 
     #[test]

@@ -84,7 +84,11 @@ pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
     }
 
     // Files are independent until references are checked: parse and validate in parallel.
-    let per_file: Vec<FileResult> = snapshot.files.par_iter().map(check_file).collect();
+    let check_all = || snapshot.files.par_iter().map(check_file).collect();
+    let per_file: Vec<FileResult> = match check_pool() {
+        Some(pool) => pool.install(check_all),
+        None => check_all(),
+    };
 
     let mut candidates: Vec<Candidate> = Vec::new();
     for result in per_file {
@@ -151,6 +155,24 @@ pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
     });
     set.diagnostics.dedup();
     set
+}
+
+/// The stack of the threads that check files: parsing recurses per nesting level, up to
+/// `parse::MAX_DEPTH`, and rayon's default 2 MiB overflowed on 60 levels in a debug build.
+const CHECK_STACK_BYTES: usize = 16 << 20;
+
+/// The threads files are checked on, with stacks deep enough for the deepest document the
+/// parser accepts (`None` if the threads cannot be started: the global pool then).
+fn check_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|index| format!("manifest-check-{index}"))
+            .stack_size(CHECK_STACK_BYTES)
+            .build()
+            .ok()
+    })
+    .as_ref()
 }
 
 /// The content hash of a spec: SHA-256 of its JSON, first 16 hex digits.

@@ -170,6 +170,12 @@ pub struct ScheduleState {
     /// starts; a restart that finds it set starts that run, unless it exists already).
     #[serde(default)]
     pub pending: bool,
+    /// While `pending`: each due instant recorded whose run may not exist yet. A pass that
+    /// catches up fires several at once (`last_fired` is only the latest), so a restart
+    /// settles each of them, not the latest alone. Empty in a record written before it
+    /// existed: then `last_fired` is the one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_fires: Vec<DateTime<Utc>>,
     /// Fires that started a run.
     pub fires: u64,
     /// Fires skipped (missed beyond catch-up, or forbidden by the concurrency policy).
@@ -479,22 +485,32 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
         let mut state = states.remove(&spec.id).unwrap_or_default();
         // Compared with at the end: what changed (a pending fire settled here too) is written.
         let before = state.clone();
-        // A fire recorded by a process that stopped before its run was created.
-        if let (true, Some(due)) = (state.pending, state.last_fired) {
-            match run_of_fire(&shared.store, &spec.id, due) {
-                Some(run) => {
-                    state.last_run = Some(run.id.clone());
-                    let live = shared.live_run_ids().contains(&run.id);
-                    if run.status == crate::engine::model::Status::Queued && !live {
-                        // Created but never started: it starts now, and the fire stays
-                        // pending until a later pass finds the run under way or over.
-                        unstarted.push(run);
-                    } else {
-                        state.pending = false;
+        // Fires recorded by a process that stopped before their runs were created.
+        if let (true, Some(last)) = (state.pending, state.last_fired) {
+            let recorded = if state.pending_fires.is_empty() {
+                vec![last]
+            } else {
+                std::mem::take(&mut state.pending_fires)
+            };
+            for due in recorded {
+                match run_of_fire(&shared.store, &spec.id, due) {
+                    Some(run) => {
+                        state.last_run = Some(run.id.clone());
+                        let live = shared.live_run_ids().contains(&run.id);
+                        if run.status == crate::engine::model::Status::Queued && !live {
+                            // Created but never started: it starts now, and the fire stays
+                            // pending until a later pass finds the run under way or over.
+                            unstarted.push(run);
+                            state.pending_fires.push(due);
+                        }
+                    }
+                    None => {
+                        fires.push((spec.clone(), due));
+                        state.pending_fires.push(due);
                     }
                 }
-                None => fires.push((spec.clone(), due)),
             }
+            state.pending = !state.pending_fires.is_empty();
         }
         let planned = plan_ahead(
             &spec,
@@ -514,6 +530,7 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
         for due in &planned.fire {
             state.last_fired = Some(*due);
             state.pending = true;
+            state.pending_fires.push(*due);
             fires.push((spec.clone(), *due));
         }
         if state != before {
@@ -570,7 +587,8 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
                 state.last_skip = Some(reason.clone());
             }
         }
-        if state.last_fired == Some(due) {
+        state.pending_fires.retain(|pending| *pending != due);
+        if state.pending_fires.is_empty() {
             state.pending = false;
         }
         let lateness = Utc::now().signed_duration_since(due).num_milliseconds();

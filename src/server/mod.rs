@@ -710,6 +710,12 @@ pub fn serve(
     for id in run::recover(&store)? {
         tracing::warn!("run {id} was left running by a process that ended; marked interrupted");
     }
+    // Webhook deliveries claimed without a recorded run: linked to their run, or released
+    // so that a redelivery runs them.
+    let deliveries = crate::triggers::recovery::recover(&store)?;
+    for delivery in &deliveries.released {
+        tracing::warn!("webhook delivery {delivery} was claimed by a process that ended before creating its run; released for a redelivery");
+    }
     // Runs left `queued` are started once the first reconcile is done (below).
     let log_dir = config.resolve(&config.config.logging.dir);
     std::fs::create_dir_all(&log_dir)

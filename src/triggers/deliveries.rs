@@ -5,17 +5,20 @@
 //!   trigger (accepted, duplicate, filtered, rejected, ping, error); the keys sort by
 //!   arrival, so the newest come last.
 //! - `delivery_ids`, `<trigger id>/<delivery id>` → the key of the accepted delivery's
-//!   record: written once ([`Store::insert_state_once`]) before its run is created, so a
-//!   redelivery — even after a restart or a crash — finds it and runs nothing.
+//!   record (and, once created, its run): claimed once ([`Store::insert_state_once`])
+//!   before its run is created, so a redelivery — even after a restart or a crash — finds
+//!   it and runs nothing.
 //!
-//! Each trigger keeps its newest `history_limit` records (and their ids); older ones go.
+//! Each trigger keeps its newest `history_limit` records and, apart from them, the ids of
+//! its newest `history_limit` accepted deliveries: duplicates, rejected and filtered
+//! deliveries fill the history but never push a claim out. Older ones go.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DeliveryRecord, DeliveryResult};
+use super::DeliveryRecord;
 use crate::store::{Store, StoreError};
 
 /// The tree of delivery records.
@@ -31,6 +34,10 @@ const PRUNE_EVERY: u64 = 100;
 struct IdEntry {
     /// Key of the accepted delivery's record in [`TREE`].
     record: String,
+    /// The run it started, once there is one: a redelivery still names it after the
+    /// record has left the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_id: Option<String>,
 }
 
 /// A new record key for a delivery at `trigger`: later deliveries sort after earlier ones
@@ -71,15 +78,50 @@ pub fn claim(store: &Store, trigger: &str, delivery: &str, key: &str) -> Result<
     let id_key = format!("{trigger}/{delivery}");
     let entry = IdEntry {
         record: key.to_owned(),
+        run_id: None,
     };
     if store.insert_state_once(IDS_TREE, &id_key, &entry, false)? {
         return Ok(Claim::New);
     }
     let earlier = match store.state::<IdEntry>(IDS_TREE, &id_key)? {
-        Some(entry) => store.state::<DeliveryRecord>(TREE, &entry.record)?,
+        Some(entry) => match store.state::<DeliveryRecord>(TREE, &entry.record)? {
+            Some(mut record) => {
+                record.run_id = record.run_id.or(entry.run_id);
+                Some(record)
+            }
+            None => None,
+        },
         None => None,
     };
     Ok(Claim::Seen(earlier))
+}
+
+/// The run an accepted delivery started, remembered with its claim (not flushed: the
+/// flush of the run's creation covers it).
+pub fn name_run(
+    store: &Store,
+    trigger: &str,
+    delivery: &str,
+    key: &str,
+    run_id: &str,
+) -> Result<(), StoreError> {
+    let entry = IdEntry {
+        record: key.to_owned(),
+        run_id: Some(run_id.to_owned()),
+    };
+    store.put_state(IDS_TREE, &format!("{trigger}/{delivery}"), &entry, false)
+}
+
+/// The run a claimed delivery id started, as its claim remembers it (the record may have
+/// left the history).
+pub fn claimed_run(
+    store: &Store,
+    trigger: &str,
+    delivery: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(store
+        .state::<IdEntry>(IDS_TREE, &format!("{trigger}/{delivery}"))?
+        .and_then(|entry| entry.run_id))
 }
 
 /// Forgets a claimed id (its run could not be created: a redelivery may try again).
@@ -119,10 +161,25 @@ pub fn note_delivery(store: &Store, trigger: &str, keep: usize) -> Result<(), St
     Ok(())
 }
 
-/// Removes a trigger's oldest records beyond `keep`, and the ids of the accepted ones among
-/// them; returns how many records went.
+/// Removes a trigger's oldest records beyond `keep`, and its oldest claimed ids beyond
+/// `keep` accepted deliveries; returns how many records went.
+///
+/// The two are bounded apart: records of duplicates, rejected or filtered deliveries fill
+/// the history too, and if they pushed an accepted delivery's id out with its record, a
+/// replay of that delivery repeated more than `keep` times would run again.
 pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreError> {
-    let keys = store.states::<serde::de::IgnoredAny>(TREE, &format!("{trigger}/"))?;
+    let prefix = format!("{trigger}/");
+    let mut claims = store.states::<IdEntry>(IDS_TREE, &prefix)?;
+    if claims.len() > keep {
+        // Record keys are monotonic ULIDs: the oldest claims sort first.
+        claims.sort_by(|a, b| a.1.record.cmp(&b.1.record));
+        let old: Vec<String> = claims[..claims.len() - keep]
+            .iter()
+            .map(|(key, _)| key.clone())
+            .collect();
+        store.remove_states(IDS_TREE, &old)?;
+    }
+    let keys = store.states::<serde::de::IgnoredAny>(TREE, &prefix)?;
     if keys.len() <= keep {
         return Ok(0);
     }
@@ -130,20 +187,6 @@ pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreEr
         .iter()
         .map(|(key, _)| key.clone())
         .collect();
-    let mut ids = Vec::new();
-    for key in &old {
-        if let Some(record) = store.state::<DeliveryRecord>(TREE, key)? {
-            if matches!(
-                record.result,
-                DeliveryResult::Accepted | DeliveryResult::Error
-            ) {
-                ids.push(format!("{trigger}/{}", record.delivery));
-            }
-        }
-    }
-    if !ids.is_empty() {
-        store.remove_states(IDS_TREE, &ids)?;
-    }
     store.remove_states(TREE, &old)?;
     Ok(old.len())
 }
@@ -151,6 +194,7 @@ pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::triggers::DeliveryResult;
 
     fn record_of(trigger: &str, delivery: &str, result: DeliveryResult) -> DeliveryRecord {
         DeliveryRecord {
@@ -242,5 +286,45 @@ mod tests {
             Claim::Seen(Some(_))
         ));
         assert_eq!(list(&store, "trg_ab", 10).unwrap().1, 1);
+    }
+
+    #[test]
+    fn duplicates_filling_the_history_keep_the_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = new_key("trg_a");
+        assert!(matches!(
+            claim(&store, "trg_a", "d-1", &key).unwrap(),
+            Claim::New
+        ));
+        record(
+            &store,
+            &key,
+            &record_of("trg_a", "d-1", DeliveryResult::Accepted),
+            false,
+        )
+        .unwrap();
+        for _ in 0..10 {
+            let key = new_key("trg_a");
+            assert!(matches!(
+                claim(&store, "trg_a", "d-1", &key).unwrap(),
+                Claim::Seen(_)
+            ));
+            let duplicate = record_of("trg_a", "d-1", DeliveryResult::Duplicate);
+            record(&store, &key, &duplicate, false).unwrap();
+            prune(&store, "trg_a", 3).unwrap();
+        }
+        assert_eq!(list(&store, "trg_a", 100).unwrap().1, 3);
+        // The accepted record is gone from the history; its id is still claimed, and the
+        // claim names the run.
+        name_run(&store, "trg_a", "d-1", &key, "run_1").unwrap();
+        assert!(matches!(
+            claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap(),
+            Claim::Seen(None)
+        ));
+        assert_eq!(
+            claimed_run(&store, "trg_a", "d-1").unwrap().as_deref(),
+            Some("run_1")
+        );
     }
 }

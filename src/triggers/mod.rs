@@ -5,6 +5,7 @@
 //! the store; the HTTP side (`api::hooks`) resolves secrets and starts the runs.
 
 pub mod deliveries;
+pub mod recovery;
 pub mod signature;
 pub mod template;
 

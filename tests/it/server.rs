@@ -719,11 +719,11 @@ fn bad_input_is_answered_with_json_errors() {
 }
 
 /// An open `/ws` connection.
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next text message as JSON, within the deadline.
-async fn ws_next(ws: &mut Ws) -> Value {
+pub(crate) async fn ws_next(ws: &mut Ws) -> Value {
     loop {
         let message = tokio::time::timeout(DEADLINE, ws.next())
             .await
@@ -741,14 +741,14 @@ async fn ws_next(ws: &mut Ws) -> Value {
     }
 }
 
-async fn ws_send(ws: &mut Ws, message: Value) {
+pub(crate) async fn ws_send(ws: &mut Ws, message: Value) {
     ws.send(Message::text(message.to_string()))
         .await
         .expect("send");
 }
 
 /// Reads messages until one matches; returns it.
-async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + DEADLINE;
     loop {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -761,7 +761,7 @@ async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> V
 
 /// Narrows the stream to `events` and reads up to the `subscribed` answer (events published
 /// before the request was read may come first).
-async fn ws_subscribe(ws: &mut Ws, events: &[&str]) {
+pub(crate) async fn ws_subscribe(ws: &mut Ws, events: &[&str]) {
     ws_send(ws, json!({"type": "subscribe", "events": events})).await;
     let subscribed = ws_until(ws, "the subscription", |message| {
         assert!(
@@ -781,7 +781,7 @@ async fn ws_subscribe(ws: &mut Ws, events: &[&str]) {
 }
 
 /// Connects to `/ws` and reads the `connected` hello.
-async fn ws_connect(address: &str, token: Option<&str>) -> Ws {
+pub(crate) async fn ws_connect(address: &str, token: Option<&str>) -> Ws {
     let mut request = format!("ws://{address}/ws").into_client_request().unwrap();
     if let Some(token) = token {
         request
