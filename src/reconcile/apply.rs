@@ -175,6 +175,14 @@ fn records_to_write(
         record.updated_at = now.to_owned();
         records.push(record);
     }
+    for key in &plan.forgotten {
+        let mut record = applied[key].clone();
+        record.status = ObjectStatus::Pruned;
+        record.diagnostics.clear();
+        record.attempted_revision = revision.clone();
+        record.updated_at = now.to_owned();
+        records.push(record);
+    }
     for change in &plan.delete {
         if !prepared.options.prune {
             continue;

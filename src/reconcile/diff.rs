@@ -54,6 +54,10 @@ pub struct Plan {
     /// Objects whose manifest is valid again with the spec already in force: only their
     /// status changes back to applied.
     pub recovered: Vec<ObjectKey>,
+    /// Records of manifests that were never valid and whose files are gone: nothing of them
+    /// is in force, so they are removed from listings with or without `prune`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgotten: Vec<ObjectKey>,
 }
 
 impl Plan {
@@ -69,6 +73,7 @@ impl Plan {
         !(self.create.is_empty()
             && self.update.is_empty()
             && self.recovered.is_empty()
+            && self.forgotten.is_empty()
             && (!prune || self.delete.is_empty()))
     }
 
@@ -97,6 +102,7 @@ impl Plan {
             invalid: self.invalid.clone(),
             kept: self.kept.clone(),
             recovered: Vec::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -145,8 +151,16 @@ pub fn diff(desired: &DesiredSet, applied: &BTreeMap<ObjectKey, ObjectRecord>) -
             last_good_in_force: applied.get(key).is_some_and(ObjectRecord::is_live),
         });
     }
-    for (key, record) in applied.iter().filter(|(_, r)| r.is_live()) {
+    for (key, record) in applied.iter() {
         if desired.objects.contains_key(key) || desired.invalid.contains_key(key) {
+            continue;
+        }
+        if !record.is_live() {
+            // Never valid (no spec) and its file gone or fixed into another object.
+            let never_applied = record.status == ObjectStatus::Invalid && record.spec.is_none();
+            if never_applied && !desired.damaged_files.contains(&record.source_file) {
+                plan.forgotten.push(key.clone());
+            }
             continue;
         }
         if desired.damaged_files.contains(&record.source_file) {

@@ -118,3 +118,42 @@ fn the_memo_always_agrees_with_a_full_reconcile() {
     assert!(!after.from_memo, "a record write drops the memo");
     assert_eq!(after.plan.update.len(), 1, "{:?}", after.plan);
 }
+
+#[test]
+fn a_manifest_that_was_never_valid_is_forgotten_once_its_file_goes() {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    fs::create_dir_all(root.join("workflows")).unwrap();
+    fs::write(
+        root.join("workflows/ghost.yaml"),
+        "name: Ghost\nsteps:\n  - name: run\n    retries: many\n    command: [x]\n",
+    )
+    .unwrap();
+    apply_and_check(&store, root, false);
+    let status_of_ghost = || {
+        store
+            .objects()
+            .unwrap()
+            .into_values()
+            .find(|record| record.name == "Ghost")
+            .map(|record| record.status)
+    };
+    assert_eq!(
+        status_of_ghost(),
+        Some(orchestrator::store::ObjectStatus::Invalid)
+    );
+
+    // Its file goes: with nothing of it ever in force, it leaves the listings without prune.
+    fs::remove_file(root.join("workflows/ghost.yaml")).unwrap();
+    let prepared = prepare(&store, root, false, true);
+    assert_eq!(prepared.plan.forgotten.len(), 1, "{:?}", prepared.plan);
+    assert!(prepared.plan.delete.is_empty());
+    apply_and_check(&store, root, false);
+    assert_eq!(
+        status_of_ghost(),
+        Some(orchestrator::store::ObjectStatus::Pruned)
+    );
+    assert!(prepare(&store, root, false, true).plan.forgotten.is_empty());
+}
