@@ -124,6 +124,7 @@ pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
             }
         }
     }
+    check_parameter_references(manifest, steps, &mut diagnostics);
     if let Some(cycle) = find_cycle(&edges) {
         let name_of = |i: usize| steps[i].get("name").and_then(Value::as_str).unwrap_or("?");
         let path: Vec<&str> = cycle.iter().map(|&i| name_of(i)).collect();
@@ -138,6 +139,86 @@ pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
         ));
     }
     diagnostics
+}
+
+/// Every `{{ params.NAME }}` in the steps names a declared parameter, when the object declares
+/// its parameters (a workflow that uses a template gets its steps and declarations there; one
+/// without declarations accepts any parameter). An undeclared name could only fail its step.
+fn check_parameter_references(
+    manifest: &Manifest,
+    steps: &[Value],
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    if manifest.value.get("template").is_some() {
+        return;
+    }
+    let Some(declared) = manifest
+        .value
+        .get("parameters")
+        .and_then(Value::as_object)
+        .filter(|declared| !declared.is_empty())
+    else {
+        return;
+    };
+    let mut strings = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        collect_strings(step, format!("/steps/{index}"), &mut strings);
+    }
+    for (pointer, text) in strings {
+        for reference in template_references(text) {
+            let Some(path) = reference.strip_prefix("params.") else {
+                continue;
+            };
+            let name = path.split(['.', '[']).next().unwrap_or_default();
+            if name.is_empty() || declared.contains_key(name) {
+                continue;
+            }
+            let hint = did_you_mean(name, declared.keys().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            let names: Vec<&str> = declared.keys().map(String::as_str).collect();
+            diagnostics.push(manifest.error_at(
+                &pointer,
+                false,
+                format!(
+                    "unknown parameter `{name}` in `{{{{ {reference} }}}}`{hint} (declared: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Every string inside `value` with its JSON pointer.
+fn collect_strings<'a>(value: &'a Value, pointer: String, out: &mut Vec<(String, &'a str)>) {
+    match value {
+        Value::String(text) => out.push((pointer, text)),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                collect_strings(item, format!("{pointer}/{index}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let escaped = key.replace('~', "~0").replace('/', "~1");
+                collect_strings(item, format!("{pointer}/{escaped}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The trimmed references of the `{{ ... }}` in a string, as the engine substitutes them.
+fn template_references(text: &str) -> Vec<&str> {
+    let mut references = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        references.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    references
 }
 
 /// A cycle in a graph given as adjacency lists, as the nodes along it.
