@@ -7,7 +7,8 @@
 //!   python-jsonschema validating them with the same schemas in the same run (skipped with a
 //!   note when python3 cannot import jsonschema; `bench/foundation` installs it).
 //!
-//! Prints a markdown table; medians of several runs after a warm-up.
+//! Prints a markdown table (and writes `BENCH_JSON`, see `support`); medians of several
+//! runs after a warm-up (`BENCH_REPEATS` runs; 5 by default).
 
 use std::fs;
 use std::path::Path;
@@ -21,10 +22,14 @@ use orchestrator::source::dir::{self, DirOptions, SourcePath};
 use orchestrator::store::Store;
 use serde_json::{json, Value};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{Measurement, Report, Target};
+
 const MANIFESTS: usize = 10_000;
-const RUNS: usize = 5;
 
 fn main() {
+    let runs = support::repeats(5);
     let work = tempfile::tempdir().expect("temp dir");
     let project = work.path().join("project");
     let documents = generate(&project);
@@ -74,7 +79,7 @@ fn main() {
     let mut cold = Vec::new();
     let mut noop = Vec::new();
     let mut recheck = Vec::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         let data_dir = work.path().join(format!("data-{run}"));
         let (elapsed, written, _) = reconcile_once(&data_dir, true);
         assert_eq!(written, MANIFESTS);
@@ -91,7 +96,7 @@ fn main() {
 
     // Validation throughput, JSON Schema only, single thread.
     let mut validation = Vec::new();
-    for _ in 0..RUNS {
+    for _ in 0..runs {
         let started = Instant::now();
         for (kind, document) in &documents {
             assert!(schema::validate(SchemaName::Manifest(*kind), document).is_empty());
@@ -99,53 +104,58 @@ fn main() {
         validation.push(started.elapsed());
     }
     let rust_rate = MANIFESTS as f64 / median(&validation).as_secs_f64();
-    let python_rate = python_rate(work.path(), &documents);
+    let python_rate = python_rate(work.path(), &documents, runs.min(3));
 
-    println!("| metric | orchestrator | reference | ratio | target | result |");
-    println!("|---|---|---|---|---|---|");
-    row("cold reconcile, 10,000 manifests (durable)", &cold, 2.0);
-    row("no-op re-reconcile, 10,000 manifests", &noop, 0.3);
-    println!(
-        "| no-op re-reconcile without the memo (every file parsed and validated again) | {:.0} ms | - | - | - | info |",
-        median(&recheck).as_secs_f64() * 1e3
-    );
-    match python_rate {
-        Some(python) => {
-            let ratio = rust_rate / python;
-            println!(
-                "| schema validation throughput | {:.0} docs/s | python-jsonschema {:.0} docs/s | {:.1}x | >= 40x | {} |",
-                rust_rate,
-                python,
-                ratio,
-                if ratio >= 40.0 { "pass" } else { "miss" }
-            );
-        }
-        None => println!(
-            "| schema validation throughput | {rust_rate:.0} docs/s | python-jsonschema not installed | - | >= 40x | not measured |"
+    let ms = |samples: &[Duration]| median(samples).as_secs_f64() * 1e3;
+    let mut report = Report::new("foundation");
+    report.add(
+        Measurement::new(
+            "cold reconcile, 10,000 manifests (read, parse, validate, diff, durable apply)",
+            "ms",
+            ms(&cold),
+        )
+        .target(Target::AtMost(2_000.0))
+        .bound(
+            "parsing the YAML and allocating, spread evenly over serde-saphyr's scanner, the \
+             deserialiser and malloc, already on every core (rayon); no single hot spot. More \
+             cores or a faster YAML parser would move it.",
         ),
-    }
+    );
+    report.add(
+        Measurement::new(
+            "no-op re-reconcile, 10,000 manifests (unchanged revision, memo)",
+            "ms",
+            ms(&noop),
+        )
+        .reference("full re-check without the memo", ms(&recheck))
+        .target(Target::AtMost(300.0))
+        .bound(
+            "reading and hashing every file to find the revision unchanged (the memo then \
+             skips parsing and validation). Skipping files whose size and modification time \
+             did not change would move it, at the price of trusting modification times.",
+        ),
+    );
+    report.add(
+        Measurement::new(
+            "schema validation throughput, single thread",
+            "docs/s",
+            rust_rate,
+        )
+        .reference("python-jsonschema", python_rate)
+        .target(Target::RatioAtLeast(40.0))
+        .bound(
+            "the jsonschema crate's compiled validators, one thread against one thread; \
+             python-jsonschema's speed varies with its version. Only a faster validator would \
+             move it (the reconcile itself validates on every core).",
+        ),
+    );
+    report.finish();
 }
 
 fn median(samples: &[Duration]) -> Duration {
     let mut sorted = samples.to_vec();
     sorted.sort();
     sorted[sorted.len() / 2]
-}
-
-fn row(metric: &str, samples: &[Duration], target_seconds: f64) {
-    let mid = median(samples).as_secs_f64();
-    let min = samples.iter().min().unwrap().as_secs_f64();
-    let max = samples.iter().max().unwrap().as_secs_f64();
-    println!(
-        "| {metric} | {:.0} ms (spread {:.0}-{:.0}) | target {:.0} ms | {:.2}x of target | <= {:.0} ms | {} |",
-        mid * 1e3,
-        min * 1e3,
-        max * 1e3,
-        target_seconds * 1e3,
-        mid / target_seconds,
-        target_seconds * 1e3,
-        if mid <= target_seconds { "pass" } else { "miss" }
-    );
 }
 
 /// Writes the manifests; returns each document with its kind for the validation run.
@@ -210,8 +220,9 @@ fn generate(project: &Path) -> Vec<(Kind, Value)> {
     documents
 }
 
-/// Documents per second python-jsonschema validates with the same schemas.
-fn python_rate(work: &Path, documents: &[(Kind, Value)]) -> Option<f64> {
+/// Documents per second python-jsonschema validates with the same schemas: the median of
+/// `passes` passes after a warm-up.
+fn python_rate(work: &Path, documents: &[(Kind, Value)], passes: usize) -> Option<f64> {
     let input = work.join("python-input.json");
     let schemas: serde_json::Map<String, Value> = Kind::ALL
         .iter()
@@ -240,17 +251,18 @@ docs = data["documents"]
 for kind, doc in docs[:500]:
     validators[kind].is_valid(doc)
 times = []
-for _ in range(3):
+for _ in range(int(sys.argv[2])):
     start = time.perf_counter()
     for kind, doc in docs:
         assert validators[kind].is_valid(doc), doc
     times.append(time.perf_counter() - start)
-print(len(docs) / sorted(times)[1])
+print(len(docs) / sorted(times)[len(times) // 2])
 "#;
     let output = Command::new("python3")
         .arg("-c")
         .arg(script)
         .arg(&input)
+        .arg(passes.to_string())
         .output()
         .ok()?;
     if !output.status.success() {
