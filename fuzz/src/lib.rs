@@ -9,6 +9,7 @@
 //! was fixed for on the stable toolchain.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, TimeZone, Utc};
@@ -227,9 +228,15 @@ pub fn cron(data: &[u8]) {
     }
 }
 
-/// The triggers the webhook target delivers to, as manifests would declare them; the
-/// input's first byte picks one.
-fn trigger_specs() -> Vec<(TriggerSpec, Option<&'static str>)> {
+/// The triggers the webhook target delivers to, as manifests would declare them, compiled
+/// once (their globs are costly to build); the input's first byte picks one.
+fn trigger_specs() -> &'static [(TriggerSpec, Option<&'static str>)] {
+    static SPECS: LazyLock<Vec<(TriggerSpec, Option<&'static str>)>> =
+        LazyLock::new(compile_triggers);
+    &SPECS
+}
+
+fn compile_triggers() -> Vec<(TriggerSpec, Option<&'static str>)> {
     let parameters = json!({
         "sha": "{{ payload.after }}",
         "branch": "{{ branch }}",
