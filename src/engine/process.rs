@@ -131,6 +131,56 @@ impl StepControl {
     }
 }
 
+/// Kills the process groups of step processes that belong to the given runs and outlived the
+/// process that ran them (a server or CLI killed outright): every process whose environment
+/// says `ORCHESTRATOR_RUN_ID=<one of the runs>` is found in `/proc` and its group killed.
+/// This process and its own group are never touched. Returns how many groups were killed.
+pub fn kill_orphaned_steps(run_ids: &std::collections::BTreeSet<String>) -> usize {
+    if run_ids.is_empty() {
+        return 0;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let own_pid = std::process::id() as i32;
+    let own_group = nix::unistd::getpgrp().as_raw();
+    let mut groups = std::collections::BTreeSet::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == own_pid {
+            continue;
+        }
+        // Unreadable (another user's, or gone already): not ours to stop.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let belongs = environ.split(|byte| *byte == 0).any(|variable| {
+            variable
+                .strip_prefix(b"ORCHESTRATOR_RUN_ID=")
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .is_some_and(|id| run_ids.contains(id))
+        });
+        if !belongs {
+            continue;
+        }
+        if let Ok(group) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
+            if group.as_raw() != own_group {
+                groups.insert(group.as_raw());
+            }
+        }
+    }
+    for group in &groups {
+        signal_group(*group, Signal::SIGKILL);
+    }
+    groups.len()
+}
+
 /// Sends a signal to a process group; a group that is gone already is not an error.
 pub fn signal_group(pgid: i32, signal: Signal) {
     if pgid > 1 {

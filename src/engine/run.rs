@@ -434,6 +434,12 @@ pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
     }
     if !recovered.is_empty() {
         store.save_run(None, &[], true)?;
+        let orphans = super::process::kill_orphaned_steps(&recovered.iter().cloned().collect());
+        if orphans > 0 {
+            tracing::warn!(
+                "stopped {orphans} step process group(s) left running by the process that ended"
+            );
+        }
     }
     Ok(recovered)
 }

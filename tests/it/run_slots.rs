@@ -246,6 +246,23 @@ fn a_shutdown_ends_the_waiting_runs_interrupted_without_starting_them() {
     }
 }
 
+/// The processes whose environment names `run` as theirs (`ORCHESTRATOR_RUN_ID`).
+fn processes_of_run(run: &str) -> Vec<u32> {
+    let wanted = format!("ORCHESTRATOR_RUN_ID={run}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            environ
+                .split(|byte| *byte == 0)
+                .any(|variable| variable == wanted.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// `run show` of a run, straight from the store (no server holds it).
 fn shown(dir: &Path, run: &str) -> Value {
     let shown = cli(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
@@ -269,6 +286,10 @@ fn runs_left_waiting_by_a_killed_server_run_once_at_the_next_start() {
     )
     .unwrap();
     drop(server);
+    assert!(
+        !processes_of_run(&runs[0]).is_empty(),
+        "the executing run's step process outlives the killed server"
+    );
     for run in &runs[1..] {
         assert_eq!(shown(dir.path(), run)["run"]["status"], "queued");
     }
@@ -279,6 +300,10 @@ fn runs_left_waiting_by_a_killed_server_run_once_at_the_next_start() {
     // order, still one at a time.
     let first = client.run(&runs[0]);
     assert_eq!(first["run"]["status"], "interrupted", "{first}");
+    // Its step process outlived the killed server; the restart stopped it.
+    eventually("the interrupted run's step process to be stopped", || {
+        processes_of_run(&runs[0]).is_empty().then_some(())
+    });
     let resumed = eventually("the second run to start", || {
         let started = started(dir.path());
         (started.len() == 2).then_some(started)
