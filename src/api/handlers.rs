@@ -519,9 +519,10 @@ pub async fn list_runs(
 
 fn load_run(state: &AppState, id: &str) -> ApiResult<RunRecord> {
     // Run ids never hold a NUL; the keys of the runs tree's index start with one.
-    let found = match id.contains('\0') {
-        true => None,
-        false => state.store.run(id)?,
+    let found = if id.contains('\0') {
+        None
+    } else {
+        state.store.run(id)?
     };
     found.ok_or_else(|| ApiError::not_found(format!("no run `{id}`; GET /api/runs lists them")))
 }

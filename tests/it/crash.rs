@@ -155,16 +155,8 @@ struct Client {
 impl Client {
     /// Talks to the server of `dir`, at the address its `data/server.json` gives.
     fn new(dir: &Path) -> Client {
-        let info = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
-        let info: Value = serde_json::from_str(&info).unwrap();
-        Client {
-            base: format!("http://{}", info["address"].as_str().expect("address")),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(DEADLINE))
-                .build()
-                .new_agent(),
-        }
+        let (base, agent) = crate::server::base_and_agent(dir);
+        Client { base, agent }
     }
 
     /// Status and JSON body, or `None` when no answer came (connection refused or reset).

@@ -425,6 +425,32 @@ fn api_client(load: &Load, client: usize) {
     }
 }
 
+/// Posts one signed GitHub push delivery, timed and checked for the `expected` status.
+fn deliver_push(
+    load: &Load,
+    http: &Http,
+    what: &str,
+    delivery: &str,
+    body: &[u8],
+    expected: u16,
+) -> Option<Answer> {
+    load.check(
+        what,
+        load.timed("POST /hooks/{path}", || {
+            http.post(
+                "/hooks/github",
+                &[
+                    ("X-GitHub-Event", "push"),
+                    ("X-GitHub-Delivery", delivery),
+                    ("X-Hub-Signature-256", &sign(body)),
+                ],
+                body,
+            )
+        }),
+        expected,
+    )
+}
+
 /// A webhook sender: signed GitHub pushes at [`DELIVERY_INTERVAL`] until the end of the
 /// load. Of every ten, one redelivers the previous delivery (answered `duplicate`, no new
 /// run) and one pushes to a branch the trigger filters out; the others start a run.
@@ -440,19 +466,12 @@ fn webhook_sender(load: &Load, sender: u32) {
         load.deliveries.fetch_add(1, Ordering::Relaxed);
         match (n % 10, &previous) {
             (0, Some((delivery, body, run))) => {
-                let answer = load.check(
+                let answer = deliver_push(
+                    load,
+                    &http,
                     "POST /hooks/github (redelivery)",
-                    load.timed("POST /hooks/{path}", || {
-                        http.post(
-                            "/hooks/github",
-                            &[
-                                ("X-GitHub-Event", "push"),
-                                ("X-GitHub-Delivery", delivery),
-                                ("X-Hub-Signature-256", &sign(body)),
-                            ],
-                            body,
-                        )
-                    }),
+                    delivery,
+                    body,
                     200,
                 );
                 if let Some(answer) = answer {
@@ -467,19 +486,12 @@ fn webhook_sender(load: &Load, sender: u32) {
                 other["ref"] = json!("refs/heads/elsewhere");
                 let body = serde_json::to_vec(&other).unwrap();
                 let delivery = format!("load-{sender}-{n}");
-                let answer = load.check(
+                let answer = deliver_push(
+                    load,
+                    &http,
                     "POST /hooks/github (filtered)",
-                    load.timed("POST /hooks/{path}", || {
-                        http.post(
-                            "/hooks/github",
-                            &[
-                                ("X-GitHub-Event", "push"),
-                                ("X-GitHub-Delivery", &delivery),
-                                ("X-Hub-Signature-256", &sign(&body)),
-                            ],
-                            &body,
-                        )
-                    }),
+                    &delivery,
+                    &body,
                     200,
                 );
                 if let Some(answer) = answer {
@@ -495,21 +507,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                 fresh["after"] = json!(commit);
                 let body = serde_json::to_vec(&fresh).unwrap();
                 let delivery = format!("load-{sender}-{n}");
-                let answer = load.check(
-                    "POST /hooks/github",
-                    load.timed("POST /hooks/{path}", || {
-                        http.post(
-                            "/hooks/github",
-                            &[
-                                ("X-GitHub-Event", "push"),
-                                ("X-GitHub-Delivery", &delivery),
-                                ("X-Hub-Signature-256", &sign(&body)),
-                            ],
-                            &body,
-                        )
-                    }),
-                    202,
-                );
+                let answer = deliver_push(load, &http, "POST /hooks/github", &delivery, &body, 202);
                 if let Some(answer) = answer {
                     let accepted = answer.json();
                     match accepted["runs"][0]["run_id"].as_str() {

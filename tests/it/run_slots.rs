@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::server::{cli, eventually, project, Server};
 
 const GATE: &str = "name: Gate\nsteps:\n  - name: wait\n    command: [\"sh\", \"-c\", \"echo start $ORCHESTRATOR_RUN_ID >> gate/events.log; while [ ! -e gate/release/$ORCHESTRATOR_RUN_ID ]; do sleep 0.02; done; echo end $ORCHESTRATOR_RUN_ID >> gate/events.log\"]\n";
 
@@ -47,16 +47,8 @@ struct Client {
 impl Client {
     /// Talks to the server of `dir` at the address its `data/server.json` gives.
     fn new(dir: &Path) -> Client {
-        let info = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
-        let info: Value = serde_json::from_str(&info).unwrap();
-        Client {
-            base: format!("http://{}", info["address"].as_str().expect("address")),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(DEADLINE))
-                .build()
-                .new_agent(),
-        }
+        let (base, agent) = crate::server::base_and_agent(dir);
+        Client { base, agent }
     }
 
     fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, String) {

@@ -67,6 +67,20 @@ pub(crate) fn cli(dir: &Path, args: &[&str]) -> Run {
     Run::from(child.wait_with_output().expect("output"))
 }
 
+/// The base URL of the server running in `dir` (the address in its `data/server.json`) and
+/// an agent that answers every status as a response, within [`DEADLINE`].
+pub(crate) fn base_and_agent(dir: &Path) -> (String, ureq::Agent) {
+    let info = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    let base = format!("http://{}", info["address"].as_str().expect("address"));
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .new_agent();
+    (base, agent)
+}
+
 /// Polls `probe` until it gives a value, failing after the deadline.
 #[track_caller]
 pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
