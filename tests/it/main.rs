@@ -27,6 +27,7 @@ mod replay_auth;
 mod run_slots;
 mod schedule_pause;
 mod scheduler;
+mod security;
 mod server;
 mod triggers;
 
