@@ -69,7 +69,7 @@ const DELIVERY_INTERVAL: Duration = Duration::from_millis(800);
 /// and as much again for everything else. Requests served and events sent must not add up.
 const RSS_GROWTH_LIMIT_KIB: u64 = 32 * 1024;
 /// The webhook secret (written to `secrets/github`, which the trigger names).
-const SECRET: &str = "load-suite webhook secret";
+pub(crate) const SECRET: &str = "load-suite webhook secret";
 
 /// Each workflow of the fixture project and its steps in order.
 const WORKFLOW_STEPS: [(&str, &[&str]); 4] = [
@@ -97,7 +97,7 @@ fn load_duration() -> Duration {
 }
 
 /// Every file under `tests/fixtures/load/project`, as (project-relative path, text).
-fn fixture_project() -> Vec<(String, String)> {
+pub(crate) fn fixture_project() -> Vec<(String, String)> {
     fn walk(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
@@ -123,14 +123,14 @@ fn fixture_project() -> Vec<(String, String)> {
 }
 
 /// `sha256=<hex HMAC-SHA256>` of the body, as GitHub signs deliveries.
-fn sign(body: &[u8]) -> String {
+pub(crate) fn sign(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The server's resident memory in KiB, from `/proc/PID/status`.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -169,26 +169,26 @@ fn now_ms() -> i64 {
 }
 
 /// One HTTP answer.
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     content_type: String,
-    text: String,
+    pub(crate) text: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or(Value::Null)
     }
 }
 
 /// A keep-alive HTTP client of the server.
-struct Http {
+pub(crate) struct Http {
     base: String,
     agent: ureq::Agent,
 }
 
 impl Http {
-    fn new(address: &str) -> Http {
+    pub(crate) fn new(address: &str) -> Http {
         Http {
             base: format!("http://{address}"),
             agent: ureq::Agent::config_builder()
@@ -222,11 +222,16 @@ impl Http {
         })
     }
 
-    fn get(&self, path: &str) -> Result<Answer, String> {
+    pub(crate) fn get(&self, path: &str) -> Result<Answer, String> {
         Http::answer(self.agent.get(format!("{}{path}", self.base)).call())
     }
 
-    fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Answer, String> {
+    pub(crate) fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Answer, String> {
         let mut request = self
             .agent
             .post(format!("{}{path}", self.base))

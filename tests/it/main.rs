@@ -29,6 +29,7 @@ mod schedule_pause;
 mod scheduler;
 mod security;
 mod server;
+mod soak;
 mod triggers;
 
 use std::path::{Path, PathBuf};
