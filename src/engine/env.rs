@@ -31,7 +31,8 @@ pub fn declared(env: Option<&Value>) -> Vec<(String, EnvValue)> {
         .collect()
 }
 
-fn parse(value: &Value) -> EnvValue {
+/// One variable's declared value.
+pub fn parse(value: &Value) -> EnvValue {
     let single = |key: &str, map: &Map<String, Value>| {
         (map.len() == 1)
             .then(|| map.get(key).and_then(Value::as_str).map(str::to_owned))

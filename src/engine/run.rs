@@ -1264,9 +1264,21 @@ impl StepJob<'_> {
             "ORCHESTRATOR_OUTPUT".into(),
             EnvValue::Literal(outputs_path.display().to_string()),
         ));
-        if let Some(vars) = spec.get("env") {
-            let vars = expand::substitute(vars, &self.scope).unwrap_or(vars.clone());
-            declared.extend(env::declared(Some(&vars)));
+        if let Some(vars) = spec.get("env").and_then(Value::as_object) {
+            for (name, raw) in vars {
+                // `{{ }}` is substituted in literals only, and its result stays a literal:
+                // a parameter (a webhook's payload, say) never picks a secret or a server
+                // variable to read.
+                let value = match (raw, env::parse(raw)) {
+                    (Value::String(_), EnvValue::Literal(_)) => {
+                        let substituted =
+                            expand::substitute(raw, &self.scope).unwrap_or(raw.clone());
+                        EnvValue::Literal(params::env_value(&substituted))
+                    }
+                    (_, parsed) => parsed,
+                };
+                declared.push((name.clone(), value));
+            }
         }
         let env = match env::resolve(&declared, &self.config.project_dir) {
             Ok(resolved) => {

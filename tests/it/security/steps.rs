@@ -69,6 +69,15 @@ steps:
     command: ["true"]
 "#;
 
+/// A parameter substituted into `env:` stays a literal, whatever its shape.
+const PICKS_WORKFLOW: &str = r#"name: Picks
+steps:
+  - name: pick
+    env:
+      PICKED: "{{ params.p }}"
+    command: 'echo "picked=$PICKED"'
+"#;
+
 /// An HTTP client of the server in `dir`, with a token when one is set.
 struct Client {
     base: String,
@@ -112,6 +121,11 @@ impl Client {
 
     /// Starts a run of the workflow; returns its id.
     fn execute(&self, workflow: &str) -> String {
+        self.execute_with(workflow, "{}")
+    }
+
+    /// Starts a run with a request body; returns its id.
+    fn execute_with(&self, workflow: &str, body: &str) -> String {
         let mut request = self
             .agent
             .post(format!("{}/api/workflows/{workflow}/execute", self.base))
@@ -119,7 +133,7 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
-        let mut response = request.send("{}").expect("an HTTP answer");
+        let mut response = request.send(body).expect("an HTTP answer");
         let text = response.body_mut().read_to_string().unwrap();
         assert_eq!(response.status().as_u16(), 202, "{text}");
         let accepted: Value = serde_json::from_str(&text).unwrap();
@@ -206,6 +220,7 @@ fn steps_get_a_clean_environment_and_declared_secrets_masked() {
     let project = project(&[
         ("workflows/secrets.yaml", SECRETS_WORKFLOW),
         ("workflows/missing.yaml", MISSING_WORKFLOW),
+        ("workflows/picks.yaml", PICKS_WORKFLOW),
         ("agents/test_runner.yaml", TEST_RUNNER),
         ("suites/leaky.sh", LEAKY_SUITE),
         ("secret.txt", &format!("{FILE_SECRET}\n")),
@@ -326,6 +341,20 @@ fn steps_get_a_clean_environment_and_declared_secrets_masked() {
     assert!(
         message.contains("`env:NOT_SET_ANYWHERE_4711`") && message.contains("TOKEN"),
         "{message}"
+    );
+
+    // A run's parameters cannot turn a literal into a secret reference.
+    let run = client.execute_with(
+        "wf_picks",
+        r#"{"parameters": {"p": {"secret": "env:GITHUB_WEBHOOK_SECRET"}}}"#,
+    );
+    let shown = client.finished(&run);
+    assert_eq!(step(&shown, "pick")["status"], "succeeded", "{shown}");
+    let (_, log) = client.text(&format!("/api/runs/{run}/logs/pick"));
+    assert_no_secret("a parameter's step", &log);
+    assert!(
+        log.contains(r#"picked={"secret":"env:GITHUB_WEBHOOK_SECRET"}"#),
+        "{log}"
     );
 }
 
