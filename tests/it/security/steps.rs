@@ -509,3 +509,38 @@ fn a_step_log_is_cut_at_its_cap() {
     assert!(log.len() <= 4096 + 1 + notice.len(), "{} bytes", log.len());
     assert!(!text.contains("done"), "written past the cap");
 }
+
+/// What a server killed outright left running for its runs, `setsid` daemons included, is
+/// gone once the next server has started.
+#[test]
+fn a_restart_stops_what_a_killed_server_left_running() {
+    let project = project(&[(
+        "workflows/left.yaml",
+        &format!("name: Left\nsteps:\n  - name: spawn{DAEMON}"),
+    )]);
+    let dir = project.path();
+    let run = {
+        let server = Server::start(dir);
+        let client = Client::new(&server, dir, None);
+        let run = client.execute("wf_left");
+        eventually("the daemon to start", || {
+            (processes_of(&run).len() >= 3).then_some(())
+        });
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        run
+    };
+    assert!(
+        !processes_of(&run).is_empty(),
+        "the crash took the steps along"
+    );
+    let server = Server::start(dir);
+    eventually("the left processes to be gone", || {
+        processes_of(&run).is_empty().then_some(())
+    });
+    let client = Client::new(&server, dir, None);
+    let shown = client.finished(&run);
+    assert_eq!(shown["run"]["status"], "interrupted", "{shown}");
+}
