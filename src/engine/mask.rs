@@ -33,12 +33,23 @@ impl Secrets {
         secrets
     }
 
-    /// Adds values to mask.
+    /// Adds values to mask. A value of several lines is masked whole and line by line (as
+    /// GitHub Actions does), so one line of a key printed alone is masked too.
     pub fn extend<I: IntoIterator<Item = String>>(&mut self, values: I) {
         let before = self.values.len();
         for value in values {
-            if !value.is_empty() && !self.values.contains(&value) {
-                self.values.push(value);
+            let lines: Vec<String> = if value.contains('\n') {
+                value
+                    .lines()
+                    .map(|line| line.trim_end_matches('\r').to_owned())
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for value in std::iter::once(value).chain(lines) {
+                if !value.is_empty() && !self.values.contains(&value) {
+                    self.values.push(value);
+                }
             }
         }
         if self.values.len() == before {
@@ -294,6 +305,15 @@ mod tests {
         assert_eq!(
             stream(&[""], &["empty values mask nothing"]),
             "empty values mask nothing"
+        );
+    }
+
+    #[test]
+    fn a_secret_of_several_lines_is_masked_whole_and_line_by_line() {
+        let key = "-----BEGIN-----\nline-one\nline-two\n-----END-----";
+        assert_eq!(
+            stream(&[key], &[&format!("key: {key}\nagain: line-two\n")]),
+            "key: ***\nagain: ***\n"
         );
     }
 
