@@ -3,15 +3,17 @@
 //! `test_runner`, `report_generator`, `http` — plus `exec` plugins that speak JSON over
 //! stdin and stdout, for agents in any language.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use super::report::{self, HtmlTemplate, RunView};
+use crate::engine::env;
 use crate::engine::junit::parse_junit;
+use crate::engine::mask::StepLog;
 use crate::engine::model::{RunRecord, Status, StepRecord, TestCase, TestSummary};
 use crate::engine::process::{run_process, ProcessResult, ProcessSpec, StepControl, StopReason};
 
@@ -38,10 +40,10 @@ pub struct StepContext<'a> {
     pub reports_dir: &'a Path,
     /// The agent's own log (`logs/agents/<agent>.log`).
     pub agent_log: &'a Path,
-    /// The step's log, open for appending.
-    pub log: &'a File,
+    /// The step's log: masked, capped.
+    pub log: &'a Arc<StepLog>,
     /// Environment for processes: `ORCHESTRATOR_*` variables, parameters, workflow and step
-    /// `env`.
+    /// `env`, resolved (secret values are among the log's masked ones).
     pub env: &'a [(String, String)],
     /// The step's own command, when it has one.
     pub command: Option<&'a Value>,
@@ -60,8 +62,19 @@ pub struct StepContext<'a> {
 impl StepContext<'_> {
     /// A line in the step's log (the orchestrator's own notes are prefixed `[orchestrator]`).
     pub fn note(&self, text: &str) {
-        let mut log = self.log;
-        let _ = writeln!(log, "[orchestrator] {text}");
+        self.log.note(text);
+    }
+
+    /// An agent manifest's `env:` (on the agent or one of its entries) resolved, its
+    /// secret values added to the log's masked ones.
+    fn env_of(&self, entry: &Value) -> Result<Vec<(String, String)>, String> {
+        let resolved = env::resolve(&env::declared(entry.get("env")), self.project_dir)?;
+        self.log.add_secrets(resolved.secrets);
+        Ok(resolved.vars)
+    }
+
+    fn cookie_prefix(&self) -> String {
+        format!("{}/{}", self.run_id, self.step)
     }
 
     fn cwd(&self, working_dir: Option<&str>) -> PathBuf {
@@ -86,6 +99,7 @@ impl StepContext<'_> {
             argv,
             env,
             cwd: self.cwd(working_dir),
+            cookie_prefix: self.cookie_prefix(),
             ..ProcessSpec::default()
         };
         run_process(&spec, self.log, self.control).map_err(|e| e.to_string())
@@ -247,18 +261,6 @@ impl TestRunner {
     }
 }
 
-fn env_of(entry: &Value) -> Vec<(String, String)> {
-    entry
-        .get("env")
-        .and_then(Value::as_object)
-        .map(|env| {
-            env.iter()
-                .map(|(k, v)| (k.clone(), crate::engine::params::env_value(v)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 impl Agent for TestRunner {
     fn execute_action(
         &self,
@@ -276,7 +278,10 @@ impl Agent for TestRunner {
                     Ok(entry) => entry,
                     Err(err) => return Outcome::failed(err),
                 };
-                let mut env = env_of(entry);
+                let mut env = match context.env_of(entry) {
+                    Ok(env) => env,
+                    Err(err) => return Outcome::failed(err),
+                };
                 env.push(("ORCHESTRATOR_ENVIRONMENT".into(), environment.to_owned()));
                 let working_dir = entry.get("working_dir").and_then(Value::as_str);
                 match context.run(&entry["command"], &env, working_dir) {
@@ -306,7 +311,10 @@ impl Agent for TestRunner {
                     .get("junit")
                     .and_then(Value::as_str)
                     .map(|path| context.cwd(working_dir).join(path));
-                let mut env = env_of(entry);
+                let mut env = match context.env_of(entry) {
+                    Ok(env) => env,
+                    Err(err) => return Outcome::failed(err),
+                };
                 env.push(("ORCHESTRATOR_TEST_SUITE".into(), suite.to_owned()));
                 if let Some(tags) = parameters.get("tags") {
                     env.push((
@@ -607,12 +615,9 @@ impl Agent for Exec {
         if let Some(parent) = context.agent_log.parent() {
             let _ = fs::create_dir_all(parent);
         }
-        let agent_log = match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(context.agent_log)
-        {
-            Ok(file) => file,
+        // The agent's log is shared by its steps and not capped as a step's log is.
+        let agent_log = match StepLog::open(context.agent_log, u64::MAX) {
+            Ok(log) => Arc::new(log),
             Err(err) => {
                 return Outcome::failed(format!(
                     "cannot open {}: {err}",
@@ -626,14 +631,19 @@ impl Agent for Exec {
             .and_then(Value::as_str);
         let mut env = context.env.to_vec();
         if let Some(config) = context.config {
-            env.extend(env_of(config));
+            match context.env_of(config) {
+                Ok(vars) => env.extend(vars),
+                Err(err) => return Outcome::failed(err),
+            }
         }
+        agent_log.add_secrets(context.log.secrets().values().iter().cloned());
         let spec = ProcessSpec {
             argv,
             env,
             cwd: context.cwd(working_dir),
             stdin: Some(request.to_string().into_bytes()),
             capture_stdout: true,
+            cookie_prefix: context.cookie_prefix(),
         };
         let result = match run_process(&spec, &agent_log, context.control) {
             Ok(result) => result,

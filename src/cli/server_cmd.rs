@@ -69,6 +69,7 @@ pub fn start(context: &Context, args: &StartArgs) -> Result<u8> {
         return start_background(context, &host, port, args);
     }
     context.init_logging(true)?;
+    crate::engine::process::become_subreaper();
     let environment = context.config.config.environment.as_str().to_owned();
     server::serve(
         context.config.clone(),

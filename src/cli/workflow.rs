@@ -112,6 +112,7 @@ pub fn engine_config(context: &Context) -> EngineConfig {
         max_parallel: config.config.runs.max_parallel as usize,
         admission: RunAdmission::new(),
         agent_switches: AgentSwitches::new(),
+        max_log_bytes: config.config.runs.max_log_bytes,
     }
 }
 
@@ -414,6 +415,7 @@ pub fn follow_run(
     steps: Vec<StepRecord>,
 ) -> Result<u8> {
     let flag = cancel_on_signals()?;
+    crate::engine::process::become_subreaper();
     let log_dir = context.config.resolve(&context.config.config.logging.dir);
     let color = context.color;
     print_run_start(&run, steps.len());

@@ -162,6 +162,14 @@ pub struct RunsConfig {
     /// core, and fewer runs at once leave the API and webhook receiver their CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_active: Option<u32>,
+    /// The most bytes one step's log holds (default 100 MiB); the log then says its output
+    /// was cut and the rest is drained unwritten.
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: u64,
+}
+
+fn default_max_log_bytes() -> u64 {
+    100 << 20
 }
 
 impl RunsConfig {

@@ -2,8 +2,10 @@
 //! timeouts, cancellation, logs and durable run records.
 
 pub mod admission;
+pub mod env;
 pub mod expand;
 pub mod junit;
+pub mod mask;
 pub mod model;
 pub mod params;
 pub mod process;

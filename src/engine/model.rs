@@ -178,6 +178,10 @@ pub struct Attempt {
     /// `cpu_seconds` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rss_bytes: Option<u64>,
+    /// Processes the attempt started that outlived it (background jobs, `setsid`
+    /// daemons) and were stopped at its end; absent when there were none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphans_killed: Option<u32>,
 }
 
 /// One step of a run.

@@ -1,23 +1,84 @@
-//! Step processes: argv (or an author's `sh -c` string), environment, working directory,
-//! stdout and stderr appended to the step's log as they happen, each process in a process
-//! group of its own so a timeout or a cancel stops everything it started. A process is
-//! reaped with `wait4`, so the CPU time and peak memory it and the descendants it waited
-//! for used are known ([`ResourceUsage`]) and added up on its step's [`StepControl`].
+//! Step processes: argv (or an author's `sh -c` string), a clean environment, working
+//! directory, stdout and stderr read from one pipe and appended to the step's log as they
+//! happen (masked and capped by [`StepLog`]), each process in a process group of its own so
+//! a timeout or a cancel stops everything it started. A process is reaped with `wait4`, so
+//! the CPU time and peak memory it and the descendants it waited for used are known
+//! ([`ResourceUsage`]) and added up on its step's [`StepControl`].
+//!
+//! No step descendant outlives its step. The process running steps is a child subreaper
+//! ([`become_subreaper`]), so descendants whose parent exits re-parent to it rather than to
+//! PID 1, and each step process carries `ORCHESTRATOR_STEP_COOKIE` in its environment,
+//! which everything it starts inherits (`setsid` or not). When the process ends — success,
+//! failure, timeout or cancel — every process carrying the cookie gets SIGTERM, then
+//! SIGKILL after [`KILL_GRACE`], and the count is kept on the [`StepControl`].
+//!
+//! Reaping. Orphans re-parented to this process become its zombies when they end. Only
+//! zombies that nobody in this process waits for are reaped: the pids of processes whose
+//! starter waits for them (step processes, agent health checks) are registered in
+//! [`spawn_awaited`] under the same lock the reaper holds, from before they can end until
+//! their starter has reaped them, and the reaper takes only unregistered zombie children.
 
-use std::fs::File;
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 use wait4::Wait4;
 
+use super::mask::StepLog;
+
 /// How long a process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// The variable that marks every process a step started, and their descendants.
+pub const COOKIE_VARIABLE: &str = "ORCHESTRATOR_STEP_COOKIE";
+
+/// Variables a step inherits from the environment of the process that runs it; everything
+/// else it gets is set by the engine or declared by the manifest.
+pub const INHERITED_VARIABLES: &[&str] = &["PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER"];
+
+/// Whether a variable of this process's environment reaches steps: [`INHERITED_VARIABLES`]
+/// and the locale's `LC_*`.
+pub fn is_inherited(name: &str) -> bool {
+    INHERITED_VARIABLES.contains(&name) || name.starts_with("LC_")
+}
+
+/// Makes this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): descendants of its
+/// steps whose parent exits re-parent to it, where the end of their step finds and stops
+/// them, instead of to PID 1. Called where the engine runs: the server and local
+/// `workflow execute`.
+pub fn become_subreaper() {
+    if let Err(err) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!("cannot become a child subreaper ({err}): a step's descendants that leave its session are still stopped at its end, but may re-parent to PID 1 as zombies");
+    }
+}
+
+/// The pids whose starter in this process waits for them; the reaper leaves them alone.
+static AWAITED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+
+fn awaited() -> std::sync::MutexGuard<'static, BTreeSet<i32>> {
+    AWAITED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Spawns a process its caller will wait for, registered so that the orphan reaper never
+/// reaps it first; call [`forget_awaited`] once it is reaped.
+pub fn spawn_awaited(command: &mut Command) -> std::io::Result<Child> {
+    let mut registry = awaited();
+    let child = command.spawn()?;
+    registry.insert(child.id() as i32);
+    Ok(child)
+}
+
+/// Ends the registration of [`spawn_awaited`] (after the process was reaped).
+pub fn forget_awaited(pid: u32) {
+    awaited().remove(&(pid as i32));
+}
 
 /// Why a step was stopped from outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +101,7 @@ struct ControlState {
     pgid: Option<i32>,
     stop: Option<StopReason>,
     usage: Option<ResourceUsage>,
+    leftovers: u32,
 }
 
 /// What processes used, from the kernel's accounting of a reaped child (`wait4`): its own
@@ -69,7 +131,8 @@ impl StepControl {
     }
 
     /// Tells the step to stop: its process group gets SIGTERM now and SIGKILL after
-    /// [`KILL_GRACE`] if it is still there. The first reason given is kept.
+    /// [`KILL_GRACE`] if it is still there. The first reason given is kept. Descendants
+    /// that left the group are stopped when the step's process has ended.
     pub fn stop(self: &Arc<Self>, reason: StopReason) {
         let pgid = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,12 +179,25 @@ impl StepControl {
             .take()
     }
 
-    fn add_usage(&self, usage: ResourceUsage) {
+    /// How many descendants outlived the processes run under this control since the last
+    /// call and were stopped, and forgets the count (called once per attempt).
+    pub fn take_leftovers(&self) -> u32 {
+        std::mem::take(
+            &mut self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .leftovers,
+        )
+    }
+
+    fn add_usage(&self, usage: ResourceUsage, leftovers: u32) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.usage = Some(match state.usage {
             Some(before) => before.combine(usage),
             None => usage,
         });
+        state.leftovers += leftovers;
     }
 
     fn set_pgid(&self, pgid: Option<i32>) -> Option<StopReason> {
@@ -133,33 +209,16 @@ impl StepControl {
 
 /// Kills the process groups of step processes that belong to the given runs and outlived the
 /// process that ran them (a server or CLI killed outright): every process whose environment
-/// says `ORCHESTRATOR_RUN_ID=<one of the runs>` is found in `/proc` and its group killed.
-/// This process and its own group are never touched. Returns how many groups were killed.
-pub fn kill_orphaned_steps(run_ids: &std::collections::BTreeSet<String>) -> usize {
+/// says `ORCHESTRATOR_RUN_ID=<one of the runs>` is found in `/proc` and its group killed (a
+/// descendant that called `setsid` has a group of its own, found the same way). This
+/// process and its own group are never touched. Returns how many groups were killed.
+pub fn kill_orphaned_steps(run_ids: &BTreeSet<String>) -> usize {
     if run_ids.is_empty() {
         return 0;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let own_pid = std::process::id() as i32;
     let own_group = nix::unistd::getpgrp().as_raw();
-    let mut groups = std::collections::BTreeSet::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == own_pid {
-            continue;
-        }
-        // Unreadable (another user's, or gone already): not ours to stop.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
+    let mut groups = BTreeSet::new();
+    for (pid, environ) in environments() {
         let belongs = environ.split(|byte| *byte == 0).any(|variable| {
             variable
                 .strip_prefix(b"ORCHESTRATOR_RUN_ID=")
@@ -178,7 +237,125 @@ pub fn kill_orphaned_steps(run_ids: &std::collections::BTreeSet<String>) -> usiz
     for group in &groups {
         signal_group(*group, Signal::SIGKILL);
     }
+    reap_orphans();
     groups.len()
+}
+
+/// Every other process's pid and environment block, as far as they can be read (another
+/// user's processes and zombies cannot: not ours to stop, or ended already).
+fn environments() -> impl Iterator<Item = (i32, Vec<u8>)> {
+    let own_pid = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            if pid == own_pid {
+                return None;
+            }
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            Some((pid, environ))
+        })
+}
+
+fn has_cookie(environ: &[u8], entry: &[u8]) -> bool {
+    environ.split(|byte| *byte == 0).any(|v| v == entry)
+}
+
+/// Whether a live process carries the cookie (`COOKIE=value` as bytes); a zombie's
+/// environment reads empty, so an ended process does not.
+fn carries(pid: i32, entry: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| has_cookie(&environ, entry))
+}
+
+/// The children of this process's main thread, where the kernel re-parents orphans to a
+/// subreaper; `None` when the kernel does not say (no `/proc/<pid>/task/<tid>/children`).
+fn main_thread_children() -> Option<Vec<i32>> {
+    let pid = std::process::id();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    Some(
+        text.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    )
+}
+
+/// Reaps the zombie children of this process that nobody here waits for (orphans of steps
+/// re-parented to it). Returns whether any child not waited for is left.
+fn reap_orphans() -> bool {
+    let registry = awaited();
+    let Some(children) = main_thread_children() else {
+        return true;
+    };
+    let mut left = false;
+    for pid in children.into_iter().filter(|p| !registry.contains(p)) {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // The state follows the command name, which is in parentheses and may hold any
+        // character: read after the last `)`.
+        let zombie = state
+            .as_deref()
+            .and_then(|s| s.rsplit_once(')'))
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if zombie {
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        } else {
+            left = true;
+        }
+    }
+    left
+}
+
+/// Stops every process carrying `cookie` and whatever is left in the step's process group:
+/// SIGTERM, up to [`KILL_GRACE`] to end, then SIGKILL; reaps the orphans among them.
+/// Returns how many processes carried the cookie.
+///
+/// A full `/proc` scan is made only when something may be left: the step's group still has
+/// members, or this process has children nobody waits for (where orphans re-parent).
+fn stop_leftovers(cookie: &str, pgid: i32) -> u32 {
+    let group_alive = || pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok();
+    // Without the subreaper attribute, orphans re-parent elsewhere and leave no trace here.
+    let subreaper = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
+    if subreaper && !group_alive() && !reap_orphans() {
+        return 0;
+    }
+    let entry = format!("{COOKIE_VARIABLE}={cookie}").into_bytes();
+    let found: Vec<i32> = environments()
+        .filter(|(_, environ)| has_cookie(environ, &entry))
+        .map(|(pid, _)| pid)
+        .collect();
+    for pid in &found {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    signal_group(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + KILL_GRACE;
+    loop {
+        reap_orphans();
+        let alive: Vec<i32> = found
+            .iter()
+            .copied()
+            .filter(|pid| carries(*pid, &entry))
+            .collect();
+        if alive.is_empty() && !group_alive() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for pid in alive {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            signal_group(pgid, Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Killed processes end asynchronously; reap those that re-parented here once they have.
+    // Any still on their way are reaped at the next step's end.
+    let until = Instant::now() + Duration::from_secs(1);
+    while found.iter().any(|pid| carries(*pid, &entry)) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    reap_orphans();
+    found.len() as u32
 }
 
 /// Sends a signal to a process group; a group that is gone already is not an error.
@@ -194,7 +371,8 @@ pub struct ProcessSpec {
     /// Program and arguments. A single-element command given as a string by the manifest
     /// author is passed as `["sh", "-c", text]` by the caller.
     pub argv: Vec<String>,
-    /// Extra environment variables.
+    /// The whole environment besides [`INHERITED_VARIABLES`]: nothing else of this
+    /// process's environment reaches the process.
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
@@ -202,10 +380,16 @@ pub struct ProcessSpec {
     pub stdin: Option<Vec<u8>>,
     /// Capture stdout (up to [`MAX_CAPTURE`]) instead of writing it to the log.
     pub capture_stdout: bool,
+    /// What the process's cookie starts with (`<run>/<step>`); a random part is added.
+    pub cookie_prefix: String,
 }
 
 /// The most stdout a captured process may produce.
 pub const MAX_CAPTURE: usize = 4 << 20;
+
+/// How long the log's reader may still take after the process and its descendants ended
+/// (a process that escaped the cookie may hold the pipe open; it is left draining).
+const READER_GRACE: Duration = Duration::from_secs(2);
 
 /// How a process ended.
 #[derive(Debug, Clone, Default)]
@@ -223,6 +407,8 @@ pub struct ProcessResult {
     /// CPU time and peak memory of the process and the descendants it waited for (`None`
     /// when it did not start).
     pub usage: Option<ResourceUsage>,
+    /// Descendants that outlived the process and were stopped.
+    pub leftovers: u32,
 }
 
 impl ProcessResult {
@@ -241,12 +427,14 @@ impl ProcessResult {
     }
 }
 
-/// Runs a process to its end, appending its output to `log`. The process gets its own
-/// process group, registered in `control` while it runs; whatever is left of the group when
-/// the process exits is killed, so nothing it started outlives the step.
+/// Runs a process to its end, appending its output (stdout and stderr through one pipe,
+/// so their order is kept) to `log`, masked. The process gets its own process group,
+/// registered in `control` while it runs, and a cookie in its environment; whatever
+/// carries the cookie or is left of the group when the process exits is stopped, so
+/// nothing it started outlives it.
 pub fn run_process(
     spec: &ProcessSpec,
-    log: &File,
+    log: &Arc<StepLog>,
     control: &StepControl,
 ) -> std::io::Result<ProcessResult> {
     let Some((program, args)) = spec.argv.split_first() else {
@@ -261,10 +449,18 @@ pub fn run_process(
             ..ProcessResult::default()
         });
     }
+    let cookie = format!("{}/{}", spec.cookie_prefix, ulid::Ulid::new());
+    // Close-on-exec, so that processes other threads start meanwhile do not inherit an end
+    // (the reader would wait for them); the child gets its copies as stdout and stderr.
+    let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let reader = std::fs::File::from(reader);
     let mut command = Command::new(program);
     command
         .args(args)
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(is_inherited)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(COOKIE_VARIABLE, &cookie)
         .current_dir(&spec.cwd)
         .process_group(0)
         .stdin(if spec.stdin.is_some() {
@@ -275,47 +471,80 @@ pub fn run_process(
         .stdout(if spec.capture_stdout {
             Stdio::piped()
         } else {
-            Stdio::from(log.try_clone()?)
+            Stdio::from(writer.try_clone()?)
         })
-        .stderr(Stdio::from(log.try_clone()?));
+        .stderr(Stdio::from(writer));
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|err| {
+    let spawned = spawn_awaited(&mut command);
+    // The command holds this process's copies of the pipe's writing end: closed now, so
+    // the reader sees the end once the process and its descendants have closed theirs.
+    drop(command);
+    let mut child = spawned.map_err(|err| {
         std::io::Error::new(err.kind(), format!("cannot start `{program}`: {err}"))
     })?;
-    let pgid = child.id() as i32;
-    if let Some(reason) = control.set_pgid(Some(pgid)) {
+    let pid = child.id();
+    let pgid = pid as i32;
+    if control.set_pgid(Some(pgid)).is_some() {
         // Told to stop between the check above and the spawn.
         signal_group(pgid, Signal::SIGKILL);
-        let _ = reason;
     }
+    let pump = {
+        let log = Arc::clone(log);
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut masker = log.secrets().masker();
+            let mut reader = reader;
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(n) => log.write_masked(&masker.feed(&buffer[..n])),
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            log.write_masked(&masker.finish());
+            let _ = done.send(());
+        });
+        finished
+    };
     let writer = match (spec.stdin.clone(), child.stdin.take()) {
         (Some(bytes), Some(mut stdin)) => Some(std::thread::spawn(move || {
             let _ = stdin.write_all(&bytes);
         })),
         _ => None,
     };
-    let mut stdout = Vec::new();
-    if let Some(pipe) = child.stdout.take() {
-        pipe.take(MAX_CAPTURE as u64).read_to_end(&mut stdout)?;
-    }
+    let capture = child.stdout.take().map(|pipe| {
+        std::thread::spawn(move || {
+            let mut stdout = Vec::new();
+            let _ = pipe.take(MAX_CAPTURE as u64).read_to_end(&mut stdout);
+            stdout
+        })
+    });
     // A blocking wait: a stop signals the process group from another thread, which ends
     // the wait. `wait4` reaps the child and reads what it used.
     let reaped = loop {
         match child.wait4() {
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => break other?,
+            other => break other,
         }
     };
+    forget_awaited(pid);
+    let reaped = reaped?;
     let status = reaped.status;
     let usage = ResourceUsage {
         cpu_seconds: (reaped.rusage.utime + reaped.rusage.stime).as_secs_f64(),
         max_rss_bytes: reaped.rusage.maxrss,
     };
-    control.add_usage(usage);
+    let leftovers = stop_leftovers(&cookie, pgid);
+    control.add_usage(usage, leftovers);
     if let Some(writer) = writer {
         let _ = writer.join();
     }
-    signal_group(pgid, Signal::SIGKILL);
+    let stdout = capture
+        .map(|reader| reader.join().unwrap_or_default())
+        .unwrap_or_default();
+    let _ = pump.recv_timeout(READER_GRACE);
     let stopped = control.set_pgid(None);
     Ok(ProcessResult {
         exit_code: status.code(),
@@ -324,6 +553,7 @@ pub fn run_process(
         stopped,
         duration: started.elapsed(),
         usage: Some(usage),
+        leftovers,
     })
 }
 
@@ -331,10 +561,10 @@ pub fn run_process(
 mod tests {
     use super::*;
 
-    fn log() -> (tempfile::TempDir, File) {
+    fn log() -> (tempfile::TempDir, Arc<StepLog>) {
         let dir = tempfile::tempdir().unwrap();
-        let file = File::create(dir.path().join("step.log")).unwrap();
-        (dir, file)
+        let file = StepLog::open(&dir.path().join("step.log"), 1 << 20).unwrap();
+        (dir, Arc::new(file))
     }
 
     #[test]
@@ -430,5 +660,104 @@ mod tests {
             assert!(Instant::now() < deadline, "grandchild {child} still alive");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn alive(pid: i32) -> bool {
+        // A zombie has ended; only its entry is left.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_owned())
+            })
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    }
+
+    #[test]
+    fn the_environment_is_clean_but_for_the_allowlist_and_what_is_given() {
+        let (dir, log) = log();
+        let spec = ProcessSpec {
+            argv: vec!["sh".into(), "-c".into(), "env | sort".into()],
+            env: vec![("GIVEN".into(), "yes".into())],
+            cwd: dir.path().to_owned(),
+            cookie_prefix: "run/step".into(),
+            ..ProcessSpec::default()
+        };
+        let result = run_process(&spec, &log, &StepControl::default()).unwrap();
+        assert!(result.success());
+        let text = std::fs::read_to_string(dir.path().join("step.log")).unwrap();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(n, _)| n)
+            .collect();
+        assert!(names.contains(&"GIVEN"), "{text}");
+        assert!(names.contains(&"PATH"), "{text}");
+        assert!(
+            text.contains("ORCHESTRATOR_STEP_COOKIE=run/step/"),
+            "{text}"
+        );
+        for name in names {
+            assert!(
+                is_inherited(name)
+                    || ["GIVEN", COOKIE_VARIABLE, "PWD", "SHLVL", "_", "OLDPWD"].contains(&name),
+                "{name} leaked into the step: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_log_as_the_process_writes() {
+        let (dir, log) = log();
+        log.add_secrets(["hunter2".to_owned()]);
+        let spec = ProcessSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "printf 'a hun'; sleep 0.05; printf 'ter2 b\\n'; echo hunter2 >&2".into(),
+            ],
+            cwd: dir.path().to_owned(),
+            ..ProcessSpec::default()
+        };
+        let result = run_process(&spec, &log, &StepControl::default()).unwrap();
+        assert!(result.success());
+        let text = std::fs::read_to_string(dir.path().join("step.log")).unwrap();
+        assert_eq!(text, "a *** b\n***\n");
+    }
+
+    #[test]
+    fn a_descendant_that_leaves_the_session_is_stopped_when_the_process_ends() {
+        become_subreaper();
+        let (dir, log) = log();
+        let marker = dir.path().join("daemon.pid");
+        let spec = ProcessSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "setsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 301' & \
+                     while [ ! -s {} ]; do sleep 0.01; done",
+                    marker.display(),
+                    marker.display()
+                ),
+            ],
+            cwd: dir.path().to_owned(),
+            cookie_prefix: "run/daemon".into(),
+            ..ProcessSpec::default()
+        };
+        let control = StepControl::new();
+        let result = run_process(&spec, &log, &control).unwrap();
+        assert!(result.success(), "{}", result.describe());
+        assert_eq!(result.leftovers, 1);
+        assert_eq!(control.take_leftovers(), 1);
+        let daemon: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !alive(daemon),
+            "the setsid daemon {daemon} outlived its step"
+        );
     }
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::admission::{AgentSwitches, Policy, Refusal, RunAdmission};
+use super::env::{self, EnvValue};
 use super::expand::{self, ConditionContext, Expanded, Scope, StepState};
+use super::mask::StepLog;
 use super::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
 use super::params;
 use super::process::{signal_group, StepControl, StopReason};
@@ -44,6 +46,8 @@ pub struct EngineConfig {
     pub admission: Arc<RunAdmission>,
     /// Agents switched off or on while the process runs.
     pub agent_switches: Arc<AgentSwitches>,
+    /// The most bytes a step's log holds; output past it is drained and dropped.
+    pub max_log_bytes: u64,
 }
 
 /// Something that happened to a run, reported after it is durable.
@@ -961,22 +965,26 @@ fn run_scope(run: &RunRecord) -> Scope {
     scope
 }
 
-fn base_env(run: &RunRecord) -> Vec<(String, String)> {
+/// The variables every step of the run gets: the run's `ORCHESTRATOR_*`, its parameters
+/// and the workflow's `env:` (unresolved: secrets are read when a step starts).
+fn base_env(run: &RunRecord) -> Vec<(String, EnvValue)> {
     let mut env = vec![
-        ("ORCHESTRATOR_RUN_ID".to_owned(), run.id.clone()),
+        (
+            "ORCHESTRATOR_RUN_ID".to_owned(),
+            EnvValue::Literal(run.id.clone()),
+        ),
         (
             "ORCHESTRATOR_WORKFLOW_ID".to_owned(),
-            run.workflow_id.clone(),
+            EnvValue::Literal(run.workflow_id.clone()),
         ),
     ];
     for (name, value) in &run.parameters {
-        env.push((params::env_name(name), params::env_value(value)));
+        env.push((
+            params::env_name(name),
+            EnvValue::Literal(params::env_value(value)),
+        ));
     }
-    if let Some(vars) = run.workflow.get("env").and_then(Value::as_object) {
-        for (name, value) in vars {
-            env.push((name.clone(), params::env_value(value)));
-        }
-    }
+    env.extend(env::declared(run.workflow.get("env")));
     env
 }
 
@@ -1111,7 +1119,7 @@ struct StepJob<'a> {
     scope: Arc<Scope>,
     config: &'a EngineConfig,
     agent_config: Option<Value>,
-    base_env: &'a [(String, String)],
+    base_env: &'a [(String, EnvValue)],
     control: Arc<StepControl>,
     reports: Option<ReportData>,
     sender: mpsc::Sender<Message>,
@@ -1121,7 +1129,7 @@ impl StepJob<'_> {
     /// Whether the step's agent takes work; when it is disabled, fails the step or waits for
     /// the agent as its manifest's `when_disabled` says (a wait ends with a cancel or the
     /// step's timeout). `None` when the step may go ahead.
-    fn wait_for_agent(&self, log: &fs::File) -> Option<Outcome> {
+    fn wait_for_agent(&self, log: &StepLog) -> Option<Outcome> {
         let agent = &self.step.agent;
         let config = self.agent_config.as_ref();
         let manifest_enabled = config
@@ -1150,11 +1158,9 @@ impl StepJob<'_> {
                 ..Outcome::default()
             });
         }
-        let mut log = log;
-        let _ = writeln!(
-            log,
-            "[orchestrator] waiting for agent `{agent}` ({why}) to be enabled (when_disabled: wait)"
-        );
+        log.note(&format!(
+            "waiting for agent `{agent}` ({why}) to be enabled (when_disabled: wait)"
+        ));
         loop {
             if let Some(reason) = self.control.stopped() {
                 let (status, message) = match reason {
@@ -1174,7 +1180,7 @@ impl StepJob<'_> {
                 });
             }
             if switches.wait_enabled(agent, manifest_enabled, Duration::from_millis(100)) {
-                let _ = writeln!(log, "[orchestrator] agent `{agent}` is enabled again");
+                log.note(&format!("agent `{agent}` is enabled again"));
                 return None;
             }
         }
@@ -1190,8 +1196,8 @@ impl StepJob<'_> {
     fn attempts(&self) -> (Outcome, Vec<Attempt>) {
         let log_path = self.config.log_dir.join(&self.step.log);
         let outputs_path = log_path.with_extension("outputs");
-        let log = match OpenOptions::new().create(true).append(true).open(&log_path) {
-            Ok(file) => file,
+        let log = match StepLog::open(&log_path, self.config.max_log_bytes) {
+            Ok(log) => Arc::new(log),
             Err(err) => {
                 return (
                     Outcome {
@@ -1249,18 +1255,48 @@ impl StepJob<'_> {
                 )
             }
         };
-        let mut env = self.base_env.to_vec();
-        env.push(("ORCHESTRATOR_STEP".into(), self.step.name.clone()));
-        env.push((
+        let mut declared = self.base_env.to_vec();
+        declared.push((
+            "ORCHESTRATOR_STEP".into(),
+            EnvValue::Literal(self.step.name.clone()),
+        ));
+        declared.push((
             "ORCHESTRATOR_OUTPUT".into(),
-            outputs_path.display().to_string(),
+            EnvValue::Literal(outputs_path.display().to_string()),
         ));
         if let Some(vars) = spec.get("env").and_then(Value::as_object) {
-            for (name, value) in vars {
-                let value = expand::substitute(value, &self.scope).unwrap_or(value.clone());
-                env.push((name.clone(), params::env_value(&value)));
+            for (name, raw) in vars {
+                // `{{ }}` is substituted in literals only, and its result stays a literal:
+                // a parameter (a webhook's payload, say) never picks a secret or a server
+                // variable to read.
+                let value = match (raw, env::parse(raw)) {
+                    (Value::String(_), EnvValue::Literal(_)) => {
+                        let substituted =
+                            expand::substitute(raw, &self.scope).unwrap_or(raw.clone());
+                        EnvValue::Literal(params::env_value(&substituted))
+                    }
+                    (_, parsed) => parsed,
+                };
+                declared.push((name.clone(), value));
             }
         }
+        let env = match env::resolve(&declared, &self.config.project_dir) {
+            Ok(resolved) => {
+                log.add_secrets(resolved.secrets);
+                resolved.vars
+            }
+            Err(err) => {
+                log.note(&err);
+                return (
+                    Outcome {
+                        status: Some(Status::Failed),
+                        message: Some(err),
+                        ..Outcome::default()
+                    },
+                    Vec::new(),
+                );
+            }
+        };
         let agent_log = self
             .config
             .log_dir
@@ -1315,6 +1351,38 @@ impl StepJob<'_> {
             for (key, value) in read_outputs(&outputs_path) {
                 outcome.outputs.insert(key, Value::from(value));
             }
+            let leftovers = self.control.take_leftovers();
+            if leftovers > 0 {
+                let note = format!(
+                    "{leftovers} process{} the step started outlived it and {} stopped",
+                    if leftovers == 1 { "" } else { "es" },
+                    if leftovers == 1 { "was" } else { "were" }
+                );
+                context.note(&note);
+                outcome.message = Some(match outcome.message.take() {
+                    Some(message) => format!("{message}; {note}"),
+                    None => note,
+                });
+            }
+            // Secret values never reach a record: what an agent or the step wrote back is
+            // masked as its log is.
+            let secrets = log.secrets();
+            if !secrets.is_empty() {
+                outcome.message = outcome.message.map(|m| secrets.mask_str(&m));
+                for value in outcome.outputs.values_mut() {
+                    if let Value::String(text) = value {
+                        *text = secrets.mask_str(text);
+                    }
+                }
+                for case in &mut outcome.tests {
+                    for text in [&mut case.message, &mut case.details, &mut case.output]
+                        .into_iter()
+                        .flatten()
+                    {
+                        *text = secrets.mask_str(text);
+                    }
+                }
+            }
             let status = outcome.status.unwrap_or(Status::Failed);
             let usage = self.control.take_usage();
             let attempt = Attempt {
@@ -1327,6 +1395,7 @@ impl StepJob<'_> {
                 message: outcome.message.clone(),
                 cpu_seconds: usage.map(|u| u.cpu_seconds),
                 max_rss_bytes: usage.map(|u| u.max_rss_bytes),
+                orphans_killed: (leftovers > 0).then_some(leftovers),
             };
             let retry = number < total
                 && matches!(status, Status::Failed | Status::TimedOut)

@@ -419,6 +419,7 @@ steps:
             max_parallel: 4,
             admission: RunAdmission::new(),
             agent_switches: AgentSwitches::new(),
+            max_log_bytes: 100 << 20,
         };
         Engine {
             project,

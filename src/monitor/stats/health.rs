@@ -231,25 +231,29 @@ fn probe_plugin(command: &Value, config: &Value, cwd: &Path) -> HealthCheck {
         Ok(argv) => argv,
         Err(err) => return HealthCheck::new(HealthStatus::Failed, err),
     };
-    let env: Vec<(String, String)> = config
-        .get("env")
-        .and_then(Value::as_object)
-        .map(|env| {
-            env.iter()
-                .map(|(k, v)| (k.clone(), crate::engine::params::env_value(v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut child = match Command::new(&argv[0])
+    // The plugin sees what its steps would: the inherited allowlist and its manifest's
+    // `env:` (secrets resolved; `file:` paths from the directory it runs in).
+    let env =
+        match crate::engine::env::resolve(&crate::engine::env::declared(config.get("env")), cwd) {
+            Ok(resolved) => resolved.vars,
+            Err(err) => return HealthCheck::new(HealthStatus::Failed, err),
+        };
+    let mut command = Command::new(&argv[0]);
+    command
         .args(&argv[1..])
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(name, _)| {
+            name.to_str()
+                .is_some_and(crate::engine::process::is_inherited)
+        }))
         .envs(env)
         .current_dir(cwd)
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
+        .stderr(Stdio::piped());
+    // Registered so that the engine's reaper of step orphans leaves it to `try_wait` below.
+    let mut child = match crate::engine::process::spawn_awaited(&mut command) {
         Ok(child) => child,
         Err(err) => {
             return HealthCheck::new(
@@ -302,6 +306,7 @@ fn probe_plugin(command: &Value, config: &Value, cwd: &Path) -> HealthCheck {
             }
         }
     };
+    crate::engine::process::forget_awaited(child.id());
     // Whatever the plugin left running goes, so the pipes close.
     signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
     let stdout = stdout.join().unwrap_or_default();
