@@ -9,7 +9,8 @@
 //!    with the bound port, or one of `server.allowed_hosts`.
 //! 2. **Origin** (403 `origin_not_allowed`), when the request carries one and changes
 //!    something (any method but GET, HEAD, OPTIONS and TRACE) or opens `/ws`: the server's
-//!    own origins (`http://<allowed host>:<bound port>`) or one of `server.allowed_origins`.
+//!    own origins (`http://<allowed host>:<bound port>`, or exactly the request's own
+//!    `http://<Host>`, which step 1 allowed), or one of `server.allowed_origins`.
 //!    `Origin: null` (sandboxed frames, files) is refused.
 //! 3. **Token** (401 `unauthorized`), when one is in force: every route of `/api` and `/ws`
 //!    whatever the method, `/metrics` with `server.metrics_auth`. `Authorization: Bearer`
@@ -125,7 +126,8 @@ impl Guard {
         if path.starts_with("/hooks/") {
             return Ok(());
         }
-        if path != "/healthz" && path != "/readyz" {
+        let probe = path == "/healthz" || path == "/readyz";
+        if !probe {
             self.check_host(headers)?;
         }
         let changes = !matches!(
@@ -133,7 +135,7 @@ impl Guard {
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
         if changes || path == "/ws" {
-            self.check_origin(headers)?;
+            self.check_origin(headers, !probe)?;
         }
         if self.token.is_some() && self.needs_token(path) {
             self.check_token(path, query, headers)?;
@@ -199,13 +201,27 @@ impl Guard {
             .any(|(name, wanted)| name == host && (wanted.is_none() || *wanted == port))
     }
 
-    fn check_origin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// `host_checked`: the request's Host passed [`Guard::check_host`], so an Origin equal
+    /// to it is the server's own.
+    fn check_origin(&self, headers: &HeaderMap, host_checked: bool) -> Result<(), ApiError> {
         let Some(given) = headers.get(header::ORIGIN) else {
             // Not from a browser page (curl, the CLI, scripts): nothing to check here.
             return Ok(());
         };
         let text = String::from_utf8_lossy(given.as_bytes()).into_owned();
-        if self.origin_allowed(&text) {
+        // The page came from the very host and port the request went to (the Host, already
+        // checked): same origin, however the server was reached (a tunnel, a port mapping).
+        let request_host = headers
+            .get(header::HOST)
+            .filter(|_| host_checked)
+            .and_then(|h| split_host(&String::from_utf8_lossy(h.as_bytes())));
+        let same_origin = request_host.is_some_and(|host| {
+            text.to_ascii_lowercase()
+                .strip_prefix("http://")
+                .and_then(split_host)
+                .is_some_and(|origin| origin == host)
+        });
+        if same_origin || self.origin_allowed(&text) {
             return Ok(());
         }
         let mut allowed = self.own_origins();
@@ -534,6 +550,22 @@ mod tests {
         ] {
             assert_eq!(post(origin), Some((403, "origin_not_allowed")), "{origin}");
         }
+        // Same origin as the request's (allowed) Host, e.g. through a tunnel on another port.
+        let h = headers(&[
+            ("host", "proxy.example:8443"),
+            ("origin", "http://proxy.example:8443"),
+            ("content-type", "application/json"),
+        ]);
+        assert_eq!(code(g.check(&Method::POST, "/api/sync", None, &h)), None);
+        let h = headers(&[
+            ("host", "proxy.example:8443"),
+            ("origin", "http://proxy.example:8444"),
+            ("content-type", "application/json"),
+        ]);
+        assert_eq!(
+            code(g.check(&Method::POST, "/api/sync", None, &h)),
+            Some((403, "origin_not_allowed"))
+        );
         // Reads carry no check (a page cannot read a cross-origin answer); /ws does.
         let h = headers(&[
             ("host", "127.0.0.1:8080"),
