@@ -145,8 +145,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: `bad_request`, `malformed_json`, `invalid_body`,
-    /// `invalid`, `unauthorized`, `not_found`, `method_not_allowed`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `source_unavailable`, `internal`, ...
+    /// `invalid`, `unauthorized`, `host_not_allowed`, `origin_not_allowed`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `source_unavailable`, `internal`, ...
     #[schema(example = "not_found")]
     pub code: &'static str,
     /// What is wrong and what was expected, for a person.

@@ -1,6 +1,7 @@
 //! The HTTP API: JSON routes under `/api`, `/ws`, `/metrics`, `/healthz`, `/readyz`. Every
 //! error is `{"error": {"code", "message", "details"}}` with the right 4xx or 5xx status;
-//! request bodies are size-limited and must be JSON where JSON is expected. The OpenAPI 3.1
+//! request bodies are size-limited and must be JSON where JSON is expected. Every request
+//! passes the [`guard`] first (Host, Origin, the API token, Content-Type). The OpenAPI 3.1
 //! document of all of it is generated from the handlers ([`ApiDoc`]) and served at
 //! `GET /api/openapi.json`.
 
@@ -8,6 +9,7 @@ mod agent_metrics;
 mod agent_runs;
 mod alerts;
 mod error;
+pub mod guard;
 mod handlers;
 pub mod hooks;
 mod jobs;
@@ -90,8 +92,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/assets/{path}"),
 ];
 
-/// The router with every route.
-pub fn router(state: AppState) -> Router {
+/// The router with every route, behind the request guard (Host, Origin, API token,
+/// Content-Type: see [`guard`]).
+pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
     let max_body = state.config.config.server.max_body_bytes as usize;
     Router::new()
         .route("/healthz", get(handlers::healthz))
@@ -168,11 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{*path}", get(crate::dashboard::asset))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            authorize,
-        ))
-        // Added after `authorize`, so outside it: a webhook proves itself by its signature.
+        // A webhook proves itself by its signature: the guard lets `/hooks/` through.
         .route("/hooks/source", post(source_hook::receive))
         // Webhook triggers (`/hooks/source` above, being static, wins over this): their
         // own secrets, and up to 25 MB whatever `server.max_body_bytes` says.
@@ -185,6 +184,8 @@ pub fn router(state: AppState) -> Router {
                     hooks::guard,
                 )),
         )
+        // Before any handler, and before the router's own 404 and 405.
+        .layer(middleware::from_fn_with_state(guard, guard::guard))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             json_errors,
@@ -195,52 +196,6 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
-}
-
-/// Mutating routes and `/ws` need the API token when one is configured.
-async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(token) = state.api_token.as_deref() else {
-        return next.run(request).await;
-    };
-    let needs_token = request.method() != axum::http::Method::GET || request.uri().path() == "/ws";
-    if !needs_token {
-        return next.run(request).await;
-    }
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .map(str::to_owned)
-        // A browser cannot set headers on a WebSocket: `/ws?token=` instead.
-        .or_else(|| ws_query_token(&request));
-    if given
-        .as_deref()
-        .is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
-    {
-        next.run(request).await
-    } else {
-        use axum::response::IntoResponse;
-        ApiError::unauthorized(if given.is_some() {
-            "the bearer token is not the configured API token"
-        } else {
-            "this route needs `Authorization: Bearer <token>` (the server has an API token configured)"
-        })
-        .into_response()
-    }
-}
-
-/// The `token` query parameter of `/ws` (only there: elsewhere the header is the way).
-fn ws_query_token(request: &Request) -> Option<String> {
-    if request.uri().path() != "/ws" {
-        return None;
-    }
-    let query = axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(
-        request.uri(),
-    )
-    .ok()?;
-    query.0.get("token").cloned()
 }
 
 /// Keeps the promise that every error is JSON. The extractors of axum answer on their own
@@ -279,13 +234,6 @@ async fn json_errors(State(state): State<AppState>, request: Request, next: Next
         }
     }
     rewritten
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One line per request in `logs/api.log`: time, method, path (no query string, which may

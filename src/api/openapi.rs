@@ -30,8 +30,18 @@ use crate::engine::model::{
             `/ws` event stream.\n\nEvery error is `{\"error\": {\"code\", \"message\", \
             \"details\"}}` (the `ApiError` schema) with the right 4xx or 5xx status; request \
             bodies are limited to `server.max_body_bytes` and must be JSON where JSON is \
-            expected. With `server.api_token` configured, every `POST` and `DELETE` route and `/ws` need \
-            `Authorization: Bearer <token>` (the `bearer` scheme); `GET` routes are open.",
+            expected.\n\nBefore any handler, every request passes a guard: its `Host` must be one \
+            of the server's names (`localhost`, `127.0.0.1`, `[::1]`, the bound address, the \
+            machine's name, `server.allowed_hosts`; else `421 host_not_allowed`), a request that \
+            changes something or opens `/ws` from a web page must come from one of the server's \
+            own origins or `server.allowed_origins` (else `403 origin_not_allowed`), and every \
+            `POST` and `DELETE` says `Content-Type: application/json`, even with an empty body \
+            (else `415 unsupported_media_type`). With an API token in force (`server.api_token`, \
+            or the one generated for a non-loopback address), every `/api` route and `/ws` need \
+            `Authorization: Bearer <token>` (the `bearer` scheme), reads included; `/healthz`, \
+            `/readyz` and the dashboard's files stay open, `/metrics` too unless \
+            `server.metrics_auth`. Webhook receivers under `/hooks/` skip the guard: they check \
+            their signatures.",
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
@@ -138,7 +148,7 @@ use crate::engine::model::{
         super::reports::TestTrend,
         super::reports::DurationFigures,
     )),
-    modifiers(&SecuritySchemes, &OptionalBodies),
+    modifiers(&SecuritySchemes, &OptionalBodies, &GuardAnswers),
     tags(
         (name = "workflows", description = "Workflows in force, and running them"),
         (name = "runs", description = "Runs, their steps and logs; cancel and re-run"),
@@ -167,10 +177,13 @@ impl Modify for SecuritySchemes {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "`Authorization: Bearer <token>` with the server's API token \
-                         (`server.api_token`). Needed by every `POST` and `DELETE` route and `/ws` when a \
-                         token is configured; without one they are open (the server then \
-                         binds only a loopback address unless started with `--insecure`).",
+                        "`Authorization: Bearer <token>` (the scheme in any case) with the \
+                         server's API token: `server.api_token`, or the one generated in the data \
+                         directory's `api-token` when the server listens on a non-loopback \
+                         address without one. Needed by every `/api` route and `/ws` (reads \
+                         included) while a token is in force, and by `/metrics` with \
+                         `server.metrics_auth`; without a token they are open (only on a loopback \
+                         address, or with `--insecure`).",
                     ))
                     .build(),
             ),
@@ -229,6 +242,81 @@ impl Modify for OptionalBodies {
             {
                 if let Some(body) = operation.request_body.as_mut() {
                     body.required = Some(Required::False);
+                }
+            }
+        }
+    }
+}
+
+/// What the request guard (`api::guard`) adds to every operation: the `bearer` scheme on
+/// every `/api` route and `/ws` (optional on `/metrics`) with its 401, the 421 of a Host the
+/// server does not answer to, and on routes that change things (and `/ws`) the 403 of a
+/// foreign Origin and the 415 of a missing JSON content type. `/hooks/` is left as it is.
+struct GuardAnswers;
+
+impl Modify for GuardAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ApiError")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let bearer = || SecurityRequirement::new("bearer", Vec::<String>::new());
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path.starts_with("/hooks/") {
+                continue;
+            }
+            let api = path == "/api" || path.starts_with("/api/") || path == "/ws";
+            let probe = path == "/healthz" || path == "/readyz";
+            for (changes, operation) in [
+                (false, &mut item.get),
+                (true, &mut item.put),
+                (true, &mut item.post),
+                (true, &mut item.delete),
+                (true, &mut item.patch),
+            ] {
+                let Some(operation) = operation.as_mut() else {
+                    continue;
+                };
+                let responses = &mut operation.responses.responses;
+                if api {
+                    operation.security = Some(vec![bearer()]);
+                    responses.entry("401".into()).or_insert_with(|| {
+                        error("An API token is in force and the request does not carry it")
+                    });
+                } else if path == "/metrics" {
+                    // Open unless `server.metrics_auth`.
+                    operation.security = Some(vec![SecurityRequirement::default(), bearer()]);
+                    responses.entry("401".into()).or_insert_with(|| {
+                        error("`server.metrics_auth` is on and the request does not carry the API token")
+                    });
+                }
+                if !probe {
+                    responses.entry("421".into()).or_insert_with(|| {
+                        error("The Host is not a name the server answers to (`host_not_allowed`; `server.allowed_hosts`)")
+                    });
+                }
+                if changes || path == "/ws" {
+                    responses.entry("403".into()).or_insert_with(|| {
+                        error("Sent by a web page of a foreign origin (`origin_not_allowed`; `server.allowed_origins`)")
+                    });
+                }
+                if changes {
+                    responses.entry("415".into()).or_insert_with(|| {
+                        error(
+                            "No `Content-Type: application/json` (needed even with an empty body)",
+                        )
+                    });
                 }
             }
         }
@@ -441,17 +529,42 @@ mod tests {
                     .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
                     .collect();
                 assert_eq!(declared, in_path, "{here}: path parameters");
-                // What the bearer token guards says so; so do the routes outside that layer.
+                // What the bearer token guards says so: every `/api` route and `/ws`, reads
+                // included, and `/metrics` optionally; the webhook receivers name their own.
                 let security = operation["security"].to_string();
-                if method != "get" || path == "/ws" {
-                    assert!(
-                        security.contains("\"bearer\""),
-                        "{here}: no bearer security"
+                if path == "/api" || path.starts_with("/api/") || path == "/ws" {
+                    assert_eq!(
+                        operation["security"],
+                        serde_json::json!([{"bearer": []}]),
+                        "{here}"
                     );
+                    assert!(responses.contains_key("401"), "{here}: no 401");
+                } else if path == "/metrics" {
+                    assert_eq!(
+                        operation["security"],
+                        serde_json::json!([{}, {"bearer": []}]),
+                        "{here}"
+                    );
+                } else if path.starts_with("/hooks/") {
+                    assert!(security.contains("\"bearer\""), "{here}: {security}");
                     assert!(responses.contains_key("401"), "{here}: no 401");
                 } else {
                     assert_eq!(operation.get("security"), None, "{here}");
                 }
+                // The guard's answers: a foreign Host, a foreign Origin, no JSON type (the
+                // webhook receivers, which it lets through, declare their own).
+                if path.starts_with("/hooks/") {
+                    continue;
+                }
+                let probe = path == "/healthz" || path == "/readyz";
+                assert_eq!(responses.contains_key("421"), !probe, "{here}: 421");
+                let changes = method != "get";
+                assert_eq!(
+                    responses.contains_key("403"),
+                    changes || path == "/ws",
+                    "{here}: 403"
+                );
+                assert_eq!(responses.contains_key("415"), changes, "{here}: 415");
             }
         }
     }

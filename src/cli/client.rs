@@ -37,12 +37,14 @@ impl ApiClient {
         let Some(info) = process_file::read(&context.data_dir()) else {
             return Ok(None);
         };
+        // The configured token; else the one a server on a non-loopback address generated
+        // in the data directory (sent to a server without a token, it is ignored).
         let token = match &context.config.config.server.api_token {
             Some(reference) => Some(crate::server::resolve_secret(
                 reference,
                 &context.config.project_dir,
             )?),
-            None => None,
+            None => crate::server::api_token::read(&context.data_dir()),
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -85,9 +87,18 @@ impl ApiClient {
         Ok(value)
     }
 
+    /// The token's header value, when there is one.
+    fn authorization(&self) -> Option<String> {
+        self.token.as_ref().map(|token| format!("Bearer {token}"))
+    }
+
     /// GET a JSON document.
     pub fn get(&self, path: &str) -> Result<Value> {
-        self.answer(self.agent.get(&self.url(path)).call())
+        let mut request = self.agent.get(&self.url(path));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", &value);
+        }
+        self.answer(request.call())
     }
 
     /// POST a JSON body.
@@ -96,17 +107,21 @@ impl ApiClient {
             .agent
             .post(&self.url(path))
             .header("Content-Type", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", &format!("Bearer {token}"));
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", &value);
         }
         self.answer(request.send(body.to_string()))
     }
 
-    /// DELETE, answered with a JSON document.
+    /// DELETE, answered with a JSON document. It says `Content-Type: application/json`, as
+    /// every request that changes something must, though it has no body.
     pub fn delete(&self, path: &str) -> Result<Value> {
-        let mut request = self.agent.delete(&self.url(path));
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", &format!("Bearer {token}"));
+        let mut request = self
+            .agent
+            .delete(&self.url(path))
+            .header("Content-Type", "application/json");
+        if let Some(value) = self.authorization() {
+            request = request.header("Authorization", &value);
         }
         self.answer(request.call())
     }

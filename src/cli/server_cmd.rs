@@ -28,9 +28,15 @@ pub struct StartArgs {
     /// Detach: run in the background, output to logs/system.log; returns once it is ready.
     #[arg(long)]
     pub background: bool,
-    /// Listen on a non-loopback address without an API token.
+    /// Listen on a non-loopback address without an API token (without it, such an address
+    /// gets a generated token, kept in the data directory's `api-token`).
     #[arg(long)]
     pub insecure: bool,
+    /// Set by `--background` for the server it starts, whose output goes to
+    /// logs/system.log: the generated token's address is then shown by the starting command
+    /// instead, never written to the log.
+    #[arg(long, hide = true)]
+    pub detached: bool,
     /// Seconds running steps get to finish at shutdown before they are stopped.
     #[arg(long, default_value_t = 10, env = "ORCHESTRATOR_SHUTDOWN_GRACE")]
     pub grace: u64,
@@ -83,13 +89,16 @@ pub fn start(context: &Context, args: &StartArgs) -> Result<u8> {
             grace: Duration::from_secs(args.grace),
             source: args.source.clone(),
         },
-        |address| {
+        |address, generated| {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
                 out,
                 "orchestrator listening on http://{address} (environment {environment}, data {}); Ctrl-C stops it",
                 data_dir.display()
             );
+            if let (Some(token), false) = (generated, args.detached) {
+                let _ = write!(out, "{}", token_notice(address, token, &data_dir));
+            }
             let _ = out.flush();
         },
     )?;
@@ -115,7 +124,8 @@ fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) 
     }
     command
         .args(["start", "--host", host, "--port", &port.to_string()])
-        .args(["--grace", &args.grace.to_string()]);
+        .args(["--grace", &args.grace.to_string()])
+        .arg("--detached");
     if args.insecure {
         command.arg("--insecure");
     }
@@ -154,6 +164,16 @@ fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) 
                 info.url(),
                 log_path.display()
             );
+            let generated = context.config.config.server.api_token.is_none()
+                && !args.insecure
+                && !server::api_token::is_loopback(host);
+            if let (true, Some(token), Ok(address)) = (
+                generated,
+                server::api_token::read(&data_dir),
+                info.address.parse::<std::net::SocketAddr>(),
+            ) {
+                print!("{}", token_notice(&address, &token, &data_dir));
+            }
             return Ok(EXIT_OK);
         }
         if Instant::now() > deadline {
@@ -165,6 +185,33 @@ fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) 
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// What `start` says once about a generated token, as Jupyter does: where it is kept and
+/// the dashboard's address carrying it (in the fragment, which browsers never send: the
+/// dashboard keeps it as its token dialog does and takes it out of the address bar).
+fn token_notice(address: &std::net::SocketAddr, token: &str, data_dir: &std::path::Path) -> String {
+    let port = address.port();
+    let mut hosts = Vec::new();
+    if address.ip().is_unspecified() {
+        if let Some(name) = sysinfo::System::host_name().filter(|n| !n.is_empty()) {
+            hosts.push(name);
+        }
+        hosts.push("127.0.0.1".to_owned());
+    } else {
+        hosts.push(match address.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+    }
+    let mut text = format!(
+        "this address is reachable from other machines, so the API needs a token: one was generated and kept in {} (the local command line reads it there; set server.api_token to choose your own). Open the dashboard with:\n",
+        server::api_token::path(data_dir).display()
+    );
+    for host in hosts {
+        text.push_str(&format!("    http://{host}:{port}/#token={token}\n"));
+    }
+    text
 }
 
 /// Runs `stop`.
@@ -211,20 +258,9 @@ pub fn status(context: &Context, args: &StatusArgs) -> Result<u8> {
         }
         return Ok(EXIT_NOT_RUNNING);
     };
-    let status: Value = ureq::get(&format!("{}/api/status", info.url()))
-        .call()
-        .with_context(|| {
-            format!(
-                "the server (PID {}) does not answer at {}",
-                info.pid,
-                info.url()
-            )
-        })?
-        .body_mut()
-        .read_to_string()
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .context("the server's status is not JSON")?;
+    let status = super::client::ApiClient::for_context(context)?
+        .with_context(|| format!("the server (PID {}) stopped meanwhile", info.pid))?
+        .get("/api/status")?;
     if args.output == OutputFormat::Json {
         let mut status = status;
         status["running"] = Value::from(true);

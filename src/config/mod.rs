@@ -115,6 +115,18 @@ pub struct ServerConfig {
     /// Largest request body accepted.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Host names the server answers to besides its own (`localhost`, `127.0.0.1`, `[::1]`,
+    /// the bound address and the machine's name): `name` with any port, `name:port` with that
+    /// port only, `*` any host (turns the DNS-rebinding check off).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) whose pages may change things and open `/ws`,
+    /// besides the server's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+    /// Whether `/metrics` needs the API token too (it is open by default, for scrapers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub metrics_auth: bool,
 }
 
 fn default_max_body_bytes() -> u64 {

@@ -3,6 +3,7 @@
 //! HTTP server (REST, WebSocket, metrics). Everything it reports goes through the event bus
 //! once it is durable.
 
+pub mod api_token;
 pub mod controller;
 pub mod log_tail;
 pub mod metrics;
@@ -57,7 +58,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// One reconcile at a time.
     pub reconcile_lock: Mutex<()>,
-    /// The API token, when one is configured.
+    /// The API token in force: configured (`server.api_token`) or generated for a
+    /// non-loopback address (see [`api_token`]).
     pub api_token: Option<String>,
     /// The git repository followed instead of the manifest directories, when one is
     /// configured (`source.git` or `start --source`).
@@ -649,9 +651,13 @@ pub struct StartOptions {
     pub source: Option<String>,
 }
 
-/// Resolves a secret reference: `env:NAME` or `file:PATH` (relative to the project).
+/// Resolves the API token's reference: `env:NAME` or `file:PATH` (relative to the
+/// project). An empty or blank token is an error.
 pub fn resolve_secret(reference: &str, project_dir: &std::path::Path) -> anyhow::Result<String> {
-    resolve_secret_named("API token", reference, project_dir)
+    api_token::check_not_blank(
+        resolve_secret_named("API token", reference, project_dir)?,
+        reference,
+    )
 }
 
 /// [`resolve_secret`] for a secret other than the API token: `what` names it in errors.
@@ -680,31 +686,24 @@ pub fn resolve_secret_named(
 }
 
 /// Runs the server until SIGINT or SIGTERM. `on_ready` hears the bound address once the
-/// first reconcile is done and the listener accepts connections.
+/// first reconcile is done and the listener accepts connections, and the token when the
+/// server generated one (a non-loopback address without `server.api_token`): the caller
+/// shows it to the person who started the server, and nowhere else.
 pub fn serve(
     config: LoadedConfig,
     environment: String,
     data_dir: PathBuf,
     engine: EngineConfig,
     options: StartOptions,
-    on_ready: impl FnOnce(&std::net::SocketAddr),
+    on_ready: impl FnOnce(&std::net::SocketAddr, Option<&str>),
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let api_token = match &config.config.server.api_token {
+    let configured_token = match &config.config.server.api_token {
         Some(reference) => Some(resolve_secret(reference, &config.project_dir)?),
         None => None,
     };
-    let loopback = options.host == "localhost"
-        || options
-            .host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if !loopback && api_token.is_none() && !options.insecure {
-        anyhow::bail!(
-            "refusing to listen on {} without an API token: anyone who can reach it could run workflows. Set server.api_token (env:NAME or file:PATH), or pass --insecure to accept the risk",
-            options.host
-        );
-    }
+    let token = api_token::decide(configured_token, &options.host, options.insecure, &data_dir)?;
+    let api_token = token.value().map(str::to_owned);
     let git = source::GitState::from_config(&config, options.source.as_deref())?;
     let store = Arc::new(Store::open(&data_dir)?);
     for id in run::recover(&store)? {
@@ -843,7 +842,10 @@ pub fn serve(
     .with_context(|| format!("cannot write {}", process_file::path(&data_dir).display()))?;
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(%address, "listening");
-    on_ready(&address);
+    match &token {
+        api_token::ApiToken::Generated(value) => on_ready(&address, Some(value)),
+        _ => on_ready(&address, None),
+    }
 
     let (stop_scheduling, stopped) = tokio::sync::watch::channel(false);
     let sampler = runtime.spawn(crate::monitor::system::run(
@@ -856,7 +858,17 @@ pub fn serve(
         format!("http://{address}"),
     ));
     let scheduler = runtime.spawn(crate::scheduler::run(Arc::clone(&shared), stopped));
-    let app = crate::api::router(Arc::clone(&shared));
+    let guard = crate::api::guard::Guard::new(
+        address,
+        crate::api::guard::GuardSettings {
+            token: shared.api_token.clone(),
+            allowed_hosts: shared.config.config.server.allowed_hosts.clone(),
+            allowed_origins: shared.config.config.server.allowed_origins.clone(),
+            metrics_auth: shared.config.config.server.metrics_auth,
+            hostname: sysinfo::System::host_name(),
+        },
+    );
+    let app = crate::api::router(Arc::clone(&shared), Arc::new(guard));
     let served = runtime.block_on(async {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())

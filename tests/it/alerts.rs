@@ -87,12 +87,18 @@ fn request(dir: &Path, method: &str, path: &str, body: Option<Value>) -> (u16, V
     let agent = agent();
     let response = match (method, body) {
         ("GET", _) => agent.get(&url).call(),
-        ("DELETE", _) => agent.delete(&url).call(),
+        ("DELETE", _) => agent
+            .delete(&url)
+            .header("Content-Type", "application/json")
+            .call(),
         (_, Some(body)) => agent
             .post(&url)
             .header("Content-Type", "application/json")
             .send(body.to_string()),
-        (_, None) => agent.post(&url).send_empty(),
+        (_, None) => agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send_empty(),
     };
     let mut response = response.expect("an HTTP answer");
     let status = response.status().as_u16();

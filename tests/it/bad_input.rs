@@ -1312,7 +1312,7 @@ fn unicode_names_round_trip_exactly_or_are_refused_clearly() {
         &address,
         "POST",
         "/api/workflows/wf_%C0%AF/execute",
-        &[],
+        &[("Content-Type", "application/json")],
         b"",
     )
     .error(400, "bad_request");

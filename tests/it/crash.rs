@@ -161,16 +161,17 @@ impl Client {
 
     /// Status and JSON body, or `None` when no answer came (connection refused or reset).
     fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, Value)> {
-        let mut request = self.agent.post(format!("{}{path}", self.base));
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let result = if body.is_empty() {
             request.send_empty()
         } else {
-            request
-                .header("Content-Type", "application/json")
-                .send(body)
+            request.send(body)
         };
         let mut response = result.ok()?;
         let status = response.status().as_u16();

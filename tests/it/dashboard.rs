@@ -417,16 +417,16 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;
         browser
-            .open(&format!("{base}/#/workflows/wf_checkout"), "workflows")
-            .await;
-        // Reads need no token; the event stream does: the dialog asks for it.
-        browser
-            .wait_element("#connection[data-state='needs-token']")
-            .await;
+            .client()
+            .goto(&format!("{base}/#/workflows/wf_checkout"))
+            .await
+            .expect("go to the page");
+        // Reads and the event stream need the token: the dialog asks for it, once.
         browser.wait_element("#token-dialog[open]").await;
         browser.screenshot("token-dialog").await;
         browser.type_into("#token-input", "open sesame/+=").await;
         browser.click("#token-form button[value='ok']").await;
+        browser.wait_ready("workflows").await;
         browser
             .wait_text("#connection[data-state='live']", "Live")
             .await;
@@ -590,6 +590,7 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
         while read(&mut ws).await["type"] != "subscribed" {}
         let mut response = agent()
             .post(format!("{base}/api/workflows/wf_talk/execute"))
+            .header("Content-Type", "application/json")
             .send_empty()
             .unwrap();
         let accepted: Value =

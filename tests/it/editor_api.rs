@@ -33,7 +33,10 @@ fn call(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Val
             .post(&url)
             .header("Content-Type", "application/json")
             .send(body.to_string()),
-        ("POST", None) => agent.post(&url).send_empty(),
+        ("POST", None) => agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send_empty(),
         _ => unreachable!("{method}"),
     };
     let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));

@@ -120,7 +120,8 @@ pub(crate) fn request(
     })
 }
 
-fn parse_answer(raw: &[u8]) -> Option<Answer> {
+/// An HTTP/1.1 answer read to its end: status, content type, body (chunks joined).
+pub(crate) fn parse_answer(raw: &[u8]) -> Option<Answer> {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut body = raw[split + 4..].to_vec();
@@ -165,6 +166,12 @@ fn parse_answer(raw: &[u8]) -> Option<Answer> {
 #[track_caller]
 pub(crate) fn get_json(address: &str, path: &str) -> Value {
     request(address, "GET", path, &[], b"").json(200)
+}
+
+/// [`get_json`] with `Authorization: Bearer <token>`.
+fn get_json_as(address: &str, path: &str, token: &str) -> Value {
+    let bearer = format!("Bearer {token}");
+    request(address, "GET", path, &[("Authorization", &bearer)], b"").json(200)
 }
 
 /// The address of the server of a project, from `data/server.json`.
@@ -373,7 +380,7 @@ const TOKEN: &str = "api-token-9f8e7d6c5b4a";
 
 /// Every operation of the OpenAPI document that is not a GET: (method, path template).
 fn mutating_operations(address: &str) -> Vec<(String, String)> {
-    let document = get_json(address, "/api/openapi.json");
+    let document = get_json_as(address, "/api/openapi.json", TOKEN);
     let mut operations = Vec::new();
     for (path, item) in document["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
@@ -388,12 +395,13 @@ fn mutating_operations(address: &str) -> Vec<(String, String)> {
 
 /// What an unauthorised request could have changed: runs, agents switched on or off,
 /// paused schedules, silences, objects in force, and the project's files.
+/// (Read with the API token, which the server of that test has.)
 fn observable_state(address: &str, dir: &Path) -> Value {
-    let runs = get_json(address, "/api/runs?limit=1000");
-    let agents = get_json(address, "/api/agents");
-    let jobs = get_json(address, "/api/scheduler/jobs");
-    let silences = get_json(address, "/api/silences");
-    let manifests = get_json(address, "/api/manifests");
+    let runs = get_json_as(address, "/api/runs?limit=1000", TOKEN);
+    let agents = get_json_as(address, "/api/agents", TOKEN);
+    let jobs = get_json_as(address, "/api/scheduler/jobs", TOKEN);
+    let silences = get_json_as(address, "/api/silences", TOKEN);
+    let manifests = get_json_as(address, "/api/manifests", TOKEN);
     let pick = |list: &Value, key: &str, fields: &[&str]| -> Value {
         list[key]
             .as_array()
@@ -502,13 +510,16 @@ fn every_mutating_route_and_the_event_stream_need_the_api_token() {
         &address,
         "POST",
         "/api/workflows/wf_work/execute",
-        &[("Authorization", &bearer)],
+        &[
+            ("Authorization", &bearer),
+            ("Content-Type", "application/json"),
+        ],
         b"",
     )
     .json(202);
     let run = started["run_id"].as_str().unwrap().to_owned();
     eventually("the run to finish", || {
-        let shown = get_json(&address, &format!("/api/runs/{run}"));
+        let shown = get_json_as(&address, &format!("/api/runs/{run}"), TOKEN);
         (shown["run"]["status"] == "succeeded").then_some(())
     });
 

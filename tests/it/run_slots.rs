@@ -68,8 +68,12 @@ impl Client {
     }
 
     fn post(&self, path: &str) -> (u16, Value) {
-        let (status, text) =
-            Client::answer(self.agent.post(format!("{}{path}", self.base)).send_empty());
+        let (status, text) = Client::answer(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("Content-Type", "application/json")
+                .send_empty(),
+        );
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 

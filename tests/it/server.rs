@@ -108,7 +108,7 @@ pub(crate) fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// Replaces `from` with `to` in the development configuration `init` wrote.
-fn edit_config(dir: &Path, from: &str, to: &str) {
+pub(crate) fn edit_config(dir: &Path, from: &str, to: &str) {
     let path = dir.join("config/development.yaml");
     let text = fs::read_to_string(&path).unwrap();
     assert!(
@@ -131,7 +131,7 @@ fn alive(pid: u32) -> bool {
 /// when dropped.
 pub(crate) struct Server {
     child: Option<Child>,
-    address: String,
+    pub(crate) address: String,
     stderr: Arc<Mutex<String>>,
     stdout: Option<JoinHandle<String>>,
 }
@@ -144,8 +144,15 @@ impl Server {
     /// Starts the server with extra environment variables and waits for its
     /// `orchestrator listening on http://ADDR ...` line.
     pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_args(dir, &["--port", "0"], env)
+    }
+
+    /// `orchestrator start ARGS` with extra environment variables; waits for its
+    /// `orchestrator listening on http://ADDR ...` line.
+    pub(crate) fn start_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = command(dir)
-            .args(["start", "--port", "0"])
+            .arg("start")
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -249,10 +256,10 @@ impl Drop for Server {
 /// One HTTP answer, whatever its status.
 #[derive(Debug)]
 pub(crate) struct Reply {
-    status: u16,
-    content_type: String,
-    location: Option<String>,
-    text: String,
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) location: Option<String>,
+    pub(crate) text: String,
 }
 
 impl Reply {
@@ -270,7 +277,7 @@ impl Reply {
     /// Asserts an error answer: the status, the JSON shape and the code; returns the
     /// message.
     #[track_caller]
-    fn expect_error(self, status: u16, code: &str) -> String {
+    pub(crate) fn expect_error(self, status: u16, code: &str) -> String {
         let body = self.expect(status);
         let error = &body["error"];
         assert_eq!(error["code"], code, "{body}");
@@ -289,7 +296,8 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    fn new(address: &str, token: Option<&str>) -> Api {
+    /// A client of the server at `address` (`host:port`), sending `token` when given.
+    pub(crate) fn new(address: &str, token: Option<&str>) -> Api {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(DEADLINE))
@@ -321,34 +329,52 @@ impl Api {
         }
     }
 
+    /// GET (with the token, when the client has one).
     pub(crate) fn get(&self, path: &str) -> Reply {
-        Api::reply(self.agent.get(format!("{}{path}", self.base)).call())
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        Api::reply(request.call())
     }
 
     /// POST with `Content-Type: application/json` (an empty body when `body` is empty).
-    fn post(&self, path: &str, body: &str) -> Reply {
+    pub(crate) fn post(&self, path: &str, body: &str) -> Reply {
         self.post_as(path, "application/json", body)
     }
 
-    fn post_as(&self, path: &str, content_type: &str, body: &str) -> Reply {
-        let mut request = self.agent.post(format!("{}{path}", self.base));
+    /// POST with the given content type, which is sent even with an empty body (every
+    /// request that changes something must say `application/json`).
+    pub(crate) fn post_as(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", content_type);
         if let Some(token) = &self.token {
             request = request.header("Authorization", format!("Bearer {token}"));
         }
         if body.is_empty() {
             Api::reply(request.send_empty())
         } else {
-            Api::reply(request.header("Content-Type", content_type).send(body))
+            Api::reply(request.send(body))
         }
     }
 
-    fn delete(&self, path: &str) -> Reply {
-        Api::reply(self.agent.delete(format!("{}{path}", self.base)).call())
+    /// DELETE, saying `Content-Type: application/json` as every state change must.
+    pub(crate) fn delete(&self, path: &str) -> Reply {
+        let mut request = self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        Api::reply(request.call())
     }
 
     /// Starts a run; asserts the 202 and its Location; returns the run id.
     #[track_caller]
-    fn execute(&self, workflow: &str, body: &str) -> String {
+    pub(crate) fn execute(&self, workflow: &str, body: &str) -> String {
         let reply = self.post(&format!("/api/workflows/{workflow}/execute"), body);
         let location = reply.location.clone();
         let accepted = reply.expect(202);
@@ -360,7 +386,7 @@ impl Api {
     }
 
     /// Polls a run until it reaches a final state; returns `{"run", "steps"}`.
-    fn wait_finished(&self, run: &str) -> Value {
+    pub(crate) fn wait_finished(&self, run: &str) -> Value {
         eventually(&format!("run {run} to finish"), || {
             let shown = self.get(&format!("/api/runs/{run}")).expect(200);
             let status = shown["run"]["status"].as_str().unwrap_or_default();
@@ -1182,21 +1208,18 @@ fn background_start_status_stop_and_refusals() {
     );
     assert!(refused.stderr.contains("--port"), "{}", refused.stderr);
     drop(taken);
+    // (A non-loopback address without a token gets a generated one: `security::http`.)
+}
 
-    // Every address without a token: refused, before anything listens.
-    let refused = cli(dir, &["start", "--host", "0.0.0.0", "--port", "0"]);
-    assert_ne!(refused.code, 0, "{}", refused.stdout);
-    assert!(
-        refused.stderr.contains("without an API token"),
-        "{}",
-        refused.stderr
-    );
-    assert!(refused.stderr.contains("--insecure"), "{}", refused.stderr);
-    assert!(!dir.join("data/server.json").exists());
+/// How many runs the server at `address` has, asked with `token`.
+fn authorized_runs(address: &str, token: &str) -> u64 {
+    Api::new(address, Some(token)).get("/api/runs").expect(200)["total"]
+        .as_u64()
+        .expect("a total")
 }
 
 #[test]
-fn an_api_token_guards_the_routes_that_change_things() {
+fn an_api_token_guards_every_route_of_the_api() {
     let project = project(&[]);
     let dir = project.path();
     edit_config(
@@ -1223,13 +1246,19 @@ fn an_api_token_guards_the_routes_that_change_things() {
         .post("/api/agents/shell/stop", "")
         .expect_error(401, "unauthorized");
     // Nothing ran.
-    assert_eq!(anonymous.get("/api/runs").expect(200)["total"], 0);
+    assert_eq!(authorized_runs(&server.address, token), 0);
 
     let authorized = Api::new(&server.address, Some(token));
     let run = authorized.execute("wf_api-test-suite", "");
-    // Reads need no token.
-    assert_eq!(anonymous.wait_finished(&run)["run"]["status"], "succeeded");
-    assert_eq!(anonymous.get("/api/workflows").expect(200)["total"], 3);
+    // Reads need the token too; health and readiness stay open.
+    anonymous
+        .get(&format!("/api/runs/{run}"))
+        .expect_error(401, "unauthorized");
+    anonymous
+        .get("/api/workflows")
+        .expect_error(401, "unauthorized");
+    assert_eq!(authorized.wait_finished(&run)["run"]["status"], "succeeded");
+    assert_eq!(authorized.get("/api/workflows").expect(200)["total"], 3);
     assert_eq!(anonymous.get("/readyz").expect(200)["ready"], true);
 
     // The event stream needs it too.

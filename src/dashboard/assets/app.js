@@ -252,6 +252,7 @@ document.getElementById("skip-link").addEventListener("click", (event) => {
 
 // ---- start -------------------------------------------------------------------------------
 
+api.takeTokenFromAddress();
 renderNav();
 live.onState(showConnection);
 const refreshSourceSoon = debounce(refreshSource, 300);

@@ -1,6 +1,7 @@
 // The REST API from the browser: JSON in and out, errors as ApiError from the server's
 // `{"error": {code, message, details}}` body, and the API token — asked for once, when a
-// route answers 401, and kept in sessionStorage for the rest of the session.
+// route answers 401 (or taken from the `#token=` address `orchestrator start` prints), and
+// kept in sessionStorage for the rest of the session.
 
 const TOKEN_KEY = "orchestrator.apiToken";
 
@@ -22,6 +23,25 @@ export function getToken() {
   } catch {
     return null;
   }
+}
+
+/**
+ * Takes a token from the address (`/#token=...`, the address `orchestrator start` prints
+ * for a token it generated): kept as the dialog keeps one, then taken out of the address bar
+ * and history so it is neither bookmarked nor shared. True when there was one.
+ */
+export function takeTokenFromAddress() {
+  const match = /^#token=([^&]*)/.exec(location.hash);
+  if (!match) return false;
+  let token = "";
+  try {
+    token = decodeURIComponent(match[1]).trim();
+  } catch {
+    /* not an escape sequence: no token */
+  }
+  history.replaceState(null, "", location.pathname + location.search);
+  if (token) setToken(token);
+  return Boolean(token);
 }
 
 /** Keeps (or with null, forgets) the token for this session. */
@@ -95,10 +115,10 @@ export async function request(method, path, options = {}) {
     const token = getToken();
     if (token) headers.Authorization = `Bearer ${token}`;
     let body;
-    if (options.body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      body = JSON.stringify(options.body);
-    }
+    // Every request that changes something says JSON, even without a body: the server
+    // refuses others (a page of another site cannot send this header without asking first).
+    if (method !== "GET" && method !== "HEAD") headers["Content-Type"] = "application/json";
+    if (options.body !== undefined) body = JSON.stringify(options.body);
     let response;
     try {
       response = await fetch(path, { method, headers, body, signal: options.signal });
@@ -108,6 +128,9 @@ export async function request(method, path, options = {}) {
     }
     if (response.status === 401 && attempt === 0) {
       const problem = await errorFrom(response);
+      // A token given meanwhile (the dialog another request opened): try with it.
+      const now = getToken();
+      if (now && now !== token) continue;
       const given = await askToken(token ? "That token was refused: " + problem.message : problem.message);
       if (given) continue;
       throw problem;
