@@ -74,6 +74,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Instant {
+    raise_open_files_limit(limits.max_connections);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -141,6 +142,34 @@ pub async fn serve(
         connections.shutdown().await;
     }
     began
+}
+
+/// File descriptors the process needs beside its connections: the store, logs, step
+/// processes' pipes.
+const OTHER_FILES: u64 = 512;
+
+/// Raises the soft limit on open files towards the hard one when the cap would not fit
+/// under it (many systems start processes at 1024), so that the cap, not `EMFILE`, is
+/// what bounds connections. Says so when the hard limit is too low.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted = max_connections as u64 + OTHER_FILES;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= wanted {
+        return;
+    }
+    let raised = wanted.min(hard);
+    if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+        tracing::warn!("cannot raise the open-files limit from {soft} to {raised}: {err}");
+        return;
+    }
+    if raised < wanted {
+        tracing::warn!(
+            "server.max_connections is {max_connections}, but the open-files limit is {hard}: connections may be refused before the cap (raise `ulimit -n`)"
+        );
+    }
 }
 
 /// A burst of connections over the cap ends after this long without reaching it.

@@ -605,9 +605,24 @@ const CHAIN_STEPS: usize = if cfg!(debug_assertions) {
     10_000
 };
 
+/// Raises this process's soft limit on open files to at least `files` (within the hard
+/// limit): the sockets of the test, and of the server it starts, which inherits it.
+fn open_files_at_least(files: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < files {
+        assert!(
+            hard >= files,
+            "the open-files limit is {hard}; this test needs {files} (raise `ulimit -n`)"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, files, hard).unwrap();
+    }
+}
+
 #[test]
 fn memory_comes_back_after_a_large_run_and_thousands_of_websockets() {
     const SOCKETS: usize = 2_000;
+    open_files_at_least(2 * SOCKETS as u64 + 1024);
     let project = project(&[("workflows/chain.yaml", &chain(CHAIN_STEPS))]);
     let dir = project.path();
     server_settings(dir, "  max_connections: 4096\n");
