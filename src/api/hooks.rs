@@ -122,6 +122,7 @@ fn now() -> String {
         (status = 401, description = "The signature (or token) is missing or does not match for every trigger of the path", body = ErrorBody),
         (status = 404, description = "No trigger listens on this path", body = ErrorBody),
         (status = 413, description = "The body is over 25 MB", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within 30 s", body = ErrorBody),
         (status = 415, description = "A form-encoded body: set the webhook's content type to application/json", body = ErrorBody),
         (status = 422, description = "The run could not be started (parameters the workflow refuses, a workflow gone)", body = ErrorBody),
         (status = 500, description = "The store failed", body = ErrorBody),
@@ -172,21 +173,40 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
-/// The body, read into one buffer of its declared size (no second copy), at most 25 MB.
+/// How long a delivery's body may take to arrive, all of it. GitHub gives up on a delivery
+/// after 10 s; a sender slower than this would otherwise keep its share of the budget.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The body, read into one buffer of its declared size (no second copy), at most 25 MB,
+/// within [`BODY_READ_TIMEOUT`].
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
     let declared = declared_length(headers).unwrap_or(0) as usize;
-    let mut buffer = Vec::with_capacity(declared.min(MAX_DELIVERY_BYTES));
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|err| {
-            ApiError::bad_request(format!("the delivery's body could not be read: {err}"))
-        })?;
-        if buffer.len() + chunk.len() > MAX_DELIVERY_BYTES {
-            return Err(too_large());
+    let read = async {
+        let mut buffer = Vec::with_capacity(declared.min(MAX_DELIVERY_BYTES));
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|err| {
+                ApiError::bad_request(format!("the delivery's body could not be read: {err}"))
+            })?;
+            if buffer.len() + chunk.len() > MAX_DELIVERY_BYTES {
+                return Err(too_large());
+            }
+            buffer.extend_from_slice(&chunk);
         }
-        buffer.extend_from_slice(&chunk);
-    }
-    Ok(buffer)
+        Ok(buffer)
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the delivery's body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        })
 }
 
 /// In front of [`receive`]: counts the delivery, refuses one whose `Content-Length` is

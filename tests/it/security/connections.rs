@@ -449,6 +449,58 @@ fn parallel_unsigned_webhook_bodies_are_buffered_under_a_budget() {
     assert_eq!(status, 202, "{answer}");
 }
 
+/// Announces a 24 MB delivery on a new connection, waiting for `100 Continue` as curl
+/// does; the connection and the first answer.
+fn announce_big_delivery(address: &str, delivery: &str) -> (TcpStream, Answer) {
+    let mut socket = TcpStream::connect(address).unwrap();
+    write!(
+        socket,
+        "POST /hooks/push HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        24 << 20
+    )
+    .unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let answer = read_answer(&mut BufReader::new(&socket));
+    (socket, answer)
+}
+
+#[test]
+fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
+    let project = webhook_project();
+    let dir = project.path();
+    let _server = Server::start(dir);
+    let address = address(dir);
+    // Two senders take the whole budget and then send almost nothing.
+    let mut stalled = Vec::new();
+    for i in 0..2 {
+        let (mut socket, answer) = announce_big_delivery(&address, &format!("stalled-{i}"));
+        assert_eq!(answer.status, 100);
+        socket.write_all(b"{\"ref\": ").unwrap();
+        stalled.push(socket);
+    }
+    let (_, refused) = announce_big_delivery(&address, "meanwhile");
+    assert_eq!(refused.status, 503);
+    // Within the body timeout (30 s) and a margin, they are answered 408 and the budget
+    // is free again.
+    let started = Instant::now();
+    for socket in &stalled {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(45)))
+            .unwrap();
+        let answer = read_answer(&mut BufReader::new(socket));
+        assert_eq!(
+            answer.status,
+            408,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["error"]["code"], "timeout");
+    }
+    assert!(started.elapsed() < Duration::from_secs(45));
+    let (_, admitted) = announce_big_delivery(&address, "after");
+    assert_eq!(admitted.status, 100);
+}
+
 #[test]
 fn rejected_deliveries_do_not_push_accepted_ones_out_of_the_history() {
     let project = webhook_project();
