@@ -10,18 +10,25 @@
 //! in their own threads), `200` for a ping, a duplicate or a delivery no filter lets
 //! through (saying why), `401` when no trigger accepts the signature, `404` when no trigger
 //! has the path, `413` over 25 MB.
+//!
+//! Bodies are buffered under a budget shared by every delivery being received
+//! ([`BODY_BUDGET_BYTES`], two of the largest): a body cannot be checked before it is read,
+//! so without it a sender needing no secret could make the server hold eight 24 MB bodies
+//! at once. A delivery that would go over it is answered `503` with `Retry-After` before
+//! any of its body is read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
@@ -91,13 +98,13 @@ fn now() -> String {
 /// `signature_header`, or `Authorization: Bearer <secret>`; a trigger without a secret
 /// needs the API token when the server has one), then its filters (`X-GitHub-Event`,
 /// the payload's `action`, the branch, the changed paths). The delivery id
-/// (`X-GitHub-Delivery`) is remembered: a redelivery runs nothing. Outside the
-/// bearer-token layer; bodies up to 25 MB.
+/// (`X-GitHub-Delivery`, which a GitHub delivery must carry) is remembered: a redelivery
+/// runs nothing. Outside the bearer-token layer; bodies up to 25 MB.
 #[utoipa::path(post, path = "/hooks/{path}", tag = "triggers",
     params(
         ("path" = String, Path, description = "The trigger's path after `/hooks/` (it may contain `/`)"),
         ("X-GitHub-Event" = Option<String>, Header, description = "The event (GitHub); `ping` is answered without a run"),
-        ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id (GitHub), deduplicated"),
+        ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id (GitHub: required), deduplicated"),
     ),
     request_body(content = Value, content_type = "application/json",
         description = "The delivery's payload, signed as it is sent",
@@ -111,27 +118,23 @@ fn now() -> String {
         (status = 200, description = "A `ping` (`status: pong`), a delivery seen before (`status: duplicate`, with the earlier run), or one no trigger's filters let through (`status: filtered`, with the reasons)",
             body = Object, example = json!({"status": "filtered", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958", "event": "pull_request", "runs": [],
                 "skipped": [{"trigger": "trg_github-push", "result": "filtered", "reason": "action `closed` is not one of the trigger's actions: opened, synchronize"}]})),
-        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or a GitHub delivery has no `X-GitHub-Delivery`", body = ErrorBody),
         (status = 401, description = "The signature (or token) is missing or does not match for every trigger of the path", body = ErrorBody),
         (status = 404, description = "No trigger listens on this path", body = ErrorBody),
         (status = 413, description = "The body is over 25 MB", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within 30 s", body = ErrorBody),
         (status = 415, description = "A form-encoded body: set the webhook's content type to application/json", body = ErrorBody),
         (status = 422, description = "The run could not be started (parameters the workflow refuses, a workflow gone)", body = ErrorBody),
-        (status = 500, description = "A trigger's secret cannot be read, or the store failed", body = ErrorBody),
+        (status = 500, description = "The store failed", body = ErrorBody),
+        (status = 503, description = "Too many bodies are being received at once (retry after `Retry-After` seconds), or the trigger's secret is not available (the server's log says why)", body = ErrorBody),
     ))]
 pub async fn receive(
     State(state): State<AppState>,
     Path(path): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_large()
-        } else {
-            ApiError::from_status(rejection.status(), rejection.body_text())
-        }
-    })?;
+    let body = read_body(&headers, body).await?;
     let path = format!("{HOOKS_PREFIX}{path}");
     let (status, value) =
         tokio::task::spawn_blocking(move || deliver(&state, &path, &headers, &body))
@@ -139,6 +142,9 @@ pub async fn receive(
             .map_err(ApiError::internal)??;
     Ok((status, Json(value)))
 }
+
+/// What a sender is told when a trigger's secret cannot be resolved.
+const SECRET_UNAVAILABLE: &str = "the trigger's secret is not available";
 
 fn too_large() -> ApiError {
     ApiError::new(
@@ -149,24 +155,104 @@ fn too_large() -> ApiError {
     .with_details(json!({"max_body_bytes": MAX_DELIVERY_BYTES}))
 }
 
-/// In front of [`receive`]: counts the delivery, and refuses one whose `Content-Length` is
-/// over 25 MB before reading any of it (a body without a length is cut off at 25 MB as it
-/// is read).
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    state.metrics.webhook_deliveries.inc();
-    let declared = request
-        .headers()
+/// The most delivery bytes buffered at once, all deliveries together: two of the largest.
+pub const BODY_BUDGET_BYTES: usize = 2 * MAX_DELIVERY_BYTES;
+
+/// What a delivery is answered after `Retry-After` when the budget is spent.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// The budget, in KiB.
+static BODY_BUDGET: LazyLock<Arc<Semaphore>> =
+    LazyLock::new(|| Arc::new(Semaphore::new(BODY_BUDGET_BYTES / 1024)));
+
+/// The `Content-Length` a request declares.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// How long a delivery's body may take to arrive, all of it. GitHub gives up on a delivery
+/// after 10 s; a sender slower than this would otherwise keep its share of the budget.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The body, read into one buffer of its declared size (no second copy), at most 25 MB,
+/// within [`BODY_READ_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+    let declared = declared_length(headers).unwrap_or(0) as usize;
+    let read = async {
+        let mut buffer = Vec::with_capacity(declared.min(MAX_DELIVERY_BYTES));
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|err| {
+                ApiError::bad_request(format!("the delivery's body could not be read: {err}"))
+            })?;
+            if buffer.len() + chunk.len() > MAX_DELIVERY_BYTES {
+                return Err(too_large());
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(buffer)
+    };
+    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the delivery's body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            ))
+        })
+}
+
+/// In front of [`receive`]: counts the delivery, refuses one whose `Content-Length` is
+/// over 25 MB before reading any of it (a body without a length is cut off at 25 MB as it
+/// is read), and takes the delivery's share of [`BODY_BUDGET_BYTES`] (its declared length,
+/// or 25 MB without one) until it is answered, or answers `503` at once when the budget
+/// is spent.
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    state.metrics.webhook_deliveries.inc();
+    let declared = declared_length(request.headers());
     if declared.is_some_and(|n| n > MAX_DELIVERY_BYTES as u64) {
-        let mut response = too_large().into_response();
+        return closing(too_large().into_response());
+    }
+    let bytes = declared.map_or(MAX_DELIVERY_BYTES, |n| n as usize);
+    let kib = (bytes.div_ceil(1024).max(1)) as u32;
+    let Ok(share) = Arc::clone(&BODY_BUDGET).try_acquire_many_owned(kib) else {
+        tracing::debug!(bytes, "webhook delivery refused: the body budget is spent");
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "the server is receiving other webhook deliveries: it buffers at most {} MB of bodies at once; retry in {RETRY_AFTER_SECONDS} s",
+                BODY_BUDGET_BYTES >> 20
+            ),
+        )
+        .with_details(json!({
+            "budget_bytes": BODY_BUDGET_BYTES,
+            "retry_after_seconds": RETRY_AFTER_SECONDS,
+        }))
+        .into_response();
         response
             .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
-    }
-    next.run(request).await
+            .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        return closing(response);
+    };
+    let response = next.run(request).await;
+    drop(share);
+    response
+}
+
+/// An answer sent without reading the body: the connection closes after it.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// One trigger's part of a delivery.
@@ -236,10 +322,16 @@ fn deliver(
             ) {
                 Ok(secret) => Some(secret),
                 Err(err) => {
-                    tracing::warn!(trigger = %trigger.id, "webhook delivery refused: {err:#}");
+                    // The detail (a variable's name, a path) is for the operator, not for
+                    // whoever sends to the path.
+                    tracing::error!(trigger = %trigger.id, "webhook delivery refused: {err:#}");
                     outcomes.push(Outcome {
-                        record: base(&trigger, DeliveryResult::Error, Some(format!("{err:#}"))),
-                        error_status: Some(StatusCode::INTERNAL_SERVER_ERROR),
+                        record: base(
+                            &trigger,
+                            DeliveryResult::Error,
+                            Some(format!("{SECRET_UNAVAILABLE} (the server's log says why)")),
+                        ),
+                        error_status: Some(StatusCode::SERVICE_UNAVAILABLE),
                         written: false,
                     });
                     continue;
@@ -247,7 +339,14 @@ fn deliver(
             },
         };
         match trigger.verify(secret.as_deref(), state.api_token.as_deref(), headers, body) {
-            Ok(()) => verified.push(trigger),
+            Ok(()) => match trigger.missing_delivery_id(headers) {
+                None => verified.push(trigger),
+                Some(reason) => outcomes.push(Outcome {
+                    record: base(&trigger, DeliveryResult::Error, Some(reason)),
+                    error_status: Some(StatusCode::BAD_REQUEST),
+                    written: false,
+                }),
+            },
             Err(reason) => outcomes.push(Outcome {
                 record: base(&trigger, DeliveryResult::Rejected, Some(reason)),
                 error_status: Some(StatusCode::UNAUTHORIZED),
@@ -571,6 +670,7 @@ fn answer(outcomes: &[Outcome]) -> Result<(StatusCode, Value), ApiError> {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::BAD_REQUEST => "bad_request",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             s if s.is_server_error() => "internal",
             _ => "error",
         };

@@ -127,10 +127,33 @@ pub struct ServerConfig {
     /// Whether `/metrics` needs the API token too (it is open by default, for scrapers).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub metrics_auth: bool,
+    /// How long a client has to send a request's headers, from the connection's start or
+    /// the first byte of a request on a kept-alive connection; then it is closed.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: DurationSetting,
+    /// How long a kept-alive connection may sit idle between requests before it is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: DurationSetting,
+    /// Connections served at once (WebSockets included); further ones wait, unaccepted,
+    /// until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
 }
 
 fn default_max_body_bytes() -> u64 {
     25 * 1024 * 1024
+}
+
+fn default_header_read_timeout() -> DurationSetting {
+    DurationSetting::Seconds(10)
+}
+
+fn default_idle_timeout() -> DurationSetting {
+    DurationSetting::Seconds(60)
+}
+
+fn default_max_connections() -> u32 {
+    1024
 }
 
 /// Store settings.

@@ -5,6 +5,7 @@
 
 pub mod api_token;
 pub mod controller;
+pub mod http;
 pub mod log_tail;
 pub mod metrics;
 pub mod process_file;
@@ -869,11 +870,16 @@ pub fn serve(
         },
     );
     let app = crate::api::router(Arc::clone(&shared), Arc::new(guard));
-    let served = runtime.block_on(async {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let limits = http::Limits::from_config(&shared.config.config.server);
+    // Connections get the grace period to finish what they are doing; the runs get what
+    // is left of it, counted from the same signal.
+    let shutdown_began = runtime.block_on(http::serve(
+        listener,
+        app,
+        limits,
+        shutdown_signal(),
+        options.grace,
+    ));
     tracing::info!("shutting down");
     // The scheduler first, so that a fire it is making still starts its run.
     let _ = stop_scheduling.send(true);
@@ -884,7 +890,7 @@ pub fn serve(
     shared.stopping.store(true, Ordering::SeqCst);
     interrupt_waiting_runs(&shared);
     stop_watching.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + options.grace;
+    let deadline = shutdown_began + options.grace;
     while !shared.active_run_ids().is_empty() && Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -908,7 +914,6 @@ pub fn serve(
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     process_file::remove(&data_dir);
     shared.store.save_run(None, &[], true)?;
-    served.context("the HTTP server failed")?;
     Ok(())
 }
 

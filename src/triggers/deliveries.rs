@@ -9,9 +9,13 @@
 //!   before its run is created, so a redelivery — even after a restart or a crash — finds
 //!   it and runs nothing.
 //!
-//! Each trigger keeps its newest `history_limit` records and, apart from them, the ids of
-//! its newest `history_limit` accepted deliveries: duplicates, rejected and filtered
-//! deliveries fill the history but never push a claim out. Older ones go.
+//! Each trigger's history is bounded in three parts, `history_limit` records each: the
+//! accepted deliveries (those that started a run), the rejected ones (no valid signature
+//! or token: anyone can send those), and the rest (duplicates, filtered, pings, errors).
+//! So a sender without the secret, however many times it sends, never pushes a run's
+//! delivery out of the history. Apart from the records, the ids of the newest
+//! `history_limit` accepted deliveries are kept: nothing pushes a claim out. Older ones
+//! go.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -161,12 +165,37 @@ pub fn note_delivery(store: &Store, trigger: &str, keep: usize) -> Result<(), St
     Ok(())
 }
 
-/// Removes a trigger's oldest records beyond `keep`, and its oldest claimed ids beyond
-/// `keep` accepted deliveries; returns how many records went.
+/// The part of the history a record counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Accepted,
+    Rejected,
+    Other,
+}
+
+/// Only what pruning reads of a record.
+#[derive(Deserialize)]
+struct ResultOf {
+    #[serde(default)]
+    result: String,
+}
+
+impl Part {
+    fn of(result: &str) -> Part {
+        match result {
+            "accepted" => Part::Accepted,
+            "rejected" => Part::Rejected,
+            _ => Part::Other,
+        }
+    }
+}
+
+/// Removes a trigger's oldest records beyond `keep` in each part of its history
+/// (accepted, rejected, the rest), and its oldest claimed ids beyond `keep` accepted
+/// deliveries; returns how many records went.
 ///
-/// The two are bounded apart: records of duplicates, rejected or filtered deliveries fill
-/// the history too, and if they pushed an accepted delivery's id out with its record, a
-/// replay of that delivery repeated more than `keep` times would run again.
+/// Claims are bounded apart from the records: if a record leaving the history took its
+/// claim along, a replay of that delivery repeated more than `keep` times would run again.
 pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreError> {
     let prefix = format!("{trigger}/");
     let mut claims = store.states::<IdEntry>(IDS_TREE, &prefix)?;
@@ -179,14 +208,20 @@ pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreEr
             .collect();
         store.remove_states(IDS_TREE, &old)?;
     }
-    let keys = store.states::<serde::de::IgnoredAny>(TREE, &prefix)?;
-    if keys.len() <= keep {
+    let records = store.states::<ResultOf>(TREE, &prefix)?;
+    if records.len() <= keep {
         return Ok(0);
     }
-    let old: Vec<String> = keys[..keys.len() - keep]
-        .iter()
-        .map(|(key, _)| key.clone())
-        .collect();
+    // Newest first (keys sort by arrival): each part keeps its first `keep`.
+    let mut seen = [0usize; 3];
+    let mut old = Vec::new();
+    for (key, record) in records.into_iter().rev() {
+        let part = Part::of(&record.result) as usize;
+        seen[part] += 1;
+        if seen[part] > keep {
+            old.push(key);
+        }
+    }
     store.remove_states(TREE, &old)?;
     Ok(old.len())
 }
@@ -289,6 +324,33 @@ mod tests {
     }
 
     #[test]
+    fn rejected_deliveries_have_their_own_part_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let put = |delivery: &str, result: DeliveryResult| {
+            record(
+                &store,
+                &new_key("trg_a"),
+                &record_of("trg_a", delivery, result),
+                false,
+            )
+            .unwrap();
+        };
+        put("a-1", DeliveryResult::Accepted);
+        put("a-2", DeliveryResult::Accepted);
+        put("f-1", DeliveryResult::Filtered);
+        for i in 0..20 {
+            put(&format!("r-{i}"), DeliveryResult::Rejected);
+        }
+        put("a-3", DeliveryResult::Accepted);
+        assert_eq!(prune(&store, "trg_a", 2).unwrap(), 18 + 1);
+        let (records, total) = list(&store, "trg_a", 100).unwrap();
+        assert_eq!(total, 5);
+        let ids: Vec<&str> = records.iter().map(|r| r.delivery.as_str()).collect();
+        assert_eq!(ids, ["a-3", "r-19", "r-18", "f-1", "a-2"]);
+    }
+
+    #[test]
     fn duplicates_filling_the_history_keep_the_claim() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -314,13 +376,12 @@ mod tests {
             record(&store, &key, &duplicate, false).unwrap();
             prune(&store, "trg_a", 3).unwrap();
         }
-        assert_eq!(list(&store, "trg_a", 100).unwrap().1, 3);
-        // The accepted record is gone from the history; its id is still claimed, and the
-        // claim names the run.
+        // The duplicates keep three of their own; the accepted record stays beside them.
+        assert_eq!(list(&store, "trg_a", 100).unwrap().1, 4);
         name_run(&store, "trg_a", "d-1", &key, "run_1").unwrap();
         assert!(matches!(
             claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap(),
-            Claim::Seen(None)
+            Claim::Seen(Some(_))
         ));
         assert_eq!(
             claimed_run(&store, "trg_a", "d-1").unwrap().as_deref(),

@@ -215,6 +215,17 @@ impl TriggerSpec {
             .map(str::to_owned)
     }
 
+    /// Why a delivery that lacks the id its sender always gives is refused: GitHub sends
+    /// `X-GitHub-Delivery` with every delivery (pings too), and deduplication rests on it,
+    /// so a GitHub delivery without one (or with one that is empty or over 200 bytes) is
+    /// not GitHub's. `None` when the delivery is fine; the generic provider's
+    /// `delivery_header` stays optional.
+    pub fn missing_delivery_id(&self, headers: &(impl Headers + ?Sized)) -> Option<String> {
+        (self.provider == Provider::Github && self.delivery_id_of(headers).is_none()).then(|| {
+            "the delivery has no X-GitHub-Delivery header (1 to 200 bytes): GitHub sends one with every delivery, and redeliveries are recognised by it".to_owned()
+        })
+    }
+
     /// Whether the event is GitHub's `ping` (sent when a webhook is added): answered, never
     /// run.
     pub fn is_ping(&self, event: Option<&str>) -> bool {
@@ -639,6 +650,28 @@ mod tests {
         let bare = spec(json!({"provider": "generic"}));
         assert_eq!(bare.event_of(headers), None);
         assert_eq!(bare.delivery_id_of(headers), None);
+    }
+
+    #[test]
+    fn a_github_delivery_needs_its_delivery_id() {
+        let github = spec(json!({}));
+        let with: &[(&str, &str)] = &[("X-GitHub-Delivery", "d-1")];
+        assert_eq!(github.missing_delivery_id(with), None);
+        for headers in [
+            &[] as &[(&str, &str)],
+            &[("X-GitHub-Delivery", "  ")],
+            &[("X-GitHub-Event", "push")],
+        ] {
+            let reason = github.missing_delivery_id(headers).unwrap();
+            assert!(reason.contains("X-GitHub-Delivery"), "{reason}");
+        }
+        let long = "x".repeat(201);
+        assert!(github
+            .missing_delivery_id(&[("X-GitHub-Delivery", long.as_str())][..])
+            .is_some());
+        // The generic provider's delivery header stays optional.
+        let generic = spec(json!({"provider": "generic", "delivery_header": "X-Id"}));
+        assert_eq!(generic.missing_delivery_id(&[] as &[(&str, &str)]), None);
     }
 
     #[test]
