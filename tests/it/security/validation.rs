@@ -1,1 +1,222 @@
-//! See `super`.
+//! Validation of what a manifest lets outsiders do, and what wears a long-running server
+//! down: `{{ params.* }}` pasted into shell scripts (a warning at the field), triggers
+//! without a secret (an error unless `insecure: true`), logs that rotate, control
+//! characters in CLI tables, and a full disk the server survives.
+
+use serde_json::Value;
+
+use crate::server::{cli, project};
+
+/// The issue's reproduction: a trigger maps a pull request's title into a parameter that a
+/// step pastes into `sh -c`.
+const INJECTED: &str = r#"name: Greet
+parameters:
+  title: {type: string, default: none}
+steps:
+  - name: greet
+    command: ["sh", "-c", "echo {{ params.title }}"]
+  - name: as-string
+    command: "echo {{ params.title }} done"
+  - name: agent
+    agent: shell
+    parameters:
+      command: ["bash", "-lc", "echo {{ params.title }}"]
+  - name: safe
+    env:
+      TITLE: "{{ params.title }}"
+    command: ["sh", "-c", "echo \"$TITLE\"", "greet", "{{ params.title }}"]
+"#;
+
+const PR_TRIGGER: &str = r#"name: PR
+path: /hooks/pr
+workflow: wf_greet
+events: [pull_request]
+secret: env:GITHUB_WEBHOOK_SECRET
+parameters:
+  title: "{{ payload.pull_request.title }}"
+"#;
+
+#[test]
+fn validate_warns_where_a_parameter_lands_inside_a_shell_script() {
+    let dir = project(&[
+        ("workflows/greet.yaml", INJECTED),
+        ("triggers/pr.yaml", PR_TRIGGER),
+    ]);
+    let dir = dir.path();
+    // Warnings do not stop a document: validate succeeds and says where and why.
+    let run = cli(dir, &["validate", "-o", "json"]).expect_code(0);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", run.stdout);
+    });
+    let diagnostics = find_diagnostics(&report);
+    let warnings: Vec<&Value> = diagnostics
+        .iter()
+        .filter(|d| d["severity"] == "warning" && d["file"].as_str().unwrap().contains("greet"))
+        .collect();
+    let places: Vec<(String, u64, u64)> = warnings
+        .iter()
+        .map(|d| {
+            (
+                d["pointer"].as_str().unwrap().to_owned(),
+                d["line"].as_u64().unwrap(),
+                d["column"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            ("/steps/0/command/2".to_owned(), 6, 27),
+            ("/steps/1/command".to_owned(), 8, 14),
+            ("/steps/2/parameters/command/2".to_owned(), 12, 32),
+        ],
+        "{warnings:#?}"
+    );
+    for warning in &warnings {
+        let message = warning["message"].as_str().unwrap();
+        for part in [
+            "`{{ params.title }}`",
+            "script injection",
+            "env: {TITLE: \"{{ params.title }}\"}",
+            "\"$TITLE\"",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+    }
+
+    // The compiler-style rendering names the file, line, column and pointer.
+    let text = cli(dir, &["validate"]).expect_code(0);
+    assert!(
+        text.stdout
+            .contains("workflows/greet.yaml:6:27 at /steps/0/command/2"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("warning: `{{ params.title }}` is pasted into a shell script"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// Every diagnostic in `validate -o json`'s answer, wherever it nests them.
+fn find_diagnostics(report: &Value) -> Vec<Value> {
+    let mut found = Vec::new();
+    let mut stack = vec![report];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) if map.contains_key("severity") && map.contains_key("pointer") => {
+                found.push(value.clone());
+            }
+            Value::Object(map) => stack.extend(map.values()),
+            Value::Array(items) => stack.extend(items.iter()),
+            _ => {}
+        }
+    }
+    found.sort_by_key(|d| d["line"].as_u64());
+    found
+}
+
+#[test]
+fn a_trigger_without_a_secret_is_an_error_unless_it_says_insecure() {
+    let workflow = "name: Work\nsteps:\n  - name: one\n    command: [\"true\"]\n";
+    let open = "name: Open\npath: /hooks/open\nworkflow: wf_work\n";
+    let dir = project(&[
+        ("workflows/work.yaml", workflow),
+        ("triggers/open.yaml", open),
+    ]);
+    let dir = dir.path();
+    let run = cli(dir, &["validate"]).expect_code(1);
+    assert!(
+        run.stdout.contains("error: trigger has no `secret`"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("triggers/open.yaml:1:1"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("insecure: true"), "{}", run.stdout);
+
+    std::fs::write(
+        dir.join("triggers/open.yaml"),
+        format!("{open}insecure: true\n"),
+    )
+    .unwrap();
+    cli(dir, &["validate"]).expect_code(0);
+
+    // `trigger create webhook` writes a trigger that validates: a secret reference by
+    // default, `insecure: true` when asked.
+    let created = cli(
+        dir,
+        &[
+            "trigger",
+            "create",
+            "webhook",
+            "--url",
+            "/hooks/ci",
+            "--workflow",
+            "wf_work",
+        ],
+    )
+    .expect_code(0);
+    let manifest = std::fs::read_to_string(dir.join("triggers/ci.yaml")).unwrap();
+    assert!(
+        manifest.contains("secret: env:GITHUB_WEBHOOK_SECRET"),
+        "{manifest}\n{}",
+        created.stderr
+    );
+    cli(
+        dir,
+        &[
+            "trigger",
+            "create",
+            "webhook",
+            "--url",
+            "/hooks/open2",
+            "--workflow",
+            "wf_work",
+            "--insecure",
+        ],
+    )
+    .expect_code(0);
+    let manifest = std::fs::read_to_string(dir.join("triggers/open2.yaml")).unwrap();
+    assert!(manifest.contains("insecure: true"), "{manifest}");
+    assert!(!manifest.contains("secret"), "{manifest}");
+    cli(dir, &["validate"]).expect_code(0);
+}
+
+#[test]
+fn cli_tables_escape_control_characters_and_json_stays_exact() {
+    // YAML's double-quoted `\e` is ESC: the name would turn the terminal red, and `\r`
+    // would let the rest of the line overwrite the id.
+    let workflow = "id: wf_evil\nname: \"\\e[31mEvil\\rwf_fake\\u202e\"\nsteps:\n  - name: one\n    command: [\"true\"]\n";
+    let dir = project(&[("workflows/evil.yaml", workflow)]);
+    let dir = dir.path();
+    cli(dir, &["apply"]).expect_code(0);
+    for args in [&["get"][..], &["get", "workflow"], &["workflow", "list"]] {
+        let run = cli(dir, args).expect_code(0);
+        assert!(
+            !run.stdout.contains(['\x1b', '\r', '\u{202e}']),
+            "{args:?}: {:?}",
+            run.stdout
+        );
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.contains("wf_evil"))
+            .unwrap_or_else(|| panic!("{args:?}: {}", run.stdout));
+        assert!(
+            line.contains("\\x1b[31mEvil\\rwf_fake\\u{202e}"),
+            "{args:?}: {line}"
+        );
+    }
+    let json = cli(dir, &["get", "workflow", "wf_evil", "-o", "json"]).expect_code(0);
+    assert!(
+        json.stdout.contains("\\u001b[31mEvil\\rwf_fake\u{202e}"),
+        "JSON keeps the exact name, escaped as JSON does: {}",
+        json.stdout
+    );
+}
