@@ -3,9 +3,11 @@
 //! without a secret (an error unless `insecure: true`), logs that rotate, control
 //! characters in CLI tables, and a full disk the server survives.
 
+use std::path::Path;
+
 use serde_json::Value;
 
-use crate::server::{cli, project};
+use crate::server::{base_and_agent, cli, project, Server};
 
 /// The reproduction: a trigger maps a pull request's title into a parameter that a
 /// step pastes into `sh -c`.
@@ -219,4 +221,70 @@ fn cli_tables_escape_control_characters_and_json_stays_exact() {
         "JSON keeps the exact name, escaped as JSON does: {}",
         json.stdout
     );
+}
+
+/// The files of `dir` whose names start with `prefix`, sorted.
+fn files_named(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn api_and_system_logs_rotate_by_size_and_keep_max_files() {
+    let dir = project(&[]);
+    let dir = dir.path();
+    let config = dir.join("config/development.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "  dir: logs\n",
+        "  dir: logs\n  max_file_bytes: 2048\n  max_files: 3\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let server = Server::start(dir);
+    let (base, agent) = base_and_agent(dir);
+    // Each request is one line of the access log (and debug lines in system.log).
+    for index in 0..300 {
+        let answer = agent
+            .get(format!("{base}/api/workflows/wf_n{index}"))
+            .call()
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    let logs = dir.join("logs");
+    let api = crate::server::eventually("api.log to rotate twice", || {
+        let names = files_named(&logs, "api.log");
+        (names.len() == 3).then_some(names)
+    });
+    assert_eq!(api, ["api.log", "api.log.1", "api.log.2"]);
+    let system = files_named(&logs, "system.log");
+    assert!(
+        !system.is_empty() && system.len() <= 3,
+        "system.log keeps at most 3 files: {system:?}"
+    );
+    for name in api.iter().chain(&system) {
+        let text = std::fs::read_to_string(logs.join(name)).unwrap();
+        let longest = text.lines().map(str::len).max().unwrap_or(0);
+        assert!(
+            text.len() <= 2048 + longest + 1,
+            "{name} holds {} bytes",
+            text.len()
+        );
+    }
+    // The newest lines are in the current file, the older ones were dropped.
+    let current = std::fs::read_to_string(logs.join("api.log")).unwrap();
+    let all: String = api
+        .iter()
+        .map(|name| std::fs::read_to_string(logs.join(name)).unwrap())
+        .collect();
+    assert!(
+        !all.contains("/api/workflows/wf_n0 "),
+        "the oldest lines are gone"
+    );
+    assert!(current.contains("/api/workflows/wf_n299 "), "{current}");
+    drop(server);
 }
