@@ -819,6 +819,12 @@ pub fn serve(
     };
     // Agent health checks: now, then every minute.
     crate::monitor::stats::health::spawn_for_server(&shared)?;
+    // After a failed write (a full disk), the store reopens itself once writes succeed again.
+    Store::spawn_recovery(
+        Arc::clone(&shared.store),
+        Arc::clone(&stop_watching),
+        std::time::Duration::from_secs(1),
+    )?;
     let tailer = {
         let shared = Arc::clone(&shared);
         let stop = Arc::clone(&stop_watching);

@@ -288,3 +288,163 @@ fn api_and_system_logs_rotate_by_size_and_keep_max_files() {
     assert!(current.contains("/api/workflows/wf_n299 "), "{current}");
     drop(server);
 }
+
+/// A tmpfs mounted on a directory for one test, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`8m`). The suite runs as root in CI; anywhere else this
+    /// test fails and says why, rather than passing without having tried.
+    fn mount(size: &str) -> Tmpfs {
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&uid.stdout).trim(),
+            "0",
+            "the full-disk test mounts a small tmpfs and needs root (the suite runs as root in CI): run it as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "mount -t tmpfs failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Fills the filesystem of `path` with one file until a write fails; returns the file.
+fn fill(path: &Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    let filler = path.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while file.write_all(&block).is_ok() {}
+    // The last pages, smaller than a block.
+    while file.write_all(&[0u8; 512]).is_ok() {}
+    while file.write_all(&[0u8]).is_ok() {}
+    filler
+}
+
+/// The `*.tmp` files anywhere under `dir`.
+fn temporary_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(".tmp") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_full_disk_is_survived_without_a_restart() {
+    let tmpfs = Tmpfs::mount("8m");
+    let dir = tmpfs.path();
+    cli(dir, &["init"]).expect_code(0);
+    let server = Server::start(dir);
+    let (base, agent) = base_and_agent(dir);
+    let status = |path: &str| agent.get(format!("{base}{path}")).call().unwrap().status();
+    let post = |path: &str, body: &str| {
+        let mut answer = agent
+            .post(format!("{base}{path}"))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .unwrap();
+        let code = answer.status().as_u16();
+        let text = answer.body_mut().read_to_string().unwrap_or_default();
+        (code, text)
+    };
+    let manifest = |name: &str| {
+        serde_json::json!({"kind": "Workflow", "manifest": {"name": name,
+            "steps": [{"name": "one", "command": ["true"]}]}})
+        .to_string()
+    };
+    assert_eq!(status("/readyz"), 200);
+    let (code, text) = post("/api/manifests", &manifest("Before"));
+    assert_eq!(code, 201, "{text}");
+    let mut acknowledged = Vec::new();
+    let (code, text) = post("/api/workflows/wf_before/execute", "{}");
+    assert_eq!(code, 202, "{text}");
+    let run: Value = serde_json::from_str(&text).unwrap();
+    acknowledged.push(run["run_id"].as_str().unwrap().to_owned());
+
+    let filler = fill(dir);
+    // A manifest cannot be written: 5xx with the error shape, and no temporary file stays.
+    let (code, text) = post("/api/manifests", &manifest("During"));
+    assert!((500..600).contains(&code), "{code} {text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert!(error["error"]["code"].is_string(), "{text}");
+    assert!(error["error"]["message"].is_string(), "{text}");
+    assert!(error["error"].get("details").is_some(), "{text}");
+    assert_eq!(temporary_files(dir), Vec::<String>::new());
+    assert!(!dir.join("workflows/during.yaml").exists());
+    // Runs need the store: a write fails (sled's buffer may take a few), and then the
+    // server says it is not ready.
+    let failed = crate::server::eventually("a store write to fail", || {
+        let (code, text) = post("/api/workflows/wf_before/execute", "{}");
+        if code == 202 {
+            let run: Value = serde_json::from_str(&text).unwrap();
+            acknowledged.push(run["run_id"].as_str().unwrap().to_owned());
+            return None;
+        }
+        Some((code, text))
+    });
+    assert!((500..600).contains(&failed.0), "{failed:?}");
+    let error: Value = serde_json::from_str(&failed.1).unwrap();
+    assert!(error["error"]["code"].is_string(), "{failed:?}");
+    crate::server::eventually("/readyz to answer 503", || {
+        (status("/readyz") == 503).then_some(())
+    });
+    assert_eq!(temporary_files(dir), Vec::<String>::new());
+
+    // Space comes back: without a restart, the server is ready and writes succeed.
+    std::fs::remove_file(&filler).unwrap();
+    crate::server::eventually("/readyz to answer 200 again", || {
+        (status("/readyz") == 200).then_some(())
+    });
+    let (code, text) = post("/api/manifests", &manifest("After"));
+    assert_eq!(code, 201, "{text}");
+    let (code, text) = post("/api/workflows/wf_after/execute", "{}");
+    assert_eq!(code, 202, "{text}");
+    // Everything acknowledged before is still there.
+    for run in &acknowledged {
+        assert_eq!(status(&format!("/api/runs/{run}")), 200, "{run}");
+    }
+    assert_eq!(status("/api/workflows/wf_before"), 200);
+    assert_eq!(status("/api/workflows/wf_after"), 200);
+    assert_eq!(temporary_files(dir), Vec::<String>::new());
+    drop(server);
+    // And after a restart too.
+    let _server = Server::start(dir);
+    let (base, agent) = base_and_agent(dir);
+    for run in &acknowledged {
+        let answer = agent.get(format!("{base}/api/runs/{run}")).call().unwrap();
+        assert_eq!(answer.status(), 200, "{run}");
+    }
+}
