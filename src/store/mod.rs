@@ -443,13 +443,21 @@ impl Store {
             batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
         }
         h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
-        self.flush()
+        self.flush_on(&h)
     }
 
     /// Makes every write made so far durable (one flush for all the threads asking at
-    /// once: see [`GroupCommit`]).
+    /// once: see [`GroupCommit`]). The store's own writes use [`Store::flush_on`].
+    #[cfg(test)]
     fn flush(&self) -> Result<(), StoreError> {
         let handles = self.handles()?;
+        self.flush_on(&handles)
+    }
+
+    /// Makes every write made so far durable (one flush for all the threads asking at
+    /// once: see [`GroupCommit`]), with the handles the caller holds: taking them again
+    /// could wait behind a reopen that waits for these to be released.
+    fn flush_on(&self, handles: &Handles) -> Result<(), StoreError> {
         self.flushes
             .flush(&handles.db)
             .map_err(|e| self.sled_error(e))
@@ -551,7 +559,7 @@ impl Store {
             }
             h.meta.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
-        self.flush()?;
+        self.flush_on(&h)?;
         Ok(())
     }
 }
@@ -585,7 +593,7 @@ impl Store {
             h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
         if durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(())
     }
@@ -751,7 +759,7 @@ impl Store {
             .insert(key.as_bytes(), encode(value))
             .map_err(|e| self.sled_error(e))?;
         if durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(())
     }
@@ -772,7 +780,7 @@ impl Store {
         }
         opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         if durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(())
     }
@@ -793,7 +801,7 @@ impl Store {
             .map_err(|e| self.sled_error(e))?
             .is_ok();
         if written && durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(written)
     }
@@ -807,7 +815,7 @@ impl Store {
             batch.remove(key.as_bytes());
         }
         opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
-        self.flush()?;
+        self.flush_on(&h)?;
         Ok(())
     }
 
@@ -827,7 +835,7 @@ impl Store {
             batch.remove(index_key(workflow_id, id));
             h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
-        self.flush()?;
+        self.flush_on(&h)?;
         Ok(())
     }
 }
