@@ -197,6 +197,21 @@ fn check_parameter_references(
 /// it, so a parameter filled from a webhook (a pull request title such as `hi; touch x`) runs
 /// as code: the script-injection class GitHub Actions workflows have, as actionlint reports it.
 fn check_shell_injection(manifest: &Manifest, steps: &[Value], diagnostics: &mut Vec<Diagnostic>) {
+    for (pointer, reference) in shell_pasted_references(steps) {
+        let variable = env_name_for(reference);
+        diagnostics.push(manifest.warning_at(
+            &pointer,
+            format!(
+                "`{{{{ {reference} }}}}` is pasted into a shell script before the shell parses it: a value such as `x; rm -rf ~` runs as code (script injection); pass it through the environment instead: `env: {{{variable}: \"{{{{ {reference} }}}}\"}}` on the step and `\"${variable}\"` in the script"
+            ),
+        ));
+    }
+}
+
+/// The `{{ params.* }}` / `{{ payload.* }}` references pasted into shell scripts in `steps`,
+/// each with the JSON pointer of the script.
+fn shell_pasted_references(steps: &[Value]) -> Vec<(String, &str)> {
+    let mut found = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         let mut commands = Vec::new();
         if let Some(command) = step.get("command") {
@@ -218,19 +233,13 @@ fn check_shell_injection(manifest: &Manifest, steps: &[Value], diagnostics: &mut
                 continue;
             };
             for reference in template_references(script) {
-                if !is_untrusted_reference(reference) {
-                    continue;
+                if is_untrusted_reference(reference) {
+                    found.push((pointer.clone(), reference));
                 }
-                let variable = env_name_for(reference);
-                diagnostics.push(manifest.warning_at(
-                    &pointer,
-                    format!(
-                        "`{{{{ {reference} }}}}` is pasted into a shell script before the shell parses it: a value such as `x; rm -rf ~` runs as code (script injection); pass it through the environment instead: `env: {{{variable}: \"{{{{ {reference} }}}}\"}}` on the step and `\"${variable}\"` in the script"
-                    ),
-                ));
             }
         }
     }
+    found
 }
 
 /// The JSON pointer and text of the shell script inside a command: the whole string of a
@@ -413,6 +422,9 @@ pub struct Catalog {
     workflow_names: BTreeMap<String, String>,
     /// Template names and ids.
     templates: BTreeSet<String>,
+    /// Per workflow id, the parameters its steps paste into a shell script, each with the
+    /// place (`file:line:column`) of the first script.
+    shell_params: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Catalog {
@@ -443,6 +455,24 @@ impl Catalog {
                     catalog.agents.insert(name, (agent_type, actions));
                 }
                 Kind::Workflow => {
+                    let steps = manifest.value.get("steps").and_then(Value::as_array);
+                    let mut pasted = BTreeMap::new();
+                    for (pointer, reference) in
+                        shell_pasted_references(steps.map(Vec::as_slice).unwrap_or_default())
+                    {
+                        if let Some(name) = reference
+                            .strip_prefix("params.")
+                            .and_then(|path| path.split(['.', '[']).next())
+                        {
+                            let (line, column) = manifest.locate(&pointer, false);
+                            pasted
+                                .entry(name.to_owned())
+                                .or_insert_with(|| format!("{}:{line}:{column}", manifest.file));
+                        }
+                    }
+                    if !pasted.is_empty() {
+                        catalog.shell_params.insert(id.clone(), pasted);
+                    }
                     catalog.workflow_names.insert(name, id.clone());
                     catalog.workflows.insert(id);
                 }
@@ -519,11 +549,48 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
                         format!("unknown workflow `{workflow}`{hint}"),
                     ));
                 }
+                if manifest.kind == Kind::Trigger {
+                    check_delivery_into_shell(manifest, catalog, workflow, &mut diagnostics);
+                }
             }
         }
         Kind::Agent | Kind::Alert | Kind::Dashboard => {}
     }
     diagnostics
+}
+
+/// A trigger parameter filled from the delivery (`{{ payload.* }}`, `{{ branch }}`, ...: the
+/// sender chooses them) that its workflow pastes into a shell script: the script-injection
+/// path end to end, warned about at the trigger's parameter too.
+fn check_delivery_into_shell(
+    manifest: &Manifest,
+    catalog: &Catalog,
+    workflow: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(pasted) = catalog.shell_params.get(workflow) else {
+        return;
+    };
+    let Some(parameters) = manifest.value.get("parameters").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, value) in parameters {
+        let mut strings = Vec::new();
+        collect_strings(value, String::new(), &mut strings);
+        let from_delivery = strings
+            .iter()
+            .any(|(_, text)| !template_references(text).is_empty());
+        let Some(script) = pasted.get(name).filter(|_| from_delivery) else {
+            continue;
+        };
+        let escaped = name.replace('~', "~0").replace('/', "~1");
+        diagnostics.push(manifest.warning_at(
+            &format!("/parameters/{escaped}"),
+            format!(
+                "parameter `{name}` is filled from the webhook delivery, which its sender chooses, and workflow `{workflow}` pastes `{{{{ params.{name} }}}}` into a shell script (at {script}): a delivery can run commands on this host; pass it to the step through `env:` and use `\"$NAME\"` in the script"
+            ),
+        ));
+    }
 }
 
 fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Diagnostic>) {

@@ -86,6 +86,20 @@ fn validate_warns_where_a_parameter_lands_inside_a_shell_script() {
         }
     }
 
+    // The trigger that fills the parameter from the payload is warned about too.
+    let at_trigger: Vec<&Value> = diagnostics
+        .iter()
+        .filter(|d| d["severity"] == "warning" && d["file"] == "triggers/pr.yaml")
+        .collect();
+    assert_eq!(at_trigger.len(), 1, "{diagnostics:#?}");
+    assert_eq!(at_trigger[0]["pointer"], "/parameters/title");
+    assert_eq!(at_trigger[0]["line"], 7);
+    assert_eq!(at_trigger[0]["column"], 10);
+    let message = at_trigger[0]["message"].as_str().unwrap();
+    for part in ["wf_greet", "workflows/greet.yaml:6:27", "env:"] {
+        assert!(message.contains(part), "{part}: {message}");
+    }
+
     // The compiler-style rendering names the file, line, column and pointer.
     let text = cli(dir, &["validate"]).expect_code(0);
     assert!(
