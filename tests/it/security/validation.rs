@@ -229,6 +229,19 @@ fn cli_tables_escape_control_characters_and_json_stays_exact() {
             "{args:?}: {line}"
         );
     }
+    // A run's page names its workflow the same way.
+    cli(dir, &["workflow", "execute", "wf_evil"]).expect_code(0);
+    let runs = cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
+    let runs: Value = serde_json::from_str(&runs.stdout).unwrap();
+    let run = find_run_id(&runs);
+    let shown = cli(dir, &["run", "show", &run]).expect_code(0);
+    assert!(!shown.stdout.contains(['\x1b', '\r']), "{:?}", shown.stdout);
+    assert!(
+        shown.stdout.contains("(\\x1b[31mEvil\\rwf_fake"),
+        "{}",
+        shown.stdout
+    );
+
     let json = cli(dir, &["get", "workflow", "wf_evil", "-o", "json"]).expect_code(0);
     assert!(
         json.stdout.contains("\\u001b[31mEvil\\rwf_fake\u{202e}"),
@@ -461,4 +474,20 @@ fn a_full_disk_is_survived_without_a_restart() {
         let answer = agent.get(format!("{base}/api/runs/{run}")).call().unwrap();
         assert_eq!(answer.status(), 200, "{run}");
     }
+}
+
+/// The first run id in `run list -o json`'s answer, wherever it nests them.
+fn find_run_id(value: &Value) -> String {
+    match value {
+        Value::String(text) if text.starts_with("run_") => Some(text.clone()),
+        Value::Array(items) => items.iter().map(find_run_id).find(|id| !id.is_empty()),
+        Value::Object(map) => map
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| id.starts_with("run_"))
+            .map(str::to_owned)
+            .or_else(|| map.values().map(find_run_id).find(|id| !id.is_empty())),
+        _ => None,
+    }
+    .unwrap_or_default()
 }
