@@ -256,7 +256,7 @@ fn compile_triggers() -> Vec<(TriggerSpec, Option<&'static str>)> {
         json!({"name": "Generic bearer", "path": "/hooks/bearer", "provider": "generic",
             "workflow": "wf_fuzz", "auth": "bearer", "secret": "env:FUZZ_SECRET",
             "event_header": "X-Event", "branches": ["**"], "parameters": parameters}),
-        json!({"name": "Unsigned", "path": "/hooks/open", "workflow": "wf_fuzz",
+        json!({"name": "Unsigned", "path": "/hooks/open", "workflow": "wf_fuzz", "insecure": true,
             "enabled": true, "events": ["push"], "paths": ["**/*.rs"]}),
     ];
     specs

@@ -89,15 +89,17 @@ pub struct Readiness {
     ready: bool,
 }
 
-/// Readiness: the first reconcile is done and the server is not shutting down.
+/// Readiness: the first reconcile is done, the store can be written (no write has failed
+/// since it was last reopened, e.g. on a full disk) and the server is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "server", responses(
     (status = 200, description = "Ready", body = Readiness, example = json!({"ready": true})),
-    (status = 503, description = "Not ready yet, or shutting down", body = Readiness,
-        example = json!({"ready": false})),
+    (status = 503, description = "Not ready yet, the store cannot be written, or shutting down",
+        body = Readiness, example = json!({"ready": false})),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(std::sync::atomic::Ordering::SeqCst)
         && !state.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        && state.store.is_writable()
     {
         Json(Readiness { ready: true }).into_response()
     } else {

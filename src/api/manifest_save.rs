@@ -469,12 +469,16 @@ fn write_atomically(path: &FsPath, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let temporary: PathBuf = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&temporary, text)?;
-    let file = std::fs::File::open(&temporary)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path).inspect_err(|_| {
+    let written = (|| {
+        std::fs::write(&temporary, text)?;
+        std::fs::File::open(&temporary)?.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    // On a full disk the temporary file may exist, empty or cut short: never leave it.
+    if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
-    })
+    }
+    written
 }
 
 /// A record as saving answers it.

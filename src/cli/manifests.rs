@@ -421,10 +421,16 @@ pub fn get(context: &Context, args: &GetArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Left-aligned columns separated by two spaces.
+/// Left-aligned columns separated by two spaces. Control characters in a cell are shown
+/// escaped ([`escape_control`]): a name holding a terminal escape sequence cannot recolour,
+/// move or rewrite what the terminal shows.
 pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[String; N]> = rows
+        .iter()
+        .map(|row| row.clone().map(|cell| escape_control(&cell).into_owned()))
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -441,10 +447,35 @@ pub fn table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) -> Strin
         text.trim_end().to_owned() + "\n"
     };
     let mut out = line(headers.to_vec());
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+/// Text with its control characters escaped for a terminal: `\t`, `\n`, `\r`, other C0
+/// and C1 controls and DEL as `\x1b`-style hex, and the bidirectional overrides and isolates
+/// (which reorder what follows them on screen) as `\u{202e}`. Anything else is unchanged.
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Writes a new manifest of `kind` for `name` into its directory (`workflows/<slug>.yaml`,
@@ -516,5 +547,25 @@ pub fn create_manifest(
         let _ = std::fs::remove_file(&path);
         eprintln!("the {noun} was not created; fix the problems above and try again");
         Ok(EXIT_FINDINGS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_in_table_cells() {
+        assert_eq!(escape_control("plain name"), "plain name");
+        assert_eq!(escape_control("\x1b[31mred\x1b[0m"), "\\x1b[31mred\\x1b[0m");
+        assert_eq!(
+            escape_control("a\rb\nc\td\x7f\u{9b}"),
+            "a\\rb\\nc\\td\\x7f\\x9b"
+        );
+        assert_eq!(escape_control("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(escape_control("ünïcödé 名前"), "ünïcödé 名前");
+        let out = table(&["ID", "NAME"], &[["wf_a".into(), "\x1b[2Jboom".into()]]);
+        assert_eq!(out, "ID    NAME\nwf_a  \\x1b[2Jboom\n");
+        assert!(!out.contains('\x1b'));
     }
 }

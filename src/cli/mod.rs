@@ -177,6 +177,7 @@ impl Context {
             self.cli.verbose,
             &self.config.config.logging.level,
             to_file.then_some(dir.as_path()),
+            self.config.config.logging.rotation(),
         )?;
         Ok(())
     }
@@ -193,11 +194,11 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
     // These two must work without a loadable configuration.
     match &cli.command {
         Command::Init(args) => {
-            crate::logging::init(cli.verbose, "info", None)?;
+            crate::logging::init(cli.verbose, "info", None, Default::default())?;
             return init::run(&cli, args).map(ExitCode::from);
         }
         Command::Config(config_cmd::ConfigCommand::Validate) => {
-            crate::logging::init(cli.verbose, "info", None)?;
+            crate::logging::init(cli.verbose, "info", None, Default::default())?;
             return config_cmd::validate(&cli).map(ExitCode::from);
         }
         _ => {}

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 
 use super::backend::Backend;
 use super::client::{ApiClient, ApiFailure};
-use super::manifests::table;
+use super::manifests::{escape_control, table};
 use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
 use crate::engine::model::{Status, TestStatus};
@@ -173,7 +173,9 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     writeln!(
         out,
         "run {} of {} ({})",
-        run.id, run.workflow_id, run.workflow_name
+        run.id,
+        run.workflow_id,
+        escape_control(&run.workflow_name)
     )?;
     writeln!(
         out,
@@ -181,7 +183,7 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
         run.status,
         run.message
             .as_ref()
-            .map(|m| format!(": {m}"))
+            .map(|m| format!(": {}", escape_control(m)))
             .unwrap_or_default()
     )?;
     writeln!(

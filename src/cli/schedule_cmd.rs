@@ -191,7 +191,12 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
         return Ok(EXIT_OK);
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{} ({})", text(&job["id"]), text(&job["name"]))?;
+    writeln!(
+        out,
+        "{} ({})",
+        text(&job["id"]),
+        manifests::escape_control(&text(&job["name"]))
+    )?;
     for (label, key) in [
         ("cron", "schedule"),
         ("time zone", "timezone"),

@@ -58,9 +58,14 @@ pub struct WebhookArgs {
     /// Events that start a run, comma-separated (push,pull_request).
     #[arg(long, value_delimiter = ',')]
     pub events: Vec<String>,
-    /// The secret deliveries are signed with, as a reference: env:NAME or file:PATH.
-    #[arg(long)]
+    /// The secret deliveries are signed with, as a reference: env:NAME or file:PATH
+    /// (default: env:GITHUB_WEBHOOK_SECRET, or env:WEBHOOK_SECRET for the generic provider).
+    #[arg(long, conflicts_with = "insecure")]
     pub secret: Option<String>,
+    /// No secret: accept unsigned deliveries (`insecure: true` in the manifest); anyone who
+    /// can reach the server can then start the workflow.
+    #[arg(long)]
+    pub insecure: bool,
     /// Branch globs, comma-separated (main,release/*).
     #[arg(long, value_delimiter = ',')]
     pub branches: Vec<String>,
@@ -162,8 +167,17 @@ fn create(context: &Context, args: &WebhookArgs) -> Result<u8> {
             manifest.insert(field.into(), json!(values));
         }
     }
-    if let Some(secret) = &args.secret {
-        manifest.insert("secret".into(), Value::from(secret.clone()));
+    if args.insecure {
+        manifest.insert("insecure".into(), Value::Bool(true));
+    } else {
+        let secret = args.secret.clone().unwrap_or_else(|| {
+            match args.provider {
+                ProviderArg::Github => "env:GITHUB_WEBHOOK_SECRET",
+                ProviderArg::Generic => "env:WEBHOOK_SECRET",
+            }
+            .to_owned()
+        });
+        manifest.insert("secret".into(), Value::from(secret));
     }
     // Written into triggers/ and applied with the whole project, as `workflow create`
     // does; refused in git-source mode.

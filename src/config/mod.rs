@@ -172,6 +172,36 @@ pub struct LoggingConfig {
     pub level: String,
     /// The log directory.
     pub dir: PathBuf,
+    /// `system.log` and `api.log` are rotated once they pass this size.
+    #[serde(default = "default_log_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Files kept per log, the current one included (`api.log`, `api.log.1`, ...).
+    #[serde(default = "default_log_max_files")]
+    pub max_files: u32,
+}
+
+/// `logging.max_file_bytes` unless configured: 10 MiB.
+pub const DEFAULT_LOG_MAX_FILE_BYTES: u64 = 10 << 20;
+
+/// `logging.max_files` unless configured.
+pub const DEFAULT_LOG_MAX_FILES: u32 = 5;
+
+fn default_log_max_file_bytes() -> u64 {
+    DEFAULT_LOG_MAX_FILE_BYTES
+}
+
+fn default_log_max_files() -> u32 {
+    DEFAULT_LOG_MAX_FILES
+}
+
+impl LoggingConfig {
+    /// How the log files rotate.
+    pub fn rotation(&self) -> crate::logging::Rotation {
+        crate::logging::Rotation {
+            max_file_bytes: self.max_file_bytes,
+            max_files: self.max_files,
+        }
+    }
 }
 
 /// Manifest source settings.

@@ -158,6 +158,18 @@ impl Manifest {
             message,
         )
     }
+
+    /// A warning at a pointer inside this document.
+    pub fn warning_at(&self, pointer: &str, message: String) -> Diagnostic {
+        let (line, column) = self.locate(pointer, false);
+        Diagnostic::warning(
+            &self.file,
+            line,
+            column,
+            &format!("{}{pointer}", self.pointer),
+            message,
+        )
+    }
 }
 
 /// Lowercase letters and digits of a name, other runs of characters folded into one `-`:

@@ -125,6 +125,7 @@ pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
         }
     }
     check_parameter_references(manifest, steps, &mut diagnostics);
+    check_shell_injection(manifest, steps, &mut diagnostics);
     if let Some(cycle) = find_cycle(&edges) {
         let name_of = |i: usize| steps[i].get("name").and_then(Value::as_str).unwrap_or("?");
         let path: Vec<&str> = cycle.iter().map(|&i| name_of(i)).collect();
@@ -187,6 +188,157 @@ fn check_parameter_references(
             ));
         }
     }
+}
+
+/// Warns where a `{{ params.* }}` (or `{{ payload.* }}`) template lands inside a shell
+/// script: a step `command` given as one string (run with `sh -c`), the script argument of
+/// `sh -c` / `bash -c` and the like in a `command` array, and the same in the shell agent's
+/// `parameters.command`. The value is pasted into the script's text before the shell parses
+/// it, so a parameter filled from a webhook (a pull request title such as `hi; touch x`) runs
+/// as code: the script-injection class GitHub Actions workflows have, as actionlint reports it.
+fn check_shell_injection(manifest: &Manifest, steps: &[Value], diagnostics: &mut Vec<Diagnostic>) {
+    for (pointer, reference) in shell_pasted_references(steps) {
+        let variable = env_name_for(reference);
+        diagnostics.push(manifest.warning_at(
+            &pointer,
+            format!(
+                "`{{{{ {reference} }}}}` is pasted into a shell script before the shell parses it: a value such as `x; rm -rf ~` runs as code (script injection); pass it through the environment instead: `env: {{{variable}: \"{{{{ {reference} }}}}\"}}` on the step and `\"${variable}\"` in the script"
+            ),
+        ));
+    }
+}
+
+/// The `{{ params.* }}` / `{{ payload.* }}` references pasted into shell scripts in `steps`,
+/// each with the JSON pointer of the script.
+fn shell_pasted_references(steps: &[Value]) -> Vec<(String, &str)> {
+    let mut found = Vec::new();
+    for (index, step) in steps.iter().enumerate() {
+        let mut commands = Vec::new();
+        if let Some(command) = step.get("command") {
+            commands.push((format!("/steps/{index}/command"), command));
+        }
+        let shell_agent = step
+            .get("agent")
+            .and_then(Value::as_str)
+            .is_none_or(|agent| agent == "shell");
+        if let Some(command) = step
+            .get("parameters")
+            .and_then(|p| p.get("command"))
+            .filter(|_| shell_agent)
+        {
+            commands.push((format!("/steps/{index}/parameters/command"), command));
+        }
+        for (pointer, command) in commands {
+            let Some((pointer, script)) = shell_script(&pointer, command) else {
+                continue;
+            };
+            for reference in template_references(script) {
+                if is_untrusted_reference(reference) {
+                    found.push((pointer.clone(), reference));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The JSON pointer and text of the shell script inside a command: the whole string of a
+/// string command, or the script argument of a shell run with `-c` in an argv array.
+fn shell_script<'a>(pointer: &str, command: &'a Value) -> Option<(String, &'a str)> {
+    match command {
+        Value::String(text) => Some((pointer.to_owned(), text)),
+        Value::Array(items) => {
+            let argv: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            if argv.len() != items.len() {
+                return None;
+            }
+            shell_script_index(&argv).map(|i| (format!("{pointer}/{i}"), argv[i]))
+        }
+        _ => None,
+    }
+}
+
+/// The shells whose `-c` takes a script as its argument.
+const SHELLS: &[&str] = &[
+    "sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "busybox", "fish", "pwsh", "posh", "yash",
+];
+
+/// The index of the script argument in an argv that runs a shell with `-c` (`sh -c`,
+/// `/bin/bash -lc`, `bash -e -o pipefail -c`, `env FOO=1 sh -ec`, `busybox sh -c`).
+fn shell_script_index(argv: &[&str]) -> Option<usize> {
+    let base = |arg: &str| arg.rsplit('/').next().unwrap_or(arg).to_owned();
+    let mut i = 0;
+    // `env [-i] [NAME=VALUE]... shell`, as `/usr/bin/env bash` scripts start.
+    if argv.first().is_some_and(|a| base(a) == "env") {
+        i = 1;
+        while argv
+            .get(i)
+            .is_some_and(|a| a.starts_with('-') || a.contains('='))
+        {
+            i += 1;
+        }
+    }
+    let shell = base(argv.get(i)?);
+    if !SHELLS.contains(&shell.as_str()) {
+        return None;
+    }
+    i += 1;
+    if shell == "busybox" {
+        if !argv.get(i).is_some_and(|a| SHELLS.contains(a)) {
+            return None;
+        }
+        i += 1;
+    }
+    let mut script_follows = false;
+    while let Some(arg) = argv.get(i) {
+        match *arg {
+            "--" => return script_follows.then_some(i + 1).filter(|&n| n < argv.len()),
+            "-o" | "+o" | "-O" | "+O" => i += 2,
+            "-c" | "-command" | "-Command" => {
+                script_follows = true;
+                i += 1;
+            }
+            long if long.starts_with("--") => i += 1,
+            short if short.starts_with('-') || short.starts_with('+') => {
+                script_follows |= short.starts_with('-') && short.contains('c');
+                i += 1;
+            }
+            _ => return script_follows.then_some(i),
+        }
+    }
+    None
+}
+
+/// Whether a template reference carries a value from outside the manifest: a run parameter
+/// (set by whoever starts the run, or mapped from a webhook payload by a trigger) or a payload.
+fn is_untrusted_reference(reference: &str) -> bool {
+    ["params", "payload"].iter().any(|root| {
+        reference
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    })
+}
+
+/// An environment variable name for a reference: `params.pr_title` → `PR_TITLE`.
+fn env_name_for(reference: &str) -> String {
+    let last = reference
+        .rsplit(['.', '['])
+        .find(|part| !part.is_empty())
+        .unwrap_or("value");
+    let mut name: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert_str(0, "VALUE_");
+    }
+    name
 }
 
 /// Every string inside `value` with its JSON pointer.
@@ -270,6 +422,9 @@ pub struct Catalog {
     workflow_names: BTreeMap<String, String>,
     /// Template names and ids.
     templates: BTreeSet<String>,
+    /// Per workflow id, the parameters its steps paste into a shell script, each with the
+    /// place (`file:line:column`) of the first script.
+    shell_params: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Catalog {
@@ -300,6 +455,24 @@ impl Catalog {
                     catalog.agents.insert(name, (agent_type, actions));
                 }
                 Kind::Workflow => {
+                    let steps = manifest.value.get("steps").and_then(Value::as_array);
+                    let mut pasted = BTreeMap::new();
+                    for (pointer, reference) in
+                        shell_pasted_references(steps.map(Vec::as_slice).unwrap_or_default())
+                    {
+                        if let Some(name) = reference
+                            .strip_prefix("params.")
+                            .and_then(|path| path.split(['.', '[']).next())
+                        {
+                            let (line, column) = manifest.locate(&pointer, false);
+                            pasted
+                                .entry(name.to_owned())
+                                .or_insert_with(|| format!("{}:{line}:{column}", manifest.file));
+                        }
+                    }
+                    if !pasted.is_empty() {
+                        catalog.shell_params.insert(id.clone(), pasted);
+                    }
                     catalog.workflow_names.insert(name, id.clone());
                     catalog.workflows.insert(id);
                 }
@@ -376,11 +549,48 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
                         format!("unknown workflow `{workflow}`{hint}"),
                     ));
                 }
+                if manifest.kind == Kind::Trigger {
+                    check_delivery_into_shell(manifest, catalog, workflow, &mut diagnostics);
+                }
             }
         }
         Kind::Agent | Kind::Alert | Kind::Dashboard => {}
     }
     diagnostics
+}
+
+/// A trigger parameter filled from the delivery (`{{ payload.* }}`, `{{ branch }}`, ...: the
+/// sender chooses them) that its workflow pastes into a shell script: the script-injection
+/// path end to end, warned about at the trigger's parameter too.
+fn check_delivery_into_shell(
+    manifest: &Manifest,
+    catalog: &Catalog,
+    workflow: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some(pasted) = catalog.shell_params.get(workflow) else {
+        return;
+    };
+    let Some(parameters) = manifest.value.get("parameters").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, value) in parameters {
+        let mut strings = Vec::new();
+        collect_strings(value, String::new(), &mut strings);
+        let from_delivery = strings
+            .iter()
+            .any(|(_, text)| !template_references(text).is_empty());
+        let Some(script) = pasted.get(name).filter(|_| from_delivery) else {
+            continue;
+        };
+        let escaped = name.replace('~', "~0").replace('/', "~1");
+        diagnostics.push(manifest.warning_at(
+            &format!("/parameters/{escaped}"),
+            format!(
+                "parameter `{name}` is filled from the webhook delivery, which its sender chooses, and workflow `{workflow}` pastes `{{{{ params.{name} }}}}` into a shell script (at {script}): a delivery can run commands on this host; pass it to the step through `env:` and use `\"$NAME\"` in the script"
+            ),
+        ));
+    }
 }
 
 fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Diagnostic>) {
@@ -494,5 +704,43 @@ mod tests {
             Some(vec![0, 1, 2])
         );
         assert_eq!(find_cycle(&[vec![], vec![2], vec![1]]), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn finds_the_script_of_a_shell_run_with_c() {
+        fn script<'a>(argv: &[&'a str]) -> Option<&'a str> {
+            shell_script_index(argv).map(|i| argv[i])
+        }
+        assert_eq!(script(&["sh", "-c", "echo 1", "arg0"]), Some("echo 1"));
+        assert_eq!(script(&["/bin/bash", "-lc", "echo 2"]), Some("echo 2"));
+        assert_eq!(script(&["bash", "-ec", "echo 3"]), Some("echo 3"));
+        assert_eq!(
+            script(&["bash", "-e", "-o", "pipefail", "-c", "echo 4"]),
+            Some("echo 4")
+        );
+        assert_eq!(script(&["zsh", "--login", "-c", "echo 5"]), Some("echo 5"));
+        assert_eq!(script(&["dash", "-c", "--", "echo 6"]), Some("echo 6"));
+        assert_eq!(
+            script(&["/usr/bin/env", "FOO=1", "sh", "-c", "echo 7"]),
+            Some("echo 7")
+        );
+        assert_eq!(script(&["busybox", "sh", "-c", "echo 8"]), Some("echo 8"));
+        // A script file or stdin, not a script text; other programs.
+        assert_eq!(script(&["sh", "script.sh", "-c"]), None);
+        assert_eq!(script(&["bash", "-e", "run.sh"]), None);
+        assert_eq!(script(&["echo", "-c", "x"]), None);
+        assert_eq!(script(&["python3", "-c", "print(1)"]), None);
+        assert_eq!(script(&["sh", "-c"]), None);
+    }
+
+    #[test]
+    fn only_outside_values_are_untrusted() {
+        assert!(is_untrusted_reference("params.title"));
+        assert!(is_untrusted_reference("payload.pull_request.title"));
+        assert!(!is_untrusted_reference("run.id"));
+        assert!(!is_untrusted_reference("parameters.x"));
+        assert!(!is_untrusted_reference("steps.build.outputs.version"));
+        assert_eq!(env_name_for("params.pr-title"), "PR_TITLE");
+        assert_eq!(env_name_for("payload.commits.0"), "VALUE_0");
     }
 }

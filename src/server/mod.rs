@@ -70,7 +70,7 @@ pub struct Shared {
     /// `run_log` events: the logs of active runs, read while clients subscribe to them.
     pub log_tail: log_tail::LogTailer,
     /// `logs/api.log`, the access log.
-    pub api_log: Mutex<Option<std::fs::File>>,
+    pub api_log: Mutex<Option<crate::logging::RotatingFile>>,
     /// Workflow, agent and test metrics over `monitoring.metrics_window`, and the agents'
     /// health checks.
     pub stats: Arc<crate::monitor::stats::RunStats>,
@@ -720,11 +720,8 @@ pub fn serve(
     let log_dir = config.resolve(&config.config.logging.dir);
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    let api_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_dir.join("api.log"))
-        .with_context(|| format!("cannot open {}", log_dir.join("api.log").display()))?;
+    let api_log =
+        crate::logging::rotating_file(&log_dir.join("api.log"), config.config.logging.rotation())?;
     let view = view::View::load(&store)?;
     let stats = Arc::new(crate::monitor::stats::RunStats::for_config(
         &config.config.monitoring,
@@ -822,6 +819,12 @@ pub fn serve(
     };
     // Agent health checks: now, then every minute.
     crate::monitor::stats::health::spawn_for_server(&shared)?;
+    // After a failed write (a full disk), the store reopens itself once writes succeed again.
+    Store::spawn_recovery(
+        Arc::clone(&shared.store),
+        Arc::clone(&stop_watching),
+        std::time::Duration::from_secs(1),
+    )?;
     let tailer = {
         let shared = Arc::clone(&shared);
         let stop = Arc::clone(&stop_watching);

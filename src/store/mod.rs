@@ -155,14 +155,36 @@ pub enum StoreError {
 }
 
 /// The open store.
+///
+/// sled latches an IO error: after a write or flush fails (a full disk), every later
+/// operation of that `Db` fails with the same error, even once space is back. So a failed
+/// write marks the store unwritable, and [`Store::recover`] (called periodically by the
+/// server while the store is unwritable) closes the `Db` and opens it again — sled's own
+/// recovery keeps every flushed write — and checks with a flushed probe write that writes
+/// succeed again.
 pub struct Store {
     path: PathBuf,
+    /// The open `Db` and its trees; `None` only while it is being reopened.
+    handles: std::sync::RwLock<Option<std::sync::Arc<Handles>>>,
+    flushes: GroupCommit,
+    /// A write or flush failed and the store has not been reopened and probed since.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// The open `Db` and its trees.
+struct Handles {
     db: sled::Db,
     objects: sled::Tree,
     meta: sled::Tree,
     runs: sled::Tree,
     steps: sled::Tree,
-    flushes: GroupCommit,
+}
+
+impl Handles {
+    /// The run records (the `runs` tree after its index entries), in id order.
+    fn run_records(&self) -> sled::Iter {
+        self.runs.range(&[1u8][..]..)
+    }
 }
 
 /// Group commit: one sled flush at a time, each covering every write made before it
@@ -304,49 +326,148 @@ impl Store {
         })?;
         let store = Store {
             path: data_dir.to_owned(),
-            db,
-            objects,
-            meta,
-            runs,
-            steps,
+            handles: std::sync::RwLock::new(Some(std::sync::Arc::new(Handles {
+                db,
+                objects,
+                meta,
+                runs,
+                steps,
+            }))),
             flushes: GroupCommit::default(),
+            failed: std::sync::atomic::AtomicBool::new(false),
         };
         store.build_run_index()?;
         Ok(store)
     }
 
+    /// Starts a thread that, every `every` until `stop` is set, tries to [`recover`] the
+    /// store while it is unwritable: writes succeed again once space is back, without a
+    /// restart.
+    ///
+    /// [`recover`]: Store::recover
+    pub fn spawn_recovery(
+        store: std::sync::Arc<Store>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        every: std::time::Duration,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("store recovery".into())
+            .spawn(move || {
+                let step = std::time::Duration::from_millis(50);
+                let mut waited = std::time::Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(step);
+                    waited += step;
+                    if waited >= every {
+                        waited = std::time::Duration::ZERO;
+                        if !store.is_writable() {
+                            store.recover();
+                        }
+                    }
+                }
+            })
+    }
+
+    /// The open `Db` and its trees.
+    fn handles(&self) -> Result<std::sync::Arc<Handles>, StoreError> {
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                self.sled_error(sled::Error::Io(std::io::Error::other(
+                    "the store could not be reopened after a write error",
+                )))
+            })
+    }
+
+    /// Whether writes are expected to succeed: false from a failed write or flush (a full
+    /// disk) until [`Store::recover`] succeeds.
+    pub fn is_writable(&self) -> bool {
+        !self.failed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// After a failed write: closes and reopens the `Db` (sled keeps failing once an IO
+    /// error happened) and makes a flushed probe write. Returns whether the store is
+    /// writable again; does nothing when no write failed.
+    pub fn recover(&self) -> bool {
+        if self.is_writable() {
+            return true;
+        }
+        {
+            let mut guard = self.handles.write().unwrap_or_else(|e| e.into_inner());
+            // The old `Db` must be gone before it is opened again: sled locks its files
+            // (`open` waits for a moment while a call in flight still holds it).
+            *guard = None;
+            match Store::open(&self.path) {
+                Ok(mut reopened) => {
+                    *guard = reopened
+                        .handles
+                        .get_mut()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                }
+                Err(err) => {
+                    tracing::warn!("the store is still unwritable: {err}");
+                    return false;
+                }
+            }
+        }
+        // Recovery from here on is a probe: a write flushed to disk.
+        self.failed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let probe = chrono::Utc::now().to_rfc3339();
+        match self.put_state("meta", "health/write_probe", &probe, true) {
+            Ok(()) => {
+                tracing::info!("the store is writable again");
+                true
+            }
+            Err(err) => {
+                tracing::debug!("the store is still unwritable: {err}");
+                false
+            }
+        }
+    }
+
     /// A store written before the run index existed has runs and no index: the index is
     /// built once, from every run, and flushed.
     fn build_run_index(&self) -> Result<(), StoreError> {
-        if self.runs.scan_prefix(INDEX_PREFIX).next().is_some()
-            || self.run_records().next().is_none()
-        {
+        let h = self.handles()?;
+        if h.runs.scan_prefix(INDEX_PREFIX).next().is_some() || h.run_records().next().is_none() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for entry in self.run_records() {
+        for entry in h.run_records() {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
             let run: RunIndexFields = decode(&key, &value)?;
             batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
         }
-        self.runs
-            .apply_batch(batch)
-            .map_err(|e| self.sled_error(e))?;
-        self.flush()
-    }
-
-    /// The run records (the `runs` tree after its index entries), in id order.
-    fn run_records(&self) -> sled::Iter {
-        self.runs.range(&[1u8][..]..)
+        h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        self.flush_on(&h)
     }
 
     /// Makes every write made so far durable (one flush for all the threads asking at
-    /// once: see [`GroupCommit`]).
+    /// once: see [`GroupCommit`]). The store's own writes use [`Store::flush_on`].
+    #[cfg(test)]
     fn flush(&self) -> Result<(), StoreError> {
-        self.flushes.flush(&self.db).map_err(|e| self.sled_error(e))
+        let handles = self.handles()?;
+        self.flush_on(&handles)
     }
 
+    /// Makes every write made so far durable (one flush for all the threads asking at
+    /// once: see [`GroupCommit`]), with the handles the caller holds: taking them again
+    /// could wait behind a reopen that waits for these to be released.
+    fn flush_on(&self, handles: &Handles) -> Result<(), StoreError> {
+        self.flushes
+            .flush(&handles.db)
+            .map_err(|e| self.sled_error(e))
+    }
+
+    /// A sled error as this store reports it; an IO error marks the store unwritable.
     fn sled_error(&self, source: sled::Error) -> StoreError {
+        if matches!(source, sled::Error::Io(_)) {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         StoreError::Sled {
             path: self.path.display().to_string(),
             source,
@@ -355,8 +476,9 @@ impl Store {
 
     /// Every object record, live or not.
     pub fn objects(&self) -> Result<BTreeMap<ObjectKey, ObjectRecord>, StoreError> {
+        let h = self.handles()?;
         let mut records = BTreeMap::new();
-        for entry in self.objects.iter() {
+        for entry in h.objects.iter() {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
             let record: ObjectRecord = decode(&key, &value)?;
             records.insert(record.key.clone(), record);
@@ -366,8 +488,9 @@ impl Store {
 
     /// One object record.
     pub fn object(&self, key: &ObjectKey) -> Result<Option<ObjectRecord>, StoreError> {
+        let h = self.handles()?;
         let bytes = key.to_bytes();
-        self.objects
+        h.objects
             .get(&bytes)
             .map_err(|e| self.sled_error(e))?
             .map(|value| decode(&bytes, &value))
@@ -376,8 +499,9 @@ impl Store {
 
     /// The status of a source.
     pub fn source_status(&self, source: &str) -> Result<Option<SourceStatus>, StoreError> {
+        let h = self.handles()?;
         let key = format!("source/{source}");
-        self.meta
+        h.meta
             .get(key.as_bytes())
             .map_err(|e| self.sled_error(e))?
             .map(|value| decode(key.as_bytes(), &value))
@@ -389,6 +513,7 @@ impl Store {
     pub fn memo(&self, source: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = format!("{MEMO_PREFIX}{source}");
         Ok(self
+            .handles()?
             .meta
             .get(key.as_bytes())
             .map_err(|e| self.sled_error(e))?
@@ -408,19 +533,18 @@ impl Store {
         status: Option<&SourceStatus>,
         memo: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        let h = self.handles()?;
         if !records.is_empty() {
             let mut stale = sled::Batch::default();
-            for entry in self.meta.scan_prefix(MEMO_PREFIX.as_bytes()).keys() {
+            for entry in h.meta.scan_prefix(MEMO_PREFIX.as_bytes()).keys() {
                 stale.remove(entry.map_err(|e| self.sled_error(e))?);
             }
-            self.meta
-                .apply_batch(stale)
-                .map_err(|e| self.sled_error(e))?;
+            h.meta.apply_batch(stale).map_err(|e| self.sled_error(e))?;
             let mut batch = sled::Batch::default();
             for record in records {
                 batch.insert(record.key.to_bytes(), encode(record));
             }
-            self.objects
+            h.objects
                 .apply_batch(batch)
                 .map_err(|e| self.sled_error(e))?;
         }
@@ -433,11 +557,9 @@ impl Store {
             if let Some(memo) = memo {
                 batch.insert(format!("{MEMO_PREFIX}{}", status.source).as_bytes(), memo);
             }
-            self.meta
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
+            h.meta.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
-        self.flush()?;
+        self.flush_on(&h)?;
         Ok(())
     }
 }
@@ -453,6 +575,7 @@ impl Store {
         steps: &[&StepRecord],
         durable: bool,
     ) -> Result<(), StoreError> {
+        let h = self.handles()?;
         // Steps first: sled applies a batch to one tree, so a reader may see one tree's
         // batch without the other's. Whoever reads a run and then its steps (the API, a
         // follower) and finds the run finished then finds its steps final too.
@@ -461,27 +584,24 @@ impl Store {
             for step in steps {
                 batch.insert(step_key(&step.run_id, step.index), encode(*step));
             }
-            self.steps
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
+            h.steps.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
         if let Some(run) = run {
             let mut batch = sled::Batch::default();
             batch.insert(run.id.as_bytes(), encode(run));
             batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
-            self.runs
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
+            h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
         if durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(())
     }
 
     /// One run.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
-        self.runs
+        let h = self.handles()?;
+        h.runs
             .get(id.as_bytes())
             .map_err(|e| self.sled_error(e))?
             .map(|value| decode(id.as_bytes(), &value))
@@ -491,7 +611,8 @@ impl Store {
     /// Every run, oldest first (run ids sort by creation time). This decodes every record:
     /// for one workflow's runs, see [`Store::workflow_runs`].
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.run_records()
+        let h = self.handles()?;
+        h.run_records()
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
                 decode(&key, &value)
@@ -501,8 +622,9 @@ impl Store {
 
     /// The ids and statuses of a workflow's runs, oldest first, read from the index alone.
     pub fn workflow_run_ids(&self, workflow_id: &str) -> Result<Vec<(String, Status)>, StoreError> {
+        let h = self.handles()?;
         let prefix = index_key(workflow_id, "");
-        self.runs
+        h.runs
             .scan_prefix(&prefix)
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
@@ -525,8 +647,9 @@ impl Store {
 
     /// The newest run of each workflow that has one, decoding only those.
     pub fn latest_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let h = self.handles()?;
         let mut newest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        for key in self.runs.scan_prefix(INDEX_PREFIX).keys() {
+        for key in h.runs.scan_prefix(INDEX_PREFIX).keys() {
             let key = key.map_err(|e| self.sled_error(e))?;
             let key = &key[INDEX_PREFIX.len()..];
             if let Some(at) = key.iter().position(|&b| b == 0) {
@@ -545,8 +668,9 @@ impl Store {
 
     /// The ids of the runs in one of `statuses`, oldest first, read from the index alone.
     pub fn run_ids_with_status(&self, statuses: &[Status]) -> Result<Vec<String>, StoreError> {
+        let h = self.handles()?;
         let mut ids = Vec::new();
-        for entry in self.runs.scan_prefix(INDEX_PREFIX) {
+        for entry in h.runs.scan_prefix(INDEX_PREFIX) {
             let (key, value) = entry.map_err(|e| self.sled_error(e))?;
             let status: Status = decode(&key, &value)?;
             if statuses.contains(&status) {
@@ -563,7 +687,8 @@ impl Store {
     /// The runs created at or after the run id `from` (ids sort by creation time), oldest
     /// first.
     pub fn runs_from(&self, from: &str) -> Result<Vec<RunRecord>, StoreError> {
-        self.runs
+        let h = self.handles()?;
+        h.runs
             .range(from.as_bytes().max(&[1u8][..])..)
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
@@ -574,9 +699,10 @@ impl Store {
 
     /// The steps of a run, in workflow order.
     pub fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let h = self.handles()?;
         let mut prefix = run_id.as_bytes().to_vec();
         prefix.push(0);
-        self.steps
+        h.steps
             .scan_prefix(&prefix)
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
@@ -592,7 +718,8 @@ impl Store {
         tree: &str,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let tree = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let h = self.handles()?;
+        let tree = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
         tree.get(key.as_bytes())
             .map_err(|e| self.sled_error(e))?
             .map(|value| decode(key.as_bytes(), &value))
@@ -605,7 +732,8 @@ impl Store {
         tree: &str,
         prefix: &str,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let tree = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let h = self.handles()?;
+        let tree = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
         tree.scan_prefix(prefix.as_bytes())
             .map(|entry| {
                 let (key, value) = entry.map_err(|e| self.sled_error(e))?;
@@ -625,12 +753,13 @@ impl Store {
         value: &T,
         durable: bool,
     ) -> Result<(), StoreError> {
-        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let h = self.handles()?;
+        let opened = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
         opened
             .insert(key.as_bytes(), encode(value))
             .map_err(|e| self.sled_error(e))?;
         if durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(())
     }
@@ -643,14 +772,15 @@ impl Store {
         records: &[(String, T)],
         durable: bool,
     ) -> Result<(), StoreError> {
-        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let h = self.handles()?;
+        let opened = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
         let mut batch = sled::Batch::default();
         for (key, value) in records {
             batch.insert(key.as_bytes(), encode(value));
         }
         opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         if durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(())
     }
@@ -664,49 +794,48 @@ impl Store {
         value: &T,
         durable: bool,
     ) -> Result<bool, StoreError> {
-        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let h = self.handles()?;
+        let opened = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
         let written = opened
             .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(encode(value)))
             .map_err(|e| self.sled_error(e))?
             .is_ok();
         if written && durable {
-            self.flush()?;
+            self.flush_on(&h)?;
         }
         Ok(written)
     }
 
     /// Removes state records, durably.
     pub fn remove_states(&self, tree: &str, keys: &[String]) -> Result<(), StoreError> {
-        let opened = self.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+        let h = self.handles()?;
+        let opened = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
         let mut batch = sled::Batch::default();
         for key in keys {
             batch.remove(key.as_bytes());
         }
         opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
-        self.flush()?;
+        self.flush_on(&h)?;
         Ok(())
     }
 
     /// Removes runs of one workflow, their steps and their index entries, durably.
     pub fn delete_runs(&self, workflow_id: &str, ids: &[String]) -> Result<(), StoreError> {
+        let h = self.handles()?;
         for id in ids {
             let mut prefix = id.as_bytes().to_vec();
             prefix.push(0);
             let mut batch = sled::Batch::default();
-            for key in self.steps.scan_prefix(&prefix).keys() {
+            for key in h.steps.scan_prefix(&prefix).keys() {
                 batch.remove(key.map_err(|e| self.sled_error(e))?);
             }
-            self.steps
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
+            h.steps.apply_batch(batch).map_err(|e| self.sled_error(e))?;
             let mut batch = sled::Batch::default();
             batch.remove(id.as_bytes());
             batch.remove(index_key(workflow_id, id));
-            self.runs
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
+            h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
-        self.flush()?;
+        self.flush_on(&h)?;
         Ok(())
     }
 }
@@ -741,6 +870,16 @@ fn step_key(run_id: &str, index: u32) -> Vec<u8> {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        // A store whose handles were taken over by a reopened one (or never reopened)
+        // leaves the owner file to the store in use.
+        if self
+            .handles
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
+            return;
+        }
         // sled releases its lock a moment after this handle goes, while the owner file is
         // already gone: remember the release so that `open` in this process waits for it.
         released_by_this_process()
@@ -1016,8 +1155,14 @@ mod tests {
                     .unwrap();
             }
             // As a release before the index left it: runs, no index.
-            for key in store.runs.scan_prefix(INDEX_PREFIX).keys() {
-                store.runs.remove(key.unwrap()).unwrap();
+            for key in store
+                .handles()
+                .unwrap()
+                .runs
+                .scan_prefix(INDEX_PREFIX)
+                .keys()
+            {
+                store.handles().unwrap().runs.remove(key.unwrap()).unwrap();
             }
             store.flush().unwrap();
             assert!(store.workflow_run_ids("wf_a").unwrap().is_empty());

@@ -92,6 +92,10 @@ pub struct TriggerSpec {
     pub secret: Option<String>,
     /// HMAC signature or bearer token.
     pub auth: Auth,
+    /// Whether the manifest says `insecure: true`: without a secret (and without an API
+    /// token on the server) deliveries are then accepted unsigned. A trigger with neither
+    /// refuses every delivery.
+    pub insecure: bool,
     /// The header carrying the HMAC signature.
     pub signature_header: String,
     /// The header naming the event (generic provider).
@@ -166,6 +170,7 @@ impl TriggerSpec {
             actions: strings(spec, "actions"),
             secret: text("secret"),
             auth,
+            insecure: spec.get("insecure").and_then(Value::as_bool) == Some(true),
             signature_header: text("signature_header")
                 .unwrap_or_else(|| signature::GITHUB_SIGNATURE_HEADER.to_owned()),
             event_header: text("event_header"),
@@ -234,7 +239,9 @@ impl TriggerSpec {
 
     /// Checks a delivery's signature. `secret` is the resolved secret, when the trigger
     /// has one; without one, `api_token` (the server's) is required as a bearer token when
-    /// set, so a trigger is never less guarded than the API's mutating routes.
+    /// set, so a trigger is never less guarded than the API's mutating routes. A trigger with
+    /// neither accepts unsigned deliveries only when it says `insecure: true` (validation
+    /// refuses one that does not; a record applied before that rule refuses deliveries).
     pub fn verify(
         &self,
         secret: Option<&str>,
@@ -267,7 +274,8 @@ impl TriggerSpec {
                     .map_err(|e| {
                         format!("{e}: this trigger has no secret, so the server's API token is required")
                     }),
-                None => Ok(()),
+                None if self.insecure => Ok(()),
+                None => Err("this trigger has no secret and does not say `insecure: true`: unsigned deliveries are refused".to_owned()),
             },
         }
     }
@@ -542,7 +550,9 @@ pub struct DeliveryRecord {
 /// Checks a Trigger manifest beyond its schema — the rules between fields: the path is not
 /// the git source's webhook; `auth`, `signature_header`, `event_header` and
 /// `delivery_header` belong to the generic provider (GitHub's headers are fixed); a bearer
-/// token or a signature header needs a `secret`. Returns (JSON pointer, message) pairs.
+/// token or a signature header needs a `secret`; a trigger without a `secret` must say
+/// `insecure: true`, since anyone who can reach the server could otherwise start its
+/// workflow with a payload of their choosing. Returns (JSON pointer, message) pairs.
 pub fn check_manifest(spec: &Value) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if spec.get("path").and_then(Value::as_str) == Some(SOURCE_HOOK_PATH) {
@@ -569,6 +579,12 @@ pub fn check_manifest(spec: &Value) -> Vec<(String, String)> {
         }
     }
     if spec.get("secret").is_none() {
+        if spec.get("insecure").and_then(Value::as_bool) != Some(true) {
+            problems.push((
+                String::new(),
+                "trigger has no `secret`: anyone who can reach the server could start its workflow with a payload of their choosing; set `secret: env:NAME` (or `file:PATH`) holding the secret the sender signs deliveries with, or say `insecure: true` to accept unsigned deliveries".to_owned(),
+            ));
+        }
         for field in ["auth", "signature_header"] {
             if spec.get(field).is_some() {
                 problems.push((
@@ -929,11 +945,27 @@ mod tests {
             "{found:?}"
         );
         assert!(found[1].starts_with("/event_header: `event_header` is for `provider: generic`"));
-        let found = messages(json!({"provider": "generic", "signature_header": "X-Sig"}));
+        let found =
+            messages(json!({"provider": "generic", "signature_header": "X-Sig", "insecure": true}));
         assert_eq!(
             found,
             ["/signature_header: `signature_header` needs a `secret` (env:NAME or file:PATH) to check deliveries against"]
         );
+    }
+
+    #[test]
+    fn a_trigger_without_a_secret_must_say_insecure() {
+        let found = check_manifest(&json!({"path": "/hooks/x"}));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "");
+        assert!(
+            found[0].1.starts_with("trigger has no `secret`"),
+            "{found:?}"
+        );
+        assert!(found[0].1.contains("insecure: true"), "{found:?}");
+        assert!(check_manifest(&json!({"path": "/hooks/x", "insecure": true})).is_empty());
+        assert!(!check_manifest(&json!({"path": "/hooks/x", "insecure": false})).is_empty());
+        assert!(check_manifest(&json!({"path": "/hooks/x", "secret": "file:s"})).is_empty());
     }
 
     #[test]
@@ -942,6 +974,6 @@ mod tests {
             check_manifest(&json!({"path": "/hooks/source"}))[0].0,
             "/path"
         );
-        assert!(check_manifest(&json!({"path": "/hooks/github"})).is_empty());
+        assert!(check_manifest(&json!({"path": "/hooks/github", "insecure": true})).is_empty());
     }
 }

@@ -197,10 +197,20 @@ mod tests {
             "the secret is never shown: {reason}"
         );
 
-        // No secret: open, unless the server has an API token.
-        let open =
-            TriggerSpec::from_spec("trg_o", "o", &json!({"path": "/hooks/o", "workflow": "wf"}))
+        // No secret: refused unless it says insecure: true; the server's API token when set.
+        let unsure =
+            TriggerSpec::from_spec("trg_u", "u", &json!({"path": "/hooks/u", "workflow": "wf"}))
                 .unwrap();
+        assert!(unsure
+            .verify(None, None, unsigned, BODY)
+            .unwrap_err()
+            .contains("insecure: true"));
+        let open = TriggerSpec::from_spec(
+            "trg_o",
+            "o",
+            &json!({"path": "/hooks/o", "workflow": "wf", "insecure": true}),
+        )
+        .unwrap();
         assert_eq!(open.verify(None, None, unsigned, BODY), Ok(()));
         assert!(open
             .verify(None, Some("api"), unsigned, BODY)

@@ -182,6 +182,9 @@ fn every_invalid_manifest_fails_validate_with_where_and_what() {
         let errors = run.stdout.matches("\nerror: ").count()
             + usize::from(run.stdout.starts_with("error: "));
         assert!(errors >= 1, "{name}: {}", run.stdout);
+        // Warnings (a parameter pasted into a shell script) are located the same way.
+        let warnings = run.stdout.matches("\nwarning: ").count()
+            + usize::from(run.stdout.starts_with("warning: "));
         let located = run
             .stdout
             .lines()
@@ -198,8 +201,9 @@ fn every_invalid_manifest_fails_validate_with_where_and_what() {
             })
             .count();
         assert_eq!(
-            located, errors,
-            "{name}: every error has file:line:column\n{}",
+            located,
+            errors + warnings,
+            "{name}: every error and warning has file:line:column\n{}",
             run.stdout
         );
 
@@ -238,7 +242,7 @@ const KEEP_WORKFLOW: &str = "name: Keep\ndescription: the last good version\nste
 const KEEP_ALERT: &str = "name: Keep alert\ncondition: system.cpu_percent > 99\nduration: 5m\n";
 const KEEP_SCHEDULE: &str = "name: Keep schedule\ncron: \"0 3 * * *\"\nworkflow: wf_keep\n";
 const KEEP_TRIGGER: &str =
-    "name: Keep trigger\ntype: webhook\npath: /hooks/keep\nworkflow: wf_keep\n";
+    "name: Keep trigger\ntype: webhook\npath: /hooks/keep\nworkflow: wf_keep\ninsecure: true\n";
 
 /// The object of `kind` an invalid document tries to replace.
 fn kept_id(kind: &str) -> Option<&'static str> {

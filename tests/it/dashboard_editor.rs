@@ -78,7 +78,7 @@ fn create_a_workflow_in_the_editor_and_see_it_validated_and_applied() {
         fill(
             &browser,
             "input[data-step='0'][data-key='command']",
-            "echo building {{ params.target }}",
+            "echo building \"$ORCHESTRATOR_PARAM_TARGET\"",
         )
         .await;
         // Step 2: the test_runner agent's run_tests action, with a parameter, after step 1.

@@ -66,7 +66,7 @@ fn workflow(name: &str) -> Value {
             "retries": {"type": "number", "default": 1},
         },
         "steps": [
-            {"name": "build", "command": "echo building {{ params.target }}"},
+            {"name": "build", "command": ["echo", "building", "{{ params.target }}"]},
             {"name": "test", "depends_on": ["build"], "command": ["sh", "-c", "echo testing"]},
         ],
     })

@@ -492,7 +492,7 @@ fn body_for(path: &str) -> String {
 #[test]
 fn every_mutating_route_and_the_event_stream_need_the_api_token() {
     let open =
-        "name: Open\ntype: webhook\npath: /hooks/open\nprovider: generic\nworkflow: wf_work\n";
+        "name: Open\ntype: webhook\npath: /hooks/open\nprovider: generic\nworkflow: wf_work\ninsecure: true\n";
     let dir = project(&[("workflows/work.yaml", WORK), ("triggers/open.yaml", open)]);
     let dir = dir.path();
     let _server = Server::start_with(

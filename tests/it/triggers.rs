@@ -728,7 +728,8 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     );
     assert!(!dir.join("triggers/bad.yaml").exists());
 
-    // Without a server: a second trigger on the same path, with no secret. Both run.
+    // Without a server: a second trigger on the same path, with no secret (it must say
+    // so). Both run.
     drop(server);
     cli(
         dir,
@@ -744,6 +745,7 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
             "CI open",
             "--events",
             "push",
+            "--insecure",
         ],
     )
     .expect_code(0);
@@ -840,7 +842,7 @@ branches: [main]
         ("triggers/generic-hmac.yaml", hmac_trigger),
         (
             "triggers/refused.yaml",
-            "name: Refused\npath: /hooks/refused\nprovider: generic\nworkflow: wf_build\ndelivery_header: X-Delivery\nparameters:\n  nope: \"{{ payload.sha }}\"\n",
+            "name: Refused\npath: /hooks/refused\nprovider: generic\nworkflow: wf_build\ninsecure: true\ndelivery_header: X-Delivery\nparameters:\n  nope: \"{{ payload.sha }}\"\n",
         ),
         ("secrets/token", "tok-123\n"),
         ("secrets/hmac", "hmac-456"),
@@ -959,7 +961,8 @@ branches: [main]
 #[test]
 fn a_burst_of_deliveries_runs_every_one_and_keeps_the_history_at_its_limit() {
     let workflow = "name: Quick\nhistory_limit: 5\nsteps:\n  - name: t\n    command: [\"true\"]\n";
-    let trigger = "name: Burst\npath: /hooks/burst\nworkflow: wf_quick\nevents: [push]\n";
+    let trigger =
+        "name: Burst\npath: /hooks/burst\nworkflow: wf_quick\nevents: [push]\ninsecure: true\n";
     let dir = project(&[
         ("workflows/quick.yaml", workflow),
         ("triggers/burst.yaml", trigger),
