@@ -76,6 +76,34 @@ pub fn rotating_file(path: &Path, rotation: Rotation) -> Result<RotatingFile, Lo
     ))
 }
 
+/// Rotates `path` the way a [`RotatingFile`] does, for logs that short-lived writers append
+/// to and that no one holds open: once `path` holds more than `rotation.max_file_bytes`, it
+/// becomes `<path>.1`, `<path>.1` becomes `<path>.2`, and so on, the oldest beyond
+/// `rotation.max_files` deleted. Returns whether it rotated. Callers serialize the calls for
+/// one path.
+pub fn rotate_if_over(path: &Path, rotation: Rotation) -> std::io::Result<bool> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.len() > rotation.max_file_bytes => {}
+        Ok(_) => return Ok(false),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    }
+    let numbered = |n: u32| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        std::path::PathBuf::from(name)
+    };
+    let kept = rotation.max_files.saturating_sub(1).max(1);
+    for n in (1..kept).rev() {
+        match fs::rename(numbered(n), numbered(n + 1)) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+    }
+    fs::rename(path, numbered(1))?;
+    Ok(true)
+}
+
 fn level(name: &str) -> LevelFilter {
     name.parse().unwrap_or(LevelFilter::INFO)
 }
@@ -172,6 +200,42 @@ mod tests {
         }
         let count = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(count, 3);
+    }
+
+    #[test]
+    fn a_log_appended_to_by_short_lived_writers_rotates_like_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shell.log");
+        let rotation = Rotation {
+            max_file_bytes: 1000,
+            max_files: 3,
+        };
+        assert!(!rotate_if_over(&path, rotation).unwrap(), "no file yet");
+        let line = format!("{}\n", "y".repeat(99));
+        let mut rotations = 0;
+        for n in 0..100 {
+            if rotate_if_over(&path, rotation).unwrap() {
+                rotations += 1;
+            }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            write!(file, "{n:02}{}", &line[2..]).unwrap();
+        }
+        assert_eq!(rotations, 9, "one rotation per 11 lines of 100 bytes");
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["shell.log", "shell.log.1", "shell.log.2"]);
+        // The newest lines are in the current file, the ones before them in `.1`.
+        let current = fs::read_to_string(&path).unwrap();
+        assert!(current.ends_with(&format!("99{}", &line[2..])), "{current}");
+        let previous = fs::read_to_string(dir.path().join("shell.log.1")).unwrap();
+        assert_eq!(previous.len(), 1100, "a file rotates once past the limit");
     }
 
     #[test]

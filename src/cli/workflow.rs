@@ -113,6 +113,7 @@ pub fn engine_config(context: &Context) -> EngineConfig {
         admission: RunAdmission::new(),
         agent_switches: AgentSwitches::new(),
         max_log_bytes: config.config.runs.max_log_bytes,
+        agent_logs: crate::engine::agent_logs::AgentLogs::new(config.config.logging.rotation()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! timeouts, cancellation, logs and durable run records.
 
 pub mod admission;
+pub mod agent_logs;
 pub mod env;
 pub mod expand;
 pub mod junit;

@@ -5,8 +5,7 @@
 //! reported: one flush covers all the steps that finished and started together.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::admission::{AgentSwitches, Policy, Refusal, RunAdmission};
+use super::agent_logs::AgentLogs;
 use super::env::{self, EnvValue};
 use super::expand::{self, ConditionContext, Expanded, Scope, StepState};
 use super::mask::StepLog;
@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub agent_switches: Arc<AgentSwitches>,
     /// The most bytes a step's log holds; output past it is drained and dropped.
     pub max_log_bytes: u64,
+    /// The agents' own logs, rotated by size.
+    pub agent_logs: Arc<AgentLogs>,
 }
 
 /// Something that happened to a run, reported after it is durable.
@@ -1024,17 +1026,13 @@ fn report_data(
 }
 
 fn agent_log(config: &EngineConfig, step: &StepRecord) {
-    let dir = config.log_dir.join("agents");
-    if fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    if let Ok(mut file) = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{}.log", log_name(&step.agent))))
-    {
-        let _ = writeln!(
-            file,
+    let path = config
+        .log_dir
+        .join("agents")
+        .join(format!("{}.log", log_name(&step.agent)));
+    config.agent_logs.append_line(
+        &path,
+        &format!(
             "{} {} {} {}.{} {} {}ms{}",
             now(),
             step.run_id,
@@ -1047,8 +1045,8 @@ fn agent_log(config: &EngineConfig, step: &StepRecord) {
                 .as_ref()
                 .map(|m| format!(" {m}"))
                 .unwrap_or_default()
-        );
-    }
+        ),
+    );
 }
 
 /// Keeps the newest runs of the workflow within its history limit; older runs go with their
@@ -1302,6 +1300,7 @@ impl StepJob<'_> {
             .log_dir
             .join("agents")
             .join(format!("{}.log", log_name(&self.step.agent)));
+        self.config.agent_logs.make_room(&agent_log);
         let mut attempts = Vec::new();
         let total = self.planned.retries + 1;
         for number in 1..=total {

@@ -420,6 +420,9 @@ steps:
             admission: RunAdmission::new(),
             agent_switches: AgentSwitches::new(),
             max_log_bytes: 100 << 20,
+            agent_logs: orchestrator::engine::agent_logs::AgentLogs::new(
+                orchestrator::logging::Rotation::default(),
+            ),
         };
         Engine {
             project,

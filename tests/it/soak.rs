@@ -11,7 +11,9 @@
 //!   runs made, not the wall clock), plus [`RSS_SLACK_KIB`] for the allocator's steps;
 //! - open files or threads grow;
 //! - the store grows: runs kept, webhook deliveries kept, step log directories and the
-//!   data directory's size, while history limits hold.
+//!   data directory's size, while history limits hold;
+//! - a log file outgrows `logging.max_file_bytes` or a log keeps more than
+//!   `logging.max_files` files (the server's, the API's and the agents' logs all rotate).
 //!
 //! The default size takes about two and a half minutes at four times the reference rate;
 //! `ORCHESTRATOR_TEST_LONG=1` (`scripts/test --long`) soaks for an hour at the reference
@@ -176,7 +178,56 @@ fn soak_project() -> tempfile::TempDir {
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
-    crate::server::project(&files)
+    let project = crate::server::project(&files);
+    // Small log files, so that the soak sees every log rotate.
+    let config = project.path().join("config/development.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\n  dir: logs\n"), "{text}");
+    let text = text.replacen(
+        "\n  dir: logs\n",
+        &format!("\n  dir: logs\n  max_file_bytes: {LOG_FILE_BYTES}\n  max_files: {LOG_FILES}\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    project
+}
+
+/// The server's, the API's and the agents' logs: how large each file grows, how many of
+/// each are kept.
+const LOG_FILE_BYTES: u64 = 64 * 1024;
+const LOG_FILES: usize = 3;
+
+/// Every log file outside the step logs, with its size; fails when one is over its size
+/// (a line past it at most) or a log has more files than it may keep.
+fn check_logs(dir: &Path) -> Vec<(String, u64)> {
+    let mut files = Vec::new();
+    for sub in ["logs", "logs/agents"] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let meta = entry.metadata().unwrap();
+            if meta.is_file() {
+                files.push((
+                    format!("{sub}/{}", entry.file_name().to_string_lossy()),
+                    meta.len(),
+                ));
+            }
+        }
+    }
+    for (name, size) in &files {
+        assert!(
+            *size <= LOG_FILE_BYTES + 4096,
+            "{name} holds {size} bytes, more than logging.max_file_bytes: {files:?}"
+        );
+        let base = name.split(".log").next().unwrap();
+        let kept = files
+            .iter()
+            .filter(|(other, _)| other.split(".log").next() == Some(base))
+            .count();
+        assert!(kept <= LOG_FILES, "{kept} files of {base}.log: {files:?}");
+    }
+    files
 }
 
 /// Signed pushes, each a new delivery that starts a run, until `stop`.
@@ -360,6 +411,17 @@ fn steady_traffic_keeps_memory_files_threads_and_the_store_flat() {
         0,
         "answers other than 2xx"
     );
+    let logs = check_logs(dir);
+    for rotated in [
+        "logs/api.log.1",
+        "logs/system.log.1",
+        "logs/agents/shell.log.1",
+    ] {
+        assert!(
+            logs.iter().any(|(name, _)| name == rotated),
+            "{rotated} missing: the log did not rotate in the soak: {logs:?}"
+        );
+    }
     assert!(
         runs_measured as f64 >= size.measured.as_secs_f64(),
         "the traffic did not run: {runs_measured} runs"
