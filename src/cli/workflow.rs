@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use super::backend::Backend;
 use super::client::{ApiClient, ApiFailure};
+use super::manifests::escape_control;
 use super::manifests::{self, table};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::engine::admission::{AgentSwitches, RunAdmission};
@@ -456,12 +457,18 @@ fn print_event(event: &Event, color: bool, log_dir: &std::path::Path) {
     let mut out = std::io::stdout().lock();
     let _ = match event {
         Event::StepStarted { step } => {
-            writeln!(out, "  ▶ {} ({}.{})", step.name, step.agent, step.action)
+            writeln!(
+                out,
+                "  ▶ {} ({}.{})",
+                escape_control(&step.name),
+                escape_control(&step.agent),
+                escape_control(&step.action)
+            )
         }
         Event::StepRetrying { step, delay } => writeln!(
             out,
             "  ↻ {} attempt {} {}; retrying in {}",
-            step.name,
+            escape_control(&step.name),
             step.attempts.len(),
             step.attempts.last().map_or("failed", |a| a.status.as_str()),
             crate::duration::format_duration(*delay)
@@ -480,14 +487,14 @@ fn print_event(event: &Event, color: bool, log_dir: &std::path::Path) {
             let _ = writeln!(
                 out,
                 "  {mark} {} {}{}{}",
-                step.name,
+                escape_control(&step.name),
                 step.status,
                 step.duration_ms
                     .map(|d| format!(" in {}", human_ms(d)))
                     .unwrap_or_default(),
                 step.message
                     .as_ref()
-                    .map(|m| format!(": {m}"))
+                    .map(|m| format!(": {}", escape_control(m)))
                     .unwrap_or_default()
             );
             if matches!(step.status, Status::Failed | Status::TimedOut) {
@@ -516,7 +523,7 @@ fn print_run_end(run: &RunRecord) -> u8 {
         human_ms(run.duration_ms.unwrap_or(0)),
         run.message
             .as_ref()
-            .map(|m| format!(": {m}"))
+            .map(|m| format!(": {}", escape_control(m)))
             .unwrap_or_default()
     );
     if run.status == Status::Succeeded {

@@ -208,7 +208,7 @@ fn a_trigger_without_a_secret_is_an_error_unless_it_says_insecure() {
 fn cli_tables_escape_control_characters_and_json_stays_exact() {
     // YAML's double-quoted `\e` is ESC: the name would turn the terminal red, and `\r`
     // would let the rest of the line overwrite the id.
-    let workflow = "id: wf_evil\nname: \"\\e[31mEvil\\rwf_fake\\u202e\"\nsteps:\n  - name: one\n    command: [\"true\"]\n";
+    let workflow = "id: wf_evil\nname: \"\\e[31mEvil\\rwf_fake\\u202e\"\nsteps:\n  - name: \"\\e[2Jone\"\n    command: [\"true\"]\n";
     let dir = project(&[("workflows/evil.yaml", workflow)]);
     let dir = dir.path();
     cli(dir, &["apply"]).expect_code(0);
@@ -229,8 +229,14 @@ fn cli_tables_escape_control_characters_and_json_stays_exact() {
             "{args:?}: {line}"
         );
     }
-    // A run's page names its workflow the same way.
-    cli(dir, &["workflow", "execute", "wf_evil"]).expect_code(0);
+    // `workflow execute` names the step (which would clear the screen) escaped, and a
+    // run's page names its workflow the same way.
+    let executed = cli(dir, &["workflow", "execute", "wf_evil"]).expect_code(0);
+    assert!(
+        !executed.stdout.contains('\x1b') && executed.stdout.contains("\\x1b[2Jone"),
+        "{:?}",
+        executed.stdout
+    );
     let runs = cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
     let runs: Value = serde_json::from_str(&runs.stdout).unwrap();
     let run = find_run_id(&runs);
