@@ -96,6 +96,19 @@ impl ApiError {
         .with_details(json!({"max_body_bytes": max_body_bytes}))
     }
 
+    /// 408: a request's body did not arrive within `server.body_read_timeout`.
+    pub fn body_timeout(timeout: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request's body did not arrive within {} (server.body_read_timeout)",
+                crate::duration::format_duration(timeout)
+            ),
+        )
+        .with_details(json!({"body_read_timeout_seconds": timeout.as_secs_f64()}))
+    }
+
     /// An error with the code its status implies (for answers produced outside the
     /// handlers, e.g. by axum's extractors).
     pub fn from_status(status: StatusCode, message: impl Into<String>) -> ApiError {

@@ -122,7 +122,7 @@ fn now() -> String {
         (status = 401, description = "The signature (or token) is missing or does not match for every trigger of the path", body = ErrorBody),
         (status = 404, description = "No trigger listens on this path", body = ErrorBody),
         (status = 413, description = "The body is over 25 MB", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within 30 s", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `server.body_read_timeout` (30 s)", body = ErrorBody),
         (status = 415, description = "A form-encoded body: set the webhook's content type to application/json", body = ErrorBody),
         (status = 422, description = "The run could not be started (parameters the workflow refuses, a workflow gone)", body = ErrorBody),
         (status = 500, description = "The store failed", body = ErrorBody),
@@ -134,7 +134,12 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = read_body(&headers, body).await?;
+    let body = read_body(
+        &headers,
+        body,
+        state.config.config.server.body_read_timeout(),
+    )
+    .await?;
     let path = format!("{HOOKS_PREFIX}{path}");
     let (status, value) =
         tokio::task::spawn_blocking(move || deliver(&state, &path, &headers, &body))
@@ -173,13 +178,14 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
-/// How long a delivery's body may take to arrive, all of it. GitHub gives up on a delivery
-/// after 10 s; a sender slower than this would otherwise keep its share of the budget.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// The body, read into one buffer of its declared size (no second copy), at most 25 MB,
-/// within [`BODY_READ_TIMEOUT`].
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
+/// within `timeout` (`server.body_read_timeout`: GitHub gives up on a delivery after 10 s,
+/// and a sender slower than that would otherwise keep its share of the budget).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
     let declared = declared_length(headers).unwrap_or(0) as usize;
     let read = async {
         let mut buffer = Vec::with_capacity(declared.min(MAX_DELIVERY_BYTES));
@@ -195,18 +201,9 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError>
         }
         Ok(buffer)
     };
-    tokio::time::timeout(BODY_READ_TIMEOUT, read)
+    tokio::time::timeout(timeout, read)
         .await
-        .unwrap_or_else(|_| {
-            Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!(
-                    "the delivery's body did not arrive within {} s",
-                    BODY_READ_TIMEOUT.as_secs()
-                ),
-            ))
-        })
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
 }
 
 /// In front of [`receive`]: counts the delivery, refuses one whose `Content-Length` is

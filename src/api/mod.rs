@@ -184,6 +184,11 @@ pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
                     hooks::guard,
                 )),
         )
+        // Inside the guard: a refused request's body is never read.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            body_deadline,
+        ))
         // Before any handler, and before the router's own 404 and 405.
         .layer(middleware::from_fn_with_state(guard, guard::guard))
         .layer(middleware::from_fn_with_state(
@@ -196,6 +201,57 @@ pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
         ))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// Reads a request's body whole within `server.body_read_timeout` before its handler runs:
+/// a client that sends its body a byte at a time keeps its connection busy, so neither the
+/// header-read nor the idle timeout would ever end it. Too slow → 408 and the connection
+/// closes; over `server.max_body_bytes` → 413. Requests without a body (`GET`, `HEAD`,
+/// `/ws`) pass as they are, and so do webhook deliveries to triggers, which take their
+/// share of the body budget first and read their bodies under the same deadline.
+async fn body_deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue, Method};
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let path = request.uri().path();
+    let bodiless = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if bodiless || (path.starts_with("/hooks/") && path != "/hooks/source") {
+        return next.run(request).await;
+    }
+    let server = &state.config.config.server;
+    let (timeout, max) = (server.body_read_timeout(), server.max_body_bytes);
+    let (parts, body) = request.into_parts();
+    let read = async {
+        let mut buffer = Vec::new();
+        let mut chunks = body.into_data_stream();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|err| {
+                ApiError::bad_request(format!("the request's body could not be read: {err}"))
+            })?;
+            if (buffer.len() + chunk.len()) as u64 > max {
+                return Err(ApiError::payload_too_large(max));
+            }
+            buffer.extend_from_slice(&chunk);
+        }
+        Ok(buffer)
+    };
+    let failed = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(bytes)) => {
+            let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+            return next.run(request).await;
+        }
+        Ok(Err(error)) => error,
+        Err(_) => ApiError::body_timeout(timeout),
+    };
+    // The rest of the body is never read: the connection cannot serve another request.
+    let mut response = failed.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Keeps the promise that every error is JSON. The extractors of axum answer on their own

@@ -36,7 +36,8 @@ use crate::engine::model::{
             changes something or opens `/ws` from a web page must come from one of the server's \
             own origins or `server.allowed_origins` (else `403 origin_not_allowed`), and every \
             `POST` and `DELETE` says `Content-Type: application/json`, even with an empty body \
-            (else `415 unsupported_media_type`). With an API token in force (`server.api_token`, \
+            (else `415 unsupported_media_type`). A request's body must arrive whole within \
+            `server.body_read_timeout` (else `408 timeout`). With an API token in force (`server.api_token`, \
             or the one generated for a non-loopback address), every `/api` route and `/ws` need \
             `Authorization: Bearer <token>` (the `bearer` scheme), reads included; `/healthz`, \
             `/readyz` and the dashboard's files stay open, `/metrics` too unless \
@@ -251,7 +252,8 @@ impl Modify for OptionalBodies {
 /// What the request guard (`api::guard`) adds to every operation: the `bearer` scheme on
 /// every `/api` route and `/ws` (optional on `/metrics`) with its 401, the 421 of a Host the
 /// server does not answer to, and on routes that change things (and `/ws`) the 403 of a
-/// foreign Origin and the 415 of a missing JSON content type. `/hooks/` is left as it is.
+/// foreign Origin, the 415 of a missing JSON content type and the 408 of a body that did not
+/// arrive in time. `/hooks/` is left as it is.
 struct GuardAnswers;
 
 impl Modify for GuardAnswers {
@@ -316,6 +318,9 @@ impl Modify for GuardAnswers {
                         error(
                             "No `Content-Type: application/json` (needed even with an empty body)",
                         )
+                    });
+                    responses.entry("408".into()).or_insert_with(|| {
+                        error("The body did not arrive whole within `server.body_read_timeout` (`timeout`)")
                     });
                 }
             }
@@ -565,6 +570,7 @@ mod tests {
                     "{here}: 403"
                 );
                 assert_eq!(responses.contains_key("415"), changes, "{here}: 415");
+                assert_eq!(responses.contains_key("408"), changes, "{here}: 408");
             }
         }
     }

@@ -76,6 +76,7 @@ fn pushed_branch(body: &[u8]) -> Option<String> {
         (status = 401, description = "The signature is missing or does not match, or (no secret) the API token is missing", body = ErrorBody),
         (status = 404, description = "The server reads the manifest directories, not a git repository", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within `server.body_read_timeout`", body = ErrorBody),
     ))]
 pub async fn receive(
     State(state): State<AppState>,

@@ -134,6 +134,10 @@ pub struct ServerConfig {
     /// How long a kept-alive connection may sit idle between requests before it is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: DurationSetting,
+    /// How long a request's body may take to arrive, all of it (webhook deliveries
+    /// included); then the request is answered 408 and the connection closed.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: DurationSetting,
     /// Connections served at once (WebSockets included); further ones wait, unaccepted,
     /// until one closes.
     #[serde(default = "default_max_connections")]
@@ -150,6 +154,21 @@ fn default_header_read_timeout() -> DurationSetting {
 
 fn default_idle_timeout() -> DurationSetting {
     DurationSetting::Seconds(60)
+}
+
+fn default_body_read_timeout() -> DurationSetting {
+    DurationSetting::Seconds(30)
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::body_read_timeout`] as a duration (30 s when unset or zero).
+    pub fn body_read_timeout(&self) -> std::time::Duration {
+        self.body_read_timeout
+            .duration()
+            .ok()
+            .filter(|d| !d.is_zero())
+            .unwrap_or(std::time::Duration::from_secs(30))
+    }
 }
 
 fn default_max_connections() -> u32 {

@@ -468,6 +468,7 @@ fn announce_big_delivery(address: &str, delivery: &str) -> (TcpStream, Answer) {
 fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
     let project = webhook_project();
     let dir = project.path();
+    server_settings(dir, "  body_read_timeout: 2s\n");
     let _server = Server::start(dir);
     let address = address(dir);
     // Two senders take the whole budget and then send almost nothing.
@@ -480,12 +481,12 @@ fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
     }
     let (_, refused) = announce_big_delivery(&address, "meanwhile");
     assert_eq!(refused.status, 503);
-    // Within the body timeout (30 s) and a margin, they are answered 408 and the budget
-    // is free again.
+    // Within the body timeout (`server.body_read_timeout`, 2 s here) and a margin, they
+    // are answered 408 and the budget is free again.
     let started = Instant::now();
     for socket in &stalled {
         socket
-            .set_read_timeout(Some(Duration::from_secs(45)))
+            .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let answer = read_answer(&mut BufReader::new(socket));
         assert_eq!(
@@ -496,9 +497,72 @@ fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
         );
         assert_eq!(answer.json()["error"]["code"], "timeout");
     }
-    assert!(started.elapsed() < Duration::from_secs(45));
+    assert!(started.elapsed() < Duration::from_secs(20));
     let (_, admitted) = announce_big_delivery(&address, "after");
     assert_eq!(admitted.status, 100);
+}
+
+#[test]
+fn a_slow_request_body_is_cut_off_on_every_route() {
+    let project = webhook_project();
+    let dir = project.path();
+    server_settings(dir, "  body_read_timeout: 2s\n");
+    let _server = Server::start(dir);
+    let address = address(dir);
+    // A body that trickles in a byte at a time keeps the connection busy (no idle timeout
+    // fires while a request is in progress), so only a deadline on the whole body ends it.
+    // The trickle stops short of the deadline: bytes the server never reads would turn its
+    // close into a reset.
+    let started = Instant::now();
+    let mut sockets = Vec::new();
+    for path in [
+        "/api/validate",
+        "/api/workflows/wf_build/execute",
+        "/hooks/source",
+    ] {
+        let mut socket = TcpStream::connect(&address).unwrap();
+        write!(
+            socket,
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+        )
+        .unwrap();
+        sockets.push((path, socket));
+    }
+    let trickle_until = started + Duration::from_millis(1500);
+    while Instant::now() < trickle_until {
+        for (_, socket) in &mut sockets {
+            let _ = socket.write_all(b" ");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for (path, socket) in &sockets {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let answer = read_answer(&mut BufReader::new(socket));
+        assert_eq!(
+            answer.status,
+            408,
+            "{path}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(answer.json()["error"]["code"], "timeout", "{path}");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "answered before the deadline"
+    );
+    // Nothing ran.
+    let (base, agent) = base_and_agent(dir);
+    let runs = agent
+        .get(format!("{base}/api/runs"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let runs: Value = serde_json::from_str(&runs).unwrap();
+    assert_eq!(runs["total"], 0, "{runs}");
 }
 
 #[test]
