@@ -1197,30 +1197,16 @@ impl StepJob<'_> {
         let log = match StepLog::open(&log_path, self.config.max_log_bytes) {
             Ok(log) => Arc::new(log),
             Err(err) => {
-                return (
-                    Outcome {
-                        status: Some(Status::Failed),
-                        message: Some(format!("cannot open {}: {err}", log_path.display())),
-                        ..Outcome::default()
-                    },
-                    Vec::new(),
-                )
+                return failed_before_start(format!("cannot open {}: {err}", log_path.display()))
             }
         };
         let Some(agent) = agent_for(&self.step.agent, self.agent_config.as_ref()) else {
             let known: Vec<&str> = BUILTIN_AGENTS.iter().map(|a| a.name).collect();
-            return (
-                Outcome {
-                    status: Some(Status::Failed),
-                    message: Some(format!(
-                        "no agent `{}`: expected {} or an Agent manifest",
-                        self.step.agent,
-                        known.join(", ")
-                    )),
-                    ..Outcome::default()
-                },
-                Vec::new(),
-            );
+            return failed_before_start(format!(
+                "no agent `{}`: expected {} or an Agent manifest",
+                self.step.agent,
+                known.join(", ")
+            ));
         };
         if let Some(outcome) = self.wait_for_agent(&log) {
             return (outcome, Vec::new());
@@ -1242,16 +1228,7 @@ impl StepJob<'_> {
                 p.and_then(|p| p.as_object().cloned()).unwrap_or_default(),
                 c,
             ),
-            Err(err) => {
-                return (
-                    Outcome {
-                        status: Some(Status::Failed),
-                        message: Some(err),
-                        ..Outcome::default()
-                    },
-                    Vec::new(),
-                )
-            }
+            Err(err) => return failed_before_start(err),
         };
         let mut declared = self.base_env.to_vec();
         declared.push((
@@ -1285,14 +1262,7 @@ impl StepJob<'_> {
             }
             Err(err) => {
                 log.note(&err);
-                return (
-                    Outcome {
-                        status: Some(Status::Failed),
-                        message: Some(err),
-                        ..Outcome::default()
-                    },
-                    Vec::new(),
-                );
+                return failed_before_start(err);
             }
         };
         let agent_log = self
@@ -1433,6 +1403,18 @@ impl StepJob<'_> {
         }
         unreachable!("the last attempt returns")
     }
+}
+
+/// A step that failed before any attempt started: nothing ran, `message` says why.
+fn failed_before_start(message: String) -> (Outcome, Vec<Attempt>) {
+    (
+        Outcome {
+            status: Some(Status::Failed),
+            message: Some(message),
+            ..Outcome::default()
+        },
+        Vec::new(),
+    )
 }
 
 /// `key=value` lines, and GitHub's `key<<DELIMITER` blocks, from a step's output file.

@@ -4,8 +4,8 @@
 //! starting a run, `/ws` clients taking every event (run logs included) and API clients
 //! polling the read routes.
 //!
-//! After a warm-up (sled's page cache, the event ring and the allocator's pools fill), it
-//! samples the server every second and fails when
+//! After a warm-up (sled's page cache, the event ring, the metrics window and the
+//! allocator's pools fill), it samples the server every second and fails when
 //! - resident memory grows by more than [`RSS_GROWTH_PER_HOUR_KIB`] per hour of traffic at
 //!   [`REFERENCE_RUNS_PER_HOUR`] (a larger rate compresses the hour: the budget follows the
 //!   runs made, not the wall clock), plus [`RSS_SLACK_KIB`] for the allocator's steps;
@@ -188,9 +188,16 @@ fn soak_project() -> tempfile::TempDir {
         &format!("\n  dir: logs\n  max_file_bytes: {LOG_FILE_BYTES}\n  max_files: {LOG_FILES}\n"),
         1,
     );
+    // Workflow and agent metrics keep an entry per run finished within their window (an
+    // hour by default): a short window fills during the warm-up, as the history limits do.
+    assert!(!text.contains("\nmonitoring:"), "{text}");
+    let text = format!("{text}monitoring:\n  metrics_window: {METRICS_WINDOW}\n");
     std::fs::write(&config, text).unwrap();
     project
 }
+
+/// The window of workflow and agent metrics in the soak: shorter than the warm-up.
+const METRICS_WINDOW: &str = "30s";
 
 /// The server's, the API's and the agents' logs: how large each file grows, how many of
 /// each are kept.

@@ -464,6 +464,21 @@ fn announce_big_delivery(address: &str, delivery: &str) -> (TcpStream, Answer) {
     (socket, answer)
 }
 
+/// Reads the answer to a request whose body never arrived whole: `408 timeout`, within 20 s.
+fn expect_body_timeout(socket: &TcpStream, path: &str) {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let answer = read_answer(&mut BufReader::new(socket));
+    assert_eq!(
+        answer.status,
+        408,
+        "{path}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["error"]["code"], "timeout", "{path}");
+}
+
 #[test]
 fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
     let project = webhook_project();
@@ -485,17 +500,7 @@ fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
     // are answered 408 and the budget is free again.
     let started = Instant::now();
     for socket in &stalled {
-        socket
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let answer = read_answer(&mut BufReader::new(socket));
-        assert_eq!(
-            answer.status,
-            408,
-            "{}",
-            String::from_utf8_lossy(&answer.body)
-        );
-        assert_eq!(answer.json()["error"]["code"], "timeout");
+        expect_body_timeout(socket, "/hooks/push");
     }
     assert!(started.elapsed() < Duration::from_secs(20));
     let (_, admitted) = announce_big_delivery(&address, "after");
@@ -536,17 +541,7 @@ fn a_slow_request_body_is_cut_off_on_every_route() {
         std::thread::sleep(Duration::from_millis(250));
     }
     for (path, socket) in &sockets {
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let answer = read_answer(&mut BufReader::new(socket));
-        assert_eq!(
-            answer.status,
-            408,
-            "{path}: {}",
-            String::from_utf8_lossy(&answer.body)
-        );
-        assert_eq!(answer.json()["error"]["code"], "timeout", "{path}");
+        expect_body_timeout(socket, path);
     }
     assert!(
         started.elapsed() >= Duration::from_secs(2),
