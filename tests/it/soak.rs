@@ -35,8 +35,12 @@ use crate::server::{ws_connect, ws_send, Server};
 const REFERENCE_RUNS_PER_HOUR: f64 = 6.0 * 3600.0;
 /// Growth of resident memory allowed per hour of reference traffic.
 const RSS_GROWTH_PER_HOUR_KIB: f64 = 5.0 * 1024.0;
-/// Allowed on top: the allocator takes and returns memory in steps of its own.
-const RSS_SLACK_KIB: f64 = 1536.0;
+/// Allowed on top: the allocator takes and returns memory in steps of its own. Measured
+/// at the default size (debug build, about 1,900 runs after the warm-up): 1.7–2.0 MiB with
+/// jemalloc, 3.5 MiB with glibc's malloc, 4.4 MiB with mimalloc. At that size the check
+/// catches a leak of a few KiB per run; the hour of `--long` is what holds the server to
+/// 5 MiB an hour.
+const RSS_SLACK_KIB: f64 = 2.5 * 1024.0;
 /// Runs each workflow keeps; deliveries the trigger keeps.
 const HISTORY_LIMIT: usize = 20;
 const DELIVERY_HISTORY_LIMIT: usize = 50;
