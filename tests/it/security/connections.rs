@@ -343,6 +343,10 @@ fn deliver(dir: &Path, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u1
     )
 }
 
+/// A push to `main` the test trigger accepts.
+const PUSH: &[u8] =
+    br#"{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567"}"#;
+
 fn get_json(dir: &Path, path: &str) -> Value {
     let (base, agent) = base_and_agent(dir);
     let mut response = agent.get(format!("{base}{path}")).call().unwrap();
@@ -433,8 +437,7 @@ fn parallel_unsigned_webhook_bodies_are_buffered_under_a_budget() {
         mib(idle)
     );
     // Budget given back: a signed delivery goes through.
-    let body =
-        br#"{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567"}"#;
+    let body = PUSH;
     let signature = sign(body);
     let (status, answer) = deliver(
         dir,
@@ -548,15 +551,7 @@ fn a_slow_request_body_is_cut_off_on_every_route() {
         "answered before the deadline"
     );
     // Nothing ran.
-    let (base, agent) = base_and_agent(dir);
-    let runs = agent
-        .get(format!("{base}/api/runs"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    let runs: Value = serde_json::from_str(&runs).unwrap();
+    let runs = get_json(dir, "/api/runs");
     assert_eq!(runs["total"], 0, "{runs}");
 }
 
@@ -565,8 +560,7 @@ fn rejected_deliveries_do_not_push_accepted_ones_out_of_the_history() {
     let project = webhook_project();
     let dir = project.path();
     let _server = Server::start(dir);
-    let body =
-        br#"{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567"}"#;
+    let body = PUSH;
     let signature = sign(body);
     for i in 0..3 {
         let delivery = format!("signed-{i}");
@@ -621,8 +615,7 @@ fn a_github_delivery_without_its_id_is_refused() {
     let dir = project.path();
     let _server = Server::start(dir);
     let before = get_json(dir, "/api/runs")["total"].as_u64().unwrap();
-    let body =
-        br#"{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567"}"#;
+    let body = PUSH;
     let signature = sign(body);
     let (status, answer) = deliver(
         dir,
