@@ -44,7 +44,7 @@ impl ApiClient {
                 reference,
                 &context.config.project_dir,
             )?),
-            None => crate::server::api_token::read(&context.data_dir()),
+            None => crate::config::api_token::read(&context.data_dir()),
         };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)

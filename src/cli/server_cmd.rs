@@ -166,10 +166,10 @@ fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) 
             );
             let generated = context.config.config.server.api_token.is_none()
                 && !args.insecure
-                && !server::api_token::is_loopback(host);
+                && !crate::config::api_token::is_loopback(host);
             if let (true, Some(token), Ok(address)) = (
                 generated,
-                server::api_token::read(&data_dir),
+                crate::config::api_token::read(&data_dir),
                 info.address.parse::<std::net::SocketAddr>(),
             ) {
                 print!("{}", token_notice(&address, &token, &data_dir));
@@ -206,7 +206,7 @@ fn token_notice(address: &std::net::SocketAddr, token: &str, data_dir: &std::pat
     }
     let mut text = format!(
         "this address is reachable from other machines, so the API needs a token: one was generated and kept in {} (the local command line reads it there; set server.api_token to choose your own). Open the dashboard with:\n",
-        server::api_token::path(data_dir).display()
+        crate::config::api_token::path(data_dir).display()
     );
     for host in hosts {
         text.push_str(&format!("    http://{host}:{port}/#token={token}\n"));

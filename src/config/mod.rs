@@ -3,6 +3,8 @@
 //! `ORCHESTRATOR_*` environment variables, then command-line flags. The file is validated
 //! against `schemas/config.json` with the same diagnostics as manifests.
 
+pub mod api_token;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,6 @@
 //! HTTP server (REST, WebSocket, metrics). Everything it reports goes through the event bus
 //! once it is durable.
 
-pub mod api_token;
 pub mod controller;
 pub mod http;
 pub mod log_tail;
@@ -60,7 +59,7 @@ pub struct Shared {
     /// One reconcile at a time.
     pub reconcile_lock: Mutex<()>,
     /// The API token in force: configured (`server.api_token`) or generated for a
-    /// non-loopback address (see [`api_token`]).
+    /// non-loopback address (see [`crate::config::api_token`]).
     pub api_token: Option<String>,
     /// The git repository followed instead of the manifest directories, when one is
     /// configured (`source.git` or `start --source`).
@@ -655,7 +654,7 @@ pub struct StartOptions {
 /// Resolves the API token's reference: `env:NAME` or `file:PATH` (relative to the
 /// project). An empty or blank token is an error.
 pub fn resolve_secret(reference: &str, project_dir: &std::path::Path) -> anyhow::Result<String> {
-    api_token::check_not_blank(
+    crate::config::api_token::check_not_blank(
         resolve_secret_named("API token", reference, project_dir)?,
         reference,
     )
@@ -703,7 +702,12 @@ pub fn serve(
         Some(reference) => Some(resolve_secret(reference, &config.project_dir)?),
         None => None,
     };
-    let token = api_token::decide(configured_token, &options.host, options.insecure, &data_dir)?;
+    let token = crate::config::api_token::decide(
+        configured_token,
+        &options.host,
+        options.insecure,
+        &data_dir,
+    )?;
     let api_token = token.value().map(str::to_owned);
     let git = source::GitState::from_config(&config, options.source.as_deref())?;
     let store = Arc::new(Store::open(&data_dir)?);
@@ -847,7 +851,7 @@ pub fn serve(
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(%address, "listening");
     match &token {
-        api_token::ApiToken::Generated(value) => on_ready(&address, Some(value)),
+        crate::config::api_token::ApiToken::Generated(value) => on_ready(&address, Some(value)),
         _ => on_ready(&address, None),
     }
 
