@@ -14,6 +14,7 @@ mod dashboard_monitoring;
 mod dashboard_ops;
 mod editor_api;
 mod engine;
+mod exact;
 mod flow;
 mod fuzz_regressions;
 mod git_source;

@@ -1,0 +1,1 @@
+//! Alert rules created and edited in the dashboard, saved as `Alert` manifests.

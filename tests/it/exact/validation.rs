@@ -1,0 +1,1 @@
+//! Validation and partial applies: references resolved against the whole desired set, every violation in one pass, run-time problems caught at validate time, schemas that accept what `validate` accepts, clean failures of the create commands.
