@@ -151,6 +151,15 @@ impl ConditionError {
             message: message.into(),
         }
     }
+
+    /// The message validation reports for a condition field with this error (the API's
+    /// condition check answers the same words).
+    pub fn validation_message(&self) -> String {
+        format!(
+            "invalid condition at column {}: {}",
+            self.column, self.message
+        )
+    }
 }
 
 /// Parses an alert condition such as `system.cpu_percent > 80`.

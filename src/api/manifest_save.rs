@@ -205,17 +205,12 @@ fn target(state: &AppState, body: ManifestBody) -> Result<Target, ApiError> {
     let mut header = String::new();
     let file = match &existing {
         Some(record) => {
-            let file = record.source_file.clone();
-            if !inside_project(&file) {
-                return Err(ApiError::conflict(format!(
-                    "{kind} {} is declared in {file}, outside the project: edit that file itself",
-                    record.key.id
-                )));
-            }
             if state.git.is_none() {
-                header = existing_header(state, record, &file)?;
+                header = rewritable_header(state, record)?;
+            } else {
+                inside(record)?;
             }
-            file
+            record.source_file.clone()
         }
         None => {
             if let Some(id) = &id {
@@ -266,6 +261,32 @@ fn target(state: &AppState, body: ManifestBody) -> Result<Target, ApiError> {
         existing,
         text,
     })
+}
+
+/// Refuses an object declared outside the project (`409`).
+fn inside(record: &ObjectRecord) -> Result<(), ApiError> {
+    let file = &record.source_file;
+    if inside_project(file) {
+        Ok(())
+    } else {
+        Err(ApiError::conflict(format!(
+            "{} {} is declared in {file}, outside the project: edit that file itself",
+            record.key.kind, record.key.id
+        ))
+        .with_details(json!({"file": file})))
+    }
+}
+
+/// The leading comments of the project file `record` is declared in, once it is known that
+/// saving may rewrite that file: inside the project, YAML, and holding that one document
+/// (`409` saying why otherwise). Saving checks this, and so do the editors before they
+/// offer to save.
+pub(super) fn rewritable_header(
+    state: &AppState,
+    record: &ObjectRecord,
+) -> Result<String, ApiError> {
+    inside(record)?;
+    existing_header(state, record, &record.source_file)
 }
 
 /// The leading comments of the file an edited object lives in, once it is known that the
@@ -502,8 +523,8 @@ fn object_json(record: &ObjectRecord) -> Value {
 /// `409` when an object with its id or that file exists). With `id`, replaces that object's
 /// manifest in the YAML file it is declared in, keeping the file's leading comments (`200`;
 /// a new name renames it). An invalid manifest is refused with `422` and its diagnostics
-/// (`details.diagnostics`, each with the JSON pointer into the manifest), and nothing is
-/// written. In git-source mode nothing is written either (`409`): commit the file instead
+/// (`details.diagnostics`, each with the JSON pointer into the manifest; `details.pointer`
+/// that of the first error), and nothing is written. In git-source mode nothing is written either (`409`): commit the file instead
 /// (`POST /api/validate` gives its text).
 #[utoipa::path(post, path = "/api/manifests", tag = "manifests",
     request_body(content = ManifestBody, content_type = "application/json",
@@ -520,7 +541,7 @@ fn object_json(record: &ObjectRecord) -> Value {
         (status = 409, description = "Git-source mode; or the object exists (create) or lives in a JSON or multi-document file (replace); or its directory is not among `manifests.paths`", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
         (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
-        (status = 422, description = "The manifest is invalid: `details.diagnostics` say why; nothing was written", body = ErrorBody),
+        (status = 422, description = "The manifest is invalid: `details.diagnostics` say why, `details.pointer` is the first invalid field; nothing was written", body = ErrorBody),
         (status = 500, description = "The file or the store cannot be written", body = ErrorBody),
     ))]
 pub async fn save(
@@ -564,7 +585,11 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
             "invalid",
             format!("the manifest is not valid; nothing was written: {reason}"),
         )
-        .with_details(json!({"diagnostics": diagnostics, "file": target.file})));
+        .with_details(json!({
+            "diagnostics": diagnostics,
+            "file": target.file,
+            "pointer": diagnostics.iter().find(|d| d.is_error()).map(|d| d.pointer.clone()),
+        })));
     }
     let Some(id) = target.id.clone() else {
         // Validation reports a manifest without a usable name; this is a backstop.

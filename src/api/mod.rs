@@ -7,6 +7,7 @@
 
 mod agent_metrics;
 mod agent_runs;
+mod alert_rules;
 mod alerts;
 mod error;
 pub mod guard;
@@ -67,6 +68,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/manifests"),
     ("POST", "/api/manifests"),
     ("POST", "/api/validate"),
+    ("POST", "/api/validate/condition"),
     ("GET", "/api/dashboards"),
     ("GET", "/api/dashboards/{id}"),
     ("GET", "/api/agent-types"),
@@ -84,6 +86,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/hooks/{path}"),
     ("GET", "/api/alerts"),
     ("GET", "/api/alerts/{id}"),
+    ("GET", "/api/alerts/{id}/manifest"),
+    ("GET", "/api/notification-channels"),
     ("GET", "/api/silences"),
     ("POST", "/api/silences"),
     ("DELETE", "/api/silences/{id}"),
@@ -141,6 +145,10 @@ pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
             get(handlers::list_manifests).post(manifest_save::save),
         )
         .route("/api/validate", post(manifest_save::validate))
+        .route(
+            "/api/validate/condition",
+            post(alert_rules::validate_condition),
+        )
         .route("/api/dashboards", get(manifest_save::list_dashboards))
         .route("/api/dashboards/{id}", get(manifest_save::show_dashboard))
         .route("/api/agent-types", get(manifest_save::agent_types))
@@ -162,6 +170,14 @@ pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
         .route("/api/system/metrics", get(monitor::system_metrics))
         .route("/api/alerts", get(alerts::list_alerts))
         .route("/api/alerts/{id}", get(alerts::show_alert))
+        .route(
+            "/api/alerts/{id}/manifest",
+            get(alert_rules::alert_manifest),
+        )
+        .route(
+            "/api/notification-channels",
+            get(alert_rules::notification_channels),
+        )
         .route(
             "/api/silences",
             get(alerts::list_silences).post(alerts::create_silence),

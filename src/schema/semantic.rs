@@ -24,12 +24,9 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
         "timezone" => crate::cron::parse_time_zone(text)
             .err()
             .map(|e| (e.to_string(), None)),
-        "condition" => crate::condition::parse_condition(text).err().map(|e| {
-            (
-                format!("invalid condition at column {}: {}", e.column, e.message),
-                u32::try_from(e.column).ok(),
-            )
-        }),
+        "condition" => crate::condition::parse_condition(text)
+            .err()
+            .map(|e| (e.validation_message(), u32::try_from(e.column).ok())),
         "git-url" => crate::source::git::check_url(text).err().map(|e| (e, None)),
         "git-branch" => crate::source::git::check_branch(text)
             .err()

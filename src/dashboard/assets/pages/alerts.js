@@ -3,10 +3,13 @@
 // delivery on each channel; one alert (`#/alerts/<id>`) with its transition history; the
 // silences, created from here (for an alert or by label) and expired from here. Live: an
 // `alert_firing` or `alert_resolved` event updates the page and shows a toast; a new or
-// changed alert manifest (`manifest_applied`) shows up without a reload.
+// changed alert manifest (`manifest_applied`) shows up without a reload. **New rule**
+// (`#/alerts/new`) and **Edit** (`#/alerts/<id>/edit`) open the rule editor
+// (`lib/alert-editor.js`), which saves Alert manifests under `alerts/`.
 
 import { html, setHTML, el, badge, relTime, facts, table, href, errorBox, toast, pageHeader, debounce, lineChart } from "../lib/ui.js";
 import { seg } from "../lib/api.js";
+import { renderAlertEditor } from "../lib/alert-editor.js";
 
 const STATES = ["firing", "pending", "resolved", "inactive"];
 const DURATIONS = [
@@ -22,6 +25,8 @@ const DURATIONS = [
 const REFRESH_MS = 5000;
 
 export async function render(ctx) {
+  if (ctx.params[0] === "new" && ctx.params.length === 1) return renderAlertEditor(ctx, null);
+  if (ctx.params[0] && ctx.params[1] === "edit") return renderAlertEditor(ctx, ctx.params[0]);
   if (ctx.params[0]) return detail(ctx, ctx.params[0]);
   return list(ctx);
 }
@@ -207,8 +212,9 @@ async function list(ctx) {
     <section><h2>Silences</h2><div data-section="silences"></div></section>`,
   );
   const part = (name) => root.querySelector(`[data-section="${name}"]`);
-  const newSilence = el("button", { type: "button", class: "primary", "data-action": "new-silence" }, "New silence");
-  root.querySelector("[data-actions]").append(newSilence);
+  const newSilence = el("button", { type: "button", "data-action": "new-silence" }, "New silence");
+  const newRule = el("a", { class: "button primary", href: "#/alerts/new", "data-action": "new-alert" }, "New rule");
+  root.querySelector("[data-actions]").append(newRule, newSilence);
   let rules = [];
 
   function openForm(alert) {
@@ -248,10 +254,10 @@ async function list(ctx) {
           { label: "Evaluates", render: conditionNow, class: "wide" },
           { label: "Labels", render: (a) => labelChips(a.labels, { all: false }), class: "hide-narrow" },
           { label: "Last delivery", render: deliveries },
-          { label: "", render: (a) => html`<button type="button" data-silence-alert="${a.id}" aria-label="Silence ${a.name}">Silence</button>` },
+          { label: "", render: (a) => html`<span class="row-actions"><a class="button" href="${href("alerts", a.id, "edit")}" data-edit-alert="${a.id}" aria-label="Edit ${a.name}">Edit</a> <button type="button" data-silence-alert="${a.id}" aria-label="Silence ${a.name}">Silence</button></span>` },
         ],
         sorted,
-        { empty: "No alert rules: add one under alerts/ in the project.", rowAttrs: (a) => ({ "data-alert": a.id, "data-state": a.state }) },
+        { empty: "No alert rules: create one with New rule, or add one under alerts/ in the project.", rowAttrs: (a) => ({ "data-alert": a.id, "data-state": a.state }) },
       ),
     );
     part("alerts").querySelectorAll("[data-silence-alert]").forEach((b) => b.addEventListener("click", () => openForm(b.dataset.silenceAlert)));
@@ -309,7 +315,8 @@ async function detail(ctx, id) {
   );
   const part = (name) => root.querySelector(`[data-section="${name}"]`);
   const silenceButton = el("button", { type: "button", class: "primary", "data-action": "new-silence" }, "Silence this alert");
-  root.querySelector("[data-actions]").append(silenceButton);
+  const editButton = el("a", { class: "button", href: href("alerts", id, "edit"), "data-action": "edit" }, "Edit rule");
+  root.querySelector("[data-actions]").append(editButton, silenceButton);
   let alert = null;
 
   async function load() {
