@@ -604,6 +604,7 @@ fn create_an_alert_rule_in_the_dashboard_see_its_condition_checked_and_the_rule_
         browser
             .wait_text("tr[data-alert='alert_disk-filling-up']", "Disk filling up")
             .await;
+        browser.screenshot("alert-editor-saved").await;
         let text = fs::read_to_string(dir.join("alerts/disk-filling-up.yaml"))
             .expect("alerts/disk-filling-up.yaml");
         assert_contains_all(
@@ -646,6 +647,19 @@ fn create_an_alert_rule_in_the_dashboard_see_its_condition_checked_and_the_rule_
         assert_eq!(save, json!(0));
         browser.wait_element("[data-action='copy']").await;
         browser.assert_no_errors("a rule that cannot be saved here").await;
+
+        // Readable at 768 pixels: nothing wider than the window.
+        browser.resize((768, 1000)).await;
+        browser.route("#/alerts/new", "alerts").await;
+        browser.wait_element("[data-form='alert-editor']").await;
+        let overflow = browser
+            .js(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                vec![],
+            )
+            .await;
+        assert!(overflow.as_i64().unwrap_or(1) <= 0, "the alert editor is wider than 768 px");
+        browser.screenshot("alert-editor-768").await;
         browser.close().await;
     });
 }
