@@ -139,7 +139,8 @@ pub struct Outcome {
     pub outputs: Map<String, Value>,
     /// Test cases found.
     pub tests: Vec<TestCase>,
-    /// Files produced, relative to the project directory where possible.
+    /// Files produced, relative to the project directory where possible (the engine
+    /// copies them into the run's own directory as the step ends).
     pub artifacts: Vec<String>,
 }
 
