@@ -1,5 +1,7 @@
 //! Run reports for the `report_generator` agent: a self-contained HTML page (detailed or
-//! summary, compared with the workflow's previous run), JUnit XML and JSON.
+//! summary, compared with the workflow's previous run), JUnit XML of the run's test suites
+//! and JSON. Each renders the run record and steps it is given, so a report written once
+//! the run is final says what the run record says.
 
 use std::fmt::Write as _;
 
@@ -280,108 +282,89 @@ pub fn render_html(
     html
 }
 
-/// JUnit XML: one `<testsuite>` per step that reported tests, and a `steps` suite with one
-/// case per step.
+/// JUnit XML of the run's test results: the suites the steps reported, each with its own
+/// cases in order (a step's cases without a suite name go in a suite named after the
+/// step). The steps themselves are not test cases, so the root's totals are the run's test
+/// totals and its `time` is the sum of its cases' times.
 pub fn render_junit(current: &RunView<'_>) -> String {
     let mut suites = String::new();
-    let mut totals = TestSummary::default();
     let mut total_time = 0.0;
-    let write_case = |out: &mut String,
-                      classname: &str,
-                      name: &str,
-                      time: f64,
-                      status: TestStatus,
-                      message: Option<&str>,
-                      details: Option<&str>| {
-        let _ = write!(
-            out,
-            "    <testcase classname=\"{}\" name=\"{}\" time=\"{time:.3}\"",
-            escape(classname),
-            escape(name)
-        );
-        let tag = match status {
-            TestStatus::Passed => {
-                out.push_str("/>\n");
-                return;
-            }
-            TestStatus::Failed => "failure",
-            TestStatus::Error => "error",
-            TestStatus::Skipped => "skipped",
-        };
-        let _ = writeln!(
-            out,
-            "><{tag} message=\"{}\">{}</{tag}></testcase>",
-            escape(message.unwrap_or("")),
-            escape(details.unwrap_or(""))
-        );
-    };
-    for step in current.steps.iter().filter(|s| !s.tests.is_empty()) {
-        let summary = TestSummary::of(&step.tests);
-        let time: f64 = step.tests.iter().map(|c| c.time_seconds).sum();
-        totals.add(summary);
-        total_time += time;
-        let _ = writeln!(
-            suites,
-            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{time:.3}\">",
-            escape(&step.name),
-            summary.total,
-            summary.failed,
-            summary.errors,
-            summary.skipped
-        );
-        for case in &step.tests {
-            write_case(
-                &mut suites,
-                &case.classname,
-                &case.name,
-                case.time_seconds,
-                case.status,
-                case.message.as_deref(),
-                case.details.as_deref(),
-            );
-        }
-        suites.push_str("  </testsuite>\n");
-    }
-    let mut steps = TestSummary::default();
-    let mut step_cases = String::new();
     for step in current.steps {
-        let status = match step.status {
-            Status::Failed | Status::TimedOut | Status::Interrupted => TestStatus::Failed,
-            Status::Skipped | Status::Cancelled => TestStatus::Skipped,
-            _ => TestStatus::Passed,
-        };
-        steps.total += 1;
-        match status {
-            TestStatus::Failed => steps.failed += 1,
-            TestStatus::Skipped => steps.skipped += 1,
-            _ => steps.passed += 1,
+        // The step's suites in the order their first case appears.
+        let mut groups: Vec<(&str, Vec<&TestCase>)> = Vec::new();
+        for case in &step.tests {
+            let name = if case.suite.is_empty() {
+                step.name.as_str()
+            } else {
+                case.suite.as_str()
+            };
+            match groups.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, cases)) => cases.push(case),
+                None => groups.push((name, vec![case])),
+            }
         }
-        write_case(
-            &mut step_cases,
-            "orchestrator.steps",
-            &step.name,
-            step.duration_ms.unwrap_or(0) as f64 / 1000.0,
-            status,
-            step.message.as_deref(),
-            None,
-        );
+        for (name, cases) in groups {
+            let summary = TestSummary::of(cases.iter().copied());
+            let time: f64 = cases.iter().map(|c| c.time_seconds).sum();
+            total_time += time;
+            let _ = writeln!(
+                suites,
+                "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{time:.3}\">",
+                escape(name),
+                summary.total,
+                summary.failed,
+                summary.errors,
+                summary.skipped
+            );
+            for case in cases {
+                write_case(&mut suites, case);
+            }
+            suites.push_str("  </testsuite>\n");
+        }
     }
-    let step_time = current.run.duration_ms.unwrap_or(0) as f64 / 1000.0;
-    let _ = writeln!(
-        suites,
-        "  <testsuite name=\"steps\" tests=\"{}\" failures=\"{}\" errors=\"0\" skipped=\"{}\" time=\"{step_time:.3}\">\n{step_cases}  </testsuite>",
-        steps.total, steps.failed, steps.skipped
-    );
-    totals.add(steps);
+    let totals = current.summary();
     format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{:.3}\">\n{suites}</testsuites>\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"{}\" tests=\"{}\" failures=\"{}\" errors=\"{}\" skipped=\"{}\" time=\"{total_time:.3}\">\n{suites}</testsuites>\n",
         escape(&current.run.workflow_name),
         totals.total,
         totals.failed,
         totals.errors,
         totals.skipped,
-        total_time + step_time
     )
+}
+
+/// One `<testcase>`: its outcome element with message and details, and its output.
+fn write_case(out: &mut String, case: &TestCase) {
+    let _ = write!(
+        out,
+        "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+        escape(&case.classname),
+        escape(&case.name),
+        case.time_seconds
+    );
+    let tag = match case.status {
+        TestStatus::Passed => None,
+        TestStatus::Failed => Some("failure"),
+        TestStatus::Error => Some("error"),
+        TestStatus::Skipped => Some("skipped"),
+    };
+    if tag.is_none() && case.output.is_none() {
+        out.push_str("/>\n");
+        return;
+    }
+    out.push('>');
+    if let Some(tag) = tag {
+        let _ = write!(
+            out,
+            "<{tag} message=\"{}\">{}</{tag}>",
+            escape(case.message.as_deref().unwrap_or("")),
+            escape(case.details.as_deref().unwrap_or(""))
+        );
+    }
+    if let Some(output) = &case.output {
+        let _ = write!(out, "<system-out>{}</system-out>", escape(output));
+    }
+    out.push_str("</testcase>\n");
 }
 
 /// The run, its steps and its tests as one JSON value.
@@ -476,16 +459,26 @@ mod tests {
 
     #[test]
     fn junit_round_trips() {
-        let (run, steps) = run();
+        let (run, mut steps) = run();
+        steps[0].tests[0].output = Some("said <hi>".into());
         let xml = render_junit(&RunView {
             run: &run,
             steps: &steps,
         });
         let cases = crate::engine::junit::parse_junit(&xml).unwrap();
-        assert_eq!(cases.len(), 3, "two test cases and one step");
+        assert_eq!(
+            cases.len(),
+            2,
+            "the test cases, and no case per step: {xml}"
+        );
+        assert_eq!(cases[0].suite, "api", "the suite's own name: {xml}");
+        assert_eq!(cases[0].output.as_deref(), Some("said <hi>"));
         assert_eq!(cases[1].status, TestStatus::Failed);
         assert_eq!(cases[1].message.as_deref(), Some("<b>boom</b>"));
-        assert_eq!(cases[2].classname, "orchestrator.steps");
+        assert!(
+            xml.contains("<testsuites name=\"X &lt;script&gt;\" tests=\"2\" failures=\"1\" errors=\"0\" skipped=\"0\" time=\"1.000\">"),
+            "{xml}"
+        );
         let value = render_json(&RunView {
             run: &run,
             steps: &steps,

@@ -139,7 +139,8 @@ pub struct Outcome {
     pub outputs: Map<String, Value>,
     /// Test cases found.
     pub tests: Vec<TestCase>,
-    /// Files produced, relative to the project directory where possible.
+    /// Files produced, relative to the project directory where possible (the engine
+    /// copies them into the run's own directory as the step ends).
     pub artifacts: Vec<String>,
 }
 
@@ -389,7 +390,8 @@ fn relative(base: &Path, path: &Path) -> String {
 }
 
 /// `report_generator`: HTML (detailed or summary), JUnit and JSON reports of the run so far,
-/// written to `reports/<run-id>/`.
+/// written to `reports/<run-id>/`. The engine writes them again once the run's state is
+/// final (see [`write_report`]), so a finished run's reports say how it ended.
 struct ReportGenerator;
 
 impl Agent for ReportGenerator {
@@ -402,51 +404,16 @@ impl Agent for ReportGenerator {
         let Some(data) = context.reports else {
             return Outcome::failed("no run data to report on");
         };
-        let current = RunView {
-            run: &data.current.0,
-            steps: &data.current.1,
+        let shown = match write_report(
+            action,
+            parameters,
+            data,
+            context.reports_dir,
+            context.project_dir,
+        ) {
+            Ok(shown) => shown,
+            Err(err) => return Outcome::failed(err),
         };
-        let previous = data
-            .previous
-            .as_ref()
-            .map(|(run, steps)| RunView { run, steps });
-        let dir = context.reports_dir.join(context.run_id);
-        if let Err(err) = fs::create_dir_all(&dir) {
-            return Outcome::failed(format!("cannot create {}: {err}", dir.display()));
-        }
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let (file, content) = match action {
-            "generate_html_report" => {
-                let name = parameters
-                    .get("template")
-                    .and_then(Value::as_str)
-                    .unwrap_or("detailed");
-                let Some(template) = HtmlTemplate::parse(name) else {
-                    return Outcome::failed(format!(
-                        "unknown report template `{name}`: expected detailed or summary"
-                    ));
-                };
-                (
-                    "report.html",
-                    report::render_html(&current, previous.as_ref(), template, &now),
-                )
-            }
-            "generate_junit_report" => ("junit.xml", report::render_junit(&current)),
-            "generate_json_report" => (
-                "report.json",
-                serde_json::to_string_pretty(&report::render_json(&current)).unwrap_or_default(),
-            ),
-            other => {
-                return Outcome::failed(format!(
-                    "report_generator has no action `{other}` (it has: generate_html_report, generate_junit_report, generate_json_report)"
-                ))
-            }
-        };
-        let path = dir.join(file);
-        if let Err(err) = fs::write(&path, content) {
-            return Outcome::failed(format!("cannot write {}: {err}", path.display()));
-        }
-        let shown = relative(context.project_dir, &path);
         context.note(&format!("wrote {shown}"));
         let mut outputs = Map::new();
         outputs.insert("report".into(), Value::from(shown.clone()));
@@ -458,6 +425,64 @@ impl Agent for ReportGenerator {
             ..Outcome::default()
         }
     }
+}
+
+/// Writes the report a `report_generator` action makes of `data.current` into
+/// `<reports_dir>/<run-id>/` and returns its path relative to the project (absolute when
+/// the reports lie outside it). The error says what could not be done.
+pub fn write_report(
+    action: &str,
+    parameters: &Map<String, Value>,
+    data: &ReportData,
+    reports_dir: &Path,
+    project_dir: &Path,
+) -> Result<String, String> {
+    let current = RunView {
+        run: &data.current.0,
+        steps: &data.current.1,
+    };
+    let previous = data
+        .previous
+        .as_ref()
+        .map(|(run, steps)| RunView { run, steps });
+    let dir = reports_dir.join(&current.run.id);
+    fs::create_dir_all(&dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (file, content) = match action {
+        "generate_html_report" => {
+            let name = parameters
+                .get("template")
+                .and_then(Value::as_str)
+                .unwrap_or("detailed");
+            let Some(template) = HtmlTemplate::parse(name) else {
+                return Err(format!(
+                    "unknown report template `{name}`: expected detailed or summary"
+                ));
+            };
+            (
+                "report.html",
+                report::render_html(&current, previous.as_ref(), template, &now),
+            )
+        }
+        "generate_junit_report" => ("junit.xml", report::render_junit(&current)),
+        "generate_json_report" => (
+            "report.json",
+            serde_json::to_string_pretty(&report::render_json(&current)).unwrap_or_default(),
+        ),
+        other => {
+            return Err(format!(
+                "report_generator has no action `{other}` (it has: generate_html_report, generate_junit_report, generate_json_report)"
+            ))
+        }
+    };
+    let path = dir.join(file);
+    // Written whole beside the report and renamed over it: a reader sees the old report or
+    // the new one, never half of one.
+    let partial = dir.join(format!(".{file}.partial"));
+    fs::write(&partial, content)
+        .and_then(|()| fs::rename(&partial, &path))
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    Ok(relative(project_dir, &path))
 }
 
 /// `http`: `request` with method, url, headers and body, checking the response against

@@ -642,8 +642,10 @@ pub async fn cancel_run(
 #[derive(Debug, Deserialize, Default, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RerunBody {
-    /// Keep the steps that succeeded (and their outputs) and run from the first that did
-    /// not; default false, everything runs again.
+    /// Run again the steps that did not succeed and everything downstream of them
+    /// (through `depends_on`, or listed order), keeping the result and outputs of the
+    /// steps that succeeded upstream of no failure; report steps always run again. Default
+    /// false: everything runs again.
     from_failed: bool,
 }
 
@@ -665,7 +667,7 @@ pub struct RerunBody {
         (status = 409, description = "The run has not finished", body = ErrorBody),
         (status = 413, description = "The body is over `server.max_body_bytes`", body = ErrorBody),
         (status = 415, description = "A body without `Content-Type: application/json`", body = ErrorBody),
-        (status = 422, description = "A body of the wrong shape, or the run cannot be re-run", body = ErrorBody),
+        (status = 422, description = "A body of the wrong shape, or the run cannot be re-run (`from_failed` of a run that succeeded)", body = ErrorBody),
         (status = 500, description = "The store cannot be written", body = ErrorBody),
     ))]
 pub async fn rerun(

@@ -12,7 +12,7 @@ use super::client::{ApiClient, ApiFailure};
 use super::manifests::{escape_control, table};
 use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
-use crate::engine::model::{Status, TestStatus};
+use crate::engine::model::TestStatus;
 use crate::engine::run::{self, cancel_request_path};
 use crate::store::StoreError;
 
@@ -83,7 +83,8 @@ pub struct CancelArgs {
 pub struct RerunArgs {
     /// The run id.
     pub run: String,
-    /// Keep the steps that succeeded; run the failed ones and what follows them.
+    /// Keep the steps that succeeded upstream of no failure; run the others, everything
+    /// downstream of them and the report steps again.
     #[arg(long)]
     pub from_failed: bool,
 }
@@ -410,16 +411,9 @@ fn nothing_to_cancel(store: &Backend, id: &str) -> Result<u8> {
 fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {
     let backend = Backend::open(context)?;
     let original = load_run(&backend, &args.run)?;
-    if !original.status.is_finished() {
-        bail!(
-            "run {} is {}: wait for it to finish or cancel it first",
-            original.id,
-            original.status
-        );
-    }
-    if args.from_failed && original.status == Status::Succeeded {
-        bail!("run {} succeeded: nothing failed to re-run", original.id);
-    }
+    // The engine's rule, asked here too so that both backends refuse before anything is
+    // sent or created.
+    run::check_rerun(&original, args.from_failed)?;
     match backend {
         Backend::Local(store) => {
             let (run, steps) = run::create_rerun(&store, &original, args.from_failed)?;

@@ -228,7 +228,8 @@ pub struct StepRecord {
     /// Test cases the step reported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestCase>,
-    /// Files the step produced (reports), relative to the project.
+    /// Files the step produced (reports, a suite's JUnit), relative to the project: the
+    /// run's own copies under `reports/<run-id>/`, taken as the step ended.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
 }

@@ -362,13 +362,34 @@ fn agent_and_action(spec: &Value) -> (String, String) {
     (agent, action)
 }
 
+/// Whether a finished run can be re-run as asked: a from-failed re-run needs something
+/// that did not succeed. The local CLI and the server both ask this before re-running.
+pub fn check_rerun(original: &RunRecord, from_failed: bool) -> Result<(), EngineError> {
+    if !original.status.is_finished() {
+        return Err(EngineError::Invalid(format!(
+            "run {} is {}: wait for it to finish or cancel it first",
+            original.id, original.status
+        )));
+    }
+    if from_failed && original.status == Status::Succeeded {
+        return Err(EngineError::Invalid(format!(
+            "run {} succeeded: nothing failed to re-run",
+            original.id
+        )));
+    }
+    Ok(())
+}
+
 /// Creates a run that repeats an earlier one: same workflow as it ran, same parameters. With
-/// `from_failed`, steps that succeeded keep their result and only the rest run again.
+/// `from_failed`, a step keeps its earlier result only when it succeeded and so did every
+/// step upstream of it (see [`reusable_steps`]); the steps that did not succeed and
+/// everything downstream of them run again.
 pub fn create_rerun(
     store: &Store,
     original: &RunRecord,
     from_failed: bool,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
+    check_rerun(original, from_failed)?;
     let mut details = Map::new();
     details.insert("run".into(), Value::from(original.id.clone()));
     details.insert("from_failed".into(), Value::from(from_failed));
@@ -386,21 +407,74 @@ pub fn create_rerun(
     let mut steps = initial_steps(&run)?;
     if from_failed {
         let previous = store.steps(&original.id)?;
-        for step in &mut steps {
-            if let Some(old) = previous
-                .iter()
-                .find(|o| o.name == step.name && o.status == Status::Succeeded)
-            {
-                step.status = Status::Succeeded;
-                step.outputs = old.outputs.clone();
-                step.tests = old.tests.clone();
-                step.exit_code = old.exit_code;
-                step.message = Some(format!("reused from {}", original.id));
-            }
+        let agents = agent_configs(&store.objects()?);
+        let reuse = reusable_steps(&run.workflow, &agents, &previous);
+        for (step, reuse) in steps.iter_mut().zip(reuse) {
+            let Some(old) = reuse
+                .then(|| previous.iter().find(|o| o.name == step.name))
+                .flatten()
+            else {
+                continue;
+            };
+            step.status = Status::Succeeded;
+            step.outputs = old.outputs.clone();
+            step.tests = old.tests.clone();
+            step.exit_code = old.exit_code;
+            step.message = Some(format!("reused from {}", original.id));
         }
     }
     store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), true)?;
     Ok((run, steps))
+}
+
+/// Which steps of `workflow` a from-failed re-run keeps from the earlier run's `previous`
+/// steps, in the workflow's order: a step that succeeded, none of whose upstream steps
+/// (through `depends_on`, transitively, or every earlier step when no step has
+/// `depends_on`) failed, was skipped or did not finish. Report steps never are: they
+/// report on the run that holds them, so a re-run writes its own.
+pub fn reusable_steps(
+    workflow: &Value,
+    agents: &BTreeMap<String, Value>,
+    previous: &[StepRecord],
+) -> Vec<bool> {
+    let planned = plan(workflow, agents);
+    let succeeded: Vec<bool> = workflow["steps"]
+        .as_array()
+        .map(|specs| {
+            specs
+                .iter()
+                .map(|spec| {
+                    let name = spec["name"].as_str().unwrap_or_default();
+                    previous
+                        .iter()
+                        .any(|o| o.name == name && o.status == Status::Succeeded)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    planned
+        .iter()
+        .enumerate()
+        .map(|(index, step)| {
+            succeeded.get(index) == Some(&true)
+                && step
+                    .upstream
+                    .iter()
+                    .all(|&u| succeeded.get(u) == Some(&true))
+                && !is_report_step(&step.agent, agents)
+        })
+        .collect()
+}
+
+/// Whether a step's agent writes run reports: the built-in `report_generator`, or an Agent
+/// manifest of that type.
+fn is_report_step(agent: &str, agents: &BTreeMap<String, Value>) -> bool {
+    agent == "report_generator"
+        || agents
+            .get(agent)
+            .and_then(|a| a.get("type"))
+            .and_then(Value::as_str)
+            == Some("report_generator")
 }
 
 /// Marks runs left `running` by a process that is gone as `interrupted`, kills what is left
@@ -757,14 +831,9 @@ pub fn execute_with_agents(
                                 agent_config: agents.get(&step.agent).cloned(),
                                 base_env: &base_env,
                                 control,
-                                reports: (step.agent == "report_generator"
-                                    || agents
-                                        .get(&step.agent)
-                                        .and_then(|a| a.get("type"))
-                                        .and_then(Value::as_str)
-                                        == Some("report_generator"))
-                                .then(|| report_data(store, &run, &steps))
-                                .transpose()?,
+                                reports: is_report_step(&step.agent, agents)
+                                    .then(|| report_data(store, &run, &steps))
+                                    .transpose()?,
                                 sender: sender.clone(),
                             };
                             scope.spawn(move || job.run());
@@ -816,6 +885,9 @@ pub fn execute_with_agents(
             let all_done = running == 0 && steps.iter().all(|s| s.status.is_finished());
             if all_done {
                 finish_run(&mut run, &steps, &planned, cancelled, timed_out, started);
+                // Before the final state is stored and reported: whoever sees the run
+                // finished reads reports that say so.
+                rewrite_reports(store, config, agents, &run, &steps, &planned, &step_started);
             }
             if !changed.is_empty() || all_done {
                 changed.sort_unstable();
@@ -948,6 +1020,72 @@ fn finish_run(
         tests.add(TestSummary::of(&step.tests));
     }
     run.tests = tests;
+}
+
+/// Writes again, with the run's final state, every report a report step of this execution
+/// wrote while the run was still going (steps kept from an earlier run are left alone). A
+/// report that cannot be written again is logged and keeps what the step wrote.
+fn rewrite_reports(
+    store: &Store,
+    config: &EngineConfig,
+    agents: &BTreeMap<String, Value>,
+    run: &RunRecord,
+    steps: &[StepRecord],
+    planned: &[Planned],
+    started: &[Option<Instant>],
+) {
+    let written: Vec<usize> = (0..steps.len())
+        .filter(|&i| {
+            started[i].is_some()
+                && steps[i].status == Status::Succeeded
+                && is_report_step(&steps[i].agent, agents)
+        })
+        .collect();
+    if written.is_empty() {
+        return;
+    }
+    let data = match report_data(store, run, steps) {
+        Ok(data) => data,
+        Err(err) => {
+            tracing::warn!("run {}: reports not rewritten: {err}", run.id);
+            return;
+        }
+    };
+    let mut scope = run_scope(run);
+    for step in steps {
+        scope.steps.insert(
+            step.name.clone(),
+            StepState {
+                status: step.status,
+                outputs: step.outputs.clone(),
+            },
+        );
+    }
+    for index in written {
+        let step = &steps[index];
+        let parameters = planned[index]
+            .spec
+            .get("parameters")
+            .map(|p| expand::substitute(p, &scope))
+            .transpose()
+            .map(|p| p.and_then(|p| p.as_object().cloned()).unwrap_or_default());
+        let result = parameters.and_then(|parameters| {
+            crate::agents::runtime::write_report(
+                &step.action,
+                &parameters,
+                &data,
+                &config.reports_dir,
+                &config.project_dir,
+            )
+        });
+        if let Err(err) = result {
+            tracing::warn!(
+                "run {} step `{}`: report not rewritten with the final state: {err}",
+                run.id,
+                step.name
+            );
+        }
+    }
 }
 
 /// The scope every step starts from: the run's parameters and `run.*`.
@@ -1200,6 +1338,18 @@ impl StepJob<'_> {
                 return failed_before_start(format!("cannot open {}: {err}", log_path.display()))
             }
         };
+        let (mut outcome, attempts) = self.attempts_logged(&log, &outputs_path);
+        outcome.artifacts = keep_artifacts(
+            self.config,
+            &self.run_id,
+            &self.step.name,
+            std::mem::take(&mut outcome.artifacts),
+            &log,
+        );
+        (outcome, attempts)
+    }
+
+    fn attempts_logged(&self, log: &Arc<StepLog>, outputs_path: &Path) -> (Outcome, Vec<Attempt>) {
         let Some(agent) = agent_for(&self.step.agent, self.agent_config.as_ref()) else {
             let known: Vec<&str> = BUILTIN_AGENTS.iter().map(|a| a.name).collect();
             return failed_before_start(format!(
@@ -1208,7 +1358,7 @@ impl StepJob<'_> {
                 known.join(", ")
             ));
         };
-        if let Some(outcome) = self.wait_for_agent(&log) {
+        if let Some(outcome) = self.wait_for_agent(log) {
             return (outcome, Vec::new());
         }
         let spec = &self.planned.spec;
@@ -1279,7 +1429,7 @@ impl StepJob<'_> {
             let _ = self
                 .sender
                 .send(Message::AttemptStarted(self.index, started));
-            let _ = fs::remove_file(&outputs_path);
+            let _ = fs::remove_file(outputs_path);
             let context = StepContext {
                 run_id: &self.run_id,
                 workflow_id: &self.workflow_id,
@@ -1287,7 +1437,7 @@ impl StepJob<'_> {
                 project_dir: &self.config.project_dir,
                 reports_dir: &self.config.reports_dir,
                 agent_log: &agent_log,
-                log: &log,
+                log,
                 env: &env,
                 command: command.as_ref(),
                 working_dir: spec.get("working_dir").and_then(Value::as_str),
@@ -1317,7 +1467,7 @@ impl StepJob<'_> {
                     });
                 }
             }
-            for (key, value) in read_outputs(&outputs_path) {
+            for (key, value) in read_outputs(outputs_path) {
                 outcome.outputs.insert(key, Value::from(value));
             }
             let leftovers = self.control.take_leftovers();
@@ -1405,6 +1555,63 @@ impl StepJob<'_> {
     }
 }
 
+/// Copies the files a step recorded as artifacts into the run's own directory,
+/// `<reports>/<run-id>/<step>/<file name>`, as the step ends, and returns what the run
+/// records: the copies' paths (relative to the project). A later run writing the same file
+/// (a suite's JUnit at a fixed path) then leaves this run's artifacts as they were. Files
+/// already in the run's directory (its reports) are recorded as they are; a recorded file
+/// that is missing or cannot be copied is noted in the step's log and not recorded.
+fn keep_artifacts(
+    config: &EngineConfig,
+    run_id: &str,
+    step: &str,
+    artifacts: Vec<String>,
+    log: &StepLog,
+) -> Vec<String> {
+    let run_dir = config.reports_dir.join(run_id);
+    let step_dir = run_dir.join(log_name(step));
+    let mut kept: Vec<String> = Vec::new();
+    let mut taken: Vec<PathBuf> = Vec::new();
+    for artifact in artifacts {
+        let source = config.project_dir.join(&artifact);
+        if source.starts_with(&run_dir) {
+            kept.push(artifact);
+            continue;
+        }
+        if !source.is_file() {
+            log.note(&format!("artifact {artifact} not kept: no such file"));
+            continue;
+        }
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "artifact".into());
+        let mut target = step_dir.join(&name);
+        let mut n = 2;
+        while taken.contains(&target) {
+            target = step_dir.join(format!("{n}-{name}"));
+            n += 1;
+        }
+        match fs::create_dir_all(&step_dir).and_then(|()| fs::copy(&source, &target)) {
+            Ok(_) => {
+                let shown = target
+                    .strip_prefix(&config.project_dir)
+                    .unwrap_or(&target)
+                    .display()
+                    .to_string();
+                log.note(&format!("kept {artifact} as {shown}"));
+                kept.push(shown);
+                taken.push(target);
+            }
+            Err(err) => log.note(&format!(
+                "artifact {artifact} not kept: cannot copy it to {}: {err}",
+                target.display()
+            )),
+        }
+    }
+    kept
+}
+
 /// A step that failed before any attempt started: nothing ran, `message` says why.
 fn failed_before_start(message: String) -> (Outcome, Vec<Attempt>) {
     (
@@ -1439,4 +1646,81 @@ pub fn read_outputs(path: &Path) -> Vec<(String, String)> {
         }
     }
     outputs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn previous(statuses: &[(&str, Status)]) -> Vec<StepRecord> {
+        statuses
+            .iter()
+            .enumerate()
+            .map(|(index, (name, status))| StepRecord {
+                run_id: "run_1".into(),
+                index: index as u32,
+                name: (*name).into(),
+                agent: "shell".into(),
+                action: "run".into(),
+                status: *status,
+                attempts: Vec::new(),
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                exit_code: None,
+                message: None,
+                outputs: Map::new(),
+                log: String::new(),
+                pgid: None,
+                tests: Vec::new(),
+                artifacts: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_from_failed_rerun_keeps_only_what_succeeded_upstream_of_no_failure() {
+        use Status::*;
+        let dag = json!({"steps": [
+            {"name": "build"},
+            {"name": "unit", "depends_on": ["build"]},
+            {"name": "coverage", "depends_on": ["unit"], "if": "always()"},
+            {"name": "lint", "depends_on": ["build"]},
+            {"name": "package", "depends_on": ["lint", "coverage"]},
+            {"name": "report", "depends_on": ["lint"], "agent": "report_generator"},
+        ]});
+        let ran = previous(&[
+            ("build", Succeeded),
+            ("unit", Failed),
+            ("coverage", Succeeded),
+            ("lint", Succeeded),
+            ("package", Skipped),
+            ("report", Succeeded),
+        ]);
+        let agents = BTreeMap::new();
+        assert_eq!(
+            reusable_steps(&dag, &agents, &ran),
+            [true, false, false, true, false, false],
+            "coverage is downstream of unit; a report step always runs again"
+        );
+
+        // Listed order without depends_on: everything after the failure runs again.
+        let chain = json!({"steps": [
+            {"name": "build"}, {"name": "unit"}, {"name": "notify", "if": "always()"},
+        ]});
+        let ran = previous(&[
+            ("build", Succeeded),
+            ("unit", Failed),
+            ("notify", Succeeded),
+        ]);
+        assert_eq!(reusable_steps(&chain, &agents, &ran), [true, false, false]);
+
+        // An agent manifest of type report_generator writes reports too.
+        let mut agents = BTreeMap::new();
+        agents.insert("reports".to_owned(), json!({"type": "report_generator"}));
+        let custom = json!({"steps": [{"name": "report", "agent": "reports"}]});
+        let ran = previous(&[("report", Succeeded)]);
+        assert_eq!(reusable_steps(&custom, &agents, &ran), [false]);
+    }
 }

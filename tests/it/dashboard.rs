@@ -211,7 +211,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
             .wait_element(".dag g.node.n-failed[data-step='suite']")
             .await;
         browser
-            .wait_text("[data-section='artifacts']", "reports/junit-dash.xml")
+            .wait_text("[data-section='artifacts']", "/suite/junit-dash.xml")
             .await;
         // Finished and failed: re-run, and re-run from failed, not cancel.
         let buttons = browser

@@ -452,8 +452,15 @@ fn the_artifacts_route_serves_recorded_reports_and_refuses_traversal() {
         .find(|a| a.ends_with("report.html"))
         .expect("an HTML report")
         .clone();
-    assert!(
-        recorded.contains(&"reports/junit-dash.xml".to_owned()),
+    // The suite writes its JUnit to a fixed path; the run keeps its own copy.
+    let junit = recorded
+        .iter()
+        .find(|a| a.ends_with("junit-dash.xml"))
+        .expect("the suite's JUnit")
+        .clone();
+    assert_eq!(
+        junit,
+        format!("reports/{id}/suite/junit-dash.xml"),
         "{recorded:?}"
     );
 
@@ -465,10 +472,7 @@ fn the_artifacts_route_serves_recorded_reports_and_refuses_traversal() {
         "{csp}"
     );
     assert!(text.contains("totals_add_up"), "{text}");
-    let (status, content_type, _, text) = get(
-        &base,
-        &format!("/api/runs/{id}/artifacts/reports/junit-dash.xml"),
-    );
+    let (status, content_type, _, text) = get(&base, &format!("/api/runs/{id}/artifacts/{junit}"));
     assert_eq!(
         (status, content_type.as_str()),
         (200, "application/xml"),
@@ -518,15 +522,12 @@ fn the_artifacts_route_serves_recorded_reports_and_refuses_traversal() {
     assert_eq!(status, 400, "{body}");
 
     // A recorded file replaced by a symlink out of reports/ is not followed.
-    let junit = project.path().join("reports/junit-dash.xml");
+    let copy = project.path().join(&junit);
     let outside = project.path().join("secret.txt");
     fs::write(&outside, "top secret").unwrap();
-    fs::remove_file(&junit).unwrap();
-    std::os::unix::fs::symlink(&outside, &junit).unwrap();
-    let (status, _, _, text) = get(
-        &base,
-        &format!("/api/runs/{id}/artifacts/reports/junit-dash.xml"),
-    );
+    fs::remove_file(&copy).unwrap();
+    std::os::unix::fs::symlink(&outside, &copy).unwrap();
+    let (status, _, _, text) = get(&base, &format!("/api/runs/{id}/artifacts/{junit}"));
     assert_eq!(status, 404, "{text}");
     assert!(!text.contains("top secret"), "{text}");
     assert!(text.contains("inside reports/"), "{text}");
