@@ -1,5 +1,6 @@
 //! `init [DIR]`: scaffolds a project with configuration for the four environments, the
-//! manifest directories holding working examples, and a .gitignore. The files written are
+//! manifest directories holding working examples, the JSON Schemas their modelines name
+//! (`schemas/`), and a .gitignore. The files written are
 //! the ones this repository itself runs on, embedded at build time.
 
 use std::fs;
@@ -28,6 +29,12 @@ pub fn scaffold_files() -> Vec<(String, &'static str)> {
         .iter()
         .map(|e| (e.file_path().display().to_string(), e.default_file()))
         .collect();
+    // The schemas the manifests' `yaml-language-server` modelines name (`../schemas/...`).
+    files.extend(
+        crate::schema::published()
+            .into_iter()
+            .map(|(file, text)| (format!("schemas/{file}"), text)),
+    );
     files.extend([
         (
             "workflows/api_tests.json".to_owned(),

@@ -10,6 +10,7 @@ mod manifests;
 mod runs;
 mod schedule_cmd;
 mod schedule_next;
+mod schemas_cmd;
 pub mod server_cmd;
 mod trigger_cmd;
 mod workflow;
@@ -125,6 +126,9 @@ pub enum Command {
     Stop,
     /// Whether a server runs, and its state; exit 0 running, 3 not running.
     Status(server_cmd::StatusArgs),
+    /// The published JSON Schemas of manifests and configuration.
+    #[command(subcommand)]
+    Schemas(schemas_cmd::SchemasCommand),
     /// Execute a queued run (what `workflow execute --detach` starts).
     #[command(name = "__run", hide = true)]
     RunQueued {
@@ -197,6 +201,10 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
             crate::logging::init(cli.verbose, "info", None, Default::default())?;
             return init::run(&cli, args).map(ExitCode::from);
         }
+        Command::Schemas(command) => {
+            crate::logging::init(cli.verbose, "info", None, Default::default())?;
+            return schemas_cmd::run(&cli, command).map(ExitCode::from);
+        }
         Command::Config(config_cmd::ConfigCommand::Validate) => {
             crate::logging::init(cli.verbose, "info", None, Default::default())?;
             return config_cmd::validate(&cli).map(ExitCode::from);
@@ -229,7 +237,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,
-        Command::Init(_) => EXIT_OK,
+        Command::Init(_) | Command::Schemas(_) => EXIT_OK,
     };
     Ok(ExitCode::from(code))
 }
