@@ -255,3 +255,178 @@ fn the_server_serves_the_schemas_without_a_token_behind_the_host_check() {
     );
     assert!(!ok, "a configuration is no workflow: {text}");
 }
+
+/// `sha256=<hex HMAC-SHA256>` of `body` under `secret`.
+fn sign(secret: &str, body: &[u8]) -> String {
+    crate::replay_auth::sign(secret, body)
+}
+
+/// Sends a GitHub delivery to `path`; returns the status and the JSON answer.
+fn github_delivery(
+    address: &str,
+    path: &str,
+    delivery: &str,
+    body: &str,
+    signature: Option<String>,
+) -> (u16, Value) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(crate::server::DEADLINE))
+        .build()
+        .new_agent();
+    let mut request = agent
+        .post(format!("http://{address}{path}"))
+        .header("Content-Type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery);
+    if let Some(signature) = signature {
+        request = request.header("X-Hub-Signature-256", signature);
+    }
+    let mut response = request.send(body).expect("an answer");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+#[test]
+fn the_guides_trigger_create_adds_a_trigger_beside_the_scaffolds_and_a_delivery_starts_both() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = project(&[]);
+    let dir = project.path();
+    // The scaffolded trigger's secret is generated, private and ignored by git.
+    let secret_file = dir.join("secrets/github-webhook-secret");
+    let mode = fs::metadata(&secret_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let secret = fs::read_to_string(&secret_file).unwrap().trim().to_owned();
+    assert_eq!(secret.len(), 64, "{secret}");
+    assert!(fs::read_to_string(dir.join(".gitignore"))
+        .unwrap()
+        .lines()
+        .any(|l| l == "secrets/"));
+    let scaffold = fs::read_to_string(dir.join("triggers/github.yaml")).unwrap();
+
+    // The guide's command, on the path the scaffold already listens on.
+    let created = cli(
+        dir,
+        &[
+            "trigger",
+            "create",
+            "webhook",
+            "--url",
+            "/hooks/github",
+            "--workflow",
+            "wf_smoke",
+            "--events",
+            "push,pull_request",
+        ],
+    )
+    .expect_code(0);
+    assert!(
+        created.stdout.contains("trg_github-wf_smoke"),
+        "{}",
+        created.stdout
+    );
+    let manifest = fs::read_to_string(dir.join("triggers/github-wf_smoke.yaml"))
+        .expect("the file is named after the path and the workflow");
+    // One GitHub webhook signs once for every trigger of its path: the same secret.
+    assert!(
+        manifest.contains("secret: file:secrets/github-webhook-secret"),
+        "{manifest}"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("triggers/github.yaml")).unwrap(),
+        scaffold
+    );
+
+    // Out of the box, with no variable set: a signed delivery starts both workflows.
+    let server = Server::start(dir);
+    let body = r#"{"ref": "refs/heads/main", "after": "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "commits": []}"#;
+    let (status, answer) = github_delivery(
+        &server.address,
+        "/hooks/github",
+        "walk-1",
+        body,
+        Some(sign(&secret, body.as_bytes())),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let mut started: Vec<&str> = answer["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["trigger"].as_str().unwrap())
+        .collect();
+    started.sort();
+    assert_eq!(
+        started,
+        ["trg_github-push", "trg_github-wf_smoke"],
+        "{answer}"
+    );
+    let api = server.api();
+    for run in answer["runs"].as_array().unwrap() {
+        let shown = api
+            .get(&format!("/api/runs/{}", run["run_id"].as_str().unwrap()))
+            .expect(200);
+        assert_eq!(shown["run"]["trigger"]["details"]["delivery"], "walk-1");
+    }
+    // An unsigned one is refused for what it is, not for a missing setting.
+    let (status, answer) = github_delivery(&server.address, "/hooks/github", "walk-2", body, None);
+    assert_eq!(status, 401, "{answer}");
+}
+
+#[test]
+fn scaffolded_alerts_name_channels_every_environment_defines_and_log_appends_json_lines() {
+    let project = project(&[(
+        "alerts/busy.yaml",
+        "name: Busy Host\ncondition: system.process_count > 0\nseverity: critical\nlabels:\n  team: qa\nactions: [log]\nrepeat_interval: 4h\n",
+    )]);
+    let dir = project.path();
+    let scaffold: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("alerts/alerts.json")).unwrap()).unwrap();
+    let mut actions: Vec<&str> = scaffold["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["actions"].as_array().unwrap())
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    actions.dedup();
+    assert!(!actions.is_empty());
+    for environment in ["development", "testing", "staging", "production"] {
+        let shown = cli(
+            dir,
+            &["--environment", environment, "config", "show", "-o", "json"],
+        )
+        .expect_code(0);
+        let config: Value = serde_json::from_str(&shown.stdout).unwrap();
+        for action in &actions {
+            assert!(
+                config["notifications"].get(*action).is_some(),
+                "{environment} defines no `{action}` channel: {}",
+                config["notifications"]
+            );
+        }
+        assert_eq!(config["notifications"]["log"]["type"], "log");
+    }
+
+    // A firing alert on the `log` channel: one JSON line in logs/alerts.log.
+    let config = dir.join("config/development.yaml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    assert!(!text.contains("\nmonitoring:"), "{text}");
+    text.push_str("monitoring:\n  evaluation_interval: 200ms\n  sample_interval: 1s\n");
+    fs::write(&config, text).unwrap();
+    let _server = Server::start(dir);
+    let log = dir.join("logs/alerts.log");
+    let line = crate::server::eventually("a line in logs/alerts.log", || {
+        let text = fs::read_to_string(&log).ok()?;
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .find(|v| v["alert_id"] == "alert_busy-host")
+    });
+    assert_eq!(line["channel"], "log", "{line}");
+    assert_eq!(line["status"], "firing", "{line}");
+    assert_eq!(line["labels"]["team"], "qa", "{line}");
+    assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+}
