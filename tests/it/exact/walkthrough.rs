@@ -430,3 +430,70 @@ fn scaffolded_alerts_name_channels_every_environment_defines_and_log_appends_jso
     assert_eq!(line["labels"]["team"], "qa", "{line}");
     assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
 }
+
+/// `--environment ENV status -o json`: the exit code and the answer.
+fn status_of(dir: &Path, environment: &str) -> (i32, Value) {
+    let run = cli(dir, &["--environment", environment, "status", "-o", "json"]);
+    let value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    (run.code, value)
+}
+
+#[test]
+fn each_environment_has_its_own_data_directory_and_server() {
+    let project = project(&[]);
+    let dir = project.path();
+    // The guide: start in production mode, check production status.
+    let production = Server::start_args(dir, &["--port", "0", "--environment", "production"], &[]);
+    assert!(dir.join("data/production/server.json").exists());
+    let (code, status) = status_of(dir, "production");
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(status["environment"], "production", "{status}");
+    assert_eq!(status["address"], production.address.as_str(), "{status}");
+    // No development server runs: development says so.
+    let (code, status) = status_of(dir, "development");
+    assert_eq!(code, 3, "{status}");
+    assert_eq!(status["running"], false, "{status}");
+    let plain = cli(dir, &["status"]).expect_code(3);
+    assert!(
+        plain.stdout.contains("no development server"),
+        "{}",
+        plain.stdout
+    );
+
+    // The default environment's store is where it always was, and both run side by side.
+    let development = Server::start(dir);
+    assert!(dir.join("data/server.json").exists());
+    assert!(dir.join("data/db").exists());
+    let (code, status) = status_of(dir, "development");
+    assert_eq!(code, 0, "{status}");
+    assert_eq!(status["address"], development.address.as_str(), "{status}");
+    let (_, status) = status_of(dir, "production");
+    assert_eq!(status["address"], production.address.as_str(), "{status}");
+    drop(production);
+    drop(development);
+
+    // A project whose environments share one data directory (written before each had its
+    // own): production's status does not report the development server as its own.
+    let file = dir.join("config/production.yaml");
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("data_dir: data/production\n"), "{text}");
+    fs::write(
+        &file,
+        text.replace("data_dir: data/production\n", "data_dir: data\n"),
+    )
+    .unwrap();
+    let _development = Server::start(dir);
+    let (code, status) = status_of(dir, "production");
+    assert_eq!(code, 3, "{status}");
+    assert_eq!(
+        status["data_dir_used_by"]["environment"], "development",
+        "{status}"
+    );
+    let plain = cli(dir, &["--environment", "production", "status"]).expect_code(3);
+    assert!(
+        plain.stdout.contains("runs the development environment"),
+        "{}",
+        plain.stdout
+    );
+}
