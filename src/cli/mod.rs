@@ -175,14 +175,21 @@ impl Context {
     }
 
     /// Starts logging to stderr and, when `to_file`, to the log directory.
+    /// A command working through a running server writes only its warnings and errors to
+    /// `system.log`, which is the server's log.
     pub fn init_logging(&self, to_file: bool) -> Result<()> {
         let dir = self.config.resolve(&self.config.config.logging.dir);
-        crate::logging::init(
-            self.cli.verbose,
-            &self.config.config.logging.level,
-            to_file.then_some(dir.as_path()),
-            self.config.config.logging.rotation(),
-        )?;
+        let guest = to_file
+            && crate::server::process_file::read(&self.data_dir())
+                .is_some_and(|server| server.pid != std::process::id());
+        crate::logging::init_with(&crate::logging::LogOptions {
+            verbose: self.cli.verbose,
+            file_level: &self.config.config.logging.level,
+            log_dir: to_file.then_some(dir.as_path()),
+            rotation: self.config.config.logging.rotation(),
+            color: !self.cli.no_color,
+            guest,
+        })?;
         Ok(())
     }
 }

@@ -497,3 +497,75 @@ fn each_environment_has_its_own_data_directory_and_server() {
         plain.stdout
     );
 }
+
+/// A trigger whose secret names a variable that is not set: each delivery logs an error.
+const UNSET_SECRET_TRIGGER: &str = "name: Unset\ntype: webhook\npath: /hooks/unset\nprovider: github\nworkflow: wf_smoke\nevents: [push]\nsecret: env:WALK_SECRET_NEVER_SET\n";
+
+/// Kills a background server a test started if the test ends before stopping it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[test]
+fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_no_debug() {
+    let project = project(&[("triggers/unset.yaml", UNSET_SECRET_TRIGGER)]);
+    let dir = project.path();
+    // Not a terminal, and no NO_COLOR: colour must still stay out of the file.
+    let started = crate::server::command(dir)
+        .args(["start", "--background", "--port", "0", "--verbose"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let info: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("data/server.json")).unwrap()).unwrap();
+    let _guard = KillOnDrop(info["pid"].as_u64().unwrap() as u32);
+    let address = info["address"].as_str().unwrap().to_owned();
+
+    let body = r#"{"ref": "refs/heads/main"}"#;
+    let (status, answer) = github_delivery(
+        &address,
+        "/hooks/unset",
+        "walk-log-1",
+        body,
+        Some("sha256=00".into()),
+    );
+    assert_eq!(status, 503, "{answer}");
+    // Commands run against the server, verbose too: their debug lines stay on their stderr.
+    let listed = crate::server::command(dir)
+        .args(["--verbose", "workflow", "list"])
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "colour on a pipe: {stderr:?}");
+    cli(dir, &["get"]).expect_code(0);
+    cli(dir, &["stop"]).expect_code(0);
+
+    let log = fs::read_to_string(dir.join("logs/system.log")).unwrap();
+    assert!(
+        !log.contains('\x1b'),
+        "escape sequences in system.log:\n{log}"
+    );
+    let refusals = log
+        .lines()
+        .filter(|l| l.contains("WALK_SECRET_NEVER_SET"))
+        .count();
+    assert_eq!(refusals, 1, "one line per event:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" DEBUG orchestrator::server")),
+        "the server's own debug lines are there (--verbose):\n{log}"
+    );
+    assert!(
+        !log.contains("orchestrator::cli"),
+        "a command run against the server added its lines to the server's log:\n{log}"
+    );
+}
