@@ -590,26 +590,34 @@ pub fn log_line(channel: &str, notification: &AlertNotification, at: DateTime<Ut
 
 /// Appends one line to a `log` channel's file (created with its directory if missing), in
 /// one write to a file opened for appending, so lines of concurrent notifications do not
-/// interleave.
+/// interleave. The file rotates by size like the other logs (10 MiB, five files kept).
 async fn append_log_line(
     path: &Path,
     channel: &str,
     notification: &AlertNotification,
 ) -> Result<(), Failure> {
-    use tokio::io::AsyncWriteExt;
     let line = log_line(channel, notification, Utc::now());
-    let failed = |err: std::io::Error| Failure::retry(format!("{}: {err}", path.display()));
+    let target = path.to_path_buf();
+    let written = tokio::task::spawn_blocking(move || append_rotating(&target, &line))
+        .await
+        .map_err(|err| Failure::retry(format!("{}: {err}", path.display())))?;
+    written.map_err(|err| Failure::retry(format!("{}: {err}", path.display())))
+}
+
+fn append_rotating(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    // Rotation and appends to one file are serialized (a process has few log channels).
+    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+        std::fs::create_dir_all(dir)?;
     }
-    let mut file = tokio::fs::OpenOptions::new()
+    crate::logging::rotate_if_over(path, crate::logging::Rotation::default())?;
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
-        .await
-        .map_err(failed)?;
-    file.write_all(line.as_bytes()).await.map_err(failed)?;
-    file.flush().await.map_err(failed)
+        .open(path)?
+        .write_all(line.as_bytes())
 }
 
 fn webhook(config: &ChannelConfig, project_dir: &Path, problems: &mut Vec<String>) -> Option<Kind> {
