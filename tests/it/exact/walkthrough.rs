@@ -1,7 +1,10 @@
 //! The usage guide's walkthrough in a fresh `init` project: schemas that resolve (written by
 //! `init` and `schemas export`, served at `/schemas/<file>`, read by check-jsonschema from
-//! disk and over HTTP), triggers named after what they trigger, a data directory per
-//! environment, logs without escapes or duplicates.
+//! disk and over HTTP); `trigger create` beside the scaffold's trigger on one path, named
+//! after path and workflow, one signed delivery starting both, with the secret `init`
+//! generated; scaffolded alerts naming only channels every environment defines, the `log`
+//! channel's JSON lines; a data directory and a server per environment; logs with one line
+//! per event, no escapes, and no debug lines from commands run against the server.
 
 use std::fs;
 use std::io::{Read, Write};
