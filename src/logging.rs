@@ -1,8 +1,16 @@
 //! Logging with tracing: warnings (or, with `--verbose`, debug) to stderr, and the
 //! environment's level to `<logs>/system.log`; the size-rotating log files (`system.log`,
 //! and the server's `api.log`) that keep a server left running from filling its disk.
+//!
+//! Every event is one line: line breaks inside a message are written as `\n`. Colour goes
+//! to stderr only when it is a terminal (and neither `NO_COLOR` nor `--no-color` says no),
+//! never into a file. When stderr is `system.log` itself (a server started with
+//! `--background`, whose output goes there) events are written to it once, by the file
+//! layer. A command working through a running server is that server's guest in
+//! `system.log`: it adds its warnings and errors only, not its debug lines.
 
 use std::fs::{self, OpenOptions};
+use std::io::{IsTerminal as _, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -104,6 +112,47 @@ pub fn rotate_if_over(path: &Path, rotation: Rotation) -> std::io::Result<bool> 
     Ok(true)
 }
 
+/// Whether this process's stderr is the file at `path` (the same device and inode).
+fn stderr_is(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(stderr), Ok(file)) = (fs::metadata("/proc/self/fd/2"), fs::metadata(path)) else {
+        return false;
+    };
+    stderr.dev() == file.dev() && stderr.ino() == file.ino()
+}
+
+/// A writer that keeps each event on one line: the formatter hands it one event per
+/// `write` (ending in a newline), and line breaks inside it are written as `\n` and `\r`.
+struct OneLine<W>(W);
+
+impl<W: Write> Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        if !body.iter().any(|b| matches!(b, b'\n' | b'\r')) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut line = Vec::with_capacity(buf.len() + 8);
+        for &byte in body {
+            match byte {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                other => line.push(other),
+            }
+        }
+        line.extend_from_slice(end);
+        self.0.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn level(name: &str) -> LevelFilter {
     name.parse().unwrap_or(LevelFilter::INFO)
 }
@@ -116,6 +165,25 @@ fn ours_at(level: LevelFilter) -> Targets {
         .with_default(level.min(LevelFilter::WARN))
 }
 
+/// How the global subscriber writes.
+#[derive(Debug, Clone, Copy)]
+pub struct LogOptions<'a> {
+    /// Debug on stderr, and in the file whatever the configured level.
+    pub verbose: bool,
+    /// The level written to `system.log` (`logging.level`).
+    pub file_level: &'a str,
+    /// The log directory; `None` for commands that write no file.
+    pub log_dir: Option<&'a Path>,
+    /// How `system.log` rotates.
+    pub rotation: Rotation,
+    /// Whether stderr may be coloured (`--no-color` says no); it is only when it is a
+    /// terminal and `NO_COLOR` is not set.
+    pub color: bool,
+    /// Another process (the running server) owns `system.log`: this one writes its
+    /// warnings and errors there, nothing below.
+    pub guest: bool,
+}
+
 /// Installs the global subscriber. `log_dir` is `None` for commands that write nothing;
 /// `system.log` there rotates as `rotation` says.
 pub fn init(
@@ -124,33 +192,57 @@ pub fn init(
     log_dir: Option<&Path>,
     rotation: Rotation,
 ) -> Result<(), LogError> {
-    let stderr_level = if verbose {
+    init_with(&LogOptions {
+        verbose,
+        file_level,
+        log_dir,
+        rotation,
+        color: true,
+        guest: false,
+    })
+}
+
+/// Installs the global subscriber as `options` say.
+pub fn init_with(options: &LogOptions<'_>) -> Result<(), LogError> {
+    let stderr_level = if options.verbose {
         LevelFilter::DEBUG
     } else {
         LevelFilter::WARN
     };
-    let stderr_layer = fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_filter(ours_at(stderr_level));
-    let file_layer = match log_dir {
+    let mut stderr_is_the_log = false;
+    let file_layer = match options.log_dir {
         Some(dir) => {
-            let file = rotating_file(&dir.join("system.log"), rotation)?;
-            let file_level = if verbose {
-                LevelFilter::DEBUG.max(level(file_level))
+            let path = dir.join("system.log");
+            let file = rotating_file(&path, options.rotation)?;
+            stderr_is_the_log = stderr_is(&path);
+            let mut file_level = if options.verbose {
+                LevelFilter::DEBUG.max(level(options.file_level))
             } else {
-                level(file_level)
+                level(options.file_level)
             };
+            if options.guest {
+                file_level = file_level.min(LevelFilter::WARN);
+            }
             Some(
                 fmt::layer()
-                    .with_writer(Mutex::new(file))
+                    .with_writer(Mutex::new(OneLine(file)))
                     .with_ansi(false)
                     .with_filter(ours_at(file_level)),
             )
         }
         None => None,
     };
+    let ansi = options.color
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let stderr_layer = (!stderr_is_the_log).then(|| {
+        fmt::layer()
+            .with_writer(|| OneLine(std::io::stderr()))
+            .with_target(false)
+            .without_time()
+            .with_ansi(ansi)
+            .with_filter(ours_at(stderr_level))
+    });
     // A second init (tests calling the CLI in-process) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
         .with(stderr_layer)
@@ -162,7 +254,17 @@ pub fn init(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
+
+    #[test]
+    fn an_event_with_line_breaks_stays_on_one_line() {
+        let mut out = OneLine(Vec::new());
+        out.write_all(b"WARN first\nsecond\r\n").unwrap();
+        out.write_all(b"INFO plain\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "WARN first\\nsecond\\r\nINFO plain\n"
+        );
+    }
 
     #[test]
     fn a_log_file_rotates_by_size_and_keeps_at_most_max_files() {

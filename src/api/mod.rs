@@ -1,4 +1,5 @@
-//! The HTTP API: JSON routes under `/api`, `/ws`, `/metrics`, `/healthz`, `/readyz`. Every
+//! The HTTP API: JSON routes under `/api`, `/ws`, `/metrics`, `/healthz`, `/readyz`, and the
+//! published JSON Schemas under `/schemas/`. Every
 //! error is `{"error": {"code", "message", "details"}}` with the right 4xx or 5xx status;
 //! request bodies are size-limited and must be JSON where JSON is expected. Every request
 //! passes the [`guard`] first (Host, Origin, the API token, Content-Type). The OpenAPI 3.1
@@ -18,6 +19,7 @@ mod manifest_save;
 mod monitor;
 pub mod openapi;
 mod reports;
+mod schemas;
 mod source_hook;
 mod triggers;
 pub mod ws;
@@ -94,6 +96,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/system/metrics"),
     ("GET", "/"),
     ("GET", "/assets/{path}"),
+    ("GET", "/schemas/{file}"),
 ];
 
 /// The router with every route, behind the request guard (Host, Origin, API token,
@@ -185,6 +188,7 @@ pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
         .route("/api/silences/{id}", delete(alerts::expire_silence))
         .route("/", get(crate::dashboard::index))
         .route("/assets/{*path}", get(crate::dashboard::asset))
+        .route("/schemas/{file}", get(schemas::published_schema))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         // A webhook proves itself by its signature: the guard lets `/hooks/` through.

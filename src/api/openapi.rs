@@ -40,7 +40,7 @@ use crate::engine::model::{
             `server.body_read_timeout` (else `408 timeout`). With an API token in force (`server.api_token`, \
             or the one generated for a non-loopback address), every `/api` route and `/ws` need \
             `Authorization: Bearer <token>` (the `bearer` scheme), reads included; `/healthz`, \
-            `/readyz` and the dashboard's files stay open, `/metrics` too unless \
+            `/readyz`, the dashboard's files and the schemas under `/schemas/` stay open, `/metrics` too unless \
             `server.metrics_auth`. Webhook receivers under `/hooks/` skip the guard: they check \
             their signatures.",
         license(name = "MIT", identifier = "MIT"),
@@ -99,6 +99,7 @@ use crate::engine::model::{
         super::reports::workflow_trends,
         dashboard_index,
         dashboard_asset,
+        published_schema,
     ),
     components(schemas(
         ErrorBody,
@@ -167,6 +168,7 @@ use crate::engine::model::{
         (name = "monitoring", description = "System metrics and their history"),
         (name = "alerts", description = "Alert rules, their state and notifications, and silences"),
         (name = "dashboard", description = "The web dashboard: its page and embedded assets"),
+        (name = "schemas", description = "The JSON Schemas of manifests and configuration"),
     ),
 )]
 pub struct ApiDoc;
@@ -419,6 +421,24 @@ async fn dashboard_index() {}
     ))]
 #[allow(dead_code)]
 async fn dashboard_asset() {}
+
+/// A published JSON Schema: `workflow.json`, `workflow-template.json`, `agent.json`,
+/// `schedule.json`, `alert.json`, `trigger.json`, `dashboard.json` or `config.json`.
+///
+/// Public, like the dashboard's files: no API token. Its `$id` is the file name, which
+/// resolves to this URL, so `# yaml-language-server: $schema=http://HOST/schemas/workflow.json`
+/// works as well as `$schema=../schemas/workflow.json` in a project `init` wrote.
+///
+/// Documentation only: the route is served by `schemas::published_schema`.
+#[utoipa::path(get, path = "/schemas/{file}", tag = "schemas",
+    params(("file" = String, Path, description = "The schema's file name, e.g. `workflow.json`")),
+    responses(
+        (status = 200, description = "The schema (JSON Schema draft 2020-12)",
+            body = Object, content_type = "application/schema+json"),
+        (status = 404, description = "No such schema; `details.schemas` lists them", body = ErrorBody),
+    ))]
+#[allow(dead_code)]
+async fn published_schema() {}
 
 #[cfg(test)]
 mod tests {

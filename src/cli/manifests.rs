@@ -517,6 +517,10 @@ pub fn create_manifest(
         reconcile::diff::to_yaml(&document)
     );
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    // The modeline's target; without it the manifest is as valid, so this only warns.
+    if let Err(err) = super::schemas_cmd::ensure_in_project(&context.config.project_dir) {
+        eprintln!("warning: {err:#}: the manifest's `$schema` modeline does not resolve");
+    }
     // The whole project is reconciled, not just the new file: what the object relies on
     // (agents, templates, the workflow a schedule runs) must be in force with it.
     let code = apply(

@@ -10,6 +10,7 @@ mod manifests;
 mod runs;
 mod schedule_cmd;
 mod schedule_next;
+mod schemas_cmd;
 pub mod server_cmd;
 mod trigger_cmd;
 mod workflow;
@@ -125,6 +126,9 @@ pub enum Command {
     Stop,
     /// Whether a server runs, and its state; exit 0 running, 3 not running.
     Status(server_cmd::StatusArgs),
+    /// The published JSON Schemas of manifests and configuration.
+    #[command(subcommand)]
+    Schemas(schemas_cmd::SchemasCommand),
     /// Execute a queued run (what `workflow execute --detach` starts).
     #[command(name = "__run", hide = true)]
     RunQueued {
@@ -171,14 +175,21 @@ impl Context {
     }
 
     /// Starts logging to stderr and, when `to_file`, to the log directory.
+    /// A command working through a running server writes only its warnings and errors to
+    /// `system.log`, which is the server's log.
     pub fn init_logging(&self, to_file: bool) -> Result<()> {
         let dir = self.config.resolve(&self.config.config.logging.dir);
-        crate::logging::init(
-            self.cli.verbose,
-            &self.config.config.logging.level,
-            to_file.then_some(dir.as_path()),
-            self.config.config.logging.rotation(),
-        )?;
+        let guest = to_file
+            && crate::server::process_file::read(&self.data_dir())
+                .is_some_and(|server| server.pid != std::process::id());
+        crate::logging::init_with(&crate::logging::LogOptions {
+            verbose: self.cli.verbose,
+            file_level: &self.config.config.logging.level,
+            log_dir: to_file.then_some(dir.as_path()),
+            rotation: self.config.config.logging.rotation(),
+            color: !self.cli.no_color,
+            guest,
+        })?;
         Ok(())
     }
 }
@@ -196,6 +207,10 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Init(args) => {
             crate::logging::init(cli.verbose, "info", None, Default::default())?;
             return init::run(&cli, args).map(ExitCode::from);
+        }
+        Command::Schemas(command) => {
+            crate::logging::init(cli.verbose, "info", None, Default::default())?;
+            return schemas_cmd::run(&cli, command).map(ExitCode::from);
         }
         Command::Config(config_cmd::ConfigCommand::Validate) => {
             crate::logging::init(cli.verbose, "info", None, Default::default())?;
@@ -229,7 +244,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,
-        Command::Init(_) => EXIT_OK,
+        Command::Init(_) | Command::Schemas(_) => EXIT_OK,
     };
     Ok(ExitCode::from(code))
 }

@@ -247,13 +247,39 @@ pub fn running(context: &Context) -> Option<ServerInfo> {
 
 /// Runs `status`: exit 0 when a server runs, 3 when none does.
 pub fn status(context: &Context, args: &StatusArgs) -> Result<u8> {
-    let Some(info) = running(context) else {
+    let environment = context.config.config.environment.as_str();
+    let data_dir = context.data_dir();
+    let info = running(context);
+    // A server of another environment sharing this data directory is not this
+    // environment's server (a project whose environments name one `storage.data_dir`).
+    let other = info.as_ref().filter(|i| i.environment != environment);
+    let Some(info) = info.as_ref().filter(|_| other.is_none()) else {
         if args.output == OutputFormat::Json {
-            println!("{}", serde_json::json!({"running": false}));
+            let mut answer = serde_json::json!({
+                "running": false,
+                "environment": environment,
+                "data_dir": data_dir.display().to_string(),
+            });
+            if let Some(other) = other {
+                answer["data_dir_used_by"] =
+                    serde_json::json!({"environment": other.environment, "pid": other.pid});
+            }
+            println!("{answer}");
+        } else if let Some(other) = other {
+            println!(
+                "not running: no {environment} server; the server of {} (PID {}) runs the {} environment, which shares this data directory: give each environment its own storage.data_dir",
+                data_dir.display(),
+                other.pid,
+                other.environment
+            );
         } else {
             println!(
-                "not running (no server for {}); start it with `orchestrator start`",
-                context.data_dir().display()
+                "not running (no {environment} server for {}); start it with `orchestrator{} start`",
+                data_dir.display(),
+                match context.cli.environment {
+                    Some(e) => format!(" --environment {e}"),
+                    None => String::new(),
+                }
             );
         }
         return Ok(EXIT_NOT_RUNNING);

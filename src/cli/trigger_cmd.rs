@@ -59,7 +59,8 @@ pub struct WebhookArgs {
     #[arg(long, value_delimiter = ',')]
     pub events: Vec<String>,
     /// The secret deliveries are signed with, as a reference: env:NAME or file:PATH
-    /// (default: env:GITHUB_WEBHOOK_SECRET, or env:WEBHOOK_SECRET for the generic provider).
+    /// (default: the secret of another trigger on the same path, else env:GITHUB_WEBHOOK_SECRET,
+    /// or env:WEBHOOK_SECRET for the generic provider).
     #[arg(long, conflicts_with = "insecure")]
     pub secret: Option<String>,
     /// No secret: accept unsigned deliveries (`insecure: true` in the manifest); anyone who
@@ -78,7 +79,8 @@ pub struct WebhookArgs {
     /// Who sends the deliveries.
     #[arg(long, value_enum, default_value = "github")]
     pub provider: ProviderArg,
-    /// The trigger's name (default: from the path); its id is derived from it.
+    /// The trigger's name (default: the path and the workflow, e.g. `github wf_smoke`); its
+    /// id and file name are derived from it.
     #[arg(long)]
     pub name: Option<String>,
 }
@@ -133,10 +135,13 @@ fn create(context: &Context, args: &WebhookArgs) -> Result<u8> {
             args.url
         );
     };
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| rest.replace('/', " ").trim().to_owned());
+    // Named after what it does, the path and the workflow, so that several triggers on one
+    // path (one GitHub webhook starting several workflows) get files and ids of their own.
+    let name = args.name.clone().unwrap_or_else(|| {
+        format!("{} {}", rest.replace('/', " ").trim(), args.workflow)
+            .trim()
+            .to_owned()
+    });
     if crate::manifest::slug(&name).is_empty() {
         bail!("the name `{name}` has no letters or digits to derive an id from: pass --name");
     }
@@ -170,13 +175,22 @@ fn create(context: &Context, args: &WebhookArgs) -> Result<u8> {
     if args.insecure {
         manifest.insert("insecure".into(), Value::Bool(true));
     } else {
-        let secret = args.secret.clone().unwrap_or_else(|| {
-            match args.provider {
-                ProviderArg::Github => "env:GITHUB_WEBHOOK_SECRET",
-                ProviderArg::Generic => "env:WEBHOOK_SECRET",
-            }
-            .to_owned()
-        });
+        let secret = match &args.secret {
+            Some(secret) => secret.clone(),
+            None => match secret_of_path(context, &path) {
+                Some((other, secret)) => {
+                    eprintln!(
+                        "note: using the secret of {other}, which listens on {path} too ({secret}): a sender signs a delivery once for every trigger of its path"
+                    );
+                    secret
+                }
+                None => match args.provider {
+                    ProviderArg::Github => "env:GITHUB_WEBHOOK_SECRET",
+                    ProviderArg::Generic => "env:WEBHOOK_SECRET",
+                }
+                .to_owned(),
+            },
+        };
         manifest.insert("secret".into(), Value::from(secret));
     }
     // Written into triggers/ and applied with the whole project, as `workflow create`
@@ -186,6 +200,21 @@ fn create(context: &Context, args: &WebhookArgs) -> Result<u8> {
         println!("deliveries to {path} run {}", args.workflow);
     }
     Ok(code)
+}
+
+/// The id and secret reference of a trigger the project's manifests declare on `path`, if
+/// any declares one with a secret: the default secret of another trigger on that path.
+fn secret_of_path(context: &Context, path: &str) -> Option<(String, String)> {
+    let (snapshot, _) = crate::reconcile::load_manifests(&context.config, &[]).ok()?;
+    let desired = crate::reconcile::desired_set(&snapshot);
+    desired
+        .objects
+        .values()
+        .filter(|o| o.key.kind == Kind::Trigger && o.spec["path"] == path)
+        .find_map(|o| {
+            let secret = o.spec["secret"].as_str()?;
+            Some((o.key.id.clone(), secret.to_owned()))
+        })
 }
 
 /// The live triggers among the records.

@@ -328,11 +328,11 @@ impl Default for RetryConfig {
 }
 
 /// One notification channel as configured. The `type` may be left out of channels named
-/// `email`, `webhook` or `slack`; [`NotificationsConfig::channel`] fills it in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `email`, `webhook`, `slack` or `log`; [`NotificationsConfig::channel`] fills it in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
-    /// `email`, `webhook` or `slack`.
+    /// `email`, `webhook`, `slack` or `log`.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// SMTP server (email).
@@ -368,12 +368,32 @@ pub struct ChannelConfig {
     /// Channel override (slack).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// The file each notification is appended to as one JSON line (log; relative to the
+    /// project directory, default `logs/alerts.log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
     /// How long one delivery attempt may take (default 10 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSetting>,
 }
 
+/// The channel every configuration has unless it configures its own under that name.
+pub const LOG_CHANNEL: &str = "log";
+
 impl NotificationsConfig {
+    /// Adds the built-in `log` channel (one JSON line per notification appended to
+    /// `<log_dir>/alerts.log`) unless a channel of that name is configured, so alerts can
+    /// name a channel that works in every environment without settings of its own.
+    pub fn add_log_channel(&mut self, log_dir: &Path) {
+        self.channels
+            .entry(LOG_CHANNEL.to_owned())
+            .or_insert_with(|| ChannelConfig {
+                kind: Some(LOG_CHANNEL.to_owned()),
+                path: Some(log_dir.join("alerts.log")),
+                ..ChannelConfig::default()
+            });
+    }
+
     /// The channel named `name` with its `type` filled in, if configured.
     pub fn channel(&self, name: &str) -> Option<ChannelConfig> {
         let mut channel = self.channels.get(name)?.clone();
@@ -604,6 +624,8 @@ pub fn load(options: &ConfigOptions) -> Result<LoadedConfig, ConfigError> {
             )],
         })?;
     let overrides = apply_env_vars(&mut config, &options.env_vars)?;
+    let log_dir = config.logging.dir.clone();
+    config.notifications.add_log_channel(&log_dir);
     Ok(LoadedConfig {
         config,
         file,

@@ -1716,7 +1716,7 @@ mod tests {
 
     #[test]
     fn the_guides_alerts_file_loads_into_two_rules() {
-        let text = include_str!("../../alerts/alerts.json");
+        let text = include_str!("../../tests/fixtures/guide/alerts/alerts.json");
         let document = crate::manifest::parse::parse_json(text).unwrap();
         let (manifests, diagnostics) = crate::manifest::extract("alerts/alerts.json", document, "");
         assert!(diagnostics.is_empty(), "{diagnostics:?}");

@@ -1,5 +1,6 @@
 //! Notification channels: delivering an [`AlertNotification`] by webhook (an Alertmanager
-//! version 4 payload), Slack incoming webhook or email (SMTP), with retries.
+//! version 4 payload), Slack incoming webhook, email (SMTP) or a log file (one JSON line per
+//! notification appended, [`log_line`]), with retries.
 //!
 //! A [`Notifier`] is built once from the environment's `notifications:` configuration. It
 //! resolves secret references and checks addresses up front, so configuration problems show in
@@ -58,7 +59,7 @@ impl Notifier {
                 continue;
             };
             // `channel` fills in the name as the type; only the three kinds' names may do that.
-            if !matches!(name.as_str(), "email" | "webhook" | "slack")
+            if !matches!(name.as_str(), "email" | "webhook" | "slack" | "log")
                 && config.channels[name].kind.is_none()
             {
                 channel_config.kind = None;
@@ -219,6 +220,7 @@ impl Notifier {
                     }),
                 }
             }
+            Kind::Log { path } => append_log_line(path, channel, notification).await,
             Kind::Unusable(problem) => Err(Failure::permanent(problem.clone())),
         }
     }
@@ -493,6 +495,8 @@ enum Kind {
         from: Mailbox,
         to: Vec<Mailbox>,
     },
+    /// One JSON line per notification appended to a file.
+    Log { path: std::path::PathBuf },
     /// Configured with problems; they are the reason.
     Unusable(String),
 }
@@ -503,6 +507,7 @@ impl Kind {
             Kind::Webhook { .. } => "webhook",
             Kind::Slack { .. } => "slack",
             Kind::Email { .. } => "email",
+            Kind::Log { .. } => "log",
             Kind::Unusable(_) => "unusable",
         }
     }
@@ -530,16 +535,17 @@ impl Channel {
             Some("webhook") => webhook(config, project_dir, &mut problems),
             Some("slack") => slack(config, project_dir, &mut problems),
             Some("email") => email(config, project_dir, timeout, &mut problems),
+            Some("log") => Some(log_file(config, project_dir)),
             Some(other) => {
                 problems.push(format!(
-                    "type `{other}` is not a channel type: expected email, webhook or slack"
+                    "type `{other}` is not a channel type: expected email, webhook, slack or log"
                 ));
                 None
             }
             None => {
                 problems.push(
-                    "has no type: expected email, webhook or slack (only channels named \
-                     email, webhook or slack may leave it out)"
+                    "has no type: expected email, webhook, slack or log (only channels named \
+                     email, webhook, slack or log may leave it out)"
                         .to_owned(),
                 );
                 None
@@ -555,6 +561,63 @@ impl Channel {
             .collect();
         (Channel { timeout, kind }, problems)
     }
+}
+
+/// The file of a `log` channel: its `path` relative to the project, or `logs/alerts.log`.
+fn log_file(config: &ChannelConfig, project_dir: &Path) -> Kind {
+    let path = config
+        .path
+        .clone()
+        .unwrap_or_else(|| Path::new("logs").join("alerts.log"));
+    Kind::Log {
+        path: project_dir.join(path),
+    }
+}
+
+/// The line a `log` channel appends for `notification`: the time it was written, the
+/// channel, then the notification's own fields.
+pub fn log_line(channel: &str, notification: &AlertNotification, at: DateTime<Utc>) -> String {
+    let mut line = Map::new();
+    line.insert("time".into(), Value::from(timestamp(&at)));
+    line.insert("channel".into(), Value::from(channel));
+    if let Ok(Value::Object(fields)) = serde_json::to_value(notification) {
+        line.extend(fields);
+    }
+    let mut text = Value::Object(line).to_string();
+    text.push('\n');
+    text
+}
+
+/// Appends one line to a `log` channel's file (created with its directory if missing), in
+/// one write to a file opened for appending, so lines of concurrent notifications do not
+/// interleave. The file rotates by size like the other logs (10 MiB, five files kept).
+async fn append_log_line(
+    path: &Path,
+    channel: &str,
+    notification: &AlertNotification,
+) -> Result<(), Failure> {
+    let line = log_line(channel, notification, Utc::now());
+    let target = path.to_path_buf();
+    let written = tokio::task::spawn_blocking(move || append_rotating(&target, &line))
+        .await
+        .map_err(|err| Failure::retry(format!("{}: {err}", path.display())))?;
+    written.map_err(|err| Failure::retry(format!("{}: {err}", path.display())))
+}
+
+fn append_rotating(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    // Rotation and appends to one file are serialized (a process has few log channels).
+    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::logging::rotate_if_over(path, crate::logging::Rotation::default())?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?
+        .write_all(line.as_bytes())
 }
 
 fn webhook(config: &ChannelConfig, project_dir: &Path, problems: &mut Vec<String>) -> Option<Kind> {
@@ -932,6 +995,44 @@ mod tests {
             generator_url: "http://localhost:8080/alerts/alert_high-cpu-usage".into(),
             fingerprint: "3f1c2a9b7d004e11".into(),
         }
+    }
+
+    #[test]
+    fn a_log_line_is_one_json_object_with_the_time_and_channel_first() {
+        let at = Utc.with_ymd_and_hms(2024, 5, 1, 10, 5, 0).unwrap();
+        let line = log_line("log", &notification(NotificationStatus::Firing), at);
+        assert!(line.ends_with('\n'));
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        let value: Value = serde_json::from_str(&line).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(&keys[..4], ["time", "channel", "alert_id", "name"]);
+        assert_eq!(value["time"], "2024-05-01T10:05:00Z");
+        assert_eq!(value["status"], "firing");
+        assert_eq!(value["labels"]["team"], "infra");
+    }
+
+    #[tokio::test]
+    async fn a_log_channel_appends_a_line_per_notification() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NotificationsConfig::default();
+        config.add_log_channel(Path::new("logs"));
+        let notifier = Notifier::new(&config, dir.path());
+        assert!(notifier.problems().is_empty(), "{:?}", notifier.problems());
+        for status in [NotificationStatus::Firing, NotificationStatus::Resolved] {
+            let outcome = notifier.deliver("log", &notification(status)).await;
+            assert!(outcome.delivered, "{outcome:?}");
+        }
+        let text = std::fs::read_to_string(dir.path().join("logs/alerts.log")).unwrap();
+        let statuses: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["status"].to_string())
+            .collect();
+        assert_eq!(statuses, ["\"firing\"", "\"resolved\""]);
     }
 
     #[test]

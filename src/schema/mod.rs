@@ -42,6 +42,29 @@ pub fn schema_file(kind: Kind) -> &'static str {
     }
 }
 
+/// Every published schema as (file name, text): one per manifest kind and `config.json`.
+/// `init` writes them into the project's `schemas/`, `schemas export` anywhere, and the
+/// server serves them at `/schemas/<file>`. Each one's `$id` is its bare file name, a
+/// relative reference resolved against wherever the document was read from, so the same
+/// text names itself correctly on disk (`file:///.../schemas/workflow.json`) and when served
+/// (`http://host:port/schemas/workflow.json`).
+pub fn published() -> Vec<(&'static str, &'static str)> {
+    let mut files: Vec<(&'static str, &'static str)> = Kind::ALL
+        .iter()
+        .map(|kind| (schema_file(*kind), schema_text(*kind)))
+        .collect();
+    files.push(("config.json", CONFIG_SCHEMA));
+    files
+}
+
+/// The published schema named `file` (`workflow.json`, `config.json`, ...), if any.
+pub fn published_text(file: &str) -> Option<&'static str> {
+    published()
+        .into_iter()
+        .find(|(name, _)| *name == file)
+        .map(|(_, text)| text)
+}
+
 /// Which schema to validate against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemaName {
@@ -369,6 +392,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_published_schema_names_itself_by_its_file_name() {
+        let files = published();
+        assert_eq!(files.len(), Kind::ALL.len() + 1);
+        for (file, text) in files {
+            let schema: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                schema["$id"], file,
+                "{file}: a relative `$id` resolves where it is read"
+            );
+            assert_eq!(published_text(file), Some(text));
+        }
+        assert_eq!(published_text("nothing.json"), None);
+    }
 
     #[test]
     fn every_embedded_schema_compiles() {

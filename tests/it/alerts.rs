@@ -186,7 +186,8 @@ fn a_firing_alert_notifies_webhook_slack_and_email_and_is_reported() {
     );
     let server = Server::start(dir);
 
-    // The guide's alerts file, as `init` wrote it, is in force: two rules, not firing.
+    // The scaffold's alerts file (the guide's, naming the built-in `log` channel), as `init`
+    // wrote it, is in force: two rules, not firing.
     let (status, listed) = request(dir, "GET", "/api/alerts", None);
     assert_eq!(status, 200, "{listed}");
     let ids: Vec<&str> = listed["alerts"]
@@ -198,7 +199,7 @@ fn a_firing_alert_notifies_webhook_slack_and_email_and_is_reported() {
     assert_eq!(ids, ["alert_high-cpu-usage", "alert_workflow-failure-rate"]);
     let guide = &listed["alerts"][0];
     assert_eq!(guide["duration"], "5m", "{guide}");
-    assert_eq!(guide["actions"], json!(["email", "webhook"]), "{guide}");
+    assert_eq!(guide["actions"], json!(["log"]), "{guide}");
     assert_eq!(guide["severity"], "warning", "{guide}");
 
     let runtime = tokio::runtime::Runtime::new().unwrap();

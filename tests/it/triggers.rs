@@ -606,11 +606,11 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     assert!(
         created
             .stdout
-            .contains("created trigger trg_ci in triggers/ci.yaml"),
+            .contains("created trigger trg_ci-wf_build in triggers/ci-wf_build.yaml"),
         "{}",
         created.stdout
     );
-    let manifest = std::fs::read_to_string(dir.join("triggers/ci.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(dir.join("triggers/ci-wf_build.yaml")).unwrap();
     for line in [
         "path: /hooks/ci",
         "provider: github",
@@ -638,7 +638,7 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     let line = listed
         .stdout
         .lines()
-        .find(|l| l.starts_with("trg_ci "))
+        .find(|l| l.starts_with("trg_ci-wf_build "))
         .unwrap_or_else(|| panic!("{}", listed.stdout));
     for word in [
         "/hooks/ci",
@@ -656,21 +656,23 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["id"] == "trg_ci")
+        .find(|t| t["id"] == "trg_ci-wf_build")
         .unwrap();
     assert_eq!(ci["secret"], true);
     assert!(
         !json_list.stdout.contains("secrets/ci"),
         "never the secret's reference"
     );
-    let shown = cli(dir, &["trigger", "show", "trg_ci"]).expect_code(0);
+    let shown = cli(dir, &["trigger", "show", "trg_ci-wf_build"]).expect_code(0);
     assert!(
-        shown.stdout.contains("trg_ci (ci)  from triggers/ci.yaml"),
+        shown
+            .stdout
+            .contains("trg_ci-wf_build (ci wf_build)  from triggers/ci-wf_build.yaml"),
         "{}",
         shown.stdout
     );
     assert!(shown.stdout.contains(&run), "{}", shown.stdout);
-    let deliveries = cli(dir, &["trigger", "deliveries", "trg_ci"]).expect_code(0);
+    let deliveries = cli(dir, &["trigger", "deliveries", "trg_ci-wf_build"]).expect_code(0);
     let row = deliveries
         .stdout
         .lines()
@@ -706,7 +708,7 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
         "{}",
         refused.stderr
     );
-    assert!(!dir.join("triggers/inline.yaml").exists());
+    assert!(!dir.join("triggers/inline-wf_build.yaml").exists());
     // An unknown workflow is reported and nothing stays behind.
     let invalid = cli(
         dir,
@@ -726,7 +728,7 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
         "{}",
         invalid.stderr
     );
-    assert!(!dir.join("triggers/bad.yaml").exists());
+    assert!(!dir.join("triggers/bad-wf_nope.yaml").exists());
 
     // Without a server: a second trigger on the same path, with no secret (it must say
     // so). Both run.
@@ -749,7 +751,7 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
         ],
     )
     .expect_code(0);
-    let offline = cli(dir, &["trigger", "deliveries", "trg_ci"]).expect_code(0);
+    let offline = cli(dir, &["trigger", "deliveries", "trg_ci-wf_build"]).expect_code(0);
     assert!(offline.stdout.contains(&run), "{}", offline.stdout);
     let _server = Server::start(dir);
     let hooks = Sender::new(dir);
@@ -769,14 +771,14 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
         .map(|r| r["trigger"].as_str().unwrap())
         .collect();
     triggers.sort();
-    assert_eq!(triggers, ["trg_ci", "trg_ci-open"], "{accepted}");
+    assert_eq!(triggers, ["trg_ci-open", "trg_ci-wf_build"], "{accepted}");
     // Unsigned: only the trigger without a secret runs; the other says why it did not.
     let accepted = hooks
         .github("/hooks/ci", "push", "ci-3", &push_to_master(), None)
         .expect(202);
     assert_eq!(accepted["runs"].as_array().unwrap().len(), 1, "{accepted}");
     assert_eq!(accepted["runs"][0]["trigger"], "trg_ci-open");
-    assert_eq!(accepted["skipped"][0]["trigger"], "trg_ci");
+    assert_eq!(accepted["skipped"][0]["trigger"], "trg_ci-wf_build");
     assert_eq!(accepted["skipped"][0]["result"], "rejected");
 }
 
@@ -807,11 +809,11 @@ fn trigger_create_refuses_in_git_source_mode() {
         refused.stderr
     );
     assert!(
-        refused.stderr.contains("commit triggers/ci.yaml"),
+        refused.stderr.contains("commit triggers/ci-wf_build.yaml"),
         "{}",
         refused.stderr
     );
-    assert!(!dir.join("triggers/ci.yaml").exists());
+    assert!(!dir.join("triggers/ci-wf_build.yaml").exists());
 }
 
 #[test]

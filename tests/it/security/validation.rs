@@ -178,7 +178,7 @@ fn a_trigger_without_a_secret_is_an_error_unless_it_says_insecure() {
         ],
     )
     .expect_code(0);
-    let manifest = std::fs::read_to_string(dir.join("triggers/ci.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(dir.join("triggers/ci-wf_work.yaml")).unwrap();
     assert!(
         manifest.contains("secret: env:GITHUB_WEBHOOK_SECRET"),
         "{manifest}\n{}",
@@ -198,7 +198,7 @@ fn a_trigger_without_a_secret_is_an_error_unless_it_says_insecure() {
         ],
     )
     .expect_code(0);
-    let manifest = std::fs::read_to_string(dir.join("triggers/open2.yaml")).unwrap();
+    let manifest = std::fs::read_to_string(dir.join("triggers/open2-wf_work.yaml")).unwrap();
     assert!(manifest.contains("insecure: true"), "{manifest}");
     assert!(!manifest.contains("secret"), "{manifest}");
     cli(dir, &["validate"]).expect_code(0);
