@@ -132,7 +132,7 @@ pub fn validate(name: SchemaName, value: &Value) -> Vec<Violation> {
     let mut violations: Vec<Violation> = compiled
         .validator
         .iter_errors(value)
-        .map(|error| {
+        .flat_map(|error| {
             let pointer = error.instance_path().as_str().to_owned();
             let schema_path = error.schema_path().as_str().to_owned();
             describe(
@@ -150,7 +150,50 @@ pub fn validate(name: SchemaName, value: &Value) -> Vec<Violation> {
     violations
 }
 
+/// The violations one validation error stands for: one per unknown field of an object (the
+/// validator reports them together), otherwise one.
 fn describe(
+    schema: &Value,
+    schema_path: &str,
+    pointer: String,
+    kind: &ValidationErrorKind,
+    instance: &Value,
+    fallback: impl FnOnce() -> String,
+) -> Vec<Violation> {
+    if let ValidationErrorKind::AdditionalProperties { unexpected } = kind {
+        let allowed = allowed_properties(schema, schema_path);
+        return unexpected
+            .iter()
+            .map(|field| {
+                let hint = did_you_mean(field, allowed.iter().map(String::as_str))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                Violation {
+                    pointer: format!(
+                        "{pointer}/{}",
+                        crate::diagnostics::escape_pointer_segment(field)
+                    ),
+                    at_key: true,
+                    message: format!(
+                        "unknown field `{field}`{hint} (expected one of: {})",
+                        allowed.join(", ")
+                    ),
+                    inner_column: None,
+                }
+            })
+            .collect();
+    }
+    vec![describe_one(
+        schema,
+        schema_path,
+        pointer,
+        kind,
+        instance,
+        fallback,
+    )]
+}
+
+fn describe_one(
     schema: &Value,
     schema_path: &str,
     pointer: String,
@@ -168,25 +211,6 @@ fn describe(
         ValidationErrorKind::Required { property } => {
             let field = property.as_str().unwrap_or_default();
             plain(format!("missing required field `{field}`"))
-        }
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let field = unexpected.first().cloned().unwrap_or_default();
-            let allowed = allowed_properties(schema, schema_path);
-            let hint = did_you_mean(&field, allowed.iter().map(String::as_str))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            Violation {
-                pointer: format!(
-                    "{pointer}/{}",
-                    crate::diagnostics::escape_pointer_segment(&field)
-                ),
-                at_key: true,
-                message: format!(
-                    "unknown field `{field}`{hint} (expected one of: {})",
-                    allowed.join(", ")
-                ),
-                inner_column: None,
-            }
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -394,6 +418,23 @@ mod tests {
             "{}",
             violations[0].message
         );
+    }
+
+    #[test]
+    fn every_unknown_field_of_an_object_is_reported() {
+        let violations = validate(
+            SchemaName::Manifest(Kind::Workflow),
+            &json!({"name": "a", "steps": [
+                {"name": "x", "command": ["true"], "depend_on": [], "timout": "5m"}
+            ]}),
+        );
+        let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            ["/steps/0/depend_on", "/steps/0/timout"],
+            "{violations:?}"
+        );
+        assert!(violations[1].message.contains("did you mean `timeout`?"));
     }
 
     fn dashboard(value: serde_json::Value) -> Vec<String> {

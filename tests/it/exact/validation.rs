@@ -88,3 +88,38 @@ fn validating_one_workflow_resolves_agents_from_the_agents_directory() {
         run.stdout
     );
 }
+
+#[test]
+fn every_violation_of_a_document_is_reported_in_one_pass() {
+    let temp = project(&[(
+        "workflows/two.yaml",
+        "name: Two\nsteps:\n  - name: a\n    command: [\"true\"]\n  - name: b\n    command: [\"true\"]\n    depend_on: [a]\n    timout: 5m\n    retries: -1\nextra: 1\n",
+    )]);
+    let run = cli(temp.path(), &["validate", "workflows/two.yaml"]).expect_code(1);
+    for (field, place) in [
+        (
+            "unknown field `depend_on`; did you mean `depends_on`?",
+            "workflows/two.yaml:7:5",
+        ),
+        (
+            "unknown field `timout`; did you mean `timeout`?",
+            "workflows/two.yaml:8:5",
+        ),
+        ("unknown field `extra`", "workflows/two.yaml:10:1"),
+        ("less than the minimum of 0", "workflows/two.yaml:9:14"),
+    ] {
+        let at = run
+            .stdout
+            .find(field)
+            .unwrap_or_else(|| panic!("no `{field}`:\n{}", run.stdout));
+        assert!(
+            run.stdout[at..]
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.contains(place)),
+            "`{field}` not at {place}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(run.stdout.contains("4 errors"), "{}", run.stdout);
+}
