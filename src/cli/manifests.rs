@@ -174,7 +174,15 @@ fn problems_line(diagnostics: &[Diagnostic]) -> String {
 pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
     context.init_logging(false)?;
     let loaded = load(context, &args.paths)?;
-    let desired = &reconcile::desired_set(&loaded.snapshot);
+    let project_dir = context.config.project_dir.clone();
+    let secrets = move |reference: &str| resolves_here(reference, &project_dir);
+    let desired = &reconcile::desired_set_with(
+        &loaded.snapshot,
+        &reconcile::Surroundings {
+            channels: Some(configured_channels(context)),
+            secrets: Some(&secrets),
+        },
+    );
     let objects = desired.objects.len() + desired.invalid.len();
     let files = loaded.snapshot.files.len() + count_unreadable(&loaded.snapshot);
     let mut out = std::io::stdout().lock();
@@ -208,6 +216,51 @@ pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+/// The notification channels the configuration of some environment defines (the one in
+/// force, and every `config/<environment>.yaml` that loads).
+fn configured_channels(context: &Context) -> std::collections::BTreeSet<String> {
+    let mut channels: std::collections::BTreeSet<String> = context
+        .config
+        .config
+        .notifications
+        .channels
+        .keys()
+        .cloned()
+        .collect();
+    for environment in crate::config::Environment::ALL {
+        let options = crate::config::ConfigOptions {
+            project_dir: context.config.project_dir.clone(),
+            environment: Some(environment),
+            config_file: None,
+            env_vars: Vec::new(),
+        };
+        if let Ok(loaded) = crate::config::load(&options) {
+            channels.extend(loaded.config.notifications.channels.into_keys());
+        }
+    }
+    channels
+}
+
+/// Whether a secret reference resolves in this process's environment: `env:NAME` a set
+/// variable, `file:PATH` (relative to the project) a readable file.
+fn resolves_here(reference: &str, project_dir: &std::path::Path) -> Result<(), String> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        return match std::env::var_os(name) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "the environment variable {name} is not set (a step or delivery that needs it fails)"
+            )),
+        };
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        let full = project_dir.join(path);
+        return std::fs::File::open(&full)
+            .map(|_| ())
+            .map_err(|err| format!("{} cannot be read: {err}", full.display()));
+    }
+    Ok(())
 }
 
 fn count_unreadable(snapshot: &Snapshot) -> usize {

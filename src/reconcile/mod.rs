@@ -72,8 +72,28 @@ impl DesiredSet {
     }
 }
 
+/// What a check may also look at besides the manifests: what the configuration offers and
+/// what resolves where the check runs. Left at its default, neither is checked.
+#[derive(Default)]
+pub struct Surroundings<'a> {
+    /// The notification channels some environment's configuration defines: an alert action
+    /// naming another one is warned about.
+    pub channels: Option<BTreeSet<String>>,
+    /// Resolves a secret reference (`env:NAME`, `file:PATH`) here: `Err` says why it does
+    /// not, and the reference is warned about.
+    pub secrets: Option<&'a SecretCheck>,
+}
+
+/// Whether a secret reference resolves where the check runs, and if not, why.
+pub type SecretCheck = dyn Fn(&str) -> Result<(), String> + Sync;
+
 /// Parses, validates and cross-checks every manifest of a snapshot.
 pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
+    desired_set_with(snapshot, &Surroundings::default())
+}
+
+/// [`desired_set`], also checking the manifests against their [`Surroundings`].
+pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) -> DesiredSet {
     let mut set = DesiredSet {
         revision: snapshot.revision.clone(),
         ..DesiredSet::default()
@@ -123,7 +143,23 @@ pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
         semantic::Catalog::new(candidates.iter().map(|c| &c.manifest).chain(context.iter()));
     let references: Vec<Vec<Diagnostic>> = candidates
         .par_iter()
-        .map(|c| semantic::check_references(&c.manifest, &catalog))
+        .map(|c| {
+            let mut found = semantic::check_references(&c.manifest, &catalog);
+            if let Some(channels) = &surroundings.channels {
+                found.extend(semantic::check_channels(&c.manifest, channels));
+            }
+            if let Some(resolve) = surroundings.secrets {
+                for (pointer, reference) in semantic::secret_references(&c.manifest) {
+                    if let Err(why) = resolve(&reference) {
+                        found.push(c.manifest.warning_at(
+                            &pointer,
+                            format!("the secret `{reference}` does not resolve here: {why}"),
+                        ));
+                    }
+                }
+            }
+            found
+        })
         .collect();
 
     let duplicated: BTreeSet<ObjectKey> = {
