@@ -258,6 +258,27 @@ fn describe_one(
             "expected unique items, found duplicates in {}",
             describe_value(instance)
         )),
+        ValidationErrorKind::OneOfNotValid { .. }
+        | ValidationErrorKind::OneOfMultipleValid { .. }
+            if required_alternatives(schema, schema_path).is_some() =>
+        {
+            let fields = required_alternatives(schema, schema_path).unwrap_or_default();
+            let (canonical, aliases) = fields.split_first().unwrap_or((&"", &[]));
+            let aliases = aliases
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            if matches!(kind, ValidationErrorKind::OneOfMultipleValid { .. }) {
+                plain(format!(
+                    "both `{canonical}` and its alias {aliases} are set: keep one"
+                ))
+            } else {
+                plain(format!(
+                    "missing required field `{canonical}` (or its alias {aliases})"
+                ))
+            }
+        }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
             let description = sub_schema(schema, schema_path)
                 .and_then(|s| s.get("description"))
@@ -271,6 +292,23 @@ fn describe_one(
         }
         _ => plain(fallback()),
     }
+}
+
+/// The fields of a `oneOf` whose branches each only require one field (a field and its
+/// aliases: exactly one of them must be set), the canonical one first.
+fn required_alternatives<'a>(schema: &'a Value, schema_path: &str) -> Option<Vec<&'a str>> {
+    let branches = schema.pointer(schema_path)?.as_array()?;
+    branches
+        .iter()
+        .map(|branch| {
+            let branch = branch.as_object()?;
+            let required = branch.get("required")?.as_array()?;
+            match (branch.len(), required.as_slice()) {
+                (1, [field]) => field.as_str(),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The schema node a schema path (without its last keyword) points at.
@@ -514,10 +552,32 @@ mod tests {
         assert_eq!(
             messages,
             [
-                " missing required field `workflow`",
+                " missing required field `workflow` (or its alias `workflow_id`)",
                 "/cron expected a string, found `5`"
             ]
         );
+    }
+
+    #[test]
+    fn the_published_schemas_accept_the_aliases_once() {
+        let schedule = |value: serde_json::Value| {
+            validate(SchemaName::Manifest(Kind::Schedule), &value)
+                .into_iter()
+                .map(|v| v.message)
+                .collect::<Vec<_>>()
+        };
+        let aliased = json!({"name": "a", "schedule": "0 2 * * *", "workflow_id": "wf_x"});
+        assert_eq!(schedule(aliased), Vec::<String>::new());
+        let both =
+            json!({"name": "a", "cron": "0 2 * * *", "schedule": "0 2 * * *", "workflow": "wf_x"});
+        assert_eq!(
+            schedule(both),
+            ["both `cron` and its alias `schedule` are set: keep one"]
+        );
+        let kinds = json!({"kind": "schedules", "name": "a", "cron": "@daily", "workflow": "w"});
+        assert_eq!(schedule(kinds), Vec::<String>::new());
+        let alerts = json!({"alerts": [{"name": "a", "condition": "system.cpu_percent > 1"}]});
+        assert!(validate(SchemaName::Manifest(Kind::Alert), &alerts).is_empty());
     }
 
     #[test]

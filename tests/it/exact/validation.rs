@@ -277,3 +277,222 @@ fn a_bare_name_in_a_condition_is_an_error_with_a_did_you_mean() {
     assert!(out.contains("did you mean `always()`?"), "{out}");
     assert!(out.contains("1 error,"), "{out}");
 }
+
+/// The manifest directories and the schema each one's documents are checked against.
+const KIND_DIRS: [(&str, &str); 7] = [
+    ("workflows", "workflow"),
+    ("templates", "workflow-template"),
+    ("agents", "agent"),
+    ("schedules", "schedule"),
+    ("alerts", "alert"),
+    ("triggers", "trigger"),
+    ("dashboards", "dashboard"),
+];
+
+/// The schema of a manifest file: its `kind:` line, else the kind directory it sits in;
+/// `None` for files that are no manifests (a CI workflow in examples/).
+fn schema_of(path: &Path) -> Option<&'static str> {
+    schema_of_document(&fs::read_to_string(path).ok()?, path)
+}
+
+/// [`schema_of`] for one document of the file at `path`.
+fn schema_of_document(text: &str, path: &Path) -> Option<&'static str> {
+    for line in text.lines() {
+        let line = line.trim().trim_start_matches('"');
+        if let Some(kind) = line
+            .strip_prefix("kind:")
+            .or_else(|| line.strip_prefix("kind\":"))
+        {
+            let kind = kind.trim().trim_matches([',', '"', '\'']).to_lowercase();
+            return KIND_DIRS.iter().find_map(|(dir, schema)| {
+                (kind == schema.replace('-', "") || kind == *dir).then_some(*schema)
+            });
+        }
+    }
+    path.ancestors().find_map(|dir| {
+        let name = dir.file_name()?.to_str()?;
+        KIND_DIRS
+            .iter()
+            .find_map(|(d, schema)| (*d == name).then_some(*schema))
+    })
+}
+
+fn manifest_files(root: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            manifest_files(&path, out);
+        } else if path
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
+            out.push(path);
+        }
+    }
+}
+
+/// JSON text without the `//` and `/* */` comments `validate` allows (as tsconfig does),
+/// which JSON tools do not read.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if c == '\\' {
+                out.extend(chars.next());
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            ('"', _) => {
+                in_string = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                while chars.peek().is_some_and(|&n| n != '\n') {
+                    chars.next();
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                let mut last = ' ';
+                for n in chars.by_ref() {
+                    if last == '*' && n == '/' {
+                        break;
+                    }
+                    last = n;
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Runs check-jsonschema with `schemas/<schema>.json` on `files`: whether all pass, and
+/// what it said. Our `duration` format (`5m`, `1h30m`) is not ISO 8601's, so that format is
+/// left to `validate`.
+fn check_jsonschema(schema: &str, files: &[std::path::PathBuf]) -> (bool, String) {
+    let schema_file = crate::repo_dir().join(format!("schemas/{schema}.json"));
+    let output = std::process::Command::new("check-jsonschema")
+        .args(["--disable-formats", "duration", "--schemafile"])
+        .arg(&schema_file)
+        .args(files)
+        .output()
+        .expect(
+            "check-jsonschema is not installed: scripts/test installs it (python3 -m pip install check-jsonschema==0.39.0)",
+        );
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_published_schemas_accept_every_example_manifest() {
+    let repo = crate::repo_dir();
+    let temp = project(&[]);
+    let mut files = Vec::new();
+    for root in [repo.clone(), temp.path().to_owned()] {
+        for (dir, _) in KIND_DIRS {
+            manifest_files(&root.join(dir), &mut files);
+        }
+    }
+    manifest_files(&repo.join("examples"), &mut files);
+    // JSON tools read JSON without comments: check a copy without them.
+    let plain = tempfile::tempdir().unwrap();
+    let mut by_schema: std::collections::BTreeMap<&str, Vec<std::path::PathBuf>> =
+        Default::default();
+    // JSON tools read one YAML document per file: check each document of a stream alone.
+    let mut documents = 0;
+    let mut examples: Vec<std::path::PathBuf> = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        let text = fs::read_to_string(file).unwrap();
+        let json = file.extension().is_some_and(|e| e == "json");
+        let parts: Vec<String> = if json {
+            vec![text.clone()]
+        } else {
+            text.split("\n---")
+                .map(|part| part.trim_start_matches("---").to_owned())
+                .filter(|part| {
+                    part.lines()
+                        .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                })
+                .collect()
+        };
+        for (part_index, part) in parts.iter().enumerate() {
+            let Some(schema) = schema_of_document(part, file) else {
+                continue;
+            };
+            documents += 1;
+            if file.starts_with(repo.join("examples")) && !examples.contains(file) {
+                examples.push(file.clone());
+            }
+            let checked = if json && serde_json::from_str::<serde_json::Value>(part).is_err() {
+                let copy = plain.path().join(format!("{index}.json"));
+                fs::write(&copy, without_comments(part)).unwrap();
+                copy
+            } else if parts.len() > 1 {
+                let copy = plain.path().join(format!("{index}-{part_index}.yaml"));
+                fs::write(&copy, part).unwrap();
+                copy
+            } else {
+                file.clone()
+            };
+            by_schema.entry(schema).or_default().push(checked);
+        }
+    }
+    assert!(documents >= 20, "{by_schema:?}");
+    for (schema, files) in &by_schema {
+        let (ok, said) = check_jsonschema(schema, files);
+        assert!(ok, "schemas/{schema}.json rejects an example:\n{said}");
+    }
+    // validate accepts all of them too.
+    let mut args = vec!["validate"];
+    args.extend(examples.iter().map(|p| p.to_str().unwrap()));
+    cli(&repo, &args).expect_code(0);
+    cli(&repo, &["validate"]).expect_code(0);
+    cli(temp.path(), &["validate"]).expect_code(0);
+}
+
+#[test]
+fn the_published_schemas_and_validate_agree_on_aliases() {
+    // (file, text, accepted)
+    let cases: [(&str, &str, bool); 9] = [
+        ("schedules/aliased.yaml", "name: Aliased\nschedule: \"0 2 * * *\"\nworkflow_id: wf_api-test-suite\n", true),
+        ("schedules/kind.yaml", "kind: schedule\nname: Kind\ncron: \"@daily\"\nworkflow: wf_api-test-suite\n", true),
+        ("schedules/both.yaml", "name: Both\ncron: \"0 2 * * *\"\nschedule: \"0 2 * * *\"\nworkflow: wf_api-test-suite\n", false),
+        ("schedules/neither.yaml", "name: Neither\nworkflow_id: wf_api-test-suite\n", false),
+        ("triggers/aliased.yaml", "name: Aliased hook\nurl: /hooks/aliased\nworkflow_id: wf_api-test-suite\ninsecure: true\n", true),
+        ("triggers/both.yaml", "name: Both hook\nurl: /hooks/both\npath: /hooks/both\nworkflow: wf_api-test-suite\ninsecure: true\n", false),
+        ("triggers/unknown.yaml", "name: Unknown hook\npath: /hooks/unknown\nworkflow: wf_api-test-suite\ninsecure: true\nurls: x\n", false),
+        ("alerts/several.json", "{\"alerts\": [{\"name\": \"Busy\", \"condition\": \"system.cpu_percent > 90\"}]}", true),
+        ("alerts/stray.json", "{\"alerts\": [{\"name\": \"Busy2\", \"condition\": \"system.cpu_percent > 90\"}], \"extra\": 1}", false),
+    ];
+    let temp = project(&[]);
+    let dir = temp.path();
+    for (file, text, accepted) in cases {
+        write(dir, file, text);
+        let validated = cli(dir, &["validate", file]);
+        assert_eq!(
+            validated.code == 0,
+            accepted,
+            "validate {file}:\n{}",
+            validated.stdout
+        );
+        let schema = schema_of(&dir.join(file)).unwrap();
+        let (ok, said) = check_jsonschema(schema, &[dir.join(file)]);
+        assert_eq!(ok, accepted, "check-jsonschema {file}:\n{said}");
+    }
+}
