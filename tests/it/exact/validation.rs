@@ -496,3 +496,98 @@ fn the_published_schemas_and_validate_agree_on_aliases() {
         assert_eq!(ok, accepted, "check-jsonschema {file}:\n{said}");
     }
 }
+
+/// Whether the store (or the server's API) holds any record of `id`, pruned ones included.
+fn has_record(dir: &Path, id: &str) -> bool {
+    let all = cli(dir, &["get", "--all", "-o", "json"]).expect_code(0);
+    all.stdout.contains(&format!("\"{id}\""))
+}
+
+#[test]
+fn a_failed_schedule_create_leaves_no_file_and_no_record() {
+    let temp = project(&[]);
+    let dir = temp.path();
+    cli(dir, &["apply"]).expect_code(0);
+    let run = cli(
+        dir,
+        &["schedule", "create", "Bad One", "0 2 * * *", "wf_nope"],
+    )
+    .expect_code(1);
+    assert!(
+        run.stderr
+            .contains("error: unknown workflow `wf_nope` (the schedule's `workflow`)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("schedules/bad-one.yaml"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.join("schedules/bad-one.yaml").exists());
+    assert!(!has_record(dir, "sch_bad-one"));
+    // The same with a server watching the directory: no invalid, no pruned record.
+    let _server = Server::start(dir);
+    cli(
+        dir,
+        &["schedule", "create", "Bad Two", "0 2 * * *", "wf_nope"],
+    )
+    .expect_code(1);
+    assert!(!dir.join("schedules/bad-two.yaml").exists());
+    cli(dir, &["apply"]).expect_code(0);
+    assert!(!has_record(dir, "sch_bad-two"));
+    cli(
+        dir,
+        &["schedule", "create", "Good", "0 2 * * *", "wf_smoke"],
+    )
+    .expect_code(0);
+    assert!(has_record(dir, "sch_good"));
+}
+
+#[test]
+fn workflow_create_from_a_bad_file_points_into_that_file() {
+    let temp = project(&[(
+        "bad.json",
+        "{\n  \"name\": \"Ignored\",\n  \"steps\": [\n    {\"name\": \"a\", \"command\": [\"true\"], \"timout\": 5},\n    {\"name\": \"b\", \"agent\": \"nope\", \"action\": \"x\"}\n  ]\n}\n",
+    )]);
+    let dir = temp.path();
+    let run = cli(
+        dir,
+        &["workflow", "create", "From Config", "--config", "bad.json"],
+    )
+    .expect_code(1);
+    assert_at(
+        &run.stderr,
+        "error: unknown field `timout`",
+        "bad.json:4:40 at /steps/0/timout",
+    );
+    assert_at(
+        &run.stderr,
+        "error: unknown agent `nope`",
+        "bad.json:5:28 at /steps/1/agent",
+    );
+    assert!(!run.stderr.contains("from-config.yaml"), "{}", run.stderr);
+    assert!(!dir.join("workflows/from-config.yaml").exists());
+    assert!(!has_record(dir, "wf_from-config"));
+}
+
+#[test]
+fn executing_an_invalid_workflow_says_why() {
+    let temp = project(&[(
+        "workflows/broken.yaml",
+        "name: Broken\nsteps:\n  - name: a\n    command: [\"true\"]\n    depends_on: [zz]\n",
+    )]);
+    let dir = temp.path();
+    cli(dir, &["apply"]).expect_code(1);
+    for given in ["wf_broken", "Broken"] {
+        let run = cli(dir, &["workflow", "execute", given]).expect_code(2);
+        assert!(
+            run.stderr.contains(
+                "workflow `wf_broken` is invalid: unknown step `zz` in depends_on; did you mean `a`? (steps: a) (at workflows/broken.yaml:5:18)"
+            ),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("in the store"), "{}", run.stderr);
+    }
+}
