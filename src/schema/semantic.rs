@@ -595,9 +595,8 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
                 }
                 if manifest.kind == Kind::Trigger {
                     check_delivery_into_shell(manifest, catalog, workflow, &mut diagnostics);
-                } else {
-                    check_schedule_parameters(manifest, catalog, workflow, &mut diagnostics);
                 }
+                check_run_parameters(manifest, catalog, workflow, &mut diagnostics);
             }
         }
         Kind::Agent | Kind::Alert | Kind::Dashboard => {}
@@ -605,10 +604,12 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
     diagnostics
 }
 
-/// A schedule's `parameters` as its workflow checks them when a fire starts a run (the
-/// engine's own check, `engine::params::resolve`): a fire with parameters its workflow
-/// rejects would only be recorded as skipped.
-fn check_schedule_parameters(
+/// A schedule's or trigger's `parameters` as its workflow checks them when a fire or a
+/// delivery starts a run (the engine's own check, `engine::params::resolve`): a fire with
+/// parameters its workflow rejects would only be recorded as skipped, a delivery as failed.
+/// A trigger's value filled from the delivery (`{{ payload.x }}`) is known only then: its
+/// name is checked, not its type or value.
+fn check_run_parameters(
     manifest: &Manifest,
     catalog: &Catalog,
     workflow: &str,
@@ -638,14 +639,29 @@ fn check_schedule_parameters(
     else {
         return;
     };
+    let (noun, what) = if manifest.kind == Kind::Trigger {
+        ("trigger", "deliveries")
+    } else {
+        ("schedule", "fires")
+    };
     for problem in problems.lines() {
-        // A problem with a value the schedule gives points at it; any other at the whole.
+        // A problem with a value the manifest gives points at it; any other at the whole.
         let named = schedule_parameters.and_then(|parameters| {
             parameters.keys().find(|name| {
                 problem.starts_with(&format!("unknown parameter `{name}`"))
                     || problem.starts_with(&format!("parameter `{name}` "))
             })
         });
+        let filled_later = named
+            .and_then(|name| schedule_parameters.and_then(|p| p.get(name)))
+            .is_some_and(|value| {
+                let mut strings = Vec::new();
+                collect_strings(value, String::new(), &mut strings);
+                strings.iter().any(|(_, text)| text.contains("{{"))
+            });
+        if filled_later && problem.starts_with("parameter `") {
+            continue;
+        }
         let pointer = match (named, schedule_parameters) {
             (Some(name), _) => format!(
                 "/parameters/{}",
@@ -658,7 +674,7 @@ fn check_schedule_parameters(
         diagnostics.push(manifest.error_at(
             &pointer,
             at_key,
-            format!("{problem}: workflow `{workflow}` would not run on this schedule's fires"),
+            format!("{problem}: workflow `{workflow}` would not run on this {noun}'s {what}"),
         ));
     }
 }

@@ -591,3 +591,24 @@ fn executing_an_invalid_workflow_says_why() {
         assert!(!run.stderr.contains("in the store"), "{}", run.stderr);
     }
 }
+
+#[test]
+fn trigger_parameters_its_workflow_does_not_declare_fail_validation() {
+    let workflow = "name: Deploy check\nparameters:\n  environment:\n    type: string\n    enum: [staging, production]\n    default: staging\n  number:\n    type: integer\nsteps:\n  - name: a\n    command: [\"true\"]\n";
+    let trigger = "name: Deploy hook\npath: /hooks/deploy\nworkflow: wf_deploy-check\ninsecure: true\nparameters:\n  number: \"{{ payload.number }}\"\n  enviroment: production\n";
+    let out = validate(
+        &[
+            ("workflows/deploy.yaml", workflow),
+            ("triggers/deploy.yaml", trigger),
+        ],
+        &["triggers/deploy.yaml"],
+        1,
+    );
+    assert_at(
+        &out,
+        "error: unknown parameter `enviroment`; did you mean `environment`?",
+        "triggers/deploy.yaml:7:3 at /parameters/enviroment",
+    );
+    // A value from the delivery is known only then: its type is not held against it.
+    assert!(out.contains("1 error"), "{out}");
+}
