@@ -121,11 +121,17 @@ pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) ->
 
     // The rest of the source, when the snapshot is limited to some paths: its objects are
     // what the snapshot's references and ids are checked against, as in a whole check.
-    let context: Vec<Manifest> = snapshot
-        .context
-        .par_iter()
-        .flat_map_iter(context_manifests)
-        .collect();
+    let parse_context = || {
+        snapshot
+            .context
+            .par_iter()
+            .flat_map_iter(context_manifests)
+            .collect()
+    };
+    let context: Vec<Manifest> = match check_pool() {
+        Some(pool) => pool.install(parse_context),
+        None => parse_context(),
+    };
 
     // Ids must be unique within a kind across the whole source.
     let keyed: Vec<(Kind, String, &Manifest)> = candidates
