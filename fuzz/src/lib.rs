@@ -88,6 +88,7 @@ pub fn manifest(data: &[u8]) {
                 },
             ],
             diagnostics: Vec::new(),
+            context: Vec::new(),
         };
         let set = desired_set(&snapshot);
         let lines = line_count(&text);

@@ -174,7 +174,15 @@ fn problems_line(diagnostics: &[Diagnostic]) -> String {
 pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
     context.init_logging(false)?;
     let loaded = load(context, &args.paths)?;
-    let desired = &reconcile::desired_set(&loaded.snapshot);
+    let project_dir = context.config.project_dir.clone();
+    let secrets = move |reference: &str| resolves_here(reference, &project_dir);
+    let desired = &reconcile::desired_set_with(
+        &loaded.snapshot,
+        &reconcile::Surroundings {
+            channels: Some(configured_channels(context)),
+            secrets: Some(&secrets),
+        },
+    );
     let objects = desired.objects.len() + desired.invalid.len();
     let files = loaded.snapshot.files.len() + count_unreadable(&loaded.snapshot);
     let mut out = std::io::stdout().lock();
@@ -208,6 +216,51 @@ pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
     } else {
         EXIT_OK
     })
+}
+
+/// The notification channels the configuration of some environment defines (the one in
+/// force, and every `config/<environment>.yaml` that loads).
+fn configured_channels(context: &Context) -> std::collections::BTreeSet<String> {
+    let mut channels: std::collections::BTreeSet<String> = context
+        .config
+        .config
+        .notifications
+        .channels
+        .keys()
+        .cloned()
+        .collect();
+    for environment in crate::config::Environment::ALL {
+        let options = crate::config::ConfigOptions {
+            project_dir: context.config.project_dir.clone(),
+            environment: Some(environment),
+            config_file: None,
+            env_vars: Vec::new(),
+        };
+        if let Ok(loaded) = crate::config::load(&options) {
+            channels.extend(loaded.config.notifications.channels.into_keys());
+        }
+    }
+    channels
+}
+
+/// Whether a secret reference resolves in this process's environment: `env:NAME` a set
+/// variable, `file:PATH` (relative to the project) a readable file.
+fn resolves_here(reference: &str, project_dir: &std::path::Path) -> Result<(), String> {
+    if let Some(name) = reference.strip_prefix("env:") {
+        return match std::env::var_os(name) {
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "the environment variable {name} is not set (a step or delivery that needs it fails)"
+            )),
+        };
+    }
+    if let Some(path) = reference.strip_prefix("file:") {
+        let full = project_dir.join(path);
+        return std::fs::File::open(&full)
+            .map(|_| ())
+            .map_err(|err| format!("{} cannot be read: {err}", full.display()));
+    }
+    Ok(())
 }
 
 fn count_unreadable(snapshot: &Snapshot) -> usize {
@@ -488,6 +541,31 @@ pub fn create_manifest(
     name: &str,
     document: serde_json::Value,
 ) -> Result<u8> {
+    create_manifest_from(context, kind, name, document, None)
+}
+
+/// The file a created manifest's document was read from (`workflow create --config FILE`):
+/// its problems are shown there, at the line and column of the field.
+pub struct Origin {
+    /// The file as the user named it.
+    pub file: String,
+    /// Its text.
+    pub text: String,
+    /// The document read from it, with locations.
+    pub document: crate::manifest::parse::ParsedDocument,
+}
+
+/// [`create_manifest`] for a document read from `origin`. The new manifest is checked
+/// with the project's others before anything is written: when it would not apply, its
+/// problems are shown (in `origin`, or by field) and nothing is left behind, no file and no
+/// record.
+pub fn create_manifest_from(
+    context: &Context,
+    kind: Kind,
+    name: &str,
+    document: serde_json::Value,
+    origin: Option<Origin>,
+) -> Result<u8> {
     use anyhow::{bail, Context as _};
     let slug = crate::manifest::slug(name);
     if slug.is_empty() {
@@ -516,6 +594,11 @@ pub fn create_manifest(
         "# yaml-language-server: $schema=../schemas/{schema}.json\n{}",
         reconcile::diff::to_yaml(&document)
     );
+    let noun_title = noun.clone();
+    if !check_new_manifest(context, &relative, &text, origin.as_ref(), &noun_title)? {
+        eprintln!("the {noun} was not created; fix the problems above and try again");
+        return Ok(EXIT_FINDINGS);
+    }
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     // The modeline's target; without it the manifest is as valid, so this only warns.
     if let Err(err) = super::schemas_cmd::ensure_in_project(&context.config.project_dir) {
@@ -552,6 +635,70 @@ pub fn create_manifest(
         eprintln!("the {noun} was not created; fix the problems above and try again");
         Ok(EXIT_FINDINGS)
     }
+}
+
+/// Checks the text a create command would write as `relative` together with the project's
+/// other manifests, and shows its errors: in `origin` at their line and column when the
+/// document came from a file, else by field (the file does not exist). Whether it is valid.
+fn check_new_manifest(
+    context: &Context,
+    relative: &std::path::Path,
+    text: &str,
+    origin: Option<&Origin>,
+    noun: &str,
+) -> Result<bool> {
+    let shown = relative.display().to_string();
+    let (mut snapshot, _) = reconcile::load_manifests(&context.config, &[])?;
+    snapshot.files.retain(|f| f.path != shown);
+    snapshot.files.push(crate::source::SourceFile {
+        path: shown.clone(),
+        text: text.to_owned(),
+    });
+    let desired = reconcile::desired_set(&snapshot);
+    let problems: Vec<&Diagnostic> = desired
+        .diagnostics
+        .iter()
+        .filter(|d| d.file == shown && d.is_error())
+        .collect();
+    if problems.is_empty() {
+        return Ok(true);
+    }
+    let generated = crate::manifest::parse::parse_yaml(text)
+        .ok()
+        .and_then(|mut documents| (!documents.is_empty()).then(|| documents.remove(0)));
+    let mut out = String::new();
+    for problem in problems {
+        match (origin, &generated) {
+            (Some(origin), Some(generated)) => {
+                // The pointer is the same in both documents; an unknown field is shown at
+                // its key, as in the generated text.
+                let at_key = generated.locations.locate(&problem.pointer, true)
+                    == (problem.line, problem.column)
+                    && generated.locations.locate(&problem.pointer, false)
+                        != (problem.line, problem.column);
+                let (line, column) = origin.document.locations.locate(&problem.pointer, at_key);
+                let moved = Diagnostic {
+                    file: origin.file.clone(),
+                    line,
+                    column,
+                    ..problem.clone()
+                };
+                out.push_str(&moved.render(Some(&origin.text), context.color));
+                out.push('\n');
+            }
+            _ => {
+                let field = problem.pointer.trim_start_matches('/');
+                let place = if field.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the {noun}'s `{field}`)")
+                };
+                out.push_str(&format!("error: {}{place}\n", problem.message));
+            }
+        }
+    }
+    eprint!("{out}");
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -240,24 +240,37 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
 }
 
 fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
+    let mut origin = None;
     let mut document: Value = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
             let parsed = if path.extension().is_some_and(|e| e == "json") {
-                crate::manifest::parse::parse_json(&text).map(|d| d.value)
+                crate::manifest::parse::parse_json(&text).map(Some)
             } else {
                 crate::manifest::parse::parse_yaml(&text).map(|mut d| {
                     if d.is_empty() {
-                        Value::Null
+                        None
                     } else {
-                        d.remove(0).value
+                        Some(d.remove(0))
                     }
                 })
             };
-            parsed.map_err(|e| {
+            let parsed = parsed.map_err(|e| {
                 anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line, e.column, e.message)
-            })?
+            })?;
+            match parsed {
+                Some(parsed) => {
+                    let value = parsed.value.clone();
+                    origin = Some(manifests::Origin {
+                        file: path.display().to_string(),
+                        text,
+                        document: parsed,
+                    });
+                    value
+                }
+                None => Value::Null,
+            }
         }
         None => serde_json::json!({
             "steps": [{"name": "hello", "command": ["echo", format!("hello from {}", args.name)]}]
@@ -273,7 +286,13 @@ fn create(context: &Context, args: &CreateArgs) -> Result<u8> {
     let mut ordered = Map::new();
     ordered.insert("name".into(), Value::from(args.name.clone()));
     ordered.extend(std::mem::take(map));
-    manifests::create_manifest(context, Kind::Workflow, &args.name, Value::Object(ordered))
+    manifests::create_manifest_from(
+        context,
+        Kind::Workflow,
+        &args.name,
+        Value::Object(ordered),
+        origin,
+    )
 }
 
 fn render(context: &Context, args: &RenderArgs) -> Result<u8> {

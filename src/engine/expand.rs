@@ -329,6 +329,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
+/// The functions a condition may call.
+const FUNCTIONS: [&str; 4] = ["success", "failure", "always", "cancelled"];
+
 struct Parser<'a> {
     tokens: &'a [Token],
     position: usize,
@@ -448,8 +451,11 @@ impl Parser<'_> {
                         if matches!(root, "params" | "steps" | "run") {
                             Ok(Value::Null)
                         } else {
+                            let hint = crate::schema::did_you_mean(word.as_str(), FUNCTIONS)
+                                .map(|f| format!("; did you mean `{f}()`?"))
+                                .unwrap_or_default();
                             Err(format!(
-                                "unknown reference `{word}`: expected params.*, steps.NAME.status, steps.NAME.outputs.* or run.*"
+                                "unknown name `{word}` (expected a function: success(), failure(), always(), cancelled(); or a reference: params.*, steps.NAME.status, steps.NAME.outputs.*, run.*){hint}"
                             ))
                         }
                     }

@@ -104,6 +104,25 @@ pub fn find_workflow_in(
     {
         return Ok((*found).clone());
     }
+    // A workflow whose manifest never applied is in the store as invalid: say why.
+    if let Some(invalid) = objects.values().find(|r| {
+        r.key.kind == Kind::Workflow
+            && r.status == crate::store::ObjectStatus::Invalid
+            && (r.key.id == id_or_name || r.name == id_or_name)
+    }) {
+        let first = invalid
+            .diagnostics
+            .iter()
+            .find(|d| d.is_error())
+            .map_or_else(
+                || "see `orchestrator validate`".to_owned(),
+                |d| format!("{} (at {})", d.message, d.location()),
+            );
+        return Err(EngineError::NotFound(format!(
+            "workflow `{}` is invalid: {first}; it never applied: fix {} and apply it",
+            invalid.key.id, invalid.source_file
+        )));
+    }
     let hint = crate::schema::did_you_mean(id_or_name, workflows.iter().map(|r| r.key.id.as_str()))
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();

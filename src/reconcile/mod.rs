@@ -72,8 +72,28 @@ impl DesiredSet {
     }
 }
 
+/// What a check may also look at besides the manifests: what the configuration offers and
+/// what resolves where the check runs. Left at its default, neither is checked.
+#[derive(Default)]
+pub struct Surroundings<'a> {
+    /// The notification channels some environment's configuration defines: an alert action
+    /// naming another one is warned about.
+    pub channels: Option<BTreeSet<String>>,
+    /// Resolves a secret reference (`env:NAME`, `file:PATH`) here: `Err` says why it does
+    /// not, and the reference is warned about.
+    pub secrets: Option<&'a SecretCheck>,
+}
+
+/// Whether a secret reference resolves where the check runs, and if not, why.
+pub type SecretCheck = dyn Fn(&str) -> Result<(), String> + Sync;
+
 /// Parses, validates and cross-checks every manifest of a snapshot.
 pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
+    desired_set_with(snapshot, &Surroundings::default())
+}
+
+/// [`desired_set`], also checking the manifests against their [`Surroundings`].
+pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) -> DesiredSet {
     let mut set = DesiredSet {
         revision: snapshot.revision.clone(),
         ..DesiredSet::default()
@@ -99,19 +119,53 @@ pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
         candidates.extend(result.candidates);
     }
 
-    // Ids must be unique within a kind across the whole snapshot.
+    // The rest of the source, when the snapshot is limited to some paths: its objects are
+    // what the snapshot's references and ids are checked against, as in a whole check.
+    let parse_context = || {
+        snapshot
+            .context
+            .par_iter()
+            .flat_map_iter(context_manifests)
+            .collect()
+    };
+    let context: Vec<Manifest> = match check_pool() {
+        Some(pool) => pool.install(parse_context),
+        None => parse_context(),
+    };
+
+    // Ids must be unique within a kind across the whole source.
     let keyed: Vec<(Kind, String, &Manifest)> = candidates
         .iter()
         .map(|c| (c.manifest.kind, c.id.clone(), &c.manifest))
+        .chain(context.iter().filter_map(|m| Some((m.kind, m.id()?, m))))
         .collect();
     for (index, diagnostic) in semantic::duplicate_ids(&keyed) {
-        candidates[index].diagnostics.push(diagnostic);
+        if let Some(candidate) = candidates.get_mut(index) {
+            candidate.diagnostics.push(diagnostic);
+        }
     }
 
-    let catalog = semantic::Catalog::new(candidates.iter().map(|c| &c.manifest));
+    let catalog =
+        semantic::Catalog::new(candidates.iter().map(|c| &c.manifest).chain(context.iter()));
     let references: Vec<Vec<Diagnostic>> = candidates
         .par_iter()
-        .map(|c| semantic::check_references(&c.manifest, &catalog))
+        .map(|c| {
+            let mut found = semantic::check_references(&c.manifest, &catalog);
+            if let Some(channels) = &surroundings.channels {
+                found.extend(semantic::check_channels(&c.manifest, channels));
+            }
+            if let Some(resolve) = surroundings.secrets {
+                for (pointer, reference) in semantic::secret_references(&c.manifest) {
+                    if let Err(why) = resolve(&reference) {
+                        found.push(c.manifest.warning_at(
+                            &pointer,
+                            format!("the secret `{reference}` does not resolve here: {why}"),
+                        ));
+                    }
+                }
+            }
+            found
+        })
         .collect();
 
     let duplicated: BTreeSet<ObjectKey> = {
@@ -311,6 +365,32 @@ fn check_file(source: &SourceFile) -> FileResult {
     result
 }
 
+/// The manifests of a file read for references only: parsed and extracted, not validated
+/// (an invalid object keeps its last good version, so references to it still hold).
+fn context_manifests(source: &SourceFile) -> Vec<Manifest> {
+    let documents = if source.path.ends_with(".json") {
+        parse::parse_json(&source.text).map(|d| vec![d])
+    } else {
+        parse::parse_yaml(&source.text)
+    };
+    let Ok(documents) = documents else {
+        return Vec::new();
+    };
+    let many = documents.len() > 1;
+    documents
+        .into_iter()
+        .enumerate()
+        .flat_map(|(index, document)| {
+            let prefix = if many {
+                format!("/{index}")
+            } else {
+                String::new()
+            };
+            manifest::extract(&source.path, document, &prefix).0
+        })
+        .collect()
+}
+
 /// Reads the manifests a reconcile works on: the given paths (which then limit deletions to
 /// them: the second value, as shown in records), or the configured manifest directories.
 pub fn load_manifests(
@@ -359,12 +439,54 @@ pub fn load_manifests_under(
             .collect();
         (paths, Some(shown))
     };
-    let snapshot = dir::load(
-        &source_paths,
-        &DirOptions {
-            root: root.to_owned(),
-            max_file_bytes: config.config.manifests.max_file_bytes,
-        },
-    )?;
+    let options = DirOptions {
+        root: root.to_owned(),
+        max_file_bytes: config.config.manifests.max_file_bytes,
+    };
+    let mut snapshot = dir::load(&source_paths, &options)?;
+    if scope.is_some() {
+        snapshot.context = rest_of_source(config, root, &options, &snapshot);
+    }
     Ok((snapshot, scope))
+}
+
+/// The files of the configured manifest directories that `scoped` does not hold (compared by
+/// their real paths, however they were named); none when they cannot be read.
+fn rest_of_source(
+    config: &crate::config::LoadedConfig,
+    root: &std::path::Path,
+    options: &crate::source::dir::DirOptions,
+    scoped: &Snapshot,
+) -> Vec<SourceFile> {
+    use crate::source::dir::{self, SourcePath};
+    let real = |shown: &str| {
+        let path = std::path::Path::new(shown);
+        let joined = if path.is_absolute() {
+            path.to_owned()
+        } else {
+            root.join(path)
+        };
+        std::fs::canonicalize(&joined)
+            .or_else(|_| std::fs::canonicalize(path))
+            .unwrap_or(joined)
+    };
+    let held: BTreeSet<std::path::PathBuf> = scoped.files.iter().map(|f| real(&f.path)).collect();
+    let paths: Vec<SourcePath> = config
+        .config
+        .manifests
+        .paths
+        .iter()
+        .map(|p| SourcePath {
+            path: root.join(p),
+            required: false,
+        })
+        .collect();
+    match dir::load(&paths, options) {
+        Ok(whole) => whole
+            .files
+            .into_iter()
+            .filter(|f| !held.contains(&real(&f.path)))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
 }

@@ -151,6 +151,13 @@ fn memo_key(snapshot: &Snapshot, scope: Option<&[String]>) -> String {
         hasher.update([0]);
         hasher.update(content.as_bytes());
     }
+    // A limited snapshot's references resolve against the rest of the source.
+    for file in &snapshot.context {
+        hasher.update([2]);
+        hasher.update(file.path.as_bytes());
+        hasher.update([0]);
+        hasher.update(Sha256::digest(file.text.as_bytes()));
+    }
     match scope {
         None => hasher.update([0]),
         Some(paths) => {

@@ -155,7 +155,7 @@ pub fn validate(name: SchemaName, value: &Value) -> Vec<Violation> {
     let mut violations: Vec<Violation> = compiled
         .validator
         .iter_errors(value)
-        .map(|error| {
+        .flat_map(|error| {
             let pointer = error.instance_path().as_str().to_owned();
             let schema_path = error.schema_path().as_str().to_owned();
             describe(
@@ -173,7 +173,50 @@ pub fn validate(name: SchemaName, value: &Value) -> Vec<Violation> {
     violations
 }
 
+/// The violations one validation error stands for: one per unknown field of an object (the
+/// validator reports them together), otherwise one.
 fn describe(
+    schema: &Value,
+    schema_path: &str,
+    pointer: String,
+    kind: &ValidationErrorKind,
+    instance: &Value,
+    fallback: impl FnOnce() -> String,
+) -> Vec<Violation> {
+    if let ValidationErrorKind::AdditionalProperties { unexpected } = kind {
+        let allowed = allowed_properties(schema, schema_path);
+        return unexpected
+            .iter()
+            .map(|field| {
+                let hint = did_you_mean(field, allowed.iter().map(String::as_str))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                Violation {
+                    pointer: format!(
+                        "{pointer}/{}",
+                        crate::diagnostics::escape_pointer_segment(field)
+                    ),
+                    at_key: true,
+                    message: format!(
+                        "unknown field `{field}`{hint} (expected one of: {})",
+                        allowed.join(", ")
+                    ),
+                    inner_column: None,
+                }
+            })
+            .collect();
+    }
+    vec![describe_one(
+        schema,
+        schema_path,
+        pointer,
+        kind,
+        instance,
+        fallback,
+    )]
+}
+
+fn describe_one(
     schema: &Value,
     schema_path: &str,
     pointer: String,
@@ -191,25 +234,6 @@ fn describe(
         ValidationErrorKind::Required { property } => {
             let field = property.as_str().unwrap_or_default();
             plain(format!("missing required field `{field}`"))
-        }
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let field = unexpected.first().cloned().unwrap_or_default();
-            let allowed = allowed_properties(schema, schema_path);
-            let hint = did_you_mean(&field, allowed.iter().map(String::as_str))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            Violation {
-                pointer: format!(
-                    "{pointer}/{}",
-                    crate::diagnostics::escape_pointer_segment(&field)
-                ),
-                at_key: true,
-                message: format!(
-                    "unknown field `{field}`{hint} (expected one of: {})",
-                    allowed.join(", ")
-                ),
-                inner_column: None,
-            }
         }
         ValidationErrorKind::Type { kind } => {
             let expected = match kind {
@@ -257,6 +281,27 @@ fn describe(
             "expected unique items, found duplicates in {}",
             describe_value(instance)
         )),
+        ValidationErrorKind::OneOfNotValid { .. }
+        | ValidationErrorKind::OneOfMultipleValid { .. }
+            if required_alternatives(schema, schema_path).is_some() =>
+        {
+            let fields = required_alternatives(schema, schema_path).unwrap_or_default();
+            let (canonical, aliases) = fields.split_first().unwrap_or((&"", &[]));
+            let aliases = aliases
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(" or ");
+            if matches!(kind, ValidationErrorKind::OneOfMultipleValid { .. }) {
+                plain(format!(
+                    "both `{canonical}` and its alias {aliases} are set: keep one"
+                ))
+            } else {
+                plain(format!(
+                    "missing required field `{canonical}` (or its alias {aliases})"
+                ))
+            }
+        }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
             let description = sub_schema(schema, schema_path)
                 .and_then(|s| s.get("description"))
@@ -270,6 +315,23 @@ fn describe(
         }
         _ => plain(fallback()),
     }
+}
+
+/// The fields of a `oneOf` whose branches each only require one field (a field and its
+/// aliases: exactly one of them must be set), the canonical one first.
+fn required_alternatives<'a>(schema: &'a Value, schema_path: &str) -> Option<Vec<&'a str>> {
+    let branches = schema.pointer(schema_path)?.as_array()?;
+    branches
+        .iter()
+        .map(|branch| {
+            let branch = branch.as_object()?;
+            let required = branch.get("required")?.as_array()?;
+            match (branch.len(), required.as_slice()) {
+                (1, [field]) => field.as_str(),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The schema node a schema path (without its last keyword) points at.
@@ -434,6 +496,23 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_unknown_field_of_an_object_is_reported() {
+        let violations = validate(
+            SchemaName::Manifest(Kind::Workflow),
+            &json!({"name": "a", "steps": [
+                {"name": "x", "command": ["true"], "depend_on": [], "timout": "5m"}
+            ]}),
+        );
+        let pointers: Vec<&str> = violations.iter().map(|v| v.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            ["/steps/0/depend_on", "/steps/0/timout"],
+            "{violations:?}"
+        );
+        assert!(violations[1].message.contains("did you mean `timeout`?"));
+    }
+
     fn dashboard(value: serde_json::Value) -> Vec<String> {
         validate(SchemaName::Manifest(Kind::Dashboard), &value)
             .into_iter()
@@ -511,10 +590,32 @@ mod tests {
         assert_eq!(
             messages,
             [
-                " missing required field `workflow`",
+                " missing required field `workflow` (or its alias `workflow_id`)",
                 "/cron expected a string, found `5`"
             ]
         );
+    }
+
+    #[test]
+    fn the_published_schemas_accept_the_aliases_once() {
+        let schedule = |value: serde_json::Value| {
+            validate(SchemaName::Manifest(Kind::Schedule), &value)
+                .into_iter()
+                .map(|v| v.message)
+                .collect::<Vec<_>>()
+        };
+        let aliased = json!({"name": "a", "schedule": "0 2 * * *", "workflow_id": "wf_x"});
+        assert_eq!(schedule(aliased), Vec::<String>::new());
+        let both =
+            json!({"name": "a", "cron": "0 2 * * *", "schedule": "0 2 * * *", "workflow": "wf_x"});
+        assert_eq!(
+            schedule(both),
+            ["both `cron` and its alias `schedule` are set: keep one"]
+        );
+        let kinds = json!({"kind": "schedules", "name": "a", "cron": "@daily", "workflow": "w"});
+        assert_eq!(schedule(kinds), Vec::<String>::new());
+        let alerts = json!({"alerts": [{"name": "a", "condition": "system.cpu_percent > 1"}]});
+        assert!(validate(SchemaName::Manifest(Kind::Alert), &alerts).is_empty());
     }
 
     #[test]

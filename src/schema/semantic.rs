@@ -121,6 +121,7 @@ pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
             }
         }
     }
+    check_conditions(manifest, steps, &mut diagnostics);
     check_parameter_references(manifest, steps, &mut diagnostics);
     check_shell_injection(manifest, steps, &mut diagnostics);
     if let Some(cycle) = find_cycle(&edges) {
@@ -137,6 +138,23 @@ pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
         ));
     }
     diagnostics
+}
+
+/// Every step's `if:` parses as the engine evaluates it, and names only functions and
+/// references: a bare `always` would be read as an unset reference, false, and skip the step.
+fn check_conditions(manifest: &Manifest, steps: &[Value], diagnostics: &mut Vec<Diagnostic>) {
+    for (index, step) in steps.iter().enumerate() {
+        let Some(condition) = step.get("if").and_then(Value::as_str) else {
+            continue;
+        };
+        if let Err(problem) = crate::engine::expand::check_condition(condition) {
+            diagnostics.push(manifest.error_at(
+                &format!("/steps/{index}/if"),
+                false,
+                format!("invalid condition `{condition}`: {problem}"),
+            ));
+        }
+    }
 }
 
 /// Every `{{ params.NAME }}` in the steps names a declared parameter, when the object declares
@@ -414,6 +432,13 @@ fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
 pub struct Catalog {
     /// Agent manifests by name: their type and declared actions.
     agents: BTreeMap<String, (String, Option<Vec<String>>)>,
+    /// Agent manifests by name, whole: what a test_runner configures (suites, environments).
+    agent_specs: BTreeMap<String, Value>,
+    /// Per workflow id, the parameters it declares (or its template does) and the ones it
+    /// presets for its template: what a run's parameters are checked against.
+    workflow_parameters: BTreeMap<String, (Option<Value>, Option<String>)>,
+    /// Per template name and id, the parameters it declares.
+    template_parameters: BTreeMap<String, Option<Value>>,
     /// Workflow ids, and names to ids for hints.
     workflows: BTreeSet<String>,
     workflow_names: BTreeMap<String, String>,
@@ -449,6 +474,9 @@ impl Catalog {
                                 .collect()
                         })
                     });
+                    catalog
+                        .agent_specs
+                        .insert(name.clone(), manifest.value.clone());
                     catalog.agents.insert(name, (agent_type, actions));
                 }
                 Kind::Workflow => {
@@ -470,10 +498,26 @@ impl Catalog {
                     if !pasted.is_empty() {
                         catalog.shell_params.insert(id.clone(), pasted);
                     }
+                    catalog.workflow_parameters.insert(
+                        id.clone(),
+                        (
+                            manifest.value.get("parameters").cloned(),
+                            manifest
+                                .value
+                                .get("template")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
+                        ),
+                    );
                     catalog.workflow_names.insert(name, id.clone());
                     catalog.workflows.insert(id);
                 }
                 Kind::WorkflowTemplate => {
+                    let declared = manifest.value.get("parameters").cloned();
+                    catalog
+                        .template_parameters
+                        .insert(name.clone(), declared.clone());
+                    catalog.template_parameters.insert(id.clone(), declared);
                     catalog.templates.insert(name);
                     catalog.templates.insert(id);
                 }
@@ -549,11 +593,87 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
                 if manifest.kind == Kind::Trigger {
                     check_delivery_into_shell(manifest, catalog, workflow, &mut diagnostics);
                 }
+                check_run_parameters(manifest, catalog, workflow, &mut diagnostics);
             }
         }
         Kind::Agent | Kind::Alert | Kind::Dashboard => {}
     }
     diagnostics
+}
+
+/// A schedule's or trigger's `parameters` as its workflow checks them when a fire or a
+/// delivery starts a run (the engine's own check, `engine::params::resolve`): a fire with
+/// parameters its workflow rejects would only be recorded as skipped, a delivery as failed.
+/// A trigger's value filled from the delivery (`{{ payload.x }}`) is known only then: its
+/// name is checked, not its type or value.
+fn check_run_parameters(
+    manifest: &Manifest,
+    catalog: &Catalog,
+    workflow: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let Some((own, template)) = catalog.workflow_parameters.get(workflow) else {
+        return;
+    };
+    let (declared, preset) = match template {
+        Some(template) => {
+            let Some(declared) = catalog.template_parameters.get(template) else {
+                return;
+            };
+            (declared.as_ref(), own.as_ref())
+        }
+        None => (own.as_ref(), None),
+    };
+    let mut given = preset
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let schedule_parameters = manifest.value.get("parameters").and_then(Value::as_object);
+    if let Some(parameters) = schedule_parameters {
+        given.extend(parameters.clone());
+    }
+    let Err(problems) = crate::engine::params::resolve(declared.and_then(Value::as_object), &given)
+    else {
+        return;
+    };
+    let (noun, what) = if manifest.kind == Kind::Trigger {
+        ("trigger", "deliveries")
+    } else {
+        ("schedule", "fires")
+    };
+    for problem in problems.lines() {
+        // A problem with a value the manifest gives points at it; any other at the whole.
+        let named = schedule_parameters.and_then(|parameters| {
+            parameters.keys().find(|name| {
+                problem.starts_with(&format!("unknown parameter `{name}`"))
+                    || problem.starts_with(&format!("parameter `{name}` "))
+            })
+        });
+        let filled_later = named
+            .and_then(|name| schedule_parameters.and_then(|p| p.get(name)))
+            .is_some_and(|value| {
+                let mut strings = Vec::new();
+                collect_strings(value, String::new(), &mut strings);
+                strings.iter().any(|(_, text)| text.contains("{{"))
+            });
+        if filled_later && problem.starts_with("parameter `") {
+            continue;
+        }
+        let pointer = match (named, schedule_parameters) {
+            (Some(name), _) => format!(
+                "/parameters/{}",
+                crate::diagnostics::escape_pointer_segment(name)
+            ),
+            (None, Some(_)) => "/parameters".to_owned(),
+            (None, None) => "/workflow".to_owned(),
+        };
+        let at_key = problem.starts_with("unknown parameter");
+        diagnostics.push(manifest.error_at(
+            &pointer,
+            at_key,
+            format!("{problem}: workflow `{workflow}` would not run on this {noun}'s {what}"),
+        ));
+    }
 }
 
 /// A trigger parameter filled from the delivery (`{{ payload.* }}`, `{{ branch }}`, ...: the
@@ -633,6 +753,17 @@ fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Dia
                 ));
             }
         }
+        if let Some(action) = action {
+            check_configured_entry(
+                manifest,
+                catalog,
+                index,
+                step,
+                agent_name,
+                action,
+                diagnostics,
+            );
+        }
         let runs_shell =
             agent.is_none() || (agent_name == "shell" && !catalog.agents.contains_key("shell"));
         if runs_shell && !has_command {
@@ -647,6 +778,171 @@ fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Dia
             ));
         }
     }
+}
+
+/// A test_runner's `run_tests` names a suite, and `setup_environment` an environment, that
+/// the agent's manifest configures (under `suites:` or `environments:`), as the agent
+/// requires when the step runs. A value filled in at run time (`{{ ... }}`) is not checked;
+/// an agent without a manifest is a warning (it could be applied from elsewhere).
+fn check_configured_entry(
+    manifest: &Manifest,
+    catalog: &Catalog,
+    index: usize,
+    step: &Value,
+    agent_name: &str,
+    action: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let spec = catalog.agent_specs.get(agent_name);
+    let agent_type = spec
+        .and_then(|s| s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or(agent_name);
+    if agent_type != "test_runner" {
+        return;
+    }
+    let (parameter, section) = match action {
+        "run_tests" => ("test_suite", "suites"),
+        "setup_environment" => ("environment", "environments"),
+        _ => return,
+    };
+    let parameters = step.get("parameters");
+    if parameters.is_some_and(|p| !p.is_object()) {
+        return;
+    }
+    let singular = section.trim_end_matches('s');
+    let Some(value) = parameters.and_then(|p| p.get(parameter)) else {
+        let pointer = if parameters.is_some() {
+            format!("/steps/{index}/parameters")
+        } else {
+            format!("/steps/{index}/action")
+        };
+        diagnostics.push(manifest.error_at(
+            &pointer,
+            false,
+            format!(
+                "`{action}` needs the parameter `{parameter}`: the name of a {singular} under `{section}:` of agent `{agent_name}`"
+            ),
+        ));
+        return;
+    };
+    let pointer = format!("/steps/{index}/parameters/{parameter}");
+    let Some(name) = value.as_str() else {
+        diagnostics.push(manifest.error_at(
+            &pointer,
+            false,
+            format!(
+                "expected the name of a {singular} (a string), found {}",
+                crate::schema::describe_value(value)
+            ),
+        ));
+        return;
+    };
+    if name.contains("{{") {
+        return;
+    }
+    let Some(spec) = spec else {
+        diagnostics.push(manifest.warning_at(
+            &pointer,
+            format!(
+                "agent `{agent_name}` has no Agent manifest here to configure the {singular} `{name}`: the step fails unless one with `{section}: {{{name}: {{command: [...]}}}}` is applied"
+            ),
+        ));
+        return;
+    };
+    let configured: Vec<&str> = spec
+        .get(section)
+        .and_then(Value::as_object)
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    if configured.contains(&name) {
+        return;
+    }
+    let hint = did_you_mean(name, configured.iter().copied())
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    diagnostics.push(manifest.error_at(
+        &pointer,
+        false,
+        format!(
+            "agent `{agent_name}` has no {singular} `{name}`{hint} (its {section}: {})",
+            if configured.is_empty() {
+                "none".to_owned()
+            } else {
+                configured.join(", ")
+            }
+        ),
+    ));
+}
+
+/// The alert's actions that name a channel outside `channels` (those some environment's
+/// configuration defines under `notifications:`), warned at the action: a notification on
+/// such a channel is never delivered.
+pub fn check_channels(manifest: &Manifest, channels: &BTreeSet<String>) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    if manifest.kind != Kind::Alert {
+        return diagnostics;
+    }
+    let Some(actions) = manifest.value.get("actions").and_then(Value::as_array) else {
+        return diagnostics;
+    };
+    for (index, action) in actions.iter().enumerate() {
+        let Some(channel) = action.as_str() else {
+            continue;
+        };
+        if channels.contains(channel) {
+            continue;
+        }
+        let hint = did_you_mean(channel, channels.iter().map(String::as_str))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        let configured = if channels.is_empty() {
+            "none".to_owned()
+        } else {
+            channels.iter().cloned().collect::<Vec<_>>().join(", ")
+        };
+        diagnostics.push(manifest.warning_at(
+            &format!("/actions/{index}"),
+            format!(
+                "no environment configures the notification channel `{channel}`{hint} (configured: {configured}): add it under `notifications:` in config/<environment>.yaml, or this alert notifies nobody"
+            ),
+        ));
+    }
+    diagnostics
+}
+
+/// Every secret reference of a manifest with its JSON pointer: `{secret: env:NAME|file:PATH}`
+/// anywhere (the `env:` of workflows, steps, agents and their suites), and a trigger's
+/// `secret`.
+pub fn secret_references(manifest: &Manifest) -> Vec<(String, String)> {
+    fn walk(value: &Value, pointer: String, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                if let (1, Some(Value::String(reference))) = (map.len(), map.get("secret")) {
+                    out.push((format!("{pointer}/secret"), reference.clone()));
+                    return;
+                }
+                for (key, item) in map {
+                    let escaped = crate::diagnostics::escape_pointer_segment(key);
+                    walk(item, format!("{pointer}/{escaped}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    walk(item, format!("{pointer}/{index}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    if manifest.kind == Kind::Trigger {
+        if let Some(reference) = manifest.value.get("secret").and_then(Value::as_str) {
+            found.push(("/secret".to_owned(), reference.to_owned()));
+        }
+    }
+    walk(&manifest.value, String::new(), &mut found);
+    found
 }
 
 /// Reports objects of one kind that share an id, each naming the other places.

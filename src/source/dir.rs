@@ -116,6 +116,7 @@ pub fn load(paths: &[SourcePath], options: &DirOptions) -> Result<Snapshot, DirE
         content_revision: None,
         files,
         diagnostics,
+        context: Vec::new(),
     })
 }
 

@@ -30,6 +30,10 @@ pub struct Snapshot {
     pub files: Vec<SourceFile>,
     /// Files that could not be used (too large, not UTF-8, a symlink out of the tree).
     pub diagnostics: Vec<Diagnostic>,
+    /// When the snapshot is limited to some paths, the rest of the source: read only so that
+    /// references (a schedule's workflow, a step's agent, a template) resolve against the
+    /// whole desired set; never applied or reported on.
+    pub context: Vec<SourceFile>,
 }
 
 impl Snapshot {

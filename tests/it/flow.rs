@@ -41,11 +41,8 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
     orchestrator(dir, &["init", "--force"]).expect_code(0);
 
     let validate = orchestrator(dir, &["validate"]).expect_code(0);
-    assert!(
-        validate.stdout.contains("0 errors, 0 warnings"),
-        "{}",
-        validate.stdout
-    );
+    assert!(validate.stdout.contains("0 errors"), "{}", validate.stdout);
+    assert_only_environment_warnings(&validate.stdout);
 
     let diff = orchestrator(dir, &["diff"]).expect_code(1);
     assert!(diff
@@ -263,11 +260,8 @@ fn config_show_follows_environment_and_overrides() {
 #[test]
 fn the_repository_and_its_examples_validate() {
     let run = orchestrator(&repo_dir(), &["validate"]).expect_code(0);
-    assert!(
-        run.stdout.contains("0 errors, 0 warnings"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("0 errors"), "{}", run.stdout);
+    assert_only_environment_warnings(&run.stdout);
     let examples = repo_dir().join("examples/manifests");
     let run = orchestrator(&repo_dir(), &["validate", examples.to_str().unwrap()]).expect_code(0);
     assert!(run.stdout.contains("0 errors"), "{}", run.stdout);
@@ -281,6 +275,30 @@ fn the_guides_examples_are_valid_verbatim() {
     assert_eq!(report["errors"], 0, "{report:#}");
     // workflow + two alerts + the template
     assert_eq!(report["objects"], 4, "{report:#}");
-    // The guide's template has only a comment for steps: accepted, with a warning.
-    assert_eq!(report["warnings"], 1, "{report:#}");
+    // The guide's template has only a comment for steps: accepted, with a warning. Its
+    // test_runner steps name a suite and an environment no Agent manifest configures here,
+    // and its alerts notify channels no configuration defines here: warnings too.
+    let messages: Vec<&str> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message"].as_str().unwrap())
+        .collect();
+    let count = |text: &str| messages.iter().filter(|m| m.contains(text)).count();
+    assert_eq!(count("template has no steps"), 1, "{report:#}");
+    assert_eq!(count("has no Agent manifest here"), 2, "{report:#}");
+    assert_eq!(count("notification channel"), 4, "{report:#}");
+    assert_eq!(report["warnings"], 7, "{report:#}");
+}
+
+/// Every warning in `validate`'s output depends on where it runs: a secret that does not
+/// resolve in this environment, a notification channel no configuration defines.
+#[track_caller]
+fn assert_only_environment_warnings(out: &str) {
+    for line in out.lines().filter(|l| l.starts_with("warning:")) {
+        assert!(
+            line.contains("does not resolve here") || line.contains("notification channel"),
+            "unexpected warning `{line}` in:\n{out}"
+        );
+    }
 }

@@ -156,6 +156,7 @@ fn alerts_of_a_json_file_without_locations_are_reported_in_the_file() {
                 text,
             }],
             diagnostics: Vec::new(),
+            context: Vec::new(),
         };
         let set = desired_set(&snapshot);
         assert!(!set.diagnostics.is_empty());

@@ -844,7 +844,7 @@ branches: [main]
         ("triggers/generic-hmac.yaml", hmac_trigger),
         (
             "triggers/refused.yaml",
-            "name: Refused\npath: /hooks/refused\nprovider: generic\nworkflow: wf_build\ninsecure: true\ndelivery_header: X-Delivery\nparameters:\n  nope: \"{{ payload.sha }}\"\n",
+            "name: Refused\npath: /hooks/refused\nprovider: generic\nworkflow: wf_build\ninsecure: true\ndelivery_header: X-Delivery\nparameters:\n  pr: \"{{ payload.sha }}\"\n",
         ),
         ("secrets/token", "tok-123\n"),
         ("secrets/hmac", "hmac-456"),
@@ -939,7 +939,8 @@ branches: [main]
     assert_eq!(refused["error"]["code"], "unauthorized", "{refused}");
     assert_eq!(hooks.runs_of("wf_build"), 2);
 
-    // A run the workflow refuses (a parameter it does not declare): 422 with the reason;
+    // A run the workflow refuses (a value of the wrong type, known only from the delivery;
+    // an undeclared parameter is refused by validate already): 422 with the reason;
     // the delivery id is not kept, so a redelivery after the fix may run.
     for _ in 0..2 {
         let refused = hooks
@@ -950,7 +951,7 @@ branches: [main]
             refused["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("unknown parameter `nope`"),
+                .contains("parameter `pr` must be an integer"),
             "{refused}"
         );
     }

@@ -86,10 +86,12 @@ fn validate_warns_where_a_parameter_lands_inside_a_shell_script() {
         }
     }
 
-    // The trigger that fills the parameter from the payload is warned about too.
+    // The trigger that fills the parameter from the payload is warned about too (beside
+    // its secret, which does not resolve where this test runs).
     let at_trigger: Vec<&Value> = diagnostics
         .iter()
         .filter(|d| d["severity"] == "warning" && d["file"] == "triggers/pr.yaml")
+        .filter(|d| d["pointer"] != "/secret")
         .collect();
     assert_eq!(at_trigger.len(), 1, "{diagnostics:#?}");
     assert_eq!(at_trigger[0]["pointer"], "/parameters/title");
