@@ -172,7 +172,11 @@ fn the_channels_offered_are_the_configured_ones_without_their_settings() {
     let channels = reply.expect(200);
     assert_eq!(
         channels["channels"],
-        json!([{"name": "ops", "type": "webhook"}, {"name": "webhook", "type": "webhook"}]),
+        json!([
+            {"name": "log", "type": "log"},
+            {"name": "ops", "type": "webhook"},
+            {"name": "webhook", "type": "webhook"}
+        ]),
         "{channels}"
     );
     assert_eq!(channels["environment"], "development");

@@ -190,7 +190,7 @@ fn alert_actions_name_channels_some_environment_configures() {
         .stdout;
     assert_at(
         &out,
-        "warning: no environment configures the notification channel `opss`; did you mean `ops`? (configured: ops)",
+        "warning: no environment configures the notification channel `opss`; did you mean `ops`? (configured: log, ops)",
         "alerts/disk.yaml:3:16 at /actions/1",
     );
     assert_at(
