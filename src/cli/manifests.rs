@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::backend::Backend;
-use super::client::ApiClient;
+use super::client::{ApiClient, ApiPath};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::diagnostics::{count, Diagnostic};
 use crate::manifest::Kind;
@@ -109,9 +109,9 @@ fn reconcile_loaded(
     dry_run: bool,
 ) -> Result<Reconciled> {
     if let Some(client) = ApiClient::for_context(context)? {
-        let route = if dry_run { "/api/diff" } else { "/api/apply" };
+        let route = ApiPath::api(&[if dry_run { "diff" } else { "apply" }]);
         let paths = loaded.scope.clone().unwrap_or_default();
-        let outcome = client.post(route, &serde_json::json!({"paths": paths, "prune": prune}))?;
+        let outcome = client.post(&route, &serde_json::json!({"paths": paths, "prune": prune}))?;
         let field = |name: &str| outcome.get(name).cloned().unwrap_or_default();
         return Ok(Reconciled {
             plan: serde_json::from_value(field("plan"))?,

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use super::backend::Backend;
-use super::client::{ApiClient, ApiFailure};
+use super::client::{ApiClient, ApiFailure, ApiPath};
 use super::manifests::{escape_control, table};
 use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
@@ -349,7 +349,7 @@ fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
 fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
     if let Some(client) = ApiClient::for_context(context)? {
         return match client.post(
-            &format!("/api/runs/{}/cancel", args.run),
+            &ApiPath::api(&["runs", &args.run, "cancel"]),
             &serde_json::Value::Null,
         ) {
             Ok(_) => {
@@ -427,7 +427,7 @@ fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {
         }
         Backend::Remote(client) => {
             let answer = client.post(
-                &format!("/api/runs/{}/rerun", original.id),
+                &ApiPath::api(&["runs", &original.id, "rerun"]),
                 &serde_json::json!({"from_failed": args.from_failed}),
             )?;
             let run_id = answer["run_id"].as_str().unwrap_or_default().to_owned();
