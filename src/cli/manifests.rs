@@ -84,6 +84,28 @@ struct Loaded {
 
 fn load(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
     let (snapshot, scope) = reconcile::load_manifests(&context.config, paths)?;
+    let config = &context.config;
+    if paths.is_empty()
+        && config.file.is_none()
+        && snapshot.files.is_empty()
+        && snapshot.diagnostics.is_empty()
+    {
+        anyhow::bail!(
+            "{} is not a project: no manifests in {} and no {} (`orchestrator init` scaffolds a project; `-C DIR` names another directory)",
+            std::fs::canonicalize(&config.project_dir)
+                .unwrap_or_else(|_| config.project_dir.clone())
+                .display(),
+            config
+                .config
+                .manifests
+                .paths
+                .iter()
+                .map(|p| format!("{}/", p.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.config.environment.file_path().display()
+        );
+    }
     Ok(Loaded { snapshot, scope })
 }
 
@@ -119,7 +141,11 @@ fn reconcile_loaded(
             report: serde_json::from_value(field("report"))?,
         });
     }
-    let store = Store::open(&context.data_dir())?;
+    let store = if dry_run {
+        super::backend::local_store(context)?
+    } else {
+        Store::open(&context.data_dir())?
+    };
     let prepared = reconcile::prepare(
         &store,
         &loaded.snapshot,

@@ -133,6 +133,31 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command only reads: it creates no data directory, store or log file
+    /// (without a store it reads an empty one and says there is nothing yet).
+    pub fn is_read_only(&self) -> bool {
+        use alert_cmd::AlertCommand as A;
+        use runs::RunCommand as R;
+        use schedule_cmd::ScheduleCommand as S;
+        use trigger_cmd::TriggerCommand as T;
+        use workflow::WorkflowCommand as W;
+        matches!(
+            self,
+            Command::Validate(_)
+                | Command::Diff(_)
+                | Command::Get(_)
+                | Command::Config(_)
+                | Command::Status(_)
+                | Command::Workflow(W::List(_) | W::Show(_) | W::Render(_))
+                | Command::Run(R::List(_) | R::Show(_) | R::Logs(_))
+                | Command::Schedule(S::List(_) | S::Show(_) | S::Next(_))
+                | Command::Trigger(T::List(_) | T::Show(_) | T::Deliveries(_))
+                | Command::Alert(A::List(_) | A::Show(_) | A::Silences(_))
+        ) || matches!(self, Command::Apply(args) if args.dry_run)
+    }
+}
+
 /// What every command gets: the parsed flags, the configuration and output settings.
 pub struct Context {
     /// The global flags.
@@ -141,6 +166,8 @@ pub struct Context {
     pub config: LoadedConfig,
     /// Whether stdout gets ANSI colours.
     pub color: bool,
+    /// The command only reads ([`Command::is_read_only`]).
+    pub read_only: bool,
 }
 
 impl Context {
@@ -170,13 +197,14 @@ impl Context {
         Ok(command)
     }
 
-    /// Starts logging to stderr and, when `to_file`, to the log directory.
+    /// Starts logging to stderr and, when `to_file` and the command writes, to the log
+    /// directory (a read-only command creates no log file).
     pub fn init_logging(&self, to_file: bool) -> Result<()> {
         let dir = self.config.resolve(&self.config.config.logging.dir);
         crate::logging::init(
             self.cli.verbose,
             &self.config.config.logging.level,
-            to_file.then_some(dir.as_path()),
+            (to_file && !self.read_only).then_some(dir.as_path()),
             self.config.config.logging.rotation(),
         )?;
         Ok(())
@@ -191,6 +219,13 @@ pub fn run() -> Result<ExitCode> {
 
 /// Runs a parsed command line.
 pub fn run_cli(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, Command::Init(_)) && !cli.project_dir.is_dir() {
+        anyhow::bail!(
+            "no project directory {}: it does not exist or is not a directory (`orchestrator init {}` creates a project there)",
+            cli.project_dir.display(),
+            cli.project_dir.display()
+        );
+    }
     // These two must work without a loadable configuration.
     match &cli.command {
         Command::Init(args) => {
@@ -213,7 +248,13 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
     let color = !cli.no_color
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stdout().is_terminal();
-    let context = Context { cli, config, color };
+    let read_only = cli.command.is_read_only();
+    let context = Context {
+        cli,
+        config,
+        color,
+        read_only,
+    };
     let code = match &context.cli.command {
         Command::Validate(args) => manifests::validate(&context, args)?,
         Command::Diff(args) => manifests::diff(&context, args)?,

@@ -4,6 +4,7 @@
 //! Commands that can go through a running server run twice, in a project without a server
 //! and in one whose store a real `orchestrator start` holds, and must answer alike.
 
+use std::fs;
 use std::path::Path;
 
 use tempfile::TempDir;
@@ -119,4 +120,175 @@ fn names_and_ids_with_spaces_slashes_and_query_characters_reach_the_server_as_on
         pair.same(&["alert", "show", id], 2);
         pair.same(&["alert", "unsilence", id], 2);
     }
+}
+
+/// Every file and directory under `dir`, relative to it, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            if path.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Commands that only read, as a user types them.
+const READ_ONLY: &[&[&str]] = &[
+    &["get"],
+    &["get", "workflow"],
+    &["workflow", "list"],
+    &["run", "list"],
+    &["run", "list", "-o", "json"],
+    &["schedule", "list"],
+    &["trigger", "list"],
+    &["alert", "list"],
+    &["alert", "silences"],
+];
+
+#[test]
+fn a_missing_project_directory_is_an_error_and_stays_missing() {
+    let parent = crate::temp_project();
+    let missing = parent.path().join("no/such/project");
+    let shown = missing.display().to_string();
+    for args in READ_ONLY.iter().chain(&[
+        &["validate"][..],
+        &["diff"],
+        &["apply"],
+        &["config", "show"],
+        &["workflow", "execute", "x"],
+        &["status"],
+    ]) {
+        let mut full = vec!["-C", shown.as_str()];
+        full.extend_from_slice(args);
+        let run = cli(parent.path(), &full).expect_code(2);
+        assert!(
+            run.stderr
+                .contains(&format!("no project directory {shown}: it does not exist")),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!parent.path().join("no").exists(), "{args:?} created it");
+    }
+    // A file is no project directory either.
+    fs::write(parent.path().join("file"), "").unwrap();
+    let run = cli(parent.path(), &["-C", "file", "get"]).expect_code(2);
+    assert!(
+        run.stderr.contains("no project directory file"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn read_only_commands_create_nothing_and_say_nothing_is_applied_yet() {
+    // A directory that is no project.
+    let empty = crate::temp_project();
+    for args in READ_ONLY {
+        let run = cli(empty.path(), args).expect_code(0);
+        assert!(
+            run.stderr
+                .contains("nothing applied yet: no store in ./data"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(tree(empty.path()), Vec::<String>::new(), "{args:?}");
+    }
+    let listed = cli(empty.path(), &["run", "list", "-o", "json"]).expect_code(0);
+    assert_eq!(listed.stdout.trim(), "[]");
+    cli(empty.path(), &["config", "show"]).expect_code(0);
+    cli(empty.path(), &["status"]).expect_code(3);
+    let shown = cli(empty.path(), &["workflow", "show", "wf_x"]).expect_code(2);
+    assert!(
+        shown.stderr.contains("no workflow `wf_x`"),
+        "{}",
+        shown.stderr
+    );
+    assert_eq!(tree(empty.path()), Vec::<String>::new());
+
+    // A fresh project: reading and planning write neither data/ nor logs/.
+    let project = project(&[]);
+    let dir = project.path();
+    let before = tree(dir);
+    for args in READ_ONLY {
+        cli(dir, args).expect_code(0);
+    }
+    let planned = cli(dir, &["diff"]).expect_code(1);
+    assert!(
+        planned.stdout.contains("Workflow wf_api-test-suite"),
+        "{}",
+        planned.stdout
+    );
+    cli(dir, &["apply", "--dry-run"]).expect_code(0);
+    cli(dir, &["validate"]).expect_code(0);
+    assert_eq!(tree(dir), before);
+    // Once applied, they read the store and say nothing of it.
+    cli(dir, &["apply"]).expect_code(0);
+    let listed = cli(dir, &["workflow", "list"]).expect_code(0);
+    assert!(
+        listed.stdout.contains("wf_api-test-suite"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        !listed.stderr.contains("nothing applied"),
+        "{}",
+        listed.stderr
+    );
+}
+
+#[test]
+fn validate_in_a_directory_without_manifests_or_configuration_says_it_is_no_project() {
+    let empty = crate::temp_project();
+    let real = fs::canonicalize(empty.path()).unwrap();
+    for args in [
+        &["validate"][..],
+        &["validate", "-o", "json"],
+        &["diff"],
+        &["apply"],
+    ] {
+        let run = cli(empty.path(), args).expect_code(2);
+        assert!(
+            run.stderr.contains(&format!(
+                "{} is not a project: no manifests in workflows/",
+                real.display()
+            )) && run.stderr.contains("and no config/development.yaml"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!empty.path().join("data").exists(), "{args:?}");
+    }
+    // Manifests without configuration are a project (the defaults apply)...
+    fs::create_dir(empty.path().join("workflows")).unwrap();
+    fs::write(empty.path().join("workflows/unit.yaml"), UNIT_TESTS).unwrap();
+    let run = cli(empty.path(), &["validate"]).expect_code(0);
+    assert!(
+        run.stdout.contains("validated 1 object in 1 file"),
+        "{}",
+        run.stdout
+    );
+    // ...and so is configuration without manifests.
+    let configured = project(&[]);
+    for dir in [
+        "workflows",
+        "schedules",
+        "alerts",
+        "triggers",
+        "agents",
+        "templates",
+    ] {
+        let _ = fs::remove_dir_all(configured.path().join(dir));
+    }
+    let run = cli(configured.path(), &["validate"]).expect_code(0);
+    assert!(
+        run.stdout.contains("validated 0 objects in 0 files"),
+        "{}",
+        run.stdout
+    );
 }
