@@ -55,16 +55,33 @@ impl fmt::Display for ApiPath {
     }
 }
 
-/// An error answer from the server.
+/// An error answer from the server, shown whole: its message, then each diagnostic its
+/// details carry, one a line.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{message}{}", diagnostic_lines(details))]
 pub struct ApiFailure {
     /// HTTP status.
     pub status: u16,
     /// The error code (`not_found`, `invalid`, ...).
     pub code: String,
-    /// The server's message.
+    /// The server's message (or the body itself, when it is not the API's error shape).
     pub message: String,
+    /// The error's `details`.
+    pub details: Value,
+}
+
+/// `details.diagnostics` of an error answer, one `file:line:col: error: ...` a line.
+fn diagnostic_lines(details: &Value) -> String {
+    let Some(diagnostics) = details.get("diagnostics") else {
+        return String::new();
+    };
+    serde_json::from_value::<Vec<crate::diagnostics::Diagnostic>>(diagnostics.clone())
+        .map(|list| {
+            list.iter()
+                .map(|d| format!("\n  {}", d.one_line()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl ApiFailure {
@@ -126,13 +143,19 @@ impl ApiClient {
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
             let error = &value["error"];
+            let message = match (error["message"].as_str(), &value) {
+                (Some(message), _) => message.to_owned(),
+                (None, Value::String(text)) if !text.trim().is_empty() => {
+                    format!("the server answered {status}: {}", text.trim())
+                }
+                (None, Value::String(_)) => format!("the server answered {status}"),
+                (None, other) => format!("the server answered {status}: {other}"),
+            };
             return Err(ApiFailure {
                 status,
                 code: error["code"].as_str().unwrap_or("error").to_owned(),
-                message: error["message"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("the server answered {status}")),
+                message,
+                details: error.get("details").cloned().unwrap_or_default(),
             }
             .into());
         }

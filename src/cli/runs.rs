@@ -101,13 +101,19 @@ pub fn run(context: &Context, command: &RunCommand) -> Result<u8> {
 }
 
 fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+    let status = args
+        .status
+        .as_deref()
+        .map(Status::parse_filter)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let store = Backend::open(context)?;
     let runs: Vec<_> = store
         .runs()?
         .into_iter()
         .rev()
         .filter(|r| args.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))
-        .filter(|r| args.status.as_ref().is_none_or(|s| r.status.as_str() == s))
+        .filter(|r| status.is_none_or(|s| r.status == s))
         .take(args.limit)
         .collect();
     let mut out = std::io::stdout().lock();
@@ -257,7 +263,26 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Whether opening the store failed because another process holds it.
+fn is_locked(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StoreError>()
+        .is_some_and(|e| matches!(e, StoreError::Locked { .. }))
+}
+
 fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
+    // The run and the step must exist, whatever the log directory holds: the same errors as
+    // the API's `GET /api/runs/{id}/logs/{step}`.
+    // A store another process holds (a run executing in the foreground) is not waited for.
+    match Backend::open(context) {
+        Ok(backend) => {
+            let run = load_run(&backend, &args.run)?;
+            if let Some(step) = &args.step {
+                run::find_step(&run.id, &backend.steps(&run.id)?, step)?;
+            }
+        }
+        Err(err) if is_locked(&err) => {}
+        Err(err) => return Err(err),
+    }
     let log_dir = context.config.resolve(&context.config.config.logging.dir);
     let run_dir = log_dir.join("workflows").join(&args.run);
     let files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
@@ -328,13 +353,7 @@ fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
             Ok(backend) => backend
                 .run(&args.run)?
                 .is_none_or(|r| r.status.is_finished()),
-            Err(err)
-                if err
-                    .downcast_ref::<StoreError>()
-                    .is_some_and(|e| matches!(e, StoreError::Locked { .. })) =>
-            {
-                false
-            }
+            Err(err) if is_locked(&err) => false,
             Err(err) => return Err(err),
         };
         if finished {

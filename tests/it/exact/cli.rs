@@ -47,11 +47,17 @@ impl Pair {
     /// and stderr once the project paths and run ids are masked; returns the remote run.
     #[track_caller]
     fn same(&self, args: &[&str], code: i32) -> Run {
-        let local = cli(self.local.path(), args);
-        let remote = cli(self.remote.path(), args);
+        self.same_with(args, args, code)
+    }
+
+    /// [`Pair::same`] with arguments that differ between the projects (run ids).
+    #[track_caller]
+    fn same_with(&self, local_args: &[&str], remote_args: &[&str], code: i32) -> Run {
+        let local = cli(self.local.path(), local_args);
+        let remote = cli(self.remote.path(), remote_args);
         let both = format!(
             "`orchestrator {}`\n--- without a server (exit {})\n{}{}\n--- with a server (exit {})\n{}{}",
-            args.join(" "),
+            local_args.join(" "),
             local.code,
             local.stdout,
             local.stderr,
@@ -71,6 +77,16 @@ impl Pair {
             "stderr differs: {both}"
         );
         remote
+    }
+
+    /// The id of the newest run in each project (local, remote).
+    fn newest_runs(&self) -> (String, String) {
+        let newest = |dir: &Path| {
+            let listed = cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
+            let runs: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+            runs[0]["id"].as_str().expect("a run").to_owned()
+        };
+        (newest(self.local.path()), newest(self.remote.path()))
     }
 }
 
@@ -291,4 +307,55 @@ fn validate_in_a_directory_without_manifests_or_configuration_says_it_is_no_proj
         "{}",
         run.stdout
     );
+}
+
+#[test]
+fn api_errors_reach_the_user_with_the_same_words_and_exit_codes_with_or_without_a_server() {
+    let pair = Pair::new(&[("workflows/unit.yaml", UNIT_TESTS)]);
+    pair.same(&["workflow", "execute", "wf_unit-tests"], 0);
+    let (local, remote) = pair.newest_runs();
+    let logs = pair.same_with(
+        &["run", "logs", &local, "nosuchstep"],
+        &["run", "logs", &remote, "nosuchstep"],
+        2,
+    );
+    assert_eq!(
+        logs.stderr.trim(),
+        format!("error: run `{remote}` has no step `nosuchstep`; its steps: unit, second step")
+    );
+    let api = pair._server.api();
+    let message = api
+        .get(&format!("/api/runs/{remote}/logs/nosuchstep"))
+        .expect_error(404, "not_found");
+    assert_eq!(logs.stderr.trim(), format!("error: {message}"));
+    let shown = pair.same_with(
+        &["run", "logs", &local, "second step"],
+        &["run", "logs", &remote, "second step"],
+        0,
+    );
+    assert_eq!(shown.stdout, "");
+    let unit = pair.same_with(
+        &["run", "logs", &local, "unit"],
+        &["run", "logs", &remote, "unit"],
+        0,
+    );
+    assert!(unit.stdout.contains("all green"), "{}", unit.stdout);
+    pair.same(&["run", "logs", "run_nosuch"], 2);
+    pair.same(&["run", "logs", "run_nosuch", "unit"], 2);
+
+    let listed = pair.same(&["run", "list", "--status", "bogus"], 2);
+    let message = api
+        .get("/api/runs?status=bogus")
+        .expect_error(400, "bad_request");
+    assert_eq!(listed.stderr.trim(), format!("error: {message}"));
+    assert_eq!(listed.stdout, "");
+    for dir in [pair.local.path(), pair.remote.path()] {
+        let succeeded = cli(dir, &["run", "list", "--status", "succeeded"]).expect_code(0);
+        assert!(
+            succeeded.stdout.contains("wf_unit-tests"),
+            "{}",
+            succeeded.stdout
+        );
+    }
+    pair.same(&["run", "list", "--status", "failed"], 0);
 }
