@@ -211,6 +211,34 @@ impl Context {
     }
 }
 
+/// Makes a write to a closed pipe (`orchestrator status | head -1`: the reader has gone) end
+/// the process quietly with exit 0, as ripgrep does, instead of the panic of `println!`.
+/// Other panics are reported as before.
+pub fn quiet_on_closed_pipes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_OK.into());
+        }
+        report(info);
+    }));
+}
+
+/// Whether `err` comes from writing to a closed pipe, which ends a command quietly.
+pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Parses the process arguments and runs the command.
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();

@@ -359,3 +359,71 @@ fn api_errors_reach_the_user_with_the_same_words_and_exit_codes_with_or_without_
     }
     pair.same(&["run", "list", "--status", "failed"], 0);
 }
+
+/// Runs a command whose stdout is a pipe nobody reads any more (what `| head -1` leaves once
+/// head has exited): every write fails with a broken pipe.
+fn with_closed_stdout(dir: &Path, args: &[&str]) -> Run {
+    let (reader, writer) = nix::unistd::pipe().expect("a pipe");
+    drop(reader);
+    let output = crate::server::command(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run orchestrator");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_ends_every_command_quietly() {
+    let project = project(&[("workflows/unit.yaml", UNIT_TESTS)]);
+    let dir = project.path();
+    cli(dir, &["apply"]).expect_code(0);
+    cli(dir, &["workflow", "execute", "wf_unit-tests"]).expect_code(0);
+    let commands: &[&[&str]] = &[
+        &["config", "show"],
+        &["config", "show", "-o", "json"],
+        &["validate"],
+        &["validate", "-o", "json"],
+        &["diff"],
+        &["get"],
+        &["get", "-o", "yaml"],
+        &["workflow", "list"],
+        &["workflow", "show", "wf_unit-tests"],
+        &["run", "list"],
+        &["run", "logs", "run_none"],
+        &["schedule", "list"],
+        &["schedule", "next", "* * * * *", "--count", "500"],
+        &["alert", "list"],
+        &["trigger", "list"],
+        &["status"],
+        &["--help"],
+    ];
+    for args in commands {
+        let run = with_closed_stdout(dir, args);
+        assert!(
+            !run.stderr.contains("panicked") && !run.stderr.contains("Broken pipe"),
+            "{args:?} (exit {}): {}",
+            run.code,
+            run.stderr
+        );
+        // Errors that are not about the pipe are still reported.
+        if args == &["run", "logs", "run_none"] {
+            assert_eq!(run.code, 2, "{}", run.stderr);
+            assert!(run.stderr.contains("no run `run_none`"), "{}", run.stderr);
+        } else {
+            assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        }
+    }
+    // The issue's own case: `status | head -1` against a running server.
+    let _server = Server::start(dir);
+    let run = with_closed_stdout(dir, &["status"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+    let run = with_closed_stdout(dir, &["run", "list"]);
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+}
