@@ -57,9 +57,9 @@ pub struct SilenceArgs {
     /// Until when, RFC 3339 (2026-05-01T18:00:00Z).
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Why (required).
+    /// Why (default: `silenced from the command line` and what it mutes).
     #[arg(long)]
-    pub comment: String,
+    pub comment: Option<String>,
     /// Who silences (default: $USER).
     #[arg(long)]
     pub author: Option<String>,
@@ -397,6 +397,15 @@ fn silence(context: &Context, args: &SilenceArgs) -> Result<u8> {
         ),
         None => None,
     };
+    let comment = args.comment.clone().unwrap_or_else(|| {
+        let what: Vec<String> = args
+            .id
+            .iter()
+            .cloned()
+            .chain(labels.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        format!("silenced from the command line: {}", what.join(", "))
+    });
     let request = SilenceRequest {
         alert: args.id.clone(),
         labels,
@@ -406,7 +415,7 @@ fn silence(context: &Context, args: &SilenceArgs) -> Result<u8> {
             (None, None) => Some("1h".to_owned()),
             (None, Some(_)) => None,
         },
-        comment: args.comment.clone(),
+        comment,
         created_by: Some(args.author.clone().unwrap_or_else(|| {
             std::env::var("USER")
                 .ok()

@@ -125,6 +125,14 @@ pub enum Command {
     Stop,
     /// Whether a server runs, and its state; exit 0 running, 3 not running.
     Status(server_cmd::StatusArgs),
+    /// Print a shell completion script: `source <(orchestrator completion bash)`, or save it
+    /// where the shell loads completions from (zsh: a `_orchestrator` file on $fpath; fish:
+    /// ~/.config/fish/completions/orchestrator.fish).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Execute a queued run (what `workflow execute --detach` starts).
     #[command(name = "__run", hide = true)]
     RunQueued {
@@ -247,14 +255,26 @@ pub fn run() -> Result<ExitCode> {
 
 /// Runs a parsed command line.
 pub fn run_cli(cli: Cli) -> Result<ExitCode> {
-    if !matches!(cli.command, Command::Init(_)) && !cli.project_dir.is_dir() {
+    if !matches!(cli.command, Command::Init(_) | Command::Completion { .. })
+        && !cli.project_dir.is_dir()
+    {
         anyhow::bail!(
             "no project directory {}: it does not exist or is not a directory (`orchestrator init {}` creates a project there)",
             cli.project_dir.display(),
             cli.project_dir.display()
         );
     }
-    // These two must work without a loadable configuration.
+    // These must work without a project or a loadable configuration.
+    if let Command::Completion { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        // Into memory first: the generator panics on a failed write, a closed pipe included.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command, "orchestrator", &mut script);
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, &script)?;
+        std::io::Write::flush(&mut out)?;
+        return Ok(ExitCode::from(EXIT_OK));
+    }
     match &cli.command {
         Command::Init(args) => {
             crate::logging::init(cli.verbose, "info", None, Default::default())?;
@@ -298,7 +318,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,
-        Command::Init(_) => EXIT_OK,
+        Command::Init(_) | Command::Completion { .. } => EXIT_OK,
     };
     Ok(ExitCode::from(code))
 }

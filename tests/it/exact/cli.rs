@@ -2,7 +2,8 @@
 //! errors shown with the same exit codes, closed pipes, output formats, completions and help.
 //!
 //! Commands that can go through a running server run twice, in a project without a server
-//! and in one whose store a real `orchestrator start` holds, and must answer alike.
+//! and in one whose store a real `orchestrator start` holds, and must answer alike. Closed
+//! pipes are real pipes whose reader is gone; completion scripts are checked by `bash -n`.
 
 use std::fs;
 use std::path::Path;
@@ -426,4 +427,251 @@ fn a_closed_pipe_on_stdout_ends_every_command_quietly() {
     assert_eq!((run.code, run.stderr.as_str()), (0, ""));
     let run = with_closed_stdout(dir, &["run", "list"]);
     assert_eq!((run.code, run.stderr.as_str()), (0, ""));
+}
+
+/// Runs a command with `stdin` as its standard input and extra environment variables.
+fn with_input(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+    use std::io::Write as _;
+    let mut child = crate::server::command(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run orchestrator");
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.as_bytes()).unwrap();
+    drop(pipe);
+    let output = child.wait_with_output().unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn validate_dash_reads_manifests_from_stdin() {
+    let project = project(&[]);
+    let dir = project.path();
+    let good = format!("kind: Workflow\n{UNIT_TESTS}");
+    let run = with_input(dir, &["validate", "-"], &good, &[]).expect_code(0);
+    assert_eq!(
+        run.stdout,
+        "validated 1 object in 1 file: 0 errors, 0 warnings\n"
+    );
+    let bad = good.replace(
+        "    command: [\"true\"]",
+        "    command: [\"true\"]\n    timout: 3",
+    );
+    let run = with_input(dir, &["validate", "-"], &bad, &[]).expect_code(1);
+    assert!(
+        run.stdout.contains("--> <stdin>:8:5 at /steps/1/timout"),
+        "{}",
+        run.stdout
+    );
+    // With other paths, stdin is one more file.
+    let run =
+        with_input(dir, &["validate", "workflows/smoke.yaml", "-"], &good, &[]).expect_code(0);
+    assert_eq!(
+        run.stdout,
+        "validated 2 objects in 2 files: 0 errors, 0 warnings\n"
+    );
+    // -o yaml is YAML (it was JSON).
+    let run = with_input(dir, &["validate", "-", "-o", "yaml"], &bad, &[]).expect_code(1);
+    assert!(run.stdout.contains("\nerrors: 1\n"), "{}", run.stdout);
+    assert!(run.stdout.contains("file: <stdin>"), "{}", run.stdout);
+    let run = with_input(dir, &["validate", "-", "-o", "json"], &bad, &[]).expect_code(1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["diagnostics"][0]["file"], "<stdin>");
+}
+
+#[test]
+fn diff_speaks_json_and_yaml_with_its_exit_codes() {
+    let project = project(&[]);
+    let dir = project.path();
+    let run = cli(dir, &["diff", "-o", "json"]).expect_code(1);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).expect(&run.stdout);
+    let created: Vec<&str> = plan["plan"]["create"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert!(created.contains(&"wf_api-test-suite"), "{created:?}");
+    assert!(
+        plan["summary"].as_str().unwrap().ends_with("0 to delete"),
+        "{plan}"
+    );
+    assert_eq!(plan["diagnostics"], serde_json::json!([]));
+    let run = cli(dir, &["diff", "-o", "yaml"]).expect_code(1);
+    assert!(
+        run.stdout.starts_with("plan:\n  create:\n"),
+        "{}",
+        run.stdout
+    );
+    cli(dir, &["apply"]).expect_code(0);
+    let run = cli(dir, &["diff", "-o", "json"]).expect_code(0);
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(plan["plan"]["create"], serde_json::json!([]));
+    assert_eq!(plan["summary"], "0 to create, 0 to update, 0 to delete");
+}
+
+#[test]
+fn get_kind_id_in_json_or_yaml_is_the_object_itself() {
+    let project = project(&[]);
+    let dir = project.path();
+    cli(dir, &["apply"]).expect_code(0);
+    let run = cli(dir, &["get", "workflow", "wf_api-test-suite", "-o", "json"]).expect_code(0);
+    let object: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(object["kind"], "Workflow", "{object}");
+    assert_eq!(object["id"], "wf_api-test-suite", "{object}");
+    let run = cli(dir, &["get", "workflow", "wf_api-test-suite", "-o", "yaml"]).expect_code(0);
+    assert!(
+        run.stdout
+            .starts_with("kind: Workflow\nid: wf_api-test-suite\n"),
+        "{}",
+        run.stdout
+    );
+    // Without an id, a list, even of one.
+    let run = cli(dir, &["get", "trigger", "-o", "json"]).expect_code(0);
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}
+
+#[test]
+fn completion_scripts_for_bash_zsh_and_fish() {
+    // Read whole (`orchestrator`, not `cli`): a script is larger than a pipe's buffer.
+    let nowhere = crate::temp_project();
+    let bash = crate::orchestrator(nowhere.path(), &["completion", "bash"]).expect_code(0);
+    assert!(
+        bash.stdout.contains("complete -F _orchestrator"),
+        "{}",
+        bash.stdout
+    );
+    for command in ["validate", "workflow", "completion", "silence"] {
+        assert!(bash.stdout.contains(command), "bash: no {command}");
+    }
+    let script = nowhere.path().join("orchestrator.bash");
+    fs::write(&script, &bash.stdout).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(checked.status.success(), "{checked:?}");
+    let zsh = crate::orchestrator(nowhere.path(), &["completion", "zsh"]).expect_code(0);
+    assert!(
+        zsh.stdout.starts_with("#compdef orchestrator"),
+        "{}",
+        zsh.stdout
+    );
+    let fish = crate::orchestrator(nowhere.path(), &["completion", "fish"]).expect_code(0);
+    assert!(
+        fish.stdout.contains("complete -c orchestrator"),
+        "{}",
+        fish.stdout
+    );
+    crate::orchestrator(nowhere.path(), &["completion", "tcsh"]).expect_code(2);
+    assert_eq!(tree(nowhere.path()), vec!["orchestrator.bash".to_owned()]);
+}
+
+#[test]
+fn help_names_every_kind_and_validate_its_exit_codes_and_formats() {
+    let dir = crate::temp_project();
+    let get = cli(dir.path(), &["get", "--help"]).expect_code(0);
+    for kind in [
+        "workflow",
+        "workflowtemplate",
+        "agent",
+        "schedule",
+        "alert",
+        "trigger",
+        "dashboard",
+    ] {
+        assert!(
+            get.stdout.contains(kind),
+            "get --help lacks {kind}:\n{}",
+            get.stdout
+        );
+        // Each one named there is accepted.
+        cli(dir.path(), &["get", kind]).expect_code(0);
+    }
+    let validate = cli(dir.path(), &["validate", "--help"]).expect_code(0);
+    for line in [
+        "0  no errors (warnings allowed)",
+        "1  errors in the manifests",
+        "2  the command could not run",
+        "json   {revision, files, objects, errors, warnings, diagnostics}",
+        "yaml   the same as YAML",
+        "reads manifests from stdin",
+    ] {
+        assert!(
+            validate.stdout.contains(line),
+            "validate --help lacks {line:?}:\n{}",
+            validate.stdout
+        );
+    }
+    let diff = cli(dir.path(), &["diff", "--help"]).expect_code(0);
+    assert!(diff.stdout.contains("0  no differences"), "{}", diff.stdout);
+}
+
+#[test]
+fn alert_silence_by_label_works_as_the_readme_writes_it() {
+    let readme = fs::read_to_string(crate::repo_dir().join("README.md")).unwrap();
+    assert!(readme.contains("`orchestrator alert silence --label team=qa --for 1h`"));
+    let project = project(&[]);
+    let dir = project.path();
+    cli(dir, &["apply"]).expect_code(0);
+    let run = cli(
+        dir,
+        &["alert", "silence", "--label", "team=qa", "--for", "1h"],
+    )
+    .expect_code(0);
+    assert!(run.stdout.contains("mutes team=qa until"), "{}", run.stdout);
+    let listed = cli(dir, &["alert", "silences", "-o", "json"]).expect_code(0);
+    let silences: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(
+        silences[0]["comment"], "silenced from the command line: team=qa",
+        "{silences}"
+    );
+}
+
+#[test]
+fn orchestrator_api_token_is_a_reference_read_by_the_server_and_the_cli_alike() {
+    let project = project(&[]);
+    let dir = project.path();
+    let env = [
+        ("ORCHESTRATOR_API_TOKEN", "env:QA_TOKEN"),
+        ("QA_TOKEN", "s3cret-token-for-the-test"),
+    ];
+    let _server = Server::start_with(dir, &env);
+    // The CLI reads the same variable and sends the token.
+    with_input(dir, &["workflow", "list"], "", &env).expect_code(0);
+    // Without it the server refuses the CLI, and the CLI says so.
+    let refused = with_input(dir, &["workflow", "list"], "", &[]).expect_code(2);
+    assert!(refused.stderr.contains("token"), "{}", refused.stderr);
+    // It wins over the configuration file's server.api_token.
+    crate::server::edit_config(dir, "server:\n", "server:\n  api_token: env:OTHER_TOKEN\n");
+    with_input(dir, &["workflow", "list"], "", &env).expect_code(0);
+    let readme = fs::read_to_string(crate::repo_dir().join("README.md")).unwrap();
+    assert!(
+        readme.contains("**`ORCHESTRATOR_API_TOKEN`** is the same setting as `server.api_token`")
+            && readme.contains("Precedence, highest first:"),
+        "the README does not say who reads ORCHESTRATOR_API_TOKEN and what wins"
+    );
+    // The token itself, instead of a reference, is refused.
+    let bare = with_input(
+        dir,
+        &["workflow", "list"],
+        "",
+        &[("ORCHESTRATOR_API_TOKEN", "s3cret-token-for-the-test")],
+    )
+    .expect_code(2);
+    assert!(
+        bare.stderr.contains("never the token itself"),
+        "{}",
+        bare.stderr
+    );
 }
