@@ -1,4 +1,5 @@
-//! The `orchestrator` binary: parse arguments, run the command, print the error chain.
+//! The `orchestrator` binary: parse arguments, run the command, print the error chain (a
+//! closed pipe on stdout ends it quietly).
 
 use std::process::ExitCode;
 
@@ -10,8 +11,11 @@ use std::process::ExitCode;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    orchestrator::cli::quiet_on_closed_pipes();
     match orchestrator::cli::run() {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing to say, as ripgrep does.
+        Err(err) if orchestrator::cli::is_closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)

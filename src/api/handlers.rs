@@ -483,14 +483,9 @@ pub async fn list_runs(
 ) -> ApiResult<Json<RunList>> {
     let (limit, offset) = page_bounds(&page)?;
     let status = match page.status.as_deref() {
-        Some(text) => Some(
-            serde_json::from_value::<Status>(Value::from(text)).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "status `{text}` is not one of queued, running, succeeded, failed, cancelled, timed_out, skipped, interrupted"
-                ))
-                .with_details(json!({"field": "status"}))
-            })?,
-        ),
+        Some(text) => Some(Status::parse_filter(text).map_err(|message| {
+            ApiError::bad_request(message).with_details(json!({"field": "status"}))
+        })?),
         None => None,
     };
     let stored = match &page.workflow {
@@ -575,13 +570,7 @@ pub async fn run_log(
 ) -> ApiResult<Response> {
     load_run(&state, &id)?;
     let steps = state.store.steps(&id)?;
-    let Some(record) = steps.iter().find(|s| s.name == step) else {
-        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
-        return Err(ApiError::not_found(format!(
-            "run `{id}` has no step `{step}`; its steps: {}",
-            names.join(", ")
-        )));
-    };
+    let record = run::find_step(&id, &steps, &step)?;
     let path = state.engine.log_dir.join(&record.log);
     let text = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,

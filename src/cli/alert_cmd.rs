@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::backend::Backend;
+use super::client::{ApiFailure, ApiPath};
 use super::manifests::table;
 use super::{Context, OutputFormat, EXIT_OK};
 use crate::monitor::alerts::{self, SilenceRequest};
@@ -56,9 +57,9 @@ pub struct SilenceArgs {
     /// Until when, RFC 3339 (2026-05-01T18:00:00Z).
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Why (required).
+    /// Why (default: `silenced from the command line` and what it mutes).
     #[arg(long)]
-    pub comment: String,
+    pub comment: Option<String>,
     /// Who silences (default: $USER).
     #[arg(long)]
     pub author: Option<String>,
@@ -169,7 +170,7 @@ fn notification_text(alert: &Value) -> String {
 fn alerts_of(backend: &Backend) -> Result<Vec<Value>> {
     match backend {
         Backend::Remote(client) => {
-            let answer = client.get("/api/alerts")?;
+            let answer = client.get(&ApiPath::api(&["alerts"]))?;
             Ok(answer["alerts"].as_array().cloned().unwrap_or_default())
         }
         Backend::Local(store) => {
@@ -237,7 +238,7 @@ fn list(context: &Context, args: &OutputArgs) -> Result<u8> {
 /// One alert with its history, as `GET /api/alerts/{id}` shows it.
 fn alert_of(backend: &Backend, id: &str) -> Result<Value> {
     match backend {
-        Backend::Remote(client) => Ok(client.get(&format!("/api/alerts/{}", encode(id)))?),
+        Backend::Remote(client) => Ok(client.get(&ApiPath::api(&["alerts", id]))?),
         Backend::Local(store) => {
             let rules = alerts::rules(&store.objects()?);
             let rule = alerts::find_rule(&rules, id).map_err(anyhow::Error::msg)?;
@@ -248,19 +249,6 @@ fn alert_of(backend: &Backend, id: &str) -> Result<Value> {
             Ok(value)
         }
     }
-}
-
-/// A path segment, percent-encoded.
-fn encode(segment: &str) -> String {
-    let mut out = String::new();
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
@@ -409,6 +397,15 @@ fn silence(context: &Context, args: &SilenceArgs) -> Result<u8> {
         ),
         None => None,
     };
+    let comment = args.comment.clone().unwrap_or_else(|| {
+        let what: Vec<String> = args
+            .id
+            .iter()
+            .cloned()
+            .chain(labels.iter().map(|(k, v)| format!("{k}={v}")))
+            .collect();
+        format!("silenced from the command line: {}", what.join(", "))
+    });
     let request = SilenceRequest {
         alert: args.id.clone(),
         labels,
@@ -418,7 +415,7 @@ fn silence(context: &Context, args: &SilenceArgs) -> Result<u8> {
             (None, None) => Some("1h".to_owned()),
             (None, Some(_)) => None,
         },
-        comment: args.comment.clone(),
+        comment,
         created_by: Some(args.author.clone().unwrap_or_else(|| {
             std::env::var("USER")
                 .ok()
@@ -429,7 +426,7 @@ fn silence(context: &Context, args: &SilenceArgs) -> Result<u8> {
     };
     let created = match Backend::open(context)? {
         Backend::Remote(client) => client
-            .post("/api/silences", &silence_body(&request))
+            .post(&ApiPath::api(&["silences"]), &silence_body(&request))
             .context("cannot create the silence")?,
         Backend::Local(store) => {
             let rules = alerts::rules(&store.objects()?);
@@ -488,7 +485,7 @@ fn matchers_text(silence: &Value) -> String {
 
 fn list_silences(context: &Context, args: &OutputArgs) -> Result<u8> {
     let list = match Backend::open(context)? {
-        Backend::Remote(client) => client.get("/api/silences")?["silences"]
+        Backend::Remote(client) => client.get(&ApiPath::api(&["silences"]))?["silences"]
             .as_array()
             .cloned()
             .unwrap_or_default(),
@@ -534,17 +531,24 @@ fn list_silences(context: &Context, args: &OutputArgs) -> Result<u8> {
 }
 
 fn unsilence(context: &Context, args: &UnsilenceArgs) -> Result<u8> {
+    let missing = || {
+        anyhow::anyhow!(
+            "no silence `{}` (`orchestrator alert silences` lists them)",
+            args.id
+        )
+    };
     let expired = match Backend::open(context)? {
-        Backend::Remote(client) => client.delete(&format!("/api/silences/{}", encode(&args.id)))?,
+        Backend::Remote(client) => match client.delete(&ApiPath::api(&["silences", &args.id])) {
+            Ok(expired) => expired,
+            Err(err) if ApiFailure::is_not_found(&err) => return Err(missing()),
+            Err(err) => return Err(err),
+        },
         Backend::Local(store) => {
             let rules = alerts::rules(&store.objects()?);
             let now = Utc::now();
             match alerts::expire_silence(&store, &args.id, now)? {
                 Some(silence) => silence.to_json(&rules, now),
-                None => bail!(
-                    "no silence `{}` (`orchestrator alert silences` lists them)",
-                    args.id
-                ),
+                None => return Err(missing()),
             }
         }
     };

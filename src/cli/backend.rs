@@ -12,6 +12,21 @@ use super::Context;
 use crate::engine::model::{RunRecord, StepRecord};
 use crate::store::{ObjectKey, ObjectRecord, Store};
 
+/// The project's store, opened by this process. A read-only command in a project without
+/// a store yet gets an empty one that lives in memory, and a note that nothing is applied
+/// yet, instead of creating a data directory.
+pub fn local_store(context: &Context) -> Result<Store> {
+    let data_dir = context.data_dir();
+    if context.read_only && !Store::exists(&data_dir) {
+        eprintln!(
+            "note: nothing applied yet: no store in {} (`orchestrator apply` or `orchestrator start` creates it)",
+            data_dir.display()
+        );
+        return Ok(Store::empty()?);
+    }
+    open_store(context)
+}
+
 /// The store, or the server holding it.
 pub enum Backend {
     /// This process opened the store.
@@ -25,7 +40,7 @@ impl Backend {
     pub fn open(context: &Context) -> Result<Backend> {
         match ApiClient::for_context(context)? {
             Some(client) => Ok(Backend::Remote(client)),
-            None => Ok(Backend::Local(open_store(context)?)),
+            None => Ok(Backend::Local(local_store(context)?)),
         }
     }
 

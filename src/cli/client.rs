@@ -2,8 +2,10 @@
 //! the same output, through the server's REST API (found through `server.json`).
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use anyhow::{Context as _, Result};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::Context;
@@ -11,16 +13,83 @@ use crate::engine::model::{RunRecord, StepRecord};
 use crate::server::process_file::{self, ServerInfo};
 use crate::store::{ObjectKey, ObjectRecord};
 
-/// An error answer from the server.
+/// What is left as it is in a path segment or a query value: RFC 3986's unreserved
+/// characters. Everything else (`/`, `?`, `#`, `%`, spaces, non-ASCII) is percent-encoded.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A request path of the API, built from segments and query pairs, each percent-encoded:
+/// the only way a command names what it asks the server for, so an id or name with a space,
+/// a slash or a `?` reaches the server as the one segment it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPath(String);
+
+impl ApiPath {
+    /// `/api/` followed by `segments`, each encoded as one path segment.
+    pub fn api<S: AsRef<str>>(segments: &[S]) -> ApiPath {
+        let mut path = String::from("/api");
+        for segment in segments {
+            path.push('/');
+            path.extend(utf8_percent_encode(segment.as_ref(), UNRESERVED));
+        }
+        ApiPath(path)
+    }
+
+    /// The path with one more query pair, its name and value encoded.
+    pub fn query(mut self, name: &str, value: impl fmt::Display) -> ApiPath {
+        self.0.push(if self.0.contains('?') { '&' } else { '?' });
+        self.0.extend(utf8_percent_encode(name, UNRESERVED));
+        self.0.push('=');
+        self.0
+            .extend(utf8_percent_encode(&value.to_string(), UNRESERVED));
+        self
+    }
+}
+
+impl fmt::Display for ApiPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An error answer from the server, shown whole: its message, then each diagnostic its
+/// details carry, one a line.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+#[error("{message}{}", diagnostic_lines(details))]
 pub struct ApiFailure {
     /// HTTP status.
     pub status: u16,
     /// The error code (`not_found`, `invalid`, ...).
     pub code: String,
-    /// The server's message.
+    /// The server's message (or the body itself, when it is not the API's error shape).
     pub message: String,
+    /// The error's `details`.
+    pub details: Value,
+}
+
+/// `details.diagnostics` of an error answer, one `file:line:col: error: ...` a line.
+fn diagnostic_lines(details: &Value) -> String {
+    let Some(diagnostics) = details.get("diagnostics") else {
+        return String::new();
+    };
+    serde_json::from_value::<Vec<crate::diagnostics::Diagnostic>>(diagnostics.clone())
+        .map(|list| {
+            list.iter()
+                .map(|d| format!("\n  {}", d.one_line()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl ApiFailure {
+    /// Whether `err` is the server's 404.
+    pub fn is_not_found(err: &anyhow::Error) -> bool {
+        err.downcast_ref::<ApiFailure>()
+            .is_some_and(|f| f.status == 404)
+    }
 }
 
 /// A client for the server of this project's data directory.
@@ -54,7 +123,7 @@ impl ApiClient {
         Ok(Some(ApiClient { info, token, agent }))
     }
 
-    fn url(&self, path: &str) -> String {
+    fn url(&self, path: &ApiPath) -> String {
         format!("{}{path}", self.info.url())
     }
 
@@ -74,13 +143,19 @@ impl ApiClient {
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
             let error = &value["error"];
+            let message = match (error["message"].as_str(), &value) {
+                (Some(message), _) => message.to_owned(),
+                (None, Value::String(text)) if !text.trim().is_empty() => {
+                    format!("the server answered {status}: {}", text.trim())
+                }
+                (None, Value::String(_)) => format!("the server answered {status}"),
+                (None, other) => format!("the server answered {status}: {other}"),
+            };
             return Err(ApiFailure {
                 status,
                 code: error["code"].as_str().unwrap_or("error").to_owned(),
-                message: error["message"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("the server answered {status}")),
+                message,
+                details: error.get("details").cloned().unwrap_or_default(),
             }
             .into());
         }
@@ -93,7 +168,7 @@ impl ApiClient {
     }
 
     /// GET a JSON document.
-    pub fn get(&self, path: &str) -> Result<Value> {
+    pub fn get(&self, path: &ApiPath) -> Result<Value> {
         let mut request = self.agent.get(&self.url(path));
         if let Some(value) = self.authorization() {
             request = request.header("Authorization", &value);
@@ -102,7 +177,7 @@ impl ApiClient {
     }
 
     /// POST a JSON body.
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+    pub fn post(&self, path: &ApiPath, body: &Value) -> Result<Value> {
         let mut request = self
             .agent
             .post(&self.url(path))
@@ -115,7 +190,7 @@ impl ApiClient {
 
     /// DELETE, answered with a JSON document. It says `Content-Type: application/json`, as
     /// every request that changes something must, though it has no body.
-    pub fn delete(&self, path: &str) -> Result<Value> {
+    pub fn delete(&self, path: &ApiPath) -> Result<Value> {
         let mut request = self
             .agent
             .delete(&self.url(path))
@@ -128,7 +203,7 @@ impl ApiClient {
 
     /// Every object record.
     pub fn objects(&self) -> Result<BTreeMap<ObjectKey, ObjectRecord>> {
-        let value = self.get("/api/manifests?full=true")?;
+        let value = self.get(&ApiPath::api(&["manifests"]).query("full", true))?;
         let records: Vec<ObjectRecord> = serde_json::from_value(value["records"].clone())
             .context("the server's object records are not in the expected shape")?;
         Ok(records.into_iter().map(|r| (r.key.clone(), r)).collect())
@@ -136,7 +211,11 @@ impl ApiClient {
 
     /// Every run, oldest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        let value = self.get("/api/runs?full=true&limit=10000")?;
+        let value = self.get(
+            &ApiPath::api(&["runs"])
+                .query("full", true)
+                .query("limit", 10000),
+        )?;
         let mut runs: Vec<RunRecord> = serde_json::from_value(value["runs"].clone())
             .context("the server's runs are not in the expected shape")?;
         runs.reverse();
@@ -145,7 +224,7 @@ impl ApiClient {
 
     /// One run and its steps.
     pub fn run(&self, id: &str) -> Result<Option<(RunRecord, Vec<StepRecord>)>> {
-        match self.get(&format!("/api/runs/{id}")) {
+        match self.get(&ApiPath::api(&["runs", id])) {
             Ok(value) => Ok(Some(
                 serde_json::from_value::<(RunRecord, Vec<StepRecord>)>(Value::Array(vec![
                     value["run"].clone(),
@@ -153,14 +232,36 @@ impl ApiClient {
                 ]))
                 .context("the server's run is not in the expected shape")?,
             )),
-            Err(err)
-                if err
-                    .downcast_ref::<ApiFailure>()
-                    .is_some_and(|f| f.status == 404) =>
-            {
-                Ok(None)
-            }
+            Err(err) if ApiFailure::is_not_found(&err) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiPath;
+
+    #[test]
+    fn every_segment_and_query_value_is_encoded() {
+        assert_eq!(
+            ApiPath::api(&["workflows", "Unit Tests", "execute"]).to_string(),
+            "/api/workflows/Unit%20Tests/execute"
+        );
+        assert_eq!(
+            ApiPath::api(&["runs", "a/b?c#d%e", "cancel"]).to_string(),
+            "/api/runs/a%2Fb%3Fc%23d%25e/cancel"
+        );
+        assert_eq!(
+            ApiPath::api(&["alerts", "wf_ok-1.2~x", "é"]).to_string(),
+            "/api/alerts/wf_ok-1.2~x/%C3%A9"
+        );
+        assert_eq!(
+            ApiPath::api(&["runs"])
+                .query("status", "a&b=c")
+                .query("limit", 5)
+                .to_string(),
+            "/api/runs?status=a%26b%3Dc&limit=5"
+        );
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::backend::Backend;
-use super::client::ApiClient;
+use super::client::{ApiClient, ApiPath};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::diagnostics::{count, Diagnostic};
 use crate::manifest::Kind;
@@ -19,19 +19,48 @@ use crate::store::{ObjectRecord, Store};
 
 /// Arguments of `validate`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Formats (-o):
+  table  compiler-style diagnostics with the source line, then
+         `validated N objects in N files: N errors, N warnings`
+  json   {revision, files, objects, errors, warnings, diagnostics}; each diagnostic has
+         severity, file, line, column, pointer (JSON pointer) and message
+  yaml   the same as YAML
+
+Exit codes:
+  0  no errors (warnings allowed)
+  1  errors in the manifests
+  2  the command could not run: a path that does not exist, unreadable configuration,
+     a directory with neither manifests nor configuration, stdin that is not UTF-8
+
+`-` as a PATH reads manifests from stdin (shown as <stdin>): `orchestrator validate - < x.yaml`.
+Documents read there must say their `kind`.")]
 pub struct ValidateArgs {
-    /// Files or directories (default: the configured manifest directories).
+    /// Files or directories (default: the configured manifest directories); `-` is stdin.
     pub paths: Vec<PathBuf>,
-    /// Output format: table (compiler-style diagnostics) or json.
+    /// Output format: table (compiler-style diagnostics), json or yaml.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: OutputFormat,
 }
 
 /// Arguments of `diff`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Formats (-o):
+  table  a unified diff per object, then `N to create, N to update, N to delete`
+  json   {plan: {create, update, delete, unchanged, invalid, kept}, summary, diagnostics}
+  yaml   the same as YAML
+
+Exit codes:
+  0  no differences
+  1  differences
+  2  invalid manifests, or the command could not run")]
 pub struct DiffArgs {
     /// Files or directories (default: the configured manifest directories).
     pub paths: Vec<PathBuf>,
+    /// Output format: table (unified diffs), json or yaml.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 /// Arguments of `apply`.
@@ -53,10 +82,11 @@ pub struct ApplyArgs {
 /// Arguments of `get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Only objects of this kind (workflow, schedule, alert, trigger, agent, workflowtemplate).
+    /// Only objects of this kind: workflow, workflowtemplate, agent, schedule, alert,
+    /// trigger or dashboard.
     #[arg(value_parser = parse_kind)]
     pub kind: Option<Kind>,
-    /// Only the object with this id.
+    /// Only the object with this id; with -o json or yaml, the object itself (not a list).
     pub id: Option<String>,
     /// Include pruned objects.
     #[arg(long)]
@@ -82,8 +112,78 @@ struct Loaded {
     scope: Option<Vec<String>>,
 }
 
+/// How stdin is shown in diagnostics when `-` is given as a path.
+const STDIN_NAME: &str = "<stdin>";
+
+/// [`load`] where `-` among the paths is a manifest stream read from stdin.
+fn load_with_stdin(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
+    use anyhow::Context as _;
+    if !paths.iter().any(|p| p.as_os_str() == "-") {
+        return load(context, paths);
+    }
+    let others: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.as_os_str() != "-")
+        .cloned()
+        .collect();
+    let mut loaded = if others.is_empty() {
+        Loaded {
+            snapshot: Snapshot::default(),
+            scope: Some(Vec::new()),
+        }
+    } else {
+        load(context, &others)?
+    };
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+        .context("cannot read stdin")?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "stdin is not UTF-8 text (invalid byte at {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let snapshot = &mut loaded.snapshot;
+    snapshot.files.push(crate::source::SourceFile {
+        path: STDIN_NAME.to_owned(),
+        text,
+    });
+    let files: Vec<(String, &[u8])> = snapshot
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.text.as_bytes()))
+        .collect();
+    snapshot.revision = crate::source::revision_of("dir", &files);
+    if let Some(scope) = &mut loaded.scope {
+        scope.push(STDIN_NAME.to_owned());
+    }
+    Ok(loaded)
+}
+
 fn load(context: &Context, paths: &[PathBuf]) -> Result<Loaded> {
     let (snapshot, scope) = reconcile::load_manifests(&context.config, paths)?;
+    let config = &context.config;
+    if paths.is_empty()
+        && config.file.is_none()
+        && snapshot.files.is_empty()
+        && snapshot.diagnostics.is_empty()
+    {
+        anyhow::bail!(
+            "{} is not a project: no manifests in {} and no {} (`orchestrator init` scaffolds a project; `-C DIR` names another directory)",
+            std::fs::canonicalize(&config.project_dir)
+                .unwrap_or_else(|_| config.project_dir.clone())
+                .display(),
+            config
+                .config
+                .manifests
+                .paths
+                .iter()
+                .map(|p| format!("{}/", p.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.config.environment.file_path().display()
+        );
+    }
     Ok(Loaded { snapshot, scope })
 }
 
@@ -109,9 +209,9 @@ fn reconcile_loaded(
     dry_run: bool,
 ) -> Result<Reconciled> {
     if let Some(client) = ApiClient::for_context(context)? {
-        let route = if dry_run { "/api/diff" } else { "/api/apply" };
+        let route = ApiPath::api(&[if dry_run { "diff" } else { "apply" }]);
         let paths = loaded.scope.clone().unwrap_or_default();
-        let outcome = client.post(route, &serde_json::json!({"paths": paths, "prune": prune}))?;
+        let outcome = client.post(&route, &serde_json::json!({"paths": paths, "prune": prune}))?;
         let field = |name: &str| outcome.get(name).cloned().unwrap_or_default();
         return Ok(Reconciled {
             plan: serde_json::from_value(field("plan"))?,
@@ -119,7 +219,11 @@ fn reconcile_loaded(
             report: serde_json::from_value(field("report"))?,
         });
     }
-    let store = Store::open(&context.data_dir())?;
+    let store = if dry_run {
+        super::backend::local_store(context)?
+    } else {
+        Store::open(&context.data_dir())?
+    };
     let prepared = reconcile::prepare(
         &store,
         &loaded.snapshot,
@@ -173,7 +277,7 @@ fn problems_line(diagnostics: &[Diagnostic]) -> String {
 /// `validate`.
 pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
     context.init_logging(false)?;
-    let loaded = load(context, &args.paths)?;
+    let loaded = load_with_stdin(context, &args.paths)?;
     let project_dir = context.config.project_dir.clone();
     let secrets = move |reference: &str| resolves_here(reference, &project_dir);
     let desired = &reconcile::desired_set_with(
@@ -196,7 +300,7 @@ pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
             "warnings": warnings,
             "diagnostics": desired.diagnostics,
         });
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        write_value(&mut out, args.output, &report)?;
     } else {
         write!(
             out,
@@ -263,6 +367,20 @@ fn resolves_here(reference: &str, project_dir: &std::path::Path) -> Result<(), S
     Ok(())
 }
 
+/// A document as pretty JSON, or as YAML.
+fn write_value(
+    out: &mut impl Write,
+    format: OutputFormat,
+    value: &serde_json::Value,
+) -> Result<()> {
+    if format == OutputFormat::Yaml {
+        write!(out, "{}", reconcile::diff::to_yaml(value))?;
+    } else {
+        writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
+    }
+    Ok(())
+}
+
 fn count_unreadable(snapshot: &Snapshot) -> usize {
     let mut files: Vec<&str> = snapshot
         .diagnostics
@@ -279,17 +397,26 @@ pub fn diff(context: &Context, args: &DiffArgs) -> Result<u8> {
     let loaded = load(context, &args.paths)?;
     let prepared = reconcile_loaded(context, &loaded, false, true)?;
     let plan = &prepared.plan;
-    eprint!(
-        "{}",
-        render_diagnostics(
-            &loaded.snapshot,
-            &prepared.diagnostics,
-            std::io::IsTerminal::is_terminal(&std::io::stderr()) && context.color
-        )
-    );
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", render_plan(plan, context.color))?;
-    writeln!(out, "{}", plan.summary())?;
+    if args.output == OutputFormat::Table {
+        eprint!(
+            "{}",
+            render_diagnostics(
+                &loaded.snapshot,
+                &prepared.diagnostics,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()) && context.color
+            )
+        );
+        write!(out, "{}", render_plan(plan, context.color))?;
+        writeln!(out, "{}", plan.summary())?;
+    } else {
+        let value = serde_json::json!({
+            "plan": plan,
+            "summary": plan.summary(),
+            "diagnostics": prepared.diagnostics,
+        });
+        write_value(&mut out, args.output, &value)?;
+    }
     Ok(if prepared.has_errors() {
         EXIT_ERROR
     } else if plan.has_changes() {
@@ -441,12 +568,14 @@ pub fn get(context: &Context, args: &GetArgs) -> Result<u8> {
     }
     let mut out = std::io::stdout().lock();
     match args.output {
-        OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&records)?)?,
-        OutputFormat::Yaml => write!(
-            out,
-            "{}",
-            reconcile::diff::to_yaml(&serde_json::to_value(&records)?)
-        )?,
+        // One object asked for by id is the object itself, as kubectl answers.
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let value = match (&args.id, records.as_slice()) {
+                (Some(_), [record]) => serde_json::to_value(record)?,
+                _ => serde_json::to_value(&records)?,
+            };
+            write_value(&mut out, args.output, &value)?;
+        }
         OutputFormat::Table => {
             let rows: Vec<[String; 6]> = records
                 .iter()

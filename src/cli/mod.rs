@@ -129,12 +129,45 @@ pub enum Command {
     /// The published JSON Schemas of manifests and configuration.
     #[command(subcommand)]
     Schemas(schemas_cmd::SchemasCommand),
+    /// Print a shell completion script: `source <(orchestrator completion bash)`, or save it
+    /// where the shell loads completions from (zsh: a `_orchestrator` file on $fpath; fish:
+    /// ~/.config/fish/completions/orchestrator.fish).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Execute a queued run (what `workflow execute --detach` starts).
     #[command(name = "__run", hide = true)]
     RunQueued {
         /// The run id.
         run: String,
     },
+}
+
+impl Command {
+    /// Whether the command only reads: it creates no data directory, store or log file
+    /// (without a store it reads an empty one and says there is nothing yet).
+    pub fn is_read_only(&self) -> bool {
+        use alert_cmd::AlertCommand as A;
+        use runs::RunCommand as R;
+        use schedule_cmd::ScheduleCommand as S;
+        use trigger_cmd::TriggerCommand as T;
+        use workflow::WorkflowCommand as W;
+        matches!(
+            self,
+            Command::Validate(_)
+                | Command::Diff(_)
+                | Command::Get(_)
+                | Command::Config(_)
+                | Command::Status(_)
+                | Command::Workflow(W::List(_) | W::Show(_) | W::Render(_))
+                | Command::Run(R::List(_) | R::Show(_) | R::Logs(_))
+                | Command::Schedule(S::List(_) | S::Show(_) | S::Next(_))
+                | Command::Trigger(T::List(_) | T::Show(_) | T::Deliveries(_))
+                | Command::Alert(A::List(_) | A::Show(_) | A::Silences(_))
+        ) || matches!(self, Command::Apply(args) if args.dry_run)
+    }
 }
 
 /// What every command gets: the parsed flags, the configuration and output settings.
@@ -145,6 +178,8 @@ pub struct Context {
     pub config: LoadedConfig,
     /// Whether stdout gets ANSI colours.
     pub color: bool,
+    /// The command only reads ([`Command::is_read_only`]).
+    pub read_only: bool,
 }
 
 impl Context {
@@ -174,7 +209,8 @@ impl Context {
         Ok(command)
     }
 
-    /// Starts logging to stderr and, when `to_file`, to the log directory.
+    /// Starts logging to stderr and, when `to_file` and the command writes, to the log
+    /// directory (a read-only command creates no log file).
     /// A command working through a running server writes only its warnings and errors to
     /// `system.log`, which is the server's log.
     pub fn init_logging(&self, to_file: bool) -> Result<()> {
@@ -185,13 +221,41 @@ impl Context {
         crate::logging::init_with(&crate::logging::LogOptions {
             verbose: self.cli.verbose,
             file_level: &self.config.config.logging.level,
-            log_dir: to_file.then_some(dir.as_path()),
+            log_dir: (to_file && !self.read_only).then_some(dir.as_path()),
             rotation: self.config.config.logging.rotation(),
             color: !self.cli.no_color,
             guest,
         })?;
         Ok(())
     }
+}
+
+/// Makes a write to a closed pipe (`orchestrator status | head -1`: the reader has gone) end
+/// the process quietly with exit 0, as ripgrep does, instead of the panic of `println!`.
+/// Other panics are reported as before.
+pub fn quiet_on_closed_pipes() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_OK.into());
+        }
+        report(info);
+    }));
+}
+
+/// Whether `err` comes from writing to a closed pipe, which ends a command quietly.
+pub fn is_closed_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Parses the process arguments and runs the command.
@@ -202,7 +266,28 @@ pub fn run() -> Result<ExitCode> {
 
 /// Runs a parsed command line.
 pub fn run_cli(cli: Cli) -> Result<ExitCode> {
-    // These two must work without a loadable configuration.
+    if !matches!(
+        cli.command,
+        Command::Init(_) | Command::Schemas(_) | Command::Completion { .. }
+    ) && !cli.project_dir.is_dir()
+    {
+        anyhow::bail!(
+            "no project directory {}: it does not exist or is not a directory (`orchestrator init {}` creates a project there)",
+            cli.project_dir.display(),
+            cli.project_dir.display()
+        );
+    }
+    // These must work without a project or a loadable configuration.
+    if let Command::Completion { shell } = &cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        // Into memory first: the generator panics on a failed write, a closed pipe included.
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut command, "orchestrator", &mut script);
+        let mut out = std::io::stdout().lock();
+        std::io::Write::write_all(&mut out, &script)?;
+        std::io::Write::flush(&mut out)?;
+        return Ok(ExitCode::from(EXIT_OK));
+    }
     match &cli.command {
         Command::Init(args) => {
             crate::logging::init(cli.verbose, "info", None, Default::default())?;
@@ -228,7 +313,13 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
     let color = !cli.no_color
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
         && std::io::stdout().is_terminal();
-    let context = Context { cli, config, color };
+    let read_only = cli.command.is_read_only();
+    let context = Context {
+        cli,
+        config,
+        color,
+        read_only,
+    };
     let code = match &context.cli.command {
         Command::Validate(args) => manifests::validate(&context, args)?,
         Command::Diff(args) => manifests::diff(&context, args)?,
@@ -244,7 +335,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,
-        Command::Init(_) | Command::Schemas(_) => EXIT_OK,
+        Command::Init(_) | Command::Schemas(_) | Command::Completion { .. } => EXIT_OK,
     };
     Ok(ExitCode::from(code))
 }

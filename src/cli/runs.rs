@@ -8,11 +8,11 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use super::backend::Backend;
-use super::client::{ApiClient, ApiFailure};
+use super::client::{ApiClient, ApiFailure, ApiPath};
 use super::manifests::{escape_control, table};
 use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
-use crate::engine::model::TestStatus;
+use crate::engine::model::{Status, TestStatus};
 use crate::engine::run::{self, cancel_request_path};
 use crate::store::StoreError;
 
@@ -102,13 +102,19 @@ pub fn run(context: &Context, command: &RunCommand) -> Result<u8> {
 }
 
 fn list(context: &Context, args: &ListArgs) -> Result<u8> {
+    let status = args
+        .status
+        .as_deref()
+        .map(Status::parse_filter)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let store = Backend::open(context)?;
     let runs: Vec<_> = store
         .runs()?
         .into_iter()
         .rev()
         .filter(|r| args.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))
-        .filter(|r| args.status.as_ref().is_none_or(|s| r.status.as_str() == s))
+        .filter(|r| status.is_none_or(|s| r.status == s))
         .take(args.limit)
         .collect();
     let mut out = std::io::stdout().lock();
@@ -258,7 +264,26 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// Whether opening the store failed because another process holds it.
+fn is_locked(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<StoreError>()
+        .is_some_and(|e| matches!(e, StoreError::Locked { .. }))
+}
+
 fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
+    // The run and the step must exist, whatever the log directory holds: the same errors as
+    // the API's `GET /api/runs/{id}/logs/{step}`.
+    // A store another process holds (a run executing in the foreground) is not waited for.
+    match Backend::open(context) {
+        Ok(backend) => {
+            let run = load_run(&backend, &args.run)?;
+            if let Some(step) = &args.step {
+                run::find_step(&run.id, &backend.steps(&run.id)?, step)?;
+            }
+        }
+        Err(err) if is_locked(&err) => {}
+        Err(err) => return Err(err),
+    }
     let log_dir = context.config.resolve(&context.config.config.logging.dir);
     let run_dir = log_dir.join("workflows").join(&args.run);
     let files = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
@@ -329,13 +354,7 @@ fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
             Ok(backend) => backend
                 .run(&args.run)?
                 .is_none_or(|r| r.status.is_finished()),
-            Err(err)
-                if err
-                    .downcast_ref::<StoreError>()
-                    .is_some_and(|e| matches!(e, StoreError::Locked { .. })) =>
-            {
-                false
-            }
+            Err(err) if is_locked(&err) => false,
             Err(err) => return Err(err),
         };
         if finished {
@@ -350,7 +369,7 @@ fn logs(context: &Context, args: &LogsArgs) -> Result<u8> {
 fn cancel(context: &Context, args: &CancelArgs) -> Result<u8> {
     if let Some(client) = ApiClient::for_context(context)? {
         return match client.post(
-            &format!("/api/runs/{}/cancel", args.run),
+            &ApiPath::api(&["runs", &args.run, "cancel"]),
             &serde_json::Value::Null,
         ) {
             Ok(_) => {
@@ -421,7 +440,7 @@ fn rerun(context: &Context, args: &RerunArgs) -> Result<u8> {
         }
         Backend::Remote(client) => {
             let answer = client.post(
-                &format!("/api/runs/{}/rerun", original.id),
+                &ApiPath::api(&["runs", &original.id, "rerun"]),
                 &serde_json::json!({"from_failed": args.from_failed}),
             )?;
             let run_id = answer["run_id"].as_str().unwrap_or_default().to_owned();

@@ -84,7 +84,7 @@ fn jobs(context: &Context) -> Result<Vec<Value>> {
     context.init_logging(true)?;
     match Backend::open(context)? {
         Backend::Remote(client) => {
-            let answer = client.get("/api/scheduler/jobs")?;
+            let answer = client.get(&super::client::ApiPath::api(&["scheduler", "jobs"]))?;
             Ok(answer["jobs"].as_array().cloned().unwrap_or_default())
         }
         Backend::Local(store) => {
@@ -268,7 +268,7 @@ fn pause(context: &Context, given: &str, paused: bool) -> Result<u8> {
     let verb = if paused { "pause" } else { "resume" };
     let job = match Backend::open(context)? {
         Backend::Remote(client) => {
-            let path = format!("/api/scheduler/jobs/{}/{verb}", path_segment(given));
+            let path = super::client::ApiPath::api(&["scheduler", "jobs", given, verb]);
             client.post(&path, &Value::Object(Map::new()))?
         }
         Backend::Local(store) => {
@@ -302,17 +302,4 @@ fn pause(context: &Context, given: &str, paused: bool) -> Result<u8> {
         )?;
     }
     Ok(EXIT_OK)
-}
-
-/// `text` as one percent-encoded path segment.
-fn path_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

@@ -286,7 +286,7 @@ pub fn status(context: &Context, args: &StatusArgs) -> Result<u8> {
     };
     let status = super::client::ApiClient::for_context(context)?
         .with_context(|| format!("the server (PID {}) stopped meanwhile", info.pid))?
-        .get("/api/status")?;
+        .get(&super::client::ApiPath::api(&["status"]))?;
     if args.output == OutputFormat::Json {
         let mut status = status;
         status["running"] = Value::from(true);

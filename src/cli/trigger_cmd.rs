@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 
 use super::backend::Backend;
+use super::client::{ApiFailure, ApiPath};
 use super::manifests::{self, table};
 use super::{Context, OutputFormat, EXIT_OK};
 use crate::manifest::Kind;
@@ -308,7 +309,14 @@ fn deliveries_of(
     match backend {
         Backend::Local(store) => Ok(deliveries::list(store, id, limit)?),
         Backend::Remote(client) => {
-            let value = client.get(&format!("/api/triggers/{id}/deliveries?limit={limit}"))?;
+            let path = ApiPath::api(&["triggers", id, "deliveries"]).query("limit", limit);
+            let value = match client.get(&path) {
+                Ok(value) => value,
+                // No such trigger and nothing kept for it: the caller says so, in the same
+                // words as without a server.
+                Err(err) if ApiFailure::is_not_found(&err) => return Ok((Vec::new(), 0)),
+                Err(err) => return Err(err),
+            };
             let records: Vec<DeliveryRecord> = serde_json::from_value(value["deliveries"].clone())
                 .context("the server's deliveries are not in the expected shape")?;
             Ok((records, value["total"].as_u64().unwrap_or(0) as usize))

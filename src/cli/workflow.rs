@@ -335,7 +335,7 @@ fn execute(context: &Context, args: &ExecuteArgs) -> Result<u8> {
         Backend::Local(store) => store,
         Backend::Remote(client) => {
             let answer = client.post(
-                &format!("/api/workflows/{}/execute", args.id),
+                &super::client::ApiPath::api(&["workflows", &args.id, "execute"]),
                 &serde_json::json!({ "parameters": parameters, "trigger": "cli" }),
             );
             let run_id = match answer {
@@ -575,7 +575,10 @@ pub fn follow_remote(context: &Context, client: &ApiClient, run_id: &str) -> Res
     loop {
         if flag.load(std::sync::atomic::Ordering::SeqCst) && !cancel_sent {
             cancel_sent = true;
-            let _ = client.post(&format!("/api/runs/{run_id}/cancel"), &Value::Null);
+            let _ = client.post(
+                &super::client::ApiPath::api(&["runs", run_id, "cancel"]),
+                &Value::Null,
+            );
         }
         let Some((run, steps)) = client.run(run_id)? else {
             bail!("run {run_id} disappeared from the server");

@@ -39,6 +39,32 @@ impl Status {
         matches!(self, Status::Succeeded | Status::Skipped)
     }
 
+    /// Every state, in the order runs go through them.
+    pub const ALL: [Status; 8] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+        Status::Skipped,
+        Status::Interrupted,
+    ];
+
+    /// The state a filter names (`run list --status`, `GET /api/runs?status=`), or the
+    /// message saying which names there are: the one check both give.
+    pub fn parse_filter(text: &str) -> Result<Status, String> {
+        Status::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "status `{text}` is not one of {}",
+                    Status::ALL.map(Status::as_str).join(", ")
+                )
+            })
+    }
+
     /// The lowercase name, as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -131,6 +131,22 @@ pub fn find_workflow_in(
     )))
 }
 
+/// The step of a run named `name`, or a not-found error listing the run's steps: the one
+/// lookup the API's step log and `run logs RUN STEP` share.
+pub fn find_step<'a>(
+    run_id: &str,
+    steps: &'a [StepRecord],
+    name: &str,
+) -> Result<&'a StepRecord, EngineError> {
+    steps.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        EngineError::NotFound(format!(
+            "run `{run_id}` has no step `{name}`; its steps: {}",
+            names.join(", ")
+        ))
+    })
+}
+
 /// The workflow after template expansion (templates looked up among the object records),
 /// with its declared parameters.
 pub fn expand_workflow_in(

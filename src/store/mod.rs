@@ -307,14 +307,6 @@ impl Store {
                     source,
                 },
             })?;
-        let sled_error = |source| StoreError::Sled {
-            path: shown.clone(),
-            source,
-        };
-        let objects = db.open_tree("objects").map_err(sled_error)?;
-        let meta = db.open_tree("meta").map_err(sled_error)?;
-        let runs = db.open_tree("runs").map_err(sled_error)?;
-        let steps = db.open_tree("steps").map_err(sled_error)?;
         let owner = format!(
             "{}\n{}\n",
             std::process::id(),
@@ -324,6 +316,41 @@ impl Store {
             path: shown.clone(),
             source,
         })?;
+        Store::on(db, data_dir)
+    }
+
+    /// Whether `data_dir` holds a store (an earlier [`Store::open`] created it).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join("db").exists()
+    }
+
+    /// An empty store in a temporary place of sled's own, removed when it is dropped:
+    /// what read-only commands read where no store exists yet, so that they create nothing
+    /// in the project.
+    pub fn empty() -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .cache_capacity(1 << 20)
+            .open()
+            .map_err(|source| StoreError::Sled {
+                path: "(temporary)".to_owned(),
+                source,
+            })?;
+        // A path no data directory has: nothing is ever written there.
+        Store::on(db, &std::env::temp_dir().join("orchestrator-no-store"))
+    }
+
+    /// The store on an open database whose data directory is `data_dir`.
+    fn on(db: sled::Db, data_dir: &Path) -> Result<Store, StoreError> {
+        let shown = data_dir.display().to_string();
+        let sled_error = |source| StoreError::Sled {
+            path: shown.clone(),
+            source,
+        };
+        let objects = db.open_tree("objects").map_err(sled_error)?;
+        let meta = db.open_tree("meta").map_err(sled_error)?;
+        let runs = db.open_tree("runs").map_err(sled_error)?;
+        let steps = db.open_tree("steps").map_err(sled_error)?;
         let store = Store {
             path: data_dir.to_owned(),
             handles: std::sync::RwLock::new(Some(std::sync::Arc::new(Handles {
