@@ -1,1 +1,170 @@
 //! The ecosystem's checkers against a live server: promtool on `/metrics`, openapi-spec-validator and schemathesis on the API, Alertmanager's fingerprint, HEAD answered like GET.
+//!
+//! Each checker runs as the process a user would run; a missing one fails the test naming
+//! what to install.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::receivers::HttpRecorder;
+use crate::server::{project, Server, DEADLINE};
+
+/// Deep-merges `patch` into the development configuration `init` wrote (rewritten as JSON,
+/// which is YAML), so a test adds its settings whatever sections the scaffold has.
+fn configure(dir: &Path, patch: Value) {
+    fn merge(into: &mut Value, patch: Value) {
+        match (into, patch) {
+            (Value::Object(into), Value::Object(patch)) => {
+                for (key, value) in patch {
+                    merge(into.entry(key).or_insert(Value::Null), value);
+                }
+            }
+            (into, patch) => *into = patch,
+        }
+    }
+    let path = dir.join("config/development.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut config: Value = serde_saphyr::from_str(&text).unwrap();
+    merge(&mut config, patch);
+    fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn a_delivered_alert_carries_alertmanagers_fingerprint() {
+    let webhook = HttpRecorder::start();
+    let project = project(&[(
+        "alerts/cpu-always.yaml",
+        "name: CPU Always\ncondition: system.process_count > 0\nseverity: critical\nlabels:\n  team: qa\nactions: [webhook]\n",
+    )]);
+    let dir = project.path();
+    configure(
+        dir,
+        json!({
+            "monitoring": {"evaluation_interval": "200ms", "sample_interval": "1s"},
+            "notifications": {"webhook": {"url": format!("{}/hook", webhook.url())}},
+        }),
+    );
+    let _server = Server::start(dir);
+
+    let delivered = webhook.wait_for(1);
+    let alert = &delivered[0].body["alerts"][0];
+    assert_eq!(
+        alert["labels"],
+        json!({"alertname": "CPU Always", "severity": "critical", "team": "qa"}),
+        "{alert}"
+    );
+    // What Alertmanager 0.25 sends for these labels.
+    assert_eq!(alert["fingerprint"], "48525fe1cfc801a2", "{alert}");
+}
+
+/// One answer as a client sees it: status, headers (names lowercased, `date` left out) and
+/// body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// `method path` against the server at `address`, whatever the status.
+fn answer(address: &str, method: &str, path: &str) -> Answer {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .new_agent();
+    let url = format!("http://{address}{path}");
+    let reply = match method {
+        "GET" => agent.get(&url).call(),
+        "HEAD" => agent.head(&url).call(),
+        other => panic!("no {other} here"),
+    };
+    let mut reply = reply.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let headers = reply
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != "date")
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    Answer {
+        status: reply.status().as_u16(),
+        headers,
+        body: reply.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+#[test]
+fn head_answers_every_get_route_like_get_without_a_body() {
+    let project = project(&[]);
+    let dir = project.path();
+    let server = Server::start(dir);
+    let api = server.api();
+    let run = api.execute("wf_smoke", "{}");
+    api.wait_finished(&run);
+
+    // Each path parameter filled with something that exists where there is one.
+    let fill = |route: &str| -> String {
+        let mut path = String::new();
+        let mut rest = route;
+        while let Some(start) = rest.find('{') {
+            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e);
+            path.push_str(&rest[..start]);
+            let before = &route[..route.len() - rest.len() + start];
+            let value = match &rest[start + 1..end] {
+                "step" => "lint",
+                "name" => "http",
+                "path" if before.starts_with("/assets/") => "app.js",
+                "id" if before.starts_with("/api/workflows/") => "wf_smoke",
+                "id" if before.starts_with("/api/runs/") => run.as_str(),
+                "id" if before.starts_with("/api/triggers/") => "trg_github-push",
+                "id" if before.starts_with("/api/alerts/") => "alert_high-cpu-usage",
+                _ => "nosuch",
+            };
+            path.push_str(value);
+            rest = &rest[(end + 1).min(rest.len())..];
+        }
+        path.push_str(rest);
+        path
+    };
+    let mut checked = Vec::new();
+    for (method, route) in orchestrator::api::ROUTES {
+        if *method != "GET" {
+            continue;
+        }
+        let path = fill(route);
+        let get = answer(&server.address, "GET", &path);
+        let head = answer(&server.address, "HEAD", &path);
+        let mut get_headers = get.headers.clone();
+        let mut head_headers = head.headers.clone();
+        // Live figures change between two requests, and with them the length.
+        if matches!(*route, "/metrics" | "/api/system/metrics" | "/api/status") {
+            assert!(
+                head_headers.remove("content-length").is_some(),
+                "HEAD {path}: {head:?}"
+            );
+            assert!(
+                get_headers.remove("content-length").is_some(),
+                "GET {path}: {get:?}"
+            );
+        }
+        assert_eq!(
+            (head.status, &head_headers),
+            (get.status, &get_headers),
+            "HEAD {path} answered otherwise than GET\n--- GET\n{get:?}\n--- HEAD\n{head:?}"
+        );
+        assert_eq!(head.body, "", "HEAD {path} sent a body");
+        checked.push(format!("{} {path}", get.status));
+    }
+    // The probes and the metrics answer 200, not an error both methods share.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert!(checked.contains(&format!("200 {path}")), "{checked:#?}");
+    }
+}
