@@ -152,7 +152,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         state.started.elapsed().as_secs_f64(),
     ));
     gauges.push((
-        "orchestrator_events_published".into(),
+        "orchestrator_events_published_total".into(),
         "Events published on the bus.",
         state.events.published() as f64,
     ));

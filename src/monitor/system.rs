@@ -108,7 +108,7 @@ impl SystemSample {
                 self.load_average,
             ),
             (
-                "orchestrator_system_process_count",
+                "orchestrator_system_processes",
                 "Processes on the machine.",
                 self.process_count,
             ),

@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
 use crate::receivers::HttpRecorder;
-use crate::server::{project, Server, DEADLINE};
+use crate::server::{eventually, project, Server, DEADLINE};
 
 /// Deep-merges `patch` into the development configuration `init` wrote (rewritten as JSON,
 /// which is YAML), so a test adds its settings whatever sections the scaffold has.
@@ -30,6 +32,75 @@ fn configure(dir: &Path, patch: Value) {
     let mut config: Value = serde_saphyr::from_str(&text).unwrap();
     merge(&mut config, patch);
     fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+}
+
+/// Runs an installed checker with `input` on its stdin; returns (exit code, stdout +
+/// stderr). A checker that is not installed fails the test saying what to install.
+fn check_with(program: &str, args: &[&str], input: &str, install: &str) -> (i32, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}): install {install}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn promtool_accepts_the_metrics_of_a_live_server() {
+    let project = project(&[]);
+    let dir = project.path();
+    configure(dir, json!({"monitoring": {"sample_interval": "1s"}}));
+    let server = Server::start(dir);
+    let api = server.api();
+    let run = api.execute("wf_smoke", "{}");
+    api.wait_finished(&run);
+    api.get("/api/runs/nosuch").expect_error(404, "not_found");
+
+    let text = eventually("a system sample and the run in /metrics", || {
+        let reply = api.get("/metrics");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let text = reply.text;
+        (text.contains("\norchestrator_system_processes ")
+            && text.contains("orchestrator_agent_step_duration_seconds_count{agent=\"shell\"}"))
+        .then_some(text)
+    });
+    let (code, said) = check_with(
+        "promtool",
+        &["check", "metrics"],
+        &text,
+        "Debian's `prometheus` package (promtool)",
+    );
+    assert_eq!(
+        (code, said.as_str()),
+        (0, ""),
+        "promtool on /metrics:\n{text}"
+    );
+
+    // What a dashboard queries: requests by method and code, counters named `_total`.
+    for line in [
+        "orchestrator_http_requests_total{method=\"POST\",code=\"202\"} 1\n",
+        "orchestrator_http_requests_total{method=\"GET\",code=\"404\"} 1\n",
+        "# TYPE orchestrator_events_published_total counter\n",
+        "# TYPE process_cpu_seconds_total counter\n",
+        "# TYPE orchestrator_agent_step_duration_seconds histogram\n",
+        "# TYPE orchestrator_run_duration_seconds histogram\n",
+    ] {
+        assert!(text.contains(line), "no {line:?} in /metrics:\n{text}");
+    }
 }
 
 #[test]
