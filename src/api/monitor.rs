@@ -23,10 +23,16 @@ use crate::monitor::system::SystemSample;
 pub struct SystemMetricsQuery {
     /// From when: an RFC 3339 time (`2025-01-31T12:00:00Z`) or a duration back from now
     /// (`30m`, `1h`, `7d`). Default `1h`.
+    #[param(
+        pattern = r"^([0-9]{1,6}|([0-9]{1,6}d)?([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?([0-9]{1,6}ms)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     since: Option<String>,
     /// The width of a point, a duration (`10s`, `5m`). Default: the finest the source has
     /// (the sample interval for recent ranges, `monitoring.history_step` for longer ones);
-    /// never finer than that.
+    /// never finer than that. Above zero.
+    #[param(
+        pattern = r"^([1-9][0-9]{0,5}|([1-9][0-9]{0,5}d)?([1-9][0-9]{0,5}h)?([1-9][0-9]{0,5}m)?([1-9][0-9]{0,5}s)?([1-9][0-9]{0,5}ms)?)$"
+    )]
     step: Option<String>,
 }
 

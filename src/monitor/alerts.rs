@@ -743,25 +743,36 @@ impl Silence {
 
 /// A silence as asked for (API body, CLI flags).
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
     /// An alert to silence, by id or name (becomes an `alert_id` matcher).
+    #[schema(value_type = String, required = false, min_length = 1)]
+    #[serde(default)]
     pub alert: Option<String>,
     /// Label equalities to match (`{"severity": "critical"}`).
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Matchers, as stored.
+    /// Matchers, as stored (at least one when given; a silence needs `alert`, `labels` or
+    /// `matchers`).
+    #[schema(min_items = 1)]
+    #[serde(default)]
     pub matchers: Vec<Matcher>,
     /// When it starts (default now).
     #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     /// When it ends (RFC 3339); or give `duration`.
     #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
     /// How long from its start (`2h`, `30m`), instead of `ends_at`.
+    #[serde(default)]
     pub duration: Option<String>,
     /// Why (required).
+    #[schema(required = true, min_length = 1, pattern = r"\S")]
     pub comment: String,
     /// Who asks (default `api`).
+    #[serde(default)]
     pub created_by: Option<String>,
 }
 
@@ -1808,7 +1819,12 @@ mod tests {
             err.message.contains("did you mean `alert_high-cpu`"),
             "{err}"
         );
-        let err = request(json!({"labels": {"team": "infra"}, "duration": "1h"}))
+        // A missing comment is refused when the body is read; a blank one here.
+        assert!(serde_json::from_value::<SilenceRequest>(
+            json!({"labels": {"team": "infra"}, "duration": "1h"})
+        )
+        .is_err());
+        let err = request(json!({"labels": {"team": "infra"}, "comment": " ", "duration": "1h"}))
             .into_silence(&rules, now)
             .unwrap_err();
         assert_eq!(err.field, "comment");

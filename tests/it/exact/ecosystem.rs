@@ -239,3 +239,118 @@ fn head_answers_every_get_route_like_get_without_a_body() {
         assert!(checked.contains(&format!("200 {path}")), "{checked:#?}");
     }
 }
+
+#[test]
+fn openapi_spec_validator_accepts_the_served_document() {
+    let project = project(&[]);
+    let server = Server::start(project.path());
+    let reply = server.api().get("/api/openapi.json");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let file = project.path().join("openapi.json");
+    fs::write(&file, &reply.text).unwrap();
+    let (code, said) = check_with(
+        "openapi-spec-validator",
+        &[file.to_str().unwrap()],
+        "",
+        "the PyPI package `openapi-spec-validator`",
+    );
+    assert_eq!(code, 0, "openapi-spec-validator:\n{said}");
+}
+
+/// How schemathesis runs against the server: every check, deterministic generation (the
+/// same requests every time), a few examples per operation and a wall-clock budget of a
+/// minute, which the fuzzing phase fills.
+///
+/// Left out or constrained, each for a reason:
+/// - `GET /ws` is a WebSocket: the document declares the handshake headers, and a request
+///   with them switches protocols, which an HTTP fuzzer cannot follow (the WebSocket tests
+///   cover it).
+/// - `POST /api/manifests` writes manifest files into the project, which the watcher
+///   applies mid-run: generated workflows, agents and schedules would change what every
+///   other operation sees. `POST /api/validate` takes the same body and writes nothing.
+/// - `POST /hooks/{path}` and `POST /hooks/source` are webhooks signed with secrets the
+///   fuzzer does not have; the webhook suites cover them.
+/// - A well-formed schedule whose cron expression, time zone or workflow the server does
+///   not know is refused with 422 (400 for a name with nothing to make an id of), and a
+///   silence for an unknown alert or ending in the past with 400: rules no schema can state
+///   (what exists, what time it is, which letters make a slug). Those two operations accept
+///   those statuses for schema-valid requests; every other check stays.
+/// - Every state change must say `Content-Type: application/json`, even with no body (the
+///   request guard's rule against cross-site forms, documented as each operation's 415);
+///   OpenAPI has no way to require a content type on a request without a body, so the
+///   header is sent with every request.
+const SCHEMATHESIS_CONFIG: &str = r#"
+# Entries name operations by operationId: the filters of one entry are not combined.
+[[operations]]
+include-operation-id = ["websocket", "save", "receive_webhook", "receive_source_push"]
+enabled = false
+
+[[operations]]
+include-operation-id = "create_job"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "422"]
+
+[[operations]]
+include-operation-id = "create_silence"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409"]
+"#;
+
+#[test]
+fn schemathesis_finds_no_mismatch_between_the_document_and_the_server() {
+    let project = project(&[]);
+    let dir = project.path();
+    let server = Server::start_with(
+        dir,
+        &[
+            ("ORCHESTRATOR_API_TOKEN", "env:ECOSYSTEM_TEST_TOKEN"),
+            ("ECOSYSTEM_TEST_TOKEN", "ecosystem-token"),
+        ],
+    );
+    // Some data: a finished run, so runs, logs and metrics have something to show.
+    let api = crate::server::Api::new(&server.address, Some("ecosystem-token"));
+    let run = api.execute("wf_smoke", "{}");
+    api.wait_finished(&run);
+
+    fs::write(dir.join("schemathesis.toml"), SCHEMATHESIS_CONFIG).unwrap();
+    let url = format!("http://{}/api/openapi.json", server.address);
+    let output = Command::new("schemathesis")
+        .current_dir(dir)
+        .args([
+            "--config-file",
+            "schemathesis.toml",
+            "run",
+            &url,
+            "--checks",
+            "all",
+            "--header",
+            "Authorization: Bearer ecosystem-token",
+            "--header",
+            "Content-Type: application/json",
+            "--max-examples",
+            "10",
+            // The stateful phase chains calls that change things and would share the time
+            // budget with the rest; the examples, every boundary (coverage) and a minute of
+            // fuzzing check each operation on its own.
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--generation-deterministic",
+            "--max-time",
+            "60",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `schemathesis` ({e}): install the PyPI package `schemathesis` (4.x)")
+        });
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "schemathesis found mismatches:\n{said}"
+    );
+    assert!(said.contains("Tested:"), "{said}");
+}
