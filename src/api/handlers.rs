@@ -941,10 +941,30 @@ pub async fn list_jobs(State(state): State<AppState>) -> ApiResult<Json<Value>> 
 #[serde(default, deny_unknown_fields)]
 pub struct ReconcileBody {
     /// Limit to these paths (relative to the project); all manifest directories when empty.
+    #[schema(value_type = Vec<ProjectPath>, inline)]
     paths: Vec<String>,
     /// Remove objects whose manifests are gone.
     prune: Option<bool>,
 }
+
+/// A path relative to the project that stays inside it: not absolute, no `..` segment
+/// (documentation only: the body holds strings).
+struct ProjectPath;
+
+impl utoipa::PartialSchema for ProjectPath {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        const SEGMENT: &str = r"([^/.][^/]*|\.|\.[^/.][^/]*|\.\.[^/]+)";
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A path relative to the project, without `..` segments (`workflows/smoke.yaml`)",
+            ))
+            .pattern(Some(format!("^({SEGMENT}(/{SEGMENT}?)*)?$")))
+            .into()
+    }
+}
+
+impl ToSchema for ProjectPath {}
 
 async fn reconcile_request(
     state: AppState,
