@@ -66,6 +66,15 @@ pub(super) fn optional_json<T: DeserializeOwned + Default>(
             format!("the body is not valid JSON: {e}"),
         )
     })?;
+    // serde reads a struct from an array too (`[]` would be every field's default): every
+    // body is a JSON object, as the document says.
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the body must be a JSON object, got {}", json_kind(&value)),
+        ));
+    }
     serde_json::from_value(value).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -73,6 +82,18 @@ pub(super) fn optional_json<T: DeserializeOwned + Default>(
             format!("the body does not have the expected shape: {e}"),
         )
     })
+}
+
+/// The JSON type of a value, as an error message names it.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Liveness: the process answers.
@@ -152,7 +173,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         state.started.elapsed().as_secs_f64(),
     ));
     gauges.push((
-        "orchestrator_events_published".into(),
+        "orchestrator_events_published_total".into(),
         "Events published on the bus.",
         state.events.published() as f64,
     ));
@@ -276,8 +297,9 @@ pub struct Page {
     /// How many items (1 to 10000; default 50).
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
-    /// How many items to skip (default 0).
-    offset: Option<usize>,
+    /// How many items to skip (0 to 4294967295; default 0).
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    offset: Option<u64>,
     /// Runs of this workflow id only.
     workflow: Option<String>,
     /// Runs in this state only.
@@ -289,6 +311,8 @@ pub struct Page {
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 10_000;
+/// The largest `offset` (what the document says, so a client knows before asking).
+const MAX_OFFSET: u64 = u32::MAX as u64;
 
 fn page_bounds(page: &Page) -> ApiResult<(usize, usize)> {
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
@@ -298,7 +322,14 @@ fn page_bounds(page: &Page) -> ApiResult<(usize, usize)> {
         ))
         .with_details(json!({"field": "limit"})));
     }
-    Ok((limit, page.offset.unwrap_or(0)))
+    let offset = page.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(ApiError::bad_request(format!(
+            "offset must be between 0 and {MAX_OFFSET}, got {offset}"
+        ))
+        .with_details(json!({"field": "offset"})));
+    }
+    Ok((limit, usize::try_from(offset).unwrap_or(usize::MAX)))
 }
 
 /// The workflows.
@@ -306,7 +337,8 @@ fn page_bounds(page: &Page) -> ApiResult<(usize, usize)> {
     params(
         ("limit" = Option<usize>, Query, minimum = 1, maximum = 10000,
             description = "How many workflows (1 to 10000; default 50)"),
-        ("offset" = Option<usize>, Query, description = "How many to skip (default 0)"),
+        ("offset" = Option<u64>, Query, minimum = 0, maximum = 4294967295_u64,
+            description = "How many to skip (0 to 4294967295; default 0)"),
     ),
     responses(
         (status = 200, description = "A page of workflows", body = WorkflowList),
@@ -900,10 +932,30 @@ pub async fn list_jobs(State(state): State<AppState>) -> ApiResult<Json<Value>> 
 #[serde(default, deny_unknown_fields)]
 pub struct ReconcileBody {
     /// Limit to these paths (relative to the project); all manifest directories when empty.
+    #[schema(value_type = Vec<ProjectPath>, inline)]
     paths: Vec<String>,
     /// Remove objects whose manifests are gone.
     prune: Option<bool>,
 }
+
+/// A path relative to the project that stays inside it: not absolute, no `..` segment
+/// (documentation only: the body holds strings).
+struct ProjectPath;
+
+impl utoipa::PartialSchema for ProjectPath {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        const SEGMENT: &str = r"([^/.][^/]*|\.|\.[^/.][^/]*|\.\.[^/]+)";
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A path relative to the project, without `..` segments (`workflows/smoke.yaml`)",
+            ))
+            .pattern(Some(format!("^({SEGMENT}(/{SEGMENT}?)*)?$")))
+            .into()
+    }
+}
+
+impl ToSchema for ProjectPath {}
 
 async fn reconcile_request(
     state: AppState,

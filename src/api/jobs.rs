@@ -24,20 +24,25 @@ use crate::store::{ObjectKey, ObjectStatus};
 
 /// The guide's body: `{"name", "schedule", "workflow_id", "parameters"}`.
 #[derive(Debug, Deserialize, Default, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// The schedule's name; its id is `sch_` and the name's slug.
+    #[schema(required = true, min_length = 1)]
     name: String,
     /// Crontab expression (`0 2 * * *`); `cron` is accepted too.
     #[serde(alias = "cron")]
+    #[schema(required = true, min_length = 1)]
     schedule: String,
     /// The workflow to run.
     #[serde(alias = "workflow")]
+    #[schema(required = true, min_length = 1)]
     workflow_id: String,
     /// Parameters for each run.
+    #[serde(default)]
     #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     /// IANA time zone (default from the configuration).
+    #[serde(default)]
     timezone: Option<String>,
 }
 

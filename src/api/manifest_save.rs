@@ -36,17 +36,48 @@ use crate::store::{ObjectKey, ObjectRecord, ObjectStatus};
 
 /// The body of `POST /api/validate` and `POST /api/manifests`.
 #[derive(Debug, Deserialize, Default, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct ManifestBody {
     /// The kind: `Workflow`, `Dashboard`, ... (case-insensitive; `workflows` works too).
-    /// May be left out when the manifest says `kind`.
+    /// The server also takes it from the manifest's own `kind` when this is left out.
+    #[schema(value_type = KindName, required = true)]
     kind: Option<String>,
     /// The id of the object whose manifest this replaces (`wf_smoke`); left out to create
     /// a new object, whose id is derived from the manifest's name.
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 1000,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")]
     id: Option<String>,
     /// The manifest, as JSON (what would be the YAML document).
     #[schema(value_type = Object)]
     manifest: Value,
+}
+
+/// The names of the kinds the API documents: each kind, in lower case, and its directory
+/// (documentation only; the server reads any case).
+#[derive(ToSchema)]
+#[allow(dead_code, non_camel_case_types)]
+enum KindName {
+    Agent,
+    WorkflowTemplate,
+    Workflow,
+    Schedule,
+    Trigger,
+    Alert,
+    Dashboard,
+    agent,
+    workflowtemplate,
+    workflow,
+    schedule,
+    trigger,
+    alert,
+    dashboard,
+    agents,
+    templates,
+    workflows,
+    schedules,
+    triggers,
+    alerts,
+    dashboards,
 }
 
 /// Where a manifest goes and what it replaces.

@@ -320,7 +320,9 @@ async fn access_log(State(state): State<AppState>, request: Request, next: Next)
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     let status = response.status();
-    state.metrics.http_requests.inc();
+    state
+        .metrics
+        .record_request(method.as_str(), status.as_u16());
     if status.is_server_error() {
         state.metrics.http_errors.inc();
     }

@@ -23,10 +23,16 @@ use crate::monitor::system::SystemSample;
 pub struct SystemMetricsQuery {
     /// From when: an RFC 3339 time (`2025-01-31T12:00:00Z`) or a duration back from now
     /// (`30m`, `1h`, `7d`). Default `1h`.
+    #[param(
+        pattern = r"^([0-9]{1,6}|([0-9]{1,6}d)?([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?([0-9]{1,6}ms)?|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$"
+    )]
     since: Option<String>,
     /// The width of a point, a duration (`10s`, `5m`). Default: the finest the source has
     /// (the sample interval for recent ranges, `monitoring.history_step` for longer ones);
-    /// never finer than that.
+    /// never finer than that. Above zero.
+    #[param(
+        pattern = r"^([1-9][0-9]{0,5}|([1-9][0-9]{0,5}d)?([1-9][0-9]{0,5}h)?([1-9][0-9]{0,5}m)?([1-9][0-9]{0,5}s)?([1-9][0-9]{0,5}ms)?)$"
+    )]
     step: Option<String>,
 }
 
@@ -52,14 +58,18 @@ const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 
 /// Reads `since`: an RFC 3339 time or a duration back from `now`.
 fn parse_since(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
-    let text = text.trim();
+    // Blanks around it are refused below (a duration would otherwise read through them).
+    let padded = text.trim() != text;
     // A `+` of an offset arrives as a space when the query string was not encoded.
     for candidate in [text.to_owned(), text.replace(' ', "+")] {
         if let Ok(at) = DateTime::parse_from_rfc3339(&candidate) {
             return Ok(at.with_timezone(&Utc));
         }
     }
-    if let Ok(back) = crate::duration::parse_duration(text) {
+    if let Some(back) = (!padded)
+        .then(|| crate::duration::parse_duration(text).ok())
+        .flatten()
+    {
         let back = chrono::TimeDelta::from_std(back).unwrap_or(chrono::TimeDelta::MAX);
         return Ok(now
             .checked_sub_signed(back)
@@ -77,6 +87,11 @@ fn parse_step(text: &str) -> Result<Duration, ApiError> {
         ApiError::bad_request(format!("`step` {why}"))
             .with_details(json!({"parameter": "step", "value": text}))
     };
+    if text.trim() != text {
+        return Err(invalid(format!(
+            "must be a duration such as 10s or 5m, without blanks around it; got `{text}`"
+        )));
+    }
     match crate::duration::parse_duration(text) {
         Ok(step) if step.is_zero() => Err(invalid(format!(
             "must be a duration above zero such as 10s or 5m; got `{text}`"
@@ -117,12 +132,13 @@ pub async fn system_metrics(
     Query(query): Query<SystemMetricsQuery>,
 ) -> Result<Json<SystemMetrics>, ApiError> {
     let now = Utc::now();
+    // Only an empty value means the default: blanks are no time (the document's patterns).
     let since = match query.since.as_deref() {
-        Some(text) if !text.trim().is_empty() => parse_since(text, now)?,
+        Some(text) if !text.is_empty() => parse_since(text, now)?,
         _ => now - chrono::TimeDelta::from_std(DEFAULT_SINCE).unwrap_or_default(),
     };
     let step = match query.step.as_deref() {
-        Some(text) if !text.trim().is_empty() => Some(parse_step(text)?),
+        Some(text) if !text.is_empty() => Some(parse_step(text)?),
         _ => None,
     };
     let series = state.system.query(since, step);
@@ -156,6 +172,8 @@ mod tests {
             parse_since("2025-01-31T11:30:00 01:00", now).unwrap(),
             Utc.with_ymd_and_hms(2025, 1, 31, 10, 30, 0).unwrap()
         );
+        assert!(parse_since(" 1h", now).is_err());
+        assert!(parse_step("5m ").is_err());
         let error = parse_since("yesterday", now).unwrap_err();
         assert_eq!(error.status, axum::http::StatusCode::BAD_REQUEST);
         assert!(error.message.contains("RFC 3339"), "{}", error.message);

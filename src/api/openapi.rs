@@ -231,13 +231,25 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// Every request body of this API may be left out (an empty body reads as the type's
+/// The operations whose body says what to create or check: an empty body is refused
+/// there, so the document marks it required.
+pub const REQUIRED_BODIES: [&str; 4] = [
+    "/api/validate",
+    "/api/manifests",
+    "/api/scheduler/jobs",
+    "/api/silences",
+];
+
+/// Every other request body of this API may be left out (an empty body reads as the type's
 /// defaults), which the generated operations do not say on their own.
 struct OptionalBodies;
 
 impl Modify for OptionalBodies {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if REQUIRED_BODIES.contains(&path.as_str()) {
+                continue;
+            }
             for operation in [
                 &mut item.get,
                 &mut item.put,
@@ -383,7 +395,13 @@ pub async fn openapi_json() -> Response {
 /// Documentation only: the route is served by `ws::upgrade`.
 #[utoipa::path(get, path = "/ws", tag = "events",
     params(("token" = Option<String>, Query,
-        description = "The API token, for clients that cannot set the `Authorization` header (browsers); only `/ws` reads it")),
+        description = "The API token, for clients that cannot set the `Authorization` header (browsers); only `/ws` reads it"),
+        // The handshake (RFC 6455): without it the answer is 400.
+        ("Upgrade" = String, Header, description = "`websocket`", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Connection" = String, Header, description = "Includes `Upgrade`", pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes in base64",
+            pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$")),
     security(("bearer" = [])),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol"),
@@ -538,7 +556,8 @@ mod tests {
                     }
                 }
                 if let Some(body) = operation.get("requestBody") {
-                    assert_eq!(body["required"], false, "{here}: bodies are optional");
+                    let required = super::REQUIRED_BODIES.contains(&path.as_str());
+                    assert_eq!(body["required"], required, "{here}: required or optional");
                     assert!(
                         body["content"]["application/json"]["schema"].is_object(),
                         "{here}: a JSON body"

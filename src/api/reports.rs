@@ -138,7 +138,8 @@ pub fn artifact_url(run_id: &str, path: &str) -> Option<String> {
 #[utoipa::path(get, path = "/api/runs/{id}/artifacts/{path}", tag = "runs",
     params(
         ("id" = String, Path, description = "The run's id (`run_...`)"),
-        ("path" = String, Path, description = "The artifact's path as the run recorded it, e.g. `reports/run_.../report.html`"),
+        ("path" = String, Path, description = "The artifact's path as the run recorded it, e.g. `reports/run_.../report.html`: relative, `/`-separated, no segment empty or starting with `.`, no backslash or NUL",
+            pattern = r"^[^/\\\x00.][^/\\\x00]*(/[^/\\\x00.][^/\\\x00]*)*$"),
     ),
     responses(
         (status = 200, description = "The file, with its content type (`text/html`, `application/xml`, `application/json`, ...)",

@@ -58,7 +58,7 @@ fn pushed_branch(body: &[u8]) -> Option<String> {
 /// the one followed, is answered 200 and ignored. Outside the bearer-token layer: with
 /// `source.git.webhook_secret` set the delivery must be signed (`X-Hub-Signature-256`);
 /// without one, the API token is needed when one is configured.
-#[utoipa::path(post, path = "/hooks/source", tag = "source",
+#[utoipa::path(post, path = "/hooks/source", tag = "source", operation_id = "receive_source_push",
     params(
         ("X-GitHub-Event" = Option<String>, Header,
             description = "`ping` is answered `pong`; any other event asks for a fetch"),

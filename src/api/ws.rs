@@ -8,14 +8,15 @@
 use std::collections::HashSet;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::events::EventKind;
 
 /// What a client sends is a few small requests (`subscribe`, `ping`): a small read buffer
@@ -23,11 +24,27 @@ use crate::events::EventKind;
 /// thousand idle clients at a few MB rather than 250.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Upgrades the connection.
-pub async fn upgrade(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| serve(state, socket))
+/// Upgrades the connection. A request that is no WebSocket handshake gets the JSON error of
+/// what is missing; `HEAD` gets the answer `GET` would get (axum drops the body), which for a
+/// complete handshake is a 400, since `HEAD` cannot switch protocols.
+pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let head = parts.method == Method::HEAD;
+    if head {
+        parts.method = Method::GET;
+    }
+    match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+        Ok(_) if head => ApiError::bad_request(
+            "a WebSocket handshake is a GET request: HEAD cannot switch protocols",
+        )
+        .into_response(),
+        Ok(upgrade) => upgrade
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .on_upgrade(move |socket| serve(state, socket)),
+        Err(rejection) => {
+            ApiError::from_status(rejection.status(), rejection.body_text()).into_response()
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -33,7 +33,6 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::{AlertNotification, DeliveryOutcome, MetricSource, NotificationStatus};
 use crate::condition::{parse_condition, Condition, MetricRef};
@@ -177,17 +176,10 @@ impl AlertRule {
         labels
     }
 
-    /// A stable hash of the id and labels, 16 hex digits as Alertmanager's fingerprint.
+    /// Alertmanager's fingerprint of the labels notifications carry ([`Self::all_labels`]):
+    /// see [`fingerprint`].
     pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.id.as_bytes());
-        for (key, value) in self.all_labels() {
-            hasher.update([0]);
-            hasher.update(key.as_bytes());
-            hasher.update([0xff]);
-            hasher.update(value.as_bytes());
-        }
-        hex::encode(&hasher.finalize()[..8])
+        fingerprint(&self.all_labels())
     }
 
     /// The annotations with their templates rendered for `value`.
@@ -636,6 +628,23 @@ pub fn notification(
     }
 }
 
+/// Alertmanager's fingerprint of a label set (`model.LabelSet.Fingerprint` in
+/// prometheus/common): 64-bit FNV-1a over the pairs in name order, each name and each value
+/// followed by a 0xFF byte, as 16 lowercase hex digits. Receivers deduplicate and group by
+/// it, so it must be the same number Alertmanager would send for the same labels.
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    use std::hash::Hasher;
+    const SEPARATOR: [u8; 1] = [0xff];
+    let mut hasher = fnv::FnvHasher::default();
+    for (name, value) in labels {
+        hasher.write(name.as_bytes());
+        hasher.write(&SEPARATOR);
+        hasher.write(value.as_bytes());
+        hasher.write(&SEPARATOR);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
 fn delta(duration: Duration) -> TimeDelta {
     TimeDelta::from_std(duration).unwrap_or(TimeDelta::MAX)
 }
@@ -734,25 +743,36 @@ impl Silence {
 
 /// A silence as asked for (API body, CLI flags).
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
     /// An alert to silence, by id or name (becomes an `alert_id` matcher).
+    #[schema(value_type = String, required = false, min_length = 1)]
+    #[serde(default)]
     pub alert: Option<String>,
     /// Label equalities to match (`{"severity": "critical"}`).
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Matchers, as stored.
+    /// Matchers, as stored (at least one when given; a silence needs `alert`, `labels` or
+    /// `matchers`).
+    #[schema(min_items = 1)]
+    #[serde(default)]
     pub matchers: Vec<Matcher>,
     /// When it starts (default now).
     #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     /// When it ends (RFC 3339); or give `duration`.
     #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
     /// How long from its start (`2h`, `30m`), instead of `ends_at`.
+    #[serde(default)]
     pub duration: Option<String>,
     /// Why (required).
+    #[schema(required = true, min_length = 1, pattern = r"\S")]
     pub comment: String,
     /// Who asks (default `api`).
+    #[serde(default)]
     pub created_by: Option<String>,
 }
 
@@ -1336,6 +1356,43 @@ mod tests {
         }
     }
 
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn fingerprints_are_alertmanagers() {
+        // Alertmanager 0.25's fingerprint of these labels.
+        let cpu = labels(&[
+            ("alertname", "CPU Always"),
+            ("severity", "critical"),
+            ("team", "qa"),
+        ]);
+        assert_eq!(fingerprint(&cpu), "48525fe1cfc801a2");
+        // No labels: FNV-1a's offset basis, as Alertmanager's empty label set.
+        assert_eq!(fingerprint(&BTreeMap::new()), "cbf29ce484222325");
+        // The separator keeps `a=bc` and `ab=c` apart.
+        assert_ne!(
+            fingerprint(&labels(&[("a", "bc")])),
+            fingerprint(&labels(&[("ab", "c")]))
+        );
+        // A rule's fingerprint is that of the labels its notifications carry.
+        let rule = AlertRule::from_spec(
+            "alert_cpu-always",
+            &serde_json::json!({
+                "name": "CPU Always",
+                "condition": "system.cpu_percent >= 0",
+                "severity": "critical",
+                "labels": {"team": "qa"},
+            }),
+        )
+        .unwrap();
+        assert_eq!(rule.fingerprint(), "48525fe1cfc801a2");
+    }
+
     fn rule(spec: Value) -> AlertRule {
         let name = spec["name"].as_str().unwrap();
         AlertRule::from_spec(&format!("alert_{}", crate::manifest::slug(name)), &spec).unwrap()
@@ -1762,7 +1819,12 @@ mod tests {
             err.message.contains("did you mean `alert_high-cpu`"),
             "{err}"
         );
-        let err = request(json!({"labels": {"team": "infra"}, "duration": "1h"}))
+        // A missing comment is refused when the body is read; a blank one here.
+        assert!(serde_json::from_value::<SilenceRequest>(
+            json!({"labels": {"team": "infra"}, "duration": "1h"})
+        )
+        .is_err());
+        let err = request(json!({"labels": {"team": "infra"}, "comment": " ", "duration": "1h"}))
             .into_silence(&rules, now)
             .unwrap_err();
         assert_eq!(err.field, "comment");

@@ -750,23 +750,22 @@ impl RunStats {
                 agents.iter().map(|a| (agent(a), field(a))).collect(),
             );
         }
+        // Gauges over the window; `/metrics` also has the histogram of every step since the
+        // server started (`orchestrator_agent_step_duration_seconds`).
         family(
-            "orchestrator_agent_step_duration_seconds",
-            &format!("Step durations of an agent by quantile, {window}."),
+            "orchestrator_agent_step_duration_p50_seconds",
+            &format!("Median step duration of an agent, {window}."),
             agents
                 .iter()
-                .flat_map(|a| {
-                    [
-                        (
-                            format!("{},quantile=\"0.5\"", agent(a)),
-                            a.duration_p50_seconds,
-                        ),
-                        (
-                            format!("{},quantile=\"0.95\"", agent(a)),
-                            a.duration_p95_seconds,
-                        ),
-                    ]
-                })
+                .map(|a| (agent(a), a.duration_p50_seconds))
+                .collect(),
+        );
+        family(
+            "orchestrator_agent_step_duration_p95_seconds",
+            &format!("95th percentile of an agent's step durations, {window}."),
+            agents
+                .iter()
+                .map(|a| (agent(a), a.duration_p95_seconds))
                 .collect(),
         );
         let workflow =
@@ -858,7 +857,8 @@ fn known_agents(inner: &Inner, snapshot: &Snapshot) -> Vec<String> {
 }
 
 /// Escapes a Prometheus label value.
-fn escape_label(value: &str) -> String {
+/// A label value in the Prometheus text format: backslash, double quote and newline escaped.
+pub fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

@@ -108,7 +108,7 @@ impl SystemSample {
                 self.load_average,
             ),
             (
-                "orchestrator_system_process_count",
+                "orchestrator_system_processes",
                 "Processes on the machine.",
                 self.process_count,
             ),
@@ -579,7 +579,13 @@ mod tests {
         let gauges = sample.gauges();
         assert_eq!(gauges.len(), METRIC_NAMES.len());
         for ((gauge, _, value), name) in gauges.iter().zip(METRIC_NAMES) {
-            assert_eq!(*gauge, format!("orchestrator_{}", name.replace('.', "_")));
+            // Prometheus keeps `_count` for summaries and histograms: the process count is
+            // `orchestrator_system_processes` there.
+            let expected = match name {
+                "system.process_count" => "orchestrator_system_processes".to_owned(),
+                name => format!("orchestrator_{}", name.replace('.', "_")),
+            };
+            assert_eq!(*gauge, expected);
             assert_eq!(Some(*value), sample.value(name));
         }
     }

@@ -553,10 +553,10 @@ fn execute_pending(shared: &Arc<Shared>, pending: PendingRun) {
         .remove(&id);
     match result {
         Ok(finished) => {
+            let steps = shared.store.steps(&id).unwrap_or_default();
             shared.metrics.record_run(&finished);
-            shared
-                .stats
-                .record(&finished, &shared.store.steps(&id).unwrap_or_default());
+            shared.metrics.record_steps(&steps);
+            shared.stats.record(&finished, &steps);
             shared.view.record_run(&finished);
             events.publish(EventKind::WorkflowCompleted, run_summary(&finished));
         }

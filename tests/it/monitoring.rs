@@ -202,7 +202,7 @@ fn system_metrics_are_sampled_published_and_exported() {
         "network_rx_bytes_per_second",
         "network_tx_bytes_per_second",
         "load_average",
-        "process_count",
+        "processes",
         "orchestrator_cpu_percent",
         "orchestrator_rss_bytes",
     ] {

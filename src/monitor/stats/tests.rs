@@ -725,9 +725,7 @@ fn prometheus_series_carry_agent_and_workflow_labels() {
         "{text}"
     );
     assert!(
-        text.contains(
-            "orchestrator_agent_step_duration_seconds{agent=\"shell\",quantile=\"0.95\"} 0.6\n"
-        ),
+        text.contains("orchestrator_agent_step_duration_p95_seconds{agent=\"shell\"} 0.6\n"),
         "{text}"
     );
     assert!(
