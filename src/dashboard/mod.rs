@@ -40,6 +40,7 @@ pub const ASSETS: &[(&str, &[u8])] = &[
     asset!("lib/ui.js"),
     asset!("lib/dag.js"),
     asset!("lib/yaml.js"),
+    asset!("lib/manifest-editor.js"),
     asset!("lib/alert-editor.js"),
     asset!("pages/overview.js"),
     asset!("pages/workflows.js"),

@@ -9,21 +9,17 @@
 // lives in), exactly like the workflow editor: nothing is written while it is invalid; a
 // server that follows a git repository writes nothing, so the YAML is offered to copy or
 // download for a commit instead; a rule declared in a file that saving would rewrite (JSON,
-// `{"alerts": [...]}`, several documents) is shown with the reason and not saved.
+// `{"alerts": [...]}`, several documents) is shown with the reason and not saved. The page,
+// the validation, the save and the copy and download are those of every manifest editor
+// (`manifest-editor.js`); this module is the form and the condition's own check.
 
-import { html, setHTML, el, href, errorBox, toast, pageHeader, debounce, copyText, downloadText, fieldFor } from "./ui.js";
+import { html, setHTML, el, href, errorBox, debounce } from "./ui.js";
 import { seg } from "./api.js";
-import { toYaml } from "./yaml.js";
+import { manifestEditor, uid, pointerSegment as ptr, textInput as input, fieldBox } from "./manifest-editor.js";
 
 const SEVERITIES = ["info", "warning", "critical"];
 /** Fields of the manifest the form edits; anything else is kept as it was. */
 const EDITED = new Set(["kind", "name", "description", "condition", "duration", "severity", "labels", "actions"]);
-
-let uids = 0;
-const uid = () => ++uids;
-
-/** JSON pointer segment escaping. */
-const ptr = (text) => String(text).replace(/~/g, "~0").replace(/\//g, "~1");
 
 /** The editor's state from an Alert manifest. */
 function fromSpec(spec = {}) {
@@ -68,58 +64,30 @@ export async function renderAlertEditor(ctx, id) {
   ]);
   const gitMode = (status.source || {}).kind === "git";
   const channels = channelList.channels || [];
-  const ruleId = loaded ? loaded.id : null;
   // A rule whose file saving would rewrite whole is shown, not saved (git mode: copied).
   const locked = Boolean(loaded && !loaded.editable && !gitMode);
   const state = fromSpec(loaded ? loaded.manifest || {} : {});
-  const title = loaded ? `Edit ${loaded.name}` : "New alert rule";
-  ctx.setTitle(title);
-  setHTML(
-    root,
-    html`${pageHeader(title, {
-      crumb: html`<a href="#/alerts">Alerts</a>${loaded ? html` / <a href="${href("alerts", loaded.id)}" class="mono">${loaded.id}</a>` : ""}`,
-      subtitle: gitMode
-        ? "This server follows a git repository: the editor gives you the YAML to commit."
-        : "Saved as an Alert manifest in the project, validated first, then applied.",
-    })}
-    ${locked ? html`<div class="notice" data-section="locked" role="note"><p><strong>This rule cannot be saved from here.</strong> ${loaded.reason}</p><p>The YAML beside the form can be copied into a file of its own.</p></div>` : ""}
-    <div class="editor-layout">
-      <form class="editor-form" data-form="alert-editor" novalidate>
-        <section class="card" data-section="rule"></section>
-        <section class="card" data-section="labels"></section>
-        <section class="card" data-section="channels"></section>
-      </form>
-      <aside class="editor-side">
-        <section class="card" data-section="problems" aria-live="polite"></section>
-        <section class="card" data-section="yaml"><h2>YAML</h2><p class="muted" data-file></p><pre class="code" data-yaml></pre></section>
-      </aside>
-    </div>`,
-  );
-  const part = (name) => root.querySelector(`[data-section="${name}"]`);
-  const form = root.querySelector('[data-form="alert-editor"]');
-  const actions = root.querySelector("[data-actions]");
-  let lastValidation = null;
-
-  // ---- header actions --------------------------------------------------------------------
-  const saveButton = el("button", { type: "button", class: "primary", "data-action": "save" }, loaded ? "Save" : "Create");
-  const copyButton = el("button", { type: "button", "data-action": "copy" }, "Copy YAML");
-  const downloadButton = el("button", { type: "button", "data-action": "download" }, "Download");
-  if (gitMode || locked) actions.append(copyButton, downloadButton);
-  else actions.append(saveButton, copyButton);
-  actions.append(el("a", { class: "button", href: loaded ? href("alerts", loaded.id) : "#/alerts" }, "Cancel"));
+  const { form, part, refresh, validateNow, validateSoon } = manifestEditor(ctx, {
+    kind: "Alert",
+    id: loaded ? loaded.id : undefined,
+    title: loaded ? `Edit ${loaded.name}` : "New alert rule",
+    crumb: html`<a href="#/alerts">Alerts</a>${loaded ? html` / <a href="${href("alerts", loaded.id)}" class="mono">${loaded.id}</a>` : ""}`,
+    subtitle: "Saved as an Alert manifest in the project, validated first, then applied.",
+    gitMode,
+    locked: locked ? { reason: loaded.reason, file: loaded.file } : null,
+    notice: locked ? html`<div class="notice" data-section="locked" role="note"><p><strong>This rule cannot be saved from here.</strong> ${loaded.reason}</p><p>The YAML beside the form can be copied into a file of its own.</p></div>` : "",
+    form: "alert-editor",
+    sections: ["rule", "labels", "channels"],
+    manifest: () => toManifest(state),
+    cancel: loaded ? href("alerts", loaded.id) : "#/alerts",
+    afterSave: () => "#/alerts",
+    defaultFile: "alert.yaml",
+    messages: { unchecked: "The rule could not be checked", problems: "Not saved: the rule has problems", unsaved: "The rule was not saved" },
+    // The condition's own check shows its message and marks its control.
+    keep: { pointers: ["/condition"], errors: "[data-condition-error]", controls: "[data-bind='condition']" },
+  });
 
   // ---- the form --------------------------------------------------------------------------
-  const input = (attrs, value) => {
-    const node = el("input", { type: "text", autocomplete: "off", ...attrs });
-    node.value = value ?? "";
-    return node;
-  };
-  const fieldBox = (label, control, pointer, hint, ...more) => {
-    const fid = control.id || `a-${uid()}`;
-    control.id = fid;
-    return el("div", { class: "field", "data-pointer": pointer }, el("label", { for: fid }, label), control, hint ? el("span", { class: "hint" }, hint) : null, ...more);
-  };
-
   function renderRule() {
     const severity = el("select", { "data-bind": "severity" });
     severity.append(el("option", { value: "" }, "(default: warning)"));
@@ -216,76 +184,12 @@ export async function renderAlertEditor(ctx, id) {
   }
   const checkConditionSoon = debounce(checkCondition, 200);
 
-  // ---- preview and validation ------------------------------------------------------------
-  function refresh() {
-    root.querySelector("[data-yaml]").textContent = toYaml(toManifest(state));
-    validateSoon();
-  }
-
-  function showDiagnostics(diagnostics) {
-    for (const node of form.querySelectorAll(".field-error:not([data-condition-error])")) node.remove();
-    for (const node of form.querySelectorAll("[data-invalid]")) node.removeAttribute("data-invalid");
-    for (const c of form.querySelectorAll("[aria-invalid]:not([data-bind='condition'])")) c.removeAttribute("aria-invalid");
-    const errors = diagnostics.filter((d) => d.severity !== "warning");
-    const unplaced = [];
-    for (const d of diagnostics) {
-      const target = fieldFor(form, d.pointer || "");
-      if (!target || target === form) {
-        unplaced.push(d);
-        continue;
-      }
-      target.dataset.invalid = d.severity === "warning" ? "warning" : "error";
-      // The condition's own check shows its message at the field already.
-      if (d.pointer === "/condition") continue;
-      const control = target.querySelector("input, select, textarea");
-      if (control && d.severity !== "warning") control.setAttribute("aria-invalid", "true");
-      target.append(el("p", { class: `field-error ${d.severity === "warning" ? "warning" : ""}`, "data-diagnostic": d.pointer || "" }, d.message));
-    }
-    const file = lastValidation ? lastValidation.file : "";
-    setHTML(
-      part("problems"),
-      html`<h2>Validation</h2>${
-        !diagnostics.length
-          ? html`<p class="ok" data-valid="true">✓ Valid — ready to ${gitMode ? "commit" : "save"}</p>`
-          : html`<p class="${errors.length ? "form-error" : "muted"}" data-valid="${errors.length ? "false" : "true"}">${errors.length} error${errors.length === 1 ? "" : "s"}, ${diagnostics.length - errors.length} warning${diagnostics.length - errors.length === 1 ? "" : "s"}</p>
-          <ul class="diagnostics">${diagnostics.map(
-            (d) => html`<li data-severity="${d.severity}"><span class="mono">${file ? `${file}:` : ""}${d.line}:${d.column}</span> <code>${d.pointer || "/"}</code> ${d.message}${unplaced.includes(d) ? "" : html` <span class="muted">(shown at its field)</span>`}</li>`,
-          )}</ul>`
-      }`,
-    );
-  }
-
-  let validation = null;
-  async function validateNow() {
-    if (locked) {
-      setHTML(part("problems"), html`<h2>Validation</h2><p class="muted" data-valid="locked">${loaded.reason}</p>`);
-      root.querySelector("[data-file]").textContent = `Declared in ${loaded.file}`;
-      return;
-    }
-    if (validation) validation.abort();
-    validation = new AbortController();
-    try {
-      const manifest = toManifest(state);
-      const answer = await api.post("/api/validate", { kind: "Alert", id: ruleId || undefined, manifest }, { signal: validation.signal });
-      lastValidation = { ...answer, of: JSON.stringify(manifest) };
-      root.querySelector("[data-file]").textContent = gitMode ? `Commit as ${answer.file} in the repository` : `Saved as ${answer.file}`;
-      showDiagnostics(answer.diagnostics || []);
-      root.dataset.validated = String(Date.now());
-    } catch (err) {
-      if (err && err.name === "AbortError") return;
-      setHTML(part("problems"), html`<h2>Validation</h2>${errorBox(err, "The rule could not be checked")}`);
-    }
-  }
-  const validateSoon = debounce(validateNow, 350);
   ctx.onLeave(() => {
-    validateSoon.cancel();
     checkConditionSoon.cancel();
-    if (validation) validation.abort();
     if (conditionCall) conditionCall.abort();
   });
 
   // ---- events ----------------------------------------------------------------------------
-  form.addEventListener("submit", (e) => e.preventDefault());
   form.addEventListener("input", (event) => {
     const t = event.target;
     if (t.dataset.bind && t.tagName !== "SELECT") {
@@ -323,33 +227,6 @@ export async function renderAlertEditor(ctx, id) {
     refresh();
     form.querySelector(focus)?.focus();
   });
-
-  // ---- save, copy, download --------------------------------------------------------------
-  // The server's text (with its header comment) when it is of the manifest as it is now.
-  const yamlText = () => {
-    const manifest = toManifest(state);
-    return lastValidation && lastValidation.of === JSON.stringify(manifest) ? lastValidation.text : toYaml(manifest);
-  };
-  saveButton.addEventListener("click", async () => {
-    saveButton.disabled = true;
-    validateSoon.cancel();
-    try {
-      const saved = await api.post("/api/manifests", { kind: "Alert", id: ruleId || undefined, manifest: toManifest(state) });
-      toast(`${saved.created ? "Created" : "Saved"} ${saved.id} in ${saved.file}`, "success");
-      ctx.navigate("#/alerts");
-    } catch (err) {
-      if (err && err.details && Array.isArray(err.details.diagnostics)) {
-        showDiagnostics(err.details.diagnostics);
-        toast("Not saved: the rule has problems", "error");
-      } else {
-        setHTML(part("problems"), html`<h2>Validation</h2>${errorBox(err, "The rule was not saved")}`);
-      }
-    } finally {
-      saveButton.disabled = false;
-    }
-  });
-  copyButton.addEventListener("click", () => copyText(yamlText(), root.querySelector("[data-yaml]")));
-  downloadButton.addEventListener("click", () => downloadText((lastValidation ? lastValidation.file : "alert.yaml").split("/").pop(), yamlText()));
 
   renderRule();
   renderLabels();

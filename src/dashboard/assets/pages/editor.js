@@ -5,22 +5,18 @@
 // step graph follow every keystroke; the server validates the manifest as you type
 // (`POST /api/validate`, debounced) and its diagnostics are shown at the field they point
 // at. Saving goes through `POST /api/manifests`; a server that follows a git repository
-// writes nothing, so the YAML is offered to copy or download for a commit instead.
+// writes nothing, so the YAML is offered to copy or download for a commit instead. The page,
+// the validation, the save and the copy and download are those of every manifest editor
+// (`lib/manifest-editor.js`); this module is the form, its manifest and the step graph.
 
-import { html, setHTML, el, href, errorBox, toast, pageHeader, debounce, copyText, downloadText, fieldFor as fieldIn } from "../lib/ui.js";
+import { html, setHTML, el, href } from "../lib/ui.js";
 import { dagSvg } from "../lib/dag.js";
-import { toYaml } from "../lib/yaml.js";
+import { manifestEditor, uid, pointerSegment as seg, textInput as input, fieldBox } from "../lib/manifest-editor.js";
 
 const PARAM_TYPES = ["string", "number", "integer", "boolean", "enum"];
 /** Fields of the manifest the form edits; anything else is kept as it was. */
 const EDITED = new Set(["kind", "name", "description", "timeout", "max_parallel", "parameters", "steps"]);
 const STEP_EDITED = new Set(["name", "agent", "action", "command", "parameters", "depends_on"]);
-
-let uids = 0;
-const uid = () => ++uids;
-
-/** JSON pointer segment escaping. */
-const seg = (text) => String(text).replace(/~/g, "~0").replace(/\//g, "~1");
 
 /** A value typed into a text box: JSON numbers, booleans, arrays and objects as such. */
 function parseValue(text) {
@@ -164,63 +160,28 @@ export async function render(ctx) {
       ? workflow.spec || {}
       : { name: "", steps: [] },
   );
-  const title = workflow ? `Edit ${workflow.name}` : "New workflow";
-  ctx.setTitle(title);
-  setHTML(
-    root,
-    html`${pageHeader(title, {
-      crumb: html`<a href="#/workflows">Workflows</a>${workflow ? html` / <a href="${href("workflows", workflow.id)}" class="mono">${workflow.id}</a>` : ""}`,
-      subtitle: gitMode
-        ? "This server follows a git repository: the editor gives you the YAML to commit."
-        : "Saved as a manifest in the project, validated first, then applied.",
-    })}
-    ${workflow && workflow.spec && workflow.spec.template
-      ? html`<div class="notice" data-section="template-note"><p>This workflow expands the template <strong>${workflow.spec.template}</strong>: its steps come from there. Steps added here are written beside the template reference.</p></div>`
-      : ""}
-    <div class="editor-layout">
-      <form class="editor-form" data-form="editor" novalidate>
-        <section class="card" data-section="basics"></section>
-        <section class="card" data-section="parameters"></section>
-        <section class="card" data-section="steps"></section>
-      </form>
-      <aside class="editor-side">
-        <section class="card" data-section="problems" aria-live="polite"></section>
-        <section class="card" data-section="graph"><h2>Step graph</h2><div data-graph></div></section>
-        <section class="card" data-section="yaml"><h2>YAML</h2><p class="muted" data-file></p><pre class="code" data-yaml></pre></section>
-      </aside>
-    </div>`,
-  );
-  const part = (name) => root.querySelector(`[data-section="${name}"]`);
-  const form = root.querySelector('[data-form="editor"]');
-  const actions = root.querySelector("[data-actions]");
-  let lastValidation = null;
-
-  // ---- header actions --------------------------------------------------------------------
-  const saveButton = el("button", { type: "button", class: "primary", "data-action": "save" }, workflow ? "Save" : "Create");
-  const copyButton = el("button", { type: "button", "data-action": "copy" }, "Copy YAML");
-  const downloadButton = el("button", { type: "button", "data-action": "download" }, "Download");
-  if (gitMode) actions.append(copyButton, downloadButton);
-  else actions.append(saveButton, copyButton);
-  actions.append(el("a", { class: "button", href: workflow ? href("workflows", workflow.id) : "#/workflows" }, "Cancel"));
+  const { form, part, refresh: preview, validateNow } = manifestEditor(ctx, {
+    kind: "Workflow",
+    id: workflow ? workflow.id : undefined,
+    title: workflow ? `Edit ${workflow.name}` : "New workflow",
+    crumb: html`<a href="#/workflows">Workflows</a>${workflow ? html` / <a href="${href("workflows", workflow.id)}" class="mono">${workflow.id}</a>` : ""}`,
+    subtitle: "Saved as a manifest in the project, validated first, then applied.",
+    gitMode,
+    notice:
+      workflow && workflow.spec && workflow.spec.template
+        ? html`<div class="notice" data-section="template-note"><p>This workflow expands the template <strong>${workflow.spec.template}</strong>: its steps come from there. Steps added here are written beside the template reference.</p></div>`
+        : "",
+    form: "editor",
+    sections: ["basics", "parameters", "steps"],
+    aside: html`<section class="card" data-section="graph"><h2>Step graph</h2><div data-graph></div></section>`,
+    manifest: () => toManifest(state),
+    cancel: workflow ? href("workflows", workflow.id) : "#/workflows",
+    afterSave: (saved) => href("workflows", saved.id),
+    defaultFile: "workflow.yaml",
+    messages: { unchecked: "The manifest could not be checked", problems: "Not saved: the manifest has problems", unsaved: "The workflow was not saved" },
+  });
 
   // ---- the form --------------------------------------------------------------------------
-  const input = (attrs, value) => {
-    const node = el("input", { type: "text", autocomplete: "off", ...attrs });
-    node.value = value ?? "";
-    return node;
-  };
-  const fieldBox = (label, control, pointer, hint) => {
-    const id = control.id || `f-${uid()}`;
-    control.id = id;
-    return el(
-      "div",
-      { class: "field", "data-pointer": pointer },
-      el("label", { for: id }, label),
-      control,
-      hint ? el("span", { class: "hint" }, hint) : null,
-    );
-  };
-
   function renderBasics() {
     const box = part("basics");
     box.replaceChildren(
@@ -358,80 +319,17 @@ export async function render(ctx) {
     refresh();
   }
 
-  // ---- preview and validation ------------------------------------------------------------
+  // ---- the step graph, beside the YAML -----------------------------------------------------
   function refresh() {
-    const manifest = toManifest(state);
-    root.querySelector("[data-yaml]").textContent = toYaml(manifest);
     const names = new Map(state.steps.map((s) => [s.uid, s.name]));
     const dagSteps = state.steps
       .filter((s) => s.name)
       .map((s) => ({ name: s.name, agent: s.agent || undefined, action: s.action || undefined, command: s.command || undefined, depends_on: s.deps.map((d) => names.get(d)) }));
     setHTML(root.querySelector("[data-graph]"), dagSvg(dagSteps, {}, { label: `Steps of ${state.name || "the new workflow"}` }));
-    validateSoon();
+    preview();
   }
-
-  /** The field a diagnostic points at (the closest enclosing one). */
-  const fieldFor = (pointer) => fieldIn(form, pointer);
-
-  function showDiagnostics(diagnostics, { saved } = {}) {
-    for (const node of form.querySelectorAll(".field-error")) node.remove();
-    for (const node of form.querySelectorAll("[data-invalid]")) {
-      node.removeAttribute("data-invalid");
-      for (const c of node.querySelectorAll("[aria-invalid]")) c.removeAttribute("aria-invalid");
-    }
-    const box = part("problems");
-    const errors = diagnostics.filter((d) => d.severity !== "warning");
-    const unplaced = [];
-    for (const d of diagnostics) {
-      const target = fieldFor(d.pointer || "");
-      if (!target || target === form) {
-        unplaced.push(d);
-        continue;
-      }
-      target.dataset.invalid = d.severity === "warning" ? "warning" : "error";
-      const control = target.querySelector("input, select, textarea");
-      if (control && d.severity !== "warning") control.setAttribute("aria-invalid", "true");
-      target.append(el("p", { class: `field-error ${d.severity === "warning" ? "warning" : ""}`, "data-diagnostic": d.pointer || "" }, d.message));
-    }
-    const file = lastValidation ? lastValidation.file : "";
-    setHTML(
-      box,
-      html`<h2>Validation</h2>${
-        !diagnostics.length
-          ? html`<p class="ok" data-valid="true">✓ Valid${saved ? "" : ` — ready to ${gitMode ? "commit" : "save"}`}</p>`
-          : html`<p class="${errors.length ? "form-error" : "muted"}" data-valid="${errors.length ? "false" : "true"}">${errors.length} error${errors.length === 1 ? "" : "s"}, ${diagnostics.length - errors.length} warning${diagnostics.length - errors.length === 1 ? "" : "s"}</p>
-          <ul class="diagnostics">${diagnostics.map(
-            (d) => html`<li data-severity="${d.severity}"><span class="mono">${file ? `${file}:` : ""}${d.line}:${d.column}</span> <code>${d.pointer || "/"}</code> ${d.message}${unplaced.includes(d) ? "" : html` <span class="muted">(shown at its field)</span>`}</li>`,
-          )}</ul>`
-      }`,
-    );
-  }
-
-  let validation = null;
-  async function validateNow() {
-    if (validation) validation.abort();
-    validation = new AbortController();
-    const signal = validation.signal;
-    try {
-      const manifest = toManifest(state);
-      const answer = await api.post("/api/validate", { kind: "Workflow", id: workflow ? workflow.id : undefined, manifest }, { signal });
-      lastValidation = { ...answer, of: JSON.stringify(manifest) };
-      root.querySelector("[data-file]").textContent = gitMode ? `Commit as ${answer.file} in the repository` : `Saved as ${answer.file}`;
-      showDiagnostics(answer.diagnostics || []);
-      root.dataset.validated = String(Date.now());
-    } catch (err) {
-      if (err && err.name === "AbortError") return;
-      setHTML(part("problems"), html`<h2>Validation</h2>${errorBox(err, "The manifest could not be checked")}`);
-    }
-  }
-  const validateSoon = debounce(validateNow, 350);
-  ctx.onLeave(() => {
-    validateSoon.cancel();
-    if (validation) validation.abort();
-  });
 
   // ---- events ----------------------------------------------------------------------------
-  form.addEventListener("submit", (e) => e.preventDefault());
   form.addEventListener("input", (event) => {
     const t = event.target;
     const key = t.dataset.key;
@@ -527,33 +425,6 @@ export async function render(ctx) {
     const next = focus && form.querySelector(focus);
     if (next && !next.disabled) next.focus();
   });
-
-  // ---- save, copy, download --------------------------------------------------------------
-  // The server's text (with its header comment) when it is of the manifest as it is now.
-  const yamlText = () => {
-    const manifest = toManifest(state);
-    return lastValidation && lastValidation.of === JSON.stringify(manifest) ? lastValidation.text : toYaml(manifest);
-  };
-  saveButton.addEventListener("click", async () => {
-    saveButton.disabled = true;
-    validateSoon.cancel();
-    try {
-      const saved = await api.post("/api/manifests", { kind: "Workflow", id: workflow ? workflow.id : undefined, manifest: toManifest(state) });
-      toast(`${saved.created ? "Created" : "Saved"} ${saved.id} in ${saved.file}`, "success");
-      ctx.navigate(href("workflows", saved.id));
-    } catch (err) {
-      if (err && err.details && Array.isArray(err.details.diagnostics)) {
-        showDiagnostics(err.details.diagnostics);
-        toast("Not saved: the manifest has problems", "error");
-      } else {
-        setHTML(part("problems"), html`<h2>Validation</h2>${errorBox(err, "The workflow was not saved")}`);
-      }
-    } finally {
-      saveButton.disabled = false;
-    }
-  });
-  copyButton.addEventListener("click", () => copyText(yamlText(), root.querySelector("[data-yaml]")));
-  downloadButton.addEventListener("click", () => downloadText((lastValidation ? lastValidation.file : "workflow.yaml").split("/").pop(), yamlText()));
 
   renderAll();
   await validateNow();
