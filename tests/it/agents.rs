@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::engine::step;
 use crate::{orchestrator, repo_dir, temp_project};
 
 const EXAMPLE: &str = "examples/agents/file_checks";
@@ -53,15 +54,6 @@ fn run_id(stdout: &str) -> String {
         .find(|w| w.starts_with("run_"))
         .expect("a run id")
         .to_owned()
-}
-
-fn step<'v>(shown: &'v Value, name: &str) -> &'v Value {
-    shown["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step `{name}` in {shown:#}"))
 }
 
 fn agent_log(dir: &Path) -> String {

@@ -435,6 +435,18 @@ pub(crate) fn run_to_end(base: &str, workflow: &str, body: Value) -> Value {
     })
 }
 
+/// Replaces the text of a control by typing (real key events, so the page sees `input`).
+pub(crate) async fn fill(browser: &Browser, css: &str, text: &str) {
+    browser.wait_element(css).await;
+    let element = browser
+        .client()
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"));
+    element.clear().await.expect("clear");
+    element.send_keys(text).await.expect("type");
+}
+
 /// Asserts that `text` contains each of `expected`; `what` names the text in the message.
 #[track_caller]
 pub(crate) fn assert_contains_all(text: &str, expected: &[&str], what: &str) {

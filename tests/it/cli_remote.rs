@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::engine::{assert_gone, run_id, wait_for_file, SLEEPER};
+use crate::engine::{assert_gone, newest_run, run_id, wait_for_file, SLEEPER};
 use crate::server::{cli, command, eventually, project, Server, DEADLINE, ECHO};
 use crate::Run;
 
@@ -38,15 +38,15 @@ steps:
 
 /// Two projects initialised alike: `local` used without a server (its manifests applied by
 /// `apply`), `remote` with a server running on it (which applied them when it started).
-struct Pair {
+pub(crate) struct Pair {
     // Declared first, so it is stopped before the directories are removed.
-    server: Server,
+    pub(crate) server: Server,
     local: TempDir,
     remote: TempDir,
 }
 
 impl Pair {
-    fn new(files: &[(&str, &str)]) -> Pair {
+    pub(crate) fn new(files: &[(&str, &str)]) -> Pair {
         let local = project(files);
         cli(local.path(), &["apply"]).expect_code(0);
         let remote = project(files);
@@ -59,24 +59,24 @@ impl Pair {
         }
     }
 
-    fn local(&self) -> &Path {
+    pub(crate) fn local(&self) -> &Path {
         self.local.path()
     }
 
-    fn remote(&self) -> &Path {
+    pub(crate) fn remote(&self) -> &Path {
         self.remote.path()
     }
 
     /// Runs one command in both projects; asserts equal exit codes and equal normalised
     /// stdout and stderr; returns (local, remote).
     #[track_caller]
-    fn same(&self, args: &[&str]) -> (Run, Run) {
+    pub(crate) fn same(&self, args: &[&str]) -> (Run, Run) {
         self.same_with(args, args)
     }
 
     /// [`Pair::same`] with arguments that differ between the projects (run ids).
     #[track_caller]
-    fn same_with(&self, local_args: &[&str], remote_args: &[&str]) -> (Run, Run) {
+    pub(crate) fn same_with(&self, local_args: &[&str], remote_args: &[&str]) -> (Run, Run) {
         let local = cli(self.local(), local_args);
         let remote = cli(self.remote(), remote_args);
         let both = || {
@@ -105,6 +105,37 @@ impl Pair {
             both()
         );
         (local, remote)
+    }
+
+    /// [`Pair::same`] that also asserts the exit code; returns the remote run.
+    #[track_caller]
+    pub(crate) fn same_exit(&self, args: &[&str], code: i32) -> Run {
+        self.same_exit_with(args, args, code)
+    }
+
+    /// [`Pair::same_with`] that also asserts the exit code; returns the remote run.
+    #[track_caller]
+    pub(crate) fn same_exit_with(
+        &self,
+        local_args: &[&str],
+        remote_args: &[&str],
+        code: i32,
+    ) -> Run {
+        let (local, remote) = self.same_with(local_args, remote_args);
+        assert_eq!(
+            local.code,
+            code,
+            "`orchestrator {}` exit code\n--- stdout\n{}\n--- stderr\n{}",
+            local_args.join(" "),
+            local.stdout,
+            local.stderr
+        );
+        remote
+    }
+
+    /// The id of the newest run in each project (local, remote).
+    pub(crate) fn newest_runs(&self) -> (String, String) {
+        (newest_run(self.local()), newest_run(self.remote()))
     }
 
     /// For `-o json`: runs one command in both projects; asserts exit 0 and equal documents

@@ -9,20 +9,8 @@ use std::fs;
 use fantoccini::Locator;
 use serde_json::json;
 
-use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
+use crate::browser::{assert_contains_all, fill, runtime, serve, Browser, DESKTOP};
 use crate::server::project;
-
-/// Replaces the text of an input by typing (real key events, so the page sees `input`).
-async fn fill(browser: &Browser, css: &str, text: &str) {
-    browser.wait_element(css).await;
-    let element = browser
-        .client()
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"));
-    element.clear().await.expect("clear");
-    element.send_keys(text).await.expect("type");
-}
 
 /// Picks an option of a select by its value (a real selection: `change` fires).
 async fn choose(browser: &Browser, css: &str, value: &str) {

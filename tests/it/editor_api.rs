@@ -13,6 +13,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::browser::server_url;
+use crate::git_source::{follow_main, init_repo};
 use crate::server::{eventually, project, Server, DEADLINE};
 
 fn agent() -> ureq::Agent {
@@ -428,39 +429,13 @@ fn dashboards_are_saved_as_manifests_and_listed() {
     });
 }
 
-/// A repository with what `init` writes, committed on `main`.
-fn git_repository(dir: &Path) {
-    crate::server::cli(dir, &["init"]).expect_code(0);
-    let mut options = git2::RepositoryInitOptions::new();
-    options.initial_head("main");
-    let repo = git2::Repository::init_opts(dir, &options).unwrap();
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let signature = git2::Signature::now("Test", "test@example.com").unwrap();
-    repo.commit(Some("HEAD"), &signature, &signature, "init", &tree, &[])
-        .unwrap();
-}
-
 #[test]
 fn a_git_source_server_validates_but_writes_nothing() {
     let repository = tempfile::tempdir().unwrap();
-    git_repository(repository.path());
+    init_repo(repository.path());
     let project = project(&[]);
     let dir = project.path();
-    let config = dir.join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    fs::write(
-        &config,
-        format!(
-            "{text}source:\n  git:\n    url: {}\n    branch: main\n",
-            repository.path().display()
-        ),
-    )
-    .unwrap();
+    follow_main(dir, repository.path());
     let _server = Server::start(dir);
     let base = server_url(dir);
     let (_, status) = get(&base, "/api/status");

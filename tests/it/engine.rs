@@ -26,6 +26,24 @@ fn show(dir: &Path, run: &str) -> Value {
     serde_json::from_str(&shown.stdout).unwrap()
 }
 
+/// The newest run's id (`run list -o json`), through whichever backend the CLI finds.
+pub(crate) fn newest_run(dir: &Path) -> String {
+    let listed = crate::server::cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
+    let runs: Value = serde_json::from_str(&listed.stdout).unwrap();
+    runs[0]["id"].as_str().expect("a run").to_owned()
+}
+
+/// The step called `name` in a run record (`{"run", "steps"}`, as `run show -o json` and
+/// `GET /api/runs/{id}` give it).
+pub(crate) fn step<'v>(shown: &'v Value, name: &str) -> &'v Value {
+    shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step `{name}` in {shown:#}"))
+}
+
 pub(crate) fn run_id(stdout: &str) -> String {
     stdout
         .split_whitespace()

@@ -158,8 +158,9 @@ fn eventually<T>(
     }
 }
 
-/// A repository holding what `orchestrator init` writes, committed on `main`.
-fn init_repo(dir: &Path) -> (git2::Repository, String) {
+/// A repository holding what `orchestrator init` writes, committed on `main`; the
+/// repository and the commit's id.
+pub(crate) fn init_repo(dir: &Path) -> (git2::Repository, String) {
     orchestrator(
         dir.parent().unwrap(),
         &["init", dir.file_name().unwrap().to_str().unwrap()],
@@ -175,6 +176,21 @@ fn init_repo(dir: &Path) -> (git2::Repository, String) {
     index.write().unwrap();
     let sha = commit_index(&repo, "orchestrator init");
     (repo, sha)
+}
+
+/// Configures the project (its `config/development.yaml`) to follow the `main` branch of
+/// the repository at `repository`.
+pub(crate) fn follow_main(project: &Path, repository: &Path) {
+    let config = project.join("config/development.yaml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(
+        &config,
+        format!(
+            "{text}source:\n  git:\n    url: {}\n    branch: main\n",
+            repository.display()
+        ),
+    )
+    .unwrap();
 }
 
 /// Writes (or with `None` deletes) files in the work tree and commits them.

@@ -12,12 +12,29 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::Run;
 
 /// Where `scripts/test` installs the examples.
 const EXAMPLES: &str =
     "target/test-tools/node_modules/@octokit/webhooks-examples/api.github.com/index.json";
 
 /// Every example of the package: `[{"name": "push", "examples": [...]}, ...]`.
+/// `orchestrator trigger create webhook --url <url> --workflow <workflow>` with the further
+/// arguments `more`, in `dir`.
+pub(crate) fn create_webhook(dir: &Path, url: &str, workflow: &str, more: &[&str]) -> Run {
+    let mut args = vec![
+        "trigger",
+        "create",
+        "webhook",
+        "--url",
+        url,
+        "--workflow",
+        workflow,
+    ];
+    args.extend_from_slice(more);
+    cli(dir, &args)
+}
+
 fn examples() -> &'static Vec<Value> {
     static EXAMPLES_JSON: OnceLock<Vec<Value>> = OnceLock::new();
     EXAMPLES_JSON.get_or_init(|| {
@@ -584,16 +601,11 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     let dir = project(&[("workflows/build.yaml", BUILD), ("secrets/ci", "ci-secret")]);
     let dir = dir.path();
     let server = Server::start(dir);
-    let created = cli(
+    let created = create_webhook(
         dir,
+        "/hooks/ci",
+        "wf_build",
         &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/ci",
-            "--workflow",
-            "wf_build",
             "--events",
             "push,pull_request",
             "--secret",
@@ -688,21 +700,8 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     );
 
     // A secret given inline is refused before anything is written.
-    let refused = cli(
-        dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/inline",
-            "--workflow",
-            "wf_build",
-            "--secret",
-            "hunter2",
-        ],
-    )
-    .expect_code(2);
+    let refused =
+        create_webhook(dir, "/hooks/inline", "wf_build", &["--secret", "hunter2"]).expect_code(2);
     assert!(
         refused.stderr.contains("env:NAME or file:PATH"),
         "{}",
@@ -710,19 +709,7 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     );
     assert!(!dir.join("triggers/inline-wf_build.yaml").exists());
     // An unknown workflow is reported and nothing stays behind.
-    let invalid = cli(
-        dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/bad",
-            "--workflow",
-            "wf_nope",
-        ],
-    )
-    .expect_code(1);
+    let invalid = create_webhook(dir, "/hooks/bad", "wf_nope", &[]).expect_code(1);
     assert!(
         invalid.stderr.contains("unknown workflow `wf_nope`"),
         "{}",
@@ -733,22 +720,11 @@ fn trigger_create_writes_the_manifest_and_it_works_end_to_end() {
     // Without a server: a second trigger on the same path, with no secret (it must say
     // so). Both run.
     drop(server);
-    cli(
+    create_webhook(
         dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/ci",
-            "--workflow",
-            "wf_build",
-            "--name",
-            "CI open",
-            "--events",
-            "push",
-            "--insecure",
-        ],
+        "/hooks/ci",
+        "wf_build",
+        &["--name", "CI open", "--events", "push", "--insecure"],
     )
     .expect_code(0);
     let offline = cli(dir, &["trigger", "deliveries", "trg_ci-wf_build"]).expect_code(0);
@@ -790,19 +766,7 @@ fn trigger_create_refuses_in_git_source_mode() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("source:\n  git:\n    url: https://github.com/example/tests.git\n");
     std::fs::write(&config, text).unwrap();
-    let refused = cli(
-        dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/ci",
-            "--workflow",
-            "wf_build",
-        ],
-    )
-    .expect_code(2);
+    let refused = create_webhook(dir, "/hooks/ci", "wf_build", &[]).expect_code(2);
     assert!(
         refused.stderr.contains("git-source mode"),
         "{}",

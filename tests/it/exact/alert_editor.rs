@@ -19,7 +19,8 @@ use std::path::Path;
 use fantoccini::Locator;
 use serde_json::{json, Value};
 
-use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
+use crate::browser::{assert_contains_all, fill, runtime, serve, Browser, DESKTOP};
+use crate::git_source::{follow_main, init_repo};
 use crate::server::{edit_config, eventually, project, Api, Server, DEADLINE};
 
 /// Two channels: `webhook` (its type from its name) and `ops` (a webhook by `type`).
@@ -347,39 +348,13 @@ fn rules_of_json_grouped_or_multi_document_files_are_refused_and_left_alone() {
     }
 }
 
-/// A repository with what `init` writes, committed on `main`.
-fn git_repository(dir: &Path) {
-    crate::server::cli(dir, &["init"]).expect_code(0);
-    let mut options = git2::RepositoryInitOptions::new();
-    options.initial_head("main");
-    let repo = git2::Repository::init_opts(dir, &options).unwrap();
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    index.write().unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let signature = git2::Signature::now("Test", "test@example.com").unwrap();
-    repo.commit(Some("HEAD"), &signature, &signature, "init", &tree, &[])
-        .unwrap();
-}
-
 #[test]
 fn a_git_source_server_gives_the_rule_to_commit_and_writes_nothing() {
     let repository = tempfile::tempdir().unwrap();
-    git_repository(repository.path());
+    init_repo(repository.path());
     let project = alert_project(&[]);
     let dir = project.path();
-    let config = dir.join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    fs::write(
-        &config,
-        format!(
-            "{text}source:\n  git:\n    url: {}\n    branch: main\n",
-            repository.path().display()
-        ),
-    )
-    .unwrap();
+    follow_main(dir, repository.path());
     let server = Server::start(dir);
     let api = server.api();
     let loaded = eventually("the repository's rules in force", || {
@@ -523,18 +498,6 @@ fn the_alert_editor_routes_sit_behind_the_request_guard() {
         415
     );
     assert_eq!(status_of(&address, &post, body), 415, "no Content-Type");
-}
-
-/// Replaces the text of a control by typing (real key events, so the page sees `input`).
-async fn fill(browser: &Browser, css: &str, text: &str) {
-    browser.wait_element(css).await;
-    let element = browser
-        .client()
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"));
-    element.clear().await.expect("clear");
-    element.send_keys(text).await.expect("type");
 }
 
 #[test]

@@ -8,8 +8,7 @@
 use std::fs;
 use std::path::Path;
 
-use tempfile::TempDir;
-
+use crate::cli_remote::Pair;
 use crate::server::{cli, project, Server};
 use crate::Run;
 
@@ -22,120 +21,24 @@ steps:
     command: ["true"]
 "#;
 
-/// Two projects initialised alike with the same extra files: `local` used on its store
-/// directly (applied), `remote` with a server holding its store.
-struct Pair {
-    // Declared first, so it is stopped before the directories are removed.
-    _server: Server,
-    local: TempDir,
-    remote: TempDir,
-}
-
-impl Pair {
-    fn new(files: &[(&str, &str)]) -> Pair {
-        let local = project(files);
-        cli(local.path(), &["apply"]).expect_code(0);
-        let remote = project(files);
-        let server = Server::start(remote.path());
-        Pair {
-            _server: server,
-            local,
-            remote,
-        }
-    }
-
-    /// Runs one command in both projects; asserts the exit code in both and equal stdout
-    /// and stderr once the project paths and run ids are masked; returns the remote run.
-    #[track_caller]
-    fn same(&self, args: &[&str], code: i32) -> Run {
-        self.same_with(args, args, code)
-    }
-
-    /// [`Pair::same`] with arguments that differ between the projects (run ids).
-    #[track_caller]
-    fn same_with(&self, local_args: &[&str], remote_args: &[&str], code: i32) -> Run {
-        let local = cli(self.local.path(), local_args);
-        let remote = cli(self.remote.path(), remote_args);
-        let both = format!(
-            "`orchestrator {}`\n--- without a server (exit {})\n{}{}\n--- with a server (exit {})\n{}{}",
-            local_args.join(" "),
-            local.code,
-            local.stdout,
-            local.stderr,
-            remote.code,
-            remote.stdout,
-            remote.stderr
-        );
-        assert_eq!((local.code, remote.code), (code, code), "{both}");
-        assert_eq!(
-            mask(&local.stdout, self.local.path()),
-            mask(&remote.stdout, self.remote.path()),
-            "stdout differs: {both}"
-        );
-        assert_eq!(
-            mask(&local.stderr, self.local.path()),
-            mask(&remote.stderr, self.remote.path()),
-            "stderr differs: {both}"
-        );
-        remote
-    }
-
-    /// The id of the newest run in each project (local, remote).
-    fn newest_runs(&self) -> (String, String) {
-        let newest = |dir: &Path| {
-            let listed = cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
-            let runs: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
-            runs[0]["id"].as_str().expect("a run").to_owned()
-        };
-        (newest(self.local.path()), newest(self.remote.path()))
-    }
-}
-
-/// The project's path as `PROJECT`, run ids (`run_` and a ULID) as `RUN`, durations (a
-/// number before `ms`, `s` or `min`) as `DUR`, and column padding as one space.
-fn mask(text: &str, project: &Path) -> String {
-    let text = text.replace(&project.display().to_string(), "PROJECT");
-    text.lines()
-        .map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let mut out = Vec::new();
-            for (index, word) in words.iter().enumerate() {
-                let core = word.trim_matches(|c: char| "`(),:;".contains(c));
-                let unit = words
-                    .get(index + 1)
-                    .map(|u| u.trim_end_matches([',', ';', ')', ':']));
-                if core.starts_with("run_") && core.len() == 30 {
-                    out.push(word.replace(core, "RUN"));
-                } else if core.parse::<f64>().is_ok() && matches!(unit, Some("ms" | "s" | "min")) {
-                    out.push("DUR".to_owned());
-                } else {
-                    out.push((*word).to_owned());
-                }
-            }
-            out.join(" ")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn names_and_ids_with_spaces_slashes_and_query_characters_reach_the_server_as_one_segment() {
     let pair = Pair::new(&[("workflows/unit.yaml", UNIT_TESTS)]);
-    let executed = pair.same(&["workflow", "execute", "Unit Tests"], 0);
+    let executed = pair.same_exit(&["workflow", "execute", "Unit Tests"], 0);
     assert!(executed.stdout.contains("succeeded"), "{}", executed.stdout);
-    pair.same(&["alert", "show", "High CPU Usage"], 0);
-    pair.same(&["schedule", "pause", "Nightly API Tests"], 0);
-    pair.same(&["schedule", "resume", "Nightly API Tests"], 0);
+    pair.same_exit(&["alert", "show", "High CPU Usage"], 0);
+    pair.same_exit(&["schedule", "pause", "Nightly API Tests"], 0);
+    pair.same_exit(&["schedule", "resume", "Nightly API Tests"], 0);
     // Ids that hold a slash, a `?`, a `#`, a `%` or a space name nothing: the answer is the
     // store's "no such ...", never another route's answer or a malformed request.
     for id in ["no such/run?x=1#y", "100% done", "a b"] {
-        pair.same(&["run", "show", id], 2);
-        pair.same(&["run", "cancel", id], 2);
-        pair.same(&["run", "rerun", id], 2);
-        pair.same(&["workflow", "execute", id], 2);
-        pair.same(&["trigger", "deliveries", id], 2);
-        pair.same(&["alert", "show", id], 2);
-        pair.same(&["alert", "unsilence", id], 2);
+        pair.same_exit(&["run", "show", id], 2);
+        pair.same_exit(&["run", "cancel", id], 2);
+        pair.same_exit(&["run", "rerun", id], 2);
+        pair.same_exit(&["workflow", "execute", id], 2);
+        pair.same_exit(&["trigger", "deliveries", id], 2);
+        pair.same_exit(&["alert", "show", id], 2);
+        pair.same_exit(&["alert", "unsilence", id], 2);
     }
 }
 
@@ -313,9 +216,9 @@ fn validate_in_a_directory_without_manifests_or_configuration_says_it_is_no_proj
 #[test]
 fn api_errors_reach_the_user_with_the_same_words_and_exit_codes_with_or_without_a_server() {
     let pair = Pair::new(&[("workflows/unit.yaml", UNIT_TESTS)]);
-    pair.same(&["workflow", "execute", "wf_unit-tests"], 0);
+    pair.same_exit(&["workflow", "execute", "wf_unit-tests"], 0);
     let (local, remote) = pair.newest_runs();
-    let logs = pair.same_with(
+    let logs = pair.same_exit_with(
         &["run", "logs", &local, "nosuchstep"],
         &["run", "logs", &remote, "nosuchstep"],
         2,
@@ -324,33 +227,33 @@ fn api_errors_reach_the_user_with_the_same_words_and_exit_codes_with_or_without_
         logs.stderr.trim(),
         format!("error: run `{remote}` has no step `nosuchstep`; its steps: unit, second step")
     );
-    let api = pair._server.api();
+    let api = pair.server.api();
     let message = api
         .get(&format!("/api/runs/{remote}/logs/nosuchstep"))
         .expect_error(404, "not_found");
     assert_eq!(logs.stderr.trim(), format!("error: {message}"));
-    let shown = pair.same_with(
+    let shown = pair.same_exit_with(
         &["run", "logs", &local, "second step"],
         &["run", "logs", &remote, "second step"],
         0,
     );
     assert_eq!(shown.stdout, "");
-    let unit = pair.same_with(
+    let unit = pair.same_exit_with(
         &["run", "logs", &local, "unit"],
         &["run", "logs", &remote, "unit"],
         0,
     );
     assert!(unit.stdout.contains("all green"), "{}", unit.stdout);
-    pair.same(&["run", "logs", "run_nosuch"], 2);
-    pair.same(&["run", "logs", "run_nosuch", "unit"], 2);
+    pair.same_exit(&["run", "logs", "run_nosuch"], 2);
+    pair.same_exit(&["run", "logs", "run_nosuch", "unit"], 2);
 
-    let listed = pair.same(&["run", "list", "--status", "bogus"], 2);
+    let listed = pair.same_exit(&["run", "list", "--status", "bogus"], 2);
     let message = api
         .get("/api/runs?status=bogus")
         .expect_error(400, "bad_request");
     assert_eq!(listed.stderr.trim(), format!("error: {message}"));
     assert_eq!(listed.stdout, "");
-    for dir in [pair.local.path(), pair.remote.path()] {
+    for dir in [pair.local(), pair.remote()] {
         let succeeded = cli(dir, &["run", "list", "--status", "succeeded"]).expect_code(0);
         assert!(
             succeeded.stdout.contains("wf_unit-tests"),
@@ -358,7 +261,7 @@ fn api_errors_reach_the_user_with_the_same_words_and_exit_codes_with_or_without_
             succeeded.stdout
         );
     }
-    pair.same(&["run", "list", "--status", "failed"], 0);
+    pair.same_exit(&["run", "list", "--status", "failed"], 0);
 }
 
 /// Runs a command whose stdout is a pipe nobody reads any more (what `| head -1` leaves once

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::engine::{newest_run, step};
 use crate::server::{cli, project, Server};
 
 /// A DAG where `unit` fails until the file `fixed` exists; `coverage` runs after it
@@ -48,25 +49,17 @@ fn json_file(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()))
 }
 
-/// The newest run's id, through whichever backend the CLI finds.
-fn newest_run(dir: &Path) -> String {
-    let listed = cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
-    let runs: Value = serde_json::from_str(&listed.stdout).unwrap();
-    runs[0]["id"].as_str().expect("a run").to_owned()
+/// Applies the project's manifests and executes `workflow`, which fails (exit 1); the
+/// run's id.
+fn failed_run(dir: &Path, workflow: &str) -> String {
+    cli(dir, &["apply"]).expect_code(0);
+    cli(dir, &["workflow", "execute", workflow]).expect_code(1);
+    newest_run(dir)
 }
 
 fn shown(dir: &Path, run: &str) -> Value {
     let out = cli(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-}
-
-fn step<'a>(shown: &'a Value, name: &str) -> &'a Value {
-    shown["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {shown}"))
 }
 
 /// A from-failed re-run of `original` (`{"run", "steps"}` of the re-run): the steps that
@@ -104,9 +97,7 @@ fn assert_from_failed(dir: &Path, original: &str, rerun: &Value) {
 fn rerun_from_failed_runs_the_failed_steps_and_everything_downstream() {
     let project = project(&[("workflows/chain.yaml", CHAIN)]);
     let dir = project.path();
-    cli(dir, &["apply"]).expect_code(0);
-    cli(dir, &["workflow", "execute", "wf_chain"]).expect_code(1);
-    let original = newest_run(dir);
+    let original = failed_run(dir, "wf_chain");
     assert_eq!(shown(dir, &original)["run"]["status"], "failed");
     assert_eq!(lines(dir, "coverage.count"), 1);
     fs::write(dir.join("fixed"), "").unwrap();
@@ -174,9 +165,7 @@ steps:
 fn reports_of_a_finished_run_carry_its_final_state() {
     let project = project(&[("workflows/reported.yaml", REPORTED)]);
     let dir = project.path();
-    cli(dir, &["apply"]).expect_code(0);
-    cli(dir, &["workflow", "execute", "wf_reported"]).expect_code(1);
-    let id = newest_run(dir);
+    let id = failed_run(dir, "wf_reported");
     let record = shown(dir, &id);
     assert_eq!(record["run"]["status"], "failed", "{record}");
 
@@ -350,9 +339,7 @@ fn the_junit_report_holds_the_runs_suites_and_its_totals() {
         ("workflows/junit_reported.yaml", JUNIT_REPORTED),
     ]);
     let dir = project.path();
-    cli(dir, &["apply"]).expect_code(0);
-    cli(dir, &["workflow", "execute", "wf_junit-reported"]).expect_code(1);
-    let id = newest_run(dir);
+    let id = failed_run(dir, "wf_junit-reported");
     let record = shown(dir, &id);
     let tests = &record["run"]["tests"];
     assert_eq!(tests["total"], 5, "{record}");

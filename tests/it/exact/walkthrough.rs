@@ -14,6 +14,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::server::{cli, project, Server};
+use crate::triggers::create_webhook;
 
 /// Every schema the binary publishes.
 const SCHEMA_FILES: [&str; 8] = [
@@ -312,19 +313,11 @@ fn the_guides_trigger_create_adds_a_trigger_beside_the_scaffolds_and_a_delivery_
     let scaffold = fs::read_to_string(dir.join("triggers/github.yaml")).unwrap();
 
     // The guide's command, on the path the scaffold already listens on.
-    let created = cli(
+    let created = create_webhook(
         dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/github",
-            "--workflow",
-            "wf_smoke",
-            "--events",
-            "push,pull_request",
-        ],
+        "/hooks/github",
+        "wf_smoke",
+        &["--events", "push,pull_request"],
     )
     .expect_code(0);
     assert!(

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::engine::step;
 use crate::server::{cli, eventually, project, Server, DEADLINE};
 
 /// Values placed in the server's environment that no step may see.
@@ -148,15 +149,6 @@ impl Client {
             (status != "queued" && status != "running").then_some(shown)
         })
     }
-}
-
-fn step<'a>(shown: &'a Value, name: &str) -> &'a Value {
-    shown["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {shown}"))
 }
 
 fn assert_no_secret(what: &str, text: &str) {

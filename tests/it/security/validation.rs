@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::server::{base_and_agent, cli, project, Server};
+use crate::triggers::create_webhook;
 
 /// The reproduction: a trigger maps a pull request's title into a parameter that a
 /// step pastes into `sh -c`.
@@ -167,39 +168,14 @@ fn a_trigger_without_a_secret_is_an_error_unless_it_says_insecure() {
 
     // `trigger create webhook` writes a trigger that validates: a secret reference by
     // default, `insecure: true` when asked.
-    let created = cli(
-        dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/ci",
-            "--workflow",
-            "wf_work",
-        ],
-    )
-    .expect_code(0);
+    let created = create_webhook(dir, "/hooks/ci", "wf_work", &[]).expect_code(0);
     let manifest = std::fs::read_to_string(dir.join("triggers/ci-wf_work.yaml")).unwrap();
     assert!(
         manifest.contains("secret: env:GITHUB_WEBHOOK_SECRET"),
         "{manifest}\n{}",
         created.stderr
     );
-    cli(
-        dir,
-        &[
-            "trigger",
-            "create",
-            "webhook",
-            "--url",
-            "/hooks/open2",
-            "--workflow",
-            "wf_work",
-            "--insecure",
-        ],
-    )
-    .expect_code(0);
+    create_webhook(dir, "/hooks/open2", "wf_work", &["--insecure"]).expect_code(0);
     let manifest = std::fs::read_to_string(dir.join("triggers/open2-wf_work.yaml")).unwrap();
     assert!(manifest.contains("insecure: true"), "{manifest}");
     assert!(!manifest.contains("secret"), "{manifest}");
