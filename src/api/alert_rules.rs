@@ -28,11 +28,12 @@ use crate::store::ObjectKey;
 
 /// The body of `POST /api/validate/condition`.
 #[derive(Debug, Deserialize, Default, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct ConditionBody {
     /// The condition, as an Alert manifest's `condition` would say it
     /// (`system.cpu_percent > 80 and system.memory_percent > 90`).
-    #[schema(value_type = String)]
+    #[serde(default)]
+    #[schema(value_type = String, required = true)]
     condition: Option<Value>,
 }
 

@@ -27,14 +27,15 @@ use crate::store::{ObjectKey, ObjectStatus};
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     /// The schedule's name; its id is `sch_` and the name's slug.
+    #[serde(default)]
     #[schema(required = true, min_length = 1)]
     name: String,
     /// Crontab expression (`0 2 * * *`); `cron` is accepted too.
-    #[serde(alias = "cron")]
+    #[serde(alias = "cron", default)]
     #[schema(required = true, min_length = 1)]
     schedule: String,
     /// The workflow to run.
-    #[serde(alias = "workflow")]
+    #[serde(alias = "workflow", default)]
     #[schema(required = true, min_length = 1)]
     workflow_id: String,
     /// Parameters for each run.

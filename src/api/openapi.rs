@@ -233,8 +233,9 @@ impl Modify for SecuritySchemes {
 
 /// The operations whose body says what to create or check: an empty body is refused
 /// there, so the document marks it required.
-pub const REQUIRED_BODIES: [&str; 4] = [
+pub const REQUIRED_BODIES: [&str; 5] = [
     "/api/validate",
+    "/api/validate/condition",
     "/api/manifests",
     "/api/scheduler/jobs",
     "/api/silences",

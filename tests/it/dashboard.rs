@@ -35,11 +35,20 @@ steps:
     parameters: {test_suite: dash, tags: "{{ params.flavour }}"}
 "#;
 
-/// The test_runner agent with the `dash` suite.
+/// The test_runner agent with the `dash` suite beside what the scaffold's workflows use (its
+/// `api` suite and environments), so every manifest of the project is valid.
 const AGENT: &str = r#"name: test_runner
 type: test_runner
 description: Runs the dashboard suite
+environments:
+  staging:
+    command: ["sh", "suites/setup.sh", "staging"]
+  production:
+    command: ["sh", "suites/setup.sh", "production"]
 suites:
+  api:
+    command: ["sh", "suites/api.sh", "reports/junit-api.xml"]
+    junit: reports/junit-api.xml
   dash:
     command: ["sh", "suites/dash.sh"]
     junit: reports/junit-dash.xml
