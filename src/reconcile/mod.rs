@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::diagnostics::Diagnostic;
 use crate::manifest::{self, parse, Kind, Manifest};
 use crate::schema::{self, semantic, SchemaName};
+use crate::source::dir::SourcePath;
 use crate::source::{Snapshot, SourceFile};
 use crate::store::ObjectKey;
 
@@ -408,19 +409,9 @@ pub fn load_manifests_under(
     root: &std::path::Path,
     paths: &[std::path::PathBuf],
 ) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
-    use crate::source::dir::{self, DirOptions, SourcePath};
+    use crate::source::dir::{self, DirOptions};
     let (source_paths, scope): (Vec<SourcePath>, _) = if paths.is_empty() {
-        let paths = config
-            .config
-            .manifests
-            .paths
-            .iter()
-            .map(|p| SourcePath {
-                path: root.join(p),
-                required: false,
-            })
-            .collect();
-        (paths, None)
+        (manifest_directories(config, root), None)
     } else {
         let shown = paths
             .iter()
@@ -458,7 +449,7 @@ fn rest_of_source(
     options: &crate::source::dir::DirOptions,
     scoped: &Snapshot,
 ) -> Vec<SourceFile> {
-    use crate::source::dir::{self, SourcePath};
+    use crate::source::dir;
     let real = |shown: &str| {
         let path = std::path::Path::new(shown);
         let joined = if path.is_absolute() {
@@ -471,7 +462,22 @@ fn rest_of_source(
             .unwrap_or(joined)
     };
     let held: BTreeSet<std::path::PathBuf> = scoped.files.iter().map(|f| real(&f.path)).collect();
-    let paths: Vec<SourcePath> = config
+    match dir::load(&manifest_directories(config, root), options) {
+        Ok(whole) => whole
+            .files
+            .into_iter()
+            .filter(|f| !held.contains(&real(&f.path)))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The configured manifest directories under `root`, each optional.
+fn manifest_directories(
+    config: &crate::config::LoadedConfig,
+    root: &std::path::Path,
+) -> Vec<SourcePath> {
+    config
         .config
         .manifests
         .paths
@@ -480,13 +486,5 @@ fn rest_of_source(
             path: root.join(p),
             required: false,
         })
-        .collect();
-    match dir::load(&paths, options) {
-        Ok(whole) => whole
-            .files
-            .into_iter()
-            .filter(|f| !held.contains(&real(&f.path)))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+        .collect()
 }
