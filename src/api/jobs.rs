@@ -158,6 +158,7 @@ pub async fn create_job(
         }
         std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
         std::fs::write(&path, text).map_err(ApiError::internal)?;
+        super::manifest_save::put_back_schemas(&state.config.project_dir);
         let outcome = controller::reconcile(&state, &[], true, false, "api")?;
         let record = state.store.object(&key)?;
         let applied = record

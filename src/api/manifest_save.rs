@@ -645,6 +645,9 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
         }
     };
     write_atomically(&path, &target.text).map_err(ApiError::internal)?;
+    if previous.is_none() {
+        put_back_schemas(&state.config.project_dir);
+    }
     let key = ObjectKey {
         kind: target.kind,
         id: id.clone(),
@@ -794,6 +797,18 @@ pub async fn show_dashboard(
     body["diagnostics"] = json!(record.diagnostics);
     body["applied_revision"] = json!(record.applied_revision);
     Ok(Json(body))
+}
+
+/// Writes the published schemas a new manifest's modeline names into the project's
+/// `schemas/` where they are missing; a failure only costs editors their completion, so it
+/// is logged, not answered.
+pub(super) fn put_back_schemas(project_dir: &std::path::Path) {
+    if let Err(err) = crate::source::dir::ensure_schemas(project_dir) {
+        tracing::warn!(
+            "cannot write the schemas into {}: {err}",
+            project_dir.join("schemas").display()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -52,19 +52,13 @@ pub fn export(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Writes into `<project>/schemas/` each published schema the directory lacks, so the
-/// modeline of a manifest a create command just wrote (`$schema=../schemas/<kind>.json`)
-/// resolves in a project `init` did not make. Files that exist are left as they are.
+/// Writes into `<project>/schemas/` each published schema the directory lacks (see
+/// [`crate::source::dir::ensure_schemas`]).
 pub fn ensure_in_project(project_dir: &Path) -> Result<()> {
-    let dir = project_dir.join("schemas");
-    for (file, text) in crate::schema::published() {
-        let path = dir.join(file);
-        if path.exists() {
-            continue;
-        }
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create directory {}", dir.display()))?;
-        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
+    crate::source::dir::ensure_schemas(project_dir).with_context(|| {
+        format!(
+            "cannot write the schemas into {}",
+            project_dir.join("schemas").display()
+        )
+    })
 }

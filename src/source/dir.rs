@@ -47,6 +47,23 @@ pub enum DirError {
     },
 }
 
+/// Writes into `<project>/schemas/` each published schema the directory lacks, so the
+/// modeline of a manifest just written into the project (`$schema=../schemas/<kind>.json`,
+/// by a create command, the dashboard's editors or `POST /api/scheduler/jobs`) resolves in a
+/// project `init` did not make. Files that exist are left as they are.
+pub fn ensure_schemas(project_dir: &Path) -> std::io::Result<()> {
+    let dir = project_dir.join("schemas");
+    for (file, text) in crate::schema::published() {
+        let path = dir.join(file);
+        if path.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&path, text)?;
+    }
+    Ok(())
+}
+
 /// Whether a path names a manifest file by its extension.
 pub fn is_manifest_file(path: &Path) -> bool {
     matches!(

@@ -179,6 +179,39 @@ fn init_writes_the_schemas_every_modeline_names() {
 }
 
 #[test]
+fn manifests_written_by_the_server_put_back_the_schemas_their_modelines_name() {
+    let project = project(&[]);
+    let dir = project.path();
+    fs::remove_dir_all(dir.join("schemas")).unwrap();
+    let server = Server::start(dir);
+    let api = server.api();
+    api.post(
+        "/api/manifests",
+        r#"{"kind": "Workflow", "manifest": {"name": "Saved Here", "steps": [{"name": "one", "command": ["true"]}]}}"#,
+    )
+    .expect(201);
+    let saved = fs::read_to_string(dir.join("workflows/saved-here.yaml")).unwrap();
+    assert!(
+        saved.starts_with("# yaml-language-server: $schema=../schemas/workflow.json\n"),
+        "{saved}"
+    );
+    assert!(dir.join("schemas/workflow.json").is_file());
+    fs::remove_dir_all(dir.join("schemas")).unwrap();
+    api.post(
+        "/api/scheduler/jobs",
+        r#"{"name": "Nightly Here", "schedule": "0 2 * * *", "workflow_id": "wf_saved-here"}"#,
+    )
+    .expect(201);
+    assert!(
+        assert_modelines_resolve(dir) >= 2,
+        "the saved workflow and schedule"
+    );
+    for file in SCHEMA_FILES {
+        assert!(dir.join("schemas").join(file).is_file(), "{file}");
+    }
+}
+
+#[test]
 fn schemas_export_writes_every_schema_anywhere() {
     let project = crate::temp_project();
     let dir = project.path();
