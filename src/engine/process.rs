@@ -308,11 +308,14 @@ fn reap_orphans() -> bool {
 
 /// Stops every process carrying `cookie` and whatever is left in the step's process group:
 /// SIGTERM, up to [`KILL_GRACE`] to end, then SIGKILL; reaps the orphans among them.
-/// Returns how many processes carried the cookie.
+/// Returns how many processes carried the cookie and outlived the step. When the step was
+/// stopped (`group_stopped`: a cancel or a timeout signalled its whole group), members of
+/// that group still on their way out are stopped but not counted: they did not outlive
+/// the stop, they are ending by it; what left the group (`setsid`) is counted.
 ///
 /// A full `/proc` scan is made only when something may be left: the step's group still has
 /// members, or this process has children nobody waits for (where orphans re-parent).
-fn stop_leftovers(cookie: &str, pgid: i32) -> u32 {
+fn stop_leftovers(cookie: &str, pgid: i32, group_stopped: bool) -> u32 {
     let group_alive = || pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok();
     // Without the subreaper attribute, orphans re-parent elsewhere and leave no trace here.
     let subreaper = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
@@ -324,6 +327,14 @@ fn stop_leftovers(cookie: &str, pgid: i32) -> u32 {
         .filter(|(_, environ)| has_cookie(environ, &entry))
         .map(|(pid, _)| pid)
         .collect();
+    let outlived = found
+        .iter()
+        .filter(|pid| {
+            !(group_stopped
+                && nix::unistd::getpgid(Some(Pid::from_raw(**pid)))
+                    .is_ok_and(|group| group.as_raw() == pgid))
+        })
+        .count() as u32;
     for pid in &found {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }
@@ -355,7 +366,7 @@ fn stop_leftovers(cookie: &str, pgid: i32) -> u32 {
         std::thread::sleep(Duration::from_millis(5));
     }
     reap_orphans();
-    found.len() as u32
+    outlived
 }
 
 /// Sends a signal to a process group; a group that is gone already is not an error.
@@ -536,7 +547,7 @@ pub fn run_process(
         cpu_seconds: (reaped.rusage.utime + reaped.rusage.stime).as_secs_f64(),
         max_rss_bytes: reaped.rusage.maxrss,
     };
-    let leftovers = stop_leftovers(&cookie, pgid);
+    let leftovers = stop_leftovers(&cookie, pgid, control.stopped().is_some());
     control.add_usage(usage, leftovers);
     if let Some(writer) = writer {
         let _ = writer.join();
@@ -660,6 +671,56 @@ mod tests {
             assert!(Instant::now() < deadline, "grandchild {child} still alive");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn group_members_ending_by_a_stop_are_not_counted_as_outliving_it() {
+        let (dir, file) = log();
+        let marker = dir.path().join("member.pid");
+        // The member ignores SIGTERM, so it is still in the group when the shell has ended
+        // and the leftovers are looked for: it is ending by the stop (SIGKILL after the
+        // grace), not outliving the step.
+        let spec = ProcessSpec {
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 302' & wait",
+                    marker.display()
+                ),
+            ],
+            cwd: dir.path().to_owned(),
+            cookie_prefix: "run/member".into(),
+            ..ProcessSpec::default()
+        };
+        let control = StepControl::new();
+        let stopper = {
+            let control = Arc::clone(&control);
+            let marker = marker.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::fs::read_to_string(&marker).map_or(true, |t| t.trim().is_empty())
+                    || control.pgid().is_none()
+                {
+                    assert!(Instant::now() < deadline, "the step never started");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                control.stop(StopReason::Cancel);
+            })
+        };
+        let result = run_process(&spec, &file, &control).unwrap();
+        stopper.join().unwrap();
+        assert_eq!(result.stopped, Some(StopReason::Cancel));
+        assert_eq!(result.leftovers, 0, "{}", result.describe());
+        let member: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !alive(member),
+            "the group member {member} outlived the stop"
+        );
     }
 
     fn alive(pid: i32) -> bool {
