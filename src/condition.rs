@@ -376,35 +376,14 @@ fn suggest_metric(name: &str) -> Option<String> {
         .map(|(_, candidate)| candidate)
 }
 
-/// The Levenshtein distance between `a` and `b` when it is at most `limit`.
+/// The Levenshtein distance between `a` and `b` (in characters) when it is at most `limit`.
 fn edit_distance_within(a: &str, b: &str, limit: usize) -> Option<usize> {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
     // The distance is at least the difference in length, so long inputs are rejected
     // before the quadratic table is built.
-    if a.len().abs_diff(b.len()) > limit {
+    if a.chars().count().abs_diff(b.chars().count()) > limit {
         return None;
     }
-    // `previous` holds the distances from the first `i` characters of `a` to every
-    // prefix of `b`; each row is built from the one before it.
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, &ca) in a.iter().enumerate() {
-        let mut current = Vec::with_capacity(b.len() + 1);
-        let mut left = i + 1;
-        current.push(left);
-        for (&cb, pair) in b.iter().zip(previous.windows(2)) {
-            let &[diagonal, above] = pair else { break };
-            left = (diagonal + usize::from(ca != cb))
-                .min(above + 1)
-                .min(left + 1);
-            current.push(left);
-        }
-        previous = current;
-    }
-    previous
-        .last()
-        .copied()
-        .filter(|&distance| distance <= limit)
+    Some(strsim::levenshtein(a, b)).filter(|&distance| distance <= limit)
 }
 
 /// One lexical token with the column where it starts.

@@ -424,7 +424,7 @@ fn suggest_time_zone(name: &str) -> Option<&'static str> {
                         .is_some_and(|city| city.to_ascii_lowercase() == wanted)
             })
         })
-        .or_else(|| crate::schema::did_you_mean(name.trim(), names()))
+        .or_else(|| crate::util::did_you_mean(name.trim(), names()))
 }
 
 /// The UTC offset of `zone` at the Unix time `timestamp`, in seconds.

@@ -32,3 +32,4 @@ pub mod server;
 pub mod source;
 pub mod store;
 pub mod triggers;
+pub mod util;

@@ -58,7 +58,7 @@ pub fn find(state: &AppState, id: &str) -> Result<std::sync::Arc<TriggerSpec>, A
     {
         return Ok(std::sync::Arc::clone(found));
     }
-    let hint = crate::schema::did_you_mean(id, triggers.iter().map(|t| t.id.as_str()))
+    let hint = crate::util::did_you_mean(id, triggers.iter().map(|t| t.id.as_str()))
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     Err(ApiError::not_found(format!(

@@ -175,12 +175,10 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
         .or_else(|| jobs.iter().find(|j| j["name"] == args.id.as_str()))
     else {
         let ids = jobs.iter().map(|j| text(&j["id"]));
-        let hint = crate::schema::did_you_mean(
-            &args.id,
-            ids.collect::<Vec<_>>().iter().map(String::as_str),
-        )
-        .map(|s| format!("; did you mean `{s}`?"))
-        .unwrap_or_default();
+        let hint =
+            crate::util::did_you_mean(&args.id, ids.collect::<Vec<_>>().iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
         bail!(
             "no schedule `{}`{hint} (`orchestrator schedule list` shows them)",
             args.id

@@ -238,7 +238,7 @@ fn find(triggers: Vec<TriggerSpec>, id: &str) -> Result<TriggerSpec> {
     {
         return Ok(triggers.into_iter().nth(found).expect("found"));
     }
-    let hint = crate::schema::did_you_mean(id, names.iter().map(String::as_str))
+    let hint = crate::util::did_you_mean(id, names.iter().map(String::as_str))
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     bail!("no trigger `{id}` in the store{hint} (`orchestrator trigger list` shows them)")

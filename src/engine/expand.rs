@@ -451,7 +451,7 @@ impl Parser<'_> {
                         if matches!(root, "params" | "steps" | "run") {
                             Ok(Value::Null)
                         } else {
-                            let hint = crate::schema::did_you_mean(word.as_str(), FUNCTIONS)
+                            let hint = crate::util::did_you_mean(word.as_str(), FUNCTIONS)
                                 .map(|f| format!("; did you mean `{f}()`?"))
                                 .unwrap_or_default();
                             Err(format!(

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::schema::did_you_mean;
+use crate::util::did_you_mean;
 
 /// Checks `given` against the declarations (`{name: {type, required, default, enum}}`) and
 /// returns the parameters of the run, defaults filled in. No declarations accept any object.

@@ -123,7 +123,7 @@ pub fn find_workflow_in(
             invalid.key.id, invalid.source_file
         )));
     }
-    let hint = crate::schema::did_you_mean(id_or_name, workflows.iter().map(|r| r.key.id.as_str()))
+    let hint = crate::util::did_you_mean(id_or_name, workflows.iter().map(|r| r.key.id.as_str()))
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     Err(EngineError::NotFound(format!(

@@ -801,7 +801,7 @@ impl SilenceRequest {
                 .find(|r| r.id == alert)
                 .or_else(|| rules.iter().find(|r| r.name == alert))
             else {
-                let hint = crate::schema::did_you_mean(alert, rules.iter().map(|r| r.id.as_str()))
+                let hint = crate::util::did_you_mean(alert, rules.iter().map(|r| r.id.as_str()))
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_default();
                 return Err(error(
@@ -1118,7 +1118,7 @@ pub fn find_rule<'a>(rules: &'a [AlertRule], id: &str) -> Result<&'a AlertRule, 
         .find(|r| r.id == id)
         .or_else(|| rules.iter().find(|r| r.name == id))
         .ok_or_else(|| {
-            let hint = crate::schema::did_you_mean(id, rules.iter().map(|r| r.id.as_str()))
+            let hint = crate::util::did_you_mean(id, rules.iter().map(|r| r.id.as_str()))
                 .map(|s| format!("; did you mean `{s}`?"))
                 .unwrap_or_default();
             format!("no alert `{id}` in force{hint} (`alert list` shows them)")

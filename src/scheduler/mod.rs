@@ -397,7 +397,7 @@ pub fn set_paused(
         .or_else(|| live().find(|r| r.name == given))
     else {
         let ids: Vec<String> = live().map(|r| r.key.id.clone()).collect();
-        let hint = crate::schema::did_you_mean(given, ids.iter().map(String::as_str))
+        let hint = crate::util::did_you_mean(given, ids.iter().map(String::as_str))
             .map(|s| format!("; did you mean `{s}`?"))
             .unwrap_or_default();
         return Err(PauseError::NotFound {

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::agents::{self, BUILTIN_AGENTS};
 use crate::diagnostics::Diagnostic;
 use crate::manifest::{Kind, Manifest};
-use crate::schema::did_you_mean;
+use crate::util::did_you_mean;
 
 /// The detailed message for a string that failed one of the custom formats, and the
 /// 1-based character inside the string where the problem is, when known.
