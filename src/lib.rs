@@ -24,6 +24,7 @@ pub mod engine;
 pub mod events;
 pub mod logging;
 pub mod manifest;
+pub mod model;
 pub mod monitor;
 pub mod reconcile;
 pub mod scheduler;

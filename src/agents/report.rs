@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::engine::model::{RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary};
+use crate::model::{RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary};
 
 /// One run with its steps, as a report shows it.
 pub struct RunView<'a> {
@@ -379,7 +379,7 @@ pub fn render_json(current: &RunView<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::Trigger;
+    use crate::model::Trigger;
 
     fn run() -> (RunRecord, Vec<StepRecord>) {
         let run = RunRecord {

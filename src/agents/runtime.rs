@@ -14,8 +14,8 @@ use super::report::{self, HtmlTemplate, RunView};
 use crate::engine::env;
 use crate::engine::junit::parse_junit;
 use crate::engine::mask::StepLog;
-use crate::engine::model::{RunRecord, Status, StepRecord, TestCase, TestSummary};
 use crate::engine::process::{run_process, ProcessResult, ProcessSpec, StepControl, StopReason};
+use crate::model::{RunRecord, Status, StepRecord, TestCase, TestSummary};
 
 /// The run a report step reports on, and the workflow's previous run to compare with.
 #[derive(Debug, Clone)]

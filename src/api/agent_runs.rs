@@ -11,8 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::agents::{builtin, BUILTIN_AGENTS};
-use crate::engine::model::Status;
 use crate::manifest::Kind;
+use crate::model::Status;
 
 /// The default number of executions.
 const DEFAULT_LIMIT: usize = 20;

@@ -32,9 +32,9 @@ use tokio::sync::Semaphore;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::engine::model::Trigger;
 use crate::engine::run::RunRequest;
 use crate::manifest::Kind;
+use crate::model::Trigger;
 use crate::server::Shared;
 use crate::store::ObjectRecord;
 use crate::triggers::deliveries::{self, Claim};

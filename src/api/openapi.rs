@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::{alerts, handlers, hooks, jobs, monitor, source_hook, triggers};
-use crate::engine::model::{
+use crate::model::{
     Attempt, RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary, Trigger,
 };
 

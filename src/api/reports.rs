@@ -22,8 +22,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::engine::model::{RunRecord, Status, StepRecord, TestStatus, TestSummary};
 use crate::engine::run::find_workflow_in;
+use crate::model::{RunRecord, Status, StepRecord, TestStatus, TestSummary};
 
 /// The policy artifacts are served under: a report is a document to read, so it gets no
 /// script, no plugin and an opaque origin (`sandbox`); its own inline styles and data
@@ -544,7 +544,7 @@ pub async fn workflow_trends(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::{TestCase, Trigger};
+    use crate::model::{TestCase, Trigger};
 
     #[test]
     fn paths_that_leave_their_directory_are_refused() {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::client::ApiClient;
 use super::workflow::open_store;
 use super::Context;
-use crate::engine::model::{RunRecord, StepRecord};
+use crate::model::{RunRecord, StepRecord};
 use crate::store::{ObjectKey, ObjectRecord, Store};
 
 /// The project's store, opened by this process. A read-only command in a project without

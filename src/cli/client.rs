@@ -9,7 +9,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::Context;
-use crate::engine::model::{RunRecord, StepRecord};
+use crate::model::{RunRecord, StepRecord};
 use crate::server::process_file::{self, ServerInfo};
 use crate::store::{ObjectKey, ObjectRecord};
 

@@ -12,8 +12,8 @@ use super::client::{ApiClient, ApiFailure, ApiPath};
 use super::manifests::{escape_control, table};
 use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
-use crate::engine::model::{Status, TestStatus};
 use crate::engine::run::{self, cancel_request_path};
+use crate::model::{Status, TestStatus};
 use crate::store::StoreError;
 
 /// `run` subcommands.
@@ -156,7 +156,7 @@ fn list(context: &Context, args: &ListArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn load_run(store: &Backend, id: &str) -> Result<crate::engine::model::RunRecord> {
+fn load_run(store: &Backend, id: &str) -> Result<crate::model::RunRecord> {
     match store.run(id)? {
         Some(run) => Ok(run),
         None => bail!("no run `{id}` (`orchestrator run list` shows the runs kept)"),

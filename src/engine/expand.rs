@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::model::Status;
+use crate::model::Status;
 
 /// A workflow ready to run: its steps, the parameters it declares, and the values its
 /// manifest gives them (for a workflow that uses a template).

@@ -6,7 +6,7 @@
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-use crate::engine::model::{TestCase, TestStatus};
+use crate::model::{TestCase, TestStatus};
 
 /// The most text kept from one failure body or one case's output.
 const MAX_TEXT: usize = 64 * 1024;

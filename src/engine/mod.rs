@@ -7,7 +7,6 @@ pub mod env;
 pub mod expand;
 pub mod junit;
 pub mod mask;
-pub mod model;
 pub mod params;
 pub mod process;
 pub mod run;

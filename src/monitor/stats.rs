@@ -51,7 +51,7 @@ use utoipa::ToSchema;
 pub use health::{HealthCheck, HealthStatus};
 
 use crate::condition::MetricRef;
-use crate::engine::model::{RunRecord, Status, StepRecord, TestStatus};
+use crate::model::{RunRecord, Status, StepRecord, TestStatus};
 use crate::store::{Store, StoreError};
 
 /// The window when the configuration does not say (`monitoring.metrics_window`).

@@ -32,10 +32,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::cron::CronSchedule;
-use crate::engine::model::{RunRecord, Trigger};
 use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
 use crate::manifest::Kind;
+use crate::model::{RunRecord, Trigger};
 use crate::server::Shared;
 use crate::store::{ObjectRecord, Store, StoreError};
 
@@ -497,7 +497,7 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
                     Some(run) => {
                         state.last_run = Some(run.id.clone());
                         let live = shared.live_run_ids().contains(&run.id);
-                        if run.status == crate::engine::model::Status::Queued && !live {
+                        if run.status == crate::model::Status::Queued && !live {
                             // Created but never started: it starts now, and the fire stays
                             // pending until a later pass finds the run under way or over.
                             unstarted.push(run);

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::engine::model::{RunRecord, Status, StepRecord};
+use crate::model::{RunRecord, Status, StepRecord};
 use crate::monitor::stats::escape_label;
 
 /// A monotonically increasing counter.

@@ -20,10 +20,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::config::LoadedConfig;
-use crate::engine::model::{RunRecord, Status, StepRecord};
 use crate::engine::process;
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event as EngineEvent};
 use crate::events::{EventBus, EventKind};
+use crate::model::{RunRecord, Status, StepRecord};
 use crate::store::Store;
 
 /// What every part of the server shares.
@@ -201,7 +201,7 @@ fn step_summary(step: &StepRecord) -> Value {
         "exit_code": step.exit_code,
         "message": step.message,
         "attempts": step.attempts.len(),
-        "tests": crate::engine::model::TestSummary::of(&step.tests),
+        "tests": crate::model::TestSummary::of(&step.tests),
         "outputs": step.outputs,
     })
 }

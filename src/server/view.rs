@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::{json, Value};
 
-use crate::engine::model::RunRecord;
 use crate::manifest::Kind;
+use crate::model::RunRecord;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// One consistent picture of the objects.

@@ -17,8 +17,8 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diagnostics::Diagnostic;
-use crate::engine::model::{RunRecord, Status, StepRecord};
 use crate::manifest::Kind;
+use crate::model::{RunRecord, Status, StepRecord};
 
 /// Version byte of the record encoding written by this release.
 const FORMAT_VERSION: u8 = 1;

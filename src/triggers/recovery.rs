@@ -170,7 +170,7 @@ fn received(record_key: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::model::RunRecord;
+    use crate::model::RunRecord;
     use crate::triggers::deliveries::{claim, new_key, record, Claim};
 
     fn accepted(trigger: &str, delivery: &str, run: Option<&str>) -> DeliveryRecord {

@@ -401,8 +401,8 @@ steps:
 mod concurrency {
     use super::*;
     use orchestrator::engine::admission::{AgentSwitches, RunAdmission};
-    use orchestrator::engine::model::{RunRecord, Trigger};
     use orchestrator::engine::run::{self, CancelSignal, EngineConfig, RunRequest};
+    use orchestrator::model::{RunRecord, Trigger};
     use orchestrator::store::Store;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;

@@ -388,7 +388,7 @@ fn a_fire_whose_run_was_created_but_never_started_starts_it_exactly_once() {
         let request = orchestrator::engine::run::RunRequest {
             workflow: "wf_tick".into(),
             parameters: serde_json::Map::new(),
-            trigger: orchestrator::engine::model::Trigger {
+            trigger: orchestrator::model::Trigger {
                 kind: "schedule".into(),
                 details,
             },

@@ -9,7 +9,7 @@ use serde_json::{json, Map};
 use super::health::{check_agent, HealthCheck, HealthStatus};
 use super::*;
 use crate::condition::parse_condition;
-use crate::engine::model::{Attempt, TestCase, TestSummary, Trigger};
+use crate::model::{Attempt, TestCase, TestSummary, Trigger};
 
 fn at(now: DateTime<Utc>, minutes_ago: i64) -> String {
     (now - TimeDelta::minutes(minutes_ago)).to_rfc3339_opts(SecondsFormat::Millis, true)
