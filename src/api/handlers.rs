@@ -72,7 +72,10 @@ pub(super) fn optional_json<T: DeserializeOwned + Default>(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
-            format!("the body must be a JSON object, got {}", json_kind(&value)),
+            format!(
+                "the body must be a JSON object, got {}",
+                crate::manifest::describe_type(&value)
+            ),
         ));
     }
     serde_json::from_value(value).map_err(|e| {
@@ -82,18 +85,6 @@ pub(super) fn optional_json<T: DeserializeOwned + Default>(
             format!("the body does not have the expected shape: {e}"),
         )
     })
-}
-
-/// The JSON type of a value, as an error message names it.
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Liveness: the process answers.

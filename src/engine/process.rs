@@ -629,6 +629,27 @@ mod tests {
         assert_eq!(control.take_usage(), None, "taken once");
     }
 
+    /// A thread that tells `control` to stop for `reason` once the step runs and has written
+    /// something into `marker`.
+    fn stop_once_written(
+        control: &Arc<StepControl>,
+        marker: &std::path::Path,
+        reason: StopReason,
+    ) -> std::thread::JoinHandle<()> {
+        let control = Arc::clone(control);
+        let marker = marker.to_owned();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(&marker).map_or(true, |t| t.trim().is_empty())
+                || control.pgid().is_none()
+            {
+                assert!(Instant::now() < deadline, "the step never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            control.stop(reason);
+        })
+    }
+
     #[test]
     fn a_stop_kills_the_whole_group() {
         let (dir, file) = log();
@@ -643,18 +664,7 @@ mod tests {
             ..ProcessSpec::default()
         };
         let control = StepControl::new();
-        let stopper = {
-            let control = Arc::clone(&control);
-            let marker = marker.clone();
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !marker.exists() || control.pgid().is_none() {
-                    assert!(Instant::now() < deadline, "the step never started");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                control.stop(StopReason::Timeout);
-            })
-        };
+        let stopper = stop_once_written(&control, &marker, StopReason::Timeout);
         let result = run_process(&spec, &file, &control).unwrap();
         stopper.join().unwrap();
         assert_eq!(result.stopped, Some(StopReason::Timeout));
@@ -694,20 +704,7 @@ mod tests {
             ..ProcessSpec::default()
         };
         let control = StepControl::new();
-        let stopper = {
-            let control = Arc::clone(&control);
-            let marker = marker.clone();
-            std::thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while std::fs::read_to_string(&marker).map_or(true, |t| t.trim().is_empty())
-                    || control.pgid().is_none()
-                {
-                    assert!(Instant::now() < deadline, "the step never started");
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                control.stop(StopReason::Cancel);
-            })
-        };
+        let stopper = stop_once_written(&control, &marker, StopReason::Cancel);
         let result = run_process(&spec, &file, &control).unwrap();
         stopper.join().unwrap();
         assert_eq!(result.stopped, Some(StopReason::Cancel));
