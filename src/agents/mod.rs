@@ -1,6 +1,7 @@
 //! Agents run workflow steps. This module knows the built-in agents and the actions each
 //! offers, which validation uses to check the steps of a workflow.
 
+pub mod local;
 pub mod report;
 pub mod runtime;
 

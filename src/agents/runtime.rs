@@ -12,19 +12,11 @@ use serde_json::{json, Map, Value};
 
 use super::report::{self, HtmlTemplate, RunView};
 use crate::engine::env;
+pub use crate::engine::executor::{Outcome, ReportData};
 use crate::engine::junit::parse_junit;
 use crate::engine::mask::StepLog;
 use crate::engine::process::{run_process, ProcessResult, ProcessSpec, StepControl, StopReason};
-use crate::model::{RunRecord, Status, StepRecord, TestCase, TestSummary};
-
-/// The run a report step reports on, and the workflow's previous run to compare with.
-#[derive(Debug, Clone)]
-pub struct ReportData {
-    /// The run so far.
-    pub current: (RunRecord, Vec<StepRecord>),
-    /// The previous run of the same workflow.
-    pub previous: Option<(RunRecord, Vec<StepRecord>)>,
-}
+use crate::model::{Status, TestSummary};
 
 /// What an agent gets besides its action and parameters.
 pub struct StepContext<'a> {
@@ -124,24 +116,6 @@ pub fn argv_of(command: &Value) -> Result<Vec<String>, String> {
             "command must be an array of strings or a string, got {other}"
         )),
     }
-}
-
-/// How a step ended, as its agent reports it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Outcome {
-    /// Succeeded, Failed, TimedOut or Cancelled.
-    pub status: Option<Status>,
-    /// The exit code of the process that decided it, if one did.
-    pub exit_code: Option<i32>,
-    /// Why it failed, or a one-line summary.
-    pub message: Option<String>,
-    /// Outputs for `steps.<name>.outputs.*`.
-    pub outputs: Map<String, Value>,
-    /// Test cases found.
-    pub tests: Vec<TestCase>,
-    /// Files produced, relative to the project directory where possible (the engine
-    /// copies them into the run's own directory as the step ends).
-    pub artifacts: Vec<String>,
 }
 
 impl Outcome {

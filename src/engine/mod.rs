@@ -4,8 +4,10 @@
 pub mod admission;
 pub mod agent_logs;
 pub mod env;
+pub mod executor;
 pub mod expand;
 pub mod junit;
+pub mod machine;
 pub mod mask;
 pub mod params;
 pub mod process;

@@ -4,12 +4,12 @@
 //! process group. Every state change is written to the store, and flushed before it is
 //! reported: one flush covers all the steps that finished and started together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -17,14 +17,18 @@ use serde_json::{Map, Value};
 use super::admission::{AgentSwitches, Policy, Refusal, RunAdmission};
 use super::agent_logs::AgentLogs;
 use super::env::{self, EnvValue};
-use super::expand::{self, ConditionContext, Expanded, Scope, StepState};
+use super::executor::{
+    AttemptEvent, AttemptMessage, AttemptStop, Executor, ReportData, StepAttempt,
+};
+use super::expand::{self, Expanded, Scope, StepState};
+pub use super::machine::Event;
+use super::machine::{self, AgentSlots, Command, Input, Limits, Moment, RunMachine, Turn};
 use super::mask::StepLog;
 use super::params;
-use super::process::{signal_group, StepControl, StopReason};
-use crate::agents::runtime::{agent_for, Outcome, ReportData, StepContext};
-use crate::agents::{builtin, BUILTIN_AGENTS};
+use super::process::signal_group;
 use crate::manifest::Kind;
-use crate::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
+use crate::model::{RunRecord, Status, StepRecord, TestSummary, Trigger};
+use crate::spec::workflow::{agent_and_action, WorkflowSpec};
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// Where a run's files go and the limits it runs under.
@@ -50,28 +54,20 @@ pub struct EngineConfig {
     pub max_log_bytes: u64,
     /// The agents' own logs, rotated by size.
     pub agent_logs: Arc<AgentLogs>,
+    /// Runs the steps' attempts (the local executor, from the caller).
+    pub executor: Arc<dyn Executor>,
+    /// When each workflow's history was last trimmed.
+    pub history: Arc<HistoryTrims>,
 }
 
-/// Something that happened to a run, reported after it is durable.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A step started (or started again, for a retry).
-    StepStarted {
-        /// The step.
-        step: StepRecord,
-    },
-    /// A step reached its final state.
-    StepFinished {
-        /// The step.
-        step: StepRecord,
-    },
-    /// An attempt failed and will be retried.
-    StepRetrying {
-        /// The step.
-        step: StepRecord,
-        /// Seconds until the next attempt.
-        delay: Duration,
-    },
+impl AgentSlots for AgentSwitches {
+    fn try_acquire(&self, agent: &str, max: usize) -> bool {
+        AgentSwitches::try_acquire(self, agent, max)
+    }
+
+    fn release(&self, agent: &str) {
+        AgentSwitches::release(self, agent);
+    }
 }
 
 /// Why a run could not be created or executed.
@@ -201,6 +197,14 @@ pub fn first_run_id_at(at: std::time::SystemTime) -> String {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The present for the run's machine, read from both clocks.
+fn moment_now() -> Moment {
+    Moment {
+        instant: Instant::now(),
+        timestamp: now(),
+    }
 }
 
 /// Creates a queued run: the workflow expanded, parameters checked, every step queued, all
@@ -382,21 +386,6 @@ fn initial_steps(run: &RunRecord) -> Result<Vec<StepRecord>, EngineError> {
         .collect()
 }
 
-fn agent_and_action(spec: &Value) -> (String, String) {
-    let agent = spec
-        .get("agent")
-        .and_then(Value::as_str)
-        .unwrap_or("shell")
-        .to_owned();
-    let action = spec
-        .get("action")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| builtin(&agent).map(|b| b.actions[0].to_owned()))
-        .unwrap_or_else(|| "run".to_owned());
-    (agent, action)
-}
-
 /// Whether a finished run can be re-run as asked: a from-failed re-run needs something
 /// that did not succeed. The local CLI and the server both ask this before re-running.
 pub fn check_rerun(original: &RunRecord, from_failed: bool) -> Result<(), EngineError> {
@@ -472,7 +461,7 @@ pub fn reusable_steps(
     agents: &BTreeMap<String, Value>,
     previous: &[StepRecord],
 ) -> Vec<bool> {
-    let planned = plan(workflow, agents);
+    let planned = machine::plan(&WorkflowSpec::compile(workflow), agents);
     let succeeded: Vec<bool> = workflow["steps"]
         .as_array()
         .map(|specs| {
@@ -564,112 +553,6 @@ pub fn cancel_request_path(data_dir: &Path, run_id: &str) -> PathBuf {
     data_dir.join("control").join(format!("cancel-{run_id}"))
 }
 
-/// One step as the executor schedules it.
-struct Planned {
-    agent: String,
-    /// The agent's `max_concurrent`: steps of it running at once in this process.
-    max_concurrent: Option<usize>,
-    spec: Value,
-    deps: Vec<usize>,
-    /// Transitive dependencies.
-    upstream: Vec<usize>,
-    timeout: Option<Duration>,
-    retries: u32,
-    retry_delay: Duration,
-    continue_on_error: bool,
-    condition: Option<String>,
-}
-
-fn duration_field(value: Option<&Value>) -> Option<Duration> {
-    match value? {
-        Value::Number(n) => n.as_f64().map(Duration::from_secs_f64),
-        Value::String(text) => crate::duration::parse_duration(text).ok(),
-        _ => None,
-    }
-}
-
-fn plan(workflow: &Value, agents: &BTreeMap<String, Value>) -> Vec<Planned> {
-    let specs = workflow["steps"].as_array().cloned().unwrap_or_default();
-    let index: HashMap<String, usize> = specs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| s["name"].as_str().map(|n| (n.to_owned(), i)))
-        .collect();
-    let dag = specs.iter().any(|s| s.get("depends_on").is_some());
-    let mut planned: Vec<Planned> = specs
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| {
-            let deps = if dag {
-                spec.get("depends_on")
-                    .and_then(Value::as_array)
-                    .map(|d| {
-                        d.iter()
-                            .filter_map(|n| n.as_str().and_then(|n| index.get(n)).copied())
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            } else if i > 0 {
-                vec![i - 1]
-            } else {
-                Vec::new()
-            };
-            let (agent, action) = agent_and_action(spec);
-            // The step's own timeout, else test_runner's `timeout` parameter, else the
-            // agent manifest's default.
-            let timeout = duration_field(spec.get("timeout"))
-                .or_else(|| {
-                    (agent == "test_runner" && action == "run_tests")
-                        .then(|| {
-                            duration_field(spec.get("parameters").and_then(|p| p.get("timeout")))
-                        })
-                        .flatten()
-                })
-                .or_else(|| duration_field(agents.get(&agent).and_then(|a| a.get("timeout"))));
-            let max_concurrent = agents
-                .get(&agent)
-                .and_then(|a| a.get("max_concurrent"))
-                .and_then(Value::as_u64)
-                .map(|n| n as usize);
-            Planned {
-                agent,
-                max_concurrent,
-                deps,
-                upstream: Vec::new(),
-                timeout: timeout.filter(|t| !t.is_zero()),
-                retries: spec.get("retries").and_then(Value::as_u64).unwrap_or(0) as u32,
-                retry_delay: duration_field(spec.get("retry_delay"))
-                    .unwrap_or(Duration::from_secs(1)),
-                continue_on_error: spec
-                    .get("continue_on_error")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-                condition: spec.get("if").and_then(Value::as_str).map(str::to_owned),
-                spec: spec.clone(),
-            }
-        })
-        .collect();
-    // Transitive closure; the workflow was validated acyclic, but guard anyway.
-    for i in 0..planned.len() {
-        let mut seen = vec![false; planned.len()];
-        let mut stack = planned[i].deps.clone();
-        while let Some(d) = stack.pop() {
-            if d != i && !seen[d] {
-                seen[d] = true;
-                stack.extend(planned[d].deps.iter().copied());
-            }
-        }
-        planned[i].upstream = (0..planned.len()).filter(|&d| seen[d]).collect();
-    }
-    planned
-}
-
-enum Message {
-    AttemptStarted(usize, Instant),
-    AttemptFailed(usize, Attempt, Duration),
-    Done(usize, Box<Outcome>, Vec<Attempt>),
-}
-
 /// How a run is stopped from outside: a flag (Ctrl-C, a server's cancel) or a request file.
 #[derive(Debug, Clone)]
 pub struct CancelSignal {
@@ -690,7 +573,10 @@ pub fn execute(
     execute_with_agents(store, config, &agents, run, steps, cancel, on_event)
 }
 
-/// [`execute`] with the Agent manifests already read (by name).
+/// [`execute`] with the Agent manifests already read (by name): the driver of the run's
+/// [`RunMachine`]. Each turn it feeds the machine what the executor reported, performs the
+/// machine's commands through [`EngineConfig::executor`], writes the steps that changed in
+/// one batch under one flush, then reports them.
 pub fn execute_with_agents(
     store: &Store,
     config: &EngineConfig,
@@ -700,21 +586,11 @@ pub fn execute_with_agents(
     cancel: &CancelSignal,
     on_event: &(dyn Fn(&Event) + Sync),
 ) -> Result<RunRecord, EngineError> {
-    let planned = plan(&run.workflow, agents);
+    let spec = WorkflowSpec::compile(&run.workflow);
     let run_dir = config.log_dir.join("workflows").join(&run.id);
     fs::create_dir_all(&run_dir)
         .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
-    let max_parallel = run
-        .workflow
-        .get("max_parallel")
-        .and_then(Value::as_u64)
-        .map_or(config.max_parallel, |n| n as usize)
-        .max(1);
-    let run_deadline = duration_field(run.workflow.get("timeout"))
-        .filter(|t| !t.is_zero())
-        .map(|t| Instant::now() + t);
     let cancel_file = cancel_request_path(&config.data_dir, &run.id);
-    let base_env = base_env(&run);
     // Held until the run ends: the workflow's concurrency policy decides when it may start.
     let _ticket = match config.admission.admit(
         &run.workflow_id,
@@ -742,383 +618,283 @@ pub fn execute_with_agents(
             return Ok(run);
         }
     };
-    let started = Instant::now();
+    let mut moment = moment_now();
     run.status = Status::Running;
-    run.started_at = Some(now());
+    run.started_at = Some(moment.timestamp.clone());
     run.pid = Some(std::process::id());
     store.save_run(Some(&run), &[], true)?;
 
-    let mut controls: Vec<Option<Arc<StepControl>>> = vec![None; steps.len()];
-    let mut deadlines: Vec<Option<Instant>> = vec![None; steps.len()];
-    let mut step_started: Vec<Option<Instant>> = vec![None; steps.len()];
-    // Whether each finished step counts as a success for what follows.
-    let mut ok: Vec<Option<bool>> = steps
-        .iter()
-        .map(|s| (s.status == Status::Succeeded).then_some(true))
-        .collect();
-    let mut running = 0usize;
-    let mut cancelled = false;
-    let mut timed_out = false;
-    let (sender, receiver) = mpsc::channel::<Message>();
-    // Steps that finished in the last wait, written and reported with what starts next: one
-    // flush per turn, "finished" events before "started" ones.
-    let mut changed: Vec<usize> = Vec::new();
-    let mut events: Vec<Event> = Vec::new();
-    // What conditions and substitutions see, grown as steps finish (not rebuilt per step).
-    let mut step_scope = Arc::new(run_scope(&run));
-    let mut in_scope = vec![false; steps.len()];
-    // Steps holding one of their agent's `max_concurrent` slots.
-    let mut holds_slot = vec![false; steps.len()];
-
-    std::thread::scope(|scope| -> Result<(), EngineError> {
-        loop {
-            // Stop requests.
-            let cancel_now =
-                !cancelled && (cancel.flag.load(Ordering::SeqCst) || cancel_file.exists());
-            let timeout_now = !timed_out && run_deadline.is_some_and(|d| Instant::now() >= d);
-            if cancel_now || timeout_now {
-                cancelled |= cancel_now;
-                timed_out |= timeout_now;
-                let reason = if cancel_now {
-                    StopReason::Cancel
-                } else {
-                    StopReason::Timeout
-                };
-                for control in controls.iter().flatten() {
-                    control.stop(reason);
-                }
-                let _ = fs::remove_file(&cancel_file);
-            }
-            for (index, deadline) in deadlines.iter_mut().enumerate() {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    *deadline = None;
-                    if let Some(control) = &controls[index] {
-                        control.stop(StopReason::Timeout);
-                    }
-                }
-            }
-
-            // Start what is ready.
-            if !cancelled && !timed_out {
-                for index in 0..steps.len() {
-                    if running >= max_parallel {
-                        break;
-                    }
-                    if steps[index].status != Status::Queued
-                        || planned[index].deps.iter().any(|&d| ok[d].is_none())
-                    {
-                        continue;
-                    }
-                    let upstream_ok = planned[index].upstream.iter().all(|&d| ok[d] == Some(true));
-                    for (finished, step) in in_scope.iter_mut().zip(&steps) {
-                        if !*finished && step.status.is_finished() {
-                            *finished = true;
-                            Arc::make_mut(&mut step_scope).steps.insert(
-                                step.name.clone(),
-                                StepState {
-                                    status: step.status,
-                                    outputs: step.outputs.clone(),
-                                },
-                            );
-                        }
-                    }
-                    let condition = planned[index].condition.as_deref().unwrap_or("success()");
-                    let run_it = expand::evaluate_condition(
-                        condition,
-                        &step_scope,
-                        ConditionContext {
-                            upstream_ok,
-                            cancelled: false,
-                        },
-                    );
-                    if run_it == Ok(true) {
-                        if let Some(max) = planned[index].max_concurrent {
-                            if !config
-                                .agent_switches
-                                .try_acquire(&planned[index].agent, max)
-                            {
-                                // The agent is busy: the step stays queued for a later turn.
-                                continue;
-                            }
-                            holds_slot[index] = true;
-                        }
-                    }
-                    let step = &mut steps[index];
-                    match run_it {
-                        Ok(true) => {
-                            step.status = Status::Running;
-                            step.started_at = Some(now());
-                            step_started[index] = Some(Instant::now());
-                            running += 1;
-                            let control = StepControl::new();
-                            controls[index] = Some(Arc::clone(&control));
-                            deadlines[index] = planned[index].timeout.map(|t| Instant::now() + t);
-                            events.push(Event::StepStarted { step: step.clone() });
-                            changed.push(index);
-                            let job = StepJob {
-                                index,
-                                run_id: run.id.clone(),
-                                workflow_id: run.workflow_id.clone(),
-                                step: step.clone(),
-                                planned: &planned[index],
-                                scope: Arc::clone(&step_scope),
-                                config,
-                                agent_config: agents.get(&step.agent).cloned(),
-                                base_env: &base_env,
-                                control,
-                                reports: is_report_step(&step.agent, agents)
-                                    .then(|| report_data(store, &run, &steps))
-                                    .transpose()?,
-                                sender: sender.clone(),
-                            };
-                            scope.spawn(move || job.run());
-                        }
-                        Ok(false) => {
-                            step.status = Status::Skipped;
-                            step.finished_at = Some(now());
-                            step.message = Some(if upstream_ok {
-                                format!("skipped: `{condition}` is false")
-                            } else {
-                                "skipped: an earlier step failed".to_owned()
-                            });
-                            ok[index] = Some(upstream_ok);
-                            events.push(Event::StepFinished { step: step.clone() });
-                            changed.push(index);
-                        }
-                        Err(err) => {
-                            step.status = Status::Failed;
-                            step.finished_at = Some(now());
-                            step.message = Some(format!("condition `{condition}`: {err}"));
-                            ok[index] = Some(false);
-                            events.push(Event::StepFinished { step: step.clone() });
-                            changed.push(index);
-                        }
-                    }
-                }
-            }
-            if (cancelled || timed_out) && running == 0 {
-                let status = if cancelled {
-                    Status::Cancelled
-                } else {
-                    Status::TimedOut
-                };
-                for (index, step) in steps.iter_mut().enumerate() {
-                    if step.status == Status::Queued {
-                        step.status = status;
-                        step.finished_at = Some(now());
-                        step.message = Some(if cancelled {
-                            "cancelled before it started".into()
-                        } else {
-                            "the workflow timed out before it started".into()
-                        });
-                        ok[index] = Some(false);
-                        changed.push(index);
-                    }
-                }
-            }
-
-            let all_done = running == 0 && steps.iter().all(|s| s.status.is_finished());
-            if all_done {
-                finish_run(&mut run, &steps, &planned, cancelled, timed_out, started);
-                // Before the final state is stored and reported: whoever sees the run
-                // finished reads reports that say so.
-                rewrite_reports(store, config, agents, &run, &steps, &planned, &step_started);
-            }
-            if !changed.is_empty() || all_done {
-                changed.sort_unstable();
-                changed.dedup();
-                let records: Vec<&StepRecord> = changed.iter().map(|&i| &steps[i]).collect();
-                // The run record (with its whole workflow) is written only when it changes:
-                // at the start above and here at the end, so a step costs the same in a
-                // 10-step workflow as in a 1,000-step one.
-                store.save_run(all_done.then_some(&run), &records, true)?;
-                changed.clear();
-                for event in events.drain(..) {
-                    on_event(&event);
-                }
-            }
-            if all_done {
-                return Ok(());
-            }
-
-            // Wait for a worker, a deadline, or the next look at stop requests.
-            let mut wait = Duration::from_millis(100);
-            for deadline in deadlines.iter().flatten().chain(run_deadline.iter()) {
-                wait = wait.min(deadline.saturating_duration_since(Instant::now()));
-            }
-            let mut first = match receiver.recv_timeout(wait) {
-                Ok(message) => Some(message),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
-            };
-            while let Some(message) = first.take().or_else(|| receiver.try_recv().ok()) {
-                match message {
-                    Message::AttemptStarted(index, at) => {
-                        deadlines[index] = planned[index].timeout.map(|t| at + t);
-                    }
-                    Message::AttemptFailed(index, attempt, delay) => {
-                        deadlines[index] = None;
-                        steps[index].attempts.push(attempt);
-                        store.save_run(None, &[&steps[index]], false)?;
-                        on_event(&Event::StepRetrying {
-                            step: steps[index].clone(),
-                            delay,
-                        });
-                    }
-                    Message::Done(index, outcome, attempts) => {
-                        running -= 1;
-                        if std::mem::take(&mut holds_slot[index]) {
-                            config.agent_switches.release(&planned[index].agent);
-                        }
-                        deadlines[index] = None;
-                        controls[index] = None;
-                        let step = &mut steps[index];
-                        let status = outcome.status.unwrap_or(Status::Failed);
-                        step.attempts = attempts;
-                        step.status = status;
-                        step.exit_code = outcome.exit_code;
-                        step.message = outcome.message;
-                        step.outputs = outcome.outputs;
-                        step.tests = outcome.tests;
-                        step.artifacts = outcome.artifacts;
-                        step.finished_at = Some(now());
-                        step.duration_ms =
-                            step_started[index].map(|s| s.elapsed().as_millis() as u64);
-                        step.pgid = None;
-                        ok[index] = Some(
-                            status == Status::Succeeded
-                                || (planned[index].continue_on_error
-                                    && !matches!(status, Status::Cancelled)),
-                        );
-                        agent_log(config, step);
-                        events.push(Event::StepFinished { step: step.clone() });
-                        changed.push(index);
-                    }
-                }
-            }
+    let limits = Limits {
+        max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
+        timeout: spec.timeout,
+    };
+    let mut machine = RunMachine::new(
+        machine::plan(&spec, agents),
+        steps,
+        run_scope(&run),
+        limits,
+        moment.instant,
+    );
+    let mut driver = Driver {
+        store,
+        config,
+        agents,
+        spec: &spec,
+        base_env: base_env(&run).into(),
+        stops: vec![None; spec.steps.len()],
+        reports: vec![None; spec.steps.len()],
+    };
+    let (sender, receiver) = mpsc::channel::<AttemptMessage>();
+    let slots = &*config.agent_switches;
+    let mut cancel_seen = false;
+    loop {
+        // Stop requests.
+        if !cancel_seen && (cancel.flag.load(Ordering::SeqCst) || cancel_file.exists()) {
+            cancel_seen = true;
+            machine.handle(Input::CancelRequested, &moment, slots);
+            let _ = fs::remove_file(&cancel_file);
         }
-    })?;
+        let turn = machine.advance(&moment, slots);
+        driver.perform(&mut run, &machine, turn, &sender, on_event)?;
+        if machine.is_done() {
+            break;
+        }
+        // Wait for the executor, a deadline, or the next look at stop requests.
+        let wait = machine.next_wake().map_or(CANCEL_POLL, |at| {
+            at.saturating_duration_since(Instant::now())
+                .min(CANCEL_POLL)
+        });
+        let mut first = receiver.recv_timeout(wait).ok();
+        moment = moment_now();
+        while let Some(message) = first.take().or_else(|| receiver.try_recv().ok()) {
+            driver.receive(&mut machine, message, &moment, slots);
+        }
+    }
     let _ = fs::remove_file(&cancel_file);
     enforce_history(store, config, &run)?;
     Ok(run)
 }
 
-fn finish_run(
-    run: &mut RunRecord,
-    steps: &[StepRecord],
-    planned: &[Planned],
-    cancelled: bool,
-    timed_out: bool,
-    started: Instant,
-) {
-    let failed: Vec<&StepRecord> = steps
-        .iter()
-        .zip(planned)
-        .filter(|(s, p)| {
-            matches!(
-                s.status,
-                Status::Failed | Status::TimedOut | Status::Interrupted
-            ) && !p.continue_on_error
-        })
-        .map(|(s, _)| s)
-        .collect();
-    let (status, message) = if cancelled {
-        (Status::Cancelled, Some("cancelled".to_owned()))
-    } else if timed_out {
-        (
-            Status::TimedOut,
-            Some("the workflow's timeout ran out".to_owned()),
-        )
-    } else if let Some(first) = failed.first() {
-        (
-            Status::Failed,
-            Some(format!(
-                "step `{}` {}{}",
-                first.name,
-                first.status,
-                first
-                    .message
-                    .as_ref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            )),
-        )
-    } else {
-        (Status::Succeeded, None)
-    };
-    run.status = status;
-    run.message = message;
-    run.finished_at = Some(now());
-    run.duration_ms = Some(started.elapsed().as_millis() as u64);
-    let mut tests = TestSummary::default();
-    for step in steps {
-        tests.add(TestSummary::of(&step.tests));
-    }
-    run.tests = tests;
+/// How often a run looks for a cancel request while nothing else wakes it.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// The IO side of a run's execution: the store, the step logs, the executor.
+struct Driver<'a> {
+    store: &'a Store,
+    config: &'a EngineConfig,
+    agents: &'a BTreeMap<String, Value>,
+    spec: &'a WorkflowSpec,
+    base_env: Arc<[(String, EnvValue)]>,
+    /// The attempt in flight of each step, to stop it.
+    stops: Vec<Option<Arc<dyn AttemptStop>>>,
+    /// What a report step reports on, read when it first starts.
+    reports: Vec<Option<Arc<ReportData>>>,
 }
 
-/// Writes again, with the run's final state, every report a report step of this execution
-/// wrote while the run was still going (steps kept from an earlier run are left alone). A
-/// report that cannot be written again is logged and keeps what the step wrote.
-fn rewrite_reports(
-    store: &Store,
-    config: &EngineConfig,
-    agents: &BTreeMap<String, Value>,
-    run: &RunRecord,
-    steps: &[StepRecord],
-    planned: &[Planned],
-    started: &[Option<Instant>],
-) {
-    let written: Vec<usize> = (0..steps.len())
-        .filter(|&i| {
-            started[i].is_some()
-                && steps[i].status == Status::Succeeded
-                && is_report_step(&steps[i].agent, agents)
-        })
-        .collect();
-    if written.is_empty() {
-        return;
+impl Driver<'_> {
+    /// An executor's message, handed to the machine; a step's final attempt first has its
+    /// artifacts kept.
+    fn receive(
+        &mut self,
+        machine: &mut RunMachine,
+        message: AttemptMessage,
+        now: &Moment,
+        slots: &dyn AgentSlots,
+    ) {
+        let AttemptMessage {
+            index,
+            number,
+            event,
+        } = message;
+        let input = match event {
+            AttemptEvent::Started { at } => Input::AttemptStarted { index, number, at },
+            AttemptEvent::Log(bytes) => {
+                if let Some(step) = machine.steps().get(index) {
+                    self.append_log(&step.log, &bytes);
+                }
+                return;
+            }
+            AttemptEvent::Finished(mut finished) => {
+                if machine.ends_step(index, number, &finished)
+                    && !finished.outcome.artifacts.is_empty()
+                {
+                    let step = &machine.steps()[index];
+                    let log = StepLog::open(
+                        &self.config.log_dir.join(&step.log),
+                        self.config.max_log_bytes,
+                    );
+                    finished.outcome.artifacts = keep_artifacts(
+                        self.config,
+                        &step.run_id,
+                        &step.name,
+                        std::mem::take(&mut finished.outcome.artifacts),
+                        log.ok().as_ref(),
+                    );
+                }
+                Input::AttemptFinished {
+                    index,
+                    number,
+                    finished,
+                }
+            }
+        };
+        machine.handle(input, now, slots);
     }
-    let data = match report_data(store, run, steps) {
-        Ok(data) => data,
-        Err(err) => {
-            tracing::warn!("run {}: reports not rewritten: {err}", run.id);
+
+    /// One turn's work, in order: notes, what ended, commands, the run's end, one durable
+    /// batch, then the events.
+    fn perform(
+        &mut self,
+        run: &mut RunRecord,
+        machine: &RunMachine,
+        turn: Turn,
+        sender: &mpsc::Sender<AttemptMessage>,
+        on_event: &(dyn Fn(&Event) + Sync),
+    ) -> Result<(), EngineError> {
+        let steps = machine.steps();
+        for (index, note) in &turn.notes {
+            self.note(&steps[*index].log, note);
+        }
+        for &index in &turn.ended {
+            self.stops[index] = None;
+            agent_log(self.config, &steps[index]);
+        }
+        for command in &turn.commands {
+            match *command {
+                Command::Stop { index, reason } => {
+                    if let Some(stop) = &self.stops[index] {
+                        Arc::clone(stop).stop(reason);
+                    }
+                }
+                Command::Start { index, number } => {
+                    let attempt = self.attempt(run, machine, index, number)?;
+                    self.stops[index] = Some(self.config.executor.start(attempt, sender.clone()));
+                }
+            }
+        }
+        if let Some(end) = &turn.run_end {
+            run.status = end.status;
+            run.message = end.message.clone();
+            run.finished_at = Some(end.finished_at.clone());
+            run.duration_ms = Some(end.duration_ms);
+            run.tests = end.tests;
+            // Before the final state is stored and reported: whoever sees the run
+            // finished reads reports that say so.
+            self.rewrite_reports(run, machine);
+        }
+        if turn.writes() {
+            let records: Vec<&StepRecord> = turn.changed.iter().map(|&i| &steps[i]).collect();
+            // The run record (with its whole workflow) is written only when it changes:
+            // at the start and at the end, so a step costs the same in a 10-step workflow
+            // as in a 1,000-step one.
+            self.store
+                .save_run(turn.run_end.is_some().then_some(&*run), &records, true)?;
+            for event in &turn.events {
+                on_event(event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Attempt `number` of step `index`, for the executor.
+    fn attempt(
+        &mut self,
+        run: &RunRecord,
+        machine: &RunMachine,
+        index: usize,
+        number: u32,
+    ) -> Result<StepAttempt, EngineError> {
+        let step = &machine.steps()[index];
+        let plan = &machine.plan()[index];
+        if self.reports[index].is_none() && is_report_step(&step.agent, self.agents) {
+            self.reports[index] = Some(Arc::new(report_data(self.store, run, machine.steps())?));
+        }
+        Ok(StepAttempt {
+            run_id: run.id.clone(),
+            workflow_id: run.workflow_id.clone(),
+            index,
+            step: step.name.clone(),
+            number,
+            attempts: plan.retries + 1,
+            agent: step.agent.clone(),
+            action: step.action.clone(),
+            spec: Arc::clone(&self.spec.steps[index].raw),
+            agent_config: self.agents.get(&step.agent).cloned(),
+            scope: Arc::clone(machine.scope()),
+            env: Arc::clone(&self.base_env),
+            log: step.log.clone(),
+            timeout: plan.timeout,
+            reports: self.reports[index].clone(),
+        })
+    }
+
+    /// Lines of the engine's own in a step's log.
+    fn note(&self, log: &str, text: &str) {
+        if let Ok(log) = StepLog::open(&self.config.log_dir.join(log), self.config.max_log_bytes) {
+            log.note(text);
+        }
+    }
+
+    /// Output an executor sent rather than wrote, appended to the step's log (capped).
+    fn append_log(&self, log: &str, bytes: &[u8]) {
+        if let Ok(log) = StepLog::open(&self.config.log_dir.join(log), self.config.max_log_bytes) {
+            log.write_masked(bytes);
+        }
+    }
+
+    /// Writes again, with the run's final state, every report a report step of this
+    /// execution wrote while the run was still going (steps kept from an earlier run are
+    /// left alone). A report that cannot be written again is logged and keeps what the
+    /// step wrote.
+    fn rewrite_reports(&self, run: &RunRecord, machine: &RunMachine) {
+        let steps = machine.steps();
+        let written: Vec<usize> = (0..steps.len())
+            .filter(|&i| {
+                machine.ran(i)
+                    && steps[i].status == Status::Succeeded
+                    && is_report_step(&steps[i].agent, self.agents)
+            })
+            .collect();
+        if written.is_empty() {
             return;
         }
-    };
-    let mut scope = run_scope(run);
-    for step in steps {
-        scope.steps.insert(
-            step.name.clone(),
-            StepState {
-                status: step.status,
-                outputs: step.outputs.clone(),
-            },
-        );
-    }
-    for index in written {
-        let step = &steps[index];
-        let parameters = planned[index]
-            .spec
-            .get("parameters")
-            .map(|p| expand::substitute(p, &scope))
-            .transpose()
-            .map(|p| p.and_then(|p| p.as_object().cloned()).unwrap_or_default());
-        let result = parameters.and_then(|parameters| {
-            crate::agents::runtime::write_report(
-                &step.action,
-                &parameters,
-                &data,
-                &config.reports_dir,
-                &config.project_dir,
-            )
-        });
-        if let Err(err) = result {
-            tracing::warn!(
-                "run {} step `{}`: report not rewritten with the final state: {err}",
-                run.id,
-                step.name
+        let data = match report_data(self.store, run, steps) {
+            Ok(data) => data,
+            Err(err) => {
+                tracing::warn!("run {}: reports not rewritten: {err}", run.id);
+                return;
+            }
+        };
+        let mut scope = run_scope(run);
+        for step in steps {
+            scope.steps.insert(
+                step.name.clone(),
+                StepState {
+                    status: step.status,
+                    outputs: step.outputs.clone(),
+                },
             );
+        }
+        for index in written {
+            let step = &steps[index];
+            let parameters = self.spec.steps[index]
+                .raw
+                .get("parameters")
+                .map(|p| expand::substitute(p, &scope))
+                .transpose()
+                .map(|p| p.and_then(|p| p.as_object().cloned()).unwrap_or_default());
+            let result = parameters.and_then(|parameters| {
+                self.config
+                    .executor
+                    .rewrite_report(&step.action, &parameters, &data)
+            });
+            if let Err(err) = result {
+                tracing::warn!(
+                    "run {} step `{}`: report not rewritten with the final state: {err}",
+                    run.id,
+                    step.name
+                );
+            }
         }
     }
 }
@@ -1235,23 +1011,11 @@ fn enforce_history(
     config: &EngineConfig,
     run: &RunRecord,
 ) -> Result<(), StoreError> {
+    if !config
+        .history
+        .due(run, &config.admission.active(&run.workflow_id))
     {
-        use std::collections::HashSet;
-        use std::sync::{LazyLock, Mutex};
-        /// Per workflow: when its history was last trimmed, and the runs still active that
-        /// have already come this far (their final state is stored).
-        type Trims = HashMap<String, (Option<Instant>, HashSet<String>)>;
-        static TRIMS: LazyLock<Mutex<Trims>> = LazyLock::new(Mutex::default);
-        let active = config.admission.active(&run.workflow_id);
-        let mut trims = TRIMS.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, finished) = trims.entry(run.workflow_id.clone()).or_default();
-        finished.retain(|id| active.contains(id));
-        finished.insert(run.id.clone());
-        let still_to_finish = active.iter().any(|id| !finished.contains(id));
-        if still_to_finish && last.is_some_and(|at| at.elapsed() < HISTORY_EVERY) {
-            return Ok(());
-        }
-        *last = Some(Instant::now());
+        return Ok(());
     }
     let limit = run
         .workflow
@@ -1280,313 +1044,29 @@ fn enforce_history(
 /// How often a workflow's history is trimmed while several of its runs are active.
 const HISTORY_EVERY: Duration = Duration::from_millis(200);
 
-/// Everything a worker thread needs to run one step.
-struct StepJob<'a> {
-    index: usize,
-    run_id: String,
-    workflow_id: String,
-    step: StepRecord,
-    planned: &'a Planned,
-    scope: Arc<Scope>,
-    config: &'a EngineConfig,
-    agent_config: Option<Value>,
-    base_env: &'a [(String, EnvValue)],
-    control: Arc<StepControl>,
-    reports: Option<ReportData>,
-    sender: mpsc::Sender<Message>,
+/// Per workflow: when its history was last trimmed, and the runs still active that have
+/// already come this far (their final state is stored). One per process, in
+/// [`EngineConfig::history`].
+#[derive(Debug, Default)]
+pub struct HistoryTrims {
+    trims: Mutex<HashMap<String, (Option<Instant>, HashSet<String>)>>,
 }
 
-impl StepJob<'_> {
-    /// Whether the step's agent takes work; when it is disabled, fails the step or waits for
-    /// the agent as its manifest's `when_disabled` says (a wait ends with a cancel or the
-    /// step's timeout). `None` when the step may go ahead.
-    fn wait_for_agent(&self, log: &StepLog) -> Option<Outcome> {
-        let agent = &self.step.agent;
-        let config = self.agent_config.as_ref();
-        let manifest_enabled = config
-            .and_then(|c| c.get("enabled"))
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        let switches = &self.config.agent_switches;
-        if switches.enabled(agent, manifest_enabled) {
-            return None;
+impl HistoryTrims {
+    /// Whether `run`, just finished, trims its workflow's history: always when no other
+    /// of the workflow's `active` runs is still to finish, else at most every
+    /// [`HISTORY_EVERY`].
+    fn due(&self, run: &RunRecord, active: &[String]) -> bool {
+        let mut trims = self.trims.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, finished) = trims.entry(run.workflow_id.clone()).or_default();
+        finished.retain(|id| active.contains(id));
+        finished.insert(run.id.clone());
+        let still_to_finish = active.iter().any(|id| !finished.contains(id));
+        if still_to_finish && last.is_some_and(|at| at.elapsed() < HISTORY_EVERY) {
+            return false;
         }
-        let why = if manifest_enabled {
-            "stopped"
-        } else {
-            "disabled: enabled: false in its manifest"
-        };
-        let waits = config
-            .and_then(|c| c.get("when_disabled"))
-            .and_then(Value::as_str)
-            == Some("wait");
-        if !waits {
-            return Some(Outcome {
-                status: Some(Status::Failed),
-                message: Some(format!(
-                    "agent `{agent}` is {why}; its steps fail while it is (set `when_disabled: wait` in its manifest to have them wait)"
-                )),
-                ..Outcome::default()
-            });
-        }
-        log.note(&format!(
-            "waiting for agent `{agent}` ({why}) to be enabled (when_disabled: wait)"
-        ));
-        loop {
-            if let Some(reason) = self.control.stopped() {
-                let (status, message) = match reason {
-                    StopReason::Timeout => (
-                        Status::TimedOut,
-                        format!("timed out waiting for agent `{agent}` to be enabled"),
-                    ),
-                    StopReason::Cancel => (
-                        Status::Cancelled,
-                        format!("cancelled while waiting for agent `{agent}` to be enabled"),
-                    ),
-                };
-                return Some(Outcome {
-                    status: Some(status),
-                    message: Some(message),
-                    ..Outcome::default()
-                });
-            }
-            if switches.wait_enabled(agent, manifest_enabled, Duration::from_millis(100)) {
-                log.note(&format!("agent `{agent}` is enabled again"));
-                return None;
-            }
-        }
-    }
-
-    fn run(self) {
-        let (outcome, attempts) = self.attempts();
-        let _ = self
-            .sender
-            .send(Message::Done(self.index, Box::new(outcome), attempts));
-    }
-
-    fn attempts(&self) -> (Outcome, Vec<Attempt>) {
-        let log_path = self.config.log_dir.join(&self.step.log);
-        let outputs_path = log_path.with_extension("outputs");
-        let log = match StepLog::open(&log_path, self.config.max_log_bytes) {
-            Ok(log) => Arc::new(log),
-            Err(err) => {
-                return failed_before_start(format!("cannot open {}: {err}", log_path.display()))
-            }
-        };
-        let (mut outcome, attempts) = self.attempts_logged(&log, &outputs_path);
-        outcome.artifacts = keep_artifacts(
-            self.config,
-            &self.run_id,
-            &self.step.name,
-            std::mem::take(&mut outcome.artifacts),
-            &log,
-        );
-        (outcome, attempts)
-    }
-
-    fn attempts_logged(&self, log: &Arc<StepLog>, outputs_path: &Path) -> (Outcome, Vec<Attempt>) {
-        let Some(agent) = agent_for(&self.step.agent, self.agent_config.as_ref()) else {
-            let known: Vec<&str> = BUILTIN_AGENTS.iter().map(|a| a.name).collect();
-            return failed_before_start(format!(
-                "no agent `{}`: expected {} or an Agent manifest",
-                self.step.agent,
-                known.join(", ")
-            ));
-        };
-        if let Some(outcome) = self.wait_for_agent(log) {
-            return (outcome, Vec::new());
-        }
-        let spec = &self.planned.spec;
-        let substituted = spec
-            .get("parameters")
-            .map(|p| expand::substitute(p, &self.scope))
-            .transpose()
-            .and_then(|p| {
-                let command = spec
-                    .get("command")
-                    .map(|c| expand::substitute(c, &self.scope))
-                    .transpose()?;
-                Ok((p, command))
-            });
-        let (parameters, command) = match substituted {
-            Ok((p, c)) => (
-                p.and_then(|p| p.as_object().cloned()).unwrap_or_default(),
-                c,
-            ),
-            Err(err) => return failed_before_start(err),
-        };
-        let mut declared = self.base_env.to_vec();
-        declared.push((
-            "ORCHESTRATOR_STEP".into(),
-            EnvValue::Literal(self.step.name.clone()),
-        ));
-        declared.push((
-            "ORCHESTRATOR_OUTPUT".into(),
-            EnvValue::Literal(outputs_path.display().to_string()),
-        ));
-        if let Some(vars) = spec.get("env").and_then(Value::as_object) {
-            for (name, raw) in vars {
-                // `{{ }}` is substituted in literals only, and its result stays a literal:
-                // a parameter (a webhook's payload, say) never picks a secret or a server
-                // variable to read.
-                let value = match (raw, env::parse(raw)) {
-                    (Value::String(_), EnvValue::Literal(_)) => {
-                        let substituted =
-                            expand::substitute(raw, &self.scope).unwrap_or(raw.clone());
-                        EnvValue::Literal(params::env_value(&substituted))
-                    }
-                    (_, parsed) => parsed,
-                };
-                declared.push((name.clone(), value));
-            }
-        }
-        let env = match env::resolve(&declared, &self.config.project_dir) {
-            Ok(resolved) => {
-                log.add_secrets(resolved.secrets);
-                resolved.vars
-            }
-            Err(err) => {
-                log.note(&err);
-                return failed_before_start(err);
-            }
-        };
-        let agent_log = self
-            .config
-            .log_dir
-            .join("agents")
-            .join(format!("{}.log", log_name(&self.step.agent)));
-        self.config.agent_logs.make_room(&agent_log);
-        let mut attempts = Vec::new();
-        let total = self.planned.retries + 1;
-        for number in 1..=total {
-            let started_at = now();
-            let started = Instant::now();
-            let _ = self
-                .sender
-                .send(Message::AttemptStarted(self.index, started));
-            let _ = fs::remove_file(outputs_path);
-            let context = StepContext {
-                run_id: &self.run_id,
-                workflow_id: &self.workflow_id,
-                step: &self.step.name,
-                project_dir: &self.config.project_dir,
-                reports_dir: &self.config.reports_dir,
-                agent_log: &agent_log,
-                log,
-                env: &env,
-                command: command.as_ref(),
-                working_dir: spec.get("working_dir").and_then(Value::as_str),
-                config: self.agent_config.as_ref(),
-                control: &self.control,
-                timeout: self.planned.timeout,
-                reports: self.reports.as_ref(),
-            };
-            if total > 1 {
-                context.note(&format!("attempt {number} of {total}"));
-            }
-            let mut outcome = agent.execute_action(&self.step.action, &parameters, &context);
-            if let Some(reason) = self.control.stopped() {
-                outcome.status = Some(match reason {
-                    StopReason::Timeout => Status::TimedOut,
-                    StopReason::Cancel => Status::Cancelled,
-                });
-                if outcome.message.is_none() || reason == StopReason::Timeout {
-                    outcome.message = Some(match reason {
-                        StopReason::Timeout => format!(
-                            "timed out after {}; its process group was killed",
-                            crate::duration::format_duration(
-                                self.planned.timeout.unwrap_or_default()
-                            )
-                        ),
-                        StopReason::Cancel => "cancelled".into(),
-                    });
-                }
-            }
-            for (key, value) in read_outputs(outputs_path) {
-                outcome.outputs.insert(key, Value::from(value));
-            }
-            let leftovers = self.control.take_leftovers();
-            if leftovers > 0 {
-                let note = format!(
-                    "{leftovers} process{} the step started outlived it and {} stopped",
-                    if leftovers == 1 { "" } else { "es" },
-                    if leftovers == 1 { "was" } else { "were" }
-                );
-                context.note(&note);
-                outcome.message = Some(match outcome.message.take() {
-                    Some(message) => format!("{message}; {note}"),
-                    None => note,
-                });
-            }
-            // Secret values never reach a record: what an agent or the step wrote back is
-            // masked as its log is.
-            let secrets = log.secrets();
-            if !secrets.is_empty() {
-                outcome.message = outcome.message.map(|m| secrets.mask_str(&m));
-                for value in outcome.outputs.values_mut() {
-                    if let Value::String(text) = value {
-                        *text = secrets.mask_str(text);
-                    }
-                }
-                for case in &mut outcome.tests {
-                    for text in [&mut case.message, &mut case.details, &mut case.output]
-                        .into_iter()
-                        .flatten()
-                    {
-                        *text = secrets.mask_str(text);
-                    }
-                }
-            }
-            let status = outcome.status.unwrap_or(Status::Failed);
-            let usage = self.control.take_usage();
-            let attempt = Attempt {
-                number,
-                status,
-                started_at,
-                finished_at: now(),
-                duration_ms: started.elapsed().as_millis() as u64,
-                exit_code: outcome.exit_code,
-                message: outcome.message.clone(),
-                cpu_seconds: usage.map(|u| u.cpu_seconds),
-                max_rss_bytes: usage.map(|u| u.max_rss_bytes),
-                orphans_killed: (leftovers > 0).then_some(leftovers),
-            };
-            let retry = number < total
-                && matches!(status, Status::Failed | Status::TimedOut)
-                && self.control.stopped() != Some(StopReason::Cancel);
-            if !retry {
-                attempts.push(attempt);
-                return (outcome, attempts);
-            }
-            let delay = self
-                .planned
-                .retry_delay
-                .saturating_mul(1 << (number - 1).min(10));
-            context.note(&format!(
-                "attempt {number} {status}; retrying in {}",
-                crate::duration::format_duration(delay)
-            ));
-            let _ = self
-                .sender
-                .send(Message::AttemptFailed(self.index, attempt.clone(), delay));
-            attempts.push(attempt);
-            self.control.clear_timeout();
-            let until = Instant::now() + delay;
-            while Instant::now() < until {
-                if self.control.stopped() == Some(StopReason::Cancel) {
-                    return (
-                        Outcome {
-                            status: Some(Status::Cancelled),
-                            message: Some("cancelled while waiting to retry".into()),
-                            ..Outcome::default()
-                        },
-                        attempts,
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
-            }
-        }
-        unreachable!("the last attempt returns")
+        *last = Some(Instant::now());
+        true
     }
 }
 
@@ -1601,8 +1081,13 @@ fn keep_artifacts(
     run_id: &str,
     step: &str,
     artifacts: Vec<String>,
-    log: &StepLog,
+    log: Option<&StepLog>,
 ) -> Vec<String> {
+    let note = |text: &str| {
+        if let Some(log) = log {
+            log.note(text);
+        }
+    };
     let run_dir = config.reports_dir.join(run_id);
     let step_dir = run_dir.join(log_name(step));
     let mut kept: Vec<String> = Vec::new();
@@ -1614,7 +1099,7 @@ fn keep_artifacts(
             continue;
         }
         if !source.is_file() {
-            log.note(&format!("artifact {artifact} not kept: no such file"));
+            note(&format!("artifact {artifact} not kept: no such file"));
             continue;
         }
         let name = source
@@ -1634,53 +1119,17 @@ fn keep_artifacts(
                     .unwrap_or(&target)
                     .display()
                     .to_string();
-                log.note(&format!("kept {artifact} as {shown}"));
+                note(&format!("kept {artifact} as {shown}"));
                 kept.push(shown);
                 taken.push(target);
             }
-            Err(err) => log.note(&format!(
+            Err(err) => note(&format!(
                 "artifact {artifact} not kept: cannot copy it to {}: {err}",
                 target.display()
             )),
         }
     }
     kept
-}
-
-/// A step that failed before any attempt started: nothing ran, `message` says why.
-fn failed_before_start(message: String) -> (Outcome, Vec<Attempt>) {
-    (
-        Outcome {
-            status: Some(Status::Failed),
-            message: Some(message),
-            ..Outcome::default()
-        },
-        Vec::new(),
-    )
-}
-
-/// `key=value` lines, and GitHub's `key<<DELIMITER` blocks, from a step's output file.
-pub fn read_outputs(path: &Path) -> Vec<(String, String)> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let mut outputs = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if let Some((key, delimiter)) = line.split_once("<<") {
-            let mut value = Vec::new();
-            for body in lines.by_ref() {
-                if body == delimiter {
-                    break;
-                }
-                value.push(body);
-            }
-            outputs.push((key.trim().to_owned(), value.join("\n")));
-        } else if let Some((key, value)) = line.split_once('=') {
-            outputs.push((key.trim().to_owned(), value.to_owned()));
-        }
-    }
-    outputs
 }
 
 #[cfg(test)]

@@ -400,6 +400,7 @@ steps:
 /// library with a shared engine configuration, on a store made by the real binary.
 mod concurrency {
     use super::*;
+    use orchestrator::agents::local::{LocalExecutor, LocalSettings};
     use orchestrator::engine::admission::{AgentSwitches, RunAdmission};
     use orchestrator::engine::run::{self, CancelSignal, EngineConfig, RunRequest};
     use orchestrator::model::{RunRecord, Trigger};
@@ -428,6 +429,18 @@ steps:
         let project = project_with(&[("gate.yaml", &workflow(policy))]);
         let dir = project.path();
         let store = Arc::new(Store::open(&dir.join("data")).unwrap());
+        let agent_switches = AgentSwitches::new();
+        let agent_logs = orchestrator::engine::agent_logs::AgentLogs::new(
+            orchestrator::logging::Rotation::default(),
+        );
+        let executor = LocalExecutor::new(LocalSettings {
+            project_dir: dir.to_owned(),
+            log_dir: dir.join("logs"),
+            reports_dir: dir.join("reports"),
+            max_log_bytes: 100 << 20,
+            agent_logs: Arc::clone(&agent_logs),
+            agent_switches: Arc::clone(&agent_switches),
+        });
         let config = EngineConfig {
             project_dir: dir.to_owned(),
             log_dir: dir.join("logs"),
@@ -436,11 +449,11 @@ steps:
             history_limit: 100,
             max_parallel: 4,
             admission: RunAdmission::new(),
-            agent_switches: AgentSwitches::new(),
+            agent_switches,
             max_log_bytes: 100 << 20,
-            agent_logs: orchestrator::engine::agent_logs::AgentLogs::new(
-                orchestrator::logging::Rotation::default(),
-            ),
+            agent_logs,
+            executor: Arc::new(executor),
+            history: Arc::default(),
         };
         Engine {
             project,
