@@ -1,8 +1,9 @@
-//! Creating and executing runs. A run's steps form a DAG (in listed order when no step has
-//! `depends_on`); ready steps start up to `max_parallel` at a time, each in a worker thread
-//! that runs its agent, with retries and backoff; timeouts and cancellation stop the step's
-//! process group. Every state change is written to the store, and flushed before it is
-//! reported: one flush covers all the steps that finished and started together.
+//! Creating and executing runs. Executing is a driver around the run's
+//! [`RunMachine`](super::machine::RunMachine), which decides (the DAG, `max_parallel`,
+//! conditions, retries with backoff, timeouts, cancel); the driver performs what it decides:
+//! attempts handed to the [`Executor`] in [`EngineConfig::executor`], stops sent to them,
+//! artifacts kept, and every state change written to the store and flushed before it is
+//! reported — one flush covers all the steps that finished and started in a turn.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
