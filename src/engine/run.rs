@@ -1050,7 +1050,16 @@ const HISTORY_EVERY: Duration = Duration::from_millis(200);
 /// [`EngineConfig::history`].
 #[derive(Debug, Default)]
 pub struct HistoryTrims {
-    trims: Mutex<HashMap<String, (Option<Instant>, HashSet<String>)>>,
+    trims: Mutex<HashMap<String, WorkflowTrims>>,
+}
+
+/// One workflow's entry in [`HistoryTrims`].
+#[derive(Debug, Default)]
+struct WorkflowTrims {
+    /// When its history was last trimmed.
+    last: Option<Instant>,
+    /// Its active runs that have finished here.
+    finished: HashSet<String>,
 }
 
 impl HistoryTrims {
@@ -1059,7 +1068,7 @@ impl HistoryTrims {
     /// [`HISTORY_EVERY`].
     fn due(&self, run: &RunRecord, active: &[String]) -> bool {
         let mut trims = self.trims.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, finished) = trims.entry(run.workflow_id.clone()).or_default();
+        let WorkflowTrims { last, finished } = trims.entry(run.workflow_id.clone()).or_default();
         finished.retain(|id| active.contains(id));
         finished.insert(run.id.clone());
         let still_to_finish = active.iter().any(|id| !finished.contains(id));
