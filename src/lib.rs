@@ -31,6 +31,7 @@ pub mod scheduler;
 pub mod schema;
 pub mod server;
 pub mod source;
+pub mod spec;
 pub mod store;
 pub mod triggers;
 pub mod util;

@@ -16,13 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::openapi::WorkflowList;
 use super::{ApiError, AppState, ROUTES};
-use crate::agents::BUILTIN_AGENTS;
 use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::server::view::workflow_summary;
 use crate::server::{self, controller, run_summary};
+use crate::spec::agents::BUILTIN_AGENTS;
 use crate::store::ObjectRecord;
 
 type ApiResult<T> = Result<T, ApiError>;

@@ -312,7 +312,7 @@ fn deliver(
     for trigger in triggers {
         let secret = match trigger.secret.as_deref() {
             None => None,
-            Some(reference) => match crate::server::resolve_secret_named(
+            Some(reference) => match crate::config::secrets::resolve_named(
                 &format!("trigger {}'s secret", trigger.id),
                 reference,
                 &state.config.project_dir,

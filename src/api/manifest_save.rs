@@ -719,7 +719,7 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
 ))]
 pub async fn agent_types() -> Json<Value> {
     Json(json!({
-        "agent_types": crate::agents::BUILTIN_AGENTS
+        "agent_types": crate::spec::agents::BUILTIN_AGENTS
             .iter()
             .map(|a| json!({"name": a.name, "actions": a.actions, "summary": a.summary}))
             .collect::<Vec<_>>(),

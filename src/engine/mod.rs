@@ -7,6 +7,5 @@ pub mod env;
 pub mod expand;
 pub mod junit;
 pub mod mask;
-pub mod params;
 pub mod process;
 pub mod run;

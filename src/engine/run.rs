@@ -19,12 +19,12 @@ use super::agent_logs::AgentLogs;
 use super::env::{self, EnvValue};
 use super::expand::{self, ConditionContext, Expanded, Scope, StepState};
 use super::mask::StepLog;
-use super::params;
 use super::process::{signal_group, StepControl, StopReason};
 use crate::agents::runtime::{agent_for, Outcome, ReportData, StepContext};
-use crate::agents::{builtin, BUILTIN_AGENTS};
 use crate::manifest::Kind;
 use crate::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
+use crate::spec::agents::{builtin, BUILTIN_AGENTS};
+use crate::spec::params;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// Where a run's files go and the limits it runs under.

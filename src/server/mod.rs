@@ -7,7 +7,6 @@ pub mod controller;
 pub mod http;
 pub mod log_tail;
 pub mod metrics;
-pub mod process_file;
 pub mod source;
 pub mod view;
 
@@ -19,7 +18,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::config::LoadedConfig;
+use crate::config::{process_file, LoadedConfig};
 use crate::engine::process;
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event as EngineEvent};
 use crate::events::{EventBus, EventKind};
@@ -651,40 +650,6 @@ pub struct StartOptions {
     pub source: Option<String>,
 }
 
-/// Resolves the API token's reference: `env:NAME` or `file:PATH` (relative to the
-/// project). An empty or blank token is an error.
-pub fn resolve_secret(reference: &str, project_dir: &std::path::Path) -> anyhow::Result<String> {
-    crate::config::api_token::check_not_blank(
-        resolve_secret_named("API token", reference, project_dir)?,
-        reference,
-    )
-}
-
-/// [`resolve_secret`] for a secret other than the API token: `what` names it in errors.
-pub fn resolve_secret_named(
-    what: &str,
-    reference: &str,
-    project_dir: &std::path::Path,
-) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    if let Some(name) = reference.strip_prefix("env:") {
-        let value = std::env::var(name)
-            .with_context(|| format!("the {what} reference `{reference}` names the environment variable {name}, which is not set"))?;
-        return Ok(value.trim().to_owned());
-    }
-    if let Some(path) = reference.strip_prefix("file:") {
-        let path = project_dir.join(path);
-        let value = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "the {what} reference `{reference}` names {}, which cannot be read",
-                path.display()
-            )
-        })?;
-        return Ok(value.trim().to_owned());
-    }
-    anyhow::bail!("`{reference}` is not a secret reference: expected env:NAME or file:PATH")
-}
-
 /// Runs the server until SIGINT or SIGTERM. `on_ready` hears the bound address once the
 /// first reconcile is done and the listener accepts connections, and the token when the
 /// server generated one (a non-loopback address without `server.api_token`): the caller
@@ -699,7 +664,10 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let configured_token = match &config.config.server.api_token {
-        Some(reference) => Some(resolve_secret(reference, &config.project_dir)?),
+        Some(reference) => Some(crate::config::secrets::resolve_api_token(
+            reference,
+            &config.project_dir,
+        )?),
         None => None,
     };
     let token = crate::config::api_token::decide(

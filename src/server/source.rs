@@ -124,7 +124,7 @@ impl GitState {
             );
         }
         let webhook_secret = match configured.and_then(|g| g.webhook_secret.as_deref()) {
-            Some(reference) => Some(super::resolve_secret_named(
+            Some(reference) => Some(crate::config::secrets::resolve_named(
                 "source.git.webhook_secret",
                 reference,
                 &config.project_dir,

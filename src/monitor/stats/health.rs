@@ -35,8 +35,8 @@ use utoipa::ToSchema;
 
 use super::RunStats;
 use crate::agents::runtime::argv_of;
-use crate::agents::BUILTIN_AGENTS;
 use crate::engine::process::signal_group;
+use crate::spec::agents::BUILTIN_AGENTS;
 
 /// How often the checks run while the server runs.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);

@@ -1,0 +1,10 @@
+//! The specification layer: what validated manifests mean, shared by validation below the
+//! store and the subsystems above it, without IO. `agents.rs` the built-in agent catalog;
+//! `params.rs` a workflow's parameter declarations checked and resolved; `git.rs` the git
+//! source's URL, branch and path checks; `trigger.rs` a Trigger's cross-field rules and
+//! globs.
+
+pub mod agents;
+pub mod git;
+pub mod params;
+pub mod trigger;
