@@ -6,6 +6,8 @@ pub mod agent_logs;
 pub mod env;
 pub mod expand;
 pub mod junit;
+pub mod log_tail;
 pub mod mask;
 pub mod process;
 pub mod run;
+pub mod runner;

@@ -393,22 +393,3 @@ pub fn spawn_periodic(
             }
         })
 }
-
-/// [`spawn_periodic`] for the server: the Agent manifests in force each round, every
-/// [`CHECK_INTERVAL`], results in `shared.stats`, until the server is stopping.
-pub fn spawn_for_server(shared: &Arc<crate::server::Shared>) -> std::io::Result<()> {
-    let source = Arc::clone(shared);
-    let stop = Arc::clone(shared);
-    spawn_periodic(
-        Arc::clone(&shared.stats),
-        CHECK_INTERVAL,
-        move || {
-            (
-                crate::engine::run::agent_configs(&source.view.objects().records),
-                source.config.project_dir.clone(),
-            )
-        },
-        move || stop.stopping.load(std::sync::atomic::Ordering::SeqCst),
-    )?;
-    Ok(())
-}
