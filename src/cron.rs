@@ -1,9 +1,10 @@
 //! Crontab schedule expressions with Debian cron (Vixie cron / cronie) semantics.
 //!
-//! Every field is validated here, one by one, so that an error can name the field and
-//! the text that is wrong. The validated fields are then handed to `croner`, which does
-//! the calendar arithmetic on wall-clock time; time zones and their offset changes (DST)
-//! are handled here, by [`CronSchedule::next_fire`], the way Debian's cron handles them.
+//! The expression is parsed once, field by field, into one set of allowed values per
+//! field, so that an error can name the field and the text that is wrong. The same sets
+//! are what the next fire time is computed from: a search over wall-clock time
+//! ([`CronSchedule::next_fire`]) that also handles time zones and their offset changes
+//! (DST) the way Debian's cron does. No other cron crate reads the expression.
 //!
 //! Supported syntax:
 //!
@@ -23,8 +24,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
-use croner::parser::{CronParser, Seconds};
+use chrono::{
+    DateTime, Datelike, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta,
+    TimeZone, Timelike, Utc,
+};
 
 /// The macros accepted in place of the five fields, with their five-field equivalents.
 const MACROS: [(&str, &str); 7] = [
@@ -178,8 +181,16 @@ const CORRECTION_BACKWARD_SECS: i64 = 181 * 60;
 /// case, a difference of at most 5 minutes): every job catches up, wildcard jobs too.
 const LATE_WAKEUP_SECS: i64 = 5 * 60;
 
-/// 0000-12-31T00:00:00Z, a day before the first wall-clock time croner matches (0001-01-01):
-/// where [`CronSchedule::next_fire`] starts searching when asked about an earlier instant.
+/// The first year a wall-clock time can match in: nothing fires before 0001-01-01.
+const FIRST_YEAR: i32 = 1;
+
+/// The first year no wall-clock time matches in: [`CronSchedule::next_fire`] returns `None`
+/// when there is no fire time before it, which also bounds every search.
+const END_YEAR: i32 = 5000;
+
+/// 0000-12-31T00:00:00Z, a day before the first wall-clock time that matches (in
+/// [`FIRST_YEAR`]): where [`CronSchedule::next_fire`] starts searching when asked about an
+/// earlier instant.
 const FIRST_SEARCHED_SECS: i64 = -62_135_683_200;
 
 /// How far apart [`first_offset_change`] samples a zone's UTC offset: a day. Two offset
@@ -190,12 +201,9 @@ const OFFSET_PROBE_SECS: i64 = 86_400;
 /// A validated crontab schedule that can compute its next fire time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CronSchedule {
-    /// The fields, evaluated by croner on wall-clock time read as UTC, so that croner
-    /// never applies time zone rules of its own.
-    wall: croner::Cron,
+    /// The values each field allows, matched against wall-clock time.
+    fields: ParsedFields,
     expression: String,
-    has_seconds: bool,
-    fixed_time: bool,
 }
 
 impl CronSchedule {
@@ -210,26 +218,9 @@ impl CronSchedule {
     /// Quartz syntax (`?`, `L`, `W`, `#`), any other malformed field, and an expression
     /// that is well-formed but can never fire, such as `0 0 30 2 *`.
     pub fn parse(expr: &str) -> Result<CronSchedule, CronError> {
-        let parsed = parse_fields(expr)?;
-        let pattern = parsed.croner_pattern();
-        // Croner only treats a day field as a wildcard when it is exactly `*`, while
-        // Vixie cron looks at the first character, so `*/2` is a wildcard there. Deciding
-        // the AND/OR day rule here and forcing it on croner keeps the Vixie behaviour.
-        let wall = CronParser::builder()
-            .seconds(Seconds::Required)
-            .dom_and_dow(parsed.days_must_both_match())
-            .build()
-            .parse(&pattern)
-            .map_err(|err| {
-                CronError::whole(format!(
-                    "internal error: croner rejected the validated pattern `{pattern}`: {err}"
-                ))
-            })?;
         Ok(CronSchedule {
-            wall,
+            fields: parse_fields(expr)?,
             expression: expr.trim().to_string(),
-            has_seconds: parsed.has_seconds,
-            fixed_time: parsed.fixed_time,
         })
     }
 
@@ -290,20 +281,21 @@ impl CronSchedule {
 
     /// Whether the expression has a leading seconds field (six fields).
     pub fn has_seconds(&self) -> bool {
-        self.has_seconds
+        self.fields.has_seconds
     }
 
     /// Whether this is a fixed-time job for DST purposes: neither its minute nor its hour
     /// field starts with `*`. See [`CronSchedule::next_fire`].
     pub fn is_fixed_time(&self) -> bool {
-        self.fixed_time
+        self.fields.fixed_time
     }
 
     /// Walks the spans of constant UTC offset from `after` on: within a span the next
-    /// matching wall-clock time is found by croner, and each offset change crossed is
+    /// matching wall-clock time is found by [`ParsedFields::next_match`], and each offset
+    /// change crossed is
     /// handled by the rules of [`CronSchedule::next_fire`].
     fn next_in_zone<Z: TimeZone>(&self, after: DateTime<Utc>, zone: &Z) -> Option<DateTime<Utc>> {
-        // croner knows no year before 1, so nothing fires earlier: a search from before
+        // Nothing fires before the year 1 (`FIRST_YEAR`): a search from before
         // then starts the day before, as walking the offsets up to the first fire is linear
         // in the time it spans (from chrono's first year that took minutes).
         let mut cursor = after.max(DateTime::from_timestamp(FIRST_SEARCHED_SECS, 0)?);
@@ -320,7 +312,7 @@ impl CronSchedule {
                 .and_utc();
             match first_offset_change(zone, cursor, candidate, offset)? {
                 None => {
-                    if self.fixed_time && is_repeated_occurrence(zone, wall, candidate) {
+                    if self.fields.fixed_time && is_repeated_occurrence(zone, wall, candidate) {
                         cursor = candidate;
                         inclusive = false;
                         continue;
@@ -347,11 +339,17 @@ impl CronSchedule {
     }
 
     /// The first wall-clock time after `local` (or at it, if `inclusive`) the fields match.
+    ///
+    /// Fire times fall on whole seconds, so the search starts at the first whole second
+    /// after `local` (at `local` itself if `inclusive` and it is a whole second).
     fn next_wall_time(&self, local: NaiveDateTime, inclusive: bool) -> Option<NaiveDateTime> {
-        self.wall
-            .find_next_occurrence(&local.and_utc(), inclusive)
-            .ok()
-            .map(|time| time.naive_utc())
+        let whole_second = local.with_nanosecond(0)?;
+        let start = if inclusive && whole_second == local {
+            whole_second
+        } else {
+            whole_second.checked_add_signed(TimeDelta::seconds(1))?
+        };
+        self.fields.next_match(start)
     }
 
     /// Whether times skipped by a forward offset change of `jump` seconds fire once at the
@@ -362,7 +360,7 @@ impl CronSchedule {
         } else if jump < LATE_WAKEUP_SECS {
             true
         } else {
-            self.fixed_time
+            self.fields.fixed_time
         }
     }
 }
@@ -519,10 +517,6 @@ struct ParsedFields {
     dom_star: bool,
     /// The day-of-week text starts with `*`, which makes it a wildcard for the day rule.
     dow_star: bool,
-    /// The day-of-month text is exactly `*`.
-    dom_all: bool,
-    /// The day-of-week text is exactly `*`.
-    dow_all: bool,
     /// Neither the minute nor the hour text starts with `*`: a fixed-time job in cron's
     /// DST handling.
     fixed_time: bool,
@@ -534,41 +528,84 @@ impl ParsedFields {
         self.dom_star || self.dow_star
     }
 
-    /// Renders the fields as a six-field pattern for croner.
+    /// Whether the date's day matches the day fields by the Vixie rule (AND when either
+    /// day field starts with `*`, OR otherwise) and its month matches the month field.
+    fn date_matches(&self, date: NaiveDate) -> bool {
+        let day_of_month = has_value(self.days_of_month, date.day());
+        let day_of_week = has_value(self.days_of_week, date.weekday().num_days_from_sunday());
+        let day = if self.days_must_both_match() {
+            day_of_month && day_of_week
+        } else {
+            day_of_month || day_of_week
+        };
+        day && has_value(self.months, date.month())
+    }
+
+    /// The first time of day at or after `from` the hour, minute and seconds fields match.
+    fn first_time_from(&self, from: NaiveTime) -> Option<NaiveTime> {
+        let (hour_from, minute_from, second_from) = (from.hour(), from.minute(), from.second());
+        for hour in values_from(self.hours, hour_from) {
+            let same_hour = hour == hour_from;
+            let minutes = values_from(self.minutes, if same_hour { minute_from } else { 0 });
+            for minute in minutes {
+                let same_minute = same_hour && minute == minute_from;
+                let first_second = if same_minute { second_from } else { 0 };
+                if let Some(second) = values_from(self.seconds, first_second).next() {
+                    return NaiveTime::from_hms_opt(hour, minute, second);
+                }
+            }
+        }
+        None
+    }
+
+    /// The first wall-clock time at or after `start` that every field matches, or `None`
+    /// when there is none before [`END_YEAR`]. Times before [`FIRST_YEAR`] never match.
     ///
-    /// Every field is spelled out as an explicit list of numbers, so croner never sees
-    /// names, `a/n` steps or any other syntax it might read differently. The one exception
-    /// is a day field that is exactly `*`: croner needs the literal `*` there to know the
-    /// field is unrestricted.
-    fn croner_pattern(&self) -> String {
-        let days_of_month = if self.dom_all {
-            "*".to_string()
-        } else {
-            render_list(self.days_of_month)
-        };
-        let days_of_week = if self.dow_all {
-            "*".to_string()
-        } else {
-            render_list(self.days_of_week)
-        };
-        [
-            render_list(self.seconds),
-            render_list(self.minutes),
-            render_list(self.hours),
-            days_of_month,
-            render_list(self.months),
-            days_of_week,
-        ]
-        .join(" ")
+    /// Months that do not match are skipped whole, then days, then the time of day is
+    /// found from the bit sets, so a search takes at most a few thousand steps: the longest
+    /// run of non-matching days (`0 0 29 2 */7`, 29 February on a Sunday) is 40 years.
+    fn next_match(&self, start: NaiveDateTime) -> Option<NaiveDateTime> {
+        let first = NaiveDate::from_ymd_opt(FIRST_YEAR, 1, 1)?.and_time(NaiveTime::MIN);
+        let start = start.max(first);
+        let mut date = start.date();
+        let mut from = start.time();
+        while date.year() < END_YEAR {
+            if !has_value(self.months, date.month()) {
+                date = self.first_day_of_next_month(date)?;
+                from = NaiveTime::MIN;
+                continue;
+            }
+            if self.date_matches(date) {
+                if let Some(time) = self.first_time_from(from) {
+                    return Some(date.and_time(time));
+                }
+            }
+            date = date.succ_opt()?;
+            from = NaiveTime::MIN;
+        }
+        None
+    }
+
+    /// The first day of the first month after `date`'s that the month field allows.
+    fn first_day_of_next_month(&self, date: NaiveDate) -> Option<NaiveDate> {
+        match values_from(self.months, date.month() + 1).next() {
+            Some(month) => NaiveDate::from_ymd_opt(date.year(), month, 1),
+            None => {
+                let month = values_from(self.months, 1).next()?;
+                NaiveDate::from_ymd_opt(date.year().checked_add(1)?, month, 1)
+            }
+        }
     }
 }
 
-fn render_list(bits: u64) -> String {
-    (0..64u32)
-        .filter(|value| bits & (1u64 << value) != 0)
-        .map(|value| value.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+/// Whether `value` is in the bit set `bits`.
+fn has_value(bits: u64, value: u32) -> bool {
+    value < 64 && bits & (1u64 << value) != 0
+}
+
+/// The values in the bit set `bits` from `from` on, in increasing order.
+fn values_from(bits: u64, from: u32) -> impl Iterator<Item = u32> {
+    (from..64).filter(move |&value| bits & (1u64 << value) != 0)
 }
 
 /// Splits the expression into fields, expands macros and validates every field.
@@ -611,8 +648,6 @@ fn parse_fields(expr: &str) -> Result<ParsedFields, CronError> {
         days_of_week: fold_sunday(parse_field(CronField::DayOfWeek, dow_text)?),
         dom_star: dom_text.starts_with('*'),
         dow_star: dow_text.starts_with('*'),
-        dom_all: dom_text == "*",
-        dow_all: dow_text == "*",
         fixed_time: !minute_text.starts_with('*') && !hour_text.starts_with('*'),
     };
     check_can_fire(&parsed, dom_text, month_text)?;
@@ -1821,7 +1856,8 @@ mod tests {
         assert!(!"0 2 * * *".parse::<CronSchedule>().unwrap().has_seconds());
     }
 
-    /// Checks a date against the day fields with the Vixie rules, independently of croner.
+    /// Checks a date against the day fields with the Vixie rules, independently of
+    /// `ParsedFields::date_matches`.
     fn vixie_day_matches(fields: &ParsedFields, date: NaiveDate) -> bool {
         let dom = has(fields.days_of_month, date.day());
         let dow = has(fields.days_of_week, date.weekday().num_days_from_sunday());
@@ -1835,6 +1871,15 @@ mod tests {
 
     fn has(bits: u64, value: u32) -> bool {
         bits & (1u64 << value) != 0
+    }
+
+    /// The values of a bit set as a comma-separated list.
+    fn render_list(bits: u64) -> String {
+        (0..64u32)
+            .filter(|&value| has(bits, value))
+            .map(|value| value.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Finds the next fire time by walking days, then every second of a matching day.
@@ -1861,9 +1906,8 @@ mod tests {
     }
 
     #[test]
-    fn croner_agrees_with_a_brute_force_vixie_matcher() {
-        // These expressions cover the day rule in all its combinations, since that is where
-        // croner's own reading of the fields differs from Vixie cron.
+    fn the_search_agrees_with_a_brute_force_vixie_matcher() {
+        // These expressions cover the day rule in all its combinations, steps and ranges.
         let expressions = [
             "0 0 */2 * 1",
             "0 0 13 * 5",
@@ -1905,6 +1949,133 @@ mod tests {
         }
     }
 
+    fn wall(text: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S").unwrap()
+    }
+
+    #[test]
+    fn the_wall_clock_search_follows_the_table() {
+        // Expected times from Python's cronsim; each search starts a second after the
+        // previous match, and a match at the start itself counts.
+        let table: [(&str, &str, &[&str]); 10] = [
+            // A stepped range, and the carry into the next hour.
+            (
+                "10-40/15 * * * *",
+                "2025-01-01T00:00:00",
+                &[
+                    "2025-01-01T00:10:00",
+                    "2025-01-01T00:25:00",
+                    "2025-01-01T00:40:00",
+                    "2025-01-01T01:10:00",
+                ],
+            ),
+            // The carry into the next day.
+            (
+                "30 23 * * *",
+                "2025-01-01T23:31:00",
+                &["2025-01-02T23:30:00", "2025-01-03T23:30:00"],
+            ),
+            // A seconds field: a start past second 0 of the minute moves on an hour.
+            (
+                "0 10 * * * *",
+                "2025-01-01T05:10:01",
+                &["2025-01-01T06:10:00", "2025-01-01T07:10:00"],
+            ),
+            // Months that do not match are skipped into the next year.
+            (
+                "0 0 1 2 *",
+                "2025-03-01T00:00:00",
+                &["2026-02-01T00:00:00", "2027-02-01T00:00:00"],
+            ),
+            (
+                "0 0 * 1,3 *",
+                "2025-12-05T00:00:00",
+                &["2026-01-01T00:00:00", "2026-01-02T00:00:00"],
+            ),
+            // The 31st skips the months without one.
+            (
+                "0 12 31 * *",
+                "2025-01-31T12:00:01",
+                &[
+                    "2025-03-31T12:00:00",
+                    "2025-05-31T12:00:00",
+                    "2025-07-31T12:00:00",
+                ],
+            ),
+            // The OR rule with a stepped range of days: the 10th, 15th and 20th, and Fridays.
+            (
+                "0 0 10-20/5 * fri",
+                "2025-01-01T00:00:00",
+                &[
+                    "2025-01-03T00:00:00",
+                    "2025-01-10T00:00:00",
+                    "2025-01-15T00:00:00",
+                    "2025-01-17T00:00:00",
+                    "2025-01-20T00:00:00",
+                    "2025-01-24T00:00:00",
+                ],
+            ),
+            // A stepped range of weekday names: Sunday and Tuesday.
+            (
+                "5 4 * * sun-tue/2",
+                "2025-01-01T00:00:00",
+                &[
+                    "2025-01-05T04:05:00",
+                    "2025-01-07T04:05:00",
+                    "2025-01-12T04:05:00",
+                    "2025-01-14T04:05:00",
+                ],
+            ),
+            // The AND rule (`*/7` starts with `*`): 29 February on a Sunday, 40 years apart
+            // across 2100, which is no leap year.
+            (
+                "0 0 29 2 */7",
+                "2089-01-01T00:00:00",
+                &["2128-02-29T00:00:00", "2156-02-29T00:00:00"],
+            ),
+            // Nothing matches before the year 1.
+            ("0 0 * * *", "0000-06-01T00:00:00", &["0001-01-01T00:00:00"]),
+        ];
+        for (expr, start, expected) in table {
+            let fields = parse_fields(expr).unwrap();
+            let mut cursor = wall(start);
+            for want in expected {
+                let found = fields.next_match(cursor);
+                assert_eq!(found, Some(wall(want)), "`{expr}` from {cursor}");
+                cursor = wall(want) + Duration::seconds(1);
+            }
+        }
+    }
+
+    #[test]
+    fn the_wall_clock_search_ends_before_the_year_5000() {
+        let yearly = parse_fields("0 0 1 1 *").unwrap();
+        assert_eq!(
+            yearly.next_match(wall("4998-06-01T00:00:00")),
+            Some(wall("4999-01-01T00:00:00"))
+        );
+        assert_eq!(yearly.next_match(wall("4999-01-01T00:00:01")), None);
+        // The last second before the end still matches.
+        let every_second = parse_fields("* * * * * *").unwrap();
+        assert_eq!(
+            every_second.next_match(wall("4999-12-31T23:59:59")),
+            Some(wall("4999-12-31T23:59:59"))
+        );
+        assert_eq!(every_second.next_match(wall("5000-01-01T00:00:00")), None);
+    }
+
+    #[test]
+    fn a_fire_time_at_the_start_counts_only_when_inclusive_and_whole() {
+        let schedule = CronSchedule::parse("* * * * * *").unwrap();
+        let start = wall("2025-01-01T00:00:00");
+        let half_past = start + Duration::milliseconds(500);
+        let next_second = wall("2025-01-01T00:00:01");
+        assert_eq!(schedule.next_wall_time(start, true), Some(start));
+        assert_eq!(schedule.next_wall_time(start, false), Some(next_second));
+        assert_eq!(schedule.next_wall_time(half_past, true), Some(next_second));
+        assert_eq!(schedule.next_wall_time(half_past, false), Some(next_second));
+    }
+
     #[test]
     fn fields_parse_into_the_expected_values() {
         let fields = parse_fields("*/20 1-3,5 */10 feb-apr 1/2").unwrap();
@@ -1915,7 +2086,7 @@ mod tests {
         assert_eq!(render_list(fields.months), "2,3,4");
         // 1/2 in the day-of-week field is 1,3,5,7, and 7 is Sunday.
         assert_eq!(render_list(fields.days_of_week), "0,1,3,5");
-        assert!(fields.dom_star && !fields.dom_all && !fields.dow_star);
+        assert!(fields.dom_star && !fields.dow_star);
         assert_eq!(
             render_list(parse_fields("0 0 * * mon-sun").unwrap().days_of_week),
             "0,1,2,3,4,5,6"
@@ -2092,7 +2263,7 @@ mod tests {
             }
         }
         assert!(CronSchedule::parse("*/4294967295 * * * *").is_ok());
-        // Croner stops searching in the year 5000, so later starts have no next time.
+        // The search stops at the year 5000 (`END_YEAR`), so later starts have no next time.
         let far = NaiveDate::from_ymd_opt(5000, 1, 2)
             .unwrap()
             .and_hms_opt(0, 0, 0)

@@ -16,6 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod condition;
 pub mod config;
+pub mod controller;
 pub mod cron;
 pub mod dashboard;
 pub mod diagnostics;

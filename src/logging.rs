@@ -22,6 +22,12 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
+/// `logging.max_file_bytes` unless configured: 10 MiB.
+pub const DEFAULT_LOG_MAX_FILE_BYTES: u64 = 10 << 20;
+
+/// `logging.max_files` unless configured.
+pub const DEFAULT_LOG_MAX_FILES: u32 = 5;
+
 /// A log directory or file that cannot be written.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write log file {path}: {source}; fix its permissions or set logging.dir (ORCHESTRATOR_LOG_DIR)")]
@@ -48,8 +54,8 @@ pub struct Rotation {
 impl Default for Rotation {
     fn default() -> Self {
         Rotation {
-            max_file_bytes: crate::config::DEFAULT_LOG_MAX_FILE_BYTES,
-            max_files: crate::config::DEFAULT_LOG_MAX_FILES,
+            max_file_bytes: DEFAULT_LOG_MAX_FILE_BYTES,
+            max_files: DEFAULT_LOG_MAX_FILES,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::runtime::{agent_for, write_report, StepContext};
-use super::BUILTIN_AGENTS;
+
 use crate::engine::admission::AgentSwitches;
 use crate::engine::agent_logs::AgentLogs;
 use crate::engine::env::{self, EnvValue};
@@ -26,10 +26,11 @@ use crate::engine::executor::{
 };
 use crate::engine::expand;
 use crate::engine::mask::StepLog;
-use crate::engine::params;
 use crate::engine::process::StepControl;
 use crate::engine::run::log_name;
 use crate::model::{Attempt, Status};
+use crate::spec::agents::BUILTIN_AGENTS;
+use crate::spec::params;
 
 /// Where the local executor's steps run and write, and what it shares with the engine.
 #[derive(Debug)]

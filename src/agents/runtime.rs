@@ -198,7 +198,7 @@ impl Agent for Shell {
             .map(|(k, v)| {
                 (
                     format!("ORCHESTRATOR_INPUT_{}", k.to_uppercase()),
-                    crate::engine::params::env_value(v),
+                    crate::spec::params::env_value(v),
                 )
             })
             .collect();
@@ -294,7 +294,7 @@ impl Agent for TestRunner {
                 if let Some(tags) = parameters.get("tags") {
                     env.push((
                         "ORCHESTRATOR_TEST_TAGS".into(),
-                        crate::engine::params::env_value(tags),
+                        crate::spec::params::env_value(tags),
                     ));
                 }
                 if let Some(path) = &junit {
@@ -491,7 +491,7 @@ impl Agent for Http {
             .uri(url);
         if let Some(headers) = parameters.get("headers").and_then(Value::as_object) {
             for (name, value) in headers {
-                request = request.header(name, crate::engine::params::env_value(value));
+                request = request.header(name, crate::spec::params::env_value(value));
             }
         }
         let body = match parameters.get("body") {

@@ -8,10 +8,10 @@ use chrono::Utc;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::agents::{builtin, BUILTIN_AGENTS};
 use crate::engine::run::find_workflow_in;
 use crate::manifest::Kind;
 use crate::monitor::stats::{AgentMetrics, WorkflowMetrics};
+use crate::spec::agents::{builtin, BUILTIN_AGENTS};
 
 /// An agent's metrics.
 ///

@@ -10,9 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::agents::{builtin, BUILTIN_AGENTS};
 use crate::manifest::Kind;
 use crate::model::Status;
+use crate::spec::agents::{builtin, BUILTIN_AGENTS};
 
 /// The default number of executions.
 const DEFAULT_LIMIT: usize = 20;

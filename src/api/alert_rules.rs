@@ -175,7 +175,7 @@ pub async fn alert_manifest(
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("no alert `{id}` in force")))?;
     tokio::task::spawn_blocking(move || {
-        let refusal = match &state.git {
+        let refusal = match &state.controller.git {
             Some(_) => Some(format!(
                 "this server follows a git repository: commit the change to {} there instead",
                 record.source_file

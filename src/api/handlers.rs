@@ -16,13 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::ErrorBody;
 use super::openapi::WorkflowList;
 use super::{ApiError, AppState, ROUTES};
-use crate::agents::BUILTIN_AGENTS;
 use crate::engine::run::{self, RunRequest};
+use crate::engine::runner::run_summary;
 use crate::events::EventKind;
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, Trigger};
-use crate::server::view::workflow_summary;
-use crate::server::{self, controller, run_summary};
+use crate::reconcile::view::workflow_summary;
+use crate::spec::agents::BUILTIN_AGENTS;
 use crate::store::ObjectRecord;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -110,7 +110,7 @@ pub struct Readiness {
 ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(std::sync::atomic::Ordering::SeqCst)
-        && !state.stopping.load(std::sync::atomic::Ordering::SeqCst)
+        && !state.runner.is_stopping()
         && state.store.is_writable()
     {
         Json(Readiness { ready: true }).into_response()
@@ -146,12 +146,12 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     gauges.push((
         "orchestrator_active_runs".into(),
         "Runs executing now.",
-        state.active_run_ids().len() as f64,
+        state.runner.active_run_ids().len() as f64,
     ));
     gauges.push((
         "orchestrator_runs_waiting".into(),
         "Runs created and waiting for a run slot (runs.max_active).",
-        state.waiting_runs() as f64,
+        state.runner.waiting_runs() as f64,
     ));
     gauges.push((
         "orchestrator_invalid_objects".into(),
@@ -168,7 +168,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         "Events published on the bus.",
         state.events.published() as f64,
     ));
-    for (name, help, value) in crate::server::metrics::process_gauges() {
+    for (name, help, value) in crate::monitor::metrics::process_gauges() {
         gauges.push((name.into(), help, value));
     }
     if let Some(sample) = state.system.latest() {
@@ -273,9 +273,9 @@ pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         "ready": state.ready.load(std::sync::atomic::Ordering::SeqCst),
         "project_dir": state.config.project_dir,
         "data_dir": state.data_dir,
-        "source": state.source_json()?,
+        "source": state.controller.source_json()?,
         "objects": counts,
-        "active_runs": state.active_run_ids(),
+        "active_runs": state.runner.active_run_ids(),
         "agents": agents_json(&state, objects),
     })))
 }
@@ -457,7 +457,7 @@ pub async fn execute_workflow(
                 details: Map::new(),
             },
         };
-        Ok(server::start_run(&state, &request)?)
+        Ok(state.runner.start_run(&request)?)
     })
     .await?;
     Ok(accepted(&run))
@@ -594,7 +594,7 @@ pub async fn run_log(
     load_run(&state, &id)?;
     let steps = state.store.steps(&id)?;
     let record = run::find_step(&id, &steps, &step)?;
-    let path = state.engine.log_dir.join(&record.log);
+    let path = state.runner.engine().log_dir.join(&record.log);
     let text = match tokio::fs::read(&path).await {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -634,7 +634,7 @@ pub async fn cancel_run(
     let run = load_run(&state, &id)?;
     // A run whose final state is stored is over, even in the moment before its executor
     // lets go of it.
-    if !run.status.is_finished() && state.cancel_run(&id) {
+    if !run.status.is_finished() && state.runner.cancel(&id) {
         return Ok((
             StatusCode::ACCEPTED,
             Json(CancelAccepted {
@@ -696,8 +696,7 @@ pub async fn rerun(
             original.status
         )));
     }
-    let run =
-        blocking(move || Ok(server::start_rerun(&state, &original, body.from_failed)?)).await?;
+    let run = blocking(move || Ok(state.runner.start_rerun(&original, body.from_failed)?)).await?;
     Ok(accepted(&run))
 }
 
@@ -738,7 +737,7 @@ fn agents_json(
         .map(|mut agent| {
             let name = agent["name"].as_str().unwrap_or_default().to_owned();
             let manifest_enabled = agent["manifest_enabled"].as_bool().unwrap_or(true);
-            let switches = &state.engine.agent_switches;
+            let switches = &state.runner.engine().agent_switches;
             agent["enabled"] = json!(switches.enabled(&name, manifest_enabled));
             agent["running_steps"] = json!(switches.running(&name));
             agent
@@ -791,7 +790,7 @@ pub async fn show_agent(
 
 fn switch_agent(state: &AppState, name: &str, enabled: bool) -> ApiResult<Json<Value>> {
     find_agent(state, name)?;
-    state.engine.agent_switches.set(name, enabled);
+    state.runner.engine().agent_switches.set(name, enabled);
     let agent = find_agent(state, name)?;
     state
         .events
@@ -865,7 +864,7 @@ pub async fn list_manifests(
     let objects = &state.view.objects().records;
     if query.full {
         return Ok(Json(json!({
-            "source": state.store.source_status(state.source_name())?,
+            "source": state.store.source_status(state.controller.source_name())?,
             "records": objects.values().collect::<Vec<_>>(),
         })));
     }
@@ -887,7 +886,7 @@ pub async fn list_manifests(
         })
         .collect();
     Ok(Json(json!({
-        "source": state.store.source_status(state.source_name())?,
+        "source": state.store.source_status(state.controller.source_name())?,
         "objects": items,
     })))
 }
@@ -957,7 +956,7 @@ async fn reconcile_request(
     reason: &'static str,
 ) -> ApiResult<Json<Value>> {
     let body: ReconcileBody = optional_json(&headers, &body)?;
-    if state.git.is_some() && !body.paths.is_empty() {
+    if state.controller.git.is_some() && !body.paths.is_empty() {
         return Err(ApiError::bad_request(
             "the server follows a git repository: it reconciles the whole repository at its branch's commit, not paths",
         )
@@ -988,7 +987,7 @@ async fn reconcile_request(
     }
     let prune = body.prune.unwrap_or(default_prune);
     let outcome = blocking(move || {
-        controller::reconcile(&state, &paths, prune, dry_run, reason).map_err(|err| {
+        crate::controller::reconcile(&state.controller, &paths, prune, dry_run, reason).map_err(|err| {
             match err.downcast_ref::<crate::source::git::GitError>() {
                 Some(fetch) => ApiError::new(
                     StatusCode::BAD_GATEWAY,

@@ -31,11 +31,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
 use super::error::ErrorBody;
+use super::App;
 use super::{ApiError, AppState};
 use crate::engine::run::RunRequest;
 use crate::manifest::Kind;
 use crate::model::Trigger;
-use crate::server::Shared;
 use crate::store::ObjectRecord;
 use crate::triggers::deliveries::{self, Claim};
 use crate::triggers::{
@@ -43,7 +43,7 @@ use crate::triggers::{
 };
 
 /// The live triggers, compiled once per version of their spec.
-pub fn live_triggers(state: &Shared) -> Vec<Arc<TriggerSpec>> {
+pub fn live_triggers(state: &App) -> Vec<Arc<TriggerSpec>> {
     state
         .view
         .objects()
@@ -274,7 +274,7 @@ impl Outcome {
 
 /// Everything after the body is read: blocking (the store, run creation).
 fn deliver(
-    state: &Arc<Shared>,
+    state: &Arc<App>,
     path: &str,
     headers: &HeaderMap,
     body: &[u8],
@@ -312,7 +312,7 @@ fn deliver(
     for trigger in triggers {
         let secret = match trigger.secret.as_deref() {
             None => None,
-            Some(reference) => match crate::server::resolve_secret_named(
+            Some(reference) => match crate::config::secrets::resolve_named(
                 &format!("trigger {}'s secret", trigger.id),
                 reference,
                 &state.config.project_dir,
@@ -390,7 +390,7 @@ fn deliver(
 /// An accepted delivery's record is written here (before and after its run is created);
 /// the others are written by the caller.
 fn run_trigger(
-    state: &Arc<Shared>,
+    state: &Arc<App>,
     trigger: &TriggerSpec,
     mut record: DeliveryRecord,
     payload: &Value,
@@ -476,7 +476,7 @@ fn run_trigger(
             details,
         },
     };
-    let accepted = crate::server::start_run_recorded(state, &request, |run| {
+    let accepted = state.runner.start_run_recorded(&request, |run| {
         record.run_id = Some(run.id.clone());
         deliveries::name_run(&state.store, &trigger.id, &record.delivery, &key, &run.id)?;
         deliveries::record(&state.store, &key, &record, true)
@@ -535,7 +535,7 @@ pub fn parse_payload(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError
 
 /// Writes the records of the outcomes not written yet (the last one durably), and prunes
 /// each trigger's records now and then.
-fn write_records(state: &Shared, outcomes: &[Outcome]) -> Result<(), ApiError> {
+fn write_records(state: &App, outcomes: &[Outcome]) -> Result<(), ApiError> {
     let pending: Vec<&Outcome> = outcomes.iter().filter(|o| !o.written).collect();
     for (i, outcome) in pending.iter().enumerate() {
         let key = deliveries::new_key(&outcome.record.trigger);

@@ -19,7 +19,6 @@ use super::error::ApiError;
 use super::handlers::optional_json;
 use super::AppState;
 use crate::manifest::{slug, Kind};
-use crate::server::controller;
 use crate::store::{ObjectKey, ObjectStatus};
 
 /// The guide's body: `{"name", "schedule", "workflow_id", "parameters"}`.
@@ -80,7 +79,7 @@ pub async fn create_job(
             .with_details(json!({"field": field})));
         }
     }
-    if let Some(hint) = crate::server::source::commit_instead_hint(
+    if let Some(hint) = crate::controller::git::commit_instead_hint(
         &state.config,
         &std::path::Path::new("schedules").join(format!("{}.yaml", slug(&job.name))),
     ) {
@@ -159,7 +158,7 @@ pub async fn create_job(
         std::fs::create_dir_all(&dir).map_err(ApiError::internal)?;
         std::fs::write(&path, text).map_err(ApiError::internal)?;
         super::manifest_save::put_back_schemas(&state.config.project_dir);
-        let outcome = controller::reconcile(&state, &[], true, false, "api")?;
+        let outcome = crate::controller::reconcile(&state.controller, &[], true, false, "api")?;
         let record = state.store.object(&key)?;
         let applied = record
             .as_ref()
@@ -167,7 +166,7 @@ pub async fn create_job(
         if !applied {
             // Nothing is left behind: the file goes, and the reconcile forgets it.
             let _ = std::fs::remove_file(&path);
-            let _ = controller::reconcile(&state, &[], true, false, "api");
+            let _ = crate::controller::reconcile(&state.controller, &[], true, false, "api");
             let file = format!(
                 "schedules/{}",
                 path.file_name().unwrap_or_default().to_string_lossy()

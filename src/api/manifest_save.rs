@@ -30,7 +30,6 @@ use super::handlers::optional_json;
 use super::AppState;
 use crate::diagnostics::Diagnostic;
 use crate::manifest::{kind_from_path, parse, slug, Kind};
-use crate::server::controller;
 use crate::source::{Snapshot, SourceFile};
 use crate::store::{ObjectKey, ObjectRecord, ObjectStatus};
 
@@ -236,7 +235,7 @@ fn target(state: &AppState, body: ManifestBody) -> Result<Target, ApiError> {
     let mut header = String::new();
     let file = match &existing {
         Some(record) => {
-            if state.git.is_none() {
+            if state.controller.git.is_none() {
                 header = rewritable_header(state, record)?;
             } else {
                 inside(record)?;
@@ -361,7 +360,7 @@ fn existing_header(
 /// The snapshot to validate against: the project's manifests with the target's file
 /// replaced (a git-source server: the objects in force, one file each).
 fn snapshot_with(state: &AppState, target: &Target) -> Result<Snapshot, ApiError> {
-    let mut snapshot = if state.git.is_some() {
+    let mut snapshot = if state.controller.git.is_some() {
         let mut files = Vec::new();
         for record in state.view.objects().records.values() {
             let Some(Value::Object(spec)) = record.spec.as_ref().filter(|_| record.is_live())
@@ -504,7 +503,7 @@ pub async fn validate(
             replaces: target.existing.is_some(),
             diagnostics,
             text: target.text,
-            writable: state.git.is_none(),
+            writable: state.controller.git.is_none(),
         }))
     })
     .await
@@ -590,7 +589,7 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
     let _one_at_a_time = SAVING.lock().unwrap_or_else(|e| e.into_inner());
     let target = target(state, body)?;
     if let Some(hint) =
-        crate::server::source::commit_instead_hint(&state.config, FsPath::new(&target.file))
+        crate::controller::git::commit_instead_hint(&state.config, FsPath::new(&target.file))
     {
         return Err(ApiError::conflict(format!(
             "manifests cannot be saved through the API in git-source mode: {hint}"
@@ -657,9 +656,9 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
             Some(text) => write_atomically(&path, text),
             None => std::fs::remove_file(&path),
         };
-        let _ = controller::reconcile(state, &[], true, false, "api");
+        let _ = crate::controller::reconcile(&state.controller, &[], true, false, "api");
     };
-    let outcome = match controller::reconcile(state, &[], true, false, "api") {
+    let outcome = match crate::controller::reconcile(&state.controller, &[], true, false, "api") {
         Ok(outcome) => outcome,
         Err(err) => {
             undo();
@@ -719,7 +718,7 @@ fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiEr
 ))]
 pub async fn agent_types() -> Json<Value> {
     Json(json!({
-        "agent_types": crate::agents::BUILTIN_AGENTS
+        "agent_types": crate::spec::agents::BUILTIN_AGENTS
             .iter()
             .map(|a| json!({"name": a.name, "actions": a.actions, "summary": a.summary}))
             .collect::<Vec<_>>(),

@@ -10,6 +10,7 @@ mod agent_metrics;
 mod agent_runs;
 mod alert_rules;
 mod alerts;
+mod assets;
 mod error;
 pub mod guard;
 mod handlers;
@@ -21,6 +22,7 @@ pub mod openapi;
 mod reports;
 mod schemas;
 mod source_hook;
+pub mod state;
 mod triggers;
 pub mod ws;
 
@@ -36,10 +38,7 @@ use axum::Router;
 pub use error::{ApiError, ApiJson};
 pub use openapi::ApiDoc;
 
-use crate::server::Shared;
-
-/// The application state handlers see.
-pub type AppState = Arc<Shared>;
+pub use state::{App, AppState};
 
 /// Every route, as (method, path) — the OpenAPI test and `/api` index read this.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -186,8 +185,8 @@ pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
             get(alerts::list_silences).post(alerts::create_silence),
         )
         .route("/api/silences/{id}", delete(alerts::expire_silence))
-        .route("/", get(crate::dashboard::index))
-        .route("/assets/{*path}", get(crate::dashboard::asset))
+        .route("/", get(assets::index))
+        .route("/assets/{*path}", get(assets::asset))
         .route("/schemas/{file}", get(schemas::published_schema))
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)

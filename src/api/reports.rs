@@ -188,7 +188,7 @@ pub async fn run_artifact(
         ))
         .with_details(json!({"run_id": id, "path": path})));
     }
-    let engine = &state.engine;
+    let engine = state.runner.engine();
     let roots = [
         engine.reports_dir.clone(),
         engine.log_dir.join("workflows").join(&id),

@@ -86,7 +86,12 @@ pub async fn receive(
     state.metrics.webhook_deliveries.inc();
     // The credentials first, in either mode: nothing about the server is told to a caller
     // without them.
-    if let Some(secret) = state.git.as_ref().and_then(|git| git.webhook_secret()) {
+    if let Some(secret) = state
+        .controller
+        .git
+        .as_ref()
+        .and_then(|git| git.webhook_secret())
+    {
         let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
         verify_signature(secret.as_bytes(), &body, signature).map_err(ApiError::unauthorized)?;
     } else if let Some(token) = state.api_token.as_deref() {
@@ -102,7 +107,7 @@ pub async fn receive(
             ));
         }
     }
-    let Some(git) = state.git.as_ref() else {
+    let Some(git) = state.controller.git.as_ref() else {
         return Err(ApiError::not_found(
             "this server reads the manifest directories, not a git repository: /hooks/source is for a git source (source.git in the configuration, or start --source)",
         ));

@@ -9,8 +9,8 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::Context;
+use crate::config::process_file::{self, ServerInfo};
 use crate::model::{RunRecord, StepRecord};
-use crate::server::process_file::{self, ServerInfo};
 use crate::store::{ObjectKey, ObjectRecord};
 
 /// What is left as it is in a path segment or a query value: RFC 3986's unreserved
@@ -109,7 +109,7 @@ impl ApiClient {
         // The configured token; else the one a server on a non-loopback address generated
         // in the data directory (sent to a server without a token, it is ignored).
         let token = match &context.config.config.server.api_token {
-            Some(reference) => Some(crate::server::resolve_secret(
+            Some(reference) => Some(crate::config::secrets::resolve_api_token(
                 reference,
                 &context.config.project_dir,
             )?),

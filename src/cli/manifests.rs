@@ -702,7 +702,7 @@ pub fn create_manifest_from(
     }
     let relative = std::path::Path::new(kind.directory()).join(format!("{slug}.yaml"));
     let noun = kind.as_str().to_ascii_lowercase();
-    if let Some(hint) = crate::server::source::commit_instead_hint(&context.config, &relative) {
+    if let Some(hint) = crate::controller::git::commit_instead_hint(&context.config, &relative) {
         bail!("{noun} create writes no files in git-source mode: {hint}");
     }
     let path = context.config.project_dir.join(&relative);

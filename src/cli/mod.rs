@@ -216,7 +216,7 @@ impl Context {
     pub fn init_logging(&self, to_file: bool) -> Result<()> {
         let dir = self.config.resolve(&self.config.config.logging.dir);
         let guest = to_file
-            && crate::server::process_file::read(&self.data_dir())
+            && crate::config::process_file::read(&self.data_dir())
                 .is_some_and(|server| server.pid != std::process::id());
         crate::logging::init_with(&crate::logging::LogOptions {
             verbose: self.cli.verbose,

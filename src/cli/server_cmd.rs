@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::workflow::engine_config;
 use super::{Context, OutputFormat, EXIT_OK};
-use crate::server::process_file::{self, ServerInfo};
+use crate::config::process_file::{self, ServerInfo};
 use crate::server::{self, StartOptions};
 
 /// `status` exits with this when no server runs.

@@ -18,10 +18,11 @@ use super::manifests::{self, table};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
 use crate::agents::local::{LocalExecutor, LocalSettings};
 use crate::engine::admission::{AgentSwitches, RunAdmission};
+use crate::engine::expand;
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event, RunRequest};
-use crate::engine::{expand, params};
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, Trigger};
+use crate::spec::params;
 use crate::store::Store;
 
 /// `workflow` subcommands.

@@ -4,6 +4,8 @@
 //! against `schemas/config.json` with the same diagnostics as manifests.
 
 pub mod api_token;
+pub mod process_file;
+pub mod secrets;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -201,11 +203,7 @@ pub struct LoggingConfig {
     pub max_files: u32,
 }
 
-/// `logging.max_file_bytes` unless configured: 10 MiB.
-pub const DEFAULT_LOG_MAX_FILE_BYTES: u64 = 10 << 20;
-
-/// `logging.max_files` unless configured.
-pub const DEFAULT_LOG_MAX_FILES: u32 = 5;
+pub use crate::logging::{DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_FILE_BYTES};
 
 fn default_log_max_file_bytes() -> u64 {
     DEFAULT_LOG_MAX_FILE_BYTES

@@ -14,12 +14,9 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-
-use crate::api::ApiError;
 
 /// One embedded file: its path under `assets/` and its bytes.
 macro_rules! asset {
@@ -160,19 +157,16 @@ fn serve(prepared: &Prepared, request: &HeaderMap, csp: bool) -> Response {
 }
 
 /// `GET /`: the app shell.
-pub async fn index(headers: HeaderMap) -> Response {
-    serve(&PREPARED["index.html"], &headers, true)
+pub fn index(headers: &HeaderMap) -> Response {
+    serve(&PREPARED["index.html"], headers, true)
 }
 
-/// `GET /assets/{*path}`: an embedded file, or a JSON 404.
-pub async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
-    match PREPARED.get(path.as_str()) {
-        Some(prepared) => serve(prepared, &headers, path == "index.html"),
-        None => ApiError::not_found(format!(
-            "no dashboard asset `{path}`; the dashboard is at /"
-        ))
-        .into_response(),
-    }
+/// `GET /assets/{*path}`: an embedded file; `None` when there is no such asset (the API
+/// answers its JSON 404).
+pub fn asset(path: &str, headers: &HeaderMap) -> Option<Response> {
+    PREPARED
+        .get(path)
+        .map(|prepared| serve(prepared, headers, path == "index.html"))
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub fn parse(value: &Value) -> EnvValue {
                 EnvValue::Literal(value.to_string())
             }
         }
-        other => EnvValue::Literal(crate::engine::params::env_value(other)),
+        other => EnvValue::Literal(crate::spec::params::env_value(other)),
     }
 }
 
@@ -89,18 +89,23 @@ pub fn resolve(declared: &[(String, EnvValue)], project_dir: &Path) -> Result<Re
 /// `env:NAME` is the variable's value as it is; `file:PATH` the file's text (relative to
 /// the project) without its trailing line break.
 fn resolve_secret(reference: &str, project_dir: &Path) -> Result<String, String> {
-    if let Some(name) = reference.strip_prefix("env:") {
-        return std::env::var(name).map_err(|_| {
-            format!("names the environment variable {name}, which the server does not have")
-        });
+    use crate::config::secrets::{read, SecretError};
+    match read(reference, project_dir) {
+        Ok(text) if reference.starts_with("file:") => {
+            Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        Ok(text) => Ok(text),
+        Err(SecretError::Unset(name)) => Err(format!(
+            "names the environment variable {name}, which the server does not have"
+        )),
+        Err(SecretError::Unreadable(path, err)) => Err(format!(
+            "names {}, which cannot be read: {err}",
+            path.display()
+        )),
+        Err(SecretError::NotAReference) => {
+            Err("is not a secret reference: expected env:NAME or file:PATH".to_owned())
+        }
     }
-    if let Some(path) = reference.strip_prefix("file:") {
-        let path = project_dir.join(path);
-        return std::fs::read_to_string(&path)
-            .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
-            .map_err(|err| format!("names {}, which cannot be read: {err}", path.display()));
-    }
-    Err("is not a secret reference: expected env:NAME or file:PATH".to_owned())
 }
 
 #[cfg(test)]

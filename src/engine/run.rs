@@ -25,10 +25,10 @@ use super::expand::{self, Expanded, Scope, StepState};
 pub use super::machine::Event;
 use super::machine::{self, AgentSlots, Command, Input, Limits, Moment, RunMachine, Turn};
 use super::mask::StepLog;
-use super::params;
 use super::process::signal_group;
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, TestSummary, Trigger};
+use crate::spec::params;
 use crate::spec::workflow::{agent_and_action, WorkflowSpec};
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 

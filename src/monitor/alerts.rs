@@ -38,7 +38,6 @@ use super::{AlertNotification, DeliveryOutcome, MetricSource, NotificationStatus
 use crate::condition::{parse_condition, Condition, MetricRef};
 use crate::events::EventKind;
 use crate::manifest::Kind;
-use crate::server::Shared;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// The state tree of the rules' states, by alert id.
@@ -1148,10 +1147,29 @@ impl Alerts {
     }
 }
 
+/// What the alert loop works with: the rules in force, the store of their states, the
+/// metric sources, the channels and where transitions are published.
+pub struct AlertContext {
+    /// The store: alert states, history and silences.
+    pub store: Arc<Store>,
+    /// The objects in force (the Alert rules).
+    pub view: Arc<crate::reconcile::view::View>,
+    /// Where `alert_firing`/`alert_resolved` go, and whence reconciles are heard.
+    pub events: crate::events::EventBus,
+    /// Workflow, agent and test metrics.
+    pub stats: Arc<super::stats::RunStats>,
+    /// System metrics.
+    pub system: Arc<super::system::SystemMonitor>,
+    /// The channels and the lock of the alerts' states.
+    pub alerts: Arc<Alerts>,
+    /// `monitoring.evaluation_interval` (zero: every 10 s).
+    pub evaluation_interval: Duration,
+}
+
 /// What the server's metrics answer: system metrics from the latest sample, the others
 /// from the run statistics.
 struct ServerMetrics<'a> {
-    shared: &'a Shared,
+    shared: &'a AlertContext,
 }
 
 impl MetricSource for ServerMetrics<'_> {
@@ -1169,7 +1187,7 @@ impl MetricSource for ServerMetrics<'_> {
 /// changed). Silences expired beyond their retention are removed. Blocking: call off the
 /// async threads.
 pub fn tick(
-    shared: &Shared,
+    shared: &AlertContext,
     now: DateTime<Utc>,
 ) -> Result<(Vec<AlertRule>, Vec<Silence>, Evaluation), StoreError> {
     let _held = shared.alerts.hold();
@@ -1184,7 +1202,7 @@ pub fn tick(
 
 /// Records what became of a delivery in the alert's stored status, durably.
 fn record_delivery(
-    shared: &Shared,
+    shared: &AlertContext,
     alert_id: &str,
     queued_at: DateTime<Utc>,
     outcome: DeliveryOutcome,
@@ -1203,7 +1221,7 @@ fn record_delivery(
 
 /// Publishes the transitions that fire or resolve an alert (their states are durable).
 fn publish(
-    shared: &Shared,
+    shared: &AlertContext,
     rules: &[AlertRule],
     silences: &[Silence],
     evaluation: &Evaluation,
@@ -1230,7 +1248,7 @@ fn publish(
 
 /// Hands each due notification to its channels, each delivery on a task of its own; the
 /// outcome is stored in the alert's status when the delivery ends.
-fn dispatch(shared: &Arc<Shared>, base_url: &str, due: Vec<DueNotification>) {
+fn dispatch(shared: &Arc<AlertContext>, base_url: &str, due: Vec<DueNotification>) {
     for DueNotification {
         mut notification,
         channels,
@@ -1269,19 +1287,14 @@ fn dispatch(shared: &Arc<Shared>, base_url: &str, due: Vec<DueNotification>) {
 /// reconcile, until `stop` turns true. `base_url` (`http://host:port`) prefixes the
 /// notifications' links.
 pub async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<AlertContext>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     base_url: String,
 ) {
-    let interval = match shared
-        .config
-        .config
-        .monitoring
-        .evaluation_interval
-        .duration()
-    {
-        Ok(interval) if !interval.is_zero() => interval,
-        _ => Duration::from_secs(10),
+    let interval = if shared.evaluation_interval.is_zero() {
+        Duration::from_secs(10)
+    } else {
+        shared.evaluation_interval
     };
     for problem in shared.alerts.notifier.problems() {
         tracing::warn!("notifications: {problem}");

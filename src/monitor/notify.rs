@@ -791,7 +791,7 @@ fn resolve(
     project_dir: &Path,
     problems: &mut Vec<String>,
 ) -> Option<String> {
-    match crate::server::resolve_secret_named(field, reference, project_dir) {
+    match crate::config::secrets::resolve_named(field, reference, project_dir) {
         Ok(value) if value.is_empty() => {
             problems.push(format!("the {field} reference `{reference}` is empty"));
             None

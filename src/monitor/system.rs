@@ -488,9 +488,14 @@ impl MetricSource for SystemMonitor {
 
 /// The sampling task of the server: a sample every `sample_interval` (the first within a
 /// second of the start), each published as a `system_metrics` event, until `stop` turns
-/// true; then the history's bucket in progress is written.
-pub async fn run(shared: Arc<crate::server::Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let monitor = Arc::clone(&shared.system);
+/// true; then the history's bucket in progress is written. Failures are counted in
+/// `metrics`.
+pub async fn run(
+    monitor: Arc<SystemMonitor>,
+    events: crate::events::EventBus,
+    metrics: Arc<super::metrics::Metrics>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let interval = monitor.settings().sample_interval;
     let mut next = tokio::time::Instant::now() + interval.min(Duration::from_secs(1));
     loop {
@@ -506,16 +511,16 @@ pub async fn run(shared: Arc<crate::server::Shared>, mut stop: tokio::sync::watc
         let sampling = Arc::clone(&monitor);
         match tokio::task::spawn_blocking(move || sampling.sample()).await {
             Ok(Ok(sample)) => match serde_json::to_value(&sample) {
-                Ok(payload) => shared.events.publish(EventKind::SystemMetrics, payload),
+                Ok(payload) => events.publish(EventKind::SystemMetrics, payload),
                 Err(err) => tracing::error!("a system sample does not serialise: {err}"),
             },
             Ok(Err(err)) => {
                 tracing::error!("the system metrics history could not be written: {err}");
-                shared.metrics.errors.inc();
+                metrics.errors.inc();
             }
             Err(err) => {
                 tracing::error!("the system sampler failed: {err}");
-                shared.metrics.errors.inc();
+                metrics.errors.inc();
             }
         }
         // A late tick (a suspended machine) does not make a burst of samples.

@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod diff;
 pub mod prepare;
+pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 

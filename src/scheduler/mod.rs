@@ -36,7 +36,6 @@ use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Trigger};
-use crate::server::Shared;
 use crate::store::{ObjectRecord, Store, StoreError};
 
 /// The state tree of schedules in the store.
@@ -455,12 +454,30 @@ fn request(spec: &ScheduleSpec, due: DateTime<Utc>) -> RunRequest {
     }
 }
 
+/// What the scheduler works with: the schedules in force, the store of their states, the
+/// runner its fires start runs in, and where fires are published.
+pub struct Scheduling {
+    /// The store: schedule states and the runs of fires.
+    pub store: Arc<crate::store::Store>,
+    /// The objects in force (Schedules and the workflows they run).
+    pub view: Arc<crate::reconcile::view::View>,
+    /// Where fires and skips are published, and whence reconciles are heard.
+    pub events: crate::events::EventBus,
+    /// Starts, cancels and lists the runs of this process.
+    pub runner: Arc<crate::engine::runner::Runner>,
+    /// `scheduler.timezone`: the zone of schedules that name none.
+    pub timezone: String,
+}
+
 /// Fires what is due for every live schedule by `now` + [`LEAD`] and returns the next due
 /// instant. A fire due within the lead is prepared now and its run released at the due
 /// instant; this returns once every fire it made is due. Blocking: call off the async
 /// threads.
-pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let default_zone = shared.config.config.scheduler.timezone.clone();
+pub fn tick(
+    shared: &Arc<Scheduling>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let default_zone = shared.timezone.clone();
     let objects = shared.view.objects();
     // Until the changes are written: a pause or resume meanwhile would be undone.
     let guard = state_lock();
@@ -496,7 +513,7 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
                 match run_of_fire(&shared.store, &spec.id, due) {
                     Some(run) => {
                         state.last_run = Some(run.id.clone());
-                        let live = shared.live_run_ids().contains(&run.id);
+                        let live = shared.runner.live_run_ids().contains(&run.id);
                         if run.status == crate::model::Status::Queued && !live {
                             // Created but never started: it starts now, and the fire stays
                             // pending until a later pass finds the run under way or over.
@@ -549,7 +566,7 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
         match shared.store.steps(&run.id) {
             Ok(steps) => {
                 tracing::warn!(run = %run.id, "starting the run of a fire that a process which ended had created but not started");
-                crate::server::spawn_run(shared, run, steps);
+                shared.runner.spawn(run, steps);
             }
             Err(err) => {
                 tracing::error!(run = %run.id, "cannot read the steps of a fire's run: {err}")
@@ -616,11 +633,11 @@ pub fn tick(shared: &Arc<Shared>, now: DateTime<Utc>) -> Result<Option<DateTime<
 /// created in one durable batch, then each is handed over to start at its due instant. For
 /// each fire, the run id or why no run started.
 fn start_fires(
-    shared: &Arc<Shared>,
+    shared: &Arc<Scheduling>,
     objects: &BTreeMap<crate::store::ObjectKey, ObjectRecord>,
     fires: &[(ScheduleSpec, DateTime<Utc>)],
 ) -> Vec<(String, DateTime<Utc>, Result<String, String>)> {
-    let active = shared.live_run_ids();
+    let active = shared.runner.live_run_ids();
     let mut outcomes: Vec<(String, DateTime<Utc>, Result<String, String>)> = Vec::new();
     let mut requests: Vec<(usize, RunRequest)> = Vec::new();
     // Per schedule: its last run, and whether one of this batch's fires started a run.
@@ -650,7 +667,7 @@ fn start_fires(
             }
             (Overlap::Replace, true) => {
                 if let Some(id) = &entry.0 {
-                    shared.cancel_run(id);
+                    shared.runner.cancel(id);
                 }
             }
             _ => {}
@@ -674,7 +691,7 @@ fn start_fires(
         outcomes[*index].2 = match result {
             Ok((run, steps)) => {
                 let id = run.id.clone();
-                crate::server::spawn_run_at(shared, run, steps, Some(due.into()));
+                shared.runner.spawn_at(run, steps, Some(due.into()));
                 Ok(id)
             }
             Err(err) => Err(format!(
@@ -688,7 +705,7 @@ fn start_fires(
 
 /// Drives the schedules until `stop` resolves: sleeps until the earliest due instant, or
 /// until a reconcile changes the objects.
-pub async fn run(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(shared: Arc<Scheduling>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut events = shared.events.subscribe();
     loop {
         let ticked = {

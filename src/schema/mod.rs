@@ -119,16 +119,14 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     .with_format("condition", |s: &str| {
                         crate::condition::parse_condition(s).is_ok()
                     })
-                    .with_format("git-url", |s: &str| {
-                        crate::source::git::check_url(s).is_ok()
-                    })
+                    .with_format("git-url", |s: &str| crate::spec::git::check_url(s).is_ok())
                     .with_format("git-branch", |s: &str| {
-                        crate::source::git::check_branch(s).is_ok()
+                        crate::spec::git::check_branch(s).is_ok()
                     })
                     .with_format("repository-path", |s: &str| {
-                        crate::source::git::check_path(s).is_ok()
+                        crate::spec::git::check_path(s).is_ok()
                     })
-                    .with_format("glob", |s: &str| crate::triggers::glob(s).is_ok())
+                    .with_format("glob", |s: &str| crate::spec::trigger::glob(s).is_ok())
                     .with_format("payload-template", |s: &str| {
                         crate::triggers::template::check(s).is_ok()
                     })

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use crate::agents::{self, BUILTIN_AGENTS};
 use crate::diagnostics::Diagnostic;
 use crate::manifest::{Kind, Manifest};
+use crate::spec::agents::{self, BUILTIN_AGENTS};
 use crate::util::did_you_mean;
 
 /// The detailed message for a string that failed one of the custom formats, and the
@@ -27,14 +27,12 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
         "condition" => crate::condition::parse_condition(text)
             .err()
             .map(|e| (e.validation_message(), u32::try_from(e.column).ok())),
-        "git-url" => crate::source::git::check_url(text).err().map(|e| (e, None)),
-        "git-branch" => crate::source::git::check_branch(text)
+        "git-url" => crate::spec::git::check_url(text).err().map(|e| (e, None)),
+        "git-branch" => crate::spec::git::check_branch(text)
             .err()
             .map(|e| (e, None)),
-        "repository-path" => crate::source::git::check_path(text)
-            .err()
-            .map(|e| (e, None)),
-        "glob" => crate::triggers::glob(text).err().map(|e| (e, None)),
+        "repository-path" => crate::spec::git::check_path(text).err().map(|e| (e, None)),
+        "glob" => crate::spec::trigger::glob(text).err().map(|e| (e, None)),
         "payload-template" => crate::triggers::template::check(text)
             .err()
             .map(|e| (e, None)),
@@ -45,11 +43,11 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
 
 /// Checks one object on its own: for workflows and templates, unique step names and a
 /// `depends_on` graph without unknown steps or cycles; for triggers, the rules between
-/// fields (`crate::triggers::check_manifest`).
+/// fields (`crate::spec::trigger::check_manifest`).
 pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     if manifest.kind == Kind::Trigger {
-        for (pointer, message) in crate::triggers::check_manifest(&manifest.value) {
+        for (pointer, message) in crate::spec::trigger::check_manifest(&manifest.value) {
             diagnostics.push(manifest.error_at(&pointer, false, message));
         }
         return diagnostics;
@@ -602,7 +600,7 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
 }
 
 /// A schedule's or trigger's `parameters` as its workflow checks them when a fire or a
-/// delivery starts a run (the engine's own check, `engine::params::resolve`): a fire with
+/// delivery starts a run (the engine's own check, `spec::params::resolve`): a fire with
 /// parameters its workflow rejects would only be recorded as skipped, a delivery as failed.
 /// A trigger's value filled from the delivery (`{{ payload.x }}`) is known only then: its
 /// name is checked, not its type or value.
@@ -632,7 +630,7 @@ fn check_run_parameters(
     if let Some(parameters) = schedule_parameters {
         given.extend(parameters.clone());
     }
-    let Err(problems) = crate::engine::params::resolve(declared.and_then(Value::as_object), &given)
+    let Err(problems) = crate::spec::params::resolve(declared.and_then(Value::as_object), &given)
     else {
         return;
     };

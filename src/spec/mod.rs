@@ -1,4 +1,11 @@
-//! Typed specs: what the subsystems read of a validated manifest, compiled once from its
-//! `serde_json::Value` so that they read fields instead of looking keys up.
+//! The specification layer: what validated manifests mean, shared by validation below the
+//! store and the subsystems above it, without IO. `agents.rs` the built-in agent catalog;
+//! `params.rs` a workflow's parameter declarations checked and resolved; `git.rs` the git
+//! source's URL, branch and path checks; `trigger.rs` a Trigger's cross-field rules and
+//! globs; `workflow.rs` the typed `WorkflowSpec` the engine reads, compiled once per run.
 
+pub mod agents;
+pub mod git;
+pub mod params;
+pub mod trigger;
 pub mod workflow;

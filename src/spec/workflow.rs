@@ -132,7 +132,7 @@ pub fn agent_and_action(step: &Value) -> (String, String) {
         .get("action")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .or_else(|| crate::agents::builtin(&agent).map(|b| b.actions[0].to_owned()))
+        .or_else(|| crate::spec::agents::builtin(&agent).map(|b| b.actions[0].to_owned()))
         .unwrap_or_else(|| "run".to_owned());
     (agent, action)
 }

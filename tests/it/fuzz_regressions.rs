@@ -115,7 +115,8 @@ fn every_target_has_a_fuzz_binary() {
 }
 
 /// Finding (cron target): from chrono's first instant, `next_fire` walked the zone's offsets
-/// day by day across 262,000 years before reaching croner's first year, minutes per call.
+/// day by day across 262,000 years before reaching the first year a time can fire in, minutes
+/// per call.
 #[test]
 fn next_fire_from_before_the_first_year_is_quick() {
     use chrono::{DateTime, TimeZone, Utc};

@@ -35,8 +35,8 @@ use utoipa::ToSchema;
 
 use super::RunStats;
 use crate::agents::runtime::argv_of;
-use crate::agents::BUILTIN_AGENTS;
 use crate::engine::process::signal_group;
+use crate::spec::agents::BUILTIN_AGENTS;
 
 /// How often the checks run while the server runs.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
@@ -392,23 +392,4 @@ pub fn spawn_periodic(
                 std::thread::sleep(Duration::from_millis(200).min(next - Instant::now()));
             }
         })
-}
-
-/// [`spawn_periodic`] for the server: the Agent manifests in force each round, every
-/// [`CHECK_INTERVAL`], results in `shared.stats`, until the server is stopping.
-pub fn spawn_for_server(shared: &Arc<crate::server::Shared>) -> std::io::Result<()> {
-    let source = Arc::clone(shared);
-    let stop = Arc::clone(shared);
-    spawn_periodic(
-        Arc::clone(&shared.stats),
-        CHECK_INTERVAL,
-        move || {
-            (
-                crate::engine::run::agent_configs(&source.view.objects().records),
-                source.config.project_dir.clone(),
-            )
-        },
-        move || stop.stopping.load(std::sync::atomic::Ordering::SeqCst),
-    )?;
-    Ok(())
 }

@@ -17,7 +17,7 @@ use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 use serde_json::json;
 
-use super::Shared;
+use super::Controller;
 use crate::diagnostics::Diagnostic;
 use crate::events::EventKind;
 use crate::reconcile::{self, ApplyReport, ReconcileOptions};
@@ -50,7 +50,7 @@ pub struct ReconcileOutcome {
 /// are refused: the repository is reconciled whole). Blocking: call from a thread of its
 /// own or `spawn_blocking`.
 pub fn reconcile(
-    shared: &Shared,
+    shared: &Controller,
     paths: &[PathBuf],
     prune: bool,
     dry_run: bool,
@@ -64,9 +64,9 @@ pub fn reconcile(
     // A git source is fetched first, and the manifests of its tip commit are read.
     let (snapshot, scope, source) = match &shared.git {
         Some(git) => (
-            super::source::load(shared, git, paths)?,
+            super::git::load(shared, git, paths)?,
             None,
-            super::source::GIT_SOURCE,
+            super::git::GIT_SOURCE,
         ),
         None => {
             let (snapshot, scope) = reconcile::load_manifests(&shared.config, paths)?;
@@ -103,7 +103,7 @@ pub fn reconcile(
     Ok(outcome)
 }
 
-fn publish(shared: &Shared, outcome: &ReconcileOutcome, reason: &str) {
+fn publish(shared: &Controller, outcome: &ReconcileOutcome, reason: &str) {
     let report = &outcome.report;
     let key_json = |key: &ObjectKey, change: &str| json!({"kind": key.kind, "id": key.id, "change": change, "revision": report.revision});
     for (keys, change) in [
@@ -156,7 +156,7 @@ fn publish(shared: &Shared, outcome: &ReconcileOutcome, reason: &str) {
 
 /// Watches the manifest directories and reconciles on every change, until `stop` is set.
 /// Runs on the calling thread.
-pub fn watch(shared: Arc<Shared>, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+pub fn watch(shared: Arc<Controller>, stop: Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
     // Absolute paths: events name what changed by the path that was watched.
     let project = std::fs::canonicalize(&shared.config.project_dir)
         .unwrap_or_else(|_| shared.config.project_dir.clone());

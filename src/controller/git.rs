@@ -16,8 +16,8 @@ use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::controller::{self, ReconcileOutcome};
-use super::Shared;
+use super::sync::{self, ReconcileOutcome};
+use super::Controller;
 use crate::config::LoadedConfig;
 use crate::source::git::{self, GitCheckout, GitSource};
 use crate::source::Snapshot;
@@ -124,7 +124,7 @@ impl GitState {
             );
         }
         let webhook_secret = match configured.and_then(|g| g.webhook_secret.as_deref()) {
-            Some(reference) => Some(super::resolve_secret_named(
+            Some(reference) => Some(crate::config::secrets::resolve_named(
                 "source.git.webhook_secret",
                 reference,
                 &config.project_dir,
@@ -178,7 +178,7 @@ impl GitState {
 
 /// Fetches the repository and checks out its tip, recording how it went. Blocking; the
 /// caller holds the reconcile lock.
-fn fetch(shared: &Shared, git: &GitState) -> Result<GitCheckout, git::GitError> {
+fn fetch(shared: &Controller, git: &GitState) -> Result<GitCheckout, git::GitError> {
     let result = git.source.sync(&shared.data_dir);
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut status = git.fetch.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,7 +219,7 @@ fn fetch(shared: &Shared, git: &GitState) -> Result<GitCheckout, git::GitError> 
 /// For a reconcile in git mode: fetches, then reads the manifests of the fetched commit (the
 /// configured manifest paths relative to the checkout), named `git:<sha>`. The caller holds
 /// the reconcile lock.
-pub fn load(shared: &Shared, git: &GitState, paths: &[std::path::PathBuf]) -> Result<Snapshot> {
+pub fn load(shared: &Controller, git: &GitState, paths: &[std::path::PathBuf]) -> Result<Snapshot> {
     if !paths.is_empty() {
         bail!(
             "the server follows the git repository {}: it reconciles the whole repository, not paths; commit the change and sync",
@@ -234,7 +234,7 @@ pub fn load(shared: &Shared, git: &GitState, paths: &[std::path::PathBuf]) -> Re
 
 /// Fetches, and reconciles when the fetched commit is not the one last attempted. Returns
 /// what the reconcile did, or `None` when nothing changed.
-pub fn sync_if_changed(shared: &Shared, reason: &str) -> Result<Option<ReconcileOutcome>> {
+pub fn sync_if_changed(shared: &Controller, reason: &str) -> Result<Option<ReconcileOutcome>> {
     let Some(git) = shared.git.as_ref() else {
         return Ok(None);
     };
@@ -252,12 +252,12 @@ pub fn sync_if_changed(shared: &Shared, reason: &str) -> Result<Option<Reconcile
     if attempted.as_deref() == Some(checkout.revision.as_str()) {
         return Ok(None);
     }
-    controller::reconcile(shared, &[], true, false, reason).map(Some)
+    sync::reconcile(shared, &[], true, false, reason).map(Some)
 }
 
 /// Fetches every interval (after a failure, with backoff) and whenever a webhook asks,
 /// reconciling each new commit, until `stop` is set. Runs on the calling thread.
-pub fn poll(shared: &Shared, stop: &std::sync::atomic::AtomicBool) {
+pub fn poll(shared: &Controller, stop: &std::sync::atomic::AtomicBool) {
     let Some(git) = shared.git.as_ref() else {
         return;
     };
@@ -290,7 +290,7 @@ pub fn poll(shared: &Shared, stop: &std::sync::atomic::AtomicBool) {
 
 /// The `source` object of `GET /api/status`: kind, where manifests come from, and the
 /// stored `last_applied_revision` / `last_attempted_revision` of the source in use.
-pub fn status_json(shared: &Shared) -> Result<Value, crate::store::StoreError> {
+pub fn status_json(shared: &Controller) -> Result<Value, crate::store::StoreError> {
     let paths = &shared.config.config.manifests.paths;
     let Some(git) = shared.git.as_ref() else {
         return Ok(json!({
