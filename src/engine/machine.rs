@@ -217,7 +217,7 @@ pub struct RunEnd {
 /// What one turn of the loop asks of the driver, in this order: notes in step logs, the
 /// commands, then (once the steps that ended are accounted for) one batch of the changed
 /// steps — with the run record when the run ended — flushed, then the events.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Turn {
     /// Lines for steps' logs (the engine's own notes, such as a retry's delay).
     pub notes: Vec<(usize, String)>,
@@ -234,6 +234,15 @@ pub struct Turn {
 }
 
 impl Turn {
+    fn clear(&mut self) {
+        self.notes.clear();
+        self.commands.clear();
+        self.ended.clear();
+        self.changed.clear();
+        self.events.clear();
+        self.run_end = None;
+    }
+
     /// Whether the turn has something to write.
     pub fn writes(&self) -> bool {
         !self.changed.is_empty() || self.run_end.is_some()
@@ -412,10 +421,12 @@ impl RunMachine {
     }
 
     /// One turn: timeouts that fired, retries that are due, the steps that are ready,
-    /// the run's end; returns what the driver is to do.
-    pub fn advance(&mut self, now: &Moment, slots: &dyn AgentSlots) -> Turn {
+    /// the run's end; fills `turn` (cleared first, its buffers reused from turn to turn)
+    /// with what the driver is to do.
+    pub fn advance(&mut self, now: &Moment, slots: &dyn AgentSlots, turn: &mut Turn) {
+        turn.clear();
         if self.done {
-            return Turn::default();
+            return;
         }
         if !self.timed_out && self.deadline.is_some_and(|d| now.instant >= d) {
             self.timed_out = true;
@@ -459,13 +470,11 @@ impl RunMachine {
             self.done = true;
             self.turn.run_end = Some(self.run_end(now));
         }
-        let mut turn = std::mem::take(&mut self.turn);
+        std::mem::swap(&mut self.turn, turn);
         turn.changed.sort_unstable();
         turn.changed.dedup();
-        turn.events = self
-            .pending
-            .drain(..)
-            .map(|pending| match pending {
+        turn.events
+            .extend(self.pending.drain(..).map(|pending| match pending {
                 Pending::Started(i) => Event::StepStarted {
                     step: self.steps[i].clone(),
                 },
@@ -476,9 +485,7 @@ impl RunMachine {
                     step: self.steps[i].clone(),
                     delay,
                 },
-            })
-            .collect();
-        turn
+            }));
     }
 
     fn is_current(&self, index: usize, number: u32) -> bool {
@@ -886,7 +893,8 @@ mod tests {
         }
 
         fn turn(&mut self) {
-            let turn = self.machine.advance(&self.now(), &self.slots);
+            let mut turn = Turn::default();
+            self.machine.advance(&self.now(), &self.slots, &mut turn);
             for (index, note) in &turn.notes {
                 self.trace
                     .push(format!("note {}: {note}", self.names[*index]));
@@ -1500,11 +1508,11 @@ mod tests {
         assert_eq!(end.message.as_deref(), Some("step `a` failed: attempt 1"));
         assert_eq!((end.duration_ms, end.finished_at.as_str()), (3000, "t+3"));
         assert!(harness.machine.is_done());
-        assert!(harness
+        let mut after = Turn::default();
+        harness
             .machine
-            .advance(&harness.now(), &harness.slots)
-            .run_end
-            .is_none());
+            .advance(&harness.now(), &harness.slots, &mut after);
+        assert!(after.run_end.is_none() && after.events.is_empty());
     }
 
     #[test]

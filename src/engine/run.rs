@@ -648,6 +648,7 @@ pub fn execute_with_agents(
     let (sender, receiver) = mpsc::channel::<AttemptMessage>();
     let slots = &*config.agent_switches;
     let mut cancel_seen = false;
+    let mut turn = Turn::default();
     loop {
         // Stop requests.
         if !cancel_seen && (cancel.flag.load(Ordering::SeqCst) || cancel_file.exists()) {
@@ -655,8 +656,8 @@ pub fn execute_with_agents(
             machine.handle(Input::CancelRequested, &moment, slots);
             let _ = fs::remove_file(&cancel_file);
         }
-        let turn = machine.advance(&moment, slots);
-        driver.perform(&mut run, &machine, turn, &sender, on_event)?;
+        machine.advance(&moment, slots, &mut turn);
+        driver.perform(&mut run, &machine, &turn, &sender, on_event)?;
         if machine.is_done() {
             break;
         }
@@ -748,7 +749,7 @@ impl Driver<'_> {
         &mut self,
         run: &mut RunRecord,
         machine: &RunMachine,
-        turn: Turn,
+        turn: &Turn,
         sender: &mpsc::Sender<AttemptMessage>,
         on_event: &(dyn Fn(&Event) + Sync),
     ) -> Result<(), EngineError> {
