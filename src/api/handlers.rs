@@ -18,7 +18,6 @@ use super::openapi::WorkflowList;
 use super::{ApiError, AppState, ROUTES};
 use crate::engine::run::{self, RunRequest};
 use crate::engine::runner::run_summary;
-use crate::events::EventKind;
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::reconcile::view::workflow_summary;
@@ -794,7 +793,7 @@ fn switch_agent(state: &AppState, name: &str, enabled: bool) -> ApiResult<Json<V
     let agent = find_agent(state, name)?;
     state
         .events
-        .publish(EventKind::AgentStatusChanged, agent.clone());
+        .publish(crate::events::Event::AgentStatusChanged(agent.clone()));
     Ok(Json(agent))
 }
 

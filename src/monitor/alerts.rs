@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use super::{AlertNotification, DeliveryOutcome, MetricSource, NotificationStatus};
 use crate::condition::{parse_condition, Condition, MetricRef};
-use crate::events::EventKind;
+use crate::events::{Event, EventKind};
 use crate::manifest::Kind;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
@@ -1228,11 +1228,11 @@ fn publish(
     now: DateTime<Utc>,
 ) {
     for transition in &evaluation.transitions {
-        let kind = match (transition.from, transition.to) {
-            (_, AlertState::Firing) => EventKind::AlertFiring,
+        let event: fn(Value) -> Event = match (transition.from, transition.to) {
+            (_, AlertState::Firing) => Event::AlertFiring,
             // Disabling a firing rule ends it too (straight to inactive, without notifying).
             (AlertState::Firing, AlertState::Resolved | AlertState::Inactive) => {
-                EventKind::AlertResolved
+                Event::AlertResolved
             }
             _ => continue,
         };
@@ -1242,7 +1242,7 @@ fn publish(
         let status = evaluation.states.get(&rule.id);
         shared
             .events
-            .publish(kind, alert_json(rule, status, silences, now));
+            .publish(event(alert_json(rule, status, silences, now)));
     }
 }
 

@@ -22,7 +22,6 @@ use super::history::{rebucket, History, HistoryPoint};
 use super::MetricSource;
 use crate::condition::MetricRef;
 use crate::config::MonitoringConfig;
-use crate::events::EventKind;
 use crate::store::{Store, StoreError};
 
 /// The metric names a sample answers, as alert conditions write them.
@@ -511,7 +510,7 @@ pub async fn run(
         let sampling = Arc::clone(&monitor);
         match tokio::task::spawn_blocking(move || sampling.sample()).await {
             Ok(Ok(sample)) => match serde_json::to_value(&sample) {
-                Ok(payload) => events.publish(EventKind::SystemMetrics, payload),
+                Ok(payload) => events.publish(crate::events::Event::SystemMetrics(payload)),
                 Err(err) => tracing::error!("a system sample does not serialise: {err}"),
             },
             Ok(Err(err)) => {

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cron::CronSchedule;
 use crate::engine::run::{self, RunRequest};
-use crate::events::EventKind;
+use crate::events::{Event, EventKind};
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Trigger};
 use crate::store::{ObjectRecord, Store, StoreError};
@@ -609,16 +609,15 @@ pub fn tick(
             state.pending = false;
         }
         let lateness = Utc::now().signed_duration_since(due).num_milliseconds();
-        shared.events.publish(
-            EventKind::ScheduleFired,
-            json!({
-                "schedule": id,
-                "due": due.to_rfc3339(),
-                "lateness_ms": lateness,
-                "run_id": result.as_ref().ok(),
-                "skipped": result.as_ref().err(),
-            }),
-        );
+        shared
+            .events
+            .publish(Event::ScheduleFired(crate::events::ScheduleFired {
+                schedule: id.clone(),
+                due: due.to_rfc3339(),
+                lateness_ms: lateness,
+                run_id: result.as_ref().ok().cloned(),
+                skipped: result.as_ref().err().cloned(),
+            }));
     }
     if !settled.is_empty() {
         // The runs are durable already (created in one batch): this only links them.
