@@ -7,6 +7,7 @@
 
 pub mod alerts;
 pub mod history;
+pub mod metrics;
 pub mod notify;
 pub mod stats;
 pub mod system;

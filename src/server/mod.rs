@@ -6,7 +6,6 @@
 pub mod controller;
 pub mod http;
 pub mod log_tail;
-pub mod metrics;
 pub mod process_file;
 pub mod source;
 pub mod view;
@@ -41,7 +40,7 @@ pub struct Shared {
     /// The event bus.
     pub events: EventBus,
     /// Counters for `/metrics`.
-    pub metrics: metrics::Metrics,
+    pub metrics: crate::monitor::metrics::Metrics,
     /// When the server started.
     pub started: Instant,
     /// The same, as RFC 3339.
@@ -750,7 +749,7 @@ pub fn serve(
         data_dir: data_dir.clone(),
         engine,
         events: EventBus::new(4096),
-        metrics: metrics::Metrics::default(),
+        metrics: crate::monitor::metrics::Metrics::default(),
         started: Instant::now(),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         active_runs: Mutex::new(HashMap::new()),
