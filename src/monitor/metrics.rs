@@ -501,6 +501,7 @@ mod tests {
                     ("Workflow".to_owned(), Some(5.0)),
                     ("Alert".to_owned(), None),
                     ("Schedule".to_owned(), Some(0.25)),
+                    ("a \"b\"\\c".to_owned(), Some(-3.0)),
                 ],
             )
             .gauge_family("orchestrator_empty", "Nothing yet.", "agent", [])
@@ -512,6 +513,7 @@ mod tests {
              # TYPE orchestrator_objects gauge\n\
              orchestrator_objects{kind=\"Workflow\"} 5\n\
              orchestrator_objects{kind=\"Schedule\"} 0.25\n\
+             orchestrator_objects{kind=\"a \\\"b\\\"\\\\c\"} -3\n\
              # HELP orchestrator_empty Nothing yet.\n\
              # TYPE orchestrator_empty gauge\n\
              # HELP orchestrator_events_published_total Events.\n\

@@ -685,10 +685,6 @@ impl RunStats {
         let agents = self.agents(now);
         let workflows = self.workflows(now);
         let mut scrape = super::metrics::Scrape::default();
-        let mut family =
-            |name: &str, help: &str, label: &'static str, samples: Vec<(String, Option<f64>)>| {
-                scrape.gauge_family(name, help, label, samples);
-            };
         let agent = |a: &AgentMetrics| a.agent.clone();
         let window = format!("over the metrics window ({} s)", self.window_seconds());
         type AgentField = fn(&AgentMetrics) -> Option<f64>;
@@ -739,32 +735,26 @@ impl RunStats {
             } else {
                 format!("{help}, {window}.")
             };
-            family(
+            scrape.gauge_family(
                 name,
                 &help,
                 "agent",
-                agents.iter().map(|a| (agent(a), field(a))).collect(),
+                agents.iter().map(|a| (agent(a), field(a))),
             );
         }
         // Gauges over the window; `/metrics` also has the histogram of every step since the
         // server started (`orchestrator_agent_step_duration_seconds`).
-        family(
+        scrape.gauge_family(
             "orchestrator_agent_step_duration_p50_seconds",
             &format!("Median step duration of an agent, {window}."),
             "agent",
-            agents
-                .iter()
-                .map(|a| (agent(a), a.duration_p50_seconds))
-                .collect(),
+            agents.iter().map(|a| (agent(a), a.duration_p50_seconds)),
         );
-        family(
+        scrape.gauge_family(
             "orchestrator_agent_step_duration_p95_seconds",
             &format!("95th percentile of an agent's step durations, {window}."),
             "agent",
-            agents
-                .iter()
-                .map(|a| (agent(a), a.duration_p95_seconds))
-                .collect(),
+            agents.iter().map(|a| (agent(a), a.duration_p95_seconds)),
         );
         let workflow = |w: &WorkflowMetrics| w.workflow_id.clone();
         type WorkflowField = fn(&WorkflowMetrics) -> Option<f64>;
@@ -806,11 +796,11 @@ impl RunStats {
             ),
         ];
         for (name, help, field) in workflow_families {
-            family(
+            scrape.gauge_family(
                 name,
                 &format!("{help}, {window}."),
                 "workflow",
-                workflows.iter().map(|w| (workflow(w), field(w))).collect(),
+                workflows.iter().map(|w| (workflow(w), field(w))),
             );
         }
         scrape.render()
