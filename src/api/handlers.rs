@@ -181,20 +181,19 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
             .map(|(n, h, v)| (n.as_str(), *h, *v))
             .collect::<Vec<_>>(),
     );
-    text.push_str(
-        "# HELP orchestrator_objects Objects in force, by kind.\n# TYPE orchestrator_objects gauge\n",
+    let mut objects = crate::monitor::metrics::Scrape::default();
+    objects.gauge_family(
+        "orchestrator_objects",
+        "Objects in force, by kind.",
+        "kind",
+        by_kind
+            .into_iter()
+            .map(|(kind, count)| (kind.to_owned(), Some(count as f64))),
     );
-    for (kind, count) in by_kind {
-        text.push_str(&format!(
-            "orchestrator_objects{{kind=\"{kind}\"}} {count}\n"
-        ));
-    }
+    text.push_str(&objects.render());
     text.push_str(&state.stats.prometheus(chrono::Utc::now()));
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::monitor::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response())
