@@ -31,7 +31,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::cron::CronSchedule;
 use crate::engine::run::{self, RunRequest};
 use crate::events::{Event, EventKind};
 use crate::manifest::Kind;
@@ -58,100 +57,12 @@ fn state_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `catchup`: what to do with fires missed while the server was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Catchup {
-    /// Skip them.
-    None,
-    /// Run the latest one.
-    Last,
-    /// Run each of them.
-    All,
-}
+pub use crate::spec::schedule::{Catchup, Overlap, ScheduleSpec};
 
-/// `concurrency_policy` between the runs of one schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overlap {
-    /// Runs side by side.
-    Allow,
-    /// A fire while the previous run is active is skipped.
-    Forbid,
-    /// The previous run is cancelled.
-    Replace,
-}
-
-/// A Schedule object, read for firing.
-#[derive(Debug, Clone)]
-pub struct ScheduleSpec {
-    /// Its id (`sch_...`).
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// The expression.
-    pub cron: CronSchedule,
-    /// The zone the expression is read in.
-    pub zone: chrono_tz::Tz,
-    /// The workflow to run.
-    pub workflow: String,
-    /// The runs' parameters.
-    pub parameters: Map<String, Value>,
-    /// Between its runs.
-    pub overlap: Overlap,
-    /// Missed fires.
-    pub catchup: Catchup,
-    /// Missed fires older than this are skipped.
-    pub starting_deadline: Option<Duration>,
-    /// Fires nothing while set.
-    pub suspend: bool,
-    /// What decides the due times: the expression and the zone. When it changes, the
-    /// next due instant is computed afresh from now.
-    pub timing: String,
-}
-
-impl ScheduleSpec {
-    /// Reads a live Schedule record; `default_zone` when it names none.
-    pub fn from_record(record: &ObjectRecord, default_zone: &str) -> Result<ScheduleSpec, String> {
-        let spec = record.spec.as_ref().ok_or("no spec in force")?;
-        let text = |name: &str| spec.get(name).and_then(Value::as_str);
-        let expression = text("cron").or_else(|| text("schedule")).ok_or("no cron")?;
-        let cron = CronSchedule::parse(expression).map_err(|e| e.to_string())?;
-        let zone_name = text("timezone").unwrap_or(default_zone);
-        let zone: chrono_tz::Tz = zone_name
-            .parse()
-            .map_err(|_| format!("unknown time zone `{zone_name}`"))?;
-        Ok(ScheduleSpec {
-            id: record.key.id.clone(),
-            name: record.name.clone(),
-            cron,
-            zone,
-            workflow: text("workflow").ok_or("no workflow")?.to_owned(),
-            parameters: spec
-                .get("parameters")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-            overlap: match text("concurrency_policy") {
-                Some("forbid") => Overlap::Forbid,
-                Some("replace") => Overlap::Replace,
-                _ => Overlap::Allow,
-            },
-            catchup: match text("catchup") {
-                Some("last") => Catchup::Last,
-                Some("all") => Catchup::All,
-                _ => Catchup::None,
-            },
-            starting_deadline: match spec.get("starting_deadline") {
-                Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
-                Some(Value::String(text)) => crate::duration::parse_duration(text).ok(),
-                _ => None,
-            },
-            suspend: spec
-                .get("suspend")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            timing: format!("{expression} {zone_name}"),
-        })
-    }
+/// A live Schedule record compiled; `default_zone` when it names none.
+pub fn schedule_spec(record: &ObjectRecord, default_zone: &str) -> Result<ScheduleSpec, String> {
+    let spec = record.spec.as_ref().ok_or("no spec in force")?;
+    ScheduleSpec::new(&record.key.id, &record.name, spec, default_zone)
 }
 
 /// What the store remembers of a schedule between fires and across restarts.
@@ -305,7 +216,7 @@ pub fn jobs_json(
         .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
         .map(|record| {
             let spec = record.spec.clone().unwrap_or_default();
-            let parsed = ScheduleSpec::from_record(record, default_zone);
+            let parsed = schedule_spec(record, default_zone);
             let state = states.get(&record.key.id);
             let paused = state.is_some_and(|s| s.paused);
             let next = match (&parsed, state) {
@@ -415,7 +326,7 @@ pub fn set_paused(
         state.paused_at = Some(Utc::now());
     } else {
         state.paused_at = None;
-        if let Ok(spec) = ScheduleSpec::from_record(record, default_zone) {
+        if let Ok(spec) = schedule_spec(record, default_zone) {
             if state.timing == spec.timing {
                 state.next_due = spec.cron.next_fire(Utc::now(), spec.zone);
             }
@@ -492,7 +403,7 @@ pub fn tick(
         .values()
         .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
     {
-        let spec = match ScheduleSpec::from_record(record, &default_zone) {
+        let spec = match schedule_spec(record, &default_zone) {
             Ok(spec) => spec,
             Err(err) => {
                 tracing::warn!(schedule = %record.key.id, "cannot schedule: {err}");

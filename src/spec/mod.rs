@@ -2,9 +2,10 @@
 //! store and the subsystems above it, without IO. `agents.rs` the built-in agent catalog;
 //! `params.rs` a workflow's parameter declarations checked and resolved; `git.rs` the git
 //! source's URL, branch and path checks; `trigger.rs` a Trigger's cross-field rules and
-//! globs.
+//! globs; `schedule.rs` a Schedule compiled for firing.
 
 pub mod agents;
 pub mod git;
 pub mod params;
+pub mod schedule;
 pub mod trigger;
