@@ -14,7 +14,6 @@
 pub mod agents;
 pub mod api;
 pub mod cli;
-pub mod condition;
 pub mod config;
 pub mod cron;
 pub mod dashboard;
@@ -22,6 +21,7 @@ pub mod diagnostics;
 pub mod duration;
 pub mod engine;
 pub mod events;
+pub mod lang;
 pub mod logging;
 pub mod manifest;
 pub mod model;

@@ -117,7 +117,7 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                         crate::cron::parse_time_zone(s).is_ok()
                     })
                     .with_format("condition", |s: &str| {
-                        crate::condition::parse_condition(s).is_ok()
+                        crate::lang::condition::parse_condition(s).is_ok()
                     })
                     .with_format("git-url", |s: &str| {
                         crate::source::git::check_url(s).is_ok()
