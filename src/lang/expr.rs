@@ -575,7 +575,10 @@ impl<'s> Parser<'s> {
             negations += 1;
         }
         let mut operand = grammar.operand(self)?;
-        for _ in 0..negations {
+        // `not not not x` is `not x` and `not not not not x` is `not not x` (a truth value,
+        // where `x` may be another value), so the tree stays shallow to drop and evaluate.
+        let kept = if negations > 2 { 2 - negations % 2 } else { negations };
+        for _ in 0..kept {
             operand = Expr::Not(Box::new(operand));
         }
         Ok(operand)
@@ -595,5 +598,205 @@ impl<'s> Parser<'s> {
         let inner = self.or(grammar);
         self.depth -= 1;
         inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(error: &LexError, _text: &str) -> String {
+        format!("{error:?}")
+    }
+
+    /// The `if:` dialect's choices.
+    const LOOSE: Syntax = Syntax {
+        quotes: &['\'', '"'],
+        escapes: false,
+        logic_symbols: true,
+        not_word: true,
+        words_any_case: false,
+        selectors: false,
+        strict_numbers: false,
+        lex_message: messages,
+    };
+
+    /// The alert dialect's choices.
+    const STRICT: Syntax = Syntax {
+        quotes: &['"'],
+        escapes: true,
+        logic_symbols: false,
+        not_word: false,
+        words_any_case: true,
+        selectors: true,
+        strict_numbers: true,
+        lex_message: messages,
+    };
+
+    fn tokens(text: &str, syntax: &Syntax) -> Result<Vec<(TokenKind, usize)>, ExprError> {
+        let mut lexer = Lexer::new(text, syntax);
+        let mut found = Vec::new();
+        loop {
+            let token = lexer.next_token()?;
+            if token.kind == TokenKind::End {
+                return Ok(found);
+            }
+            found.push((token.kind, token.column));
+        }
+    }
+
+    #[test]
+    fn tokens_carry_their_columns() {
+        use TokenKind::*;
+        let word = |w: &str| Word(w.to_owned());
+        let string = |s: &str| Str(s.to_owned());
+        let cases: Vec<(&str, &Syntax, Vec<(TokenKind, usize)>)> = vec![
+            (
+                "a.b-c >= -1.5",
+                &LOOSE,
+                vec![
+                    (word("a.b-c"), 1),
+                    (Compare(CompareOp::Ge), 7),
+                    (Number(-1.5), 10),
+                ],
+            ),
+            (
+                "x&&!y||z",
+                &LOOSE,
+                vec![
+                    (word("x"), 1),
+                    (And, 2),
+                    (Not, 4),
+                    (word("y"), 5),
+                    (Or, 6),
+                    (word("z"), 8),
+                ],
+            ),
+            (
+                "and or not AND",
+                &LOOSE,
+                vec![(And, 1), (Or, 5), (Not, 8), (word("AND"), 12)],
+            ),
+            (
+                "'a\"b' \"c\"",
+                &LOOSE,
+                vec![(string("a\"b"), 1), (string("c"), 7)],
+            ),
+            (
+                "é == 1.",
+                &LOOSE,
+                vec![
+                    (word("é"), 1),
+                    (Compare(CompareOp::Eq), 3),
+                    (Number(1.0), 6),
+                ],
+            ),
+            (
+                "AND Or not",
+                &STRICT,
+                vec![(And, 1), (Or, 5), (word("not"), 8)],
+            ),
+            (
+                "m{k=\"a\\\"b\"}",
+                &STRICT,
+                vec![
+                    (word("m"), 1),
+                    (LBrace, 2),
+                    (word("k"), 3),
+                    (Assign, 4),
+                    (string("a\"b"), 5),
+                    (RBrace, 11),
+                ],
+            ),
+            (
+                "(x<1,)",
+                &STRICT,
+                vec![
+                    (LParen, 1),
+                    (word("x"), 2),
+                    (Compare(CompareOp::Lt), 3),
+                    (Number(1.0), 4),
+                    (Comma, 5),
+                    (RParen, 6),
+                ],
+            ),
+            ("", &STRICT, vec![]),
+        ];
+        for (text, syntax, expected) in cases {
+            assert_eq!(tokens(text, syntax), Ok(expected), "`{text}`");
+        }
+    }
+
+    #[test]
+    fn lexical_errors_carry_their_columns() {
+        let cases: [(&str, &Syntax, usize, LexError); 14] = [
+            ("a = 1", &LOOSE, 3, LexError::UnexpectedChar('=')),
+            ("a {", &LOOSE, 3, LexError::UnexpectedChar('{')),
+            ("x == 'open", &LOOSE, 6, LexError::UnclosedString),
+            ("1.2.3", &LOOSE, 1, LexError::BadNumber("1.2.3".into())),
+            ("x 'single'", &STRICT, 3, LexError::UnexpectedChar('\'')),
+            ("\"a\\n\"", &STRICT, 3, LexError::UnknownEscape("n".into())),
+            ("\"open", &STRICT, 1, LexError::UnclosedString),
+            ("1.", &STRICT, 3, LexError::MissingFractionDigits),
+            (" .5", &STRICT, 2, LexError::MissingLeadingDigit),
+            ("80%", &STRICT, 3, LexError::PercentSign("80".into())),
+            ("1e5", &STRICT, 2, LexError::GluedToNumber('e', "1".into())),
+            ("a ! b", &STRICT, 3, LexError::LoneBang),
+            ("a && b", &STRICT, 3, LexError::DoubleAmpersand),
+            ("a || b", &STRICT, 3, LexError::DoublePipe),
+        ];
+        for (text, syntax, column, error) in cases {
+            assert_eq!(
+                tokens(text, syntax),
+                Err(ExprError::new(column, format!("{error:?}"))),
+                "`{text}`"
+            );
+        }
+    }
+
+    #[test]
+    fn unknowns_follow_three_valued_logic_and_display_is_canonical() {
+        let atom = |value: Option<bool>| Box::new(Expr::Atom(value));
+        let eval = |expr: &Expr<Option<bool>>| {
+            expr.evaluate_with(&mut |value: &Option<bool>| Ok::<_, ()>(*value))
+        };
+        assert_eq!(
+            eval(&Expr::And(atom(Some(false)), atom(None))),
+            Ok(Some(false))
+        );
+        assert_eq!(eval(&Expr::And(atom(Some(true)), atom(None))), Ok(None));
+        assert_eq!(
+            eval(&Expr::Or(atom(None), atom(Some(true)))),
+            Ok(Some(true))
+        );
+        assert_eq!(eval(&Expr::Not(atom(None))), Ok(None));
+        assert_eq!(eval(&Expr::Not(atom(Some(false)))), Ok(Some(true)));
+
+        let name = |n: &str| Box::new(Expr::Atom(n.to_owned()));
+        let cases = [
+            (
+                Expr::Not(Box::new(Expr::Or(name("a"), name("b")))),
+                "not (a or b)",
+            ),
+            (
+                Expr::And(Box::new(Expr::Not(name("a"))), name("b")),
+                "not a and b",
+            ),
+            (
+                Expr::And(name("a"), Box::new(Expr::Not(name("b")))),
+                "a and not b",
+            ),
+            (
+                Expr::Or(name("a"), Box::new(Expr::And(name("b"), name("c")))),
+                "a or b and c",
+            ),
+            (
+                Expr::And(Box::new(Expr::Or(name("a"), name("b"))), name("c")),
+                "(a or b) and c",
+            ),
+        ];
+        for (expr, text) in cases {
+            assert_eq!(expr.to_string(), text);
+        }
     }
 }

@@ -329,3 +329,116 @@ fn loose_eq(a: &Value, b: &Value) -> bool {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A run where `build` succeeded with outputs, `params.environment` is `production`,
+    /// and the upstream steps failed.
+    struct Failed;
+
+    impl IfContext for Failed {
+        fn reference(&self, name: &str) -> Value {
+            match name {
+                "params.environment" => json!("production"),
+                "params.tags" => json!(["a", "b"]),
+                "params.zero" => json!(0),
+                "steps.build.status" => json!("succeeded"),
+                "steps.build.outputs.count" => json!("3"),
+                "steps.build.outputs.version" => json!("1.2.3"),
+                _ => Value::Null,
+            }
+        }
+
+        fn call(&self, function: Function) -> bool {
+            matches!(function, Function::Failure | Function::Always)
+        }
+    }
+
+    #[test]
+    fn valid_conditions_evaluate() {
+        let cases: [(&str, bool); 24] = [
+            ("always()", true),
+            ("success()", false),
+            ("failure()", true),
+            ("cancelled()", false),
+            ("!success()", true),
+            ("not not failure()", true),
+            ("steps.build.status == 'succeeded'", true),
+            ("steps.build.status != \"succeeded\"", false),
+            ("steps.build.outputs.count >= 3", true),
+            ("steps.build.outputs.count == 3", true),
+            ("steps.build.outputs.count < 2.5", false),
+            ("steps.build.outputs.version != ''", true),
+            ("params.missing == null", true),
+            ("params.missing", false),
+            ("params.zero", false),
+            ("params.tags", true),
+            ("success() || params.environment == 'production'", true),
+            ("success() or failure() and false", false),
+            ("(success() or failure()) and true", true),
+            ("not (params.environment == 'staging') && always()", true),
+            ("(params.environment) == 'production'", true),
+            ("(params.zero || true) == true", true),
+            ("-1 < 0", true),
+            ("  always( )  ", true),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse(text, Names::Checked).map_err(|e| format!("`{text}`: {e}"));
+            assert_eq!(
+                parsed.and_then(|c| c.evaluate(&Failed)),
+                Ok(expected),
+                "`{text}`"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_conditions_are_reported_in_the_engines_words() {
+        let unknown = "(expected a function: success(), failure(), always(), cancelled(); or a reference: params.*, steps.NAME.status, steps.NAME.outputs.*, run.*)";
+        let cases: [(&str, String); 17] = [
+            ("always", format!("unknown name `always` {unknown}; did you mean `always()`?")),
+            ("env.X == 1", format!("unknown name `env.X` {unknown}")),
+            ("AND", format!("unknown name `AND` {unknown}")),
+            ("success() &&", "condition ends too early".into()),
+            ("", "condition ends too early".into()),
+            ("success() success()", "unexpected `success` in condition `success() success()`".into()),
+            ("always() and 'x' 'y'", "unexpected `'y'` in condition `always() and 'x' 'y'`".into()),
+            ("always() )", "unexpected `)` in condition `always() )`".into()),
+            ("always() not", "unexpected `!` in condition `always() not`".into()),
+            ("== 1", "unexpected `==` in condition".into()),
+            ("(always()", "missing `)` in condition".into()),
+            ("success(1)", "`success()` takes no arguments".into()),
+            ("bogus()", "unknown function `bogus()`: expected success(), failure(), always() or cancelled()".into()),
+            ("params.x == 'open", "unclosed string in condition `params.x == 'open`".into()),
+            ("params.x == 1.2.3", "bad number `1.2.3` in condition `params.x == 1.2.3`".into()),
+            ("params.x = 1", "unexpected `=` in condition `params.x = 1`".into()),
+            // A lexical error is reported before an earlier parse error.
+            ("== {", "unexpected `{` in condition `== {`".into()),
+        ];
+        for (text, message) in cases {
+            assert_eq!(check(text), Err(message), "`{text}`");
+        }
+        let deep = format!("{}always(){}", "(".repeat(40), ")".repeat(40));
+        assert_eq!(
+            check(&deep),
+            Err("parentheses nested too deeply: expected at most 32 levels".to_owned())
+        );
+        assert_eq!(check(&format!("{}always()", "!".repeat(100_000))), Ok(()));
+    }
+
+    #[test]
+    fn run_time_parsing_takes_any_name_as_a_reference_and_checks_number_comparisons() {
+        let parsed = parse("env.X", Names::Any).map(|c| c.evaluate(&Failed));
+        assert_eq!(parsed, Ok(Ok(false)));
+        let compared = parse("params.environment > 1", Names::Any).map(|c| c.evaluate(&Failed));
+        assert_eq!(
+            compared,
+            Ok(Err(
+                "`>` compares numbers, got \"production\" and 1.0".to_owned()
+            ))
+        );
+    }
+}
