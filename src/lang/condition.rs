@@ -111,7 +111,7 @@ pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
         ));
     }
     let condition = parser.or(&mut AlertGrammar { comparisons: 0 })?;
-    let token = parser.next()?;
+    let token = parser.advance()?;
     match token.kind {
         TokenKind::End => Ok(condition),
         TokenKind::RParen => Err(ExprError::new(
@@ -343,11 +343,11 @@ impl Grammar for AlertGrammar {
     type Atom = Comparison;
 
     fn operand(&mut self, parser: &mut Parser<'_>) -> Result<Condition, ExprError> {
-        let token = parser.next()?;
+        let token = parser.advance()?;
         match &token.kind {
             TokenKind::LParen => {
                 let inner = parser.nested(self, &token)?;
-                let close = parser.next()?;
+                let close = parser.advance()?;
                 if close.kind == TokenKind::RParen {
                     Ok(inner)
                 } else {
@@ -403,7 +403,7 @@ impl AlertGrammar {
         };
         let metric = MetricRef { name, labels };
 
-        let token = parser.next()?;
+        let token = parser.advance()?;
         let op = match token.kind {
             TokenKind::Compare(op) => op,
             TokenKind::Assign => {
@@ -423,7 +423,7 @@ impl AlertGrammar {
             }
         };
 
-        let token = parser.next()?;
+        let token = parser.advance()?;
         let threshold = match token.kind {
             TokenKind::Number(value) => value,
             TokenKind::End => {
@@ -453,7 +453,7 @@ fn labels(
     metric: &str,
     allowed: &[&str],
 ) -> Result<Vec<(String, String)>, ExprError> {
-    let open = parser.next()?;
+    let open = parser.advance()?;
     if allowed.is_empty() {
         return Err(ExprError::new(
             open.column,
@@ -462,7 +462,7 @@ fn labels(
     }
     let mut labels: Vec<(String, String)> = Vec::new();
     loop {
-        let token = parser.next()?;
+        let token = parser.advance()?;
         let key = match &token.kind {
             TokenKind::RBrace => return Ok(labels),
             // `and` and `or` are label names here, as any other word.
@@ -492,7 +492,7 @@ fn labels(
             ));
         }
 
-        let token = parser.next()?;
+        let token = parser.advance()?;
         match token.kind {
             TokenKind::Assign => {}
             TokenKind::Compare(CompareOp::Ne) => {
@@ -512,7 +512,7 @@ fn labels(
             }
         }
 
-        let token = parser.next()?;
+        let token = parser.advance()?;
         let TokenKind::Str(value) = token.kind else {
             return Err(ExprError::new(
                 token.column,
@@ -530,7 +530,7 @@ fn labels(
         }
         labels.push((key, value));
 
-        let token = parser.next()?;
+        let token = parser.advance()?;
         match token.kind {
             TokenKind::Comma => {}
             TokenKind::RBrace => return Ok(labels),

@@ -539,7 +539,7 @@ impl<'s> Parser<'s> {
     }
 
     /// The next token, consumed.
-    pub fn next(&mut self) -> Result<Token, ExprError> {
+    pub fn advance(&mut self) -> Result<Token, ExprError> {
         match self.peeked.take() {
             Some(token) => Ok(token),
             None => self.lexer.next_token(),
@@ -550,7 +550,7 @@ impl<'s> Parser<'s> {
     pub fn or<G: Grammar>(&mut self, grammar: &mut G) -> Result<Expr<G::Atom>, ExprError> {
         let mut left = self.and(grammar)?;
         while self.peek()?.kind == TokenKind::Or {
-            self.next()?;
+            self.advance()?;
             let right = self.and(grammar)?;
             left = Expr::Or(Box::new(left), Box::new(right));
         }
@@ -560,7 +560,7 @@ impl<'s> Parser<'s> {
     fn and<G: Grammar>(&mut self, grammar: &mut G) -> Result<Expr<G::Atom>, ExprError> {
         let mut left = self.not(grammar)?;
         while self.peek()?.kind == TokenKind::And {
-            self.next()?;
+            self.advance()?;
             let right = self.not(grammar)?;
             left = Expr::And(Box::new(left), Box::new(right));
         }
@@ -571,13 +571,17 @@ impl<'s> Parser<'s> {
     fn not<G: Grammar>(&mut self, grammar: &mut G) -> Result<Expr<G::Atom>, ExprError> {
         let mut negations = 0_usize;
         while self.peek()?.kind == TokenKind::Not {
-            self.next()?;
+            self.advance()?;
             negations += 1;
         }
         let mut operand = grammar.operand(self)?;
         // `not not not x` is `not x` and `not not not not x` is `not not x` (a truth value,
         // where `x` may be another value), so the tree stays shallow to drop and evaluate.
-        let kept = if negations > 2 { 2 - negations % 2 } else { negations };
+        let kept = if negations > 2 {
+            2 - negations % 2
+        } else {
+            negations
+        };
         for _ in 0..kept {
             operand = Expr::Not(Box::new(operand));
         }
@@ -633,7 +637,10 @@ mod tests {
         lex_message: messages,
     };
 
-    fn tokens(text: &str, syntax: &Syntax) -> Result<Vec<(TokenKind, usize)>, ExprError> {
+    /// Token kinds with their columns.
+    type Tokens = Vec<(TokenKind, usize)>;
+
+    fn tokens(text: &str, syntax: &Syntax) -> Result<Tokens, ExprError> {
         let mut lexer = Lexer::new(text, syntax);
         let mut found = Vec::new();
         loop {
@@ -650,7 +657,7 @@ mod tests {
         use TokenKind::*;
         let word = |w: &str| Word(w.to_owned());
         let string = |s: &str| Str(s.to_owned());
-        let cases: Vec<(&str, &Syntax, Vec<(TokenKind, usize)>)> = vec![
+        let cases: Vec<(&str, &Syntax, Tokens)> = vec![
             (
                 "a.b-c >= -1.5",
                 &LOOSE,

@@ -101,7 +101,7 @@ pub fn parse(text: &str, names: Names) -> Result<IfCondition, String> {
         .map_err(|e| e.message)?;
     let mut parser = Parser::new(text, &SYNTAX);
     let expr = parser.or(&mut IfGrammar { names }).map_err(|e| e.message)?;
-    let token = parser.next().map_err(|e| e.message)?;
+    let token = parser.advance().map_err(|e| e.message)?;
     if token.kind != TokenKind::End {
         return Err(format!(
             "unexpected `{}` in condition `{text}`",
@@ -215,7 +215,7 @@ impl Grammar for IfGrammar {
         let left = self.primary(parser)?;
         let compare = match parser.peek()?.kind {
             TokenKind::Compare(op) => {
-                parser.next()?;
+                parser.advance()?;
                 Some((op, self.primary(parser)?))
             }
             _ => None,
@@ -226,7 +226,7 @@ impl Grammar for IfGrammar {
 
 impl IfGrammar {
     fn primary(&mut self, parser: &mut Parser<'_>) -> Result<Operand, ExprError> {
-        let token = parser.next()?;
+        let token = parser.advance()?;
         let fail = |message: String| Err(ExprError::new(token.column, message));
         match &token.kind {
             TokenKind::End => fail("condition ends too early".to_owned()),
@@ -239,7 +239,7 @@ impl IfGrammar {
                 if parser.peek()?.kind != TokenKind::RParen {
                     return fail("missing `)` in condition".to_owned());
                 }
-                parser.next()?;
+                parser.advance()?;
                 Ok(Operand::Group(Box::new(inner)))
             }
             TokenKind::Word(word) => self.word(parser, word, token.column),
@@ -254,14 +254,14 @@ impl IfGrammar {
         column: usize,
     ) -> Result<Operand, ExprError> {
         if parser.peek()?.kind == TokenKind::LParen {
-            parser.next()?;
+            parser.advance()?;
             if parser.peek()?.kind != TokenKind::RParen {
                 return Err(ExprError::new(
                     column,
                     format!("`{word}()` takes no arguments"),
                 ));
             }
-            parser.next()?;
+            parser.advance()?;
             return match word {
                 "success" => Ok(Operand::Call(Function::Success)),
                 "failure" => Ok(Operand::Call(Function::Failure)),

@@ -287,7 +287,8 @@ mod tests {
     #[test]
     fn each_mode_renders_as_its_users_expect() {
         use Mode::{Lenient, Strict, Verbatim};
-        let cases: [(&str, Mode, Result<Option<Value>, &str>); 17] = [
+        type Rendered = Result<Option<Value>, &'static str>;
+        let cases: [(&str, Mode, Rendered); 17] = [
             ("{{ n }}", Strict, Ok(Some(json!(7)))),
             (" {{list}} ", Strict, Ok(Some(json!(["x", 1])))),
             ("n={{ n }} {{a}}", Strict, Ok(Some(json!("n=7 A")))),
