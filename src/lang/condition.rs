@@ -15,9 +15,8 @@ use std::str::FromStr;
 pub use super::expr::CompareOp;
 use super::expr::{Expr, ExprError, Grammar, LexError, Parser, Syntax, Token, TokenKind};
 
-/// How many comparisons one condition may hold. Conditions are evaluated, printed and
-/// dropped recursively, so this bounds the depth of the tree as well as its size.
-const MAX_COMPARISONS: usize = 256;
+/// How many comparisons one condition may hold.
+const MAX_COMPARISONS: usize = super::expr::MAX_OPERANDS;
 
 /// Metrics about the host, which take no labels.
 pub const SYSTEM_METRICS: [&str; 9] = [

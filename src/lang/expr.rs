@@ -14,6 +14,10 @@ use std::fmt;
 /// input such as a million `(` from overflowing the stack.
 pub const MAX_NESTING: usize = 32;
 
+/// How many operands one expression may join. Expressions are evaluated, printed and
+/// dropped recursively, so this bounds the depth of the tree as well as its size.
+pub const MAX_OPERANDS: usize = 256;
+
 /// A comparison operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CompareOp {

@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use super::expr::{
-    CompareOp, Expr, ExprError, Grammar, LexError, Lexer, Parser, Syntax, TokenKind,
+    CompareOp, Expr, ExprError, Grammar, LexError, Lexer, Parser, Syntax, TokenKind, MAX_OPERANDS,
 };
 
 /// The functions a condition may call, as written.
@@ -100,7 +100,9 @@ pub fn parse(text: &str, names: Names) -> Result<IfCondition, String> {
         .check_all()
         .map_err(|e| e.message)?;
     let mut parser = Parser::new(text, &SYNTAX);
-    let expr = parser.or(&mut IfGrammar { names }).map_err(|e| e.message)?;
+    let expr = parser
+        .or(&mut IfGrammar { names, terms: 0 })
+        .map_err(|e| e.message)?;
     let token = parser.advance().map_err(|e| e.message)?;
     if token.kind != TokenKind::End {
         return Err(format!(
@@ -206,12 +208,22 @@ fn shown(kind: &TokenKind) -> String {
 /// The `if:` dialect's operands: a value, or two values compared.
 struct IfGrammar {
     names: Names,
+    /// The terms read so far, against [`MAX_OPERANDS`].
+    terms: usize,
 }
 
 impl Grammar for IfGrammar {
     type Atom = Term;
 
     fn operand(&mut self, parser: &mut Parser<'_>) -> Result<Expr<Term>, ExprError> {
+        self.terms += 1;
+        if self.terms > MAX_OPERANDS {
+            let column = parser.peek()?.column;
+            return Err(ExprError::new(
+                column,
+                format!("too many terms in condition: expected at most {MAX_OPERANDS}"),
+            ));
+        }
         let left = self.primary(parser)?;
         let compare = match parser.peek()?.kind {
             TokenKind::Compare(op) => {
@@ -427,6 +439,12 @@ mod tests {
             Err("parentheses nested too deeply: expected at most 32 levels".to_owned())
         );
         assert_eq!(check(&format!("{}always()", "!".repeat(100_000))), Ok(()));
+        let long = vec!["always()"; 100_000].join(" && ");
+        assert_eq!(
+            check(&long),
+            Err("too many terms in condition: expected at most 256".to_owned())
+        );
+        assert_eq!(check(&vec!["always()"; 256].join(" || ")), Ok(()));
     }
 
     #[test]
