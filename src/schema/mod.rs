@@ -130,7 +130,7 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     })
                     .with_format("glob", |s: &str| crate::triggers::glob(s).is_ok())
                     .with_format("payload-template", |s: &str| {
-                        crate::triggers::template::check(s).is_ok()
+                        crate::lang::delivery_template::check(s).is_ok()
                     })
                     .build(&schema)
                     .expect("embedded schema compiles");

@@ -35,7 +35,7 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
             .err()
             .map(|e| (e, None)),
         "glob" => crate::triggers::glob(text).err().map(|e| (e, None)),
-        "payload-template" => crate::triggers::template::check(text)
+        "payload-template" => crate::lang::delivery_template::check(text)
             .err()
             .map(|e| (e, None)),
         _ => None,

@@ -1,44 +1,15 @@
-//! What `{{ ... }}` in a trigger's parameters names: the delivery's `payload.x.y` (array
+//! What `{{ ... }}` in a trigger's parameters names in a delivery: `payload.x.y` (array
 //! elements by index: `payload.commits.0.id`), `event`, `action`, `branch`, `delivery`,
-//! `trigger`. The language is [`crate::lang::template`], lenient here: a delivery that lacks
-//! a value is no error — webhooks of one trigger differ by event — so a whole reference to
-//! nothing leaves the parameter out, and inside text it reads as empty.
+//! `trigger` (the names and their check: [`crate::lang::delivery_template`]). The language
+//! is [`crate::lang::template`], lenient here: a delivery that lacks a value is no error —
+//! webhooks of one trigger differ by event — so a whole reference to nothing leaves the
+//! parameter out, and inside text it reads as empty.
 
 use serde_json::Value;
 
 use crate::lang::template::{self, Mode};
 
-/// The names a reference may start with.
-pub const ROOTS: &[&str] = &[
-    "payload", "event", "action", "branch", "delivery", "trigger",
-];
-
-/// Checks the references of a parameter value: every `{{` closed, every reference starting
-/// with one of [`ROOTS`].
-pub fn check(text: &str) -> Result<(), String> {
-    for reference in template::closed_references(text)? {
-        check_reference(text, reference)?;
-    }
-    Ok(())
-}
-
-fn check_reference(text: &str, reference: &str) -> Result<(), String> {
-    let root = reference.split('.').next().unwrap_or_default();
-    if reference.is_empty() {
-        return Err(format!("empty reference `{{{{ }}}}` in `{text}`"));
-    }
-    if !ROOTS.contains(&root) {
-        return Err(format!(
-            "unknown reference `{reference}`: expected payload.<field>, {}{}",
-            ROOTS[1..].join(", "),
-            template::root_hint(root, ROOTS.iter().copied())
-        ));
-    }
-    if reference.split('.').any(str::is_empty) {
-        return Err(format!("`{reference}` has an empty segment"));
-    }
-    Ok(())
-}
+use crate::lang::delivery_template::check;
 
 /// The value a dotted reference names in `context`, when there is one (array elements by
 /// index: `payload.commits.0.id`).
