@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{AlertNotification, DeliveryOutcome, MetricSource, NotificationStatus};
-use crate::condition::{parse_condition, Condition, MetricRef};
 use crate::events::{Event, EventKind};
+use crate::lang::condition::{parse_condition, Condition, MetricRef};
+use crate::lang::template::{self, Mode};
 use crate::manifest::Kind;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
@@ -190,19 +191,11 @@ impl AlertRule {
     }
 
     /// Renders `{{ name }}`, `{{ id }}`, `{{ value }}`, `{{ condition }}`, `{{ severity }}`
-    /// and `{{ labels.KEY }}`; any other reference is left as written.
+    /// and `{{ labels.KEY }}` (the template language, [`crate::lang::template`], keeping
+    /// what it cannot fill as written): any other reference is left as written.
     pub fn render(&self, template: &str, value: Option<f64>) -> String {
-        let mut out = String::with_capacity(template.len());
-        let mut rest = template;
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                out.push_str(&rest[start..]);
-                return out;
-            };
-            let reference = after[..end].trim();
-            let replaced = match reference {
+        let resolve = |reference: &str| {
+            let text = match reference {
                 "name" => Some(self.name.clone()),
                 "id" => Some(self.id.clone()),
                 "value" => Some(format_value(value)),
@@ -212,14 +205,11 @@ impl AlertRule {
                     .strip_prefix("labels.")
                     .map(|key| self.labels.get(key).cloned().unwrap_or_default()),
             };
-            match replaced {
-                Some(text) => out.push_str(&text),
-                None => out.push_str(&rest[start..start + 2 + end + 2]),
-            }
-            rest = &after[end + 2..];
-        }
-        out.push_str(rest);
-        out
+            Ok(text.map(Value::String))
+        };
+        // Verbatim rendering fails only where the context does, and this one never does.
+        template::render_text(template, &resolve, Mode::Verbatim)
+            .unwrap_or_else(|_| template.to_owned())
     }
 }
 

@@ -49,7 +49,7 @@ use utoipa::ToSchema;
 
 pub use health::{HealthCheck, HealthStatus};
 
-use crate::condition::MetricRef;
+use crate::lang::condition::MetricRef;
 use crate::model::{RunRecord, Status, StepRecord, TestStatus};
 use crate::store::{Store, StoreError};
 

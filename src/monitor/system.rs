@@ -26,12 +26,12 @@ use utoipa::ToSchema;
 
 use super::history::{rebucket, History, HistoryPoint};
 use super::MetricSource;
-use crate::condition::MetricRef;
 use crate::config::MonitoringConfig;
+use crate::lang::condition::MetricRef;
 use crate::store::{Store, StoreError};
 
 /// The metric names a sample answers, as alert conditions write them.
-pub const METRIC_NAMES: [&str; 9] = crate::condition::SYSTEM_METRICS;
+pub const METRIC_NAMES: [&str; 9] = crate::lang::condition::SYSTEM_METRICS;
 
 /// One sample of the machine and of the orchestrator process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -645,10 +645,10 @@ mod tests {
         for name in METRIC_NAMES {
             assert!(sample.value(name).is_some(), "{name}");
             // The alert conditions accept each name, and only these are system metrics.
-            crate::condition::parse_condition(&format!("{name} > 1"))
+            crate::lang::condition::parse_condition(&format!("{name} > 1"))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        assert!(crate::condition::parse_condition("system.swap_percent > 1").is_err());
+        assert!(crate::lang::condition::parse_condition("system.swap_percent > 1").is_err());
         assert_eq!(sample.value("system.cpu_percent"), Some(12.0));
         assert_eq!(sample.value("system.orchestrator_rss_bytes"), Some(2e7));
         assert_eq!(sample.value("system.swap_percent"), None);
