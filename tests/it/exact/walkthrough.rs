@@ -590,7 +590,7 @@ fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_n
     assert_eq!(refusals, 1, "one line per event:\n{log}");
     assert!(
         log.lines()
-            .any(|l| l.contains(" DEBUG orchestrator::server")),
+            .any(|l| l.contains(" DEBUG orchestrator::controller::")),
         "the server's own debug lines are there (--verbose):\n{log}"
     );
     assert!(
