@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::server::{eventually, project, Api, Server, DEADLINE};
+use crate::support::{eventually, project, Api, Server, DEADLINE};
 
 const MIXED: &str = r#"name: Mixed
 steps:

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::engine::step;
-use crate::{orchestrator, repo_dir, temp_project};
+use crate::support::{orchestrator, repo_dir, temp_project};
 
 const EXAMPLE: &str = "examples/agents/file_checks";
 

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::browser::agent;
 use crate::receivers::{HttpRecorder, SmtpSink};
-use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::support::{cli, eventually, project, Server, DEADLINE};
 
 /// An alert that fires as soon as the first system sample is taken.
 fn busy_alert(actions: &[&str], repeat: &str) -> String {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::replay_auth::{
     address_of, assert_error_shape, get_json, project_files, request, Answer,
 };
-use crate::server::{cli, eventually, Server};
+use crate::support::{cli, eventually, Server};
 
 /// A project inside a directory of its own (`<root>/project`), so that anything written
 /// next to the project can be seen.
@@ -156,7 +156,7 @@ fn short(text: &str) -> String {
 
 /// The invalid corpus, sorted: (file name, bytes).
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = crate::repo_dir().join("tests/fixtures/invalid");
+    let dir = crate::support::repo_dir().join("tests/fixtures/invalid");
     let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| {
@@ -176,7 +176,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 fn every_invalid_manifest_fails_validate_with_where_and_what() {
     for (name, _) in corpus() {
         let path = format!("tests/fixtures/invalid/{name}");
-        let run = crate::orchestrator(&crate::repo_dir(), &["validate", &path]);
+        let run = crate::support::orchestrator(&crate::support::repo_dir(), &["validate", &path]);
         assert_eq!(run.code, 1, "{name}:\n{}\n{}", run.stdout, run.stderr);
         // Each error names the file, line and column where it is.
         let errors = run.stdout.matches("\nerror: ").count()
@@ -208,7 +208,10 @@ fn every_invalid_manifest_fails_validate_with_where_and_what() {
         );
 
         // The same as data: every diagnostic with its place and a message.
-        let run = crate::orchestrator(&crate::repo_dir(), &["validate", &path, "-o", "json"]);
+        let run = crate::support::orchestrator(
+            &crate::support::repo_dir(),
+            &["validate", &path, "-o", "json"],
+        );
         assert_eq!(run.code, 1, "{name}:\n{}", run.stdout);
         let report: Value = serde_json::from_str(&run.stdout)
             .unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.stdout));

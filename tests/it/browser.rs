@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::repo_dir;
-use crate::server::{eventually, Server, DEADLINE};
+use crate::support::repo_dir;
+use crate::support::{eventually, Server, DEADLINE};
 
 /// The width and height of the window, pixels.
 pub(crate) const DESKTOP: (u32, u32) = (1280, 900);

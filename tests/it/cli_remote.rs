@@ -15,8 +15,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::engine::{assert_gone, newest_run, run_id, wait_for_file, SLEEPER};
-use crate::server::{cli, command, eventually, project, Server, DEADLINE, ECHO};
-use crate::Run;
+use crate::server::ECHO;
+use crate::support::Run;
+use crate::support::{cli, command, eventually, project, Server, DEADLINE};
 
 /// A workflow whose one step fails with output.
 const BOOM: &str = r#"name: Boom

@@ -47,7 +47,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::server::{cli, command, project, Server, DEADLINE};
+use crate::support::{cli, command, project, Server, DEADLINE};
 
 /// The webhook trigger's secret (`env:CRASH_WEBHOOK_SECRET`).
 const SECRET: &str = "crash-suite-secret";
@@ -155,7 +155,7 @@ struct Client {
 impl Client {
     /// Talks to the server of `dir`, at the address its `data/server.json` gives.
     fn new(dir: &Path) -> Client {
-        let (base, agent) = crate::server::base_and_agent(dir);
+        let (base, agent) = crate::support::base_and_agent(dir);
         Client { base, agent }
     }
 

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::browser::{
     agent, assert_contains_all, run_to_end, runtime, serve, server_url, Browser, DESKTOP,
 };
-use crate::server::{project, Server, DEADLINE};
+use crate::support::{project, Server, DEADLINE};
 
 /// A workflow with typed parameters: a shell step that writes to its log (and, with
 /// `hold`, waits for a `release` file in the project), then a JUnit suite through the

@@ -18,7 +18,7 @@ use std::net::TcpStream;
 use serde_json::{json, Value};
 
 use crate::browser::{agent, runtime, serve, Browser, DESKTOP};
-use crate::server::{eventually, project, DEADLINE};
+use crate::support::{eventually, project, DEADLINE};
 
 /// A JUnit suite and an HTML report: the suite fails a case when `flavour` is `broken`; the
 /// report step runs either way.

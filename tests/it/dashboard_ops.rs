@@ -12,7 +12,7 @@ use std::fs;
 use serde_json::{json, Value};
 
 use crate::browser::{agent, run_to_end, runtime, serve, Browser, DESKTOP};
-use crate::server::{eventually, project};
+use crate::support::{eventually, project};
 
 const TICK: &str = "name: Tick\ndescription: Two quick shell steps\nsteps:\n  - name: first\n    command: [\"sh\", \"-c\", \"echo tick one\"]\n  - name: second\n    depends_on: [first]\n    command: [\"sh\", \"-c\", \"echo tick two\"]\n";
 

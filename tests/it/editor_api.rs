@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::browser::server_url;
 use crate::git_source::{follow_main, init_repo};
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, Server, DEADLINE};
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()

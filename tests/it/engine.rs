@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{orchestrator, temp_project};
+use crate::support::{orchestrator, temp_project};
 
 fn project_with(workflows: &[(&str, &str)]) -> tempfile::TempDir {
     let project = temp_project();
@@ -28,7 +28,7 @@ fn show(dir: &Path, run: &str) -> Value {
 
 /// The newest run's id (`run list -o json`), through whichever backend the CLI finds.
 pub(crate) fn newest_run(dir: &Path) -> String {
-    let listed = crate::server::cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
+    let listed = crate::support::cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
     let runs: Value = serde_json::from_str(&listed.stdout).unwrap();
     runs[0]["id"].as_str().expect("a run").to_owned()
 }
@@ -575,7 +575,7 @@ fn the_guides_create_then_execute_sequence_runs_green_on_a_fresh_project() {
     let project = temp_project();
     let dir = project.path();
     orchestrator(dir, &["init"]).expect_code(0);
-    let guide = crate::repo_dir().join("tests/fixtures/guide/workflows/api_tests.json");
+    let guide = crate::support::repo_dir().join("tests/fixtures/guide/workflows/api_tests.json");
     let created = orchestrator(
         dir,
         &[

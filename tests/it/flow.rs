@@ -5,7 +5,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::{orchestrator, repo_dir, temp_project};
+use crate::support::{orchestrator, repo_dir, temp_project};
 
 fn stored(dir: &std::path::Path) -> Vec<Value> {
     let run = orchestrator(dir, &["get", "--all", "-o", "json"]).expect_code(0);

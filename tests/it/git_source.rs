@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::{orchestrator, temp_project};
+use crate::support::{orchestrator, temp_project};
 
 /// A server started for one test; stopped (SIGTERM, then killed) when dropped.
 struct Server {

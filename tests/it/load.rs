@@ -42,7 +42,7 @@ use sha2::Sha256;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::server::{project, ws_send, ws_subscribe, ws_until, Server, Ws, DEADLINE};
+use crate::support::{project, ws_send, ws_subscribe, ws_until, Server, Ws, DEADLINE};
 
 /// Concurrent API clients, each on its own keep-alive connection.
 const API_CLIENTS: usize = 200;
@@ -116,7 +116,7 @@ pub(crate) fn fixture_project() -> Vec<(String, String)> {
             }
         }
     }
-    let root = crate::repo_dir().join("tests/fixtures/load/project");
+    let root = crate::support::repo_dir().join("tests/fixtures/load/project");
     let mut files = Vec::new();
     walk(&root, &root, &mut files);
     files
@@ -461,7 +461,7 @@ fn deliver_push(
 /// run) and one pushes to a branch the trigger filters out; the others start a run.
 fn webhook_sender(load: &Load, sender: u32) {
     let http = Http::new(&load.http_address);
-    let path = crate::repo_dir().join("tests/fixtures/load/push.json");
+    let path = crate::support::repo_dir().join("tests/fixtures/load/push.json");
     let push: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let started = Instant::now();
     let mut previous: Option<(String, Vec<u8>, String)> = None;
@@ -759,7 +759,7 @@ async fn ws_client(
     ready: mpsc::Sender<()>,
     mut expect: watch::Receiver<Option<Arc<Expect>>>,
 ) -> (Watched, Ws) {
-    let mut ws = crate::server::ws_connect(&address, None).await;
+    let mut ws = crate::support::ws_connect(&address, None).await;
     if everything {
         // No list: every kind, run logs included.
         ws_send(&mut ws, json!({"type": "subscribe", "events": []})).await;
@@ -880,7 +880,7 @@ async fn bus_sequence(address: &str) -> u64 {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
         .await
         .expect("connect to /ws");
-    let hello = crate::server::ws_next(&mut ws).await;
+    let hello = crate::support::ws_next(&mut ws).await;
     assert_eq!(hello["type"], "connected", "{hello}");
     hello["payload"]["sequence"].as_u64().expect("a sequence")
 }

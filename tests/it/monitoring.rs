@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, Server, DEADLINE};
 
 /// Samples every 200 ms, one history point a second.
 const FAST_SAMPLING: &str = "monitoring:\n  sample_interval: 200ms\n  history_step: 1s\n";

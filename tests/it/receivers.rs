@@ -4,7 +4,7 @@
 //! lettre and records every message.
 //!
 //! Both run on plain threads, one per connection, and stop accepting when dropped. Waits poll
-//! with [`DEADLINE`](crate::server::DEADLINE).
+//! with [`DEADLINE`](crate::support::DEADLINE).
 
 #![allow(dead_code)]
 
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::DEADLINE;
+use crate::support::DEADLINE;
 
 /// How long a receiver waits for a client that stops talking.
 const IDLE: Duration = Duration::from_secs(30);

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, Server, DEADLINE};
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -202,7 +202,7 @@ fn github_trigger(extra: &str) -> String {
 
 /// The push every replay test sends.
 fn push_body() -> Vec<u8> {
-    let path = crate::repo_dir().join("tests/fixtures/replay_auth/push.json");
+    let path = crate::support::repo_dir().join("tests/fixtures/replay_auth/push.json");
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // Re-serialised compactly: what is signed is exactly what is sent.
     let value: Value = serde_json::from_slice(&text).unwrap();

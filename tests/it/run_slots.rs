@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::{cli, eventually, project, Server};
+use crate::support::{cli, eventually, project, Server};
 
 const GATE: &str = "name: Gate\nsteps:\n  - name: wait\n    command: [\"sh\", \"-c\", \"echo start $ORCHESTRATOR_RUN_ID >> gate/events.log; while [ ! -e gate/release/$ORCHESTRATOR_RUN_ID ]; do sleep 0.02; done; echo end $ORCHESTRATOR_RUN_ID >> gate/events.log\"]\n";
 
@@ -47,7 +47,7 @@ struct Client {
 impl Client {
     /// Talks to the server of `dir` at the address its `data/server.json` gives.
     fn new(dir: &Path) -> Client {
-        let (base, agent) = crate::server::base_and_agent(dir);
+        let (base, agent) = crate::support::base_and_agent(dir);
         Client { base, agent }
     }
 

@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::browser::server_url;
-use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::support::{cli, eventually, project, Server, DEADLINE};
 
 const TICK: &str = "name: Tick\nsteps:\n  - name: t\n    command: [\"true\"]\n";
 

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::load::{fixture_project, rss_kib, sign, Http, SECRET};
-use crate::server::{ws_connect, ws_send, Server};
+use crate::support::{ws_connect, ws_send, Server};
 
 /// The traffic the budget is written for: a schedule every second and five webhook runs a
 /// second.
@@ -182,7 +182,7 @@ fn soak_project() -> tempfile::TempDir {
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
-    let project = crate::server::project(&files);
+    let project = crate::support::project(&files);
     // Small log files, so that the soak sees every log rotate.
     let config = project.path().join("config/development.yaml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -244,7 +244,7 @@ fn check_logs(dir: &Path) -> Vec<(String, u64)> {
 /// Signed pushes, each a new delivery that starts a run, until `stop`.
 fn webhook_sender(address: &str, stop: &AtomicBool, sent: &AtomicU64, failures: &AtomicU64) {
     let http = Http::new(address);
-    let path = crate::repo_dir().join("tests/fixtures/load/push.json");
+    let path = crate::support::repo_dir().join("tests/fixtures/load/push.json");
     let body = std::fs::read(path).expect("push.json");
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {

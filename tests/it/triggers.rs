@@ -11,8 +11,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::server::{cli, eventually, project, Server, DEADLINE};
-use crate::Run;
+use crate::support::Run;
+use crate::support::{cli, eventually, project, Server, DEADLINE};
 
 /// Where `scripts/test` installs the examples.
 const EXAMPLES: &str =
@@ -38,7 +38,7 @@ pub(crate) fn create_webhook(dir: &Path, url: &str, workflow: &str, more: &[&str
 fn examples() -> &'static Vec<Value> {
     static EXAMPLES_JSON: OnceLock<Vec<Value>> = OnceLock::new();
     EXAMPLES_JSON.get_or_init(|| {
-        let path = crate::repo_dir().join(EXAMPLES);
+        let path = crate::support::repo_dir().join(EXAMPLES);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "cannot read {}: {e}. The webhook tests use GitHub's example payloads from the npm package @octokit/webhooks-examples: run scripts/test, which installs it into target/test-tools",

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::receivers::HttpRecorder;
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, Server, DEADLINE};
 
 /// Deep-merges `patch` into the development configuration `init` wrote (rewritten as JSON,
 /// which is YAML), so a test adds its settings whatever sections the scaffold has.
@@ -306,7 +306,7 @@ fn schemathesis_finds_no_mismatch_between_the_document_and_the_server() {
         ],
     );
     // Some data: a finished run, so runs, logs and metrics have something to show.
-    let api = crate::server::Api::new(&server.address, Some("ecosystem-token"));
+    let api = crate::support::Api::new(&server.address, Some("ecosystem-token"));
     let run = api.execute("wf_smoke", "{}");
     api.wait_finished(&run);
 

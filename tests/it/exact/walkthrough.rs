@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::server::{cli, project, Server};
+use crate::support::{cli, project, Server};
 use crate::triggers::create_webhook;
 
 /// Every schema the binary publishes.
@@ -104,7 +104,7 @@ fn check_jsonschema(dir: &Path, args: &[&str]) -> (bool, String) {
 fn get_with_host(address: &str, host: &str, path: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
-        .set_read_timeout(Some(crate::server::DEADLINE))
+        .set_read_timeout(Some(crate::support::DEADLINE))
         .unwrap();
     write!(
         stream,
@@ -213,7 +213,7 @@ fn manifests_written_by_the_server_put_back_the_schemas_their_modelines_name() {
 
 #[test]
 fn schemas_export_writes_every_schema_anywhere() {
-    let project = crate::temp_project();
+    let project = crate::support::temp_project();
     let dir = project.path();
     let run = cli(dir, &["schemas", "export", "out/json-schemas"]).expect_code(0);
     let out = dir.join("out/json-schemas");
@@ -308,7 +308,7 @@ fn github_delivery(
 ) -> (u16, Value) {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(crate::server::DEADLINE))
+        .timeout_global(Some(crate::support::DEADLINE))
         .build()
         .new_agent();
     let mut request = agent
@@ -448,7 +448,7 @@ fn scaffolded_alerts_name_channels_every_environment_defines_and_log_appends_jso
     fs::write(&config, text).unwrap();
     let _server = Server::start(dir);
     let log = dir.join("logs/alerts.log");
-    let line = crate::server::eventually("a line in logs/alerts.log", || {
+    let line = crate::support::eventually("a line in logs/alerts.log", || {
         let text = fs::read_to_string(&log).ok()?;
         text.lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -545,7 +545,7 @@ fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_n
     let project = project(&[("triggers/unset.yaml", UNSET_SECRET_TRIGGER)]);
     let dir = project.path();
     // Not a terminal, and no NO_COLOR: colour must still stay out of the file.
-    let started = crate::server::command(dir)
+    let started = crate::support::command(dir)
         .args(["start", "--background", "--port", "0", "--verbose"])
         .env_remove("NO_COLOR")
         .output()
@@ -566,7 +566,7 @@ fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_n
     );
     assert_eq!(status, 503, "{answer}");
     // Commands run against the server, verbose too: their debug lines stay on their stderr.
-    let listed = crate::server::command(dir)
+    let listed = crate::support::command(dir)
         .args(["--verbose", "workflow", "list"])
         .env_remove("NO_COLOR")
         .output()

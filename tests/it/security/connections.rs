@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::server::{base_and_agent, eventually, project, Server, DEADLINE};
+use crate::support::{base_and_agent, eventually, project, Server, DEADLINE};
 
 /// Adds lines under `server:` in the project's development configuration.
 fn server_settings(dir: &Path, lines: &str) {

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::browser::{runtime, Browser, DESKTOP};
 use crate::replay_auth::{parse_answer, project_files, Answer};
-use crate::server::{cli, edit_config, eventually, project, Api, Server, DEADLINE};
+use crate::support::{cli, edit_config, eventually, project, Api, Server, DEADLINE};
 
 /// A workflow whose one step says `ran` and leaves a file behind: that it ran shows.
 fn mark(marker: &Path) -> String {
@@ -323,7 +323,7 @@ fn cross_origin_requests_and_foreign_hosts_change_nothing() {
         tokio_tungstenite::connect_async(request)
             .await
             .expect("/ws from the dashboard's own origin");
-        crate::server::ws_connect(&address, None).await;
+        crate::support::ws_connect(&address, None).await;
     });
 
     // The guide's curl examples, as written (no Origin; JSON where there is a body).
@@ -523,7 +523,7 @@ fn blank_tokens_are_refused_at_start() {
     assert!(!dir.join("data/server.json").exists());
     // The same from an environment variable.
     std::fs::write(dir.join("secrets/token"), "fine-token").unwrap();
-    let mut child = crate::server::command(dir)
+    let mut child = crate::support::command(dir)
         .args(["start", "--port", "0"])
         .env("ORCHESTRATOR_API_TOKEN", "env:TEST_BLANK")
         .env("TEST_BLANK", " ")

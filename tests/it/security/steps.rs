@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::engine::step;
-use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::support::{cli, eventually, project, Server, DEADLINE};
 
 /// Values placed in the server's environment that no step may see.
 const WEBHOOK_SECRET: &str = "topsecret-webhook-5c1e";
@@ -89,7 +89,7 @@ struct Client {
 impl Client {
     fn new(server: &Server, dir: &Path, token: Option<&str>) -> Client {
         let _ = server;
-        let (base, agent) = crate::server::base_and_agent(dir);
+        let (base, agent) = crate::support::base_and_agent(dir);
         Client {
             base,
             agent,
@@ -158,7 +158,7 @@ fn assert_no_secret(what: &str, text: &str) {
 }
 
 /// Connects to `/ws` with the token and subscribes to `run_log` and `workflow_completed`.
-async fn subscribe(address: &str, token: &str) -> crate::server::Ws {
+async fn subscribe(address: &str, token: &str) -> crate::support::Ws {
     let mut request = format!("ws://{address}/ws").into_client_request().unwrap();
     request
         .headers_mut()
@@ -175,7 +175,7 @@ async fn subscribe(address: &str, token: &str) -> crate::server::Ws {
     ws
 }
 
-async fn next(ws: &mut crate::server::Ws) -> Value {
+async fn next(ws: &mut crate::support::Ws) -> Value {
     loop {
         let message = tokio::time::timeout(DEADLINE, ws.next())
             .await
@@ -189,7 +189,7 @@ async fn next(ws: &mut crate::server::Ws) -> Value {
 }
 
 /// The `run_log` text of one step of a run, read until the run completes.
-async fn streamed_log(ws: &mut crate::server::Ws, run: &str, step: &str) -> String {
+async fn streamed_log(ws: &mut crate::support::Ws, run: &str, step: &str) -> String {
     let mut text = String::new();
     loop {
         let event = next(ws).await;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::server::{base_and_agent, cli, project, Server};
+use crate::support::{base_and_agent, cli, project, Server};
 use crate::triggers::create_webhook;
 
 /// The reproduction: a trigger maps a pull request's title into a parameter that a
@@ -267,7 +267,7 @@ fn api_and_system_logs_rotate_by_size_and_keep_max_files() {
         assert_eq!(answer.status(), 404);
     }
     let logs = dir.join("logs");
-    let api = crate::server::eventually("api.log to rotate twice", || {
+    let api = crate::support::eventually("api.log to rotate twice", || {
         let names = files_named(&logs, "api.log");
         (names.len() == 3).then_some(names)
     });
@@ -417,7 +417,7 @@ fn a_full_disk_is_survived_without_a_restart() {
     assert!(!dir.join("workflows/during.yaml").exists());
     // Runs need the store: a write fails (sled's buffer may take a few), and then the
     // server says it is not ready.
-    let failed = crate::server::eventually("a store write to fail", || {
+    let failed = crate::support::eventually("a store write to fail", || {
         let (code, text) = post("/api/workflows/wf_before/execute", "{}");
         if code == 202 {
             let run: Value = serde_json::from_str(&text).unwrap();
@@ -429,14 +429,14 @@ fn a_full_disk_is_survived_without_a_restart() {
     assert!((500..600).contains(&failed.0), "{failed:?}");
     let error: Value = serde_json::from_str(&failed.1).unwrap();
     assert!(error["error"]["code"].is_string(), "{failed:?}");
-    crate::server::eventually("/readyz to answer 503", || {
+    crate::support::eventually("/readyz to answer 503", || {
         (status("/readyz") == 503).then_some(())
     });
     assert_eq!(temporary_files(dir), Vec::<String>::new());
 
     // Space comes back: without a restart, the server is ready and writes succeed.
     std::fs::remove_file(&filler).unwrap();
-    crate::server::eventually("/readyz to answer 200 again", || {
+    crate::support::eventually("/readyz to answer 200 again", || {
         (status("/readyz") == 200).then_some(())
     });
     let (code, text) = post("/api/manifests", &manifest("After"));

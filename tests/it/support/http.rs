@@ -1,0 +1,285 @@
+//! The one HTTP client of the tests: requests with or without the API token and with any
+//! header (Host, Origin, Content-Type, signatures), every status taken as an answer, JSON
+//! bodies decoded and error shapes checked.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{eventually, DEADLINE};
+
+/// An agent that takes every status as an answer and gives up after [`DEADLINE`].
+pub(crate) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(DEADLINE))
+        .build()
+        .new_agent()
+}
+
+/// The address (`host:port`) of the server running in `dir`, from its `data/server.json`.
+pub(crate) fn server_address(dir: &Path) -> String {
+    let info = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
+    let info: Value = serde_json::from_str(&info).unwrap();
+    info["address"].as_str().expect("address").to_owned()
+}
+
+/// The base URL of the server running in `dir` (the address in its `data/server.json`) and
+/// an [`agent`].
+pub(crate) fn base_and_agent(dir: &Path) -> (String, ureq::Agent) {
+    (format!("http://{}", server_address(dir)), agent())
+}
+
+/// One HTTP answer, whatever its status.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) location: Option<String>,
+    /// Every header, names in lower case.
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) text: String,
+}
+
+impl Reply {
+    fn from(mut response: ureq::http::Response<ureq::Body>) -> Result<Reply, ureq::Error> {
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let location = header("location");
+        Ok(Reply {
+            status: response.status().as_u16(),
+            content_type,
+            location,
+            text: response.body_mut().read_to_string()?,
+            headers,
+        })
+    }
+
+    /// A header's value (`name` in lower case).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, or `Null` when it is none.
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+
+    /// Asserts the status and returns the body as JSON.
+    #[track_caller]
+    pub(crate) fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "{self:?}"
+        );
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    /// Asserts an error answer: the status, the JSON shape and the code; returns the
+    /// message.
+    #[track_caller]
+    pub(crate) fn expect_error(self, status: u16, code: &str) -> String {
+        let body = self.expect(status);
+        let error = &body["error"];
+        assert_eq!(error["code"], code, "{body}");
+        assert!(error.get("details").is_some(), "{body}");
+        let message = error["message"].as_str().unwrap_or_default().to_owned();
+        assert!(!message.is_empty(), "{body}");
+        message
+    }
+}
+
+/// A small client of the API.
+pub(crate) struct Api {
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client of the server at `address` (`host:port`), sending `token` when given.
+    pub(crate) fn new(address: &str, token: Option<&str>) -> Api {
+        Api {
+            base: format!("http://{address}"),
+            agent: agent(),
+            token: token.map(str::to_owned),
+        }
+    }
+
+    /// A client, without a token, of the server running in `dir` (at the address its
+    /// `data/server.json` gives).
+    pub(crate) fn of_project(dir: &Path) -> Api {
+        Api::new(&server_address(dir), None)
+    }
+
+    /// `http://host:port`.
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A request to build: any method, header and body.
+    pub(crate) fn request(&self, method: &'static str, path: &str) -> Request<'_> {
+        Request {
+            api: self,
+            method,
+            url: format!("{}{path}", self.base),
+            headers: Vec::new(),
+            body: None,
+            with_token: true,
+        }
+    }
+
+    /// GET (with the token, when the client has one).
+    pub(crate) fn get(&self, path: &str) -> Reply {
+        self.request("GET", path).send()
+    }
+
+    /// POST with `Content-Type: application/json` (an empty body when `body` is empty).
+    pub(crate) fn post(&self, path: &str, body: &str) -> Reply {
+        self.post_as(path, "application/json", body)
+    }
+
+    /// POST with the given content type, which is sent even with an empty body (every
+    /// request that changes something must say `application/json`).
+    pub(crate) fn post_as(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        self.request("POST", path)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    }
+
+    /// DELETE, saying `Content-Type: application/json` as every state change must.
+    pub(crate) fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path)
+            .header("Content-Type", "application/json")
+            .send()
+    }
+
+    /// Starts a run; asserts the 202 and its Location; returns the run id.
+    #[track_caller]
+    pub(crate) fn execute(&self, workflow: &str, body: &str) -> String {
+        let reply = self.post(&format!("/api/workflows/{workflow}/execute"), body);
+        let location = reply.location.clone();
+        let accepted = reply.expect(202);
+        let id = accepted["run_id"].as_str().expect("run_id").to_owned();
+        assert!(id.starts_with("run_"), "{accepted}");
+        assert_eq!(accepted["workflow_id"], workflow, "{accepted}");
+        assert_eq!(location, Some(format!("/api/runs/{id}")));
+        id
+    }
+
+    /// Polls a run until it reaches a final state; returns `{"run", "steps"}`.
+    pub(crate) fn wait_finished(&self, run: &str) -> Value {
+        eventually(&format!("run {run} to finish"), || {
+            let shown = self.get(&format!("/api/runs/{run}")).expect(200);
+            let status = shown["run"]["status"].as_str().unwrap_or_default();
+            (status != "queued" && status != "running").then_some(shown)
+        })
+    }
+
+    /// The ids `GET /api/workflows` lists.
+    pub(crate) fn workflow_ids(&self) -> Vec<String> {
+        let listed = self.get("/api/workflows").expect(200);
+        listed["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A request being built by [`Api::request`].
+pub(crate) struct Request<'a> {
+    api: &'a Api,
+    method: &'static str,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    with_token: bool,
+}
+
+impl Request<'_> {
+    /// Adds a header (`Host` and `Origin` included).
+    pub(crate) fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The body (for POST, PUT and PATCH; none is sent when it is empty).
+    pub(crate) fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// Leaves out the client's token.
+    pub(crate) fn without_token(mut self) -> Self {
+        self.with_token = false;
+        self
+    }
+
+    /// Sends it; `Err` when no answer came (refused, reset, timed out).
+    pub(crate) fn try_send(self) -> Result<Reply, ureq::Error> {
+        let mut headers = self.headers;
+        if let Some(token) = self.api.token.as_ref().filter(|_| self.with_token) {
+            headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
+        }
+        let agent = &self.api.agent;
+        let url = self.url;
+        let response = match self.method {
+            "GET" | "DELETE" | "HEAD" => {
+                let mut request = match self.method {
+                    "GET" => agent.get(url),
+                    "DELETE" => agent.delete(url),
+                    _ => agent.head(url),
+                };
+                for (name, value) in &headers {
+                    request = request.header(name, value);
+                }
+                request.call()
+            }
+            "POST" | "PUT" | "PATCH" => {
+                let mut request = match self.method {
+                    "POST" => agent.post(url),
+                    "PUT" => agent.put(url),
+                    _ => agent.patch(url),
+                };
+                for (name, value) in &headers {
+                    request = request.header(name, value);
+                }
+                match self.body.filter(|body| !body.is_empty()) {
+                    Some(body) => request.send(&body[..]),
+                    None => request.send_empty(),
+                }
+            }
+            other => panic!("no such method in the tests: {other}"),
+        }?;
+        Reply::from(response)
+    }
+
+    /// Sends it; an answer must come.
+    #[track_caller]
+    pub(crate) fn send(self) -> Reply {
+        let what = format!("{} {}", self.method, self.url);
+        self.try_send()
+            .unwrap_or_else(|e| panic!("{what}: no HTTP answer: {e}"))
+    }
+}

@@ -1,0 +1,130 @@
+//! Running the `orchestrator` binary: a clean environment, commands that must end within
+//! the deadline, `init`ed projects in temporary directories, and signals to processes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::DEADLINE;
+
+/// The result of one run of the binary.
+pub(crate) struct Run {
+    /// Exit code.
+    pub(crate) code: i32,
+    /// Standard output.
+    pub(crate) stdout: String,
+    /// Standard error.
+    pub(crate) stderr: String,
+}
+
+impl Run {
+    pub(crate) fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams when the exit code is not the expected one.
+    #[track_caller]
+    pub(crate) fn expect_code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs the binary in `dir` with a clean environment (see [`command`]) and waits for it,
+/// however long it takes (for commands that wait for runs; [`cli`] has a deadline).
+pub(crate) fn orchestrator(dir: &Path, args: &[&str]) -> Run {
+    let output = command(dir).args(args).output().expect("run orchestrator");
+    Run::from(output)
+}
+
+/// The binary with a clean environment: no `ORCHESTRATOR_*` variable of the caller leaks in.
+pub(crate) fn command(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command.current_dir(dir).env("NO_COLOR", "1");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("ORCHESTRATOR_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Runs a command that must end on its own (it is killed, and the test fails, if it does
+/// not end within the deadline: a `start` that should be refused must not hang the suite).
+pub(crate) fn cli(dir: &Path, args: &[&str]) -> Run {
+    let mut child = command(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run orchestrator");
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("wait");
+            panic!(
+                "`orchestrator {}` did not end within {DEADLINE:?}\n--- stdout\n{}\n--- stderr\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Run::from(child.wait_with_output().expect("output"))
+}
+
+/// The repository's own directory.
+pub(crate) fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fresh, empty project directory.
+pub(crate) fn temp_project() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// An `init`ed project with extra files (project-relative path, content).
+pub(crate) fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let project = temp_project();
+    let dir = project.path();
+    cli(dir, &["init"]).expect_code(0);
+    for (path, text) in files {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    project
+}
+
+/// Replaces `from` with `to` in the development configuration `init` wrote.
+pub(crate) fn edit_config(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("config/development.yaml");
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains(from),
+        "config/development.yaml has no `{from}`:\n{text}"
+    );
+    fs::write(&path, text.replacen(from, to, 1)).unwrap();
+}
+
+/// Sends `signal` to a process, whether or not it still exists.
+pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// Whether a process exists (signal 0).
+pub(crate) fn alive(pid: u32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}

@@ -1,0 +1,137 @@
+//! The one server harness: `orchestrator start` as a child process on port 0 in a temp
+//! project, its output drained for its whole life, stopped with SIGTERM when dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{command, signal, Api, DEADLINE};
+
+/// `orchestrator start --port 0` running in the foreground as a child; stopped with SIGTERM
+/// when dropped.
+pub(crate) struct Server {
+    child: Option<Child>,
+    pub(crate) address: String,
+    stderr: Arc<Mutex<String>>,
+    stdout: Option<JoinHandle<String>>,
+}
+
+impl Server {
+    pub(crate) fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    /// Starts the server with extra environment variables and waits for its
+    /// `orchestrator listening on http://ADDR ...` line.
+    pub(crate) fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_args(dir, &["--port", "0"], env)
+    }
+
+    /// `orchestrator start ARGS` with extra environment variables; waits for its
+    /// `orchestrator listening on http://ADDR ...` line.
+    pub(crate) fn start_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = command(dir)
+            .arg("start")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        // Both pipes are drained for the server's whole life, so it never blocks on them.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buffer) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let (first_line, heard) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut reader = BufReader::new(out);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = first_line.send(line);
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            rest
+        });
+        let mut server = Server {
+            child: Some(child),
+            address: String::new(),
+            stderr,
+            stdout: Some(stdout),
+        };
+        let line = heard.recv_timeout(DEADLINE).unwrap_or_default();
+        let Some(address) = line
+            .strip_prefix("orchestrator listening on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            panic!(
+                "the server did not say where it listens; stdout: {line:?}\n--- stderr\n{}",
+                server.stderr()
+            );
+        };
+        server.address = address.to_owned();
+        server
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub(crate) fn api(&self) -> Api {
+        Api::new(&self.address, None)
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the rest of stdout.
+    pub(crate) fn stop(&mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the server did not stop within {DEADLINE:?} of SIGTERM\n--- stderr\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap_or_default();
+        (status, stdout)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
