@@ -9,8 +9,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::engine::step;
-use crate::support::{orchestrator, repo_dir, temp_project};
+use crate::support::{orchestrator, repo_dir, run_id, show, step, temp_project};
 
 const EXAMPLE: &str = "examples/agents/file_checks";
 
@@ -41,19 +40,6 @@ fn project_with_plugin() -> tempfile::TempDir {
 fn apply_workflow(dir: &Path, file: &str, text: &str) {
     fs::write(dir.join("workflows").join(file), text).unwrap();
     orchestrator(dir, &["apply"]).expect_code(0);
-}
-
-fn show(dir: &Path, run: &str) -> Value {
-    let shown = orchestrator(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
-    serde_json::from_str(&shown.stdout).unwrap()
-}
-
-fn run_id(stdout: &str) -> String {
-    stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("run_"))
-        .expect("a run id")
-        .to_owned()
 }
 
 fn agent_log(dir: &Path) -> String {

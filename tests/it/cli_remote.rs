@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::engine::{assert_gone, newest_run, run_id, wait_for_file, SLEEPER};
+use crate::engine::SLEEPER;
 use crate::server::ECHO;
 use crate::support::Run;
+use crate::support::{assert_gone, newest_run, run_id, wait_for_file};
 use crate::support::{cli, command, eventually, project, Server, DEADLINE};
 
 /// A workflow whose one step fails with output.

@@ -10,10 +10,8 @@ use std::fs;
 
 use serde_json::{json, Value};
 
-use crate::browser::{
-    agent, assert_contains_all, run_to_end, runtime, serve, server_url, Browser, DESKTOP,
-};
-use crate::support::{project, Server, DEADLINE};
+use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
+use crate::support::{project, server_url, Api, Server, DEADLINE};
 
 /// A workflow with typed parameters: a shell step that writes to its log (and, with
 /// `hold`, waits for a `release` file in the project), then a JUnit suite through the
@@ -82,17 +80,15 @@ fn seeded() -> tempfile::TempDir {
 fn every_page_loads_without_errors_and_shows_the_seeded_data() {
     let project = seeded();
     let (_server, base) = serve(project.path());
-    let failed = run_to_end(
-        &base,
+    let failed = Api::at(&base).run_to_end(
         "wf_checkout",
-        json!({"parameters": {"greeting": "seed", "flavour": "broken", "cases": 3}}),
+        &json!({"parameters": {"greeting": "seed", "flavour": "broken", "cases": 3}}).to_string(),
     );
     assert_eq!(failed["run"]["status"], "failed", "{failed}");
     let failed_id = failed["run"]["id"].as_str().unwrap().to_owned();
-    let passed = run_to_end(
-        &base,
+    let passed = Api::at(&base).run_to_end(
         "wf_checkout",
-        json!({"parameters": {"greeting": "again"}}),
+        &json!({"parameters": {"greeting": "again"}}).to_string(),
     );
     assert_eq!(passed["run"]["status"], "succeeded", "{passed}");
 
@@ -334,13 +330,7 @@ fn a_run_started_from_the_dashboard_is_followed_live() {
         let summary = browser.text("[data-section='summary']").await;
         assert!(summary.contains("from the dashboard"), "{summary}");
         // The server has the run as the page showed it.
-        let shown: Value = {
-            let mut response = agent()
-                .get(format!("{base}/api/runs/{run}"))
-                .call()
-                .unwrap();
-            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
-        };
+        let shown: Value = Api::at(&base).get(&format!("/api/runs/{run}")).json();
         assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
         assert_eq!(shown["run"]["parameters"]["greeting"], "from the dashboard");
         assert_eq!(shown["run"]["parameters"]["hold"], true);
@@ -478,30 +468,21 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
 fn assets_are_served_with_types_etags_and_a_strict_policy() {
     let project = project(&[]);
     let (_server, base) = serve(project.path());
-    let agent = agent();
+    let api = Api::at(&base);
     let get = |path: &str, etag: Option<&str>| {
-        let mut request = agent.get(format!("{base}{path}"));
+        let mut request = api.request("GET", path);
         if let Some(etag) = etag {
             request = request.header("If-None-Match", etag);
         }
-        let mut response = request.call().expect("an answer");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let reply = request.send();
+        let header = |name: &str| reply.header(name).unwrap_or_default().to_owned();
         let (ctype, etag, cache, csp) = (
             header("content-type"),
             header("etag"),
             header("cache-control"),
             header("content-security-policy"),
         );
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        (status, ctype, etag, cache, csp, body)
+        (reply.status, ctype, etag, cache, csp, reply.text)
     };
 
     let (status, ctype, etag, cache, csp, body) = get("/", None);
@@ -597,13 +578,9 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
         .await
         .unwrap();
         while read(&mut ws).await["type"] != "subscribed" {}
-        let mut response = agent()
-            .post(format!("{base}/api/workflows/wf_talk/execute"))
-            .header("Content-Type", "application/json")
-            .send_empty()
-            .unwrap();
-        let accepted: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        let accepted = Api::at(&base)
+            .post("/api/workflows/wf_talk/execute", "")
+            .json();
         let run = accepted["run_id"].as_str().unwrap().to_owned();
         let mut joined = String::new();
         loop {
@@ -619,10 +596,7 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
             }
         }
         assert_eq!(joined, "one\ntwo\nthree\n");
-        let mut response = agent()
-            .get(format!("{base}/api/runs/{run}/logs/speak"))
-            .call()
-            .unwrap();
-        assert_eq!(response.body_mut().read_to_string().unwrap(), joined);
+        let log = Api::at(&base).get(&format!("/api/runs/{run}/logs/speak"));
+        assert_eq!(log.text, joined);
     });
 }

@@ -17,8 +17,8 @@ use std::net::TcpStream;
 
 use serde_json::{json, Value};
 
-use crate::browser::{agent, runtime, serve, Browser, DESKTOP};
-use crate::support::{eventually, project, DEADLINE};
+use crate::browser::{runtime, serve, Browser, DESKTOP};
+use crate::support::{eventually, project, Api, DEADLINE};
 
 /// A JUnit suite and an HTML report: the suite fails a case when `flavour` is `broken`; the
 /// report step runs either way.
@@ -106,21 +106,12 @@ fn seeded() -> tempfile::TempDir {
 
 /// GET: (status, content type, headers' CSP, body).
 fn get(base: &str, path: &str) -> (u16, String, String, String) {
-    let mut response = agent()
-        .get(format!("{base}{path}"))
-        .call()
-        .expect("an answer");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (content_type, csp) = (header("content-type"), header("content-security-policy"));
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (response.status().as_u16(), content_type, csp, text)
+    let reply = Api::at(base).get(path);
+    let csp = reply
+        .header("content-security-policy")
+        .unwrap_or_default()
+        .to_owned();
+    (reply.status, reply.content_type, csp, reply.text)
 }
 
 #[track_caller]
@@ -132,10 +123,9 @@ fn get_json(base: &str, path: &str) -> Value {
 
 /// Starts a run of Checkout with `flavour` and waits for its end; returns `{"run", "steps"}`.
 fn run_to_end(base: &str, flavour: &str) -> Value {
-    crate::browser::run_to_end(
-        base,
+    Api::at(base).run_to_end(
         "wf_checkout",
-        json!({"parameters": {"flavour": flavour}}),
+        &json!({"parameters": {"flavour": flavour}}).to_string(),
     )
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{orchestrator, temp_project};
+use crate::support::{assert_gone, orchestrator, run_id, show, temp_project, wait_for_file};
 
 fn project_with(workflows: &[(&str, &str)]) -> tempfile::TempDir {
     let project = temp_project();
@@ -19,37 +19,6 @@ fn project_with(workflows: &[(&str, &str)]) -> tempfile::TempDir {
     }
     orchestrator(dir, &["apply"]).expect_code(0);
     project
-}
-
-fn show(dir: &Path, run: &str) -> Value {
-    let shown = orchestrator(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
-    serde_json::from_str(&shown.stdout).unwrap()
-}
-
-/// The newest run's id (`run list -o json`), through whichever backend the CLI finds.
-pub(crate) fn newest_run(dir: &Path) -> String {
-    let listed = crate::support::cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
-    let runs: Value = serde_json::from_str(&listed.stdout).unwrap();
-    runs[0]["id"].as_str().expect("a run").to_owned()
-}
-
-/// The step called `name` in a run record (`{"run", "steps"}`, as `run show -o json` and
-/// `GET /api/runs/{id}` give it).
-pub(crate) fn step<'v>(shown: &'v Value, name: &str) -> &'v Value {
-    shown["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step `{name}` in {shown:#}"))
-}
-
-pub(crate) fn run_id(stdout: &str) -> String {
-    stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("run_"))
-        .expect("a run id")
-        .to_owned()
 }
 
 #[test]
@@ -240,33 +209,6 @@ fn a_run_left_by_a_killed_process_is_marked_interrupted() {
     );
     let runs: Value = serde_json::from_str(&list.stdout).unwrap();
     assert_eq!(runs[0]["status"], "interrupted");
-}
-
-/// Waits for a file to appear, with a deadline.
-pub(crate) fn wait_for_file(path: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Asserts that a process is gone (probing with signal 0), with a deadline.
-pub(crate) fn assert_gone(pid_file: &Path) {
-    let pid: i32 = fs::read_to_string(pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "process {pid} outlived its run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub(crate) const SLEEPER: &str = r#"name: Sleeper

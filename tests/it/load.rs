@@ -36,13 +36,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{project, ws_send, ws_subscribe, ws_until, Server, Ws, DEADLINE};
+use crate::support::{project, sign, ws_send, ws_subscribe, ws_until, Server, Ws, DEADLINE};
 
 /// Concurrent API clients, each on its own keep-alive connection.
 const API_CLIENTS: usize = 200;
@@ -120,13 +118,6 @@ pub(crate) fn fixture_project() -> Vec<(String, String)> {
     let mut files = Vec::new();
     walk(&root, &root, &mut files);
     files
-}
-
-/// `sha256=<hex HMAC-SHA256>` of the body, as GitHub signs deliveries.
-pub(crate) fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The server's resident memory in KiB, from `/proc/PID/status`.
@@ -447,7 +438,7 @@ fn deliver_push(
                 &[
                     ("X-GitHub-Event", "push"),
                     ("X-GitHub-Delivery", delivery),
-                    ("X-Hub-Signature-256", &sign(body)),
+                    ("X-Hub-Signature-256", &sign(SECRET, body)),
                 ],
                 body,
             )

@@ -9,12 +9,10 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, sign, Server, DEADLINE};
 
 /// One HTTP answer.
 #[derive(Debug)]
@@ -179,13 +177,6 @@ pub(crate) fn address_of(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("data/server.json")).expect("server.json");
     let info: Value = serde_json::from_str(&text).unwrap();
     info["address"].as_str().unwrap().to_owned()
-}
-
-/// `sha256=<hex HMAC-SHA256>` of `body` under `secret`, computed here.
-pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// A workflow of one step that does nothing.

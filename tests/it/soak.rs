@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::load::{fixture_project, rss_kib, sign, Http, SECRET};
-use crate::support::{ws_connect, ws_send, Server};
+use crate::load::{fixture_project, rss_kib, Http, SECRET};
+use crate::support::{sign, ws_connect, ws_send, Server};
 
 /// The traffic the budget is written for: a schedule every second and five webhook runs a
 /// second.
@@ -254,7 +254,7 @@ fn webhook_sender(address: &str, stop: &AtomicBool, sent: &AtomicU64, failures: 
             &[
                 ("X-GitHub-Event", "push"),
                 ("X-GitHub-Delivery", &delivery),
-                ("X-Hub-Signature-256", &sign(&body)),
+                ("X-Hub-Signature-256", &sign(SECRET, &body)),
             ],
             &body,
         );

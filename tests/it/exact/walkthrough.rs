@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{cli, project, Server};
+use crate::support::{cli, project, sign, Server};
 use crate::triggers::create_webhook;
 
 /// Every schema the binary publishes.
@@ -291,11 +291,6 @@ fn the_server_serves_the_schemas_without_a_token_behind_the_host_check() {
         ],
     );
     assert!(!ok, "a configuration is no workflow: {text}");
-}
-
-/// `sha256=<hex HMAC-SHA256>` of `body` under `secret`.
-fn sign(secret: &str, body: &[u8]) -> String {
-    crate::replay_auth::sign(secret, body)
 }
 
 /// Sends a GitHub delivery to `path`; returns the status and the JSON answer.

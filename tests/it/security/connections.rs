@@ -13,11 +13,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
-use crate::support::{base_and_agent, eventually, project, Server, DEADLINE};
+use crate::support::{base_and_agent, eventually, project, sign, Server, DEADLINE};
 
 /// Adds lines under `server:` in the project's development configuration.
 fn server_settings(dir: &Path, lines: &str) {
@@ -319,12 +317,6 @@ fn webhook_project() -> tempfile::TempDir {
     ])
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// POSTs a delivery with the given headers; the answer's status and JSON.
 fn deliver(dir: &Path, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
     let (base, agent) = base_and_agent(dir);
@@ -438,7 +430,7 @@ fn parallel_unsigned_webhook_bodies_are_buffered_under_a_budget() {
     );
     // Budget given back: a signed delivery goes through.
     let body = PUSH;
-    let signature = sign(body);
+    let signature = sign(SECRET, body);
     let (status, answer) = deliver(
         dir,
         "/hooks/push",
@@ -561,7 +553,7 @@ fn rejected_deliveries_do_not_push_accepted_ones_out_of_the_history() {
     let dir = project.path();
     let _server = Server::start(dir);
     let body = PUSH;
-    let signature = sign(body);
+    let signature = sign(SECRET, body);
     for i in 0..3 {
         let delivery = format!("signed-{i}");
         let (status, answer) = deliver(
@@ -616,7 +608,7 @@ fn a_github_delivery_without_its_id_is_refused() {
     let _server = Server::start(dir);
     let before = get_json(dir, "/api/runs")["total"].as_u64().unwrap();
     let body = PUSH;
-    let signature = sign(body);
+    let signature = sign(SECRET, body);
     let (status, answer) = deliver(
         dir,
         "/hooks/push",

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::engine::step;
+use crate::support::step;
 use crate::support::{cli, eventually, project, Server, DEADLINE};
 
 /// Values placed in the server's environment that no step may see.

@@ -5,9 +5,19 @@
 use std::fs;
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
 use serde_json::Value;
+use sha2::Sha256;
 
 use super::{eventually, DEADLINE};
+
+/// A webhook signature as GitHub sends it in `X-Hub-Signature-256`: `sha256=<hex
+/// HMAC-SHA256>`, computed here, independently of the server's code.
+pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
 
 /// An agent that takes every status as an answer and gives up after [`DEADLINE`].
 pub(crate) fn agent() -> ureq::Agent {
@@ -23,6 +33,11 @@ pub(crate) fn server_address(dir: &Path) -> String {
     let info = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
     let info: Value = serde_json::from_str(&info).unwrap();
     info["address"].as_str().expect("address").to_owned()
+}
+
+/// The base URL (`http://host:port`) of the server running in `dir`.
+pub(crate) fn server_url(dir: &Path) -> String {
+    format!("http://{}", server_address(dir))
 }
 
 /// The base URL of the server running in `dir` (the address in its `data/server.json`) and
@@ -64,7 +79,11 @@ impl Reply {
             status: response.status().as_u16(),
             content_type,
             location,
-            text: response.body_mut().read_to_string()?,
+            text: response
+                .body_mut()
+                .with_config()
+                .limit(64 << 20)
+                .read_to_string()?,
             headers,
         })
     }
@@ -77,9 +96,14 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The body as JSON, or `Null` when it is none.
+    /// The body as JSON, or as a JSON string when it is no JSON (`/metrics`, logs).
     pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+        serde_json::from_str(&self.text).unwrap_or_else(|_| Value::String(self.text.clone()))
+    }
+
+    /// The status and [`Reply::json`], whatever they are.
+    pub(crate) fn into_parts(self) -> (u16, Value) {
+        (self.status, self.json())
     }
 
     /// Asserts the status and returns the body as JSON.
@@ -108,6 +132,7 @@ impl Reply {
 }
 
 /// A small client of the API.
+#[derive(Clone)]
 pub(crate) struct Api {
     base: String,
     agent: ureq::Agent,
@@ -121,6 +146,15 @@ impl Api {
             base: format!("http://{address}"),
             agent: agent(),
             token: token.map(str::to_owned),
+        }
+    }
+
+    /// A client, without a token, of the server at `base` (`http://host:port`).
+    pub(crate) fn at(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_owned(),
+            agent: agent(),
+            token: None,
         }
     }
 
@@ -166,6 +200,32 @@ impl Api {
             .send()
     }
 
+    /// POST of a JSON body with extra headers (a webhook delivery's signature and event).
+    pub(crate) fn post_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl AsRef<[u8]>,
+    ) -> Reply {
+        self.post_request(path, headers, body).send()
+    }
+
+    /// The request [`Api::post_with`] sends, for a caller that expects no answer at times.
+    pub(crate) fn post_request(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl AsRef<[u8]>,
+    ) -> Request<'_> {
+        let mut request = self
+            .request("POST", path)
+            .header("Content-Type", "application/json");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.body(body.as_ref())
+    }
+
     /// DELETE, saying `Content-Type: application/json` as every state change must.
     pub(crate) fn delete(&self, path: &str) -> Reply {
         self.request("DELETE", path)
@@ -193,6 +253,13 @@ impl Api {
             let status = shown["run"]["status"].as_str().unwrap_or_default();
             (status != "queued" && status != "running").then_some(shown)
         })
+    }
+
+    /// [`Api::execute`] then [`Api::wait_finished`]: `{"run", "steps"}` of the ended run.
+    #[track_caller]
+    pub(crate) fn run_to_end(&self, workflow: &str, body: &str) -> Value {
+        let run = self.execute(workflow, body);
+        self.wait_finished(&run)
     }
 
     /// The ids `GET /api/workflows` lists.

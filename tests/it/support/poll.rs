@@ -6,17 +6,28 @@ use std::time::{Duration, Instant};
 /// The longest any single wait may take before the test fails.
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Polls `probe` until it gives a value, failing after the deadline.
-#[track_caller]
-pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+/// How long a poll sleeps between two probes.
+const INTERVAL: Duration = Duration::from_millis(20);
+
+/// Polls `probe` until it gives a value, or gives `None` once `timeout` has passed (the
+/// probe runs at least once, and once more after the deadline).
+pub(crate) fn poll_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
-            return value;
+            return Some(value);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(INTERVAL);
     }
+}
+
+/// Polls `probe` until it gives a value, failing after [`DEADLINE`].
+#[track_caller]
+pub(crate) fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    eventually_within(what, DEADLINE, probe)
 }
 
 /// [`eventually`] with a deadline of its own, for waits known to take longer (or that must
@@ -25,14 +36,10 @@ pub(crate) fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) ->
 pub(crate) fn eventually_within<T>(
     what: &str,
     timeout: Duration,
-    mut probe: impl FnMut() -> Option<T>,
+    probe: impl FnMut() -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+    match poll_for(timeout, probe) {
+        Some(value) => value,
+        None => panic!("timed out waiting for {what}"),
     }
 }

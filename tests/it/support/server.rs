@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{command, signal, Api, DEADLINE};
+use super::{command, poll_for, signal, Api, DEADLINE};
 
 /// `orchestrator start --port 0` running in the foreground as a child; stopped with SIGTERM
 /// when dropped.
@@ -89,8 +89,27 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Everything the server wrote to stderr so far.
     pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// [`eventually_within`](super::eventually_within), naming the server's stderr when
+    /// the wait fails.
+    #[track_caller]
+    pub(crate) fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        probe: impl FnMut() -> Option<T>,
+    ) -> T {
+        match poll_for(timeout, probe) {
+            Some(value) => value,
+            None => panic!(
+                "timed out waiting for {what}; server stderr:\n{}",
+                self.stderr()
+            ),
+        }
     }
 
     pub(crate) fn api(&self) -> Api {
