@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::browser::{runtime, Browser, DESKTOP};
-use crate::replay_auth::{parse_answer, project_files, Answer};
-use crate::support::{cli, edit_config, eventually, project, Api, Server, DEADLINE};
+use crate::replay_auth::project_files;
+use crate::support::{
+    cli, edit_config, eventually, parse_reply, project, Api, Reply, Server, DEADLINE,
+};
 
 /// A workflow whose one step says `ran` and leaves a file behind: that it ran shows.
 fn mark(marker: &Path) -> String {
@@ -40,7 +42,7 @@ fn marked_project() -> tempfile::TempDir {
 /// Sends `head` (request line and headers, each line ended by CRLF, without the blank line)
 /// and `body` over a fresh connection, exactly as written; `Content-Length` and
 /// `Connection: close` are added.
-fn send(address: &str, head: &str, body: &[u8]) -> Answer {
+fn send(address: &str, head: &str, body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(address).expect("connect to the server");
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut bytes = format!(
@@ -52,12 +54,12 @@ fn send(address: &str, head: &str, body: &[u8]) -> Answer {
     stream.write_all(&bytes).expect("send the request");
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
-    parse_answer(&raw)
+    parse_reply(&raw)
         .unwrap_or_else(|| panic!("no answer to {head:?}: {}", String::from_utf8_lossy(&raw)))
 }
 
 /// One request with `Host: <address>` and the given headers.
-fn call(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+fn call(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));

@@ -1,8 +1,11 @@
 //! The one HTTP client of the tests: requests with or without the API token and with any
 //! header (Host, Origin, Content-Type, signatures), every status taken as an answer, JSON
-//! bodies decoded and error shapes checked.
+//! bodies decoded and error shapes checked; and the same answers to requests sent byte for
+//! byte over a socket ([`raw_request`]), for paths and headers no client would send.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 
 use hmac::{Hmac, Mac};
@@ -97,24 +100,49 @@ impl Reply {
     }
 
     /// The body as JSON, or as a JSON string when it is no JSON (`/metrics`, logs).
-    pub(crate) fn json(&self) -> Value {
+    pub(crate) fn json_or_text(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|_| Value::String(self.text.clone()))
     }
 
     /// The status and [`Reply::json`], whatever they are.
     pub(crate) fn into_parts(self) -> (u16, Value) {
-        (self.status, self.json())
+        (self.status, self.json_or_text())
     }
 
     /// Asserts the status and returns the body as JSON.
     #[track_caller]
     pub(crate) fn expect(self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{self:?}");
+        self.json(status)
+    }
+
+    /// The body as JSON, after checking the status and the content type.
+    #[track_caller]
+    pub(crate) fn json(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{self:#?}");
         assert!(
             self.content_type.starts_with("application/json"),
-            "{self:?}"
+            "{self:#?}"
         );
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
+    }
+
+    /// Asserts an error answer of exactly the shape `{"error": {code, message, details}}`;
+    /// returns the error object.
+    #[track_caller]
+    pub(crate) fn error(&self, status: u16, code: &str) -> Value {
+        let body = self.json(status);
+        assert_error_shape(&body, &format!("{self:#?}"));
+        assert_eq!(body["error"]["code"], code, "{self:#?}");
+        body["error"].clone()
+    }
+
+    /// Asserts some 4xx answer with the JSON error shape; returns the error object.
+    #[track_caller]
+    pub(crate) fn client_error(&self) -> Value {
+        assert!((400..500).contains(&self.status), "{self:#?}");
+        let body = self.json(self.status);
+        assert_error_shape(&body, &format!("{self:#?}"));
+        body["error"].clone()
     }
 
     /// Asserts an error answer: the status, the JSON shape and the code; returns the
@@ -349,4 +377,114 @@ impl Request<'_> {
         self.try_send()
             .unwrap_or_else(|e| panic!("{what}: no HTTP answer: {e}"))
     }
+}
+
+/// `{"error": {"code", "message", "details"}}` and nothing else; a non-empty message.
+#[track_caller]
+pub(crate) fn assert_error_shape(body: &Value, context: &str) {
+    let outer = body.as_object().unwrap_or_else(|| panic!("{context}"));
+    assert_eq!(outer.len(), 1, "{context}");
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{context}"));
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "details", "message"], "{context}");
+    assert!(
+        error["code"].as_str().is_some_and(|c| !c.is_empty()),
+        "{context}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| !m.trim().is_empty()),
+        "{context}"
+    );
+}
+
+/// Sends one request over a fresh connection, exactly as given: the path is not normalised
+/// or re-encoded (`..`, `%2e%2e%2f`, `%00` reach the server as written).
+pub(crate) fn raw_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut stream = TcpStream::connect(address).expect("connect to the server");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let chunked = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("transfer-encoding"));
+    if !chunked && (!body.is_empty() || method != "GET") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer (413) and close before reading everything: a failed write is
+    // fine as long as an answer comes.
+    let _ = stream.write_all(&bytes);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse_reply(&raw).unwrap_or_else(|| {
+        panic!(
+            "no HTTP answer to {method} {path}: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    })
+}
+
+/// An HTTP/1.1 answer read to its end: status, headers, body (chunks joined).
+pub(crate) fn parse_reply(raw: &[u8]) -> Option<Reply> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..end]).ok()?.trim(), 16).ok()?;
+            rest = &rest[end + 2..];
+            if size == 0 {
+                break;
+            }
+            decoded.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        body = decoded;
+    }
+    Some(Reply {
+        status,
+        content_type: header("content-type").unwrap_or_default(),
+        location: header("location"),
+        text: String::from_utf8_lossy(&body).into_owned(),
+        headers,
+    })
+}
+
+/// A GET answered 200 with JSON.
+#[track_caller]
+pub(crate) fn get_json(address: &str, path: &str) -> Value {
+    raw_request(address, "GET", path, &[], b"").json(200)
 }
