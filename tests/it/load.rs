@@ -40,7 +40,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{project, sign, ws_send, ws_subscribe, ws_until, Server, Ws, DEADLINE};
+use crate::support::{
+    project, sign, ws_send, ws_subscribe, ws_until, Api, Reply, Server, Ws, DEADLINE,
+};
 
 /// Concurrent API clients, each on its own keep-alive connection.
 const API_CLIENTS: usize = 200;
@@ -159,62 +161,24 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// One HTTP answer.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    content_type: String,
-    pub(crate) text: String,
-}
-
-impl Answer {
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-}
-
-/// A keep-alive HTTP client of the server.
+/// A keep-alive client of the server that reports a missing answer (the load may cost
+/// some) instead of failing the test.
 pub(crate) struct Http {
-    base: String,
-    agent: ureq::Agent,
+    api: Api,
 }
 
 impl Http {
     pub(crate) fn new(address: &str) -> Http {
         Http {
-            base: format!("http://{address}"),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(DEADLINE))
-                .build()
-                .new_agent(),
+            api: Api::new(address, None),
         }
     }
 
-    fn answer(
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Answer, String> {
-        let mut response = result.map_err(|e| e.to_string())?;
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| format!("reading the body: {e}"))?;
-        Ok(Answer {
-            status: response.status().as_u16(),
-            content_type,
-            text,
-        })
-    }
-
-    pub(crate) fn get(&self, path: &str) -> Result<Answer, String> {
-        Http::answer(self.agent.get(format!("{}{path}", self.base)).call())
+    pub(crate) fn get(&self, path: &str) -> Result<Reply, String> {
+        self.api
+            .request("GET", path)
+            .try_send()
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn post(
@@ -222,15 +186,11 @@ impl Http {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Result<Answer, String> {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        Http::answer(request.send(body))
+    ) -> Result<Reply, String> {
+        self.api
+            .post_request(path, headers, body)
+            .try_send()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -262,7 +222,7 @@ struct Load {
 
 impl Load {
     /// Counts an answer; returns it when it has the expected status (and, for JSON, parses).
-    fn check(&self, what: &str, result: Result<Answer, String>, expected: u16) -> Option<Answer> {
+    fn check(&self, what: &str, result: Result<Reply, String>, expected: u16) -> Option<Reply> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let problem = match result {
             Ok(answer) if answer.status == expected => {
@@ -352,7 +312,7 @@ fn api_client(load: &Load, client: usize) {
                 202,
             );
             if let Some(answer) = answer {
-                let accepted = answer.json();
+                let accepted = answer.json_or_text();
                 match accepted["run_id"].as_str() {
                     Some(id) => {
                         let logs = if workflow == "wf_pair" {
@@ -412,7 +372,7 @@ fn api_client(load: &Load, client: usize) {
         );
         if let (Some(answer), Some(run)) = (answer, &recent) {
             if turn % 16 == 3 {
-                let shown = answer.json();
+                let shown = answer.json_or_text();
                 if shown["run"]["id"] != run.id.as_str() {
                     load.wrong(format!("GET {path}: another run: {shown}"));
                 }
@@ -429,7 +389,7 @@ fn deliver_push(
     delivery: &str,
     body: &[u8],
     expected: u16,
-) -> Option<Answer> {
+) -> Option<Reply> {
     load.check(
         what,
         load.timed("POST /hooks/{path}", || {
@@ -471,7 +431,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                     200,
                 );
                 if let Some(answer) = answer {
-                    let body = answer.json();
+                    let body = answer.json_or_text();
                     if body["status"] != "duplicate" || body["runs"][0]["run_id"] != run.as_str() {
                         load.wrong(format!("a redelivery of {delivery}: {body}"));
                     }
@@ -491,7 +451,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                     200,
                 );
                 if let Some(answer) = answer {
-                    let body = answer.json();
+                    let body = answer.json_or_text();
                     if body["status"] != "filtered" {
                         load.wrong(format!("a push to another branch: {body}"));
                     }
@@ -505,7 +465,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                 let delivery = format!("load-{sender}-{n}");
                 let answer = deliver_push(load, &http, "POST /hooks/github", &delivery, &body, 202);
                 if let Some(answer) = answer {
-                    let accepted = answer.json();
+                    let accepted = answer.json_or_text();
                     match accepted["runs"][0]["run_id"].as_str() {
                         Some(id) if accepted["status"] == "accepted" => {
                             load.record(Created {
@@ -858,7 +818,7 @@ fn schedule_skips(http: &Http) -> u64 {
     let jobs = http
         .get("/api/scheduler/jobs")
         .expect("GET /api/scheduler/jobs")
-        .json();
+        .json_or_text();
     jobs["jobs"]
         .as_array()
         .and_then(|jobs| jobs.iter().find(|j| j["id"] == "sch_tick"))
@@ -900,9 +860,9 @@ fn api_websocket_schedule_and_webhook_load_loses_nothing_and_keeps_memory_flat()
     for (workflow, _) in WORKFLOW_STEPS {
         let shown = http.get(&format!("/api/workflows/{workflow}")).unwrap();
         assert_eq!(shown.status, 200, "{workflow}: {}", shown.text);
-        assert_eq!(shown.json()["status"], "applied", "{}", shown.text);
+        assert_eq!(shown.json_or_text()["status"], "applied", "{}", shown.text);
     }
-    let jobs = http.get("/api/scheduler/jobs").unwrap().json();
+    let jobs = http.get("/api/scheduler/jobs").unwrap().json_or_text();
     assert!(
         jobs["jobs"]
             .as_array()
@@ -1001,7 +961,7 @@ fn api_websocket_schedule_and_webhook_load_loses_nothing_and_keeps_memory_flat()
     let window: Vec<Value> = loop {
         let listed = http.get("/api/runs?limit=10000").expect("GET /api/runs");
         assert_eq!(listed.status, 200, "{}", listed.text);
-        let runs: Vec<Value> = listed.json()["runs"]
+        let runs: Vec<Value> = listed.json_or_text()["runs"]
             .as_array()
             .unwrap()
             .iter()

@@ -149,11 +149,14 @@ struct Kept {
 }
 
 fn kept(http: &Http, dir: &Path) -> Kept {
-    let runs = http.get("/api/runs?limit=1").expect("GET /api/runs").json();
+    let runs = http
+        .get("/api/runs?limit=1")
+        .expect("GET /api/runs")
+        .json_or_text();
     let deliveries = http
         .get("/api/triggers/trg_github/deliveries?limit=1")
         .expect("GET deliveries")
-        .json();
+        .json_or_text();
     let log_dirs = count_dirs(&dir.join("logs/workflows"));
     Kept {
         runs: runs["total"].as_u64().expect("runs total"),

@@ -7,13 +7,12 @@
 //! per event, no escapes, and no debug lines from commands run against the server.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{cli, project, sign, Server};
+use crate::support::{cli, project, raw_exchange, sign, Api, Server};
 use crate::triggers::create_webhook;
 
 /// Every schema the binary publishes.
@@ -102,27 +101,12 @@ fn check_jsonschema(dir: &Path, args: &[&str]) -> (bool, String) {
 
 /// A raw HTTP/1.1 GET with the given Host; returns the status and the body.
 fn get_with_host(address: &str, host: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(crate::support::DEADLINE))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {raw}"));
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let reply = raw_exchange(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n"),
+        b"",
+    );
+    (reply.status, reply.text)
 }
 
 #[test]
@@ -301,26 +285,13 @@ fn github_delivery(
     body: &str,
     signature: Option<String>,
 ) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(crate::support::DEADLINE))
-        .build()
-        .new_agent();
-    let mut request = agent
-        .post(format!("http://{address}{path}"))
-        .header("Content-Type", "application/json")
-        .header("X-GitHub-Event", "push")
-        .header("X-GitHub-Delivery", delivery);
-    if let Some(signature) = signature {
-        request = request.header("X-Hub-Signature-256", signature);
+    let mut headers = vec![("X-GitHub-Event", "push"), ("X-GitHub-Delivery", delivery)];
+    if let Some(signature) = &signature {
+        headers.push(("X-Hub-Signature-256", signature));
     }
-    let mut response = request.send(body).expect("an answer");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    let reply = Api::new(address, None).post_with(path, &headers, body);
+    let answer = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    (reply.status, answer)
 }
 
 #[test]

@@ -12,8 +12,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::step;
-use crate::support::{cli, eventually, project, Server, DEADLINE};
+use crate::support::{cli, eventually, project, server_address, step, Api, Server, DEADLINE};
 
 /// Values placed in the server's environment that no step may see.
 const WEBHOOK_SECRET: &str = "topsecret-webhook-5c1e";
@@ -81,43 +80,27 @@ steps:
 
 /// An HTTP client of the server in `dir`, with a token when one is set.
 struct Client {
-    base: String,
-    agent: ureq::Agent,
-    token: Option<String>,
+    api: Api,
+    address: String,
 }
 
 impl Client {
     fn new(server: &Server, dir: &Path, token: Option<&str>) -> Client {
         let _ = server;
-        let (base, agent) = crate::support::base_and_agent(dir);
+        let address = server_address(dir);
         Client {
-            base,
-            agent,
-            token: token.map(str::to_owned),
+            api: Api::new(&address, token),
+            address,
         }
     }
 
     fn address(&self) -> &str {
-        self.base.trim_start_matches("http://")
+        &self.address
     }
 
     fn text(&self, path: &str) -> (u16, String) {
-        let mut request = self.agent.get(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.call().expect("an HTTP answer");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.body_mut().read_to_string().expect("a body"),
-        )
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let (status, text) = self.text(path);
-        assert_eq!(status, 200, "GET {path}: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        let reply = self.api.get(path);
+        (reply.status, reply.text)
     }
 
     /// Starts a run of the workflow; returns its id.
@@ -127,27 +110,17 @@ impl Client {
 
     /// Starts a run with a request body; returns its id.
     fn execute_with(&self, workflow: &str, body: &str) -> String {
-        let mut request = self
-            .agent
-            .post(format!("{}/api/workflows/{workflow}/execute", self.base))
-            .header("Content-Type", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.send(body).expect("an HTTP answer");
-        let text = response.body_mut().read_to_string().unwrap();
-        assert_eq!(response.status().as_u16(), 202, "{text}");
-        let accepted: Value = serde_json::from_str(&text).unwrap();
+        let reply = self
+            .api
+            .post(&format!("/api/workflows/{workflow}/execute"), body);
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let accepted: Value = serde_json::from_str(&reply.text).unwrap();
         accepted["run_id"].as_str().expect("run_id").to_owned()
     }
 
     /// Polls the run until it is final; returns `{"run", "steps"}`.
     fn finished(&self, run: &str) -> Value {
-        eventually(&format!("run {run} to finish"), || {
-            let shown = self.json(&format!("/api/runs/{run}"));
-            let status = shown["run"]["status"].as_str().unwrap_or_default();
-            (status != "queued" && status != "running").then_some(shown)
-        })
+        self.api.wait_finished(run)
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{base_and_agent, cli, project, Server};
+use crate::support::{cli, project, Api, Server};
 use crate::triggers::create_webhook;
 
 /// The reproduction: a trigger maps a pull request's title into a parameter that a
@@ -257,14 +257,11 @@ fn api_and_system_logs_rotate_by_size_and_keep_max_files() {
     );
     std::fs::write(&config, text).unwrap();
     let server = Server::start(dir);
-    let (base, agent) = base_and_agent(dir);
+    let api = Api::of_project(dir);
     // Each request is one line of the access log (and debug lines in system.log).
     for index in 0..300 {
-        let answer = agent
-            .get(format!("{base}/api/workflows/wf_n{index}"))
-            .call()
-            .unwrap();
-        assert_eq!(answer.status(), 404);
+        let answer = api.get(&format!("/api/workflows/wf_n{index}"));
+        assert_eq!(answer.status, 404);
     }
     let logs = dir.join("logs");
     let api = crate::support::eventually("api.log to rotate twice", || {
@@ -379,17 +376,11 @@ fn a_full_disk_is_survived_without_a_restart() {
     let dir = tmpfs.path();
     cli(dir, &["init"]).expect_code(0);
     let server = Server::start(dir);
-    let (base, agent) = base_and_agent(dir);
-    let status = |path: &str| agent.get(format!("{base}{path}")).call().unwrap().status();
+    let api = Api::of_project(dir);
+    let status = |path: &str| api.get(path).status;
     let post = |path: &str, body: &str| {
-        let mut answer = agent
-            .post(format!("{base}{path}"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        let code = answer.status().as_u16();
-        let text = answer.body_mut().read_to_string().unwrap_or_default();
-        (code, text)
+        let answer = api.post(path, body);
+        (answer.status, answer.text)
     };
     let manifest = |name: &str| {
         serde_json::json!({"kind": "Workflow", "manifest": {"name": name,
@@ -453,10 +444,10 @@ fn a_full_disk_is_survived_without_a_restart() {
     drop(server);
     // And after a restart too.
     let _server = Server::start(dir);
-    let (base, agent) = base_and_agent(dir);
+    let api = Api::of_project(dir);
     for run in &acknowledged {
-        let answer = agent.get(format!("{base}/api/runs/{run}")).call().unwrap();
-        assert_eq!(answer.status(), 200, "{run}");
+        let answer = api.get(&format!("/api/runs/{run}"));
+        assert_eq!(answer.status, 200, "{run}");
     }
 }
 

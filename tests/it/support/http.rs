@@ -43,12 +43,6 @@ pub(crate) fn server_url(dir: &Path) -> String {
     format!("http://{}", server_address(dir))
 }
 
-/// The base URL of the server running in `dir` (the address in its `data/server.json`) and
-/// an [`agent`].
-pub(crate) fn base_and_agent(dir: &Path) -> (String, ureq::Agent) {
-    (format!("http://{}", server_address(dir)), agent())
-}
-
 /// One HTTP answer, whatever its status.
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -192,11 +186,6 @@ impl Api {
         Api::new(&server_address(dir), None)
     }
 
-    /// `http://host:port`.
-    pub(crate) fn base(&self) -> &str {
-        &self.base
-    }
-
     /// A request to build: any method, header and body.
     pub(crate) fn request(&self, method: &'static str, path: &str) -> Request<'_> {
         Request {
@@ -205,7 +194,6 @@ impl Api {
             url: format!("{}{path}", self.base),
             headers: Vec::new(),
             body: None,
-            with_token: true,
         }
     }
 
@@ -309,7 +297,6 @@ pub(crate) struct Request<'a> {
     url: String,
     headers: Vec<(String, String)>,
     body: Option<Vec<u8>>,
-    with_token: bool,
 }
 
 impl Request<'_> {
@@ -325,16 +312,10 @@ impl Request<'_> {
         self
     }
 
-    /// Leaves out the client's token.
-    pub(crate) fn without_token(mut self) -> Self {
-        self.with_token = false;
-        self
-    }
-
     /// Sends it; `Err` when no answer came (refused, reset, timed out).
     pub(crate) fn try_send(self) -> Result<Reply, ureq::Error> {
         let mut headers = self.headers;
-        if let Some(token) = self.api.token.as_ref().filter(|_| self.with_token) {
+        if let Some(token) = &self.api.token {
             headers.push(("Authorization".to_owned(), format!("Bearer {token}")));
         }
         let agent = &self.api.agent;
@@ -438,6 +419,27 @@ pub(crate) fn raw_request(
             String::from_utf8_lossy(&raw)
         )
     })
+}
+
+/// Sends `head` (the request line and header lines, each ended by CRLF, without the blank
+/// line), then `Content-Length` and `Connection: close`, then `body`, over a fresh
+/// connection exactly as written (a missing or foreign `Host` included); the answer read to
+/// its end.
+#[track_caller]
+pub(crate) fn raw_exchange(address: &str, head: &str, body: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(address).expect("connect to the server");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut bytes = format!(
+        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).expect("send the request");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    parse_reply(&raw)
+        .unwrap_or_else(|| panic!("no answer to {head:?}: {}", String::from_utf8_lossy(&raw)))
 }
 
 /// An HTTP/1.1 answer read to its end: status, headers, body (chunks joined).
