@@ -454,22 +454,8 @@ fn a_restart_remembers_a_firing_alert_without_notifying_again() {
 
 /// Starts a run through the API and waits for its end; returns its status.
 fn run_to_end(dir: &Path, workflow: &str) -> String {
-    let (status, accepted) = request(
-        dir,
-        "POST",
-        &format!("/api/workflows/{workflow}/execute"),
-        None,
-    );
-    assert_eq!(status, 202, "{accepted}");
-    let run = accepted["run_id"].as_str().unwrap().to_owned();
-    eventually(&format!("run {run} to finish"), || {
-        let (_, shown) = request(dir, "GET", &format!("/api/runs/{run}"), None);
-        let status = shown["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (status != "queued" && status != "running").then_some(status)
-    })
+    let shown = Api::of_project(dir).run_to_end(workflow, "");
+    shown["run"]["status"].as_str().unwrap_or_default().to_owned()
 }
 
 #[test]

@@ -8,17 +8,17 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::engine::SLEEPER;
 use crate::server::ECHO;
-use crate::support::Run;
-use crate::support::{assert_gone, newest_run, run_id, wait_for_file};
-use crate::support::{cli, command, eventually, project, Server, DEADLINE};
+use crate::support::{
+    assert_gone, cli, command, eventually, finish, newest_run, project, run_id, wait_for_file, Run,
+    Server,
+};
 
 /// A workflow whose one step fails with output.
 const BOOM: &str = r#"name: Boom
@@ -289,23 +289,6 @@ fn step_lines(stdout: &str) -> Vec<String> {
         .filter(|l| l.starts_with(['▶', '✔', '✘', '↻', '–']))
         .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
         .collect()
-}
-
-/// Waits for a child started by a test, failing (and killing it) after the deadline.
-fn finish(mut child: Child, what: &str) -> Run {
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("wait");
-            panic!(
-                "{what} did not end within {DEADLINE:?}\n--- stdout\n{}",
-                String::from_utf8_lossy(&output.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Run::from(child.wait_with_output().expect("output"))
 }
 
 /// `run show RUN -o json` once the run has finished (a detached run without a server holds

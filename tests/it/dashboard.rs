@@ -11,7 +11,7 @@ use std::fs;
 use serde_json::{json, Value};
 
 use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
-use crate::support::{project, server_url, Api, Server, DEADLINE};
+use crate::support::{project, server_url, ws_connect, ws_next, ws_subscribe, Api, Server};
 
 /// A workflow with typed parameters: a shell step that writes to its log (and, with
 /// `hold`, waits for a `release` file in the project), then a JUnit suite through the
@@ -541,9 +541,6 @@ fn assets_are_served_with_types_etags_and_a_strict_policy() {
 /// `run_log` event says where its text starts in the file.
 #[test]
 fn run_log_events_say_where_their_text_starts_in_the_log_file() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let project = project(&[(
         "workflows/talk.yaml",
         "name: Talk\nsteps:\n  - name: speak\n    command: [\"sh\", \"-c\", \"echo one; sleep 0.3; echo two; sleep 0.3; echo three\"]\n",
@@ -551,40 +548,15 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
     let (_server, base) = serve(project.path());
     let address = base.trim_start_matches("http://").to_owned();
     runtime().block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
-            .await
-            .expect("connect to /ws");
-        async fn read(
-            ws: &mut tokio_tungstenite::WebSocketStream<
-                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-            >,
-        ) -> Value {
-            loop {
-                let message = tokio::time::timeout(DEADLINE, ws.next())
-                    .await
-                    .expect("an event within the deadline")
-                    .expect("the stream is open")
-                    .expect("a message");
-                if let Message::Text(text) = message {
-                    return serde_json::from_str(&text).unwrap();
-                }
-            }
-        }
-        ws.send(Message::Text(
-            json!({"type": "subscribe", "events": ["run_log", "workflow_completed"]})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-        while read(&mut ws).await["type"] != "subscribed" {}
+        let mut ws = ws_connect(&address, None).await;
+        ws_subscribe(&mut ws, &["run_log", "workflow_completed"]).await;
         let accepted = Api::at(&base)
             .post("/api/workflows/wf_talk/execute", "")
             .json_or_text();
         let run = accepted["run_id"].as_str().unwrap().to_owned();
         let mut joined = String::new();
         loop {
-            let event = read(&mut ws).await;
+            let event = ws_next(&mut ws).await;
             let payload = &event["payload"];
             match event["type"].as_str() {
                 Some("run_log") if payload["run_id"] == run.as_str() => {

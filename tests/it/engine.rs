@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{assert_gone, orchestrator, run_id, show, temp_project, wait_for_file};
+use crate::support::{assert_gone, command, orchestrator, project, run_id, show, wait_for_file};
 
 fn project_with(workflows: &[(&str, &str)]) -> tempfile::TempDir {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     for (file, text) in workflows {
         fs::write(dir.join("workflows").join(file), text).unwrap();
     }
@@ -188,17 +187,12 @@ fn a_run_left_by_a_killed_process_is_marked_interrupted() {
         "name: Long\nsteps:\n  - name: wait\n    command: [\"sh\", \"-c\", \"touch started; sleep 100\"]\n",
     )]);
     let dir = project.path();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let mut child = command(dir)
         .args(["workflow", "execute", "wf_long"])
-        .current_dir(dir)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("started").exists() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&dir.join("started"), "the step");
     child.kill().unwrap();
     child.wait().unwrap();
     let list = orchestrator(dir, &["run", "list", "-o", "json"]).expect_code(0);
@@ -226,10 +220,8 @@ steps:
 fn run_cancel_from_another_terminal_stops_the_group_and_marks_the_run() {
     let project = project_with(&[("sleeper.yaml", SLEEPER)]);
     let dir = project.path();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let child = command(dir)
         .args(["workflow", "execute", "wf_sleeper"])
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -263,9 +255,8 @@ fn run_cancel_from_another_terminal_stops_the_group_and_marks_the_run() {
 fn ctrl_c_cancels_the_run_in_the_foreground() {
     let project = project_with(&[("sleeper.yaml", SLEEPER)]);
     let dir = project.path();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let child = command(dir)
         .args(["workflow", "execute", "wf_sleeper"])
-        .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -285,9 +276,8 @@ fn ctrl_c_cancels_the_run_in_the_foreground() {
 
 #[test]
 fn a_disabled_agent_fails_its_steps_clearly_or_makes_them_wait() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     fs::write(
         dir.join("agents/off.yaml"),
         r#"name: off_fail
@@ -514,9 +504,8 @@ steps:
 
 #[test]
 fn the_guides_create_then_execute_sequence_runs_green_on_a_fresh_project() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     let guide = crate::support::repo_dir().join("tests/fixtures/guide/workflows/api_tests.json");
     let created = orchestrator(
         dir,
@@ -551,9 +540,8 @@ fn the_guides_create_then_execute_sequence_runs_green_on_a_fresh_project() {
 
 #[test]
 fn an_agents_timeout_and_max_concurrent_apply_to_its_steps() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     fs::write(
         dir.join("agents/limited.yaml"),
         r#"name: one_at_a_time

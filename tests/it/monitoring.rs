@@ -7,11 +7,9 @@
 
 use std::fs;
 
-use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{eventually, project, server_address, Api, Server, DEADLINE};
+use crate::support::{eventually, project, server_address, ws_connect, ws_until, Api, Server};
 
 /// Samples every 200 ms, one history point a second.
 const FAST_SAMPLING: &str = "monitoring:\n  sample_interval: 200ms\n  history_step: 1s\n";
@@ -146,24 +144,11 @@ fn system_metrics_are_sampled_published_and_exported() {
     // A `system_metrics` event on /ws, with the sample as payload.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let event = runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
-            .await
-            .expect("connect to /ws");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let message = tokio::time::timeout_at(deadline, ws.next())
-                .await
-                .expect("a system_metrics event within the deadline")
-                .expect("the connection is open")
-                .expect("a well-formed frame");
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let event: Value = serde_json::from_str(text.as_str()).unwrap();
-            if event["type"] == "system_metrics" {
-                break event;
-            }
-        }
+        let mut ws = ws_connect(&address, None).await;
+        ws_until(&mut ws, "a system_metrics event", |event| {
+            event["type"] == "system_metrics"
+        })
+        .await
     });
     assert_sane(&event["payload"]);
     assert!(event["sequence"].as_u64() > Some(0), "{event}");

@@ -276,11 +276,7 @@ fn with_closed_stdout(dir: &Path, args: &[&str]) -> Run {
         .stderr(std::process::Stdio::piped())
         .output()
         .expect("run orchestrator");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::new(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(output)
 }
 
 #[test]
@@ -346,12 +342,7 @@ fn with_input(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> R
     let mut pipe = child.stdin.take().unwrap();
     pipe.write_all(stdin.as_bytes()).unwrap();
     drop(pipe);
-    let output = child.wait_with_output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(child.wait_with_output().unwrap())
 }
 
 #[test]

@@ -7,12 +7,12 @@
 use std::fs;
 use std::path::Path;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{cli, eventually, project, server_address, step, Api, Server, DEADLINE};
+use crate::support::{
+    cli, eventually, project, server_address, step, ws_connect, ws_next, ws_subscribe, Api, Server,
+    Ws,
+};
 
 /// Values placed in the server's environment that no step may see.
 const WEBHOOK_SECRET: &str = "topsecret-webhook-5c1e";
@@ -131,41 +131,17 @@ fn assert_no_secret(what: &str, text: &str) {
 }
 
 /// Connects to `/ws` with the token and subscribes to `run_log` and `workflow_completed`.
-async fn subscribe(address: &str, token: &str) -> crate::support::Ws {
-    let mut request = format!("ws://{address}/ws").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect to /ws");
-    ws.send(Message::text(
-        json!({"type": "subscribe", "events": ["run_log", "workflow_completed"]}).to_string(),
-    ))
-    .await
-    .unwrap();
-    while next(&mut ws).await["type"] != "subscribed" {}
+async fn subscribe(address: &str, token: &str) -> Ws {
+    let mut ws = ws_connect(address, Some(token)).await;
+    ws_subscribe(&mut ws, &["run_log", "workflow_completed"]).await;
     ws
 }
 
-async fn next(ws: &mut crate::support::Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a message within the deadline")
-            .expect("the stream is open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).unwrap();
-        }
-    }
-}
-
 /// The `run_log` text of one step of a run, read until the run completes.
-async fn streamed_log(ws: &mut crate::support::Ws, run: &str, step: &str) -> String {
+async fn streamed_log(ws: &mut Ws, run: &str, step: &str) -> String {
     let mut text = String::new();
     loop {
-        let event = next(ws).await;
+        let event = ws_next(ws).await;
         let payload = &event["payload"];
         match event["type"].as_str() {
             Some("run_log") if payload["run_id"] == run && payload["step"] == step => {

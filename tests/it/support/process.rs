@@ -3,10 +3,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output, Stdio};
 
-use super::DEADLINE;
+use super::{poll_for, DEADLINE};
 
 /// The result of one run of the binary.
 pub(crate) struct Run {
@@ -61,26 +60,28 @@ pub(crate) fn command(dir: &Path) -> Command {
 /// Runs a command that must end on its own (it is killed, and the test fails, if it does
 /// not end within the deadline: a `start` that should be refused must not hang the suite).
 pub(crate) fn cli(dir: &Path, args: &[&str]) -> Run {
-    let mut child = command(dir)
+    let child = command(dir)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run orchestrator");
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("wait");
-            panic!(
-                "`orchestrator {}` did not end within {DEADLINE:?}\n--- stdout\n{}\n--- stderr\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    finish(child, &format!("`orchestrator {}`", args.join(" ")))
+}
+
+/// Waits for a child started by a test and collects what it printed, failing (and killing
+/// it) when it does not end within the deadline.
+pub(crate) fn finish(mut child: Child, what: &str) -> Run {
+    let ended = poll_for(DEADLINE, || child.try_wait().expect("wait"));
+    if ended.is_none() {
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("wait");
+        panic!(
+            "{what} did not end within {DEADLINE:?}\n--- stdout\n{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Run::from(child.wait_with_output().expect("output"))
 }
