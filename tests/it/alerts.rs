@@ -455,7 +455,10 @@ fn a_restart_remembers_a_firing_alert_without_notifying_again() {
 /// Starts a run through the API and waits for its end; returns its status.
 fn run_to_end(dir: &Path, workflow: &str) -> String {
     let shown = Api::of_project(dir).run_to_end(workflow, "");
-    shown["run"]["status"].as_str().unwrap_or_default().to_owned()
+    shown["run"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{assert_gone, command, orchestrator, project, run_id, show, wait_for_file};
+use crate::support::{
+    alive, assert_gone, command, eventually_within, orchestrator, project, run_id, show,
+    wait_for_file,
+};
 
 fn project_with(workflows: &[(&str, &str)]) -> tempfile::TempDir {
     let project = project(&[]);
@@ -114,19 +117,16 @@ steps:
     assert_eq!(shown["steps"][0]["attempts"].as_array().unwrap().len(), 3);
     assert_eq!(shown["steps"][1]["status"], "timed_out");
     assert_eq!(shown["run"]["status"], "failed");
-    let child: i32 = fs::read_to_string(dir.join("child.pid"))
+    let child: u32 = fs::read_to_string(dir.join("child.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the background sleep outlived its step"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_within(
+        "the background sleep to end: it outlived its step",
+        Duration::from_secs(5),
+        || (!alive(child)).then_some(()),
+    );
 }
 
 #[test]

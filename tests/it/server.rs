@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::{
-    alive, cli, edit_config, eventually, project, signal, ws_connect, ws_next, ws_send,
+    alive, cli, edit_config, eventually, poll_for, project, signal, ws_connect, ws_next, ws_send,
     ws_subscribe, ws_until, Api, Server, DEADLINE,
 };
 
@@ -648,10 +648,8 @@ impl Drop for Background {
     fn drop(&mut self) {
         if let Some(pid) = self.0.take() {
             signal(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            // Best effort: killed anyway once it is gone or the wait is over.
+            let _ = poll_for(Duration::from_secs(10), || (!alive(pid)).then_some(()));
             signal(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
