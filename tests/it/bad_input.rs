@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::replay_auth::project_files;
 use crate::support::{
-    assert_error_shape, cli, eventually, get_json, raw_request, server_address, Reply, Server,
+    assert_error_shape, cli, edit_config, eventually, get_json, raw_request, server_address,
+    write_files, Reply, Server,
 };
 
 /// A project inside a directory of its own (`<root>/project`), so that anything written
@@ -28,11 +29,7 @@ impl Nested {
         let dir = root.path().join("project");
         fs::create_dir(&dir).unwrap();
         cli(&dir, &["init"]).expect_code(0);
-        for (path, text) in files {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
-        }
+        write_files(&dir, files);
         Nested { root }
     }
 
@@ -42,10 +39,7 @@ impl Nested {
 
     /// Replaces `from` with `to` in the development configuration.
     fn edit_config(&self, from: &str, to: &str) {
-        let path = self.dir().join("config/development.yaml");
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{text}");
-        fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        edit_config(&self.dir(), from, to);
     }
 
     /// Nothing but the project (and the test's own `secret.txt`) in its root directory.

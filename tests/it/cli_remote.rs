@@ -16,8 +16,8 @@ use tempfile::TempDir;
 use crate::engine::SLEEPER;
 use crate::server::ECHO;
 use crate::support::{
-    assert_gone, cli, command, eventually, finish, newest_run, project, run_id, wait_for_file, Run,
-    Server,
+    assert_gone, cli, command, eventually, finish, newest_run, project, run_id, wait_for_file,
+    write_files, Run, Server,
 };
 
 /// A workflow whose one step fails with output.
@@ -162,9 +162,7 @@ impl Pair {
     /// Writes the same file into both projects.
     fn write(&self, path: &str, text: &str) {
         for dir in [self.local(), self.remote()] {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
+            write_files(dir, &[(path, text)]);
         }
     }
 }

@@ -11,7 +11,9 @@ use std::fs;
 use serde_json::{json, Value};
 
 use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
-use crate::support::{project, server_url, ws_connect, ws_next, ws_subscribe, Api, Server};
+use crate::support::{
+    edit_config, project, server_url, ws_connect, ws_next, ws_subscribe, Api, Server,
+};
 
 /// A workflow with typed parameters: a shell step that writes to its log (and, with
 /// `hold`, waits for a `release` file in the project), then a JUnit suite through the
@@ -399,18 +401,11 @@ fn the_theme_toggle_switches_to_dark_and_is_remembered() {
 fn with_an_api_token_the_dashboard_asks_for_it_once() {
     let project = seeded();
     let dir = project.path();
-    let config = dir.join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("  port: 8080\n"), "{text}");
-    fs::write(
-        &config,
-        text.replacen(
-            "  port: 8080\n",
-            "  port: 8080\n  api_token: env:DASHBOARD_TOKEN\n",
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir,
+        "  port: 8080\n",
+        "  port: 8080\n  api_token: env:DASHBOARD_TOKEN\n",
+    );
     let _server = Server::start_with(dir, &[("DASHBOARD_TOKEN", "open sesame/+=")]);
     let base = server_url(dir);
     runtime().block_on(async {

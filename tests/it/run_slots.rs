@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{cli, eventually, project, Api, Server};
+use crate::support::{cli, edit_config, eventually, project, Api, Server};
 
 const GATE: &str = "name: Gate\nsteps:\n  - name: wait\n    command: [\"sh\", \"-c\", \"echo start $ORCHESTRATOR_RUN_ID >> gate/events.log; while [ ! -e gate/release/$ORCHESTRATOR_RUN_ID ]; do sleep 0.02; done; echo end $ORCHESTRATOR_RUN_ID >> gate/events.log\"]\n";
 
@@ -23,18 +23,11 @@ fn gated_project(max_active: u32) -> tempfile::TempDir {
     let dir = project(&[("workflows/gate.yaml", GATE)]);
     fs::create_dir_all(dir.path().join("gate/release")).unwrap();
     fs::write(dir.path().join("gate/events.log"), "").unwrap();
-    let config = dir.path().join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\nruns:\n"), "{text}");
-    fs::write(
-        &config,
-        text.replacen(
-            "\nruns:\n",
-            &format!("\nruns:\n  max_active: {max_active}\n"),
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir.path(),
+        "\nruns:\n",
+        &format!("\nruns:\n  max_active: {max_active}\n"),
+    );
     dir
 }
 

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 use crate::support::{
-    cli, eventually, project, server_address, sign, Api, Reply, Run, Server, DEADLINE,
+    cli, edit_config, eventually, project, server_address, sign, Api, Reply, Run, Server, DEADLINE,
 };
 
 /// Where `scripts/test` installs the examples.
@@ -775,18 +775,11 @@ branches: [main]
     ]);
     let dir = dir.path();
     // Webhooks take up to 25 MB, whatever the API's own limit.
-    let config = dir.join("config/development.yaml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("  port: 8080\n"), "{text}");
-    std::fs::write(
-        &config,
-        text.replacen(
-            "  port: 8080\n",
-            "  port: 8080\n  max_body_bytes: 1024\n",
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir,
+        "  port: 8080\n",
+        "  port: 8080\n  max_body_bytes: 1024\n",
+    );
     let _server = Server::start(dir);
     let hooks = Sender::new(dir);
     let body = format!(

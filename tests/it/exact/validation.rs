@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::support::{cli, project, Server};
+use crate::support::{cli, project, write_files, Server};
 
 /// A custom agent in `agents/` and a workflow in `workflows/` that uses it.
 const AGENT: &str =
@@ -15,9 +15,7 @@ const AGENT: &str =
 const ONE: &str = "name: One\nsteps:\n  - name: smoke\n    agent: api_runner\n    action: run_tests\n    parameters:\n      test_suite: smoke\n";
 
 fn write(dir: &Path, path: &str, text: &str) {
-    let path = dir.join(path);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
+    write_files(dir, &[(path, text)]);
 }
 
 #[test]

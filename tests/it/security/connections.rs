@@ -16,19 +16,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    eventually, eventually_within, project, server_address, sign, Api, Server, DEADLINE,
+    edit_config, eventually, eventually_within, project, server_address, sign, Api, Server,
+    DEADLINE,
 };
 
 /// Adds lines under `server:` in the project's development configuration.
 fn server_settings(dir: &Path, lines: &str) {
-    let path = dir.join("config/development.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\nserver:\n"), "{text}");
-    std::fs::write(
-        &path,
-        text.replacen("\nserver:\n", &format!("\nserver:\n{lines}"), 1),
-    )
-    .unwrap();
+    edit_config(dir, "\nserver:\n", &format!("\nserver:\n{lines}"));
 }
 
 /// A field of `/proc/<pid>/status`, in KiB.

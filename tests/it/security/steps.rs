@@ -10,8 +10,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::support::{
-    cli, eventually, project, server_address, step, ws_connect, ws_next, ws_subscribe, Api, Server,
-    Ws,
+    cli, edit_config, eventually, project, server_address, step, ws_connect, ws_next, ws_subscribe,
+    Api, Server, Ws,
 };
 
 /// Values placed in the server's environment that no step may see.
@@ -421,18 +421,11 @@ fn a_step_log_is_cut_at_its_cap() {
         "name: Loud\nsteps:\n  - name: loud\n    command: \"yes 0123456789abcdef | head -c 1000000; echo done\"\n",
     )]);
     let dir = project.path();
-    let config = dir.join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("  max_parallel: 4\n"), "{text}");
-    fs::write(
-        &config,
-        text.replacen(
-            "  max_parallel: 4\n",
-            "  max_parallel: 4\n  max_log_bytes: 4096\n",
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir,
+        "  max_parallel: 4\n",
+        "  max_parallel: 4\n  max_log_bytes: 4096\n",
+    );
     let server = Server::start(dir);
     let client = Client::new(&server, dir, None);
     let run = client.execute("wf_loud");

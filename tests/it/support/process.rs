@@ -101,12 +101,17 @@ pub(crate) fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     let project = temp_project();
     let dir = project.path();
     cli(dir, &["init"]).expect_code(0);
+    write_files(dir, files);
+    project
+}
+
+/// Writes files (path relative to `dir`, content), making their directories.
+pub(crate) fn write_files(dir: &Path, files: &[(&str, &str)]) {
     for (path, text) in files {
         let path = dir.join(path);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, text).unwrap();
     }
-    project
 }
 
 /// Replaces `from` with `to` in the development configuration `init` wrote.
