@@ -12,8 +12,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::git_source::{follow_main, init_repo};
-use crate::support::{eventually, project, server_url, Api, Server};
+use crate::support::{eventually, follow_main, init_repo, project, server_url, Api, Server};
 
 /// `(status, body)` of a JSON POST.
 fn post(base: &str, path: &str, body: Value) -> (u16, Value) {

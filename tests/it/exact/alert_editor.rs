@@ -18,8 +18,9 @@ use fantoccini::Locator;
 use serde_json::{json, Value};
 
 use crate::browser::{assert_contains_all, fill, runtime, serve, Browser, DESKTOP};
-use crate::git_source::{follow_main, init_repo};
-use crate::support::{edit_config, eventually, project, raw_exchange, Api, Server};
+use crate::support::{
+    edit_config, eventually, follow_main, init_repo, project, raw_exchange, Api, Server,
+};
 
 /// Two channels: `webhook` (its type from its name) and `ops` (a webhook by `type`).
 const CHANNELS: &str = "notifications:\n  webhook:\n    url: http://127.0.0.1:9/alerts\n    bearer_token: env:NOT_SENT_ANYWHERE\n  ops:\n    type: webhook\n    url: http://127.0.0.1:9/ops-secret-path\n";

@@ -1,9 +1,10 @@
 //! What the integration tests share, so each test module holds only its tests: running the
 //! binary in temporary projects ([`process`]), the one server harness ([`server`]), the one
-//! HTTP client ([`http`]), the `/ws` stream ([`ws`]), polling with a deadline ([`poll`]) and
-//! reading runs back ([`runs`]).
+//! HTTP client ([`http`]), the `/ws` stream ([`ws`]), polling with a deadline ([`poll`])
+//! reading runs back ([`runs`]) and git repositories to follow ([`git`]).
 //! Everything stays parallel-safe: temp dirs, port 0, nothing global.
 
+pub(crate) mod git;
 pub(crate) mod http;
 pub(crate) mod poll;
 pub(crate) mod process;
@@ -11,6 +12,7 @@ pub(crate) mod runs;
 pub(crate) mod server;
 pub(crate) mod ws;
 
+pub(crate) use git::*;
 pub(crate) use http::*;
 pub(crate) use poll::*;
 pub(crate) use process::*;
