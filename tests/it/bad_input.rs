@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::replay_auth::project_files;
 use crate::support::{
-    assert_error_shape, cli, edit_config, eventually, get_json, raw_request, server_address,
-    write_files, Reply, Server,
+    assert_error_shape, cli, edit_config, eventually, get_json, project_files, raw_request,
+    server_address, write_files, Reply, Server,
 };
 
 /// A project inside a directory of its own (`<root>/project`), so that anything written

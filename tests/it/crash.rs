@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{cli, command, eventually, project, sign, Api, Server};
+use crate::support::{cli, command, eventually_every, project, sign, Api, Server, DEADLINE};
 
 /// The webhook trigger's secret (`env:CRASH_WEBHOOK_SECRET`).
 const SECRET: &str = "crash-suite-secret";
@@ -55,6 +55,8 @@ const SCHEDULE: &str = "sch_crash-every-second";
 const TRIGGER: &str = "trg_crash-push";
 /// Workflow manifests the `apply` mode rewrites, one generation after another.
 const GENERATED: usize = 12;
+/// How often a check polls every run of the store.
+const POLL: Duration = Duration::from_millis(50);
 /// Where every step of the suite's workflows writes its run id when it starts.
 const STARTED_LOG: &str = "crash-started.log";
 
@@ -539,10 +541,12 @@ fn check_restart(
     // Recovery: every run created before the restart ends, none stays running or queued;
     // and the scheduler has fired since the restart (its catch-up is done).
     let after = restarted.timestamp() + 1;
-    let runs = eventually(
+    let runs = eventually_every(
         &format!(
             "{context}: the runs created before the crash to end, and a fire after the restart"
         ),
+        DEADLINE,
+        POLL,
         || {
             let runs = client.runs();
             let settled = runs
@@ -864,7 +868,7 @@ fn every_fire_of_a_catch_up_pass_killed_before_its_runs_runs_once() {
     for _restart in 0..2 {
         let mut server = start(dir.path());
         let client = Client::new(dir.path());
-        let dues = eventually("both fires' runs to finish", || {
+        let dues = eventually_every("both fires' runs to finish", DEADLINE, POLL, || {
             let runs = client.runs();
             let mut dues: Vec<String> = runs
                 .iter()

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::support::{
-    assert_error_shape, eventually, get_json, project, raw_request, server_address, sign, Reply,
-    Server,
+    assert_error_shape, eventually, get_json, project, project_files, raw_request, server_address,
+    sign, Reply, Server,
 };
 
 /// [`get_json`] with `Authorization: Bearer <token>`.
@@ -258,36 +258,6 @@ fn observable_state(address: &str, dir: &Path) -> Value {
         "objects": pick(&manifests, "objects", &["kind", "id", "name", "status", "generation", "source_file"]),
         "files": project_files(dir),
     })
-}
-
-/// Every file of the project outside `data/`, `logs/` and `reports/`, with its content.
-pub(crate) fn project_files(dir: &Path) -> Value {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let relative = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if ["data", "logs", "reports"].contains(&relative.as_str()) {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                out.push((relative, String::from_utf8_lossy(&bytes).into_owned()));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files);
-    json!(files)
 }
 
 /// The concrete path of an operation: real ids where the route takes one, so that an

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 use crate::support::{
-    cli, edit_config, eventually, project, server_address, sign, Api, Reply, Run, Server, DEADLINE,
+    cli, create_webhook, edit_config, eventually, project, server_address, sign, Api, Reply,
+    Server, DEADLINE,
 };
 
 /// Where `scripts/test` installs the examples.
@@ -18,22 +19,6 @@ const EXAMPLES: &str =
     "target/test-tools/node_modules/@octokit/webhooks-examples/api.github.com/index.json";
 
 /// Every example of the package: `[{"name": "push", "examples": [...]}, ...]`.
-/// `orchestrator trigger create webhook --url <url> --workflow <workflow>` with the further
-/// arguments `more`, in `dir`.
-pub(crate) fn create_webhook(dir: &Path, url: &str, workflow: &str, more: &[&str]) -> Run {
-    let mut args = vec![
-        "trigger",
-        "create",
-        "webhook",
-        "--url",
-        url,
-        "--workflow",
-        workflow,
-    ];
-    args.extend_from_slice(more);
-    cli(dir, &args)
-}
-
 fn examples() -> &'static Vec<Value> {
     static EXAMPLES_JSON: OnceLock<Vec<Value>> = OnceLock::new();
     EXAMPLES_JSON.get_or_init(|| {

@@ -12,8 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{cli, project, raw_exchange, sign, Api, Server};
-use crate::triggers::create_webhook;
+use crate::support::{cli, create_webhook, project, raw_exchange, sign, Api, Server};
 
 /// Every schema the binary publishes.
 const SCHEMA_FILES: [&str; 8] = [

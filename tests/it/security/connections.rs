@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    edit_config, eventually, eventually_within, project, server_address, sign, Api, Server,
-    DEADLINE,
+    edit_config, eventually, eventually_every, project, server_address, sign, Api, Server, DEADLINE,
 };
 
 /// Adds lines under `server:` in the project's development configuration.
@@ -720,9 +719,10 @@ fn memory_comes_back_after_a_large_run_and_thousands_of_websockets() {
     let accepted = api.post("/api/workflows/wf_chain/execute", "{}");
     assert_eq!(accepted.status, 202);
     let run = accepted.json(202)["run_id"].as_str().unwrap().to_owned();
-    let finished = eventually_within(
+    let finished = eventually_every(
         &format!("the {CHAIN_STEPS}-step run to finish"),
         Duration::from_secs(300),
+        Duration::from_millis(200),
         || {
             let shown = api.get(&format!("/api/runs/{run}")).expect(200);
             let status = shown["run"]["status"]

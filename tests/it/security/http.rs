@@ -15,9 +15,9 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::browser::{runtime, Browser, DESKTOP};
-use crate::replay_auth::project_files;
 use crate::support::{
-    cli, edit_config, eventually, project, raw_exchange, Api, Reply, Server, DEADLINE,
+    cli, edit_config, eventually, project, project_files, raw_exchange, Api, Reply, Server,
+    DEADLINE,
 };
 
 /// A workflow whose one step says `ran` and leaves a file behind: that it ran shows.

@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{cli, project, Api, Server};
-use crate::triggers::create_webhook;
+use crate::support::{cli, create_webhook, project, Api, Server};
 
 /// The reproduction: a trigger maps a pull request's title into a parameter that a
 /// step pastes into `sh -c`.

@@ -11,7 +11,17 @@ const INTERVAL: Duration = Duration::from_millis(20);
 
 /// Polls `probe` until it gives a value, or gives `None` once `timeout` has passed (the
 /// probe runs at least once, and once more after the deadline).
-pub(crate) fn poll_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub(crate) fn poll_for<T>(timeout: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(timeout, INTERVAL, probe)
+}
+
+/// [`poll_for`], sleeping `interval` between two probes (for probes that cost the server
+/// something: a run of thousands of steps, every run of the store).
+pub(crate) fn poll_every<T>(
+    timeout: Duration,
+    interval: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {
@@ -20,7 +30,7 @@ pub(crate) fn poll_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(INTERVAL);
+        std::thread::sleep(interval);
     }
 }
 
@@ -39,6 +49,20 @@ pub(crate) fn eventually_within<T>(
     probe: impl FnMut() -> Option<T>,
 ) -> T {
     match poll_for(timeout, probe) {
+        Some(value) => value,
+        None => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// [`eventually_within`], sleeping `interval` between two probes (see [`poll_every`]).
+#[track_caller]
+pub(crate) fn eventually_every<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    probe: impl FnMut() -> Option<T>,
+) -> T {
+    match poll_every(timeout, interval, probe) {
         Some(value) => value,
         None => panic!("timed out waiting for {what}"),
     }

@@ -1,9 +1,12 @@
 //! Running the `orchestrator` binary: a clean environment, commands that must end within
-//! the deadline, `init`ed projects in temporary directories, and signals to processes.
+//! the deadline, `init`ed projects in temporary directories and what they hold, and signals
+//! to processes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::{json, Value};
 
 use super::{poll_for, DEADLINE};
 
@@ -133,4 +136,50 @@ pub(crate) fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 /// Whether a process exists (signal 0).
 pub(crate) fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// `orchestrator trigger create webhook --url <url> --workflow <workflow>` with the further
+/// arguments `more`, in `dir`.
+pub(crate) fn create_webhook(dir: &Path, url: &str, workflow: &str, more: &[&str]) -> Run {
+    let mut args = vec![
+        "trigger",
+        "create",
+        "webhook",
+        "--url",
+        url,
+        "--workflow",
+        workflow,
+    ];
+    args.extend_from_slice(more);
+    cli(dir, &args)
+}
+
+/// Every file of the project outside `data/`, `logs/` and `reports/`, with its content.
+pub(crate) fn project_files(dir: &Path) -> Value {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if ["data", "logs", "reports"].contains(&relative.as_str()) {
+                continue;
+            }
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                out.push((relative, String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files);
+    json!(files)
 }
