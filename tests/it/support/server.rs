@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{command, poll_for, signal, Api, DEADLINE};
 
@@ -120,20 +120,13 @@ impl Server {
     pub(crate) fn stop(&mut self) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("running");
         signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the server did not stop within {DEADLINE:?} of SIGTERM\n--- stderr\n{}",
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = poll_for(DEADLINE, || child.try_wait().expect("wait")) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the server did not stop within {DEADLINE:?} of SIGTERM\n--- stderr\n{}",
+                self.stderr()
+            );
         };
         let stdout = self.stdout.take().unwrap().join().unwrap_or_default();
         (status, stdout)
@@ -146,10 +139,10 @@ impl Drop for Server {
             return;
         };
         signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // Best effort: killed once it is gone or the wait is over.
+        let _ = poll_for(Duration::from_secs(10), || {
+            (!matches!(child.try_wait(), Ok(None))).then_some(())
+        });
         let _ = child.kill();
         let _ = child.wait();
     }
