@@ -665,6 +665,7 @@ pub async fn run(shared: Arc<Scheduling>, mut stop: tokio::sync::watch::Receiver
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cron::CronSchedule;
 
     fn spec(cron: &str, catchup: Catchup, deadline: Option<u64>) -> ScheduleSpec {
         ScheduleSpec {
