@@ -59,11 +59,7 @@ fn state_lock() -> std::sync::MutexGuard<'static, ()> {
 
 pub use crate::spec::schedule::{Catchup, Overlap, ScheduleSpec};
 
-/// A live Schedule record compiled; `default_zone` when it names none.
-pub fn schedule_spec(record: &ObjectRecord, default_zone: &str) -> Result<ScheduleSpec, String> {
-    let spec = record.spec.as_ref().ok_or("no spec in force")?;
-    ScheduleSpec::new(&record.key.id, &record.name, spec, default_zone)
-}
+pub use crate::reconcile::view::schedule_spec;
 
 /// What the store remembers of a schedule between fires and across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -376,8 +372,6 @@ pub struct Scheduling {
     pub events: crate::events::EventBus,
     /// Starts, cancels and lists the runs of this process.
     pub runner: Arc<crate::engine::runner::Runner>,
-    /// `scheduler.timezone`: the zone of schedules that name none.
-    pub timezone: String,
 }
 
 /// Fires what is due for every live schedule by `now` + [`LEAD`] and returns the next due
@@ -388,7 +382,6 @@ pub fn tick(
     shared: &Arc<Scheduling>,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let default_zone = shared.timezone.clone();
     let objects = shared.view.objects();
     // Until the changes are written: a pause or resume meanwhile would be undone.
     let guard = state_lock();
@@ -398,15 +391,11 @@ pub fn tick(
     // Runs of pending fires created by a process that stopped before starting them.
     let mut unstarted: Vec<RunRecord> = Vec::new();
     let mut changed: Vec<(String, ScheduleState)> = Vec::new();
-    for record in objects
-        .records
-        .values()
-        .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
-    {
-        let spec = match schedule_spec(record, &default_zone) {
-            Ok(spec) => spec,
+    for (id, compiled) in &objects.schedules {
+        let spec = match compiled {
+            Ok(spec) => spec.clone(),
             Err(err) => {
-                tracing::warn!(schedule = %record.key.id, "cannot schedule: {err}");
+                tracing::warn!(schedule = %id, "cannot schedule: {err}");
                 continue;
             }
         };

@@ -112,7 +112,7 @@ pub fn serve(
     let api_log =
         crate::logging::rotating_file(&log_dir.join("api.log"), config.config.logging.rotation())?;
     let config = Arc::new(config);
-    let view = Arc::new(View::load(&store)?);
+    let view = Arc::new(View::load(&store, &config.config.scheduler.timezone)?);
     let stats = Arc::new(RunStats::for_config(&config.config.monitoring));
     stats.bootstrap(&store, chrono::Utc::now())?;
     let system = Arc::new(crate::monitor::system::SystemMonitor::open(
@@ -305,7 +305,6 @@ pub fn serve(
             view: Arc::clone(&app.view),
             events: app.events.clone(),
             runner: Arc::clone(&runner),
-            timezone: app.config.config.scheduler.timezone.clone(),
         }),
         stopped,
     ));

@@ -2,9 +2,11 @@
 //! store and the subsystems above it, without IO. `agents.rs` the built-in agent catalog;
 //! `params.rs` a workflow's parameter declarations checked and resolved; `git.rs` the git
 //! source's URL, branch and path checks; `trigger.rs` a Trigger's cross-field rules and
-//! globs; `schedule.rs` a Schedule compiled for firing.
+//! globs; `schedule.rs` a Schedule compiled for firing;
+//! `alert.rs` an Alert compiled for evaluation.
 
 pub mod agents;
+pub mod alert;
 pub mod git;
 pub mod params;
 pub mod schedule;
