@@ -10,6 +10,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::diagnostics::Diagnostic;
+use crate::manifest::Kind;
+pub use crate::model::{RunSummary, StepSummary};
+
 /// Every kind of event, as named on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,14 +98,157 @@ impl EventKind {
     }
 }
 
-/// One event: `{"type", "payload", "timestamp"}` on the wire.
+/// One event, with its typed payload: `{"type", "payload"}` on the wire.
 #[derive(Debug, Clone, Serialize)]
-pub struct Event {
+#[serde(tag = "type", content = "payload", rename_all = "snake_case")]
+pub enum Event {
+    /// A run was created and will start.
+    WorkflowStarted(RunSummary),
+    /// A run reached its final state.
+    WorkflowCompleted(RunSummary),
+    /// A step started.
+    StepStarted(StepSummary),
+    /// A step reached its final state.
+    StepCompleted(StepSummary),
+    /// A step failed an attempt and will be tried again.
+    StepRetrying(StepRetrying),
+    /// Lines a step wrote to its log.
+    RunLog(LogChunk),
+    /// An agent was switched on or off (payload: the agent as `GET /api/agents` shows it).
+    AgentStatusChanged(Value),
+    /// A schedule fired (or skipped a fire).
+    ScheduleFired(ScheduleFired),
+    /// An alert started firing (payload: the alert as `GET /api/alerts/{id}` shows it).
+    AlertFiring(Value),
+    /// A firing alert resolved (payload: the alert).
+    AlertResolved(Value),
+    /// A reconcile created, updated or pruned an object.
+    ManifestApplied(ManifestChange),
+    /// A manifest is invalid (or no longer parses): its last good version stays in force.
+    ManifestInvalid(ManifestInvalid),
+    /// A reconcile finished.
+    SyncCompleted(SyncCompleted),
+    /// A system sample (payload: the sample as `GET /api/system/metrics` shows it).
+    SystemMetrics(Value),
+}
+
+impl Event {
+    /// Its kind, as subscriptions name it.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::WorkflowStarted(_) => EventKind::WorkflowStarted,
+            Event::WorkflowCompleted(_) => EventKind::WorkflowCompleted,
+            Event::StepStarted(_) => EventKind::StepStarted,
+            Event::StepCompleted(_) => EventKind::StepCompleted,
+            Event::StepRetrying(_) => EventKind::StepRetrying,
+            Event::RunLog(_) => EventKind::RunLog,
+            Event::AgentStatusChanged(_) => EventKind::AgentStatusChanged,
+            Event::ScheduleFired(_) => EventKind::ScheduleFired,
+            Event::AlertFiring(_) => EventKind::AlertFiring,
+            Event::AlertResolved(_) => EventKind::AlertResolved,
+            Event::ManifestApplied(_) => EventKind::ManifestApplied,
+            Event::ManifestInvalid(_) => EventKind::ManifestInvalid,
+            Event::SyncCompleted(_) => EventKind::SyncCompleted,
+            Event::SystemMetrics(_) => EventKind::SystemMetrics,
+        }
+    }
+}
+
+/// A step's retry: the step, and when the next attempt starts.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRetrying {
+    /// The step as it stands after the failed attempt.
+    #[serde(flatten)]
+    pub step: StepSummary,
+    /// The delay before the next attempt.
+    pub retry_in_ms: u64,
+}
+
+/// Lines of a step log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogChunk {
+    /// The run.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// The text (at most 64 KiB).
+    pub text: String,
+    /// Where the text starts in the log, in bytes.
+    pub offset: u64,
+}
+
+/// A schedule's fire.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleFired {
+    /// The schedule's id.
+    pub schedule: String,
+    /// The instant it was due (RFC 3339).
+    pub due: String,
+    /// How late the fire was.
+    pub lateness_ms: i64,
+    /// The run it started.
+    pub run_id: Option<String>,
+    /// Why it started none.
+    pub skipped: Option<String>,
+}
+
+/// An object a reconcile changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestChange {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its id.
+    pub id: String,
+    /// `created`, `updated` or `pruned`; `invalid` or `kept` for [`ManifestInvalid`].
+    pub change: &'static str,
+    /// The source revision.
+    pub revision: String,
+}
+
+/// An object whose manifest is invalid, with what is wrong in its file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManifestInvalid {
+    /// The object.
+    #[serde(flatten)]
+    pub object: ManifestChange,
+    /// The diagnostics of its file.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncCompleted {
+    /// `start`, `change`, `resync`, `poll`, `api`, ...
+    pub reason: String,
+    /// The source revision.
+    pub revision: String,
+    /// Objects created.
+    pub created: usize,
+    /// Objects updated.
+    pub updated: usize,
+    /// Objects pruned.
+    pub pruned: usize,
+    /// Objects unchanged.
+    pub unchanged: usize,
+    /// Invalid documents.
+    pub invalid: usize,
+    /// Errors.
+    pub errors: usize,
+    /// Warnings.
+    pub warnings: usize,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// An event as published: `{"type", "payload", "timestamp", "sequence"}` on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
     /// What happened.
-    #[serde(rename = "type")]
+    #[serde(flatten)]
+    pub event: Event,
+    /// Its kind (the `type` on the wire).
+    #[serde(skip)]
     pub kind: EventKind,
-    /// The details.
-    pub payload: Value,
     /// When, RFC 3339 with milliseconds.
     pub timestamp: String,
     /// Position in the bus, increasing by one per event.
@@ -111,7 +258,7 @@ pub struct Event {
 /// A cheap-to-clone handle on the event bus.
 #[derive(Debug, Clone)]
 pub struct EventBus {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Arc<Published>>,
     sequence: Arc<std::sync::atomic::AtomicU64>,
     /// Held from taking a sequence number to sending: events enter the channel in the
     /// order of their numbers, even when threads publish at once.
@@ -130,15 +277,15 @@ impl EventBus {
     }
 
     /// Publishes an event. Call only once what it reports is durable.
-    pub fn publish(&self, kind: EventKind, payload: Value) {
+    pub fn publish(&self, event: Event) {
         let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
         let sequence = self
             .sequence
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             + 1;
-        let event = Event {
-            kind,
-            payload,
+        let event = Published {
+            kind: event.kind(),
+            event,
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sequence,
         };
@@ -147,7 +294,7 @@ impl EventBus {
     }
 
     /// A new listener, hearing events published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.sender.subscribe()
     }
 
@@ -198,7 +345,7 @@ mod tests {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for n in 0..20_000 {
-                        bus.publish(EventKind::StepStarted, Value::from(n));
+                        bus.publish(Event::SystemMetrics(Value::from(n)));
                     }
                 });
             }
@@ -212,14 +359,39 @@ mod tests {
         let bus = EventBus::new(16);
         let mut listener = bus.subscribe();
         for n in 0..20 {
-            bus.publish(EventKind::StepStarted, Value::from(n));
+            bus.publish(Event::SystemMetrics(Value::from(n)));
         }
         match listener.try_recv() {
             Err(broadcast::error::TryRecvError::Lagged(missed)) => assert_eq!(missed, 4),
             other => panic!("expected a lag, got {other:?}"),
         }
         let next = listener.try_recv().unwrap();
-        assert_eq!(next.payload, Value::from(4));
+        assert!(matches!(&next.event, Event::SystemMetrics(n) if *n == Value::from(4)));
         assert_eq!(next.sequence, 5);
+    }
+
+    #[test]
+    fn an_event_is_its_type_payload_timestamp_and_sequence_on_the_wire() {
+        let bus = EventBus::new(16);
+        let mut listener = bus.subscribe();
+        bus.publish(Event::ScheduleFired(ScheduleFired {
+            schedule: "sch_1".into(),
+            due: "2026-01-01T00:00:00+00:00".into(),
+            lateness_ms: 3,
+            run_id: Some("run_1".into()),
+            skipped: None,
+        }));
+        let published = listener.try_recv().unwrap();
+        assert_eq!(published.kind, EventKind::ScheduleFired);
+        let wire = serde_json::to_value(&*published).unwrap();
+        let keys: Vec<&String> = wire.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["type", "payload", "timestamp", "sequence"]);
+        assert_eq!(wire["type"], "schedule_fired");
+        assert_eq!(
+            wire["payload"],
+            serde_json::json!({"schedule": "sch_1", "due": "2026-01-01T00:00:00+00:00",
+                "lateness_ms": 3, "run_id": "run_1", "skipped": null})
+        );
+        assert_eq!(wire["sequence"], 1);
     }
 }

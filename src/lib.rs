@@ -14,7 +14,6 @@
 pub mod agents;
 pub mod api;
 pub mod cli;
-pub mod condition;
 pub mod config;
 pub mod controller;
 pub mod cron;
@@ -23,6 +22,7 @@ pub mod diagnostics;
 pub mod duration;
 pub mod engine;
 pub mod events;
+pub mod lang;
 pub mod logging;
 pub mod manifest;
 pub mod model;

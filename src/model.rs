@@ -320,3 +320,115 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
 }
+
+/// A run as events and run lists show it: the record without its expanded workflow, and
+/// the number of its steps.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunSummary {
+    /// `run_<ulid>`.
+    pub id: String,
+    /// The workflow's id.
+    pub workflow_id: String,
+    /// The workflow's name.
+    pub workflow_name: String,
+    /// Where the run stands.
+    pub status: Status,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Its parameters.
+    pub parameters: Map<String, Value>,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// When it started.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// How long it took.
+    pub duration_ms: Option<u64>,
+    /// Why it ended as it did.
+    pub message: Option<String>,
+    /// Its test cases by outcome.
+    pub tests: TestSummary,
+    /// The run this one re-runs.
+    pub rerun_of: Option<String>,
+    /// How many steps it has.
+    pub steps: usize,
+}
+
+impl RunSummary {
+    /// The summary of a run.
+    pub fn of(run: &RunRecord) -> RunSummary {
+        RunSummary {
+            id: run.id.clone(),
+            workflow_id: run.workflow_id.clone(),
+            workflow_name: run.workflow_name.clone(),
+            status: run.status,
+            trigger: run.trigger.clone(),
+            parameters: run.parameters.clone(),
+            created_at: run.created_at.clone(),
+            started_at: run.started_at.clone(),
+            finished_at: run.finished_at.clone(),
+            duration_ms: run.duration_ms,
+            message: run.message.clone(),
+            tests: run.tests,
+            rerun_of: run.rerun_of.clone(),
+            steps: run.steps.len(),
+        }
+    }
+}
+
+/// A step as events show it: the record without its attempts, log path and test cases,
+/// with their counts.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepSummary {
+    /// The run.
+    pub run_id: String,
+    /// Its position in the workflow.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Its agent.
+    pub agent: String,
+    /// The agent's action.
+    pub action: String,
+    /// Where it stands.
+    pub status: Status,
+    /// When it started.
+    pub started_at: Option<String>,
+    /// When it finished.
+    pub finished_at: Option<String>,
+    /// How long it took.
+    pub duration_ms: Option<u64>,
+    /// The exit code of its last attempt.
+    pub exit_code: Option<i32>,
+    /// Why it ended as it did.
+    pub message: Option<String>,
+    /// How many attempts it made.
+    pub attempts: usize,
+    /// Its test cases by outcome.
+    pub tests: TestSummary,
+    /// What it handed back.
+    pub outputs: Map<String, Value>,
+}
+
+impl StepSummary {
+    /// The summary of a step.
+    pub fn of(step: &StepRecord) -> StepSummary {
+        StepSummary {
+            run_id: step.run_id.clone(),
+            index: step.index,
+            name: step.name.clone(),
+            agent: step.agent.clone(),
+            action: step.action.clone(),
+            status: step.status,
+            started_at: step.started_at.clone(),
+            finished_at: step.finished_at.clone(),
+            duration_ms: step.duration_ms,
+            exit_code: step.exit_code,
+            message: step.message.clone(),
+            attempts: step.attempts.len(),
+            tests: TestSummary::of(&step.tests),
+            outputs: step.outputs.clone(),
+        }
+    }
+}

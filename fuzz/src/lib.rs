@@ -14,9 +14,9 @@ use std::sync::LazyLock;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
-use orchestrator::condition::{parse_condition, MetricRef};
 use orchestrator::cron::CronSchedule;
 use orchestrator::diagnostics::Diagnostic;
+use orchestrator::lang::condition::{parse_condition, MetricRef};
 use orchestrator::reconcile::desired_set;
 use orchestrator::source::{Snapshot, SourceFile};
 use orchestrator::triggers::{

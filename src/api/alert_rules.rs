@@ -96,7 +96,7 @@ pub async fn validate_condition(
 
 /// The check of one condition.
 fn check_condition(condition: String) -> ConditionCheck {
-    match crate::condition::parse_condition(&condition) {
+    match crate::lang::condition::parse_condition(&condition) {
         Ok(parsed) => ConditionCheck {
             valid: true,
             metrics: parsed.metrics().iter().map(ToString::to_string).collect(),
@@ -205,7 +205,8 @@ mod tests {
     fn a_condition_check_gives_the_validation_message_and_column() {
         let bad = check_condition("system.cpu_percent >> 80".into());
         assert!(!bad.valid);
-        let error = crate::condition::parse_condition("system.cpu_percent >> 80").unwrap_err();
+        let error =
+            crate::lang::condition::parse_condition("system.cpu_percent >> 80").unwrap_err();
         assert_eq!(bad.column, Some(error.column));
         assert_eq!(
             bad.message.as_deref(),

@@ -18,7 +18,6 @@ use super::openapi::WorkflowList;
 use super::{ApiError, AppState, ROUTES};
 use crate::engine::run::{self, RunRequest};
 use crate::engine::runner::run_summary;
-use crate::events::EventKind;
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::reconcile::view::workflow_summary;
@@ -182,20 +181,19 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
             .map(|(n, h, v)| (n.as_str(), *h, *v))
             .collect::<Vec<_>>(),
     );
-    text.push_str(
-        "# HELP orchestrator_objects Objects in force, by kind.\n# TYPE orchestrator_objects gauge\n",
+    let mut objects = crate::monitor::metrics::Scrape::default();
+    objects.gauge_family(
+        "orchestrator_objects",
+        "Objects in force, by kind.",
+        "kind",
+        by_kind
+            .into_iter()
+            .map(|(kind, count)| (kind.to_owned(), Some(count as f64))),
     );
-    for (kind, count) in by_kind {
-        text.push_str(&format!(
-            "orchestrator_objects{{kind=\"{kind}\"}} {count}\n"
-        ));
-    }
+    text.push_str(&objects.render());
     text.push_str(&state.stats.prometheus(chrono::Utc::now()));
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::monitor::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response())
@@ -794,7 +792,7 @@ fn switch_agent(state: &AppState, name: &str, enabled: bool) -> ApiResult<Json<V
     let agent = find_agent(state, name)?;
     state
         .events
-        .publish(EventKind::AgentStatusChanged, agent.clone());
+        .publish(crate::events::Event::AgentStatusChanged(agent.clone()));
     Ok(Json(agent))
 }
 

@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
-use serde_json::json;
 
 use super::Controller;
 use crate::diagnostics::Diagnostic;
-use crate::events::EventKind;
+use crate::events::{Event, ManifestChange, ManifestInvalid, SyncCompleted};
 use crate::reconcile::{self, ApplyReport, ReconcileOptions};
 use crate::store::ObjectKey;
 
@@ -105,7 +104,12 @@ pub fn reconcile(
 
 fn publish(shared: &Controller, outcome: &ReconcileOutcome, reason: &str) {
     let report = &outcome.report;
-    let key_json = |key: &ObjectKey, change: &str| json!({"kind": key.kind, "id": key.id, "change": change, "revision": report.revision});
+    let change_of = |key: &ObjectKey, change: &'static str| ManifestChange {
+        kind: key.kind,
+        id: key.id.clone(),
+        change,
+        revision: report.revision.clone(),
+    };
     for (keys, change) in [
         (&report.created, "created"),
         (&report.updated, "updated"),
@@ -114,7 +118,7 @@ fn publish(shared: &Controller, outcome: &ReconcileOutcome, reason: &str) {
         for key in keys {
             shared
                 .events
-                .publish(EventKind::ManifestApplied, key_json(key, change));
+                .publish(Event::ManifestApplied(change_of(key, change)));
         }
     }
     let objects = if report.invalid.is_empty() && report.kept.is_empty() {
@@ -127,31 +131,32 @@ fn publish(shared: &Controller, outcome: &ReconcileOutcome, reason: &str) {
     for (keys, change) in [(&report.invalid, "invalid"), (&report.kept, "kept")] {
         for key in keys {
             let file = objects.get(key).map(|r| r.source_file.as_str());
-            let diagnostics: Vec<&Diagnostic> = outcome
+            let diagnostics: Vec<Diagnostic> = outcome
                 .diagnostics
                 .iter()
                 .filter(|d| Some(d.file.as_str()) == file)
+                .cloned()
                 .collect();
-            let mut payload = key_json(key, change);
-            payload["diagnostics"] = json!(diagnostics);
-            shared.events.publish(EventKind::ManifestInvalid, payload);
+            shared
+                .events
+                .publish(Event::ManifestInvalid(ManifestInvalid {
+                    object: change_of(key, change),
+                    diagnostics,
+                }));
         }
     }
-    shared.events.publish(
-        EventKind::SyncCompleted,
-        json!({
-            "reason": reason,
-            "revision": report.revision,
-            "created": report.created.len(),
-            "updated": report.updated.len(),
-            "pruned": report.pruned.len(),
-            "unchanged": report.unchanged,
-            "invalid": report.invalid.len(),
-            "errors": report.errors,
-            "warnings": report.warnings,
-            "duration_ms": outcome.duration_ms,
-        }),
-    );
+    shared.events.publish(Event::SyncCompleted(SyncCompleted {
+        reason: reason.to_owned(),
+        revision: report.revision.clone(),
+        created: report.created.len(),
+        updated: report.updated.len(),
+        pruned: report.pruned.len(),
+        unchanged: report.unchanged,
+        invalid: report.invalid.len(),
+        errors: report.errors,
+        warnings: report.warnings,
+        duration_ms: outcome.duration_ms,
+    }));
 }
 
 /// Watches the manifest directories and reconciles on every change, until `stop` is set.

@@ -1,5 +1,7 @@
-//! From a stored workflow to the steps a run executes: template expansion, `{{ ... }}`
-//! substitution in step parameters and argv elements, and `if:` conditions.
+//! From a stored workflow to the steps a run executes: template expansion, and what the
+//! run's `{{ ... }}` substitutions (in step parameters and argv elements) and `if:`
+//! conditions see: the [`Scope`] of parameters, run and finished steps. The languages
+//! themselves are [`crate::lang::template`] (strict here) and [`crate::lang::if_condition`].
 //!
 //! Substituted values are data: they become whole arguments, environment variables or JSON
 //! values, never text spliced into a shell command.
@@ -8,6 +10,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use crate::lang::if_condition::{self, Function, IfContext, Names};
+use crate::lang::template::{self, Mode};
 use crate::model::Status;
 
 /// A workflow ready to run: its steps, the parameters it declares, and the values its
@@ -117,7 +121,8 @@ impl Scope {
             }
             other => {
                 return Err(format!(
-                    "unknown reference `{reference}`: `{other}` is not params, steps or run"
+                    "unknown reference `{reference}`: `{other}` is not params, steps or run{}",
+                    template::root_hint(other, if_condition::REFERENCE_ROOTS)
                 ))
             }
         };
@@ -134,55 +139,13 @@ impl Scope {
     }
 }
 
-/// Replaces every `{{ reference }}` in strings inside `value`. A string that is exactly one
-/// reference becomes the referenced value itself (an array stays an array); references
-/// inside longer text are replaced by their text.
+/// Replaces every `{{ reference }}` in strings inside `value`, strictly: a reference that
+/// names nothing is an error. A string that is exactly one reference becomes the referenced
+/// value itself (an array stays an array); references inside longer text are replaced by
+/// their text.
 pub fn substitute(value: &Value, scope: &Scope) -> Result<Value, String> {
-    Ok(match value {
-        Value::String(text) => substitute_text(text, scope)?,
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|item| substitute(item, scope))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), substitute(v, scope)?)))
-                .collect::<Result<_, String>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
-fn substitute_text(text: &str, scope: &Scope) -> Result<Value, String> {
-    if !text.contains("{{") {
-        return Ok(Value::String(text.to_owned()));
-    }
-    let trimmed = text.trim();
-    if let Some(inner) = trimmed
-        .strip_prefix("{{")
-        .and_then(|t| t.strip_suffix("}}"))
-        .filter(|inner| !inner.contains("{{") && !inner.contains("}}"))
-    {
-        return scope.lookup(inner.trim());
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("unclosed `{{{{` in `{text}`"))?;
-        match scope.lookup(after[..end].trim())? {
-            Value::String(s) => out.push_str(&s),
-            other => out.push_str(&other.to_string()),
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(Value::String(out))
+    let resolve = |reference: &str| scope.lookup(reference).map(Some);
+    template::render_value(value, &resolve, Mode::Strict).map(|found| found.unwrap_or(Value::Null))
 }
 
 /// How a step's condition sees the run so far.
@@ -194,307 +157,38 @@ pub struct ConditionContext {
     pub cancelled: bool,
 }
 
-/// Evaluates an `if:` condition: `success()`, `failure()`, `always()`, `cancelled()`,
-/// comparisons (`== != < <= > >=`) of references and literals, `&&`/`and`, `||`/`or`,
-/// `!`/`not`, parentheses.
+/// Evaluates an `if:` condition (the language: [`crate::lang::if_condition`]) with the
+/// references of `scope` (an unset one is `null`) and the functions of `context`.
 pub fn evaluate_condition(
     text: &str,
     scope: &Scope,
     context: ConditionContext,
 ) -> Result<bool, String> {
-    let tokens = tokenize(text)?;
-    let mut parser = Parser {
-        tokens: &tokens,
-        position: 0,
-        scope,
-        context,
-        dry: false,
-    };
-    let value = parser.or()?;
-    if parser.position != tokens.len() {
-        return Err(format!(
-            "unexpected `{}` in condition `{text}`",
-            tokens[parser.position].text()
-        ));
-    }
-    Ok(truthy(&value))
+    if_condition::parse(text, Names::Any)?.evaluate(&RunState { scope, context })
 }
 
-/// Checks a condition's syntax without evaluating references.
-pub fn check_condition(text: &str) -> Result<(), String> {
-    let scope = Scope::default();
-    let tokens = tokenize(text)?;
-    let mut parser = Parser {
-        tokens: &tokens,
-        position: 0,
-        scope: &scope,
-        context: ConditionContext {
-            upstream_ok: true,
-            cancelled: false,
-        },
-        dry: true,
-    };
-    parser.or()?;
-    if parser.position != tokens.len() {
-        return Err(format!(
-            "unexpected `{}` in condition `{text}`",
-            tokens[parser.position].text()
-        ));
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Token {
-    Ident(String),
-    Str(String),
-    Num(f64),
-    Op(&'static str),
-}
-
-impl Token {
-    fn text(&self) -> String {
-        match self {
-            Token::Ident(s) => s.clone(),
-            Token::Str(s) => format!("'{s}'"),
-            Token::Num(n) => n.to_string(),
-            Token::Op(op) => (*op).to_owned(),
-        }
-    }
-}
-
-fn tokenize(text: &str) -> Result<Vec<Token>, String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c.is_whitespace() {
-            i += 1;
-            continue;
-        }
-        if c == '\'' || c == '"' {
-            let end = chars[i + 1..]
-                .iter()
-                .position(|&d| d == c)
-                .ok_or_else(|| format!("unclosed string in condition `{text}`"))?;
-            tokens.push(Token::Str(chars[i + 1..i + 1 + end].iter().collect()));
-            i += end + 2;
-            continue;
-        }
-        if c.is_ascii_digit() || (c == '-' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
-            let start = i;
-            i += 1;
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                i += 1;
-            }
-            let literal: String = chars[start..i].iter().collect();
-            tokens.push(Token::Num(literal.parse().map_err(|_| {
-                format!("bad number `{literal}` in condition `{text}`")
-            })?));
-            continue;
-        }
-        if c.is_alphabetic() || c == '_' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_alphanumeric() || matches!(chars[i], '_' | '.' | '-'))
-            {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            tokens.push(match word.as_str() {
-                "and" => Token::Op("&&"),
-                "or" => Token::Op("||"),
-                "not" => Token::Op("!"),
-                _ => Token::Ident(word),
-            });
-            continue;
-        }
-        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
-        let op = ["&&", "||", "==", "!=", "<=", ">="]
-            .into_iter()
-            .find(|op| *op == two);
-        if let Some(op) = op {
-            tokens.push(Token::Op(op));
-            i += 2;
-            continue;
-        }
-        let op = ["!", "<", ">", "(", ")"]
-            .into_iter()
-            .find(|op| op.starts_with(c))
-            .ok_or_else(|| format!("unexpected `{c}` in condition `{text}`"))?;
-        tokens.push(Token::Op(op));
-        i += 1;
-    }
-    Ok(tokens)
-}
-
-/// The functions a condition may call.
-const FUNCTIONS: [&str; 4] = ["success", "failure", "always", "cancelled"];
-
-struct Parser<'a> {
-    tokens: &'a [Token],
-    position: usize,
+/// The scope and the run's state, as a condition reads them.
+struct RunState<'a> {
     scope: &'a Scope,
     context: ConditionContext,
-    dry: bool,
 }
 
-impl Parser<'_> {
-    fn peek_op(&self, op: &str) -> bool {
-        matches!(self.tokens.get(self.position), Some(Token::Op(o)) if *o == op)
+impl IfContext for RunState<'_> {
+    fn reference(&self, name: &str) -> Value {
+        self.scope.lookup(name).unwrap_or(Value::Null)
     }
 
-    fn or(&mut self) -> Result<Value, String> {
-        let mut left = self.and()?;
-        while self.peek_op("||") {
-            self.position += 1;
-            let right = self.and()?;
-            left = Value::Bool(truthy(&left) || truthy(&right));
+    fn call(&self, function: Function) -> bool {
+        let ConditionContext {
+            upstream_ok,
+            cancelled,
+        } = self.context;
+        match function {
+            Function::Success => upstream_ok && !cancelled,
+            Function::Failure => !upstream_ok && !cancelled,
+            Function::Always => true,
+            Function::Cancelled => cancelled,
         }
-        Ok(left)
-    }
-
-    fn and(&mut self) -> Result<Value, String> {
-        let mut left = self.not()?;
-        while self.peek_op("&&") {
-            self.position += 1;
-            let right = self.not()?;
-            left = Value::Bool(truthy(&left) && truthy(&right));
-        }
-        Ok(left)
-    }
-
-    fn not(&mut self) -> Result<Value, String> {
-        if self.peek_op("!") {
-            self.position += 1;
-            return Ok(Value::Bool(!truthy(&self.not()?)));
-        }
-        self.comparison()
-    }
-
-    fn comparison(&mut self) -> Result<Value, String> {
-        let left = self.primary()?;
-        let Some(Token::Op(op)) = self.tokens.get(self.position) else {
-            return Ok(left);
-        };
-        let op = *op;
-        if !matches!(op, "==" | "!=" | "<" | "<=" | ">" | ">=") {
-            return Ok(left);
-        }
-        self.position += 1;
-        let right = self.primary()?;
-        if self.dry {
-            return Ok(Value::Bool(true));
-        }
-        let result = match op {
-            "==" => loose_eq(&left, &right),
-            "!=" => !loose_eq(&left, &right),
-            _ => {
-                let (Some(a), Some(b)) = (number(&left), number(&right)) else {
-                    return Err(format!("`{op}` compares numbers, got {left} and {right}"));
-                };
-                match op {
-                    "<" => a < b,
-                    "<=" => a <= b,
-                    ">" => a > b,
-                    _ => a >= b,
-                }
-            }
-        };
-        Ok(Value::Bool(result))
-    }
-
-    fn primary(&mut self) -> Result<Value, String> {
-        let token = self
-            .tokens
-            .get(self.position)
-            .cloned()
-            .ok_or("condition ends too early")?;
-        self.position += 1;
-        match token {
-            Token::Str(s) => Ok(Value::String(s)),
-            Token::Num(n) => Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)),
-            Token::Op("(") => {
-                let value = self.or()?;
-                if !self.peek_op(")") {
-                    return Err("missing `)` in condition".into());
-                }
-                self.position += 1;
-                Ok(value)
-            }
-            Token::Op(op) => Err(format!("unexpected `{op}` in condition")),
-            Token::Ident(word) => {
-                if self.peek_op("(") {
-                    self.position += 1;
-                    if !self.peek_op(")") {
-                        return Err(format!("`{word}()` takes no arguments"));
-                    }
-                    self.position += 1;
-                    let context = self.context;
-                    return match word.as_str() {
-                        "success" => Ok(Value::Bool(context.upstream_ok && !context.cancelled)),
-                        "failure" => Ok(Value::Bool(!context.upstream_ok && !context.cancelled)),
-                        "always" => Ok(Value::Bool(true)),
-                        "cancelled" => Ok(Value::Bool(context.cancelled)),
-                        other => Err(format!(
-                            "unknown function `{other}()`: expected success(), failure(), always() or cancelled()"
-                        )),
-                    };
-                }
-                match word.as_str() {
-                    "true" => Ok(Value::Bool(true)),
-                    "false" => Ok(Value::Bool(false)),
-                    "null" => Ok(Value::Null),
-                    _ if self.dry => {
-                        let root = word.split('.').next().unwrap_or_default();
-                        if matches!(root, "params" | "steps" | "run") {
-                            Ok(Value::Null)
-                        } else {
-                            let hint = crate::util::did_you_mean(word.as_str(), FUNCTIONS)
-                                .map(|f| format!("; did you mean `{f}()`?"))
-                                .unwrap_or_default();
-                            Err(format!(
-                                "unknown name `{word}` (expected a function: success(), failure(), always(), cancelled(); or a reference: params.*, steps.NAME.status, steps.NAME.outputs.*, run.*){hint}"
-                            ))
-                        }
-                    }
-                    _ => Ok(self.scope.lookup(&word).unwrap_or(Value::Null)),
-                }
-            }
-        }
-    }
-}
-
-fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
-}
-
-fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn loose_eq(a: &Value, b: &Value) -> bool {
-    match (number(a), number(b)) {
-        (Some(x), Some(y)) if !(a.is_string() && b.is_string()) => x == y,
-        _ => match (a, b) {
-            (Value::String(x), Value::String(y)) => x == y,
-            (Value::String(x), other) | (other, Value::String(x)) => {
-                *x == other.to_string().trim_matches('"')
-            }
-            _ => a == b,
-        },
     }
 }
 
@@ -576,9 +270,9 @@ mod tests {
             ok
         ));
         assert!(evaluate_condition("bogus()", &scope, ok).is_err());
-        assert!(check_condition("success() &&").is_err());
-        assert!(check_condition("env.X == 1").is_err());
-        assert!(check_condition("always() || steps.a.outputs.b == 'x'").is_ok());
+        assert!(if_condition::check("success() &&").is_err());
+        assert!(if_condition::check("env.X == 1").is_err());
+        assert!(if_condition::check("always() || steps.a.outputs.b == 'x'").is_ok());
     }
 
     #[test]

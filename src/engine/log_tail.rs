@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::json;
-
-use crate::events::{EventBus, EventKind};
+use crate::events::{Event, EventBus, LogChunk};
 
 /// How often growing logs are read.
 const POLL: Duration = Duration::from_millis(200);
@@ -146,11 +144,12 @@ fn publish_new(
         // file (`GET /api/runs/{id}/logs/{step}`) joins the two without repeating a line.
         for (index, chunk) in bytes[..=end].chunks(CHUNK).enumerate() {
             let text = String::from_utf8_lossy(chunk);
-            events.publish(
-                EventKind::RunLog,
-                json!({"run_id": run_id, "step": step, "text": text,
-                       "offset": *offset + (index * CHUNK) as u64}),
-            );
+            events.publish(Event::RunLog(LogChunk {
+                run_id: run_id.to_owned(),
+                step: step.clone(),
+                text: text.into_owned(),
+                offset: *offset + (index * CHUNK) as u64,
+            }));
         }
         *offset += end as u64 + 1;
     }

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::admission::RunSlots;
 use super::log_tail::LogTailer;
 use super::run::{self, CancelSignal, EngineConfig, EngineError, Event as EngineEvent};
-use crate::events::{EventBus, EventKind};
-use crate::model::{RunRecord, Status, StepRecord};
+use crate::events::{Event, EventBus, StepRetrying};
+use crate::model::{RunRecord, RunSummary, Status, StepRecord, StepSummary};
 use crate::reconcile::view::View;
 use crate::store::{Store, StoreError};
 
@@ -452,7 +452,7 @@ impl Runner {
             self.observer.run_ended_unstarted(&run);
             self.view.record_run(&run);
             self.events
-                .publish(EventKind::WorkflowCompleted, run_summary(&run));
+                .publish(Event::WorkflowCompleted(RunSummary::of(&run)));
         }
     }
 
@@ -470,19 +470,20 @@ impl Runner {
         self.log_tail.add(&id, run_dir);
         let on_event = |event: &EngineEvent| match event {
             EngineEvent::StepStarted { step } => {
-                events.publish(EventKind::StepStarted, step_summary(step))
+                events.publish(Event::StepStarted(StepSummary::of(step)))
             }
             EngineEvent::StepFinished { step } => {
-                events.publish(EventKind::StepCompleted, step_summary(step))
+                events.publish(Event::StepCompleted(StepSummary::of(step)))
             }
             EngineEvent::StepRetrying { step, delay } => {
-                let mut payload = step_summary(step);
-                payload["retry_in_ms"] = json!(delay.as_millis() as u64);
-                events.publish(EventKind::StepRetrying, payload)
+                events.publish(Event::StepRetrying(StepRetrying {
+                    step: StepSummary::of(step),
+                    retry_in_ms: delay.as_millis() as u64,
+                }))
             }
         };
         let agents = run::agent_configs(&self.view.objects().records);
-        let summary = run_summary(&run);
+        let summary = RunSummary::of(&run);
         if let Some(at) = not_before {
             // Ready ahead of time: wait for the instant itself.
             if let Ok(wait) = at.duration_since(SystemTime::now()) {
@@ -490,7 +491,7 @@ impl Runner {
             }
         }
         self.observer.run_started();
-        events.publish(EventKind::WorkflowStarted, summary);
+        events.publish(Event::WorkflowStarted(summary));
         let result = run::execute_with_agents(
             &self.store,
             &self.engine,
@@ -515,7 +516,7 @@ impl Runner {
                 let steps = self.store.steps(&id).unwrap_or_default();
                 self.observer.run_finished(&finished, &steps);
                 self.view.record_run(&finished);
-                events.publish(EventKind::WorkflowCompleted, run_summary(&finished));
+                events.publish(Event::WorkflowCompleted(RunSummary::of(&finished)));
             }
             Err(err) => {
                 tracing::error!(run = %id, "run failed to execute: {err}");
@@ -542,42 +543,7 @@ fn interrupted_by_shutdown(store: &Store, mut run: RunRecord) -> Result<RunRecor
     Ok(run)
 }
 
-/// A run as events and the API show it (without the expanded workflow).
+/// A run as the API lists it (without the expanded workflow): [`RunSummary`] as JSON.
 pub fn run_summary(run: &RunRecord) -> Value {
-    json!({
-        "id": run.id,
-        "workflow_id": run.workflow_id,
-        "workflow_name": run.workflow_name,
-        "status": run.status,
-        "trigger": run.trigger,
-        "parameters": run.parameters,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "duration_ms": run.duration_ms,
-        "message": run.message,
-        "tests": run.tests,
-        "rerun_of": run.rerun_of,
-        "steps": run.steps.len(),
-    })
-}
-
-/// A step as events show it.
-pub fn step_summary(step: &StepRecord) -> Value {
-    json!({
-        "run_id": step.run_id,
-        "index": step.index,
-        "name": step.name,
-        "agent": step.agent,
-        "action": step.action,
-        "status": step.status,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "duration_ms": step.duration_ms,
-        "exit_code": step.exit_code,
-        "message": step.message,
-        "attempts": step.attempts.len(),
-        "tests": crate::model::TestSummary::of(&step.tests),
-        "outputs": step.outputs,
-    })
+    serde_json::to_value(RunSummary::of(run)).unwrap_or(Value::Null)
 }

@@ -35,10 +35,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{AlertNotification, DeliveryOutcome, MetricSource, NotificationStatus};
-use crate::condition::{parse_condition, Condition, MetricRef};
-use crate::events::EventKind;
-use crate::manifest::Kind;
-use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
+use crate::events::{Event, EventKind};
+use crate::lang::condition::MetricRef;
+use crate::lang::template::{self, Mode};
+use crate::store::{Store, StoreError};
 
 /// The state tree of the rules' states, by alert id.
 pub const STATE_TREE: &str = "alert_states";
@@ -56,117 +56,9 @@ pub const RESOLVED_RETENTION: TimeDelta = TimeDelta::minutes(15);
 pub const SILENCE_RETENTION: TimeDelta = TimeDelta::hours(120);
 /// How long the server waits for its first system sample before it evaluates rules anyway.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(10);
-/// The summary of an alert whose manifest gives none.
-pub const DEFAULT_SUMMARY: &str = "{{ name }}: {{ condition }} (value {{ value }})";
-/// The repeat interval of an alert whose manifest gives none.
-pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
-
-/// An Alert object, read for evaluation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertRule {
-    /// Its id (`alert_high-cpu-usage`).
-    pub id: String,
-    /// Its name as written.
-    pub name: String,
-    /// What it is for.
-    pub description: Option<String>,
-    /// The condition as written.
-    pub condition_text: String,
-    /// The parsed condition.
-    pub condition: Condition,
-    /// How long the condition must hold before the alert fires (default 0).
-    pub duration: Duration,
-    /// The notification channels to notify.
-    pub actions: Vec<String>,
-    /// `info`, `warning` (default) or `critical`.
-    pub severity: String,
-    /// Its own labels.
-    pub labels: BTreeMap<String, String>,
-    /// Its annotation templates (`summary` always present).
-    pub annotations: BTreeMap<String, String>,
-    /// How often a firing alert notifies again (default 4h).
-    pub repeat_interval: Duration,
-    /// Whether resolving notifies (default true).
-    pub send_resolved: bool,
-    /// Whether it is evaluated at all (default true).
-    pub enabled: bool,
-    /// The file it was declared in.
-    pub source_file: Option<String>,
-}
+pub use crate::spec::alert::{AlertRule, DEFAULT_REPEAT_INTERVAL, DEFAULT_SUMMARY};
 
 impl AlertRule {
-    /// Reads a live Alert record.
-    pub fn from_record(record: &ObjectRecord) -> Result<AlertRule, String> {
-        let spec = record.spec.as_ref().ok_or("no spec in force")?;
-        let mut rule = AlertRule::from_spec(&record.key.id, spec)?;
-        rule.source_file = Some(record.source_file.clone());
-        Ok(rule)
-    }
-
-    /// Reads an Alert manifest (the spec the store keeps) under its id.
-    pub fn from_spec(id: &str, spec: &Value) -> Result<AlertRule, String> {
-        let text = |field: &str| spec.get(field).and_then(Value::as_str);
-        let name = text("name").ok_or("no name")?.to_owned();
-        let condition_text = text("condition").ok_or("no condition")?.to_owned();
-        let condition = parse_condition(&condition_text)
-            .map_err(|e| format!("condition `{condition_text}`: {e}"))?;
-        let duration_of = |field: &str, default: Duration| -> Result<Duration, String> {
-            match spec.get(field) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Number(n)) => n
-                    .as_u64()
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| format!("{field}: expected whole seconds, got {n}")),
-                Some(Value::String(s)) => {
-                    crate::duration::parse_duration(s).map_err(|e| format!("{field}: {e}"))
-                }
-                Some(other) => Err(format!("{field}: expected a duration, got {other}")),
-            }
-        };
-        let strings = |field: &str| -> BTreeMap<String, String> {
-            spec.get(field)
-                .and_then(Value::as_object)
-                .map(|map| {
-                    map.iter()
-                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let mut annotations = strings("annotations");
-        annotations
-            .entry("summary".to_owned())
-            .or_insert_with(|| DEFAULT_SUMMARY.to_owned());
-        Ok(AlertRule {
-            id: id.to_owned(),
-            name,
-            description: text("description").map(str::to_owned),
-            condition_text,
-            condition,
-            duration: duration_of("duration", Duration::ZERO)?,
-            actions: spec
-                .get("actions")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            severity: text("severity").unwrap_or("warning").to_owned(),
-            labels: strings("labels"),
-            annotations,
-            repeat_interval: duration_of("repeat_interval", DEFAULT_REPEAT_INTERVAL)?,
-            send_resolved: spec
-                .get("send_resolved")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            enabled: spec.get("enabled").and_then(Value::as_bool).unwrap_or(true),
-            source_file: None,
-        })
-    }
-
     /// The labels notifications carry: the rule's own, `alertname` and `severity`.
     pub fn all_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
@@ -190,19 +82,11 @@ impl AlertRule {
     }
 
     /// Renders `{{ name }}`, `{{ id }}`, `{{ value }}`, `{{ condition }}`, `{{ severity }}`
-    /// and `{{ labels.KEY }}`; any other reference is left as written.
+    /// and `{{ labels.KEY }}` (the template language, [`crate::lang::template`], keeping
+    /// what it cannot fill as written): any other reference is left as written.
     pub fn render(&self, template: &str, value: Option<f64>) -> String {
-        let mut out = String::with_capacity(template.len());
-        let mut rest = template;
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                out.push_str(&rest[start..]);
-                return out;
-            };
-            let reference = after[..end].trim();
-            let replaced = match reference {
+        let resolve = |reference: &str| {
+            let text = match reference {
                 "name" => Some(self.name.clone()),
                 "id" => Some(self.id.clone()),
                 "value" => Some(format_value(value)),
@@ -212,14 +96,11 @@ impl AlertRule {
                     .strip_prefix("labels.")
                     .map(|key| self.labels.get(key).cloned().unwrap_or_default()),
             };
-            match replaced {
-                Some(text) => out.push_str(&text),
-                None => out.push_str(&rest[start..start + 2 + end + 2]),
-            }
-            rest = &after[end + 2..];
-        }
-        out.push_str(rest);
-        out
+            Ok(text.map(Value::String))
+        };
+        // Verbatim rendering fails only where the context does, and this one never does.
+        template::render_text(template, &resolve, Mode::Verbatim)
+            .unwrap_or_else(|_| template.to_owned())
     }
 }
 
@@ -240,21 +121,7 @@ pub fn format_value(value: Option<f64>) -> String {
     }
 }
 
-/// The live Alert rules among the records; a rule that cannot be read is logged and left
-/// out (validation has rejected such manifests already).
-pub fn rules(records: &BTreeMap<ObjectKey, ObjectRecord>) -> Vec<AlertRule> {
-    records
-        .values()
-        .filter(|r| r.key.kind == Kind::Alert && r.is_live())
-        .filter_map(|record| match AlertRule::from_record(record) {
-            Ok(rule) => Some(rule),
-            Err(err) => {
-                tracing::warn!(alert = %record.key.id, "cannot evaluate: {err}");
-                None
-            }
-        })
-        .collect()
-}
+pub use crate::reconcile::view::alert_rules as rules;
 
 /// Where an alert stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1191,7 +1058,7 @@ pub fn tick(
     now: DateTime<Utc>,
 ) -> Result<(Vec<AlertRule>, Vec<Silence>, Evaluation), StoreError> {
     let _held = shared.alerts.hold();
-    let rules = rules(&shared.view.objects().records);
+    let rules = shared.view.objects().alerts.clone();
     let before = load_states(&shared.store)?;
     let mut silences = silences(&shared.store)?;
     drop_expired_silences(&shared.store, &mut silences, now)?;
@@ -1228,11 +1095,11 @@ fn publish(
     now: DateTime<Utc>,
 ) {
     for transition in &evaluation.transitions {
-        let kind = match (transition.from, transition.to) {
-            (_, AlertState::Firing) => EventKind::AlertFiring,
+        let event: fn(Value) -> Event = match (transition.from, transition.to) {
+            (_, AlertState::Firing) => Event::AlertFiring,
             // Disabling a firing rule ends it too (straight to inactive, without notifying).
             (AlertState::Firing, AlertState::Resolved | AlertState::Inactive) => {
-                EventKind::AlertResolved
+                Event::AlertResolved
             }
             _ => continue,
         };
@@ -1242,7 +1109,7 @@ fn publish(
         let status = evaluation.states.get(&rule.id);
         shared
             .events
-            .publish(kind, alert_json(rule, status, silences, now));
+            .publish(event(alert_json(rule, status, silences, now)));
     }
 }
 

@@ -1,35 +1,29 @@
-//! Counters the server keeps for `/metrics`, rendered in the Prometheus text format. The
-//! exposition passes `promtool check metrics`: counters end in `_total`, histograms have
-//! their `_bucket`, `_sum` and `_count`, and no gauge borrows a suffix those reserve.
+//! What `/metrics` reports, encoded by `prometheus-client` in the Prometheus text format
+//! (version 0.0.4, `text/plain`, the format `promtool check metrics` reads): [`Metrics`], the
+//! counters and histograms the server keeps in a registry, and [`Scrape`], the figures read
+//! at scrape time (gauges, and counters kept elsewhere such as the event bus's), encoded the
+//! same way after them.
+//!
+//! A counter is registered under its name without `_total` and encoded with it (the crate's
+//! rule); a figure of a [`Scrape`] whose name ends in `_total` is a counter, any other a
+//! gauge. A value that is a whole number is written as one (`5`, not `5.0`), as before the
+//! crate was used and as the documentation shows.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    CounterValueEncoder, DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet,
+    GaugeValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::model::{RunRecord, Status, StepRecord};
-use crate::monitor::stats::escape_label;
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// The value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// The `Content-Type` of the exposition: the Prometheus text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Run durations bucketed as a Prometheus histogram (seconds).
 const BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
@@ -43,81 +37,47 @@ const STEP_BUCKETS: [f64; 12] = [
 /// is counted as `other`, so a client cannot grow the label set.
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
 
-/// A cumulative histogram over fixed bucket bounds.
-#[derive(Debug, Clone)]
-struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<u64>,
-    count: u64,
-    sum: f64,
+/// The labels of `orchestrator_http_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    code: u16,
 }
 
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len()],
-            count: 0,
-            sum: 0.0,
-        }
-    }
-
-    fn observe(&mut self, value: f64) {
-        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
-            if value <= *bound {
-                *count += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += value;
-    }
-
-    /// The `_bucket`, `_sum` and `_count` lines of one series; `labels` is empty or ends
-    /// with a comma.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (bound, count) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {count}");
-        }
-        let braces = |labels: &str| {
-            let labels = labels.trim_end_matches(',');
-            if labels.is_empty() {
-                String::new()
-            } else {
-                format!("{{{labels}}}")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}le=\"+Inf\"}} {count}\n{name}_sum{braced} {sum}\n{name}_count{braced} {count}",
-            count = self.count,
-            sum = self.sum,
-            braced = braces(labels),
-        );
-    }
+/// The label of `orchestrator_runs_finished_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
 }
 
-impl Default for Histogram {
-    fn default() -> Histogram {
-        Histogram::new(&BUCKETS)
-    }
+/// The label of `orchestrator_agent_step_duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AgentLabel {
+    agent: String,
 }
 
-/// Everything `/metrics` reports besides what it reads from the store at scrape time.
-#[derive(Debug, Default)]
+fn step_histogram() -> Histogram {
+    Histogram::new(STEP_BUCKETS)
+}
+
+/// Everything `/metrics` reports besides what it reads at scrape time: counters and
+/// histograms, registered once in a `prometheus-client` registry.
+#[derive(Debug)]
 pub struct Metrics {
+    registry: Registry,
     /// Runs started.
     pub runs_started: Counter,
     /// Runs finished, by status.
-    finished: Mutex<BTreeMap<String, u64>>,
-    durations: Mutex<Histogram>,
+    finished: Family<StatusLabel, Counter>,
+    durations: Histogram,
     /// Reconciles done.
     pub reconciles: Counter,
     /// Reconciles that found errors in manifests.
     pub reconcile_errors: Counter,
     /// HTTP requests answered, by method and status code.
-    http_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    http_requests: Family<RequestLabels, Counter>,
     /// Durations of finished steps, by agent.
-    step_durations: Mutex<BTreeMap<String, Histogram>>,
+    step_durations: Family<AgentLabel, Histogram, fn() -> Histogram>,
     /// HTTP requests answered with 5xx.
     pub http_errors: Counter,
     /// Webhook deliveries received.
@@ -128,38 +88,112 @@ pub struct Metrics {
     pub source_fetch_errors: Counter,
 }
 
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            runs_started: Counter::default(),
+            finished: Family::default(),
+            durations: Histogram::new(BUCKETS),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            http_requests: Family::default(),
+            step_durations: Family::new_with_constructor(step_histogram),
+            http_errors: Counter::default(),
+            webhook_deliveries: Counter::default(),
+            errors: Counter::default(),
+            source_fetch_errors: Counter::default(),
+        };
+        // Clones share their values: the registry encodes what the fields count. The
+        // registry adds the full stop that ends each help.
+        let mut registry = Registry::default();
+        registry.register(
+            "orchestrator_runs_started",
+            "Runs started",
+            metrics.runs_started.clone(),
+        );
+        registry.register(
+            "orchestrator_runs_finished",
+            "Runs finished, by status",
+            metrics.finished.clone(),
+        );
+        registry.register(
+            "orchestrator_run_duration_seconds",
+            "Duration of finished runs",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "orchestrator_agent_step_duration_seconds",
+            "Duration of the steps an agent ran to an outcome (succeeded, failed or timed out), retries included",
+            metrics.step_durations.clone(),
+        );
+        registry.register(
+            "orchestrator_reconciles",
+            "Reconciles of the manifest source",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "orchestrator_reconcile_errors",
+            "Reconciles that found invalid manifests",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "orchestrator_http_requests",
+            "HTTP requests answered, by method and status code",
+            metrics.http_requests.clone(),
+        );
+        registry.register(
+            "orchestrator_http_errors",
+            "HTTP requests answered with a server error",
+            metrics.http_errors.clone(),
+        );
+        registry.register(
+            "orchestrator_webhook_deliveries",
+            "Webhook deliveries received",
+            metrics.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "orchestrator_errors",
+            "Internal errors",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "orchestrator_source_fetch_errors",
+            "Fetches of the git source that failed",
+            metrics.source_fetch_errors.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
 impl Metrics {
     /// Counts a finished run.
     pub fn record_run(&self, run: &RunRecord) {
-        *self
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(run.status.as_str().to_owned())
-            .or_default() += 1;
+        self.finished
+            .get_or_create(&StatusLabel {
+                status: run.status.as_str(),
+            })
+            .inc();
         let seconds = run.duration_ms.unwrap_or(0) as f64 / 1000.0;
-        self.durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(seconds);
+        self.durations.observe(seconds);
     }
 
     /// Counts the steps of a finished run that ran to an outcome (succeeded, failed or
     /// timed out) in their agent's step-duration histogram.
     pub fn record_steps(&self, steps: &[StepRecord]) {
-        let mut histograms = self
-            .step_durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         for step in steps {
             let decided = matches!(
                 step.status,
                 Status::Succeeded | Status::Failed | Status::TimedOut
             );
             if let (true, Some(ms)) = (decided, step.duration_ms) {
-                histograms
-                    .entry(step.agent.clone())
-                    .or_insert_with(|| Histogram::new(&STEP_BUCKETS))
+                self.step_durations
+                    .get_or_create(&AgentLabel {
+                        agent: step.agent.clone(),
+                    })
                     .observe(ms as f64 / 1000.0);
             }
         }
@@ -172,134 +206,190 @@ impl Metrics {
             .find(|known| **known == method)
             .copied()
             .unwrap_or("other");
-        *self
-            .http_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((method, status))
-            .or_default() += 1;
+        self.http_requests
+            .get_or_create(&RequestLabels {
+                method,
+                code: status,
+            })
+            .inc();
     }
 
-    /// The Prometheus text exposition. `scraped` are (name, help, value) read at scrape
-    /// time: a counter when the name ends in `_total` (Prometheus' convention), else a
-    /// gauge.
+    /// The exposition: the registered counters and histograms, then `scraped`, the
+    /// (name, help, value) figures read at scrape time (a counter when the name ends in
+    /// `_total`, Prometheus' convention, else a gauge).
     pub fn render(&self, scraped: &[(&str, &str, f64)]) -> String {
-        let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
-            &mut out,
-            "orchestrator_runs_started_total",
-            "Runs started.",
-            self.runs_started.get(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP orchestrator_runs_finished_total Runs finished, by status.\n# TYPE orchestrator_runs_finished_total counter"
-        );
-        for (status, count) in self
-            .finished
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "orchestrator_runs_finished_total{{status=\"{status}\"}} {count}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP orchestrator_run_duration_seconds Duration of finished runs.\n# TYPE orchestrator_run_duration_seconds histogram"
-        );
-        self.durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .render(&mut out, "orchestrator_run_duration_seconds", "");
-        let _ = writeln!(
-            out,
-            "# HELP orchestrator_agent_step_duration_seconds Duration of the steps an agent ran to an outcome (succeeded, failed or timed out), retries included.\n# TYPE orchestrator_agent_step_duration_seconds histogram"
-        );
-        for (agent, histogram) in self
-            .step_durations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            histogram.render(
-                &mut out,
-                "orchestrator_agent_step_duration_seconds",
-                &format!("agent=\"{}\",", escape_label(agent)),
-            );
-        }
-        counter(
-            &mut out,
-            "orchestrator_reconciles_total",
-            "Reconciles of the manifest source.",
-            self.reconciles.get(),
-        );
-        counter(
-            &mut out,
-            "orchestrator_reconcile_errors_total",
-            "Reconciles that found invalid manifests.",
-            self.reconcile_errors.get(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP orchestrator_http_requests_total HTTP requests answered, by method and status code.\n# TYPE orchestrator_http_requests_total counter"
-        );
-        for ((method, code), count) in self
-            .http_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "orchestrator_http_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}"
-            );
-        }
-        counter(
-            &mut out,
-            "orchestrator_http_errors_total",
-            "HTTP requests answered with a server error.",
-            self.http_errors.get(),
-        );
-        counter(
-            &mut out,
-            "orchestrator_webhook_deliveries_total",
-            "Webhook deliveries received.",
-            self.webhook_deliveries.get(),
-        );
-        counter(
-            &mut out,
-            "orchestrator_errors_total",
-            "Internal errors.",
-            self.errors.get(),
-        );
-        counter(
-            &mut out,
-            "orchestrator_source_fetch_errors_total",
-            "Fetches of the git source that failed.",
-            self.source_fetch_errors.get(),
-        );
+        let mut figures = Scrape::default();
         for (name, help, value) in scraped {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            figures.figure(name, help, *value);
         }
+        let mut out = String::new();
+        // Writing into a `String` cannot fail; an encoder error would only cut the text short.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out.push_str(&figures.render());
         out
     }
+}
+
+/// A number written as an integer when it is a whole one (`5`, not `5.0`), else as a float
+/// (`0.5`, `+Inf`, `NaN`).
+#[derive(Debug, Clone, Copy)]
+struct Number(f64);
+
+impl Number {
+    /// The value as an integer, when it is a whole number an `f64` holds exactly.
+    fn whole(self) -> Option<i64> {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+        (self.0.fract() == 0.0 && self.0.abs() < EXACT).then_some(self.0 as i64)
+    }
+}
+
+impl EncodeGaugeValue for Number {
+    fn encode(&self, encoder: &mut GaugeValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.whole() {
+            Some(whole) => EncodeGaugeValue::encode(&whole, encoder),
+            None => EncodeGaugeValue::encode(&self.0, encoder),
+        }
+    }
+}
+
+impl EncodeCounterValue for Number {
+    fn encode(&self, encoder: &mut CounterValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.whole().and_then(|whole| u64::try_from(whole).ok()) {
+            Some(whole) => EncodeCounterValue::encode(&whole, encoder),
+            None => EncodeCounterValue::encode(&self.0, encoder),
+        }
+    }
+}
+
+/// One family of a [`Scrape`].
+#[derive(Debug)]
+struct ScrapedFamily {
+    /// The name as exposed (a counter's with its `_total`).
+    name: String,
+    help: String,
+    kind: MetricType,
+    /// Label pairs and value of each series.
+    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// Figures read at scrape time, encoded by `prometheus-client` as a collector: each family
+/// has its `# HELP` and `# TYPE` lines even while it has no series, and its series in the
+/// order they were added.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    families: Vec<ScrapedFamily>,
+}
+
+impl Scrape {
+    /// One unlabelled figure: a counter when `name` ends in `_total`, else a gauge. `help`
+    /// is written as given.
+    pub fn figure(&mut self, name: &str, help: &str, value: f64) -> &mut Scrape {
+        let kind = if name.ends_with("_total") {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        self.families.push(ScrapedFamily {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind,
+            samples: vec![(Vec::new(), value)],
+        });
+        self
+    }
+
+    /// A gauge with one label, `label`: a series per (label value, value), a `None` value
+    /// leaving its series out.
+    pub fn gauge_family(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &'static str,
+        series: impl IntoIterator<Item = (String, Option<f64>)>,
+    ) -> &mut Scrape {
+        self.families.push(ScrapedFamily {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind: MetricType::Gauge,
+            samples: series
+                .into_iter()
+                .filter_map(|(value_of_label, value)| {
+                    value.map(|value| (vec![(label, value_of_label)], value))
+                })
+                .collect(),
+        });
+        self
+    }
+
+    /// The figures in the Prometheus text format.
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        // Writing into a `String` cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in &self.families {
+            // The encoder adds `_total` to a counter's name.
+            let name = match family.kind {
+                MetricType::Counter => family.name.strip_suffix("_total").unwrap_or(&family.name),
+                _ => &family.name,
+            };
+            let mut metric = encoder.encode_descriptor(name, &family.help, None, family.kind)?;
+            for (labels, value) in &family.samples {
+                let mut series = metric.encode_family(labels)?;
+                if family.kind == MetricType::Counter {
+                    series.encode_counter::<NoLabelSet, _, f64>(&Number(*value), None)?;
+                } else {
+                    series.encode_gauge(&Number(*value))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The process's own figures, Prometheus' `process_*` names: CPU seconds (a counter, by
+/// its `_total`), resident and virtual memory, open file descriptors, threads, start time,
+/// read through sysinfo's process API ([`super::system::OwnProcess`]).
+pub fn process_gauges() -> Vec<(&'static str, &'static str, f64)> {
+    let Some(own) = super::system::OwnProcess::read() else {
+        return Vec::new();
+    };
+    let mut gauges = vec![
+        (
+            "process_cpu_seconds_total",
+            "User and system CPU time spent, in seconds.",
+            own.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            own.resident_bytes as f64,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            own.virtual_bytes as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds.",
+            own.start_time_seconds as f64,
+        ),
+    ];
+    if let Some(threads) = own.threads {
+        gauges.push(("process_threads", "Threads of the process.", threads as f64));
+    }
+    if let Some(fds) = own.open_fds {
+        gauges.push(("process_open_fds", "Open file descriptors.", fds as f64));
+    }
+    gauges
 }
 
 #[cfg(test)]
@@ -310,18 +400,23 @@ mod tests {
     fn renders_counters_histogram_and_gauges() {
         let metrics = Metrics::default();
         metrics.runs_started.inc();
-        metrics.reconciles.add(3);
+        metrics.reconciles.inc_by(3);
         let text = metrics.render(&[
             ("orchestrator_active_runs", "Runs executing.", 2.0),
             ("process_cpu_seconds_total", "CPU seconds.", 1.5),
         ]);
         assert!(
-            text.contains("orchestrator_runs_started_total 1\n"),
+            text.contains(
+                "# HELP orchestrator_runs_started_total Runs started.\n# TYPE orchestrator_runs_started_total counter\norchestrator_runs_started_total 1\n"
+            ),
             "{text}"
         );
         assert!(text.contains("orchestrator_reconciles_total 3\n"), "{text}");
         assert!(
-            text.contains("# TYPE orchestrator_active_runs gauge\norchestrator_active_runs 2\n")
+            text.contains(
+                "# HELP orchestrator_active_runs Runs executing.\n# TYPE orchestrator_active_runs gauge\norchestrator_active_runs 2\n"
+            ),
+            "{text}"
         );
         // A scraped figure named `_total` is a counter.
         assert!(
@@ -331,9 +426,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("orchestrator_run_duration_seconds_bucket{le=\"+Inf\"} 0"));
+        assert!(text.contains("orchestrator_run_duration_seconds_bucket{le=\"3600\"} 0"));
         assert!(
-            text.contains("orchestrator_run_duration_seconds_sum 0\n"),
+            text.contains("orchestrator_run_duration_seconds_count 0\n"),
             "{text}"
+        );
+        assert!(
+            !text.contains("# EOF"),
+            "the 0.0.4 text format has no EOF:\n{text}"
         );
     }
 
@@ -371,6 +471,7 @@ mod tests {
             step("shell", Status::Failed, 2_000),
             step("shell", Status::Skipped, 1),
             step("http", Status::TimedOut, 70),
+            step("say \"hi\"\n", Status::Succeeded, 10),
         ]);
         let text = metrics.render(&[]);
         for line in [
@@ -381,92 +482,56 @@ mod tests {
             "orchestrator_agent_step_duration_seconds_sum{agent=\"shell\"} 2.02\n",
             "orchestrator_agent_step_duration_seconds_count{agent=\"shell\"} 2\n",
             "orchestrator_agent_step_duration_seconds_count{agent=\"http\"} 1\n",
+            // Label values are escaped.
+            "orchestrator_agent_step_duration_seconds_count{agent=\"say \\\"hi\\\"\\n\"} 1\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
     }
-}
 
-/// The process's own figures, Prometheus' `process_*` names: CPU seconds (a counter, by
-/// its `_total`), resident and
-/// virtual memory, open file descriptors, threads, start time. Read from /proc (Linux).
-pub fn process_gauges() -> Vec<(&'static str, &'static str, f64)> {
-    let mut gauges = Vec::new();
-    let ticks = 100.0; // USER_HZ on Linux
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let field = |n: usize| fields.get(n).and_then(|v| v.parse::<f64>().ok());
-        // After ')': state is index 0, utime 11, stime 12, num_threads 17, starttime 19.
-        if let (Some(user), Some(system)) = (field(11), field(12)) {
-            gauges.push((
-                "process_cpu_seconds_total",
-                "User and system CPU time spent, in seconds.",
-                (user + system) / ticks,
-            ));
-        }
-        if let Some(threads) = field(17) {
-            gauges.push(("process_threads", "Threads of the process.", threads));
-        }
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        });
-        if let (Some(start), Some(boot)) = (field(19), boot) {
-            gauges.push((
-                "process_start_time_seconds",
-                "Start time of the process since the Unix epoch, in seconds.",
-                boot + start / ticks,
-            ));
-        }
+    #[test]
+    fn scraped_families_keep_their_headers_order_and_whole_numbers() {
+        let mut scrape = Scrape::default();
+        scrape
+            .gauge_family(
+                "orchestrator_objects",
+                "Objects in force, by kind.",
+                "kind",
+                [
+                    ("Workflow".to_owned(), Some(5.0)),
+                    ("Alert".to_owned(), None),
+                    ("Schedule".to_owned(), Some(0.25)),
+                    ("a \"b\"\\c".to_owned(), Some(-3.0)),
+                ],
+            )
+            .gauge_family("orchestrator_empty", "Nothing yet.", "agent", [])
+            .figure("orchestrator_events_published_total", "Events.", 7.0)
+            .figure("orchestrator_uptime_seconds", "Up.", f64::NAN);
+        assert_eq!(
+            scrape.render(),
+            "# HELP orchestrator_objects Objects in force, by kind.\n\
+             # TYPE orchestrator_objects gauge\n\
+             orchestrator_objects{kind=\"Workflow\"} 5\n\
+             orchestrator_objects{kind=\"Schedule\"} 0.25\n\
+             orchestrator_objects{kind=\"a \\\"b\\\"\\\\c\"} -3\n\
+             # HELP orchestrator_empty Nothing yet.\n\
+             # TYPE orchestrator_empty gauge\n\
+             # HELP orchestrator_events_published_total Events.\n\
+             # TYPE orchestrator_events_published_total counter\n\
+             orchestrator_events_published_total 7\n\
+             # HELP orchestrator_uptime_seconds Up.\n\
+             # TYPE orchestrator_uptime_seconds gauge\n\
+             orchestrator_uptime_seconds NaN\n"
+        );
     }
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        for (key, name, help) in [
-            (
-                "VmRSS:",
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-            ),
-            (
-                "VmSize:",
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes.",
-            ),
-        ] {
-            if let Some(kib) = status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-            {
-                gauges.push((name, help, kib * 1024.0));
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-        gauges.push((
-            "process_open_fds",
-            "Open file descriptors.",
-            entries.count() as f64,
-        ));
-    }
-    gauges
-}
-
-#[cfg(test)]
-mod process_tests {
-    use super::*;
 
     #[test]
     fn process_gauges_report_this_process() {
         let gauges = process_gauges();
         let get = |name: &str| gauges.iter().find(|g| g.0 == name).map(|g| g.2);
         assert!(get("process_resident_memory_bytes").unwrap() > 1e6);
-        assert!(get("process_threads").unwrap() >= 1.0);
+        assert!(get("process_virtual_memory_bytes").unwrap() > 1e6);
+        assert!(get("process_threads").unwrap() >= 1.0, "{gauges:?}");
         assert!(get("process_open_fds").unwrap() >= 3.0);
         let start = get("process_start_time_seconds").unwrap();
         let now = std::time::SystemTime::now()

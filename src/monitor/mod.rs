@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::condition::MetricRef;
+use crate::lang::condition::MetricRef;
 
 /// Answers the current value of a metric named in an alert condition.
 pub trait MetricSource {

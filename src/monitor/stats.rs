@@ -41,7 +41,6 @@
 pub mod health;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -50,7 +49,7 @@ use utoipa::ToSchema;
 
 pub use health::{HealthCheck, HealthStatus};
 
-use crate::condition::MetricRef;
+use crate::lang::condition::MetricRef;
 use crate::model::{RunRecord, Status, StepRecord, TestStatus};
 use crate::store::{Store, StoreError};
 
@@ -680,21 +679,13 @@ impl RunStats {
     }
 
     /// Prometheus gauges of every agent (label `agent`) and workflow (label `workflow`, the
-    /// id) over the window, in the text exposition format; a value that is `None` is left
-    /// out.
+    /// id) over the window, in the text exposition format (see [`super::metrics`]); a value
+    /// that is `None` is left out.
     pub fn prometheus(&self, now: DateTime<Utc>) -> String {
         let agents = self.agents(now);
         let workflows = self.workflows(now);
-        let mut out = String::new();
-        let mut family = |name: &str, help: &str, samples: Vec<(String, Option<f64>)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (labels, value) in samples {
-                if let Some(value) = value {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
-                }
-            }
-        };
-        let agent = |a: &AgentMetrics| format!("agent=\"{}\"", escape_label(&a.agent));
+        let mut scrape = super::metrics::Scrape::default();
+        let agent = |a: &AgentMetrics| a.agent.clone();
         let window = format!("over the metrics window ({} s)", self.window_seconds());
         type AgentField = fn(&AgentMetrics) -> Option<f64>;
         let agent_families: [(&str, &str, AgentField); 7] = [
@@ -744,32 +735,28 @@ impl RunStats {
             } else {
                 format!("{help}, {window}.")
             };
-            family(
+            scrape.gauge_family(
                 name,
                 &help,
-                agents.iter().map(|a| (agent(a), field(a))).collect(),
+                "agent",
+                agents.iter().map(|a| (agent(a), field(a))),
             );
         }
         // Gauges over the window; `/metrics` also has the histogram of every step since the
         // server started (`orchestrator_agent_step_duration_seconds`).
-        family(
+        scrape.gauge_family(
             "orchestrator_agent_step_duration_p50_seconds",
             &format!("Median step duration of an agent, {window}."),
-            agents
-                .iter()
-                .map(|a| (agent(a), a.duration_p50_seconds))
-                .collect(),
+            "agent",
+            agents.iter().map(|a| (agent(a), a.duration_p50_seconds)),
         );
-        family(
+        scrape.gauge_family(
             "orchestrator_agent_step_duration_p95_seconds",
             &format!("95th percentile of an agent's step durations, {window}."),
-            agents
-                .iter()
-                .map(|a| (agent(a), a.duration_p95_seconds))
-                .collect(),
+            "agent",
+            agents.iter().map(|a| (agent(a), a.duration_p95_seconds)),
         );
-        let workflow =
-            |w: &WorkflowMetrics| format!("workflow=\"{}\"", escape_label(&w.workflow_id));
+        let workflow = |w: &WorkflowMetrics| w.workflow_id.clone();
         type WorkflowField = fn(&WorkflowMetrics) -> Option<f64>;
         let workflow_families: [(&str, &str, WorkflowField); 7] = [
             (
@@ -809,13 +796,14 @@ impl RunStats {
             ),
         ];
         for (name, help, field) in workflow_families {
-            family(
+            scrape.gauge_family(
                 name,
                 &format!("{help}, {window}."),
-                workflows.iter().map(|w| (workflow(w), field(w))).collect(),
+                "workflow",
+                workflows.iter().map(|w| (workflow(w), field(w))),
             );
         }
-        out
+        scrape.render()
     }
 }
 
@@ -854,15 +842,6 @@ fn known_agents(inner: &Inner, snapshot: &Snapshot) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-/// Escapes a Prometheus label value.
-/// A label value in the Prometheus text format: backslash, double quote and newline escaped.
-pub fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[derive(Default)]

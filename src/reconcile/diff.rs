@@ -218,3 +218,338 @@ pub fn to_yaml(value: &Value) -> String {
     serde_saphyr::to_string(value)
         .unwrap_or_else(|_| serde_json::to_string_pretty(value).unwrap_or_default() + "\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::diagnostics::Diagnostic;
+    use crate::manifest::Kind;
+    use crate::reconcile::{DesiredObject, InvalidObject};
+
+    const FILE: &str = "workflows/a.yaml";
+
+    fn key() -> ObjectKey {
+        ObjectKey {
+            kind: Kind::Workflow,
+            id: "wf_a".to_owned(),
+        }
+    }
+
+    /// What the snapshot says about the one object of a case.
+    #[derive(Clone, Copy)]
+    enum Declared {
+        /// Not declared; its file holds no syntax error.
+        Nothing,
+        /// Not declared, and its file cannot be read now.
+        NothingDamagedFile,
+        /// A valid manifest whose spec hashes to this.
+        Valid(&'static str),
+        /// An invalid manifest.
+        Invalid,
+    }
+
+    /// The record the store holds for it.
+    #[derive(Clone, Copy)]
+    enum Recorded {
+        None,
+        /// Applied with a spec of this hash.
+        Applied(&'static str),
+        /// Invalid now, its last good spec of this hash still in force.
+        InvalidLastGood(&'static str),
+        /// Invalid and never valid: no spec.
+        InvalidNeverApplied,
+        /// Removed by a prune.
+        Pruned,
+    }
+
+    fn desired(declared: Declared) -> DesiredSet {
+        let mut set = DesiredSet::default();
+        match declared {
+            Declared::Nothing => {}
+            Declared::NothingDamagedFile => {
+                set.damaged_files.insert(FILE.to_owned());
+            }
+            Declared::Valid(hash) => {
+                set.objects.insert(
+                    key(),
+                    DesiredObject {
+                        key: key(),
+                        name: "A".to_owned(),
+                        spec: json!({"name": "A", "hash": hash}),
+                        hash: hash.to_owned(),
+                        file: FILE.to_owned(),
+                    },
+                );
+            }
+            Declared::Invalid => {
+                set.invalid.insert(
+                    key(),
+                    InvalidObject {
+                        name: "A".to_owned(),
+                        file: FILE.to_owned(),
+                        diagnostics: vec![Diagnostic::error(FILE, 1, 1, "", "bad".to_owned())],
+                    },
+                );
+            }
+        }
+        set
+    }
+
+    fn record(status: ObjectStatus, hash: Option<&str>) -> ObjectRecord {
+        ObjectRecord {
+            key: key(),
+            name: "A".to_owned(),
+            spec: hash.map(|h| json!({"name": "A", "hash": h})),
+            hash: hash.map(str::to_owned),
+            source_file: FILE.to_owned(),
+            status,
+            diagnostics: Vec::new(),
+            applied_revision: hash.map(|_| "dir:1".to_owned()),
+            attempted_revision: "dir:1".to_owned(),
+            generation: u64::from(hash.is_some()),
+            applied_at: None,
+            updated_at: "2026-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    fn applied(recorded: Recorded) -> BTreeMap<ObjectKey, ObjectRecord> {
+        let record = match recorded {
+            Recorded::None => return BTreeMap::new(),
+            Recorded::Applied(hash) => record(ObjectStatus::Applied, Some(hash)),
+            Recorded::InvalidLastGood(hash) => record(ObjectStatus::Invalid, Some(hash)),
+            Recorded::InvalidNeverApplied => record(ObjectStatus::Invalid, None),
+            Recorded::Pruned => record(ObjectStatus::Pruned, None),
+        };
+        BTreeMap::from([(key(), record)])
+    }
+
+    /// The categories of a plan the one object appears in, by name.
+    fn categories(plan: &Plan) -> Vec<&'static str> {
+        let key = key();
+        let has = |changes: &[Change]| changes.iter().any(|c| c.key == key);
+        let mut found = Vec::new();
+        for (name, present) in [
+            ("create", has(&plan.create)),
+            ("update", has(&plan.update)),
+            ("delete", has(&plan.delete)),
+            ("unchanged", plan.unchanged.contains(&key)),
+            ("invalid", plan.invalid.iter().any(|h| h.key == key)),
+            ("kept", plan.kept.contains(&key)),
+            ("recovered", plan.recovered.contains(&key)),
+            ("forgotten", plan.forgotten.contains(&key)),
+        ] {
+            if present {
+                found.push(name);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_pair_of_declared_and_recorded_lands_in_one_category() {
+        use Declared as D;
+        use Recorded as R;
+        let cases: &[(&str, Declared, Recorded, &[&str])] = &[
+            ("new object", D::Valid("h1"), R::None, &["create"]),
+            (
+                "pruned, declared again",
+                D::Valid("h1"),
+                R::Pruned,
+                &["create"],
+            ),
+            (
+                "invalid never applied, now valid",
+                D::Valid("h1"),
+                R::InvalidNeverApplied,
+                &["create"],
+            ),
+            (
+                "spec changed",
+                D::Valid("h2"),
+                R::Applied("h1"),
+                &["update"],
+            ),
+            (
+                "same spec",
+                D::Valid("h1"),
+                R::Applied("h1"),
+                &["unchanged"],
+            ),
+            (
+                "valid again with the spec in force",
+                D::Valid("h1"),
+                R::InvalidLastGood("h1"),
+                &["recovered"],
+            ),
+            (
+                "valid again with another spec",
+                D::Valid("h2"),
+                R::InvalidLastGood("h1"),
+                &["update"],
+            ),
+            ("invalid, new", D::Invalid, R::None, &["invalid"]),
+            (
+                "invalid, last good",
+                D::Invalid,
+                R::Applied("h1"),
+                &["invalid"],
+            ),
+            ("manifest gone", D::Nothing, R::Applied("h1"), &["delete"]),
+            (
+                "invalid with last good, manifest gone",
+                D::Nothing,
+                R::InvalidLastGood("h1"),
+                &["delete"],
+            ),
+            (
+                "file unreadable now",
+                D::NothingDamagedFile,
+                R::Applied("h1"),
+                &["kept"],
+            ),
+            (
+                "never valid, file gone",
+                D::Nothing,
+                R::InvalidNeverApplied,
+                &["forgotten"],
+            ),
+            (
+                "never valid, file unreadable",
+                D::NothingDamagedFile,
+                R::InvalidNeverApplied,
+                &[],
+            ),
+            ("pruned, still gone", D::Nothing, R::Pruned, &[]),
+            ("nothing at all", D::Nothing, R::None, &[]),
+        ];
+        for (name, declared, recorded, expected) in cases {
+            let plan = diff(&desired(*declared), &applied(*recorded));
+            assert_eq!(categories(&plan), *expected, "{name}: {plan:#?}");
+        }
+    }
+
+    #[test]
+    fn changes_carry_the_spec_before_and_after() {
+        let plan = diff(
+            &desired(Declared::Valid("h2")),
+            &applied(Recorded::Applied("h1")),
+        );
+        let change = &plan.update[0];
+        assert_eq!(change.before, Some(json!({"name": "A", "hash": "h1"})));
+        assert_eq!(change.after, Some(json!({"name": "A", "hash": "h2"})));
+        assert_eq!((change.name.as_str(), change.file.as_str()), ("A", FILE));
+
+        let plan = diff(
+            &desired(Declared::Nothing),
+            &applied(Recorded::Applied("h1")),
+        );
+        let change = &plan.delete[0];
+        assert_eq!(change.before, Some(json!({"name": "A", "hash": "h1"})));
+        assert_eq!(change.after, None);
+
+        let plan = diff(&desired(Declared::Valid("h1")), &applied(Recorded::None));
+        assert_eq!(plan.create[0].before, None);
+    }
+
+    #[test]
+    fn an_invalid_object_says_whether_a_last_good_version_stays_in_force() {
+        for (recorded, in_force) in [
+            (Recorded::None, false),
+            (Recorded::Applied("h1"), true),
+            (Recorded::InvalidLastGood("h1"), true),
+            (Recorded::InvalidNeverApplied, false),
+            (Recorded::Pruned, false),
+        ] {
+            let plan = diff(&desired(Declared::Invalid), &applied(recorded));
+            assert_eq!(plan.invalid.len(), 1, "{plan:#?}");
+            assert_eq!(plan.invalid[0].last_good_in_force, in_force, "{plan:#?}");
+        }
+    }
+
+    #[test]
+    fn writes_changes_and_the_settled_plan() {
+        // (declared, recorded, has_changes, has_writes without and with prune)
+        let cases = [
+            (Declared::Valid("h1"), Recorded::None, true, (true, true)),
+            (
+                Declared::Valid("h1"),
+                Recorded::Applied("h1"),
+                false,
+                (false, false),
+            ),
+            (
+                Declared::Valid("h1"),
+                Recorded::InvalidLastGood("h1"),
+                false,
+                (true, true),
+            ),
+            (
+                Declared::Nothing,
+                Recorded::Applied("h1"),
+                true,
+                (false, true),
+            ),
+            (
+                Declared::Nothing,
+                Recorded::InvalidNeverApplied,
+                false,
+                (true, true),
+            ),
+            (
+                Declared::Invalid,
+                Recorded::Applied("h1"),
+                false,
+                (false, false),
+            ),
+        ];
+        for (declared, recorded, changes, (writes, writes_pruning)) in cases {
+            let plan = diff(&desired(declared), &applied(recorded));
+            assert_eq!(plan.has_changes(), changes, "{plan:#?}");
+            assert_eq!(plan.has_writes(false), writes, "{plan:#?}");
+            assert_eq!(plan.has_writes(true), writes_pruning, "{plan:#?}");
+            for prune in [false, true] {
+                let settled = plan.settled(prune);
+                assert!(!settled.has_writes(prune), "{settled:#?}");
+                assert!(settled.create.is_empty() && settled.update.is_empty());
+                assert_eq!(settled.delete.is_empty(), prune || plan.delete.is_empty());
+                assert_eq!(settled.invalid, plan.invalid);
+                assert_eq!(settled.kept, plan.kept);
+            }
+        }
+    }
+
+    #[test]
+    fn several_objects_are_sorted_into_their_categories_in_key_order() {
+        let workflow = |id: &str| ObjectKey {
+            kind: Kind::Workflow,
+            id: id.to_owned(),
+        };
+        let mut set = DesiredSet::default();
+        let mut records = BTreeMap::new();
+        for id in ["wf_b", "wf_a", "wf_c"] {
+            set.objects.insert(
+                workflow(id),
+                DesiredObject {
+                    key: workflow(id),
+                    name: id.to_owned(),
+                    spec: json!({}),
+                    hash: "same".to_owned(),
+                    file: format!("workflows/{id}.yaml"),
+                },
+            );
+            let mut record = record(ObjectStatus::Applied, Some("same"));
+            record.key = workflow(id);
+            records.insert(workflow(id), record);
+        }
+        let plan = diff(&set, &records);
+        assert_eq!(
+            plan.unchanged,
+            vec![workflow("wf_a"), workflow("wf_b"), workflow("wf_c")]
+        );
+        assert_eq!(plan.summary(), "0 to create, 0 to update, 0 to delete");
+    }
+}

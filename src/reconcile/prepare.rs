@@ -174,3 +174,275 @@ fn memo_key(snapshot: &Snapshot, scope: Option<&[String]>) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::reconcile::apply;
+    use crate::reconcile::DesiredObject;
+    use crate::source::SourceFile;
+    use crate::store::ObjectStatus;
+
+    fn workflow(name: &str, command: &str) -> String {
+        format!("name: {name}\nsteps:\n  - name: run\n    command: [\"{command}\"]\n")
+    }
+
+    fn file(path: &str, text: String) -> SourceFile {
+        SourceFile {
+            path: path.to_owned(),
+            text,
+        }
+    }
+
+    fn snapshot(revision: &str, files: Vec<SourceFile>) -> Snapshot {
+        Snapshot {
+            revision: revision.to_owned(),
+            files,
+            ..Snapshot::default()
+        }
+    }
+
+    fn options(scope: Option<&[&str]>, prune: bool, use_memo: bool) -> ReconcileOptions {
+        ReconcileOptions {
+            source: "dir".to_owned(),
+            scope: scope.map(|paths| paths.iter().map(|p| (*p).to_owned()).collect()),
+            prune,
+            use_memo,
+        }
+    }
+
+    fn key(id: &str) -> ObjectKey {
+        ObjectKey {
+            kind: Kind::Workflow,
+            id: id.to_owned(),
+        }
+    }
+
+    fn record(id: &str, file: &str) -> ObjectRecord {
+        ObjectRecord {
+            key: key(id),
+            name: id.to_owned(),
+            spec: Some(json!({})),
+            hash: Some("h".to_owned()),
+            source_file: file.to_owned(),
+            status: ObjectStatus::Applied,
+            diagnostics: Vec::new(),
+            applied_revision: Some("dir:0".to_owned()),
+            attempted_revision: "dir:0".to_owned(),
+            generation: 1,
+            applied_at: None,
+            updated_at: "2026-01-01T00:00:00Z".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_scope_keeps_the_records_seen_inside_it_and_those_the_snapshot_declares() {
+        let all: BTreeMap<ObjectKey, ObjectRecord> = [
+            ("wf_a", "workflows/a.yaml"),
+            ("wf_b", "workflows/sub/b.yaml"),
+            ("wf_c", "workflowsx/c.yaml"),
+            ("wf_n", "schedules/n.yaml"),
+            ("wf_moved", "elsewhere/moved.yaml"),
+        ]
+        .into_iter()
+        .map(|(id, file)| (key(id), record(id, file)))
+        .collect();
+        let mut desired = DesiredSet::default();
+        desired.objects.insert(
+            key("wf_moved"),
+            DesiredObject {
+                key: key("wf_moved"),
+                name: "moved".to_owned(),
+                spec: json!({}),
+                hash: "h".to_owned(),
+                file: "workflows/moved.yaml".to_owned(),
+            },
+        );
+        let cases: &[(Option<&[&str]>, &[&str])] = &[
+            (None, &["wf_a", "wf_b", "wf_c", "wf_moved", "wf_n"]),
+            (Some(&["."]), &["wf_a", "wf_b", "wf_c", "wf_moved", "wf_n"]),
+            (Some(&["workflows"]), &["wf_a", "wf_b", "wf_moved"]),
+            (Some(&["workflows/a.yaml"]), &["wf_a", "wf_moved"]),
+            (Some(&["workflows/sub"]), &["wf_b", "wf_moved"]),
+            (
+                Some(&["workflowsx", "schedules"]),
+                &["wf_c", "wf_moved", "wf_n"],
+            ),
+            (Some(&["workflows/a"]), &["wf_moved"]),
+            (Some(&[]), &["wf_moved"]),
+        ];
+        for (scope, expected) in cases {
+            let scope: Option<Vec<String>> =
+                scope.map(|paths| paths.iter().map(|p| (*p).to_owned()).collect());
+            let kept: Vec<String> = in_scope(&all, scope.as_deref(), &desired)
+                .into_keys()
+                .map(|key| key.id)
+                .collect();
+            assert_eq!(kept, *expected, "scope {scope:?}");
+        }
+    }
+
+    #[test]
+    fn a_scoped_reconcile_neither_compares_nor_deletes_objects_outside_its_paths() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path()).unwrap();
+        let whole = snapshot(
+            "dir:1",
+            vec![
+                file("workflows/a.yaml", workflow("A", "true")),
+                file("workflows/b.yaml", workflow("B", "true")),
+            ],
+        );
+        let prepared = prepare(&store, &whole, &options(None, false, true)).unwrap();
+        apply(&store, &prepared, false, "2026-01-01T00:00:00Z").unwrap();
+
+        // Only a.yaml, edited: B is out of scope.
+        let limited = snapshot(
+            "dir:2",
+            vec![file("workflows/a.yaml", workflow("A", "false"))],
+        );
+        let scoped = prepare(
+            &store,
+            &limited,
+            &options(Some(&["workflows/a.yaml"]), true, true),
+        )
+        .unwrap();
+        assert_eq!(scoped.plan.update.len(), 1, "{:?}", scoped.plan);
+        assert!(scoped.plan.delete.is_empty(), "{:?}", scoped.plan);
+        assert!(scoped.plan.unchanged.is_empty(), "{:?}", scoped.plan);
+        assert_eq!(scoped.objects, 1);
+
+        // The same snapshot taken for the whole source deletes B.
+        let unscoped = prepare(&store, &limited, &options(None, true, true)).unwrap();
+        let deleted: Vec<&ObjectKey> = unscoped.plan.delete.iter().map(|c| &c.key).collect();
+        assert_eq!(deleted, vec![&key("wf_b")]);
+    }
+
+    #[test]
+    fn the_memo_is_reused_only_for_the_same_revision_context_scope_and_records() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path()).unwrap();
+        let limited = |revision: &str, context: &str| Snapshot {
+            context: vec![file("workflows/b.yaml", workflow("B", context))],
+            ..snapshot(
+                revision,
+                vec![file("workflows/a.yaml", workflow("A", "true"))],
+            )
+        };
+        let base = limited("dir:1", "true");
+        let scope: &[&str] = &["workflows/a.yaml"];
+        let prepared = prepare(&store, &base, &options(Some(scope), false, true)).unwrap();
+        assert!(!prepared.from_memo, "nothing stored yet");
+        apply(&store, &prepared, false, "2026-01-01T00:00:00Z").unwrap();
+
+        let hit = prepare(&store, &base, &options(Some(scope), false, true)).unwrap();
+        assert!(hit.from_memo);
+        assert!(hit.computed.is_none(), "no file parsed");
+        let fresh = prepare(&store, &base, &options(Some(scope), false, false)).unwrap();
+        assert!(!fresh.from_memo, "use_memo off forces a full check");
+        assert_eq!(hit.plan, fresh.plan);
+        assert_eq!(hit.diagnostics, fresh.diagnostics);
+        assert_eq!(hit.objects, fresh.objects);
+
+        let content_moved = Snapshot {
+            content_revision: Some("dir:other".to_owned()),
+            ..base.clone()
+        };
+        let misses = [
+            ("another revision", limited("dir:2", "true"), Some(scope)),
+            ("other context", limited("dir:1", "false"), Some(scope)),
+            ("another content revision", content_moved, Some(scope)),
+            ("no scope", base.clone(), None),
+            ("another scope", base.clone(), Some(&["workflows"][..])),
+        ];
+        for (what, snapshot, scope) in misses {
+            let missed = prepare(&store, &snapshot, &options(scope, false, true)).unwrap();
+            assert!(!missed.from_memo, "{what}");
+            assert!(missed.computed.is_some(), "{what}");
+        }
+        // None of that wrote anything: the same request still hits.
+        assert!(
+            prepare(&store, &base, &options(Some(scope), false, true))
+                .unwrap()
+                .from_memo
+        );
+
+        // A record written behind the memo's back drops it.
+        store
+            .commit(&[record("wf_z", "workflows/z.yaml")], None, None)
+            .unwrap();
+        let dropped = prepare(&store, &base, &options(Some(scope), false, true)).unwrap();
+        assert!(!dropped.from_memo);
+    }
+
+    #[test]
+    fn a_memo_with_a_pending_deletion_is_not_used_by_a_pruning_reconcile() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path()).unwrap();
+        let both = snapshot(
+            "dir:1",
+            vec![
+                file("workflows/a.yaml", workflow("A", "true")),
+                file("workflows/b.yaml", workflow("B", "true")),
+            ],
+        );
+        let prepared = prepare(&store, &both, &options(None, false, true)).unwrap();
+        apply(&store, &prepared, false, "2026-01-01T00:00:00Z").unwrap();
+        let one = snapshot(
+            "dir:2",
+            vec![file("workflows/a.yaml", workflow("A", "true"))],
+        );
+        let prepared = prepare(&store, &one, &options(None, false, true)).unwrap();
+        assert_eq!(prepared.plan.delete.len(), 1);
+        apply(&store, &prepared, false, "2026-01-01T00:00:00Z").unwrap();
+
+        let kept = prepare(&store, &one, &options(None, false, true)).unwrap();
+        assert!(kept.from_memo);
+        assert_eq!(kept.plan.delete.len(), 1, "the deletion stays pending");
+        let pruning = prepare(&store, &one, &options(None, true, true)).unwrap();
+        assert!(!pruning.from_memo);
+        assert_eq!(pruning.plan.delete.len(), 1);
+    }
+
+    #[test]
+    fn the_memo_key_names_every_input_besides_the_records() {
+        let base = Snapshot {
+            context: vec![file("workflows/b.yaml", "x".to_owned())],
+            ..snapshot("dir:1", Vec::new())
+        };
+        let with = |change: fn(&mut Snapshot)| {
+            let mut snapshot = base.clone();
+            change(&mut snapshot);
+            snapshot
+        };
+        let scope = vec!["workflows".to_owned()];
+        let keys = [
+            memo_key(&base, None),
+            memo_key(&base, Some(&scope)),
+            memo_key(&base, Some(&["schedules".to_owned()])),
+            memo_key(&with(|s| s.revision = "dir:2".to_owned()), None),
+            memo_key(&with(|s| s.content_revision = Some("c".to_owned())), None),
+            memo_key(&with(|s| s.context[0].text = "y".to_owned()), None),
+            memo_key(
+                &with(|s| s.context[0].path = "workflows/c.yaml".to_owned()),
+                None,
+            ),
+            memo_key(&with(|s| s.context.clear()), None),
+        ];
+        let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "{keys:#?}");
+        assert_eq!(
+            memo_key(&base.clone(), Some(&scope)),
+            keys[1],
+            "deterministic"
+        );
+        // The files themselves are named by the revision, not hashed again.
+        let other_files = Snapshot {
+            files: vec![file("workflows/a.yaml", "z".to_owned())],
+            ..base.clone()
+        };
+        assert_eq!(memo_key(&other_files, None), keys[0]);
+    }
+}

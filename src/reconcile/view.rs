@@ -10,20 +10,60 @@ use serde_json::{json, Value};
 
 use crate::manifest::Kind;
 use crate::model::RunRecord;
+use crate::spec::alert::AlertRule;
+use crate::spec::schedule::ScheduleSpec;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
-/// One consistent picture of the objects.
+/// One consistent picture of the objects, with the specs the subsystems read compiled
+/// once per reconcile.
 #[derive(Debug, Default)]
 pub struct Objects {
     /// Every record, as the store holds it.
     pub records: BTreeMap<ObjectKey, ObjectRecord>,
     /// Live workflows in id order: (id, summary without its last run, serialized once).
     pub workflows: Vec<(String, String)>,
+    /// Live Schedules in id order, compiled, or why one cannot be (by id).
+    pub schedules: Vec<(String, Result<ScheduleSpec, String>)>,
+    /// Live Alert rules in id order; one that cannot be compiled is logged and left out
+    /// (validation rejects such manifests already).
+    pub alerts: Vec<AlertRule>,
+}
+
+/// A live Schedule record compiled; `default_zone` when it names none.
+pub fn schedule_spec(record: &ObjectRecord, default_zone: &str) -> Result<ScheduleSpec, String> {
+    let spec = record.spec.as_ref().ok_or("no spec in force")?;
+    ScheduleSpec::new(&record.key.id, &record.name, spec, default_zone)
+}
+
+/// A live Alert record compiled, with the file it was declared in.
+pub fn alert_rule(record: &ObjectRecord) -> Result<AlertRule, String> {
+    let spec = record.spec.as_ref().ok_or("no spec in force")?;
+    let mut rule = AlertRule::from_spec(&record.key.id, spec)?;
+    rule.source_file = Some(record.source_file.clone());
+    Ok(rule)
+}
+
+/// The live Alert rules among the records; a rule that cannot be read is logged and left
+/// out (validation has rejected such manifests already).
+pub fn alert_rules(records: &BTreeMap<ObjectKey, ObjectRecord>) -> Vec<AlertRule> {
+    records
+        .values()
+        .filter(|r| r.key.kind == Kind::Alert && r.is_live())
+        .filter_map(|record| match alert_rule(record) {
+            Ok(rule) => Some(rule),
+            Err(err) => {
+                tracing::warn!(alert = %record.key.id, "cannot evaluate: {err}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The in-memory view.
 #[derive(Debug, Default)]
 pub struct View {
+    /// `scheduler.timezone`: the zone of Schedules that name none.
+    schedule_zone: String,
     objects: RwLock<Arc<Objects>>,
     last_runs: RwLock<HashMap<String, Value>>,
 }
@@ -55,8 +95,12 @@ pub fn last_run_summary(run: &RunRecord) -> Value {
 
 impl View {
     /// The view of what the store holds now.
-    pub fn load(store: &Store) -> Result<View, StoreError> {
-        let view = View::default();
+    /// `schedule_zone` is `scheduler.timezone`, the zone of Schedules that name none.
+    pub fn load(store: &Store, schedule_zone: &str) -> Result<View, StoreError> {
+        let view = View {
+            schedule_zone: schedule_zone.to_owned(),
+            ..View::default()
+        };
         view.refresh_objects(store)?;
         let mut last = HashMap::new();
         for run in store.latest_runs()? {
@@ -74,8 +118,18 @@ impl View {
             .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
             .map(|r| (r.key.id.clone(), workflow_summary(r).to_string()))
             .collect();
-        *self.objects.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(Objects { records, workflows });
+        let schedules = records
+            .values()
+            .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
+            .map(|r| (r.key.id.clone(), schedule_spec(r, &self.schedule_zone)))
+            .collect();
+        let alerts = alert_rules(&records);
+        *self.objects.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Objects {
+            records,
+            workflows,
+            schedules,
+            alerts,
+        });
         Ok(())
     }
 

@@ -31,9 +31,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::cron::CronSchedule;
 use crate::engine::run::{self, RunRequest};
-use crate::events::EventKind;
+use crate::events::{Event, EventKind};
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Trigger};
 use crate::store::{ObjectRecord, Store, StoreError};
@@ -58,101 +57,9 @@ fn state_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// `catchup`: what to do with fires missed while the server was down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Catchup {
-    /// Skip them.
-    None,
-    /// Run the latest one.
-    Last,
-    /// Run each of them.
-    All,
-}
+pub use crate::spec::schedule::{Catchup, Overlap, ScheduleSpec};
 
-/// `concurrency_policy` between the runs of one schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overlap {
-    /// Runs side by side.
-    Allow,
-    /// A fire while the previous run is active is skipped.
-    Forbid,
-    /// The previous run is cancelled.
-    Replace,
-}
-
-/// A Schedule object, read for firing.
-#[derive(Debug, Clone)]
-pub struct ScheduleSpec {
-    /// Its id (`sch_...`).
-    pub id: String,
-    /// Its name.
-    pub name: String,
-    /// The expression.
-    pub cron: CronSchedule,
-    /// The zone the expression is read in.
-    pub zone: chrono_tz::Tz,
-    /// The workflow to run.
-    pub workflow: String,
-    /// The runs' parameters.
-    pub parameters: Map<String, Value>,
-    /// Between its runs.
-    pub overlap: Overlap,
-    /// Missed fires.
-    pub catchup: Catchup,
-    /// Missed fires older than this are skipped.
-    pub starting_deadline: Option<Duration>,
-    /// Fires nothing while set.
-    pub suspend: bool,
-    /// What decides the due times: the expression and the zone. When it changes, the
-    /// next due instant is computed afresh from now.
-    pub timing: String,
-}
-
-impl ScheduleSpec {
-    /// Reads a live Schedule record; `default_zone` when it names none.
-    pub fn from_record(record: &ObjectRecord, default_zone: &str) -> Result<ScheduleSpec, String> {
-        let spec = record.spec.as_ref().ok_or("no spec in force")?;
-        let text = |name: &str| spec.get(name).and_then(Value::as_str);
-        let expression = text("cron").or_else(|| text("schedule")).ok_or("no cron")?;
-        let cron = CronSchedule::parse(expression).map_err(|e| e.to_string())?;
-        let zone_name = text("timezone").unwrap_or(default_zone);
-        let zone: chrono_tz::Tz = zone_name
-            .parse()
-            .map_err(|_| format!("unknown time zone `{zone_name}`"))?;
-        Ok(ScheduleSpec {
-            id: record.key.id.clone(),
-            name: record.name.clone(),
-            cron,
-            zone,
-            workflow: text("workflow").ok_or("no workflow")?.to_owned(),
-            parameters: spec
-                .get("parameters")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
-            overlap: match text("concurrency_policy") {
-                Some("forbid") => Overlap::Forbid,
-                Some("replace") => Overlap::Replace,
-                _ => Overlap::Allow,
-            },
-            catchup: match text("catchup") {
-                Some("last") => Catchup::Last,
-                Some("all") => Catchup::All,
-                _ => Catchup::None,
-            },
-            starting_deadline: match spec.get("starting_deadline") {
-                Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
-                Some(Value::String(text)) => crate::duration::parse_duration(text).ok(),
-                _ => None,
-            },
-            suspend: spec
-                .get("suspend")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            timing: format!("{expression} {zone_name}"),
-        })
-    }
-}
+pub use crate::reconcile::view::schedule_spec;
 
 /// What the store remembers of a schedule between fires and across restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -305,7 +212,7 @@ pub fn jobs_json(
         .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
         .map(|record| {
             let spec = record.spec.clone().unwrap_or_default();
-            let parsed = ScheduleSpec::from_record(record, default_zone);
+            let parsed = schedule_spec(record, default_zone);
             let state = states.get(&record.key.id);
             let paused = state.is_some_and(|s| s.paused);
             let next = match (&parsed, state) {
@@ -415,7 +322,7 @@ pub fn set_paused(
         state.paused_at = Some(Utc::now());
     } else {
         state.paused_at = None;
-        if let Ok(spec) = ScheduleSpec::from_record(record, default_zone) {
+        if let Ok(spec) = schedule_spec(record, default_zone) {
             if state.timing == spec.timing {
                 state.next_due = spec.cron.next_fire(Utc::now(), spec.zone);
             }
@@ -465,8 +372,6 @@ pub struct Scheduling {
     pub events: crate::events::EventBus,
     /// Starts, cancels and lists the runs of this process.
     pub runner: Arc<crate::engine::runner::Runner>,
-    /// `scheduler.timezone`: the zone of schedules that name none.
-    pub timezone: String,
 }
 
 /// Fires what is due for every live schedule by `now` + [`LEAD`] and returns the next due
@@ -477,7 +382,6 @@ pub fn tick(
     shared: &Arc<Scheduling>,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let default_zone = shared.timezone.clone();
     let objects = shared.view.objects();
     // Until the changes are written: a pause or resume meanwhile would be undone.
     let guard = state_lock();
@@ -487,15 +391,11 @@ pub fn tick(
     // Runs of pending fires created by a process that stopped before starting them.
     let mut unstarted: Vec<RunRecord> = Vec::new();
     let mut changed: Vec<(String, ScheduleState)> = Vec::new();
-    for record in objects
-        .records
-        .values()
-        .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
-    {
-        let spec = match ScheduleSpec::from_record(record, &default_zone) {
-            Ok(spec) => spec,
+    for (id, compiled) in &objects.schedules {
+        let spec = match compiled {
+            Ok(spec) => spec.clone(),
             Err(err) => {
-                tracing::warn!(schedule = %record.key.id, "cannot schedule: {err}");
+                tracing::warn!(schedule = %id, "cannot schedule: {err}");
                 continue;
             }
         };
@@ -609,16 +509,15 @@ pub fn tick(
             state.pending = false;
         }
         let lateness = Utc::now().signed_duration_since(due).num_milliseconds();
-        shared.events.publish(
-            EventKind::ScheduleFired,
-            json!({
-                "schedule": id,
-                "due": due.to_rfc3339(),
-                "lateness_ms": lateness,
-                "run_id": result.as_ref().ok(),
-                "skipped": result.as_ref().err(),
-            }),
-        );
+        shared
+            .events
+            .publish(Event::ScheduleFired(crate::events::ScheduleFired {
+                schedule: id.clone(),
+                due: due.to_rfc3339(),
+                lateness_ms: lateness,
+                run_id: result.as_ref().ok().cloned(),
+                skipped: result.as_ref().err().cloned(),
+            }));
     }
     if !settled.is_empty() {
         // The runs are durable already (created in one batch): this only links them.
@@ -755,6 +654,7 @@ pub async fn run(shared: Arc<Scheduling>, mut stop: tokio::sync::watch::Receiver
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cron::CronSchedule;
 
     fn spec(cron: &str, catchup: Catchup, deadline: Option<u64>) -> ScheduleSpec {
         ScheduleSpec {

@@ -117,7 +117,7 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                         crate::cron::parse_time_zone(s).is_ok()
                     })
                     .with_format("condition", |s: &str| {
-                        crate::condition::parse_condition(s).is_ok()
+                        crate::lang::condition::parse_condition(s).is_ok()
                     })
                     .with_format("git-url", |s: &str| crate::spec::git::check_url(s).is_ok())
                     .with_format("git-branch", |s: &str| {
@@ -128,7 +128,7 @@ fn compiled(name: SchemaName) -> &'static Compiled {
                     })
                     .with_format("glob", |s: &str| crate::spec::trigger::glob(s).is_ok())
                     .with_format("payload-template", |s: &str| {
-                        crate::triggers::template::check(s).is_ok()
+                        crate::lang::delivery_template::check(s).is_ok()
                     })
                     .build(&schema)
                     .expect("embedded schema compiles");

@@ -24,7 +24,7 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
         "timezone" => crate::cron::parse_time_zone(text)
             .err()
             .map(|e| (e.to_string(), None)),
-        "condition" => crate::condition::parse_condition(text)
+        "condition" => crate::lang::condition::parse_condition(text)
             .err()
             .map(|e| (e.validation_message(), u32::try_from(e.column).ok())),
         "git-url" => crate::spec::git::check_url(text).err().map(|e| (e, None)),
@@ -33,7 +33,7 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
             .map(|e| (e, None)),
         "repository-path" => crate::spec::git::check_path(text).err().map(|e| (e, None)),
         "glob" => crate::spec::trigger::glob(text).err().map(|e| (e, None)),
-        "payload-template" => crate::triggers::template::check(text)
+        "payload-template" => crate::lang::delivery_template::check(text)
             .err()
             .map(|e| (e, None)),
         _ => None,
@@ -145,7 +145,7 @@ fn check_conditions(manifest: &Manifest, steps: &[Value], diagnostics: &mut Vec<
         let Some(condition) = step.get("if").and_then(Value::as_str) else {
             continue;
         };
-        if let Err(problem) = crate::engine::expand::check_condition(condition) {
+        if let Err(problem) = crate::lang::if_condition::check(condition) {
             diagnostics.push(manifest.error_at(
                 &format!("/steps/{index}/if"),
                 false,
@@ -375,15 +375,7 @@ fn collect_strings<'a>(value: &'a Value, pointer: String, out: &mut Vec<(String,
 
 /// The trimmed references of the `{{ ... }}` in a string, as the engine substitutes them.
 fn template_references(text: &str) -> Vec<&str> {
-    let mut references = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
-        references.push(after[..end].trim());
-        rest = &after[end + 2..];
-    }
-    references
+    crate::lang::template::references(text)
 }
 
 /// A cycle in a graph given as adjacency lists, as the nodes along it.

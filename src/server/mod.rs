@@ -67,18 +67,25 @@ pub struct StartOptions {
     pub source: Option<String>,
 }
 
-/// Runs the server until SIGINT or SIGTERM. `on_ready` hears the bound address once the
-/// first reconcile is done and the listener accepts connections, and the token when the
-/// server generated one (a non-loopback address without `server.api_token`): the caller
-/// shows it to the person who started the server, and nowhere else.
-pub fn serve(
+/// The server assembled over its store: every subsystem built, nothing started, nothing
+/// bound. [`serve`] runs it; tests drive [`router`] in-process.
+pub struct Assembled {
+    /// What the routes share.
+    pub app: Arc<App>,
+    /// The token in force, and whether it was generated.
+    pub token: crate::config::api_token::ApiToken,
+}
+
+/// Opens the store, settles what a process that ended left (runs marked interrupted,
+/// delivery claims linked or released) and builds every subsystem with the handles it
+/// uses.
+pub fn assemble(
     config: LoadedConfig,
     environment: String,
     data_dir: PathBuf,
     engine: EngineConfig,
-    options: StartOptions,
-    on_ready: impl FnOnce(&std::net::SocketAddr, Option<&str>),
-) -> anyhow::Result<()> {
+    options: &StartOptions,
+) -> anyhow::Result<Assembled> {
     use anyhow::Context as _;
     let configured_token = match &config.config.server.api_token {
         Some(reference) => Some(crate::config::secrets::resolve_api_token(
@@ -112,7 +119,7 @@ pub fn serve(
     let api_log =
         crate::logging::rotating_file(&log_dir.join("api.log"), config.config.logging.rotation())?;
     let config = Arc::new(config);
-    let view = Arc::new(View::load(&store)?);
+    let view = Arc::new(View::load(&store, &config.config.scheduler.timezone)?);
     let stats = Arc::new(RunStats::for_config(&config.config.monitoring));
     stats.bootstrap(&store, chrono::Utc::now())?;
     let system = Arc::new(crate::monitor::system::SystemMonitor::open(
@@ -168,6 +175,41 @@ pub fn serve(
         api_log: Mutex::new(Some(api_log)),
     });
 
+    Ok(Assembled { app, token })
+}
+
+/// The API's router behind the guard for a server listening on `address`.
+pub fn router(app: &Arc<App>, address: std::net::SocketAddr) -> axum::Router {
+    let guard = crate::api::guard::Guard::new(
+        address,
+        crate::api::guard::GuardSettings {
+            token: app.api_token.clone(),
+            allowed_hosts: app.config.config.server.allowed_hosts.clone(),
+            allowed_origins: app.config.config.server.allowed_origins.clone(),
+            metrics_auth: app.config.config.server.metrics_auth,
+            hostname: sysinfo::System::host_name(),
+        },
+    );
+    crate::api::router(Arc::clone(app), Arc::new(guard))
+}
+
+/// Runs the server until SIGINT or SIGTERM. `on_ready` hears the bound address once the
+/// first reconcile is done and the listener accepts connections, and the token when the
+/// server generated one (a non-loopback address without `server.api_token`): the caller
+/// shows it to the person who started the server, and nowhere else.
+pub fn serve(
+    config: LoadedConfig,
+    environment: String,
+    data_dir: PathBuf,
+    engine: EngineConfig,
+    options: StartOptions,
+    on_ready: impl FnOnce(&std::net::SocketAddr, Option<&str>),
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let Assembled { app, token } =
+        assemble(config, environment, data_dir.clone(), engine, &options)?;
+    let runner = Arc::clone(&app.runner);
+    let controller = Arc::clone(&app.controller);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -305,21 +347,10 @@ pub fn serve(
             view: Arc::clone(&app.view),
             events: app.events.clone(),
             runner: Arc::clone(&runner),
-            timezone: app.config.config.scheduler.timezone.clone(),
         }),
         stopped,
     ));
-    let guard = crate::api::guard::Guard::new(
-        address,
-        crate::api::guard::GuardSettings {
-            token: app.api_token.clone(),
-            allowed_hosts: app.config.config.server.allowed_hosts.clone(),
-            allowed_origins: app.config.config.server.allowed_origins.clone(),
-            metrics_auth: app.config.config.server.metrics_auth,
-            hostname: sysinfo::System::host_name(),
-        },
-    );
-    let router = crate::api::router(Arc::clone(&app), Arc::new(guard));
+    let router = router(&app, address);
     let limits = http::Limits::from_config(&app.config.config.server);
     // Connections get the grace period to finish what they are doing; the runs get what
     // is left of it, counted from the same signal.

@@ -2,10 +2,13 @@
 //! store and the subsystems above it, without IO. `agents.rs` the built-in agent catalog;
 //! `params.rs` a workflow's parameter declarations checked and resolved; `git.rs` the git
 //! source's URL, branch and path checks; `trigger.rs` a Trigger's cross-field rules and
-//! globs; `workflow.rs` the typed `WorkflowSpec` the engine reads, compiled once per run.
+//! globs; `schedule.rs` a Schedule compiled for firing; `alert.rs` an Alert compiled for
+//! evaluation; `workflow.rs` the typed `WorkflowSpec` the engine reads, compiled once per run.
 
 pub mod agents;
+pub mod alert;
 pub mod git;
 pub mod params;
+pub mod schedule;
 pub mod trigger;
 pub mod workflow;

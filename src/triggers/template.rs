@@ -1,52 +1,15 @@
-//! `{{ payload.x.y }}` in a trigger's parameters, in the engine's substitution style (see
-//! `engine::expand`): a string that is exactly one reference becomes the referenced value
-//! itself (a number stays a number), references inside longer text are replaced by their
-//! text. A delivery that lacks a value is no error — webhooks of one trigger differ by
-//! event — so a whole reference to nothing leaves the parameter out, and inside text it
-//! reads as empty.
+//! What `{{ ... }}` in a trigger's parameters names in a delivery: `payload.x.y` (array
+//! elements by index: `payload.commits.0.id`), `event`, `action`, `branch`, `delivery`,
+//! `trigger` (the names and their check: [`crate::lang::delivery_template`]). The language
+//! is [`crate::lang::template`], lenient here: a delivery that lacks a value is no error —
+//! webhooks of one trigger differ by event — so a whole reference to nothing leaves the
+//! parameter out, and inside text it reads as empty.
 
 use serde_json::Value;
 
-/// The names a reference may start with.
-pub const ROOTS: &[&str] = &[
-    "payload", "event", "action", "branch", "delivery", "trigger",
-];
+use crate::lang::template::{self, Mode};
 
-/// Checks the references of a parameter value: every `{{` closed, every reference starting
-/// with one of [`ROOTS`].
-pub fn check(text: &str) -> Result<(), String> {
-    for reference in references(text)? {
-        let root = reference.split('.').next().unwrap_or_default();
-        if reference.is_empty() {
-            return Err(format!("empty reference `{{{{ }}}}` in `{text}`"));
-        }
-        if !ROOTS.contains(&root) {
-            return Err(format!(
-                "unknown reference `{reference}`: expected payload.<field>, {}",
-                ROOTS[1..].join(", ")
-            ));
-        }
-        if reference.split('.').any(str::is_empty) {
-            return Err(format!("`{reference}` has an empty segment"));
-        }
-    }
-    Ok(())
-}
-
-/// The trimmed references of a text, in order.
-fn references(text: &str) -> Result<Vec<&str>, String> {
-    let mut found = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("unclosed `{{{{` in `{text}`"))?;
-        found.push(after[..end].trim());
-        rest = &after[end + 2..];
-    }
-    Ok(found)
-}
+use crate::lang::delivery_template::check;
 
 /// The value a dotted reference names in `context`, when there is one (array elements by
 /// index: `payload.commits.0.id`).
@@ -65,51 +28,25 @@ pub fn lookup<'a>(context: &'a Value, reference: &str) -> Option<&'a Value> {
 /// Replaces the references in `value` (strings inside arrays and objects too). `None` when
 /// `value` is a single reference to something the delivery lacks.
 pub fn substitute(value: &Value, context: &Value) -> Result<Option<Value>, String> {
-    Ok(match value {
-        Value::String(text) => substitute_text(text, context)?,
-        Value::Array(items) => Some(Value::Array(
-            items
-                .iter()
-                .map(|item| Ok(substitute(item, context)?.unwrap_or(Value::Null)))
-                .collect::<Result<_, String>>()?,
-        )),
-        Value::Object(map) => Some(Value::Object(
-            map.iter()
-                .map(|(k, v)| Ok((k.clone(), substitute(v, context)?.unwrap_or(Value::Null))))
-                .collect::<Result<_, String>>()?,
-        )),
-        other => Some(other.clone()),
-    })
+    let resolve = |reference: &str| Ok(lookup(context, reference).cloned());
+    let checked = |text: &str| {
+        if text.contains("{{") {
+            check(text)?;
+        }
+        Ok(())
+    };
+    check_strings(value, &checked)?;
+    template::render_value(value, &resolve, Mode::Lenient)
 }
 
-fn substitute_text(text: &str, context: &Value) -> Result<Option<Value>, String> {
-    if !text.contains("{{") {
-        return Ok(Some(Value::String(text.to_owned())));
+/// Runs `check` on every string inside `value`.
+fn check_strings(value: &Value, check: &dyn Fn(&str) -> Result<(), String>) -> Result<(), String> {
+    match value {
+        Value::String(text) => check(text),
+        Value::Array(items) => items.iter().try_for_each(|item| check_strings(item, check)),
+        Value::Object(map) => map.values().try_for_each(|item| check_strings(item, check)),
+        _ => Ok(()),
     }
-    check(text)?;
-    let trimmed = text.trim();
-    if let Some(inner) = trimmed
-        .strip_prefix("{{")
-        .and_then(|t| t.strip_suffix("}}"))
-        .filter(|inner| !inner.contains("{{") && !inner.contains("}}"))
-    {
-        return Ok(lookup(context, inner.trim()).cloned());
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").unwrap_or(after.len());
-        match lookup(context, after[..end].trim()) {
-            Some(Value::String(s)) => out.push_str(s),
-            Some(other) => out.push_str(&other.to_string()),
-            None => {}
-        }
-        rest = after.get(end + 2..).unwrap_or_default();
-    }
-    out.push_str(rest);
-    Ok(Some(Value::String(out)))
 }
 
 #[cfg(test)]

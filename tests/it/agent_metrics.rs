@@ -5,12 +5,11 @@
 //! figures survive a restart (they are rebuilt from the store), and the answers validate
 //! against the OpenAPI document.
 
-use std::fs;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::server::{eventually, project, Api, Server, DEADLINE};
+use crate::support::{eventually, project, Api, Server};
 
 const MIXED: &str = r#"name: Mixed
 steps:
@@ -29,33 +28,10 @@ command: ["./plugins/ghost-plugin-that-is-not-there"]
 
 /// Starts a run through the API (the address from `data/server.json`); returns its id.
 fn execute(dir: &Path, workflow: &str) -> String {
-    let info: Value = serde_json::from_slice(&fs::read(dir.join("data/server.json")).unwrap())
-        .expect("server.json");
-    let address = info["address"].as_str().expect("address");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .into();
-    let mut response = agent
-        .post(format!("http://{address}/api/workflows/{workflow}/execute"))
-        .header("Content-Type", "application/json")
-        .send("{}")
-        .expect("an answer");
-    let body: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    assert_eq!(response.status().as_u16(), 202, "{body}");
+    let reply = Api::of_project(dir).post(&format!("/api/workflows/{workflow}/execute"), "{}");
+    let body = reply.json_or_text();
+    assert_eq!(reply.status, 202, "{body}");
     body["run_id"].as_str().expect("run_id").to_owned()
-}
-
-fn finished(api: &Api, run: &str) -> Value {
-    eventually(&format!("run {run} to finish"), || {
-        let shown = api.get(&format!("/api/runs/{run}")).expect(200);
-        let status = shown["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (status != "queued" && status != "running").then_some(shown)
-    })
 }
 
 /// Checks a body against the response schema the OpenAPI document declares.
@@ -111,7 +87,7 @@ fn agent_and_workflow_metrics_from_real_runs() {
     let api = server.api();
 
     let run = execute(dir, "wf_mixed");
-    let shown = finished(&api, &run);
+    let shown = api.wait_finished(&run);
     assert_eq!(shown["run"]["status"], "failed", "{shown}");
     // The step records carry what their processes used.
     let steps = shown["steps"].as_array().unwrap();
@@ -210,20 +186,9 @@ fn agent_and_workflow_metrics_from_real_runs() {
     assert_eq!(workflow["failure_rate"], 1.0, "{workflow}");
 }
 
-/// A text route, read with the address from `data/server.json`.
+/// A text route, read with the address from `data/server.json`; it must answer 200.
 fn ureq_text(dir: &Path, path: &str) -> String {
-    let info: Value =
-        serde_json::from_slice(&fs::read(dir.join("data/server.json")).unwrap()).unwrap();
-    let address = info["address"].as_str().unwrap();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .into();
-    agent
-        .get(format!("http://{address}{path}"))
-        .call()
-        .expect("an answer")
-        .body_mut()
-        .read_to_string()
-        .unwrap()
+    let reply = Api::of_project(dir).get(path);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.text
 }

@@ -9,17 +9,15 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::engine::step;
-use crate::{orchestrator, repo_dir, temp_project};
+use crate::support::{orchestrator, project, repo_dir, run_id, show, step, temp_project};
 
 const EXAMPLE: &str = "examples/agents/file_checks";
 
 /// An initialised project with the plugin installed as a user would: the script in
 /// `plugins/`, the example's Agent manifest in `agents/` with its command pointed there.
 fn project_with_plugin() -> tempfile::TempDir {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     let example = repo_dir().join(EXAMPLE);
     fs::create_dir_all(dir.join("plugins")).unwrap();
     fs::copy(
@@ -41,19 +39,6 @@ fn project_with_plugin() -> tempfile::TempDir {
 fn apply_workflow(dir: &Path, file: &str, text: &str) {
     fs::write(dir.join("workflows").join(file), text).unwrap();
     orchestrator(dir, &["apply"]).expect_code(0);
-}
-
-fn show(dir: &Path, run: &str) -> Value {
-    let shown = orchestrator(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
-    serde_json::from_str(&shown.stdout).unwrap()
-}
-
-fn run_id(stdout: &str) -> String {
-    stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("run_"))
-        .expect("a run id")
-        .to_owned()
 }
 
 fn agent_log(dir: &Path) -> String {
@@ -308,9 +293,8 @@ fn the_shipped_example_validates_and_runs_green() {
     );
 
     // Installed as its README says: the directory copied as it is, the manifest into agents/.
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     let installed = dir.join(EXAMPLE);
     fs::create_dir_all(&installed).unwrap();
     for file in ["file_checks.py", "agent.yaml", "workflow.yaml", "README.md"] {

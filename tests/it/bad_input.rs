@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::replay_auth::{
-    address_of, assert_error_shape, get_json, project_files, request, Answer,
+use crate::support::{
+    assert_error_shape, cli, edit_config, eventually, get_json, project_files, raw_request,
+    server_address, write_files, Reply, Server,
 };
-use crate::server::{cli, eventually, Server};
 
 /// A project inside a directory of its own (`<root>/project`), so that anything written
 /// next to the project can be seen.
@@ -28,11 +28,7 @@ impl Nested {
         let dir = root.path().join("project");
         fs::create_dir(&dir).unwrap();
         cli(&dir, &["init"]).expect_code(0);
-        for (path, text) in files {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
-        }
+        write_files(&dir, files);
         Nested { root }
     }
 
@@ -42,10 +38,7 @@ impl Nested {
 
     /// Replaces `from` with `to` in the development configuration.
     fn edit_config(&self, from: &str, to: &str) {
-        let path = self.dir().join("config/development.yaml");
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{text}");
-        fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        edit_config(&self.dir(), from, to);
     }
 
     /// Nothing but the project (and the test's own `secret.txt`) in its root directory.
@@ -82,8 +75,8 @@ fn files_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
 }
 
 /// POST with a JSON body.
-fn post(address: &str, path: &str, body: &str) -> Answer {
-    request(
+fn post(address: &str, path: &str, body: &str) -> Reply {
+    raw_request(
         address,
         "POST",
         path,
@@ -156,7 +149,7 @@ fn short(text: &str) -> String {
 
 /// The invalid corpus, sorted: (file name, bytes).
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = crate::repo_dir().join("tests/fixtures/invalid");
+    let dir = crate::support::repo_dir().join("tests/fixtures/invalid");
     let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| {
@@ -176,7 +169,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 fn every_invalid_manifest_fails_validate_with_where_and_what() {
     for (name, _) in corpus() {
         let path = format!("tests/fixtures/invalid/{name}");
-        let run = crate::orchestrator(&crate::repo_dir(), &["validate", &path]);
+        let run = crate::support::orchestrator(&crate::support::repo_dir(), &["validate", &path]);
         assert_eq!(run.code, 1, "{name}:\n{}\n{}", run.stdout, run.stderr);
         // Each error names the file, line and column where it is.
         let errors = run.stdout.matches("\nerror: ").count()
@@ -208,7 +201,10 @@ fn every_invalid_manifest_fails_validate_with_where_and_what() {
         );
 
         // The same as data: every diagnostic with its place and a message.
-        let run = crate::orchestrator(&crate::repo_dir(), &["validate", &path, "-o", "json"]);
+        let run = crate::support::orchestrator(
+            &crate::support::repo_dir(),
+            &["validate", &path, "-o", "json"],
+        );
         assert_eq!(run.code, 1, "{name}:\n{}", run.stdout);
         let report: Value = serde_json::from_str(&run.stdout)
             .unwrap_or_else(|e| panic!("{name}: {e}\n{}", run.stdout));
@@ -265,7 +261,7 @@ fn every_invalid_manifest_is_refused_by_the_api_and_nothing_is_lost() {
     ]);
     let dir = nested.dir();
     let _server = Server::start(&dir);
-    let address = address_of(&dir);
+    let address = server_address(&dir);
     for kind in ["Workflow", "Alert", "Schedule", "Trigger"] {
         let id = kept_id(kind).unwrap();
         let listed = get_json(&address, "/api/manifests");
@@ -288,7 +284,7 @@ fn every_invalid_manifest_is_refused_by_the_api_and_nothing_is_lost() {
             // as what it is.
             unparsed_files += 1;
             for route in ["/api/validate", "/api/manifests"] {
-                let answer = request(
+                let answer = raw_request(
                     &address,
                     "POST",
                     route,
@@ -472,7 +468,7 @@ fn malformed_bodies_are_refused_as_json_errors_on_every_route() {
     let nested = Nested::new(&[("workflows/keep.yaml", KEEP_WORKFLOW)]);
     let dir = nested.dir();
     let _server = Server::start(&dir);
-    let address = address_of(&dir);
+    let address = server_address(&dir);
     let run = finished_run(&address);
     let routes = routes_with_bodies(&address);
     for expected in [
@@ -634,7 +630,7 @@ fn malformed_bodies_are_refused_as_json_errors_on_every_route() {
     for template in &routes {
         let path = concrete(template, &run);
         for (what, content_type, body, status, code) in &cases {
-            let answer = request(
+            let answer = raw_request(
                 &address,
                 "POST",
                 &path,
@@ -674,14 +670,14 @@ fn oversized_bodies_are_refused_with_413_on_every_route() {
     nested.edit_config("  port: 8080\n", "  port: 8080\n  max_body_bytes: 2048\n");
     let dir = nested.dir();
     let _server = Server::start(&dir);
-    let address = address_of(&dir);
+    let address = server_address(&dir);
     let run = finished_run(&address);
     let routes = routes_with_bodies(&address);
     let before = state(&address, &dir);
     let big = json!({"manifest": {"name": "Big", "description": "x".repeat(8192)}}).to_string();
     for template in &routes {
         let path = concrete(template, &run);
-        let answer = request(
+        let answer = raw_request(
             &address,
             "POST",
             &path,
@@ -708,7 +704,7 @@ fn oversized_bodies_are_refused_with_413_on_every_route() {
             chunked.extend_from_slice(b"\r\n");
         }
         chunked.extend_from_slice(b"0\r\n\r\n");
-        let answer = request(
+        let answer = raw_request(
             &address,
             "POST",
             &path,
@@ -737,7 +733,7 @@ fn path_traversal_is_refused_and_nothing_is_written_outside() {
     let dir = nested.dir();
     fs::write(nested.root.path().join("secret.txt"), "outside the project").unwrap();
     let _server = Server::start(&dir);
-    let address = address_of(&dir);
+    let address = server_address(&dir);
     // A run with a report (an artifact) and step logs.
     let started = post(&address, "/api/workflows/wf_api-test-suite/execute", "").json(202);
     let run = started["run_id"].as_str().unwrap().to_owned();
@@ -753,7 +749,7 @@ fn path_traversal_is_refused_and_nothing_is_written_outside() {
         .next()
         .and_then(|a| a.as_str().map(str::to_owned))
         .unwrap_or_else(|| panic!("the run recorded an artifact: {shown:#}"));
-    let served = request(
+    let served = raw_request(
         &address,
         "GET",
         &format!("/api/runs/{run}/artifacts/{artifact}"),
@@ -832,7 +828,7 @@ fn path_traversal_is_refused_and_nothing_is_written_outside() {
         ("/api/runs?workflow=%00by-workflow%00".to_owned(), &[200]),
     ];
     for (path, statuses) in &reads {
-        let answer = request(&address, "GET", path, &[], b"");
+        let answer = raw_request(&address, "GET", path, &[], b"");
         assert!(statuses.contains(&answer.status), "GET {path}: {answer:#?}");
         assert!(
             !answer.text.contains("outside the project"),
@@ -932,7 +928,7 @@ fn path_traversal_is_refused_and_nothing_is_written_outside() {
         } else {
             "POST"
         };
-        let answer = request(
+        let answer = raw_request(
             &address,
             method,
             path,
@@ -1038,7 +1034,7 @@ fn parameters_with_shell_metacharacters_stay_data() {
     let nested = Nested::new(&[("workflows/inject.yaml", INJECT)]);
     let dir = nested.dir();
     let _server = Server::start(&dir);
-    let address = address_of(&dir);
+    let address = server_address(&dir);
     let root = nested.root.path().display().to_string();
     let pwned = format!("{root}/pwned");
     let payloads = [
@@ -1095,7 +1091,7 @@ fn parameters_with_shell_metacharacters_stay_data() {
         assert_eq!(shown["run"]["parameters"]["target"], payload.as_str());
         // Exactly the text, as one argument, by both ways.
         for step in ["argv", "env"] {
-            let log = request(
+            let log = raw_request(
                 &address,
                 "GET",
                 &format!("/api/runs/{run}/logs/{step}"),
@@ -1109,7 +1105,7 @@ fn parameters_with_shell_metacharacters_stay_data() {
                 log.text
             );
         }
-        let log = request(
+        let log = raw_request(
             &address,
             "GET",
             &format!("/api/runs/{run}/logs/typed"),
@@ -1178,7 +1174,7 @@ fn unicode_names_round_trip_exactly_or_are_refused_clearly() {
     let nested = Nested::new(&[("workflows/keep.yaml", KEEP_WORKFLOW)]);
     let dir = nested.dir();
     let _server = Server::start(&dir);
-    let address = address_of(&dir);
+    let address = server_address(&dir);
     let texts = [
         "Rocket 🚀 suite 👩‍💻",
         "اختبار الواجهة",
@@ -1234,7 +1230,7 @@ fn unicode_names_round_trip_exactly_or_are_refused_clearly() {
             let shown = get_json(&address, &format!("/api/runs/{run}"));
             (shown["run"]["status"] == "succeeded").then_some(())
         });
-        let log = request(
+        let log = raw_request(
             &address,
             "GET",
             &format!("/api/runs/{run}/logs/say"),
@@ -1310,9 +1306,10 @@ fn unicode_names_round_trip_exactly_or_are_refused_clearly() {
     }
 
     // Ids in paths: unknown unicode ids are 404; bytes that are not UTF-8 are 400.
-    request(&address, "GET", "/api/workflows/wf_%F0%9F%9A%80", &[], b"").error(404, "not_found");
-    request(&address, "GET", "/api/workflows/wf_%FF%FE", &[], b"").error(400, "bad_request");
-    request(
+    raw_request(&address, "GET", "/api/workflows/wf_%F0%9F%9A%80", &[], b"")
+        .error(404, "not_found");
+    raw_request(&address, "GET", "/api/workflows/wf_%FF%FE", &[], b"").error(400, "bad_request");
+    raw_request(
         &address,
         "POST",
         "/api/workflows/wf_%C0%AF/execute",

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
-use crate::repo_dir;
-use crate::server::{eventually, Server, DEADLINE};
+use crate::support::{poll_for, repo_dir, server_url, Server, DEADLINE};
 
 /// The width and height of the window, pixels.
 pub(crate) const DESKTOP: (u32, u32) = (1280, 900);
@@ -351,37 +350,16 @@ fn wait_ready(base: &str, driver: &mut Child) -> bool {
         .timeout_global(Some(Duration::from_secs(2)))
         .build()
         .new_agent();
-    let deadline = Instant::now() + DEADLINE;
-    while Instant::now() < deadline {
+    let ready = poll_for(DEADLINE, || {
         if matches!(driver.try_wait(), Ok(Some(_))) {
-            return false;
+            return Some(false);
         }
-        if let Ok(mut response) = agent.get(format!("{base}/status")).call() {
-            let ready = response
-                .body_mut()
-                .read_to_string()
-                .ok()
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                .is_some_and(|v| v["value"]["ready"] == json!(true));
-            if ready {
-                return true;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
-
-/// The address `orchestrator start` wrote to `data/server.json` of the project.
-pub(crate) fn server_url(project: &Path) -> String {
-    let info: Value = serde_json::from_slice(
-        &std::fs::read(project.join("data/server.json")).expect("data/server.json"),
-    )
-    .expect("server.json is JSON");
-    format!(
-        "http://{}",
-        info["address"].as_str().expect("an address in server.json")
-    )
+        let mut response = agent.get(format!("{base}/status")).call().ok()?;
+        let status: Value =
+            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
+        (status["value"]["ready"] == json!(true)).then_some(true)
+    });
+    ready == Some(true)
 }
 
 /// Starts `orchestrator start` in the project `dir`; returns the server (stopped on drop)
@@ -398,41 +376,6 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// An HTTP client for the server under test: statuses are answers, not errors.
-pub(crate) fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent()
-}
-
-/// Executes `workflow` (an id such as `wf_checkout`) with the request `body` over the API
-/// (asserting 202) and waits until the run is neither queued nor running; returns
-/// `{"run", "steps"}`.
-#[track_caller]
-pub(crate) fn run_to_end(base: &str, workflow: &str, body: Value) -> Value {
-    let agent = agent();
-    let mut response = agent
-        .post(format!("{base}/api/workflows/{workflow}/execute"))
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .expect("execute");
-    let text = response.body_mut().read_to_string().unwrap();
-    assert_eq!(response.status().as_u16(), 202, "{text}");
-    let id = serde_json::from_str::<Value>(&text).unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(&format!("run {id} to finish"), || {
-        let mut response = agent.get(format!("{base}/api/runs/{id}")).call().ok()?;
-        let shown: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()?;
-        let status = shown["run"]["status"].as_str()?;
-        (status != "queued" && status != "running").then_some(shown)
-    })
 }
 
 /// Replaces the text of a control by typing (real key events, so the page sees `input`).

@@ -8,15 +8,17 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::engine::{assert_gone, newest_run, run_id, wait_for_file, SLEEPER};
-use crate::server::{cli, command, eventually, project, Server, DEADLINE, ECHO};
-use crate::Run;
+use crate::engine::SLEEPER;
+use crate::server::ECHO;
+use crate::support::{
+    assert_gone, cli, command, eventually, finish, newest_run, project, run_id, wait_for_file,
+    write_files, Run, Server,
+};
 
 /// A workflow whose one step fails with output.
 const BOOM: &str = r#"name: Boom
@@ -160,9 +162,7 @@ impl Pair {
     /// Writes the same file into both projects.
     fn write(&self, path: &str, text: &str) {
         for dir in [self.local(), self.remote()] {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, text).unwrap();
+            write_files(dir, &[(path, text)]);
         }
     }
 }
@@ -287,23 +287,6 @@ fn step_lines(stdout: &str) -> Vec<String> {
         .filter(|l| l.starts_with(['▶', '✔', '✘', '↻', '–']))
         .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
         .collect()
-}
-
-/// Waits for a child started by a test, failing (and killing it) after the deadline.
-fn finish(mut child: Child, what: &str) -> Run {
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("wait");
-            panic!(
-                "{what} did not end within {DEADLINE:?}\n--- stdout\n{}",
-                String::from_utf8_lossy(&output.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Run::from(child.wait_with_output().expect("output"))
 }
 
 /// `run show RUN -o json` once the run has finished (a detached run without a server holds

@@ -43,11 +43,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::server::{cli, command, project, Server, DEADLINE};
+use crate::support::{cli, command, eventually_every, project, sign, Api, Server, DEADLINE};
 
 /// The webhook trigger's secret (`env:CRASH_WEBHOOK_SECRET`).
 const SECRET: &str = "crash-suite-secret";
@@ -57,6 +55,8 @@ const SCHEDULE: &str = "sch_crash-every-second";
 const TRIGGER: &str = "trg_crash-push";
 /// Workflow manifests the `apply` mode rewrites, one generation after another.
 const GENERATED: usize = 12;
+/// How often a check polls every run of the store.
+const POLL: Duration = Duration::from_millis(50);
 /// Where every step of the suite's workflows writes its run id when it starts.
 const STARTED_LOG: &str = "crash-started.log";
 
@@ -148,49 +148,27 @@ struct Tally {
 /// A client that tells a lost connection (the server was killed) from an answer.
 #[derive(Clone)]
 struct Client {
-    base: String,
-    agent: ureq::Agent,
+    api: Api,
 }
 
 impl Client {
     /// Talks to the server of `dir`, at the address its `data/server.json` gives.
     fn new(dir: &Path) -> Client {
-        let (base, agent) = crate::server::base_and_agent(dir);
-        Client { base, agent }
+        Client {
+            api: Api::of_project(dir),
+        }
     }
 
     /// Status and JSON body, or `None` when no answer came (connection refused or reset).
     fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, Value)> {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let result = if body.is_empty() {
-            request.send_empty()
-        } else {
-            request.send(body)
-        };
-        let mut response = result.ok()?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        let reply = self.api.post_request(path, headers, body).try_send().ok()?;
+        Some(reply.into_parts())
     }
 
     /// A GET that must be answered 200 with JSON.
     #[track_caller]
     fn get(&self, path: &str) -> Value {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().expect("a body");
-        assert_eq!(status, 200, "GET {path}: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
+        self.api.get(path).expect(200)
     }
 
     /// Every run, newest first.
@@ -208,9 +186,7 @@ impl Client {
     /// A signed GitHub push delivery.
     fn deliver(&self, delivery: &str) -> Option<(u16, Value)> {
         let body = include_str!("../fixtures/crash/push.json");
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(body.as_bytes());
-        let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let signature = sign(SECRET, body.as_bytes());
         self.post(
             "/hooks/crash",
             &[
@@ -552,19 +528,6 @@ fn is_final(run: &Value) -> bool {
     !matches!(run["status"].as_str(), Some("queued" | "running"))
 }
 
-/// Polls `probe` every 50 ms until it gives a value; fails with `what` after the deadline.
-#[track_caller]
-fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The checks on a server restarted after a crash (`restarted`: just before it was
 /// started).
 fn check_restart(
@@ -578,10 +541,12 @@ fn check_restart(
     // Recovery: every run created before the restart ends, none stays running or queued;
     // and the scheduler has fired since the restart (its catch-up is done).
     let after = restarted.timestamp() + 1;
-    let runs = poll(
+    let runs = eventually_every(
         &format!(
             "{context}: the runs created before the crash to end, and a fire after the restart"
         ),
+        DEADLINE,
+        POLL,
         || {
             let runs = client.runs();
             let settled = runs
@@ -903,7 +868,7 @@ fn every_fire_of_a_catch_up_pass_killed_before_its_runs_runs_once() {
     for _restart in 0..2 {
         let mut server = start(dir.path());
         let client = Client::new(dir.path());
-        let dues = poll("both fires' runs to finish", || {
+        let dues = eventually_every("both fires' runs to finish", DEADLINE, POLL, || {
             let runs = client.runs();
             let mut dues: Vec<String> = runs
                 .iter()

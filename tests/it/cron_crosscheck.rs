@@ -17,7 +17,7 @@ use chrono::{DateTime, Duration, LocalResult, Offset, SecondsFormat, TimeZone, U
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::{orchestrator, temp_project};
+use crate::support::{orchestrator, temp_project};
 
 /// How many fire times are compared per case.
 const COUNT: usize = 12;

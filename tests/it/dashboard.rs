@@ -10,10 +10,10 @@ use std::fs;
 
 use serde_json::{json, Value};
 
-use crate::browser::{
-    agent, assert_contains_all, run_to_end, runtime, serve, server_url, Browser, DESKTOP,
+use crate::browser::{assert_contains_all, runtime, serve, Browser, DESKTOP};
+use crate::support::{
+    edit_config, project, server_url, ws_connect, ws_next, ws_subscribe, Api, Server,
 };
-use crate::server::{project, Server, DEADLINE};
 
 /// A workflow with typed parameters: a shell step that writes to its log (and, with
 /// `hold`, waits for a `release` file in the project), then a JUnit suite through the
@@ -82,17 +82,15 @@ fn seeded() -> tempfile::TempDir {
 fn every_page_loads_without_errors_and_shows_the_seeded_data() {
     let project = seeded();
     let (_server, base) = serve(project.path());
-    let failed = run_to_end(
-        &base,
+    let failed = Api::at(&base).run_to_end(
         "wf_checkout",
-        json!({"parameters": {"greeting": "seed", "flavour": "broken", "cases": 3}}),
+        &json!({"parameters": {"greeting": "seed", "flavour": "broken", "cases": 3}}).to_string(),
     );
     assert_eq!(failed["run"]["status"], "failed", "{failed}");
     let failed_id = failed["run"]["id"].as_str().unwrap().to_owned();
-    let passed = run_to_end(
-        &base,
+    let passed = Api::at(&base).run_to_end(
         "wf_checkout",
-        json!({"parameters": {"greeting": "again"}}),
+        &json!({"parameters": {"greeting": "again"}}).to_string(),
     );
     assert_eq!(passed["run"]["status"], "succeeded", "{passed}");
 
@@ -334,13 +332,7 @@ fn a_run_started_from_the_dashboard_is_followed_live() {
         let summary = browser.text("[data-section='summary']").await;
         assert!(summary.contains("from the dashboard"), "{summary}");
         // The server has the run as the page showed it.
-        let shown: Value = {
-            let mut response = agent()
-                .get(format!("{base}/api/runs/{run}"))
-                .call()
-                .unwrap();
-            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
-        };
+        let shown: Value = Api::at(&base).get(&format!("/api/runs/{run}")).json_or_text();
         assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
         assert_eq!(shown["run"]["parameters"]["greeting"], "from the dashboard");
         assert_eq!(shown["run"]["parameters"]["hold"], true);
@@ -409,18 +401,11 @@ fn the_theme_toggle_switches_to_dark_and_is_remembered() {
 fn with_an_api_token_the_dashboard_asks_for_it_once() {
     let project = seeded();
     let dir = project.path();
-    let config = dir.join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("  port: 8080\n"), "{text}");
-    fs::write(
-        &config,
-        text.replacen(
-            "  port: 8080\n",
-            "  port: 8080\n  api_token: env:DASHBOARD_TOKEN\n",
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir,
+        "  port: 8080\n",
+        "  port: 8080\n  api_token: env:DASHBOARD_TOKEN\n",
+    );
     let _server = Server::start_with(dir, &[("DASHBOARD_TOKEN", "open sesame/+=")]);
     let base = server_url(dir);
     runtime().block_on(async {
@@ -478,30 +463,21 @@ fn with_an_api_token_the_dashboard_asks_for_it_once() {
 fn assets_are_served_with_types_etags_and_a_strict_policy() {
     let project = project(&[]);
     let (_server, base) = serve(project.path());
-    let agent = agent();
+    let api = Api::at(&base);
     let get = |path: &str, etag: Option<&str>| {
-        let mut request = agent.get(format!("{base}{path}"));
+        let mut request = api.request("GET", path);
         if let Some(etag) = etag {
             request = request.header("If-None-Match", etag);
         }
-        let mut response = request.call().expect("an answer");
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let reply = request.send();
+        let header = |name: &str| reply.header(name).unwrap_or_default().to_owned();
         let (ctype, etag, cache, csp) = (
             header("content-type"),
             header("etag"),
             header("cache-control"),
             header("content-security-policy"),
         );
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        (status, ctype, etag, cache, csp, body)
+        (reply.status, ctype, etag, cache, csp, reply.text)
     };
 
     let (status, ctype, etag, cache, csp, body) = get("/", None);
@@ -560,9 +536,6 @@ fn assets_are_served_with_types_etags_and_a_strict_policy() {
 /// `run_log` event says where its text starts in the file.
 #[test]
 fn run_log_events_say_where_their_text_starts_in_the_log_file() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let project = project(&[(
         "workflows/talk.yaml",
         "name: Talk\nsteps:\n  - name: speak\n    command: [\"sh\", \"-c\", \"echo one; sleep 0.3; echo two; sleep 0.3; echo three\"]\n",
@@ -570,44 +543,15 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
     let (_server, base) = serve(project.path());
     let address = base.trim_start_matches("http://").to_owned();
     runtime().block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
-            .await
-            .expect("connect to /ws");
-        async fn read(
-            ws: &mut tokio_tungstenite::WebSocketStream<
-                tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-            >,
-        ) -> Value {
-            loop {
-                let message = tokio::time::timeout(DEADLINE, ws.next())
-                    .await
-                    .expect("an event within the deadline")
-                    .expect("the stream is open")
-                    .expect("a message");
-                if let Message::Text(text) = message {
-                    return serde_json::from_str(&text).unwrap();
-                }
-            }
-        }
-        ws.send(Message::Text(
-            json!({"type": "subscribe", "events": ["run_log", "workflow_completed"]})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-        while read(&mut ws).await["type"] != "subscribed" {}
-        let mut response = agent()
-            .post(format!("{base}/api/workflows/wf_talk/execute"))
-            .header("Content-Type", "application/json")
-            .send_empty()
-            .unwrap();
-        let accepted: Value =
-            serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+        let mut ws = ws_connect(&address, None).await;
+        ws_subscribe(&mut ws, &["run_log", "workflow_completed"]).await;
+        let accepted = Api::at(&base)
+            .post("/api/workflows/wf_talk/execute", "")
+            .json_or_text();
         let run = accepted["run_id"].as_str().unwrap().to_owned();
         let mut joined = String::new();
         loop {
-            let event = read(&mut ws).await;
+            let event = ws_next(&mut ws).await;
             let payload = &event["payload"];
             match event["type"].as_str() {
                 Some("run_log") if payload["run_id"] == run.as_str() => {
@@ -619,10 +563,7 @@ fn run_log_events_say_where_their_text_starts_in_the_log_file() {
             }
         }
         assert_eq!(joined, "one\ntwo\nthree\n");
-        let mut response = agent()
-            .get(format!("{base}/api/runs/{run}/logs/speak"))
-            .call()
-            .unwrap();
-        assert_eq!(response.body_mut().read_to_string().unwrap(), joined);
+        let log = Api::at(&base).get(&format!("/api/runs/{run}/logs/speak"));
+        assert_eq!(log.text, joined);
     });
 }

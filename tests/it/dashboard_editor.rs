@@ -10,7 +10,7 @@ use fantoccini::Locator;
 use serde_json::json;
 
 use crate::browser::{assert_contains_all, fill, runtime, serve, Browser, DESKTOP};
-use crate::server::project;
+use crate::support::project;
 
 /// Picks an option of a select by its value (a real selection: `change` fires).
 async fn choose(browser: &Browser, css: &str, value: &str) {

@@ -12,13 +12,11 @@
 //! a symlink out of `reports/`). Screenshots go to `target/screenshots/`.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 
 use serde_json::{json, Value};
 
-use crate::browser::{agent, runtime, serve, Browser, DESKTOP};
-use crate::server::{eventually, project, DEADLINE};
+use crate::browser::{runtime, serve, Browser, DESKTOP};
+use crate::support::{eventually, project, raw_exchange, Api};
 
 /// A JUnit suite and an HTML report: the suite fails a case when `flavour` is `broken`; the
 /// report step runs either way.
@@ -106,21 +104,12 @@ fn seeded() -> tempfile::TempDir {
 
 /// GET: (status, content type, headers' CSP, body).
 fn get(base: &str, path: &str) -> (u16, String, String, String) {
-    let mut response = agent()
-        .get(format!("{base}{path}"))
-        .call()
-        .expect("an answer");
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (content_type, csp) = (header("content-type"), header("content-security-policy"));
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (response.status().as_u16(), content_type, csp, text)
+    let reply = Api::at(base).get(path);
+    let csp = reply
+        .header("content-security-policy")
+        .unwrap_or_default()
+        .to_owned();
+    (reply.status, reply.content_type, csp, reply.text)
 }
 
 #[track_caller]
@@ -132,10 +121,9 @@ fn get_json(base: &str, path: &str) -> Value {
 
 /// Starts a run of Checkout with `flavour` and waits for its end; returns `{"run", "steps"}`.
 fn run_to_end(base: &str, flavour: &str) -> Value {
-    crate::browser::run_to_end(
-        base,
+    Api::at(base).run_to_end(
         "wf_checkout",
-        json!({"parameters": {"flavour": flavour}}),
+        &json!({"parameters": {"flavour": flavour}}).to_string(),
     )
 }
 
@@ -418,26 +406,9 @@ fn monitoring_alerts_and_reports_pages_show_the_system_live() {
 /// body).
 fn raw_get(base: &str, target: &str) -> (u16, String) {
     let address = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("an answer");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let head = format!("GET {target} HTTP/1.1\r\nHost: {address}\r\n");
+    let reply = raw_exchange(address, &head, b"");
+    (reply.status, reply.text)
 }
 
 #[test]

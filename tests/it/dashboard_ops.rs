@@ -11,8 +11,8 @@ use std::fs;
 
 use serde_json::{json, Value};
 
-use crate::browser::{agent, run_to_end, runtime, serve, Browser, DESKTOP};
-use crate::server::{eventually, project};
+use crate::browser::{runtime, serve, Browser, DESKTOP};
+use crate::support::{eventually, project, Api};
 
 const TICK: &str = "name: Tick\ndescription: Two quick shell steps\nsteps:\n  - name: first\n    command: [\"sh\", \"-c\", \"echo tick one\"]\n  - name: second\n    depends_on: [first]\n    command: [\"sh\", \"-c\", \"echo tick two\"]\n";
 
@@ -40,20 +40,12 @@ fn seeded() -> tempfile::TempDir {
 }
 
 fn get(base: &str, path: &str) -> (u16, Value) {
-    let mut response = agent()
-        .get(format!("{base}{path}"))
-        .call()
-        .expect("an answer");
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        response.status().as_u16(),
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    Api::at(base).get(path).into_parts()
 }
 
 /// Runs `wf_tick` through the API to its end; returns the run id.
 fn run_tick(base: &str) -> String {
-    let shown = run_to_end(base, "wf_tick", json!({}));
+    let shown = Api::at(base).run_to_end("wf_tick", "{}");
     assert_eq!(shown["run"]["status"], "succeeded", "{shown}");
     shown["run"]["id"].as_str().unwrap().to_owned()
 }
@@ -101,13 +93,9 @@ fn agent_executions_lists_an_agents_recent_steps_newest_first_with_their_logs() 
     // The log it points to is the step's.
     let log_url = executions[0]["log_url"].as_str().unwrap();
     assert_eq!(log_url, format!("/api/runs/{newer}/logs/second"));
-    let mut log = agent().get(format!("{base}{log_url}")).call().unwrap();
-    assert_eq!(log.status().as_u16(), 200);
-    assert!(log
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-        .contains("tick two"));
+    let log = Api::at(&base).get(log_url);
+    assert_eq!(log.status, 200);
+    assert!(log.text.contains("tick two"));
     // A declared agent that ran nothing; a limit out of range; no such agent.
     let (status, ghost) = get(&base, "/api/agents/ghost/executions");
     assert_eq!(status, 200, "{ghost}");

@@ -12,47 +12,16 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::browser::server_url;
-use crate::git_source::{follow_main, init_repo};
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, follow_main, init_repo, project, server_url, Api, Server};
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent()
-}
-
-/// `(status, body)` of a JSON request.
-fn call(base: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let agent = agent();
-    let url = format!("{base}{path}");
-    let response = match (method, body) {
-        ("GET", _) => agent.get(&url).call(),
-        ("POST", Some(body)) => agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body.to_string()),
-        ("POST", None) => agent
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .send_empty(),
-        _ => unreachable!("{method}"),
-    };
-    let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
-}
-
+/// `(status, body)` of a JSON POST.
 fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
-    call(base, "POST", path, Some(&body))
+    Api::at(base).post(path, &body.to_string()).into_parts()
 }
 
+/// `(status, body)` of a GET.
 fn get(base: &str, path: &str) -> (u16, Value) {
-    call(base, "GET", path, None)
+    Api::at(base).get(path).into_parts()
 }
 
 /// A two-step workflow: `build`, then `test` after it, with a typed parameter.
@@ -269,7 +238,7 @@ fn an_invalid_manifest_is_refused_with_its_diagnostics_and_nothing_is_written() 
         json!({"kind": "Pipeline", "manifest": {}}),
     );
     assert_eq!(status, 400);
-    let (status, _) = call(&base, "POST", "/api/manifests", None);
+    let (status, _) = Api::at(&base).post("/api/manifests", "").into_parts();
     assert_eq!(status, 400);
 }
 

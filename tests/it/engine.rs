@@ -8,48 +8,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{orchestrator, temp_project};
+use crate::support::{
+    alive, assert_gone, command, eventually_within, orchestrator, project, run_id, show,
+    wait_for_file,
+};
 
 fn project_with(workflows: &[(&str, &str)]) -> tempfile::TempDir {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     for (file, text) in workflows {
         fs::write(dir.join("workflows").join(file), text).unwrap();
     }
     orchestrator(dir, &["apply"]).expect_code(0);
     project
-}
-
-fn show(dir: &Path, run: &str) -> Value {
-    let shown = orchestrator(dir, &["run", "show", run, "-o", "json"]).expect_code(0);
-    serde_json::from_str(&shown.stdout).unwrap()
-}
-
-/// The newest run's id (`run list -o json`), through whichever backend the CLI finds.
-pub(crate) fn newest_run(dir: &Path) -> String {
-    let listed = crate::server::cli(dir, &["run", "list", "-o", "json"]).expect_code(0);
-    let runs: Value = serde_json::from_str(&listed.stdout).unwrap();
-    runs[0]["id"].as_str().expect("a run").to_owned()
-}
-
-/// The step called `name` in a run record (`{"run", "steps"}`, as `run show -o json` and
-/// `GET /api/runs/{id}` give it).
-pub(crate) fn step<'v>(shown: &'v Value, name: &str) -> &'v Value {
-    shown["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step `{name}` in {shown:#}"))
-}
-
-pub(crate) fn run_id(stdout: &str) -> String {
-    stdout
-        .split_whitespace()
-        .find(|w| w.starts_with("run_"))
-        .expect("a run id")
-        .to_owned()
 }
 
 #[test]
@@ -146,19 +117,16 @@ steps:
     assert_eq!(shown["steps"][0]["attempts"].as_array().unwrap().len(), 3);
     assert_eq!(shown["steps"][1]["status"], "timed_out");
     assert_eq!(shown["run"]["status"], "failed");
-    let child: i32 = fs::read_to_string(dir.join("child.pid"))
+    let child: u32 = fs::read_to_string(dir.join("child.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the background sleep outlived its step"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_within(
+        "the background sleep to end: it outlived its step",
+        Duration::from_secs(5),
+        || (!alive(child)).then_some(()),
+    );
 }
 
 #[test]
@@ -219,17 +187,12 @@ fn a_run_left_by_a_killed_process_is_marked_interrupted() {
         "name: Long\nsteps:\n  - name: wait\n    command: [\"sh\", \"-c\", \"touch started; sleep 100\"]\n",
     )]);
     let dir = project.path();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let mut child = command(dir)
         .args(["workflow", "execute", "wf_long"])
-        .current_dir(dir)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("started").exists() {
-        assert!(Instant::now() < deadline, "the step never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_file(&dir.join("started"), "the step");
     child.kill().unwrap();
     child.wait().unwrap();
     let list = orchestrator(dir, &["run", "list", "-o", "json"]).expect_code(0);
@@ -240,33 +203,6 @@ fn a_run_left_by_a_killed_process_is_marked_interrupted() {
     );
     let runs: Value = serde_json::from_str(&list.stdout).unwrap();
     assert_eq!(runs[0]["status"], "interrupted");
-}
-
-/// Waits for a file to appear, with a deadline.
-pub(crate) fn wait_for_file(path: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Asserts that a process is gone (probing with signal 0), with a deadline.
-pub(crate) fn assert_gone(pid_file: &Path) {
-    let pid: i32 = fs::read_to_string(pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-        assert!(Instant::now() < deadline, "process {pid} outlived its run");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub(crate) const SLEEPER: &str = r#"name: Sleeper
@@ -284,10 +220,8 @@ steps:
 fn run_cancel_from_another_terminal_stops_the_group_and_marks_the_run() {
     let project = project_with(&[("sleeper.yaml", SLEEPER)]);
     let dir = project.path();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let child = command(dir)
         .args(["workflow", "execute", "wf_sleeper"])
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -321,9 +255,8 @@ fn run_cancel_from_another_terminal_stops_the_group_and_marks_the_run() {
 fn ctrl_c_cancels_the_run_in_the_foreground() {
     let project = project_with(&[("sleeper.yaml", SLEEPER)]);
     let dir = project.path();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let child = command(dir)
         .args(["workflow", "execute", "wf_sleeper"])
-        .current_dir(dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -343,9 +276,8 @@ fn ctrl_c_cancels_the_run_in_the_foreground() {
 
 #[test]
 fn a_disabled_agent_fails_its_steps_clearly_or_makes_them_wait() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     fs::write(
         dir.join("agents/off.yaml"),
         r#"name: off_fail
@@ -585,10 +517,9 @@ steps:
 
 #[test]
 fn the_guides_create_then_execute_sequence_runs_green_on_a_fresh_project() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
-    let guide = crate::repo_dir().join("tests/fixtures/guide/workflows/api_tests.json");
+    let guide = crate::support::repo_dir().join("tests/fixtures/guide/workflows/api_tests.json");
     let created = orchestrator(
         dir,
         &[
@@ -622,9 +553,8 @@ fn the_guides_create_then_execute_sequence_runs_green_on_a_fresh_project() {
 
 #[test]
 fn an_agents_timeout_and_max_concurrent_apply_to_its_steps() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     fs::write(
         dir.join("agents/limited.yaml"),
         r#"name: one_at_a_time

@@ -5,7 +5,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::{orchestrator, repo_dir, temp_project};
+use crate::support::{command, orchestrator, project, repo_dir, temp_project};
 
 fn stored(dir: &std::path::Path) -> Vec<Value> {
     let run = orchestrator(dir, &["get", "--all", "-o", "json"]).expect_code(0);
@@ -163,9 +163,8 @@ fn init_validate_diff_apply_edit_break_delete_prune() {
 
 #[test]
 fn dry_run_writes_nothing() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     let dry = orchestrator(dir, &["apply", "--dry-run"]).expect_code(0);
     assert!(dry.stdout.contains("Workflow wf_smoke created (dry run)"));
     assert!(dry.stdout.contains("dry run, nothing written"));
@@ -174,9 +173,8 @@ fn dry_run_writes_nothing() {
 
 #[test]
 fn explicit_paths_limit_deletions_to_those_paths() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     orchestrator(dir, &["apply"]).expect_code(0);
     // Diffing one directory does not call everything else a deletion.
     let run = orchestrator(dir, &["diff", "alerts"]).expect_code(0);
@@ -185,9 +183,8 @@ fn explicit_paths_limit_deletions_to_those_paths() {
 
 #[test]
 fn a_held_store_is_reported_with_the_holder_pid() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     let store = orchestrator::store::Store::open(&dir.join("data")).unwrap();
     let run = orchestrator(dir, &["apply"]).expect_code(2);
     assert!(
@@ -208,9 +205,8 @@ fn a_held_store_is_reported_with_the_holder_pid() {
 
 #[test]
 fn unwritable_data_dir_is_one_line_naming_the_path() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     // A file where the data directory should be cannot be made a directory, even as root.
     fs::write(dir.join("blocker"), "").unwrap();
     let run = orchestrator(dir, &["apply", "--data-dir", "blocker/data"]).expect_code(2);
@@ -225,15 +221,13 @@ fn unwritable_data_dir_is_one_line_naming_the_path() {
 
 #[test]
 fn config_show_follows_environment_and_overrides() {
-    let project = temp_project();
+    let project = project(&[]);
     let dir = project.path();
-    orchestrator(dir, &["init"]).expect_code(0);
     let show = orchestrator(dir, &["config", "show", "--environment", "production"]).expect_code(0);
     assert!(show.stdout.contains("# environment: production"));
     assert!(show.stdout.contains("level: warn"), "{}", show.stdout);
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+    let run = command(dir)
         .args(["--environment", "staging", "config", "show", "-o", "json"])
-        .current_dir(dir)
         .env("ORCHESTRATOR_PORT", "9100")
         .output()
         .unwrap();

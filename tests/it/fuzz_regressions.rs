@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod checks;
 
-use crate::repo_dir;
+use crate::support::repo_dir;
 
 /// How long one input may take in a debug build on a busy machine: the fuzz runs stop any
 /// input at 10 s in a release build, so this only catches a hang.

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::{Duration, Instant};
 
-use crate::{orchestrator, repo_dir, temp_project};
+use crate::support::{orchestrator, repo_dir, temp_project};
 
 #[test]
 fn every_invalid_fixture_reports_its_diagnostics() {

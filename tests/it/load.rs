@@ -36,13 +36,13 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::server::{project, ws_send, ws_subscribe, ws_until, Server, Ws, DEADLINE};
+use crate::support::{
+    project, sign, ws_send, ws_subscribe, ws_until, Api, Reply, Server, Ws, DEADLINE,
+};
 
 /// Concurrent API clients, each on its own keep-alive connection.
 const API_CLIENTS: usize = 200;
@@ -116,17 +116,10 @@ pub(crate) fn fixture_project() -> Vec<(String, String)> {
             }
         }
     }
-    let root = crate::repo_dir().join("tests/fixtures/load/project");
+    let root = crate::support::repo_dir().join("tests/fixtures/load/project");
     let mut files = Vec::new();
     walk(&root, &root, &mut files);
     files
-}
-
-/// `sha256=<hex HMAC-SHA256>` of the body, as GitHub signs deliveries.
-pub(crate) fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The server's resident memory in KiB, from `/proc/PID/status`.
@@ -168,62 +161,24 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// One HTTP answer.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    content_type: String,
-    pub(crate) text: String,
-}
-
-impl Answer {
-    pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-}
-
-/// A keep-alive HTTP client of the server.
+/// A keep-alive client of the server that reports a missing answer (the load may cost
+/// some) instead of failing the test.
 pub(crate) struct Http {
-    base: String,
-    agent: ureq::Agent,
+    api: Api,
 }
 
 impl Http {
     pub(crate) fn new(address: &str) -> Http {
         Http {
-            base: format!("http://{address}"),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(DEADLINE))
-                .build()
-                .new_agent(),
+            api: Api::new(address, None),
         }
     }
 
-    fn answer(
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Answer, String> {
-        let mut response = result.map_err(|e| e.to_string())?;
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .map_err(|e| format!("reading the body: {e}"))?;
-        Ok(Answer {
-            status: response.status().as_u16(),
-            content_type,
-            text,
-        })
-    }
-
-    pub(crate) fn get(&self, path: &str) -> Result<Answer, String> {
-        Http::answer(self.agent.get(format!("{}{path}", self.base)).call())
+    pub(crate) fn get(&self, path: &str) -> Result<Reply, String> {
+        self.api
+            .request("GET", path)
+            .try_send()
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn post(
@@ -231,15 +186,11 @@ impl Http {
         path: &str,
         headers: &[(&str, &str)],
         body: &[u8],
-    ) -> Result<Answer, String> {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        Http::answer(request.send(body))
+    ) -> Result<Reply, String> {
+        self.api
+            .post_request(path, headers, body)
+            .try_send()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -271,7 +222,7 @@ struct Load {
 
 impl Load {
     /// Counts an answer; returns it when it has the expected status (and, for JSON, parses).
-    fn check(&self, what: &str, result: Result<Answer, String>, expected: u16) -> Option<Answer> {
+    fn check(&self, what: &str, result: Result<Reply, String>, expected: u16) -> Option<Reply> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let problem = match result {
             Ok(answer) if answer.status == expected => {
@@ -361,7 +312,7 @@ fn api_client(load: &Load, client: usize) {
                 202,
             );
             if let Some(answer) = answer {
-                let accepted = answer.json();
+                let accepted = answer.json_or_text();
                 match accepted["run_id"].as_str() {
                     Some(id) => {
                         let logs = if workflow == "wf_pair" {
@@ -421,7 +372,7 @@ fn api_client(load: &Load, client: usize) {
         );
         if let (Some(answer), Some(run)) = (answer, &recent) {
             if turn % 16 == 3 {
-                let shown = answer.json();
+                let shown = answer.json_or_text();
                 if shown["run"]["id"] != run.id.as_str() {
                     load.wrong(format!("GET {path}: another run: {shown}"));
                 }
@@ -438,7 +389,7 @@ fn deliver_push(
     delivery: &str,
     body: &[u8],
     expected: u16,
-) -> Option<Answer> {
+) -> Option<Reply> {
     load.check(
         what,
         load.timed("POST /hooks/{path}", || {
@@ -447,7 +398,7 @@ fn deliver_push(
                 &[
                     ("X-GitHub-Event", "push"),
                     ("X-GitHub-Delivery", delivery),
-                    ("X-Hub-Signature-256", &sign(body)),
+                    ("X-Hub-Signature-256", &sign(SECRET, body)),
                 ],
                 body,
             )
@@ -461,7 +412,7 @@ fn deliver_push(
 /// run) and one pushes to a branch the trigger filters out; the others start a run.
 fn webhook_sender(load: &Load, sender: u32) {
     let http = Http::new(&load.http_address);
-    let path = crate::repo_dir().join("tests/fixtures/load/push.json");
+    let path = crate::support::repo_dir().join("tests/fixtures/load/push.json");
     let push: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let started = Instant::now();
     let mut previous: Option<(String, Vec<u8>, String)> = None;
@@ -480,7 +431,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                     200,
                 );
                 if let Some(answer) = answer {
-                    let body = answer.json();
+                    let body = answer.json_or_text();
                     if body["status"] != "duplicate" || body["runs"][0]["run_id"] != run.as_str() {
                         load.wrong(format!("a redelivery of {delivery}: {body}"));
                     }
@@ -500,7 +451,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                     200,
                 );
                 if let Some(answer) = answer {
-                    let body = answer.json();
+                    let body = answer.json_or_text();
                     if body["status"] != "filtered" {
                         load.wrong(format!("a push to another branch: {body}"));
                     }
@@ -514,7 +465,7 @@ fn webhook_sender(load: &Load, sender: u32) {
                 let delivery = format!("load-{sender}-{n}");
                 let answer = deliver_push(load, &http, "POST /hooks/github", &delivery, &body, 202);
                 if let Some(answer) = answer {
-                    let accepted = answer.json();
+                    let accepted = answer.json_or_text();
                     match accepted["runs"][0]["run_id"].as_str() {
                         Some(id) if accepted["status"] == "accepted" => {
                             load.record(Created {
@@ -759,7 +710,7 @@ async fn ws_client(
     ready: mpsc::Sender<()>,
     mut expect: watch::Receiver<Option<Arc<Expect>>>,
 ) -> (Watched, Ws) {
-    let mut ws = crate::server::ws_connect(&address, None).await;
+    let mut ws = crate::support::ws_connect(&address, None).await;
     if everything {
         // No list: every kind, run logs included.
         ws_send(&mut ws, json!({"type": "subscribe", "events": []})).await;
@@ -867,7 +818,7 @@ fn schedule_skips(http: &Http) -> u64 {
     let jobs = http
         .get("/api/scheduler/jobs")
         .expect("GET /api/scheduler/jobs")
-        .json();
+        .json_or_text();
     jobs["jobs"]
         .as_array()
         .and_then(|jobs| jobs.iter().find(|j| j["id"] == "sch_tick"))
@@ -880,7 +831,7 @@ async fn bus_sequence(address: &str) -> u64 {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
         .await
         .expect("connect to /ws");
-    let hello = crate::server::ws_next(&mut ws).await;
+    let hello = crate::support::ws_next(&mut ws).await;
     assert_eq!(hello["type"], "connected", "{hello}");
     hello["payload"]["sequence"].as_u64().expect("a sequence")
 }
@@ -909,9 +860,9 @@ fn api_websocket_schedule_and_webhook_load_loses_nothing_and_keeps_memory_flat()
     for (workflow, _) in WORKFLOW_STEPS {
         let shown = http.get(&format!("/api/workflows/{workflow}")).unwrap();
         assert_eq!(shown.status, 200, "{workflow}: {}", shown.text);
-        assert_eq!(shown.json()["status"], "applied", "{}", shown.text);
+        assert_eq!(shown.json_or_text()["status"], "applied", "{}", shown.text);
     }
-    let jobs = http.get("/api/scheduler/jobs").unwrap().json();
+    let jobs = http.get("/api/scheduler/jobs").unwrap().json_or_text();
     assert!(
         jobs["jobs"]
             .as_array()
@@ -1010,7 +961,7 @@ fn api_websocket_schedule_and_webhook_load_loses_nothing_and_keeps_memory_flat()
     let window: Vec<Value> = loop {
         let listed = http.get("/api/runs?limit=10000").expect("GET /api/runs");
         assert_eq!(listed.status, 200, "{}", listed.text);
-        let runs: Vec<Value> = listed.json()["runs"]
+        let runs: Vec<Value> = listed.json_or_text()["runs"]
             .as_array()
             .unwrap()
             .iter()

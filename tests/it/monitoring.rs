@@ -6,13 +6,10 @@
 //! Nothing waits a fixed time: every wait polls with a deadline or waits for an event.
 
 use std::fs;
-use std::path::Path;
 
-use futures_util::StreamExt;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, server_address, ws_connect, ws_until, Api, Server};
 
 /// Samples every 200 ms, one history point a second.
 const FAST_SAMPLING: &str = "monitoring:\n  sample_interval: 200ms\n  history_step: 1s\n";
@@ -28,32 +25,10 @@ fn sampling_project() -> tempfile::TempDir {
     project
 }
 
-/// The running server's address, from `data/server.json`.
-fn address(dir: &Path) -> String {
-    let text = fs::read_to_string(dir.join("data/server.json")).expect("server.json");
-    let info: Value = serde_json::from_str(&text).unwrap();
-    info["address"].as_str().unwrap().to_owned()
-}
-
 /// GET: (status, content type, body).
 fn get(address: &str, path: &str) -> (u16, String, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent();
-    let mut response = agent
-        .get(format!("http://{address}{path}"))
-        .call()
-        .expect("an HTTP answer");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = response.body_mut().read_to_string().expect("a text body");
-    (response.status().as_u16(), content_type, text)
+    let reply = Api::new(address, None).get(path);
+    (reply.status, reply.content_type, reply.text)
 }
 
 /// GET of a JSON route that must answer `status`.
@@ -115,7 +90,7 @@ fn expect_bad_request(address: &str, path: &str) -> (String, Value) {
 fn system_metrics_are_sampled_published_and_exported() {
     let project = sampling_project();
     let server = Server::start(project.path());
-    let address = address(project.path());
+    let address = server_address(project.path());
 
     // Samples arrive within a second of the start, then every 200 ms.
     let metrics = eventually("a few samples", || {
@@ -169,24 +144,11 @@ fn system_metrics_are_sampled_published_and_exported() {
     // A `system_metrics` event on /ws, with the sample as payload.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let event = runtime.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{address}/ws"))
-            .await
-            .expect("connect to /ws");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let message = tokio::time::timeout_at(deadline, ws.next())
-                .await
-                .expect("a system_metrics event within the deadline")
-                .expect("the connection is open")
-                .expect("a well-formed frame");
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let event: Value = serde_json::from_str(text.as_str()).unwrap();
-            if event["type"] == "system_metrics" {
-                break event;
-            }
-        }
+        let mut ws = ws_connect(&address, None).await;
+        ws_until(&mut ws, "a system_metrics event", |event| {
+            event["type"] == "system_metrics"
+        })
+        .await
     });
     assert_sane(&event["payload"]);
     assert!(event["sequence"].as_u64() > Some(0), "{event}");
@@ -251,7 +213,7 @@ fn the_system_metrics_history_survives_a_restart() {
     let project = sampling_project();
     let dir = project.path();
     let mut server = Server::start(dir);
-    let address = address(dir);
+    let address = server_address(dir);
     // Three seconds of samples: points of three history buckets at least.
     let before = eventually("three seconds of samples", || {
         let metrics = get_json(&address, "/api/system/metrics", 200);
@@ -267,7 +229,7 @@ fn the_system_metrics_history_survives_a_restart() {
     assert!(status.success(), "{status:?}");
 
     let server = Server::start(dir);
-    let address = self::address(dir);
+    let address = server_address(dir);
     // Before the ring of the new process reaches back: the persisted history answers, with
     // every sample of the first process.
     let after = get_json(&address, "/api/system/metrics?since=1h", 200);

@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
-use super::{eventually, project, Reply, Server, HELLO, NAP};
+use super::{HELLO, NAP};
+use crate::support::{eventually, project, Reply, Server};
 
 /// (METHOD, path) of every operation of the document.
 fn operations(doc: &Value) -> BTreeSet<(String, String)> {

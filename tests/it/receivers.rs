@@ -4,7 +4,7 @@
 //! lettre and records every message.
 //!
 //! Both run on plain threads, one per connection, and stop accepting when dropped. Waits poll
-//! with [`DEADLINE`](crate::server::DEADLINE).
+//! with [`DEADLINE`](crate::support::DEADLINE).
 
 #![allow(dead_code)]
 
@@ -14,11 +14,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::server::DEADLINE;
+use crate::support::{poll_for, DEADLINE};
 
 /// How long a receiver waits for a client that stops talking.
 const IDLE: Duration = Duration::from_secs(30);
@@ -165,14 +165,18 @@ fn wait_for_count<T>(
     current: impl Fn() -> Vec<T>,
     describe: impl Fn(&[T]) -> String,
 ) -> Vec<T> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let mut last = Vec::new();
+    let enough = poll_for(DEADLINE, || {
         let items = current();
         if items.len() >= n {
-            return items;
+            return Some(items);
         }
-        assert!(Instant::now() < deadline, "{}", describe(&items));
-        thread::sleep(Duration::from_millis(10));
+        last = items;
+        None
+    });
+    match enough {
+        Some(items) => items,
+        None => panic!("{}", describe(&last)),
     }
 }
 

@@ -5,187 +5,20 @@
 //! token, and nothing changes; webhook signatures that do not verify are 401 and run
 //! nothing, however they are wrong.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::server::{eventually, project, Server, DEADLINE};
-
-/// One HTTP answer.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    /// Status code.
-    pub(crate) status: u16,
-    /// `Content-Type`, empty when there is none.
-    pub(crate) content_type: String,
-    /// The body as text (lossy).
-    pub(crate) text: String,
-}
-
-impl Answer {
-    /// The body as JSON, after checking the status and the content type.
-    #[track_caller]
-    pub(crate) fn json(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{self:#?}");
-        assert!(
-            self.content_type.starts_with("application/json"),
-            "{self:#?}"
-        );
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {self:#?}"))
-    }
-
-    /// Asserts an error answer of exactly the shape `{"error": {code, message, details}}`;
-    /// returns the error object.
-    #[track_caller]
-    pub(crate) fn error(&self, status: u16, code: &str) -> Value {
-        let body = self.json(status);
-        assert_error_shape(&body, &format!("{self:#?}"));
-        assert_eq!(body["error"]["code"], code, "{self:#?}");
-        body["error"].clone()
-    }
-
-    /// Asserts some 4xx answer with the JSON error shape; returns the error object.
-    #[track_caller]
-    pub(crate) fn client_error(&self) -> Value {
-        assert!((400..500).contains(&self.status), "{self:#?}");
-        let body = self.json(self.status);
-        assert_error_shape(&body, &format!("{self:#?}"));
-        body["error"].clone()
-    }
-}
-
-/// `{"error": {"code", "message", "details"}}` and nothing else; a non-empty message.
-#[track_caller]
-pub(crate) fn assert_error_shape(body: &Value, context: &str) {
-    let outer = body.as_object().unwrap_or_else(|| panic!("{context}"));
-    assert_eq!(outer.len(), 1, "{context}");
-    let error = body["error"]
-        .as_object()
-        .unwrap_or_else(|| panic!("{context}"));
-    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(keys, ["code", "details", "message"], "{context}");
-    assert!(
-        error["code"].as_str().is_some_and(|c| !c.is_empty()),
-        "{context}"
-    );
-    assert!(
-        error["message"]
-            .as_str()
-            .is_some_and(|m| !m.trim().is_empty()),
-        "{context}"
-    );
-}
-
-/// Sends one request over a fresh connection, exactly as given: the path is not normalised
-/// or re-encoded (`..`, `%2e%2e%2f`, `%00` reach the server as written).
-pub(crate) fn request(
-    address: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Answer {
-    let mut stream = TcpStream::connect(address).expect("connect to the server");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.set_write_timeout(Some(DEADLINE)).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    let chunked = headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("transfer-encoding"));
-    if !chunked && (!body.is_empty() || method != "GET") {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut bytes = head.into_bytes();
-    bytes.extend_from_slice(body);
-    // The server may answer (413) and close before reading everything: a failed write is
-    // fine as long as an answer comes.
-    let _ = stream.write_all(&bytes);
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    parse_answer(&raw).unwrap_or_else(|| {
-        panic!(
-            "no HTTP answer to {method} {path}: {:?}",
-            String::from_utf8_lossy(&raw)
-        )
-    })
-}
-
-/// An HTTP/1.1 answer read to its end: status, content type, body (chunks joined).
-pub(crate) fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let mut content_type = String::new();
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        if name.eq_ignore_ascii_case("content-type") {
-            content_type = value.trim().to_owned();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.trim().eq_ignore_ascii_case("chunked");
-        }
-    }
-    if chunked {
-        let mut decoded = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let end = rest.windows(2).position(|w| w == b"\r\n")?;
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..end]).ok()?.trim(), 16).ok()?;
-            rest = &rest[end + 2..];
-            if size == 0 {
-                break;
-            }
-            decoded.extend_from_slice(rest.get(..size)?);
-            rest = rest.get(size + 2..)?;
-        }
-        body = decoded;
-    }
-    Some(Answer {
-        status,
-        content_type,
-        text: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-/// A GET answered 200 with JSON.
-#[track_caller]
-pub(crate) fn get_json(address: &str, path: &str) -> Value {
-    request(address, "GET", path, &[], b"").json(200)
-}
+use crate::support::{
+    assert_error_shape, eventually, get_json, project, project_files, raw_request, server_address,
+    sign, Reply, Server,
+};
 
 /// [`get_json`] with `Authorization: Bearer <token>`.
 fn get_json_as(address: &str, path: &str, token: &str) -> Value {
     let bearer = format!("Bearer {token}");
-    request(address, "GET", path, &[("Authorization", &bearer)], b"").json(200)
-}
-
-/// The address of the server of a project, from `data/server.json`.
-pub(crate) fn address_of(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("data/server.json")).expect("server.json");
-    let info: Value = serde_json::from_str(&text).unwrap();
-    info["address"].as_str().unwrap().to_owned()
-}
-
-/// `sha256=<hex HMAC-SHA256>` of `body` under `secret`, computed here.
-pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    raw_request(address, "GET", path, &[("Authorization", &bearer)], b"").json(200)
 }
 
 /// A workflow of one step that does nothing.
@@ -202,7 +35,7 @@ fn github_trigger(extra: &str) -> String {
 
 /// The push every replay test sends.
 fn push_body() -> Vec<u8> {
-    let path = crate::repo_dir().join("tests/fixtures/replay_auth/push.json");
+    let path = crate::support::repo_dir().join("tests/fixtures/replay_auth/push.json");
     let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // Re-serialised compactly: what is signed is exactly what is sent.
     let value: Value = serde_json::from_slice(&text).unwrap();
@@ -210,7 +43,7 @@ fn push_body() -> Vec<u8> {
 }
 
 /// Sends a signed delivery with the id `delivery`.
-fn deliver(address: &str, delivery: &str, body: &[u8], signature: Option<&str>) -> Answer {
+fn deliver(address: &str, delivery: &str, body: &[u8], signature: Option<&str>) -> Reply {
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("X-GitHub-Event", "push"),
@@ -219,7 +52,7 @@ fn deliver(address: &str, delivery: &str, body: &[u8], signature: Option<&str>) 
     if let Some(signature) = signature {
         headers.push(("X-Hub-Signature-256", signature));
     }
-    request(address, "POST", "/hooks/replay", &headers, body)
+    raw_request(address, "POST", "/hooks/replay", &headers, body)
 }
 
 /// The runs of a workflow, as the API counts them.
@@ -317,7 +150,7 @@ fn one_delivery_sent_a_thousand_times_starts_one_run() {
     ]);
     let dir = dir.path();
     let _server = Server::start(dir);
-    let address = address_of(dir);
+    let address = server_address(dir);
     let body = push_body();
 
     // 1,000 copies, 8 senders at once from the first one.
@@ -362,7 +195,7 @@ fn replays_beyond_the_history_limit_do_not_make_a_delivery_new_again() {
     ]);
     let dir = dir.path();
     let _server = Server::start(dir);
-    let address = address_of(dir);
+    let address = server_address(dir);
     let body = push_body();
 
     let answers = replay(&address, "dlv-limit", &body, 300, 4);
@@ -427,36 +260,6 @@ fn observable_state(address: &str, dir: &Path) -> Value {
     })
 }
 
-/// Every file of the project outside `data/`, `logs/` and `reports/`, with its content.
-pub(crate) fn project_files(dir: &Path) -> Value {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            let relative = path
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if ["data", "logs", "reports"].contains(&relative.as_str()) {
-                continue;
-            }
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                out.push((relative, String::from_utf8_lossy(&bytes).into_owned()));
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, dir, &mut files);
-    json!(files)
-}
-
 /// The concrete path of an operation: real ids where the route takes one, so that an
 /// answer other than 401 would really act.
 fn concrete(path: &str, run: &str) -> String {
@@ -502,11 +305,11 @@ fn every_mutating_route_and_the_event_stream_need_the_api_token() {
             ("TEST_API_TOKEN", TOKEN),
         ],
     );
-    let address = address_of(dir);
+    let address = server_address(dir);
     let bearer = format!("Bearer {TOKEN}");
 
     // One finished run, so that cancel and rerun have a real run to act on.
-    let started = request(
+    let started = raw_request(
         &address,
         "POST",
         "/api/workflows/wf_work/execute",
@@ -586,7 +389,7 @@ fn every_mutating_route_and_the_event_stream_need_the_api_token() {
         for (what, headers) in &credentials {
             let mut headers = headers.clone();
             headers.push(("Content-Type", "application/json"));
-            let answer = request(&address, method, &path, &headers, body.as_bytes());
+            let answer = raw_request(&address, method, &path, &headers, body.as_bytes());
             assert_eq!(
                 answer.status, 401,
                 "{method} {path} with {what}: {answer:#?}"
@@ -595,7 +398,7 @@ fn every_mutating_route_and_the_event_stream_need_the_api_token() {
             checked += 1;
         }
         // A query-string token counts only for /ws.
-        let answer = request(
+        let answer = raw_request(
             &address,
             method,
             &format!("{path}?token={TOKEN}"),
@@ -681,7 +484,7 @@ fn every_mutating_route_and_the_event_stream_need_the_api_token() {
     for (method, template) in &operations {
         let path = concrete(template, &run);
         let body = body_for(template);
-        let answer = request(
+        let answer = raw_request(
             &address,
             method,
             &path,
@@ -713,7 +516,7 @@ fn webhook_signatures_that_do_not_verify_run_nothing() {
     ]);
     let dir = dir.path();
     let _server = Server::start_with(dir, &[("TEST_BEARER_SECRET", "bearer-secret")]);
-    let address = address_of(dir);
+    let address = server_address(dir);
     let body = push_body();
     let good = sign(SECRET, &body);
     let hex = good.strip_prefix("sha256=").unwrap().to_owned();
@@ -764,7 +567,7 @@ fn webhook_signatures_that_do_not_verify_run_nothing() {
         assert_eq!(results.len(), 1, "{what}: {results:?}");
     }
     // The signature of the body as sent, in a header GitHub does not use for it.
-    let answer = request(
+    let answer = raw_request(
         &address,
         "POST",
         "/hooks/replay",
@@ -801,12 +604,12 @@ fn webhook_signatures_that_do_not_verify_run_nothing() {
         if let Some(header) = header {
             headers.push(("Authorization", header));
         }
-        let answer = request(&address, "POST", "/hooks/bearer", &headers, b"{}");
+        let answer = raw_request(&address, "POST", "/hooks/bearer", &headers, b"{}");
         assert_eq!(answer.status, 401, "{what}: {answer:#?}");
         answer.error(401, "unauthorized");
     }
     assert_eq!(runs_of(&address, "wf_work"), 1);
-    let accepted = request(
+    let accepted = raw_request(
         &address,
         "POST",
         "/hooks/bearer",

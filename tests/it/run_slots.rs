@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::{cli, eventually, project, Server};
+use crate::support::{cli, edit_config, eventually, project, Api, Server};
 
 const GATE: &str = "name: Gate\nsteps:\n  - name: wait\n    command: [\"sh\", \"-c\", \"echo start $ORCHESTRATOR_RUN_ID >> gate/events.log; while [ ! -e gate/release/$ORCHESTRATOR_RUN_ID ]; do sleep 0.02; done; echo end $ORCHESTRATOR_RUN_ID >> gate/events.log\"]\n";
 
@@ -23,42 +23,30 @@ fn gated_project(max_active: u32) -> tempfile::TempDir {
     let dir = project(&[("workflows/gate.yaml", GATE)]);
     fs::create_dir_all(dir.path().join("gate/release")).unwrap();
     fs::write(dir.path().join("gate/events.log"), "").unwrap();
-    let config = dir.path().join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\nruns:\n"), "{text}");
-    fs::write(
-        &config,
-        text.replacen(
-            "\nruns:\n",
-            &format!("\nruns:\n  max_active: {max_active}\n"),
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir.path(),
+        "\nruns:\n",
+        &format!("\nruns:\n  max_active: {max_active}\n"),
+    );
     dir
 }
 
 /// A minimal client: status and body of each answer.
 struct Client {
-    base: String,
-    agent: ureq::Agent,
+    api: Api,
 }
 
 impl Client {
     /// Talks to the server of `dir` at the address its `data/server.json` gives.
     fn new(dir: &Path) -> Client {
-        let (base, agent) = crate::server::base_and_agent(dir);
-        Client { base, agent }
-    }
-
-    fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, String) {
-        let mut response = result.expect("an HTTP answer");
-        let status = response.status().as_u16();
-        (status, response.body_mut().read_to_string().expect("body"))
+        Client {
+            api: Api::of_project(dir),
+        }
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        Client::answer(self.agent.get(format!("{}{path}", self.base)).call())
+        let reply = self.api.get(path);
+        (reply.status, reply.text)
     }
 
     fn json(&self, path: &str) -> Value {
@@ -68,13 +56,7 @@ impl Client {
     }
 
     fn post(&self, path: &str) -> (u16, Value) {
-        let (status, text) = Client::answer(
-            self.agent
-                .post(format!("{}{path}", self.base))
-                .header("Content-Type", "application/json")
-                .send_empty(),
-        );
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        self.api.post(path, "").into_parts()
     }
 
     /// A gauge or counter of `/metrics` without labels.

@@ -6,26 +6,15 @@
 
 use serde_json::Value;
 
-use crate::browser::server_url;
-use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::support::{cli, eventually, project, server_url, Api, Server};
 
 const TICK: &str = "name: Tick\nsteps:\n  - name: t\n    command: [\"true\"]\n";
 
-/// POST with an empty JSON body; the status and the JSON answer.
+/// POST with an empty JSON object; the status and the JSON answer.
 fn post(base: &str, path: &str) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent();
-    let mut response = agent
-        .post(format!("{base}{path}"))
-        .header("Content-Type", "application/json")
-        .send("{}")
-        .expect("an HTTP answer");
-    let text = response.body_mut().read_to_string().expect("a body");
-    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    (response.status().as_u16(), body)
+    let reply = Api::at(base).post(path, "{}");
+    let body = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    (reply.status, body)
 }
 
 fn job(server: &Server, id: &str) -> Value {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::server::{cli, eventually, project, Server};
+use crate::support::{cli, eventually, project, Server};
 
 const TICK: &str = "name: Tick\nsteps:\n  - name: t\n    command: [\"true\"]\n";
 

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::load::{fixture_project, rss_kib, sign, Http, SECRET};
-use crate::server::{ws_connect, ws_send, Server};
+use crate::load::{fixture_project, rss_kib, Http, SECRET};
+use crate::support::{sign, ws_connect, ws_send, Server};
 
 /// The traffic the budget is written for: a schedule every second and five webhook runs a
 /// second.
@@ -149,11 +149,14 @@ struct Kept {
 }
 
 fn kept(http: &Http, dir: &Path) -> Kept {
-    let runs = http.get("/api/runs?limit=1").expect("GET /api/runs").json();
+    let runs = http
+        .get("/api/runs?limit=1")
+        .expect("GET /api/runs")
+        .json_or_text();
     let deliveries = http
         .get("/api/triggers/trg_github/deliveries?limit=1")
         .expect("GET deliveries")
-        .json();
+        .json_or_text();
     let log_dirs = count_dirs(&dir.join("logs/workflows"));
     Kept {
         runs: runs["total"].as_u64().expect("runs total"),
@@ -182,7 +185,7 @@ fn soak_project() -> tempfile::TempDir {
         .iter()
         .map(|(p, t)| (p.as_str(), t.as_str()))
         .collect();
-    let project = crate::server::project(&files);
+    let project = crate::support::project(&files);
     // Small log files, so that the soak sees every log rotate.
     let config = project.path().join("config/development.yaml");
     let text = std::fs::read_to_string(&config).unwrap();
@@ -244,7 +247,7 @@ fn check_logs(dir: &Path) -> Vec<(String, u64)> {
 /// Signed pushes, each a new delivery that starts a run, until `stop`.
 fn webhook_sender(address: &str, stop: &AtomicBool, sent: &AtomicU64, failures: &AtomicU64) {
     let http = Http::new(address);
-    let path = crate::repo_dir().join("tests/fixtures/load/push.json");
+    let path = crate::support::repo_dir().join("tests/fixtures/load/push.json");
     let body = std::fs::read(path).expect("push.json");
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -254,7 +257,7 @@ fn webhook_sender(address: &str, stop: &AtomicBool, sent: &AtomicU64, failures: 
             &[
                 ("X-GitHub-Event", "push"),
                 ("X-GitHub-Delivery", &delivery),
-                ("X-Hub-Signature-256", &sign(&body)),
+                ("X-Hub-Signature-256", &sign(SECRET, &body)),
             ],
             &body,
         );

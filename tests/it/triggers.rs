@@ -7,38 +7,22 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::server::{cli, eventually, project, Server, DEADLINE};
-use crate::Run;
+use crate::support::{
+    cli, create_webhook, edit_config, eventually, project, server_address, sign, Api, Reply,
+    Server, DEADLINE,
+};
 
 /// Where `scripts/test` installs the examples.
 const EXAMPLES: &str =
     "target/test-tools/node_modules/@octokit/webhooks-examples/api.github.com/index.json";
 
 /// Every example of the package: `[{"name": "push", "examples": [...]}, ...]`.
-/// `orchestrator trigger create webhook --url <url> --workflow <workflow>` with the further
-/// arguments `more`, in `dir`.
-pub(crate) fn create_webhook(dir: &Path, url: &str, workflow: &str, more: &[&str]) -> Run {
-    let mut args = vec![
-        "trigger",
-        "create",
-        "webhook",
-        "--url",
-        url,
-        "--workflow",
-        workflow,
-    ];
-    args.extend_from_slice(more);
-    cli(dir, &args)
-}
-
 fn examples() -> &'static Vec<Value> {
     static EXAMPLES_JSON: OnceLock<Vec<Value>> = OnceLock::new();
     EXAMPLES_JSON.get_or_init(|| {
-        let path = crate::repo_dir().join(EXAMPLES);
+        let path = crate::support::repo_dir().join(EXAMPLES);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!(
                 "cannot read {}: {e}. The webhook tests use GitHub's example payloads from the npm package @octokit/webhooks-examples: run scripts/test, which installs it into target/test-tools",
@@ -71,25 +55,11 @@ fn pull_request(action: &str) -> Value {
     example("pull_request", |x| x["action"] == action)
 }
 
-/// `sha256=<hex HMAC-SHA256>`, computed here, independently of the server's code.
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The running server's address, from `data/server.json`.
-fn address(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("data/server.json")).expect("server.json");
-    let info: Value = serde_json::from_str(&text).unwrap();
-    info["address"].as_str().unwrap().to_owned()
-}
-
 /// Sends only the head of a POST (its `Content-Length` promising a body that never comes)
 /// and reads the answer: status and JSON body.
 fn headers_only(dir: &Path, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     use std::io::{BufRead, BufReader, Read, Write};
-    let address = address(dir);
+    let address = server_address(dir);
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut head = format!("POST {path} HTTP/1.1\r\nHost: {address}\r\n");
@@ -122,60 +92,19 @@ fn headers_only(dir: &Path, path: &str, headers: &[(&str, &str)]) -> (u16, Value
 
 /// A webhook sender (and API reader) for the server of a project.
 struct Sender {
-    base: String,
-    agent: ureq::Agent,
-}
-
-/// An answer: status and JSON body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
-}
-
-impl Answer {
-    #[track_caller]
-    fn expect(self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{:#}", self.body);
-        self.body
-    }
+    api: Api,
 }
 
 impl Sender {
     fn new(dir: &Path) -> Sender {
         Sender {
-            base: format!("http://{}", address(dir)),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(DEADLINE))
-                .build()
-                .new_agent(),
+            api: Api::of_project(dir),
         }
-    }
-
-    fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-        let mut response = result.expect("an HTTP answer");
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 << 20)
-            .read_to_string()
-            .unwrap();
-        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        Answer { status, body }
     }
 
     /// POSTs `body` to `path` with the given headers (and a JSON content type).
-    fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-        let mut request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Content-Type", "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        Sender::answer(request.send(body))
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        self.api.post_with(path, headers, body)
     }
 
     /// A GitHub delivery: `X-GitHub-Event`, `X-GitHub-Delivery`, and the signature under
@@ -187,7 +116,7 @@ impl Sender {
         delivery: &str,
         payload: &Value,
         secret: Option<&str>,
-    ) -> Answer {
+    ) -> Reply {
         let body = serde_json::to_vec(payload).unwrap();
         let signature = secret.map(|s| sign(s, &body));
         let mut headers = vec![("X-GitHub-Event", event), ("X-GitHub-Delivery", delivery)];
@@ -198,25 +127,17 @@ impl Sender {
     }
 
     fn get(&self, path: &str) -> Value {
-        Sender::answer(self.agent.get(format!("{}{path}", self.base)).call()).expect(200)
+        self.api.get(path).expect(200)
     }
 
     fn text(&self, path: &str) -> String {
-        let mut response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        response.body_mut().read_to_string().unwrap()
+        let reply = self.api.get(path);
+        assert_eq!(reply.status, 200);
+        reply.text
     }
 
     fn wait_finished(&self, run: &str) -> Value {
-        eventually(&format!("run {run} to finish"), || {
-            let shown = self.get(&format!("/api/runs/{run}"));
-            let status = shown["run"]["status"].as_str().unwrap_or_default();
-            (status != "queued" && status != "running").then_some(shown)
-        })
+        self.api.wait_finished(run)
     }
 
     fn runs_of(&self, workflow: &str) -> u64 {
@@ -815,18 +736,11 @@ branches: [main]
     ]);
     let dir = dir.path();
     // Webhooks take up to 25 MB, whatever the API's own limit.
-    let config = dir.join("config/development.yaml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("  port: 8080\n"), "{text}");
-    std::fs::write(
-        &config,
-        text.replacen(
-            "  port: 8080\n",
-            "  port: 8080\n  max_body_bytes: 1024\n",
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir,
+        "  port: 8080\n",
+        "  port: 8080\n  max_body_bytes: 1024\n",
+    );
     let _server = Server::start(dir);
     let hooks = Sender::new(dir);
     let body = format!(
@@ -835,7 +749,7 @@ branches: [main]
     );
     let body = body.as_bytes();
     let limited = hooks.post("/api/apply", &[], body);
-    assert_eq!(limited.status, 413, "{:?}", limited.body);
+    assert_eq!(limited.status, 413, "{:?}", limited.text);
 
     // The bearer token: that trigger runs, the HMAC one refuses.
     let accepted = hooks

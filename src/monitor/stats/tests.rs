@@ -8,7 +8,7 @@ use serde_json::{json, Map};
 
 use super::health::{check_agent, HealthCheck, HealthStatus};
 use super::*;
-use crate::condition::parse_condition;
+use crate::lang::condition::parse_condition;
 use crate::model::{Attempt, TestCase, TestSummary, Trigger};
 
 fn at(now: DateTime<Utc>, minutes_ago: i64) -> String {

@@ -12,16 +12,15 @@
 //! saved, listed, and its file on disk.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 
 use fantoccini::Locator;
 use serde_json::{json, Value};
 
 use crate::browser::{assert_contains_all, fill, runtime, serve, Browser, DESKTOP};
-use crate::git_source::{follow_main, init_repo};
-use crate::server::{edit_config, eventually, project, Api, Server, DEADLINE};
+use crate::support::{
+    edit_config, eventually, follow_main, init_repo, project, raw_exchange, Api, Server,
+};
 
 /// Two channels: `webhook` (its type from its name) and `ops` (a webhook by `type`).
 const CHANNELS: &str = "notifications:\n  webhook:\n    url: http://127.0.0.1:9/alerts\n    bearer_token: env:NOT_SENT_ANYWHERE\n  ops:\n    type: webhook\n    url: http://127.0.0.1:9/ops-secret-path\n";
@@ -404,21 +403,7 @@ fn a_git_source_server_gives_the_rule_to_commit_and_writes_nothing() {
 /// Sends one request exactly as written (`head`: request line and headers, CRLF each) and
 /// returns the status.
 fn status_of(address: &str, head: &str, body: &str) -> u16 {
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+    raw_exchange(address, head, body.as_bytes()).status
 }
 
 #[test]

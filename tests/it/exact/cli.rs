@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 
 use crate::cli_remote::Pair;
-use crate::server::{cli, project, Server};
-use crate::Run;
+use crate::support::Run;
+use crate::support::{cli, project, Server};
 
 /// A quick workflow whose name has a space.
 const UNIT_TESTS: &str = r#"name: Unit Tests
@@ -74,7 +74,7 @@ const READ_ONLY: &[&[&str]] = &[
 
 #[test]
 fn a_missing_project_directory_is_an_error_and_stays_missing() {
-    let parent = crate::temp_project();
+    let parent = crate::support::temp_project();
     let missing = parent.path().join("no/such/project");
     let shown = missing.display().to_string();
     for args in READ_ONLY.iter().chain(&[
@@ -109,7 +109,7 @@ fn a_missing_project_directory_is_an_error_and_stays_missing() {
 #[test]
 fn read_only_commands_create_nothing_and_say_nothing_is_applied_yet() {
     // A directory that is no project.
-    let empty = crate::temp_project();
+    let empty = crate::support::temp_project();
     for args in READ_ONLY {
         let run = cli(empty.path(), args).expect_code(0);
         assert!(
@@ -165,7 +165,7 @@ fn read_only_commands_create_nothing_and_say_nothing_is_applied_yet() {
 
 #[test]
 fn validate_in_a_directory_without_manifests_or_configuration_says_it_is_no_project() {
-    let empty = crate::temp_project();
+    let empty = crate::support::temp_project();
     let real = fs::canonicalize(empty.path()).unwrap();
     for args in [
         &["validate"][..],
@@ -269,18 +269,14 @@ fn api_errors_reach_the_user_with_the_same_words_and_exit_codes_with_or_without_
 fn with_closed_stdout(dir: &Path, args: &[&str]) -> Run {
     let (reader, writer) = nix::unistd::pipe().expect("a pipe");
     drop(reader);
-    let output = crate::server::command(dir)
+    let output = crate::support::command(dir)
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(writer))
         .stderr(std::process::Stdio::piped())
         .output()
         .expect("run orchestrator");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::new(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(output)
 }
 
 #[test]
@@ -335,7 +331,7 @@ fn a_closed_pipe_on_stdout_ends_every_command_quietly() {
 /// Runs a command with `stdin` as its standard input and extra environment variables.
 fn with_input(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
     use std::io::Write as _;
-    let mut child = crate::server::command(dir)
+    let mut child = crate::support::command(dir)
         .args(args)
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::piped())
@@ -346,12 +342,7 @@ fn with_input(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> R
     let mut pipe = child.stdin.take().unwrap();
     pipe.write_all(stdin.as_bytes()).unwrap();
     drop(pipe);
-    let output = child.wait_with_output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    Run::from(child.wait_with_output().unwrap())
 }
 
 #[test]
@@ -446,8 +437,8 @@ fn get_kind_id_in_json_or_yaml_is_the_object_itself() {
 #[test]
 fn completion_scripts_for_bash_zsh_and_fish() {
     // Read whole (`orchestrator`, not `cli`): a script is larger than a pipe's buffer.
-    let nowhere = crate::temp_project();
-    let bash = crate::orchestrator(nowhere.path(), &["completion", "bash"]).expect_code(0);
+    let nowhere = crate::support::temp_project();
+    let bash = crate::support::orchestrator(nowhere.path(), &["completion", "bash"]).expect_code(0);
     assert!(
         bash.stdout.contains("complete -F _orchestrator"),
         "{}",
@@ -464,25 +455,25 @@ fn completion_scripts_for_bash_zsh_and_fish() {
         .output()
         .expect("bash");
     assert!(checked.status.success(), "{checked:?}");
-    let zsh = crate::orchestrator(nowhere.path(), &["completion", "zsh"]).expect_code(0);
+    let zsh = crate::support::orchestrator(nowhere.path(), &["completion", "zsh"]).expect_code(0);
     assert!(
         zsh.stdout.starts_with("#compdef orchestrator"),
         "{}",
         zsh.stdout
     );
-    let fish = crate::orchestrator(nowhere.path(), &["completion", "fish"]).expect_code(0);
+    let fish = crate::support::orchestrator(nowhere.path(), &["completion", "fish"]).expect_code(0);
     assert!(
         fish.stdout.contains("complete -c orchestrator"),
         "{}",
         fish.stdout
     );
-    crate::orchestrator(nowhere.path(), &["completion", "tcsh"]).expect_code(2);
+    crate::support::orchestrator(nowhere.path(), &["completion", "tcsh"]).expect_code(2);
     assert_eq!(tree(nowhere.path()), vec!["orchestrator.bash".to_owned()]);
 }
 
 #[test]
 fn help_names_every_kind_and_validate_its_exit_codes_and_formats() {
-    let dir = crate::temp_project();
+    let dir = crate::support::temp_project();
     let get = cli(dir.path(), &["get", "--help"]).expect_code(0);
     for kind in [
         "workflow",
@@ -522,7 +513,7 @@ fn help_names_every_kind_and_validate_its_exit_codes_and_formats() {
 
 #[test]
 fn alert_silence_by_label_works_as_the_readme_writes_it() {
-    let readme = fs::read_to_string(crate::repo_dir().join("README.md")).unwrap();
+    let readme = fs::read_to_string(crate::support::repo_dir().join("README.md")).unwrap();
     assert!(readme.contains("`orchestrator alert silence --label team=qa --for 1h`"));
     let project = project(&[]);
     let dir = project.path();
@@ -556,9 +547,9 @@ fn orchestrator_api_token_is_a_reference_read_by_the_server_and_the_cli_alike() 
     let refused = with_input(dir, &["workflow", "list"], "", &[]).expect_code(2);
     assert!(refused.stderr.contains("token"), "{}", refused.stderr);
     // It wins over the configuration file's server.api_token.
-    crate::server::edit_config(dir, "server:\n", "server:\n  api_token: env:OTHER_TOKEN\n");
+    crate::support::edit_config(dir, "server:\n", "server:\n  api_token: env:OTHER_TOKEN\n");
     with_input(dir, &["workflow", "list"], "", &env).expect_code(0);
-    let readme = fs::read_to_string(crate::repo_dir().join("README.md")).unwrap();
+    let readme = fs::read_to_string(crate::support::repo_dir().join("README.md")).unwrap();
     assert!(
         readme.contains("**`ORCHESTRATOR_API_TOKEN`** is the same setting as `server.api_token`")
             && readme.contains("Precedence, highest first:"),

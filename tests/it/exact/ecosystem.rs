@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::receivers::HttpRecorder;
-use crate::server::{eventually, project, Server, DEADLINE};
+use crate::support::{eventually, project, Api, Server};
 
 /// Deep-merges `patch` into the development configuration `init` wrote (rewritten as JSON,
 /// which is YAML), so a test adds its settings whatever sections the scaffold has.
@@ -141,34 +141,17 @@ struct Answer {
 }
 
 /// `method path` against the server at `address`, whatever the status.
-fn answer(address: &str, method: &str, path: &str) -> Answer {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .new_agent();
-    let url = format!("http://{address}{path}");
-    let reply = match method {
-        "GET" => agent.get(&url).call(),
-        "HEAD" => agent.head(&url).call(),
-        other => panic!("no {other} here"),
-    };
-    let mut reply = reply.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+fn answer(address: &str, method: &'static str, path: &str) -> Answer {
+    let reply = Api::new(address, None).request(method, path).send();
     let headers = reply
-        .headers()
-        .iter()
-        .filter(|(name, _)| *name != "date")
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                value.to_str().unwrap_or_default().to_owned(),
-            )
-        })
+        .headers
+        .into_iter()
+        .filter(|(name, _)| name != "date")
         .collect();
     Answer {
-        status: reply.status().as_u16(),
+        status: reply.status,
         headers,
-        body: reply.body_mut().read_to_string().unwrap_or_default(),
+        body: reply.text,
     }
 }
 
@@ -306,7 +289,7 @@ fn schemathesis_finds_no_mismatch_between_the_document_and_the_server() {
         ],
     );
     // Some data: a finished run, so runs, logs and metrics have something to show.
-    let api = crate::server::Api::new(&server.address, Some("ecosystem-token"));
+    let api = crate::support::Api::new(&server.address, Some("ecosystem-token"));
     let run = api.execute("wf_smoke", "{}");
     api.wait_finished(&run);
 

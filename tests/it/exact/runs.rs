@@ -10,8 +10,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::engine::{newest_run, step};
-use crate::server::{cli, project, Server};
+use crate::support::{cli, project, Server};
+use crate::support::{newest_run, step};
 
 /// A DAG where `unit` fails until the file `fixed` exists; `coverage` runs after it
 /// whatever happens (so it succeeded downstream of a failure), `lint` hangs off `build`

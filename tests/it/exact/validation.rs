@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::server::{cli, project, Server};
+use crate::support::{cli, project, write_files, Server};
 
 /// A custom agent in `agents/` and a workflow in `workflows/` that uses it.
 const AGENT: &str =
@@ -15,9 +15,7 @@ const AGENT: &str =
 const ONE: &str = "name: One\nsteps:\n  - name: smoke\n    agent: api_runner\n    action: run_tests\n    parameters:\n      test_suite: smoke\n";
 
 fn write(dir: &Path, path: &str, text: &str) {
-    let path = dir.join(path);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
+    write_files(dir, &[(path, text)]);
 }
 
 #[test]
@@ -252,7 +250,7 @@ fn secret_references_that_do_not_resolve_here_are_warnings() {
     );
     // Both resolve once the variable is set and the file exists.
     write(dir, "secrets/key.txt", "k\n");
-    let run = crate::server::command(dir)
+    let run = crate::support::command(dir)
         .args(["validate", "workflows/secretive.yaml"])
         .env("VALIDATION_TEST_TOKEN", "t")
         .output()
@@ -380,7 +378,7 @@ fn without_comments(text: &str) -> String {
 /// what it said. Our `duration` format (`5m`, `1h30m`) is not ISO 8601's, so that format is
 /// left to `validate`.
 fn check_jsonschema(schema: &str, files: &[std::path::PathBuf]) -> (bool, String) {
-    let schema_file = crate::repo_dir().join(format!("schemas/{schema}.json"));
+    let schema_file = crate::support::repo_dir().join(format!("schemas/{schema}.json"));
     let output = std::process::Command::new("check-jsonschema")
         .args(["--disable-formats", "duration", "--schemafile"])
         .arg(&schema_file)
@@ -401,7 +399,7 @@ fn check_jsonschema(schema: &str, files: &[std::path::PathBuf]) -> (bool, String
 
 #[test]
 fn the_published_schemas_accept_every_example_manifest() {
-    let repo = crate::repo_dir();
+    let repo = crate::support::repo_dir();
     let temp = project(&[]);
     let mut files = Vec::new();
     for root in [repo.clone(), temp.path().to_owned()] {

@@ -7,14 +7,12 @@
 //! per event, no escapes, and no debug lines from commands run against the server.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::server::{cli, project, Server};
-use crate::triggers::create_webhook;
+use crate::support::{cli, create_webhook, project, raw_exchange, sign, Api, Server};
 
 /// Every schema the binary publishes.
 const SCHEMA_FILES: [&str; 8] = [
@@ -102,27 +100,12 @@ fn check_jsonschema(dir: &Path, args: &[&str]) -> (bool, String) {
 
 /// A raw HTTP/1.1 GET with the given Host; returns the status and the body.
 fn get_with_host(address: &str, host: &str, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(crate::server::DEADLINE))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {raw}"));
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let reply = raw_exchange(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n"),
+        b"",
+    );
+    (reply.status, reply.text)
 }
 
 #[test]
@@ -213,7 +196,7 @@ fn manifests_written_by_the_server_put_back_the_schemas_their_modelines_name() {
 
 #[test]
 fn schemas_export_writes_every_schema_anywhere() {
-    let project = crate::temp_project();
+    let project = crate::support::temp_project();
     let dir = project.path();
     let run = cli(dir, &["schemas", "export", "out/json-schemas"]).expect_code(0);
     let out = dir.join("out/json-schemas");
@@ -293,11 +276,6 @@ fn the_server_serves_the_schemas_without_a_token_behind_the_host_check() {
     assert!(!ok, "a configuration is no workflow: {text}");
 }
 
-/// `sha256=<hex HMAC-SHA256>` of `body` under `secret`.
-fn sign(secret: &str, body: &[u8]) -> String {
-    crate::replay_auth::sign(secret, body)
-}
-
 /// Sends a GitHub delivery to `path`; returns the status and the JSON answer.
 fn github_delivery(
     address: &str,
@@ -306,26 +284,13 @@ fn github_delivery(
     body: &str,
     signature: Option<String>,
 ) -> (u16, Value) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(crate::server::DEADLINE))
-        .build()
-        .new_agent();
-    let mut request = agent
-        .post(format!("http://{address}{path}"))
-        .header("Content-Type", "application/json")
-        .header("X-GitHub-Event", "push")
-        .header("X-GitHub-Delivery", delivery);
-    if let Some(signature) = signature {
-        request = request.header("X-Hub-Signature-256", signature);
+    let mut headers = vec![("X-GitHub-Event", "push"), ("X-GitHub-Delivery", delivery)];
+    if let Some(signature) = &signature {
+        headers.push(("X-Hub-Signature-256", signature));
     }
-    let mut response = request.send(body).expect("an answer");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    let reply = Api::new(address, None).post_with(path, &headers, body);
+    let answer = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    (reply.status, answer)
 }
 
 #[test]
@@ -448,7 +413,7 @@ fn scaffolded_alerts_name_channels_every_environment_defines_and_log_appends_jso
     fs::write(&config, text).unwrap();
     let _server = Server::start(dir);
     let log = dir.join("logs/alerts.log");
-    let line = crate::server::eventually("a line in logs/alerts.log", || {
+    let line = crate::support::eventually("a line in logs/alerts.log", || {
         let text = fs::read_to_string(&log).ok()?;
         text.lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -545,7 +510,7 @@ fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_n
     let project = project(&[("triggers/unset.yaml", UNSET_SECRET_TRIGGER)]);
     let dir = project.path();
     // Not a terminal, and no NO_COLOR: colour must still stay out of the file.
-    let started = crate::server::command(dir)
+    let started = crate::support::command(dir)
         .args(["start", "--background", "--port", "0", "--verbose"])
         .env_remove("NO_COLOR")
         .output()
@@ -566,7 +531,7 @@ fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_n
     );
     assert_eq!(status, 503, "{answer}");
     // Commands run against the server, verbose too: their debug lines stay on their stderr.
-    let listed = crate::server::command(dir)
+    let listed = crate::support::command(dir)
         .args(["--verbose", "workflow", "list"])
         .env_remove("NO_COLOR")
         .output()
@@ -590,7 +555,7 @@ fn a_background_server_logs_each_event_once_without_escapes_and_cli_guests_add_n
     assert_eq!(refusals, 1, "one line per event:\n{log}");
     assert!(
         log.lines()
-            .any(|l| l.contains(" DEBUG orchestrator::server")),
+            .any(|l| l.contains(" DEBUG orchestrator::controller::")),
         "the server's own debug lines are there (--verbose):\n{log}"
     );
     assert!(

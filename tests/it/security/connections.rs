@@ -13,28 +13,15 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
-use crate::server::{base_and_agent, eventually, project, Server, DEADLINE};
+use crate::support::{
+    edit_config, eventually, eventually_every, project, server_address, sign, Api, Server, DEADLINE,
+};
 
 /// Adds lines under `server:` in the project's development configuration.
 fn server_settings(dir: &Path, lines: &str) {
-    let path = dir.join("config/development.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("\nserver:\n"), "{text}");
-    std::fs::write(
-        &path,
-        text.replacen("\nserver:\n", &format!("\nserver:\n{lines}"), 1),
-    )
-    .unwrap();
-}
-
-/// `host:port` of the server running in `dir`.
-fn address(dir: &Path) -> String {
-    let (base, _) = base_and_agent(dir);
-    base.trim_start_matches("http://").to_owned()
+    edit_config(dir, "\nserver:\n", &format!("\nserver:\n{lines}"));
 }
 
 /// A field of `/proc/<pid>/status`, in KiB.
@@ -159,7 +146,7 @@ fn partial_headers_are_cut_off_and_idle_connections_close() {
     let dir = project.path();
     server_settings(dir, "  header_read_timeout: 1s\n  idle_timeout: 3s\n");
     let server = Server::start(dir);
-    let address = address(dir);
+    let address = server_address(dir);
 
     // 300 clients that start a request and never finish its headers.
     let started = Instant::now();
@@ -218,7 +205,7 @@ fn a_half_sent_request_does_not_hold_up_the_shutdown() {
     server_settings(dir, "  header_read_timeout: 10m\n  idle_timeout: 10m\n");
     let grace = Duration::from_secs(2);
     let mut server = Server::start_with(dir, &[("ORCHESTRATOR_SHUTDOWN_GRACE", "2")]);
-    let address = address(dir);
+    let address = server_address(dir);
     // Headers cut off half-way.
     let mut headers = TcpStream::connect(&address).unwrap();
     headers
@@ -259,7 +246,7 @@ fn the_connection_cap_holds_new_connections_until_others_close() {
     let dir = project.path();
     server_settings(dir, "  max_connections: 8\n");
     let server = Server::start(dir);
-    let address = address(dir);
+    let address = server_address(dir);
     let mut served: Vec<TcpStream> = (0..8)
         .map(|_| {
             let socket = TcpStream::connect(&address).unwrap();
@@ -319,28 +306,11 @@ fn webhook_project() -> tempfile::TempDir {
     ])
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// POSTs a delivery with the given headers; the answer's status and JSON.
 fn deliver(dir: &Path, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-    let (base, agent) = base_and_agent(dir);
-    let mut request = agent
-        .post(format!("{base}{path}"))
-        .header("Content-Type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut response = request.send(body).expect("an answer");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
+    let reply = Api::of_project(dir).post_with(path, headers, body);
+    let body = serde_json::from_str(&reply.text).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    (reply.status, body)
 }
 
 /// A push to `main` the test trigger accepts.
@@ -348,10 +318,9 @@ const PUSH: &[u8] =
     br#"{"ref": "refs/heads/main", "after": "0123456789abcdef0123456789abcdef01234567"}"#;
 
 fn get_json(dir: &Path, path: &str) -> Value {
-    let (base, agent) = base_and_agent(dir);
-    let mut response = agent.get(format!("{base}{path}")).call().unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap()
+    let reply = Api::of_project(dir).get(path);
+    assert_eq!(reply.status, 200);
+    serde_json::from_str(&reply.text).unwrap()
 }
 
 #[test]
@@ -360,7 +329,7 @@ fn parallel_unsigned_webhook_bodies_are_buffered_under_a_budget() {
     let project = webhook_project();
     let dir = project.path();
     let server = Server::start(dir);
-    let address = address(dir);
+    let address = server_address(dir);
     let idle = status_kib(server.pid(), "VmRSS");
     // Eight senders without the secret, each announcing 24 MB and waiting for
     // `100 Continue` as curl does: the budget lets two in, the others are told to retry.
@@ -438,7 +407,7 @@ fn parallel_unsigned_webhook_bodies_are_buffered_under_a_budget() {
     );
     // Budget given back: a signed delivery goes through.
     let body = PUSH;
-    let signature = sign(body);
+    let signature = sign(SECRET, body);
     let (status, answer) = deliver(
         dir,
         "/hooks/push",
@@ -488,7 +457,7 @@ fn a_stalled_webhook_body_gives_its_share_of_the_budget_back() {
     let dir = project.path();
     server_settings(dir, "  body_read_timeout: 2s\n");
     let _server = Server::start(dir);
-    let address = address(dir);
+    let address = server_address(dir);
     // Two senders take the whole budget and then send almost nothing.
     let mut stalled = Vec::new();
     for i in 0..2 {
@@ -516,7 +485,7 @@ fn a_slow_request_body_is_cut_off_on_every_route() {
     let dir = project.path();
     server_settings(dir, "  body_read_timeout: 2s\n");
     let _server = Server::start(dir);
-    let address = address(dir);
+    let address = server_address(dir);
     // A body that trickles in a byte at a time keeps the connection busy (no idle timeout
     // fires while a request is in progress), so only a deadline on the whole body ends it.
     // The trickle stops short of the deadline: bytes the server never reads would turn its
@@ -561,7 +530,7 @@ fn rejected_deliveries_do_not_push_accepted_ones_out_of_the_history() {
     let dir = project.path();
     let _server = Server::start(dir);
     let body = PUSH;
-    let signature = sign(body);
+    let signature = sign(SECRET, body);
     for i in 0..3 {
         let delivery = format!("signed-{i}");
         let (status, answer) = deliver(
@@ -616,7 +585,7 @@ fn a_github_delivery_without_its_id_is_refused() {
     let _server = Server::start(dir);
     let before = get_json(dir, "/api/runs")["total"].as_u64().unwrap();
     let body = PUSH;
-    let signature = sign(body);
+    let signature = sign(SECRET, body);
     let (status, answer) = deliver(
         dir,
         "/hooks/push",
@@ -663,17 +632,17 @@ fn a_missing_trigger_secret_is_not_named_to_the_sender() {
     let dir = project.path();
     let _server = Server::start(dir);
     let body = br#"{"ref": "refs/heads/main"}"#;
-    let (base, agent) = base_and_agent(dir);
-    let mut response = agent
-        .post(format!("{base}/hooks/broken"))
-        .header("Content-Type", "application/json")
-        .header("X-GitHub-Event", "push")
-        .header("X-GitHub-Delivery", "d-1")
-        .header("X-Hub-Signature-256", "sha256=00")
-        .send(&body[..])
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 503);
-    let text = response.body_mut().read_to_string().unwrap();
+    let reply = Api::of_project(dir).post_with(
+        "/hooks/broken",
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "d-1"),
+            ("X-Hub-Signature-256", "sha256=00"),
+        ],
+        &body[..],
+    );
+    assert_eq!(reply.status, 503);
+    let text = reply.text;
     assert!(!text.contains(VARIABLE), "{text}");
     let answer: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
@@ -733,7 +702,7 @@ fn memory_comes_back_after_a_large_run_and_thousands_of_websockets() {
     let server = Server::start(dir);
     let pid = server.pid();
     let api = server.api();
-    let address = address(dir);
+    let address = server_address(dir);
     // Idle: after the first requests, so that lazily built state is there already.
     assert_eq!(api.get("/api/status").expect(200)["ready"], true);
     let idle = status_kib(pid, "VmRSS");
@@ -747,33 +716,22 @@ fn memory_comes_back_after_a_large_run_and_thousands_of_websockets() {
         )
     };
 
-    let (base, agent) = base_and_agent(dir);
-    let mut response = agent
-        .post(format!("{base}/api/workflows/wf_chain/execute"))
-        .header("Content-Type", "application/json")
-        .send("{}")
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let run: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    let run = run["run_id"].as_str().unwrap().to_owned();
-    let finished = {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
+    let accepted = api.post("/api/workflows/wf_chain/execute", "{}");
+    assert_eq!(accepted.status, 202);
+    let run = accepted.json(202)["run_id"].as_str().unwrap().to_owned();
+    let finished = eventually_every(
+        &format!("the {CHAIN_STEPS}-step run to finish"),
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || {
             let shown = api.get(&format!("/api/runs/{run}")).expect(200);
             let status = shown["run"]["status"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            if status != "queued" && status != "running" {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the {CHAIN_STEPS}-step run did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+            (status != "queued" && status != "running").then_some(status)
+        },
+    );
     assert_eq!(finished, "succeeded");
     let after_run = within("the large run");
 

@@ -15,8 +15,10 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::browser::{runtime, Browser, DESKTOP};
-use crate::replay_auth::{parse_answer, project_files, Answer};
-use crate::server::{cli, edit_config, eventually, project, Api, Server, DEADLINE};
+use crate::support::{
+    cli, edit_config, eventually, project, project_files, raw_exchange, Api, Reply, Server,
+    DEADLINE,
+};
 
 /// A workflow whose one step says `ran` and leaves a file behind: that it ran shows.
 fn mark(marker: &Path) -> String {
@@ -37,32 +39,13 @@ fn marked_project() -> tempfile::TempDir {
     project
 }
 
-/// Sends `head` (request line and headers, each line ended by CRLF, without the blank line)
-/// and `body` over a fresh connection, exactly as written; `Content-Length` and
-/// `Connection: close` are added.
-fn send(address: &str, head: &str, body: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(address).expect("connect to the server");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut bytes = format!(
-        "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(body);
-    stream.write_all(&bytes).expect("send the request");
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    parse_answer(&raw)
-        .unwrap_or_else(|| panic!("no answer to {head:?}: {}", String::from_utf8_lossy(&raw)))
-}
-
 /// One request with `Host: <address>` and the given headers.
-fn call(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+fn call(address: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    send(address, &head, body.as_bytes())
+    raw_exchange(address, &head, body.as_bytes())
 }
 
 /// The number of runs, asked with `token` when given.
@@ -235,7 +218,7 @@ fn cross_origin_requests_and_foreign_hosts_change_nothing() {
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\nContent-Type: application/json\r\n"
         );
-        let answer = send(&address, &head, body.as_bytes());
+        let answer = raw_exchange(&address, &head, body.as_bytes());
         assert_eq!(
             answer.status, 421,
             "{here} with a foreign Host: {answer:#?}"
@@ -255,7 +238,7 @@ fn cross_origin_requests_and_foreign_hosts_change_nothing() {
     let head = format!(
         "POST /api/manifests HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\nContent-Type: application/json\r\n"
     );
-    let error = send(&address, &head, manifest.as_bytes()).error(421, "host_not_allowed");
+    let error = raw_exchange(&address, &head, manifest.as_bytes()).error(421, "host_not_allowed");
     let message = error["message"].as_str().unwrap();
     assert!(message.contains("rebind.attacker.example"), "{message}");
     assert!(message.contains("server.allowed_hosts"), "{message}");
@@ -269,10 +252,10 @@ fn cross_origin_requests_and_foreign_hosts_change_nothing() {
         "/metrics",
     ] {
         let head = format!("GET {path} HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\n");
-        send(&address, &head, b"").error(421, "host_not_allowed");
+        raw_exchange(&address, &head, b"").error(421, "host_not_allowed");
     }
     // No Host at all (HTTP/1.0): refused too.
-    send(&address, "GET /api/status HTTP/1.0\r\n", b"").error(421, "host_not_allowed");
+    raw_exchange(&address, "GET /api/status HTTP/1.0\r\n", b"").error(421, "host_not_allowed");
     // The server's own names, with or without the port.
     for host in [
         format!("localhost:{port}"),
@@ -281,15 +264,15 @@ fn cross_origin_requests_and_foreign_hosts_change_nothing() {
         format!("127.0.0.1:{port}"),
     ] {
         let head = format!("GET /api/status HTTP/1.1\r\nHost: {host}\r\n");
-        send(&address, &head, b"").json(200);
+        raw_exchange(&address, &head, b"").json(200);
     }
     // Probes answer whatever their Host (a pod's IP); webhooks rely on their signatures.
     for path in ["/healthz", "/readyz"] {
         let head = format!("GET {path} HTTP/1.1\r\nHost: 10.1.2.3:{port}\r\n");
-        assert_eq!(send(&address, &head, b"").status, 200, "{path}");
+        assert_eq!(raw_exchange(&address, &head, b"").status, 200, "{path}");
     }
     let head = "POST /hooks/push HTTP/1.1\r\nHost: smee.example\r\nOrigin: https://github.com\r\nContent-Type: text/plain\r\n";
-    let answer = send(&address, head, b"{}");
+    let answer = raw_exchange(&address, head, b"{}");
     assert!(
         ![403, 415, 421].contains(&answer.status),
         "the guard stopped a webhook: {answer:#?}"
@@ -323,7 +306,7 @@ fn cross_origin_requests_and_foreign_hosts_change_nothing() {
         tokio_tungstenite::connect_async(request)
             .await
             .expect("/ws from the dashboard's own origin");
-        crate::server::ws_connect(&address, None).await;
+        crate::support::ws_connect(&address, None).await;
     });
 
     // The guide's curl examples, as written (no Origin; JSON where there is a body).
@@ -523,7 +506,7 @@ fn blank_tokens_are_refused_at_start() {
     assert!(!dir.join("data/server.json").exists());
     // The same from an environment variable.
     std::fs::write(dir.join("secrets/token"), "fine-token").unwrap();
-    let mut child = crate::server::command(dir)
+    let mut child = crate::support::command(dir)
         .args(["start", "--port", "0"])
         .env("ORCHESTRATOR_API_TOKEN", "env:TEST_BLANK")
         .env("TEST_BLANK", " ")

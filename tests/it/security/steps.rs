@@ -7,13 +7,12 @@
 use std::fs;
 use std::path::Path;
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::engine::step;
-use crate::server::{cli, eventually, project, Server, DEADLINE};
+use crate::support::{
+    cli, edit_config, eventually, project, server_address, step, ws_connect, ws_next, ws_subscribe,
+    Api, Server, Ws,
+};
 
 /// Values placed in the server's environment that no step may see.
 const WEBHOOK_SECRET: &str = "topsecret-webhook-5c1e";
@@ -81,43 +80,27 @@ steps:
 
 /// An HTTP client of the server in `dir`, with a token when one is set.
 struct Client {
-    base: String,
-    agent: ureq::Agent,
-    token: Option<String>,
+    api: Api,
+    address: String,
 }
 
 impl Client {
     fn new(server: &Server, dir: &Path, token: Option<&str>) -> Client {
         let _ = server;
-        let (base, agent) = crate::server::base_and_agent(dir);
+        let address = server_address(dir);
         Client {
-            base,
-            agent,
-            token: token.map(str::to_owned),
+            api: Api::new(&address, token),
+            address,
         }
     }
 
     fn address(&self) -> &str {
-        self.base.trim_start_matches("http://")
+        &self.address
     }
 
     fn text(&self, path: &str) -> (u16, String) {
-        let mut request = self.agent.get(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.call().expect("an HTTP answer");
-        let status = response.status().as_u16();
-        (
-            status,
-            response.body_mut().read_to_string().expect("a body"),
-        )
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let (status, text) = self.text(path);
-        assert_eq!(status, 200, "GET {path}: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+        let reply = self.api.get(path);
+        (reply.status, reply.text)
     }
 
     /// Starts a run of the workflow; returns its id.
@@ -127,27 +110,17 @@ impl Client {
 
     /// Starts a run with a request body; returns its id.
     fn execute_with(&self, workflow: &str, body: &str) -> String {
-        let mut request = self
-            .agent
-            .post(format!("{}/api/workflows/{workflow}/execute", self.base))
-            .header("Content-Type", "application/json");
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let mut response = request.send(body).expect("an HTTP answer");
-        let text = response.body_mut().read_to_string().unwrap();
-        assert_eq!(response.status().as_u16(), 202, "{text}");
-        let accepted: Value = serde_json::from_str(&text).unwrap();
+        let reply = self
+            .api
+            .post(&format!("/api/workflows/{workflow}/execute"), body);
+        assert_eq!(reply.status, 202, "{}", reply.text);
+        let accepted: Value = serde_json::from_str(&reply.text).unwrap();
         accepted["run_id"].as_str().expect("run_id").to_owned()
     }
 
     /// Polls the run until it is final; returns `{"run", "steps"}`.
     fn finished(&self, run: &str) -> Value {
-        eventually(&format!("run {run} to finish"), || {
-            let shown = self.json(&format!("/api/runs/{run}"));
-            let status = shown["run"]["status"].as_str().unwrap_or_default();
-            (status != "queued" && status != "running").then_some(shown)
-        })
+        self.api.wait_finished(run)
     }
 }
 
@@ -158,41 +131,17 @@ fn assert_no_secret(what: &str, text: &str) {
 }
 
 /// Connects to `/ws` with the token and subscribes to `run_log` and `workflow_completed`.
-async fn subscribe(address: &str, token: &str) -> crate::server::Ws {
-    let mut request = format!("ws://{address}/ws").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect to /ws");
-    ws.send(Message::text(
-        json!({"type": "subscribe", "events": ["run_log", "workflow_completed"]}).to_string(),
-    ))
-    .await
-    .unwrap();
-    while next(&mut ws).await["type"] != "subscribed" {}
+async fn subscribe(address: &str, token: &str) -> Ws {
+    let mut ws = ws_connect(address, Some(token)).await;
+    ws_subscribe(&mut ws, &["run_log", "workflow_completed"]).await;
     ws
 }
 
-async fn next(ws: &mut crate::server::Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .expect("a message within the deadline")
-            .expect("the stream is open")
-            .expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(text.as_str()).unwrap();
-        }
-    }
-}
-
 /// The `run_log` text of one step of a run, read until the run completes.
-async fn streamed_log(ws: &mut crate::server::Ws, run: &str, step: &str) -> String {
+async fn streamed_log(ws: &mut Ws, run: &str, step: &str) -> String {
     let mut text = String::new();
     loop {
-        let event = next(ws).await;
+        let event = ws_next(ws).await;
         let payload = &event["payload"];
         match event["type"].as_str() {
             Some("run_log") if payload["run_id"] == run && payload["step"] == step => {
@@ -472,18 +421,11 @@ fn a_step_log_is_cut_at_its_cap() {
         "name: Loud\nsteps:\n  - name: loud\n    command: \"yes 0123456789abcdef | head -c 1000000; echo done\"\n",
     )]);
     let dir = project.path();
-    let config = dir.join("config/development.yaml");
-    let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains("  max_parallel: 4\n"), "{text}");
-    fs::write(
-        &config,
-        text.replacen(
-            "  max_parallel: 4\n",
-            "  max_parallel: 4\n  max_log_bytes: 4096\n",
-            1,
-        ),
-    )
-    .unwrap();
+    edit_config(
+        dir,
+        "  max_parallel: 4\n",
+        "  max_parallel: 4\n  max_log_bytes: 4096\n",
+    );
     let server = Server::start(dir);
     let client = Client::new(&server, dir, None);
     let run = client.execute("wf_loud");

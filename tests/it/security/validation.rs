@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::server::{base_and_agent, cli, project, Server};
-use crate::triggers::create_webhook;
+use crate::support::{cli, create_webhook, project, Api, Server};
 
 /// The reproduction: a trigger maps a pull request's title into a parameter that a
 /// step pastes into `sh -c`.
@@ -257,17 +256,14 @@ fn api_and_system_logs_rotate_by_size_and_keep_max_files() {
     );
     std::fs::write(&config, text).unwrap();
     let server = Server::start(dir);
-    let (base, agent) = base_and_agent(dir);
+    let api = Api::of_project(dir);
     // Each request is one line of the access log (and debug lines in system.log).
     for index in 0..300 {
-        let answer = agent
-            .get(format!("{base}/api/workflows/wf_n{index}"))
-            .call()
-            .unwrap();
-        assert_eq!(answer.status(), 404);
+        let answer = api.get(&format!("/api/workflows/wf_n{index}"));
+        assert_eq!(answer.status, 404);
     }
     let logs = dir.join("logs");
-    let api = crate::server::eventually("api.log to rotate twice", || {
+    let api = crate::support::eventually("api.log to rotate twice", || {
         let names = files_named(&logs, "api.log");
         (names.len() == 3).then_some(names)
     });
@@ -379,17 +375,11 @@ fn a_full_disk_is_survived_without_a_restart() {
     let dir = tmpfs.path();
     cli(dir, &["init"]).expect_code(0);
     let server = Server::start(dir);
-    let (base, agent) = base_and_agent(dir);
-    let status = |path: &str| agent.get(format!("{base}{path}")).call().unwrap().status();
+    let api = Api::of_project(dir);
+    let status = |path: &str| api.get(path).status;
     let post = |path: &str, body: &str| {
-        let mut answer = agent
-            .post(format!("{base}{path}"))
-            .header("Content-Type", "application/json")
-            .send(body)
-            .unwrap();
-        let code = answer.status().as_u16();
-        let text = answer.body_mut().read_to_string().unwrap_or_default();
-        (code, text)
+        let answer = api.post(path, body);
+        (answer.status, answer.text)
     };
     let manifest = |name: &str| {
         serde_json::json!({"kind": "Workflow", "manifest": {"name": name,
@@ -417,7 +407,7 @@ fn a_full_disk_is_survived_without_a_restart() {
     assert!(!dir.join("workflows/during.yaml").exists());
     // Runs need the store: a write fails (sled's buffer may take a few), and then the
     // server says it is not ready.
-    let failed = crate::server::eventually("a store write to fail", || {
+    let failed = crate::support::eventually("a store write to fail", || {
         let (code, text) = post("/api/workflows/wf_before/execute", "{}");
         if code == 202 {
             let run: Value = serde_json::from_str(&text).unwrap();
@@ -429,14 +419,14 @@ fn a_full_disk_is_survived_without_a_restart() {
     assert!((500..600).contains(&failed.0), "{failed:?}");
     let error: Value = serde_json::from_str(&failed.1).unwrap();
     assert!(error["error"]["code"].is_string(), "{failed:?}");
-    crate::server::eventually("/readyz to answer 503", || {
+    crate::support::eventually("/readyz to answer 503", || {
         (status("/readyz") == 503).then_some(())
     });
     assert_eq!(temporary_files(dir), Vec::<String>::new());
 
     // Space comes back: without a restart, the server is ready and writes succeed.
     std::fs::remove_file(&filler).unwrap();
-    crate::server::eventually("/readyz to answer 200 again", || {
+    crate::support::eventually("/readyz to answer 200 again", || {
         (status("/readyz") == 200).then_some(())
     });
     let (code, text) = post("/api/manifests", &manifest("After"));
@@ -453,10 +443,10 @@ fn a_full_disk_is_survived_without_a_restart() {
     drop(server);
     // And after a restart too.
     let _server = Server::start(dir);
-    let (base, agent) = base_and_agent(dir);
+    let api = Api::of_project(dir);
     for run in &acknowledged {
-        let answer = agent.get(format!("{base}/api/runs/{run}")).call().unwrap();
-        assert_eq!(answer.status(), 200, "{run}");
+        let answer = api.get(&format!("/api/runs/{run}"));
+        assert_eq!(answer.status, 200, "{run}");
     }
 }
 

@@ -1,4 +1,5 @@
-//! The alert condition language, such as `system.cpu_percent > 80 and workflow.failure_rate > 0.1`.
+//! The alert condition dialect of the expression language ([`super::expr`]), such as
+//! `system.cpu_percent > 80 and workflow.failure_rate > 0.1`.
 //!
 //! A condition is a set of comparisons `<metric> <op> <number>` joined by `and` and `or`,
 //! where `and` binds tighter than `or` and parentheses group. A metric is a dotted name,
@@ -11,13 +12,11 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// How deeply parentheses may nest. The parser is recursive, so a limit keeps hostile
-/// input such as a million `(` from overflowing the stack.
-const MAX_NESTING: usize = 32;
+pub use super::expr::CompareOp;
+use super::expr::{Expr, ExprError, Grammar, LexError, Parser, Syntax, Token, TokenKind};
 
-/// How many comparisons one condition may hold. Conditions are evaluated, printed and
-/// dropped recursively, so this bounds the depth of the tree as well as its size.
-const MAX_COMPARISONS: usize = 256;
+/// How many comparisons one condition may hold.
+const MAX_COMPARISONS: usize = super::expr::MAX_OPERANDS;
 
 /// Metrics about the host, which take no labels.
 pub const SYSTEM_METRICS: [&str; 9] = [
@@ -55,16 +54,25 @@ const AGENT_SUFFIXES: [&str; 5] = [
 /// The comparison operators in the order they are listed in messages.
 const OPERATORS: &str = ">, >=, <, <=, ==, !=";
 
-/// A parsed alert condition.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Condition {
-    /// A single comparison of a metric against a threshold.
-    Compare(Comparison),
-    /// True when both sides are true.
-    And(Box<Condition>, Box<Condition>),
-    /// True when either side is true.
-    Or(Box<Condition>, Box<Condition>),
-}
+/// What the alert dialect's lexer accepts: double-quoted label values with `\"` and `\\`
+/// escapes, `and`/`or` in any case (never `&&`/`||`), strict numbers, label selectors.
+const SYNTAX: Syntax = Syntax {
+    quotes: &['"'],
+    escapes: true,
+    logic_symbols: false,
+    not_word: false,
+    words_any_case: true,
+    selectors: true,
+    strict_numbers: true,
+    lex_message,
+};
+
+/// A parsed alert condition: comparisons joined by `and` and `or` (the parser makes no
+/// `Not`).
+pub type Condition = Expr<Comparison>;
+
+/// Why a condition was rejected.
+pub type ConditionError = ExprError;
 
 /// A comparison `<metric> <op> <threshold>`.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,82 +94,6 @@ pub struct MetricRef {
     pub labels: Vec<(String, String)>,
 }
 
-/// A comparison operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum CompareOp {
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-}
-
-impl CompareOp {
-    /// Applies the operator as `lhs <op> rhs`, with IEEE 754 semantics for NaN.
-    pub fn apply(self, lhs: f64, rhs: f64) -> bool {
-        match self {
-            CompareOp::Gt => lhs > rhs,
-            CompareOp::Ge => lhs >= rhs,
-            CompareOp::Lt => lhs < rhs,
-            CompareOp::Le => lhs <= rhs,
-            CompareOp::Eq => lhs == rhs,
-            CompareOp::Ne => lhs != rhs,
-        }
-    }
-
-    fn symbol(self) -> &'static str {
-        match self {
-            CompareOp::Gt => ">",
-            CompareOp::Ge => ">=",
-            CompareOp::Lt => "<",
-            CompareOp::Le => "<=",
-            CompareOp::Eq => "==",
-            CompareOp::Ne => "!=",
-        }
-    }
-}
-
-impl fmt::Display for CompareOp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.symbol())
-    }
-}
-
-/// Why a condition was rejected.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("column {column}: {message}")]
-pub struct ConditionError {
-    /// The 1-based character column in the condition text where the problem was found.
-    pub column: usize,
-    /// What is wrong and what was expected instead.
-    pub message: String,
-}
-
-impl ConditionError {
-    fn new(column: usize, message: impl Into<String>) -> Self {
-        ConditionError {
-            column,
-            message: message.into(),
-        }
-    }
-
-    /// The message validation reports for a condition field with this error (the API's
-    /// condition check answers the same words).
-    pub fn validation_message(&self) -> String {
-        format!(
-            "invalid condition at column {}: {}",
-            self.column, self.message
-        )
-    }
-}
-
 /// Parses an alert condition such as `system.cpu_percent > 80`.
 ///
 /// # Errors
@@ -170,7 +102,29 @@ impl ConditionError {
 /// an empty condition, an unknown metric or label, a malformed comparison or number,
 /// unbalanced parentheses, trailing text, or input beyond the nesting and size limits.
 pub fn parse_condition(text: &str) -> Result<Condition, ConditionError> {
-    Parser::new(text).parse()
+    let mut parser = Parser::new(text, &SYNTAX);
+    if parser.peek()?.kind == TokenKind::End {
+        return Err(ExprError::new(
+            1,
+            "empty condition: expected a comparison like `system.cpu_percent > 80`",
+        ));
+    }
+    let condition = parser.or(&mut AlertGrammar { comparisons: 0 })?;
+    let token = parser.advance()?;
+    match token.kind {
+        TokenKind::End => Ok(condition),
+        TokenKind::RParen => Err(ExprError::new(
+            token.column,
+            "unexpected `)` with no matching `(`",
+        )),
+        _ => Err(ExprError::new(
+            token.column,
+            format!(
+                "expected `and`, `or` or the end of the condition, found {}",
+                describe(&token)
+            ),
+        )),
+    }
 }
 
 impl FromStr for Condition {
@@ -189,71 +143,23 @@ impl Condition {
     /// `true or unknown` is `true`, so a missing metric only hides the result when the
     /// result depends on it.
     pub fn evaluate(&self, lookup: &dyn Fn(&MetricRef) -> Option<f64>) -> Option<bool> {
-        match self {
-            Condition::Compare(comparison) => lookup(&comparison.metric)
-                .map(|value| comparison.op.apply(value, comparison.threshold)),
-            Condition::And(left, right) => match (left.evaluate(lookup), right.evaluate(lookup)) {
-                (Some(false), _) | (_, Some(false)) => Some(false),
-                (Some(true), Some(true)) => Some(true),
-                _ => None,
-            },
-            Condition::Or(left, right) => match (left.evaluate(lookup), right.evaluate(lookup)) {
-                (Some(true), _) | (_, Some(true)) => Some(true),
-                (Some(false), Some(false)) => Some(false),
-                _ => None,
-            },
+        let outcome: Result<Option<bool>, std::convert::Infallible> =
+            self.evaluate_with(&mut |comparison: &Comparison| {
+                Ok(lookup(&comparison.metric)
+                    .map(|value| comparison.op.apply(value, comparison.threshold)))
+            });
+        match outcome {
+            Ok(value) => value,
+            Err(never) => match never {},
         }
     }
 
     /// The metrics the condition reads, left to right, repeated if referenced repeatedly.
     pub fn metrics(&self) -> Vec<&MetricRef> {
-        let mut metrics = Vec::new();
-        self.collect_metrics(&mut metrics);
-        metrics
-    }
-
-    fn collect_metrics<'a>(&'a self, metrics: &mut Vec<&'a MetricRef>) {
-        match self {
-            Condition::Compare(comparison) => metrics.push(&comparison.metric),
-            Condition::And(left, right) | Condition::Or(left, right) => {
-                left.collect_metrics(metrics);
-                right.collect_metrics(metrics);
-            }
-        }
-    }
-}
-
-/// Writes the canonical text, which parses back to an equal condition.
-///
-/// Parentheses are added only where the tree differs from what precedence and left
-/// associativity would produce, so `a or b and c` prints without any.
-impl fmt::Display for Condition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Condition::Compare(comparison) => write!(f, "{comparison}"),
-            Condition::And(left, right) => {
-                write_operand(f, left, matches!(**left, Condition::Or(..)))?;
-                f.write_str(" and ")?;
-                write_operand(f, right, !matches!(**right, Condition::Compare(_)))
-            }
-            Condition::Or(left, right) => {
-                write_operand(f, left, false)?;
-                f.write_str(" or ")?;
-                write_operand(f, right, matches!(**right, Condition::Or(..)))
-            }
-        }
-    }
-}
-
-fn write_operand(
-    f: &mut fmt::Formatter<'_>,
-    operand: &Condition,
-    parenthesize: bool,
-) -> fmt::Result {
-    if parenthesize {
-        write!(f, "({operand})")
-    } else {
-        write!(f, "{operand}")
+        self.atoms()
+            .into_iter()
+            .map(|comparison| &comparison.metric)
+            .collect()
     }
 }
 
@@ -285,6 +191,47 @@ impl fmt::Display for MetricRef {
             f.write_str("\"")?;
         }
         f.write_str("}")
+    }
+}
+
+/// The alert dialect's words for a lexical error.
+fn lex_message(error: &LexError, _text: &str) -> String {
+    match error {
+        LexError::UnexpectedChar(c) => format!(
+            "unexpected character `{c}`: expected a metric, a comparison, \
+             a number, `and`, `or` or parentheses"
+        ),
+        LexError::UnclosedString => "unterminated string: expected a closing `\"`".to_owned(),
+        LexError::UnknownEscape(shown) => {
+            format!("unknown escape `\\{shown}`: expected `\\\"` or `\\\\`")
+        }
+        LexError::BadNumber(text) | LexError::NumberTooLarge(text) => {
+            format!("number `{text}` is too large: expected a finite number")
+        }
+        LexError::MissingFractionDigits => {
+            "expected digits after the decimal point, as in `0.5`".to_owned()
+        }
+        LexError::MissingLeadingDigit => {
+            "expected a digit before the decimal point, as in `0.5`".to_owned()
+        }
+        LexError::PercentSign(text) => {
+            format!("percent signs are not allowed: write `{text}` instead of `{text}%`")
+        }
+        LexError::GluedToNumber(c, text) => format!(
+            "unexpected `{c}` after the number `{text}`: \
+             expected a plain number like `80` or `0.5`"
+        ),
+        LexError::LoneBang => "unexpected `!`: expected `!=`".to_owned(),
+        LexError::DoubleAmpersand => "`&&` is not supported: use `and`".to_owned(),
+        LexError::DoublePipe => "`||` is not supported: use `or`".to_owned(),
+    }
+}
+
+/// Describes a token for "found ..." in error messages.
+fn describe(token: &Token) -> String {
+    match token.kind {
+        TokenKind::End => "the end of the condition".to_string(),
+        _ => format!("`{}`", token.text),
     }
 }
 
@@ -386,541 +333,222 @@ fn edit_distance_within(a: &str, b: &str, limit: usize) -> Option<usize> {
     Some(strsim::levenshtein(a, b)).filter(|&distance| distance <= limit)
 }
 
-/// One lexical token with the column where it starts.
-#[derive(Debug, Clone, PartialEq)]
-struct Token {
-    kind: TokenKind,
-    column: usize,
-    /// The source text of the token, for error messages.
-    text: String,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum TokenKind {
-    Word(String),
-    Number(f64),
-    Op(CompareOp),
-    LParen,
-    RParen,
-    LBrace,
-    RBrace,
-    Comma,
-    Assign,
-    Str(String),
-    End,
-}
-
-impl Token {
-    /// Describes the token for "found ..." in error messages.
-    fn describe(&self) -> String {
-        match self.kind {
-            TokenKind::End => "the end of the condition".to_string(),
-            _ => format!("`{}`", self.text),
-        }
-    }
-
-    fn is_keyword(&self, keyword: &str) -> bool {
-        matches!(&self.kind, TokenKind::Word(word) if word.eq_ignore_ascii_case(keyword))
-    }
-}
-
-/// Splits the condition into tokens on demand, so errors are reported in text order.
-struct Lexer {
-    chars: Vec<char>,
-    pos: usize,
-}
-
-impl Lexer {
-    fn new(text: &str) -> Self {
-        Lexer {
-            chars: text.chars().collect(),
-            pos: 0,
-        }
-    }
-
-    fn peek_char(&self, offset: usize) -> Option<char> {
-        self.chars.get(self.pos + offset).copied()
-    }
-
-    fn column(&self) -> usize {
-        self.pos + 1
-    }
-
-    fn text_from(&self, start: usize) -> String {
-        self.chars
-            .get(start..self.pos)
-            .unwrap_or_default()
-            .iter()
-            .collect()
-    }
-
-    fn next_token(&mut self) -> Result<Token, ConditionError> {
-        while self.peek_char(0).is_some_and(char::is_whitespace) {
-            self.pos += 1;
-        }
-        let start = self.pos;
-        let column = self.column();
-        let Some(c) = self.peek_char(0) else {
-            return Ok(Token {
-                kind: TokenKind::End,
-                column,
-                text: String::new(),
-            });
-        };
-        let next = self.peek_char(1);
-        let kind = match c {
-            _ if c.is_alphabetic() || c == '_' => self.word(),
-            _ if c.is_ascii_digit() || (c == '-' && next.is_some_and(|n| n.is_ascii_digit())) => {
-                self.number(start)?
-            }
-            '>' | '<' | '=' | '!' => self.operator(c, next, column)?,
-            '(' | ')' | '{' | '}' | ',' => {
-                self.pos += 1;
-                match c {
-                    '(' => TokenKind::LParen,
-                    ')' => TokenKind::RParen,
-                    '{' => TokenKind::LBrace,
-                    '}' => TokenKind::RBrace,
-                    _ => TokenKind::Comma,
-                }
-            }
-            '"' => self.string(column)?,
-            '.' if next.is_some_and(|n| n.is_ascii_digit()) => {
-                return Err(ConditionError::new(
-                    column,
-                    "expected a digit before the decimal point, as in `0.5`",
-                ))
-            }
-            '&' if next == Some('&') => {
-                return Err(ConditionError::new(
-                    column,
-                    "`&&` is not supported: use `and`",
-                ))
-            }
-            '|' if next == Some('|') => {
-                return Err(ConditionError::new(
-                    column,
-                    "`||` is not supported: use `or`",
-                ))
-            }
-            _ => {
-                return Err(ConditionError::new(
-                    column,
-                    format!(
-                        "unexpected character `{c}`: expected a metric, a comparison, \
-                         a number, `and`, `or` or parentheses"
-                    ),
-                ))
-            }
-        };
-        Ok(Token {
-            kind,
-            column,
-            text: self.text_from(start),
-        })
-    }
-
-    /// Reads a metric name or keyword. Dots and dashes are part of a word because metric
-    /// names are dotted and agent names may contain dashes.
-    fn word(&mut self) -> TokenKind {
-        let start = self.pos;
-        while self
-            .peek_char(0)
-            .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        {
-            self.pos += 1;
-        }
-        TokenKind::Word(self.text_from(start))
-    }
-
-    fn number(&mut self, start: usize) -> Result<TokenKind, ConditionError> {
-        if self.peek_char(0) == Some('-') {
-            self.pos += 1;
-        }
-        self.skip_digits();
-        if self.peek_char(0) == Some('.') {
-            self.pos += 1;
-            if !self.peek_char(0).is_some_and(|c| c.is_ascii_digit()) {
-                return Err(ConditionError::new(
-                    self.column(),
-                    "expected digits after the decimal point, as in `0.5`",
-                ));
-            }
-            self.skip_digits();
-        }
-        let text = self.text_from(start);
-        match self.peek_char(0) {
-            Some('%') => {
-                return Err(ConditionError::new(
-                    self.column(),
-                    format!("percent signs are not allowed: write `{text}` instead of `{text}%`"),
-                ))
-            }
-            Some(c) if c.is_alphanumeric() || c == '_' || c == '.' => {
-                return Err(ConditionError::new(
-                    self.column(),
-                    format!(
-                        "unexpected `{c}` after the number `{text}`: \
-                         expected a plain number like `80` or `0.5`"
-                    ),
-                ))
-            }
-            _ => {}
-        }
-        match text.parse::<f64>() {
-            Ok(value) if value.is_finite() => Ok(TokenKind::Number(value)),
-            _ => Err(ConditionError::new(
-                start + 1,
-                format!("number `{text}` is too large: expected a finite number"),
-            )),
-        }
-    }
-
-    fn skip_digits(&mut self) {
-        while self.peek_char(0).is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-        }
-    }
-
-    fn operator(
-        &mut self,
-        c: char,
-        next: Option<char>,
-        column: usize,
-    ) -> Result<TokenKind, ConditionError> {
-        let with_equals = next == Some('=');
-        let kind = match (c, with_equals) {
-            ('>', true) => TokenKind::Op(CompareOp::Ge),
-            ('>', false) => TokenKind::Op(CompareOp::Gt),
-            ('<', true) => TokenKind::Op(CompareOp::Le),
-            ('<', false) => TokenKind::Op(CompareOp::Lt),
-            ('=', true) => TokenKind::Op(CompareOp::Eq),
-            ('=', false) => TokenKind::Assign,
-            ('!', true) => TokenKind::Op(CompareOp::Ne),
-            _ => return Err(ConditionError::new(column, "unexpected `!`: expected `!=`")),
-        };
-        self.pos += if with_equals { 2 } else { 1 };
-        Ok(kind)
-    }
-
-    /// Reads a double-quoted string with `\"` and `\\` escapes.
-    fn string(&mut self, column: usize) -> Result<TokenKind, ConditionError> {
-        self.pos += 1;
-        let mut value = String::new();
-        loop {
-            let Some(c) = self.peek_char(0) else {
-                return Err(ConditionError::new(
-                    column,
-                    "unterminated string: expected a closing `\"`",
-                ));
-            };
-            self.pos += 1;
-            match c {
-                '"' => return Ok(TokenKind::Str(value)),
-                '\\' => match self.peek_char(0) {
-                    Some(escaped @ ('"' | '\\')) => {
-                        value.push(escaped);
-                        self.pos += 1;
-                    }
-                    other => {
-                        let shown = other.map(String::from).unwrap_or_default();
-                        return Err(ConditionError::new(
-                            self.pos,
-                            format!("unknown escape `\\{shown}`: expected `\\\"` or `\\\\`"),
-                        ));
-                    }
-                },
-                _ => value.push(c),
-            }
-        }
-    }
-}
-
-/// A recursive-descent parser over the lexer: `or` of `and` of atoms.
-struct Parser {
-    lexer: Lexer,
-    peeked: Option<Token>,
+/// The alert dialect's operands: a parenthesised condition or a metric comparison.
+struct AlertGrammar {
     comparisons: usize,
 }
 
-impl Parser {
-    fn new(text: &str) -> Self {
-        Parser {
-            lexer: Lexer::new(text),
-            peeked: None,
-            comparisons: 0,
-        }
-    }
+impl Grammar for AlertGrammar {
+    type Atom = Comparison;
 
-    fn peek(&mut self) -> Result<&Token, ConditionError> {
-        let token = match self.peeked.take() {
-            Some(token) => token,
-            None => self.lexer.next_token()?,
-        };
-        Ok(self.peeked.insert(token))
-    }
-
-    fn next(&mut self) -> Result<Token, ConditionError> {
-        match self.peeked.take() {
-            Some(token) => Ok(token),
-            None => self.lexer.next_token(),
-        }
-    }
-
-    fn parse(mut self) -> Result<Condition, ConditionError> {
-        if self.peek()?.kind == TokenKind::End {
-            return Err(ConditionError::new(
-                1,
-                "empty condition: expected a comparison like `system.cpu_percent > 80`",
-            ));
-        }
-        let condition = self.or_expression(0)?;
-        let token = self.next()?;
-        match token.kind {
-            TokenKind::End => Ok(condition),
-            TokenKind::RParen => Err(ConditionError::new(
-                token.column,
-                "unexpected `)` with no matching `(`",
-            )),
-            _ => Err(ConditionError::new(
-                token.column,
-                format!(
-                    "expected `and`, `or` or the end of the condition, found {}",
-                    token.describe()
-                ),
-            )),
-        }
-    }
-
-    fn or_expression(&mut self, depth: usize) -> Result<Condition, ConditionError> {
-        let mut left = self.and_expression(depth)?;
-        while self.peek()?.is_keyword("or") {
-            self.next()?;
-            let right = self.and_expression(depth)?;
-            left = Condition::Or(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn and_expression(&mut self, depth: usize) -> Result<Condition, ConditionError> {
-        let mut left = self.atom(depth)?;
-        while self.peek()?.is_keyword("and") {
-            self.next()?;
-            let right = self.atom(depth)?;
-            left = Condition::And(Box::new(left), Box::new(right));
-        }
-        Ok(left)
-    }
-
-    fn atom(&mut self, depth: usize) -> Result<Condition, ConditionError> {
-        let token = self.next()?;
+    fn operand(&mut self, parser: &mut Parser<'_>) -> Result<Condition, ExprError> {
+        let token = parser.advance()?;
         match &token.kind {
             TokenKind::LParen => {
-                if depth >= MAX_NESTING {
-                    return Err(ConditionError::new(
-                        token.column,
-                        format!(
-                            "parentheses nested too deeply: expected at most {MAX_NESTING} levels"
-                        ),
-                    ));
-                }
-                let inner = self.or_expression(depth + 1)?;
-                let close = self.next()?;
+                let inner = parser.nested(self, &token)?;
+                let close = parser.advance()?;
                 if close.kind == TokenKind::RParen {
                     Ok(inner)
                 } else {
-                    Err(ConditionError::new(
+                    Err(ExprError::new(
                         close.column,
                         format!(
                             "expected `)` to close the `(` at column {}, found {}",
                             token.column,
-                            close.describe()
+                            describe(&close)
                         ),
                     ))
                 }
             }
-            TokenKind::Word(name) if !token.is_keyword("and") && !token.is_keyword("or") => {
+            TokenKind::Word(name) => {
                 let name = name.clone();
-                self.comparison(name, token.column)
+                self.comparison(parser, name, token.column)
             }
-            TokenKind::Number(_) => Err(ConditionError::new(
+            TokenKind::Number(_) => Err(ExprError::new(
                 token.column,
                 format!(
                     "expected a metric name or `(`, found {}: write the metric first, \
                      as in `system.cpu_percent > 80`",
-                    token.describe()
+                    describe(&token)
                 ),
             )),
-            _ => Err(ConditionError::new(
+            _ => Err(ExprError::new(
                 token.column,
-                format!("expected a metric name or `(`, found {}", token.describe()),
+                format!("expected a metric name or `(`, found {}", describe(&token)),
             )),
         }
     }
+}
 
-    fn comparison(&mut self, name: String, column: usize) -> Result<Condition, ConditionError> {
+impl AlertGrammar {
+    fn comparison(
+        &mut self,
+        parser: &mut Parser<'_>,
+        name: String,
+        column: usize,
+    ) -> Result<Condition, ExprError> {
         self.comparisons += 1;
         if self.comparisons > MAX_COMPARISONS {
-            return Err(ConditionError::new(
+            return Err(ExprError::new(
                 column,
                 format!("too many comparisons: expected at most {MAX_COMPARISONS}"),
             ));
         }
-        let allowed =
-            allowed_labels(&name).map_err(|message| ConditionError::new(column, message))?;
-        let labels = if self.peek()?.kind == TokenKind::LBrace {
-            self.labels(&name, allowed)?
+        let allowed = allowed_labels(&name).map_err(|message| ExprError::new(column, message))?;
+        let labels = if parser.peek()?.kind == TokenKind::LBrace {
+            labels(parser, &name, allowed)?
         } else {
             Vec::new()
         };
         let metric = MetricRef { name, labels };
 
-        let token = self.next()?;
+        let token = parser.advance()?;
         let op = match token.kind {
-            TokenKind::Op(op) => op,
+            TokenKind::Compare(op) => op,
             TokenKind::Assign => {
-                return Err(ConditionError::new(
+                return Err(ExprError::new(
                     token.column,
                     format!("expected a comparison operator ({OPERATORS}), found `=`: use `==` for equality"),
                 ))
             }
             _ => {
-                return Err(ConditionError::new(
+                return Err(ExprError::new(
                     token.column,
                     format!(
                         "expected a comparison operator ({OPERATORS}) after `{metric}`, found {}",
-                        token.describe()
+                        describe(&token)
                     ),
                 ))
             }
         };
 
-        let token = self.next()?;
+        let token = parser.advance()?;
         let threshold = match token.kind {
             TokenKind::Number(value) => value,
             TokenKind::End => {
-                return Err(ConditionError::new(
+                return Err(ExprError::new(
                     token.column,
                     format!("expected a number after `{op}`"),
                 ))
             }
             _ => {
-                return Err(ConditionError::new(
+                return Err(ExprError::new(
                     token.column,
-                    format!("expected a number after `{op}`, found {}", token.describe()),
+                    format!("expected a number after `{op}`, found {}", describe(&token)),
                 ))
             }
         };
-        Ok(Condition::Compare(Comparison {
+        Ok(Expr::Atom(Comparison {
             metric,
             op,
             threshold,
         }))
     }
+}
 
-    /// Parses `{key="value", ...}` after a metric name; the `{` has been peeked.
-    fn labels(
-        &mut self,
-        metric: &str,
-        allowed: &[&str],
-    ) -> Result<Vec<(String, String)>, ConditionError> {
-        let open = self.next()?;
-        if allowed.is_empty() {
-            return Err(ConditionError::new(
-                open.column,
-                format!("metric `{metric}` takes no labels"),
+/// Parses `{key="value", ...}` after a metric name; the `{` has been peeked.
+fn labels(
+    parser: &mut Parser<'_>,
+    metric: &str,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ExprError> {
+    let open = parser.advance()?;
+    if allowed.is_empty() {
+        return Err(ExprError::new(
+            open.column,
+            format!("metric `{metric}` takes no labels"),
+        ));
+    }
+    let mut labels: Vec<(String, String)> = Vec::new();
+    loop {
+        let token = parser.advance()?;
+        let key = match &token.kind {
+            TokenKind::RBrace => return Ok(labels),
+            // `and` and `or` are label names here, as any other word.
+            TokenKind::Word(_) | TokenKind::And | TokenKind::Or => token.text.clone(),
+            TokenKind::End => return Err(unclosed_selector(&open, &token)),
+            _ => {
+                return Err(ExprError::new(
+                    token.column,
+                    format!("expected a label name or `}}`, found {}", describe(&token)),
+                ))
+            }
+        };
+        if !allowed.contains(&key.as_str()) {
+            let expected: Vec<String> = allowed.iter().map(|key| format!("`{key}`")).collect();
+            return Err(ExprError::new(
+                token.column,
+                format!(
+                    "unknown label `{key}` for metric `{metric}`: expected {}",
+                    expected.join(" or ")
+                ),
             ));
         }
-        let mut labels: Vec<(String, String)> = Vec::new();
-        loop {
-            let token = self.next()?;
-            let key = match &token.kind {
-                TokenKind::RBrace => return Ok(labels),
-                TokenKind::Word(key) => key.clone(),
-                TokenKind::End => return Err(unclosed_selector(&open, &token)),
-                _ => {
-                    return Err(ConditionError::new(
-                        token.column,
-                        format!("expected a label name or `}}`, found {}", token.describe()),
-                    ))
-                }
-            };
-            if !allowed.contains(&key.as_str()) {
-                let expected: Vec<String> = allowed.iter().map(|key| format!("`{key}`")).collect();
-                return Err(ConditionError::new(
+        if labels.iter().any(|(existing, _)| *existing == key) {
+            return Err(ExprError::new(
+                token.column,
+                format!("label `{key}` is given twice: expected each label at most once"),
+            ));
+        }
+
+        let token = parser.advance()?;
+        match token.kind {
+            TokenKind::Assign => {}
+            TokenKind::Compare(CompareOp::Ne) => {
+                return Err(ExprError::new(
+                    token.column,
+                    format!("only `=` label matchers are supported: write `{key}=\"...\"`"),
+                ))
+            }
+            _ => {
+                return Err(ExprError::new(
                     token.column,
                     format!(
-                        "unknown label `{key}` for metric `{metric}`: expected {}",
-                        expected.join(" or ")
+                        "expected `=` after label `{key}`, found {}",
+                        describe(&token)
                     ),
-                ));
+                ))
             }
-            if labels.iter().any(|(existing, _)| *existing == key) {
-                return Err(ConditionError::new(
-                    token.column,
-                    format!("label `{key}` is given twice: expected each label at most once"),
-                ));
-            }
+        }
 
-            let token = self.next()?;
-            match token.kind {
-                TokenKind::Assign => {}
-                TokenKind::Op(CompareOp::Ne) => {
-                    return Err(ConditionError::new(
-                        token.column,
-                        format!("only `=` label matchers are supported: write `{key}=\"...\"`"),
-                    ))
-                }
-                _ => {
-                    return Err(ConditionError::new(
-                        token.column,
-                        format!(
-                            "expected `=` after label `{key}`, found {}",
-                            token.describe()
-                        ),
-                    ))
-                }
-            }
+        let token = parser.advance()?;
+        let TokenKind::Str(value) = token.kind else {
+            return Err(ExprError::new(
+                token.column,
+                format!(
+                    "expected a double-quoted value after `{key}=`, found {}",
+                    describe(&token)
+                ),
+            ));
+        };
+        if key == "agent" && !is_agent_name(&value) {
+            return Err(ExprError::new(
+                token.column,
+                format!("invalid agent name `{value}`: expected letters, digits, `_` or `-`"),
+            ));
+        }
+        labels.push((key, value));
 
-            let token = self.next()?;
-            let TokenKind::Str(value) = token.kind else {
-                return Err(ConditionError::new(
+        let token = parser.advance()?;
+        match token.kind {
+            TokenKind::Comma => {}
+            TokenKind::RBrace => return Ok(labels),
+            TokenKind::End => return Err(unclosed_selector(&open, &token)),
+            _ => {
+                return Err(ExprError::new(
                     token.column,
                     format!(
-                        "expected a double-quoted value after `{key}=`, found {}",
-                        token.describe()
+                        "expected `,` or `}}` in the label selector, found {}",
+                        describe(&token)
                     ),
-                ));
-            };
-            if key == "agent" && !is_agent_name(&value) {
-                return Err(ConditionError::new(
-                    token.column,
-                    format!("invalid agent name `{value}`: expected letters, digits, `_` or `-`"),
-                ));
-            }
-            labels.push((key, value));
-
-            let token = self.next()?;
-            match token.kind {
-                TokenKind::Comma => {}
-                TokenKind::RBrace => return Ok(labels),
-                TokenKind::End => return Err(unclosed_selector(&open, &token)),
-                _ => {
-                    return Err(ConditionError::new(
-                        token.column,
-                        format!(
-                            "expected `,` or `}}` in the label selector, found {}",
-                            token.describe()
-                        ),
-                    ))
-                }
+                ))
             }
         }
     }
 }
 
-fn unclosed_selector(open: &Token, end: &Token) -> ConditionError {
-    ConditionError::new(
+fn unclosed_selector(open: &Token, end: &Token) -> ExprError {
+    ExprError::new(
         end.column,
         format!(
             "expected `}}` to close the label selector opened at column {}",
@@ -934,7 +562,7 @@ mod tests {
     use super::*;
 
     fn compare(name: &str, op: CompareOp, threshold: f64) -> Condition {
-        Condition::Compare(Comparison {
+        Expr::Atom(Comparison {
             metric: MetricRef {
                 name: name.to_string(),
                 labels: Vec::new(),
@@ -945,11 +573,11 @@ mod tests {
     }
 
     fn and(left: Condition, right: Condition) -> Condition {
-        Condition::And(Box::new(left), Box::new(right))
+        Expr::And(Box::new(left), Box::new(right))
     }
 
     fn or(left: Condition, right: Condition) -> Condition {
-        Condition::Or(Box::new(left), Box::new(right))
+        Expr::Or(Box::new(left), Box::new(right))
     }
 
     fn error_of(text: &str) -> ConditionError {
@@ -1024,7 +652,7 @@ mod tests {
         let parsed =
             parse_condition(r#"workflow.failure_rate{workflow="nightly \"full\" \\ run"} >= 0.25"#)
                 .unwrap();
-        let Condition::Compare(comparison) = &parsed else {
+        let Expr::Atom(comparison) = &parsed else {
             panic!("expected a comparison, got {parsed:?}");
         };
         assert_eq!(

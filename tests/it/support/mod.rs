@@ -1,0 +1,21 @@
+//! What the integration tests share, so each test module holds only its tests: running the
+//! binary in temporary projects ([`process`]), the one server harness ([`server`]), the one
+//! HTTP client ([`http`]), the `/ws` stream ([`ws`]), polling with a deadline ([`poll`])
+//! reading runs back ([`runs`]) and git repositories to follow ([`git`]).
+//! Everything stays parallel-safe: temp dirs, port 0, nothing global.
+
+pub(crate) mod git;
+pub(crate) mod http;
+pub(crate) mod poll;
+pub(crate) mod process;
+pub(crate) mod runs;
+pub(crate) mod server;
+pub(crate) mod ws;
+
+pub(crate) use git::*;
+pub(crate) use http::*;
+pub(crate) use poll::*;
+pub(crate) use process::*;
+pub(crate) use runs::*;
+pub(crate) use server::*;
+pub(crate) use ws::*;
