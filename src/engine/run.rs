@@ -1218,4 +1218,175 @@ mod tests {
         let ran = previous(&[("report", Succeeded)]);
         assert_eq!(reusable_steps(&custom, &agents, &ran), [false]);
     }
+
+    /// An executor that runs nothing: each attempt reports itself started, sends one log
+    /// line and finishes at once, failing the first attempt of a step called `flaky`.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        starts: Mutex<Vec<String>>,
+    }
+
+    struct Unstoppable;
+
+    impl AttemptStop for Unstoppable {
+        fn stop(self: Arc<Self>, _reason: super::super::executor::StopReason) {}
+    }
+
+    impl Executor for Scripted {
+        fn start(
+            &self,
+            attempt: StepAttempt,
+            events: mpsc::Sender<AttemptMessage>,
+        ) -> Arc<dyn AttemptStop> {
+            self.starts
+                .lock()
+                .unwrap()
+                .push(format!("{}#{}", attempt.step, attempt.number));
+            let fails = attempt.step == "flaky" && attempt.number == 1;
+            let status = if fails {
+                Status::Failed
+            } else {
+                Status::Succeeded
+            };
+            let send = |event| {
+                events
+                    .send(AttemptMessage {
+                        index: attempt.index,
+                        number: attempt.number,
+                        event,
+                    })
+                    .unwrap()
+            };
+            send(AttemptEvent::Started { at: Instant::now() });
+            send(AttemptEvent::Log(
+                format!("{} attempt {}\n", attempt.step, attempt.number).into_bytes(),
+            ));
+            let mut outputs = Map::new();
+            outputs.insert("seen".into(), Value::from(attempt.scope.steps.len()));
+            send(AttemptEvent::Finished(Box::new(
+                super::super::executor::AttemptFinished {
+                    outcome: super::super::executor::Outcome {
+                        status: Some(status),
+                        outputs,
+                        ..Default::default()
+                    },
+                    attempt: Some(crate::model::Attempt {
+                        number: attempt.number,
+                        status,
+                        started_at: now(),
+                        finished_at: now(),
+                        duration_ms: 0,
+                        exit_code: Some(i32::from(fails)),
+                        message: None,
+                        cpu_seconds: None,
+                        max_rss_bytes: None,
+                        orphans_killed: None,
+                    }),
+                },
+            )));
+            Arc::new(Unstoppable)
+        }
+
+        fn rewrite_report(
+            &self,
+            _action: &str,
+            _parameters: &Map<String, Value>,
+            _data: &ReportData,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_driver_runs_a_workflow_through_any_executor_and_reports_only_what_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let executor = Arc::new(Scripted::default());
+        let config = EngineConfig {
+            project_dir: dir.path().to_owned(),
+            log_dir: dir.path().join("logs"),
+            reports_dir: dir.path().join("reports"),
+            data_dir: dir.path().join("data"),
+            history_limit: 10,
+            max_parallel: 4,
+            admission: RunAdmission::new(),
+            agent_switches: AgentSwitches::new(),
+            max_log_bytes: 1 << 20,
+            agent_logs: AgentLogs::new(crate::logging::Rotation::default()),
+            executor: Arc::clone(&executor) as Arc<dyn Executor>,
+            history: Arc::default(),
+        };
+        let workflow = json!({"name": "x", "steps": [
+            {"name": "build"},
+            {"name": "flaky", "depends_on": ["build"], "retries": 1, "retry_delay": 0},
+            {"name": "lint", "depends_on": ["build"]},
+            {"name": "never", "depends_on": ["flaky"], "if": "failure()"},
+        ]});
+        let trigger = Trigger {
+            kind: "api".into(),
+            details: Map::new(),
+        };
+        let run = new_run("wf_x", "x", workflow, Map::new(), trigger).unwrap();
+        let steps = initial_steps(&run).unwrap();
+        let run_id = run.id.clone();
+        let heard = Mutex::new(Vec::new());
+        let on_event = |event: &Event| {
+            let (kind, step) = match event {
+                Event::StepStarted { step } => ("started", step),
+                Event::StepFinished { step } => ("finished", step),
+                Event::StepRetrying { step, .. } => ("retrying", step),
+            };
+            let stored = store.steps(&run_id).unwrap();
+            let stored = stored.iter().find(|s| s.name == step.name).unwrap();
+            assert_eq!(
+                (stored.status, stored.attempts.len()),
+                (step.status, step.attempts.len()),
+                "{kind} {} is reported once durable",
+                step.name
+            );
+            heard.lock().unwrap().push(format!("{kind} {}", step.name));
+        };
+        let cancel = CancelSignal {
+            flag: Arc::new(AtomicBool::new(false)),
+        };
+        let finished = execute_with_agents(
+            &store,
+            &config,
+            &BTreeMap::new(),
+            run,
+            steps,
+            &cancel,
+            &on_event,
+        )
+        .unwrap();
+
+        assert_eq!(finished.status, Status::Succeeded, "{:?}", finished.message);
+        assert_eq!(
+            *executor.starts.lock().unwrap(),
+            ["build#1", "flaky#1", "lint#1", "flaky#2"]
+        );
+        let heard = heard.into_inner().unwrap();
+        assert_eq!(heard[..2], ["started build", "finished build"]);
+        assert!(heard.contains(&"retrying flaky".to_owned()), "{heard:?}");
+        assert!(
+            heard.contains(&"finished never".to_owned()),
+            "skipped: {heard:?}"
+        );
+        let stored = store.steps(&finished.id).unwrap();
+        let flaky = stored.iter().find(|s| s.name == "flaky").unwrap();
+        assert_eq!(flaky.attempts.len(), 2);
+        assert_eq!(flaky.outputs["seen"], 1, "the scope it saw held build");
+        let never = stored.iter().find(|s| s.name == "never").unwrap();
+        assert_eq!(never.status, Status::Skipped);
+        let log = fs::read_to_string(dir.path().join("logs").join(&flaky.log)).unwrap();
+        assert!(
+            log.starts_with("flaky attempt 1\n[orchestrator] attempt 1 failed; retrying in"),
+            "{log}"
+        );
+        assert!(log.ends_with("flaky attempt 2\n"), "{log}");
+        assert_eq!(
+            store.run(&finished.id).unwrap().unwrap().status,
+            Status::Succeeded
+        );
+    }
 }
