@@ -11,3 +11,4 @@ pub mod mask;
 pub mod process;
 pub mod run;
 pub mod runner;
+pub mod settings;
