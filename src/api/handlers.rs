@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
 use super::openapi::WorkflowList;
-use super::{ApiError, AppState, ROUTES};
+use super::{ApiError, AppState};
 use crate::agents::BUILTIN_AGENTS;
 use crate::engine::run::{self, RunRequest};
 use crate::events::EventKind;
@@ -204,7 +204,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 /// Every route of the API.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RouteIndex {
-    /// In the order they are declared.
+    /// In the order the router declares them.
     routes: Vec<Route>,
 }
 
@@ -216,7 +216,7 @@ pub struct Route {
     method: &'static str,
     /// With `{name}` for a path parameter.
     #[schema(example = "/api/runs/{id}")]
-    path: &'static str,
+    path: String,
 }
 
 /// The route list.
@@ -225,9 +225,13 @@ pub struct Route {
 ))]
 pub async fn index() -> Json<RouteIndex> {
     Json(RouteIndex {
-        routes: ROUTES
+        routes: super::openapi::PUBLISHED
+            .routes
             .iter()
-            .map(|&(method, path)| Route { method, path })
+            .map(|(method, path)| Route {
+                method,
+                path: path.clone(),
+            })
             .collect(),
     })
 }

@@ -100,7 +100,7 @@ fn now() -> String {
 /// the payload's `action`, the branch, the changed paths). The delivery id
 /// (`X-GitHub-Delivery`, which a GitHub delivery must carry) is remembered: a redelivery
 /// runs nothing. Outside the bearer-token layer; bodies up to 25 MB.
-#[utoipa::path(post, path = "/hooks/{path}", tag = "triggers", operation_id = "receive_webhook",
+#[utoipa::path(post, path = "/hooks/{*path}", tag = "triggers", operation_id = "receive_webhook",
     params(
         ("path" = String, Path, description = "The trigger's path after `/hooks/` (it may contain `/`)"),
         ("X-GitHub-Event" = Option<String>, Header, description = "The event (GitHub); `ping` is answered without a run"),

@@ -19,7 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorBody};
 
 /// One embedded file: its path under `assets/` and its bytes.
 macro_rules! asset {
@@ -159,12 +159,29 @@ fn serve(prepared: &Prepared, request: &HeaderMap, csp: bool) -> Response {
     response
 }
 
-/// `GET /`: the app shell.
+/// The web dashboard.
+///
+/// Its HTML shell, with a strict Content-Security-Policy; the pages are JavaScript modules
+/// under `/assets/`. `ETag` and `Cache-Control: no-cache`: a request with a matching
+/// `If-None-Match` gets `304`.
+#[utoipa::path(get, path = "/", tag = "dashboard", operation_id = "dashboard_index",
+    responses(
+        (status = 200, description = "The dashboard's page", body = String, content_type = "text/html"),
+        (status = 304, description = "Not modified (`If-None-Match` matched the `ETag`)"),
+    ))]
 pub async fn index(headers: HeaderMap) -> Response {
     serve(&PREPARED["index.html"], &headers, true)
 }
 
-/// `GET /assets/{*path}`: an embedded file, or a JSON 404.
+/// A file of the dashboard (scripts, styles, images), embedded in the binary.
+#[utoipa::path(get, path = "/assets/{*path}", tag = "dashboard", operation_id = "dashboard_asset",
+    params(("path" = String, Path, description = "The file's path, e.g. `app.js` or `pages/runs.js`")),
+    responses(
+        (status = 200, description = "The file, with its content type (`text/javascript`, `text/css`, `image/svg+xml`, ...)",
+            body = String, content_type = "text/javascript"),
+        (status = 304, description = "Not modified (`If-None-Match` matched the `ETag`)"),
+        (status = 404, description = "No such asset", body = ErrorBody),
+    ))]
 pub async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
     match PREPARED.get(path.as_str()) {
         Some(prepared) => serve(prepared, &headers, path == "index.html"),
