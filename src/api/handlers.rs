@@ -223,9 +223,11 @@ pub struct Route {
 #[utoipa::path(get, path = "/api", tag = "server", responses(
     (status = 200, description = "Every route, as method and path", body = RouteIndex),
 ))]
-pub async fn index() -> Json<RouteIndex> {
+pub async fn index(State(state): State<AppState>) -> Json<RouteIndex> {
     Json(RouteIndex {
-        routes: super::openapi::PUBLISHED
+        routes: state
+            .routes
+            .published
             .routes
             .iter()
             .map(|(method, path)| Route {

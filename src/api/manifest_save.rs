@@ -14,7 +14,6 @@
 //! `GET /api/agent-types` lists the built-in agent types and their actions (for editors).
 
 use std::path::{Component, Path as FsPath, PathBuf};
-use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -511,9 +510,6 @@ pub async fn validate(
     .map_err(ApiError::internal)?
 }
 
-/// One save at a time: validate, write and reconcile are one step.
-static SAVING: Mutex<()> = Mutex::new(());
-
 /// Writes `text` to `path` through a hidden temporary file and a rename, so a reader (the
 /// watcher) sees the old file or the new one, never half of one.
 fn write_atomically(path: &FsPath, text: &str) -> std::io::Result<()> {
@@ -587,7 +583,11 @@ pub async fn save(
 }
 
 fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiError> {
-    let _one_at_a_time = SAVING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = state
+        .routes
+        .saving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let target = target(state, body)?;
     if let Some(hint) =
         crate::server::source::commit_instead_hint(&state.config, FsPath::new(&target.file))

@@ -26,7 +26,7 @@ mod source_hook;
 mod triggers;
 pub mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -45,6 +45,34 @@ use crate::server::Shared;
 
 /// The application state handlers see.
 pub type AppState = Arc<Shared>;
+
+/// What the routes keep between requests, for as long as the server runs (the app state
+/// holds it).
+pub struct RouteState {
+    /// One manifest save at a time: validate, write and reconcile are one step.
+    saving: Mutex<()>,
+    /// The live triggers, compiled from their records.
+    triggers: hooks::CompiledTriggers,
+    /// The webhook bodies being read, all deliveries together (see
+    /// [`hooks::BODY_BUDGET_BYTES`]).
+    body_budget: Arc<tokio::sync::Semaphore>,
+    /// The keys of delivery records, and the deliveries counted per trigger.
+    deliveries: crate::triggers::deliveries::Deliveries,
+    /// The OpenAPI document, and the route list read from it.
+    published: openapi::Published,
+}
+
+impl Default for RouteState {
+    fn default() -> RouteState {
+        RouteState {
+            saving: Mutex::default(),
+            triggers: hooks::CompiledTriggers::default(),
+            body_budget: hooks::body_budget(),
+            deliveries: crate::triggers::deliveries::Deliveries::default(),
+            published: openapi::Published::new(),
+        }
+    }
+}
 
 /// Every route with its OpenAPI operation, declared once: each handler's
 /// `#[utoipa::path]` names its method and path, and `routes!` hands both to the router and

@@ -4,8 +4,7 @@
 //! registers them; [`finish`] adds what the guard answers everywhere. Served at
 //! `GET /api/openapi.json`.
 
-use std::sync::LazyLock;
-
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -14,6 +13,7 @@ use utoipa::openapi::Required;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorDetail};
+use super::AppState;
 use super::{alerts, handlers, jobs, monitor, triggers};
 use crate::model::{
     Attempt, RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary, Trigger,
@@ -346,31 +346,35 @@ pub(super) fn operations(document: &utoipa::openapi::OpenApi) -> Vec<(&'static s
 }
 
 /// The document as it is served, and the routes `GET /api` lists: both made once, from the
-/// routes.
+/// routes, when the server starts.
 pub(super) struct Published {
-    /// The document, serialized.
-    pub json: String,
+    /// The document, serialized (cloned per request without a copy).
+    pub json: axum::body::Bytes,
     /// Every route as (method, path).
     pub routes: Vec<(&'static str, String)>,
 }
 
-/// What the document is.
-pub(super) static PUBLISHED: LazyLock<Published> = LazyLock::new(|| {
-    let document = super::openapi();
-    Published {
-        routes: operations(&document),
-        json: document.to_json().expect("the OpenAPI document serializes"),
+impl Published {
+    pub(super) fn new() -> Published {
+        let document = super::openapi();
+        Published {
+            routes: operations(&document),
+            json: document
+                .to_json()
+                .expect("the OpenAPI document serializes")
+                .into(),
+        }
     }
-});
+}
 
 /// This document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "server", responses(
     (status = 200, description = "The OpenAPI 3.1 document of the API", body = Object),
 ))]
-pub async fn openapi_json() -> Response {
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        PUBLISHED.json.as_str(),
+        state.routes.published.json.clone(),
     )
         .into_response()
 }
@@ -433,7 +437,7 @@ mod tests {
             "a catch-all left as axum writes it"
         );
         // What is served is this document.
-        let served: Value = serde_json::from_str(&super::PUBLISHED.json).unwrap();
+        let served: Value = serde_json::from_slice(&super::Published::new().json).unwrap();
         assert_eq!(served, doc);
     }
 

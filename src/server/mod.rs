@@ -77,6 +77,10 @@ pub struct Shared {
     pub system: Arc<crate::monitor::system::SystemMonitor>,
     /// Alert evaluation: the notification channels, and the lock of the alerts' states.
     pub alerts: crate::monitor::alerts::Alerts,
+    /// What the HTTP routes keep between requests (save lock, compiled triggers, webhook body budget, delivery keys).
+    pub routes: crate::api::RouteState,
+    /// Held while the schedules' state tree is read, changed and written back (scheduler pass, pause, resume).
+    pub schedule_lock: crate::scheduler::StateLock,
 }
 
 impl Shared {
@@ -763,6 +767,8 @@ pub fn serve(
         stats,
         system,
         alerts,
+        routes: crate::api::RouteState::default(),
+        schedule_lock: crate::scheduler::StateLock::default(),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
