@@ -52,32 +52,32 @@ pub struct ManifestBody {
 }
 
 /// The names of the kinds the API documents: each kind, in lower case, and its directory
-/// (documentation only; the server reads any case).
-#[derive(ToSchema)]
-#[allow(dead_code, non_camel_case_types)]
-enum KindName {
-    Agent,
-    WorkflowTemplate,
-    Workflow,
-    Schedule,
-    Trigger,
-    Alert,
-    Dashboard,
-    agent,
-    workflowtemplate,
-    workflow,
-    schedule,
-    trigger,
-    alert,
-    dashboard,
-    agents,
-    templates,
-    workflows,
-    schedules,
-    triggers,
-    alerts,
-    dashboards,
+/// (the server reads any case). Only a schema: the body holds a string.
+struct KindName;
+
+impl utoipa::PartialSchema for KindName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let names = Kind::ALL
+            .iter()
+            .map(|kind| kind.as_str().to_owned())
+            .chain(
+                Kind::ALL
+                    .iter()
+                    .map(|kind| kind.as_str().to_ascii_lowercase()),
+            )
+            .chain(Kind::ALL.iter().map(|kind| kind.directory().to_owned()));
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "The names of the kinds the API documents: each kind, in lower case, and its \
+                 directory (the server reads any case).",
+            ))
+            .enum_values(Some(names))
+            .into()
+    }
 }
+
+impl ToSchema for KindName {}
 
 /// Where a manifest goes and what it replaces.
 struct Target {

@@ -7,10 +7,9 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::Required;
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::AppState;
@@ -63,7 +62,7 @@ use crate::model::{
         handlers::Readiness,
         handlers::RouteIndex,
         handlers::Route,
-        WorkflowList,
+        handlers::WorkflowList,
         RunRecord,
         StepRecord,
         Attempt,
@@ -290,23 +289,6 @@ impl Modify for GuardAnswers {
             }
         }
     }
-}
-
-/// A page of workflows, as `GET /api/workflows` answers it (the server keeps the page
-/// pre-serialized: this type describes it and is never built).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct WorkflowList {
-    /// Summaries of the workflows in force (id, name, status, step count, ...), each with
-    /// its `last_run` summary or null.
-    #[schema(value_type = Vec<Object>)]
-    workflows: Vec<Value>,
-    /// All workflows.
-    total: usize,
-    /// The page size.
-    limit: usize,
-    /// Items skipped.
-    offset: usize,
 }
 
 /// Completes the document of the routes: axum's catch-all `{*name}` is written as
