@@ -57,7 +57,15 @@ pub fn live_triggers(state: &Shared) -> Vec<Arc<TriggerSpec>> {
 /// Trigger records as the receiver uses them, by id: a record is compiled again only when
 /// its spec's hash or its name changes.
 #[derive(Debug, Default)]
-pub struct CompiledTriggers(Mutex<HashMap<String, (Option<String>, String, Arc<TriggerSpec>)>>);
+pub struct CompiledTriggers(Mutex<HashMap<String, CompiledTrigger>>);
+
+/// A trigger compiled, with the spec hash and the name it was compiled from.
+#[derive(Debug)]
+struct CompiledTrigger {
+    hash: Option<String>,
+    name: String,
+    spec: Arc<TriggerSpec>,
+}
 
 impl CompiledTriggers {
     /// The most kept; beyond it the cache starts over.
@@ -66,9 +74,9 @@ impl CompiledTriggers {
     /// `record` compiled, or `None` (logged) when its spec does not compile.
     fn compiled(&self, record: &ObjectRecord) -> Option<Arc<TriggerSpec>> {
         let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((hash, name, spec)) = cache.get(&record.key.id) {
-            if *hash == record.hash && *name == record.name {
-                return Some(Arc::clone(spec));
+        if let Some(compiled) = cache.get(&record.key.id) {
+            if compiled.hash == record.hash && compiled.name == record.name {
+                return Some(Arc::clone(&compiled.spec));
             }
         }
         match TriggerSpec::from_spec(
@@ -83,7 +91,11 @@ impl CompiledTriggers {
                 }
                 cache.insert(
                     record.key.id.clone(),
-                    (record.hash.clone(), record.name.clone(), Arc::clone(&spec)),
+                    CompiledTrigger {
+                        hash: record.hash.clone(),
+                        name: record.name.clone(),
+                        spec: Arc::clone(&spec),
+                    },
                 );
                 Some(spec)
             }
