@@ -40,7 +40,6 @@ use utoipa_axum::routes;
 pub use error::{ApiError, ApiJson, ErrorBody};
 
 use crate::dashboard;
-
 use crate::server::Shared;
 
 /// The application state handlers see.
