@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::runtime::{agent_for, write_report, StepContext};
 
+use crate::config::LoadedConfig;
 use crate::engine::admission::AgentSwitches;
 use crate::engine::agent_logs::AgentLogs;
 use crate::engine::env::{self, EnvValue};
@@ -27,7 +28,7 @@ use crate::engine::executor::{
 use crate::engine::expand;
 use crate::engine::mask::StepLog;
 use crate::engine::process::StepControl;
-use crate::engine::run::log_name;
+use crate::engine::run::{log_name, EngineConfig};
 use crate::model::{Attempt, Status};
 use crate::spec::agents::BUILTIN_AGENTS;
 use crate::spec::params;
@@ -62,6 +63,21 @@ impl LocalExecutor {
             settings: Arc::new(settings),
         }
     }
+}
+
+/// The engine's settings from the configuration, with the local executor: what
+/// `orchestrator start`, `workflow execute` and the tests' in-process server use.
+pub fn engine_config(config: &LoadedConfig, data_dir: PathBuf) -> EngineConfig {
+    EngineConfig::from_config(config, data_dir, |agent_switches, agent_logs| {
+        Arc::new(LocalExecutor::new(LocalSettings {
+            project_dir: config.project_dir.clone(),
+            log_dir: config.resolve(&config.config.logging.dir),
+            reports_dir: config.resolve(&config.config.reports_dir),
+            max_log_bytes: config.config.runs.max_log_bytes,
+            agent_logs: Arc::clone(agent_logs),
+            agent_switches: Arc::clone(agent_switches),
+        }))
+    })
 }
 
 impl Executor for LocalExecutor {

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
+use serde::Serialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
@@ -17,8 +18,7 @@ use super::AppState;
 use crate::monitor::alerts::{self, Silence, SilenceRequest};
 
 /// The alert rules in force.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AlertList {
     /// Each rule: `id`, `name`, `state` (`inactive`, `pending`, `firing`, `resolved`),
     /// `since`, `active_at`, `fired_at`, `resolved_at`, `value` (the condition's first
@@ -31,8 +31,7 @@ pub struct AlertList {
 }
 
 /// The silences kept (expired ones until they are pruned).
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SilenceList {
     /// Each silence with its `state` (`pending`, `active`, `expired`) and the `alerts` it
     /// matches now.
@@ -46,7 +45,7 @@ pub struct SilenceList {
         (status = 200, description = "The alert rules", body = AlertList),
         (status = 500, description = "The store failed", body = ErrorBody),
     ))]
-pub async fn list_alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list_alerts(State(state): State<AppState>) -> Result<Json<AlertList>, ApiError> {
     let rules = alerts::rules(&state.view.objects().records);
     let store = std::sync::Arc::clone(&state.store);
     let (states, silences) = tokio::task::spawn_blocking(move || {
@@ -54,8 +53,9 @@ pub async fn list_alerts(State(state): State<AppState>) -> Result<Json<Value>, A
     })
     .await
     .map_err(ApiError::internal)??;
-    let list = alerts::alerts_json(&rules, &states, &silences, Utc::now());
-    Ok(Json(json!({ "alerts": list })))
+    Ok(Json(AlertList {
+        alerts: alerts::alerts_json(&rules, &states, &silences, Utc::now()),
+    }))
 }
 
 /// One rule (by id or name) as the list shows it, with its `history` of transitions
@@ -97,15 +97,16 @@ pub async fn show_alert(
         (status = 200, description = "The silences", body = SilenceList),
         (status = 500, description = "The store failed", body = ErrorBody),
     ))]
-pub async fn list_silences(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn list_silences(State(state): State<AppState>) -> Result<Json<SilenceList>, ApiError> {
     let rules = alerts::rules(&state.view.objects().records);
     let store = std::sync::Arc::clone(&state.store);
     let silences = tokio::task::spawn_blocking(move || alerts::silences(&store))
         .await
         .map_err(ApiError::internal)??;
     let now = Utc::now();
-    let list: Vec<Value> = silences.iter().map(|s| s.to_json(&rules, now)).collect();
-    Ok(Json(json!({ "silences": list })))
+    Ok(Json(SilenceList {
+        silences: silences.iter().map(|s| s.to_json(&rules, now)).collect(),
+    }))
 }
 
 /// Creates a silence: `201` with it once it is stored; `400` when it has no matcher, no

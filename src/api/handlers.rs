@@ -14,8 +14,7 @@ use serde_json::{json, Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
-use super::openapi::WorkflowList;
-use super::{ApiError, AppState, ROUTES};
+use super::{ApiError, AppState};
 use crate::engine::run::{self, RunRequest};
 use crate::engine::runner::run_summary;
 use crate::manifest::Kind;
@@ -202,7 +201,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 /// Every route of the API.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RouteIndex {
-    /// In the order they are declared.
+    /// In the order the router declares them.
     routes: Vec<Route>,
 }
 
@@ -214,18 +213,24 @@ pub struct Route {
     method: &'static str,
     /// With `{name}` for a path parameter.
     #[schema(example = "/api/runs/{id}")]
-    path: &'static str,
+    path: String,
 }
 
 /// The route list.
 #[utoipa::path(get, path = "/api", tag = "server", responses(
     (status = 200, description = "Every route, as method and path", body = RouteIndex),
 ))]
-pub async fn index() -> Json<RouteIndex> {
+pub async fn index(State(state): State<AppState>) -> Json<RouteIndex> {
     Json(RouteIndex {
-        routes: ROUTES
+        routes: state
+            .routes
+            .published
+            .routes
             .iter()
-            .map(|&(method, path)| Route { method, path })
+            .map(|(method, path)| Route {
+                method,
+                path: path.clone(),
+            })
             .collect(),
     })
 }
@@ -336,12 +341,59 @@ fn page_bounds(page: &Page) -> ApiResult<(usize, usize)> {
 pub async fn list_workflows(
     State(state): State<AppState>,
     Query(page): Query<Page>,
-) -> ApiResult<Response> {
+) -> ApiResult<WorkflowList> {
     let (limit, offset) = page_bounds(&page)?;
     // From the in-memory view, pre-serialized: nothing is decoded or re-encoded per request.
-    let body = state.view.workflow_page(offset, limit);
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(WorkflowList(state.view.workflow_page(offset, limit)))
 }
+
+/// A page of workflows, as `GET /api/workflows` answers it: `{"workflows": [...], "total",
+/// "limit", "offset"}`, written by the in-memory view straight from the summaries it
+/// serialized at reconcile time; its schema says that shape.
+pub struct WorkflowList(String);
+
+impl IntoResponse for WorkflowList {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
+impl utoipa::PartialSchema for WorkflowList {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Type;
+        use utoipa::openapi::{ArrayBuilder, ObjectBuilder};
+        let count = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .description(Some(description))
+        };
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A page of workflows, as `GET /api/workflows` answers it.",
+            ))
+            .property(
+                "workflows",
+                ArrayBuilder::new()
+                    .items(ObjectBuilder::new().schema_type(Type::Object))
+                    .description(Some(
+                        "Summaries of the workflows in force (id, name, status, step count, \
+                         ...), each with its `last_run` summary or null.",
+                    )),
+            )
+            .required("workflows")
+            .property("total", count("All workflows."))
+            .required("total")
+            .property("limit", count("The page size."))
+            .required("limit")
+            .property("offset", count("Items skipped."))
+            .required("offset")
+            .into()
+    }
+}
+
+impl ToSchema for WorkflowList {}
 
 fn find_workflow(state: &AppState, id: &str) -> ApiResult<ObjectRecord> {
     Ok(run::find_workflow_in(&state.view.objects().records, id)?)

@@ -18,7 +18,7 @@
 //! any of its body is read.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -50,39 +50,59 @@ pub fn live_triggers(state: &App) -> Vec<Arc<TriggerSpec>> {
         .records
         .values()
         .filter(|r| r.key.kind == Kind::Trigger && r.is_live())
-        .filter_map(compiled)
+        .filter_map(|record| state.routes.triggers.compiled(record))
         .collect()
 }
 
-/// A trigger record as the receiver uses it; cached by id and spec hash.
-fn compiled(record: &ObjectRecord) -> Option<Arc<TriggerSpec>> {
-    type Cache = HashMap<String, (Option<String>, String, Arc<TriggerSpec>)>;
-    static CACHE: LazyLock<Mutex<Cache>> = LazyLock::new(Mutex::default);
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((hash, name, spec)) = cache.get(&record.key.id) {
-        if *hash == record.hash && *name == record.name {
-            return Some(Arc::clone(spec));
-        }
-    }
-    match TriggerSpec::from_spec(
-        &record.key.id,
-        &record.name,
-        record.spec.as_ref().unwrap_or(&Value::Null),
-    ) {
-        Ok(spec) => {
-            let spec = Arc::new(spec);
-            if cache.len() > 10_000 {
-                cache.clear();
+/// Trigger records as the receiver uses them, by id: a record is compiled again only when
+/// its spec's hash or its name changes.
+#[derive(Debug, Default)]
+pub struct CompiledTriggers(Mutex<HashMap<String, CompiledTrigger>>);
+
+/// A trigger compiled, with the spec hash and the name it was compiled from.
+#[derive(Debug)]
+struct CompiledTrigger {
+    hash: Option<String>,
+    name: String,
+    spec: Arc<TriggerSpec>,
+}
+
+impl CompiledTriggers {
+    /// The most kept; beyond it the cache starts over.
+    const MAX: usize = 10_000;
+
+    /// `record` compiled, or `None` (logged) when its spec does not compile.
+    fn compiled(&self, record: &ObjectRecord) -> Option<Arc<TriggerSpec>> {
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(compiled) = cache.get(&record.key.id) {
+            if compiled.hash == record.hash && compiled.name == record.name {
+                return Some(Arc::clone(&compiled.spec));
             }
-            cache.insert(
-                record.key.id.clone(),
-                (record.hash.clone(), record.name.clone(), Arc::clone(&spec)),
-            );
-            Some(spec)
         }
-        Err(err) => {
-            tracing::warn!(trigger = %record.key.id, "trigger ignored: {err}");
-            None
+        match TriggerSpec::from_spec(
+            &record.key.id,
+            &record.name,
+            record.spec.as_ref().unwrap_or(&Value::Null),
+        ) {
+            Ok(spec) => {
+                let spec = Arc::new(spec);
+                if cache.len() > Self::MAX {
+                    cache.clear();
+                }
+                cache.insert(
+                    record.key.id.clone(),
+                    CompiledTrigger {
+                        hash: record.hash.clone(),
+                        name: record.name.clone(),
+                        spec: Arc::clone(&spec),
+                    },
+                );
+                Some(spec)
+            }
+            Err(err) => {
+                tracing::warn!(trigger = %record.key.id, "trigger ignored: {err}");
+                None
+            }
         }
     }
 }
@@ -100,7 +120,7 @@ fn now() -> String {
 /// the payload's `action`, the branch, the changed paths). The delivery id
 /// (`X-GitHub-Delivery`, which a GitHub delivery must carry) is remembered: a redelivery
 /// runs nothing. Outside the bearer-token layer; bodies up to 25 MB.
-#[utoipa::path(post, path = "/hooks/{path}", tag = "triggers", operation_id = "receive_webhook",
+#[utoipa::path(post, path = "/hooks/{*path}", tag = "triggers", operation_id = "receive_webhook",
     params(
         ("path" = String, Path, description = "The trigger's path after `/hooks/` (it may contain `/`)"),
         ("X-GitHub-Event" = Option<String>, Header, description = "The event (GitHub); `ping` is answered without a run"),
@@ -166,9 +186,10 @@ pub const BODY_BUDGET_BYTES: usize = 2 * MAX_DELIVERY_BYTES;
 /// What a delivery is answered after `Retry-After` when the budget is spent.
 const RETRY_AFTER_SECONDS: u64 = 5;
 
-/// The budget, in KiB.
-static BODY_BUDGET: LazyLock<Arc<Semaphore>> =
-    LazyLock::new(|| Arc::new(Semaphore::new(BODY_BUDGET_BYTES / 1024)));
+/// The budget of delivery bodies being read, in KiB of [`BODY_BUDGET_BYTES`].
+pub fn body_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(BODY_BUDGET_BYTES / 1024))
+}
 
 /// The `Content-Length` a request declares.
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
@@ -219,7 +240,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     }
     let bytes = declared.map_or(MAX_DELIVERY_BYTES, |n| n as usize);
     let kib = (bytes.div_ceil(1024).max(1)) as u32;
-    let Ok(share) = Arc::clone(&BODY_BUDGET).try_acquire_many_owned(kib) else {
+    let Ok(share) = Arc::clone(&state.routes.body_budget).try_acquire_many_owned(kib) else {
         tracing::debug!(bytes, "webhook delivery refused: the body budget is spent");
         let mut response = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -434,7 +455,7 @@ fn run_trigger(
             )
         }
     };
-    let key = deliveries::new_key(&trigger.id);
+    let key = state.routes.deliveries.new_key(&trigger.id);
     match deliveries::claim(&state.store, &trigger.id, &record.delivery, &key)? {
         Claim::New => {}
         Claim::Seen(earlier) => {
@@ -538,7 +559,7 @@ pub fn parse_payload(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError
 fn write_records(state: &App, outcomes: &[Outcome]) -> Result<(), ApiError> {
     let pending: Vec<&Outcome> = outcomes.iter().filter(|o| !o.written).collect();
     for (i, outcome) in pending.iter().enumerate() {
-        let key = deliveries::new_key(&outcome.record.trigger);
+        let key = state.routes.deliveries.new_key(&outcome.record.trigger);
         deliveries::record(&state.store, &key, &outcome.record, i + 1 == pending.len())?;
     }
     let objects = state.view.objects();
@@ -550,9 +571,12 @@ fn write_records(state: &App, outcomes: &[Outcome]) -> Result<(), ApiError> {
                 kind: Kind::Trigger,
                 id: trigger.clone(),
             })
-            .and_then(compiled)
+            .and_then(|record| state.routes.triggers.compiled(record))
             .map_or(crate::triggers::DEFAULT_HISTORY_LIMIT, |t| t.history_limit);
-        deliveries::note_delivery(&state.store, trigger, keep)?;
+        state
+            .routes
+            .deliveries
+            .note_delivery(&state.store, trigger, keep)?;
     }
     Ok(())
 }

@@ -240,13 +240,18 @@ async fn switch_job(state: AppState, given: String, paused: bool) -> Result<Json
     tokio::task::spawn_blocking(move || {
         let objects = state.view.objects();
         let zone = &state.config.config.scheduler.timezone;
-        let id = crate::scheduler::set_paused(&state.store, &objects.records, &given, paused, zone)
-            .map_err(|err| match err {
-                crate::scheduler::PauseError::NotFound { .. } => {
-                    ApiError::not_found(err.to_string())
-                }
-                crate::scheduler::PauseError::Store(err) => ApiError::internal(err),
-            })?;
+        let id = crate::scheduler::set_paused(
+            &state.store,
+            &state.schedule_lock,
+            &objects.records,
+            &given,
+            paused,
+            zone,
+        )
+        .map_err(|err| match err {
+            crate::scheduler::PauseError::NotFound { .. } => ApiError::not_found(err.to_string()),
+            crate::scheduler::PauseError::Store(err) => ApiError::internal(err),
+        })?;
         let states = crate::scheduler::states(&state.store)?;
         let job = crate::scheduler::jobs_json(
             &objects.records,

@@ -14,7 +14,6 @@
 //! `GET /api/agent-types` lists the built-in agent types and their actions (for editors).
 
 use std::path::{Component, Path as FsPath, PathBuf};
-use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -52,32 +51,32 @@ pub struct ManifestBody {
 }
 
 /// The names of the kinds the API documents: each kind, in lower case, and its directory
-/// (documentation only; the server reads any case).
-#[derive(ToSchema)]
-#[allow(dead_code, non_camel_case_types)]
-enum KindName {
-    Agent,
-    WorkflowTemplate,
-    Workflow,
-    Schedule,
-    Trigger,
-    Alert,
-    Dashboard,
-    agent,
-    workflowtemplate,
-    workflow,
-    schedule,
-    trigger,
-    alert,
-    dashboard,
-    agents,
-    templates,
-    workflows,
-    schedules,
-    triggers,
-    alerts,
-    dashboards,
+/// (the server reads any case). Only a schema: the body holds a string.
+struct KindName;
+
+impl utoipa::PartialSchema for KindName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let names = Kind::ALL
+            .iter()
+            .map(|kind| kind.as_str().to_owned())
+            .chain(
+                Kind::ALL
+                    .iter()
+                    .map(|kind| kind.as_str().to_ascii_lowercase()),
+            )
+            .chain(Kind::ALL.iter().map(|kind| kind.directory().to_owned()));
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "The names of the kinds the API documents: each kind, in lower case, and its \
+                 directory (the server reads any case).",
+            ))
+            .enum_values(Some(names))
+            .into()
+    }
 }
+
+impl ToSchema for KindName {}
 
 /// Where a manifest goes and what it replaces.
 struct Target {
@@ -510,9 +509,6 @@ pub async fn validate(
     .map_err(ApiError::internal)?
 }
 
-/// One save at a time: validate, write and reconcile are one step.
-static SAVING: Mutex<()> = Mutex::new(());
-
 /// Writes `text` to `path` through a hidden temporary file and a rename, so a reader (the
 /// watcher) sees the old file or the new one, never half of one.
 fn write_atomically(path: &FsPath, text: &str) -> std::io::Result<()> {
@@ -586,7 +582,11 @@ pub async fn save(
 }
 
 fn save_blocking(state: &AppState, body: ManifestBody) -> Result<Response, ApiError> {
-    let _one_at_a_time = SAVING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = state
+        .routes
+        .saving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let target = target(state, body)?;
     if let Some(hint) =
         crate::controller::git::commit_instead_hint(&state.config, FsPath::new(&target.file))

@@ -2,9 +2,11 @@
 //! published JSON Schemas under `/schemas/`. Every
 //! error is `{"error": {"code", "message", "details"}}` with the right 4xx or 5xx status;
 //! request bodies are size-limited and must be JSON where JSON is expected. Every request
-//! passes the [`guard`] first (Host, Origin, the API token, Content-Type). The OpenAPI 3.1
-//! document of all of it is generated from the handlers ([`ApiDoc`]) and served at
-//! `GET /api/openapi.json`.
+//! passes the [`guard`] first (Host, Origin, the API token, Content-Type). Each route is
+//! declared once, by its handler's `#[utoipa::path]`, and registered through
+//! `utoipa-axum`'s router, which gives both the axum router ([`router`]) and the OpenAPI 3.1
+//! document ([`openapi()`], served at `GET /api/openapi.json`); `GET /api` lists the routes
+//! from that document.
 
 mod agent_metrics;
 mod agent_runs;
@@ -26,183 +28,144 @@ pub mod state;
 mod triggers;
 pub mod ws;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-pub use error::{ApiError, ApiJson};
-pub use openapi::ApiDoc;
+pub use error::{ApiError, ApiJson, ErrorBody};
 
 pub use state::{App, AppState};
 
-/// Every route, as (method, path) — the OpenAPI test and `/api` index read this.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/ws"),
-    ("GET", "/api"),
-    ("GET", "/api/openapi.json"),
-    ("GET", "/api/status"),
-    ("GET", "/api/workflows"),
-    ("GET", "/api/workflows/{id}"),
-    ("GET", "/api/workflows/{id}/metrics"),
-    ("GET", "/api/workflows/{id}/trends"),
-    ("POST", "/api/workflows/{id}/execute"),
-    ("GET", "/api/runs"),
-    ("GET", "/api/runs/{id}"),
-    ("GET", "/api/runs/{id}/logs/{step}"),
-    ("GET", "/api/runs/{id}/artifacts/{path}"),
-    ("POST", "/api/runs/{id}/cancel"),
-    ("POST", "/api/runs/{id}/rerun"),
-    ("GET", "/api/agents"),
-    ("GET", "/api/agents/{name}"),
-    ("GET", "/api/agents/{name}/metrics"),
-    ("GET", "/api/agents/{name}/executions"),
-    ("POST", "/api/agents/{name}/start"),
-    ("POST", "/api/agents/{name}/stop"),
-    ("GET", "/api/manifests"),
-    ("POST", "/api/manifests"),
-    ("POST", "/api/validate"),
-    ("POST", "/api/validate/condition"),
-    ("GET", "/api/dashboards"),
-    ("GET", "/api/dashboards/{id}"),
-    ("GET", "/api/agent-types"),
-    ("GET", "/api/scheduler/jobs"),
-    ("POST", "/api/scheduler/jobs"),
-    ("POST", "/api/scheduler/jobs/{id}/pause"),
-    ("POST", "/api/scheduler/jobs/{id}/resume"),
-    ("POST", "/api/diff"),
-    ("POST", "/api/apply"),
-    ("POST", "/api/sync"),
-    ("POST", "/hooks/source"),
-    ("GET", "/api/triggers"),
-    ("GET", "/api/triggers/{id}"),
-    ("GET", "/api/triggers/{id}/deliveries"),
-    ("POST", "/hooks/{path}"),
-    ("GET", "/api/alerts"),
-    ("GET", "/api/alerts/{id}"),
-    ("GET", "/api/alerts/{id}/manifest"),
-    ("GET", "/api/notification-channels"),
-    ("GET", "/api/silences"),
-    ("POST", "/api/silences"),
-    ("DELETE", "/api/silences/{id}"),
-    ("GET", "/api/system/metrics"),
-    ("GET", "/"),
-    ("GET", "/assets/{path}"),
-    ("GET", "/schemas/{file}"),
-];
+/// What the routes keep between requests, for as long as the server runs (the app state
+/// holds it).
+pub struct RouteState {
+    /// One manifest save at a time: validate, write and reconcile are one step.
+    saving: Mutex<()>,
+    /// The live triggers, compiled from their records.
+    triggers: hooks::CompiledTriggers,
+    /// The webhook bodies being read, all deliveries together (see
+    /// [`hooks::BODY_BUDGET_BYTES`]).
+    body_budget: Arc<tokio::sync::Semaphore>,
+    /// The keys of delivery records, and the deliveries counted per trigger.
+    deliveries: crate::triggers::deliveries::Deliveries,
+    /// The OpenAPI document, and the route list read from it.
+    published: openapi::Published,
+}
+
+impl Default for RouteState {
+    fn default() -> RouteState {
+        RouteState {
+            saving: Mutex::default(),
+            triggers: hooks::CompiledTriggers::default(),
+            body_budget: hooks::body_budget(),
+            deliveries: crate::triggers::deliveries::Deliveries::default(),
+            published: openapi::Published::new(),
+        }
+    }
+}
+
+/// Every route with its OpenAPI operation, declared once: each handler's
+/// `#[utoipa::path]` names its method and path, and `routes!` hands both to the router and
+/// to the document, so [`router`], [`openapi()`] and `GET /api` cannot disagree. In the
+/// order `GET /api` lists them. Axum's catch-all `{*name}` is OpenAPI's `{name}` (see
+/// [`openapi::finish`]).
+///
+/// `state` is for the layers that hold it (the trigger webhooks' guard); the document alone
+/// is built without.
+fn declared(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    // Webhook triggers (`/hooks/source`, being static, wins over this): their own secrets,
+    // and up to 25 MB whatever `server.max_body_bytes` says.
+    let trigger_hooks =
+        routes!(hooks::receive).layer(DefaultBodyLimit::max(crate::triggers::MAX_DELIVERY_BYTES));
+    let trigger_hooks = match state {
+        Some(state) => trigger_hooks.layer(middleware::from_fn_with_state(
+            Arc::clone(state),
+            hooks::guard,
+        )),
+        None => trigger_hooks,
+    };
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(handlers::healthz))
+        .routes(routes!(handlers::readyz))
+        .routes(routes!(handlers::metrics))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(handlers::index))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(handlers::status))
+        .routes(routes!(handlers::list_workflows))
+        .routes(routes!(handlers::show_workflow))
+        .routes(routes!(agent_metrics::workflow_metrics))
+        .routes(routes!(reports::workflow_trends))
+        .routes(routes!(handlers::execute_workflow))
+        .routes(routes!(handlers::list_runs))
+        .routes(routes!(handlers::show_run))
+        .routes(routes!(handlers::run_log))
+        .routes(routes!(reports::run_artifact))
+        .routes(routes!(handlers::cancel_run))
+        .routes(routes!(handlers::rerun))
+        .routes(routes!(handlers::list_agents))
+        .routes(routes!(handlers::show_agent))
+        .routes(routes!(agent_metrics::agent_metrics))
+        .routes(routes!(agent_runs::agent_executions))
+        .routes(routes!(handlers::start_agent))
+        .routes(routes!(handlers::stop_agent))
+        .routes(routes!(handlers::list_manifests, manifest_save::save))
+        .routes(routes!(manifest_save::validate))
+        .routes(routes!(alert_rules::validate_condition))
+        .routes(routes!(manifest_save::list_dashboards))
+        .routes(routes!(manifest_save::show_dashboard))
+        .routes(routes!(manifest_save::agent_types))
+        .routes(routes!(handlers::list_jobs, jobs::create_job))
+        .routes(routes!(jobs::pause_job))
+        .routes(routes!(jobs::resume_job))
+        .routes(routes!(handlers::diff))
+        .routes(routes!(handlers::apply))
+        .routes(routes!(handlers::sync))
+        // A webhook proves itself by its signature: the guard lets `/hooks/` through.
+        .routes(routes!(source_hook::receive))
+        .routes(routes!(triggers::list_triggers))
+        .routes(routes!(triggers::show_trigger))
+        .routes(routes!(triggers::list_deliveries))
+        .routes(trigger_hooks)
+        .routes(routes!(alerts::list_alerts))
+        .routes(routes!(alerts::show_alert))
+        .routes(routes!(alert_rules::alert_manifest))
+        .routes(routes!(alert_rules::notification_channels))
+        .routes(routes!(alerts::list_silences, alerts::create_silence))
+        .routes(routes!(alerts::expire_silence))
+        .routes(routes!(monitor::system_metrics))
+        .routes(routes!(assets::index))
+        .routes(routes!(assets::asset))
+        .routes(routes!(schemas::published_schema))
+}
+
+/// The OpenAPI document of every route of [`router`].
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, document) = declared(None).split_for_parts();
+    openapi::finish(document)
+}
+
+/// Every route as (method, path), in the order `GET /api` lists them: read from the
+/// document, so from the routes themselves.
+pub fn routes() -> Vec<(&'static str, String)> {
+    openapi::operations(&openapi())
+}
 
 /// The router with every route, behind the request guard (Host, Origin, API token,
 /// Content-Type: see [`guard`]).
 pub fn router(state: AppState, guard: Arc<guard::Guard>) -> Router {
     let max_body = state.config.config.server.max_body_bytes as usize;
-    Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(handlers::metrics))
-        .route("/ws", get(ws::upgrade))
-        .route("/api", get(handlers::index))
-        .route("/api/openapi.json", get(openapi::openapi_json))
-        .route("/api/status", get(handlers::status))
-        .route("/api/workflows", get(handlers::list_workflows))
-        .route("/api/workflows/{id}", get(handlers::show_workflow))
-        .route(
-            "/api/workflows/{id}/metrics",
-            get(agent_metrics::workflow_metrics),
-        )
-        .route(
-            "/api/workflows/{id}/execute",
-            post(handlers::execute_workflow),
-        )
-        .route("/api/runs", get(handlers::list_runs))
-        .route("/api/runs/{id}", get(handlers::show_run))
-        .route("/api/runs/{id}/logs/{step}", get(handlers::run_log))
-        .route(
-            "/api/runs/{id}/artifacts/{*path}",
-            get(reports::run_artifact),
-        )
-        .route("/api/workflows/{id}/trends", get(reports::workflow_trends))
-        .route("/api/runs/{id}/cancel", post(handlers::cancel_run))
-        .route("/api/runs/{id}/rerun", post(handlers::rerun))
-        .route("/api/agents", get(handlers::list_agents))
-        .route("/api/agents/{name}", get(handlers::show_agent))
-        .route(
-            "/api/agents/{name}/metrics",
-            get(agent_metrics::agent_metrics),
-        )
-        .route(
-            "/api/agents/{name}/executions",
-            get(agent_runs::agent_executions),
-        )
-        .route("/api/agents/{name}/start", post(handlers::start_agent))
-        .route("/api/agents/{name}/stop", post(handlers::stop_agent))
-        .route(
-            "/api/manifests",
-            get(handlers::list_manifests).post(manifest_save::save),
-        )
-        .route("/api/validate", post(manifest_save::validate))
-        .route(
-            "/api/validate/condition",
-            post(alert_rules::validate_condition),
-        )
-        .route("/api/dashboards", get(manifest_save::list_dashboards))
-        .route("/api/dashboards/{id}", get(manifest_save::show_dashboard))
-        .route("/api/agent-types", get(manifest_save::agent_types))
-        .route(
-            "/api/scheduler/jobs",
-            get(handlers::list_jobs).post(jobs::create_job),
-        )
-        .route("/api/scheduler/jobs/{id}/pause", post(jobs::pause_job))
-        .route("/api/scheduler/jobs/{id}/resume", post(jobs::resume_job))
-        .route("/api/diff", post(handlers::diff))
-        .route("/api/apply", post(handlers::apply))
-        .route("/api/sync", post(handlers::sync))
-        .route("/api/triggers", get(triggers::list_triggers))
-        .route("/api/triggers/{id}", get(triggers::show_trigger))
-        .route(
-            "/api/triggers/{id}/deliveries",
-            get(triggers::list_deliveries),
-        )
-        .route("/api/system/metrics", get(monitor::system_metrics))
-        .route("/api/alerts", get(alerts::list_alerts))
-        .route("/api/alerts/{id}", get(alerts::show_alert))
-        .route(
-            "/api/alerts/{id}/manifest",
-            get(alert_rules::alert_manifest),
-        )
-        .route(
-            "/api/notification-channels",
-            get(alert_rules::notification_channels),
-        )
-        .route(
-            "/api/silences",
-            get(alerts::list_silences).post(alerts::create_silence),
-        )
-        .route("/api/silences/{id}", delete(alerts::expire_silence))
-        .route("/", get(assets::index))
-        .route("/assets/{*path}", get(assets::asset))
-        .route("/schemas/{file}", get(schemas::published_schema))
+    let (routes, _) = declared(Some(&state)).split_for_parts();
+    routes
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        // A webhook proves itself by its signature: the guard lets `/hooks/` through.
-        .route("/hooks/source", post(source_hook::receive))
-        // Webhook triggers (`/hooks/source` above, being static, wins over this): their
-        // own secrets, and up to 25 MB whatever `server.max_body_bytes` says.
-        .route(
-            "/hooks/{*path}",
-            post(hooks::receive)
-                .layer(DefaultBodyLimit::max(crate::triggers::MAX_DELIVERY_BYTES))
-                .layer(middleware::from_fn_with_state(
-                    Arc::clone(&state),
-                    hooks::guard,
-                )),
-        )
         // Inside the guard: a refused request's body is never read.
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),

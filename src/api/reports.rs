@@ -135,7 +135,7 @@ pub fn artifact_url(run_id: &str, path: &str) -> Option<String> {
 /// step's `artifacts`), relative to the project, resolved inside the project's `reports/`
 /// directory or the run's log directory. HTML is sent with a sandboxing
 /// Content-Security-Policy (no scripts).
-#[utoipa::path(get, path = "/api/runs/{id}/artifacts/{path}", tag = "runs",
+#[utoipa::path(get, path = "/api/runs/{id}/artifacts/{*path}", tag = "runs",
     params(
         ("id" = String, Path, description = "The run's id (`run_...`)"),
         ("path" = String, Path, description = "The artifact's path as the run recorded it, e.g. `reports/run_.../report.html`: relative, `/`-separated, no segment empty or starting with `.`, no backslash or NUL",

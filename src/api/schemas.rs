@@ -8,12 +8,24 @@ use axum::extract::Path;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
+use super::{ApiError, ErrorBody};
 
 /// The media type of a JSON Schema document (draft 2020-12, section 13.1).
 const SCHEMA_MEDIA_TYPE: &str = "application/schema+json";
 
-/// `GET /schemas/{file}`: one published schema, or a JSON 404 listing them.
+/// A published JSON Schema: `workflow.json`, `workflow-template.json`, `agent.json`,
+/// `schedule.json`, `alert.json`, `trigger.json`, `dashboard.json` or `config.json`.
+///
+/// Public, like the dashboard's files: no API token. Its `$id` is the file name, which
+/// resolves to this URL, so `# yaml-language-server: $schema=http://HOST/schemas/workflow.json`
+/// works as well as `$schema=../schemas/workflow.json` in a project `init` wrote.
+#[utoipa::path(get, path = "/schemas/{file}", tag = "schemas",
+    params(("file" = String, Path, description = "The schema's file name, e.g. `workflow.json`")),
+    responses(
+        (status = 200, description = "The schema (JSON Schema draft 2020-12)",
+            body = Object, content_type = "application/schema+json"),
+        (status = 404, description = "No such schema; `details.schemas` lists them", body = ErrorBody),
+    ))]
 pub async fn published_schema(Path(file): Path<String>) -> Response {
     match crate::schema::published_text(&file) {
         Some(text) => (

@@ -61,6 +61,12 @@ pub struct App {
     pub ready: AtomicBool,
     /// `logs/api.log`, the access log.
     pub api_log: Mutex<Option<crate::logging::RotatingFile>>,
+    /// What the routes keep between requests (save lock, compiled triggers, webhook body
+    /// budget, delivery keys, the published document).
+    pub routes: super::RouteState,
+    /// Held while the schedules' state tree is read, changed and written back: shared with
+    /// the scheduler, so a pause or resume never undoes a pass's write.
+    pub schedule_lock: Arc<crate::scheduler::StateLock>,
 }
 
 impl App {

@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
@@ -14,8 +14,7 @@ use crate::triggers::deliveries;
 use crate::triggers::{DeliveryRecord, TriggerSpec};
 
 /// The triggers in force.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TriggerList {
     /// Each trigger: `id`, `name`, `path`, `provider`, `workflow`, `events`, `filters`
     /// (`branches`, `actions`, `paths`), `secret` (whether one is set: the secret and its
@@ -25,8 +24,7 @@ pub struct TriggerList {
 }
 
 /// A trigger's deliveries, newest first.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeliveryList {
     /// The trigger's id.
     trigger: String,
@@ -77,9 +75,10 @@ pub fn find(state: &AppState, id: &str) -> Result<std::sync::Arc<TriggerSpec>, A
             "filters": {"branches": ["main"], "actions": [], "paths": []}, "secret": true, "auth": "hmac",
             "parameters": {}, "enabled": true, "history_limit": 1000}]})),
     ))]
-pub async fn list_triggers(State(state): State<AppState>) -> Json<Value> {
-    let triggers: Vec<Value> = live_triggers(&state).iter().map(|t| t.summary()).collect();
-    Json(json!({ "triggers": triggers }))
+pub async fn list_triggers(State(state): State<AppState>) -> Json<TriggerList> {
+    Json(TriggerList {
+        triggers: live_triggers(&state).iter().map(|t| t.summary()).collect(),
+    })
 }
 
 /// One trigger, with its newest deliveries (`recent_deliveries`, at most 10) and how many
@@ -122,7 +121,7 @@ pub async fn list_deliveries(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(query): Query<DeliveriesQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryList>, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=100_000).contains(&limit) {
         return Err(
@@ -144,10 +143,10 @@ pub async fn list_deliveries(
     if let (Some(err), 0) = (missing, total) {
         return Err(err);
     }
-    Ok(Json(json!({
-        "trigger": id,
-        "deliveries": records,
-        "total": total,
-        "limit": limit,
-    })))
+    Ok(Json(DeliveryList {
+        trigger: id,
+        deliveries: records,
+        total,
+        limit,
+    }))
 }

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::events::EventKind;
 
 /// What a client sends is a few small requests (`subscribe`, `ping`): a small read buffer
@@ -24,9 +24,33 @@ use crate::events::EventKind;
 /// thousand idle clients at a few MB rather than 250.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// Upgrades the connection. A request that is no WebSocket handshake gets the JSON error of
-/// what is missing; `HEAD` gets the answer `GET` would get (axum drops the body), which for a
-/// complete handshake is a 400, since `HEAD` cannot switch protocols.
+/// The event stream (WebSocket).
+///
+/// Messages are `{"type", "payload", "timestamp", "sequence"}`: `workflow_started`,
+/// `workflow_completed`, `step_started`, `step_completed`, `step_retrying`,
+/// `agent_status_changed`, `manifest_applied`, `manifest_invalid`, `sync_completed`, ...
+/// The first is `connected`, listing the kinds. `{"type": "subscribe", "events": [...]}`
+/// narrows what the client gets, `unsubscribe` widens it again, `ping` answers `pong`; a
+/// client that falls behind gets `{"type": "lagged", "payload": {"missed": N}}`.
+///
+/// A request that is no WebSocket handshake gets the JSON error of what is missing; `HEAD`
+/// gets the answer `GET` would get (no body), which for a complete handshake is a 400,
+/// since `HEAD` cannot switch protocols.
+#[utoipa::path(get, path = "/ws", tag = "events", operation_id = "websocket",
+    params(("token" = Option<String>, Query,
+        description = "The API token, for clients that cannot set the `Authorization` header (browsers); only `/ws` reads it"),
+        // The handshake (RFC 6455): without it the answer is 400.
+        ("Upgrade" = String, Header, description = "`websocket`", pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Connection" = String, Header, description = "Includes `Upgrade`", pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header, description = "16 random bytes in base64",
+            pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$")),
+    security(("bearer" = [])),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket handshake", body = ErrorBody),
+        (status = 401, description = "An API token is configured and the request does not carry it", body = ErrorBody),
+    ))]
 pub async fn upgrade(State(state): State<AppState>, request: Request) -> Response {
     let (mut parts, _body) = request.into_parts();
     let head = parts.method == Method::HEAD;

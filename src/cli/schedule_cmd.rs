@@ -272,7 +272,9 @@ fn pause(context: &Context, given: &str, paused: bool) -> Result<u8> {
         Backend::Local(store) => {
             let objects = store.objects()?;
             let zone = &context.config.config.scheduler.timezone;
-            let id = crate::scheduler::set_paused(&store, &objects, given, paused, zone)?;
+            // This process holds the store: no scheduler pass runs beside it.
+            let lock = crate::scheduler::StateLock::default();
+            let id = crate::scheduler::set_paused(&store, &lock, &objects, given, paused, zone)?;
             let states = crate::scheduler::states(&store)?;
             crate::scheduler::jobs_json(&objects, &states, |_| None, zone)
                 .into_iter()

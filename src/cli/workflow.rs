@@ -16,8 +16,6 @@ use super::client::{ApiClient, ApiFailure};
 use super::manifests::escape_control;
 use super::manifests::{self, table};
 use super::{Context, OutputFormat, EXIT_ERROR, EXIT_FINDINGS, EXIT_OK};
-use crate::agents::local::{LocalExecutor, LocalSettings};
-use crate::engine::admission::{AgentSwitches, RunAdmission};
 use crate::engine::expand;
 use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event, RunRequest};
 use crate::manifest::Kind;
@@ -105,33 +103,7 @@ pub fn open_store(context: &Context) -> Result<Store> {
 
 /// The engine's settings from the configuration.
 pub fn engine_config(context: &Context) -> EngineConfig {
-    let config = &context.config;
-    let log_dir = config.resolve(&config.config.logging.dir);
-    let reports_dir = config.resolve(&config.config.reports_dir);
-    let agent_switches = AgentSwitches::new();
-    let agent_logs = crate::engine::agent_logs::AgentLogs::new(config.config.logging.rotation());
-    let executor = LocalExecutor::new(LocalSettings {
-        project_dir: config.project_dir.clone(),
-        log_dir: log_dir.clone(),
-        reports_dir: reports_dir.clone(),
-        max_log_bytes: config.config.runs.max_log_bytes,
-        agent_logs: Arc::clone(&agent_logs),
-        agent_switches: Arc::clone(&agent_switches),
-    });
-    EngineConfig {
-        project_dir: config.project_dir.clone(),
-        log_dir,
-        reports_dir,
-        data_dir: context.data_dir(),
-        history_limit: config.config.runs.history_limit as usize,
-        max_parallel: config.config.runs.max_parallel as usize,
-        admission: RunAdmission::new(),
-        agent_switches,
-        max_log_bytes: config.config.runs.max_log_bytes,
-        agent_logs,
-        executor: Arc::new(executor),
-        history: Arc::default(),
-    }
+    crate::agents::local::engine_config(&context.config, context.data_dir())
 }
 
 /// Parses `--params`.

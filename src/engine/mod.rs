@@ -13,3 +13,4 @@ pub mod mask;
 pub mod process;
 pub mod run;
 pub mod runner;
+pub mod settings;

@@ -48,13 +48,17 @@ pub const LEAD: Duration = Duration::from_millis(200);
 pub const NEXT_FIRES: usize = 5;
 
 /// Held while the state tree is read, changed and written back (by a scheduler pass, a
-/// pause or a resume), so that none of them undoes another's write.
-static STATE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// pause or a resume), so that none of them undoes another's write. One per process that
+/// holds the store: the server's app state keeps it for the scheduler and the API.
+#[derive(Debug, Default)]
+pub struct StateLock(std::sync::Mutex<()>);
 
-fn state_lock() -> std::sync::MutexGuard<'static, ()> {
-    STATE_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl StateLock {
+    fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 pub use crate::spec::schedule::{Catchup, Overlap, ScheduleSpec};
@@ -288,6 +292,7 @@ pub enum PauseError {
 /// Returns the schedule's id. Blocking.
 pub fn set_paused(
     store: &Store,
+    lock: &StateLock,
     objects: &BTreeMap<crate::store::ObjectKey, ObjectRecord>,
     given: &str,
     paused: bool,
@@ -312,7 +317,7 @@ pub fn set_paused(
         });
     };
     let id = record.key.id.clone();
-    let _guard = state_lock();
+    let _guard = lock.hold();
     let mut state: ScheduleState = store.state(STATE_TREE, &id)?.unwrap_or_default();
     if state.paused == paused {
         return Ok(id);
@@ -372,6 +377,9 @@ pub struct Scheduling {
     pub events: crate::events::EventBus,
     /// Starts, cancels and lists the runs of this process.
     pub runner: Arc<crate::engine::runner::Runner>,
+    /// Held while the state tree is read, changed and written back (shared with the API's
+    /// pause and resume).
+    pub schedule_lock: Arc<StateLock>,
 }
 
 /// Fires what is due for every live schedule by `now` + [`LEAD`] and returns the next due
@@ -384,7 +392,7 @@ pub fn tick(
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     let objects = shared.view.objects();
     // Until the changes are written: a pause or resume meanwhile would be undone.
-    let guard = state_lock();
+    let guard = shared.schedule_lock.hold();
     let mut states = states(&shared.store)?;
     let mut earliest: Option<DateTime<Utc>> = None;
     let mut fires: Vec<(ScheduleSpec, DateTime<Utc>)> = Vec::new();
@@ -486,7 +494,7 @@ pub fn tick(
     }
     let mut settled: BTreeMap<String, ScheduleState> = BTreeMap::new();
     // Read afresh under the lock: a pause or resume since the first write is kept.
-    let guard = state_lock();
+    let guard = shared.schedule_lock.hold();
     for (id, due, result) in started {
         let state = match settled.entry(id.clone()) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),

@@ -173,6 +173,8 @@ pub fn assemble(
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         ready: AtomicBool::new(false),
         api_log: Mutex::new(Some(api_log)),
+        routes: crate::api::RouteState::default(),
+        schedule_lock: Arc::default(),
     });
 
     Ok(Assembled { app, token })
@@ -347,6 +349,7 @@ pub fn serve(
             view: Arc::clone(&app.view),
             events: app.events.clone(),
             runner: Arc::clone(&runner),
+            schedule_lock: Arc::clone(&app.schedule_lock),
         }),
         stopped,
     ));

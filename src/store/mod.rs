@@ -256,13 +256,16 @@ impl Store {
     /// Opens (creating if needed) the store in a data directory, holding it for this process.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         // A handle this process just dropped is released by sled's own threads a moment
-        // later: only then is the lock free again. Another process's lock is reported at once.
+        // later: only then is the lock free again. While the owner file names this process,
+        // or names no one (a store dropped removes it before sled lets go; another process
+        // writes it a moment after taking the lock), the lock is waited for; another
+        // process's lock is reported at once.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             match Store::open_once(data_dir) {
                 Err(StoreError::Locked { .. })
                     if std::time::Instant::now() < deadline
-                        && (held_by_this_process(data_dir) || released_here(data_dir)) =>
+                        && (held_by_this_process(data_dir) || owner_unnamed(data_dir)) =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -908,30 +911,16 @@ impl Drop for Store {
             return;
         }
         // sled releases its lock a moment after this handle goes, while the owner file is
-        // already gone: remember the release so that `open` in this process waits for it.
-        released_by_this_process()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.path.clone());
+        // already gone: `open` waits for a lock whose owner file names no one.
         // Best effort: a stale owner file only makes a later "in use" message less precise.
         let _ = fs::remove_file(self.path.join(OWNER_FILE));
     }
 }
 
-/// Data directories whose store this process has closed.
-fn released_by_this_process() -> &'static std::sync::Mutex<std::collections::HashSet<PathBuf>> {
-    static RELEASED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
-        std::sync::OnceLock::new();
-    RELEASED.get_or_init(Default::default)
-}
-
-/// Whether this process closed the store in `data_dir`, so a lock on it is sled's own
-/// release still in progress.
-fn released_here(data_dir: &Path) -> bool {
-    released_by_this_process()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(data_dir)
+/// Whether no owner file names who holds the store in `data_dir`: a lock on it is being
+/// released (by this process or another) or just taken, so it is worth waiting for.
+fn owner_unnamed(data_dir: &Path) -> bool {
+    !data_dir.join(OWNER_FILE).exists()
 }
 
 /// Whether the owner file names this process.

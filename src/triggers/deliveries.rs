@@ -18,7 +18,7 @@
 //! go.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -44,17 +44,54 @@ struct IdEntry {
     run_id: Option<String>,
 }
 
-/// A new record key for a delivery at `trigger`: later deliveries sort after earlier ones
-/// (a monotonic ULID, so even two in one millisecond keep their order).
-pub fn new_key(trigger: &str) -> String {
-    static GENERATOR: LazyLock<Mutex<ulid::Generator>> =
-        LazyLock::new(|| Mutex::new(ulid::Generator::new()));
-    let ulid = GENERATOR
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .generate()
-        .unwrap_or_else(|_| ulid::Ulid::new());
-    format!("{trigger}/{ulid}")
+/// What the receiver of deliveries keeps between them, for as long as it receives: the
+/// generator of record keys and the deliveries counted per trigger since the start.
+pub struct Deliveries {
+    keys: Mutex<ulid::Generator>,
+    counts: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for Deliveries {
+    fn default() -> Deliveries {
+        Deliveries {
+            keys: Mutex::new(ulid::Generator::new()),
+            counts: Mutex::default(),
+        }
+    }
+}
+
+impl Deliveries {
+    /// A new record key for a delivery at `trigger`: later deliveries sort after earlier
+    /// ones (a monotonic ULID, so even two in one millisecond keep their order).
+    pub fn new_key(&self, trigger: &str) -> String {
+        let ulid = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generate()
+            .unwrap_or_else(|_| ulid::Ulid::new());
+        format!("{trigger}/{ulid}")
+    }
+
+    /// Counts deliveries per trigger and prunes a trigger's records to `keep` now and then
+    /// (every [`PRUNE_EVERY`], and at the first after a start).
+    pub fn note_delivery(
+        &self,
+        store: &Store,
+        trigger: &str,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let due = {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let count = counts.entry(trigger.to_owned()).or_insert(0);
+            *count += 1;
+            *count % PRUNE_EVERY == 1
+        };
+        if due {
+            prune(store, trigger, keep)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes (or rewrites) a delivery record.
@@ -150,21 +187,6 @@ pub fn list(
     Ok((records, total))
 }
 
-/// Counts deliveries per trigger and prunes a trigger's records to `keep` now and then.
-pub fn note_delivery(store: &Store, trigger: &str, keep: usize) -> Result<(), StoreError> {
-    static COUNTS: LazyLock<Mutex<HashMap<String, u64>>> = LazyLock::new(Mutex::default);
-    let due = {
-        let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(trigger.to_owned()).or_insert(0);
-        *count += 1;
-        *count % PRUNE_EVERY == 1
-    };
-    if due {
-        prune(store, trigger, keep)?;
-    }
-    Ok(())
-}
-
 /// The part of the history a record counts against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
@@ -247,10 +269,11 @@ mod tests {
 
     #[test]
     fn claims_dedupe_and_survive_a_reopen() {
+        let keys = Deliveries::default();
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let key = new_key("trg_a");
+            let key = keys.new_key("trg_a");
             assert!(matches!(
                 claim(&store, "trg_a", "d-1", &key).unwrap(),
                 Claim::New
@@ -260,28 +283,29 @@ mod tests {
             record(&store, &key, &accepted, true).unwrap();
             // Another trigger on the same path has its own ids.
             assert!(matches!(
-                claim(&store, "trg_b", "d-1", &new_key("trg_b")).unwrap(),
+                claim(&store, "trg_b", "d-1", &keys.new_key("trg_b")).unwrap(),
                 Claim::New
             ));
         }
         let store = Store::open(dir.path()).unwrap();
-        match claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap() {
+        match claim(&store, "trg_a", "d-1", &keys.new_key("trg_a")).unwrap() {
             Claim::Seen(Some(earlier)) => assert_eq!(earlier.run_id.as_deref(), Some("run_1")),
             other => panic!("{other:?}"),
         }
         release(&store, "trg_a", "d-1").unwrap();
         assert!(matches!(
-            claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "d-1", &keys.new_key("trg_a")).unwrap(),
             Claim::New
         ));
     }
 
     #[test]
     fn lists_newest_first_and_prunes_the_oldest() {
+        let keys = Deliveries::default();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for i in 0..10 {
-            let key = new_key("trg_a");
+            let key = keys.new_key("trg_a");
             let delivery = format!("d-{i}");
             assert!(matches!(
                 claim(&store, "trg_a", &delivery, &key).unwrap(),
@@ -298,7 +322,7 @@ mod tests {
         // A trigger whose id starts like another's is not mixed in.
         record(
             &store,
-            &new_key("trg_ab"),
+            &keys.new_key("trg_ab"),
             &record_of("trg_ab", "x", DeliveryResult::Filtered),
             false,
         )
@@ -313,11 +337,11 @@ mod tests {
         assert_eq!(records.last().unwrap().delivery, "d-6");
         // The pruned deliveries' ids are forgotten; the kept ones are still duplicates.
         assert!(matches!(
-            claim(&store, "trg_a", "d-0", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "d-0", &keys.new_key("trg_a")).unwrap(),
             Claim::New
         ));
         assert!(matches!(
-            claim(&store, "trg_a", "d-9", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "d-9", &keys.new_key("trg_a")).unwrap(),
             Claim::Seen(Some(_))
         ));
         assert_eq!(list(&store, "trg_ab", 10).unwrap().1, 1);
@@ -325,12 +349,13 @@ mod tests {
 
     #[test]
     fn rejected_deliveries_have_their_own_part_of_the_history() {
+        let keys = Deliveries::default();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let put = |delivery: &str, result: DeliveryResult| {
             record(
                 &store,
-                &new_key("trg_a"),
+                &keys.new_key("trg_a"),
                 &record_of("trg_a", delivery, result),
                 false,
             )
@@ -352,9 +377,10 @@ mod tests {
 
     #[test]
     fn duplicates_filling_the_history_keep_the_claim() {
+        let keys = Deliveries::default();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let key = new_key("trg_a");
+        let key = keys.new_key("trg_a");
         assert!(matches!(
             claim(&store, "trg_a", "d-1", &key).unwrap(),
             Claim::New
@@ -367,7 +393,7 @@ mod tests {
         )
         .unwrap();
         for _ in 0..10 {
-            let key = new_key("trg_a");
+            let key = keys.new_key("trg_a");
             assert!(matches!(
                 claim(&store, "trg_a", "d-1", &key).unwrap(),
                 Claim::Seen(_)
@@ -380,7 +406,7 @@ mod tests {
         assert_eq!(list(&store, "trg_a", 100).unwrap().1, 4);
         name_run(&store, "trg_a", "d-1", &key, "run_1").unwrap();
         assert!(matches!(
-            claim(&store, "trg_a", "d-1", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "d-1", &keys.new_key("trg_a")).unwrap(),
             Claim::Seen(Some(_))
         ));
         assert_eq!(

@@ -171,7 +171,7 @@ fn received(record_key: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
     use crate::model::RunRecord;
-    use crate::triggers::deliveries::{claim, new_key, record, Claim};
+    use crate::triggers::deliveries::{claim, record, Claim, Deliveries};
 
     fn accepted(trigger: &str, delivery: &str, run: Option<&str>) -> DeliveryRecord {
         DeliveryRecord {
@@ -203,8 +203,8 @@ mod tests {
     }
 
     /// Claims `delivery` and records it as the receiver does before the run is created.
-    fn claimed(store: &Store, delivery: &str, run: Option<&str>) -> String {
-        let key = new_key("trg_a");
+    fn claimed(store: &Store, keys: &Deliveries, delivery: &str, run: Option<&str>) -> String {
+        let key = keys.new_key("trg_a");
         assert!(matches!(
             claim(store, "trg_a", delivery, &key).unwrap(),
             Claim::New
@@ -215,19 +215,20 @@ mod tests {
 
     #[test]
     fn claims_left_without_a_run_are_released_and_runs_are_linked() {
+        let keys = Deliveries::default();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // Complete: claimed, run created, recorded with its run.
-        claimed(&store, "done", Some("run_x"));
+        claimed(&store, &keys, "done", Some("run_x"));
         // Claimed and recorded, no run: the crash came before the run was written.
-        let lost = claimed(&store, "lost", None);
+        let lost = claimed(&store, &keys, "lost", None);
         // Claimed, run created, the record naming it not written.
         let run = webhook_run("trg_a", "unlinked");
         store.save_run(Some(&run), &[], false).unwrap();
-        let unlinked = claimed(&store, "unlinked", None);
+        let unlinked = claimed(&store, &keys, "unlinked", None);
         // Claimed only: neither record nor run.
         assert!(matches!(
-            claim(&store, "trg_a", "bare", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "bare", &keys.new_key("trg_a")).unwrap(),
             Claim::New
         ));
 
@@ -241,18 +242,18 @@ mod tests {
         // its run.
         for delivery in ["lost", "bare"] {
             assert!(matches!(
-                claim(&store, "trg_a", delivery, &new_key("trg_a")).unwrap(),
+                claim(&store, "trg_a", delivery, &keys.new_key("trg_a")).unwrap(),
                 Claim::New
             ));
         }
-        match claim(&store, "trg_a", "unlinked", &new_key("trg_a")).unwrap() {
+        match claim(&store, "trg_a", "unlinked", &keys.new_key("trg_a")).unwrap() {
             Claim::Seen(Some(earlier)) => {
                 assert_eq!(earlier.run_id.as_deref(), Some(run.id.as_str()))
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            claim(&store, "trg_a", "done", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "done", &keys.new_key("trg_a")).unwrap(),
             Claim::Seen(Some(_))
         ));
         let lost: DeliveryRecord = store.state(TREE, &lost).unwrap().unwrap();
@@ -276,15 +277,16 @@ mod tests {
 
     #[test]
     fn a_claim_whose_record_was_pruned_stays_a_duplicate() {
+        let keys = Deliveries::default();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let old = claimed(&store, "old", Some("run_old"));
-        claimed(&store, "new", Some("run_new"));
+        let old = claimed(&store, &keys, "old", Some("run_old"));
+        claimed(&store, &keys, "new", Some("run_new"));
         // The history kept only the newest record; the claim of the old one stays.
         store.remove_states(TREE, &[old]).unwrap();
         assert_eq!(recover(&store).unwrap(), Recovered::default());
         assert!(matches!(
-            claim(&store, "trg_a", "old", &new_key("trg_a")).unwrap(),
+            claim(&store, "trg_a", "old", &keys.new_key("trg_a")).unwrap(),
             Claim::Seen(None)
         ));
     }

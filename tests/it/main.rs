@@ -26,6 +26,7 @@ mod monitoring;
 mod notifications;
 mod receivers;
 mod replay_auth;
+mod router;
 mod run_slots;
 mod schedule_pause;
 mod scheduler;

@@ -1,11 +1,13 @@
 //! What the integration tests share, so each test module holds only its tests: running the
 //! binary in temporary projects ([`process`]), the one server harness ([`server`]), the one
 //! HTTP client ([`http`]), the `/ws` stream ([`ws`]), polling with a deadline ([`poll`])
-//! reading runs back ([`runs`]) and git repositories to follow ([`git`]).
+//! reading runs back ([`runs`]), git repositories to follow ([`git`]) and a server
+//! assembled in this process whose router is driven with `oneshot` ([`in_process`]).
 //! Everything stays parallel-safe: temp dirs, port 0, nothing global.
 
 pub(crate) mod git;
 pub(crate) mod http;
+pub(crate) mod in_process;
 pub(crate) mod poll;
 pub(crate) mod process;
 pub(crate) mod runs;
@@ -14,6 +16,7 @@ pub(crate) mod ws;
 
 pub(crate) use git::*;
 pub(crate) use http::*;
+pub(crate) use in_process::*;
 pub(crate) use poll::*;
 pub(crate) use process::*;
 pub(crate) use runs::*;
