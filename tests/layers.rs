@@ -9,10 +9,7 @@ use std::path::Path;
 
 /// Bottom to top. A module missing here is an error too: a new module picks its layer.
 const LAYERS: &[(&str, &[&str])] = &[
-    (
-        "base",
-        &["util", "model", "diagnostics", "duration", "events"],
-    ),
+    ("base", &["util", "model", "diagnostics", "duration"]),
     ("language", &["manifest", "cron", "lang"]),
     ("spec", &["spec", "schema", "logging", "config"]),
     ("storage", &["store", "source", "events"]),
@@ -125,6 +122,12 @@ fn violations(graph: &Graph, layers: &[(&str, &[&str])]) -> Vec<String> {
         .flat_map(|(index, (layer, modules))| modules.iter().map(move |m| (*m, (index, *layer))))
         .collect();
     let mut problems = Vec::new();
+    let listed: Vec<&str> = layers.iter().flat_map(|(_, m)| m.iter().copied()).collect();
+    for (index, module) in listed.iter().enumerate() {
+        if listed[..index].contains(module) {
+            problems.push(format!("{module} is listed in two layers"));
+        }
+    }
     for (module, edges) in graph {
         let Some(&(from, from_layer)) = rank.get(module.as_str()) else {
             problems.push(format!(
@@ -257,6 +260,13 @@ fn the_checker_fails_on_a_cycle_within_a_layer() {
 }
 
 #[test]
+fn the_checker_fails_on_a_module_in_two_layers() {
+    let twice: &[(&str, &[&str])] = &[("low", &["a"]), ("high", &["a"])];
+    let problems = violations(&graph(&[]), twice);
+    assert_eq!(problems, vec!["a is listed in two layers".to_owned()]);
+}
+
+#[test]
 fn the_checker_fails_on_a_module_without_a_layer() {
     let problems = violations(&graph(&[("d", "a")]), TOY);
     assert!(
@@ -275,4 +285,67 @@ fn references_are_read_from_paths_groups_and_not_comments() {
         found,
         vec!["engine", "events", "model", "reconcile", "store", "util"]
     );
+}
+
+/// Whether ARCHITECTURE.md's code map names `relative` (a path under `src/`): by its whole
+/// path, or by its path inside a module directory whose row names it.
+fn named_in_code_map(map: &str, relative: &Path) -> bool {
+    let whole = format!("`src/{}`", relative.display());
+    if map.contains(&whole) {
+        return true;
+    }
+    let mut parts = relative.components();
+    let Some(module) = parts.next() else {
+        return false;
+    };
+    let inside = parts.as_path().display().to_string();
+    let row_key = format!("| `src/{}/`", module.as_os_str().to_string_lossy());
+    // A module's own row describes its `mod.rs`.
+    map.lines()
+        .filter(|line| line.starts_with(&row_key))
+        .any(|line| inside == "mod.rs" || line.contains(&format!("`{inside}`")))
+}
+
+#[test]
+fn every_source_file_is_in_the_code_map() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    let src = root.join("src");
+    let mut missing = Vec::new();
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                // The dashboard's assets are listed by its asset table, not here.
+                if path.file_name().is_some_and(|n| n == "assets") {
+                    continue;
+                }
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(&src).expect("under src");
+                if !named_in_code_map(&text, relative) {
+                    missing.push(relative.display().to_string());
+                }
+            }
+        }
+    }
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "files ARCHITECTURE.md's code map does not name: {missing:?}"
+    );
+}
+
+#[test]
+fn the_code_map_check_finds_files_by_path_or_in_their_module_row() {
+    let map =
+        "| `src/lib.rs` | x |\n| `src/api/` | `state.rs` the state; `stats/health.rs` checks |\n";
+    assert!(named_in_code_map(map, Path::new("lib.rs")));
+    assert!(named_in_code_map(map, Path::new("api/state.rs")));
+    assert!(named_in_code_map(map, Path::new("api/stats/health.rs")));
+    assert!(!named_in_code_map(map, Path::new("api/other.rs")));
+    assert!(!named_in_code_map(map, Path::new("engine/state.rs")));
+    assert!(named_in_code_map(map, Path::new("api/mod.rs")));
+    assert!(!named_in_code_map(map, Path::new("engine/mod.rs")));
 }
