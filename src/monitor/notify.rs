@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -45,6 +46,8 @@ pub struct Notifier {
     attempts: u32,
     initial_backoff: Duration,
     external_url: Option<String>,
+    /// Appends to `log` channels' files and their rotation, one at a time.
+    appending: Arc<std::sync::Mutex<()>>,
 }
 
 impl Notifier {
@@ -83,6 +86,7 @@ impl Notifier {
             attempts: config.retry.attempts.max(1),
             initial_backoff,
             external_url: None,
+            appending: Arc::default(),
         }
     }
 
@@ -220,7 +224,9 @@ impl Notifier {
                     }),
                 }
             }
-            Kind::Log { path } => append_log_line(path, channel, notification).await,
+            Kind::Log { path } => {
+                append_log_line(path, channel, notification, Arc::clone(&self.appending)).await
+            }
             Kind::Unusable(problem) => Err(Failure::permanent(problem.clone())),
         }
     }
@@ -595,20 +601,22 @@ async fn append_log_line(
     path: &Path,
     channel: &str,
     notification: &AlertNotification,
+    appending: Arc<std::sync::Mutex<()>>,
 ) -> Result<(), Failure> {
     let line = log_line(channel, notification, Utc::now());
     let target = path.to_path_buf();
-    let written = tokio::task::spawn_blocking(move || append_rotating(&target, &line))
-        .await
-        .map_err(|err| Failure::retry(format!("{}: {err}", path.display())))?;
+    let written = tokio::task::spawn_blocking(move || {
+        let _held = appending.lock().unwrap_or_else(|e| e.into_inner());
+        append_rotating(&target, &line)
+    })
+    .await
+    .map_err(|err| Failure::retry(format!("{}: {err}", path.display())))?;
     written.map_err(|err| Failure::retry(format!("{}: {err}", path.display())))
 }
 
 fn append_rotating(path: &Path, line: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    // Rotation and appends to one file are serialized (a process has few log channels).
-    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _held = APPENDING.lock().unwrap_or_else(|e| e.into_inner());
+    // The caller holds the notifier's lock: rotation and appends are serialized.
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
