@@ -4,10 +4,19 @@
 //! Data flows one way: a [`source`] reads a snapshot of manifest files, [`manifest`] parses
 //! them into documents with source locations, [`schema`] validates them against the embedded
 //! JSON Schemas plus the semantic rules, [`reconcile`] diffs the desired set against what the
-//! [`store`] holds and applies the plan in one durable batch. [`cli`] is the command line on
-//! top; [`config`] resolves the environment configuration.
+//! [`store`] holds and applies the plan in one durable batch. The [`engine`]'s runner executes
+//! runs through an executor ([`agents`] holds the local one); the [`controller`],
+//! [`scheduler`], [`triggers`] and [`monitor`] work on it; [`api`] serves it; [`cli`] is the
+//! command line and [`server`] wires `orchestrator start` together.
 //!
-//! Invariants: `manifest`, `schema` and `reconcile::diff` do no IO; only `store` imports sled.
+//! Modules are layered (ARCHITECTURE.md, enforced by `tests/layers.rs`): base ([`util`],
+//! [`model`], [`diagnostics`], [`duration`]) → language ([`manifest`], [`cron`], [`lang`]) →
+//! spec ([`spec`], [`schema`], [`logging`], [`config`]) → storage ([`store`], [`source`],
+//! [`events`]) → [`reconcile`] → [`engine`] → services → http ([`api`], [`dashboard`]) →
+//! top ([`cli`], [`server`]); an import never points up.
+//!
+//! Invariants: `manifest`, `lang`, `spec`, `schema` and `reconcile::diff` do no IO; only
+//! `store` imports sled.
 
 #![forbid(unsafe_code)]
 

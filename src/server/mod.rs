@@ -270,15 +270,16 @@ pub fn serve(
     };
     // Agent health checks: now, then every minute.
     {
-        let agents = Arc::clone(&app);
+        let view = Arc::clone(&app.view);
+        let project_dir = app.config.project_dir.clone();
         let stopping = Arc::clone(&runner);
         crate::monitor::stats::health::spawn_periodic(
             Arc::clone(&app.stats),
             crate::monitor::stats::health::CHECK_INTERVAL,
             move || {
                 (
-                    run::agent_configs(&agents.view.objects().records),
-                    agents.config.project_dir.clone(),
+                    run::agent_configs(&view.objects().records),
+                    project_dir.clone(),
                 )
             },
             move || stopping.is_stopping(),
