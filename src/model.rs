@@ -261,6 +261,36 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// A step of a new run, not started: `log` is its log's path under the logs directory.
+    pub fn queued(
+        run_id: &str,
+        index: u32,
+        name: String,
+        agent: String,
+        action: String,
+        log: String,
+    ) -> StepRecord {
+        StepRecord {
+            run_id: run_id.to_owned(),
+            index,
+            name,
+            agent,
+            action,
+            status: Status::Queued,
+            attempts: Vec::new(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            exit_code: None,
+            message: None,
+            outputs: Map::new(),
+            log,
+            pgid: None,
+            tests: Vec::new(),
+            artifacts: Vec::new(),
+        }
+    }
+
     /// CPU seconds of the processes all its attempts ran; `None` when no attempt measured
     /// any.
     pub fn cpu_seconds(&self) -> Option<f64> {

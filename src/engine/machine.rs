@@ -761,7 +761,7 @@ mod tests {
     use super::*;
     use crate::engine::executor::Outcome;
     use crate::model::Attempt;
-    use serde_json::{json, Map};
+    use serde_json::json;
     use std::cell::RefCell;
     use std::collections::HashMap;
 
@@ -820,25 +820,14 @@ mod tests {
     }
 
     fn record(index: usize, name: &str) -> StepRecord {
-        StepRecord {
-            run_id: "run_1".into(),
-            index: index as u32,
-            name: name.into(),
-            agent: "shell".into(),
-            action: "run".into(),
-            status: Status::Queued,
-            attempts: Vec::new(),
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            exit_code: None,
-            message: None,
-            outputs: Map::new(),
-            log: String::new(),
-            pgid: None,
-            tests: Vec::new(),
-            artifacts: Vec::new(),
-        }
+        StepRecord::queued(
+            "run_1",
+            index as u32,
+            name.into(),
+            "shell".into(),
+            "run".into(),
+            String::new(),
+        )
     }
 
     impl Harness {

@@ -364,25 +364,15 @@ fn initial_steps(run: &RunRecord) -> Result<Vec<StepRecord>, EngineError> {
         .map(|(index, spec)| {
             let name = spec["name"].as_str().unwrap_or_default().to_owned();
             let (agent, action) = agent_and_action(spec);
-            Ok(StepRecord {
-                run_id: run.id.clone(),
-                index: index as u32,
-                log: format!("workflows/{}/{}.log", run.id, log_name(&name)),
+            let log = format!("workflows/{}/{}.log", run.id, log_name(&name));
+            Ok(StepRecord::queued(
+                &run.id,
+                index as u32,
                 name,
                 agent,
                 action,
-                status: Status::Queued,
-                attempts: Vec::new(),
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-                exit_code: None,
-                message: None,
-                outputs: Map::new(),
-                pgid: None,
-                tests: Vec::new(),
-                artifacts: Vec::new(),
-            })
+                log,
+            ))
         })
         .collect()
 }
@@ -941,14 +931,7 @@ fn base_env(run: &RunRecord) -> Vec<(String, EnvValue)> {
     env
 }
 
-/// Agent manifests by agent name.
-pub fn agent_configs(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> BTreeMap<String, Value> {
-    objects
-        .values()
-        .filter(|r| r.key.kind == Kind::Agent && r.is_live())
-        .filter_map(|r| r.spec.clone().map(|spec| (r.name.clone(), spec)))
-        .collect()
-}
+pub use crate::reconcile::view::agent_configs;
 
 fn report_data(
     store: &Store,
@@ -1153,23 +1136,15 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, (name, status))| StepRecord {
-                run_id: "run_1".into(),
-                index: index as u32,
-                name: (*name).into(),
-                agent: "shell".into(),
-                action: "run".into(),
                 status: *status,
-                attempts: Vec::new(),
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-                exit_code: None,
-                message: None,
-                outputs: Map::new(),
-                log: String::new(),
-                pgid: None,
-                tests: Vec::new(),
-                artifacts: Vec::new(),
+                ..StepRecord::queued(
+                    "run_1",
+                    index as u32,
+                    (*name).into(),
+                    "shell".into(),
+                    "run".into(),
+                    String::new(),
+                )
             })
             .collect()
     }

@@ -482,7 +482,8 @@ impl Runner {
                 }))
             }
         };
-        let agents = run::agent_configs(&self.view.objects().records);
+        // Only the agents: a long run does not keep a stale snapshot of every record.
+        let agents = self.view.objects().agents.clone();
         let summary = RunSummary::of(&run);
         if let Some(at) = not_before {
             // Ready ahead of time: wait for the instant itself.

@@ -27,6 +27,18 @@ pub struct Objects {
     /// Live Alert rules in id order; one that cannot be compiled is logged and left out
     /// (validation rejects such manifests already).
     pub alerts: Vec<AlertRule>,
+    /// Live Agent manifests by agent name: what each run's steps and the health checks
+    /// are configured with.
+    pub agents: BTreeMap<String, Value>,
+}
+
+/// Agent manifests by agent name.
+pub fn agent_configs(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> BTreeMap<String, Value> {
+    objects
+        .values()
+        .filter(|r| r.key.kind == Kind::Agent && r.is_live())
+        .filter_map(|r| r.spec.clone().map(|spec| (r.name.clone(), spec)))
+        .collect()
 }
 
 /// A live Schedule record compiled; `default_zone` when it names none.
@@ -124,11 +136,13 @@ impl View {
             .map(|r| (r.key.id.clone(), schedule_spec(r, &self.schedule_zone)))
             .collect();
         let alerts = alert_rules(&records);
+        let agents = agent_configs(&records);
         *self.objects.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Objects {
             records,
             workflows,
             schedules,
             alerts,
+            agents,
         });
         Ok(())
     }

@@ -276,12 +276,7 @@ pub fn serve(
         crate::monitor::stats::health::spawn_periodic(
             Arc::clone(&app.stats),
             crate::monitor::stats::health::CHECK_INTERVAL,
-            move || {
-                (
-                    run::agent_configs(&view.objects().records),
-                    project_dir.clone(),
-                )
-            },
+            move || (view.objects().agents.clone(), project_dir.clone()),
             move || stopping.is_stopping(),
         )?;
     }
