@@ -45,3 +45,4 @@ pub mod spec;
 pub mod store;
 pub mod triggers;
 pub mod util;
+pub mod workers;

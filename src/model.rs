@@ -208,6 +208,9 @@ pub struct Attempt {
     /// daemons) and were stopped at its end; absent when there were none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orphans_killed: Option<u32>,
+    /// The worker that ran it (its name), when a worker did; absent for this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// One step of a run.

@@ -17,7 +17,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("engine", &["engine"]),
     (
         "services",
-        &["agents", "controller", "scheduler", "triggers", "monitor"],
+        &[
+            "agents",
+            "controller",
+            "scheduler",
+            "triggers",
+            "monitor",
+            "workers",
+        ],
     ),
     ("http", &["api", "dashboard"]),
     ("top", &["cli", "server"]),

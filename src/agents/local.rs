@@ -65,18 +65,33 @@ impl LocalExecutor {
     }
 }
 
-/// The engine's settings from the configuration, with the local executor: what
-/// `orchestrator start`, `workflow execute` and the tests' in-process server use.
-pub fn engine_config(config: &LoadedConfig, data_dir: PathBuf) -> EngineConfig {
-    EngineConfig::from_config(config, data_dir, |agent_switches, agent_logs| {
-        Arc::new(LocalExecutor::new(LocalSettings {
+impl LocalSettings {
+    /// The settings a configuration gives, sharing the engine's agent switches and logs.
+    pub fn from_config(
+        config: &LoadedConfig,
+        agent_switches: &Arc<AgentSwitches>,
+        agent_logs: &Arc<AgentLogs>,
+    ) -> LocalSettings {
+        LocalSettings {
             project_dir: config.project_dir.clone(),
             log_dir: config.resolve(&config.config.logging.dir),
             reports_dir: config.resolve(&config.config.reports_dir),
             max_log_bytes: config.config.runs.max_log_bytes,
             agent_logs: Arc::clone(agent_logs),
             agent_switches: Arc::clone(agent_switches),
-        }))
+        }
+    }
+}
+
+/// The engine's settings from the configuration, with the local executor: what
+/// `workflow execute` and the tests' in-process server use.
+pub fn engine_config(config: &LoadedConfig, data_dir: PathBuf) -> EngineConfig {
+    EngineConfig::from_config(config, data_dir, |agent_switches, agent_logs| {
+        Arc::new(LocalExecutor::new(LocalSettings::from_config(
+            config,
+            agent_switches,
+            agent_logs,
+        )))
     })
 }
 
@@ -210,14 +225,9 @@ impl AttemptJob {
     fn execute_logged(&self, log: &Arc<StepLog>, outputs_path: &Path) -> AttemptFinished {
         let attempt = &self.attempt;
         let settings = &self.settings;
-        let Some(agent) = agent_for(&attempt.agent, attempt.agent_config.as_ref()) else {
-            let known: Vec<&str> = BUILTIN_AGENTS.iter().map(|a| a.name).collect();
-            return failed_before_start(format!(
-                "no agent `{}`: expected {} or an Agent manifest",
-                attempt.agent,
-                known.join(", ")
-            ));
-        };
+        if agent_for(&attempt.agent, attempt.agent_config.as_ref()).is_none() {
+            return unknown_agent(&attempt.agent);
+        }
         // A disabled agent is waited for once, before the step's first attempt.
         if attempt.number == 1 {
             if let Some(outcome) = self.wait_for_agent(log) {
@@ -227,159 +237,269 @@ impl AttemptJob {
                 };
             }
         }
-        let spec = &attempt.spec;
-        let substituted = spec
-            .get("parameters")
-            .map(|p| expand::substitute(p, &attempt.scope))
-            .transpose()
-            .and_then(|p| {
-                let command = spec
-                    .get("command")
-                    .map(|c| expand::substitute(c, &attempt.scope))
-                    .transpose()?;
-                Ok((p, command))
-            });
-        let (parameters, command) = match substituted {
-            Ok((p, c)) => (
-                p.and_then(|p| p.as_object().cloned()).unwrap_or_default(),
-                c,
-            ),
-            Err(err) => return failed_before_start(err),
-        };
-        let mut declared = attempt.env.to_vec();
-        declared.push((
-            "ORCHESTRATOR_STEP".into(),
-            EnvValue::Literal(attempt.step.clone()),
-        ));
-        declared.push((
-            "ORCHESTRATOR_OUTPUT".into(),
-            EnvValue::Literal(outputs_path.display().to_string()),
-        ));
-        if let Some(vars) = spec.get("env").and_then(Value::as_object) {
-            for (name, raw) in vars {
-                // `{{ }}` is substituted in literals only, and its result stays a literal:
-                // a parameter (a webhook's payload, say) never picks a secret or a server
-                // variable to read.
-                let value = match (raw, env::parse(raw)) {
-                    (Value::String(_), EnvValue::Literal(_)) => {
-                        let substituted =
-                            expand::substitute(raw, &attempt.scope).unwrap_or(raw.clone());
-                        EnvValue::Literal(params::env_value(&substituted))
-                    }
-                    (_, parsed) => parsed,
-                };
-                declared.push((name.clone(), value));
-            }
-        }
-        let env = match env::resolve(&declared, &settings.project_dir) {
-            Ok(resolved) => {
-                log.add_secrets(resolved.secrets);
-                resolved.vars
-            }
+        let prepared = match prepare(attempt, &settings.project_dir) {
+            Ok(prepared) => prepared,
             Err(err) => {
                 log.note(&err);
                 return failed_before_start(err);
             }
         };
-        let agent_log = settings
-            .log_dir
-            .join("agents")
-            .join(format!("{}.log", log_name(&attempt.agent)));
-        settings.agent_logs.make_room(&agent_log);
-
-        let number = attempt.number;
-        let started_at = now();
-        let started = Instant::now();
-        self.send(AttemptEvent::Started { at: started });
-        let _ = fs::remove_file(outputs_path);
-        let context = StepContext {
-            run_id: &attempt.run_id,
-            workflow_id: &attempt.workflow_id,
-            step: &attempt.step,
+        let place = Place {
             project_dir: &settings.project_dir,
             reports_dir: &settings.reports_dir,
-            agent_log: &agent_log,
+            log_dir: &settings.log_dir,
+            agent_logs: &settings.agent_logs,
+            worker: None,
+        };
+        run_prepared(
+            &prepared,
+            &place,
             log,
-            env: &env,
-            command: command.as_ref(),
-            working_dir: spec.get("working_dir").and_then(Value::as_str),
-            config: attempt.agent_config.as_ref(),
-            control: &self.control,
-            timeout: attempt.timeout,
-            reports: attempt.reports.as_deref(),
-        };
-        if attempt.attempts > 1 {
-            context.note(&format!("attempt {number} of {}", attempt.attempts));
-        }
-        let mut outcome = agent.execute_action(&attempt.action, &parameters, &context);
-        if let Some(reason) = self.control.stopped() {
-            outcome.status = Some(match reason {
-                StopReason::Timeout => Status::TimedOut,
-                StopReason::Cancel => Status::Cancelled,
-            });
-            if outcome.message.is_none() || reason == StopReason::Timeout {
-                outcome.message = Some(match reason {
-                    StopReason::Timeout => format!(
-                        "timed out after {}; its process group was killed",
-                        crate::duration::format_duration(attempt.timeout.unwrap_or_default())
-                    ),
-                    StopReason::Cancel => "cancelled".into(),
-                });
-            }
-        }
-        for (key, value) in read_outputs(outputs_path) {
-            outcome.outputs.insert(key, Value::from(value));
-        }
-        let leftovers = self.control.take_leftovers();
-        if leftovers > 0 {
-            let note = format!(
-                "{leftovers} process{} the step started outlived it and {} stopped",
-                if leftovers == 1 { "" } else { "es" },
-                if leftovers == 1 { "was" } else { "were" }
-            );
-            context.note(&note);
-            outcome.message = Some(match outcome.message.take() {
-                Some(message) => format!("{message}; {note}"),
-                None => note,
-            });
-        }
-        // Secret values never reach a record: what an agent or the step wrote back is
-        // masked as its log is.
-        let secrets = log.secrets();
-        if !secrets.is_empty() {
-            outcome.message = outcome.message.map(|m| secrets.mask_str(&m));
-            for value in outcome.outputs.values_mut() {
-                if let Value::String(text) = value {
-                    *text = secrets.mask_str(text);
+            outputs_path,
+            &self.control,
+            attempt.reports.as_deref(),
+            || self.send(AttemptEvent::Started { at: Instant::now() }),
+        )
+    }
+}
+
+/// An attempt made ready to run anywhere: `{{ }}` substituted in its parameters, command
+/// and literal `env:` values, its environment resolved (secret values among them, and
+/// listed for masking). What a worker receives.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PreparedStep {
+    /// The run.
+    pub run_id: String,
+    /// The run's workflow.
+    pub workflow_id: String,
+    /// The step's name.
+    pub step: String,
+    /// The attempt's number, from 1.
+    pub number: u32,
+    /// Attempts the step may make in all.
+    pub attempts: u32,
+    /// The step's agent.
+    pub agent: String,
+    /// The action asked of it.
+    pub action: String,
+    /// Its parameters, substituted.
+    pub parameters: Map<String, Value>,
+    /// Its own command, substituted.
+    pub command: Option<Value>,
+    /// Its environment, resolved.
+    pub env: Vec<(String, String)>,
+    /// The secret values among `env`, masked wherever the step's output goes.
+    pub secrets: Vec<String>,
+    /// Its `working_dir`.
+    pub working_dir: Option<String>,
+    /// The Agent manifest configuring its agent, if any.
+    pub agent_config: Option<Value>,
+    /// Its time limit, in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Substitutes and resolves an attempt where the run lives: secrets are read from
+/// `project_dir` and the process environment.
+pub fn prepare(attempt: &StepAttempt, project_dir: &Path) -> Result<PreparedStep, String> {
+    let spec = &attempt.spec;
+    let parameters = spec
+        .get("parameters")
+        .map(|p| expand::substitute(p, &attempt.scope))
+        .transpose()?
+        .and_then(|p| p.as_object().cloned())
+        .unwrap_or_default();
+    let command = spec
+        .get("command")
+        .map(|c| expand::substitute(c, &attempt.scope))
+        .transpose()?;
+    let mut declared = attempt.env.to_vec();
+    declared.push((
+        "ORCHESTRATOR_STEP".into(),
+        EnvValue::Literal(attempt.step.clone()),
+    ));
+    if let Some(vars) = spec.get("env").and_then(Value::as_object) {
+        for (name, raw) in vars {
+            // `{{ }}` is substituted in literals only, and its result stays a literal: a
+            // parameter (a webhook's payload, say) never picks a secret or a server
+            // variable to read.
+            let value = match (raw, env::parse(raw)) {
+                (Value::String(_), EnvValue::Literal(_)) => {
+                    let substituted =
+                        expand::substitute(raw, &attempt.scope).unwrap_or(raw.clone());
+                    EnvValue::Literal(params::env_value(&substituted))
                 }
-            }
-            for case in &mut outcome.tests {
-                for text in [&mut case.message, &mut case.details, &mut case.output]
-                    .into_iter()
-                    .flatten()
-                {
-                    *text = secrets.mask_str(text);
-                }
-            }
-        }
-        let usage = self.control.take_usage();
-        let record = Attempt {
-            number,
-            status: outcome.status.unwrap_or(Status::Failed),
-            started_at,
-            finished_at: now(),
-            duration_ms: started.elapsed().as_millis() as u64,
-            exit_code: outcome.exit_code,
-            message: outcome.message.clone(),
-            cpu_seconds: usage.map(|u| u.cpu_seconds),
-            max_rss_bytes: usage.map(|u| u.max_rss_bytes),
-            orphans_killed: (leftovers > 0).then_some(leftovers),
-        };
-        AttemptFinished {
-            outcome,
-            attempt: Some(record),
+                (_, parsed) => parsed,
+            };
+            declared.push((name.clone(), value));
         }
     }
+    let resolved = env::resolve(&declared, project_dir)?;
+    Ok(PreparedStep {
+        run_id: attempt.run_id.clone(),
+        workflow_id: attempt.workflow_id.clone(),
+        step: attempt.step.clone(),
+        number: attempt.number,
+        attempts: attempt.attempts,
+        agent: attempt.agent.clone(),
+        action: attempt.action.clone(),
+        parameters,
+        command,
+        env: resolved.vars,
+        secrets: resolved.secrets,
+        working_dir: spec
+            .get("working_dir")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        agent_config: attempt.agent_config.clone(),
+        timeout_ms: attempt.timeout.map(|t| t.as_millis() as u64),
+    })
+}
+
+/// Where a prepared attempt runs: this machine's project directory, or a worker's
+/// workspace holding the project at the run's revision.
+#[derive(Debug)]
+pub struct Place<'a> {
+    /// The project (default working directory, base of relative paths).
+    pub project_dir: &'a Path,
+    /// Where reports go.
+    pub reports_dir: &'a Path,
+    /// Where agent logs go (under `agents/`).
+    pub log_dir: &'a Path,
+    /// The agents' own logs, rotated.
+    pub agent_logs: &'a AgentLogs,
+    /// The worker's name, recorded on the attempt; `None` on the controller.
+    pub worker: Option<&'a str>,
+}
+
+/// Runs a prepared attempt: its agent found, `$ORCHESTRATOR_OUTPUT` set to
+/// `outputs_path`, `started` called as the agent is about to run, its outputs read, what
+/// it hands back masked.
+pub fn run_prepared(
+    prepared: &PreparedStep,
+    place: &Place<'_>,
+    log: &Arc<StepLog>,
+    outputs_path: &Path,
+    control: &StepControl,
+    reports: Option<&ReportData>,
+    started: impl FnOnce(),
+) -> AttemptFinished {
+    let Some(agent) = agent_for(&prepared.agent, prepared.agent_config.as_ref()) else {
+        return unknown_agent(&prepared.agent);
+    };
+    log.add_secrets(prepared.secrets.clone());
+    let mut env = prepared.env.clone();
+    env.push((
+        "ORCHESTRATOR_OUTPUT".into(),
+        outputs_path.display().to_string(),
+    ));
+    let agent_log = place
+        .log_dir
+        .join("agents")
+        .join(format!("{}.log", log_name(&prepared.agent)));
+    place.agent_logs.make_room(&agent_log);
+
+    let number = prepared.number;
+    let timeout = prepared.timeout_ms.map(Duration::from_millis);
+    let started_at = now();
+    let started_instant = Instant::now();
+    started();
+    let _ = fs::remove_file(outputs_path);
+    let context = StepContext {
+        run_id: &prepared.run_id,
+        workflow_id: &prepared.workflow_id,
+        step: &prepared.step,
+        project_dir: place.project_dir,
+        reports_dir: place.reports_dir,
+        agent_log: &agent_log,
+        log,
+        env: &env,
+        command: prepared.command.as_ref(),
+        working_dir: prepared.working_dir.as_deref(),
+        config: prepared.agent_config.as_ref(),
+        control,
+        timeout,
+        reports,
+    };
+    if prepared.attempts > 1 {
+        context.note(&format!("attempt {number} of {}", prepared.attempts));
+    }
+    let mut outcome = agent.execute_action(&prepared.action, &prepared.parameters, &context);
+    if let Some(reason) = control.stopped() {
+        outcome.status = Some(match reason {
+            StopReason::Timeout => Status::TimedOut,
+            StopReason::Cancel => Status::Cancelled,
+        });
+        if outcome.message.is_none() || reason == StopReason::Timeout {
+            outcome.message = Some(match reason {
+                StopReason::Timeout => format!(
+                    "timed out after {}; its process group was killed",
+                    crate::duration::format_duration(timeout.unwrap_or_default())
+                ),
+                StopReason::Cancel => "cancelled".into(),
+            });
+        }
+    }
+    for (key, value) in read_outputs(outputs_path) {
+        outcome.outputs.insert(key, Value::from(value));
+    }
+    let leftovers = control.take_leftovers();
+    if leftovers > 0 {
+        let note = format!(
+            "{leftovers} process{} the step started outlived it and {} stopped",
+            if leftovers == 1 { "" } else { "es" },
+            if leftovers == 1 { "was" } else { "were" }
+        );
+        context.note(&note);
+        outcome.message = Some(match outcome.message.take() {
+            Some(message) => format!("{message}; {note}"),
+            None => note,
+        });
+    }
+    // Secret values never reach a record: what an agent or the step wrote back is masked
+    // as its log is.
+    let secrets = log.secrets();
+    if !secrets.is_empty() {
+        outcome.message = outcome.message.map(|m| secrets.mask_str(&m));
+        for value in outcome.outputs.values_mut() {
+            if let Value::String(text) = value {
+                *text = secrets.mask_str(text);
+            }
+        }
+        for case in &mut outcome.tests {
+            for text in [&mut case.message, &mut case.details, &mut case.output]
+                .into_iter()
+                .flatten()
+            {
+                *text = secrets.mask_str(text);
+            }
+        }
+    }
+    let usage = control.take_usage();
+    let record = Attempt {
+        number,
+        status: outcome.status.unwrap_or(Status::Failed),
+        started_at,
+        finished_at: now(),
+        duration_ms: started_instant.elapsed().as_millis() as u64,
+        exit_code: outcome.exit_code,
+        message: outcome.message.clone(),
+        cpu_seconds: usage.map(|u| u.cpu_seconds),
+        max_rss_bytes: usage.map(|u| u.max_rss_bytes),
+        orphans_killed: (leftovers > 0).then_some(leftovers),
+        worker: place.worker.map(str::to_owned),
+    };
+    AttemptFinished {
+        outcome,
+        attempt: Some(record),
+    }
+}
+
+fn unknown_agent(agent: &str) -> AttemptFinished {
+    let known: Vec<&str> = BUILTIN_AGENTS.iter().map(|a| a.name).collect();
+    failed_before_start(format!(
+        "no agent `{agent}`: expected {} or an Agent manifest",
+        known.join(", ")
+    ))
 }
 
 fn now() -> String {
@@ -387,7 +507,7 @@ fn now() -> String {
 }
 
 /// A step that failed before its attempt started: nothing ran, `message` says why.
-fn failed_before_start(message: String) -> AttemptFinished {
+pub fn failed_before_start(message: String) -> AttemptFinished {
     AttemptFinished {
         outcome: Outcome {
             status: Some(Status::Failed),

@@ -67,6 +67,8 @@ pub struct App {
     /// Held while the schedules' state tree is read, changed and written back: shared with
     /// the scheduler, so a pause or resume never undoes a pass's write.
     pub schedule_lock: Arc<crate::scheduler::StateLock>,
+    /// The dispatcher of steps to workers, when `distributed.nats` or `--nats` is set.
+    pub workers: Option<Arc<crate::workers::dispatch::Dispatcher>>,
 }
 
 impl App {

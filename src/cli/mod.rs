@@ -13,6 +13,7 @@ mod schedule_next;
 mod schemas_cmd;
 pub mod server_cmd;
 mod trigger_cmd;
+mod worker_cmd;
 mod workflow;
 
 use std::io::IsTerminal;
@@ -122,6 +123,9 @@ pub enum Command {
     Alert(alert_cmd::AlertCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
     Start(server_cmd::StartArgs),
+    /// Run a worker that takes step attempts over NATS (`--nats URL --name N --labels
+    /// k=v,... --slots N`), or list, show, drain and resume the controller's workers.
+    Worker(worker_cmd::WorkerArgs),
     /// Stop the server started for this data directory, gracefully.
     Stop,
     /// Whether a server runs, and its state; exit 0 running, 3 not running.
@@ -333,6 +337,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Trigger(command) => trigger_cmd::run(&context, command)?,
         Command::Alert(command) => alert_cmd::run(&context, command)?,
         Command::Start(args) => server_cmd::start(&context, args)?,
+        Command::Worker(args) => worker_cmd::run(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
         Command::Status(args) => server_cmd::status(&context, args)?,
         Command::Init(_) | Command::Schemas(_) | Command::Completion { .. } => EXIT_OK,

@@ -8,7 +8,6 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::Value;
 
-use super::workflow::engine_config;
 use super::{Context, OutputFormat, EXIT_OK};
 use crate::config::process_file::{self, ServerInfo};
 use crate::server::{self, StartOptions};
@@ -45,6 +44,10 @@ pub struct StartArgs {
     /// the project), with an optional #BRANCH.
     #[arg(long, value_name = "URL[#BRANCH]")]
     pub source: Option<String>,
+    /// Run steps with `runs_on` on workers over this NATS server with JetStream
+    /// (overrides distributed.nats.url).
+    #[arg(long, value_name = "URL", env = "ORCHESTRATOR_NATS")]
+    pub nats: Option<String>,
 }
 
 /// Arguments of `status`.
@@ -77,17 +80,19 @@ pub fn start(context: &Context, args: &StartArgs) -> Result<u8> {
     context.init_logging(true)?;
     crate::engine::process::become_subreaper();
     let environment = context.config.config.environment.as_str().to_owned();
+    let workers = dispatcher(context, args.nats.as_deref())?;
     server::serve(
         context.config.clone(),
         environment.clone(),
         data_dir.clone(),
-        engine_config(context),
+        crate::workers::route::engine_config(&context.config, data_dir.clone(), workers.clone()),
         StartOptions {
             host,
             port,
             insecure: args.insecure,
             grace: Duration::from_secs(args.grace),
             source: args.source.clone(),
+            workers,
         },
         |address, generated| {
             let mut out = std::io::stdout().lock();
@@ -104,6 +109,48 @@ pub fn start(context: &Context, args: &StartArgs) -> Result<u8> {
     )?;
     println!("stopped");
     Ok(EXIT_OK)
+}
+
+/// The dispatcher of steps to workers, when `--nats` or `distributed.nats` names a server.
+fn dispatcher(
+    context: &Context,
+    nats: Option<&str>,
+) -> Result<Option<std::sync::Arc<crate::workers::dispatch::Dispatcher>>> {
+    let mut distributed = context.config.config.distributed.clone();
+    if let Some(url) = nats {
+        match &mut distributed {
+            Some(d) => d.nats.url = url.to_owned(),
+            None => {
+                distributed = Some(crate::config::DistributedConfig {
+                    nats: crate::config::NatsConfig {
+                        url: url.to_owned(),
+                        ..Default::default()
+                    },
+                    lease: None,
+                    queue_timeout: None,
+                    max_deliver: None,
+                });
+            }
+        }
+    }
+    let Some(distributed) = distributed else {
+        return Ok(None);
+    };
+    let config = &context.config;
+    let data_dir = context.data_dir();
+    let settings = crate::workers::dispatch::DispatchSettings::from_config(
+        &distributed,
+        config.project_dir.clone(),
+        vec![
+            data_dir.clone(),
+            config.resolve(&config.config.logging.dir),
+            config.resolve(&config.config.reports_dir),
+        ],
+        data_dir.join("remote-artifacts"),
+    );
+    let dispatcher = crate::workers::dispatch::Dispatcher::connect(&distributed, settings)
+        .map_err(|err| anyhow::anyhow!(err))?;
+    Ok(Some(std::sync::Arc::new(dispatcher)))
 }
 
 fn start_background(context: &Context, host: &str, port: u16, args: &StartArgs) -> Result<u8> {

@@ -103,6 +103,54 @@ pub struct Config {
     /// Notification channels that alert actions name.
     #[serde(default)]
     pub notifications: NotificationsConfig,
+    /// Workers on NATS JetStream: absent, every step runs in this process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedConfig>,
+}
+
+/// Where workers are reached and how long they may stay silent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedConfig {
+    /// The NATS server (with JetStream) and how to sign in to it.
+    pub nats: NatsConfig,
+    /// How long a worker may go without a heartbeat before its attempts are lost
+    /// (`15s` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<DurationSetting>,
+    /// How long a step may wait for a matching worker unless it sets `queue_timeout`
+    /// (`30m` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<DurationSetting>,
+    /// Deliveries of one attempt before it is given up (5 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliver: Option<u32>,
+}
+
+/// A NATS connection: its URL, its credentials as secret references, its TLS files.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// `nats://host:port` (or `tls://`).
+    pub url: String,
+    /// A token, as `env:NAME` or `file:PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// An nkey seed, as `env:NAME` or `file:PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey: Option<String>,
+    /// A `.creds` file (JWT and seed), as `file:PATH` or `env:NAME` holding its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds: Option<String>,
+    /// A CA file to trust for the server's certificate; setting it requires TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate and key for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Server settings.

@@ -25,6 +25,7 @@ use super::env::EnvValue;
 use super::expand::Scope;
 pub use super::process::StopReason;
 use crate::model::{Attempt, RunRecord, Status, StepRecord, TestCase};
+pub use crate::spec::workflow::Placement;
 
 /// Runs step attempts and reports on them.
 pub trait Executor: Send + Sync + fmt::Debug {
@@ -85,6 +86,9 @@ pub struct StepAttempt {
     pub timeout: Option<Duration>,
     /// For report steps: the run so far and the previous one.
     pub reports: Option<Arc<ReportData>>,
+    /// The worker labels it needs, when it declares `runs_on`; `None`: it runs wherever
+    /// the executor runs steps.
+    pub placement: Option<Placement>,
 }
 
 /// An event about an attempt, tagged with the attempt.
@@ -141,6 +145,9 @@ pub struct Outcome {
     /// Files produced, relative to the project directory where possible (the engine
     /// copies them into the run's own directory as the step ends).
     pub artifacts: Vec<String>,
+    /// The attempt's end rules out another attempt whatever the step's `retries` (a lost
+    /// worker under `on_worker_lost: fail`).
+    pub no_retry: bool,
 }
 
 /// The run a report step reports on, and the workflow's previous run to compare with.

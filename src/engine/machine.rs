@@ -499,6 +499,7 @@ impl RunMachine {
         let status = finished.outcome.status.unwrap_or(Status::Failed);
         let retry = attempt.number < plan.retries + 1
             && matches!(status, Status::Failed | Status::TimedOut)
+            && !finished.outcome.no_retry
             && !self.cancelled
             && !self.timed_out;
         retry.then(|| {
@@ -928,6 +929,7 @@ mod tests {
                     cpu_seconds: None,
                     max_rss_bytes: None,
                     orphans_killed: None,
+                    worker: None,
                 }),
             };
             let input = Input::AttemptFinished {
@@ -1527,6 +1529,7 @@ mod tests {
                 cpu_seconds: None,
                 max_rss_bytes: None,
                 orphans_killed: None,
+                worker: None,
             }),
         };
         assert!(!harness.machine.ends_step(0, 1, &ended(Status::Failed)));

@@ -817,6 +817,7 @@ impl Driver<'_> {
             log: step.log.clone(),
             timeout: plan.timeout,
             reports: self.reports[index].clone(),
+            placement: self.spec.steps[index].placement.clone(),
         })
     }
 
@@ -1256,6 +1257,7 @@ mod tests {
                         cpu_seconds: None,
                         max_rss_bytes: None,
                         orphans_killed: None,
+                        worker: None,
                     }),
                 },
             )));

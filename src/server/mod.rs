@@ -65,6 +65,9 @@ pub struct StartOptions {
     /// `--source URL[#branch]`: follow this git repository instead of what the
     /// configuration says.
     pub source: Option<String>,
+    /// The dispatcher of steps with `runs_on` to workers (the engine's executor holds it
+    /// too); it gets the store once the store is open.
+    pub workers: Option<Arc<crate::workers::dispatch::Dispatcher>>,
 }
 
 /// The server assembled over its store: every subsystem built, nothing started, nothing
@@ -103,6 +106,9 @@ pub fn assemble(
     let api_token = token.value().map(str::to_owned);
     let git = GitState::from_config(&config, options.source.as_deref())?;
     let store = Arc::new(Store::open(&data_dir)?);
+    if let Some(workers) = &options.workers {
+        workers.attach_store(Arc::clone(&store));
+    }
     for id in run::recover(&store)? {
         tracing::warn!("run {id} was left running by a process that ended; marked interrupted");
     }
@@ -175,6 +181,7 @@ pub fn assemble(
         api_log: Mutex::new(Some(api_log)),
         routes: crate::api::RouteState::default(),
         schedule_lock: Arc::default(),
+        workers: options.workers.clone(),
     });
 
     Ok(Assembled { app, token })

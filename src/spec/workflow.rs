@@ -3,6 +3,7 @@
 //! record keeps. The record stays the source: on disk a run still carries the expanded
 //! workflow as it was, and this is a view of it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,40 @@ pub struct StepSpec {
     /// The step as the workflow declares it (parameters, command, env and working_dir
     /// are read from here when an attempt starts, with `{{ }}` substituted then).
     pub raw: Arc<Value>,
+    /// Where it runs when workers are configured: `runs_on` (its own, else the
+    /// workflow's), `on_worker_lost`, `queue_timeout`. `None`: on this machine.
+    pub placement: Option<Placement>,
+}
+
+/// A step meant for a worker: the labels it needs and what happens when no worker takes it
+/// or its worker is lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Labels a worker must have, every one (empty: any worker).
+    pub labels: BTreeMap<String, String>,
+    /// `on_worker_lost: fail`: a lost worker fails the step instead of retrying it.
+    pub fail_when_lost: bool,
+    /// `queue_timeout`: how long it may wait for a worker (the configured default when
+    /// absent).
+    pub queue_timeout: Option<Duration>,
+}
+
+impl Placement {
+    /// The placement a step declares, or inherits from its workflow's `runs_on`.
+    pub fn of(step: &Value, workflow_runs_on: Option<&Value>) -> Option<Placement> {
+        let labels = step.get("runs_on").or(workflow_runs_on)?.as_object()?;
+        Some(Placement {
+            labels: labels
+                .iter()
+                .map(|(k, v)| {
+                    let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                    (k.clone(), value)
+                })
+                .collect(),
+            fail_when_lost: step.get("on_worker_lost").and_then(Value::as_str) == Some("fail"),
+            queue_timeout: duration_field(step.get("queue_timeout")).filter(|d| !d.is_zero()),
+        })
+    }
 }
 
 impl WorkflowSpec {
@@ -58,7 +93,16 @@ impl WorkflowSpec {
         let steps: Vec<StepSpec> = workflow
             .get("steps")
             .and_then(Value::as_array)
-            .map(|steps| steps.iter().map(StepSpec::compile).collect())
+            .map(|steps| {
+                steps
+                    .iter()
+                    .map(|step| {
+                        let mut compiled = StepSpec::compile(step);
+                        compiled.placement = Placement::of(step, workflow.get("runs_on"));
+                        compiled
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let uses_depends_on = workflow
             .get("steps")
@@ -80,7 +124,8 @@ impl WorkflowSpec {
 }
 
 impl StepSpec {
-    /// The spec of one step of a validated workflow.
+    /// The spec of one step of a validated workflow (its placement from its own `runs_on`
+    /// only: [`WorkflowSpec::compile`] adds the workflow's).
     pub fn compile(step: &Value) -> StepSpec {
         let (agent, action) = agent_and_action(step);
         let timeout = duration_field(step.get("timeout")).or_else(|| {
@@ -113,6 +158,7 @@ impl StepSpec {
                 .get("continue_on_error")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            placement: Placement::of(step, None),
             agent,
             action,
             raw: Arc::new(step.clone()),

@@ -65,6 +65,7 @@ fn step(run: &RunRecord, index: u32, spec: StepSpec<'_>) -> StepRecord {
             cpu_seconds: spec.usage.map(|u| u.0),
             max_rss_bytes: spec.usage.map(|u| u.1),
             orphans_killed: None,
+            worker: None,
         }],
         started_at: run.started_at.clone(),
         finished_at: run.finished_at.clone(),

@@ -83,6 +83,7 @@ impl InProcess {
                 insecure: false,
                 grace: std::time::Duration::from_secs(1),
                 source: None,
+                workers: None,
             },
         )
         .expect("the server assembles");
