@@ -35,3 +35,4 @@ mod server;
 mod soak;
 mod support;
 mod triggers;
+mod workers;

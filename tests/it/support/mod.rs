@@ -8,6 +8,7 @@
 pub(crate) mod git;
 pub(crate) mod http;
 pub(crate) mod in_process;
+pub(crate) mod nats;
 pub(crate) mod poll;
 pub(crate) mod process;
 pub(crate) mod runs;
@@ -17,6 +18,7 @@ pub(crate) mod ws;
 pub(crate) use git::*;
 pub(crate) use http::*;
 pub(crate) use in_process::*;
+pub(crate) use nats::*;
 pub(crate) use poll::*;
 pub(crate) use process::*;
 pub(crate) use runs::*;

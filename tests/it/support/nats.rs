@@ -1,0 +1,229 @@
+//! Workers' parts: a real `nats-server -js` on a loopback port with its own store
+//! directory ([`Nats`]), `orchestrator worker` processes ([`WorkerProcess`]), and a
+//! project configured for them ([`distributed_project`]). Each is stopped (SIGKILL for
+//! nats-server and workers, whose steps die with their process group) when dropped.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::{command, poll_for, project, signal, DEADLINE};
+
+/// The lease the tests' controllers and workers use.
+pub(crate) const TEST_LEASE: &str = "2s";
+
+/// A `nats-server -js` of its own: a free loopback port, a temp store directory.
+pub(crate) struct Nats {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    store: tempfile::TempDir,
+    token: Option<String>,
+}
+
+impl Nats {
+    /// Starts one and waits until it accepts connections.
+    pub(crate) fn start() -> Nats {
+        Nats::start_with_token(None)
+    }
+
+    /// Starts one that requires `token`.
+    pub(crate) fn start_with_token(token: Option<&str>) -> Nats {
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+            listener.local_addr().unwrap().port()
+        };
+        let mut nats = Nats {
+            child: None,
+            port,
+            store: tempfile::tempdir().expect("temp dir"),
+            token: token.map(str::to_owned),
+        };
+        nats.spawn();
+        nats
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new("nats-server");
+        command
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(token) = &self.token {
+            command.args(["--auth", token]);
+        }
+        self.child = Some(command.spawn().expect(
+            "start nats-server (Debian: apt-get install nats-server; ./scripts/test installs it)",
+        ));
+        let port = self.port;
+        poll_for(DEADLINE, || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        })
+        .expect("nats-server accepts connections");
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port and store.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Kills it, leaving it down.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An `init`ed project whose controller uses `nats` with the tests' lease, with extra
+/// files.
+pub(crate) fn distributed_project(nats: &Nats, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let project = project(files);
+    append_config(
+        project.path(),
+        &format!(
+            "distributed:\n  nats:\n    url: {}\n  lease: {TEST_LEASE}\n",
+            nats.url()
+        ),
+    );
+    project
+}
+
+/// Appends YAML to the development configuration.
+pub(crate) fn append_config(dir: &Path, yaml: &str) {
+    let path = dir.join("config/development.yaml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(yaml);
+    std::fs::write(path, text).unwrap();
+}
+
+/// `orchestrator worker` as a child; SIGKILLed when dropped.
+pub(crate) struct WorkerProcess {
+    child: Option<Child>,
+    pub(crate) name: String,
+    pub(crate) work_dir: PathBuf,
+    _work: tempfile::TempDir,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl WorkerProcess {
+    /// Starts a worker from `dir` (whose configuration names the NATS server) and waits
+    /// until it is connected.
+    pub(crate) fn start(dir: &Path, name: &str, labels: &str, slots: u32) -> WorkerProcess {
+        WorkerProcess::start_with(dir, name, labels, slots, &[])
+    }
+
+    /// [`WorkerProcess::start`] with extra arguments.
+    pub(crate) fn start_with(
+        dir: &Path,
+        name: &str,
+        labels: &str,
+        slots: u32,
+        extra: &[&str],
+    ) -> WorkerProcess {
+        let work = tempfile::tempdir().expect("temp dir");
+        let mut child = command(dir)
+            .args(["worker", "--name", name, "--labels", labels, "--slots"])
+            .arg(slots.to_string())
+            .arg("--work-dir")
+            .arg(work.path())
+            .args(["--lease", TEST_LEASE])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start a worker");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buffer) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let worker = WorkerProcess {
+            child: Some(child),
+            name: name.to_owned(),
+            work_dir: work.path().to_path_buf(),
+            _work: work,
+            stderr,
+        };
+        let connected = poll_for(DEADLINE, || {
+            worker.stderr().contains(" connected to ").then_some(())
+        });
+        assert!(
+            connected.is_some(),
+            "worker {name} did not connect:\n{}",
+            worker.stderr()
+        );
+        worker
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends it a signal.
+    pub(crate) fn signal(&self, sig: Signal) {
+        signal(self.pid(), sig);
+    }
+
+    /// Waits for it to exit on its own; its exit code.
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let status = poll_for(timeout, || child.try_wait().expect("wait"))?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
+    }
+
+    /// SIGKILL, and waits for it.
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

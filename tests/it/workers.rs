@@ -1,0 +1,257 @@
+//! Workers over a real nats-server: steps with `runs_on` run on `orchestrator worker`
+//! processes whose labels match, in a snapshot of the project; their logs, outputs, test
+//! cases and artifacts come back as if they had run on the controller.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Waits for a run to end; its `run show -o json`.
+fn finished_run(dir: &std::path::Path, server: &Server, run: &str) -> Value {
+    server.eventually("the run to finish", Duration::from_secs(60), || {
+        let shown = show(dir, run);
+        let status = shown["run"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (!matches!(status.as_str(), "queued" | "running")).then_some(shown)
+    })
+}
+
+fn execute(dir: &std::path::Path, workflow: &str) -> String {
+    let started = cli(dir, &["workflow", "execute", workflow, "--detach"]).expect_code(0);
+    run_id(&started.stdout)
+}
+
+fn workers_of(shown: &Value, step_name: &str) -> Vec<String> {
+    step(shown, step_name)["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["worker"].as_str().map(str::to_owned))
+        .collect()
+}
+
+const FAN_OUT: &str = r#"id: wf_fan
+name: fan
+max_parallel: 8
+steps:
+  - name: seed
+    command: ["sh", "-c", "echo seed=s42 >> $ORCHESTRATOR_OUTPUT"]
+  - name: big
+    depends_on: [seed]
+    runs_on: {pool: linux}
+    command: ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a log that crosses many chunks {{ steps.seed.outputs.seed }}\"; i=$((i+1)); done; echo total=3000 >> $ORCHESTRATOR_OUTPUT"]
+  - name: s1
+    depends_on: [seed]
+    runs_on: {pool: linux}
+    command: ["sh", "-c", "sleep 0.4; test -f suites/api.sh && echo part=one >> $ORCHESTRATOR_OUTPUT"]
+  - name: s2
+    depends_on: [seed]
+    runs_on: {pool: linux}
+    command: ["sh", "-c", "sleep 0.4; echo part=two >> $ORCHESTRATOR_OUTPUT"]
+  - name: s3
+    depends_on: [seed]
+    runs_on: {pool: linux}
+    command: ["sh", "-c", "sleep 0.4; echo part=three >> $ORCHESTRATOR_OUTPUT"]
+  - name: s4
+    depends_on: [seed]
+    runs_on: {pool: linux}
+    command: ["sh", "-c", "sleep 0.4; echo part=four >> $ORCHESTRATOR_OUTPUT"]
+  - name: s5
+    depends_on: [seed]
+    runs_on: {pool: linux}
+    command: ["sh", "-c", "sleep 0.4; echo part=five >> $ORCHESTRATOR_OUTPUT"]
+  - name: join
+    depends_on: [big, s1, s2, s3, s4, s5]
+    command: ["sh", "-c", "echo joined {{ steps.big.outputs.total }} {{ steps.s1.outputs.part }} {{ steps.s5.outputs.part }}"]
+"#;
+
+#[test]
+fn a_dag_fans_out_over_three_workers_and_outputs_pass_between_remote_and_local_steps() {
+    let nats = Nats::start();
+    let project = distributed_project(&nats, &[("workflows/fan.yaml", FAN_OUT)]);
+    let dir = project.path();
+    let server = Server::start(dir);
+    let _workers: Vec<WorkerProcess> = (1..=3)
+        .map(|i| WorkerProcess::start(dir, &format!("w{i}"), "pool=linux,os=linux", 1))
+        .collect();
+    let run = execute(dir, "fan");
+    let shown = finished_run(dir, &server, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
+
+    let used: BTreeSet<String> = ["big", "s1", "s2", "s3", "s4", "s5"]
+        .iter()
+        .flat_map(|s| workers_of(&shown, s))
+        .collect();
+    assert_eq!(
+        used,
+        BTreeSet::from(["w1".to_owned(), "w2".to_owned(), "w3".to_owned()]),
+        "six remote steps over three one-slot workers use all three"
+    );
+    assert!(
+        workers_of(&shown, "seed").is_empty(),
+        "local steps name no worker"
+    );
+    let joined = cli(dir, &["run", "logs", &run, "join"]).expect_code(0);
+    assert!(
+        joined.stdout.contains("joined 3000 one five"),
+        "{}",
+        joined.stdout
+    );
+
+    // The remote step's log arrived byte for byte (across many 32 KiB chunks).
+    let log = step(&shown, "big")["log"].as_str().unwrap().to_owned();
+    let text = fs::read_to_string(dir.join("logs").join(&log)).unwrap();
+    let expected: String = (0..3000)
+        .map(|i| format!("line {i} of a log that crosses many chunks s42\n"))
+        .collect();
+    assert!(
+        text.contains(&expected),
+        "the remote log is whole and in order ({} bytes, expected {} of output)",
+        text.len(),
+        expected.len()
+    );
+}
+
+const LABELLED: &str = r#"id: wf_labels
+name: labels
+max_parallel: 4
+steps:
+  - name: browser
+    runs_on: {os: linux, browser: chromium}
+    command: ["true"]
+  - name: anywhere
+    depends_on: []
+    runs_on: {os: linux}
+    command: ["true"]
+  - name: windows
+    depends_on: []
+    runs_on: {os: windows}
+    queue_timeout: 2s
+    command: ["true"]
+"#;
+
+#[test]
+fn steps_go_only_to_workers_with_every_label_and_an_unmatched_step_fails_at_its_queue_timeout() {
+    let nats = Nats::start();
+    let project = distributed_project(&nats, &[("workflows/labels.yaml", LABELLED)]);
+    let dir = project.path();
+    let server = Server::start(dir);
+    let _plain = WorkerProcess::start(dir, "plain", "os=linux", 2);
+    let _chrome = WorkerProcess::start(dir, "chrome", "os=linux,browser=chromium", 2);
+    let run = execute(dir, "labels");
+    let shown = finished_run(dir, &server, &run);
+    assert_eq!(shown["run"]["status"], "failed", "{shown:#}");
+    assert_eq!(workers_of(&shown, "browser"), ["chrome"]);
+    assert_eq!(step(&shown, "anywhere")["status"], "succeeded");
+    let windows = step(&shown, "windows");
+    assert_eq!(windows["status"], "failed");
+    let message = windows["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("queue_timeout") && message.contains("os=windows"),
+        "the failure says no worker took it and what it needs: {message}"
+    );
+}
+
+#[test]
+fn a_remote_test_runner_step_brings_back_its_junit_cases_and_artifact() {
+    let nats = Nats::start();
+    let project = distributed_project(
+        &nats,
+        &[(
+            "workflows/remote_api.yaml",
+            "id: wf_remote_api\nname: remote_api\nsteps:\n  - name: api\n    runs_on: {os: linux}\n    agent: test_runner\n    action: run_tests\n    parameters: {test_suite: api}\n",
+        )],
+    );
+    let dir = project.path();
+    let server = Server::start(dir);
+    let _worker = WorkerProcess::start(dir, "tester", "os=linux", 1);
+    let run = execute(dir, "remote_api");
+    let shown = finished_run(dir, &server, &run);
+    // The scaffold's suite fails its `environment_ready` case without the setup step: the
+    // failure travels back like the passes.
+    let api = step(&shown, "api");
+    assert_eq!(api["status"], "failed", "{shown:#}");
+    assert!(
+        api["tests"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|c| c["name"] == "environment_ready" && c["status"] == "failed")),
+        "{api:#}"
+    );
+    assert_eq!(workers_of(&shown, "api"), ["tester"]);
+    let tests = api["tests"].as_array().expect("test cases");
+    assert!(
+        tests.iter().any(|t| t["name"] == "shell_available"),
+        "{api:#}"
+    );
+    let artifacts = api["artifacts"].as_array().expect("artifacts");
+    let kept = artifacts
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.ends_with("junit-api.xml"))
+        .unwrap_or_else(|| panic!("the JUnit file is kept: {artifacts:?}"));
+    let xml = fs::read_to_string(dir.join(kept)).unwrap();
+    assert!(xml.contains("shell_available"), "{xml}");
+    // The worker ran it in its own workspace, not in the controller's project.
+    assert!(!dir.join("reports/junit-api.xml").exists());
+}
+
+#[test]
+fn a_token_protected_nats_is_used_with_the_configured_token_reference() {
+    let nats = Nats::start_with_token(Some("s3cret-nats-token"));
+    let project = project(&[(
+        "workflows/one.yaml",
+        "id: wf_one\nname: one\nsteps:\n  - name: hi\n    runs_on: {}\n    command: [\"echo\", \"hi from a worker\"]\n",
+    )]);
+    let dir = project.path();
+    write_files(dir, &[("secrets/nats-token", "s3cret-nats-token\n")]);
+    append_config(
+        dir,
+        &format!(
+            "distributed:\n  nats:\n    url: {}\n    token: file:secrets/nats-token\n  lease: {TEST_LEASE}\n",
+            nats.url()
+        ),
+    );
+    let server = Server::start(dir);
+    let _worker = WorkerProcess::start(dir, "authed", "os=linux", 1);
+    let run = execute(dir, "one");
+    let shown = finished_run(dir, &server, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
+    assert_eq!(workers_of(&shown, "hi"), ["authed"]);
+
+    // Without the token the worker is refused, and says so.
+    let other = project_without_token(&nats);
+    let refused = cli(
+        other.path(),
+        &[
+            "worker",
+            "--name",
+            "anon",
+            "--work-dir",
+            "w",
+            "--lease",
+            TEST_LEASE,
+        ],
+    );
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.to_lowercase().contains("authorization")
+            || refused.stderr.contains("cannot connect"),
+        "{}",
+        refused.stderr
+    );
+}
+
+fn project_without_token(nats: &Nats) -> tempfile::TempDir {
+    let project = project(&[]);
+    append_config(
+        project.path(),
+        &format!("distributed:\n  nats:\n    url: {}\n", nats.url()),
+    );
+    project
+}
