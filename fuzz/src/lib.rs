@@ -451,8 +451,7 @@ fn check_signature_property(
 /// serialize back to what parses to the same; a step's placement reads from any JSON.
 pub fn worker_message(data: &[u8]) {
     use orchestrator::workers::protocol::{
-        parse_labels, satisfies, selector, ClaimReply, ClaimRequest, Control, Finished,
-        WorkItem,
+        parse_labels, satisfies, selector, ClaimReply, ClaimRequest, Control, Finished, WorkItem,
     };
     let Some((&pick, rest)) = data.split_first() else {
         return;
@@ -461,7 +460,10 @@ pub fn worker_message(data: &[u8]) {
         if let Ok(value) = serde_json::from_slice::<T>(input) {
             let once = serde_json::to_string(&value).expect("serializes");
             let again: T = serde_json::from_str(&once).expect("parses back");
-            assert_eq!(once, serde_json::to_string(&again).expect("serializes again"));
+            assert_eq!(
+                once,
+                serde_json::to_string(&again).expect("serializes again")
+            );
         }
     }
     match pick % 6 {

@@ -528,11 +528,13 @@ impl Inner {
                         .unwrap_or_else(|err| ClaimReply {
                             token: None,
                             refused: Some(err.to_string()),
+                            retry: true,
                         })
                 }
                 Err(err) => ClaimReply {
                     token: None,
                     refused: Some(format!("not a claim: {err}")),
+                    retry: false,
                 },
             };
             let payload = serde_json::to_vec(&answer).unwrap_or_default();
@@ -542,13 +544,15 @@ impl Inner {
 
     /// Grants the first claim of a pending attempt, durably.
     fn claim(&self, request: &ClaimRequest) -> ClaimReply {
-        let refuse = |why: String| {
+        let refuse_as = |why: String, retry: bool| {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             ClaimReply {
                 token: None,
                 refused: Some(why),
+                retry,
             }
         };
+        let refuse = |why: String| refuse_as(why, false);
         let mut pending = self.pending.lock().unwrap();
         let Some(p) = pending.get_mut(&request.key) else {
             return refuse("the attempt is no longer waiting for a worker".into());
@@ -560,7 +564,7 @@ impl Inner {
         while token == 0 {
             let mut bytes = [0u8; 8];
             if getrandom::fill(&mut bytes).is_err() {
-                return refuse("no randomness for a token".into());
+                return refuse_as("no randomness for a token".into(), true);
             }
             token = u64::from_le_bytes(bytes);
         }
@@ -570,12 +574,17 @@ impl Inner {
             state: "running".into(),
         };
         let Some(store) = self.store.get() else {
-            return refuse("the controller is starting".into());
+            return refuse_as("the controller is starting".into(), true);
         };
         match store.insert_state_once(CLAIMS_TREE, &request.key, &claim, true) {
             Ok(true) => {}
             Ok(false) => return refuse("already claimed".into()),
-            Err(err) => return refuse(format!("the controller cannot record the claim: {err}")),
+            Err(err) => {
+                return refuse_as(
+                    format!("the controller cannot record the claim: {err}"),
+                    true,
+                )
+            }
         }
         p.claim = Some(Granted {
             worker: request.worker.clone(),
@@ -589,6 +598,7 @@ impl Inner {
         ClaimReply {
             token: Some(token),
             refused: None,
+            retry: false,
         }
     }
 

@@ -168,6 +168,11 @@ pub struct ClaimReply {
     /// Why not, when it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The refusal is for now only (the controller is starting, or could not record the
+    /// claim): the worker hands the attempt back for another delivery instead of dropping
+    /// it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
 }
 
 /// A worker's hold on an attempt, renewed with each heartbeat.

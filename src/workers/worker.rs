@@ -392,8 +392,9 @@ impl Worker {
             _ => None,
         };
         let token = match reply {
-            // No controller answered: let the attempt be delivered again.
-            None => {
+            // No controller answered, or it cannot decide now: let the attempt be
+            // delivered again.
+            None | Some(ClaimReply { retry: true, .. }) => {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
