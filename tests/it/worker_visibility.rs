@@ -200,3 +200,156 @@ fn workers_are_listed_drained_resumed_and_lost_with_one_event_each() {
     assert_eq!(remembered[0].0, "rig-07");
     assert_eq!(remembered[0].1["info"]["labels"]["os"], "linux");
 }
+
+const REMOTE: &str = r#"id: wf_remote
+name: remote
+max_parallel: 2
+steps:
+  - name: slow
+    runs_on: {pool: rig}
+    command: ["sh", "-c", "sleep 3"]
+"#;
+
+const NOWHERE: &str = r#"id: wf_nowhere
+name: nowhere
+runs_on: {os: windows}
+steps:
+  - name: first
+    command: ["true"]
+  - name: second
+    command: ["true"]
+  - name: gpu
+    runs_on: {gpu: "yes"}
+    command: ["true"]
+  - name: rig
+    runs_on: {pool: rig}
+    command: ["true"]
+"#;
+
+#[test]
+fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_warns_of_unmatched_runs_on(
+) {
+    let nats = Nats::start();
+    let project = distributed_project(
+        &nats,
+        &[
+            ("workflows/remote.yaml", REMOTE),
+            ("workflows/nowhere.yaml", NOWHERE),
+        ],
+    );
+    let dir = project.path();
+
+    // No server yet: the commands say where the workers are known.
+    let refused = cli(dir, &["worker", "list"]).expect_code(2);
+    assert!(
+        refused.stderr.contains("no server runs"),
+        "{}",
+        refused.stderr
+    );
+    // No worker ever registered: nothing is warned, one note says why.
+    let validated = cli(dir, &["validate"]).expect_code(0);
+    assert!(
+        !validated.stdout.contains("no worker"),
+        "{}",
+        validated.stdout
+    );
+    assert!(
+        validated.stderr.contains("no worker has registered"),
+        "{}",
+        validated.stderr
+    );
+
+    let mut server = Server::start(dir);
+    let _rig = WorkerProcess::start(dir, "rig-1", "pool=rig,os=linux", 2);
+    let listed = server.eventually("rig-1 in worker list", DEADLINE, || {
+        let out = cli(dir, &["worker", "list"]).expect_code(0).stdout;
+        out.contains("rig-1").then_some(out)
+    });
+    let header = listed.lines().next().unwrap();
+    for column in [
+        "NAME",
+        "STATE",
+        "LABELS",
+        "RUNNING",
+        "HEARTBEAT",
+        "VERSION",
+        "HOST",
+    ] {
+        assert!(header.contains(column), "{listed}");
+    }
+    let row = listed.lines().find(|l| l.starts_with("rig-1")).unwrap();
+    assert!(row.contains(" up "), "{row}");
+    assert!(row.contains("os=linux,pool=rig"), "{row}");
+    assert!(row.contains("0/2"), "{row}");
+
+    let json: Value = serde_json::from_str(
+        &cli(dir, &["worker", "list", "-o", "json"])
+            .expect_code(0)
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["enabled"], true);
+    assert_eq!(json["workers"][0]["name"], "rig-1");
+
+    // A running attempt shows, with its run.
+    let started = cli(dir, &["workflow", "execute", "remote", "--detach"]).expect_code(0);
+    let run = run_id(&started.stdout);
+    let running = server.eventually("the attempt on rig-1", DEADLINE, || {
+        let shown: Value = serde_json::from_str(
+            &cli(dir, &["worker", "show", "rig-1", "-o", "json"])
+                .expect_code(0)
+                .stdout,
+        )
+        .unwrap();
+        (!shown["running"].as_array().unwrap().is_empty()).then_some(shown)
+    });
+    assert_eq!(running["running"][0]["run_id"], run.as_str());
+    assert_eq!(running["running"][0]["step"], "slow");
+    assert_eq!(running["running"][0]["attempt"], 1);
+    let text = cli(dir, &["worker", "show", "rig-1"]).expect_code(0).stdout;
+    assert!(text.contains("labels:     os=linux,pool=rig"), "{text}");
+    assert!(text.contains(&run), "{text}");
+
+    let drained = cli(dir, &["worker", "drain", "rig-1"]).expect_code(0);
+    assert!(
+        drained.stdout.contains("worker rig-1 is draining"),
+        "{}",
+        drained.stdout
+    );
+    let listed = cli(dir, &["worker", "list"]).expect_code(0).stdout;
+    assert!(listed.contains(" draining "), "{listed}");
+    let resumed = cli(dir, &["worker", "resume", "rig-1"]).expect_code(0);
+    assert!(
+        resumed.stdout.contains("worker rig-1 takes work again"),
+        "{}",
+        resumed.stdout
+    );
+    let unknown = cli(dir, &["worker", "show", "rig-2"]).expect_code(2);
+    assert!(
+        unknown.stderr.contains("did you mean `rig-1`?"),
+        "{}",
+        unknown.stderr
+    );
+    server.eventually("the run to end", DEADLINE, || {
+        (show(dir, &run)["run"]["status"] == "succeeded").then_some(())
+    });
+
+    // validate, through the server: the workflow's runs_on once and the gpu step's are
+    // warned about, the rig step's is not; warnings keep exit code 0.
+    let check = |validated: &Run| {
+        let out = &validated.stdout;
+        assert_eq!(
+            out.matches("no worker that has registered").count(),
+            2,
+            "{out}"
+        );
+        assert!(out.contains("{os=windows}"), "{out}");
+        assert!(out.contains("{gpu=yes}"), "{out}");
+        assert!(!out.contains("{pool=rig}"), "{out}");
+        assert!(out.contains("rig-1 (os=linux,pool=rig)"), "{out}");
+    };
+    check(&cli(dir, &["validate"]).expect_code(0));
+    // Without the server, from the store.
+    server.stop();
+    check(&cli(dir, &["validate"]).expect_code(0));
+}
