@@ -353,3 +353,80 @@ fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_wa
     server.stop();
     check(&cli(dir, &["validate"]).expect_code(0));
 }
+
+#[test]
+fn the_workers_page_shows_a_real_worker_its_running_attempt_and_drains_and_resumes_it() {
+    use crate::browser::{runtime, serve, Browser, DESKTOP};
+    let nats = Nats::start();
+    let project = distributed_project(&nats, &[("workflows/remote.yaml", REMOTE)]);
+    let dir = project.path();
+    let (server, base) = serve(dir);
+    let api = server.api();
+    let mut rig = WorkerProcess::start(dir, "rig-1", "pool=rig,os=linux", 2);
+    server.eventually("rig-1 up", DEADLINE, || {
+        let list = api.get("/api/workers").expect(200);
+        (worker(&list, "rig-1")?["state"] == "up").then_some(())
+    });
+    let started = cli(dir, &["workflow", "execute", "remote", "--detach"]).expect_code(0);
+    let run = run_id(&started.stdout);
+
+    runtime().block_on(async {
+        let browser = Browser::start(DESKTOP).await;
+        browser.open(&format!("{base}/#/workers"), "workers").await;
+        let row = browser
+            .wait_text("[data-worker='rig-1'][data-state='up']", "os=linux")
+            .await;
+        assert!(row.contains("pool=rig"), "{row}");
+        assert!(row.contains(env!("CARGO_PKG_VERSION")), "{row}");
+        assert!(row.contains("ago"), "the heartbeat's age: {row}");
+        // The running attempt, linked to its run.
+        browser
+            .wait_element(&format!(
+                "[data-worker='rig-1'] [data-attempt='{run}/slow/1'] a[href='#/runs/{run}']"
+            ))
+            .await;
+        browser
+            .wait_text("[data-worker='rig-1'] [data-slots]", "1 / 2")
+            .await;
+        browser.check("the workers page", "workers").await;
+
+        // Drain from the page: the API says draining, the row offers resume.
+        browser
+            .press("[data-worker='rig-1'] button[data-action='drain']")
+            .await;
+        browser
+            .wait_element(
+                "[data-worker='rig-1'][data-state='draining'] button[data-action='resume']",
+            )
+            .await;
+        assert_eq!(api.get("/api/workers/rig-1").expect(200)["draining"], true);
+        browser
+            .press("[data-worker='rig-1'] button[data-action='resume']")
+            .await;
+        browser
+            .wait_element("[data-worker='rig-1'][data-state='up'] button[data-action='drain']")
+            .await;
+        assert_eq!(api.get("/api/workers/rig-1").expect(200)["draining"], false);
+
+        // The run page names the worker of the remote step.
+        server.eventually("the run to end", DEADLINE, || {
+            (show(dir, &run)["run"]["status"] == "succeeded").then_some(())
+        });
+        browser.route(&format!("#/runs/{run}"), "runs").await;
+        browser
+            .wait_element("[data-step='slow'] [data-worker='rig-1'] a[href='#/workers/rig-1']")
+            .await;
+        browser
+            .check("the run page with its worker", "workers-run")
+            .await;
+
+        // Killed: the page turns it lost, live.
+        browser.route("#/workers/rig-1", "workers").await;
+        rig.kill9();
+        browser
+            .wait_text("[data-worker='rig-1'][data-state='lost']", "lost")
+            .await;
+        browser.check("a lost worker", "workers-lost").await;
+        browser.close().await;
+    });
+}
