@@ -159,6 +159,13 @@ fn workers_are_listed_drained_resumed_and_lost_with_one_event_each() {
     ] {
         assert!(metrics.contains(line), "{line} in:\n{metrics}");
     }
+    let (code, said) = crate::exact::ecosystem::check_with(
+        "promtool",
+        &["check", "metrics"],
+        &metrics,
+        "Debian's `prometheus` package (promtool)",
+    );
+    assert_eq!((code, said.as_str()), (0, ""), "promtool on:\n{metrics}");
 
     // Killed: lost after the lease, once; steering it is refused.
     rig.kill9();
@@ -390,7 +397,14 @@ fn the_workers_page_shows_a_real_worker_its_running_attempt_and_drains_and_resum
             .await;
         browser.check("the workers page", "workers").await;
 
-        // Drain from the page: the API says draining, the row offers resume.
+        // Once the step is done (its end redraws the row), drain from the page: the API
+        // says draining, the row offers resume.
+        server.eventually("the run to end", DEADLINE, || {
+            (show(dir, &run)["run"]["status"] == "succeeded").then_some(())
+        });
+        browser
+            .wait_text("[data-worker='rig-1'] [data-slots]", "0 / 2")
+            .await;
         browser
             .press("[data-worker='rig-1'] button[data-action='drain']")
             .await;
@@ -409,9 +423,6 @@ fn the_workers_page_shows_a_real_worker_its_running_attempt_and_drains_and_resum
         assert_eq!(api.get("/api/workers/rig-1").expect(200)["draining"], false);
 
         // The run page names the worker of the remote step.
-        server.eventually("the run to end", DEADLINE, || {
-            (show(dir, &run)["run"]["status"] == "succeeded").then_some(())
-        });
         browser.route(&format!("#/runs/{run}"), "runs").await;
         browser
             .wait_element("[data-step='slow'] [data-worker='rig-1'] a[href='#/workers/rig-1']")

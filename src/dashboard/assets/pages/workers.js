@@ -29,10 +29,14 @@ function running(worker) {
   )}</ul>`;
 }
 
-function heartbeat(worker, seenAt) {
+function heartbeat(worker) {
   if (worker.heartbeat_age_ms === null || worker.heartbeat_age_ms === undefined) return html`<span class="muted">not since this server started</span>`;
-  const age = worker.heartbeat_age_ms + (Date.now() - seenAt);
-  return html`<span data-heartbeat-age="${String(worker.heartbeat_age_ms)}">${duration(age)} ago</span>`;
+  return html`<span data-heartbeat-age="${String(worker.heartbeat_age_ms)}">${duration(worker.heartbeat_age_ms)} ago</span>`;
+}
+
+/** What a re-render would change: everything but the heartbeat ages, which tick in place. */
+function signature(list) {
+  return JSON.stringify({ ...list, workers: list.workers.map((w) => ({ ...w, heartbeat_age_ms: w.heartbeat_age_ms === null })) });
 }
 
 function actions(worker) {
@@ -49,6 +53,7 @@ export async function render(ctx) {
   const part = root.querySelector('[data-section="workers"]');
   const opts = { signal: ctx.signal };
   let list = null;
+  let shown = null;
   let seenAt = Date.now();
 
   function show() {
@@ -70,7 +75,7 @@ export async function render(ctx) {
           { label: "Labels", render: (w) => labels(w) },
           { label: "Slots", render: (w) => html`<span data-slots>${String(w.running.length)} / ${String(w.slots)}</span>`, num: true },
           { label: "Running", render: (w) => running(w) },
-          { label: "Heartbeat", render: (w) => heartbeat(w, seenAt) },
+          { label: "Heartbeat", render: (w) => heartbeat(w) },
           { label: "Version", render: (w) => html`${w.version}<div class="muted">started ${relTime(w.started_at)} · ${String(w.finished)} done</div>`, class: "hide-narrow" },
           { label: "", render: (w) => actions(w) },
         ],
@@ -84,9 +89,28 @@ export async function render(ctx) {
     );
   }
 
+  /** The heartbeat ages as of now, in place: the rows (and their buttons) stay. */
+  function tick() {
+    if (!list || !list.enabled) return;
+    const since = Date.now() - seenAt;
+    for (const w of list.workers) {
+      const span = part.querySelector(`[data-worker="${CSS.escape(w.name)}"] [data-heartbeat-age]`);
+      if (span && w.heartbeat_age_ms !== null) {
+        span.dataset.heartbeatAge = String(w.heartbeat_age_ms + since);
+        span.textContent = `${duration(w.heartbeat_age_ms + since)} ago`;
+      }
+    }
+  }
+
   async function load() {
     list = await api.get("/api/workers", opts);
     seenAt = Date.now();
+    const now = signature(list);
+    if (now === shown) {
+      tick();
+      return;
+    }
+    shown = now;
     show();
   }
 
@@ -108,7 +132,12 @@ export async function render(ctx) {
   await load();
   const soon = debounce(() => load().catch(() => {}), 200);
   for (const type of ["worker_connected", "worker_lost", "worker_drained", "worker_resumed", "step_started", "step_completed", "resync"]) ctx.on(type, soon);
-  // Heartbeat ages between events: the list again every few seconds while the page is open.
+  // Heartbeat ages tick every second; the list is read again every few seconds, and the
+  // table drawn again only when something besides the ages changed.
+  const ticker = setInterval(tick, 1000);
   const timer = setInterval(() => load().catch(() => {}), 3000);
-  ctx.signal.addEventListener("abort", () => clearInterval(timer));
+  ctx.signal.addEventListener("abort", () => {
+    clearInterval(ticker);
+    clearInterval(timer);
+  });
 }
