@@ -68,7 +68,8 @@ pub async fn list_workers(State(state): State<AppState>) -> Json<WorkerList> {
 
 /// One worker.
 #[utoipa::path(get, path = "/api/workers/{name}", tag = "workers",
-    params(("name" = String, Path, description = "The worker's name")),
+    params(("name" = String, Path, description = "The worker's name: 1 to 64 letters, digits, `-` or `_`",
+        pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "The worker", body = WorkerView),
         (status = 400, description = "Not a worker name (letters, digits, `-`, `_`)", body = ErrorBody),
@@ -93,7 +94,8 @@ pub async fn show_worker(
 /// Sends `drain` on its control subject and answers 202 with the worker, once its next
 /// record shows it draining (or after 3 s, as known then). Publishes `worker_drained`.
 #[utoipa::path(post, path = "/api/workers/{name}/drain", tag = "workers",
-    params(("name" = String, Path, description = "The worker's name")),
+    params(("name" = String, Path, description = "The worker's name: 1 to 64 letters, digits, `-` or `_`",
+        pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "Told to drain; the worker as known after", body = WorkerView),
@@ -114,7 +116,8 @@ pub async fn drain_worker(
 /// Sends `resume` on its control subject and answers with the worker, once its next
 /// record shows it taking work (or after 3 s, as known then). Publishes `worker_resumed`.
 #[utoipa::path(post, path = "/api/workers/{name}/resume", tag = "workers",
-    params(("name" = String, Path, description = "The worker's name")),
+    params(("name" = String, Path, description = "The worker's name: 1 to 64 letters, digits, `-` or `_`",
+        pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Told to resume; the worker as known after", body = WorkerView),
