@@ -13,7 +13,6 @@ use serde_json::Value;
 use super::client::{ApiClient, ApiPath};
 use super::manifests::table;
 use super::{Context, OutputFormat, EXIT_OK};
-use crate::config::NatsConfig;
 use crate::workers::protocol;
 use crate::workers::registry::{WorkerState, WorkerView};
 use crate::workers::worker::{self, WorkerOptions};
@@ -99,7 +98,7 @@ fn run_worker(context: &Context, args: &WorkerRunArgs) -> Result<u8> {
     let mut nats = distributed
         .as_ref()
         .map(|d| d.nats.clone())
-        .unwrap_or_else(NatsConfig::default);
+        .unwrap_or_default();
     if let Some(url) = &args.nats {
         nats.url.clone_from(url);
     }

@@ -25,6 +25,9 @@ use super::protocol::{RunningAttempt, WorkerInfo};
 use crate::events::{Event, EventBus};
 use crate::store::{Store, StoreError};
 
+/// A worker's labels.
+pub type Labels = BTreeMap<String, String>;
+
 /// The store tree of every worker that registered: name → [`SeenWorker`].
 pub const SEEN_TREE: &str = "workers_seen";
 
@@ -329,7 +332,7 @@ impl Registry {
 
 /// The labels of every worker the store remembers: what `validate` checks `runs_on`
 /// against.
-pub fn seen_labels(store: &Store) -> Result<Vec<(String, BTreeMap<String, String>)>, StoreError> {
+pub fn seen_labels(store: &Store) -> Result<Vec<(String, Labels)>, StoreError> {
     Ok(store
         .states::<SeenWorker>(SEEN_TREE, "")?
         .into_iter()
