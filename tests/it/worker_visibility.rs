@@ -267,7 +267,24 @@ fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_wa
     );
 
     let mut server = Server::start(dir);
+    // /ws tells of the worker as it registers.
+    let runtime = crate::browser::runtime();
+    let mut ws = runtime.block_on(async {
+        let mut ws = ws_connect(&server.address, None).await;
+        ws_send(
+            &mut ws,
+            serde_json::json!({"type": "subscribe", "events": ["worker_connected"]}),
+        )
+        .await;
+        assert_eq!(ws_next(&mut ws).await["type"], "subscribed");
+        ws
+    });
     let _rig = WorkerProcess::start(dir, "rig-1", "pool=rig,os=linux", 2);
+    let connected = runtime.block_on(ws_next(&mut ws));
+    assert_eq!(connected["type"], "worker_connected", "{connected}");
+    assert_eq!(connected["payload"]["name"], "rig-1", "{connected}");
+    assert_eq!(connected["payload"]["state"], "up", "{connected}");
+    assert_eq!(connected["payload"]["slots"], 2, "{connected}");
     let listed = server.eventually("rig-1 in worker list", DEADLINE, || {
         let out = cli(dir, &["worker", "list"]).expect_code(0).stdout;
         out.contains("rig-1").then_some(out)
