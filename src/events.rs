@@ -46,11 +46,19 @@ pub enum EventKind {
     SyncCompleted,
     /// Periodic system metrics.
     SystemMetrics,
+    /// A worker registered, or came back after it was lost or restarted.
+    WorkerConnected,
+    /// A worker sent no heartbeat for the lease.
+    WorkerLost,
+    /// A worker stopped taking new work (drain, or stopping).
+    WorkerDrained,
+    /// A drained worker takes work again.
+    WorkerResumed,
 }
 
 impl EventKind {
     /// Every kind, in a stable order.
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::WorkflowStarted,
         EventKind::WorkflowCompleted,
         EventKind::StepStarted,
@@ -65,6 +73,10 @@ impl EventKind {
         EventKind::ManifestInvalid,
         EventKind::SyncCompleted,
         EventKind::SystemMetrics,
+        EventKind::WorkerConnected,
+        EventKind::WorkerLost,
+        EventKind::WorkerDrained,
+        EventKind::WorkerResumed,
     ];
 
     /// The wire name.
@@ -84,6 +96,10 @@ impl EventKind {
             EventKind::ManifestInvalid => "manifest_invalid",
             EventKind::SyncCompleted => "sync_completed",
             EventKind::SystemMetrics => "system_metrics",
+            EventKind::WorkerConnected => "worker_connected",
+            EventKind::WorkerLost => "worker_lost",
+            EventKind::WorkerDrained => "worker_drained",
+            EventKind::WorkerResumed => "worker_resumed",
         }
     }
 
@@ -130,6 +146,15 @@ pub enum Event {
     SyncCompleted(SyncCompleted),
     /// A system sample (payload: the sample as `GET /api/system/metrics` shows it).
     SystemMetrics(Value),
+    /// A worker registered or came back (payload: the worker as `GET /api/workers/{name}`
+    /// shows it).
+    WorkerConnected(Value),
+    /// A worker's record was not renewed for the lease.
+    WorkerLost(Value),
+    /// A worker takes no new work.
+    WorkerDrained(Value),
+    /// A drained worker takes work again.
+    WorkerResumed(Value),
 }
 
 impl Event {
@@ -150,6 +175,10 @@ impl Event {
             Event::ManifestInvalid(_) => EventKind::ManifestInvalid,
             Event::SyncCompleted(_) => EventKind::SyncCompleted,
             Event::SystemMetrics(_) => EventKind::SystemMetrics,
+            Event::WorkerConnected(_) => EventKind::WorkerConnected,
+            Event::WorkerLost(_) => EventKind::WorkerLost,
+            Event::WorkerDrained(_) => EventKind::WorkerDrained,
+            Event::WorkerResumed(_) => EventKind::WorkerResumed,
         }
     }
 }

@@ -191,6 +191,7 @@ pub async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     );
     text.push_str(&objects.render());
     text.push_str(&state.stats.prometheus(chrono::Utc::now()));
+    text.push_str(&super::workers::prometheus(&state));
     Ok((
         [(header::CONTENT_TYPE, crate::monitor::metrics::CONTENT_TYPE)],
         text,

@@ -26,6 +26,7 @@ mod schemas;
 mod source_hook;
 pub mod state;
 mod triggers;
+mod workers;
 pub mod ws;
 
 use std::sync::{Arc, Mutex};
@@ -116,6 +117,10 @@ fn declared(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(agent_runs::agent_executions))
         .routes(routes!(handlers::start_agent))
         .routes(routes!(handlers::stop_agent))
+        .routes(routes!(workers::list_workers))
+        .routes(routes!(workers::show_worker))
+        .routes(routes!(workers::drain_worker))
+        .routes(routes!(workers::resume_worker))
         .routes(routes!(handlers::list_manifests, manifest_save::save))
         .routes(routes!(manifest_save::validate))
         .routes(routes!(alert_rules::validate_condition))

@@ -69,6 +69,8 @@ pub struct App {
     pub schedule_lock: Arc<crate::scheduler::StateLock>,
     /// The dispatcher of steps to workers, when `distributed.nats` or `--nats` is set.
     pub workers: Option<Arc<crate::workers::dispatch::Dispatcher>>,
+    /// What the controller knows of its workers, with the dispatcher.
+    pub worker_registry: Option<Arc<crate::workers::registry::Registry>>,
 }
 
 impl App {

@@ -285,6 +285,7 @@ pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
         &reconcile::Surroundings {
             channels: Some(configured_channels(context)),
             secrets: Some(&secrets),
+            workers: super::worker_cmd::workers_seen(context),
         },
     );
     let objects = desired.objects.len() + desired.invalid.len();

@@ -4,12 +4,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
-use clap::{Args, Subcommand};
+use std::io::Write;
 
-use super::{Context, EXIT_OK};
-use crate::config::NatsConfig;
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::client::{ApiClient, ApiPath};
+use super::manifests::table;
+use super::{Context, OutputFormat, EXIT_OK};
 use crate::workers::protocol;
+use crate::workers::registry::{WorkerState, WorkerView};
 use crate::workers::worker::{self, WorkerOptions};
 
 /// Arguments of `worker`.
@@ -42,7 +47,7 @@ pub enum WorkerCommand {
 pub struct WorkerList {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: super::OutputFormat,
+    pub output: OutputFormat,
 }
 
 /// A worker's name.
@@ -52,7 +57,7 @@ pub struct WorkerName {
     pub name: String,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: super::OutputFormat,
+    pub output: OutputFormat,
 }
 
 /// Arguments of a worker process.
@@ -93,7 +98,7 @@ fn run_worker(context: &Context, args: &WorkerRunArgs) -> Result<u8> {
     let mut nats = distributed
         .as_ref()
         .map(|d| d.nats.clone())
-        .unwrap_or_else(NatsConfig::default);
+        .unwrap_or_default();
     if let Some(url) = &args.nats {
         nats.url.clone_from(url);
     }
@@ -141,7 +146,217 @@ fn run_worker(context: &Context, args: &WorkerRunArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// `worker list|show|drain|resume`, through the running controller's API.
-fn steer(_context: &Context, _command: &WorkerCommand) -> Result<u8> {
-    bail!("`worker list|show|drain|resume` talk to a running server: start one with `orchestrator start --nats URL`")
+/// `worker list|show|drain|resume`, through the running controller's API: the workers
+/// live in NATS, which only the server is connected to.
+fn steer(context: &Context, command: &WorkerCommand) -> Result<u8> {
+    context.init_logging(true)?;
+    let Some(client) = ApiClient::for_context(context)? else {
+        bail!(
+            "no server runs for {}: `worker list|show|drain|resume` ask the running controller (start one with `orchestrator start --nats URL`)",
+            context.data_dir().display()
+        );
+    };
+    match command {
+        WorkerCommand::List(args) => {
+            let value = client.get(&ApiPath::api(&["workers"]))?;
+            if args.output != OutputFormat::Table {
+                print_value(args.output, &value)?;
+                return Ok(EXIT_OK);
+            }
+            if value["enabled"] == Value::Bool(false) {
+                println!("workers are not enabled on this server: it runs every step itself (start it with --nats URL, or set distributed.nats)");
+                return Ok(EXIT_OK);
+            }
+            let workers: Vec<WorkerView> = serde_json::from_value(value["workers"].clone())
+                .context("the server's workers are not in the expected shape")?;
+            if workers.is_empty() {
+                println!("no worker has registered yet (`orchestrator worker --nats URL --name N --labels k=v` starts one)");
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<[String; 7]> = workers
+                .iter()
+                .map(|w| {
+                    [
+                        w.name.clone(),
+                        state_text(w),
+                        labels_text(&w.labels),
+                        format!("{}/{}", w.running.len(), w.slots),
+                        age_text(w.heartbeat_age_ms),
+                        w.version.clone(),
+                        format!("{} (pid {})", w.host, w.pid),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "NAME",
+                        "STATE",
+                        "LABELS",
+                        "RUNNING",
+                        "HEARTBEAT",
+                        "VERSION",
+                        "HOST"
+                    ],
+                    &rows
+                )
+            );
+        }
+        WorkerCommand::Show(args) => {
+            let value = client.get(&ApiPath::api(&["workers", &args.name]))?;
+            show(args.output, &value)?;
+        }
+        WorkerCommand::Drain(args) | WorkerCommand::Resume(args) => {
+            let drain = matches!(command, WorkerCommand::Drain(_));
+            let action = if drain { "drain" } else { "resume" };
+            let value = client.post(
+                &ApiPath::api(&["workers", &args.name, action]),
+                &Value::Object(Default::default()),
+            )?;
+            if args.output != OutputFormat::Table {
+                print_value(args.output, &value)?;
+                return Ok(EXIT_OK);
+            }
+            let worker: WorkerView = serde_json::from_value(value)
+                .context("the server's worker is not in the expected shape")?;
+            let running = worker.running.len();
+            match (drain, worker.draining) {
+                (true, true) => println!(
+                    "worker {} is draining: it finishes {running} running attempt(s) and takes no new work (`orchestrator worker resume {}` undoes it)",
+                    worker.name, worker.name
+                ),
+                (true, false) => println!(
+                    "worker {} was told to drain; it has not confirmed yet (`orchestrator worker show {}`)",
+                    worker.name, worker.name
+                ),
+                (false, false) => println!("worker {} takes work again", worker.name),
+                (false, true) => println!(
+                    "worker {} was told to resume; it has not confirmed yet (`orchestrator worker show {}`)",
+                    worker.name, worker.name
+                ),
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Every worker that ever registered with this project's controller (name, labels), for
+/// `validate` to check `runs_on` against: from the running server, else from the store's
+/// `workers_seen` tree. `None` when no worker has registered (or nothing can be read):
+/// then nothing is checked, and with workers configured one note says so.
+pub fn workers_seen(
+    context: &Context,
+) -> Option<Vec<(String, std::collections::BTreeMap<String, String>)>> {
+    let seen = match ApiClient::for_context(context) {
+        Ok(Some(client)) => client
+            .get(&ApiPath::api(&["workers"]))
+            .ok()
+            .and_then(|value| {
+                serde_json::from_value::<Vec<WorkerView>>(value["workers"].clone()).ok()
+            })
+            .map(|workers| workers.into_iter().map(|w| (w.name, w.labels)).collect()),
+        _ => {
+            let data_dir = context.data_dir();
+            if crate::store::Store::exists(&data_dir) {
+                crate::store::Store::open(&data_dir)
+                    .ok()
+                    .and_then(|store| crate::workers::registry::seen_labels(&store).ok())
+            } else {
+                None
+            }
+        }
+    };
+    match seen {
+        Some(workers) if !workers.is_empty() => Some(workers),
+        _ => {
+            if context.config.config.distributed.is_some() {
+                eprintln!("note: no worker has registered with this controller yet, so `runs_on` labels are not checked against workers");
+            }
+            None
+        }
+    }
+}
+
+fn show(output: OutputFormat, value: &Value) -> Result<()> {
+    if output != OutputFormat::Table {
+        return print_value(output, value);
+    }
+    let w: WorkerView = serde_json::from_value(value.clone())
+        .context("the server's worker is not in the expected shape")?;
+    let mut out = std::io::stdout().lock();
+    let lines = [
+        ("name", w.name.clone()),
+        ("state", state_text(&w)),
+        ("labels", labels_text(&w.labels)),
+        ("slots", w.slots.to_string()),
+        ("heartbeat", age_text(w.heartbeat_age_ms)),
+        ("version", w.version.clone()),
+        ("host", w.host.clone()),
+        ("pid", w.pid.to_string()),
+        ("started", w.started_at.clone()),
+        ("finished", format!("{} attempt(s)", w.finished)),
+        ("first seen", w.first_seen.clone()),
+    ];
+    for (label, text) in lines {
+        writeln!(
+            out,
+            "{:<11} {}",
+            format!("{label}:"),
+            super::manifests::escape_control(&text)
+        )?;
+    }
+    if w.running.is_empty() {
+        writeln!(out, "running:    nothing")?;
+    } else {
+        writeln!(out, "running:")?;
+        let rows: Vec<[String; 3]> = w
+            .running
+            .iter()
+            .map(|r| [r.run_id.clone(), r.step.clone(), r.attempt.to_string()])
+            .collect();
+        for line in table(&["RUN", "STEP", "ATTEMPT"], &rows).lines() {
+            writeln!(out, "  {line}")?;
+        }
+    }
+    Ok(())
+}
+
+fn print_value(output: OutputFormat, value: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match output {
+        OutputFormat::Yaml => write!(out, "{}", crate::reconcile::diff::to_yaml(value))?,
+        _ => writeln!(out, "{}", serde_json::to_string_pretty(value)?)?,
+    }
+    Ok(())
+}
+
+fn state_text(w: &WorkerView) -> String {
+    match (w.state, w.draining) {
+        (WorkerState::Lost, _) => "lost".to_owned(),
+        (WorkerState::Up, true) => "draining".to_owned(),
+        (WorkerState::Up, false) => "up".to_owned(),
+    }
+}
+
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn age_text(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) if ms < 10_000 => format!("{:.1}s ago", ms as f64 / 1000.0),
+        Some(ms) => format!(
+            "{} ago",
+            crate::duration::format_duration(Duration::from_secs(ms / 1000))
+        ),
+        None => "never (since this server started)".to_owned(),
+    }
 }

@@ -44,6 +44,7 @@ pub const ASSETS: &[(&str, &[u8])] = &[
     asset!("pages/runs.js"),
     asset!("pages/schedules.js"),
     asset!("pages/agents.js"),
+    asset!("pages/workers.js"),
     asset!("pages/monitoring.js"),
     asset!("pages/alerts.js"),
     asset!("pages/reports.js"),

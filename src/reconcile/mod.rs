@@ -84,6 +84,9 @@ pub struct Surroundings<'a> {
     /// Resolves a secret reference (`env:NAME`, `file:PATH`) here: `Err` says why it does
     /// not, and the reference is warned about.
     pub secrets: Option<&'a SecretCheck>,
+    /// Every worker that ever registered (name, labels): a `runs_on` none of them
+    /// satisfies is warned about.
+    pub workers: Option<Vec<(String, BTreeMap<String, String>)>>,
 }
 
 /// Whether a secret reference resolves where the check runs, and if not, why.
@@ -155,6 +158,9 @@ pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) ->
             let mut found = semantic::check_references(&c.manifest, &catalog);
             if let Some(channels) = &surroundings.channels {
                 found.extend(semantic::check_channels(&c.manifest, channels));
+            }
+            if let Some(workers) = &surroundings.workers {
+                found.extend(semantic::check_runs_on(&c.manifest, workers));
             }
             if let Some(resolve) = surroundings.secrets {
                 for (pointer, reference) in semantic::secret_references(&c.manifest) {

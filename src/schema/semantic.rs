@@ -901,6 +901,69 @@ pub fn check_channels(manifest: &Manifest, channels: &BTreeSet<String>) -> Vec<D
     diagnostics
 }
 
+/// The steps of a workflow or template whose `runs_on` (their own, or the workflow's) no
+/// worker in `workers` (name, labels: every worker that ever registered) satisfies, warned
+/// at the `runs_on` that asks: such a step waits for its `queue_timeout` and fails unless
+/// a matching worker connects. A workflow's `runs_on` is warned about once.
+pub fn check_runs_on(
+    manifest: &Manifest,
+    workers: &[(String, BTreeMap<String, String>)],
+) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    if !matches!(manifest.kind, Kind::Workflow | Kind::WorkflowTemplate) {
+        return diagnostics;
+    }
+    let Some(steps) = manifest.value.get("steps").and_then(Value::as_array) else {
+        return diagnostics;
+    };
+    let workflow_runs_on = manifest.value.get("runs_on");
+    let mut warned_workflow = false;
+    for (index, step) in steps.iter().enumerate() {
+        let Some(placement) = crate::spec::workflow::Placement::of(step, workflow_runs_on) else {
+            continue;
+        };
+        let matched = workers
+            .iter()
+            .any(|(_, have)| placement.labels.iter().all(|(k, v)| have.get(k) == Some(v)));
+        if matched {
+            continue;
+        }
+        let own = step.get("runs_on").is_some();
+        if !own && warned_workflow {
+            continue;
+        }
+        let pointer = if own {
+            format!("/steps/{index}/runs_on")
+        } else {
+            warned_workflow = true;
+            "/runs_on".to_owned()
+        };
+        let wanted: Vec<String> = placement
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let step_name = step.get("name").and_then(Value::as_str).unwrap_or("?");
+        let known: Vec<String> = workers
+            .iter()
+            .map(|(name, labels)| {
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{name} ({})", labels.join(","))
+            })
+            .collect();
+        diagnostics.push(manifest.warning_at(
+            &pointer,
+            format!(
+                "no worker that has registered has the labels {{{}}} that step `{step_name}`{} needs: it waits for its queue_timeout and fails unless such a worker connects (workers seen: {})",
+                wanted.join(", "),
+                if own { "" } else { " (and every step without its own runs_on)" },
+                known.join("; ")
+            ),
+        ));
+    }
+    diagnostics
+}
+
 /// Every secret reference of a manifest with its JSON pointer: `{secret: env:NAME|file:PATH}`
 /// anywhere (the `env:` of workflows, steps, agents and their suites), and a trigger's
 /// `secret`.

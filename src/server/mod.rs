@@ -160,6 +160,14 @@ pub fn assemble(
         Arc::clone(&metrics),
         git,
     ));
+    let worker_registry = match &options.workers {
+        Some(dispatcher) => Some(crate::workers::registry::Registry::start(
+            dispatcher,
+            Arc::clone(&store),
+            events.clone(),
+        )?),
+        None => None,
+    };
     let app = Arc::new(App {
         store,
         config,
@@ -182,6 +190,7 @@ pub fn assemble(
         routes: crate::api::RouteState::default(),
         schedule_lock: Arc::default(),
         workers: options.workers.clone(),
+        worker_registry,
     });
 
     Ok(Assembled { app, token })

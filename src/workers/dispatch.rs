@@ -213,6 +213,21 @@ impl Dispatcher {
         &self.inner.counters
     }
 
+    /// How long a worker may stay silent.
+    pub fn lease(&self) -> Duration {
+        self.inner.settings.lease
+    }
+
+    /// Its runtime, for tasks that use its connection (the worker registry's watch).
+    pub fn runtime_handle(&self) -> tokio::runtime::Handle {
+        self.inner.handle.clone()
+    }
+
+    /// Its streams and buckets.
+    pub fn wire(&self) -> Wire {
+        self.inner.wire.clone()
+    }
+
     /// The workers that have registered, with the age of their last heartbeat.
     pub fn workers(&self) -> Vec<(protocol::WorkerInfo, Duration)> {
         let inner = Arc::clone(&self.inner);

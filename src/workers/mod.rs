@@ -5,11 +5,14 @@
 //! - [`dispatch`]: the controller's executor for steps with `runs_on` (publish, claim,
 //!   fence, lease, results);
 //! - [`route`]: which executor an attempt goes to;
+//! - [`registry`]: the controller's view of its workers (up, lost, drained), their events,
+//!   and every worker that ever registered;
 //! - [`worker`]: the `orchestrator worker` process;
 //! - [`snapshot`]: the project packed for workers.
 
 pub mod dispatch;
 pub mod protocol;
+pub mod registry;
 pub mod route;
 pub mod snapshot;
 pub mod worker;

@@ -231,6 +231,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
         for page in [
             "schedules",
             "agents",
+            "workers",
             "monitoring",
             "alerts",
             "reports",

@@ -35,4 +35,5 @@ mod server;
 mod soak;
 mod support;
 mod triggers;
+mod worker_visibility;
 mod workers;

@@ -16,6 +16,7 @@ export const NAV = [
   { id: "runs", title: "Runs" },
   { id: "schedules", title: "Schedules" },
   { id: "agents", title: "Agents" },
+  { id: "workers", title: "Workers" },
   { id: "monitoring", title: "Monitoring" },
   { id: "alerts", title: "Alerts" },
   { id: "reports", title: "Reports and analytics" },

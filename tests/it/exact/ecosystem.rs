@@ -36,7 +36,12 @@ fn configure(dir: &Path, patch: Value) {
 
 /// Runs an installed checker with `input` on its stdin; returns (exit code, stdout +
 /// stderr). A checker that is not installed fails the test saying what to install.
-fn check_with(program: &str, args: &[&str], input: &str, install: &str) -> (i32, String) {
+pub(crate) fn check_with(
+    program: &str,
+    args: &[&str],
+    input: &str,
+    install: &str,
+) -> (i32, String) {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())

@@ -5,7 +5,7 @@
 
 mod alert_editor;
 mod cli;
-mod ecosystem;
+pub(crate) mod ecosystem;
 mod runs;
 mod validation;
 mod walkthrough;

@@ -32,6 +32,8 @@ pub(crate) struct Answer {
     pub(crate) status: u16,
     /// The body as JSON (`Value::Null` when it is not JSON).
     pub(crate) json: Value,
+    /// The body as text.
+    pub(crate) text: String,
 }
 
 impl Answer {
@@ -58,6 +60,20 @@ impl InProcess {
     /// A project `init`ed with these files, then `edit` applied to its development
     /// configuration, assembled and reconciled.
     pub(crate) fn start(files: &[(&str, &str)], edit: Option<(&str, &str)>) -> InProcess {
+        InProcess::assemble(files, edit, None)
+    }
+
+    /// [`InProcess::start`] with a dispatcher to workers over `nats` (the tests' lease),
+    /// as `orchestrator start --nats URL` builds it.
+    pub(crate) fn start_with_workers(files: &[(&str, &str)], nats: &super::Nats) -> InProcess {
+        InProcess::assemble(files, None, Some(nats.url()))
+    }
+
+    fn assemble(
+        files: &[(&str, &str)],
+        edit: Option<(&str, &str)>,
+        nats: Option<String>,
+    ) -> InProcess {
         let project = project(files);
         let dir = project.path();
         if let Some((from, to)) = edit {
@@ -71,7 +87,31 @@ impl InProcess {
         })
         .expect("the configuration loads");
         let data_dir = config.resolve(&config.config.storage.data_dir);
-        let engine = orchestrator::agents::local::engine_config(&config, data_dir.clone());
+        let workers = nats.map(|url| {
+            let distributed = orchestrator::config::DistributedConfig {
+                nats: orchestrator::config::NatsConfig {
+                    url,
+                    ..Default::default()
+                },
+                lease: Some(orchestrator::config::DurationSetting::Text(
+                    super::nats::TEST_LEASE.into(),
+                )),
+                queue_timeout: None,
+                max_deliver: None,
+            };
+            let settings = orchestrator::workers::dispatch::DispatchSettings::from_config(
+                &distributed,
+                config.project_dir.clone(),
+                vec![data_dir.clone()],
+                data_dir.join("remote-artifacts"),
+            );
+            Arc::new(
+                orchestrator::workers::dispatch::Dispatcher::connect(&distributed, settings)
+                    .expect("the dispatcher connects"),
+            )
+        });
+        let engine =
+            orchestrator::workers::route::engine_config(&config, data_dir.clone(), workers.clone());
         let assembled = orchestrator::server::assemble(
             config,
             "development".into(),
@@ -83,7 +123,7 @@ impl InProcess {
                 insecure: false,
                 grace: std::time::Duration::from_secs(1),
                 source: None,
-                workers: None,
+                workers,
             },
         )
         .expect("the server assembles");
@@ -144,6 +184,7 @@ impl InProcess {
             Answer {
                 status,
                 json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                text: String::from_utf8_lossy(&bytes).into_owned(),
             }
         })
     }

@@ -19,6 +19,14 @@ export async function render(ctx) {
   return list(ctx);
 }
 
+/** The workers a step's attempts ran on, each a link to the Workers page, attempt by
+ * attempt (`w1 → w2` when a retry moved it); "this machine" for a local step. */
+function workersOf(step) {
+  const names = (step.attempts || []).map((a) => a.worker).filter(Boolean);
+  if (!names.length) return html`<span class="muted" data-worker="">${(step.attempts || []).length ? "this machine" : "—"}</span>`;
+  return html`<span data-worker="${names[names.length - 1]}">${names.map((n, i) => html`${i ? " → " : ""}<a href="${href("workers", n)}">${n}</a>`)}</span>`;
+}
+
 function testsText(tests) {
   if (!tests || !tests.total) return "—";
   const bad = (tests.failed || 0) + (tests.errors || 0);
@@ -216,6 +224,7 @@ async function detail(ctx, id) {
           { label: "Timeline", render: ({ s, offset, ms }) => durationBar(ms, total, { offset, status: s.status, width: 180, label: `${s.name}: ${duration(ms)}` }) },
           { label: "Duration", render: ({ ms }) => duration(ms), num: true },
           { label: "Attempts", render: ({ s }) => String((s.attempts || []).length), num: true, class: "hide-narrow" },
+          { label: "Worker", render: ({ s }) => workersOf(s), class: "hide-narrow" },
           { label: "Exit", render: ({ s }) => (s.exit_code ?? "—").toString(), num: true },
           { label: "Message", render: ({ s }) => s.message || "" },
         ],
