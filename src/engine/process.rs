@@ -216,16 +216,29 @@ pub fn kill_orphaned_steps(run_ids: &BTreeSet<String>) -> usize {
     if run_ids.is_empty() {
         return 0;
     }
-    let own_group = nix::unistd::getpgrp().as_raw();
-    let mut groups = BTreeSet::new();
-    for (pid, environ) in environments() {
-        let belongs = environ.split(|byte| *byte == 0).any(|variable| {
+    kill_groups_where(|environ| {
+        environ.split(|byte| *byte == 0).any(|variable| {
             variable
                 .strip_prefix(b"ORCHESTRATOR_RUN_ID=")
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .is_some_and(|id| run_ids.contains(id))
-        });
-        if !belongs {
+        })
+    })
+}
+
+/// Kills the process groups of processes whose environment holds `name=value` exactly
+/// (a worker's steps left running by its previous incarnation, which a kill -9 ended),
+/// as [`kill_orphaned_steps`] does for runs. Returns how many groups were killed.
+pub fn kill_marked_steps(name: &str, value: &str) -> usize {
+    let entry = format!("{name}={value}").into_bytes();
+    kill_groups_where(|environ| has_cookie(environ, &entry))
+}
+
+fn kill_groups_where(belongs: impl Fn(&[u8]) -> bool) -> usize {
+    let own_group = nix::unistd::getpgrp().as_raw();
+    let mut groups = BTreeSet::new();
+    for (pid, environ) in environments() {
+        if !belongs(&environ) {
             continue;
         }
         if let Ok(group) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {

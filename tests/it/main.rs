@@ -36,3 +36,4 @@ mod soak;
 mod support;
 mod triggers;
 mod workers;
+mod workers_faults;
