@@ -558,7 +558,10 @@ impl Inner {
         };
         let mut pending = self.pending.lock().unwrap();
         let Some(p) = pending.get_mut(&request.key) else {
-            return refuse("the attempt is no longer waiting for a worker".into(), false);
+            return refuse(
+                "the attempt is no longer waiting for a worker".into(),
+                false,
+            );
         };
         if let Some(claim) = &p.claim {
             if claim.worker == request.worker {

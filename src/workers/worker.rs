@@ -657,7 +657,8 @@ impl Worker {
         // while the controller or NATS is away (the controller's stop may come first).
         let mut deadline: Option<tokio::time::Instant> = None;
         let (finished, workspace) = loop {
-            let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let until =
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 done = &mut job => break done.unwrap_or_else(|err| {
                     (failed_before_start(format!("the step's thread failed: {err}")), PathBuf::new())

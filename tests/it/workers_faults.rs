@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
@@ -108,7 +110,10 @@ impl Rng {
 
 fn seed() -> u64 {
     match std::env::var("ORCHESTRATOR_FAULTS_SEED") {
-        Ok(text) => text.trim().parse().expect("ORCHESTRATOR_FAULTS_SEED is a number"),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .expect("ORCHESTRATOR_FAULTS_SEED is a number"),
         Err(_) => SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64),
@@ -117,17 +122,17 @@ fn seed() -> u64 {
 
 /// Steps in each run of the kill suite, and how long each sleeps.
 const CHAOS_STEPS: usize = 8;
-const CHAOS_SLEEP: &str = "2.5";
-/// A victim is a step that started less than this long ago: what its killed worker
-/// leaves running has time left, so its restart is seen to stop it.
+/// A victim that started less than this long ago still has a second or more to run when
+/// its worker has restarted: the restart is seen to stop it before it did its work.
 const YOUNG: Duration = Duration::from_millis(1200);
 
 fn chaos_workflow(marks: &Path) -> String {
     let mut yaml = String::from("id: wf_chaos\nname: chaos\nmax_parallel: 8\nsteps:\n");
     for i in 0..CHAOS_STEPS {
         yaml.push_str(&format!(
-            "  - name: s{i}\n    depends_on: []\n    runs_on: {{pool: chaos}}\n    retries: 4\n    retry_delay: 0s\n    command: [\"sh\", \"-c\", \"echo \\\"$ORCHESTRATOR_RUN_ID s{i} $ORCHESTRATOR_WORKER\\\" > {m}/started.$$; sleep {CHAOS_SLEEP}; echo \\\"$ORCHESTRATOR_RUN_ID s{i}\\\" > {m}/done.$$; echo step=s{i} >> $ORCHESTRATOR_OUTPUT\"]\n",
-            m = marks.display()
+            "  - name: s{i}\n    depends_on: []\n    runs_on: {{pool: chaos}}\n    retries: 4\n    retry_delay: 0s\n    command: [\"sh\", \"-c\", \"echo \\\"$ORCHESTRATOR_RUN_ID s{i} $ORCHESTRATOR_WORKER\\\" > {m}/started.$$; sleep {sleep}; echo \\\"$ORCHESTRATOR_RUN_ID s{i}\\\" > {m}/done.$$; echo step=s{i} >> $ORCHESTRATOR_OUTPUT\"]\n",
+            m = marks.display(),
+            sleep = ["2.5", "3", "2.2", "2.8"][i % 4],
         ));
     }
     yaml
@@ -194,20 +199,29 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
     );
     let dir = project.path();
     let server = Server::start(dir);
-    let mut workers: BTreeMap<String, WorkerProcess> = (1..=4)
+    // Each worker, and whether it is being restarted (a restart runs beside the next kills).
+    type Shared = (Arc<Mutex<WorkerProcess>>, Arc<AtomicBool>);
+    let workers: BTreeMap<String, Shared> = (1..=4)
         .map(|i| {
             let name = format!("c{i}");
             let worker = WorkerProcess::start(dir, &name, "pool=chaos", 2);
-            (name, worker)
+            (name, (Arc::new(Mutex::new(worker)), Arc::default()))
         })
         .collect();
     let per_round = 5;
     let mut killed_total = 0;
     let mut elsewhere = 0;
     let mut delays = Vec::new();
+    let mut young = 0;
     while killed_total < total {
         let runs = [execute(dir, "chaos"), execute(dir, "chaos")];
+        // Per step of the round: its attempts lost other than by a kill that picked it
+        // young (it ran beside the victim on the killed worker, or near its end): it may
+        // have done its work before it was stopped. At least once, never recorded twice.
+        let mut collateral: BTreeMap<String, usize> = BTreeMap::new();
+        let round = Instant::now();
         let mut killed: Vec<Seen> = Vec::new();
+        let mut restarts = Vec::new();
         for _ in 0..per_round.min(total - killed_total) {
             let delay = rng.range(50, 500);
             delays.push(delay);
@@ -218,7 +232,8 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
                 || {
                     let candidates: Vec<Seen> = running_steps(marks.path())
                         .into_iter()
-                        .filter(|s| runs.contains(&s.run) && s.age < YOUNG)
+                        .filter(|s| runs.contains(&s.run))
+                        .filter(|s| !workers[&s.worker].1.load(Ordering::SeqCst))
                         .filter(|s| !killed.iter().any(|k| k.pid == s.pid))
                         .collect();
                     if candidates.is_empty() {
@@ -228,20 +243,37 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
                     candidates.into_iter().nth(pick)
                 },
             );
-            let worker = workers.get_mut(&victim.worker).expect("a known worker");
-            worker.kill9();
+            let (worker, restarting) = &workers[&victim.worker];
+            restarting.store(true, Ordering::SeqCst);
+            worker.lock().unwrap().kill9();
             // Restarted on the same work directory: it stops the step processes its killed
             // incarnation left running before it takes work.
-            worker.restart();
-            wait_gone(
-                victim.pid,
-                "the step process a killed worker left running, once the worker restarted",
-                Duration::from_secs(5),
-            );
+            let (worker, restarting) = (Arc::clone(worker), Arc::clone(restarting));
+            let pid = victim.pid;
+            restarts.push(std::thread::spawn(move || {
+                worker.lock().unwrap().restart();
+                wait_gone(
+                    pid,
+                    "the step process a killed worker left running, once the worker restarted",
+                    Duration::from_secs(5),
+                );
+                restarting.store(false, Ordering::SeqCst);
+            }));
+            if victim.age < YOUNG {
+                young += 1;
+            }
             killed.push(victim);
         }
+        for restart in restarts {
+            restart.join().expect("a restart failed");
+        }
+        let kills_done = round.elapsed();
         for run in &runs {
             let shown = finished_run(dir, &server, run, Duration::from_secs(90));
+            eprintln!(
+                "kill -9 suite: kills of the round over after {kills_done:?}, {run} ended after {:?}",
+                round.elapsed()
+            );
             assert_eq!(
                 shown["run"]["status"], "succeeded",
                 "seed {seed}: {shown:#}"
@@ -249,8 +281,10 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
             for i in 0..CHAOS_STEPS {
                 let name = format!("s{i}");
                 let tries = attempts(&shown, &name);
-                let succeeded: Vec<&Value> =
-                    tries.iter().filter(|a| a["status"] == "succeeded").collect();
+                let succeeded: Vec<&Value> = tries
+                    .iter()
+                    .filter(|a| a["status"] == "succeeded")
+                    .collect();
                 assert_eq!(
                     succeeded.len(),
                     1,
@@ -280,11 +314,25 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
                         .iter()
                         .position(|a| a["status"] == "succeeded")
                         .unwrap();
-                    assert!(lost < success, "seed {seed}: retried after the loss: {tries:#?}");
+                    assert!(
+                        lost < success,
+                        "seed {seed}: retried after the loss: {tries:#?}"
+                    );
                     if tries[success]["worker"] != victim.worker.as_str() {
                         elsewhere += 1;
                     }
                 }
+                for attempt in tries.iter().filter(|a| a["status"] != "succeeded") {
+                    assert!(
+                        text(&attempt["message"]).starts_with("worker_lost:"),
+                        "seed {seed}: only lost workers fail attempts: {tries:#?}"
+                    );
+                }
+                let victims = killed
+                    .iter()
+                    .filter(|k| &k.run == run && k.step == name && k.age < YOUNG)
+                    .count();
+                collateral.insert(format!("{run} {name}"), tries.len() - 1 - victims);
             }
         }
         // No duplicate: each step of each run finished its work once (a killed attempt's
@@ -299,17 +347,18 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
         for run in &runs {
             for i in 0..CHAOS_STEPS {
                 let key = format!("{run} s{i}");
-                assert_eq!(
-                    done.get(&key),
-                    Some(&1),
-                    "seed {seed}: {key} did its work exactly once"
+                let times = done.get(&key).copied().unwrap_or(0);
+                let beside = collateral[&key];
+                assert!(
+                    (1..=1 + beside).contains(&times),
+                    "seed {seed}: {key} did its work {times} times; once, or at most once more per attempt lost other than by a young victim's kill ({beside})"
                 );
             }
         }
         killed_total += killed.len();
     }
     eprintln!(
-        "kill -9 suite: {killed_total} kills in {:.1} s (seed {seed}), {}–{} ms apart; {elsewhere} retries ran on another worker name, the rest on the restarted one",
+        "kill -9 suite: {killed_total} kills in {:.1} s (seed {seed}), {}–{} ms apart, {young} of them within {YOUNG:?} of the step's start (checked to have done no work); {elsewhere} retries ran on another worker name, the rest on the restarted one",
         began.elapsed().as_secs_f64(),
         delays.iter().min().unwrap_or(&0),
         delays.iter().max().unwrap_or(&0),
@@ -339,7 +388,10 @@ fn a_worker_cut_off_past_its_lease_is_refused_and_stops_its_own_step() {
     // on `fresh`, while the first attempt's process runs on.
     stale.signal(Signal::SIGSTOP);
     wait_for_file(&marks.path().join("fresh.pid"), "the retry on `fresh`");
-    assert!(alive(step_pid), "the frozen worker's step runs on meanwhile");
+    assert!(
+        alive(step_pid),
+        "the frozen worker's step runs on meanwhile"
+    );
     stale.signal(Signal::SIGCONT);
 
     // Back: it finds its lease unrenewed for longer than the lease, stops its step itself
@@ -398,7 +450,10 @@ fn a_nats_server_restart_mid_run_loses_no_log_line_and_no_output() {
     let _b = WorkerProcess::start(dir, "rb", "pool=r", 2);
     let run = execute(dir, "restart");
     for i in 0..4 {
-        wait_for_file(&marks.path().join(format!("r{i}")), "every remote step running");
+        wait_for_file(
+            &marks.path().join(format!("r{i}")),
+            "every remote step running",
+        );
     }
     std::thread::sleep(Duration::from_millis(800));
     nats.restart();
@@ -408,14 +463,17 @@ fn a_nats_server_restart_mid_run_loses_no_log_line_and_no_output() {
         let name = format!("r{i}");
         assert_eq!(attempts(&shown, &name).len(), 1, "{shown:#}");
         assert_eq!(step(&shown, &name)["outputs"]["out"], name.as_str());
-        let log = fs::read_to_string(dir.join("logs").join(text(&step(&shown, &name)["log"])))
-            .unwrap();
+        let log =
+            fs::read_to_string(dir.join("logs").join(text(&step(&shown, &name)["log"]))).unwrap();
         let lines: Vec<&str> = log
             .lines()
             .filter(|l| l.starts_with(&format!("{name} line ")))
             .collect();
         let expected: Vec<String> = (0..40).map(|n| format!("{name} line {n}")).collect();
-        assert_eq!(lines, expected, "{name}'s log is whole, in order, without a duplicate");
+        assert_eq!(
+            lines, expected,
+            "{name}'s log is whole, in order, without a duplicate"
+        );
         assert!(
             !log.contains("incomplete"),
             "{name}'s log has no gap:\n{log}"
@@ -574,8 +632,9 @@ fn on_worker_lost_fail_fails_the_step_without_a_retry_and_says_why() {
             && message.contains("on_worker_lost: fail"),
         "{message}"
     );
-    // The worker back on its work directory stops what it left running.
+    // The worker back on its work directory (which it locks) stops what it left running.
     worker.restart();
+    assert!(worker.work_dir.join("worker.lock").exists());
     assert_gone(&pid_file);
     assert!(
         worker
