@@ -592,6 +592,29 @@ mod tests {
     }
 
     #[test]
+    fn processes_marked_with_a_variable_have_their_groups_killed() {
+        let value = format!("/work/{}", ulid::Ulid::new());
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env("ORCHESTRATOR_TEST_MARK", &value)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let entry = format!("ORCHESTRATOR_TEST_MARK={value}").into_bytes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !carries(child.id() as i32, &entry) {
+            assert!(
+                Instant::now() < deadline,
+                "the child never ran with its mark"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(kill_marked_steps("ORCHESTRATOR_TEST_MARK", "/work"), 0);
+        assert_eq!(kill_marked_steps("ORCHESTRATOR_TEST_MARK", &value), 1);
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
+    }
+
+    #[test]
     fn output_goes_to_the_log_and_the_exit_code_is_kept() {
         let (dir, file) = log();
         let spec = ProcessSpec {

@@ -11,7 +11,11 @@
 //!   declared lost, a claim refused) is dropped and counted in [`Counters::stale`];
 //! - an attempt ends once: whatever ends it (finished, lost, queue timeout, stopped before
 //!   a claim, too many deliveries) removes it from the pending table under its lock
-//!   first.
+//!   first, and then deletes its work message and purges its lease;
+//! - a worker is declared lost only on what this controller saw: a lease it cannot read
+//!   (NATS away) is not judged, its clock starts again once it can be read;
+//! - a worker claiming an attempt it was granted already (the answer was lost) gets the
+//!   same token; a stop for a claimed attempt is sent again until the attempt ends.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

@@ -5,9 +5,20 @@
 //! attempt before it acks it, runs it in a workspace holding the project at the run's
 //! revision, and reports on `orch.result.<name>`: `started`, log chunks (≤ 32 KiB, at
 //! least every 100 ms, numbered, resent until acknowledged — the step's log file on disk
-//! is the spool), and `finished` with the chunk count and the log's SHA-256. A worker
-//! that could not renew its leases for the lease time stops every step it runs itself: it
-//! may be cut off, and its attempts are being retried elsewhere.
+//! is the spool), and `finished` with the chunk count and the log's SHA-256.
+//!
+//! Failures it handles itself:
+//! - an attempt whose lease it could not renew for the lease time (cut off from NATS,
+//!   frozen) is stopped and never renewed again — checked before every renewal and by a
+//!   watch of its own — and reported `lost`: the controller retries it elsewhere;
+//! - a stop that arrives before the answer to its claim is kept and applied then;
+//! - the step's `timeout` is enforced here too, from the step's start;
+//! - one worker per work directory (`worker.lock`); every step process carries
+//!   `ORCHESTRATOR_WORKER_DIR`, so a worker started on the directory of one killed
+//!   outright stops the steps it left running before it takes work (steps also get
+//!   `ORCHESTRATOR_WORKER`, the worker's name);
+//! - SIGTERM (or a first Ctrl-C) drains: nothing new is pulled, what runs finishes, and it
+//!   exits once nothing runs and no claim is in flight; a second Ctrl-C stops what runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -927,4 +938,19 @@ fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, St
             work_dir.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_work_directory_takes_one_worker_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_work_dir(dir.path()).unwrap();
+        let refused = lock_work_dir(dir.path()).unwrap_err();
+        assert!(refused.contains("used by another worker"), "{refused}");
+        drop(held);
+        assert!(lock_work_dir(dir.path()).is_ok());
+    }
 }
