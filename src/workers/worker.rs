@@ -453,20 +453,14 @@ impl Worker {
                     continue;
                 }
             };
-            let mut taken = false;
-            while let Some(message) = batch.next().await {
-                let Ok(message) = message else { break };
-                taken = true;
+            // One message at most; none (the fetch expired): the slot is free again.
+            if let Some(Ok(message)) = batch.next().await {
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
                     me.take(message).await;
                     drop(permit);
                     me.idle.notify_one();
                 });
-                break;
-            }
-            if !taken {
-                continue;
             }
         }
     }
