@@ -26,7 +26,7 @@ use serde_json::json;
 use sha2::Sha256;
 
 /// The names of the targets, as `fuzz_targets/<name>.rs` and `corpus/<name>/`.
-pub const TARGETS: [&str; 4] = ["manifest", "condition", "cron", "webhook"];
+pub const TARGETS: [&str; 5] = ["manifest", "condition", "cron", "webhook", "worker_message"];
 
 /// Runs the check of the target `name` on one input.
 ///
@@ -39,6 +39,7 @@ pub fn check(name: &str, data: &[u8]) {
         "condition" => condition(data),
         "cron" => cron(data),
         "webhook" => webhook(data),
+        "worker_message" => worker_message(data),
         other => panic!("unknown fuzz target `{other}`: expected one of {TARGETS:?}"),
     }
 }
@@ -441,5 +442,60 @@ fn check_signature_property(
             signed,
             format!("sha256={}", hmac_hex(secret.unwrap_or_default(), body))
         );
+    }
+}
+
+/// What crosses the wire between the controller and its workers, and the labels a worker
+/// is started with: the first byte picks the reader, the rest is its input. Labels that
+/// parse are well-formed and select the same subject in any order; messages that parse
+/// serialize back to what parses to the same; a step's placement reads from any JSON.
+pub fn worker_message(data: &[u8]) {
+    use orchestrator::workers::protocol::{
+        parse_labels, satisfies, selector, ClaimReply, ClaimRequest, Control, Finished, WorkItem,
+    };
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(input: &[u8]) {
+        if let Ok(value) = serde_json::from_slice::<T>(input) {
+            let once = serde_json::to_string(&value).expect("serializes");
+            let again: T = serde_json::from_str(&once).expect("parses back");
+            assert_eq!(
+                once,
+                serde_json::to_string(&again).expect("serializes again")
+            );
+        }
+    }
+    match pick % 6 {
+        0 => {
+            let text = String::from_utf8_lossy(rest);
+            if let Ok(labels) = parse_labels(&text) {
+                assert!(satisfies(&labels, &labels));
+                let reversed = text.split(',').rev().collect::<Vec<_>>().join(",");
+                if let Ok(other) = parse_labels(&reversed) {
+                    if other == labels {
+                        assert_eq!(selector(&labels), selector(&other));
+                    }
+                }
+                for (key, value) in &labels {
+                    assert!(!key.is_empty() && !value.is_empty());
+                    assert!(!key.contains(['=', ',']) && !value.contains(['=', ',']));
+                }
+            }
+        }
+        1 => round_trip::<WorkItem>(rest),
+        2 => round_trip::<Finished>(rest),
+        3 => round_trip::<ClaimRequest>(rest),
+        4 => {
+            round_trip::<ClaimReply>(rest);
+            round_trip::<Control>(rest);
+        }
+        _ => {
+            if let Ok(step) = serde_json::from_slice::<serde_json::Value>(rest) {
+                let workflow = step.get("workflow_runs_on");
+                let _ = orchestrator::spec::workflow::Placement::of(&step, workflow);
+                let _ = orchestrator::spec::workflow::StepSpec::compile(&step);
+            }
+        }
     }
 }

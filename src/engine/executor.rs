@@ -3,9 +3,10 @@
 //! one attempt — prepares the step (`{{ }}` substitution, environment and secrets), runs its
 //! agent, reads its outputs — and reports; retries, timeouts, `if:` conditions,
 //! `continue_on_error`, cancel and every durable record stay in the engine
-//! ([`super::machine`], [`super::run`]). Today's executor is the local one
-//! (`agents::local::LocalExecutor`: the built-in agents and plugins as processes of this
-//! machine); a remote one can run the same attempts elsewhere.
+//! ([`super::machine`], [`super::run`]). The local executor
+//! (`agents::local::LocalExecutor`) runs the built-in agents and plugins as processes of
+//! this machine; `workers::dispatch::Dispatcher` runs attempts of steps with `runs_on` on
+//! workers over NATS, and `workers::route::Routing` picks between them.
 //!
 //! ```text
 //!  engine::run (driver)           Executor                  attempt

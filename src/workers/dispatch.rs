@@ -552,7 +552,7 @@ impl Inner {
 
     /// Grants the first claim of a pending attempt, durably.
     fn claim(&self, request: &ClaimRequest) -> ClaimReply {
-        let refuse = |why: String, retry: bool| {
+        let refuse_as = |why: String, retry: bool| {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             ClaimReply {
                 token: None,
@@ -560,12 +560,10 @@ impl Inner {
                 retry,
             }
         };
+        let refuse = |why: String| refuse_as(why, false);
         let mut pending = self.pending.lock().unwrap();
         let Some(p) = pending.get_mut(&request.key) else {
-            return refuse(
-                "the attempt is no longer waiting for a worker".into(),
-                false,
-            );
+            return refuse("the attempt is no longer waiting for a worker".into());
         };
         if let Some(claim) = &p.claim {
             if claim.worker == request.worker {
@@ -578,13 +576,13 @@ impl Inner {
                     retry: false,
                 };
             }
-            return refuse(format!("already claimed by {}", claim.worker), false);
+            return refuse(format!("already claimed by {}", claim.worker));
         }
         let mut token = 0u64;
         while token == 0 {
             let mut bytes = [0u8; 8];
             if getrandom::fill(&mut bytes).is_err() {
-                return refuse("no randomness for a token".into(), true);
+                return refuse_as("no randomness for a token".into(), true);
             }
             token = u64::from_le_bytes(bytes);
         }
@@ -594,13 +592,13 @@ impl Inner {
             state: "running".into(),
         };
         let Some(store) = self.store.get() else {
-            return refuse("the controller is starting".into(), true);
+            return refuse_as("the controller is starting".into(), true);
         };
         match store.insert_state_once(CLAIMS_TREE, &request.key, &claim, true) {
             Ok(true) => {}
-            Ok(false) => return refuse("already claimed".into(), false),
+            Ok(false) => return refuse("already claimed".into()),
             Err(err) => {
-                return refuse(
+                return refuse_as(
                     format!("the controller cannot record the claim: {err}"),
                     true,
                 )

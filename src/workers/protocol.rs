@@ -172,8 +172,9 @@ pub struct ClaimReply {
     /// Why not, when it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-    /// The refusal is passing (the controller could not record the claim now): the worker
-    /// lets the attempt be delivered again instead of dropping it.
+    /// The refusal is for now only (the controller is starting, or could not record the
+    /// claim): the worker hands the attempt back for another delivery instead of dropping
+    /// it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retry: bool,
 }

@@ -506,8 +506,9 @@ impl Worker {
             _ => None,
         };
         let token = match reply {
-            // No controller answered: let the attempt be delivered again.
-            None => {
+            // No controller answered, or it cannot decide now: let the attempt be
+            // delivered again.
+            None | Some(ClaimReply { retry: true, .. }) => {
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
@@ -516,22 +517,6 @@ impl Worker {
             Some(ClaimReply {
                 token: Some(token), ..
             }) => token,
-            // The controller could not record a claim now: delivered again later.
-            Some(ClaimReply {
-                retry: true,
-                refused,
-                ..
-            }) => {
-                tracing::info!(
-                    "attempt {} not claimed yet: {}",
-                    item.key,
-                    refused.unwrap_or_default()
-                );
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
-                return;
-            }
             Some(ClaimReply { refused, .. }) => {
                 tracing::info!(
                     "attempt {} not for this worker: {}",

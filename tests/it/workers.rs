@@ -255,3 +255,76 @@ fn project_without_token(nats: &Nats) -> tempfile::TempDir {
     );
     project
 }
+
+#[test]
+fn bad_worker_flags_and_manifests_get_clear_errors_that_say_where() {
+    let nats = Nats::start();
+    let bad = distributed_project(
+        &nats,
+        &[(
+            "workflows/bad.yaml",
+            "id: wf_bad\nname: bad\nsteps:\n  - name: a\n    runs_on: [linux]\n    on_worker_lost: sometimes\n    command: [\"true\"]\n",
+        )],
+    );
+    let dir = bad.path();
+    let bad_label = cli(dir, &["worker", "--name", "w", "--labels", "os"]);
+    assert_ne!(bad_label.code, 0);
+    assert!(bad_label.stderr.contains("`os`"), "{}", bad_label.stderr);
+    let bad_name = cli(dir, &["worker", "--name", "rig.07", "--labels", "os=linux"]);
+    assert_ne!(bad_name.code, 0);
+    assert!(bad_name.stderr.contains("rig.07"), "{}", bad_name.stderr);
+    let no_slots = cli(dir, &["worker", "--name", "w", "--slots", "0"]);
+    assert_ne!(no_slots.code, 0);
+    assert!(no_slots.stderr.contains("--slots"), "{}", no_slots.stderr);
+
+    let validated = cli(dir, &["validate"]);
+    assert_ne!(validated.code, 0);
+    let all = format!("{}{}", validated.stdout, validated.stderr);
+    assert!(
+        all.contains("workflows/bad.yaml:5") && all.contains("runs_on"),
+        "the error points at runs_on's line: {all}"
+    );
+    assert!(all.contains("on_worker_lost"), "{all}");
+
+    let config = project(&[]);
+    append_config(
+        config.path(),
+        "distributed:\n  nats:\n    url: http://nats:4222\n",
+    );
+    let refused = cli(config.path(), &["config", "validate"]);
+    assert_ne!(refused.code, 0);
+    let all = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        all.contains("config/development.yaml") && all.contains("url"),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_worker_without_a_reachable_nats_says_so_and_exits_non_zero() {
+    let project = project(&[]);
+    let dir = project.path();
+    let none = cli(dir, &["worker", "--name", "w"]);
+    assert_ne!(none.code, 0);
+    assert!(none.stderr.contains("--nats"), "{}", none.stderr);
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let unreachable = cli(
+        dir,
+        &[
+            "worker",
+            "--name",
+            "w",
+            "--nats",
+            &format!("nats://127.0.0.1:{closed}"),
+        ],
+    );
+    assert_ne!(unreachable.code, 0);
+    assert!(
+        unreachable.stderr.contains("cannot connect to NATS"),
+        "{}",
+        unreachable.stderr
+    );
+}
