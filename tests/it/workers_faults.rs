@@ -3,7 +3,8 @@
 //! succeeds exactly once; the restarted worker stops what its previous incarnation left
 //! running), a worker cut off past its lease (SIGSTOP, SIGCONT: its result is refused
 //! and it stops its step itself), nats-server restarted mid-run (nothing lost), a remote
-//! step cancelled and timed out (its processes stopped), a worker drained (SIGTERM) and
+//! step cancelled and timed out (its processes stopped; the timeout holds with the
+//! controller gone), a worker drained (SIGTERM) and
 //! interrupted twice (SIGINT), `on_worker_lost: fail`, and an attempt delivered more
 //! often than `max_deliver` without a claim.
 //!
@@ -726,4 +727,32 @@ fn an_attempt_delivered_beyond_max_deliver_without_a_claim_fails_and_leaves_the_
         "{never:#}"
     );
     assert_eq!(remaining, 0, "the given-up attempt's message is removed");
+}
+
+#[test]
+fn a_remote_steps_timeout_holds_on_the_worker_while_the_controller_is_away() {
+    let nats = Nats::start();
+    let marks = markers();
+    let m = marks.path().display();
+    let project = distributed_project(
+        &nats,
+        &[(
+            "workflows/away.yaml",
+            &format!("id: wf_away\nname: away\nsteps:\n  - name: away\n    runs_on: {{pool: a}}\n    timeout: 2s\n    command: [\"sh\", \"-c\", \"echo $$ > {m}/away.pid; exec sleep 60\"]\n"),
+        )],
+    );
+    let dir = project.path();
+    let server = Server::start(dir);
+    let worker = WorkerProcess::start(dir, "alone", "pool=a", 1);
+    execute(dir, "away");
+    let pid_file = marks.path().join("away.pid");
+    wait_for_file(&pid_file, "the step running");
+    // The controller goes away: nobody is left to send the timeout's stop.
+    signal(server.pid(), Signal::SIGKILL);
+    wait_gone(
+        read_pid(&pid_file),
+        "the step past its timeout with no controller",
+        Duration::from_secs(10),
+    );
+    drop(worker);
 }
