@@ -216,16 +216,29 @@ pub fn kill_orphaned_steps(run_ids: &BTreeSet<String>) -> usize {
     if run_ids.is_empty() {
         return 0;
     }
-    let own_group = nix::unistd::getpgrp().as_raw();
-    let mut groups = BTreeSet::new();
-    for (pid, environ) in environments() {
-        let belongs = environ.split(|byte| *byte == 0).any(|variable| {
+    kill_groups_where(|environ| {
+        environ.split(|byte| *byte == 0).any(|variable| {
             variable
                 .strip_prefix(b"ORCHESTRATOR_RUN_ID=")
                 .and_then(|id| std::str::from_utf8(id).ok())
                 .is_some_and(|id| run_ids.contains(id))
-        });
-        if !belongs {
+        })
+    })
+}
+
+/// Kills the process groups of processes whose environment holds `name=value` exactly
+/// (a worker's steps left running by its previous incarnation, which a kill -9 ended),
+/// as [`kill_orphaned_steps`] does for runs. Returns how many groups were killed.
+pub fn kill_marked_steps(name: &str, value: &str) -> usize {
+    let entry = format!("{name}={value}").into_bytes();
+    kill_groups_where(|environ| has_cookie(environ, &entry))
+}
+
+fn kill_groups_where(belongs: impl Fn(&[u8]) -> bool) -> usize {
+    let own_group = nix::unistd::getpgrp().as_raw();
+    let mut groups = BTreeSet::new();
+    for (pid, environ) in environments() {
+        if !belongs(&environ) {
             continue;
         }
         if let Ok(group) = nix::unistd::getpgid(Some(Pid::from_raw(pid))) {
@@ -576,6 +589,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = StepLog::open(&dir.path().join("step.log"), 1 << 20).unwrap();
         (dir, Arc::new(file))
+    }
+
+    #[test]
+    fn processes_marked_with_a_variable_have_their_groups_killed() {
+        let value = format!("/work/{}", ulid::Ulid::new());
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .env("ORCHESTRATOR_TEST_MARK", &value)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let entry = format!("ORCHESTRATOR_TEST_MARK={value}").into_bytes();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !carries(child.id() as i32, &entry) {
+            assert!(
+                Instant::now() < deadline,
+                "the child never ran with its mark"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(kill_marked_steps("ORCHESTRATOR_TEST_MARK", "/work"), 0);
+        assert_eq!(kill_marked_steps("ORCHESTRATOR_TEST_MARK", &value), 1);
+        assert_eq!(child.wait().unwrap().signal(), Some(9));
     }
 
     #[test]

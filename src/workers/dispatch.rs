@@ -11,7 +11,11 @@
 //!   declared lost, a claim refused) is dropped and counted in [`Counters::stale`];
 //! - an attempt ends once: whatever ends it (finished, lost, queue timeout, stopped before
 //!   a claim, too many deliveries) removes it from the pending table under its lock
-//!   first.
+//!   first, and then deletes its work message and purges its lease;
+//! - a worker is declared lost only on what this controller saw: a lease it cannot read
+//!   (NATS away) is not judged, its clock starts again once it can be read;
+//! - a worker claiming an attempt it was granted already (the answer was lost) gets the
+//!   same token; a stop for a claimed attempt is sent again until the attempt ends.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -36,6 +40,9 @@ use crate::engine::executor::{
 };
 use crate::model::{Attempt, Status};
 use crate::store::Store;
+
+/// How often a stop is sent again to a worker that has not ended the attempt yet.
+const STOP_RESEND: Duration = Duration::from_secs(1);
 
 /// The store tree of claims: attempt key → [`Claim`].
 pub const CLAIMS_TREE: &str = "worker_claims";
@@ -125,6 +132,7 @@ struct Pending {
     stream_sequence: Option<u64>,
     claim: Option<Granted>,
     stop: Option<StopReason>,
+    stop_sent: Option<Instant>,
     log_next: u64,
     log_hash: Sha256,
     log_gaps: u64,
@@ -301,6 +309,7 @@ impl Dispatcher {
                 stream_sequence: None,
                 claim: None,
                 stop: None,
+                stop_sent: None,
                 log_next: 0,
                 log_hash: Sha256::new(),
                 log_gaps: 0,
@@ -365,36 +374,27 @@ impl AttemptStop for RemoteStop {
                 attempt: None,
             },
         );
-        if let Some(pending) = ended {
-            if let Some(sequence) = pending.stream_sequence {
-                let inner = Arc::clone(&self.inner);
-                self.inner.handle.spawn(async move {
-                    let _ = inner.wire.work.delete_message(sequence).await;
-                });
-            }
+        if ended.is_some() {
             return;
         }
+        // Claimed: its worker is told now, and again while the attempt has not ended (a
+        // control message is not kept for a worker that is away; the worker also keeps a
+        // stop that arrives while its claim is still being answered).
         let worker = {
             let mut pending = self.inner.pending.lock().unwrap();
             let Some(p) = pending.get_mut(&self.key) else {
                 return;
             };
-            p.stop.get_or_insert(reason);
-            p.claim.as_ref().map(|c| c.worker.clone())
+            let reason = *p.stop.get_or_insert(reason);
+            p.stop_sent = Some(Instant::now());
+            p.claim.as_ref().map(|c| (c.worker.clone(), reason))
         };
-        if let Some(worker) = worker {
+        if let Some((worker, reason)) = worker {
             let inner = Arc::clone(&self.inner);
-            let control = Control::Stop {
-                key: self.key.clone(),
-                timeout: reason == StopReason::Timeout,
-            };
-            self.inner.handle.spawn(async move {
-                let payload = serde_json::to_vec(&control).unwrap_or_default();
-                let _ = inner
-                    .client
-                    .publish(protocol::control_subject(&worker), payload.into())
-                    .await;
-            });
+            let key = self.key.clone();
+            self.inner
+                .handle
+                .spawn(async move { inner.send_stop(&worker, &key, reason).await });
         }
     }
 }
@@ -479,8 +479,16 @@ impl Inner {
             match sent {
                 Ok(ack) => {
                     self.counters.published.fetch_add(1, Ordering::Relaxed);
-                    if let Some(p) = self.pending.lock().unwrap().get_mut(&item.key) {
-                        p.stream_sequence = Some(ack.sequence);
+                    let waiting = match self.pending.lock().unwrap().get_mut(&item.key) {
+                        Some(p) => {
+                            p.stream_sequence = Some(ack.sequence);
+                            true
+                        }
+                        None => false,
+                    };
+                    if !waiting {
+                        // It ended (stopped, timed out) while it was being published.
+                        let _ = self.wire.work.delete_message(ack.sequence).await;
                     }
                     return Ok(());
                 }
@@ -573,6 +581,16 @@ impl Inner {
             return refuse("the attempt is no longer waiting for a worker".into());
         };
         if let Some(claim) = &p.claim {
+            if claim.worker == request.worker {
+                // The same worker asking again: the answer to its first claim was lost (a
+                // request timed out, NATS restarted) and the attempt came back to it. It
+                // gets the same token; a worker never runs a key it already runs.
+                return ClaimReply {
+                    token: Some(claim.token),
+                    refused: None,
+                    retry: false,
+                };
+            }
             return refuse(format!("already claimed by {}", claim.worker));
         }
         let mut token = 0u64;
@@ -656,12 +674,20 @@ impl Inner {
             return;
         };
         let current = |p: &Pending| p.claim.as_ref().is_some_and(|c| c.token == token);
+        let from = message
+            .subject
+            .as_str()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let stale = || self.stale(&kind, &key, &from);
         match kind.as_str() {
             "started" => {
                 let pending = self.pending.lock().unwrap();
                 match pending.get(&key).filter(|p| current(p)) {
                     Some(p) => send(p, AttemptEvent::Started { at: Instant::now() }),
-                    None => self.stale(),
+                    None => stale(),
                 }
             }
             "log" => {
@@ -679,7 +705,7 @@ impl Inner {
                         p.log_hash.update(&message.payload);
                         send(p, AttemptEvent::Log(message.payload.to_vec()));
                     }
-                    None => self.stale(),
+                    None => stale(),
                 }
             }
             "finished" => {
@@ -687,7 +713,19 @@ impl Inner {
                     return;
                 };
                 if !self.pending.lock().unwrap().get(&key).is_some_and(current) {
-                    self.stale();
+                    stale();
+                    return;
+                }
+                if finished.lost {
+                    // The worker fenced itself off: it could not renew its lease, stopped
+                    // the step and says so. A lost worker, as if its lease had run out.
+                    let why = finished
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| format!("worker {from} could not renew its lease"));
+                    if !self.lose(&key, &from, token, &why).await {
+                        stale();
+                    }
                     return;
                 }
                 let artifacts = self.fetch_artifacts(&key, &finished.artifacts).await;
@@ -699,7 +737,7 @@ impl Inner {
                 let counters = &self.counters;
                 let store = self.store.get();
                 let claim_key = key.clone();
-                self.end(&key, current, move |p| {
+                let ended = self.end(&key, current, move |p| {
                     let worker = p.claim.as_ref().map(|c| c.worker.clone()).unwrap_or_default();
                     if let Some(store) = store {
                         let _ = store.put_state(
@@ -741,6 +779,10 @@ impl Inner {
                         attempt,
                     }
                 });
+                if ended.is_none() {
+                    // Lost (or stopped) while its artifacts were fetched.
+                    stale();
+                }
             }
             _ => {}
         }
@@ -777,8 +819,13 @@ impl Inner {
         kept
     }
 
-    fn stale(&self) {
+    /// Drops a report whose token is not the attempt's current one (its worker was
+    /// declared lost, or the attempt ended otherwise), and counts it.
+    fn stale(&self, kind: &str, key: &str, worker: &str) {
         self.counters.stale.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "dropped a stale `{kind}` report of attempt {key} from worker {worker}: its claim is no longer current"
+        );
     }
 
     /// Ends a pending attempt if `pending` holds for it: removes it, and sends what
@@ -797,6 +844,19 @@ impl Inner {
         drop(table);
         let result = finished(&mut p);
         send(&p, AttemptEvent::Finished(Box::new(result)));
+        // Whatever ended it, nothing of it stays on the wire: its message (still queued
+        // when it ended unclaimed; acked already otherwise) and its lease.
+        let wire = self.wire.clone();
+        let (sequence, claimed) = (p.stream_sequence, p.claim.is_some());
+        let key = key.to_owned();
+        self.handle.spawn(async move {
+            if let Some(sequence) = sequence {
+                let _ = wire.work.delete_message(sequence).await;
+            }
+            if claimed {
+                let _ = wire.leases.purge(&key).await;
+            }
+        });
         Some(p)
     }
 
@@ -828,7 +888,6 @@ impl Inner {
                         self.settings.max_deliver
                     )),
                 );
-                let _ = self.wire.work.delete_message(sequence).await;
             }
         }
     }
@@ -841,7 +900,7 @@ impl Inner {
         loop {
             tokio::time::sleep(tick).await;
             let now = Instant::now();
-            let (claimed, overdue): (Vec<String>, Vec<(String, Option<u64>)>) = {
+            let (claimed, overdue): (Vec<String>, Vec<String>) = {
                 let pending = self.pending.lock().unwrap();
                 let claimed = pending
                     .iter()
@@ -851,11 +910,11 @@ impl Inner {
                 let overdue = pending
                     .iter()
                     .filter(|(_, p)| p.claim.is_none() && p.queue_deadline <= now)
-                    .map(|(k, p)| (k.clone(), p.stream_sequence))
+                    .map(|(k, _)| k.clone())
                     .collect();
                 (claimed, overdue)
             };
-            for (key, sequence) in overdue {
+            for key in overdue {
                 let workers = self.workers().await;
                 let ended = self.end(
                     &key,
@@ -877,60 +936,98 @@ impl Inner {
                 );
                 if ended.is_some() {
                     self.counters.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                    if let Some(sequence) = sequence {
-                        let _ = self.wire.work.delete_message(sequence).await;
-                    }
                 }
             }
             for key in claimed {
+                // A lease this controller cannot read (NATS away, restarting) is not judged:
+                // its clock starts again once it can be seen, so a controller cut off from
+                // NATS declares no worker lost for it.
                 let revision = match self.wire.leases.entry(&key).await {
-                    Ok(Some(entry)) => entry.revision,
-                    _ => 0,
+                    Ok(Some(entry)) => Some(entry.revision),
+                    Ok(None) => Some(0),
+                    Err(_) => None,
                 };
-                let lost = {
+                let (lost, stop) = {
                     let mut pending = self.pending.lock().unwrap();
-                    let Some(claim) = pending.get_mut(&key).and_then(|p| p.claim.as_mut()) else {
+                    let Some(p) = pending.get_mut(&key) else {
                         continue;
                     };
-                    if revision != claim.lease_revision {
-                        claim.lease_revision = revision;
-                        claim.lease_seen = Instant::now();
+                    // A stop not yet obeyed is sent again every second.
+                    let stop = match (p.stop, &p.claim) {
+                        (Some(reason), Some(claim))
+                            if p.stop_sent.is_none_or(|at| at.elapsed() >= STOP_RESEND) =>
+                        {
+                            p.stop_sent = Some(Instant::now());
+                            Some((claim.worker.clone(), reason))
+                        }
+                        _ => None,
+                    };
+                    let Some(claim) = p.claim.as_mut() else {
+                        continue;
+                    };
+                    match revision {
+                        None => claim.lease_seen = Instant::now(),
+                        Some(revision) if revision != claim.lease_revision => {
+                            claim.lease_revision = revision;
+                            claim.lease_seen = Instant::now();
+                        }
+                        Some(_) => {}
                     }
-                    (claim.lease_seen.elapsed() > self.settings.lease)
-                        .then(|| (claim.worker.clone(), claim.token))
+                    let lost = (claim.lease_seen.elapsed() > self.settings.lease)
+                        .then(|| (claim.worker.clone(), claim.token));
+                    (lost, stop)
                 };
+                if let Some((worker, reason)) = stop {
+                    self.send_stop(&worker, &key, reason).await;
+                }
                 if let Some((worker, token)) = lost {
-                    self.lose(&key, &worker, token).await;
+                    let why = format!(
+                        "worker {worker} sent no heartbeat for {}",
+                        crate::duration::format_duration(self.settings.lease)
+                    );
+                    self.lose(&key, &worker, token, &why).await;
                 }
             }
         }
     }
 
-    /// Declares an attempt's worker lost: the claim is fenced off durably, the worker is
-    /// told to stop it, and the attempt ends failed (retried under `on_worker_lost: retry`
-    /// while retries remain).
-    async fn lose(&self, key: &str, worker: &str, token: u64) {
-        if let Some(store) = self.store.get() {
-            let _ = store.put_state(
-                CLAIMS_TREE,
-                key,
-                &Claim {
-                    worker: worker.to_owned(),
-                    token,
-                    state: "lost".into(),
-                },
-                true,
-            );
-        }
-        let lease = self.settings.lease;
+    /// Tells a worker to stop an attempt.
+    async fn send_stop(&self, worker: &str, key: &str, reason: StopReason) {
+        let control = Control::Stop {
+            key: key.to_owned(),
+            timeout: reason == StopReason::Timeout,
+        };
+        let payload = serde_json::to_vec(&control).unwrap_or_default();
+        let _ = self
+            .client
+            .publish(protocol::control_subject(worker), payload.into())
+            .await;
+    }
+
+    /// Declares an attempt's worker lost (`why`): the claim is fenced off durably, the
+    /// worker is told to stop it, and the attempt ends failed (retried under
+    /// `on_worker_lost: retry` while retries remain). Whether it ended here.
+    async fn lose(&self, key: &str, worker: &str, token: u64, why: &str) -> bool {
+        let store = self.store.get();
         let ended = self.end(
             key,
             |p| p.claim.as_ref().is_some_and(|c| c.token == token),
             |p| {
+                if let Some(store) = store {
+                    let _ = store.put_state(
+                        CLAIMS_TREE,
+                        key,
+                        &Claim {
+                            worker: worker.to_owned(),
+                            token,
+                            state: "lost".into(),
+                        },
+                        true,
+                    );
+                }
                 let claim = p.claim.as_ref();
                 let message = format!(
-                    "worker_lost: worker {worker} sent no heartbeat for {}; {}",
-                    crate::duration::format_duration(lease),
+                    "worker_lost: {why}; {}",
                     if p.fail_when_lost {
                         "the step fails (on_worker_lost: fail)"
                     } else {
@@ -963,18 +1060,10 @@ impl Inner {
         );
         if ended.is_some() {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("worker {worker} lost with attempt {key}");
-            let control = Control::Stop {
-                key: key.to_owned(),
-                timeout: false,
-            };
-            let payload = serde_json::to_vec(&control).unwrap_or_default();
-            let _ = self
-                .client
-                .publish(protocol::control_subject(worker), payload.into())
-                .await;
-            let _ = self.wire.leases.purge(key).await;
+            tracing::warn!("worker {worker} lost with attempt {key}: {why}");
+            self.send_stop(worker, key, StopReason::Cancel).await;
         }
+        ended.is_some()
     }
 
     async fn workers(&self) -> Vec<(protocol::WorkerInfo, Duration)> {

@@ -44,8 +44,12 @@ pub const LEASES: &str = "orch_leases";
 pub const FILES: &str = "orch_files";
 /// Where claims go.
 pub const CLAIM_SUBJECT: &str = "orch.claim";
-/// How long a delivered attempt may stay unacknowledged before it is delivered again.
+/// How long a delivered report may stay unacknowledged before it is delivered again.
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long a delivered attempt may stay unacknowledged before it is delivered again: a
+/// worker acks it as soon as its claim is answered, so this bounds how long an attempt
+/// waits when the worker it was delivered to dies before claiming it.
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(5);
 /// The largest log chunk a worker sends.
 pub const LOG_CHUNK_BYTES: usize = 32 * 1024;
 /// How often a worker sends what its step wrote.
@@ -205,6 +209,11 @@ pub struct Finished {
     pub log_chunks: u64,
     /// SHA-256 of the whole log sent, hex.
     pub log_sha256: String,
+    /// The worker stopped the attempt itself because it could not renew its lease for
+    /// the lease time (it may have been cut off): the controller treats the attempt as
+    /// one whose worker was lost.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 /// A message to one worker.
@@ -449,7 +458,7 @@ impl Wire {
                     durable_name: Some(name.clone()),
                     filter_subject: work_subject(selector),
                     ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
+                    ack_wait: DELIVERY_WAIT,
                     max_deliver,
                     max_ack_pending: 10_000,
                     ..Default::default()

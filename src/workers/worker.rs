@@ -5,9 +5,20 @@
 //! attempt before it acks it, runs it in a workspace holding the project at the run's
 //! revision, and reports on `orch.result.<name>`: `started`, log chunks (≤ 32 KiB, at
 //! least every 100 ms, numbered, resent until acknowledged — the step's log file on disk
-//! is the spool), and `finished` with the chunk count and the log's SHA-256. A worker
-//! that could not renew its leases for the lease time stops every step it runs itself: it
-//! may be cut off, and its attempts are being retried elsewhere.
+//! is the spool), and `finished` with the chunk count and the log's SHA-256.
+//!
+//! Failures it handles itself:
+//! - an attempt whose lease it could not renew for the lease time (cut off from NATS,
+//!   frozen) is stopped and never renewed again — checked before every renewal and by a
+//!   watch of its own — and reported `lost`: the controller retries it elsewhere;
+//! - a stop that arrives before the answer to its claim is kept and applied then;
+//! - the step's `timeout` is enforced here too, from the step's start;
+//! - one worker per work directory (`worker.lock`); every step process carries
+//!   `ORCHESTRATOR_WORKER_DIR`, so a worker started on the directory of one killed
+//!   outright stops the steps it left running before it takes work (steps also get
+//!   `ORCHESTRATOR_WORKER`, the worker's name);
+//! - SIGTERM (or a first Ctrl-C) drains: nothing new is pulled, what runs finishes, and it
+//!   exits once nothing runs and no claim is in flight; a second Ctrl-C stops what runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -54,11 +65,42 @@ pub struct WorkerOptions {
     pub base_dir: PathBuf,
 }
 
+/// The variable naming, in every step process a worker starts, the worker's name.
+pub const WORKER_VARIABLE: &str = "ORCHESTRATOR_WORKER";
+/// The variable marking every step process a worker starts with its work directory, so
+/// that the next worker started on that directory finds what a killed one left running.
+pub const WORK_DIR_VARIABLE: &str = "ORCHESTRATOR_WORKER_DIR";
+
+/// How long a stop for an attempt this worker does not run is kept (it may overtake the
+/// answer to the claim).
+const EARLY_STOP_KEPT: Duration = Duration::from_secs(600);
+
 /// An attempt this worker runs.
 struct Running {
     info: RunningAttempt,
     token: u64,
     control: Arc<StepControl>,
+    /// Since when its lease is known renewed: the claim's request, then each renewal.
+    renewed: Instant,
+    /// Why the worker stopped it itself, when it did.
+    ended_by: Arc<Mutex<Option<EndedBy>>>,
+}
+
+/// Why a worker stopped an attempt of its own accord.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum EndedBy {
+    /// Its lease could not be renewed for this long: the worker may be cut off, and the
+    /// controller retries the attempt elsewhere.
+    Fenced(Duration),
+    /// The worker was interrupted twice (Ctrl-C).
+    Interrupted,
+}
+
+/// The attempts a worker runs, and stops that came for attempts it does not run (yet).
+#[derive(Default)]
+struct Attempts {
+    running: HashMap<String, Running>,
+    stops: HashMap<String, (StopReason, Instant)>,
 }
 
 struct Worker {
@@ -66,11 +108,10 @@ struct Worker {
     client: async_nats::Client,
     wire: Wire,
     slots: Arc<Semaphore>,
-    running: Mutex<HashMap<String, Running>>,
+    attempts: Mutex<Attempts>,
     draining: AtomicBool,
     finished: AtomicU64,
     started_at: String,
-    last_renewal: Mutex<Instant>,
     workspaces: tokio::sync::Mutex<()>,
     agent_logs: Arc<AgentLogs>,
     idle: tokio::sync::Notify,
@@ -85,8 +126,28 @@ pub fn run(options: WorkerOptions) -> Result<(), String> {
             options.name
         ));
     }
+    let mut options = options;
     std::fs::create_dir_all(&options.work_dir)
         .map_err(|err| format!("cannot create {}: {err}", options.work_dir.display()))?;
+    options.work_dir = options
+        .work_dir
+        .canonicalize()
+        .map_err(|err| format!("cannot read {}: {err}", options.work_dir.display()))?;
+    // One worker per work directory: the lock is held for the process's life.
+    let _lock = lock_work_dir(&options.work_dir)?;
+    // A previous worker on this directory killed outright (kill -9, a crash) left its
+    // steps running: their attempts are being retried elsewhere, so they are stopped.
+    let left = crate::engine::process::kill_marked_steps(
+        WORK_DIR_VARIABLE,
+        &options.work_dir.display().to_string(),
+    );
+    if left > 0 {
+        eprintln!(
+            "worker {}: stopped {left} step process group(s) a previous worker left running in {}",
+            options.name,
+            options.work_dir.display()
+        );
+    }
     crate::engine::process::become_subreaper();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -110,11 +171,10 @@ async fn serve(options: WorkerOptions) -> Result<(), String> {
         options,
         client,
         wire,
-        running: Mutex::new(HashMap::new()),
+        attempts: Mutex::new(Attempts::default()),
         draining: AtomicBool::new(false),
         finished: AtomicU64::new(0),
         started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        last_renewal: Mutex::new(Instant::now()),
         workspaces: tokio::sync::Mutex::new(()),
         agent_logs: AgentLogs::new(Rotation {
             max_file_bytes: 10 << 20,
@@ -130,6 +190,7 @@ async fn serve(options: WorkerOptions) -> Result<(), String> {
         .map_err(|err| format!("cannot subscribe to control messages: {err}"))?;
     tokio::spawn(Arc::clone(&worker).listen(control));
     tokio::spawn(Arc::clone(&worker).beat());
+    tokio::spawn(Arc::clone(&worker).watch_leases());
     tokio::spawn(Arc::clone(&worker).follow_selectors());
     tracing::info!(
         "worker {} ready: labels {:?}, {} slot(s)",
@@ -161,7 +222,8 @@ async fn serve(options: WorkerOptions) -> Result<(), String> {
                     eprintln!("worker {}: draining (Ctrl-C again cancels what runs)", worker.options.name);
                 } else {
                     eprintln!("worker {}: cancelling what runs", worker.options.name);
-                    for running in worker.running.lock().unwrap().values() {
+                    for running in worker.attempts.lock().unwrap().running.values() {
+                        running.ended_by.lock().unwrap().get_or_insert(EndedBy::Interrupted);
                         running.control.stop(StopReason::Cancel);
                     }
                 }
@@ -169,7 +231,10 @@ async fn serve(options: WorkerOptions) -> Result<(), String> {
             _ = worker.idle.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
-        if exiting && worker.running.lock().unwrap().is_empty() {
+        // Done when nothing runs and no attempt is being taken (a claim in flight holds
+        // a slot).
+        let free = worker.slots.available_permits() == worker.options.slots.max(1) as usize;
+        if exiting && free && worker.attempts.lock().unwrap().running.is_empty() {
             worker.draining.store(true, Ordering::SeqCst);
             worker.heartbeat().await;
             let _ = worker.client.flush().await;
@@ -186,9 +251,10 @@ impl Worker {
             labels: self.options.labels.clone(),
             slots: self.options.slots,
             running: self
-                .running
+                .attempts
                 .lock()
                 .unwrap()
+                .running
                 .values()
                 .map(|r| r.info.clone())
                 .collect(),
@@ -201,8 +267,14 @@ impl Worker {
         }
     }
 
-    /// Writes this worker's record and renews the lease of every attempt it runs.
+    /// Writes this worker's record and renews the lease of every attempt it runs. An
+    /// attempt whose lease has not been renewed for the lease time is stopped first and
+    /// not renewed: the controller may have given it to another worker meanwhile (this
+    /// worker was cut off, or stopped: SIGSTOP, a frozen VM), so renewing it now would
+    /// be a lie.
     async fn heartbeat(&self) -> bool {
+        self.fence_silent();
+        let began = Instant::now();
         let info = serde_json::to_vec(&self.info()).unwrap_or_default();
         if self
             .wire
@@ -214,10 +286,12 @@ impl Worker {
             return false;
         }
         let leases: Vec<(String, u64)> = self
-            .running
+            .attempts
             .lock()
             .unwrap()
+            .running
             .iter()
+            .filter(|(_, r)| r.ended_by.lock().unwrap().is_none())
             .map(|(k, r)| (k.clone(), r.token))
             .collect();
         for (key, token) in leases {
@@ -229,32 +303,53 @@ impl Worker {
             if self.wire.leases.put(&key, value.into()).await.is_err() {
                 return false;
             }
+            // Renewed no earlier than when this heartbeat began: what the controller
+            // saw may be that old.
+            if let Some(r) = self.attempts.lock().unwrap().running.get_mut(&key) {
+                r.renewed = r.renewed.max(began);
+            }
         }
-        *self.last_renewal.lock().unwrap() = Instant::now();
         true
     }
 
-    /// Heartbeats every third of the lease; past the lease without one, stops every step.
+    /// Stops every attempt whose lease has gone unrenewed for the lease time: the
+    /// controller declares its worker lost and retries it elsewhere, so it must not go
+    /// on here.
+    fn fence_silent(&self) {
+        let attempts = self.attempts.lock().unwrap();
+        for (key, r) in &attempts.running {
+            let silent = r.renewed.elapsed();
+            if silent <= self.options.lease {
+                continue;
+            }
+            let mut ended_by = r.ended_by.lock().unwrap();
+            if ended_by.is_none() {
+                *ended_by = Some(EndedBy::Fenced(silent));
+                eprintln!(
+                    "worker {}: the lease of {key} was not renewed for {}; stopping its step: it is being retried elsewhere",
+                    self.options.name,
+                    crate::duration::format_duration(silent),
+                );
+            }
+            r.control.stop(StopReason::Cancel);
+        }
+    }
+
+    /// Heartbeats every third of the lease.
     async fn beat(self: Arc<Self>) {
         let every = (self.options.lease / 3).max(Duration::from_millis(50));
         loop {
             tokio::time::sleep(every).await;
-            let silent = self.last_renewal.lock().unwrap().elapsed();
-            if silent > self.options.lease {
-                let running = self.running.lock().unwrap();
-                if !running.is_empty() {
-                    eprintln!(
-                        "worker {}: no lease renewed for {}; stopping {} step(s): they are being retried elsewhere",
-                        self.options.name,
-                        crate::duration::format_duration(silent),
-                        running.len()
-                    );
-                }
-                for r in running.values() {
-                    r.control.stop(StopReason::Cancel);
-                }
-            }
             let _ = tokio::time::timeout(self.options.lease, self.heartbeat()).await;
+        }
+    }
+
+    /// Looks for leases gone silent even while a heartbeat hangs (NATS away).
+    async fn watch_leases(self: Arc<Self>) {
+        let every = (self.options.lease / 6).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            self.fence_silent();
         }
     }
 
@@ -262,12 +357,21 @@ impl Worker {
         while let Some(message) = control.next().await {
             match serde_json::from_slice::<Control>(&message.payload) {
                 Ok(Control::Stop { key, timeout }) => {
-                    if let Some(r) = self.running.lock().unwrap().get(&key) {
-                        r.control.stop(if timeout {
-                            StopReason::Timeout
-                        } else {
-                            StopReason::Cancel
-                        });
+                    let reason = if timeout {
+                        StopReason::Timeout
+                    } else {
+                        StopReason::Cancel
+                    };
+                    let mut attempts = self.attempts.lock().unwrap();
+                    if let Some(r) = attempts.running.get(&key) {
+                        r.control.stop(reason);
+                    } else {
+                        // Not running (yet): the stop may have overtaken the answer to
+                        // this worker's claim of it, so it is kept for a while.
+                        attempts
+                            .stops
+                            .retain(|_, (_, at)| at.elapsed() < EARLY_STOP_KEPT);
+                        attempts.stops.insert(key, (reason, Instant::now()));
                     }
                 }
                 Ok(Control::Drain) => self.draining.store(true, Ordering::SeqCst),
@@ -331,6 +435,10 @@ impl Worker {
             let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
                 return;
             };
+            if self.draining.load(Ordering::SeqCst) {
+                // Drained while waiting for the slot.
+                continue;
+            }
             let batch = consumer
                 .fetch()
                 .max_messages(1)
@@ -345,20 +453,14 @@ impl Worker {
                     continue;
                 }
             };
-            let mut taken = false;
-            while let Some(message) = batch.next().await {
-                let Ok(message) = message else { break };
-                taken = true;
+            // One message at most; none (the fetch expired): the slot is free again.
+            if let Some(Ok(message)) = batch.next().await {
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
                     me.take(message).await;
                     drop(permit);
                     me.idle.notify_one();
                 });
-                break;
-            }
-            if !taken {
-                continue;
             }
         }
     }
@@ -377,6 +479,18 @@ impl Worker {
             let _ = message.ack_with(AckKind::Nak(None)).await;
             return;
         }
+        if self
+            .attempts
+            .lock()
+            .unwrap()
+            .running
+            .contains_key(&item.key)
+        {
+            // Delivered again while this worker runs it (its ack was lost).
+            let _ = message.ack().await;
+            return;
+        }
+        let requested = Instant::now();
         let request = ClaimRequest {
             key: item.key.clone(),
             worker: self.options.name.clone(),
@@ -415,28 +529,47 @@ impl Worker {
         };
         let _ = message.double_ack().await;
         let control = StepControl::new();
-        self.running.lock().unwrap().insert(
-            item.key.clone(),
-            Running {
-                info: RunningAttempt {
-                    key: item.key.clone(),
-                    run_id: item.step.run_id.clone(),
-                    step: item.step.step.clone(),
-                    attempt: item.step.number,
+        let ended_by = Arc::new(Mutex::new(None));
+        {
+            let mut attempts = self.attempts.lock().unwrap();
+            if attempts.running.contains_key(&item.key) {
+                return;
+            }
+            if let Some((reason, _)) = attempts.stops.remove(&item.key) {
+                // Stopped while the claim was answered: it ends at once.
+                control.stop(reason);
+            }
+            attempts.running.insert(
+                item.key.clone(),
+                Running {
+                    info: RunningAttempt {
+                        key: item.key.clone(),
+                        run_id: item.step.run_id.clone(),
+                        step: item.step.step.clone(),
+                        attempt: item.step.number,
+                    },
+                    token,
+                    control: Arc::clone(&control),
+                    renewed: requested,
+                    ended_by: Arc::clone(&ended_by),
                 },
-                token,
-                control: Arc::clone(&control),
-            },
-        );
+            );
+        }
         self.heartbeat().await;
-        self.execute(&item, token, control).await;
-        self.running.lock().unwrap().remove(&item.key);
+        self.execute(&item, token, control, &ended_by).await;
+        self.attempts.lock().unwrap().running.remove(&item.key);
         let _ = self.wire.leases.purge(&item.key).await;
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.heartbeat().await;
     }
 
-    async fn execute(self: &Arc<Self>, item: &WorkItem, token: u64, control: Arc<StepControl>) {
+    async fn execute(
+        self: &Arc<Self>,
+        item: &WorkItem,
+        token: u64,
+        control: Arc<StepControl>,
+        ended_by: &Mutex<Option<EndedBy>>,
+    ) {
         let logs = self.options.work_dir.join("logs");
         let log_path = logs.join("steps").join(format!("{}.log", item.key));
         let outputs_path = log_path.with_extension("outputs");
@@ -471,7 +604,16 @@ impl Worker {
             }
         };
         let (started_tx, mut started_rx) = tokio::sync::oneshot::channel::<()>();
-        let prepared = item.step.clone();
+        let mut prepared = item.step.clone();
+        prepared
+            .env
+            .push((WORKER_VARIABLE.into(), self.options.name.clone()));
+        prepared.env.push((
+            WORK_DIR_VARIABLE.into(),
+            self.options.work_dir.display().to_string(),
+        ));
+        let timeout = prepared.timeout_ms.map(Duration::from_millis);
+        let stopper = Arc::clone(&control);
         let name = self.options.name.clone();
         let reports_dir = self.options.work_dir.join("reports");
         let agent_logs = Arc::clone(&self.agent_logs);
@@ -501,14 +643,24 @@ impl Worker {
         tokio::pin!(job);
         let mut sender = LogSender::new(log_path.clone());
         let mut started_sent = false;
+        // The step's timeout is kept here too, from the step's start, so that it holds
+        // while the controller or NATS is away (the controller's stop may come first).
+        let mut deadline: Option<tokio::time::Instant> = None;
         let (finished, workspace) = loop {
+            let until =
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 done = &mut job => break done.unwrap_or_else(|err| {
                     (failed_before_start(format!("the step's thread failed: {err}")), PathBuf::new())
                 }),
                 _ = &mut started_rx, if !started_sent => {
                     started_sent = true;
+                    deadline = timeout.map(|t| tokio::time::Instant::now() + t);
                     self.report(item, token, "started", None, Vec::new()).await;
+                }
+                _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                    deadline = None;
+                    stopper.stop(StopReason::Timeout);
                 }
                 _ = tokio::time::sleep(protocol::LOG_FLUSH) => {
                     sender.send_new(self, item, token).await;
@@ -539,7 +691,7 @@ impl Worker {
                 artifacts.push((path.clone(), object));
             }
         }
-        let wire = Finished {
+        let mut wire = Finished {
             status: finished.outcome.status,
             exit_code: finished.outcome.exit_code,
             message: finished.outcome.message.clone(),
@@ -549,7 +701,33 @@ impl Worker {
             attempt: finished.attempt.clone(),
             log_chunks: chunks,
             log_sha256: sha,
+            lost: false,
         };
+        let name = &self.options.name;
+        match *ended_by.lock().unwrap() {
+            Some(EndedBy::Fenced(silent)) => {
+                wire.lost = true;
+                wire.status = Some(crate::model::Status::Failed);
+                wire.message = Some(format!(
+                    "worker {name} could not renew its lease for {} (cut off from NATS, or stopped) and stopped the step itself",
+                    crate::duration::format_duration(silent)
+                ));
+            }
+            Some(EndedBy::Interrupted) => {
+                wire.message = Some(format!(
+                    "cancelled: worker {name} was interrupted twice (Ctrl-C) and stopped the step"
+                ));
+            }
+            None => {}
+        }
+        if let (Some(attempt), Some(message)) = (&mut wire.attempt, &wire.message) {
+            if ended_by.lock().unwrap().is_some() {
+                attempt.message = Some(message.clone());
+                if let Some(status) = wire.status {
+                    attempt.status = status;
+                }
+            }
+        }
         self.report_finished(item, token, wire, chunks, String::new())
             .await;
     }
@@ -719,5 +897,39 @@ fn failed(message: String) -> Finished {
         attempt: None,
         log_chunks: 0,
         log_sha256: String::new(),
+        lost: false,
+    }
+}
+
+/// Locks a work directory for this worker (`worker.lock` in it) for as long as the lock
+/// lives; refused when another worker holds it.
+fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = work_dir.join("worker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| format!("cannot open {}: {err}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        format!(
+            "the work directory {} is used by another worker: give each worker a work directory of its own",
+            work_dir.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_work_directory_takes_one_worker_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_work_dir(dir.path()).unwrap();
+        let refused = lock_work_dir(dir.path()).unwrap_err();
+        assert!(refused.contains("used by another worker"), "{refused}");
+        drop(held);
+        assert!(lock_work_dir(dir.path()).is_ok());
     }
 }

@@ -37,3 +37,4 @@ mod support;
 mod triggers;
 mod worker_visibility;
 mod workers;
+mod workers_faults;

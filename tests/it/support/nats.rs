@@ -132,6 +132,8 @@ pub(crate) struct WorkerProcess {
     pub(crate) work_dir: PathBuf,
     _work: tempfile::TempDir,
     stderr: Arc<Mutex<String>>,
+    project: PathBuf,
+    args: Vec<String>,
 }
 
 impl WorkerProcess {
@@ -150,21 +152,46 @@ impl WorkerProcess {
         extra: &[&str],
     ) -> WorkerProcess {
         let work = tempfile::tempdir().expect("temp dir");
-        let mut child = command(dir)
-            .args(["worker", "--name", name, "--labels", labels, "--slots"])
-            .arg(slots.to_string())
-            .arg("--work-dir")
-            .arg(work.path())
-            .args(["--lease", TEST_LEASE])
-            .args(extra)
+        let mut args: Vec<String> = ["worker", "--name", name, "--labels", labels, "--slots"]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+        args.push(slots.to_string());
+        args.push("--work-dir".into());
+        args.push(work.path().display().to_string());
+        args.extend(["--lease".to_owned(), TEST_LEASE.to_owned()]);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let mut worker = WorkerProcess {
+            child: None,
+            name: name.to_owned(),
+            work_dir: work.path().to_path_buf(),
+            _work: work,
+            stderr: Arc::new(Mutex::new(String::new())),
+            project: dir.to_path_buf(),
+            args,
+        };
+        worker.spawn();
+        worker
+    }
+
+    /// Starts it again (after it exited or was killed) with the same name, labels and
+    /// work directory; its stderr starts afresh.
+    pub(crate) fn restart(&mut self) {
+        self.kill9();
+        self.stderr = Arc::new(Mutex::new(String::new()));
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let mut child = command(&self.project)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start a worker");
-        let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().unwrap();
-        let sink = Arc::clone(&stderr);
+        let sink = Arc::clone(&self.stderr);
         std::thread::spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok(n @ 1..) = pipe.read(&mut buffer) {
@@ -173,22 +200,16 @@ impl WorkerProcess {
                     .push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        let worker = WorkerProcess {
-            child: Some(child),
-            name: name.to_owned(),
-            work_dir: work.path().to_path_buf(),
-            _work: work,
-            stderr,
-        };
+        self.child = Some(child);
         let connected = poll_for(DEADLINE, || {
-            worker.stderr().contains(" connected to ").then_some(())
+            self.stderr().contains(" connected to ").then_some(())
         });
         assert!(
             connected.is_some(),
-            "worker {name} did not connect:\n{}",
-            worker.stderr()
+            "worker {} did not connect:\n{}",
+            self.name,
+            self.stderr()
         );
-        worker
     }
 
     pub(crate) fn pid(&self) -> u32 {
