@@ -35,6 +35,21 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// [`AttemptEvent::Finished`]. The handle returned stops it.
     fn start(&self, attempt: StepAttempt, events: Sender<AttemptMessage>) -> Arc<dyn AttemptStop>;
 
+    /// Takes over an attempt that a process which ended had started (a controller
+    /// restart, [`super::run::recover_or_resume`]): it carries on where it runs, and every
+    /// event about it from now on goes to `events`, ending with exactly one
+    /// [`AttemptEvent::Finished`] (what it reported while nobody listened included, once).
+    /// `None` when this executor cannot: the local executor's attempts died with that
+    /// process.
+    fn adopt(
+        &self,
+        attempt: StepAttempt,
+        events: Sender<AttemptMessage>,
+    ) -> Option<Arc<dyn AttemptStop>> {
+        let _ = (attempt, events);
+        None
+    }
+
     /// Writes again, with the run's final state, a report a report step of this executor
     /// wrote while the run was going. The error says what could not be done.
     fn rewrite_report(

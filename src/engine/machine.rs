@@ -296,6 +296,31 @@ pub struct RunMachine {
     pending: Vec<Pending>,
 }
 
+/// An attempt in flight when a run is resumed ([`RunMachine::resume`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InFlight {
+    /// The step.
+    pub index: usize,
+    /// The attempt.
+    pub number: u32,
+}
+
+/// The instant of an RFC 3339 timestamp, as far before `now` as it is in wall-clock time;
+/// `now` itself when it cannot be read (or lies ahead).
+pub fn instant_of(timestamp: &str, now: &Moment) -> Instant {
+    let (Ok(at), Ok(present)) = (
+        chrono::DateTime::parse_from_rfc3339(timestamp),
+        chrono::DateTime::parse_from_rfc3339(&now.timestamp),
+    ) else {
+        return now.instant;
+    };
+    (present - at)
+        .to_std()
+        .ok()
+        .and_then(|age| now.instant.checked_sub(age))
+        .unwrap_or(now.instant)
+}
+
 /// The limits a run executes under.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -338,6 +363,84 @@ impl RunMachine {
             turn: Turn::default(),
             pending: Vec::new(),
         }
+    }
+
+    /// A run rebuilt from its records after the process executing it ended (a controller
+    /// restart): finished steps keep their status and outputs (the scope sees them, and
+    /// count as ok for what follows as when they ended), queued steps wait as before, and
+    /// each `running` step has attempt `attempts + 1` in flight, its timeout counted
+    /// afresh from `now` (its real start is unknown to this process). Returns the attempts
+    /// in flight: the driver adopts each through its executor, or ends it (a step that ran
+    /// on this machine died with the process). `started` is when the run started, for its
+    /// own timeout; agents' `max_concurrent` slots are taken again for the steps in flight.
+    pub fn resume(
+        plan: Vec<StepPlan>,
+        steps: Vec<StepRecord>,
+        scope: Scope,
+        limits: Limits,
+        started: Instant,
+        now: &Moment,
+        slots: &dyn AgentSlots,
+    ) -> (RunMachine, Vec<InFlight>) {
+        let mut machine = RunMachine::new(plan, steps, scope, limits, started);
+        let mut in_flight = Vec::new();
+        for index in 0..machine.steps.len() {
+            let step = &machine.steps[index];
+            let plan = &machine.plan[index];
+            if step.status.is_finished() {
+                if step.status != Status::Skipped {
+                    machine.ok[index] = Some(
+                        step.status == Status::Succeeded
+                            || (plan.continue_on_error && step.status != Status::Cancelled),
+                    );
+                }
+                continue;
+            }
+            if step.status != Status::Running {
+                continue;
+            }
+            let number = step.attempts.len() as u32 + 1;
+            machine.ran[index] = Some(
+                step.started_at
+                    .as_deref()
+                    .map_or(now.instant, |at| instant_of(at, now)),
+            );
+            machine.phase[index] = Phase::Attempt {
+                number,
+                deadline: plan.timeout.map(|t| now.instant + t),
+            };
+            if let Some(max) = plan.max_concurrent {
+                // Taken even beyond the limit: the step was running already.
+                machine.holds_slot[index] = slots.try_acquire(&plan.agent, max);
+            }
+            machine.in_flight += 1;
+            in_flight.push(InFlight { index, number });
+        }
+        // A skipped step counts as ok when everything upstream was (its `if:` was false),
+        // as when it was skipped; upstream steps may come later in the list.
+        loop {
+            let mut changed = false;
+            for index in 0..machine.steps.len() {
+                if machine.steps[index].status != Status::Skipped || machine.ok[index].is_some() {
+                    continue;
+                }
+                let upstream = &machine.plan[index].upstream;
+                if upstream.iter().all(|&d| machine.ok[d].is_some()) {
+                    machine.ok[index] = Some(upstream.iter().all(|&d| machine.ok[d] == Some(true)));
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for index in 0..machine.steps.len() {
+            if machine.steps[index].status == Status::Skipped && machine.ok[index].is_none() {
+                machine.ok[index] = Some(false);
+            }
+        }
+        machine.grow_scope();
+        (machine, in_flight)
     }
 
     /// The step records as they are now.
@@ -1545,6 +1648,231 @@ mod tests {
         assert!(
             harness.machine.ends_step(0, 1, &before_start),
             "nothing ran: no retry"
+        );
+    }
+
+    /// A run rebuilt after a restart from records given as `(name, status, attempts made,
+    /// outputs)`: the attempts in flight it finds, then a script, checked like [`Case`].
+    struct ResumeCase {
+        name: &'static str,
+        workflow: Value,
+        records: &'static [(
+            &'static str,
+            Status,
+            u32,
+            &'static [(&'static str, &'static str)],
+        )],
+        in_flight: &'static [(&'static str, u32)],
+        script: Vec<Do>,
+        trace: &'static [&'static str],
+        statuses: &'static str,
+    }
+
+    fn resumed(case: &ResumeCase) -> Harness {
+        let spec = WorkflowSpec::compile(&case.workflow);
+        let names: Vec<String> = spec.steps.iter().map(|s| s.name.clone()).collect();
+        let steps: Vec<StepRecord> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut step = record(i, name);
+                let (_, status, made, outputs) = case
+                    .records
+                    .iter()
+                    .find(|r| r.0 == name)
+                    .copied()
+                    .unwrap_or((name, Status::Queued, 0, &[]));
+                step.status = status;
+                step.outputs = outputs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                    .collect();
+                step.attempts = (1..=made)
+                    .map(|number| Attempt {
+                        number,
+                        status: Status::Failed,
+                        started_at: String::new(),
+                        finished_at: String::new(),
+                        duration_ms: 0,
+                        exit_code: None,
+                        message: None,
+                        cpu_seconds: None,
+                        max_rss_bytes: None,
+                        orphans_killed: None,
+                        worker: None,
+                    })
+                    .collect();
+                step
+            })
+            .collect();
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_parallel: spec.max_parallel.unwrap_or(4),
+            timeout: spec.timeout,
+        };
+        let slots = Slots::default();
+        let now = Moment {
+            instant: t0,
+            timestamp: "t+0".into(),
+        };
+        let (machine, in_flight) = RunMachine::resume(
+            plan(&spec, &BTreeMap::new()),
+            steps,
+            Scope::default(),
+            limits,
+            t0,
+            &now,
+            &slots,
+        );
+        let found: Vec<(String, u32)> = in_flight
+            .iter()
+            .map(|f| (names[f.index].clone(), f.number))
+            .collect();
+        let expected: Vec<(String, u32)> = case
+            .in_flight
+            .iter()
+            .map(|(n, k)| ((*n).to_owned(), *k))
+            .collect();
+        assert_eq!(found, expected, "{}: attempts in flight", case.name);
+        let current = found.into_iter().collect();
+        let mut harness = Harness {
+            machine,
+            names,
+            slots,
+            t0,
+            elapsed: Duration::ZERO,
+            current,
+            trace: Vec::new(),
+            turns: Vec::new(),
+        };
+        harness.turn();
+        harness
+    }
+
+    #[test]
+    fn a_resumed_run_goes_on_from_its_records() {
+        let diamond = json!({"name": "d", "steps": [
+            {"name": "a", "command": ["true"]},
+            {"name": "b", "depends_on": ["a"], "retries": 1, "command": ["echo", "{{ steps.a.outputs.x }}"]},
+            {"name": "c", "depends_on": ["a"], "retries": 2, "command": ["true"]},
+            {"name": "d", "depends_on": ["b", "c"], "command": ["true"]},
+        ]});
+        let cases = vec![
+            ResumeCase {
+                name: "running steps are in flight, finished ones stay, queued ones wait",
+                workflow: diamond.clone(),
+                records: &[
+                    ("a", Status::Succeeded, 0, &[("x", "1")]),
+                    ("b", Status::Running, 0, &[]),
+                    ("c", Status::Running, 1, &[]),
+                ],
+                in_flight: &[("b", 1), ("c", 2)],
+                script: vec![
+                    End("b", Status::Succeeded),
+                    End("c", Status::Succeeded),
+                    End("d", Status::Succeeded),
+                ],
+                trace: &["start d#1", "run succeeded"],
+                statuses: "a=succeeded b=succeeded c=succeeded d=succeeded",
+            },
+            ResumeCase {
+                name: "an attempt ended by the restart is retried while retries remain",
+                workflow: diamond.clone(),
+                records: &[
+                    ("a", Status::Succeeded, 0, &[("x", "1")]),
+                    ("b", Status::Running, 0, &[]),
+                    ("c", Status::Running, 2, &[]),
+                ],
+                in_flight: &[("b", 1), ("c", 3)],
+                script: vec![
+                    End("b", Status::Failed),
+                    End("c", Status::Failed),
+                    Wait(1),
+                    End("b", Status::Succeeded),
+                ],
+                trace: &[
+                    "note b: attempt 1 failed; retrying in 1s",
+                    "start b#2",
+                    "run failed",
+                ],
+                statuses: "a=succeeded b=succeeded c=failed d=skipped",
+            },
+            ResumeCase {
+                name: "a failure with continue_on_error and a skipped step count as before: what waited on them starts at once",
+                workflow: json!({"name": "s", "steps": [
+                    {"name": "a", "continue_on_error": true, "command": ["false"]},
+                    {"name": "b", "depends_on": ["a"], "if": "false", "command": ["true"]},
+                    {"name": "c", "depends_on": ["b"], "command": ["true"]},
+                    {"name": "d", "depends_on": ["a"], "command": ["true"]},
+                ]}),
+                records: &[
+                    ("a", Status::Failed, 0, &[]),
+                    ("b", Status::Skipped, 0, &[]),
+                    ("d", Status::Running, 0, &[]),
+                ],
+                in_flight: &[("d", 1)],
+                script: vec![End("d", Status::Succeeded), End("c", Status::Succeeded)],
+                trace: &["start c#1", "run succeeded"],
+                statuses: "a=failed b=skipped c=succeeded d=succeeded",
+            },
+            ResumeCase {
+                name: "steps in flight count against max_parallel",
+                workflow: json!({"name": "p", "max_parallel": 1, "steps": [
+                    {"name": "a", "depends_on": [], "command": ["true"]},
+                    {"name": "b", "depends_on": [], "command": ["true"]},
+                ]}),
+                records: &[("a", Status::Running, 0, &[])],
+                in_flight: &[("a", 1)],
+                script: vec![End("a", Status::Succeeded), End("b", Status::Succeeded)],
+                trace: &["start b#1", "run succeeded"],
+                statuses: "a=succeeded b=succeeded",
+            },
+        ];
+        for case in cases {
+            let mut harness = resumed(&case);
+            harness.play(&case.script);
+            assert_eq!(harness.trace, case.trace, "{}", case.name);
+            assert_eq!(harness.statuses(), case.statuses, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_sees_the_outputs_of_steps_finished_before_the_restart() {
+        let case = ResumeCase {
+            name: "scope",
+            workflow: json!({"name": "o", "steps": [
+                {"name": "a", "command": ["true"]},
+                {"name": "b", "command": ["true"]},
+            ]}),
+            records: &[
+                ("a", Status::Succeeded, 0, &[("token", "t7")]),
+                ("b", Status::Running, 0, &[]),
+            ],
+            in_flight: &[("b", 1)],
+            script: Vec::new(),
+            trace: &[],
+            statuses: "a=succeeded b=running",
+        };
+        let harness = resumed(&case);
+        let a = &harness.machine.scope().steps["a"];
+        assert_eq!(a.status, Status::Succeeded);
+        assert_eq!(a.outputs["token"], json!("t7"));
+        assert_eq!(harness.statuses(), case.statuses);
+    }
+
+    #[test]
+    fn instants_are_read_back_from_timestamps() {
+        let now = Moment {
+            instant: Instant::now(),
+            timestamp: "2026-01-01T00:01:00.000Z".into(),
+        };
+        let at = instant_of("2026-01-01T00:00:30.000Z", &now);
+        assert_eq!(now.instant - at, Duration::from_secs(30));
+        assert_eq!(instant_of("not a time", &now), now.instant);
+        assert_eq!(
+            instant_of("2026-01-01T00:02:00.000Z", &now),
+            now.instant,
+            "ahead"
         );
     }
 }

@@ -234,6 +234,26 @@ pub fn kill_marked_steps(name: &str, value: &str) -> usize {
     kill_groups_where(|environ| has_cookie(environ, &entry))
 }
 
+/// [`kill_orphaned_steps`] for some steps only, as `(run id, step name)` (their
+/// `ORCHESTRATOR_RUN_ID` and `ORCHESTRATOR_STEP`): a resumed run's steps that ran on this
+/// machine, while its steps on workers (which may share the machine) go on.
+pub fn kill_orphaned_step_processes(steps: &BTreeSet<(String, String)>) -> usize {
+    if steps.is_empty() {
+        return 0;
+    }
+    kill_groups_where(|environ| {
+        let variable = |name: &[u8]| {
+            environ
+                .split(|byte| *byte == 0)
+                .find_map(|variable| variable.strip_prefix(name))
+                .and_then(|value| std::str::from_utf8(value).ok())
+        };
+        variable(b"ORCHESTRATOR_RUN_ID=")
+            .zip(variable(b"ORCHESTRATOR_STEP="))
+            .is_some_and(|(run, step)| steps.contains(&(run.to_owned(), step.to_owned())))
+    })
+}
+
 fn kill_groups_where(belongs: impl Fn(&[u8]) -> bool) -> usize {
     let own_group = nix::unistd::getpgrp().as_raw();
     let mut groups = BTreeSet::new();

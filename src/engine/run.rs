@@ -19,7 +19,8 @@ use super::admission::{AgentSwitches, Policy, Refusal, RunAdmission};
 use super::agent_logs::AgentLogs;
 use super::env::{self, EnvValue};
 use super::executor::{
-    AttemptEvent, AttemptMessage, AttemptStop, Executor, ReportData, StepAttempt,
+    AttemptEvent, AttemptFinished, AttemptMessage, AttemptStop, Executor, Outcome, ReportData,
+    StepAttempt,
 };
 use super::expand::{self, Expanded, Scope, StepState};
 pub use super::machine::Event;
@@ -27,7 +28,7 @@ use super::machine::{self, AgentSlots, Command, Input, Limits, Moment, RunMachin
 use super::mask::StepLog;
 use super::process::signal_group;
 use crate::manifest::Kind;
-use crate::model::{RunRecord, Status, StepRecord, TestSummary, Trigger};
+use crate::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
 use crate::spec::params;
 use crate::spec::workflow::{agent_and_action, WorkflowSpec};
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
@@ -498,34 +499,15 @@ fn is_report_step(agent: &str, agents: &BTreeMap<String, Value>) -> bool {
 pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
     let mut recovered = Vec::new();
     for id in store.run_ids_with_status(&[Status::Running])? {
-        let Some(mut run) = store.run(&id)? else {
+        let Some(run) = store.run(&id)? else {
             continue;
         };
         if run.status != Status::Running {
             continue;
         }
-        let at = now();
-        let mut steps = store.steps(&run.id)?;
-        for step in &mut steps {
-            if step.status.is_finished() {
-                continue;
-            }
-            if let Some(pgid) = step.pgid.take() {
-                signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-            }
-            step.status = Status::Interrupted;
-            step.finished_at = Some(at.clone());
-            step.message = Some("the process running this step went away".into());
-        }
-        run.status = Status::Interrupted;
-        run.finished_at = Some(at);
-        run.message = Some(format!(
-            "interrupted: the process running it ({}) ended before the run finished",
-            run.pid
-                .map_or("unknown PID".to_owned(), |p| format!("PID {p}"))
-        ));
-        store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), false)?;
-        recovered.push(run.id.clone());
+        let steps = store.steps(&run.id)?;
+        interrupt(store, run, steps)?;
+        recovered.push(id);
     }
     if !recovered.is_empty() {
         store.save_run(None, &[], true)?;
@@ -537,6 +519,34 @@ pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
         }
     }
     Ok(recovered)
+}
+
+/// Marks a run left `running` interrupted, with its unfinished steps (not flushed).
+fn interrupt(
+    store: &Store,
+    mut run: RunRecord,
+    mut steps: Vec<StepRecord>,
+) -> Result<(), StoreError> {
+    let at = now();
+    for step in &mut steps {
+        if step.status.is_finished() {
+            continue;
+        }
+        if let Some(pgid) = step.pgid.take() {
+            signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        step.status = Status::Interrupted;
+        step.finished_at = Some(at.clone());
+        step.message = Some("the process running this step went away".into());
+    }
+    run.status = Status::Interrupted;
+    run.finished_at = Some(at);
+    run.message = Some(format!(
+        "interrupted: the process running it ({}) ended before the run finished",
+        run.pid
+            .map_or("unknown PID".to_owned(), |p| format!("PID {p}"))
+    ));
+    store.save_run(Some(&run), &steps.iter().collect::<Vec<_>>(), false)
 }
 
 /// Where another process asks for a run to be cancelled.
@@ -581,7 +591,6 @@ pub fn execute_with_agents(
     let run_dir = config.log_dir.join("workflows").join(&run.id);
     fs::create_dir_all(&run_dir)
         .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
-    let cancel_file = cancel_request_path(&config.data_dir, &run.id);
     // Held until the run ends: the workflow's concurrency policy decides when it may start.
     let _ticket = match config.admission.admit(
         &run.workflow_id,
@@ -609,7 +618,7 @@ pub fn execute_with_agents(
             return Ok(run);
         }
     };
-    let mut moment = moment_now();
+    let moment = moment_now();
     run.status = Status::Running;
     run.started_at = Some(moment.timestamp.clone());
     run.pid = Some(std::process::id());
@@ -619,7 +628,7 @@ pub fn execute_with_agents(
         max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
         timeout: spec.timeout,
     };
-    let mut machine = RunMachine::new(
+    let machine = RunMachine::new(
         machine::plan(&spec, agents),
         steps,
         run_scope(&run),
@@ -636,6 +645,30 @@ pub fn execute_with_agents(
         reports: vec![None; spec.steps.len()],
     };
     let (sender, receiver) = mpsc::channel::<AttemptMessage>();
+    drive(
+        &mut driver,
+        run,
+        machine,
+        (sender, receiver),
+        cancel,
+        on_event,
+        moment,
+    )
+}
+
+/// The loop of a run's execution, from `moment`: cancel requests, the machine's turns, the
+/// executor's messages, until the machine is done.
+fn drive(
+    driver: &mut Driver<'_>,
+    mut run: RunRecord,
+    mut machine: RunMachine,
+    (sender, receiver): (mpsc::Sender<AttemptMessage>, mpsc::Receiver<AttemptMessage>),
+    cancel: &CancelSignal,
+    on_event: &(dyn Fn(&Event) + Sync),
+    mut moment: Moment,
+) -> Result<RunRecord, EngineError> {
+    let (store, config) = (driver.store, driver.config);
+    let cancel_file = cancel_request_path(&config.data_dir, &run.id);
     let slots = &*config.agent_switches;
     let mut cancel_seen = false;
     let mut turn = Turn::default();
@@ -665,6 +698,235 @@ pub fn execute_with_agents(
     let _ = fs::remove_file(&cancel_file);
     enforce_history(store, config, &run)?;
     Ok(run)
+}
+
+/// A run that was executing when the process running it ended, rebuilt from its records
+/// with its remote attempts adopted ([`recover_or_resume`]): [`execute_resumed`] drives it
+/// on from there.
+pub struct Resumed {
+    /// The run, `running`.
+    pub run: RunRecord,
+    machine: RunMachine,
+    stops: Vec<Option<Arc<dyn AttemptStop>>>,
+    channel: (mpsc::Sender<AttemptMessage>, mpsc::Receiver<AttemptMessage>),
+}
+
+impl std::fmt::Debug for Resumed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumed")
+            .field("run", &self.run.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`recover_or_resume`] did with the runs a process that ended left `running`.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Runs marked interrupted.
+    pub interrupted: Vec<String>,
+    /// Runs to execute on, each with its attempts in flight adopted.
+    pub resumed: Vec<Resumed>,
+}
+
+/// How a step attempt that ran on this machine ends when the run is resumed: its
+/// processes died with (or were killed after) the process that ran them.
+pub const RESTARTED_LOCAL: &str =
+    "the controller restarted while this attempt ran on its machine; its processes were stopped";
+
+/// [`recover`] for a controller whose executor can adopt attempts running elsewhere
+/// (workers): a run left `running` with a step in flight that declares `runs_on` is
+/// resumed instead of interrupted. Its machine is rebuilt from its records
+/// ([`RunMachine::resume`]); each attempt in flight is offered to the executor
+/// ([`Executor::adopt`]: a remote attempt carries on where it runs, and what its worker
+/// reported meanwhile is applied once); an attempt the executor cannot adopt (a step of
+/// this machine, whose processes are killed here) ends failed with [`RESTARTED_LOCAL`]
+/// and is retried if its step has retries left. Other runs are interrupted as by
+/// [`recover`]. Call before anything else starts runs or serves workers.
+pub fn recover_or_resume(
+    store: &Store,
+    config: &EngineConfig,
+    agents: &BTreeMap<String, Value>,
+) -> Result<Recovery, EngineError> {
+    let mut recovery = Recovery::default();
+    for id in store.run_ids_with_status(&[Status::Running])? {
+        let Some(run) = store.run(&id)? else {
+            continue;
+        };
+        if run.status != Status::Running {
+            continue;
+        }
+        let steps = store.steps(&run.id)?;
+        let spec = WorkflowSpec::compile(&run.workflow);
+        let remote = steps.iter().enumerate().any(|(i, step)| {
+            step.status == Status::Running
+                && spec.steps.get(i).is_some_and(|s| s.placement.is_some())
+        });
+        if remote {
+            recovery
+                .resumed
+                .push(resume_run(store, config, agents, &spec, run, steps)?);
+        } else {
+            interrupt(store, run, steps)?;
+            recovery.interrupted.push(id);
+        }
+    }
+    if !recovery.interrupted.is_empty() {
+        store.save_run(None, &[], true)?;
+        let orphans =
+            super::process::kill_orphaned_steps(&recovery.interrupted.iter().cloned().collect());
+        if orphans > 0 {
+            tracing::warn!(
+                "stopped {orphans} step process group(s) left running by the process that ended"
+            );
+        }
+    }
+    Ok(recovery)
+}
+
+fn resume_run(
+    store: &Store,
+    config: &EngineConfig,
+    agents: &BTreeMap<String, Value>,
+    spec: &WorkflowSpec,
+    run: RunRecord,
+    steps: Vec<StepRecord>,
+) -> Result<Resumed, EngineError> {
+    let moment = moment_now();
+    let started = run
+        .started_at
+        .as_deref()
+        .map_or(moment.instant, |at| machine::instant_of(at, &moment));
+    let limits = Limits {
+        max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
+        timeout: spec.timeout,
+    };
+    let (machine, in_flight) = RunMachine::resume(
+        machine::plan(spec, agents),
+        steps,
+        run_scope(&run),
+        limits,
+        started,
+        &moment,
+        &*config.agent_switches,
+    );
+    let mut driver = Driver {
+        store,
+        config,
+        agents,
+        spec,
+        base_env: base_env(&run).into(),
+        stops: vec![None; spec.steps.len()],
+        reports: vec![None; spec.steps.len()],
+    };
+    let (sender, receiver) = mpsc::channel::<AttemptMessage>();
+    let mut local = std::collections::BTreeSet::new();
+    for machine::InFlight { index, number } in in_flight {
+        let attempt = driver.attempt(&run, &machine, index, number)?;
+        match config.executor.adopt(attempt, sender.clone()) {
+            Some(stop) => driver.stops[index] = Some(stop),
+            None => {
+                let step = &machine.steps()[index];
+                local.insert((run.id.clone(), step.name.clone()));
+                let _ = sender.send(restarted_locally(step, number, &moment));
+            }
+        }
+    }
+    let killed = super::process::kill_orphaned_step_processes(&local);
+    if killed > 0 {
+        tracing::warn!(
+            "run {}: stopped {killed} process group(s) of steps that ran on this machine",
+            run.id
+        );
+    }
+    Ok(Resumed {
+        run,
+        machine,
+        stops: driver.stops,
+        channel: (sender, receiver),
+    })
+}
+
+/// The end of an attempt of this machine that a restart cut off.
+fn restarted_locally(step: &StepRecord, number: u32, moment: &Moment) -> AttemptMessage {
+    let message = RESTARTED_LOCAL.to_owned();
+    AttemptMessage {
+        index: step.index as usize,
+        number,
+        event: AttemptEvent::Finished(Box::new(AttemptFinished {
+            outcome: Outcome {
+                status: Some(Status::Failed),
+                message: Some(message.clone()),
+                ..Outcome::default()
+            },
+            attempt: Some(Attempt {
+                number,
+                status: Status::Failed,
+                started_at: step
+                    .started_at
+                    .clone()
+                    .unwrap_or_else(|| moment.timestamp.clone()),
+                finished_at: moment.timestamp.clone(),
+                duration_ms: 0,
+                exit_code: None,
+                message: Some(message),
+                cpu_seconds: None,
+                max_rss_bytes: None,
+                orphans_killed: None,
+                worker: None,
+            }),
+        })),
+    }
+}
+
+/// Executes a resumed run ([`recover_or_resume`]) to its end and returns it.
+pub fn execute_resumed(
+    store: &Store,
+    config: &EngineConfig,
+    agents: &BTreeMap<String, Value>,
+    resumed: Resumed,
+    cancel: &CancelSignal,
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<RunRecord, EngineError> {
+    let Resumed {
+        run,
+        machine,
+        stops,
+        channel,
+    } = resumed;
+    let spec = WorkflowSpec::compile(&run.workflow);
+    let run_dir = config.log_dir.join("workflows").join(&run.id);
+    fs::create_dir_all(&run_dir)
+        .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
+    // The run was admitted by the process that ended; its ticket is taken again so that
+    // the workflow's concurrency policy sees it. A refusal (another run of the workflow
+    // resumed first) leaves it running: it was running already.
+    let _ticket = config
+        .admission
+        .admit(
+            &run.workflow_id,
+            &run.id,
+            Policy::of(&run.workflow),
+            &cancel.flag,
+        )
+        .ok();
+    let mut driver = Driver {
+        store,
+        config,
+        agents,
+        spec: &spec,
+        base_env: base_env(&run).into(),
+        stops,
+        reports: vec![None; spec.steps.len()],
+    };
+    drive(
+        &mut driver,
+        run,
+        machine,
+        channel,
+        cancel,
+        on_event,
+        moment_now(),
+    )
 }
 
 /// How often a run looks for a cancel request while nothing else wakes it.

@@ -294,6 +294,55 @@ impl Runner {
         Ok(resumed)
     }
 
+    /// Executes on the runs [`run::recover_or_resume`] resumed after a restart, each in a
+    /// thread of its own at once: they were executing when the process that ended died, so
+    /// each takes a run slot when one is free and runs beyond `runs.max_active` otherwise
+    /// (the limit may have been lowered meanwhile). Returns their ids.
+    pub fn resume_running(self: &Arc<Self>, resumed: Vec<run::Resumed>) -> Vec<String> {
+        let mut ids = Vec::with_capacity(resumed.len());
+        for resumed in resumed {
+            let id = resumed.run.id.clone();
+            let flag = Arc::new(AtomicBool::new(false));
+            self.active().insert(id.clone(), Arc::clone(&flag));
+            self.view.record_run(&resumed.run);
+            let waiting = WaitingRun {
+                flag: Arc::clone(&flag),
+                not_before: None,
+            };
+            let holds_slot = self.slots.enter(&id, waiting).is_some();
+            if !holds_slot {
+                self.slots.remove(&id);
+            }
+            let worker = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("run worker".into())
+                .spawn(move || {
+                    worker.execute(Execution::Resumed(resumed), flag);
+                    if holds_slot {
+                        let mut next = worker.next_waiting();
+                        while let Some(pending) = next.take() {
+                            worker.execute_pending(pending);
+                            next = worker.next_waiting();
+                        }
+                    }
+                });
+            if let Err(err) = spawned {
+                // The run stays `running` in the store: the next start resumes it.
+                tracing::error!(run = %id, "cannot start a thread for a resumed run: {err}");
+                self.observer.error();
+                self.active().remove(&id);
+                if holds_slot {
+                    if let Some(next) = self.next_waiting() {
+                        self.start_worker(next);
+                    }
+                }
+                continue;
+            }
+            ids.push(id);
+        }
+        ids
+    }
+
     /// No new runs start from now on; every run waiting for a slot ends `interrupted`, in
     /// one durable batch. Runs executing go on (the caller cancels them after its grace).
     pub fn stop_starting(&self) {
@@ -464,7 +513,21 @@ impl Runner {
             flag,
             not_before,
         } = pending;
-        let id = run.id.clone();
+        if let Some(at) = not_before {
+            // Ready ahead of time: wait for the instant itself.
+            if let Ok(wait) = at.duration_since(SystemTime::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        self.execute(Execution::Created(run, steps), flag);
+    }
+
+    /// Executes a run in the calling thread to its end, publishing each durable change.
+    fn execute(&self, execution: Execution, flag: Arc<AtomicBool>) {
+        let id = match &execution {
+            Execution::Created(run, _) => run.id.clone(),
+            Execution::Resumed(resumed) => resumed.run.id.clone(),
+        };
         let events = self.events.clone();
         let run_dir = self.engine.log_dir.join("workflows").join(&id);
         self.log_tail.add(&id, run_dir);
@@ -484,24 +547,31 @@ impl Runner {
         };
         // Only the agents: a long run does not keep a stale snapshot of every record.
         let agents = self.view.objects().agents.clone();
-        let summary = RunSummary::of(&run);
-        if let Some(at) = not_before {
-            // Ready ahead of time: wait for the instant itself.
-            if let Ok(wait) = at.duration_since(SystemTime::now()) {
-                std::thread::sleep(wait);
+        let cancel = CancelSignal { flag };
+        let result = match execution {
+            Execution::Created(run, steps) => {
+                self.observer.run_started();
+                events.publish(Event::WorkflowStarted(RunSummary::of(&run)));
+                run::execute_with_agents(
+                    &self.store,
+                    &self.engine,
+                    &agents,
+                    run,
+                    steps,
+                    &cancel,
+                    &on_event,
+                )
             }
-        }
-        self.observer.run_started();
-        events.publish(Event::WorkflowStarted(summary));
-        let result = run::execute_with_agents(
-            &self.store,
-            &self.engine,
-            &agents,
-            run,
-            steps,
-            &CancelSignal { flag },
-            &on_event,
-        );
+            // Started by the process that ended, and reported started then.
+            Execution::Resumed(resumed) => run::execute_resumed(
+                &self.store,
+                &self.engine,
+                &agents,
+                resumed,
+                &cancel,
+                &on_event,
+            ),
+        };
         // Every line is published before the run is reported complete.
         self.log_tail.finish(&id, &events);
         let result = result.and_then(|finished| {
@@ -525,6 +595,12 @@ impl Runner {
             }
         }
     }
+}
+
+/// A run to execute: created (its steps queued), or resumed after a restart.
+enum Execution {
+    Created(RunRecord, Vec<StepRecord>),
+    Resumed(run::Resumed),
 }
 
 /// A run stopped because the process shut down is `interrupted`, not `cancelled`: nobody

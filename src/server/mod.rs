@@ -109,7 +109,20 @@ pub fn assemble(
     if let Some(workers) = &options.workers {
         workers.attach_store(Arc::clone(&store));
     }
-    for id in run::recover(&store)? {
+    // With workers, a run left running with remote attempts in flight is resumed: they
+    // go on on their workers, and what they reported meanwhile is applied once the
+    // dispatcher opens (below, after the runs are handed to the runner).
+    let recovery = match &options.workers {
+        Some(_) => {
+            let agents = run::agent_configs(&store.objects()?);
+            run::recover_or_resume(&store, &engine, &agents)?
+        }
+        None => run::Recovery {
+            interrupted: run::recover(&store)?,
+            resumed: Vec::new(),
+        },
+    };
+    for id in &recovery.interrupted {
         tracing::warn!("run {id} was left running by a process that ended; marked interrupted");
     }
     // Webhook deliveries claimed without a recorded run: linked to their run, or released
@@ -151,6 +164,14 @@ pub fn assemble(
         }),
         max_active: config.config.runs.max_active_runs(),
     });
+    for id in runner.resume_running(recovery.resumed) {
+        tracing::warn!(
+            "run {id} was left running by a process that ended; resumed with its steps on workers"
+        );
+    }
+    if let Some(workers) = &options.workers {
+        workers.open();
+    }
     let controller = Arc::new(Controller::new(
         Arc::clone(&store),
         Arc::clone(&config),

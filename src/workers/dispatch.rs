@@ -136,6 +136,11 @@ struct Pending {
     log_next: u64,
     log_hash: Sha256,
     log_gaps: u64,
+    /// Adopted after a restart: the log chunks before the first one seen were applied by
+    /// the process that ended (set until that first chunk).
+    log_resync: bool,
+    /// Adopted mid-log: the log's hash covers only part of it and is not compared.
+    log_partial: bool,
 }
 
 struct Granted {
@@ -169,6 +174,9 @@ struct Inner {
     snapshots: tokio::sync::Mutex<HashMap<String, String>>,
     consumers: tokio::sync::Mutex<HashSet<String>>,
     counters: Counters,
+    /// Set by [`Dispatcher::open`]: until then no claim is answered and no report applied,
+    /// so that a restarted controller adopts its attempts first.
+    opened: tokio::sync::watch::Sender<bool>,
 }
 
 impl Dispatcher {
@@ -202,6 +210,7 @@ impl Dispatcher {
             snapshots: tokio::sync::Mutex::new(HashMap::new()),
             consumers: tokio::sync::Mutex::new(HashSet::new()),
             counters: Counters::default(),
+            opened: tokio::sync::watch::Sender::new(false),
         });
         runtime.block_on(Arc::clone(&inner).start_services())?;
         Ok(Dispatcher {
@@ -313,6 +322,8 @@ impl Dispatcher {
                 log_next: 0,
                 log_hash: Sha256::new(),
                 log_gaps: 0,
+                log_resync: false,
+                log_partial: false,
             },
         );
         let item = WorkItem {
@@ -539,6 +550,7 @@ impl Inner {
     }
 
     async fn serve_claims(self: Arc<Self>, mut claims: async_nats::Subscriber) {
+        self.until_open().await;
         while let Some(message) = claims.next().await {
             let Some(reply) = message.reply.clone() else {
                 continue;
@@ -639,6 +651,7 @@ impl Inner {
         self: Arc<Self>,
         consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
     ) {
+        self.until_open().await;
         loop {
             let mut messages = match consumer.messages().await {
                 Ok(messages) => messages,
@@ -696,6 +709,13 @@ impl Inner {
                     .unwrap_or(0);
                 let mut pending = self.pending.lock().unwrap();
                 match pending.get_mut(&key).filter(|p| current(p)) {
+                    Some(p) if p.log_resync => {
+                        p.log_resync = false;
+                        p.log_partial = seq > 0;
+                        p.log_next = seq + 1;
+                        p.log_hash.update(&message.payload);
+                        send(p, AttemptEvent::Log(message.payload.to_vec()));
+                    }
                     Some(p) if seq < p.log_next => {}
                     Some(p) => {
                         if seq > p.log_next {
@@ -752,8 +772,15 @@ impl Inner {
                     }
                     let mut message = finished.message.clone();
                     let received = p.log_hash.clone().finalize();
-                    let missing = p.log_gaps + finished.log_chunks.saturating_sub(p.log_next);
-                    if missing > 0 || hex::encode(received) != finished.log_sha256 {
+                    let missing = if p.log_resync {
+                        0
+                    } else {
+                        p.log_gaps + finished.log_chunks.saturating_sub(p.log_next)
+                    };
+                    let unverifiable = p.log_resync || p.log_partial;
+                    if missing > 0
+                        || (!unverifiable && hex::encode(received) != finished.log_sha256)
+                    {
                         counters.log_gaps.fetch_add(missing.max(1), Ordering::Relaxed);
                         let note = format!(
                             "the step's log from worker {worker} is incomplete: {missing} of {} chunks missing",
@@ -1113,4 +1140,127 @@ fn failure(message: String) -> AttemptFinished {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A restarted controller takes its attempts back: what the process that ended had
+/// published or granted is adopted before any claim is answered or report applied
+/// ([`Dispatcher::open`]), so that what workers reported meanwhile, queued in the results
+/// stream, is applied once, in order, with the token of the attempt's claim.
+impl Dispatcher {
+    /// Takes over an attempt a controller that ended had started; see
+    /// [`crate::engine::executor::Executor::adopt`]. By its claim in the store: granted
+    /// and `running` → pending again with its worker and token, its lease judged afresh
+    /// from now; none → published again under the same message id (the stream
+    /// deduplicates it while the first copy waits; a copy claimed twice is refused by the
+    /// claim record); `finished` or `lost` → its end reached the process that ended but
+    /// not the run's records, so it ends failed here (retried if retries remain).
+    pub fn adopt(
+        &self,
+        attempt: StepAttempt,
+        events: Sender<AttemptMessage>,
+    ) -> Arc<dyn AttemptStop> {
+        let key = protocol::attempt_key(&attempt.run_id, attempt.index, attempt.number);
+        let claim = self
+            .inner
+            .store
+            .get()
+            .and_then(|store| store.state::<Claim>(CLAIMS_TREE, &key).ok().flatten());
+        let Some(claim) = claim else {
+            return self.start(attempt, events);
+        };
+        let stop = Arc::new(RemoteStop {
+            inner: Arc::clone(&self.inner),
+            key: key.clone(),
+        });
+        if claim.state != "running" {
+            let message = format!(
+                "the controller restarted after worker {} reported attempt {} {} and before the run recorded it; the attempt counts as failed",
+                claim.worker, attempt.number, claim.state
+            );
+            let _ = events.send(AttemptMessage {
+                index: attempt.index,
+                number: attempt.number,
+                event: AttemptEvent::Finished(Box::new(AttemptFinished {
+                    outcome: Outcome {
+                        status: Some(Status::Failed),
+                        message: Some(message.clone()),
+                        ..Outcome::default()
+                    },
+                    attempt: Some(Attempt {
+                        number: attempt.number,
+                        status: Status::Failed,
+                        started_at: now(),
+                        finished_at: now(),
+                        duration_ms: 0,
+                        exit_code: None,
+                        message: Some(message),
+                        cpu_seconds: None,
+                        max_rss_bytes: None,
+                        orphans_killed: None,
+                        worker: Some(claim.worker),
+                    }),
+                })),
+            });
+            return stop;
+        }
+        let placement =
+            attempt
+                .placement
+                .clone()
+                .unwrap_or_else(|| crate::spec::workflow::Placement {
+                    labels: BTreeMap::new(),
+                    fail_when_lost: false,
+                    queue_timeout: None,
+                });
+        let queue_timeout = placement
+            .queue_timeout
+            .unwrap_or(self.inner.settings.queue_timeout);
+        tracing::info!(
+            "attempt {key} on worker {} adopted after a restart",
+            claim.worker
+        );
+        self.inner.pending.lock().unwrap().insert(
+            key,
+            Pending {
+                index: attempt.index,
+                number: attempt.number,
+                step: attempt.step.clone(),
+                labels: placement.labels,
+                fail_when_lost: placement.fail_when_lost,
+                events,
+                queue_deadline: Instant::now() + queue_timeout,
+                stream_sequence: None,
+                claim: Some(Granted {
+                    worker: claim.worker,
+                    token: claim.token,
+                    at: Instant::now(),
+                    started_at: now(),
+                    lease_revision: 0,
+                    lease_seen: Instant::now(),
+                }),
+                stop: None,
+                stop_sent: None,
+                log_next: 0,
+                log_hash: Sha256::new(),
+                log_gaps: 0,
+                log_resync: true,
+                log_partial: false,
+            },
+        );
+        stop
+    }
+
+    /// Starts answering claims and applying reports: call once the attempts of a
+    /// restarted controller are adopted (at once when there are none). Until then a
+    /// worker's claim waits (and is asked again) and reports stay in the stream.
+    pub fn open(&self) {
+        self.inner.opened.send_replace(true);
+    }
+}
+
+impl Inner {
+    async fn until_open(&self) {
+        let mut opened = self.opened.subscribe();
+        let _ = opened.wait_for(|open| *open).await;
+    }
 }

@@ -31,6 +31,19 @@ impl Executor for Routing {
         }
     }
 
+    fn adopt(
+        &self,
+        attempt: StepAttempt,
+        events: Sender<AttemptMessage>,
+    ) -> Option<Arc<dyn AttemptStop>> {
+        match &self.remote {
+            Some(remote) if attempt.placement.is_some() && attempt.reports.is_none() => {
+                Some(remote.adopt(attempt, events))
+            }
+            _ => None,
+        }
+    }
+
     fn rewrite_report(
         &self,
         action: &str,

@@ -38,3 +38,4 @@ mod triggers;
 mod worker_visibility;
 mod workers;
 mod workers_faults;
+mod workers_restart;

@@ -89,6 +89,16 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGKILL, as a crash would, and reaps it (so that its PID is gone); returns its
+    /// stderr.
+    pub(crate) fn kill9(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stderr()
+    }
+
     /// Everything the server wrote to stderr so far.
     pub(crate) fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

@@ -1,0 +1,210 @@
+//! Issue 18: a controller restart kills no remote step. The controller is killed with
+//! SIGKILL while steps run on workers and started again on the same project: the steps go
+//! on where they run, what their workers reported while it was down is applied once, and
+//! the run ends as if nothing had happened.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Waits for a run to end; its `run show -o json`.
+fn finished_run(dir: &Path, server: &Server, run: &str) -> Value {
+    server.eventually("the run to finish", Duration::from_secs(60), || {
+        let shown = show(dir, run);
+        let status = shown["run"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (!matches!(status.as_str(), "queued" | "running")).then_some(shown)
+    })
+}
+
+fn log_of(dir: &Path, shown: &Value, name: &str) -> String {
+    let log = step(shown, name)["log"].as_str().unwrap().to_owned();
+    fs::read_to_string(dir.join("logs").join(log)).unwrap_or_default()
+}
+
+/// The attempts a worker has finished, from its heartbeat record in the `orch_workers`
+/// bucket: it counts an attempt once its `finished` report is in the results stream.
+fn finished_by(nats: &Nats, worker: &str) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Ok(client) = async_nats::connect(nats.url()).await else {
+            return 0;
+        };
+        let js = async_nats::jetstream::new(client);
+        let Ok(bucket) = js.get_key_value("orch_workers").await else {
+            return 0;
+        };
+        match bucket.get(worker).await {
+            Ok(Some(value)) => serde_json::from_slice::<Value>(&value)
+                .ok()
+                .and_then(|info| info["finished"].as_u64())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    })
+}
+
+/// Two remote steps that wait for a file, after a remote step whose output they use and
+/// before a local step that uses theirs.
+fn waiting_workflow(release: &Path) -> String {
+    let release = release.display();
+    format!(
+        r#"id: wf_restart
+name: restart
+max_parallel: 4
+steps:
+  - name: first
+    runs_on: {{pool: linux}}
+    command: ["sh", "-c", "echo first ran; echo token=t7 >> $ORCHESTRATOR_OUTPUT"]
+  - name: wait_a
+    depends_on: [first]
+    runs_on: {{pool: linux}}
+    command: ["sh", "-c", "echo a before {{{{ steps.first.outputs.token }}}}; while [ ! -f {release} ]; do sleep 0.05; done; echo a after; echo a=A >> $ORCHESTRATOR_OUTPUT"]
+  - name: wait_b
+    depends_on: [first]
+    runs_on: {{pool: linux}}
+    command: ["sh", "-c", "echo b before; while [ ! -f {release} ]; do sleep 0.05; done; i=0; while [ $i -lt 2000 ]; do echo \"b line $i\"; i=$((i+1)); done; echo b=B >> $ORCHESTRATOR_OUTPUT"]
+  - name: join
+    depends_on: [wait_a, wait_b]
+    command: ["sh", "-c", "echo joined {{{{ steps.first.outputs.token }}}} {{{{ steps.wait_a.outputs.a }}}} {{{{ steps.wait_b.outputs.b }}}}"]
+"#
+    )
+}
+
+/// Starts the workflow and waits until both waiting steps have said `before` (their logs
+/// reached the controller).
+fn start_and_wait_for_both(dir: &Path, server: &Server) -> String {
+    let started = cli(dir, &["workflow", "execute", "restart", "--detach"]).expect_code(0);
+    let run = run_id(&started.stdout);
+    server.eventually(
+        "both remote steps to be waiting",
+        Duration::from_secs(60),
+        || {
+            let shown = show(dir, &run);
+            (log_of(dir, &shown, "wait_a").contains("a before t7")
+                && log_of(dir, &shown, "wait_b").contains("b before"))
+            .then_some(())
+        },
+    );
+    run
+}
+
+fn assert_ran_once_each(dir: &Path, shown: &Value) {
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
+    for name in ["first", "wait_a", "wait_b", "join"] {
+        let attempts = step(shown, name)["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "step {name} ran once: {shown:#}");
+        assert_eq!(step(shown, name)["status"], "succeeded", "{shown:#}");
+    }
+    for name in ["first", "wait_a", "wait_b"] {
+        assert_eq!(
+            step(shown, name)["attempts"][0]["worker"],
+            "r1",
+            "{name} ran on the worker"
+        );
+    }
+    assert_eq!(step(shown, "wait_a")["outputs"]["a"], "A");
+    assert_eq!(step(shown, "wait_b")["outputs"]["b"], "B");
+    let joined = log_of(dir, shown, "join");
+    assert!(joined.contains("joined t7 A B"), "{joined}");
+    // Each remote log whole, every line once and in order.
+    let a = log_of(dir, shown, "wait_a");
+    assert_eq!(a.matches("a before t7\n").count(), 1, "{a}");
+    assert_eq!(a.matches("a after\n").count(), 1, "{a}");
+    let b = log_of(dir, shown, "wait_b");
+    let expected: String = std::iter::once("b before\n".to_owned())
+        .chain((0..2000).map(|i| format!("b line {i}\n")))
+        .collect();
+    assert!(
+        b.contains(&expected),
+        "the log of wait_b is whole and in order ({} bytes):\n{}",
+        b.len(),
+        &b[..b.len().min(400)]
+    );
+    assert_eq!(b.matches("b line 1999\n").count(), 1);
+    assert!(
+        !step(shown, "wait_b")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("incomplete"),
+        "{shown:#}"
+    );
+}
+
+#[test]
+fn a_controller_killed_while_remote_steps_run_picks_them_up_again_after_a_restart() {
+    let nats = Nats::start();
+    let outside = tempfile::tempdir().unwrap();
+    let release = outside.path().join("release");
+    let project = distributed_project(
+        &nats,
+        &[("workflows/restart.yaml", &waiting_workflow(&release))],
+    );
+    let dir = project.path();
+    let mut server = Server::start(dir);
+    let worker = WorkerProcess::start(dir, "r1", "pool=linux", 4);
+    let run = start_and_wait_for_both(dir, &server);
+
+    let said = server.kill9();
+    let mut server = Server::start(dir);
+    // Released only once the new controller is up: the steps report to it.
+    fs::write(&release, "go").unwrap();
+    let shown = finished_run(dir, &server, &run);
+    assert_ran_once_each(dir, &shown);
+    assert!(
+        server
+            .stderr()
+            .contains("resumed with its steps on workers"),
+        "the restart says what it did:\n{}\n--- before the kill\n{said}",
+        server.stderr()
+    );
+    assert!(!worker.stderr().contains("lost"), "{}", worker.stderr());
+    server.stop();
+}
+
+#[test]
+fn what_a_remote_step_reported_while_the_controller_was_down_is_applied_once_at_restart() {
+    let nats = Nats::start();
+    let outside = tempfile::tempdir().unwrap();
+    let release = outside.path().join("release");
+    let project = distributed_project(
+        &nats,
+        &[("workflows/restart.yaml", &waiting_workflow(&release))],
+    );
+    let dir = project.path();
+    let mut server = Server::start(dir);
+    let _worker = WorkerProcess::start(dir, "r1", "pool=linux", 4);
+    let run = start_and_wait_for_both(dir, &server);
+    let finished_before = finished_by(&nats, "r1");
+    assert_eq!(finished_before, 1, "only `first` has finished");
+
+    server.kill9();
+    // Both steps finish while no controller listens: their logs and `finished` reports
+    // wait in the results stream.
+    fs::write(&release, "go").unwrap();
+    let done = poll_for(Duration::from_secs(60), || {
+        (finished_by(&nats, "r1") >= 3).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "the worker finished both steps while the controller was down"
+    );
+    let still = show(dir, &run);
+    assert_eq!(
+        still["run"]["status"], "running",
+        "nothing applied them yet"
+    );
+
+    let server = Server::start(dir);
+    let shown = finished_run(dir, &server, &run);
+    assert_ran_once_each(dir, &shown);
+}
