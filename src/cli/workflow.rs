@@ -92,10 +92,17 @@ pub fn run(context: &Context, command: &WorkflowCommand) -> Result<u8> {
     }
 }
 
-/// Opens the store and marks runs left behind by a vanished process as interrupted.
+/// Opens the store and marks runs left behind by a vanished process as interrupted; with
+/// workers configured, runs with a step in flight on a worker are left for the controller
+/// to resume when it starts again.
 pub fn open_store(context: &Context) -> Result<Store> {
     let store = Store::open(&context.data_dir())?;
-    for id in run::recover(&store)? {
+    let interrupted = if context.config.config.distributed.is_some() {
+        run::recover_keeping_remote(&store)?
+    } else {
+        run::recover(&store)?
+    };
+    for id in interrupted {
         eprintln!("note: run {id} was left running by a process that ended; marked interrupted");
     }
     Ok(store)

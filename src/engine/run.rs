@@ -497,6 +497,31 @@ fn is_report_step(agent: &str, agents: &BTreeMap<String, Value>) -> bool {
 /// of their steps' process groups, and returns their ids. Call with the store held: no other
 /// process can be running them.
 pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
+    recover_where(store, |_, _| false)
+}
+
+/// [`recover`], leaving alone the runs with a step in flight that declares `runs_on`
+/// ([`remote_in_flight`]): what a command opening the store of a project with workers
+/// configured does, so that a controller that comes back resumes them
+/// ([`recover_or_resume`]) instead of finding them interrupted by a `run show`.
+pub fn recover_keeping_remote(store: &Store) -> Result<Vec<String>, StoreError> {
+    recover_where(store, |run, steps| {
+        remote_in_flight(&WorkflowSpec::compile(&run.workflow), steps)
+    })
+}
+
+/// Whether a run has a step in flight that declares `runs_on` (its attempt may be going
+/// on on a worker).
+pub fn remote_in_flight(spec: &WorkflowSpec, steps: &[StepRecord]) -> bool {
+    steps.iter().enumerate().any(|(i, step)| {
+        step.status == Status::Running && spec.steps.get(i).is_some_and(|s| s.placement.is_some())
+    })
+}
+
+fn recover_where(
+    store: &Store,
+    keep: impl Fn(&RunRecord, &[StepRecord]) -> bool,
+) -> Result<Vec<String>, StoreError> {
     let mut recovered = Vec::new();
     for id in store.run_ids_with_status(&[Status::Running])? {
         let Some(run) = store.run(&id)? else {
@@ -506,6 +531,9 @@ pub fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
             continue;
         }
         let steps = store.steps(&run.id)?;
+        if keep(&run, &steps) {
+            continue;
+        }
         interrupt(store, run, steps)?;
         recovered.push(id);
     }
@@ -757,11 +785,7 @@ pub fn recover_or_resume(
         }
         let steps = store.steps(&run.id)?;
         let spec = WorkflowSpec::compile(&run.workflow);
-        let remote = steps.iter().enumerate().any(|(i, step)| {
-            step.status == Status::Running
-                && spec.steps.get(i).is_some_and(|s| s.placement.is_some())
-        });
-        if remote {
+        if remote_in_flight(&spec, &steps) {
             recovery
                 .resumed
                 .push(resume_run(store, config, agents, &spec, run, steps)?);

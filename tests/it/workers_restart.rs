@@ -208,3 +208,62 @@ fn what_a_remote_step_reported_while_the_controller_was_down_is_applied_once_at_
     let shown = finished_run(dir, &server, &run);
     assert_ran_once_each(dir, &shown);
 }
+
+#[test]
+fn an_attempt_no_worker_had_claimed_is_still_run_once_and_a_local_step_cut_off_is_retried() {
+    let nats = Nats::start();
+    let outside = tempfile::tempdir().unwrap();
+    let release = outside.path().join("release");
+    let workflow = format!(
+        r#"id: wf_unclaimed
+name: unclaimed
+max_parallel: 4
+steps:
+  - name: remote
+    runs_on: {{pool: linux}}
+    command: ["sh", "-c", "echo remote ran"]
+  - name: local
+    depends_on: []
+    retries: 1
+    retry_delay: 0s
+    command: ["sh", "-c", "echo local attempt; while [ ! -f {} ]; do sleep 0.05; done; echo local done"]
+"#,
+        release.display()
+    );
+    let project = distributed_project(&nats, &[("workflows/unclaimed.yaml", &workflow)]);
+    let dir = project.path();
+    let mut server = Server::start(dir);
+    let started = cli(dir, &["workflow", "execute", "unclaimed", "--detach"]).expect_code(0);
+    let run = run_id(&started.stdout);
+    // No worker yet: the remote attempt waits in the work stream, the local step runs.
+    server.eventually("both steps to be running", Duration::from_secs(60), || {
+        let shown = show(dir, &run);
+        (step(&shown, "remote")["status"] == "running"
+            && log_of(dir, &shown, "local").contains("local attempt"))
+        .then_some(())
+    });
+
+    server.kill9();
+    fs::write(&release, "go").unwrap();
+    let server = Server::start(dir);
+    let _worker = WorkerProcess::start(dir, "r1", "pool=linux", 1);
+    let shown = finished_run(dir, &server, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
+    let remote = step(&shown, "remote");
+    assert_eq!(remote["attempts"].as_array().unwrap().len(), 1, "{shown:#}");
+    assert_eq!(remote["attempts"][0]["worker"], "r1");
+    assert_eq!(log_of(dir, &shown, "remote").matches("remote ran\n").count(), 1);
+    // The local step's first attempt died with the controller; the retry finished it.
+    let local = step(&shown, "local");
+    let attempts = local["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{shown:#}");
+    assert!(
+        attempts[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the controller restarted"),
+        "{shown:#}"
+    );
+    assert_eq!(local["status"], "succeeded");
+    assert!(log_of(dir, &shown, "local").contains("local done"));
+}
