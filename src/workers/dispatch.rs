@@ -1149,11 +1149,12 @@ fn now() -> String {
 impl Dispatcher {
     /// Takes over an attempt a controller that ended had started; see
     /// [`crate::engine::executor::Executor::adopt`]. By its claim in the store: granted
-    /// and `running` → pending again with its worker and token, its lease judged afresh
+    /// and `running` (or `finished`, a report the process that ended applied but the run
+    /// never recorded) → pending again with its worker and token, its lease judged afresh
     /// from now; none → published again under the same message id (the stream
     /// deduplicates it while the first copy waits; a copy claimed twice is refused by the
-    /// claim record); `finished` or `lost` → its end reached the process that ended but
-    /// not the run's records, so it ends failed here (retried if retries remain).
+    /// claim record); `lost` → the process that ended declared its worker lost but the
+    /// run never recorded it, so it ends failed here (retried if retries remain).
     pub fn adopt(
         &self,
         attempt: StepAttempt,
@@ -1172,10 +1173,14 @@ impl Dispatcher {
             inner: Arc::clone(&self.inner),
             key: key.clone(),
         });
-        if claim.state != "running" {
+        // `finished`: the process that ended applied the worker's `finished` report but the
+        // run never recorded it. Unacknowledged, the report is delivered again and applied
+        // here; acknowledged, it is gone, and the lease (purged by the worker) runs out:
+        // the attempt ends lost and is retried under `on_worker_lost: retry`.
+        if claim.state == "lost" {
             let message = format!(
-                "the controller restarted after worker {} reported attempt {} {} and before the run recorded it; the attempt counts as failed",
-                claim.worker, attempt.number, claim.state
+                "worker_lost: the controller declared worker {} lost with attempt {} just before it restarted; the attempt counts as failed",
+                claim.worker, attempt.number
             );
             let _ = events.send(AttemptMessage {
                 index: attempt.index,

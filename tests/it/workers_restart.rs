@@ -252,7 +252,12 @@ steps:
     let remote = step(&shown, "remote");
     assert_eq!(remote["attempts"].as_array().unwrap().len(), 1, "{shown:#}");
     assert_eq!(remote["attempts"][0]["worker"], "r1");
-    assert_eq!(log_of(dir, &shown, "remote").matches("remote ran\n").count(), 1);
+    assert_eq!(
+        log_of(dir, &shown, "remote")
+            .matches("remote ran\n")
+            .count(),
+        1
+    );
     // The local step's first attempt died with the controller; the retry finished it.
     let local = step(&shown, "local");
     let attempts = local["attempts"].as_array().unwrap();
