@@ -1651,17 +1651,20 @@ mod tests {
         );
     }
 
+    /// A step's record for a resumed run: name, status, attempts made, outputs.
+    type Kept = (
+        &'static str,
+        Status,
+        u32,
+        &'static [(&'static str, &'static str)],
+    );
+
     /// A run rebuilt after a restart from records given as `(name, status, attempts made,
     /// outputs)`: the attempts in flight it finds, then a script, checked like [`Case`].
     struct ResumeCase {
         name: &'static str,
         workflow: Value,
-        records: &'static [(
-            &'static str,
-            Status,
-            u32,
-            &'static [(&'static str, &'static str)],
-        )],
+        records: &'static [Kept],
         in_flight: &'static [(&'static str, u32)],
         script: Vec<Do>,
         trace: &'static [&'static str],

@@ -317,7 +317,7 @@ impl Runner {
             let spawned = std::thread::Builder::new()
                 .name("run worker".into())
                 .spawn(move || {
-                    worker.execute(Execution::Resumed(resumed), flag);
+                    worker.execute(Execution::Resumed(Box::new(resumed)), flag);
                     if holds_slot {
                         let mut next = worker.next_waiting();
                         while let Some(pending) = next.take() {
@@ -519,7 +519,7 @@ impl Runner {
                 std::thread::sleep(wait);
             }
         }
-        self.execute(Execution::Created(run, steps), flag);
+        self.execute(Execution::Created(Box::new(run), steps), flag);
     }
 
     /// Executes a run in the calling thread to its end, publishing each durable change.
@@ -556,7 +556,7 @@ impl Runner {
                     &self.store,
                     &self.engine,
                     &agents,
-                    run,
+                    *run,
                     steps,
                     &cancel,
                     &on_event,
@@ -567,7 +567,7 @@ impl Runner {
                 &self.store,
                 &self.engine,
                 &agents,
-                resumed,
+                *resumed,
                 &cancel,
                 &on_event,
             ),
@@ -599,8 +599,8 @@ impl Runner {
 
 /// A run to execute: created (its steps queued), or resumed after a restart.
 enum Execution {
-    Created(RunRecord, Vec<StepRecord>),
-    Resumed(run::Resumed),
+    Created(Box<RunRecord>, Vec<StepRecord>),
+    Resumed(Box<run::Resumed>),
 }
 
 /// A run stopped because the process shut down is `interrupted`, not `cancelled`: nobody
