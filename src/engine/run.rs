@@ -60,6 +60,10 @@ pub struct EngineConfig {
     pub executor: Arc<dyn Executor>,
     /// When each workflow's history was last trimmed.
     pub history: Arc<HistoryTrims>,
+    /// Set by a controller with workers as it shuts down: a run whose steps in flight all
+    /// run on workers stops driving them and is left `running` (its attempts go on), for
+    /// the next start to resume ([`recover_or_resume`]).
+    pub detach_remote: Arc<AtomicBool>,
 }
 
 impl AgentSlots for AgentSwitches {
@@ -701,8 +705,19 @@ fn drive(
     let mut cancel_seen = false;
     let mut turn = Turn::default();
     loop {
+        // A controller shutting down leaves a run to its workers when nothing of it runs
+        // here: it stays `running`, and the next start resumes it.
+        if config.detach_remote.load(Ordering::SeqCst) && driver.only_remote_in_flight(&machine) {
+            tracing::info!(run = %run.id, "left running on its workers");
+            return Ok(run);
+        }
         // Stop requests.
         if !cancel_seen && (cancel.flag.load(Ordering::SeqCst) || cancel_file.exists()) {
+            // A shutdown sets both: leaving the run to its workers wins.
+            if config.detach_remote.load(Ordering::SeqCst) && driver.only_remote_in_flight(&machine)
+            {
+                return Ok(run);
+            }
             cancel_seen = true;
             machine.handle(Input::CancelRequested, &moment, slots);
             let _ = fs::remove_file(&cancel_file);
@@ -1105,6 +1120,22 @@ impl Driver<'_> {
             reports: self.reports[index].clone(),
             placement: self.spec.steps[index].placement.clone(),
         })
+    }
+
+    /// Whether the run has steps in flight and every one of them runs on a worker (declares
+    /// `runs_on` and is no report step, which always runs here).
+    fn only_remote_in_flight(&self, machine: &RunMachine) -> bool {
+        let mut running = machine
+            .steps()
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| step.status == Status::Running)
+            .peekable();
+        running.peek().is_some()
+            && running.all(|(index, step)| {
+                self.spec.steps[index].placement.is_some()
+                    && !is_report_step(&step.agent, self.agents)
+            })
     }
 
     /// Lines of the engine's own in a step's log.
@@ -1578,6 +1609,7 @@ mod tests {
             agent_logs: AgentLogs::new(crate::logging::Rotation::default()),
             executor: Arc::clone(&executor) as Arc<dyn Executor>,
             history: Arc::default(),
+            detach_remote: Arc::default(),
         };
         let workflow = json!({"name": "x", "steps": [
             {"name": "build"},

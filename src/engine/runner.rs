@@ -583,6 +583,10 @@ impl Runner {
         });
         self.active().remove(&id);
         match result {
+            Ok(left) if left.status == Status::Running => {
+                // Left to its workers at shutdown (`EngineConfig::detach_remote`).
+                self.view.record_run(&left);
+            }
             Ok(finished) => {
                 let steps = self.store.steps(&id).unwrap_or_default();
                 self.observer.run_finished(&finished, &steps);

@@ -410,6 +410,11 @@ pub fn serve(
     while !runner.active_run_ids().is_empty() && Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    if app.workers.is_some() {
+        // Runs whose steps in flight all run on workers are left to them (still
+        // `running`); the next start resumes them. The others are cancelled.
+        runner.engine().detach_remote.store(true, Ordering::SeqCst);
+    }
     for id in runner.active_run_ids() {
         tracing::warn!(run = %id, "still running after the grace period: cancelling");
         runner.cancel(&id);

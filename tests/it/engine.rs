@@ -386,6 +386,7 @@ steps:
             agent_logs,
             executor: Arc::new(executor),
             history: Arc::default(),
+            detach_remote: Arc::default(),
         };
         Engine {
             project,

@@ -272,3 +272,32 @@ steps:
     assert_eq!(local["status"], "succeeded");
     assert!(log_of(dir, &shown, "local").contains("local done"));
 }
+
+#[test]
+fn a_controller_stopped_with_sigterm_leaves_remote_steps_to_their_workers_and_resumes_them() {
+    let nats = Nats::start();
+    let outside = tempfile::tempdir().unwrap();
+    let release = outside.path().join("release");
+    let project = distributed_project(
+        &nats,
+        &[("workflows/restart.yaml", &waiting_workflow(&release))],
+    );
+    let dir = project.path();
+    let mut server = Server::start_args(dir, &["--port", "0", "--grace", "1"], &[]);
+    let _worker = WorkerProcess::start(dir, "r1", "pool=linux", 4);
+    let run = start_and_wait_for_both(dir, &server);
+
+    let (status, _) = server.stop();
+    assert!(status.success(), "{}", server.stderr());
+    let left = show(dir, &run);
+    assert_eq!(
+        left["run"]["status"], "running",
+        "left to the workers: {left:#}"
+    );
+    assert_eq!(step(&left, "wait_a")["status"], "running");
+
+    let server = Server::start(dir);
+    fs::write(&release, "go").unwrap();
+    let shown = finished_run(dir, &server, &run);
+    assert_ran_once_each(dir, &shown);
+}
