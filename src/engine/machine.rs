@@ -77,6 +77,20 @@ pub struct StepPlan {
     pub continue_on_error: bool,
     /// Its `if:`.
     pub condition: Option<String>,
+    /// It declares `runs_on`: until its attempt reports started it waits for a worker,
+    /// which its `queue_timeout` bounds, so its timeout counts from the start only.
+    pub waits_for_worker: bool,
+}
+
+impl StepPlan {
+    /// The deadline of an attempt handed to the executor `now`: the step's timeout, except
+    /// for a step that may wait for a worker, whose deadline is set when it starts.
+    fn deadline_at_start(&self, now: Instant) -> Option<Instant> {
+        if self.waits_for_worker {
+            return None;
+        }
+        self.timeout.map(|t| now + t)
+    }
 }
 
 /// The plan of every step of a workflow, with the Agent manifests (by name) in force.
@@ -119,6 +133,7 @@ pub fn plan(spec: &WorkflowSpec, agents: &BTreeMap<String, Value>) -> Vec<StepPl
                 retry_delay: step.retry_delay,
                 continue_on_error: step.continue_on_error,
                 condition: step.condition.clone(),
+                waits_for_worker: step.placement.is_some(),
             }
         })
         .collect();
@@ -553,7 +568,7 @@ impl RunMachine {
                 Phase::Retry { number, at } if now.instant >= at => {
                     self.phase[index] = Phase::Attempt {
                         number: number + 1,
-                        deadline: self.plan[index].timeout.map(|t| now.instant + t),
+                        deadline: self.plan[index].deadline_at_start(now.instant),
                     };
                     self.turn.commands.push(Command::Start {
                         index,
@@ -766,7 +781,7 @@ impl RunMachine {
                     self.in_flight += 1;
                     self.phase[index] = Phase::Attempt {
                         number: 1,
-                        deadline: plan.timeout.map(|t| now.instant + t),
+                        deadline: plan.deadline_at_start(now.instant),
                     };
                     self.turn.commands.push(Command::Start { index, number: 1 });
                     self.pending.push(Pending::Started(index));
@@ -1375,6 +1390,26 @@ mod tests {
             .expect(
                 &["start a#1", "stop a Timeout", "run failed"],
                 "a=timed_out",
+            ),
+            case(
+                "a step placed on workers: waiting for one does not count against its timeout",
+                json!({"steps": [
+                    {"name": "a", "timeout": "5s", "runs_on": {"os": "linux"}},
+                    {"name": "b", "timeout": "5s", "runs_on": {}, "depends_on": []},
+                ]}),
+                vec![
+                    Wait(30),
+                    Started("a"),
+                    Started("b"),
+                    Wait(4),
+                    End("a", Succeeded),
+                    Wait(1),
+                    End("b", TimedOut),
+                ],
+            )
+            .expect(
+                &["start a#1", "start b#1", "stop b Timeout", "run failed"],
+                "a=succeeded b=timed_out",
             ),
             case(
                 "a timed-out attempt is retried",
