@@ -245,15 +245,8 @@ impl Dispatcher {
         self.inner.wire.clone()
     }
 
-    /// The workers that have registered, with the age of their last heartbeat.
-    pub fn workers(&self) -> Vec<(protocol::WorkerInfo, Duration)> {
-        let inner = Arc::clone(&self.inner);
-        self.inner
-            .handle
-            .block_on(async move { inner.workers().await })
-    }
-
-    /// Sends a control message to a worker.
+    /// Sends a control message to a worker and waits until NATS has it. It blocks: call
+    /// it from a thread outside any async runtime (the API uses `spawn_blocking`).
     pub fn control(&self, worker: &str, control: &Control) -> Result<(), String> {
         let inner = Arc::clone(&self.inner);
         let subject = protocol::control_subject(worker);
