@@ -548,25 +548,30 @@ impl Inner {
             let Some(reply) = message.reply.clone() else {
                 continue;
             };
-            let answer = match serde_json::from_slice::<ClaimRequest>(&message.payload) {
-                Ok(request) => {
-                    let me = Arc::clone(&self);
-                    tokio::task::spawn_blocking(move || me.claim(&request))
-                        .await
-                        .unwrap_or_else(|err| ClaimReply {
-                            token: None,
-                            refused: Some(err.to_string()),
-                            retry: true,
-                        })
-                }
-                Err(err) => ClaimReply {
-                    token: None,
-                    refused: Some(format!("not a claim: {err}")),
-                    retry: false,
-                },
-            };
-            let payload = serde_json::to_vec(&answer).unwrap_or_default();
-            let _ = self.client.publish(reply, payload.into()).await;
+            // Each claim on a task of its own: their durable writes overlap (the store's
+            // flushes of claims in flight together), and one slow flush holds up no other.
+            let me = Arc::clone(&self);
+            tokio::spawn(async move {
+                let answer = match serde_json::from_slice::<ClaimRequest>(&message.payload) {
+                    Ok(request) => {
+                        let deciding = Arc::clone(&me);
+                        tokio::task::spawn_blocking(move || deciding.claim(&request))
+                            .await
+                            .unwrap_or_else(|err| ClaimReply {
+                                token: None,
+                                refused: Some(err.to_string()),
+                                retry: true,
+                            })
+                    }
+                    Err(err) => ClaimReply {
+                        token: None,
+                        refused: Some(format!("not a claim: {err}")),
+                        retry: false,
+                    },
+                };
+                let payload = serde_json::to_vec(&answer).unwrap_or_default();
+                let _ = me.client.publish(reply, payload.into()).await;
+            });
         }
     }
 
@@ -581,8 +586,8 @@ impl Inner {
             }
         };
         let refuse = |why: String| refuse_as(why, false);
-        let mut pending = self.pending.lock().unwrap();
-        let Some(p) = pending.get_mut(&request.key) else {
+        let pending = self.pending.lock().unwrap();
+        let Some(p) = pending.get(&request.key) else {
             return refuse("the attempt is no longer waiting for a worker".into());
         };
         if let Some(claim) = &p.claim {
@@ -614,9 +619,22 @@ impl Inner {
         let Some(store) = self.store.get() else {
             return refuse_as("the controller is starting".into(), true);
         };
+        // The durable write without the pending table's lock: the store's compare-and-swap
+        // decides between concurrent claims, so the engine, the reports and other claims go
+        // on while it is flushed.
+        drop(pending);
         match store.insert_state_once(CLAIMS_TREE, &request.key, &claim, true) {
             Ok(true) => {}
-            Ok(false) => return refuse("already claimed".into()),
+            Ok(false) => {
+                return match store.state::<Claim>(CLAIMS_TREE, &request.key) {
+                    Ok(Some(first)) if first.worker == request.worker => ClaimReply {
+                        token: Some(first.token),
+                        refused: None,
+                        retry: false,
+                    },
+                    _ => refuse("already claimed".into()),
+                }
+            }
             Err(err) => {
                 return refuse_as(
                     format!("the controller cannot record the claim: {err}"),
@@ -624,6 +642,11 @@ impl Inner {
                 )
             }
         }
+        let mut pending = self.pending.lock().unwrap();
+        let Some(p) = pending.get_mut(&request.key).filter(|p| p.claim.is_none()) else {
+            // It ended (stopped, timed out) while its claim was written.
+            return refuse("the attempt is no longer waiting for a worker".into());
+        };
         p.claim = Some(Granted {
             worker: request.worker.clone(),
             token,

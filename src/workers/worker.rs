@@ -527,7 +527,9 @@ impl Worker {
                 return;
             }
         };
-        let _ = message.double_ack().await;
+        // Acked once granted; an ack that never arrives brings the message back after the
+        // delivery wait, and its claim is then refused as taken.
+        let _ = message.ack().await;
         let control = StepControl::new();
         let ended_by = Arc::new(Mutex::new(None));
         {
@@ -555,12 +557,35 @@ impl Worker {
                 },
             );
         }
-        self.heartbeat().await;
-        self.execute(&item, token, control, &ended_by).await;
+        // The attempt's first lease is written beside its start, not before it: the
+        // controller counts the lease from its grant, and the periodic heartbeat renews it
+        // (and the worker's record) from then on.
+        tokio::join!(
+            self.renew_lease(&item.key, token),
+            self.execute(&item, token, control, &ended_by)
+        );
         self.attempts.lock().unwrap().running.remove(&item.key);
-        let _ = self.wire.leases.purge(&item.key).await;
         self.finished.fetch_add(1, Ordering::Relaxed);
-        self.heartbeat().await;
+        let leases = self.wire.leases.clone();
+        let key = item.key.clone();
+        tokio::spawn(async move {
+            let _ = leases.purge(&key).await;
+        });
+    }
+
+    /// Writes one attempt's lease (at its start; the heartbeat renews them all).
+    async fn renew_lease(&self, key: &str, token: u64) {
+        let began = Instant::now();
+        let lease = Lease {
+            worker: self.options.name.clone(),
+            token,
+        };
+        let value = serde_json::to_vec(&lease).unwrap_or_default();
+        if self.wire.leases.put(key, value.into()).await.is_ok() {
+            if let Some(r) = self.attempts.lock().unwrap().running.get_mut(key) {
+                r.renewed = r.renewed.max(began);
+            }
+        }
     }
 
     async fn execute(
