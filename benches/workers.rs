@@ -3,21 +3,23 @@
 //! processes of 8 slots on this machine. In one run:
 //!
 //! - a warm-up of 64 remote and 64 local steps, then each worker's idle RSS;
-//! - 1,000 no-op steps (`true`, fan-out, `max_parallel: 32`) with `runs_on` (on the
-//!   workers), and the same workflow without `runs_on` (local): steps per second from the
-//!   run's start to its end, as the run record says;
+//! - 1,000 no-op steps (`true`, fan-out: `depends_on: []`, `max_parallel: 32`) with
+//!   `runs_on` (on the workers), and the same workflow without `runs_on` (local): steps
+//!   per second from the run's start to its end, as the run record says; and for each
+//!   step, the engine's start instant (the step record's `started_at`) to its attempt's
+//!   start (the attempt record's, taken by the executor just before the spawn: on the
+//!   controller locally, on the worker after publish, pull, claim, ack and lease remotely).
+//!   The added latency per attempt is remote minus local at the same percentile;
 //! - 1,000 steps that print the clock as their process starts (`date +%s.%N`), remote and
-//!   local: for each step, the engine's start instant (the step record's `started_at`) to
-//!   the clock the process read. Locally that is the engine's own path and the spawn;
-//!   remotely it adds the publish, the pull, the claim and the report of the start. The
-//!   added latency is remote minus local at the same percentile;
+//!   local: the engine's start instant to the clock the process read (the spawn included,
+//!   which remotely happens in a worker, not in the controller);
 //! - every step of those runs must have exactly one attempt, succeeded, and the workers'
 //!   own step logs (one file per attempt key, in each worker's work directory) must count
 //!   one execution per step: nothing lost, nothing run twice;
 //! - then, with a 2 s lease (controller restarted, new workers), `kill -9` of the worker
 //!   running the most attempts of a 20-step workflow of `sleep 5` steps (`retries: 1`,
 //!   `retry_delay: 0`): the time from the kill to each of its attempts being declared lost
-//!   and to its retry's process running on another worker.
+//!   and to its retry starting on another worker (attempt records, in milliseconds).
 //!
 //! Prints a table (and writes `BENCH_JSON`, see `support`). The runs are the samples of one
 //! bench run whatever `BENCH_REPEATS` says (the p99 needs the 1,000 steps).
