@@ -200,7 +200,6 @@ fn main() {
     server.stop();
 
     // The table.
-    let ms = |v: f64| v;
     let mut report = Report::new("workers");
     let (remote_p50, remote_p99) = (
         percentile(&remote_latency, 0.5),
@@ -218,12 +217,12 @@ fn main() {
         Measurement::new(
             format!("{latency}, remote (4 workers × 8 slots), p50"),
             "ms",
-            ms(remote_p50),
+            remote_p50,
         )
         .reference("local", local_p50),
     );
     report.add(
-        Measurement::new(format!("{latency}, remote, p99"), "ms", ms(remote_p99))
+        Measurement::new(format!("{latency}, remote, p99"), "ms", remote_p99)
             .reference("local", local_p99),
     );
     report.add(
