@@ -328,3 +328,50 @@ fn a_worker_without_a_reachable_nats_says_so_and_exits_non_zero() {
         unreachable.stderr
     );
 }
+
+#[test]
+fn a_tls_only_nats_is_reached_through_the_configured_ca_and_refused_without_it() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(certs.path());
+    let nats = Nats::start_tls(&cert, &key);
+    let secured = project(&[(
+        "workflows/tls.yaml",
+        "id: wf_tls\nname: tls\nsteps:\n  - name: hi\n    runs_on: {}\n    env: {TOKEN: {secret: \"env:STEP_TOKEN\"}}\n    command: [\"sh\", \"-c\", \"echo token is $TOKEN\"]\n",
+    )]);
+    let dir = secured.path();
+    std::fs::copy(&ca, dir.join("nats-ca.pem")).unwrap();
+    append_config(
+        dir,
+        &format!(
+            "distributed:\n  nats:\n    url: tls://127.0.0.1:{}\n    tls_ca: nats-ca.pem\n  lease: {TEST_LEASE}\n",
+            nats.port
+        ),
+    );
+    let server = Server::start_with(dir, &[("STEP_TOKEN", "tls-secret-value")]);
+    let _worker = WorkerProcess::start(dir, "secure", "os=linux", 1);
+    let run = execute(dir, "tls");
+    let shown = finished_run(dir, &server, &run);
+    assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
+    assert_eq!(workers_of(&shown, "hi"), ["secure"]);
+    // The declared secret reached the worker over TLS and came back masked.
+    let logs = cli(dir, &["run", "logs", &run, "hi"]).expect_code(0);
+    assert!(logs.stdout.contains("token is ***"), "{}", logs.stdout);
+    assert!(!logs.stdout.contains("tls-secret-value"));
+
+    // Without the CA the server's certificate is not trusted: the worker says so.
+    let untrusting = project(&[]);
+    append_config(
+        untrusting.path(),
+        &format!(
+            "distributed:\n  nats:\n    url: tls://127.0.0.1:{}\n",
+            nats.port
+        ),
+    );
+    let refused = cli(untrusting.path(), &["worker", "--name", "doubter"]);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("cannot connect to NATS"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -23,6 +23,8 @@ pub(crate) struct Nats {
     pub(crate) port: u16,
     store: tempfile::TempDir,
     token: Option<String>,
+    /// `--tls --tlscert CERT --tlskey KEY` when set.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Nats {
@@ -33,6 +35,15 @@ impl Nats {
 
     /// Starts one that requires `token`.
     pub(crate) fn start_with_token(token: Option<&str>) -> Nats {
+        Nats::start_as(token, None)
+    }
+
+    /// Starts one that speaks only TLS, with this certificate and key.
+    pub(crate) fn start_tls(cert: &Path, key: &Path) -> Nats {
+        Nats::start_as(None, Some((cert.to_path_buf(), key.to_path_buf())))
+    }
+
+    fn start_as(token: Option<&str>, tls: Option<(PathBuf, PathBuf)>) -> Nats {
         let port = {
             let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
             listener.local_addr().unwrap().port()
@@ -42,6 +53,7 @@ impl Nats {
             port,
             store: tempfile::tempdir().expect("temp dir"),
             token: token.map(str::to_owned),
+            tls,
         };
         nats.spawn();
         nats
@@ -64,6 +76,14 @@ impl Nats {
             .stderr(Stdio::null());
         if let Some(token) = &self.token {
             command.args(["--auth", token]);
+        }
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
         }
         self.child = Some(command.spawn().expect(
             "start nats-server (Debian: apt-get install nats-server; ./scripts/test installs it)",
@@ -101,6 +121,77 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the openssl
+/// command line in `dir`: (ca.pem, server.pem, server.key).
+pub(crate) fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
 
 /// An `init`ed project whose controller uses `nats` with the tests' lease, with extra
