@@ -156,7 +156,7 @@ fn find(registry: &Registry, name: &str) -> Result<WorkerView, ApiError> {
     if let Some(worker) = registry.get(name) {
         return Ok(worker);
     }
-    let names: Vec<String> = registry.list().into_iter().map(|w| w.name).collect();
+    let names: Vec<String> = registry.list().into_iter().map(|w| w.worker.name).collect();
     let hint = crate::util::did_you_mean(name, names.iter().map(String::as_str))
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
@@ -201,7 +201,7 @@ async fn steer(state: &AppState, name: &str, control: Control) -> Result<WorkerV
         })?;
     let draining = control == Control::Drain;
     let seen = registry
-        .wait_for(name, CONFIRM_WAIT, |w| w.draining == draining)
+        .wait_for(name, CONFIRM_WAIT, |w| w.worker.draining == draining)
         .await;
     Ok(seen.unwrap_or(worker))
 }
@@ -218,7 +218,7 @@ pub fn prometheus(state: &AppState) -> String {
     let per_worker = |value: fn(&WorkerView) -> Option<f64>| {
         workers
             .iter()
-            .map(move |w| (w.name.clone(), value(w)))
+            .map(move |w| (w.worker.name.clone(), value(w)))
             .collect::<Vec<_>>()
     };
     scrape
@@ -232,13 +232,13 @@ pub fn prometheus(state: &AppState) -> String {
             "orchestrator_worker_slots",
             "Step attempts a worker runs at once.",
             "worker",
-            per_worker(|w| Some(f64::from(w.slots))),
+            per_worker(|w| Some(f64::from(w.worker.slots))),
         )
         .gauge_family(
             "orchestrator_worker_running_attempts",
             "Step attempts a worker runs now.",
             "worker",
-            per_worker(|w| Some(w.running.len() as f64)),
+            per_worker(|w| Some(w.worker.running.len() as f64)),
         )
         .gauge_family(
             "orchestrator_worker_heartbeat_age_seconds",

@@ -177,13 +177,13 @@ fn steer(context: &Context, command: &WorkerCommand) -> Result<u8> {
                 .iter()
                 .map(|w| {
                     [
-                        w.name.clone(),
+                        w.worker.name.clone(),
                         state_text(w),
-                        labels_text(&w.labels),
-                        format!("{}/{}", w.running.len(), w.slots),
+                        labels_text(&w.worker.labels),
+                        format!("{}/{}", w.worker.running.len(), w.worker.slots),
                         age_text(w.heartbeat_age_ms),
-                        w.version.clone(),
-                        format!("{} (pid {})", w.host, w.pid),
+                        w.worker.version.clone(),
+                        format!("{} (pid {})", w.worker.host, w.worker.pid),
                     ]
                 })
                 .collect();
@@ -220,20 +220,20 @@ fn steer(context: &Context, command: &WorkerCommand) -> Result<u8> {
             }
             let worker: WorkerView = serde_json::from_value(value)
                 .context("the server's worker is not in the expected shape")?;
-            let running = worker.running.len();
-            match (drain, worker.draining) {
+            let running = worker.worker.running.len();
+            match (drain, worker.worker.draining) {
                 (true, true) => println!(
                     "worker {} is draining: it finishes {running} running attempt(s) and takes no new work (`orchestrator worker resume {}` undoes it)",
-                    worker.name, worker.name
+                    worker.worker.name, worker.worker.name
                 ),
                 (true, false) => println!(
                     "worker {} was told to drain; it has not confirmed yet (`orchestrator worker show {}`)",
-                    worker.name, worker.name
+                    worker.worker.name, worker.worker.name
                 ),
-                (false, false) => println!("worker {} takes work again", worker.name),
+                (false, false) => println!("worker {} takes work again", worker.worker.name),
                 (false, true) => println!(
                     "worker {} was told to resume; it has not confirmed yet (`orchestrator worker show {}`)",
-                    worker.name, worker.name
+                    worker.worker.name, worker.worker.name
                 ),
             }
         }
@@ -255,7 +255,12 @@ pub fn workers_seen(
             .and_then(|value| {
                 serde_json::from_value::<Vec<WorkerView>>(value["workers"].clone()).ok()
             })
-            .map(|workers| workers.into_iter().map(|w| (w.name, w.labels)).collect()),
+            .map(|workers| {
+                workers
+                    .into_iter()
+                    .map(|w| (w.worker.name, w.worker.labels))
+                    .collect()
+            }),
         _ => {
             let data_dir = context.data_dir();
             if crate::store::Store::exists(&data_dir) {
@@ -286,16 +291,16 @@ fn show(output: OutputFormat, value: &Value) -> Result<()> {
         .context("the server's worker is not in the expected shape")?;
     let mut out = std::io::stdout().lock();
     let lines = [
-        ("name", w.name.clone()),
+        ("name", w.worker.name.clone()),
         ("state", state_text(&w)),
-        ("labels", labels_text(&w.labels)),
-        ("slots", w.slots.to_string()),
+        ("labels", labels_text(&w.worker.labels)),
+        ("slots", w.worker.slots.to_string()),
         ("heartbeat", age_text(w.heartbeat_age_ms)),
-        ("version", w.version.clone()),
-        ("host", w.host.clone()),
-        ("pid", w.pid.to_string()),
-        ("started", w.started_at.clone()),
-        ("finished", format!("{} attempt(s)", w.finished)),
+        ("version", w.worker.version.clone()),
+        ("host", w.worker.host.clone()),
+        ("pid", w.worker.pid.to_string()),
+        ("started", w.worker.started_at.clone()),
+        ("finished", format!("{} attempt(s)", w.worker.finished)),
         ("first seen", w.first_seen.clone()),
     ];
     for (label, text) in lines {
@@ -306,11 +311,12 @@ fn show(output: OutputFormat, value: &Value) -> Result<()> {
             super::manifests::escape_control(&text)
         )?;
     }
-    if w.running.is_empty() {
+    if w.worker.running.is_empty() {
         writeln!(out, "running:    nothing")?;
     } else {
         writeln!(out, "running:")?;
         let rows: Vec<[String; 3]> = w
+            .worker
             .running
             .iter()
             .map(|r| [r.run_id.clone(), r.step.clone(), r.attempt.to_string()])
@@ -332,7 +338,7 @@ fn print_value(output: OutputFormat, value: &Value) -> Result<()> {
 }
 
 fn state_text(w: &WorkerView) -> String {
-    match (w.state, w.draining) {
+    match (w.state, w.worker.draining) {
         (WorkerState::Lost, _) => "lost".to_owned(),
         (WorkerState::Up, true) => "draining".to_owned(),
         (WorkerState::Up, false) => "up".to_owned(),

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::dispatch::Dispatcher;
-use super::protocol::{RunningAttempt, WorkerInfo};
+use super::protocol::WorkerInfo;
 use crate::events::{Event, EventBus};
 use crate::store::{Store, StoreError};
 
@@ -53,29 +53,13 @@ pub enum WorkerState {
     Lost,
 }
 
-/// A worker as the API, the events and the dashboard show it.
+/// A worker as the API, the events and the dashboard show it: its own record (the
+/// running attempts left out once it is lost) and what this controller saw of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerView {
-    /// Its name.
-    pub name: String,
-    /// Its labels.
-    pub labels: BTreeMap<String, String>,
-    /// Attempts it runs at once.
-    pub slots: u32,
-    /// The attempts it runs now (run id, step, attempt number).
-    pub running: Vec<RunningAttempt>,
-    /// Whether it takes no new work (drained, or stopping).
-    pub draining: bool,
-    /// Its orchestrator version.
-    pub version: String,
-    /// Its host name.
-    pub host: String,
-    /// Its process id.
-    pub pid: u32,
-    /// When it started, RFC 3339.
-    pub started_at: String,
-    /// Attempts it has finished since it started.
-    pub finished: u64,
+    /// The worker's record, as its last heartbeat wrote it.
+    #[serde(flatten)]
+    pub worker: WorkerInfo,
     /// Milliseconds since its last heartbeat was seen; `null` for a worker known only from
     /// the store.
     pub heartbeat_age_ms: Option<u64>,
@@ -318,7 +302,7 @@ impl Registry {
             for worker in lost {
                 tracing::warn!(
                     "worker {} lost: no heartbeat for {}",
-                    worker.name,
+                    worker.worker.name,
                     crate::duration::format_duration(self.lease)
                 );
                 self.events.publish(Event::WorkerLost(
@@ -359,22 +343,13 @@ impl EventKind {
 }
 
 fn view(name: &str, k: &Known) -> WorkerView {
-    let info = &k.info;
+    let mut worker = k.info.clone();
+    name.clone_into(&mut worker.name);
+    if k.state != WorkerState::Up {
+        worker.running.clear();
+    }
     WorkerView {
-        name: name.to_owned(),
-        labels: info.labels.clone(),
-        slots: info.slots,
-        running: if k.state == WorkerState::Up {
-            info.running.clone()
-        } else {
-            Vec::new()
-        },
-        draining: info.draining,
-        version: info.version.clone(),
-        host: info.host.clone(),
-        pid: info.pid,
-        started_at: info.started_at.clone(),
-        finished: info.finished,
+        worker,
         heartbeat_age_ms: k.beat.map(|at| at.elapsed().as_millis() as u64),
         state: k.state,
         first_seen: k.first_seen.clone(),
