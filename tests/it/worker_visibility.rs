@@ -316,8 +316,7 @@ fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_wa
     assert_eq!(json["workers"][0]["name"], "rig-1");
 
     // A running attempt shows, with its run.
-    let started = cli(dir, &["workflow", "execute", "remote", "--detach"]).expect_code(0);
-    let run = run_id(&started.stdout);
+    let run = execute_detached(dir, "remote");
     let running = server.eventually("the attempt on rig-1", DEADLINE, || {
         let shown: Value = serde_json::from_str(
             &cli(dir, &["worker", "show", "rig-1", "-o", "json"])
@@ -391,8 +390,7 @@ fn the_workers_page_shows_a_real_worker_its_running_attempt_and_drains_and_resum
         let list = api.get("/api/workers").expect(200);
         (worker(&list, "rig-1")?["state"] == "up").then_some(())
     });
-    let started = cli(dir, &["workflow", "execute", "remote", "--detach"]).expect_code(0);
-    let run = run_id(&started.stdout);
+    let run = execute_detached(dir, "remote");
 
     runtime().block_on(async {
         let browser = Browser::start(DESKTOP).await;

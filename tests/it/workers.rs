@@ -10,32 +10,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Waits for a run to end; its `run show -o json`.
-fn finished_run(dir: &std::path::Path, server: &Server, run: &str) -> Value {
-    server.eventually("the run to finish", Duration::from_secs(60), || {
-        let shown = show(dir, run);
-        let status = shown["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (!matches!(status.as_str(), "queued" | "running")).then_some(shown)
-    })
-}
-
-fn execute(dir: &std::path::Path, workflow: &str) -> String {
-    let started = cli(dir, &["workflow", "execute", workflow, "--detach"]).expect_code(0);
-    run_id(&started.stdout)
-}
-
-fn workers_of(shown: &Value, step_name: &str) -> Vec<String> {
-    step(shown, step_name)["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a["worker"].as_str().map(str::to_owned))
-        .collect()
-}
-
 const FAN_OUT: &str = r#"id: wf_fan
 name: fan
 max_parallel: 8
@@ -80,8 +54,8 @@ fn a_dag_fans_out_over_three_workers_and_outputs_pass_between_remote_and_local_s
     let _workers: Vec<WorkerProcess> = (1..=3)
         .map(|i| WorkerProcess::start(dir, &format!("w{i}"), "pool=linux,os=linux", 1))
         .collect();
-    let run = execute(dir, "fan");
-    let shown = finished_run(dir, &server, &run);
+    let run = execute_detached(dir, "fan");
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
 
     let used: BTreeSet<String> = ["big", "s1", "s2", "s3", "s4", "s5"]
@@ -144,8 +118,8 @@ fn steps_go_only_to_workers_with_every_label_and_an_unmatched_step_fails_at_its_
     let server = Server::start(dir);
     let _plain = WorkerProcess::start(dir, "plain", "os=linux", 2);
     let _chrome = WorkerProcess::start(dir, "chrome", "os=linux,browser=chromium", 2);
-    let run = execute(dir, "labels");
-    let shown = finished_run(dir, &server, &run);
+    let run = execute_detached(dir, "labels");
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_eq!(shown["run"]["status"], "failed", "{shown:#}");
     assert_eq!(workers_of(&shown, "browser"), ["chrome"]);
     assert_eq!(step(&shown, "anywhere")["status"], "succeeded");
@@ -171,8 +145,8 @@ fn a_remote_test_runner_step_brings_back_its_junit_cases_and_artifact() {
     let dir = project.path();
     let server = Server::start(dir);
     let _worker = WorkerProcess::start(dir, "tester", "os=linux", 1);
-    let run = execute(dir, "remote_api");
-    let shown = finished_run(dir, &server, &run);
+    let run = execute_detached(dir, "remote_api");
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     // The scaffold's suite fails its `environment_ready` case without the setup step: the
     // failure travels back like the passes.
     let api = step(&shown, "api");
@@ -219,8 +193,8 @@ fn a_token_protected_nats_is_used_with_the_configured_token_reference() {
     );
     let server = Server::start(dir);
     let _worker = WorkerProcess::start(dir, "authed", "os=linux", 1);
-    let run = execute(dir, "one");
-    let shown = finished_run(dir, &server, &run);
+    let run = execute_detached(dir, "one");
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
     assert_eq!(workers_of(&shown, "hi"), ["authed"]);
 
@@ -349,8 +323,8 @@ fn a_tls_only_nats_is_reached_through_the_configured_ca_and_refused_without_it()
     );
     let server = Server::start_with(dir, &[("STEP_TOKEN", "tls-secret-value")]);
     let _worker = WorkerProcess::start(dir, "secure", "os=linux", 1);
-    let run = execute(dir, "tls");
-    let shown = finished_run(dir, &server, &run);
+    let run = execute_detached(dir, "tls");
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
     assert_eq!(workers_of(&shown, "hi"), ["secure"]);
     // The declared secret reached the worker over TLS and came back masked.

@@ -23,27 +23,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Waits for a run to end; its `run show -o json`.
-fn finished_run(dir: &Path, server: &Server, run: &str, within: Duration) -> Value {
-    server.eventually("the run to finish", within, || {
-        let shown = show(dir, run);
-        let status = shown["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (!matches!(status.as_str(), "queued" | "running")).then_some(shown)
-    })
-}
-
-fn execute(dir: &Path, workflow: &str) -> String {
-    let started = cli(dir, &["workflow", "execute", workflow, "--detach"]).expect_code(0);
-    run_id(&started.stdout)
-}
-
-fn attempts<'v>(shown: &'v Value, name: &str) -> &'v Vec<Value> {
-    step(shown, name)["attempts"].as_array().expect("attempts")
-}
-
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or_default()
 }
@@ -215,7 +194,10 @@ fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exa
     let mut delays = Vec::new();
     let mut young = 0;
     while killed_total < total {
-        let runs = [execute(dir, "chaos"), execute(dir, "chaos")];
+        let runs = [
+            execute_detached(dir, "chaos"),
+            execute_detached(dir, "chaos"),
+        ];
         // Per step of the round: its attempts lost other than by a kill that picked it
         // young (it ran beside the victim on the killed worker, or near its end): it may
         // have done its work before it was stopped. At least once, never recorded twice.
@@ -379,7 +361,7 @@ fn a_worker_cut_off_past_its_lease_is_refused_and_stops_its_own_step() {
     let dir = project.path();
     let server = Server::start(dir);
     let stale = WorkerProcess::start(dir, "stale", "pool=cut", 1);
-    let run = execute(dir, "cut");
+    let run = execute_detached(dir, "cut");
     let stale_pid = marks.path().join("stale.pid");
     wait_for_file(&stale_pid, "the step running on `stale`");
     let step_pid = read_pid(&stale_pid);
@@ -449,7 +431,7 @@ fn a_nats_server_restart_mid_run_loses_no_log_line_and_no_output() {
     let server = Server::start(dir);
     let _a = WorkerProcess::start(dir, "ra", "pool=r", 2);
     let _b = WorkerProcess::start(dir, "rb", "pool=r", 2);
-    let run = execute(dir, "restart");
+    let run = execute_detached(dir, "restart");
     for i in 0..4 {
         wait_for_file(
             &marks.path().join(format!("r{i}")),
@@ -505,8 +487,8 @@ fn a_cancelled_or_timed_out_remote_step_stops_its_processes_on_the_worker() {
     let dir = project.path();
     let server = Server::start(dir);
     let _worker = WorkerProcess::start(dir, "stopper", "pool=s", 2);
-    let hang = execute(dir, "hang");
-    let slow = execute(dir, "slow");
+    let hang = execute_detached(dir, "hang");
+    let slow = execute_detached(dir, "slow");
     let cancel_pid = marks.path().join("cancel.pid");
     wait_for_file(&cancel_pid, "the step to cancel");
     cli(dir, &["run", "cancel", &hang]).expect_code(0);
@@ -541,7 +523,7 @@ fn sigterm_drains_a_worker_it_finishes_its_step_takes_nothing_new_and_exits_0() 
     let dir = project.path();
     let server = Server::start(dir);
     let mut first = WorkerProcess::start(dir, "first", "pool=d", 1);
-    let run = execute(dir, "drain");
+    let run = execute_detached(dir, "drain");
     let taken = eventually("a step running on `first`", || {
         (0..3).find(|i| marks.path().join(format!("d{i}")).exists())
     });
@@ -582,7 +564,7 @@ fn sigint_twice_cancels_what_a_worker_runs_reports_it_and_exits() {
     let dir = project.path();
     let server = Server::start(dir);
     let mut worker = WorkerProcess::start(dir, "w-int", "pool=i", 1);
-    let run = execute(dir, "int");
+    let run = execute_detached(dir, "int");
     let pid_file = marks.path().join("int.pid");
     wait_for_file(&pid_file, "the step running");
     worker.signal(Signal::SIGINT);
@@ -618,7 +600,7 @@ fn on_worker_lost_fail_fails_the_step_without_a_retry_and_says_why() {
     let dir = project.path();
     let server = Server::start(dir);
     let mut worker = WorkerProcess::start(dir, "rig", "pool=f", 1);
-    let run = execute(dir, "fragile");
+    let run = execute_detached(dir, "fragile");
     let pid_file = marks.path().join("rig.pid");
     wait_for_file(&pid_file, "the step running");
     worker.kill9();
@@ -662,7 +644,7 @@ fn an_attempt_delivered_beyond_max_deliver_without_a_claim_fails_and_leaves_the_
     );
     let dir = project.path();
     let server = Server::start(dir);
-    let run = execute(dir, "never");
+    let run = execute_detached(dir, "never");
     // A broken worker: it takes each delivery and gives it back unclaimed.
     let labels = BTreeMap::from([("pool".to_owned(), "broken".to_owned())]);
     let consumer_name = orchestrator::workers::protocol::selector_consumer(
@@ -744,7 +726,7 @@ fn a_remote_steps_timeout_holds_on_the_worker_while_the_controller_is_away() {
     let dir = project.path();
     let server = Server::start(dir);
     let worker = WorkerProcess::start(dir, "alone", "pool=a", 1);
-    execute(dir, "away");
+    execute_detached(dir, "away");
     let pid_file = marks.path().join("away.pid");
     wait_for_file(&pid_file, "the step running");
     // The controller goes away: nobody is left to send the timeout's stop.

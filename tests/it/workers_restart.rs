@@ -11,18 +11,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-/// Waits for a run to end; its `run show -o json`.
-fn finished_run(dir: &Path, server: &Server, run: &str) -> Value {
-    server.eventually("the run to finish", Duration::from_secs(60), || {
-        let shown = show(dir, run);
-        let status = shown["run"]["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        (!matches!(status.as_str(), "queued" | "running")).then_some(shown)
-    })
-}
-
 fn log_of(dir: &Path, shown: &Value, name: &str) -> String {
     let log = step(shown, name)["log"].as_str().unwrap().to_owned();
     fs::read_to_string(dir.join("logs").join(log)).unwrap_or_default()
@@ -83,8 +71,7 @@ steps:
 /// Starts the workflow and waits until both waiting steps have said `before` (their logs
 /// reached the controller).
 fn start_and_wait_for_both(dir: &Path, server: &Server) -> String {
-    let started = cli(dir, &["workflow", "execute", "restart", "--detach"]).expect_code(0);
-    let run = run_id(&started.stdout);
+    let run = execute_detached(dir, "restart");
     server.eventually(
         "both remote steps to be waiting",
         Duration::from_secs(60),
@@ -158,7 +145,7 @@ fn a_controller_killed_while_remote_steps_run_picks_them_up_again_after_a_restar
     let mut server = Server::start(dir);
     // Released only once the new controller is up: the steps report to it.
     fs::write(&release, "go").unwrap();
-    let shown = finished_run(dir, &server, &run);
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_ran_once_each(dir, &shown);
     assert!(
         server
@@ -205,7 +192,7 @@ fn what_a_remote_step_reported_while_the_controller_was_down_is_applied_once_at_
     );
 
     let server = Server::start(dir);
-    let shown = finished_run(dir, &server, &run);
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_ran_once_each(dir, &shown);
 }
 
@@ -233,8 +220,7 @@ steps:
     let project = distributed_project(&nats, &[("workflows/unclaimed.yaml", &workflow)]);
     let dir = project.path();
     let mut server = Server::start(dir);
-    let started = cli(dir, &["workflow", "execute", "unclaimed", "--detach"]).expect_code(0);
-    let run = run_id(&started.stdout);
+    let run = execute_detached(dir, "unclaimed");
     // No worker yet: the remote attempt waits in the work stream, the local step runs.
     server.eventually("both steps to be running", Duration::from_secs(60), || {
         let shown = show(dir, &run);
@@ -247,7 +233,7 @@ steps:
     fs::write(&release, "go").unwrap();
     let server = Server::start(dir);
     let _worker = WorkerProcess::start(dir, "r1", "pool=linux", 1);
-    let shown = finished_run(dir, &server, &run);
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_eq!(shown["run"]["status"], "succeeded", "{shown:#}");
     let remote = step(&shown, "remote");
     assert_eq!(remote["attempts"].as_array().unwrap().len(), 1, "{shown:#}");
@@ -298,6 +284,6 @@ fn a_controller_stopped_with_sigterm_leaves_remote_steps_to_their_workers_and_re
 
     let server = Server::start(dir);
     fs::write(&release, "go").unwrap();
-    let shown = finished_run(dir, &server, &run);
+    let shown = finished_run(dir, &server, &run, Duration::from_secs(60));
     assert_ran_once_each(dir, &shown);
 }

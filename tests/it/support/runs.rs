@@ -67,3 +67,37 @@ pub(crate) fn assert_gone(pid_file: &Path) {
         || (!super::alive(pid)).then_some(()),
     );
 }
+
+/// `workflow execute WORKFLOW --detach` through the running server; the new run's id.
+pub(crate) fn execute_detached(dir: &Path, workflow: &str) -> String {
+    let started = cli(dir, &["workflow", "execute", workflow, "--detach"]).expect_code(0);
+    run_id(&started.stdout)
+}
+
+/// Waits (up to `within`, naming the server's stderr on failure) for a run to end; its
+/// `run show -o json`.
+pub(crate) fn finished_run(
+    dir: &Path,
+    server: &super::Server,
+    run: &str,
+    within: std::time::Duration,
+) -> Value {
+    server.eventually("the run to finish", within, || {
+        let shown = show(dir, run);
+        let status = shown["run"]["status"].as_str().unwrap_or_default();
+        (!matches!(status, "queued" | "running")).then_some(shown)
+    })
+}
+
+/// The attempts of the step called `name` in a run record.
+pub(crate) fn attempts<'v>(shown: &'v Value, name: &str) -> &'v Vec<Value> {
+    step(shown, name)["attempts"].as_array().expect("attempts")
+}
+
+/// The workers that ran the attempts of the step called `name`, in order.
+pub(crate) fn workers_of(shown: &Value, name: &str) -> Vec<String> {
+    attempts(shown, name)
+        .iter()
+        .filter_map(|a| a["worker"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -493,3 +493,23 @@ export function tabs(items, selected) {
   show(Math.max(0, items.findIndex((t) => t.id === selected)));
   return root;
 }
+
+// Buttons `data-action="ACTION" data-name="NAME"` inside `part` POST to
+// `${base}/NAME/ACTION`: the button is disabled while it goes, a toast says what became of
+// it (`done[ACTION]`, e.g. "Stopped"), and `reload` draws the page again after a success.
+export function actionButtons(part, api, base, done, reload) {
+  part.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const { action, name } = button.dataset;
+    button.disabled = true;
+    try {
+      await api.post(`${base}/${encodeURIComponent(name)}/${action}`);
+      toast(`${done[action] ?? action} ${name}`, "success");
+      await reload();
+    } catch (err) {
+      button.disabled = false;
+      if (err.name !== "AbortError") toast(`Could not ${action} ${name}: ${err.message}`, "error");
+    }
+  });
+}

@@ -4,7 +4,7 @@
 // step executions with links to their runs and logs. Live on agent_status_changed and
 // workflow_completed.
 
-import { html, setHTML, badge, relTime, duration, bytes, table, href, facts, debounce, toast, pageHeader, safeUrl } from "../lib/ui.js";
+import { html, setHTML, badge, relTime, duration, bytes, table, href, facts, debounce, actionButtons, pageHeader, safeUrl } from "../lib/ui.js";
 
 const RECENT = 8;
 
@@ -105,20 +105,7 @@ export async function render(ctx) {
     setHTML(part, agents.length ? html`${details}` : html`<p class="empty">No agents.</p>`);
   }
 
-  part.addEventListener("click", async (event) => {
-    const button = event.target.closest("button[data-action]");
-    if (!button) return;
-    const { action, name } = button.dataset;
-    button.disabled = true;
-    try {
-      await api.post(`/api/agents/${encodeURIComponent(name)}/${action}`);
-      toast(`${action === "stop" ? "Stopped" : "Started"} ${name}`, "success");
-      await load();
-    } catch (err) {
-      button.disabled = false;
-      if (err.name !== "AbortError") toast(`Could not ${action} ${name}: ${err.message}`, "error");
-    }
-  });
+  actionButtons(part, api, "/api/agents", { stop: "Stopped", start: "Started" }, load);
 
   await load();
   const soon = debounce(() => load().catch(() => {}), 300);

@@ -4,7 +4,7 @@
 // Live on worker_connected, worker_lost, worker_drained, worker_resumed and the steps'
 // events; the heartbeat ages tick every second between them.
 
-import { html, setHTML, badge, relTime, table, href, toast, pageHeader, debounce, duration } from "../lib/ui.js";
+import { html, setHTML, badge, relTime, table, href, pageHeader, debounce, actionButtons, duration } from "../lib/ui.js";
 
 function state(worker) {
   if (worker.state === "lost") return "lost";
@@ -114,20 +114,7 @@ export async function render(ctx) {
     show();
   }
 
-  part.addEventListener("click", async (event) => {
-    const button = event.target.closest("button[data-action]");
-    if (!button) return;
-    const { action, name } = button.dataset;
-    button.disabled = true;
-    try {
-      await api.post(`/api/workers/${encodeURIComponent(name)}/${action}`);
-      toast(`${action === "drain" ? "Draining" : "Resumed"} ${name}`, "success");
-      await load();
-    } catch (err) {
-      button.disabled = false;
-      if (err.name !== "AbortError") toast(`Could not ${action} ${name}: ${err.message}`, "error");
-    }
-  });
+  actionButtons(part, api, "/api/workers", { drain: "Draining", resume: "Resumed" }, load);
 
   await load();
   const soon = debounce(() => load().catch(() => {}), 200);
