@@ -45,7 +45,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{cli, command, eventually_every, project, sign, Api, Server, DEADLINE};
+use crate::support::{
+    cli, command, eventually_every, project, reliability_trials, seed_from, sign, Api, Rng, Server,
+    DEADLINE,
+};
 
 /// The webhook trigger's secret (`env:CRASH_WEBHOOK_SECRET`).
 const SECRET: &str = "crash-suite-secret";
@@ -59,46 +62,6 @@ const GENERATED: usize = 12;
 const POLL: Duration = Duration::from_millis(50);
 /// Where every step of the suite's workflows writes its run id when it starts.
 const STARTED_LOG: &str = "crash-started.log";
-
-/// Trials in all (split between the three modes): 20, or 200 with `ORCHESTRATOR_TEST_LONG=1`.
-fn trials() -> usize {
-    if std::env::var("ORCHESTRATOR_TEST_LONG").is_ok_and(|v| v == "1") {
-        200
-    } else {
-        20
-    }
-}
-
-/// `ORCHESTRATOR_CRASH_SEED`, or one taken from the clock.
-fn seed() -> u64 {
-    match std::env::var("ORCHESTRATOR_CRASH_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("ORCHESTRATOR_CRASH_SEED={text} is not a number")),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    }
-}
-
-/// SplitMix64: small, seedable, good enough to pick moments.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `low..high`.
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low)
-    }
-}
 
 /// What the workload does while the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -713,7 +676,7 @@ fn check_restart(
 
 /// Runs `count` trials of `mode` on one project.
 fn crash_trials(mode: Mode, count: usize) {
-    let seed = seed();
+    let seed = seed_from("ORCHESTRATOR_CRASH_SEED");
     let salt = match mode {
         Mode::Runs => 1,
         Mode::Webhooks => 2,
@@ -809,7 +772,7 @@ fn crash_trials(mode: Mode, count: usize) {
 /// This mode's share of the trials (at least a third of the total each, so the three add
 /// up to no fewer than the total).
 fn share() -> usize {
-    trials().div_ceil(3)
+    reliability_trials().div_ceil(3)
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -46,58 +46,6 @@ fn wait_gone(pid: u32, what: &str, within: Duration) {
     eventually_within(&format!("{what} (pid {pid}) to be gone"), within, || {
         (!alive(pid)).then_some(())
     });
-}
-
-/// A project whose controller uses `nats` with the tests' lease and `extra` settings of
-/// `distributed:`.
-fn project_with(nats: &Nats, extra: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
-    let project = project(files);
-    append_config(
-        project.path(),
-        &format!(
-            "distributed:\n  nats:\n    url: {}\n  lease: {TEST_LEASE}\n{extra}",
-            nats.url()
-        ),
-    );
-    project
-}
-
-/// Kills: 20, or 200 with `ORCHESTRATOR_TEST_LONG=1`.
-fn kills() -> usize {
-    if std::env::var("ORCHESTRATOR_TEST_LONG").is_ok_and(|v| v == "1") {
-        200
-    } else {
-        20
-    }
-}
-
-/// SplitMix64, to pick moments and victims from a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low)
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("ORCHESTRATOR_FAULTS_SEED") {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .expect("ORCHESTRATOR_FAULTS_SEED is a number"),
-        Err(_) => SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-    }
 }
 
 /// Steps in each run of the kill suite, and how long each sleeps.
@@ -166,9 +114,9 @@ fn running_steps(marks: &Path) -> Vec<Seen> {
 
 #[test]
 fn kill_9_of_workers_mid_step_retries_each_attempt_elsewhere_and_it_succeeds_exactly_once() {
-    let seed = seed();
+    let seed = seed_from("ORCHESTRATOR_FAULTS_SEED");
     let mut rng = Rng(seed);
-    let total = kills();
+    let total = reliability_trials();
     eprintln!("kill -9 suite: {total} kills, seed {seed} (ORCHESTRATOR_FAULTS_SEED={seed} replays its choices)");
     let began = Instant::now();
     let nats = Nats::start();
@@ -634,7 +582,7 @@ fn an_attempt_delivered_beyond_max_deliver_without_a_claim_fails_and_leaves_the_
     use futures_util::StreamExt;
 
     let nats = Nats::start();
-    let project = project_with(
+    let project = distributed_project_with(
         &nats,
         "  max_deliver: 2\n",
         &[(

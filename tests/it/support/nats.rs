@@ -197,11 +197,21 @@ pub(crate) fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// An `init`ed project whose controller uses `nats` with the tests' lease, with extra
 /// files.
 pub(crate) fn distributed_project(nats: &Nats, files: &[(&str, &str)]) -> tempfile::TempDir {
+    distributed_project_with(nats, "", files)
+}
+
+/// [`distributed_project`] with `extra` settings of `distributed:` (YAML lines indented
+/// by two spaces).
+pub(crate) fn distributed_project_with(
+    nats: &Nats,
+    extra: &str,
+    files: &[(&str, &str)],
+) -> tempfile::TempDir {
     let project = project(files);
     append_config(
         project.path(),
         &format!(
-            "distributed:\n  nats:\n    url: {}\n  lease: {TEST_LEASE}\n",
+            "distributed:\n  nats:\n    url: {}\n  lease: {TEST_LEASE}\n{extra}",
             nats.url()
         ),
     );
