@@ -171,7 +171,7 @@ struct Inner {
     settings: DispatchSettings,
     handle: tokio::runtime::Handle,
     pending: Mutex<HashMap<String, Pending>>,
-    snapshots: tokio::sync::Mutex<HashMap<String, String>>,
+    snapshots: tokio::sync::Mutex<Snapshots>,
     consumers: tokio::sync::Mutex<HashSet<String>>,
     counters: Counters,
     /// Set by [`Dispatcher::open`]: until then no claim is answered and no report applied,
@@ -207,7 +207,7 @@ impl Dispatcher {
             settings,
             handle,
             pending: Mutex::new(HashMap::new()),
-            snapshots: tokio::sync::Mutex::new(HashMap::new()),
+            snapshots: tokio::sync::Mutex::new(Snapshots::default()),
             consumers: tokio::sync::Mutex::new(HashSet::new()),
             counters: Counters::default(),
             opened: tokio::sync::watch::Sender::new(false),
@@ -352,6 +352,15 @@ impl Drop for Dispatcher {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The project snapshots handed out: each run's (its retries run in the same files), and
+/// the last one packed with the fingerprint of the files it was packed from, so a run
+/// whose project did not change reads no file.
+#[derive(Default)]
+struct Snapshots {
+    of_run: HashMap<String, String>,
+    last: Option<(String, String)>,
 }
 
 /// Stops a remote attempt: before a claim, it ends at once; after, its worker is told.
@@ -514,32 +523,48 @@ impl Inner {
         }
     }
 
-    /// The snapshot of the project for a run, packed and uploaded once per run (and once
-    /// per content).
+    /// The snapshot of the project for a run: the same for all its attempts; packed again
+    /// only when the files' fingerprint changed, uploaded once per content.
     async fn snapshot(&self, run_id: &str) -> Result<String, String> {
         let mut snapshots = self.snapshots.lock().await;
-        if let Some(name) = snapshots.get(run_id) {
+        if let Some(name) = snapshots.of_run.get(run_id) {
             return Ok(name.clone());
         }
         let project_dir = self.settings.project_dir.clone();
         let skip = self.settings.skip.clone();
-        let packed = tokio::task::spawn_blocking(move || snapshot::pack(&project_dir, &skip))
-            .await
-            .map_err(|err| err.to_string())?
-            .map_err(|err| format!("cannot pack the project: {err}"))?;
-        if self.wire.files.info(&packed.name).await.is_err() {
-            let mut bytes = packed.bytes.as_slice();
-            self.wire
-                .files
-                .put(packed.name.as_str(), &mut bytes)
+        let fingerprint = {
+            let (project_dir, skip) = (project_dir.clone(), skip.clone());
+            tokio::task::spawn_blocking(move || snapshot::fingerprint(&project_dir, &skip))
                 .await
-                .map_err(|err| format!("cannot upload the project snapshot: {err}"))?;
+                .map_err(|err| err.to_string())?
+                .map_err(|err| format!("cannot read the project: {err}"))?
+        };
+        let name = match &snapshots.last {
+            // Nothing changed since the last pack: its object serves this run too.
+            Some((seen, name)) if *seen == fingerprint => name.clone(),
+            _ => {
+                let packed =
+                    tokio::task::spawn_blocking(move || snapshot::pack(&project_dir, &skip))
+                        .await
+                        .map_err(|err| err.to_string())?
+                        .map_err(|err| format!("cannot pack the project: {err}"))?;
+                if self.wire.files.info(&packed.name).await.is_err() {
+                    let mut bytes = packed.bytes.as_slice();
+                    self.wire
+                        .files
+                        .put(packed.name.as_str(), &mut bytes)
+                        .await
+                        .map_err(|err| format!("cannot upload the project snapshot: {err}"))?;
+                }
+                snapshots.last = Some((fingerprint, packed.name.clone()));
+                packed.name
+            }
+        };
+        if snapshots.of_run.len() > 1000 {
+            snapshots.of_run.clear();
         }
-        if snapshots.len() > 1000 {
-            snapshots.clear();
-        }
-        snapshots.insert(run_id.to_owned(), packed.name.clone());
-        Ok(packed.name)
+        snapshots.of_run.insert(run_id.to_owned(), name.clone());
+        Ok(name)
     }
 
     async fn serve_claims(self: Arc<Self>, mut claims: async_nats::Subscriber) {

@@ -51,6 +51,33 @@ pub fn pack(project_dir: &Path, skip: &[PathBuf]) -> std::io::Result<Snapshot> {
     Ok(Snapshot { name, bytes })
 }
 
+/// What the files of a snapshot look like without reading them: a hash of each file's
+/// path, size, change and modification times (nanoseconds) and mode, in path order. Two
+/// equal fingerprints mean the files were not touched in between, so the last pack of the
+/// project can be used again instead of reading every file.
+pub fn fingerprint(project_dir: &Path, skip: &[PathBuf]) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files = Vec::new();
+    walk(project_dir, project_dir, skip, &mut files)?;
+    files.sort();
+    let mut hash = Sha256::new();
+    for relative in files {
+        let meta = fs::symlink_metadata(project_dir.join(&relative))?;
+        hash.update(relative.as_os_str().as_encoded_bytes());
+        for number in [
+            meta.size(),
+            meta.mtime() as u64,
+            meta.mtime_nsec() as u64,
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+            u64::from(meta.mode()),
+        ] {
+            hash.update(number.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
 fn walk(
     root: &Path,
     dir: &Path,
@@ -121,8 +148,17 @@ mod tests {
         let first = pack(root, &skip).unwrap();
         let second = pack(root, &skip).unwrap();
         assert_eq!(first.name, second.name);
+        let untouched = fingerprint(root, &skip).unwrap();
+        assert_eq!(fingerprint(root, &skip).unwrap(), untouched);
+        fs::write(root.join("data/db"), "other state").unwrap();
+        assert_eq!(
+            fingerprint(root, &skip).unwrap(),
+            untouched,
+            "skipped files"
+        );
         fs::write(root.join("suites/api.sh"), "echo changed\n").unwrap();
         assert_ne!(pack(root, &skip).unwrap().name, first.name);
+        assert_ne!(fingerprint(root, &skip).unwrap(), untouched);
 
         let out = tempfile::tempdir().unwrap();
         let target = out.path().join("ws");
