@@ -109,6 +109,22 @@ pub struct TestSummary {
     pub errors: u32,
     /// Skipped.
     pub skipped: u32,
+    /// Failing cases that passed in the workflow's run before (or are new).
+    #[serde(default)]
+    pub new_failures: u32,
+    /// Failing cases that failed in the run before too.
+    #[serde(default)]
+    pub still_failing: u32,
+    /// Passing cases that failed in the run before.
+    #[serde(default)]
+    pub fixed: u32,
+    /// Cases with a flaky result: passed and failed on the same revision, or flipping
+    /// often (see `tests` in the configuration).
+    #[serde(default)]
+    pub flaky: u32,
+    /// Failing cases a Quarantine manifest covers: they fail no step.
+    #[serde(default)]
+    pub quarantined: u32,
 }
 
 impl TestSummary {
@@ -123,8 +139,44 @@ impl TestSummary {
                 TestStatus::Error => summary.errors += 1,
                 TestStatus::Skipped => summary.skipped += 1,
             }
+            match case.class {
+                Some(TestClass::NewFailure) => summary.new_failures += 1,
+                Some(TestClass::StillFailing) => summary.still_failing += 1,
+                Some(TestClass::Fixed) => summary.fixed += 1,
+                Some(TestClass::Flaky) => summary.flaky += 1,
+                Some(TestClass::Quarantined) => summary.quarantined += 1,
+                Some(TestClass::Passed | TestClass::Skipped) | None => {}
+            }
         }
         summary
+    }
+
+    /// The counts as people read them: "212 passed, 2 new failures, 1 flaky, 3
+    /// quarantined". Failures are told apart by class when the cases were classified;
+    /// unclassified failures are said as "N failed".
+    pub fn describe(&self) -> String {
+        let failing = self.failed + self.errors;
+        let classified_failures = self.new_failures + self.still_failing + self.quarantined;
+        let mut parts = vec![format!("{} passed", self.passed)];
+        let mut say = |count: u32, one: &str, many: &str| {
+            if count > 0 {
+                parts.push(format!("{count} {}", if count == 1 { one } else { many }));
+            }
+        };
+        say(self.new_failures, "new failure", "new failures");
+        say(self.still_failing, "still failing", "still failing");
+        say(self.flaky, "flaky", "flaky");
+        say(self.quarantined, "quarantined", "quarantined");
+        // Failures of cases no history classified (a step whose results were not
+        // recorded): flaky cases may be among the failing ones, so they are taken off too.
+        say(
+            failing.saturating_sub(classified_failures + self.flaky),
+            "failed",
+            "failed",
+        );
+        say(self.fixed, "fixed", "fixed");
+        say(self.skipped, "skipped", "skipped");
+        parts.join(", ")
     }
 
     /// Adds another summary to this one.
@@ -134,6 +186,11 @@ impl TestSummary {
         self.failed += other.failed;
         self.errors += other.errors;
         self.skipped += other.skipped;
+        self.new_failures += other.new_failures;
+        self.still_failing += other.still_failing;
+        self.fixed += other.fixed;
+        self.flaky += other.flaky;
+        self.quarantined += other.quarantined;
     }
 }
 
@@ -149,6 +206,52 @@ pub enum TestStatus {
     Error,
     /// Skipped (`<skipped>`).
     Skipped,
+}
+
+/// What a case's result means against its history (see `store::tests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TestClass {
+    /// Failed, and its last result in an earlier run was not a failure (or it is new).
+    NewFailure,
+    /// Failed, as it did in the run before.
+    StillFailing,
+    /// Passed after failing in the run before.
+    Fixed,
+    /// Passed and failed on the same revision, or flips often.
+    Flaky,
+    /// Failed, and a Quarantine manifest covers it: it fails no step.
+    Quarantined,
+    /// Passed, as before.
+    Passed,
+    /// Skipped.
+    Skipped,
+}
+
+impl TestClass {
+    /// Every class, in the order lists show them.
+    pub const ALL: [TestClass; 7] = [
+        TestClass::NewFailure,
+        TestClass::StillFailing,
+        TestClass::Fixed,
+        TestClass::Flaky,
+        TestClass::Quarantined,
+        TestClass::Passed,
+        TestClass::Skipped,
+    ];
+
+    /// The snake_case name, as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestClass::NewFailure => "new_failure",
+            TestClass::StillFailing => "still_failing",
+            TestClass::Fixed => "fixed",
+            TestClass::Flaky => "flaky",
+            TestClass::Quarantined => "quarantined",
+            TestClass::Passed => "passed",
+            TestClass::Skipped => "skipped",
+        }
+    }
 }
 
 /// One test case from a JUnit XML report.
@@ -174,6 +277,9 @@ pub struct TestCase {
     /// `<system-out>` and `<system-err>` of the case, capped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// What the result means against the test's history, once the run recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<TestClass>,
 }
 
 /// One attempt at a step (a step with retries has several).
@@ -349,6 +455,10 @@ pub struct RunRecord {
     /// The run this one re-runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// The revision it ran at: the commit a webhook named, else the source's applied
+    /// revision (`git:<sha>` or `dir:<digest>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// The process executing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -384,6 +494,8 @@ pub struct RunSummary {
     pub tests: TestSummary,
     /// The run this one re-runs.
     pub rerun_of: Option<String>,
+    /// The revision it ran at.
+    pub revision: Option<String>,
     /// How many steps it has.
     pub steps: usize,
 }
@@ -405,6 +517,7 @@ impl RunSummary {
             message: run.message.clone(),
             tests: run.tests,
             rerun_of: run.rerun_of.clone(),
+            revision: run.revision.clone(),
             steps: run.steps.len(),
         }
     }

@@ -401,6 +401,7 @@ mod tests {
             message: None,
             tests: TestSummary::default(),
             rerun_of: None,
+            revision: None,
             pid: None,
         };
         let case = |name: &str, status| TestCase {
@@ -412,6 +413,7 @@ mod tests {
             message: Some("<b>boom</b>".into()),
             details: None,
             output: None,
+            class: None,
         };
         let step = StepRecord {
             run_id: "run_1".into(),

@@ -489,6 +489,9 @@ fn run_trigger(
     if let Some(event) = &event {
         details.insert("event".into(), Value::from(event.clone()));
     }
+    if let Some(commit) = crate::triggers::commit_of(payload) {
+        details.insert("commit".into(), commit);
+    }
     let request = RunRequest {
         workflow: trigger.workflow.clone(),
         parameters,

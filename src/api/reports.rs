@@ -621,6 +621,7 @@ mod tests {
             message: (status == TestStatus::Failed).then(|| format!("{name} broke")),
             details: None,
             output: None,
+            class: None,
         }
     }
 
@@ -658,6 +659,7 @@ mod tests {
             message: None,
             tests: TestSummary::of(&cases),
             rerun_of: None,
+            revision: None,
             pid: None,
         };
         (record, vec![step])

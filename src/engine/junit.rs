@@ -128,6 +128,7 @@ pub fn parse_junit(xml: &str) -> Result<Vec<TestCase>, JunitError> {
                             message: None,
                             details: None,
                             output: None,
+                            class: None,
                         };
                         if empty {
                             cases.push(case);

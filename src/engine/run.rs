@@ -299,8 +299,20 @@ fn prepare_run(
         parameters,
         request.trigger.clone(),
     )?;
+    let mut run = run;
+    run.revision = run_revision(&request.trigger).or_else(|| record.applied_revision.clone());
     let steps = initial_steps(&run)?;
     Ok((run, steps))
+}
+
+/// The revision a trigger names: the commit of a webhook delivery (`git:<sha>`).
+fn run_revision(trigger: &Trigger) -> Option<String> {
+    trigger
+        .details
+        .get("commit")
+        .and_then(|commit| commit.get("sha"))
+        .and_then(Value::as_str)
+        .map(|sha| format!("git:{sha}"))
 }
 
 fn new_run(
@@ -341,6 +353,7 @@ fn new_run(
         message: None,
         tests: TestSummary::default(),
         rerun_of: None,
+        revision: None,
         pid: None,
     })
 }
@@ -424,6 +437,7 @@ pub fn create_rerun(
         },
     )?;
     run.rerun_of = Some(original.id.clone());
+    run.revision = original.revision.clone();
     let mut steps = initial_steps(&run)?;
     if from_failed {
         let previous = store.steps(&original.id)?;

@@ -471,6 +471,43 @@ pub fn changed_paths(payload: &Value) -> Option<Vec<String>> {
     Some(paths)
 }
 
+/// The commit a delivery is about, as a run records it in its trigger's `commit`
+/// details: the repository (`owner/name`), the head sha, the base sha a change is compared
+/// with (a push's `before`, a pull request's base), and the files a push listed. `None`
+/// when the payload names no commit (not a push or pull request).
+pub fn commit_of(payload: &Value) -> Option<Value> {
+    let text = |pointer: &str| {
+        payload
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let (sha, base) = match text("/pull_request/head/sha") {
+        Some(head) => (head, text("/pull_request/base/sha")),
+        None => (
+            text("/after").or_else(|| text("/head_commit/id"))?,
+            // A branch's first push has no `before` (all zeros).
+            text("/before").filter(|b| b.bytes().any(|c| c != b'0')),
+        ),
+    };
+    let mut commit = serde_json::Map::new();
+    if let Some(repository) = text("/repository/full_name") {
+        commit.insert("repository".into(), Value::from(repository));
+    }
+    commit.insert("sha".into(), Value::from(sha));
+    if let Some(base) = base {
+        commit.insert("base".into(), Value::from(base));
+    }
+    if let Some(url) = text("/repository/url").or_else(|| text("/repository/html_url")) {
+        commit.insert("repository_url".into(), Value::from(url));
+    }
+    if let Some(changed) = changed_paths(payload) {
+        commit.insert("changed_files".into(), Value::from(changed));
+    }
+    Some(Value::Object(commit))
+}
+
 /// What happened to one delivery at one trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -765,6 +802,27 @@ mod tests {
             t.filter(Some("pull_request"), &pull_request("opened", "main")),
             Ok(())
         );
+    }
+
+    #[test]
+    fn commits_of_pushes_and_pull_requests() {
+        let push = json!({"after": "b2", "before": "a1", "repository": {"full_name": "o/r"},
+            "commits": [{"added": ["x"], "modified": ["y"]}]});
+        assert_eq!(
+            commit_of(&push),
+            Some(
+                json!({"repository": "o/r", "sha": "b2", "base": "a1", "changed_files": ["x", "y"]})
+            )
+        );
+        let first = json!({"after": "b2", "before": "0000000000"});
+        assert_eq!(commit_of(&first), Some(json!({"sha": "b2"})));
+        let pr = json!({"action": "opened", "repository": {"full_name": "o/r"},
+            "pull_request": {"head": {"sha": "h"}, "base": {"sha": "b", "ref": "main"}}});
+        assert_eq!(
+            commit_of(&pr),
+            Some(json!({"repository": "o/r", "sha": "h", "base": "b"}))
+        );
+        assert_eq!(commit_of(&json!({"zen": "hi"})), None);
     }
 
     #[test]

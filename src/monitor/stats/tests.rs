@@ -35,6 +35,7 @@ fn run(id: &str, workflow: &str, status: Status, finished: &str, ms: u64) -> Run
         message: None,
         tests: TestSummary::default(),
         rerun_of: None,
+        revision: None,
         pid: None,
     }
 }
@@ -90,6 +91,7 @@ fn case(name: &str, status: TestStatus, time: f64) -> TestCase {
         message: None,
         details: None,
         output: None,
+        class: None,
     }
 }
 
