@@ -151,6 +151,31 @@ impl TestSummary {
         summary
     }
 
+    /// Every count, for the CLI's `tests:` line: "3 total, 2 passed, 1 failed, 0 errors, 0
+    /// skipped", then the classes there are ("; 1 new failure, 1 flaky").
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} total, {} passed, {} failed, {} errors, {} skipped",
+            self.total, self.passed, self.failed, self.errors, self.skipped
+        );
+        let classes: Vec<String> = [
+            (self.new_failures, "new failure", "new failures"),
+            (self.still_failing, "still failing", "still failing"),
+            (self.fixed, "fixed", "fixed"),
+            (self.flaky, "flaky", "flaky"),
+            (self.quarantined, "quarantined", "quarantined"),
+        ]
+        .into_iter()
+        .filter(|(count, _, _)| *count > 0)
+        .map(|(count, one, many)| format!("{count} {}", if count == 1 { one } else { many }))
+        .collect();
+        if !classes.is_empty() {
+            line.push_str("; ");
+            line.push_str(&classes.join(", "));
+        }
+        line
+    }
+
     /// The counts as people read them: "212 passed, 2 new failures, 1 flaky, 3
     /// quarantined". Failures are told apart by class when the cases were classified;
     /// unclassified failures are said as "N failed".
@@ -576,5 +601,43 @@ impl StepSummary {
             tests: TestSummary::of(&step.tests),
             outputs: step.outputs.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_tell_failures_apart_by_class() {
+        let summary = TestSummary {
+            total: 218,
+            passed: 212,
+            failed: 5,
+            errors: 1,
+            new_failures: 2,
+            flaky: 1,
+            quarantined: 3,
+            ..TestSummary::default()
+        };
+        assert_eq!(
+            summary.describe(),
+            "212 passed, 2 new failures, 1 flaky, 3 quarantined"
+        );
+        assert_eq!(
+            summary.line(),
+            "218 total, 212 passed, 5 failed, 1 errors, 0 skipped; 2 new failures, 1 flaky, 3 quarantined"
+        );
+        let unclassified = TestSummary {
+            total: 8,
+            passed: 2,
+            failed: 6,
+            ..TestSummary::default()
+        };
+        assert_eq!(unclassified.describe(), "2 passed, 6 failed");
+        assert_eq!(
+            unclassified.line(),
+            "8 total, 2 passed, 6 failed, 0 errors, 0 skipped"
+        );
     }
 }

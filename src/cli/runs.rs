@@ -232,11 +232,7 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     )?;
     let tests = run.tests;
     if tests.total > 0 {
-        writeln!(
-            out,
-            "\ntests: {} total, {} passed, {} failed, {} errors, {} skipped",
-            tests.total, tests.passed, tests.failed, tests.errors, tests.skipped
-        )?;
+        writeln!(out, "\ntests: {}", tests.line())?;
         for step in &steps {
             for case in step
                 .tests

@@ -525,10 +525,7 @@ fn print_event(event: &Event, color: bool, log_dir: &std::path::Path) {
 fn print_run_end(run: &RunRecord) -> u8 {
     let tests = run.tests;
     if tests.total > 0 {
-        println!(
-            "tests: {} total, {} passed, {} failed, {} errors, {} skipped",
-            tests.total, tests.passed, tests.failed, tests.errors, tests.skipped
-        );
+        println!("tests: {}", tests.line());
     }
     println!(
         "run {} {} in {}{}",

@@ -106,6 +106,36 @@ pub struct Config {
     /// Workers on NATS JetStream: absent, every step runs in this process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distributed: Option<DistributedConfig>,
+    /// Test history: how much is kept and when a test counts as flaky.
+    #[serde(default)]
+    pub tests: TestsConfig,
+}
+
+/// Test history settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestsConfig {
+    /// Results kept per test (default 200): older ones are removed as new ones come.
+    pub retention_runs: u32,
+    /// Days a result is kept (default 90).
+    pub retention_days: u32,
+    /// A test whose pass/fail flips this many times (default 3) within its last
+    /// `flaky_window` results is flaky.
+    pub flaky_flips: u32,
+    /// The results `flaky_flips` counts over (default 20); a test that passed and failed on
+    /// one revision stays flaky for this many results too.
+    pub flaky_window: u32,
+}
+
+impl Default for TestsConfig {
+    fn default() -> Self {
+        TestsConfig {
+            retention_runs: 200,
+            retention_days: 90,
+            flaky_flips: 3,
+            flaky_window: 20,
+        }
+    }
 }
 
 /// Where workers are reached and how long they may stay silent.

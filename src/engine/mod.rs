@@ -14,3 +14,4 @@ pub mod process;
 pub mod run;
 pub mod runner;
 pub mod settings;
+pub mod test_results;

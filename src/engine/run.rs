@@ -27,6 +27,7 @@ pub use super::machine::Event;
 use super::machine::{self, AgentSlots, Command, Input, Limits, Moment, RunMachine, Turn};
 use super::mask::StepLog;
 use super::process::signal_group;
+use super::test_results::TestRecorder;
 use crate::manifest::Kind;
 use crate::model::{Attempt, RunRecord, Status, StepRecord, TestSummary, Trigger};
 use crate::spec::params;
@@ -64,6 +65,8 @@ pub struct EngineConfig {
     /// run on workers stops driving them and is left `running` (its attempts go on), for
     /// the next start to resume ([`recover_or_resume`]).
     pub detach_remote: Arc<AtomicBool>,
+    /// Test history retention and the flaky rule.
+    pub tests: crate::config::TestsConfig,
 }
 
 impl AgentSlots for AgentSwitches {
@@ -689,6 +692,7 @@ pub fn execute_with_agents(
         base_env: base_env(&run).into(),
         stops: vec![None; spec.steps.len()],
         reports: vec![None; spec.steps.len()],
+        tests: TestRecorder::new(&run),
     };
     let (sender, receiver) = mpsc::channel::<AttemptMessage>();
     drive(
@@ -870,6 +874,7 @@ fn resume_run(
         base_env: base_env(&run).into(),
         stops: vec![None; spec.steps.len()],
         reports: vec![None; spec.steps.len()],
+        tests: TestRecorder::new(&run),
     };
     let (sender, receiver) = mpsc::channel::<AttemptMessage>();
     let mut local = std::collections::BTreeSet::new();
@@ -970,6 +975,7 @@ pub fn execute_resumed(
         base_env: base_env(&run).into(),
         stops,
         reports: vec![None; spec.steps.len()],
+        tests: TestRecorder::new(&run),
     };
     drive(
         &mut driver,
@@ -996,6 +1002,8 @@ struct Driver<'a> {
     stops: Vec<Option<Arc<dyn AttemptStop>>>,
     /// What a report step reports on, read when it first starts.
     reports: Vec<Option<Arc<ReportData>>>,
+    /// Records attempts' test cases into their history.
+    tests: TestRecorder,
 }
 
 impl Driver<'_> {
@@ -1022,6 +1030,21 @@ impl Driver<'_> {
                 return;
             }
             AttemptEvent::Finished(mut finished) => {
+                if !finished.outcome.tests.is_empty() {
+                    // Before the machine judges the attempt: a quarantined failure
+                    // neither fails the step nor retries it.
+                    let log = machine.steps().get(index).map(|s| s.log.clone());
+                    let config = self.config;
+                    let note = |text: &str| {
+                        let path = log.as_ref().map(|l| config.log_dir.join(l));
+                        if let Some(Ok(log)) = path.map(|p| StepLog::open(&p, config.max_log_bytes))
+                        {
+                            log.note(text);
+                        }
+                    };
+                    self.tests
+                        .record(self.store, &config.tests, number, &mut finished, &note);
+                }
                 if machine.ends_step(index, number, &finished)
                     && !finished.outcome.artifacts.is_empty()
                 {
@@ -1624,6 +1647,7 @@ mod tests {
             executor: Arc::clone(&executor) as Arc<dyn Executor>,
             history: Arc::default(),
             detach_remote: Arc::default(),
+            tests: Default::default(),
         };
         let workflow = json!({"name": "x", "steps": [
             {"name": "build"},

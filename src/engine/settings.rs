@@ -25,6 +25,7 @@ impl EngineConfig {
             executor: executor(&agent_switches, &agent_logs),
             history: Arc::default(),
             detach_remote: Arc::default(),
+            tests: config.config.tests,
             project_dir: config.project_dir.clone(),
             log_dir: config.resolve(&config.config.logging.dir),
             reports_dir: config.resolve(&config.config.reports_dir),

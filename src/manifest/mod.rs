@@ -28,11 +28,13 @@ pub enum Kind {
     Trigger,
     /// A custom dashboard page composed of widgets.
     Dashboard,
+    /// Tests whose failures fail no step, each with a reason, an owner and an expiry.
+    Quarantine,
 }
 
 impl Kind {
     /// Every kind, in the order objects are listed and applied.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Agent,
         Kind::WorkflowTemplate,
         Kind::Workflow,
@@ -40,6 +42,7 @@ impl Kind {
         Kind::Trigger,
         Kind::Alert,
         Kind::Dashboard,
+        Kind::Quarantine,
     ];
 
     /// The name used in manifests (`kind: Workflow`).
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Alert => "Alert",
             Kind::Trigger => "Trigger",
             Kind::Dashboard => "Dashboard",
+            Kind::Quarantine => "Quarantine",
         }
     }
 
@@ -65,6 +69,7 @@ impl Kind {
             Kind::Alert => "alert_",
             Kind::Trigger => "trg_",
             Kind::Dashboard => "dash_",
+            Kind::Quarantine => "qua_",
         }
     }
 
@@ -78,6 +83,7 @@ impl Kind {
             Kind::Alert => "alerts",
             Kind::Trigger => "triggers",
             Kind::Dashboard => "dashboards",
+            Kind::Quarantine => "quarantine",
         }
     }
 

@@ -26,6 +26,7 @@ pub fn schema_text(kind: Kind) -> &'static str {
         Kind::Alert => include_str!("../../schemas/alert.json"),
         Kind::Trigger => include_str!("../../schemas/trigger.json"),
         Kind::Dashboard => include_str!("../../schemas/dashboard.json"),
+        Kind::Quarantine => include_str!("../../schemas/quarantine.json"),
     }
 }
 
@@ -39,6 +40,7 @@ pub fn schema_file(kind: Kind) -> &'static str {
         Kind::Alert => "alert.json",
         Kind::Trigger => "trigger.json",
         Kind::Dashboard => "dashboard.json",
+        Kind::Quarantine => "quarantine.json",
     }
 }
 

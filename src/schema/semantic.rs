@@ -586,7 +586,7 @@ pub fn check_references(manifest: &Manifest, catalog: &Catalog) -> Vec<Diagnosti
                 check_run_parameters(manifest, catalog, workflow, &mut diagnostics);
             }
         }
-        Kind::Agent | Kind::Alert | Kind::Dashboard => {}
+        Kind::Agent | Kind::Alert | Kind::Dashboard | Kind::Quarantine => {}
     }
     diagnostics
 }

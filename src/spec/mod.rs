@@ -9,6 +9,7 @@ pub mod agents;
 pub mod alert;
 pub mod git;
 pub mod params;
+pub mod quarantine;
 pub mod schedule;
 pub mod trigger;
 pub mod workflow;

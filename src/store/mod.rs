@@ -9,6 +9,8 @@
 //! records; the rest is JSON. Writes go through one atomic batch and are flushed before the
 //! call returns, so whatever the caller then reports is on disk.
 
+pub mod test_history;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -364,8 +364,8 @@ fn the_watcher_applies_changes_keeps_the_last_good_version_and_prunes() {
     // `extra` does not exist when the server starts.
     edit_config(
         dir,
-        "paths: [workflows, templates, agents, schedules, alerts, triggers, dashboards]",
-        "paths: [workflows, templates, agents, schedules, alerts, triggers, dashboards, extra]",
+        "paths: [workflows, templates, agents, schedules, alerts, triggers, dashboards, quarantine]",
+        "paths: [workflows, templates, agents, schedules, alerts, triggers, dashboards, quarantine, extra]",
     );
     let server = Server::start(dir);
     let api = server.api();
