@@ -64,6 +64,10 @@ pub struct EngineConfig {
     /// run on workers stops driving them and is left `running` (its attempts go on), for
     /// the next start to resume ([`recover_or_resume`]).
     pub detach_remote: Arc<AtomicBool>,
+    /// The git source's `path` (the manifests' directory inside the repository) when the
+    /// configuration follows a git repository: impact selection reads changes from its
+    /// mirror (`engine::impact`).
+    pub git_source_path: Option<PathBuf>,
 }
 
 impl AgentSlots for AgentSwitches {
@@ -674,10 +678,11 @@ pub fn execute_with_agents(
         max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
         timeout: spec.timeout,
     };
+    let scope = run_scope(&run);
     let machine = RunMachine::new(
-        machine::plan(&spec, agents),
+        planned(store, config, &run, &spec, agents, &scope),
         steps,
-        run_scope(&run),
+        scope,
         limits,
         moment.instant,
     );
@@ -700,6 +705,24 @@ pub fn execute_with_agents(
         on_event,
         moment,
     )
+}
+
+/// The plan of a run's steps ([`machine::plan`]) with impact selection's decisions
+/// ([`super::impact::select`]) for the steps that select affected suites.
+fn planned(
+    store: &Store,
+    config: &EngineConfig,
+    run: &RunRecord,
+    spec: &WorkflowSpec,
+    agents: &BTreeMap<String, Value>,
+    scope: &Scope,
+) -> Vec<machine::StepPlan> {
+    let mut plan = machine::plan(spec, agents);
+    let selections = super::impact::select(store, config, run, spec, agents, scope);
+    for (planned, selection) in plan.iter_mut().zip(selections) {
+        planned.impact = selection;
+    }
+    plan
 }
 
 /// The loop of a run's execution, from `moment`: cancel requests, the machine's turns, the
@@ -853,10 +876,11 @@ fn resume_run(
         max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
         timeout: spec.timeout,
     };
+    let scope = run_scope(&run);
     let (machine, in_flight) = RunMachine::resume(
-        machine::plan(spec, agents),
+        planned(store, config, &run, spec, agents, &scope),
         steps,
-        run_scope(&run),
+        scope,
         limits,
         started,
         &moment,
@@ -1624,6 +1648,7 @@ mod tests {
             executor: Arc::clone(&executor) as Arc<dyn Executor>,
             history: Arc::default(),
             detach_remote: Arc::default(),
+            git_source_path: None,
         };
         let workflow = json!({"name": "x", "steps": [
             {"name": "build"},

@@ -387,6 +387,7 @@ steps:
             executor: Arc::new(executor),
             history: Arc::default(),
             detach_remote: Arc::default(),
+            git_source_path: None,
         };
         Engine {
             project,
