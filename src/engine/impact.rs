@@ -318,9 +318,10 @@ pub fn select(
 fn apply(plan: &ImpactPlan, steps: &[(usize, Selectable)], selections: &mut [Option<Selection>]) {
     for ((index, _), decision) in steps.iter().zip(&plan.steps) {
         let from = match &plan.baseline {
-            Baseline::Changes { from, files } => {
-                format!(" (changes: {} files from {from})", files.len())
-            }
+            Baseline::Changes { from, files } => match files.len() {
+                1 => format!(" (1 changed file, from {from})"),
+                n => format!(" ({n} changed files, from {from})"),
+            },
             Baseline::Unknown { .. } => String::new(),
         };
         selections[*index] = Some(Selection {

@@ -236,7 +236,10 @@ pub fn create_runs_in(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     requests: &[RunRequest],
 ) -> Result<Vec<Result<Created, EngineError>>, StoreError> {
-    let created: Vec<_> = requests.iter().map(|r| prepare_run(objects, r)).collect();
+    let created: Vec<_> = requests
+        .iter()
+        .map(|r| prepare_run(objects, r, &source_revisions(store)))
+        .collect();
     let mut any = false;
     for (run, steps) in created.iter().flatten() {
         store.save_run(Some(run), &steps.iter().collect::<Vec<_>>(), false)?;
@@ -254,7 +257,7 @@ pub fn create_run_in(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let created = prepare_run(objects, request)?;
+    let created = prepare_run(objects, request, &source_revisions(store))?;
     store.save_run(
         Some(&created.0),
         &created.1.iter().collect::<Vec<_>>(),
@@ -270,7 +273,7 @@ pub fn create_run_unflushed(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let created = prepare_run(objects, request)?;
+    let created = prepare_run(objects, request, &source_revisions(store))?;
     store.save_run(
         Some(&created.0),
         &created.1.iter().collect::<Vec<_>>(),
@@ -279,11 +282,25 @@ pub fn create_run_unflushed(
     Ok(created)
 }
 
+/// The revision each source (`dir`, `git`) was last reconciled at, by name.
+fn source_revisions(store: &Store) -> Vec<(String, String)> {
+    ["dir", "git"]
+        .iter()
+        .filter_map(|source| {
+            let status = store.source_status(source).ok().flatten()?;
+            Some(((*source).to_owned(), status.last_attempted_revision))
+        })
+        .collect()
+}
+
 /// The run and its queued steps for a request: the workflow found and expanded, the
-/// parameters checked. Nothing is written.
+/// parameters checked. Nothing is written. `sources` holds the revision each source was
+/// last reconciled at: a run records the one its workflow's source is at (the commit the
+/// project is at, not the older one its manifest last changed in).
 fn prepare_run(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
+    sources: &[(String, String)],
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
     let record = find_workflow_in(objects, &request.workflow)?;
     let spec = record.spec.clone().unwrap_or_default();
@@ -304,7 +321,16 @@ fn prepare_run(
         request.trigger.clone(),
     )?;
     let mut run = run;
-    run.revision = run_revision(&request.trigger).or_else(|| record.applied_revision.clone());
+    let current = record.applied_revision.as_deref().and_then(|applied| {
+        let (source, _) = applied.split_once(':')?;
+        sources
+            .iter()
+            .find(|(name, revision)| name == source && revision.starts_with(&format!("{source}:")))
+            .map(|(_, revision)| revision.clone())
+    });
+    run.revision = run_revision(&request.trigger)
+        .or(current)
+        .or_else(|| record.applied_revision.clone());
     let steps = initial_steps(&run)?;
     Ok((run, steps))
 }
