@@ -467,3 +467,33 @@ fn tests_affected_prints_the_plan_and_refuses_bad_revisions() {
         bad.stderr
     );
 }
+
+#[test]
+fn validation_names_a_bad_glob_and_a_select_that_cannot_apply() {
+    let agent = agent().replace("paths: [\"web/**\"]", "paths: [\"web/[\"]");
+    let project = crate::support::project(&[
+        ("agents/test_runner.yaml", &agent),
+        (
+            "workflows/misplaced.yaml",
+            "name: misplaced\nsteps:\n  - name: hello\n    select: affected\n    command: [\"true\"]\n",
+        ),
+    ]);
+    let run = orchestrator(project.path(), &["validate"]).expect_code(1);
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        out.contains("error: invalid glob `web/[`: unclosed character class; missing ']'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--> agents/test_runner.yaml:") && out.contains("at /suites/web/paths/0"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warning: `select: affected` chooses among test suites: it applies to `test_runner` `run_tests` steps"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--> workflows/misplaced.yaml:4:13 at /steps/0/select"),
+        "{out}"
+    );
+}
