@@ -497,3 +497,30 @@ fn validation_names_a_bad_glob_and_a_select_that_cannot_apply() {
         "{out}"
     );
 }
+
+#[test]
+fn the_published_schemas_accept_paths_and_select() {
+    let temp = temp_project();
+    let agent_file = temp.path().join("test_runner.yaml");
+    let workflow_file = temp.path().join("impact.yaml");
+    fs::write(&agent_file, agent()).unwrap();
+    let step_select = WORKFLOW.replace(
+        "    parameters: {test_suite: web}\n",
+        "    parameters: {test_suite: web}\n    select: all\n",
+    );
+    fs::write(&workflow_file, step_select).unwrap();
+    for (schema, file) in [("agent", &agent_file), ("workflow", &workflow_file)] {
+        let output = std::process::Command::new("check-jsonschema")
+            .args(["--disable-formats", "duration", "--schemafile"])
+            .arg(crate::support::repo_dir().join(format!("schemas/{schema}.json")))
+            .arg(file)
+            .output()
+            .expect("check-jsonschema is not installed: scripts/test installs it");
+        assert!(
+            output.status.success(),
+            "{schema}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
