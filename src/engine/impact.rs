@@ -182,7 +182,12 @@ fn baseline(store: &Store, run: &RunRecord, repos: &[Repo]) -> (Baseline, String
     // 2. The webhook's commit.
     if let Some(commit) = run.trigger.details.get("commit").and_then(Value::as_object) {
         let sha = text(commit, "sha").unwrap_or_default();
-        if let Some(files) = commit.get("changed_files").and_then(Value::as_array) {
+        // An empty list (a push of no new commit) says nothing: compare the commits instead.
+        if let Some(files) = commit
+            .get("changed_files")
+            .and_then(Value::as_array)
+            .filter(|files| !files.is_empty())
+        {
             let files: BTreeSet<String> = files
                 .iter()
                 .filter_map(Value::as_str)
@@ -328,5 +333,107 @@ fn apply(plan: &ImpactPlan, steps: &[(usize, Selectable)], selections: &mut [Opt
             skip: (!decision.run).then(|| decision.reason.clone()),
             note: format!("{}{from}", plan.note(decision)),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::ObjectStatus;
+
+    fn record(kind: Kind, id: &str, name: &str, file: &str) -> (ObjectKey, ObjectRecord) {
+        let key = ObjectKey {
+            kind,
+            id: id.to_owned(),
+        };
+        let record = ObjectRecord {
+            key: key.clone(),
+            name: name.to_owned(),
+            spec: Some(json!({})),
+            hash: None,
+            source_file: file.to_owned(),
+            status: ObjectStatus::Applied,
+            diagnostics: Vec::new(),
+            applied_revision: None,
+            attempted_revision: String::new(),
+            generation: 1,
+            applied_at: None,
+            updated_at: String::new(),
+        };
+        (key, record)
+    }
+
+    #[test]
+    fn the_workflows_manifests_are_its_directory_its_templates_and_its_agents() {
+        let objects: BTreeMap<ObjectKey, ObjectRecord> = [
+            record(Kind::Workflow, "wf_a", "a", "workflows/a.yaml"),
+            record(Kind::Workflow, "wf_b", "b", "other/b.yaml"),
+            record(Kind::WorkflowTemplate, "tpl_t", "t", "templates/t.yaml"),
+            record(
+                Kind::Agent,
+                "agent_test_runner",
+                "test_runner",
+                "agents/runner.yaml",
+            ),
+            record(Kind::Agent, "agent_other", "other", "agents2/other.yaml"),
+            record(Kind::Agent, "agent_top", "top", "top.yaml"),
+        ]
+        .into_iter()
+        .collect();
+        let used: BTreeSet<String> = ["test_runner".to_owned(), "top".to_owned()].into();
+        let workflow = json!({"expanded_from": "t"});
+        assert_eq!(
+            manifest_paths(&objects, "wf_a", &workflow, &used, "deploy/"),
+            [
+                "deploy/agents/",
+                "deploy/templates/",
+                "deploy/top.yaml",
+                "deploy/workflows/"
+            ]
+        );
+        assert_eq!(
+            manifest_paths(&objects, "wf_b", &json!({}), &BTreeSet::new(), ""),
+            ["other/"]
+        );
+    }
+
+    #[test]
+    fn only_test_runner_run_tests_steps_with_select_affected_are_selectable() {
+        let workflow = json!({"steps": [
+            {"name": "a", "agent": "test_runner", "action": "run_tests", "select": "affected",
+             "parameters": {"test_suite": "{{ params.suite }}"}},
+            {"name": "b", "agent": "runner", "action": "run_tests", "select": "affected",
+             "parameters": {"test_suite": "web"}},
+            {"name": "c", "agent": "test_runner", "action": "run_tests",
+             "parameters": {"test_suite": "api"}},
+            {"name": "d", "select": "affected", "command": ["true"]},
+            {"name": "e", "agent": "test_runner", "action": "setup_environment", "select": "affected",
+             "parameters": {"environment": "staging"}},
+        ]});
+        let spec = WorkflowSpec::compile(&workflow);
+        let agents: BTreeMap<String, Value> = [
+            (
+                "runner".to_owned(),
+                json!({"type": "test_runner", "suites": {"web": {"command": ["x"], "paths": ["web/**"]}}}),
+            ),
+            (
+                "test_runner".to_owned(),
+                json!({"type": "test_runner", "suites": {"api": {"command": ["x"], "paths": ["api/**"]}}}),
+            ),
+        ]
+        .into();
+        let mut scope = Scope::default();
+        scope.params.insert("suite".into(), json!("api"));
+        let (steps, claims) = selectables(&workflow, &spec, &agents, &scope, false);
+        let found: Vec<(usize, &str, &str, bool)> = steps
+            .iter()
+            .map(|(i, s)| (*i, s.step.as_str(), s.suite.as_str(), s.paths.is_some()))
+            .collect();
+        assert_eq!(found, [(0, "a", "api", true), (1, "b", "web", true)]);
+        assert_eq!(claims.len(), 2);
+        let (all, _) = selectables(&workflow, &spec, &agents, &scope, true);
+        assert_eq!(all.len(), 3, "`tests affected` plans every run_tests step");
     }
 }

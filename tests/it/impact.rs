@@ -323,6 +323,42 @@ fn the_git_source_compares_with_the_last_successful_revision_and_pushes_list_the
         "{}",
         log(&project, &run, "api")
     );
+
+    // A push that lists no files: its base and head are compared in the mirror.
+    let push = json!({
+        "ref": "refs/heads/main",
+        "before": first,
+        "after": second,
+        "repository": {"full_name": "acme/project"},
+        "commits": [],
+    });
+    let body = serde_json::to_vec(&push).unwrap();
+    let accepted = api
+        .post_with(
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", "impact-2"),
+                ("X-Hub-Signature-256", &sign("s3cret", &body)),
+            ],
+            body,
+        )
+        .expect(202);
+    let run = accepted["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    let shown = api.wait_finished(&run);
+    assert_eq!(
+        statuses(&shown),
+        ["api=skipped", "web=succeeded", "after_web=succeeded"]
+    );
+    assert!(
+        log(&project, &run, "web").contains(&format!(
+            "from the webhook's commit against its base ({}..{}) in the git source's repository",
+            &first[..7],
+            &second[..7]
+        )),
+        "{}",
+        log(&project, &run, "web")
+    );
 }
 
 #[test]
