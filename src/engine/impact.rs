@@ -88,6 +88,8 @@ pub fn selectables(
 /// is where the manifests' directories are in it): the directory of the workflow's file,
 /// of its template's, and of the Agent manifests of `agents_used` — any change there makes
 /// everything run. A manifest at the top of the manifests' tree counts as its file alone.
+/// When the manifests live in a directory of their own inside the repository (the git
+/// source's `path`, a project below the repository's top), that whole directory counts.
 pub fn manifest_paths(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     workflow_id: &str,
@@ -97,6 +99,9 @@ pub fn manifest_paths(
 ) -> Vec<String> {
     let template = workflow.get("expanded_from").and_then(Value::as_str);
     let mut paths = BTreeSet::new();
+    if !prefix.is_empty() {
+        paths.insert(prefix.to_owned());
+    }
     for record in objects.values().filter(|r| r.is_live()) {
         let ours = match record.key.kind {
             Kind::Workflow => record.key.id == workflow_id,
@@ -387,6 +392,7 @@ mod tests {
         assert_eq!(
             manifest_paths(&objects, "wf_a", &workflow, &used, "deploy/"),
             [
+                "deploy/",
                 "deploy/agents/",
                 "deploy/templates/",
                 "deploy/top.yaml",

@@ -449,7 +449,7 @@ fn tests_affected_prints_the_plan_and_refuses_bad_revisions() {
             "no-such-rev",
         ],
     );
-    assert_ne!(bad.code, 0);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(
         bad.stderr
             .contains("--from: `no-such-rev` is not a revision of the project's repository"),
@@ -468,7 +468,14 @@ fn tests_affected_prints_the_plan_and_refuses_bad_revisions() {
             "--to=--all",
         ],
     );
-    assert_ne!(bad.code, 0, "{}", bad.stdout);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("--to: `--all` is not a revision of the project's repository")
+            && bad.stderr.contains("expected a commit sha, branch or tag"),
+        "{}",
+        bad.stderr
+    );
     let bad = orchestrator(
         &dir,
         &[
@@ -480,7 +487,7 @@ fn tests_affected_prints_the_plan_and_refuses_bad_revisions() {
             &first,
         ],
     );
-    assert_ne!(bad.code, 0);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("wf_nope"), "{}", bad.stderr);
     let outside = temp.path().join("outside");
     orchestrator(temp.path(), &["init", "outside"]).expect_code(0);
@@ -495,7 +502,7 @@ fn tests_affected_prints_the_plan_and_refuses_bad_revisions() {
             "HEAD~1",
         ],
     );
-    assert_ne!(bad.code, 0);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(
         bad.stderr
             .contains("is not in a git work tree and follows no git source"),
