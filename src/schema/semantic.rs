@@ -754,6 +754,20 @@ fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Dia
                 diagnostics,
             );
         }
+        if step.get("select").and_then(Value::as_str) == Some(crate::spec::impact::AFFECTED) {
+            let agent_type = catalog
+                .agent_specs
+                .get(agent_name)
+                .and_then(|s| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or(agent_name);
+            if agent_type != "test_runner" || action != Some("run_tests") {
+                diagnostics.push(manifest.warning_at(
+                    &format!("/steps/{index}/select"),
+                    "`select: affected` chooses among test suites: it applies to `test_runner` `run_tests` steps, and this step runs whatever changed".to_owned(),
+                ));
+            }
+        }
         let runs_shell =
             agent.is_none() || (agent_name == "shell" && !catalog.agents.contains_key("shell"));
         if runs_shell && !has_command {

@@ -19,6 +19,7 @@ mod exact;
 mod flow;
 mod fuzz_regressions;
 mod git_source;
+mod impact;
 mod inputs;
 mod load;
 mod memo;
