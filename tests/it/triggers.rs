@@ -45,7 +45,7 @@ fn example(event: &str, pick: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// A push to a branch, with its commits (`refs/heads/master`, `after` 6113728f...).
-fn push_to_master() -> Value {
+pub(crate) fn push_to_master() -> Value {
     example("push", |x| {
         x["ref"] == "refs/heads/master" && x["deleted"] == false && x["commits"].is_array()
     })
