@@ -1000,10 +1000,7 @@ pub fn secret_references(manifest: &Manifest) -> Vec<(String, String)> {
             .pointer("/report_to/github/token")
             .and_then(Value::as_str)
         {
-            found.push((
-                "/report_to/github/token".to_owned(),
-                reference.to_owned(),
-            ));
+            found.push(("/report_to/github/token".to_owned(), reference.to_owned()));
         }
     }
     walk(&manifest.value, String::new(), &mut found);

@@ -195,7 +195,11 @@ fn hosts_of(api_url: &str) -> Vec<String> {
         .next()
         .unwrap_or_default();
     let host = host.rsplit('@').next().unwrap_or_default();
-    let host = host.split(':').next().unwrap_or_default().to_ascii_lowercase();
+    let host = host
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if host == "api.github.com" {
         vec!["github.com".to_owned(), "www.github.com".to_owned()]
     } else {
@@ -407,7 +411,13 @@ pub async fn run(shared: Arc<Reporting>, mut stop: watch::Receiver<bool>) {
             api_url: plan.report.api_url.clone(),
             updates: Vec::new(),
         };
-        tasks.spawn(report_run(Arc::clone(&shared), run.id, plan, record, receiver));
+        tasks.spawn(report_run(
+            Arc::clone(&shared),
+            run.id,
+            plan,
+            record,
+            receiver,
+        ));
     }
     // Runs still going are not reported further; what is being sent gets a moment.
     drop(runs);
@@ -515,7 +525,9 @@ async fn report_run(
             let last = record.updates.len() - 1;
             let update = &mut record.updates[last];
             let why = update.error.take().unwrap_or_default();
-            update.error = Some(format!("replaced by a newer state before it was sent ({why})"));
+            update.error = Some(format!(
+                "replaced by a newer state before it was sent ({why})"
+            ));
             continue;
         }
         if current.is_final() || wanted.changed().await.is_err() {
@@ -733,7 +745,11 @@ mod tests {
             let target = plan(&run, None, Some(url))
                 .unwrap_or_else(|| panic!("{url}"))
                 .target;
-            assert_eq!((target.owner.as_str(), target.repo.as_str()), ("octo", "hello"), "{url}");
+            assert_eq!(
+                (target.owner.as_str(), target.repo.as_str()),
+                ("octo", "hello"),
+                "{url}"
+            );
             assert_eq!(target.sha, sha);
         }
         for url in [
@@ -801,6 +817,9 @@ mod tests {
             statuses_url("https://ghe.example/api/v3", &target),
             "https://ghe.example/api/v3/repos/octo/hello.js/statuses/abc"
         );
-        assert_eq!(mask("token ghp_x said ghp_x", "ghp_x"), "token *** said ***");
+        assert_eq!(
+            mask("token ghp_x said ghp_x", "ghp_x"),
+            "token *** said ***"
+        );
     }
 }

@@ -149,7 +149,9 @@ fn conforms(request: &Recorded, prefix: &str) -> String {
             request.method, request.body
         )
     });
-    let properties = schema["properties"].as_object().expect("declared properties");
+    let properties = schema["properties"]
+        .as_object()
+        .expect("declared properties");
     for (field, value) in body {
         let declared = resolved(
             properties
@@ -322,7 +324,10 @@ fn settled(server: &Server, run: &str, state: &str, attempts: Option<u64>) -> Va
         DEADLINE,
         || {
             let detail = api.get(&format!("/api/runs/{run}")).expect(200);
-            let last = detail["commit_status"]["updates"].as_array()?.last()?.clone();
+            let last = detail["commit_status"]["updates"]
+                .as_array()?
+                .last()?
+                .clone();
             let done = last["state"] == state
                 && match attempts {
                     Some(n) => last["attempts"] == n,
@@ -489,7 +494,11 @@ fn a_failing_receiver_is_retried_and_one_that_keeps_failing_never_fails_the_run(
         "{}",
         shown.stdout
     );
-    assert!(shown.stdout.contains("status succeeded"), "{}", shown.stdout);
+    assert!(
+        shown.stdout.contains("status succeeded"),
+        "{}",
+        shown.stdout
+    );
     token_kept_secret(dir, &server, &run);
 }
 
