@@ -33,8 +33,9 @@ use crate::model::{RunRecord, Status};
 use crate::reconcile::view::View;
 use crate::store::{ObjectKey, Store};
 
-/// The state tree of the reports, keyed by run id.
-pub const STATE_TREE: &str = "commit_statuses";
+/// The state tree of the reports, keyed by run id (one of the store's
+/// [`RUN_STATE_TREES`](crate::store::RUN_STATE_TREES), trimmed with the runs).
+pub const STATE_TREE: &str = crate::store::RUN_STATE_TREES[0];
 
 /// GitHub's API when `api_url` is left out.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
