@@ -500,6 +500,24 @@ fn a_failing_receiver_is_retried_and_one_that_keeps_failing_never_fails_the_run(
         shown.stdout
     );
     token_kept_secret(dir, &server, &run);
+
+    // The run's dashboard page says it too, in a real browser.
+    crate::browser::runtime().block_on(async {
+        let browser = crate::browser::Browser::start((1280, 900)).await;
+        browser
+            .open(&format!("http://{}/#/runs/{run}", server.address), "runs")
+            .await;
+        let text = browser
+            .wait_text(
+                "[data-commit-status='error']",
+                "success not sent after 3 attempts: GitHub answered HTTP 500",
+            )
+            .await;
+        assert!(text.contains("orchestrator/api-tests"), "{text}");
+        assert!(!browser.text("body").await.contains(TOKEN));
+        browser.assert_no_errors("run page").await;
+        browser.close().await;
+    });
 }
 
 #[test]
