@@ -231,7 +231,7 @@ fn trigger(api_url: &str) -> String {
 path: /hooks/github
 provider: github
 workflow: wf_build
-events: [push]
+events: [push, pull_request]
 secret: file:secrets/github
 parameters:
   hold: "{{{{ payload.hold }}}}"
@@ -295,14 +295,24 @@ fn reporting_project(recorder: &HttpRecorder) -> (tempfile::TempDir, Server) {
 
 /// Delivers a signed push (with `hold` in its payload) and returns the run it started.
 fn deliver(server: &Server, delivery: &str, hold: bool) -> String {
-    let mut payload = push();
+    deliver_event(server, "push", push(), delivery, hold)
+}
+
+/// Delivers a signed `event` with `payload` (and `hold` in it); returns the run it started.
+fn deliver_event(
+    server: &Server,
+    event: &str,
+    mut payload: Value,
+    delivery: &str,
+    hold: bool,
+) -> String {
     payload["hold"] = json!(hold);
     let body = serde_json::to_vec(&payload).unwrap();
     let signature = sign(SECRET, &body);
     let reply: Reply = server.api().post_with(
         "/hooks/github",
         &[
-            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Event", event),
             ("X-GitHub-Delivery", delivery),
             ("X-Hub-Signature-256", &signature),
         ],
@@ -444,13 +454,29 @@ fn push_deliveries_report_pending_then_the_outcome_with_the_test_summary() {
         "{sent:#?}"
     );
 
+    // A pull request: its head commit, in its repository.
+    let pull = crate::triggers::pull_request("opened");
+    let head = pull["pull_request"]["head"]["sha"].as_str().unwrap();
+    let pull_repository = pull["repository"]["full_name"].as_str().unwrap();
+    let proposed = deliver_event(&server, "pull_request", pull.clone(), "pr-opened", false);
+    settled(&server, &proposed, "failure", None);
+    let requests = github.requests();
+    assert_eq!(requests.len(), 6, "{requests:#?}");
+    for request in &requests[4..] {
+        assert_eq!(
+            request.path,
+            format!("/api/v3/repos/{pull_repository}/statuses/{head}")
+        );
+    }
+    statuses(&github);
+
     // A run the API starts at a directory revision is at no GitHub commit: not reported.
     let api: Api = server.api();
     let manual = api.execute("wf_build", "{}");
     api.wait_finished(&manual);
     let detail = api.get(&format!("/api/runs/{manual}")).expect(200);
     assert!(detail.get("commit_status").is_none(), "{detail}");
-    assert_eq!(github.requests().len(), 4);
+    assert_eq!(github.requests().len(), 6);
     token_kept_secret(dir, &server, &run);
 }
 

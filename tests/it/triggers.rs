@@ -51,7 +51,7 @@ pub(crate) fn push_to_master() -> Value {
     })
 }
 
-fn pull_request(action: &str) -> Value {
+pub(crate) fn pull_request(action: &str) -> Value {
     example("pull_request", |x| x["action"] == action)
 }
 
