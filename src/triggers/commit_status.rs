@@ -386,6 +386,10 @@ pub async fn run(shared: Arc<Reporting>, mut stop: watch::Receiver<bool>) {
         let Some(run) = load(&shared, id) else {
             continue;
         };
+        if !finished && run.status.is_finished() {
+            // Over already: its `workflow_completed` reports it.
+            continue;
+        }
         let wanted = Wanted::of(&run);
         if let Some(sender) = runs.get(id) {
             if sender.send(wanted.clone()).is_ok() {
@@ -404,13 +408,22 @@ pub async fn run(shared: Arc<Reporting>, mut stop: watch::Receiver<bool>) {
         if !finished {
             runs.insert(id.clone(), sender);
         }
+        // What an earlier process reported of the run (its pending state, before a
+        // restart) stays in its record.
+        let earlier = match shared.store.state::<CommitStatusReport>(STATE_TREE, id) {
+            Ok(earlier) => earlier.map(|r| r.updates).unwrap_or_default(),
+            Err(err) => {
+                tracing::error!(run = %id, "commit status: cannot read the report: {err}");
+                Vec::new()
+            }
+        };
         let record = CommitStatusReport {
             repository: format!("{}/{}", plan.target.owner, plan.target.repo),
             sha: plan.target.sha.clone(),
             context: plan.context.clone(),
             target_url: target_url(&shared.base_url, &run.id),
             api_url: plan.report.api_url.clone(),
-            updates: Vec::new(),
+            updates: earlier,
         };
         tasks.spawn(report_run(
             Arc::clone(&shared),
@@ -775,6 +788,137 @@ mod tests {
             plan(&run, None, Some("https://github.com/octo/hello.git")),
             None
         );
+    }
+
+    /// A receiver on 127.0.0.1:0 answering its n-th request with `statuses[n]` (the last
+    /// repeats); the bodies it got are sent on the channel as they arrive.
+    fn receiver(statuses: &'static [u16]) -> (String, std::sync::mpsc::Receiver<Value>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (sender, bodies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let _ = sender.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                let status = statuses[n.min(statuses.len() - 1)];
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
+                );
+            }
+        });
+        (url, bodies)
+    }
+
+    /// The next body the receiver gets, waiting off the runtime's threads.
+    async fn next_body(
+        bodies: std::sync::mpsc::Receiver<Value>,
+    ) -> (Value, std::sync::mpsc::Receiver<Value>) {
+        tokio::task::spawn_blocking(move || {
+            let body = bodies
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a request");
+            (body, bodies)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newer_state_replaces_one_being_retried_and_a_refused_one_is_not_retried() {
+        // A server error (worth a retry), then a refusal (not worth one).
+        let (url, bodies) = receiver(&[503, 422]);
+        let project = tempfile::tempdir().unwrap();
+        std::fs::write(project.path().join("token"), "t0ken\n").unwrap();
+        let store = Arc::new(Store::empty().unwrap());
+        let shared = Arc::new(Reporting {
+            store: Arc::clone(&store),
+            view: Arc::new(View::default()),
+            events: EventBus::new(16),
+            project_dir: project.path().to_path_buf(),
+            base_url: "http://127.0.0.1:1".into(),
+            source_url: None,
+            attempts: 5,
+            // The pending state's retry is far off when the final state comes.
+            initial_backoff: Duration::from_secs(300),
+        });
+        let target = CommitTarget {
+            owner: "octo".into(),
+            repo: "hello".into(),
+            sha: "abc".into(),
+        };
+        let plan = Plan {
+            report: GithubReport {
+                token: "file:token".into(),
+                context: None,
+                api_url: format!("{url}/api/v3"),
+            },
+            target,
+            context: "ci".into(),
+        };
+        let record = CommitStatusReport {
+            repository: "octo/hello".into(),
+            sha: "abc".into(),
+            context: "ci".into(),
+            target_url: target_url("http://127.0.0.1:1", "run_01"),
+            api_url: plan.report.api_url.clone(),
+            updates: Vec::new(),
+        };
+        let (wanted, receiver) = watch::channel(Wanted {
+            state: "pending",
+            description: "running".into(),
+        });
+        let task = tokio::spawn(report_run(
+            Arc::clone(&shared),
+            "run_01".into(),
+            plan,
+            record,
+            receiver,
+        ));
+        let (body, bodies) = next_body(bodies).await;
+        assert_eq!(body["state"], "pending");
+        wanted
+            .send(Wanted {
+                state: "failure",
+                description: "1 passed, 1 new failure".into(),
+            })
+            .unwrap();
+        let (body, _bodies) = next_body(bodies).await;
+        assert_eq!(body["state"], "failure");
+        assert_eq!(body["description"], "1 passed, 1 new failure");
+        assert_eq!(body["target_url"], "http://127.0.0.1:1/#/runs/run_01");
+        // The refusal ends the task: the final state is not retried.
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the task ends after a refusal")
+            .unwrap();
+        let report: CommitStatusReport = store.state(STATE_TREE, "run_01").unwrap().unwrap();
+        let summary: Vec<(&str, u32, bool)> = report
+            .updates
+            .iter()
+            .map(|u| (u.state.as_str(), u.attempts, u.delivered))
+            .collect();
+        assert_eq!(summary, [("pending", 1, false), ("failure", 1, false)]);
+        let why = report.updates[0].error.as_deref().unwrap();
+        assert!(why.starts_with("replaced by a newer state"), "{why}");
+        assert!(why.contains("GitHub answered HTTP 503: nope"), "{why}");
+        assert_eq!(report.error(), Some("GitHub answered HTTP 422: nope"));
     }
 
     #[test]

@@ -348,6 +348,17 @@ fn settled(server: &Server, run: &str, state: &str, attempts: Option<u64>) -> Va
     )
 }
 
+/// A held run (`hold: true`) through to its end: its pending status settled first, then
+/// the run released (and the `release` file taken away for the next one); returns
+/// `GET /api/runs/{id}` once the final state settled (given up after `attempts`).
+fn through(server: &Server, dir: &Path, run: &str, state: &str, attempts: Option<u64>) -> Value {
+    settled(server, run, "pending", attempts);
+    std::fs::write(dir.join("release"), "").unwrap();
+    let detail = settled(server, run, state, attempts);
+    std::fs::remove_file(dir.join("release")).unwrap();
+    detail
+}
+
 /// What the run's tests say, as the library summarises them.
 fn described(detail: &Value) -> String {
     let tests: orchestrator::model::TestSummary =
@@ -379,8 +390,8 @@ fn push_deliveries_report_pending_then_the_outcome_with_the_test_summary() {
     let repository = payload["repository"]["full_name"].as_str().unwrap();
 
     // A passing push: pending as the run starts, then success with its summary.
-    let run = deliver(&server, "push-pass", false);
-    let detail = settled(&server, &run, "success", None);
+    let run = deliver(&server, "push-pass", true);
+    let detail = through(&server, dir, &run, "success", None);
     assert_eq!(detail["run"]["status"], "succeeded", "{detail}");
     let sent = statuses(&github);
     assert_eq!(sent.len(), 2, "{sent:#?}");
@@ -438,8 +449,8 @@ fn push_deliveries_report_pending_then_the_outcome_with_the_test_summary() {
 
     // A failing push: failure, the description naming the failing case.
     std::fs::write(dir.join("outcome"), "fail").unwrap();
-    let failed = deliver(&server, "push-fail", false);
-    let detail = settled(&server, &failed, "failure", None);
+    let failed = deliver(&server, "push-fail", true);
+    let detail = through(&server, dir, &failed, "failure", None);
     assert_eq!(detail["run"]["status"], "failed", "{detail}");
     let sent = statuses(&github);
     assert_eq!(sent.len(), 4, "{sent:#?}");
@@ -458,8 +469,8 @@ fn push_deliveries_report_pending_then_the_outcome_with_the_test_summary() {
     let pull = crate::triggers::pull_request("opened");
     let head = pull["pull_request"]["head"]["sha"].as_str().unwrap();
     let pull_repository = pull["repository"]["full_name"].as_str().unwrap();
-    let proposed = deliver_event(&server, "pull_request", pull.clone(), "pr-opened", false);
-    settled(&server, &proposed, "failure", None);
+    let proposed = deliver_event(&server, "pull_request", pull.clone(), "pr-opened", true);
+    through(&server, dir, &proposed, "failure", None);
     let requests = github.requests();
     assert_eq!(requests.len(), 6, "{requests:#?}");
     for request in &requests[4..] {
@@ -504,10 +515,13 @@ fn a_failing_receiver_is_retried_and_one_that_keeps_failing_never_fails_the_run(
     let broken = HttpRecorder::with_statuses(&[500]);
     let (dir, server) = reporting_project(&broken);
     let dir = dir.path();
-    let run = deliver(&server, "push-broken", false);
-    let detail = settled(&server, &run, "success", Some(3));
+    let run = deliver(&server, "push-broken", true);
+    let detail = through(&server, dir, &run, "success", Some(3));
     assert_eq!(detail["run"]["status"], "succeeded", "{detail}");
-    let last = &detail["commit_status"]["updates"][1];
+    let updates = detail["commit_status"]["updates"].as_array().unwrap();
+    assert_eq!(updates.len(), 2, "{updates:#?}");
+    assert_eq!(broken.requests().len(), 6);
+    let last = &updates[1];
     assert_eq!(last["delivered"], false);
     let error = last["error"].as_str().unwrap();
     assert!(error.contains("HTTP 500"), "{error}");
