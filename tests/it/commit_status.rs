@@ -571,7 +571,10 @@ fn report_to_is_validated_and_its_token_is_a_reference() {
     assert_ne!(validated.code, 0, "{}", validated.stdout);
     let output = format!("{}{}", validated.stdout, validated.stderr);
     assert!(
-        output.contains("workflows/build.yaml:3:") && output.contains("/report_to/github/token"),
+        output.contains("workflows/build.yaml:3:")
+            && output.contains("/report_to/github/token")
+            && output
+                .contains("(a reference such as env:NAME or file:PATH, never the secret itself)"),
         "{output}"
     );
     // A reference that does not resolve here is a warning, as for every secret.
