@@ -7,6 +7,7 @@ mod alerts;
 mod bad_input;
 mod browser;
 mod cli_remote;
+mod commit_status;
 mod crash;
 mod cron_crosscheck;
 mod dashboard;
