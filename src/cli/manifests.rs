@@ -286,6 +286,8 @@ pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
             channels: Some(configured_channels(context)),
             secrets: Some(&secrets),
             workers: super::worker_cmd::workers_seen(context),
+            today: Some(chrono::Utc::now().date_naive()),
+            tests: super::tests_quarantine::known_tests(context),
         },
     );
     let objects = desired.objects.len() + desired.invalid.len();
