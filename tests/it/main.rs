@@ -24,6 +24,7 @@ mod load;
 mod memo;
 mod monitoring;
 mod notifications;
+mod quarantine;
 mod receivers;
 mod replay_auth;
 mod router;
