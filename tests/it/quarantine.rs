@@ -308,6 +308,28 @@ fn suggest_writes_a_manifest_for_a_test_that_flipped_on_one_revision() {
         "{}",
         validated.stdout
     );
+    // The dashboard's editors validate through the server, with the same findings.
+    let checked = server
+        .api()
+        .post(
+            "/api/validate",
+            &serde_json::json!({"kind": "Quarantine", "manifest": {"name": "Old", "entries": [
+                {"test": flip["id"], "reason": "r", "owner": "o", "until": "2020-01-31"},
+                {"match": {"name": "nothing*"}, "reason": "r", "owner": "o", "until": "2099-01-31"},
+            ]}})
+            .to_string(),
+        )
+        .json(200);
+    assert_eq!(checked["valid"], true, "{checked:#}");
+    let messages: Vec<&str> = checked["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages.len(), 2, "{checked:#}");
+    assert!(messages[0].contains("expired on 2020-01-31"), "{messages:?}");
+    assert!(messages[1].contains("matches none of the 2 tests"), "{messages:?}");
 }
 
 #[test]
