@@ -83,7 +83,7 @@ pub struct ApplyArgs {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// Only objects of this kind: workflow, workflowtemplate, agent, schedule, alert,
-    /// trigger or dashboard.
+    /// trigger, dashboard or quarantine.
     #[arg(value_parser = parse_kind)]
     pub kind: Option<Kind>,
     /// Only the object with this id; with -o json or yaml, the object itself (not a list).
