@@ -122,7 +122,14 @@ fn a_quarantined_failure_fails_no_run_until_the_quarantine_expires() {
         "{}",
         validated.stdout
     );
+    let diff = cli(dir, &["diff"]).expect_code(1);
+    assert!(
+        diff.stdout.contains("Quarantine qua_known-flaky") && diff.stdout.contains("1 to create"),
+        "{}",
+        diff.stdout
+    );
     orchestrator(dir, &["apply"]).expect_code(0);
+    cli(dir, &["diff"]).expect_code(0);
     let listed = cli(dir, &["get", "quarantine"]).expect_code(0);
     assert!(
         listed.stdout.contains("qua_known-flaky"),
@@ -281,6 +288,9 @@ fn suggest_writes_a_manifest_for_a_test_that_flipped_on_one_revision() {
     // Through a running server: the same tests, from GET /api/quarantine/tests.
     fs::remove_file(dir.join("quarantine/flaky.yaml")).unwrap();
     orchestrator(dir, &["apply", "--prune"]).expect_code(0);
+    let pruned = cli(dir, &["get", "quarantine", "--all", "-o", "json"]).expect_code(0);
+    let pruned: Value = serde_json::from_str(&pruned.stdout).unwrap();
+    assert_eq!(pruned[0]["status"], "pruned", "{pruned:#}");
     let server = Server::start(dir);
     let listed = server.api().get("/api/quarantine/tests").json(200);
     let tests = listed["tests"].as_array().unwrap();
@@ -328,8 +338,14 @@ fn suggest_writes_a_manifest_for_a_test_that_flipped_on_one_revision() {
         .map(|d| d["message"].as_str().unwrap())
         .collect();
     assert_eq!(messages.len(), 2, "{checked:#}");
-    assert!(messages[0].contains("expired on 2020-01-31"), "{messages:?}");
-    assert!(messages[1].contains("matches none of the 2 tests"), "{messages:?}");
+    assert!(
+        messages[0].contains("expired on 2020-01-31"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("matches none of the 2 tests"),
+        "{messages:?}"
+    );
 }
 
 #[test]
