@@ -1052,6 +1052,96 @@ pub fn duplicate_ids(manifests: &[(Kind, String, &Manifest)]) -> Vec<(usize, Dia
 mod tests {
     use super::*;
 
+    fn quarantine_manifest(text: &str) -> Manifest {
+        let document = crate::manifest::parse::parse_yaml(text).unwrap().remove(0);
+        let (mut manifests, problems) = crate::manifest::extract("quarantine/q.yaml", document, "");
+        assert!(problems.is_empty(), "{problems:?}");
+        manifests.remove(0)
+    }
+
+    fn known(id: &str, name: &str) -> KnownTest {
+        KnownTest {
+            id: id.to_owned(),
+            workflow: "wf_nightly".to_owned(),
+            workflow_name: "Nightly".to_owned(),
+            suite: "api".to_owned(),
+            classname: "tests.api".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn quarantine_entries_expired_or_covering_nothing_are_warned_at_their_field() {
+        let manifest = quarantine_manifest(
+            "kind: Quarantine
+name: Q
+entries:
+  - test: tc_00000000000000a1
+    reason: r
+    owner: o
+    until: 2027-01-31
+  - match: {workflow: Nightly, name: \"test_*\"}
+    reason: r
+    owner: o
+    until: 2027-01-31
+  - test: tc_00000000000000a2
+    reason: r
+    owner: o
+    until: 2026-12-31
+  - match: {suite: ui}
+    reason: r
+    owner: o
+    until: 2027-01-31
+  - match: {name: \"[\"}
+    reason: r
+    owner: o
+    until: 2027-01-31
+",
+        );
+        let today = chrono::NaiveDate::from_ymd_opt(2027, 1, 2).unwrap();
+        let tests = [
+            known("tc_00000000000000a3", "test_a"),
+            known("tc_00000000000000ff", "other"),
+        ];
+        let found = check_quarantine(&manifest, Some(today), Some(&tests));
+        let seen: Vec<(&str, u32, bool)> = found
+            .iter()
+            .map(|d| (d.pointer.as_str(), d.line, d.is_error()))
+            .collect();
+        // The glob that does not compile is check_object's.
+        assert_eq!(
+            seen,
+            [
+                ("/entries/0/test", 4, false),
+                ("/entries/2/until", 15, false),
+                ("/entries/3/match", 16, false),
+            ],
+            "{found:#?}"
+        );
+        assert!(
+            found[0]
+                .message
+                .contains("did you mean `tc_00000000000000a3`?"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[1]
+                .message
+                .contains("expired on 2026-12-31 (2 days ago): its failures fail again"),
+            "{}",
+            found[1].message
+        );
+        assert!(found[2].message.contains("matches none of the 2 tests"));
+        // Without the tests, only the date is checked; without either, nothing.
+        assert_eq!(check_quarantine(&manifest, Some(today), None).len(), 1);
+        assert!(check_quarantine(&manifest, None, None).is_empty());
+        let errors = check_object(&manifest);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].pointer, "/entries/4/match/name");
+        assert!(errors[0].is_error());
+    }
+
     #[test]
     fn finds_cycles_and_accepts_dags() {
         assert_eq!(find_cycle(&[vec![1], vec![2], vec![]]), None);
