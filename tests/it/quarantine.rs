@@ -346,6 +346,28 @@ fn suggest_writes_a_manifest_for_a_test_that_flipped_on_one_revision() {
         messages[1].contains("matches none of the 2 tests"),
         "{messages:?}"
     );
+    // Saved through the API like every kind: a file under quarantine/, in force.
+    let saved = server
+        .api()
+        .post(
+            "/api/manifests",
+            &serde_json::json!({"kind": "Quarantine", "manifest": {"name": "Saved", "entries": [
+                {"test": flip["id"], "reason": "r", "owner": "o", "until": "2099-01-31"},
+            ]}})
+            .to_string(),
+        )
+        .json(201);
+    assert_eq!(saved["id"], "qua_saved", "{saved:#}");
+    assert_eq!(saved["file"], "quarantine/saved.yaml");
+    assert!(dir.join("quarantine/saved.yaml").exists());
+    let listed = server.api().get("/api/quarantine/tests").json(200);
+    let covered: Vec<&Value> = listed["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["covered_by"] == "qua_saved#0")
+        .collect();
+    assert_eq!(covered.len(), 1, "{listed:#}");
 }
 
 #[test]
