@@ -123,8 +123,8 @@ pub enum Command {
     /// Alert rules: their state and notifications, and silences that mute them.
     #[command(subcommand)]
     Alert(alert_cmd::AlertCommand),
-    /// Test results across runs: Quarantine manifests for flaky tests (`tests quarantine
-    /// suggest`).
+    /// Test results across runs: which suites a change affects (`tests affected`), and
+    /// Quarantine manifests for flaky tests (`tests quarantine suggest`).
     #[command(subcommand)]
     Tests(tests_cmd::TestsCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
@@ -176,6 +176,7 @@ impl Command {
                 | Command::Schedule(S::List(_) | S::Show(_) | S::Next(_))
                 | Command::Trigger(T::List(_) | T::Show(_) | T::Deliveries(_))
                 | Command::Alert(A::List(_) | A::Show(_) | A::Silences(_))
+                | Command::Tests(tests_cmd::TestsCommand::Affected(_))
                 | Command::Tests(tests_cmd::TestsCommand::Quarantine(_))
         ) || matches!(self, Command::Apply(args) if args.dry_run)
             // Through the running server only: nothing of this project is written.
