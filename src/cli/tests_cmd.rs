@@ -3,7 +3,8 @@
 //! (`select: affected`) makes for a change: which `run_tests` suites would run or be
 //! skipped, and which changed paths decided it. Revisions are read in the git source's
 //! repository (its mirror under the data directory) when the project follows one, else in
-//! the repository whose work tree holds the project.
+//! the repository whose work tree holds the project. `tests quarantine suggest` is
+//! `tests_quarantine.rs`'s.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -14,6 +15,7 @@ use serde_json::json;
 
 use super::backend::Backend;
 use super::manifests::table;
+use super::tests_quarantine;
 use super::{Context, OutputFormat, EXIT_OK};
 use crate::engine::expand::Scope;
 use crate::engine::{impact, run};
@@ -27,6 +29,9 @@ pub enum TestsCommand {
     /// Which test suites a change affects: the plan a workflow's `select: affected` steps
     /// would follow between two revisions (exit 2 on a revision that does not exist).
     Affected(AffectedArgs),
+    /// Quarantine manifests for flaky tests (`tests quarantine suggest`).
+    #[command(subcommand)]
+    Quarantine(tests_quarantine::QuarantineCommand),
 }
 
 /// Arguments of `tests affected`.
@@ -51,6 +56,7 @@ pub fn run(context: &Context, command: &TestsCommand) -> Result<u8> {
     context.init_logging(true)?;
     match command {
         TestsCommand::Affected(args) => affected(context, args),
+        TestsCommand::Quarantine(command) => tests_quarantine::run(context, command),
     }
 }
 
