@@ -36,7 +36,7 @@ use support::{percentile, rss_kib, Measurement, Report, Target};
 /// Tests per run.
 const TESTS: usize = 10_000;
 /// Runs ingested.
-const RUNS: usize = 100;
+const RUNS: usize = 20;
 /// Suites the tests are spread over.
 const SUITES: usize = 20;
 /// Queries timed for each latency.
@@ -72,7 +72,7 @@ fn main() {
             attempt: None,
         };
         let started = Instant::now();
-        recorder.record(&store, &settings, 1, &mut finished, &|_| {});
+        recorder.record(&store, &settings, (0, 1), &mut finished, &|_| {});
         store.save_run(None, &[], true).expect("flush");
         record_seconds += started.elapsed().as_secs_f64();
         recorded += finished.outcome.tests.len();

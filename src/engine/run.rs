@@ -1092,8 +1092,13 @@ impl Driver<'_> {
                             log.note(text);
                         }
                     };
-                    self.tests
-                        .record(self.store, &config.tests, number, &mut finished, &note);
+                    self.tests.record(
+                        self.store,
+                        &config.tests,
+                        (index, number),
+                        &mut finished,
+                        &note,
+                    );
                 }
                 if machine.ends_step(index, number, &finished)
                     && !finished.outcome.artifacts.is_empty()

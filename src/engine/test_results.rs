@@ -45,7 +45,7 @@ impl TestRecorder {
         &mut self,
         store: &Store,
         settings: &TestsConfig,
-        number: u32,
+        (step, number): (usize, u32),
         finished: &mut AttemptFinished,
         note: &dyn Fn(&str),
     ) {
@@ -78,6 +78,7 @@ impl TestRecorder {
         let source = ResultSource {
             workflow: &self.workflow_id,
             run_id: &self.run_id,
+            step: step as u32,
             attempt: number,
             revision: &self.revision,
             worker: finished.attempt.as_ref().and_then(|a| a.worker.as_deref()),

@@ -11,10 +11,12 @@
 //!   each result, so that listing and filtering never read results.
 //! - `test_names`: per test, its workflow, suite, classname and name (JSON), written once.
 //!   [`TestRecord`] is what readers get: names and state with the strings looked up.
-//! - `test_results`: per result, 25 bytes of key (the run's 16 ULID bytes, 8 of the id, the
-//!   attempt: a run's results are appended side by side) and 22 of value
-//!   ([`encode_result`]): status, class, duration, revision and worker (interned), and the
-//!   failure message's digest.
+//! - `test_results`: a step attempt's results in blocks, one per bucket of tests (the first
+//!   byte of their ids): key run ULID, bucket, step, attempt (20 bytes: a run's blocks are
+//!   appended side by side); value 30 bytes per result, sorted by test id: the id and
+//!   ([`encode_result`]) status, class, duration, revision and worker (interned), and the
+//!   failure message's digest. A test's result in a run is one short range and a binary
+//!   search away; a run of 10,000 cases writes 256 keys, not 10,000.
 //! - `test_runs`: per workflow, the runs that recorded results (`<workflow>\0<ULID>`): a
 //!   test's timeline is read run by run, newest first, one short range each.
 //! - `test_index`: the flaky tests (`flaky\0<id>`), kept as tests become and stop being
@@ -258,6 +260,8 @@ pub struct ResultSource<'a> {
     pub workflow: &'a str,
     /// The run (`run_<ulid>`).
     pub run_id: &'a str,
+    /// The step's position in the workflow.
+    pub step: u32,
     /// The step's attempt.
     pub attempt: u32,
     /// The run's revision (`git:<sha>`, `dir:<digest>`; the run's id when it has none).
@@ -605,14 +609,31 @@ fn id_bytes(id: &str) -> Option<[u8; 8]> {
     Some(bytes)
 }
 
-/// The key of a result: run ULID (16), id (8), attempt (1). Run first, so that a run's
-/// results are appended together and a test's are found run by run.
-fn result_key(run: u128, id: &[u8; 8], attempt: u32) -> [u8; 25] {
-    let mut key = [0u8; 25];
+/// The key of a block of results: run ULID (16), the tests' bucket (the first byte of
+/// their ids), step (2), attempt (1). Run first, so that a run's results are appended
+/// together and a test's are found run by run, in one short range each.
+fn block_key(run: u128, bucket: u8, step: u32, attempt: u32) -> [u8; 20] {
+    let mut key = [0u8; 20];
     key[..16].copy_from_slice(&run.to_be_bytes());
-    key[16..24].copy_from_slice(id);
-    key[24] = attempt.min(255) as u8;
+    key[16] = bucket;
+    key[17..19].copy_from_slice(&(step.min(u16::MAX as u32) as u16).to_be_bytes());
+    key[19] = attempt.min(255) as u8;
     key
+}
+
+/// One entry of a block: the test's id (8) and its result ([`encode_result`], 22).
+const ENTRY_BYTES: usize = 30;
+
+/// The entries of a block for the test `id` (entries are sorted by id).
+fn entries_for<'b>(block: &'b [u8], id: &[u8; 8]) -> impl Iterator<Item = &'b [u8]> + 'b {
+    let entries: Vec<&[u8]> = block.chunks_exact(ENTRY_BYTES).collect();
+    let start = entries.partition_point(|e| &e[..8] < &id[..]);
+    let id = *id;
+    entries
+        .into_iter()
+        .skip(start)
+        .take_while(move |e| e[..8] == id)
+        .map(|e| &e[8..])
 }
 
 /// The key of a workflow's run in `test_runs`: the workflow, a zero byte, the run ULID.
@@ -885,7 +906,7 @@ impl Store {
         }
         let mut states = sled::Batch::default();
         let mut new_names = sled::Batch::default();
-        let mut stored = sled::Batch::default();
+        let mut blocks: Vec<Vec<u8>> = vec![Vec::new(); 256];
         let mut flaky_changes = sled::Batch::default();
         // A report may list one case twice (the same name in two files of a suite): the
         // later result is classified against the earlier one.
@@ -950,21 +971,32 @@ impl Store {
                     flaky_changes.remove(index_key("flaky", &key));
                 }
             }
-            stored.insert(
-                &result_key(run, &key, source.attempt)[..],
-                &encode_result(
-                    case.status,
-                    class,
-                    u64::from(state.last_duration_ms),
-                    revision,
-                    worker,
-                    digest,
-                )[..],
-            );
+            let block = &mut blocks[usize::from(key[0])];
+            block.extend_from_slice(&key);
+            block.extend_from_slice(&encode_result(
+                case.status,
+                class,
+                u64::from(state.last_duration_ms),
+                revision,
+                worker,
+                digest,
+            ));
             seen.insert(key, state);
         }
         for (key, state) in &seen {
             states.insert(&key[..], &state.encode()[..]);
+        }
+        let mut stored = sled::Batch::default();
+        for (bucket, block) in blocks.into_iter().enumerate() {
+            if block.is_empty() {
+                continue;
+            }
+            let mut entries: Vec<&[u8]> = block.chunks_exact(ENTRY_BYTES).collect();
+            entries.sort_by(|a, b| a[..8].cmp(&b[..8]));
+            stored.insert(
+                &block_key(run, bucket as u8, source.step, source.attempt)[..],
+                entries.concat(),
+            );
         }
         names.apply_batch(new_names).map_err(err)?;
         results.apply_batch(stored).map_err(err)?;
@@ -1098,11 +1130,23 @@ impl Store {
                 continue;
             };
             let mut at = run.to_vec();
-            at.extend_from_slice(&key);
-            for entry in results.scan_prefix(&at).rev() {
-                let (k, v) = entry.map_err(err)?;
-                if k.len() != 25 || v.len() != 22 || out.len() >= limit {
+            at.push(key[0]);
+            let mut found = Vec::new();
+            for entry in results.scan_prefix(&at) {
+                let (k, block) = entry.map_err(err)?;
+                if k.len() != 20 {
                     continue;
+                }
+                let (step, attempt) = (u16::from_be_bytes([k[17], k[18]]), k[19]);
+                for v in entries_for(&block, &key) {
+                    found.push(((attempt, step), v.to_vec()));
+                }
+            }
+            // Newest first: later attempts, then later steps, first.
+            found.sort_by(|a, b| b.0.cmp(&a.0));
+            for ((attempt, _), v) in found {
+                if out.len() >= limit {
+                    break;
                 }
                 let word =
                     |at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap_or([0; 4]));
@@ -1114,7 +1158,7 @@ impl Store {
                             .to_string()
                             .to_lowercase()
                     ),
-                    attempt: u32::from(k[24]),
+                    attempt: u32::from(attempt),
                     status: STATUSES[usize::from(v[0]).min(3)],
                     class: TestClass::ALL[usize::from(v[1]).min(TestClass::ALL.len() - 1)],
                     duration_ms: u64::from(word(2)),
@@ -1195,6 +1239,7 @@ mod tests {
             let source = ResultSource {
                 workflow: "wf_ci",
                 run_id: run,
+                step: 0,
                 attempt,
                 revision,
                 worker: Some("rig-1"),
