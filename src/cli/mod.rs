@@ -12,6 +12,8 @@ mod schedule_cmd;
 mod schedule_next;
 mod schemas_cmd;
 pub mod server_cmd;
+mod tests_cmd;
+mod tests_list;
 mod trigger_cmd;
 mod worker_cmd;
 mod workflow;
@@ -121,6 +123,10 @@ pub enum Command {
     /// Alert rules: their state and notifications, and silences that mute them.
     #[command(subcommand)]
     Alert(alert_cmd::AlertCommand),
+    /// Every test case's history: flaky, failing, new, slow and quarantined tests, and one
+    /// test's timeline across runs and revisions.
+    #[command(subcommand)]
+    Tests(tests_cmd::TestsCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
     Start(server_cmd::StartArgs),
     /// Run a worker that takes step attempts over NATS (`--nats URL --name N --labels
@@ -171,6 +177,7 @@ impl Command {
                 | Command::Trigger(T::List(_) | T::Show(_) | T::Deliveries(_))
                 | Command::Alert(A::List(_) | A::Show(_) | A::Silences(_))
         ) || matches!(self, Command::Apply(args) if args.dry_run)
+            || matches!(self, Command::Tests(command) if command.is_read_only())
             // Through the running server only: nothing of this project is written.
             || matches!(self, Command::Worker(args) if args.command.is_some())
     }
@@ -338,6 +345,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Schedule(command) => schedule_cmd::run(&context, command)?,
         Command::Trigger(command) => trigger_cmd::run(&context, command)?,
         Command::Alert(command) => alert_cmd::run(&context, command)?,
+        Command::Tests(command) => tests_cmd::run(&context, command)?,
         Command::Start(args) => server_cmd::start(&context, args)?,
         Command::Worker(args) => worker_cmd::run(&context, args)?,
         Command::Stop => server_cmd::stop(&context)?,
