@@ -119,7 +119,7 @@ fn list_table(list: &TestList) -> String {
         .collect();
     let mut text = table(
         &[
-            "TEST", "WORKFLOW", "NAME", "LAST", "RECENT", "FAILING", "MEAN", "",
+            "TEST", "WORKFLOW", "NAME", "LAST", "RECENT", "FAILING", "MEAN", "NOTE",
         ],
         &rows,
     );
@@ -217,9 +217,10 @@ fn detail_text(detail: &TestDetail) -> String {
         t.last_revision
     ));
     text.push_str(&format!(
-        "recent {}: {} flips, {} of {} results failed ({:.0}%), mean {}\n",
+        "recent {}: {} flip{}, {} of {} results failed ({:.0}%), mean {}\n",
         t.recent,
         detail.flips,
+        if detail.flips == 1 { "" } else { "s" },
         t.failures,
         t.results,
         detail.failure_rate * 100.0,

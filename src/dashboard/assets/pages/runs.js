@@ -30,7 +30,16 @@ function workersOf(step) {
 function testsText(tests) {
   if (!tests || !tests.total) return "—";
   const bad = (tests.failed || 0) + (tests.errors || 0);
-  return bad ? `${bad} of ${tests.total} failed` : `${tests.passed}/${tests.total} passed`;
+  const classes = [
+    [tests.new_failures, "new failure", "new failures"],
+    [tests.still_failing, "still failing", "still failing"],
+    [tests.flaky, "flaky", "flaky"],
+    [tests.quarantined, "quarantined", "quarantined"],
+  ]
+    .filter(([n]) => n > 0)
+    .map(([n, one, many]) => `${n} ${n === 1 ? one : many}`);
+  const head = bad ? `${bad} of ${tests.total} failed` : `${tests.passed}/${tests.total} passed`;
+  return classes.length ? `${head} (${classes.join(", ")})` : head;
 }
 
 async function list(ctx) {
@@ -250,8 +259,8 @@ async function detail(ctx, id) {
     setHTML(
       part("tests"),
       html`<div data-tests="${cases.length}">${cases.map(
-        (t) => html`<details class="test-case" data-test="${t.name}" data-test-status="${t.status}" ${bad(t) ? html`open` : ""}>
-          <summary>${badge(t.status)} <strong>${t.name}</strong> <span class="muted">${[t.suite, t.classname].filter(Boolean).join(" · ")} · ${t.step}</span>
+        (t) => html`<details class="test-case" data-test="${t.name}" data-test-status="${t.status}" data-class="${t.class || ""}" ${bad(t) ? html`open` : ""}>
+          <summary>${badge(t.status)}${t.class && t.class !== t.status ? html` <span data-test-class="${t.class}">${badge(t.class)}</span>` : ""} <strong>${t.name}</strong> <span class="muted">${[t.suite, t.classname].filter(Boolean).join(" · ")} · ${t.step}</span>
           <span class="muted">${duration((t.time_seconds || 0) * 1000)}</span></summary>
           <div class="body">${t.message ? html`<p>${t.message}</p>` : ""}${t.details ? html`<pre class="code">${t.details}</pre>` : ""}${t.output ? html`<pre class="code">${t.output}</pre>` : ""}${!t.message && !t.details && !t.output ? html`<p class="muted">No details.</p>` : ""}</div>
         </details>`,
