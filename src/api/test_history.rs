@@ -302,7 +302,10 @@ pub fn list_tests(
             Some(TestFilter::Quarantined) => in_force.is_some(),
         };
         if keep {
-            items.push(item(record, in_force.map(|e| QuarantineView::of(e, today, 0))));
+            items.push(item(
+                record,
+                in_force.map(|e| QuarantineView::of(e, today, 0)),
+            ));
         }
     }
     let by_id = |a: &TestItem, b: &TestItem| a.id.cmp(&b.id);
@@ -556,9 +559,8 @@ pub async fn show(
 
 /// The message for an id with no record.
 pub fn unknown_test(id: &str) -> String {
-    let shaped = id.len() == 19
-        && id.starts_with("tc_")
-        && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
+    let shaped =
+        id.len() == 19 && id.starts_with("tc_") && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
     if shaped {
         format!("no test `{id}` has results (`GET /api/tests` lists them)")
     } else {

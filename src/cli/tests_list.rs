@@ -91,7 +91,9 @@ pub fn list(context: &Context, args: &ListArgs) -> Result<u8> {
 /// The list as a table, with the quarantine list after it when the filter asks for it.
 fn list_table(list: &TestList) -> String {
     if list.tests.is_empty() {
-        let what = list.status.map_or("tests".to_owned(), |s| format!("{s} tests"));
+        let what = list
+            .status
+            .map_or("tests".to_owned(), |s| format!("{s} tests"));
         return format!("no {what} in the history\n");
     }
     let rows: Vec<[String; 8]> = list
@@ -183,8 +185,10 @@ pub fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     let Some(detail) = detail else {
         bail!(
             "{}",
-            crate::api::test_history::unknown_test(&args.id)
-                .replace("`GET /api/tests` lists them", "`orchestrator tests list` lists them")
+            crate::api::test_history::unknown_test(&args.id).replace(
+                "`GET /api/tests` lists them",
+                "`orchestrator tests list` lists them"
+            )
         );
     };
     let mut out = std::io::stdout().lock();
