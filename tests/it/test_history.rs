@@ -45,6 +45,22 @@ fn case(name: &str, status: TestStatus, ms: u32, message: Option<&str>) -> TestC
     }
 }
 
+/// Checks a 200 body of `GET path` against the schema the OpenAPI document declares for it.
+#[track_caller]
+fn documented(doc: &Value, path: &str, body: &Value) {
+    let schema = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "allOf": [doc["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]],
+        "components": doc["components"],
+    });
+    let validator = jsonschema::validator_for(&schema).expect("the documented schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "GET {path}: {errors:#?}\n{body:#}");
+}
+
 /// A run id whose ULID is made at `ms`, so runs sort in the order they are made.
 fn run_at(ms: u64) -> String {
     format!(
@@ -110,10 +126,12 @@ fn the_tests_routes_list_by_status_show_a_timeline_and_say_what_is_wrong() {
             .collect()
     };
 
+    let doc = api.get("/api/openapi.json").expect(200);
     let all = api.get("/api/tests").expect(200);
     assert_eq!(all["total"], 4, "{all:#}");
     let flaky = api.get("/api/tests?status=flaky").expect(200);
     assert_eq!(names(&flaky), ["test_flaky"], "{flaky:#}");
+    documented(&doc, "/api/tests", &flaky);
     let item = &flaky["tests"][0];
     assert_eq!(item["recent"], "PFPP");
     assert_eq!(item["flips"], 2);
@@ -168,6 +186,7 @@ fn the_tests_routes_list_by_status_show_a_timeline_and_say_what_is_wrong() {
     assert_eq!(entry["until"], "2999-01-31");
     assert_eq!(entry["manifest"], "qua_known-flaky");
     assert_eq!(entry["tests"], 1);
+    documented(&doc, "/api/tests", &quarantined);
     let entries = quarantined["quarantines"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{quarantined:#}");
     assert_eq!(entries[0]["active"], true);
@@ -179,6 +198,7 @@ fn the_tests_routes_list_by_status_show_a_timeline_and_say_what_is_wrong() {
     // failure's group, whose normalised message has no numbers or addresses.
     let id = test_id("wf_api", "api", "tests.api", "test_broken");
     let shown = api.get(&format!("/api/tests/{id}")).expect(200);
+    documented(&doc, "/api/tests/{id}", &shown);
     assert_eq!(shown["test"]["name"], "test_broken");
     let timeline = shown["timeline"].as_array().unwrap();
     assert_eq!(timeline.len(), 4, "{shown:#}");
@@ -203,6 +223,7 @@ fn the_tests_routes_list_by_status_show_a_timeline_and_say_what_is_wrong() {
     let timeout = test_id("wf_api", "api", "tests.api", "test_timeout_x");
     let covered = api.get(&format!("/api/tests/{timeout}")).expect(200);
     assert_eq!(covered["quarantine"]["owner"], "qa-team", "{covered:#}");
+    documented(&doc, "/api/tests/{id}", &covered);
     assert_eq!(covered["timeline"][0]["class"], "quarantined");
 
     // What is wrong, in the error shape.
