@@ -471,6 +471,24 @@ fn a_test_that_flips_on_one_revision_is_named_flaky_by_the_cli_the_api_and_the_d
             .wait_element("[data-test='test_flips'][data-class='flaky'] [data-test-class='flaky']")
             .await;
         browser.check("the run page's classes", "tests-run").await;
+
+        // 768 pixels wide: the Tests pages do not overflow sideways.
+        browser.resize((768, 1000)).await;
+        for (hash, name) in [
+            ("#/tests".to_owned(), "tests-768"),
+            (format!("#/tests/{id}"), "tests-timeline-768"),
+        ] {
+            browser.route(&hash, "tests").await;
+            let overflow = browser
+                .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
+                .await;
+            assert!(
+                overflow.as_i64().unwrap_or(1) <= 0,
+                "{name}: the page is wider than the window by {overflow} px"
+            );
+            browser.screenshot(name).await;
+        }
+        browser.assert_no_errors("768 px").await;
         browser.close().await;
     });
 }
