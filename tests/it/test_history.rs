@@ -471,6 +471,14 @@ fn a_test_that_flips_on_one_revision_is_named_flaky_by_the_cli_the_api_and_the_d
             .wait_element("[data-test='test_flips'][data-class='flaky'] [data-test-class='flaky']")
             .await;
         browser.check("the run page's classes", "tests-run").await;
+        // Each case links to its history, by the id the store gives it.
+        browser
+            .press(&format!("[data-test='test_flips'] a[data-history='{id}']"))
+            .await;
+        browser.wait_ready("tests").await;
+        browser
+            .wait_text("[data-section='timeline']", "new failure")
+            .await;
 
         // 768 pixels wide: the Tests pages do not overflow sideways.
         browser.resize((768, 1000)).await;

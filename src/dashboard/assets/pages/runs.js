@@ -27,6 +27,28 @@ function workersOf(step) {
   return html`<span data-worker="${names[names.length - 1]}">${names.map((n, i) => html`${i ? " → " : ""}<a href="${href("workers", n)}">${n}</a>`)}</span>`;
 }
 
+/** A test's id, as the store computes it: `tc_` and the first 8 bytes, in hex, of the
+ * SHA-256 of its workflow, suite, classname and name joined by NUL bytes. Null where the
+ * page is no secure context (no `crypto.subtle`). */
+async function testId(workflow, t) {
+  if (!globalThis.crypto || !crypto.subtle) return null;
+  const bytes = new TextEncoder().encode([workflow, t.suite || "", t.classname || "", t.name].join("\0"));
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return "tc_" + [...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Links each test case of the run page to its history on the Tests page. */
+async function linkHistories(part, workflow, cases) {
+  const rows = part.querySelectorAll("details.test-case > summary");
+  await Promise.all(
+    cases.map(async (t, i) => {
+      const id = await testId(workflow, t).catch(() => null);
+      if (!id || !rows[i] || rows[i].querySelector("a[data-history]")) return;
+      rows[i].append(" ", el("a", { href: href("tests", id), "data-history": id, title: "This test's history across runs" }, "history"));
+    }),
+  );
+}
+
 function testsText(tests) {
   if (!tests || !tests.total) return "—";
   const bad = (tests.failed || 0) + (tests.errors || 0);
@@ -266,6 +288,7 @@ async function detail(ctx, id) {
         </details>`,
       )}</div>`,
     );
+    linkHistories(part("tests"), data.run.workflow_id, cases);
   }
 
   function showArtifacts() {
