@@ -378,6 +378,20 @@ fn a_test_that_flips_on_one_revision_is_named_flaky_by_the_cli_the_api_and_the_d
     }
     let local_show = json(&cli(dir, &["tests", "show", &id, "-o", "json"]));
     assert_eq!(local_show["timeline"].as_array().unwrap().len(), 2);
+    // A workflow by its name or its id; another has none.
+    let by_name = json(&cli(
+        dir,
+        &["tests", "list", "--workflow", "Py", "-o", "json"],
+    ));
+    assert_eq!(
+        (by_name["workflow"].as_str(), by_name["total"].as_u64()),
+        (Some("wf_py"), Some(2))
+    );
+    let other = json(&cli(
+        dir,
+        &["tests", "list", "--workflow", "wf_smoke", "-o", "json"],
+    ));
+    assert_eq!(other["total"], 0, "{other:#}");
     let wrong = cli(dir, &["tests", "list", "--status", "flakey"]).expect_code(2);
     assert!(
         wrong.stderr.contains("did you mean `flaky`"),
