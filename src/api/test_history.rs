@@ -272,14 +272,19 @@ pub fn list_tests(
     let names = workflow_names(objects);
     let quarantine = quarantine_set(objects);
     let workflow = query.workflow.as_ref().map(|w| {
+        if names.contains_key(w.as_str()) {
+            return w.clone();
+        }
         names
             .iter()
-            .find(|(id, name)| id == w || name == w)
-            .map_or_else(|| w.clone(), |(id, _)| id.clone())
+            .find(|(_, name)| **name == w.as_str())
+            .map_or_else(|| w.clone(), |(id, _)| (*id).to_owned())
     });
     let records = store.test_records()?;
     let mut covered = vec![0usize; quarantine.entries.len()];
-    let mut items = Vec::new();
+    // What is kept, sorted, and cut to the limit before any item is built: (record, its
+    // flips, the entry in force that covers it).
+    let mut kept: Vec<(&TestRecord, u32, Option<usize>)> = Vec::new();
     for record in &records {
         let fields = fields(record, &names);
         let mut in_force = None;
@@ -287,7 +292,7 @@ pub fn list_tests(
             if entry.matches(&fields) {
                 covered[n] += 1;
                 if in_force.is_none() && entry.active_on(today) {
-                    in_force = Some(entry);
+                    in_force = Some(n);
                 }
             }
         }
@@ -302,40 +307,38 @@ pub fn list_tests(
             Some(TestFilter::Quarantined) => in_force.is_some(),
         };
         if keep {
-            items.push(item(
-                record,
-                in_force.map(|e| QuarantineView::of(e, today, 0)),
-            ));
+            kept.push((record, record.flips(), in_force));
         }
     }
-    let by_id = |a: &TestItem, b: &TestItem| a.id.cmp(&b.id);
     match query.status {
-        Some(TestFilter::Flaky) => {
-            items.sort_by(|a, b| b.flips.cmp(&a.flips).then(b.failures.cmp(&a.failures)))
-        }
-        Some(TestFilter::Failing) => items.sort_by(|a, b| {
+        Some(TestFilter::Flaky) => kept.sort_by(|(a, fa, _), (b, fb, _)| {
+            fb.cmp(fa)
+                .then(b.failures.cmp(&a.failures))
+                .then(a.id.cmp(&b.id))
+        }),
+        Some(TestFilter::Failing) => kept.sort_by(|(a, ..), (b, ..)| {
             b.failures
                 .cmp(&a.failures)
-                .then(b.failure_rate.total_cmp(&a.failure_rate))
-                .then(by_id(a, b))
+                .then(rate(b).total_cmp(&rate(a)))
+                .then(a.id.cmp(&b.id))
         }),
-        Some(TestFilter::New) => items.sort_by(|a, b| b.last_run.cmp(&a.last_run)),
-        Some(TestFilter::Slow) => {
-            items.sort_by(|a, b| b.mean_duration_ms.total_cmp(&a.mean_duration_ms))
-        }
+        Some(TestFilter::New) => kept.sort_by(|(a, ..), (b, ..)| b.last_run.cmp(&a.last_run)),
+        Some(TestFilter::Slow) => kept.sort_by(|(a, ..), (b, ..)| {
+            b.mean_duration_ms
+                .total_cmp(&a.mean_duration_ms)
+                .then(a.id.cmp(&b.id))
+        }),
         Some(TestFilter::Quarantined) | None => {}
     }
-    let total = items.len();
-    items.truncate(query.limit);
-    for item in &mut items {
-        if let Some(view) = &mut item.quarantine {
-            view.tests = quarantine
-                .entries
-                .iter()
-                .position(|e| e.manifest == view.manifest && e.index == view.index)
-                .map_or(0, |n| covered[n]);
-        }
-    }
+    let total = kept.len();
+    kept.truncate(query.limit);
+    let items = kept
+        .into_iter()
+        .map(|(record, _, entry)| {
+            let view = entry.map(|n| QuarantineView::of(&quarantine.entries[n], today, covered[n]));
+            item(record, view)
+        })
+        .collect();
     let quarantines = quarantine
         .entries
         .iter()
@@ -450,7 +453,7 @@ pub struct ListParams {
 /// failure rate and mean duration, and the Quarantine entry covering it. `quarantines`
 /// lists every entry of the live Quarantine manifests with its owner, reason, expiry and
 /// the number of known tests it covers.
-#[utoipa::path(get, path = "/api/tests", tag = "tests",
+#[utoipa::path(get, path = "/api/tests", tag = "tests", operation_id = "list_tests",
     params(ListParams),
     responses(
         (status = 200, description = "The tests", body = TestList, example = json!({
@@ -519,7 +522,7 @@ pub struct ShowParams {
 /// The timeline holds its stored results, newest first: run, when, attempt, status, class,
 /// duration, revision, worker, and the failure's group with its normalised message;
 /// `failure_groups` counts the groups.
-#[utoipa::path(get, path = "/api/tests/{id}", tag = "tests",
+#[utoipa::path(get, path = "/api/tests/{id}", tag = "tests", operation_id = "show_test",
     params(("id" = String, Path, description = "The test's id (`tc_` and 16 hex digits)"), ShowParams),
     responses(
         (status = 200, description = "The test", body = TestDetail),
@@ -607,12 +610,12 @@ fn item(record: &TestRecord, quarantine: Option<QuarantineView>) -> TestItem {
     }
 }
 
-/// Workflow ids and their names, from the records.
-fn workflow_names(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> Vec<(String, String)> {
+/// Workflow names by id, from the records.
+fn workflow_names(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> HashMap<&str, &str> {
     objects
         .values()
         .filter(|r| r.key.kind == Kind::Workflow)
-        .map(|r| (r.key.id.clone(), r.name.clone()))
+        .map(|r| (r.key.id.as_str(), r.name.as_str()))
         .collect()
 }
 
@@ -626,11 +629,11 @@ fn quarantine_set(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> QuarantineSet 
     )
 }
 
-fn fields<'a>(record: &'a TestRecord, names: &'a [(String, String)]) -> TestFields<'a> {
+fn fields<'a>(record: &'a TestRecord, names: &HashMap<&str, &'a str>) -> TestFields<'a> {
     let workflow_name = names
-        .iter()
-        .find(|(id, _)| *id == record.workflow)
-        .map_or(record.workflow.as_str(), |(_, name)| name.as_str());
+        .get(record.workflow.as_str())
+        .copied()
+        .unwrap_or(record.workflow.as_str());
     TestFields {
         id: &record.id,
         workflow: &record.workflow,
