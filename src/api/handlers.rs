@@ -605,6 +605,9 @@ pub struct RunDetail {
     run: RunRecord,
     /// Its steps in workflow order, with their attempts and test cases.
     steps: Vec<StepRecord>,
+    /// What was reported to its GitHub commit (`report_to`), when it is reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_status: Option<crate::triggers::commit_status::CommitStatusReport>,
 }
 
 /// One run, with its steps.
@@ -621,7 +624,14 @@ pub async fn show_run(
 ) -> ApiResult<Json<RunDetail>> {
     let run = load_run(&state, &id)?;
     let steps = state.store.steps(&id)?;
-    Ok(Json(RunDetail { run, steps }))
+    let commit_status = state
+        .store
+        .state(crate::triggers::commit_status::STATE_TREE, &id)?;
+    Ok(Json(RunDetail {
+        run,
+        steps,
+        commit_status,
+    }))
 }
 
 /// A step's log.

@@ -59,6 +59,8 @@ use crate::model::{
         handlers::CancelAccepted,
         handlers::RunList,
         handlers::RunDetail,
+        crate::triggers::commit_status::CommitStatusReport,
+        crate::triggers::commit_status::StatusUpdate,
         handlers::Readiness,
         handlers::RouteIndex,
         handlers::Route,

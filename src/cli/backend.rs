@@ -68,6 +68,19 @@ impl Backend {
         }
     }
 
+    /// What was reported of a run to its GitHub commit, when it is reported.
+    pub fn commit_status(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::triggers::commit_status::CommitStatusReport>> {
+        match self {
+            Backend::Local(store) => {
+                Ok(store.state(crate::triggers::commit_status::STATE_TREE, id)?)
+            }
+            Backend::Remote(client) => client.commit_status(id),
+        }
+    }
+
     /// The steps of a run, in workflow order.
     pub fn steps(&self, id: &str) -> Result<Vec<StepRecord>> {
         match self {

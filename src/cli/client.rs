@@ -222,7 +222,26 @@ impl ApiClient {
         Ok(runs)
     }
 
-    /// One run and its steps.
+    /// What was reported of a run to its GitHub commit; `None` when nothing is, or the
+    /// server has no such run.
+    pub fn commit_status(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::triggers::commit_status::CommitStatusReport>> {
+        match self.get(&ApiPath::api(&["runs", id])) {
+            Ok(value) => match value.get("commit_status") {
+                Some(report) => Ok(Some(
+                    serde_json::from_value(report.clone())
+                        .context("the server's commit status is not in the expected shape")?,
+                )),
+                None => Ok(None),
+            },
+            Err(err) if ApiFailure::is_not_found(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// One run and its steps; `None` when the server has no such run.
     pub fn run(&self, id: &str) -> Result<Option<(RunRecord, Vec<StepRecord>)>> {
         match self.get(&ApiPath::api(&["runs", id])) {
             Ok(value) => Ok(Some(

@@ -123,8 +123,8 @@ pub enum Command {
     /// Alert rules: their state and notifications, and silences that mute them.
     #[command(subcommand)]
     Alert(alert_cmd::AlertCommand),
-    /// Every test case's history: flaky, failing, new, slow and quarantined tests, and one
-    /// test's timeline across runs and revisions.
+    /// Test results across runs: every test case's history (flaky, failing, new, slow and
+    /// quarantined tests, one test's timeline) and which suites a change affects.
     #[command(subcommand)]
     Tests(tests_cmd::TestsCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
@@ -176,8 +176,12 @@ impl Command {
                 | Command::Schedule(S::List(_) | S::Show(_) | S::Next(_))
                 | Command::Trigger(T::List(_) | T::Show(_) | T::Deliveries(_))
                 | Command::Alert(A::List(_) | A::Show(_) | A::Silences(_))
+                | Command::Tests(
+                    tests_cmd::TestsCommand::Affected(_)
+                        | tests_cmd::TestsCommand::List(_)
+                        | tests_cmd::TestsCommand::Show(_)
+                )
         ) || matches!(self, Command::Apply(args) if args.dry_run)
-            || matches!(self, Command::Tests(command) if command.is_read_only())
             // Through the running server only: nothing of this project is written.
             || matches!(self, Command::Worker(args) if args.command.is_some())
     }

@@ -167,9 +167,13 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     let store = Backend::open(context)?;
     let run = load_run(&store, &args.run)?;
     let steps = store.steps(&run.id)?;
+    let commit_status = store.commit_status(&run.id)?;
     let mut out = std::io::stdout().lock();
     if args.output != OutputFormat::Table {
-        let value = serde_json::json!({"run": run, "steps": steps});
+        let mut value = serde_json::json!({"run": run, "steps": steps});
+        if let Some(report) = &commit_status {
+            value["commit_status"] = serde_json::to_value(report)?;
+        }
         if args.output == OutputFormat::Json {
             writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
         } else {
@@ -207,6 +211,9 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     }
     if let Some(duration) = run.duration_ms {
         writeln!(out, "duration {}", human_ms(duration))?;
+    }
+    if let Some(report) = &commit_status {
+        writeln!(out, "{}", commit_status_line(report))?;
     }
     writeln!(out)?;
     let rows: Vec<[String; 6]> = steps
@@ -258,6 +265,31 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
         }
     }
     Ok(EXIT_OK)
+}
+
+/// `commit status orchestrator/api (octo/hello@6113728): success sent` — or why the newest
+/// state is not on GitHub.
+fn commit_status_line(report: &crate::triggers::commit_status::CommitStatusReport) -> String {
+    let short: String = report.sha.chars().take(7).collect();
+    let state = match report.updates.last() {
+        None => "nothing sent yet".to_owned(),
+        Some(update) if update.delivered => format!("{} sent", update.state),
+        Some(update) => match &update.error {
+            Some(error) => format!(
+                "{} not sent after {} attempt{}: {}",
+                update.state,
+                update.attempts,
+                if update.attempts == 1 { "" } else { "s" },
+                escape_control(error)
+            ),
+            None => format!("{} being sent", update.state),
+        },
+    };
+    format!(
+        "commit status {} ({}@{short}): {state}",
+        escape_control(&report.context),
+        escape_control(&report.repository)
+    )
 }
 
 /// Whether opening the store failed because another process holds it.

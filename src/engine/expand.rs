@@ -52,7 +52,7 @@ pub fn expand(
                 .cloned()
                 .unwrap_or(Value::Array(Vec::new())),
         );
-        for field in ["timeout", "max_parallel", "env", "concurrency"] {
+        for field in ["timeout", "max_parallel", "env", "concurrency", "select"] {
             if !map.contains_key(field) {
                 if let Some(value) = template.get(field) {
                     map.insert(field.to_owned(), value.clone());

@@ -80,6 +80,18 @@ pub struct StepPlan {
     /// It declares `runs_on`: until its attempt reports started it waits for a worker,
     /// which its `queue_timeout` bounds, so its timeout counts from the start only.
     pub waits_for_worker: bool,
+    /// Impact selection's decision for a `run_tests` step with `select: affected`
+    /// (`engine::impact`); `None` for every other step.
+    pub impact: Option<Selection>,
+}
+
+/// What impact selection decided for a step before it starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Why the step is skipped when its suite is not affected ("no change under api/**").
+    pub skip: Option<String>,
+    /// The line its log gets when it is ready: what was decided and from which change.
+    pub note: String,
 }
 
 impl StepPlan {
@@ -134,6 +146,7 @@ pub fn plan(spec: &WorkflowSpec, agents: &BTreeMap<String, Value>) -> Vec<StepPl
                 continue_on_error: step.continue_on_error,
                 condition: step.condition.clone(),
                 waits_for_worker: step.placement.is_some(),
+                impact: None,
             }
         })
         .collect();
@@ -764,6 +777,20 @@ impl RunMachine {
                 },
             );
             if run_it == Ok(true) {
+                if let Some(selection) = &plan.impact {
+                    if let Some(reason) = &selection.skip {
+                        // Not affected by the change: skipped as a false `if:` skips it.
+                        self.turn.notes.push((index, selection.note.clone()));
+                        let step = &mut self.steps[index];
+                        step.status = Status::Skipped;
+                        step.finished_at = Some(now.timestamp.clone());
+                        step.message = Some(format!("skipped: {reason}"));
+                        self.ok[index] = Some(upstream_ok);
+                        self.pending.push(Pending::Finished(index));
+                        self.turn.changed.push(index);
+                        continue;
+                    }
+                }
                 if let Some(max) = plan.max_concurrent {
                     if !slots.try_acquire(&plan.agent, max) {
                         // The agent is busy: the step stays queued for a later turn.
@@ -775,6 +802,9 @@ impl RunMachine {
             let step = &mut self.steps[index];
             match run_it {
                 Ok(true) => {
+                    if let Some(selection) = &plan.impact {
+                        self.turn.notes.push((index, selection.note.clone()));
+                    }
                     step.status = Status::Running;
                     step.started_at = Some(now.timestamp.clone());
                     self.ran[index] = Some(now.instant);
@@ -951,6 +981,16 @@ mod tests {
 
     impl Harness {
         fn new(workflow: Value, agents: Value, reused: &[&str]) -> Harness {
+            Harness::with_plan(workflow, agents, reused, |_| {})
+        }
+
+        /// [`Harness::new`] with the plan edited before the machine starts.
+        fn with_plan(
+            workflow: Value,
+            agents: Value,
+            reused: &[&str],
+            edit: impl FnOnce(&mut Vec<StepPlan>),
+        ) -> Harness {
             let spec = WorkflowSpec::compile(&workflow);
             let agents: BTreeMap<String, Value> = agents
                 .as_object()
@@ -975,8 +1015,10 @@ mod tests {
             };
             let mut scope = Scope::default();
             scope.params.insert("target".into(), json!("staging"));
+            let mut planned = plan(&spec, &agents);
+            edit(&mut planned);
             let mut harness = Harness {
-                machine: RunMachine::new(plan(&spec, &agents), steps, scope, limits, t0),
+                machine: RunMachine::new(planned, steps, scope, limits, t0),
                 names,
                 slots: Slots::default(),
                 t0,
@@ -1586,6 +1628,58 @@ mod tests {
             )
             .expect(&["run failed"], "a=failed b=skipped"),
         ]);
+    }
+
+    #[test]
+    fn impact_selection_skips_an_unaffected_step_as_a_false_condition_would() {
+        let mut harness = Harness::with_plan(
+            json!({"steps": [
+                {"name": "build"},
+                {"name": "api", "depends_on": ["build"]},
+                {"name": "web", "depends_on": ["build"]},
+                {"name": "after_web", "depends_on": ["web"]},
+                {"name": "broken", "depends_on": ["build"], "if": "failure()"},
+            ]}),
+            json!({}),
+            &[],
+            |plans| {
+                plans[1].impact = Some(Selection {
+                    skip: None,
+                    note: "impact selection: suite `api` runs".into(),
+                });
+                for index in [2, 4] {
+                    plans[index].impact = Some(Selection {
+                        skip: Some("no change under web/**".into()),
+                        note: "impact selection: suite `web` skipped".into(),
+                    });
+                }
+            },
+        );
+        harness.play(&[End("build", Status::Succeeded)]);
+        let turn = harness.turns.last().unwrap().clone();
+        harness.play(&[
+            End("api", Status::Succeeded),
+            End("after_web", Status::Succeeded),
+        ]);
+        assert_eq!(
+            harness.step("web").message.as_deref(),
+            Some("skipped: no change under web/**")
+        );
+        assert_eq!(harness.step("web").status, Status::Skipped);
+        assert_eq!(
+            harness.step("broken").message.as_deref(),
+            Some("skipped: `failure()` is false"),
+            "a false condition wins over selection"
+        );
+        assert_eq!(
+            turn.notes,
+            [
+                (1, "impact selection: suite `api` runs".to_owned()),
+                (2, "impact selection: suite `web` skipped".to_owned()),
+            ]
+        );
+        assert_eq!(harness.step("after_web").status, Status::Succeeded);
+        assert_eq!(harness.step("api").status, Status::Succeeded);
     }
 
     #[test]

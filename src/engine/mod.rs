@@ -6,6 +6,7 @@ pub mod agent_logs;
 pub mod env;
 pub mod executor;
 pub mod expand;
+pub mod impact;
 pub mod junit;
 pub mod log_tail;
 pub mod machine;

@@ -67,6 +67,10 @@ pub struct EngineConfig {
     pub detach_remote: Arc<AtomicBool>,
     /// Test history retention and the flaky rule.
     pub tests: crate::config::TestsConfig,
+    /// The git source's `path` (the manifests' directory inside the repository) when the
+    /// configuration follows a git repository: impact selection reads changes from its
+    /// mirror (`engine::impact`).
+    pub git_source_path: Option<PathBuf>,
 }
 
 impl AgentSlots for AgentSwitches {
@@ -235,7 +239,10 @@ pub fn create_runs_in(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     requests: &[RunRequest],
 ) -> Result<Vec<Result<Created, EngineError>>, StoreError> {
-    let created: Vec<_> = requests.iter().map(|r| prepare_run(objects, r)).collect();
+    let created: Vec<_> = requests
+        .iter()
+        .map(|r| prepare_run(objects, r, &source_revisions(store)))
+        .collect();
     let mut any = false;
     for (run, steps) in created.iter().flatten() {
         store.save_run(Some(run), &steps.iter().collect::<Vec<_>>(), false)?;
@@ -253,7 +260,7 @@ pub fn create_run_in(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let created = prepare_run(objects, request)?;
+    let created = prepare_run(objects, request, &source_revisions(store))?;
     store.save_run(
         Some(&created.0),
         &created.1.iter().collect::<Vec<_>>(),
@@ -269,7 +276,7 @@ pub fn create_run_unflushed(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let created = prepare_run(objects, request)?;
+    let created = prepare_run(objects, request, &source_revisions(store))?;
     store.save_run(
         Some(&created.0),
         &created.1.iter().collect::<Vec<_>>(),
@@ -278,11 +285,25 @@ pub fn create_run_unflushed(
     Ok(created)
 }
 
+/// The revision each source (`dir`, `git`) was last reconciled at, by name.
+fn source_revisions(store: &Store) -> Vec<(String, String)> {
+    ["dir", "git"]
+        .iter()
+        .filter_map(|source| {
+            let status = store.source_status(source).ok().flatten()?;
+            Some(((*source).to_owned(), status.last_attempted_revision))
+        })
+        .collect()
+}
+
 /// The run and its queued steps for a request: the workflow found and expanded, the
-/// parameters checked. Nothing is written.
+/// parameters checked. Nothing is written. `sources` holds the revision each source was
+/// last reconciled at: a run records the one its workflow's source is at (the commit the
+/// project is at, not the older one its manifest last changed in).
 fn prepare_run(
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
+    sources: &[(String, String)],
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
     let record = find_workflow_in(objects, &request.workflow)?;
     let spec = record.spec.clone().unwrap_or_default();
@@ -303,7 +324,16 @@ fn prepare_run(
         request.trigger.clone(),
     )?;
     let mut run = run;
-    run.revision = run_revision(&request.trigger).or_else(|| record.applied_revision.clone());
+    let current = record.applied_revision.as_deref().and_then(|applied| {
+        let (source, _) = applied.split_once(':')?;
+        sources
+            .iter()
+            .find(|(name, revision)| name == source && revision.starts_with(&format!("{source}:")))
+            .map(|(_, revision)| revision.clone())
+    });
+    run.revision = run_revision(&request.trigger)
+        .or(current)
+        .or_else(|| record.applied_revision.clone());
     let steps = initial_steps(&run)?;
     Ok((run, steps))
 }
@@ -677,10 +707,11 @@ pub fn execute_with_agents(
         max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
         timeout: spec.timeout,
     };
+    let scope = run_scope(&run);
     let machine = RunMachine::new(
-        machine::plan(&spec, agents),
+        planned(store, config, &run, &spec, agents, &scope),
         steps,
-        run_scope(&run),
+        scope,
         limits,
         moment.instant,
     );
@@ -704,6 +735,24 @@ pub fn execute_with_agents(
         on_event,
         moment,
     )
+}
+
+/// The plan of a run's steps ([`machine::plan`]) with impact selection's decisions
+/// ([`super::impact::select`]) for the steps that select affected suites.
+fn planned(
+    store: &Store,
+    config: &EngineConfig,
+    run: &RunRecord,
+    spec: &WorkflowSpec,
+    agents: &BTreeMap<String, Value>,
+    scope: &Scope,
+) -> Vec<machine::StepPlan> {
+    let mut plan = machine::plan(spec, agents);
+    let selections = super::impact::select(store, config, run, spec, agents, scope);
+    for (planned, selection) in plan.iter_mut().zip(selections) {
+        planned.impact = selection;
+    }
+    plan
 }
 
 /// The loop of a run's execution, from `moment`: cancel requests, the machine's turns, the
@@ -857,10 +906,11 @@ fn resume_run(
         max_parallel: spec.max_parallel.unwrap_or(config.max_parallel),
         timeout: spec.timeout,
     };
+    let scope = run_scope(&run);
     let (machine, in_flight) = RunMachine::resume(
-        machine::plan(spec, agents),
+        planned(store, config, &run, spec, agents, &scope),
         steps,
-        run_scope(&run),
+        scope,
         limits,
         started,
         &moment,
@@ -1648,6 +1698,7 @@ mod tests {
             history: Arc::default(),
             detach_remote: Arc::default(),
             tests: Default::default(),
+            git_source_path: None,
         };
         let workflow = json!({"name": "x", "steps": [
             {"name": "build"},

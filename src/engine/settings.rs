@@ -36,6 +36,12 @@ impl EngineConfig {
             agent_switches,
             max_log_bytes: config.config.runs.max_log_bytes,
             agent_logs,
+            git_source_path: config
+                .config
+                .source
+                .as_ref()
+                .and_then(|s| s.git.as_ref())
+                .map(|git| PathBuf::from(git.path.as_deref().unwrap_or("."))),
         }
     }
 }

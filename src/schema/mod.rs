@@ -367,8 +367,11 @@ fn pattern_hint(schema_path: &str) -> &'static str {
     if schema_path.ends_with("/secret/pattern")
         || schema_path.ends_with("/api_token/pattern")
         || schema_path.ends_with("/webhook_secret/pattern")
+        || schema_path.ends_with("/github/properties/token/pattern")
     {
         " (a reference such as env:NAME or file:PATH, never the secret itself)"
+    } else if schema_path.ends_with("/api_url/pattern") {
+        " (an http(s) URL: https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise)"
     } else if schema_path.ends_with("/path/pattern") {
         " (a URL path under /hooks/, e.g. /hooks/github)"
     } else if schema_path.ends_with("/id/pattern") {

@@ -754,6 +754,20 @@ fn check_steps(manifest: &Manifest, catalog: &Catalog, diagnostics: &mut Vec<Dia
                 diagnostics,
             );
         }
+        if step.get("select").and_then(Value::as_str) == Some(crate::spec::impact::AFFECTED) {
+            let agent_type = catalog
+                .agent_specs
+                .get(agent_name)
+                .and_then(|s| s.get("type"))
+                .and_then(Value::as_str)
+                .unwrap_or(agent_name);
+            if agent_type != "test_runner" || action != Some("run_tests") {
+                diagnostics.push(manifest.warning_at(
+                    &format!("/steps/{index}/select"),
+                    "`select: affected` chooses among test suites: it applies to `test_runner` `run_tests` steps, and this step runs whatever changed".to_owned(),
+                ));
+            }
+        }
         let runs_shell =
             agent.is_none() || (agent_name == "shell" && !catalog.agents.contains_key("shell"));
         if runs_shell && !has_command {
@@ -965,8 +979,8 @@ pub fn check_runs_on(
 }
 
 /// Every secret reference of a manifest with its JSON pointer: `{secret: env:NAME|file:PATH}`
-/// anywhere (the `env:` of workflows, steps, agents and their suites), and a trigger's
-/// `secret`.
+/// anywhere (the `env:` of workflows, steps, agents and their suites), a trigger's
+/// `secret`, and the token of a trigger's or workflow's `report_to.github`.
 pub fn secret_references(manifest: &Manifest) -> Vec<(String, String)> {
     fn walk(value: &Value, pointer: String, out: &mut Vec<(String, String)>) {
         match value {
@@ -992,6 +1006,15 @@ pub fn secret_references(manifest: &Manifest) -> Vec<(String, String)> {
     if manifest.kind == Kind::Trigger {
         if let Some(reference) = manifest.value.get("secret").and_then(Value::as_str) {
             found.push(("/secret".to_owned(), reference.to_owned()));
+        }
+    }
+    if matches!(manifest.kind, Kind::Trigger | Kind::Workflow) {
+        if let Some(reference) = manifest
+            .value
+            .pointer("/report_to/github/token")
+            .and_then(Value::as_str)
+        {
+            found.push(("/report_to/github/token".to_owned(), reference.to_owned()));
         }
     }
     walk(&manifest.value, String::new(), &mut found);

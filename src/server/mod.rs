@@ -1,8 +1,8 @@
 //! `orchestrator start`: the long-running controller, wired together. `serve` opens the
 //! store, builds each subsystem with the few handles it uses (the runner, the controller,
-//! the scheduler, the alert loop, the system sampler, the agents' health checks), binds the
-//! listener, serves the API (`http.rs`: the accept loop and its connection limits) and shuts
-//! everything down in order. Nothing below this module imports it.
+//! the scheduler, the alert loop, the system sampler, the agents' health checks, the commit
+//! statuses), binds the listener, serves the API (`http.rs`: the accept loop and its
+//! connection limits) and shuts everything down in order. Nothing below this module imports it.
 
 pub mod http;
 
@@ -386,6 +386,29 @@ pub fn serve(
         }),
         stopped,
     ));
+    // Commit statuses outlive the other services: runs cancelled at shutdown are reported
+    // too, so they stop after the runs (below).
+    let (stop_reporting, reporting_stopped) = tokio::sync::watch::channel(false);
+    let reporting = runtime.spawn(crate::triggers::commit_status::run(
+        Arc::new(crate::triggers::commit_status::Reporting {
+            store: Arc::clone(&app.store),
+            view: Arc::clone(&app.view),
+            events: app.events.clone(),
+            project_dir: app.config.project_dir.clone(),
+            base_url: format!("http://{address}"),
+            source_url: controller.git.as_ref().map(|git| git.source.url.clone()),
+            attempts: app.config.config.notifications.retry.attempts.max(1),
+            initial_backoff: app
+                .config
+                .config
+                .notifications
+                .retry
+                .initial_backoff
+                .duration()
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        }),
+        reporting_stopped,
+    ));
     let router = router(&app, address);
     let limits = http::Limits::from_config(&app.config.config.server);
     // Connections get the grace period to finish what they are doing; the runs get what
@@ -423,6 +446,8 @@ pub fn serve(
     while !runner.active_run_ids().is_empty() && Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let _ = stop_reporting.send(true);
+    let _ = runtime.block_on(reporting);
     // A git fetch in progress may wait on the network: give it a while, not forever.
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     while !watcher.is_finished() && Instant::now() < deadline {

@@ -1,6 +1,7 @@
 //! Sources of manifests. A source produces a [`Snapshot`]: the manifest files it holds, read
 //! into memory, and a revision that names exactly that content.
 
+pub mod changes;
 pub mod dir;
 pub mod git;
 

@@ -851,9 +851,18 @@ impl Store {
         Ok(())
     }
 
-    /// Removes runs of one workflow, their steps and their index entries, durably.
+    /// Removes runs of one workflow, their steps, their index entries and what the state
+    /// trees of [`RUN_STATE_TREES`] keep under their ids, durably.
     pub fn delete_runs(&self, workflow_id: &str, ids: &[String]) -> Result<(), StoreError> {
         let h = self.handles()?;
+        for tree in RUN_STATE_TREES {
+            let opened = h.db.open_tree(tree).map_err(|e| self.sled_error(e))?;
+            let mut batch = sled::Batch::default();
+            for id in ids {
+                batch.remove(id.as_bytes());
+            }
+            opened.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        }
         for id in ids {
             let mut prefix = id.as_bytes().to_vec();
             prefix.push(0);
@@ -871,6 +880,10 @@ impl Store {
         Ok(())
     }
 }
+
+/// State trees keyed by run id, whose records go with their run when history is trimmed:
+/// the commit statuses reported of each run (`triggers::commit_status`).
+pub const RUN_STATE_TREES: [&str; 1] = ["commit_statuses"];
 
 /// What the run index needs of a run record (the rest is skipped when it is built).
 #[derive(Deserialize)]
@@ -1149,8 +1162,23 @@ mod tests {
         );
 
         store
+            .put_state(RUN_STATE_TREES[0], "run_01", &"reported", false)
+            .unwrap();
+        store
+            .put_state(RUN_STATE_TREES[0], "run_04", &"reported", false)
+            .unwrap();
+        store
             .delete_runs("wf_a", &["run_01".into(), "run_03".into()])
             .unwrap();
+        assert_eq!(
+            store
+                .states::<String>(RUN_STATE_TREES[0], "")
+                .unwrap()
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect::<Vec<_>>(),
+            ["run_04"]
+        );
         assert_eq!(
             store.workflow_run_ids("wf_a").unwrap(),
             [("run_04".to_owned(), Status::Queued)]

@@ -2,8 +2,10 @@
 //! a delivery to the triggers of its path, checking its signature ([`signature`]), its
 //! filters (event, action, branch, changed paths), and the run parameters mapped from its
 //! payload ([`template`]). No IO but in [`deliveries`], the records the receiver keeps in
-//! the store; the HTTP side (`api::hooks`) resolves secrets and starts the runs.
+//! the store, and [`commit_status`], the service that reports runs back to their GitHub
+//! commit; the HTTP side (`api::hooks`) resolves secrets and starts the runs.
 
+pub mod commit_status;
 pub mod deliveries;
 pub mod recovery;
 pub mod signature;

@@ -388,6 +388,7 @@ steps:
             history: Arc::default(),
             detach_remote: Arc::default(),
             tests: Default::default(),
+            git_source_path: None,
         };
         Engine {
             project,

@@ -45,13 +45,13 @@ fn example(event: &str, pick: impl Fn(&Value) -> bool) -> Value {
 }
 
 /// A push to a branch, with its commits (`refs/heads/master`, `after` 6113728f...).
-fn push_to_master() -> Value {
+pub(crate) fn push_to_master() -> Value {
     example("push", |x| {
         x["ref"] == "refs/heads/master" && x["deleted"] == false && x["commits"].is_array()
     })
 }
 
-fn pull_request(action: &str) -> Value {
+pub(crate) fn pull_request(action: &str) -> Value {
     example("pull_request", |x| x["action"] == action)
 }
 

@@ -152,6 +152,17 @@ export function unseen(shown, chunk) {
   return decoder.decode(bytes.slice(shown - chunk.offset));
 }
 
+/** What was reported to the run's GitHub commit (`report_to`): the newest state, sent or
+ * why not. */
+function commitStatus(report) {
+  const last = report.updates[report.updates.length - 1];
+  const where = html`<span class="mono">${report.context}</span> <span class="muted">${report.repository}@${report.sha.slice(0, 7)}</span>`;
+  if (!last) return html`<span data-commit-status="none">${where}: nothing sent yet</span>`;
+  if (last.delivered) return html`<span data-commit-status="${last.state}">${where}: ${last.state} sent</span>`;
+  if (!last.error) return html`<span data-commit-status="sending">${where}: ${last.state} being sent</span>`;
+  return html`<span data-commit-status="error">${where}: ${last.state} not sent after ${last.attempts} attempt${last.attempts === 1 ? "" : "s"}: ${last.error}</span>`;
+}
+
 async function detail(ctx, id) {
   const { api, root } = ctx;
   const path = `/api/runs/${encodeURIComponent(id)}`;
@@ -225,6 +236,7 @@ async function detail(ctx, id) {
         ["Duration", duration(run.duration_ms ?? elapsed(run.started_at))],
         run.message ? ["Message", run.message] : null,
         run.rerun_of ? ["Re-run of", html`<a href="${href("runs", run.rerun_of)}">${run.rerun_of}</a>`] : null,
+        data.commit_status ? ["Commit status", commitStatus(data.commit_status)] : null,
       ])}</div>
       <div class="card"><h3>Parameters</h3>${params.length ? facts(params.map(([k, v]) => [k, html`<code>${typeof v === "string" ? v : JSON.stringify(v)}</code>`])) : html`<p class="muted">None.</p>`}
       <h3>Tests</h3><p data-tests-summary>${testsText(run.tests)}</p></div>`,
