@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::model::{RunRecord, Status, StepRecord, TestCase, TestStatus, TestSummary};
+use crate::model::{RunRecord, Status, StepRecord, TestCase, TestClass, TestStatus, TestSummary};
 
 /// One run with its steps, as a report shows it.
 pub struct RunView<'a> {
@@ -95,6 +95,19 @@ fn case_key(case: &TestCase) -> (String, String, String) {
     )
 }
 
+/// A case's class as the report says it.
+fn class_text(class: TestClass) -> &'static str {
+    match class {
+        TestClass::NewFailure => "new failure",
+        TestClass::StillFailing => "still failing",
+        TestClass::Fixed => "fixed",
+        TestClass::Flaky => "flaky",
+        TestClass::Quarantined => "quarantined",
+        TestClass::Passed => "passed",
+        TestClass::Skipped => "skipped",
+    }
+}
+
 fn failing(case: &TestCase) -> bool {
     matches!(case.status, TestStatus::Failed | TestStatus::Error)
 }
@@ -145,9 +158,16 @@ pub fn render_html(
             )
         }
     );
+    // The counts as people read them ("212 passed, 2 new failures, 1 flaky, 3
+    // quarantined"), then every count.
     let _ = write!(
         html,
-        "<h2>Tests</h2><p>{} total · {} passed · {} failed · {} errors · {} skipped{}</p>",
+        "<h2>Tests</h2><p class=\"classes\"><strong>{}</strong></p>",
+        escape(&summary.describe())
+    );
+    let _ = write!(
+        html,
+        "<p>{} total · {} passed · {} failed · {} errors · {} skipped{}</p>",
         summary.total,
         summary.passed,
         summary.failed,
@@ -249,10 +269,13 @@ pub fn render_html(
             for case in failures {
                 let _ = write!(
                     html,
-                    "<h3>{} › {} › {}</h3><p>{}</p>",
+                    "<h3>{} › {} › {}{}</h3><p>{}</p>",
                     escape(&case.suite),
                     escape(&case.classname),
                     escape(&case.name),
+                    case.class
+                        .map(|c| format!(" <span class=\"class\">({})</span>", class_text(c)))
+                        .unwrap_or_default(),
                     escape(case.message.as_deref().unwrap_or(""))
                 );
                 if let Some(details) = &case.details {
@@ -260,15 +283,17 @@ pub fn render_html(
                 }
             }
         }
-        html.push_str("<h2>All test cases</h2><table><tr><th>Suite</th><th>Class</th><th>Name</th><th>Status</th><th>Time</th></tr>");
+        html.push_str("<h2>All test cases</h2><table><tr><th>Suite</th><th>Class</th><th>Name</th><th>Status</th><th>Classified</th><th>Time</th></tr>");
         for case in current.cases() {
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{:.3} s</td></tr>",
+                "<tr data-class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{:?}</td><td>{}</td><td>{:.3} s</td></tr>",
+                case.class.map_or("", TestClass::as_str),
                 escape(&case.suite),
                 escape(&case.classname),
                 escape(&case.name),
                 case.status,
+                case.class.map_or("-", class_text),
                 case.time_seconds
             );
         }
@@ -457,6 +482,39 @@ mod tests {
         assert!(html.contains("&lt;b&gt;boom&lt;/b&gt;"));
         let summary = render_html(&current, None, HtmlTemplate::Summary, "now");
         assert!(!summary.contains("All test cases"));
+    }
+
+    #[test]
+    fn html_says_the_classes_and_marks_each_case() {
+        let (run, mut steps) = run();
+        steps[0].tests[0].class = Some(TestClass::Passed);
+        steps[0].tests[1].class = Some(TestClass::Quarantined);
+        let mut flaky = steps[0].tests[1].clone();
+        flaky.name = "c".into();
+        flaky.class = Some(TestClass::Flaky);
+        steps[0].tests.push(flaky);
+        let html = render_html(
+            &RunView {
+                run: &run,
+                steps: &steps,
+            },
+            None,
+            HtmlTemplate::Detailed,
+            "now",
+        );
+        assert!(
+            html.contains("<strong>1 passed, 1 flaky, 1 quarantined</strong>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr data-class=\"quarantined\"><td>api</td><td>c</td><td>b</td><td>Failed</td><td>quarantined</td>"),
+            "{html}"
+        );
+        assert!(html.contains("<tr data-class=\"flaky\">"), "{html}");
+        assert!(
+            html.contains("<h3>api › c › b <span class=\"class\">(quarantined)</span></h3>"),
+            "{html}"
+        );
     }
 
     #[test]

@@ -402,7 +402,20 @@ fn snapshot_with(state: &AppState, target: &Target) -> Result<Snapshot, ApiError
 /// The diagnostics of the target's file, validated with every other manifest.
 fn check(state: &AppState, target: &Target) -> Result<Vec<Diagnostic>, ApiError> {
     let snapshot = snapshot_with(state, target)?;
-    let desired = crate::reconcile::desired_set(&snapshot);
+    // A Quarantine is also checked against the day and the tests there are results of.
+    let surroundings = if target.kind == Kind::Quarantine {
+        let tests = super::quarantine::quarantine_tests(&state.store)
+            .map_err(ApiError::internal)?
+            .tests;
+        crate::reconcile::Surroundings {
+            today: Some(chrono::Utc::now().date_naive()),
+            tests: (!tests.is_empty()).then(|| tests.into_iter().map(|t| t.test).collect()),
+            ..Default::default()
+        }
+    } else {
+        crate::reconcile::Surroundings::default()
+    };
+    let desired = crate::reconcile::desired_set_with(&snapshot, &surroundings);
     Ok(desired
         .diagnostics
         .into_iter()

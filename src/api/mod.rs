@@ -21,6 +21,7 @@ mod jobs;
 mod manifest_save;
 mod monitor;
 pub mod openapi;
+pub mod quarantine;
 mod reports;
 mod schemas;
 mod source_hook;
@@ -126,6 +127,7 @@ fn declared(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(workers::resume_worker))
         .routes(routes!(handlers::list_manifests, manifest_save::save))
         .routes(routes!(manifest_save::validate))
+        .routes(routes!(quarantine::list))
         .routes(routes!(alert_rules::validate_condition))
         .routes(routes!(manifest_save::list_dashboards))
         .routes(routes!(manifest_save::show_dashboard))

@@ -268,6 +268,9 @@ pub struct TrendRun {
     pub duration_ms: Option<u64>,
     /// Its test cases, counted.
     pub tests: TestSummary,
+    /// Its test cases as people read them: "212 passed, 2 new failures, 1 flaky, 3
+    /// quarantined" (empty without test cases).
+    pub tests_text: String,
     /// passed / (passed + failed + errors); `null` without such cases.
     pub pass_rate: Option<f64>,
     /// Files its steps recorded.
@@ -415,6 +418,11 @@ pub fn trends(
             finished_at: run.finished_at.clone(),
             duration_ms: run.duration_ms,
             tests: run.tests,
+            tests_text: if run.tests.total > 0 {
+                run.tests.describe()
+            } else {
+                String::new()
+            },
             pass_rate: pass_rate(&run.tests),
             artifacts: steps
                 .iter()
@@ -703,6 +711,8 @@ mod tests {
         assert_eq!(all.outcomes["failed"], 2);
         assert_eq!(all.runs[1].pass_rate, Some(0.5));
         assert_eq!(all.runs[2].pass_rate, Some(0.0));
+        assert_eq!(all.runs[1].tests_text, "1 passed, 1 failed");
+        assert_eq!(all.runs[2].tests_text, "0 passed, 1 failed, 1 skipped");
         // 3 passed of 5 counted (a skipped case does not count).
         assert_eq!(all.pass_rate, Some(0.6));
         let d = all.duration.unwrap();

@@ -101,7 +101,8 @@ pub struct QuarantineView {
     pub until: String,
     /// Whether it applies today (not past `until`).
     pub active: bool,
-    /// The known tests it covers.
+    /// The known tests it covers (with `status=flaky`, which reads only the flaky tests, the
+    /// flaky ones it covers).
     pub tests: usize,
 }
 
@@ -183,7 +184,8 @@ pub struct TestList {
     pub total: usize,
     /// The most listed.
     pub limit: usize,
-    /// Every entry of the live Quarantine manifests (expired ones too, `active: false`).
+    /// Every entry of the live Quarantine manifests (expired ones too, `active: false`),
+    /// each with the tests it covers among those the list read.
     pub quarantines: Vec<QuarantineView>,
 }
 
@@ -280,7 +282,11 @@ pub fn list_tests(
             .find(|(_, name)| **name == w.as_str())
             .map_or_else(|| w.clone(), |(id, _)| (*id).to_owned())
     });
-    let records = store.test_records()?;
+    // The flaky tests have an index of their own: that list reads only them.
+    let records = match query.status {
+        Some(TestFilter::Flaky) => store.test_records_in("flaky")?,
+        _ => store.test_records()?,
+    };
     let mut covered = vec![0usize; quarantine.entries.len()];
     // What is kept, sorted, and cut to the limit before any item is built: (record, its
     // flips, the entry in force that covers it).

@@ -83,7 +83,7 @@ pub struct ApplyArgs {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// Only objects of this kind: workflow, workflowtemplate, agent, schedule, alert,
-    /// trigger or dashboard.
+    /// trigger, dashboard or quarantine.
     #[arg(value_parser = parse_kind)]
     pub kind: Option<Kind>,
     /// Only the object with this id; with -o json or yaml, the object itself (not a list).
@@ -286,6 +286,8 @@ pub fn validate(context: &Context, args: &ValidateArgs) -> Result<u8> {
             channels: Some(configured_channels(context)),
             secrets: Some(&secrets),
             workers: super::worker_cmd::workers_seen(context),
+            today: Some(chrono::Utc::now().date_naive()),
+            tests: super::tests_quarantine::known_tests(context),
         },
     );
     let objects = desired.objects.len() + desired.invalid.len();

@@ -14,6 +14,7 @@ mod schemas_cmd;
 pub mod server_cmd;
 mod tests_cmd;
 mod tests_list;
+mod tests_quarantine;
 mod trigger_cmd;
 mod worker_cmd;
 mod workflow;
@@ -124,7 +125,8 @@ pub enum Command {
     #[command(subcommand)]
     Alert(alert_cmd::AlertCommand),
     /// Test results across runs: every test case's history (flaky, failing, new, slow and
-    /// quarantined tests, one test's timeline) and which suites a change affects.
+    /// quarantined tests, one test's timeline), which suites a change affects (`tests
+    /// affected`), and Quarantine manifests for flaky tests (`tests quarantine suggest`).
     #[command(subcommand)]
     Tests(tests_cmd::TestsCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
@@ -180,6 +182,7 @@ impl Command {
                     tests_cmd::TestsCommand::Affected(_)
                         | tests_cmd::TestsCommand::List(_)
                         | tests_cmd::TestsCommand::Show(_)
+                        | tests_cmd::TestsCommand::Quarantine(_)
                 )
         ) || matches!(self, Command::Apply(args) if args.dry_run)
             // Through the running server only: nothing of this project is written.

@@ -5,7 +5,8 @@
 //! (`select: affected`) makes for a change: which `run_tests` suites would run or be
 //! skipped, and which changed paths decided it. Revisions are read in the git source's
 //! repository (its mirror under the data directory) when the project follows one, else in
-//! the repository whose work tree holds the project.
+//! the repository whose work tree holds the project. `tests quarantine suggest` is
+//! `tests_quarantine.rs`'s.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use super::backend::Backend;
 use super::manifests::table;
+use super::tests_quarantine;
 use super::{tests_list, Context, OutputFormat, EXIT_OK};
 use crate::engine::expand::Scope;
 use crate::engine::{impact, run};
@@ -35,6 +37,9 @@ pub enum TestsCommand {
     /// Which test suites a change affects: the plan a workflow's `select: affected` steps
     /// would follow between two revisions (exit 2 on a revision that does not exist).
     Affected(AffectedArgs),
+    /// Quarantine manifests for flaky tests (`tests quarantine suggest`).
+    #[command(subcommand)]
+    Quarantine(tests_quarantine::QuarantineCommand),
 }
 
 /// Arguments of `tests affected`.
@@ -61,6 +66,7 @@ pub fn run(context: &Context, command: &TestsCommand) -> Result<u8> {
         TestsCommand::List(args) => tests_list::list(context, args),
         TestsCommand::Show(args) => tests_list::show(context, args),
         TestsCommand::Affected(args) => affected(context, args),
+        TestsCommand::Quarantine(command) => tests_quarantine::run(context, command),
     }
 }
 

@@ -40,7 +40,13 @@ const WORKFLOW_METRICS: [&str; 4] = [
 ];
 
 /// Metrics about test results, which may be narrowed with a `workflow` label.
-const TEST_METRICS: [&str; 3] = ["tests.pass_rate", "tests.failed", "tests.flaky"];
+const TEST_METRICS: [&str; 5] = [
+    "tests.pass_rate",
+    "tests.failed",
+    "tests.flaky",
+    "tests.new_failures",
+    "tests.quarantined",
+];
 
 /// The agent metric suffixes, used both as `agent.<name>.<suffix>` and `agent.<suffix>`.
 const AGENT_SUFFIXES: [&str; 5] = [
@@ -675,6 +681,33 @@ mod tests {
     }
 
     #[test]
+    fn the_test_classes_are_metrics_per_workflow() {
+        let condition =
+            parse_condition(r#"tests.new_failures{workflow="ci"} > 0 or tests.quarantined >= 5"#)
+                .unwrap();
+        let values = |new_failures: f64, quarantined: f64| {
+            move |metric: &MetricRef| match (metric.name.as_str(), metric.labels.as_slice()) {
+                ("tests.new_failures", [(key, value)]) if key == "workflow" && value == "ci" => {
+                    Some(new_failures)
+                }
+                ("tests.quarantined", []) => Some(quarantined),
+                _ => None,
+            }
+        };
+        assert_eq!(condition.evaluate(&values(0.0, 4.0)), Some(false));
+        assert_eq!(condition.evaluate(&values(1.0, 0.0)), Some(true));
+        assert_eq!(condition.evaluate(&values(0.0, 5.0)), Some(true));
+        let err = error_of("tests.new_failure > 0");
+        assert!(
+            err.message.contains("did you mean `tests.new_failures`"),
+            "{}",
+            err.message
+        );
+        let err = error_of(r#"tests.quarantined{agent="x"} > 0"#);
+        assert!(err.message.contains("workflow"), "{}", err.message);
+    }
+
+    #[test]
     fn evaluate_follows_precedence() {
         let condition = parse_condition(
             "system.cpu_percent > 80 or system.memory_percent > 90 and tests.failed > 0",
@@ -965,7 +998,9 @@ mod tests {
             .starts_with("unknown metric `cpu`: expected one of system.cpu_percent, "));
         assert!(err.message.contains("agent.<agent_name>.error_rate"));
         assert!(err.message.contains("agent.health_score"));
-        assert!(err.message.ends_with("tests.flaky"));
+        assert!(err
+            .message
+            .ends_with("tests.new_failures, tests.quarantined"));
         assert_eq!(err.to_string(), format!("column 1: {}", err.message));
     }
 

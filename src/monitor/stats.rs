@@ -25,6 +25,9 @@
 //!   `tests.pass_rate` is passed / (passed + failed + errors), skipped cases left out; a test
 //!   case is *flaky* when, within the window, it both passed and failed (or errored) in runs
 //!   of the same workflow, and `tests.flaky` counts such cases.
+//! - `tests.new_failures` and `tests.quarantined` sum the runs' own classification of
+//!   their cases (`RunRecord.tests`, against each test's history): cases that failed after
+//!   passing (or on their first result), and failures a Quarantine manifest covered.
 //! - An agent's health score, 0 to 1, is
 //!   `check × (0.8 × success_rate + 0.2 × (1 − recency))`, where `check` is 0 when the
 //!   agent's latest health check failed and 1 otherwise (passed, not applicable, not yet
@@ -90,6 +93,9 @@ struct RunEntry {
     duration_seconds: Option<f64>,
     steps: Vec<StepEntry>,
     cases: Vec<CaseEntry>,
+    /// The run's new failures and quarantined failures, as it classified them.
+    new_failures: u64,
+    quarantined: u64,
 }
 
 struct StepEntry {
@@ -138,6 +144,8 @@ struct WorkflowAgg {
     tests_failed: u64,
     tests_skipped: u64,
     flaky: u64,
+    new_failures: u64,
+    quarantined: u64,
     slowest: Vec<TestCaseMetrics>,
     most_failing: Vec<TestCaseMetrics>,
 }
@@ -191,6 +199,11 @@ pub struct TestMetrics {
     pub skipped: u64,
     /// Test cases that both passed and failed within the window.
     pub flaky: u64,
+    /// Test cases that failed after passing (or on their first result), summed over the
+    /// runs, as each run classified them.
+    pub new_failures: u64,
+    /// Failed test cases a Quarantine manifest covered, summed over the runs.
+    pub quarantined: u64,
     /// The slowest test cases (by their longest time), at most five.
     pub slowest: Vec<TestCaseMetrics>,
     /// The test cases that failed most often, at most five.
@@ -374,6 +387,8 @@ impl RunStats {
                     time_seconds: c.time_seconds,
                 })
                 .collect(),
+            new_failures: u64::from(run.tests.new_failures),
+            quarantined: u64::from(run.tests.quarantined),
         };
         let mut inner = self.lock();
         for step in steps.iter().filter(|s| is_failure(s.status)) {
@@ -485,6 +500,8 @@ impl RunStats {
                 (true, "pass_rate") => ratio(agg.tests_passed, agg.tests_passed + agg.tests_failed),
                 (true, "failed") => Some(agg.tests_failed as f64),
                 (true, "flaky") => Some(agg.flaky as f64),
+                (true, "new_failures") => Some(agg.new_failures as f64),
+                (true, "quarantined") => Some(agg.quarantined as f64),
                 _ => None,
             };
         }
@@ -601,6 +618,8 @@ impl RunStats {
                 failed: agg.tests_failed,
                 skipped: agg.tests_skipped,
                 flaky: agg.flaky,
+                new_failures: agg.new_failures,
+                quarantined: agg.quarantined,
                 slowest: agg.slowest.clone(),
                 most_failing: agg.most_failing.clone(),
             },
@@ -758,7 +777,7 @@ impl RunStats {
         );
         let workflow = |w: &WorkflowMetrics| w.workflow_id.clone();
         type WorkflowField = fn(&WorkflowMetrics) -> Option<f64>;
-        let workflow_families: [(&str, &str, WorkflowField); 7] = [
+        let workflow_families: [(&str, &str, WorkflowField); 9] = [
             (
                 "orchestrator_workflow_runs",
                 "Runs of a workflow that succeeded, failed or timed out",
@@ -793,6 +812,16 @@ impl RunStats {
                 "orchestrator_workflow_tests_flaky",
                 "Test cases of a workflow that both passed and failed",
                 |w| Some(w.tests.flaky as f64),
+            ),
+            (
+                "orchestrator_workflow_tests_new_failures",
+                "Test cases of a workflow that failed after passing, by its runs' classification",
+                |w| Some(w.tests.new_failures as f64),
+            ),
+            (
+                "orchestrator_workflow_tests_quarantined",
+                "Failed test cases of a workflow that a Quarantine manifest covered",
+                |w| Some(w.tests.quarantined as f64),
             ),
         ];
         for (name, help, field) in workflow_families {
@@ -905,6 +934,8 @@ fn build<'a>(runs: impl Iterator<Item = &'a RunEntry>) -> Snapshot {
             } else {
                 agg.succeeded += 1;
             }
+            agg.new_failures += run.new_failures;
+            agg.quarantined += run.quarantined;
             for case in &run.cases {
                 match case.status {
                     TestStatus::Passed => agg.tests_passed += 1,

@@ -87,6 +87,11 @@ pub struct Surroundings<'a> {
     /// Every worker that ever registered (name, labels): a `runs_on` none of them
     /// satisfies is warned about.
     pub workers: Option<Vec<(String, BTreeMap<String, String>)>>,
+    /// Today (UTC): a Quarantine entry past its `until` is warned about.
+    pub today: Option<chrono::NaiveDate>,
+    /// Every test there are results of: a Quarantine entry covering none of them is
+    /// warned about.
+    pub tests: Option<Vec<semantic::KnownTest>>,
 }
 
 /// Whether a secret reference resolves where the check runs, and if not, why.
@@ -161,6 +166,13 @@ pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) ->
             }
             if let Some(workers) = &surroundings.workers {
                 found.extend(semantic::check_runs_on(&c.manifest, workers));
+            }
+            if surroundings.today.is_some() || surroundings.tests.is_some() {
+                found.extend(semantic::check_quarantine(
+                    &c.manifest,
+                    surroundings.today,
+                    surroundings.tests.as_deref(),
+                ));
             }
             if let Some(resolve) = surroundings.secrets {
                 for (pointer, reference) in semantic::secret_references(&c.manifest) {

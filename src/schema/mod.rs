@@ -152,21 +152,36 @@ pub fn validate(name: SchemaName, value: &Value) -> Vec<Violation> {
     if compiled.validator.is_valid(value) {
         return Vec::new();
     }
-    let mut violations: Vec<Violation> = compiled
+    let mut formats = std::collections::HashSet::new();
+    let described: Vec<(bool, Vec<Violation>)> = compiled
         .validator
         .iter_errors(value)
-        .flat_map(|error| {
+        .map(|error| {
             let pointer = error.instance_path().as_str().to_owned();
+            if matches!(error.kind(), ValidationErrorKind::Format { .. }) {
+                formats.insert(pointer.clone());
+            }
             let schema_path = error.schema_path().as_str().to_owned();
-            describe(
+            let pattern = matches!(error.kind(), ValidationErrorKind::Pattern { .. });
+            let violations = describe(
                 &compiled.schema,
                 &schema_path,
                 pointer,
                 error.kind(),
                 error.instance(),
                 || error.to_string(),
-            )
+            );
+            (pattern, violations)
         })
+        .collect();
+    // A string that fails its format and its pattern (a date `31/01/2027`) is reported
+    // once, by the format's more telling message.
+    let mut violations: Vec<Violation> = described
+        .into_iter()
+        .filter(|(pattern, violations)| {
+            !(*pattern && violations.iter().all(|v| formats.contains(&v.pointer)))
+        })
+        .flat_map(|(_, violations)| violations)
         .collect();
     violations.sort_by(|a, b| a.pointer.cmp(&b.pointer).then(a.message.cmp(&b.message)));
     violations.dedup();
@@ -292,7 +307,25 @@ fn describe_one(
                 .map(|a| format!("`{a}`"))
                 .collect::<Vec<_>>()
                 .join(" or ");
-            if matches!(kind, ValidationErrorKind::OneOfMultipleValid { .. }) {
+            let are_aliases = Kind::ALL.iter().any(|k| {
+                crate::manifest::field_aliases(*k)
+                    .iter()
+                    .any(|(alias, field)| field == canonical && fields.contains(alias))
+            });
+            if !are_aliases {
+                // Alternatives, not names of one field (a Quarantine entry's `test` or
+                // `match`).
+                let listed = fields
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                if matches!(kind, ValidationErrorKind::OneOfMultipleValid { .. }) {
+                    plain(format!("set one of {listed}, not more"))
+                } else {
+                    plain(format!("missing required field: one of {listed}"))
+                }
+            } else if matches!(kind, ValidationErrorKind::OneOfMultipleValid { .. }) {
                 plain(format!(
                     "both `{canonical}` and its alias {aliases} are set: keep one"
                 ))

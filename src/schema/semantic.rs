@@ -36,6 +36,13 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
         "payload-template" => crate::lang::delivery_template::check(text)
             .err()
             .map(|e| (e, None)),
+        // A Quarantine's `until`: the message its compilation gives.
+        "date" => {
+            crate::spec::quarantine::compile_entry("", 0, &serde_json::json!({"until": text}))
+                .err()
+                .filter(|(field, _)| field == "until")
+                .map(|(_, message)| (message, None))
+        }
         _ => None,
     };
     detail.unwrap_or_else(|| (format!("`{text}` is not a valid {format}"), None))
@@ -46,6 +53,9 @@ pub fn format_message(format: &str, text: &str) -> (String, Option<u32>) {
 /// fields (`crate::spec::trigger::check_manifest`).
 pub fn check_object(manifest: &Manifest) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
+    if manifest.kind == Kind::Quarantine {
+        return check_quarantine_entries(manifest);
+    }
     if manifest.kind == Kind::Trigger {
         for (pointer, message) in crate::spec::trigger::check_manifest(&manifest.value) {
             diagnostics.push(manifest.error_at(&pointer, false, message));
@@ -1065,6 +1075,96 @@ pub fn duplicate_ids(manifests: &[(Kind, String, &Manifest)]) -> Vec<(usize, Dia
 mod tests {
     use super::*;
 
+    fn quarantine_manifest(text: &str) -> Manifest {
+        let document = crate::manifest::parse::parse_yaml(text).unwrap().remove(0);
+        let (mut manifests, problems) = crate::manifest::extract("quarantine/q.yaml", document, "");
+        assert!(problems.is_empty(), "{problems:?}");
+        manifests.remove(0)
+    }
+
+    fn known(id: &str, name: &str) -> KnownTest {
+        KnownTest {
+            id: id.to_owned(),
+            workflow: "wf_nightly".to_owned(),
+            workflow_name: "Nightly".to_owned(),
+            suite: "api".to_owned(),
+            classname: "tests.api".to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn quarantine_entries_expired_or_covering_nothing_are_warned_at_their_field() {
+        let manifest = quarantine_manifest(
+            "kind: Quarantine
+name: Q
+entries:
+  - test: tc_00000000000000a1
+    reason: r
+    owner: o
+    until: 2027-01-31
+  - match: {workflow: Nightly, name: \"test_*\"}
+    reason: r
+    owner: o
+    until: 2027-01-31
+  - test: tc_00000000000000a2
+    reason: r
+    owner: o
+    until: 2026-12-31
+  - match: {suite: ui}
+    reason: r
+    owner: o
+    until: 2027-01-31
+  - match: {name: \"[\"}
+    reason: r
+    owner: o
+    until: 2027-01-31
+",
+        );
+        let today = chrono::NaiveDate::from_ymd_opt(2027, 1, 2).unwrap();
+        let tests = [
+            known("tc_00000000000000a3", "test_a"),
+            known("tc_00000000000000ff", "other"),
+        ];
+        let found = check_quarantine(&manifest, Some(today), Some(&tests));
+        let seen: Vec<(&str, u32, bool)> = found
+            .iter()
+            .map(|d| (d.pointer.as_str(), d.line, d.is_error()))
+            .collect();
+        // The glob that does not compile is check_object's.
+        assert_eq!(
+            seen,
+            [
+                ("/entries/0/test", 4, false),
+                ("/entries/2/until", 15, false),
+                ("/entries/3/match", 16, false),
+            ],
+            "{found:#?}"
+        );
+        assert!(
+            found[0]
+                .message
+                .contains("did you mean `tc_00000000000000a3`?"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[1]
+                .message
+                .contains("expired on 2026-12-31 (2 days ago): its failures fail again"),
+            "{}",
+            found[1].message
+        );
+        assert!(found[2].message.contains("matches none of the 2 tests"));
+        // Without the tests, only the date is checked; without either, nothing.
+        assert_eq!(check_quarantine(&manifest, Some(today), None).len(), 1);
+        assert!(check_quarantine(&manifest, None, None).is_empty());
+        let errors = check_object(&manifest);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].pointer, "/entries/4/match/name");
+        assert!(errors[0].is_error());
+    }
+
     #[test]
     fn finds_cycles_and_accepts_dags() {
         assert_eq!(find_cycle(&[vec![1], vec![2], vec![]]), None);
@@ -1112,4 +1212,128 @@ mod tests {
         assert_eq!(env_name_for("params.pr-title"), "PR_TITLE");
         assert_eq!(env_name_for("payload.commits.0"), "VALUE_0");
     }
+}
+
+/// A test the store has results of, as Quarantine entries are matched against it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct KnownTest {
+    /// `tc_` and 16 hex digits.
+    pub id: String,
+    /// The workflow's id.
+    pub workflow: String,
+    /// The workflow's name, when the workflow is known (else its id).
+    pub workflow_name: String,
+    /// The JUnit suite.
+    pub suite: String,
+    /// The JUnit classname.
+    pub classname: String,
+    /// The case's name.
+    pub name: String,
+}
+
+impl KnownTest {
+    /// The fields an entry matches.
+    pub fn fields(&self) -> crate::spec::quarantine::TestFields<'_> {
+        crate::spec::quarantine::TestFields {
+            id: &self.id,
+            workflow: &self.workflow,
+            workflow_name: &self.workflow_name,
+            suite: &self.suite,
+            classname: &self.classname,
+            name: &self.name,
+        }
+    }
+}
+
+/// The globs of a Quarantine's entries that do not compile, each an error at its field
+/// (`/entries/0/match/name`), all of them. Dates are the schema's (`format: date`, whose
+/// message is the compiled entry's).
+fn check_quarantine_entries(manifest: &Manifest) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let Some(entries) = manifest.value.get("entries").and_then(Value::as_array) else {
+        return diagnostics;
+    };
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(globs) = entry.get("match").and_then(Value::as_object) else {
+            continue;
+        };
+        // One field at a time, with a good date: every bad glob is reported, whatever
+        // else is wrong with the entry.
+        for (field, glob) in globs {
+            if !glob.is_string() {
+                continue;
+            }
+            let alone = serde_json::json!({"until": "2000-01-01", "match": {field: glob}});
+            if let Err((at, message)) = crate::spec::quarantine::compile_entry("", index, &alone) {
+                diagnostics.push(manifest.error_at(
+                    &format!("/entries/{index}/{at}"),
+                    false,
+                    message,
+                ));
+            }
+        }
+    }
+    diagnostics
+}
+
+/// Quarantine entries against the day and the tests there are results of: an entry past
+/// its `until` is warned about (its failures fail again), and so is one that covers no
+/// test in `tests` (when given: a typo'd id or glob protects nothing). Entries that do not
+/// compile are left to [`check_object`] and the schema.
+pub fn check_quarantine(
+    manifest: &Manifest,
+    today: Option<chrono::NaiveDate>,
+    tests: Option<&[KnownTest]>,
+) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    if manifest.kind != Kind::Quarantine {
+        return diagnostics;
+    }
+    let id = manifest.id().unwrap_or_default();
+    let Some(entries) = manifest.value.get("entries").and_then(Value::as_array) else {
+        return diagnostics;
+    };
+    for (index, entry) in entries.iter().enumerate() {
+        let Ok(compiled) = crate::spec::quarantine::compile_entry(&id, index, entry) else {
+            continue;
+        };
+        if let Some(today) = today.filter(|today| !compiled.active_on(*today)) {
+            let days = (today - compiled.until).num_days();
+            diagnostics.push(manifest.warning_at(
+                &format!("/entries/{index}/until"),
+                format!(
+                    "the quarantine of {} expired on {} ({days} day{} ago): its failures fail again; remove it or extend `until`",
+                    compiled.describe(),
+                    compiled.until,
+                    if days == 1 { "" } else { "s" }
+                ),
+            ));
+            continue;
+        }
+        let Some(tests) = tests else {
+            continue;
+        };
+        if tests.iter().any(|test| compiled.matches(&test.fields())) {
+            continue;
+        }
+        let (pointer, hint) = match &compiled.test {
+            Some(test) => (
+                format!("/entries/{index}/test"),
+                did_you_mean(test, tests.iter().map(|t| t.id.as_str()))
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default(),
+            ),
+            None => (format!("/entries/{index}/match"), String::new()),
+        };
+        diagnostics.push(manifest.warning_at(
+            &pointer,
+            format!(
+                "the quarantine of {} matches none of the {} test{} with recorded results{hint}: it covers nothing (see `orchestrator tests list`); fix it or remove it",
+                compiled.describe(),
+                tests.len(),
+                if tests.len() == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    diagnostics
 }

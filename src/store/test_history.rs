@@ -3,22 +3,31 @@
 //!
 //! A test is identified by its workflow, suite, classname and name: its id is `tc_` and the
 //! first 16 hex digits of the SHA-256 of the four joined by NUL bytes ([`test_id`]), the
-//! same on every machine and across restarts. Three trees hold the history:
+//! same on every machine and across restarts. The trees:
 //!
-//! - `tests`: per test id, a [`TestRecord`] (JSON): the four names and a rolling summary
-//!   (last result, the recent pass/fail sequence, whether it is flaky and why, the last
-//!   failure), so listing and filtering never read results.
-//! - `test_results`: per result, 25 bytes of key (8 of the id, the run's 16 ULID bytes, the
-//!   attempt) and 22 of value ([`encode_result`]): status, class, duration, revision and
-//!   worker (interned), and the failure message's digest.
-//! - `test_strings`: revisions, workers and failure messages, each stored once.
+//! - `tests`: per test (its id's 8 bytes), its state in 105 fixed bytes ([`TestState`]:
+//!   last result and class, the last 64 results two bits each, whether it is flaky and
+//!   why, the last failure's digest, counts, durations; revisions interned), rewritten with
+//!   each result, so that listing and filtering never read results.
+//! - `test_names`: per test, its workflow, suite, classname and name (JSON), written once.
+//!   [`TestRecord`] is what readers get: names and state with the strings looked up.
+//! - `test_results`: per result, 25 bytes of key (the run's 16 ULID bytes, 8 of the id, the
+//!   attempt: a run's results are appended side by side) and 22 of value
+//!   ([`encode_result`]): status, class, duration, revision and worker (interned), and the
+//!   failure message's digest.
+//! - `test_runs`: per workflow, the runs that recorded results (`<workflow>\0<ULID>`): a
+//!   test's timeline is read run by run, newest first, one short range each.
+//! - `test_index`: the flaky tests (`flaky\0<id>`), kept as tests become and stop being
+//!   flaky, so that listing them reads only theirs.
+//! - `test_strings`: revisions, workers and failure groups (normalised message and an
+//!   example, by digest), each stored once.
 //!
 //! A result is classified ([`classify`]) before it is added: `quarantined` when it failed
 //! and a Quarantine covers it, `flaky` when it contradicts a result on the same revision
 //! (a retry or a re-run) or fails while the test flips often, `new_failure` /
 //! `still_failing` against the previous run's result, `fixed`, `passed`, `skipped`.
-//! Retention: results past `retention_runs` per test, or older than `retention_days`, are
-//! removed as new ones come in. Writes are not flushed here: they become durable with the
+//! Retention, per workflow: as a new run's results come in, the runs past
+//! `retention_runs`, and those older than `retention_days`, are removed with their results. Writes are not flushed here: they become durable with the
 //! run's next flush, before the step's record is reported.
 
 use std::collections::HashMap;
@@ -27,13 +36,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::{decode, encode, Store, StoreError};
+use super::{decode, encode, Handles, Store, StoreError};
 use crate::config::TestsConfig;
 use crate::model::{TestCase, TestClass, TestStatus};
 
 const TESTS: &str = "tests";
 const RESULTS: &str = "test_results";
 const STRINGS: &str = "test_strings";
+const RUNS: &str = "test_runs";
+const NAMES: &str = "test_names";
+const INDEX: &str = "test_index";
 
 /// The id of a test: `tc_` and 16 hex digits of the SHA-256 of its workflow, suite,
 /// classname and name joined by NUL bytes.
@@ -181,10 +193,6 @@ pub struct TestRecord {
     pub results: u64,
     /// Failed or errored results, ever.
     pub failures: u64,
-    /// Results stored now (within retention).
-    pub stored: u32,
-    /// The creation time (ms) of the oldest stored result's run.
-    pub oldest_ms: u64,
     /// Its last duration, in milliseconds.
     pub last_duration_ms: u64,
     /// The mean duration of its stored results' most recent ones (a moving average), ms.
@@ -203,21 +211,21 @@ pub struct TestRecord {
 impl TestRecord {
     /// Pass/fail flips in `recent` (skips ignored).
     pub fn flips(&self) -> u32 {
-        flip_count(&self.recent)
+        flip_count(self.recent.bytes().map(|c| match c {
+            b'P' => 1,
+            b'F' => 2,
+            _ => 3,
+        }))
     }
 }
 
-/// Pass/fail flips in a sequence of result letters (skips ignored).
-fn flip_count(recent: &str) -> u32 {
-    let mut flips = 0;
-    let mut last = None;
-    for c in recent.bytes().filter(|c| *c != b'S') {
-        if last.is_some_and(|l| l != c) {
-            flips += 1;
-        }
-        last = Some(c);
-    }
-    flips
+/// A test's names, as stored in `test_names` once, when its first result is recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TestNames {
+    workflow: String,
+    suite: String,
+    classname: String,
+    name: String,
 }
 
 /// One stored result of a test.
@@ -258,11 +266,184 @@ pub struct ResultSource<'a> {
     pub worker: Option<&'a str>,
 }
 
-/// The class of a new result against the test's record (`None`: a new test).
-pub fn classify(
-    record: Option<&TestRecord>,
+/// The most results the flaky rule looks back over (`tests.flaky_window` is held to it).
+pub const MAX_FLAKY_WINDOW: u32 = 64;
+
+/// A test's state as stored in `tests`: fixed-size, no strings (revisions are interned,
+/// runs are ULIDs, the recent results two bits each), so that recording a result reads
+/// and writes 100-odd bytes. [`TestRecord`] is what readers see of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TestState {
+    first_run: u128,
+    last_run: u128,
+    last_status: TestStatus,
+    last_class: TestClass,
+    previous_run_status: Option<TestStatus>,
+    revision_passed: bool,
+    revision_failed: bool,
+    flaky: bool,
+    /// Flaky because it passed and failed on one revision recently (else by its flips).
+    flaky_by_contradiction: bool,
+    last_revision: u32,
+    /// Two bits per result (1 passed, 2 failed, 3 skipped), the newest lowest.
+    recent: u128,
+    recent_len: u8,
+    since_contradiction: Option<u32>,
+    contradiction_revision: u32,
+    results: u32,
+    failures: u32,
+    last_duration_ms: u32,
+    mean_duration_ms: f32,
+    last_failure: u64,
+    last_failed_run: u128,
+}
+
+/// The stored size of a [`TestState`].
+const STATE_BYTES: usize = 16 + 16 + 4 + 4 + 16 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 16;
+
+fn status_code(status: TestStatus) -> u8 {
+    STATUSES.iter().position(|s| *s == status).unwrap_or(0) as u8
+}
+
+fn status_of(code: u8) -> TestStatus {
+    STATUSES[usize::from(code).min(STATUSES.len() - 1)]
+}
+
+fn class_code(class: TestClass) -> u8 {
+    TestClass::ALL.iter().position(|c| *c == class).unwrap_or(0) as u8
+}
+
+fn class_of(code: u8) -> TestClass {
+    TestClass::ALL[usize::from(code).min(TestClass::ALL.len() - 1)]
+}
+
+/// A result's letter in `recent`: 1 passed, 2 failed or errored, 3 skipped.
+fn letter(status: TestStatus) -> u8 {
+    match status {
+        TestStatus::Passed => 1,
+        TestStatus::Failed | TestStatus::Error => 2,
+        TestStatus::Skipped => 3,
+    }
+}
+
+impl TestState {
+    fn encode(&self) -> [u8; STATE_BYTES] {
+        let mut out = [0u8; STATE_BYTES];
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        put(&self.first_run.to_le_bytes());
+        put(&self.last_run.to_le_bytes());
+        let flags = u8::from(self.revision_passed)
+            | u8::from(self.revision_failed) << 1
+            | u8::from(self.flaky) << 2
+            | u8::from(self.since_contradiction.is_some()) << 3
+            | u8::from(self.flaky_by_contradiction) << 4;
+        put(&[
+            status_code(self.last_status),
+            class_code(self.last_class),
+            self.previous_run_status.map_or(0xff, status_code),
+            flags,
+        ]);
+        put(&self.last_revision.to_le_bytes());
+        put(&self.recent.to_le_bytes());
+        put(&[self.recent_len]);
+        put(&self.since_contradiction.unwrap_or(0).to_le_bytes());
+        put(&self.contradiction_revision.to_le_bytes());
+        put(&self.results.to_le_bytes());
+        put(&self.failures.to_le_bytes());
+        put(&self.last_duration_ms.to_le_bytes());
+        put(&self.mean_duration_ms.to_le_bytes());
+        put(&self.last_failure.to_le_bytes());
+        put(&self.last_failed_run.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<TestState> {
+        if bytes.len() != STATE_BYTES {
+            return None;
+        }
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let slice = &bytes[at..at + n];
+            at += n;
+            slice
+        };
+        let u128_ = |b: &[u8]| u128::from_le_bytes(b.try_into().unwrap_or([0; 16]));
+        let u32_ = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+        let first_run = u128_(take(16));
+        let last_run = u128_(take(16));
+        let codes = take(4);
+        let flags = codes[3];
+        let last_revision = u32_(take(4));
+        let recent = u128_(take(16));
+        let recent_len = take(1)[0];
+        let since = u32_(take(4));
+        Some(TestState {
+            first_run,
+            last_run,
+            last_status: status_of(codes[0]),
+            last_class: class_of(codes[1]),
+            previous_run_status: (codes[2] != 0xff).then(|| status_of(codes[2])),
+            revision_passed: flags & 1 != 0,
+            revision_failed: flags & 2 != 0,
+            flaky: flags & 4 != 0,
+            flaky_by_contradiction: flags & 16 != 0,
+            last_revision,
+            recent,
+            recent_len,
+            since_contradiction: (flags & 8 != 0).then_some(since),
+            contradiction_revision: u32_(take(4)),
+            results: u32_(take(4)),
+            failures: u32_(take(4)),
+            last_duration_ms: u32_(take(4)),
+            mean_duration_ms: f32::from_le_bytes(take(4).try_into().unwrap_or([0; 4])),
+            last_failure: u64::from_le_bytes(take(8).try_into().unwrap_or([0; 8])),
+            last_failed_run: u128_(take(16)),
+        })
+    }
+
+    /// The recent letters, oldest first, the last `count` of them at most.
+    fn letters(&self, count: usize) -> impl Iterator<Item = u8> + '_ {
+        let len = usize::from(self.recent_len);
+        let count = count.min(len);
+        (0..count)
+            .rev()
+            .map(move |i| ((self.recent >> (2 * i)) & 3) as u8)
+    }
+
+    /// Pass/fail flips among the last `count` results (skips ignored).
+    fn flips(&self, count: usize) -> u32 {
+        flip_count(self.letters(count))
+    }
+}
+
+/// Pass/fail flips in a sequence of letters (skips ignored).
+fn flip_count(letters: impl Iterator<Item = u8>) -> u32 {
+    let mut flips = 0;
+    let mut last = None;
+    for c in letters.filter(|c| *c != 3) {
+        if last.is_some_and(|l| l != c) {
+            flips += 1;
+        }
+        last = Some(c);
+    }
+    flips
+}
+
+/// The flaky rule's window from the settings, within what a state holds.
+fn window(settings: &TestsConfig) -> usize {
+    settings.flaky_window.clamp(2, MAX_FLAKY_WINDOW) as usize
+}
+
+/// The class of a new result against the test's state (`None`: a new test). `revision`
+/// and `run` are the interned revision and the run's ULID.
+fn classify(
+    state: Option<&TestState>,
     status: TestStatus,
-    source: &ResultSource<'_>,
+    (run, revision): (u128, u32),
     quarantined: bool,
     settings: &TestsConfig,
 ) -> TestClass {
@@ -273,35 +454,32 @@ pub fn classify(
     if failing && quarantined {
         return TestClass::Quarantined;
     }
-    let Some(record) = record else {
+    let Some(state) = state else {
         return if failing {
             TestClass::NewFailure
         } else {
             TestClass::Passed
         };
     };
-    let same_revision = record.last_revision == source.revision;
-    if same_revision
-        && ((failing && record.revision_passed) || (!failing && record.revision_failed))
+    if state.last_revision == revision
+        && ((failing && state.revision_passed) || (!failing && state.revision_failed))
     {
         return TestClass::Flaky;
     }
     // Flips counted with this result, over the window it will be in.
-    let window = settings.flaky_window.max(2) as usize;
-    let kept = record.recent.len().min(window - 1);
-    let recent = &record.recent[record.recent.len() - kept..];
-    let last = recent.bytes().rev().find(|c| *c != b'S');
-    let mut flips = flip_count(recent);
-    if last.is_some_and(|l| (l == b'F') != failing) {
+    let kept = window(settings) - 1;
+    let last = state.letters(kept).filter(|c| *c != 3).last();
+    let mut flips = state.flips(kept);
+    if last.is_some_and(|l| (l == 2) != failing) {
         flips += 1;
     }
-    if failing && (record.flaky || flips >= settings.flaky_flips) {
+    if failing && (state.flaky || flips >= settings.flaky_flips) {
         return TestClass::Flaky;
     }
-    let before = if record.last_run == source.run_id {
-        record.previous_run_status
+    let before = if state.last_run == run {
+        state.previous_run_status
     } else {
-        Some(record.last_status)
+        Some(state.last_status)
     };
     let failed_before = matches!(before, Some(TestStatus::Failed | TestStatus::Error));
     match (failing, failed_before) {
@@ -312,114 +490,88 @@ pub fn classify(
     }
 }
 
-/// The record after a new result, classified as `class`.
+/// The state after a new result, classified as `class`; `digest` is its failure's.
 fn updated(
-    record: Option<TestRecord>,
-    id: &str,
+    state: Option<TestState>,
     case: &TestCase,
     class: TestClass,
-    source: &ResultSource<'_>,
-    run_ms: u64,
+    (run, revision): (u128, u32),
+    digest: u64,
     settings: &TestsConfig,
-) -> TestRecord {
+) -> TestState {
     let failing = matches!(case.status, TestStatus::Failed | TestStatus::Error);
-    let duration_ms = (case.time_seconds.max(0.0) * 1000.0).round() as u64;
-    let mut record = record.unwrap_or_else(|| TestRecord {
-        id: id.to_owned(),
-        workflow: source.workflow.to_owned(),
-        suite: case.suite.clone(),
-        classname: case.classname.clone(),
-        name: case.name.clone(),
-        first_run: source.run_id.to_owned(),
-        last_run: String::new(),
+    let duration_ms = (case.time_seconds.max(0.0) * 1000.0)
+        .round()
+        .min(u32::MAX as f64) as u32;
+    let is_new = state.is_none();
+    let mut state = state.unwrap_or(TestState {
+        first_run: run,
+        last_run: run,
         last_status: case.status,
         last_class: class,
-        last_revision: String::new(),
         previous_run_status: None,
         revision_passed: false,
         revision_failed: false,
-        recent: String::new(),
         flaky: false,
-        flaky_reason: None,
+        flaky_by_contradiction: false,
+        last_revision: revision,
+        recent: 0,
+        recent_len: 0,
         since_contradiction: None,
-        contradiction_revision: None,
+        contradiction_revision: 0,
         results: 0,
         failures: 0,
-        stored: 0,
-        oldest_ms: run_ms,
         last_duration_ms: duration_ms,
-        mean_duration_ms: duration_ms as f64,
-        last_failure: None,
-        last_failure_message: None,
-        last_failed_run: None,
+        mean_duration_ms: duration_ms as f32,
+        last_failure: 0,
+        last_failed_run: 0,
     });
-    if record.last_run != source.run_id {
-        record.previous_run_status = (!record.last_run.is_empty()).then_some(record.last_status);
+    if !is_new && state.last_run != run {
+        state.previous_run_status = Some(state.last_status);
     }
-    if record.last_revision != source.revision {
-        record.last_revision = source.revision.to_owned();
-        record.revision_passed = false;
-        record.revision_failed = false;
+    if is_new || state.last_revision != revision {
+        state.last_revision = revision;
+        state.revision_passed = false;
+        state.revision_failed = false;
     }
-    let contradiction = (failing && record.revision_passed)
-        || (case.status == TestStatus::Passed && record.revision_failed);
+    let contradiction = (failing && state.revision_passed)
+        || (case.status == TestStatus::Passed && state.revision_failed);
     match case.status {
-        TestStatus::Passed => record.revision_passed = true,
-        TestStatus::Failed | TestStatus::Error => record.revision_failed = true,
+        TestStatus::Passed => state.revision_passed = true,
+        TestStatus::Failed | TestStatus::Error => state.revision_failed = true,
         TestStatus::Skipped => {}
     }
-    record.since_contradiction = if contradiction {
+    state.since_contradiction = if contradiction {
+        state.contradiction_revision = revision;
         Some(0)
     } else {
-        record.since_contradiction.map(|n| n.saturating_add(1))
+        state.since_contradiction.map(|n| n.saturating_add(1))
     };
-    record.recent.push(match case.status {
-        TestStatus::Passed => 'P',
-        TestStatus::Failed | TestStatus::Error => 'F',
-        TestStatus::Skipped => 'S',
-    });
-    let window = settings.flaky_window.max(2) as usize;
-    if record.recent.len() > window {
-        record.recent.drain(..record.recent.len() - window);
-    }
-    if contradiction {
-        record.contradiction_revision = Some(source.revision.to_owned());
-    }
-    let flips = record.flips();
-    let recent_contradiction = record
+    state.recent = (state.recent << 2) | u128::from(letter(case.status));
+    state.recent_len = state
+        .recent_len
+        .saturating_add(1)
+        .min(MAX_FLAKY_WINDOW as u8);
+    let window = window(settings);
+    let recent_contradiction = state
         .since_contradiction
         .is_some_and(|n| (n as usize) < window);
-    (record.flaky, record.flaky_reason) = if recent_contradiction {
-        let revision = record.contradiction_revision.as_deref().unwrap_or_default();
-        (true, Some(format!("passed and failed on {revision}")))
-    } else if flips >= settings.flaky_flips {
-        let results = record.recent.len();
-        (
-            true,
-            Some(format!(
-                "flipped {flips} times in its last {results} results"
-            )),
-        )
-    } else {
-        (false, None)
-    };
-    record.last_run = source.run_id.to_owned();
-    record.last_status = case.status;
-    record.last_class = class;
-    record.results += 1;
-    record.stored += 1;
-    record.last_duration_ms = duration_ms;
+    state.flaky_by_contradiction = recent_contradiction;
+    state.flaky = recent_contradiction || state.flips(window) >= settings.flaky_flips;
+    state.last_run = run;
+    state.last_status = case.status;
+    state.last_class = class;
+    state.results = state.results.saturating_add(1);
+    state.last_duration_ms = duration_ms;
     // A moving average over about the last 20 results.
-    record.mean_duration_ms +=
-        (duration_ms as f64 - record.mean_duration_ms) / 20f64.min(record.results as f64);
+    let weight = 20f32.min(state.results as f32);
+    state.mean_duration_ms += (duration_ms as f32 - state.mean_duration_ms) / weight;
     if failing {
-        record.failures += 1;
-        let message = failure_text(case);
-        record.last_failure = Some(failure_digest(&message));
-        record.last_failure_message = Some(cap(&message, 500));
-        record.last_failed_run = Some(source.run_id.to_owned());
+        state.failures = state.failures.saturating_add(1);
+        state.last_failure = digest;
+        state.last_failed_run = run;
     }
-    record
+    state
 }
 
 /// The text a failure is grouped by: its message, else the first line of its details.
@@ -442,11 +594,6 @@ fn cap(text: &str, max: usize) -> String {
     }
 }
 
-/// The milliseconds of a run id's ULID (its creation time); 0 when it is not one.
-fn run_ms(run_id: &str) -> u64 {
-    run_ulid(run_id).map_or(0, |u| u.timestamp_ms())
-}
-
 fn run_ulid(run_id: &str) -> Option<ulid::Ulid> {
     ulid::Ulid::from_string(&run_id.strip_prefix("run_")?.to_ascii_uppercase()).ok()
 }
@@ -458,14 +605,163 @@ fn id_bytes(id: &str) -> Option<[u8; 8]> {
     Some(bytes)
 }
 
-/// The key of a result: id (8), run ULID (16), attempt (1).
-fn result_key(id: &[u8; 8], run_id: &str, attempt: u32) -> [u8; 25] {
+/// The key of a result: run ULID (16), id (8), attempt (1). Run first, so that a run's
+/// results are appended together and a test's are found run by run.
+fn result_key(run: u128, id: &[u8; 8], attempt: u32) -> [u8; 25] {
     let mut key = [0u8; 25];
-    key[..8].copy_from_slice(id);
-    let ulid = run_ulid(run_id).map_or(0u128, u128::from);
-    key[8..24].copy_from_slice(&ulid.to_be_bytes());
+    key[..16].copy_from_slice(&run.to_be_bytes());
+    key[16..24].copy_from_slice(id);
     key[24] = attempt.min(255) as u8;
     key
+}
+
+/// The key of a workflow's run in `test_runs`: the workflow, a zero byte, the run ULID.
+fn run_key(workflow: &str, run: u128) -> Vec<u8> {
+    let mut key = workflow.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&run.to_be_bytes());
+    key
+}
+
+/// The key of a test in the `test_index` of `list` (`flaky`).
+fn index_key(list: &str, id: &[u8; 8]) -> Vec<u8> {
+    let mut key = list.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(id);
+    key
+}
+
+/// Reads test records: names and state, with interned revisions and failure messages
+/// looked up once per reader.
+struct RecordReader<'s> {
+    store: &'s Store,
+    names: sled::Tree,
+    tests: sled::Tree,
+    strings: sled::Tree,
+    revisions: HashMap<u32, String>,
+    messages: HashMap<u64, Option<String>>,
+}
+
+impl<'s> RecordReader<'s> {
+    fn new(store: &'s Store, h: &Handles) -> Result<RecordReader<'s>, StoreError> {
+        let open = |name: &str| h.db.open_tree(name).map_err(|e| store.sled_error(e));
+        Ok(RecordReader {
+            store,
+            names: open(NAMES)?,
+            tests: open(TESTS)?,
+            strings: open(STRINGS)?,
+            revisions: HashMap::new(),
+            messages: HashMap::new(),
+        })
+    }
+
+    fn revision(&mut self, n: u32) -> Result<String, StoreError> {
+        if let Some(text) = self.revisions.get(&n) {
+            return Ok(text.clone());
+        }
+        let text = Interner::text(&self.strings, n)
+            .map_err(|e| self.store.sled_error(e))?
+            .unwrap_or_default();
+        self.revisions.insert(n, text.clone());
+        Ok(text)
+    }
+
+    fn message(&mut self, digest: u64) -> Result<Option<String>, StoreError> {
+        if let Some(text) = self.messages.get(&digest) {
+            return Ok(text.clone());
+        }
+        let mut key = b"f".to_vec();
+        key.extend_from_slice(format!("{digest:016x}").as_bytes());
+        let text = match self
+            .strings
+            .get(&key)
+            .map_err(|e| self.store.sled_error(e))?
+        {
+            Some(value) => Some(decode::<FailureGroup>(&key, &value)?.example),
+            None => None,
+        };
+        self.messages.insert(digest, text.clone());
+        Ok(text)
+    }
+
+    /// The record of the test with key bytes `key`; its names when already read.
+    fn record(
+        &mut self,
+        key: &[u8],
+        names: Option<&[u8]>,
+    ) -> Result<Option<TestRecord>, StoreError> {
+        let err = |e| self.store.sled_error(e);
+        let names: TestNames = match names {
+            Some(bytes) => decode(key, bytes)?,
+            None => match self.names.get(key).map_err(err)? {
+                Some(bytes) => decode(key, &bytes)?,
+                None => return Ok(None),
+            },
+        };
+        let Some(bytes) = self.tests.get(key).map_err(err)? else {
+            return Ok(None);
+        };
+        let id = format!("tc_{}", hex::encode(key));
+        let state = TestState::decode(&bytes).ok_or_else(|| StoreError::Corrupt {
+            key: id.clone(),
+            message: format!("a test state of {} bytes", bytes.len()),
+        })?;
+        let run_name =
+            |run: u128| format!("run_{}", ulid::Ulid::from(run).to_string().to_lowercase());
+        let recent: String = state
+            .letters(usize::from(state.recent_len))
+            .map(|c| match c {
+                1 => 'P',
+                2 => 'F',
+                _ => 'S',
+            })
+            .collect();
+        let flips = flip_count(state.letters(usize::from(state.recent_len)));
+        let contradiction = match state.since_contradiction {
+            Some(_) => Some(self.revision(state.contradiction_revision)?),
+            None => None,
+        };
+        let flaky_reason = match (&contradiction, state.flaky) {
+            (_, false) => None,
+            (Some(revision), true) if state.flaky_by_contradiction => {
+                Some(format!("passed and failed on {revision}"))
+            }
+            _ => Some(format!(
+                "flipped {flips} times in its last {} results",
+                state.recent_len
+            )),
+        };
+        Ok(Some(TestRecord {
+            id,
+            workflow: names.workflow,
+            suite: names.suite,
+            classname: names.classname,
+            name: names.name,
+            first_run: run_name(state.first_run),
+            last_run: run_name(state.last_run),
+            last_status: state.last_status,
+            last_class: state.last_class,
+            last_revision: self.revision(state.last_revision)?,
+            previous_run_status: state.previous_run_status,
+            revision_passed: state.revision_passed,
+            revision_failed: state.revision_failed,
+            recent,
+            flaky: state.flaky,
+            flaky_reason,
+            since_contradiction: state.since_contradiction,
+            contradiction_revision: contradiction,
+            results: u64::from(state.results),
+            failures: u64::from(state.failures),
+            last_duration_ms: u64::from(state.last_duration_ms),
+            mean_duration_ms: f64::from(state.mean_duration_ms),
+            last_failure: (state.last_failure != 0).then(|| format!("{:016x}", state.last_failure)),
+            last_failure_message: match state.last_failure {
+                0 => None,
+                digest => self.message(digest)?,
+            },
+            last_failed_run: (state.last_failed_run != 0).then(|| run_name(state.last_failed_run)),
+        }))
+    }
 }
 
 const STATUSES: [TestStatus; 4] = [
@@ -568,9 +864,9 @@ impl Store {
         }
         let h = self.handles()?;
         let err = |e| self.sled_error(e);
-        let tests = h.db.open_tree(TESTS).map_err(err)?;
-        let results = h.db.open_tree(RESULTS).map_err(err)?;
-        let strings = h.db.open_tree(STRINGS).map_err(err)?;
+        let tree = |name: &str| h.db.open_tree(name).map_err(err);
+        let (tests, names, results) = (tree(TESTS)?, tree(NAMES)?, tree(RESULTS)?);
+        let (strings, runs, index) = (tree(STRINGS)?, tree(RUNS)?, tree(INDEX)?);
         let mut interner = Interner {
             tree: &strings,
             known: HashMap::new(),
@@ -580,34 +876,55 @@ impl Store {
             Some(worker) => interner.number(worker).map_err(err)?,
             None => 0,
         };
-        let now_ms = run_ms(source.run_id);
-        let cutoff_ms = now_ms.saturating_sub(u64::from(settings.retention_days) * 86_400_000);
-        let mut records = sled::Batch::default();
+        let run = run_ulid(source.run_id).map_or(0, u128::from);
+        let this_run = run_key(source.workflow, run);
+        if !runs.contains_key(&this_run).map_err(err)? {
+            runs.insert(&this_run, &revision.to_le_bytes())
+                .map_err(err)?;
+            self.trim_runs(&runs, &results, source.workflow, run, settings)?;
+        }
+        let mut states = sled::Batch::default();
+        let mut new_names = sled::Batch::default();
         let mut stored = sled::Batch::default();
+        let mut flaky_changes = sled::Batch::default();
         // A report may list one case twice (the same name in two files of a suite): the
         // later result is classified against the earlier one.
-        let mut seen: HashMap<String, TestRecord> = HashMap::new();
+        let mut seen: HashMap<[u8; 8], TestState> = HashMap::with_capacity(cases.len());
         for case in cases.iter_mut() {
             let id = test_id(source.workflow, &case.suite, &case.classname, &case.name);
             let Some(key) = id_bytes(&id) else { continue };
-            let previous = match seen.remove(&id) {
-                Some(record) => Some(record),
-                None => tests
-                    .get(id.as_bytes())
-                    .map_err(err)?
-                    .map(|v| decode::<TestRecord>(id.as_bytes(), &v))
-                    .transpose()?,
+            let previous = match seen.get(&key) {
+                Some(state) => Some(*state),
+                None => match tests.get(key).map_err(err)? {
+                    Some(bytes) => {
+                        Some(
+                            TestState::decode(&bytes).ok_or_else(|| StoreError::Corrupt {
+                                key: id.clone(),
+                                message: format!("a test state of {} bytes", bytes.len()),
+                            })?,
+                        )
+                    }
+                    None => None,
+                },
             };
-            let quarantined = quarantined(&id, case);
+            if previous.is_none() && !seen.contains_key(&key) {
+                let names = TestNames {
+                    workflow: source.workflow.to_owned(),
+                    suite: case.suite.clone(),
+                    classname: case.classname.clone(),
+                    name: case.name.clone(),
+                };
+                new_names.insert(&key[..], encode(&names));
+            }
+            let was_flaky = previous.is_some_and(|s| s.flaky);
             let class = classify(
                 previous.as_ref(),
                 case.status,
-                source,
-                quarantined,
+                (run, revision),
+                quarantined(&id, case),
                 settings,
             );
             case.class = Some(class);
-            let mut record = updated(previous, &id, case, class, source, now_ms, settings);
             let digest = if matches!(case.status, TestStatus::Failed | TestStatus::Error) {
                 let message = failure_text(case);
                 let digest = failure_digest(&message);
@@ -625,81 +942,120 @@ impl Store {
             } else {
                 0
             };
-            let duration_ms = record.last_duration_ms;
-            stored.insert(
-                &result_key(&key, source.run_id, source.attempt)[..],
-                &encode_result(case.status, class, duration_ms, revision, worker, digest)[..],
-            );
-            if record.stored > settings.retention_runs || record.oldest_ms < cutoff_ms {
-                self.trim_results(&results, &key, &mut record, settings, cutoff_ms)?;
+            let state = updated(previous, case, class, (run, revision), digest, settings);
+            if state.flaky != was_flaky {
+                if state.flaky {
+                    flaky_changes.insert(index_key("flaky", &key), &[][..]);
+                } else {
+                    flaky_changes.remove(index_key("flaky", &key));
+                }
             }
-            seen.insert(id, record);
+            stored.insert(
+                &result_key(run, &key, source.attempt)[..],
+                &encode_result(
+                    case.status,
+                    class,
+                    u64::from(state.last_duration_ms),
+                    revision,
+                    worker,
+                    digest,
+                )[..],
+            );
+            seen.insert(key, state);
         }
-        for (id, record) in &seen {
-            records.insert(id.as_bytes(), encode(record));
+        for (key, state) in &seen {
+            states.insert(&key[..], &state.encode()[..]);
         }
+        names.apply_batch(new_names).map_err(err)?;
         results.apply_batch(stored).map_err(err)?;
-        tests.apply_batch(records).map_err(err)?;
+        tests.apply_batch(states).map_err(err)?;
+        index.apply_batch(flaky_changes).map_err(err)?;
         Ok(())
     }
 
-    /// Removes a test's oldest results past its retention, updating its record's counts.
-    fn trim_results(
+    /// Removes a workflow's runs past the retention (the oldest beyond `retention_runs`,
+    /// and those older than `retention_days` before `newest`) with their results.
+    fn trim_runs(
         &self,
+        runs: &sled::Tree,
         results: &sled::Tree,
-        key: &[u8; 8],
-        record: &mut TestRecord,
+        workflow: &str,
+        newest: u128,
         settings: &TestsConfig,
-        cutoff_ms: u64,
     ) -> Result<(), StoreError> {
-        // The new result is not in the tree yet: it counts as the newest.
-        let mut excess = record.stored.saturating_sub(settings.retention_runs);
-        let mut removed = Vec::new();
-        record.oldest_ms = u64::MAX;
-        for entry in results.scan_prefix(key) {
-            let (k, _) = entry.map_err(|e| self.sled_error(e))?;
-            let ms = ulid_ms(&k);
-            if excess > 0 || ms < cutoff_ms {
-                removed.push(k);
-                excess = excess.saturating_sub(1);
+        let err = |e| self.sled_error(e);
+        let mut prefix = workflow.as_bytes().to_vec();
+        prefix.push(0);
+        let kept: Vec<sled::IVec> = runs
+            .scan_prefix(&prefix)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        let cutoff_ms = ulid::Ulid::from(newest)
+            .timestamp_ms()
+            .saturating_sub(u64::from(settings.retention_days) * 86_400_000);
+        let excess = kept.len().saturating_sub(settings.retention_runs as usize);
+        for (i, key) in kept.iter().enumerate() {
+            let Some(run) = key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            else {
                 continue;
+            };
+            let too_old = ulid::Ulid::from(u128::from_be_bytes(run)).timestamp_ms() < cutoff_ms;
+            if i >= excess && !too_old {
+                break;
             }
-            record.oldest_ms = ms;
-            break;
+            let mut batch = sled::Batch::default();
+            for result in results.scan_prefix(run).keys() {
+                batch.remove(result.map_err(err)?);
+            }
+            results.apply_batch(batch).map_err(err)?;
+            runs.remove(key).map_err(err)?;
         }
-        if record.oldest_ms == u64::MAX {
-            record.oldest_ms = run_ms(&record.last_run);
-        }
-        record.stored = record.stored.saturating_sub(removed.len() as u32);
-        let mut batch = sled::Batch::default();
-        for k in removed {
-            batch.remove(k);
-        }
-        results.apply_batch(batch).map_err(|e| self.sled_error(e))
+        Ok(())
     }
 
     /// Every test's record, in id order.
     pub fn test_records(&self) -> Result<Vec<TestRecord>, StoreError> {
         let h = self.handles()?;
-        let tests = h.db.open_tree(TESTS).map_err(|e| self.sled_error(e))?;
-        tests
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.map_err(|e| self.sled_error(e))?;
-                decode(&key, &value)
-            })
-            .collect()
+        let err = |e| self.sled_error(e);
+        let mut reader = RecordReader::new(self, &h)?;
+        let mut records = Vec::new();
+        for entry in reader.names.iter() {
+            let (key, names) = entry.map_err(err)?;
+            if let Some(record) = reader.record(&key, Some(&names))? {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     /// One test's record.
     pub fn test_record(&self, id: &str) -> Result<Option<TestRecord>, StoreError> {
+        let Some(key) = id_bytes(id) else {
+            return Ok(None);
+        };
         let h = self.handles()?;
-        let tests = h.db.open_tree(TESTS).map_err(|e| self.sled_error(e))?;
-        tests
-            .get(id.as_bytes())
-            .map_err(|e| self.sled_error(e))?
-            .map(|value| decode(id.as_bytes(), &value))
-            .transpose()
+        RecordReader::new(self, &h)?.record(&key, None)
+    }
+
+    /// The records of the tests in an index list (`flaky`), in id order.
+    pub fn test_records_in(&self, list: &str) -> Result<Vec<TestRecord>, StoreError> {
+        let h = self.handles()?;
+        let err = |e| self.sled_error(e);
+        let index = h.db.open_tree(INDEX).map_err(err)?;
+        let mut reader = RecordReader::new(self, &h)?;
+        let mut prefix = list.as_bytes().to_vec();
+        prefix.push(0);
+        let mut records = Vec::new();
+        for key in index.scan_prefix(&prefix).keys() {
+            let key = key.map_err(err)?;
+            if let Some(record) = reader.record(&key[prefix.len()..], None)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
     }
 
     /// A test's stored results, newest first, at most `limit`.
@@ -707,9 +1063,13 @@ impl Store {
         let Some(key) = id_bytes(id) else {
             return Ok(Vec::new());
         };
+        let Some(record) = self.test_record(id)? else {
+            return Ok(Vec::new());
+        };
         let h = self.handles()?;
         let err = |e| self.sled_error(e);
         let results = h.db.open_tree(RESULTS).map_err(err)?;
+        let runs = h.db.open_tree(RUNS).map_err(err)?;
         let strings = h.db.open_tree(STRINGS).map_err(err)?;
         let mut names: HashMap<u32, Option<String>> = HashMap::new();
         let mut name = |n: u32| -> Result<Option<String>, StoreError> {
@@ -723,25 +1083,46 @@ impl Store {
             names.insert(n, text.clone());
             Ok(text)
         };
+        let mut prefix = record.workflow.as_bytes().to_vec();
+        prefix.push(0);
         let mut out = Vec::new();
-        for entry in results.scan_prefix(key).rev().take(limit) {
-            let (k, v) = entry.map_err(err)?;
-            if k.len() != 25 || v.len() != 22 {
-                continue;
+        for run_key in runs.scan_prefix(&prefix).keys().rev() {
+            if out.len() >= limit {
+                break;
             }
-            let ulid = u128::from_be_bytes(k[8..24].try_into().unwrap_or([0; 16]));
-            let word = |at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap_or([0; 4]));
-            let digest = u64::from_le_bytes(v[14..22].try_into().unwrap_or([0; 8]));
-            out.push(TestResult {
-                run_id: format!("run_{}", ulid::Ulid::from(ulid).to_string().to_lowercase()),
-                attempt: u32::from(k[24]),
-                status: STATUSES[usize::from(v[0]).min(3)],
-                class: TestClass::ALL[usize::from(v[1]).min(TestClass::ALL.len() - 1)],
-                duration_ms: u64::from(word(2)),
-                revision: name(word(6))?.unwrap_or_default(),
-                worker: name(word(10))?,
-                failure: (digest != 0).then(|| format!("{digest:016x}")),
-            });
+            let run_key = run_key.map_err(err)?;
+            let Some(run) = run_key
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            else {
+                continue;
+            };
+            let mut at = run.to_vec();
+            at.extend_from_slice(&key);
+            for entry in results.scan_prefix(&at).rev() {
+                let (k, v) = entry.map_err(err)?;
+                if k.len() != 25 || v.len() != 22 || out.len() >= limit {
+                    continue;
+                }
+                let word =
+                    |at: usize| u32::from_le_bytes(v[at..at + 4].try_into().unwrap_or([0; 4]));
+                let digest = u64::from_le_bytes(v[14..22].try_into().unwrap_or([0; 8]));
+                out.push(TestResult {
+                    run_id: format!(
+                        "run_{}",
+                        ulid::Ulid::from(u128::from_be_bytes(run))
+                            .to_string()
+                            .to_lowercase()
+                    ),
+                    attempt: u32::from(k[24]),
+                    status: STATUSES[usize::from(v[0]).min(3)],
+                    class: TestClass::ALL[usize::from(v[1]).min(TestClass::ALL.len() - 1)],
+                    duration_ms: u64::from(word(2)),
+                    revision: name(word(6))?.unwrap_or_default(),
+                    worker: name(word(10))?,
+                    failure: (digest != 0).then(|| format!("{digest:016x}")),
+                });
+            }
         }
         Ok(out)
     }
@@ -758,15 +1139,6 @@ impl Store {
             .map(|value| decode(&key, &value))
             .transpose()
     }
-}
-
-/// The creation time (ms) in a result key's run ULID.
-fn ulid_ms(key: &[u8]) -> u64 {
-    key.get(8..24)
-        .and_then(|b| <[u8; 16]>::try_from(b).ok())
-        .map_or(0, |b| {
-            ulid::Ulid::from(u128::from_be_bytes(b)).timestamp_ms()
-        })
 }
 
 #[cfg(test)]
@@ -1032,7 +1404,14 @@ mod tests {
         }
         let record = h.store.test_record(&id).unwrap().unwrap();
         assert!(!record.flaky, "{record:?}");
-        assert_eq!(record.recent, "PPPPPP");
+        assert_eq!(
+            record.recent, "PFPFPPPPPP",
+            "the last results, oldest first"
+        );
+        assert!(
+            h.store.test_records_in("flaky").unwrap().is_empty(),
+            "no longer listed"
+        );
     }
 
     #[test]
@@ -1065,7 +1444,7 @@ mod tests {
         let group = h.store.failure_group(&digest).unwrap().unwrap();
         assert_eq!(group.normalised, "boom at <hex>");
         let record = h.store.test_record(&id).unwrap().unwrap();
-        assert_eq!((record.stored, record.results, record.failures), (3, 5, 2));
+        assert_eq!((record.results, record.failures), (5, 2));
     }
 
     #[test]
@@ -1097,6 +1476,6 @@ mod tests {
         let id = test_id("wf_ci", "api", "tests.api", "t");
         let results = h.store.test_results(&id, 100).unwrap();
         assert_eq!(results.len(), 1, "{results:?}");
-        assert_eq!(h.store.test_record(&id).unwrap().unwrap().stored, 1);
+        assert_eq!(h.store.test_record(&id).unwrap().unwrap().results, 3);
     }
 }

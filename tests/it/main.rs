@@ -26,6 +26,7 @@ mod load;
 mod memo;
 mod monitoring;
 mod notifications;
+mod quarantine;
 mod receivers;
 mod replay_auth;
 mod router;

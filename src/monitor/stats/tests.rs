@@ -617,6 +617,60 @@ fn bootstrap_loads_the_runs_of_the_window_from_the_store() {
 }
 
 #[test]
+fn new_failures_and_quarantined_sum_the_runs_classification_per_workflow() {
+    let now = Utc::now();
+    let stats = RunStats::new(Duration::from_secs(3600));
+    let counts = [("a", 2, 1), ("a", 1, 0), ("b", 0, 3)];
+    for (i, (workflow, new_failures, quarantined)) in counts.into_iter().enumerate() {
+        let mut r = run(
+            &format!("run_c{i}"),
+            workflow,
+            Status::Failed,
+            &at(now, 10 - i as i64),
+            10,
+        );
+        r.tests = TestSummary {
+            total: 5,
+            failed: new_failures + quarantined,
+            new_failures,
+            quarantined,
+            ..TestSummary::default()
+        };
+        stats.record(&r, &[]);
+    }
+    // A run that was cancelled says nothing about the workflow.
+    let mut cancelled = run("run_cx", "a", Status::Cancelled, &at(now, 1), 10);
+    cancelled.tests.new_failures = 7;
+    stats.record(&cancelled, &[]);
+    let check = |text: &str, expected: f64| {
+        assert_eq!(value(&stats, text, now), Some(expected), "{text}");
+    };
+    check(r#"tests.new_failures{workflow="wf_a"}"#, 3.0);
+    check(r#"tests.quarantined{workflow="wf_a"}"#, 1.0);
+    check(r#"tests.new_failures{workflow="B"}"#, 0.0);
+    check(r#"tests.quarantined{workflow="wf_b"}"#, 3.0);
+    check("tests.new_failures", 3.0);
+    check("tests.quarantined", 4.0);
+    check(r#"tests.quarantined{workflow="wf_none"}"#, 0.0);
+    let condition = parse_condition(r#"tests.quarantined{workflow="wf_b"} >= 3"#).unwrap();
+    assert_eq!(
+        condition.evaluate(&|m: &MetricRef| stats.value(m, now)),
+        Some(true)
+    );
+    let t = stats.workflow("wf_a", now).unwrap().tests;
+    assert_eq!((t.new_failures, t.quarantined), (3, 1));
+    let text = stats.prometheus(now);
+    assert!(
+        text.contains("orchestrator_workflow_tests_new_failures{workflow=\"wf_a\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orchestrator_workflow_tests_quarantined{workflow=\"wf_b\"} 3"),
+        "{text}"
+    );
+}
+
+#[test]
 fn every_metric_of_the_condition_language_answers() {
     // The names the condition language accepts for these families (condition.rs).
     let workflow = [
@@ -625,7 +679,13 @@ fn every_metric_of_the_condition_language_answers() {
         "workflow.duration_p95_seconds",
         "workflow.runs",
     ];
-    let tests = ["tests.pass_rate", "tests.failed", "tests.flaky"];
+    let tests = [
+        "tests.pass_rate",
+        "tests.failed",
+        "tests.flaky",
+        "tests.new_failures",
+        "tests.quarantined",
+    ];
     let suffixes = [
         "error_rate",
         "success_rate",
@@ -652,6 +712,8 @@ fn every_metric_of_the_condition_language_answers() {
         let is_count = name.contains("runs")
             || name.contains("tests.failed")
             || name.contains("flaky")
+            || name.contains("new_failures")
+            || name.contains("quarantined")
             || name.contains("executions");
         if is_count {
             assert_eq!(got, Some(0.0), "{name}");

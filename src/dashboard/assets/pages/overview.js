@@ -44,7 +44,7 @@ export async function render(ctx) {
         [
           ...runColumns.slice(0, 2),
           { label: "When", render: (r) => relTime(r.finished_at || r.created_at) },
-          { label: "Why", render: (r) => r.message || (r.tests && r.tests.failed ? `${r.tests.failed} test(s) failed` : "—") },
+          { label: "Why", render: (r) => r.message || (r.tests && (r.tests.failed || r.tests.errors) ? testsText(r.tests) : "—") },
           { label: "Duration", render: (r) => duration(r.duration_ms), num: true },
         ],
         failed.runs,
@@ -146,4 +146,19 @@ export async function render(ctx) {
     showGauges();
   });
   ctx.on("resync", () => (runsSoon(), alertsSoon(), loadSystem(), serverSoon()));
+}
+
+// A run's test counts as people read them, as the server's `TestSummary::describe` says
+// them: "212 passed, 2 new failures, 1 flaky, 3 quarantined".
+function testsText(t) {
+  const n = (key) => t[key] || 0;
+  const parts = [`${n("passed")} passed`];
+  const say = (count, one, many) => { if (count > 0) parts.push(`${count} ${count === 1 ? one : many}`); };
+  say(n("new_failures"), "new failure", "new failures");
+  say(n("still_failing"), "still failing", "still failing");
+  say(n("flaky"), "flaky", "flaky");
+  say(n("quarantined"), "quarantined", "quarantined");
+  const classified = n("new_failures") + n("still_failing") + n("quarantined") + n("flaky");
+  say(Math.max(0, n("failed") + n("errors") - classified), "failed", "failed");
+  return parts.join(", ");
 }
