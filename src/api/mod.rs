@@ -26,6 +26,7 @@ mod reports;
 mod schemas;
 mod source_hook;
 pub mod state;
+pub mod test_history;
 mod triggers;
 mod workers;
 pub mod ws;
@@ -118,6 +119,8 @@ fn declared(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(agent_runs::agent_executions))
         .routes(routes!(handlers::start_agent))
         .routes(routes!(handlers::stop_agent))
+        .routes(routes!(test_history::list))
+        .routes(routes!(test_history::show))
         .routes(routes!(workers::list_workers))
         .routes(routes!(workers::show_worker))
         .routes(routes!(workers::drain_worker))

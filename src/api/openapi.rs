@@ -105,6 +105,7 @@ use crate::model::{
         (name = "workflows", description = "Workflows in force, and running them"),
         (name = "runs", description = "Runs, their steps and logs; cancel and re-run"),
         (name = "agents", description = "Agents, switched on and off at run time"),
+        (name = "tests", description = "Every test case's history: flaky, failing, new, slow and quarantined tests, and one test's timeline"),
         (name = "workers", description = "Workers that run steps over NATS: their state, drain and resume"),
         (name = "manifests", description = "Objects in the store, schedules, and reconciles"),
         (name = "server", description = "Health, readiness, status, metrics and this document"),

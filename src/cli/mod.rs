@@ -13,6 +13,7 @@ mod schedule_next;
 mod schemas_cmd;
 pub mod server_cmd;
 mod tests_cmd;
+mod tests_list;
 mod tests_quarantine;
 mod trigger_cmd;
 mod worker_cmd;
@@ -123,8 +124,9 @@ pub enum Command {
     /// Alert rules: their state and notifications, and silences that mute them.
     #[command(subcommand)]
     Alert(alert_cmd::AlertCommand),
-    /// Test results across runs: which suites a change affects (`tests affected`), and
-    /// Quarantine manifests for flaky tests (`tests quarantine suggest`).
+    /// Test results across runs: every test case's history (flaky, failing, new, slow and
+    /// quarantined tests, one test's timeline), which suites a change affects (`tests
+    /// affected`), and Quarantine manifests for flaky tests (`tests quarantine suggest`).
     #[command(subcommand)]
     Tests(tests_cmd::TestsCommand),
     /// Run the controller: watch the manifests, serve the API, WebSocket and dashboard.
@@ -176,8 +178,12 @@ impl Command {
                 | Command::Schedule(S::List(_) | S::Show(_) | S::Next(_))
                 | Command::Trigger(T::List(_) | T::Show(_) | T::Deliveries(_))
                 | Command::Alert(A::List(_) | A::Show(_) | A::Silences(_))
-                | Command::Tests(tests_cmd::TestsCommand::Affected(_))
-                | Command::Tests(tests_cmd::TestsCommand::Quarantine(_))
+                | Command::Tests(
+                    tests_cmd::TestsCommand::Affected(_)
+                        | tests_cmd::TestsCommand::List(_)
+                        | tests_cmd::TestsCommand::Show(_)
+                        | tests_cmd::TestsCommand::Quarantine(_)
+                )
         ) || matches!(self, Command::Apply(args) if args.dry_run)
             // Through the running server only: nothing of this project is written.
             || matches!(self, Command::Worker(args) if args.command.is_some())

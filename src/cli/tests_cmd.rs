@@ -1,4 +1,6 @@
 //! `orchestrator tests ...`: what the orchestrator knows about a workflow's tests.
+//! `tests list` and `tests show ID` (every test's history: the lists and one test's
+//! timeline) are `tests_list.rs`'s.
 //! `tests affected --workflow W --from REV [--to REV]` prints the plan impact selection
 //! (`select: affected`) makes for a change: which `run_tests` suites would run or be
 //! skipped, and which changed paths decided it. Revisions are read in the git source's
@@ -16,7 +18,7 @@ use serde_json::json;
 use super::backend::Backend;
 use super::manifests::table;
 use super::tests_quarantine;
-use super::{Context, OutputFormat, EXIT_OK};
+use super::{tests_list, Context, OutputFormat, EXIT_OK};
 use crate::engine::expand::Scope;
 use crate::engine::{impact, run};
 use crate::source::changes::{short, Repo};
@@ -26,6 +28,12 @@ use crate::spec::workflow::WorkflowSpec;
 /// The `tests` commands.
 #[derive(Debug, Subcommand)]
 pub enum TestsCommand {
+    /// List tests by what their history says: flaky, failing, new failures, slowest,
+    /// quarantined.
+    List(tests_list::ListArgs),
+    /// Show a test: its record, the Quarantine entry covering it, and its timeline across
+    /// runs and revisions.
+    Show(tests_list::ShowArgs),
     /// Which test suites a change affects: the plan a workflow's `select: affected` steps
     /// would follow between two revisions (exit 2 on a revision that does not exist).
     Affected(AffectedArgs),
@@ -55,6 +63,8 @@ pub struct AffectedArgs {
 pub fn run(context: &Context, command: &TestsCommand) -> Result<u8> {
     context.init_logging(true)?;
     match command {
+        TestsCommand::List(args) => tests_list::list(context, args),
+        TestsCommand::Show(args) => tests_list::show(context, args),
         TestsCommand::Affected(args) => affected(context, args),
         TestsCommand::Quarantine(command) => tests_quarantine::run(context, command),
     }

@@ -42,6 +42,7 @@ pub const ASSETS: &[(&str, &[u8])] = &[
     asset!("pages/overview.js"),
     asset!("pages/workflows.js"),
     asset!("pages/runs.js"),
+    asset!("pages/tests.js"),
     asset!("pages/schedules.js"),
     asset!("pages/agents.js"),
     asset!("pages/workers.js"),

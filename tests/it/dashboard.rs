@@ -229,6 +229,7 @@ fn every_page_loads_without_errors_and_shows_the_seeded_data() {
 
         // Every page of the navigation is built: each loads, none is a placeholder.
         for page in [
+            "tests",
             "schedules",
             "agents",
             "workers",

@@ -37,6 +37,7 @@ mod security;
 mod server;
 mod soak;
 mod support;
+mod test_history;
 mod triggers;
 mod worker_visibility;
 mod workers;

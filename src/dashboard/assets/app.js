@@ -14,6 +14,7 @@ export const NAV = [
   { id: "overview", title: "Overview" },
   { id: "workflows", title: "Workflows" },
   { id: "runs", title: "Runs" },
+  { id: "tests", title: "Tests" },
   { id: "schedules", title: "Schedules" },
   { id: "agents", title: "Agents" },
   { id: "workers", title: "Workers" },

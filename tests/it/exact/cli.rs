@@ -70,6 +70,8 @@ const READ_ONLY: &[&[&str]] = &[
     &["trigger", "list"],
     &["alert", "list"],
     &["alert", "silences"],
+    &["tests", "list"],
+    &["tests", "list", "--status", "flaky", "-o", "json"],
 ];
 
 #[test]

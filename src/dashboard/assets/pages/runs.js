@@ -27,10 +27,41 @@ function workersOf(step) {
   return html`<span data-worker="${names[names.length - 1]}">${names.map((n, i) => html`${i ? " → " : ""}<a href="${href("workers", n)}">${n}</a>`)}</span>`;
 }
 
+/** A test's id, as the store computes it: `tc_` and the first 8 bytes, in hex, of the
+ * SHA-256 of its workflow, suite, classname and name joined by NUL bytes. Null where the
+ * page is no secure context (no `crypto.subtle`). */
+async function testId(workflow, t) {
+  if (!globalThis.crypto || !crypto.subtle) return null;
+  const bytes = new TextEncoder().encode([workflow, t.suite || "", t.classname || "", t.name].join("\0"));
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+  return "tc_" + [...digest.slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Links each test case of the run page to its history on the Tests page. */
+async function linkHistories(part, workflow, cases) {
+  const rows = part.querySelectorAll("details.test-case > summary");
+  await Promise.all(
+    cases.map(async (t, i) => {
+      const id = await testId(workflow, t).catch(() => null);
+      if (!id || !rows[i] || rows[i].querySelector("a[data-history]")) return;
+      rows[i].append(" ", el("a", { href: href("tests", id), "data-history": id, title: "This test's history across runs" }, "history"));
+    }),
+  );
+}
+
 function testsText(tests) {
   if (!tests || !tests.total) return "—";
   const bad = (tests.failed || 0) + (tests.errors || 0);
-  return bad ? `${bad} of ${tests.total} failed` : `${tests.passed}/${tests.total} passed`;
+  const classes = [
+    [tests.new_failures, "new failure", "new failures"],
+    [tests.still_failing, "still failing", "still failing"],
+    [tests.flaky, "flaky", "flaky"],
+    [tests.quarantined, "quarantined", "quarantined"],
+  ]
+    .filter(([n]) => n > 0)
+    .map(([n, one, many]) => `${n} ${n === 1 ? one : many}`);
+  const head = bad ? `${bad} of ${tests.total} failed` : `${tests.passed}/${tests.total} passed`;
+  return classes.length ? `${head} (${classes.join(", ")})` : head;
 }
 
 async function list(ctx) {
@@ -262,13 +293,14 @@ async function detail(ctx, id) {
     setHTML(
       part("tests"),
       html`<div data-tests="${cases.length}">${cases.map(
-        (t) => html`<details class="test-case" data-test="${t.name}" data-test-status="${t.status}" ${bad(t) ? html`open` : ""}>
-          <summary>${badge(t.status)} <strong>${t.name}</strong> <span class="muted">${[t.suite, t.classname].filter(Boolean).join(" · ")} · ${t.step}</span>
+        (t) => html`<details class="test-case" data-test="${t.name}" data-test-status="${t.status}" data-class="${t.class || ""}" ${bad(t) ? html`open` : ""}>
+          <summary>${badge(t.status)}${t.class && t.class !== t.status ? html` <span data-test-class="${t.class}">${badge(t.class)}</span>` : ""} <strong>${t.name}</strong> <span class="muted">${[t.suite, t.classname].filter(Boolean).join(" · ")} · ${t.step}</span>
           <span class="muted">${duration((t.time_seconds || 0) * 1000)}</span></summary>
           <div class="body">${t.message ? html`<p>${t.message}</p>` : ""}${t.details ? html`<pre class="code">${t.details}</pre>` : ""}${t.output ? html`<pre class="code">${t.output}</pre>` : ""}${!t.message && !t.details && !t.output ? html`<p class="muted">No details.</p>` : ""}</div>
         </details>`,
       )}</div>`,
     );
+    linkHistories(part("tests"), data.run.workflow_id, cases);
   }
 
   function showArtifacts() {
