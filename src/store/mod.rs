@@ -171,6 +171,8 @@ pub struct Store {
     flushes: GroupCommit,
     /// A write or flush failed and the store has not been reopened and probed since.
     failed: std::sync::atomic::AtomicBool,
+    /// Held while test results are recorded: they read and rewrite buckets of test states.
+    test_writes: std::sync::Mutex<()>,
 }
 
 /// The open `Db` and its trees.
@@ -367,6 +369,7 @@ impl Store {
             }))),
             flushes: GroupCommit::default(),
             failed: std::sync::atomic::AtomicBool::new(false),
+            test_writes: std::sync::Mutex::new(()),
         };
         store.build_run_index()?;
         Ok(store)

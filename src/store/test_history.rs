@@ -52,6 +52,14 @@ const INDEX: &str = "test_index";
 /// The id of a test: `tc_` and 16 hex digits of the SHA-256 of its workflow, suite,
 /// classname and name joined by NUL bytes.
 pub fn test_id(workflow: &str, suite: &str, classname: &str, name: &str) -> String {
+    format!(
+        "tc_{}",
+        hex::encode(test_key(workflow, suite, classname, name))
+    )
+}
+
+/// The 8 bytes a test id shows in hex.
+fn test_key(workflow: &str, suite: &str, classname: &str, name: &str) -> [u8; 8] {
     let mut hash = Sha256::new();
     for (i, part) in [workflow, suite, classname, name].iter().enumerate() {
         if i > 0 {
@@ -59,7 +67,43 @@ pub fn test_id(workflow: &str, suite: &str, classname: &str, name: &str) -> Stri
         }
         hash.update(part.as_bytes());
     }
-    format!("tc_{}", hex::encode(&hash.finalize()[..8]))
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&hash.finalize()[..8]);
+    key
+}
+
+/// The `tests` key of the bucket holding a test's state: the first 12 bits of its id.
+fn state_bucket(key: &[u8]) -> [u8; 2] {
+    [key[0], key[1] & 0xf0]
+}
+
+/// The states of a bucket of tests, sorted by id.
+type Bucket = Vec<([u8; 8], TestState)>;
+
+/// A bucket's entry: the test's id (8) and its state.
+const STATE_ENTRY: usize = 8 + STATE_BYTES;
+
+/// The states of a bucket, sorted by id; `None` when it holds a state that is not one.
+fn decode_bucket(bytes: &[u8]) -> Option<Bucket> {
+    if bytes.len() % STATE_ENTRY != 0 {
+        return None;
+    }
+    bytes
+        .chunks_exact(STATE_ENTRY)
+        .map(|entry| {
+            let id = <[u8; 8]>::try_from(&entry[..8]).ok()?;
+            Some((id, TestState::decode(&entry[8..])?))
+        })
+        .collect()
+}
+
+fn encode_bucket(entries: &[([u8; 8], TestState)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * STATE_ENTRY);
+    for (id, state) in entries {
+        out.extend_from_slice(id);
+        out.extend_from_slice(&state.encode());
+    }
+    out
 }
 
 /// A failure message with what differs between occurrences of the same failure taken out:
@@ -627,7 +671,7 @@ const ENTRY_BYTES: usize = 30;
 /// The entries of a block for the test `id` (entries are sorted by id).
 fn entries_for<'b>(block: &'b [u8], id: &[u8; 8]) -> impl Iterator<Item = &'b [u8]> + 'b {
     let entries: Vec<&[u8]> = block.chunks_exact(ENTRY_BYTES).collect();
-    let start = entries.partition_point(|e| &e[..8] < &id[..]);
+    let start = entries.partition_point(|e| e[..8] < id[..]);
     let id = *id;
     entries
         .into_iter()
@@ -661,6 +705,8 @@ struct RecordReader<'s> {
     strings: sled::Tree,
     revisions: HashMap<u32, String>,
     messages: HashMap<u64, Option<String>>,
+    /// The last bucket of states read.
+    bucket: Option<([u8; 2], Bucket)>,
 }
 
 impl<'s> RecordReader<'s> {
@@ -673,6 +719,7 @@ impl<'s> RecordReader<'s> {
             strings: open(STRINGS)?,
             revisions: HashMap::new(),
             messages: HashMap::new(),
+            bucket: None,
         })
     }
 
@@ -705,6 +752,38 @@ impl<'s> RecordReader<'s> {
         Ok(text)
     }
 
+    /// The state of the test with key bytes `key`, from its bucket (the last bucket read
+    /// is kept: records read in id order read each bucket once).
+    fn state(&mut self, key: &[u8]) -> Result<Option<TestState>, StoreError> {
+        if key.len() != 8 {
+            return Ok(None);
+        }
+        let bucket = state_bucket(key);
+        if self.bucket.as_ref().is_none_or(|(b, _)| *b != bucket) {
+            let entries = match self
+                .tests
+                .get(bucket)
+                .map_err(|e| self.store.sled_error(e))?
+            {
+                Some(bytes) => decode_bucket(&bytes).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("tests bucket {}", hex::encode(bucket)),
+                    message: "not a list of test states".to_owned(),
+                })?,
+                None => Vec::new(),
+            };
+            self.bucket = Some((bucket, entries));
+        }
+        let entries = self
+            .bucket
+            .as_ref()
+            .map(|(_, e)| e.as_slice())
+            .unwrap_or_default();
+        Ok(entries
+            .binary_search_by(|(id, _)| id[..].cmp(key))
+            .ok()
+            .map(|i| entries[i].1))
+    }
+
     /// The record of the test with key bytes `key`; its names when already read.
     fn record(
         &mut self,
@@ -719,14 +798,10 @@ impl<'s> RecordReader<'s> {
                 None => return Ok(None),
             },
         };
-        let Some(bytes) = self.tests.get(key).map_err(err)? else {
+        let Some(state) = self.state(key)? else {
             return Ok(None);
         };
         let id = format!("tc_{}", hex::encode(key));
-        let state = TestState::decode(&bytes).ok_or_else(|| StoreError::Corrupt {
-            key: id.clone(),
-            message: format!("a test state of {} bytes", bytes.len()),
-        })?;
         let run_name =
             |run: u128| format!("run_{}", ulid::Ulid::from(run).to_string().to_lowercase());
         let recent: String = state
@@ -883,6 +958,11 @@ impl Store {
         if cases.is_empty() {
             return Ok(());
         }
+        // Buckets of states are read and rewritten: one batch of results at a time.
+        let _serial = self
+            .test_writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let h = self.handles()?;
         let err = |e| self.sled_error(e);
         let tree = |name: &str| h.db.open_tree(name).map_err(err);
@@ -904,31 +984,36 @@ impl Store {
                 .map_err(err)?;
             self.trim_runs(&runs, &results, source.workflow, run, settings)?;
         }
-        let mut states = sled::Batch::default();
+        let corrupt = |bucket: &[u8]| StoreError::Corrupt {
+            key: format!("tests bucket {}", hex::encode(bucket)),
+            message: "not a list of test states".to_owned(),
+        };
+        let keys: Vec<[u8; 8]> = cases
+            .iter()
+            .map(|c| test_key(source.workflow, &c.suite, &c.classname, &c.name))
+            .collect();
+        // Every bucket the cases touch, read once and written back once.
+        let mut buckets: HashMap<[u8; 2], Bucket> = HashMap::new();
+        for key in &keys {
+            let bucket = state_bucket(key);
+            if let std::collections::hash_map::Entry::Vacant(vacant) = buckets.entry(bucket) {
+                vacant.insert(match tests.get(bucket).map_err(err)? {
+                    Some(bytes) => decode_bucket(&bytes).ok_or_else(|| corrupt(&bucket))?,
+                    None => Vec::new(),
+                });
+            }
+        }
         let mut new_names = sled::Batch::default();
         let mut blocks: Vec<Vec<u8>> = vec![Vec::new(); 256];
         let mut flaky_changes = sled::Batch::default();
         // A report may list one case twice (the same name in two files of a suite): the
         // later result is classified against the earlier one.
-        let mut seen: HashMap<[u8; 8], TestState> = HashMap::with_capacity(cases.len());
-        for case in cases.iter_mut() {
-            let id = test_id(source.workflow, &case.suite, &case.classname, &case.name);
-            let Some(key) = id_bytes(&id) else { continue };
-            let previous = match seen.get(&key) {
-                Some(state) => Some(*state),
-                None => match tests.get(key).map_err(err)? {
-                    Some(bytes) => {
-                        Some(
-                            TestState::decode(&bytes).ok_or_else(|| StoreError::Corrupt {
-                                key: id.clone(),
-                                message: format!("a test state of {} bytes", bytes.len()),
-                            })?,
-                        )
-                    }
-                    None => None,
-                },
-            };
-            if previous.is_none() && !seen.contains_key(&key) {
+        for (case, key) in cases.iter_mut().zip(keys) {
+            let entries = buckets.entry(state_bucket(&key)).or_default();
+            let at = entries.binary_search_by(|(id, _)| id.cmp(&key));
+            let previous = at.ok().map(|i| entries[i].1);
+            let id = || format!("tc_{}", hex::encode(key));
+            if previous.is_none() {
                 let names = TestNames {
                     workflow: source.workflow.to_owned(),
                     suite: case.suite.clone(),
@@ -942,7 +1027,8 @@ impl Store {
                 previous.as_ref(),
                 case.status,
                 (run, revision),
-                quarantined(&id, case),
+                matches!(case.status, TestStatus::Failed | TestStatus::Error)
+                    && quarantined(&id(), case),
                 settings,
             );
             case.class = Some(class);
@@ -981,10 +1067,14 @@ impl Store {
                 worker,
                 digest,
             ));
-            seen.insert(key, state);
+            match at {
+                Ok(i) => entries[i].1 = state,
+                Err(i) => entries.insert(i, (key, state)),
+            }
         }
-        for (key, state) in &seen {
-            states.insert(&key[..], &state.encode()[..]);
+        let mut states = sled::Batch::default();
+        for (bucket, entries) in &buckets {
+            states.insert(&bucket[..], encode_bucket(entries));
         }
         let mut stored = sled::Batch::default();
         for (bucket, block) in blocks.into_iter().enumerate() {
@@ -1143,7 +1233,7 @@ impl Store {
                 }
             }
             // Newest first: later attempts, then later steps, first.
-            found.sort_by(|a, b| b.0.cmp(&a.0));
+            found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
             for ((attempt, _), v) in found {
                 if out.len() >= limit {
                     break;

@@ -94,6 +94,7 @@ fn the_tests_routes_list_by_status_show_a_timeline_and_say_what_is_wrong() {
         let source = ResultSource {
             workflow: "wf_api",
             run_id: &run,
+            step: 0,
             attempt: 1,
             revision: if n < 3 { "git:aaaa" } else { "git:bbbb" },
             worker: (n == 3).then_some("rig-1"),
