@@ -26,7 +26,14 @@ use serde_json::json;
 use sha2::Sha256;
 
 /// The names of the targets, as `fuzz_targets/<name>.rs` and `corpus/<name>/`.
-pub const TARGETS: [&str; 5] = ["manifest", "condition", "cron", "webhook", "worker_message"];
+pub const TARGETS: [&str; 6] = [
+    "manifest",
+    "condition",
+    "cron",
+    "webhook",
+    "worker_message",
+    "test_results",
+];
 
 /// Runs the check of the target `name` on one input.
 ///
@@ -39,6 +46,7 @@ pub fn check(name: &str, data: &[u8]) {
         "condition" => condition(data),
         "cron" => cron(data),
         "webhook" => webhook(data),
+        "test_results" => test_results(data),
         "worker_message" => worker_message(data),
         other => panic!("unknown fuzz target `{other}`: expected one of {TARGETS:?}"),
     }
@@ -46,7 +54,7 @@ pub fn check(name: &str, data: &[u8]) {
 
 /// The directories a manifest file may sit in (the kind comes from the nearest one when the
 /// document has no `kind`); the input's first byte picks one.
-const MANIFEST_DIRS: [&str; 8] = [
+const MANIFEST_DIRS: [&str; 9] = [
     "",
     "workflows/",
     "templates/",
@@ -55,6 +63,7 @@ const MANIFEST_DIRS: [&str; 8] = [
     "alerts/",
     "triggers/",
     "dashboards/",
+    "quarantine/",
 ];
 
 /// A valid file beside the fuzzed one, as a project always has more than one: the files
@@ -495,6 +504,53 @@ pub fn worker_message(data: &[u8]) {
                 let workflow = step.get("workflow_runs_on");
                 let _ = orchestrator::spec::workflow::Placement::of(&step, workflow);
                 let _ = orchestrator::spec::workflow::StepSpec::compile(&step);
+            }
+        }
+    }
+}
+
+/// Test results from any input: a JUnit report's cases get ids and failure digests
+/// (an id is `tc_` and 16 hex digits; normalising a failure twice changes nothing, so the
+/// same failure keeps its digest), and Quarantine entries from any JSON compile or are
+/// refused without a panic, and match any case.
+pub fn test_results(data: &[u8]) {
+    use orchestrator::store::test_history::{failure_digest, normalise_failure, test_id};
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    if pick % 2 == 0 {
+        let Ok(cases) = orchestrator::engine::junit::parse_junit(&text) else {
+            return;
+        };
+        for case in &cases {
+            let id = test_id("wf_fuzz", &case.suite, &case.classname, &case.name);
+            assert!(id.len() == 19 && id.starts_with("tc_"), "{id}");
+            for message in [&case.message, &case.details].into_iter().flatten() {
+                let once = normalise_failure(message);
+                assert_eq!(normalise_failure(&once), once, "normalising is idempotent");
+                assert_eq!(failure_digest(message), failure_digest(&once));
+            }
+        }
+    } else {
+        let once = normalise_failure(&text);
+        assert_eq!(normalise_failure(&once), once, "normalising is idempotent");
+        if let Ok(spec) = serde_json::from_slice::<serde_json::Value>(rest) {
+            use orchestrator::spec::quarantine::{QuarantineSet, TestFields};
+            let set = QuarantineSet::compile([("qua_fuzz", &spec)]);
+            let name = spec.get("name").and_then(|v| v.as_str()).unwrap_or("test_x");
+            let fields = TestFields {
+                id: "tc_0123456789abcdef",
+                workflow: "wf_fuzz",
+                workflow_name: "fuzz",
+                suite: "suite",
+                classname: "class",
+                name,
+            };
+            let today = chrono::NaiveDate::from_ymd_opt(2027, 1, 1).expect("a date");
+            let _ = set.covering(&fields, today);
+            for entry in &set.entries {
+                let _ = entry.describe();
             }
         }
     }
