@@ -233,7 +233,7 @@ pub enum TestStatus {
     Skipped,
 }
 
-/// What a case's result means against its history (see `store::tests`).
+/// What a case's result means against its history (see `store::test_history`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TestClass {

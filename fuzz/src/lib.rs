@@ -538,7 +538,10 @@ pub fn test_results(data: &[u8]) {
         if let Ok(spec) = serde_json::from_slice::<serde_json::Value>(rest) {
             use orchestrator::spec::quarantine::{QuarantineSet, TestFields};
             let set = QuarantineSet::compile([("qua_fuzz", &spec)]);
-            let name = spec.get("name").and_then(|v| v.as_str()).unwrap_or("test_x");
+            let name = spec
+                .get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("test_x");
             let fields = TestFields {
                 id: "tc_0123456789abcdef",
                 workflow: "wf_fuzz",

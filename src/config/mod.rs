@@ -115,9 +115,11 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TestsConfig {
-    /// Results kept per test (default 200): older ones are removed as new ones come.
+    /// Runs whose test results are kept, per workflow (default 200): older ones are
+    /// removed as new ones come, with the tests seen only in them.
     pub retention_runs: u32,
-    /// Days a result is kept (default 90).
+    /// Days a run's test results are kept, counted back from the workflow's newest run
+    /// (default 90).
     pub retention_days: u32,
     /// A test whose pass/fail flips this many times (default 3) within its last
     /// `flaky_window` results is flaky.

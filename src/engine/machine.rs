@@ -619,7 +619,9 @@ impl RunMachine {
             }));
     }
 
-    fn is_current(&self, index: usize, number: u32) -> bool {
+    /// Whether attempt `number` of step `index` is the one the machine waits for: a late
+    /// or repeated message of another attempt is ignored.
+    pub fn is_current(&self, index: usize, number: u32) -> bool {
         matches!(self.phase.get(index), Some(Phase::Attempt { number: n, .. }) if *n == number)
     }
 

@@ -1080,7 +1080,7 @@ impl Driver<'_> {
                 return;
             }
             AttemptEvent::Finished(mut finished) => {
-                if !finished.outcome.tests.is_empty() {
+                if !finished.outcome.tests.is_empty() && machine.is_current(index, number) {
                     // Before the machine judges the attempt: a quarantined failure
                     // neither fails the step nor retries it.
                     let log = machine.steps().get(index).map(|s| s.log.clone());

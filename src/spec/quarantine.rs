@@ -1,5 +1,5 @@
 //! Quarantine manifests, compiled: which tests' failures fail no step. An entry names a
-//! test by its id (`tc_…`, see `store::tests::test_id`) or matches tests by workflow,
+//! test by its id (`tc_…`, see `store::test_history::test_id`) or matches tests by workflow,
 //! suite, classname and name globs; it applies through its `until` date (UTC) and not
 //! after.
 

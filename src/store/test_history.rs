@@ -5,10 +5,12 @@
 //! first 16 hex digits of the SHA-256 of the four joined by NUL bytes ([`test_id`]), the
 //! same on every machine and across restarts. The trees:
 //!
-//! - `tests`: per test (its id's 8 bytes), its state in 105 fixed bytes ([`TestState`]:
-//!   last result and class, the last 64 results two bits each, whether it is flaky and
-//!   why, the last failure's digest, counts, durations; revisions interned), rewritten with
-//!   each result, so that listing and filtering never read results.
+//! - `tests`: the tests' states in buckets keyed by the first 12 bits of their ids (2
+//!   bytes), each entry the id's 8 bytes and 111 fixed bytes of state ([`TestState`]: its
+//!   workflow, last result and class, the last 64 results two bits each, whether it is
+//!   flaky and why, the last failure's digest, counts, durations; strings interned). A
+//!   batch of results reads and rewrites each bucket it touches once, under the store's
+//!   `test_writes` lock; listing and filtering never read results.
 //! - `test_names`: per test, its workflow, suite, classname and name (JSON), written once.
 //!   [`TestRecord`] is what readers get: names and state with the strings looked up.
 //! - `test_results`: a step attempt's results in blocks, one per bucket of tests (the first
@@ -28,8 +30,10 @@
 //! and a Quarantine covers it, `flaky` when it contradicts a result on the same revision
 //! (a retry or a re-run) or fails while the test flips often, `new_failure` /
 //! `still_failing` against the previous run's result, `fixed`, `passed`, `skipped`.
-//! Retention, per workflow: as a new run's results come in, the runs past
-//! `retention_runs`, and those older than `retention_days`, are removed with their results. Writes are not flushed here: they become durable with the
+//! Retention, per workflow: as a new run's results come in, the runs past `retention_runs`,
+//! and those older than `retention_days` before it, are removed with their results, and
+//! so are the workflow's tests whose last result went with them. Interned strings and
+//! failure groups are kept. Writes are not flushed here: they become durable with the
 //! run's next flush, before the step's record is reported.
 
 use std::collections::HashMap;
@@ -75,6 +79,15 @@ fn test_key(workflow: &str, suite: &str, classname: &str, name: &str) -> [u8; 8]
 /// The `tests` key of the bucket holding a test's state: the first 12 bits of its id.
 fn state_bucket(key: &[u8]) -> [u8; 2] {
     [key[0], key[1] & 0xf0]
+}
+
+/// The trees of the history, open.
+struct HistoryTrees<'t> {
+    tests: &'t sled::Tree,
+    names: &'t sled::Tree,
+    results: &'t sled::Tree,
+    runs: &'t sled::Tree,
+    index: &'t sled::Tree,
 }
 
 /// The states of a bucket of tests, sorted by id.
@@ -317,11 +330,13 @@ pub struct ResultSource<'a> {
 /// The most results the flaky rule looks back over (`tests.flaky_window` is held to it).
 pub const MAX_FLAKY_WINDOW: u32 = 64;
 
-/// A test's state as stored in `tests`: fixed-size, no strings (revisions are interned,
-/// runs are ULIDs, the recent results two bits each), so that recording a result reads
-/// and writes 100-odd bytes. [`TestRecord`] is what readers see of it.
+/// A test's state as stored in `tests`: fixed-size, no strings (the workflow and revisions
+/// are interned, runs are ULIDs, the recent results two bits each), so that recording a
+/// result reads and writes about a hundred bytes. [`TestRecord`] is what readers see of it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct TestState {
+    /// The workflow (interned).
+    workflow: u32,
     first_run: u128,
     last_run: u128,
     last_status: TestStatus,
@@ -344,10 +359,13 @@ struct TestState {
     mean_duration_ms: f32,
     last_failure: u64,
     last_failed_run: u128,
+    /// Flips, and results, within the flaky rule's window as of the last result.
+    window_flips: u8,
+    window_len: u8,
 }
 
 /// The stored size of a [`TestState`].
-const STATE_BYTES: usize = 16 + 16 + 4 + 4 + 16 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 16;
+const STATE_BYTES: usize = 4 + 16 + 16 + 4 + 4 + 16 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 16 + 2;
 
 fn status_code(status: TestStatus) -> u8 {
     STATUSES.iter().position(|s| *s == status).unwrap_or(0) as u8
@@ -382,6 +400,7 @@ impl TestState {
             out[at..at + bytes.len()].copy_from_slice(bytes);
             at += bytes.len();
         };
+        put(&self.workflow.to_le_bytes());
         put(&self.first_run.to_le_bytes());
         put(&self.last_run.to_le_bytes());
         let flags = u8::from(self.revision_passed)
@@ -406,6 +425,7 @@ impl TestState {
         put(&self.mean_duration_ms.to_le_bytes());
         put(&self.last_failure.to_le_bytes());
         put(&self.last_failed_run.to_le_bytes());
+        put(&[self.window_flips, self.window_len]);
         out
     }
 
@@ -421,6 +441,7 @@ impl TestState {
         };
         let u128_ = |b: &[u8]| u128::from_le_bytes(b.try_into().unwrap_or([0; 16]));
         let u32_ = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+        let workflow = u32_(take(4));
         let first_run = u128_(take(16));
         let last_run = u128_(take(16));
         let codes = take(4);
@@ -450,6 +471,9 @@ impl TestState {
             mean_duration_ms: f32::from_le_bytes(take(4).try_into().unwrap_or([0; 4])),
             last_failure: u64::from_le_bytes(take(8).try_into().unwrap_or([0; 8])),
             last_failed_run: u128_(take(16)),
+            window_flips: take(1)[0],
+            window_len: take(1)[0],
+            workflow,
         })
     }
 
@@ -543,7 +567,7 @@ fn updated(
     state: Option<TestState>,
     case: &TestCase,
     class: TestClass,
-    (run, revision): (u128, u32),
+    (workflow, run, revision): (u32, u128, u32),
     digest: u64,
     settings: &TestsConfig,
 ) -> TestState {
@@ -553,6 +577,7 @@ fn updated(
         .min(u32::MAX as f64) as u32;
     let is_new = state.is_none();
     let mut state = state.unwrap_or(TestState {
+        workflow,
         first_run: run,
         last_run: run,
         last_status: case.status,
@@ -573,6 +598,8 @@ fn updated(
         mean_duration_ms: duration_ms as f32,
         last_failure: 0,
         last_failed_run: 0,
+        window_flips: 0,
+        window_len: 0,
     });
     if !is_new && state.last_run != run {
         state.previous_run_status = Some(state.last_status);
@@ -604,8 +631,11 @@ fn updated(
     let recent_contradiction = state
         .since_contradiction
         .is_some_and(|n| (n as usize) < window);
+    let flips = state.flips(window);
+    state.window_flips = flips.min(255) as u8;
+    state.window_len = usize::from(state.recent_len).min(window) as u8;
     state.flaky_by_contradiction = recent_contradiction;
-    state.flaky = recent_contradiction || state.flips(window) >= settings.flaky_flips;
+    state.flaky = recent_contradiction || flips >= settings.flaky_flips;
     state.last_run = run;
     state.last_status = case.status;
     state.last_class = class;
@@ -812,7 +842,6 @@ impl<'s> RecordReader<'s> {
                 _ => 'S',
             })
             .collect();
-        let flips = flip_count(state.letters(usize::from(state.recent_len)));
         let contradiction = match state.since_contradiction {
             Some(_) => Some(self.revision(state.contradiction_revision)?),
             None => None,
@@ -823,8 +852,8 @@ impl<'s> RecordReader<'s> {
                 Some(format!("passed and failed on {revision}"))
             }
             _ => Some(format!(
-                "flipped {flips} times in its last {} results",
-                state.recent_len
+                "flipped {} times in its last {} results",
+                state.window_flips, state.window_len
             )),
         };
         Ok(Some(TestRecord {
@@ -977,12 +1006,13 @@ impl Store {
             Some(worker) => interner.number(worker).map_err(err)?,
             None => 0,
         };
+        let workflow = interner.number(source.workflow).map_err(err)?;
         let run = run_ulid(source.run_id).map_or(0, u128::from);
         let this_run = run_key(source.workflow, run);
-        if !runs.contains_key(&this_run).map_err(err)? {
+        let new_run = !runs.contains_key(&this_run).map_err(err)?;
+        if new_run {
             runs.insert(&this_run, &revision.to_le_bytes())
                 .map_err(err)?;
-            self.trim_runs(&runs, &results, source.workflow, run, settings)?;
         }
         let corrupt = |bucket: &[u8]| StoreError::Corrupt {
             key: format!("tests bucket {}", hex::encode(bucket)),
@@ -1049,7 +1079,14 @@ impl Store {
             } else {
                 0
             };
-            let state = updated(previous, case, class, (run, revision), digest, settings);
+            let state = updated(
+                previous,
+                case,
+                class,
+                (workflow, run, revision),
+                digest,
+                settings,
+            );
             if state.flaky != was_flaky {
                 if state.flaky {
                     flaky_changes.insert(index_key("flaky", &key), &[][..]);
@@ -1090,25 +1127,40 @@ impl Store {
         }
         names.apply_batch(new_names).map_err(err)?;
         results.apply_batch(stored).map_err(err)?;
-        tests.apply_batch(states).map_err(err)?;
+        // The index before the states: sled recovers a prefix of its writes, and a listed
+        // test that is not flaky is left out when read, while a flaky one missing from the
+        // index would stay missing.
         index.apply_batch(flaky_changes).map_err(err)?;
+        tests.apply_batch(states).map_err(err)?;
+        if new_run {
+            // After this run's states are written: its tests are not among those to go.
+            let trees = HistoryTrees {
+                tests: &tests,
+                names: &names,
+                results: &results,
+                runs: &runs,
+                index: &index,
+            };
+            self.trim_runs(&trees, (source.workflow, workflow), run, settings)?;
+        }
         Ok(())
     }
 
     /// Removes a workflow's runs past the retention (the oldest beyond `retention_runs`,
-    /// and those older than `retention_days` before `newest`) with their results.
+    /// and those older than `retention_days` before `newest`) with their results, and the
+    /// workflow's tests whose last result went with them.
     fn trim_runs(
         &self,
-        runs: &sled::Tree,
-        results: &sled::Tree,
-        workflow: &str,
+        trees: &HistoryTrees<'_>,
+        (workflow, workflow_number): (&str, u32),
         newest: u128,
         settings: &TestsConfig,
     ) -> Result<(), StoreError> {
         let err = |e| self.sled_error(e);
         let mut prefix = workflow.as_bytes().to_vec();
         prefix.push(0);
-        let kept: Vec<sled::IVec> = runs
+        let kept: Vec<sled::IVec> = trees
+            .runs
             .scan_prefix(&prefix)
             .keys()
             .collect::<Result<_, _>>()
@@ -1117,6 +1169,8 @@ impl Store {
             .timestamp_ms()
             .saturating_sub(u64::from(settings.retention_days) * 86_400_000);
         let excess = kept.len().saturating_sub(settings.retention_runs as usize);
+        let mut removed_any = false;
+        let mut oldest_kept = newest;
         for (i, key) in kept.iter().enumerate() {
             let Some(run) = key
                 .get(prefix.len()..)
@@ -1126,16 +1180,51 @@ impl Store {
             };
             let too_old = ulid::Ulid::from(u128::from_be_bytes(run)).timestamp_ms() < cutoff_ms;
             if i >= excess && !too_old {
+                oldest_kept = u128::from_be_bytes(run);
                 break;
             }
             let mut batch = sled::Batch::default();
-            for result in results.scan_prefix(run).keys() {
+            for result in trees.results.scan_prefix(run).keys() {
                 batch.remove(result.map_err(err)?);
             }
-            results.apply_batch(batch).map_err(err)?;
-            runs.remove(key).map_err(err)?;
+            trees.results.apply_batch(batch).map_err(err)?;
+            trees.runs.remove(key).map_err(err)?;
+            removed_any = true;
         }
-        Ok(())
+        if !removed_any {
+            return Ok(());
+        }
+        // The workflow's tests last seen before the oldest run kept: gone with their runs.
+        let mut buckets = sled::Batch::default();
+        let mut gone = Vec::new();
+        for entry in trees.tests.iter() {
+            let (bucket, bytes) = entry.map_err(err)?;
+            let Some(entries) = decode_bucket(&bytes) else {
+                continue;
+            };
+            let before = entries.len();
+            let (dropped, left): (Bucket, Bucket) = entries.into_iter().partition(|(_, state)| {
+                state.workflow == workflow_number && state.last_run < oldest_kept
+            });
+            if left.len() == before {
+                continue;
+            }
+            gone.extend(dropped.into_iter().map(|(id, _)| id));
+            if left.is_empty() {
+                buckets.remove(bucket);
+            } else {
+                buckets.insert(bucket, encode_bucket(&left));
+            }
+        }
+        let mut names = sled::Batch::default();
+        let mut index = sled::Batch::default();
+        for id in gone {
+            names.remove(&id[..]);
+            index.remove(index_key("flaky", &id));
+        }
+        trees.index.apply_batch(index).map_err(err)?;
+        trees.tests.apply_batch(buckets).map_err(err)?;
+        trees.names.apply_batch(names).map_err(err)
     }
 
     /// Every test's record, in id order.
@@ -1232,8 +1321,8 @@ impl Store {
                     found.push(((attempt, step), v.to_vec()));
                 }
             }
-            // Newest first: later attempts, then later steps, first.
-            found.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+            // Newest first: later steps, then later attempts, first.
+            found.sort_by_key(|((attempt, step), _)| std::cmp::Reverse((*step, *attempt)));
             for ((attempt, _), v) in found {
                 if out.len() >= limit {
                     break;
@@ -1612,5 +1701,60 @@ mod tests {
         let results = h.store.test_results(&id, 100).unwrap();
         assert_eq!(results.len(), 1, "{results:?}");
         assert_eq!(h.store.test_record(&id).unwrap().unwrap().results, 3);
+    }
+
+    #[test]
+    fn tests_whose_last_run_was_trimmed_go_with_it() {
+        let mut h = History::new();
+        h.settings.retention_runs = 2;
+        let run1 = run_at(7_000_000);
+        h.record(
+            &run1,
+            1,
+            "git:a",
+            case("gone", TestStatus::Failed, Some("x")),
+            false,
+        );
+        h.record(
+            &run1,
+            2,
+            "git:a",
+            case("gone", TestStatus::Passed, None),
+            false,
+        );
+        h.record(
+            &run1,
+            1,
+            "git:a",
+            case("stays", TestStatus::Passed, None),
+            false,
+        );
+        let gone = test_id("wf_ci", "api", "tests.api", "gone");
+        assert!(h.store.test_record(&gone).unwrap().unwrap().flaky);
+        for n in 1..3 {
+            h.record(
+                &run_at(7_000_000 + n),
+                1,
+                "git:b",
+                case("stays", TestStatus::Passed, None),
+                false,
+            );
+        }
+        assert_eq!(
+            h.store.test_record(&gone).unwrap(),
+            None,
+            "its only run was trimmed"
+        );
+        assert!(h.store.test_records_in("flaky").unwrap().is_empty());
+        let left: Vec<String> = h
+            .store
+            .test_records()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(left, ["stays"]);
+        let stays = test_id("wf_ci", "api", "tests.api", "stays");
+        assert_eq!(h.store.test_results(&stays, 10).unwrap().len(), 2);
     }
 }

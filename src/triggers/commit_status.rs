@@ -358,14 +358,10 @@ pub async fn run(shared: Arc<Reporting>, mut stop: watch::Receiver<bool>) {
     let mut runs: HashMap<String, watch::Sender<Wanted>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
+        // `biased`, events first: at shutdown the runs' last events still buffered are
+        // reported before the stop is heard.
         let published = tokio::select! {
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-                continue;
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            biased;
             event = events.recv() => match event {
                 Ok(published) => published,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -374,6 +370,13 @@ pub async fn run(shared: Arc<Reporting>, mut stop: watch::Receiver<bool>) {
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+                continue;
+            }
         };
         let (id, finished) = match &published.event {
             Event::WorkflowStarted(summary) => (&summary.id, false),

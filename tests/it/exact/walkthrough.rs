@@ -15,11 +15,12 @@ use serde_json::Value;
 use crate::support::{cli, create_webhook, project, raw_exchange, sign, Api, Server};
 
 /// Every schema the binary publishes.
-const SCHEMA_FILES: [&str; 8] = [
+const SCHEMA_FILES: [&str; 9] = [
     "agent.json",
     "alert.json",
     "config.json",
     "dashboard.json",
+    "quarantine.json",
     "schedule.json",
     "trigger.json",
     "workflow-template.json",

@@ -40,7 +40,9 @@ function inDays(days) {
 export function quarantineManifest(test, { owner, reason, until: last }) {
   return {
     kind: "Quarantine",
-    name: `Quarantine ${test.name}`.slice(0, 200),
+    // The id in the name: two tests of one name (other suites, other workflows) get
+    // manifests of their own.
+    name: `Quarantine ${test.id} ${test.name}`.slice(0, 200),
     description: `${test.workflow} · ${[test.suite, test.classname, test.name].filter(Boolean).join(" · ")}`,
     entries: [{ test: test.id, reason, owner, until: last }],
   };
