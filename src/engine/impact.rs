@@ -184,8 +184,24 @@ fn baseline(store: &Store, run: &RunRecord, repos: &[Repo]) -> (Baseline, String
             ),
         };
     }
-    // 2. The webhook's commit.
-    if let Some(commit) = run.trigger.details.get("commit").and_then(Value::as_object) {
+    // 2. The webhook's commit, when the workflow's last finished run succeeded: after a
+    // failure, a push that touches other files must not skip the suite still failing, so
+    // the change is then taken from the last success (3.).
+    let last_finished_failed = match store.workflow_runs(&run.workflow_id) {
+        Ok(runs) => runs
+            .into_iter()
+            .rev()
+            .find(|r| r.id != run.id && r.status.is_finished())
+            .is_some_and(|r| r.status != Status::Succeeded),
+        Err(_) => true,
+    };
+    let webhook_commit = run
+        .trigger
+        .details
+        .get("commit")
+        .and_then(Value::as_object)
+        .filter(|_| !last_finished_failed);
+    if let Some(commit) = webhook_commit {
         let sha = text(commit, "sha").unwrap_or_default();
         // An empty list (a push of no new commit) says nothing: compare the commits instead.
         if let Some(files) = commit
@@ -441,5 +457,68 @@ mod tests {
         assert_eq!(claims.len(), 2);
         let (all, _) = selectables(&workflow, &spec, &agents, &scope, true);
         assert_eq!(all.len(), 3, "`tests affected` plans every run_tests step");
+    }
+
+    fn run(id: &str, status: Status, trigger: crate::model::Trigger) -> RunRecord {
+        RunRecord {
+            id: id.to_owned(),
+            workflow_id: "wf_impact".into(),
+            workflow_name: "impact".into(),
+            status,
+            parameters: Default::default(),
+            trigger,
+            workflow: json!({"steps": [{"name": "a"}]}),
+            steps: vec!["a".into()],
+            created_at: String::new(),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            message: None,
+            tests: Default::default(),
+            rerun_of: None,
+            revision: None,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn a_pushs_file_list_is_trusted_only_after_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let push = crate::model::Trigger {
+            kind: "webhook".into(),
+            details:
+                json!({"commit": {"sha": "b2", "base": "a1", "changed_files": ["web/app.js"]}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+        };
+        let current = run("run_03", Status::Running, push);
+        let earlier = |id: &str, status| {
+            run(
+                id,
+                status,
+                crate::model::Trigger {
+                    kind: "cli".into(),
+                    details: Default::default(),
+                },
+            )
+        };
+        store
+            .save_run(Some(&earlier("run_01", Status::Succeeded)), &[], true)
+            .unwrap();
+        match baseline(&store, &current, &[]).0 {
+            Baseline::Changes { files, .. } => assert_eq!(files, ["web/app.js"]),
+            other => panic!("after a success the push's files decide: {other:?}"),
+        }
+        store
+            .save_run(Some(&earlier("run_02", Status::Failed)), &[], true)
+            .unwrap();
+        match baseline(&store, &current, &[]).0 {
+            Baseline::Unknown { .. } => {}
+            other => panic!(
+                "after a failure the push's own files must not skip the failing suite: {other:?}"
+            ),
+        }
     }
 }
