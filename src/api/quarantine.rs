@@ -4,8 +4,6 @@
 //! them, and `tests quarantine suggest` writes entries for the flaky ones no entry covers.
 //! [`quarantine_tests`] reads the same from a store, for the CLI without a server.
 
-use std::collections::HashMap;
-
 use axum::extract::State;
 use axum::Json;
 use chrono::{NaiveDate, Utc};
@@ -14,9 +12,9 @@ use utoipa::ToSchema;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::manifest::Kind;
 use crate::schema::semantic::KnownTest;
 use crate::spec::quarantine::QuarantineSet;
+use crate::store::test_history::{quarantine_set, workflow_names};
 use crate::store::{Store, StoreError};
 
 /// The tests with recorded results.
@@ -76,17 +74,8 @@ pub fn quarantine_tests(store: &Store) -> Result<QuarantineTests, StoreError> {
     let today = Utc::now().date_naive();
     let records = store.test_records()?;
     let objects = store.objects()?;
-    let names: HashMap<&str, &str> = objects
-        .values()
-        .filter(|r| r.key.kind == Kind::Workflow)
-        .map(|r| (r.key.id.as_str(), r.name.as_str()))
-        .collect();
-    let set = QuarantineSet::compile(
-        objects
-            .values()
-            .filter(|r| r.key.kind == Kind::Quarantine && r.is_live())
-            .filter_map(|r| Some((r.key.id.as_str(), r.spec.as_ref()?))),
-    );
+    let names = workflow_names(&objects);
+    let set = quarantine_set(&objects);
     let tests = records
         .into_iter()
         .map(|record| {

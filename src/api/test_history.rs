@@ -18,10 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::manifest::Kind;
 use crate::model::{TestClass, TestStatus};
-use crate::spec::quarantine::{QuarantineEntry, QuarantineSet, TestFields};
-use crate::store::test_history::{FailureGroup, TestRecord};
+use crate::spec::quarantine::{QuarantineEntry, TestFields};
+use crate::store::test_history::{quarantine_set, workflow_names, FailureGroup, TestRecord};
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// Which tests a list holds, and in what order.
@@ -614,25 +613,6 @@ fn item(record: &TestRecord, quarantine: Option<QuarantineView>) -> TestItem {
         last_failure_message: record.last_failure_message.clone(),
         quarantine,
     }
-}
-
-/// Workflow names by id, from the records.
-fn workflow_names(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> HashMap<&str, &str> {
-    objects
-        .values()
-        .filter(|r| r.key.kind == Kind::Workflow)
-        .map(|r| (r.key.id.as_str(), r.name.as_str()))
-        .collect()
-}
-
-/// The live Quarantine manifests, compiled.
-fn quarantine_set(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> QuarantineSet {
-    QuarantineSet::compile(
-        objects
-            .values()
-            .filter(|r| r.key.kind == Kind::Quarantine && r.is_live())
-            .filter_map(|r| Some((r.key.id.as_str(), r.spec.as_ref()?))),
-    )
 }
 
 fn fields<'a>(record: &'a TestRecord, names: &HashMap<&str, &'a str>) -> TestFields<'a> {

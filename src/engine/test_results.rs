@@ -8,10 +8,9 @@ use serde_json::json;
 
 use super::executor::AttemptFinished;
 use crate::config::TestsConfig;
-use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, TestClass, TestStatus};
 use crate::spec::quarantine::{QuarantineSet, TestFields};
-use crate::store::test_history::{test_id, ResultSource};
+use crate::store::test_history::{quarantine_set, test_id, ResultSource};
 use crate::store::Store;
 
 /// What a run's attempts' test results are recorded with.
@@ -136,12 +135,7 @@ impl TestRecorder {
 /// The live Quarantine manifests, compiled; none when the store cannot be read.
 fn load_quarantine(store: &Store) -> QuarantineSet {
     match store.objects() {
-        Ok(objects) => QuarantineSet::compile(
-            objects
-                .values()
-                .filter(|r| r.key.kind == Kind::Quarantine && r.is_live())
-                .filter_map(|r| Some((r.key.id.as_str(), r.spec.as_ref()?))),
-        ),
+        Ok(objects) => quarantine_set(&objects),
         Err(err) => {
             tracing::warn!(error = %err, "quarantines not read; none apply");
             QuarantineSet::default()

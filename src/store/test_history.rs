@@ -1364,6 +1364,30 @@ impl Store {
     }
 }
 
+/// The live Quarantine manifests among object records, compiled.
+pub fn quarantine_set(
+    objects: &std::collections::BTreeMap<super::ObjectKey, super::ObjectRecord>,
+) -> crate::spec::quarantine::QuarantineSet {
+    crate::spec::quarantine::QuarantineSet::compile(
+        objects
+            .values()
+            .filter(|r| r.key.kind == crate::manifest::Kind::Quarantine && r.is_live())
+            .filter_map(|r| Some((r.key.id.as_str(), r.spec.as_ref()?))),
+    )
+}
+
+/// Workflow names by id, among object records (a Quarantine's `workflow` glob may name
+/// either).
+pub fn workflow_names(
+    objects: &std::collections::BTreeMap<super::ObjectKey, super::ObjectRecord>,
+) -> HashMap<&str, &str> {
+    objects
+        .values()
+        .filter(|r| r.key.kind == crate::manifest::Kind::Workflow)
+        .map(|r| (r.key.id.as_str(), r.name.as_str()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
