@@ -17,6 +17,29 @@ pub fn did_you_mean<'a>(
         .map(|(_, candidate)| candidate)
 }
 
+/// `text` cut to at most `max_chars` characters, the last of them `…` when it was cut.
+pub fn clip(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        text.to_owned()
+    } else {
+        let mut clipped: String = text.chars().take(max_chars.saturating_sub(1)).collect();
+        clipped.push('…');
+        clipped
+    }
+}
+
+/// What an HTTP answer outside 2xx says, for a sender that retries: "`who` answered HTTP
+/// 503: <the body's first 200 characters>", and whether to try again (5xx, 408, 429).
+pub fn http_failure(status: u16, body: &str, who: &str) -> (String, bool) {
+    let text = clip(body.trim(), 200);
+    let message = if text.is_empty() {
+        format!("{who} answered HTTP {status}")
+    } else {
+        format!("{who} answered HTTP {status}: {text}")
+    };
+    (message, status >= 500 || status == 408 || status == 429)
+}
+
 #[cfg(test)]
 mod tests {
     use super::did_you_mean;

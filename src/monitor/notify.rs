@@ -29,6 +29,7 @@ use serde_json::{json, Map, Value};
 
 use super::{AlertNotification, DeliveryOutcome, NotificationStatus};
 use crate::config::{ChannelConfig, NotificationsConfig};
+use crate::util::{clip, http_failure};
 
 /// How long one delivery attempt may take when the channel does not say.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -867,16 +868,8 @@ async fn post_json(
             .limit(64 * 1024)
             .read_to_string()
             .unwrap_or_default();
-        let text = clip(text.trim(), 200);
-        let message = if text.is_empty() {
-            format!("the receiver answered HTTP {status}")
-        } else {
-            format!("the receiver answered HTTP {status}: {text}")
-        };
-        Err(Failure {
-            message,
-            retry: status >= 500 || status == 408 || status == 429,
-        })
+        let (message, retry) = http_failure(status, &text, "the receiver");
+        Err(Failure { message, retry })
     });
     match task.await {
         Ok(result) => result,
@@ -957,16 +950,6 @@ fn slack_color(notification: &AlertNotification) -> &'static str {
         (_, "critical") => "#d00000",
         (_, "warning") => "#f2a900",
         _ => "#439fe0",
-    }
-}
-
-fn clip(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        text.to_owned()
-    } else {
-        let mut clipped: String = text.chars().take(max_chars).collect();
-        clipped.push('…');
-        clipped
     }
 }
 

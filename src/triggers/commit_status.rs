@@ -32,6 +32,7 @@ use crate::manifest::Kind;
 use crate::model::{RunRecord, Status};
 use crate::reconcile::view::View;
 use crate::store::{ObjectKey, Store};
+use crate::util::{clip, http_failure};
 
 /// The state tree of the reports, keyed by run id (one of the store's
 /// [`RUN_STATE_TREES`](crate::store::RUN_STATE_TREES), trimmed with the runs).
@@ -623,15 +624,10 @@ async fn send(shared: &Reporting, plan: &Plan, body: &Value) -> Result<(), Failu
             .limit(64 * 1024)
             .read_to_string()
             .unwrap_or_default();
-        let text = clip(text.trim(), 200);
-        let message = if text.is_empty() {
-            format!("GitHub answered HTTP {status}")
-        } else {
-            format!("GitHub answered HTTP {status}: {text}")
-        };
+        let (message, retry) = http_failure(status, &text, "GitHub");
         Err(Failure {
             message: mask(&message, &token),
-            retry: status >= 500 || status == 408 || status == 429,
+            retry,
         })
     });
     match task.await {
@@ -649,16 +645,6 @@ fn mask(text: &str, token: &str) -> String {
         text.to_owned()
     } else {
         text.replace(token, "***")
-    }
-}
-
-fn clip(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        text.to_owned()
-    } else {
-        let mut clipped: String = text.chars().take(max_chars - 1).collect();
-        clipped.push('…');
-        clipped
     }
 }
 
