@@ -38,8 +38,8 @@ impl TestRecorder {
     }
 
     /// Classifies and records the attempt's cases, and lets an attempt that failed only
-    /// through quarantined failures succeed. `note` writes a line to the step's log. A
-    /// store that cannot record leaves the outcome as it was, with a note.
+    /// through quarantined failures succeed. `note` writes a line to the step's log. When
+    /// the store cannot record, the log says so and the quarantine still applies.
     pub fn record(
         &mut self,
         store: &Store,
