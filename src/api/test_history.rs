@@ -383,7 +383,19 @@ pub fn show_test(
         .iter()
         .find(|e| e.active_on(today))
         .or(matching.first());
-    let quarantine_view = entry.map(|e| QuarantineView::of(e, today, 1));
+    let quarantine_view = match entry {
+        // An entry by id covers this one test; one by globs is counted over the tests.
+        Some(e) if e.test.is_some() => Some(QuarantineView::of(e, today, 1)),
+        Some(e) => {
+            let covered = store
+                .test_records()?
+                .iter()
+                .filter(|r| e.matches(&self::fields(r, &names)))
+                .count();
+            Some(QuarantineView::of(e, today, covered))
+        }
+        None => None,
+    };
     let mut groups: HashMap<String, Option<FailureGroup>> = HashMap::new();
     let mut counts: HashMap<String, usize> = HashMap::new();
     let mut timeline = Vec::new();
