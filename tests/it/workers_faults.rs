@@ -362,6 +362,9 @@ fn a_worker_cut_off_past_its_lease_is_refused_and_stops_its_own_step() {
     assert_eq!(step(&shown, "long")["outputs"]["by"], "fresh");
 }
 
+/// The lease of the NATS-restart test.
+const RESTART_LEASE: &str = "10s";
+
 #[test]
 fn a_nats_server_restart_mid_run_loses_no_log_line_and_no_output() {
     let mut nats = Nats::start();
@@ -374,11 +377,19 @@ fn a_nats_server_restart_mid_run_loses_no_log_line_and_no_output() {
         ));
     }
     workflow.push_str("  - name: join\n    depends_on: [r0, r1, r2, r3]\n    command: [\"sh\", \"-c\", \"echo joined {{ steps.r0.outputs.out }} {{ steps.r3.outputs.out }}\"]\n");
-    let project = distributed_project(&nats, &[("workflows/restart.yaml", &workflow)]);
+    // A lease longer than the restart can take on a busy machine: what is under test is
+    // that nothing is lost or doubled across it, not the lease (a worker cut off past its
+    // lease stopping its step is tested on its own).
+    let project = distributed_project_with(
+        &nats,
+        &format!("  lease: {RESTART_LEASE}\n"),
+        &[("workflows/restart.yaml", &workflow)],
+    );
     let dir = project.path();
     let server = Server::start(dir);
-    let _a = WorkerProcess::start(dir, "ra", "pool=r", 2);
-    let _b = WorkerProcess::start(dir, "rb", "pool=r", 2);
+    let lease = ["--lease", RESTART_LEASE];
+    let _a = WorkerProcess::start_with(dir, "ra", "pool=r", 2, &lease);
+    let _b = WorkerProcess::start_with(dir, "rb", "pool=r", 2, &lease);
     let run = execute_detached(dir, "restart");
     for i in 0..4 {
         wait_for_file(

@@ -201,17 +201,22 @@ pub(crate) fn distributed_project(nats: &Nats, files: &[(&str, &str)]) -> tempfi
 }
 
 /// [`distributed_project`] with `extra` settings of `distributed:` (YAML lines indented
-/// by two spaces).
+/// by two spaces); a `lease:` among them replaces the tests' lease.
 pub(crate) fn distributed_project_with(
     nats: &Nats,
     extra: &str,
     files: &[(&str, &str)],
 ) -> tempfile::TempDir {
     let project = project(files);
+    let lease = if extra.contains("  lease:") {
+        String::new()
+    } else {
+        format!("  lease: {TEST_LEASE}\n")
+    };
     append_config(
         project.path(),
         &format!(
-            "distributed:\n  nats:\n    url: {}\n  lease: {TEST_LEASE}\n{extra}",
+            "distributed:\n  nats:\n    url: {}\n{lease}{extra}",
             nats.url()
         ),
     );
@@ -244,7 +249,8 @@ impl WorkerProcess {
         WorkerProcess::start_with(dir, name, labels, slots, &[])
     }
 
-    /// [`WorkerProcess::start`] with extra arguments.
+    /// [`WorkerProcess::start`] with extra arguments; a `--lease` among them replaces the
+    /// tests' lease.
     pub(crate) fn start_with(
         dir: &Path,
         name: &str,
@@ -260,7 +266,9 @@ impl WorkerProcess {
         args.push(slots.to_string());
         args.push("--work-dir".into());
         args.push(work.path().display().to_string());
-        args.extend(["--lease".to_owned(), TEST_LEASE.to_owned()]);
+        if !extra.contains(&"--lease") {
+            args.extend(["--lease".to_owned(), TEST_LEASE.to_owned()]);
+        }
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut worker = WorkerProcess {
             child: None,
