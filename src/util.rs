@@ -29,8 +29,16 @@ pub fn clip(text: &str, max_chars: usize) -> String {
 }
 
 /// What an HTTP answer outside 2xx says, for a sender that retries: "`who` answered HTTP
-/// 503: <the body's first 200 characters>", and whether to try again (5xx, 408, 429).
-pub fn http_failure(status: u16, body: &str, who: &str) -> (String, bool) {
+/// 503: <the first 200 characters of its body (read up to 64 KiB)>", and whether to try
+/// again (5xx, 408, 429).
+pub fn http_failure(response: &mut ureq::http::Response<ureq::Body>, who: &str) -> (String, bool) {
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
     let text = clip(body.trim(), 200);
     let message = if text.is_empty() {
         format!("{who} answered HTTP {status}")

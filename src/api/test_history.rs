@@ -20,7 +20,9 @@ use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::model::{TestClass, TestStatus};
 use crate::spec::quarantine::{QuarantineEntry, TestFields};
-use crate::store::test_history::{quarantine_set, workflow_names, FailureGroup, TestRecord};
+use crate::store::test_history::{
+    quarantine_set, workflow_names, FailureGroup, TestRecord, TestResult,
+};
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
 
 /// Which tests a list holds, and in what order.
@@ -191,27 +193,13 @@ pub struct TestList {
 /// One stored result of a test, as its timeline shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TimelineEntry {
-    /// The run.
-    pub run_id: String,
+    /// The stored result: run, attempt, status, class, duration, revision, worker and
+    /// failure digest.
+    #[serde(flatten)]
+    pub result: TestResult,
     /// When the run was created (RFC 3339, from its id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
-    /// The step's attempt.
-    pub attempt: u32,
-    /// The outcome.
-    pub status: TestStatus,
-    /// What it meant.
-    pub class: TestClass,
-    /// How long it took, in milliseconds.
-    pub duration_ms: u64,
-    /// The run's revision (`git:<sha>`, `dir:<digest>`, or the run's id).
-    pub revision: String,
-    /// The worker that ran it, when one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
-    /// The digest of its failure's group.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
     /// The group's normalised message (numbers, addresses and temporary paths taken out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_message: Option<String>,
@@ -412,14 +400,7 @@ pub fn show_test(
         };
         timeline.push(TimelineEntry {
             at: run_time(&result.run_id),
-            run_id: result.run_id,
-            attempt: result.attempt,
-            status: result.status,
-            class: result.class,
-            duration_ms: result.duration_ms,
-            revision: result.revision,
-            worker: result.worker,
-            failure: result.failure,
+            result,
             failure_message,
         });
     }
@@ -644,7 +625,7 @@ fn fields<'a>(record: &'a TestRecord, names: &HashMap<&str, &'a str>) -> TestFie
 
 /// A run's creation time, read from its ULID.
 fn run_time(run_id: &str) -> Option<String> {
-    let ulid = ulid::Ulid::from_string(&run_id.strip_prefix("run_")?.to_uppercase()).ok()?;
+    let ulid = crate::store::test_history::run_ulid(run_id)?;
     let ms = i64::try_from(ulid.timestamp_ms()).ok()?;
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))

@@ -250,7 +250,8 @@ fn detail_text(detail: &TestDetail) -> String {
     let rows: Vec<[String; 8]> = detail
         .timeline
         .iter()
-        .map(|r| {
+        .map(|entry| {
+            let r = &entry.result;
             [
                 r.run_id.clone(),
                 r.attempt.to_string(),
@@ -259,7 +260,8 @@ fn detail_text(detail: &TestDetail) -> String {
                 status_word(r.status).to_owned(),
                 r.class.as_str().to_owned(),
                 human_ms(r.duration_ms),
-                r.failure_message
+                entry
+                    .failure_message
                     .as_deref()
                     .map(|m| first_line(m, 80))
                     .unwrap_or_default(),

@@ -862,13 +862,7 @@ async fn post_json(
         if (200..300).contains(&status) {
             return Ok(());
         }
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
-        let (message, retry) = http_failure(status, &text, "the receiver");
+        let (message, retry) = http_failure(&mut response, "the receiver");
         Err(Failure { message, retry })
     });
     match task.await {

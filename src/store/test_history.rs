@@ -672,7 +672,8 @@ fn cap(text: &str, max: usize) -> String {
     }
 }
 
-fn run_ulid(run_id: &str) -> Option<ulid::Ulid> {
+/// The ULID of a run id (`run_<ulid>`).
+pub fn run_ulid(run_id: &str) -> Option<ulid::Ulid> {
     ulid::Ulid::from_string(&run_id.strip_prefix("run_")?.to_ascii_uppercase()).ok()
 }
 
@@ -907,8 +908,8 @@ fn encode_result(
     digest: u64,
 ) -> [u8; 22] {
     let mut value = [0u8; 22];
-    value[0] = STATUSES.iter().position(|s| *s == status).unwrap_or(0) as u8;
-    value[1] = TestClass::ALL.iter().position(|c| *c == class).unwrap_or(0) as u8;
+    value[0] = status_code(status);
+    value[1] = class_code(class);
     value[2..6].copy_from_slice(&(duration_ms.min(u32::MAX as u64) as u32).to_le_bytes());
     value[6..10].copy_from_slice(&revision.to_le_bytes());
     value[10..14].copy_from_slice(&worker.to_le_bytes());
@@ -1338,8 +1339,8 @@ impl Store {
                             .to_lowercase()
                     ),
                     attempt: u32::from(attempt),
-                    status: STATUSES[usize::from(v[0]).min(3)],
-                    class: TestClass::ALL[usize::from(v[1]).min(TestClass::ALL.len() - 1)],
+                    status: status_of(v[0]),
+                    class: class_of(v[1]),
                     duration_ms: u64::from(word(2)),
                     revision: name(word(6))?.unwrap_or_default(),
                     worker: name(word(10))?,

@@ -618,13 +618,7 @@ async fn send(shared: &Reporting, plan: &Plan, body: &Value) -> Result<(), Failu
         if (200..300).contains(&status) {
             return Ok(());
         }
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024)
-            .read_to_string()
-            .unwrap_or_default();
-        let (message, retry) = http_failure(status, &text, "GitHub");
+        let (message, retry) = http_failure(&mut response, "GitHub");
         Err(Failure {
             message: mask(&message, &token),
             retry,
