@@ -187,9 +187,11 @@ fn baseline(store: &Store, run: &RunRecord, repos: &[Repo]) -> (Baseline, String
     // 2. The webhook's commit, when the workflow's last finished run succeeded: after a
     // failure, a push that touches other files must not skip the suite still failing, so
     // the change is then taken from the last success (3.).
-    let last_finished_failed = match store.workflow_runs(&run.workflow_id) {
+    // The workflow's runs, read once for both questions asked of them.
+    let earlier = store.workflow_runs(&run.workflow_id);
+    let last_finished_failed = match &earlier {
         Ok(runs) => runs
-            .into_iter()
+            .iter()
             .rev()
             .find(|r| r.id != run.id && r.status.is_finished())
             .is_some_and(|r| r.status != Status::Succeeded),
@@ -253,7 +255,7 @@ fn baseline(store: &Store, run: &RunRecord, repos: &[Repo]) -> (Baseline, String
             first_prefix,
         );
     };
-    let passed = match store.workflow_runs(&run.workflow_id) {
+    let passed = match earlier {
         Ok(runs) => runs
             .into_iter()
             .rev()
