@@ -80,7 +80,8 @@ fn main() {
     let latencies = runtime.block_on(edit_latencies(&server.address, &project));
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     let fanout = runtime.block_on(fanout(&server.address));
-    let data_dir = PathBuf::from(
+    // As the server resolves it: relative to the project.
+    let data_dir = project.join(
         get_json(&server.address, "/api/status")["data_dir"]
             .as_str()
             .expect("the status names the data directory"),

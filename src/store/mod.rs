@@ -186,7 +186,8 @@ pub struct Store {
     test_writes: std::sync::Mutex<()>,
     /// Every run by status, for listing; written under its lock together with the `runs`
     /// tree, so the two agree.
-    index: std::sync::RwLock<RunIndex>,
+    /// Boxed: its maps would make every `Store` large.
+    index: std::sync::RwLock<Box<RunIndex>>,
 }
 
 /// The open `Db` and its trees.
@@ -387,11 +388,11 @@ impl Store {
             flushes: GroupCommit::default(),
             failed: std::sync::atomic::AtomicBool::new(false),
             test_writes: std::sync::Mutex::new(()),
-            index: std::sync::RwLock::new(RunIndex::default()),
+            index: std::sync::RwLock::new(Box::default()),
         };
         store.build_run_index()?;
         let index = store.load_run_index()?;
-        *store.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        **store.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         Ok(store)
     }
 
