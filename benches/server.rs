@@ -7,7 +7,11 @@
 //!   Dagu's `/api/v2/dags` serving 1,000 DAGs in the same run (`DAGU_BIN`; skipped without it);
 //! - `/ws` fan-out: 100 clients while a run produces about 10,000 events; every client must
 //!   get every event of the run (or be told it lagged);
-//! - resident memory of the server, idle and after the list load, beside Dagu's.
+//! - resident memory of the server, idle and after the list load, beside Dagu's;
+//! - `GET /api/runs` (default page) under `wrk` with 1,000, 10,000 and 100,000 runs stored
+//!   (written straight into the store while the server is stopped: finished runs of the
+//!   1,000 workflows, each with a workflow of 10 steps), beside `GET /api/workflows` served
+//!   by the same server in the same run; and the server's start and idle memory with them.
 //!
 //! `bench/server` installs wrk and Dagu and runs this. Prints a markdown table (and writes
 //! `BENCH_JSON`, see `support`). One run is one sample of each figure: the percentiles come
@@ -31,6 +35,10 @@ const EDITS: usize = 200;
 const WS_CLIENTS: usize = 100;
 /// Steps in the fan-out run: two events per step, two per run.
 const FANOUT_STEPS: usize = 4_999;
+/// Stored runs at each point of the run-listing curve; the last is the target's.
+const STORED_RUNS: [usize; 3] = [1_000, 10_000, 100_000];
+/// Steps in the workflow of each stored run.
+const STORED_RUN_STEPS: usize = 10;
 
 fn main() {
     let work = tempfile::tempdir().expect("temp dir");
@@ -72,7 +80,37 @@ fn main() {
     let latencies = runtime.block_on(edit_latencies(&server.address, &project));
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     let fanout = runtime.block_on(fanout(&server.address));
+    // As the server resolves it: relative to the project.
+    let data_dir = project.join(
+        get_json(&server.address, "/api/status")["data_dir"]
+            .as_str()
+            .expect("the status names the data directory"),
+    );
     server.stop();
+
+    // Run listing as runs pile up: runs written into the stopped server's store, then the
+    // default page under load, with the workflow list of the same server as the reference.
+    let mut listing = Vec::new();
+    let mut written = 0;
+    for stored in STORED_RUNS {
+        write_runs(&data_dir, written, stored);
+        written = stored;
+        let started = Instant::now();
+        let mut server = Server::start(&binary, &project, &[]);
+        let start_ms = started.elapsed().as_secs_f64() * 1e3;
+        let total = get_json(&server.address, "/api/runs")["total"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            total as usize >= stored,
+            "{total} runs listed, {stored} stored"
+        );
+        let idle = rss_kib(server.child.id());
+        let runs = wrk(&format!("http://{}/api/runs", server.address));
+        let reference = wrk(&format!("http://{}/api/workflows", server.address));
+        server.stop();
+        listing.push((stored, runs, reference, start_ms, idle));
+    }
 
     // Dagu beside it.
     let dagu = std::env::var_os("DAGU_BIN").map(PathBuf::from).map(|bin| {
@@ -207,7 +245,108 @@ fn main() {
         "MiB",
         mib(fresh_rss),
     ));
+    for (stored, runs, reference, start_ms, idle) in &listing {
+        let stored_text = support::number(*stored as f64);
+        let at_target = *stored == STORED_RUNS[STORED_RUNS.len() - 1];
+        let same = "GET /api/workflows (default page), same server and run";
+        let mut rps = Measurement::new(
+            format!("GET /api/runs (default page), {stored_text} runs stored, wrk 32 connections, throughput"),
+            "req/s",
+            runs.rps,
+        )
+        .reference(same, reference.rps);
+        let mut p99 = Measurement::new(
+            format!("GET /api/runs (default page), {stored_text} runs stored, p99"),
+            "ms",
+            runs.p99_ms,
+        )
+        .reference(same, reference.p99_ms);
+        if at_target {
+            rps = rps.target(Target::AtLeast(5_000.0)).bound(
+                "the page's 50 records are read from sled and decoded (without their \
+                 workflows) on every request, and wrk shares the cores with the server. \
+                 Caching serialized pages would move it.",
+            );
+            p99 = p99.target(Target::AtMost(10.0)).bound(
+                "32 connections on the machine's cores with wrk's own threads: the p99 is a \
+                 request waiting for a core. More cores would move it.",
+            );
+        }
+        report.add(rps);
+        report.add(p99);
+        report.add(Measurement::new(
+            format!("server start to listening, {stored_text} runs stored"),
+            "ms",
+            *start_ms,
+        ));
+        report.add(Measurement::new(
+            format!("RSS idle after a restart, {stored_text} runs stored"),
+            "MiB",
+            mib(*idle),
+        ));
+    }
     report.finish();
+}
+
+/// Writes runs number `from` to `to` (exclusive) into the store in `data_dir`: finished
+/// runs of the 1,000 workflows, round robin, each with a workflow of
+/// [`STORED_RUN_STEPS`] steps, ids a millisecond apart as the engine makes them.
+fn write_runs(data_dir: &Path, from: usize, to: usize) {
+    use orchestrator::model::{RunRecord, Status, TestSummary, Trigger};
+    let store = orchestrator::store::Store::open(data_dir).expect("open the store");
+    let steps: Vec<String> = (0..STORED_RUN_STEPS).map(|n| format!("step-{n}")).collect();
+    let base_ms = 1_750_000_000_000u64;
+    for number in from..to {
+        let index = number % WORKFLOWS;
+        let workflow = serde_json::json!({
+            "name": format!("Bench {index:04}"),
+            "description": "first",
+            "steps": steps
+                .iter()
+                .map(|name| serde_json::json!({"name": name, "command": ["true"], "agent": "exec"}))
+                .collect::<Vec<_>>(),
+        });
+        let ulid = ulid::Ulid::from_parts(base_ms + number as u64, number as u128);
+        let run = RunRecord {
+            id: format!("run_{}", ulid.to_string().to_lowercase()),
+            workflow_id: format!("wf_bench-{index:04}"),
+            workflow_name: format!("Bench {index:04}"),
+            status: if number % 10 == 0 {
+                Status::Failed
+            } else {
+                Status::Succeeded
+            },
+            parameters: serde_json::Map::new(),
+            trigger: Trigger {
+                kind: "api".into(),
+                details: serde_json::Map::new(),
+            },
+            workflow,
+            steps: steps.clone(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: Some("2026-01-01T00:00:00.010Z".into()),
+            finished_at: Some("2026-01-01T00:00:00.250Z".into()),
+            duration_ms: Some(240),
+            message: None,
+            tests: TestSummary::default(),
+            rerun_of: None,
+            revision: Some("dir:bench".into()),
+            pid: None,
+        };
+        store
+            .save_run(Some(&run), &[], number + 1 == to)
+            .expect("write a run");
+    }
+}
+
+fn get_json(address: &str, path: &str) -> Value {
+    let text = ureq::get(&format!("http://{address}{path}"))
+        .call()
+        .expect("GET")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    serde_json::from_str(&text).expect("json")
 }
 
 fn workflow_text(index: usize, description: &str) -> String {

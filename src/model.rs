@@ -489,6 +489,191 @@ pub struct RunRecord {
     pub pid: Option<u32>,
 }
 
+/// A run record without its expanded workflow: what the store keeps in its `runs` tree (the
+/// workflow is kept apart, written once when the run is created) and what lists of runs
+/// read. [`RunHead::with_workflow`] makes the whole record again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunHead {
+    /// `run_` and a ULID.
+    pub id: String,
+    /// The workflow's id.
+    pub workflow_id: String,
+    /// The workflow's name.
+    pub workflow_name: String,
+    /// Current state.
+    pub status: Status,
+    /// The validated parameters, defaults filled in.
+    pub parameters: Map<String, Value>,
+    /// What started it.
+    pub trigger: Trigger,
+    /// Step names in workflow order.
+    pub steps: Vec<String>,
+    /// When it was created.
+    pub created_at: String,
+    /// When its first step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it reached its final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Wall time from start to finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it failed, was cancelled or was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Test cases of all steps, counted.
+    #[serde(default)]
+    pub tests: TestSummary,
+    /// The run this one re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+    /// The revision it ran at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The process executing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl RunHead {
+    /// The head, borrowed (what [`RunRecord::head`] gives of a whole record).
+    pub fn borrowed(&self) -> RunHeadRef<'_> {
+        RunHeadRef {
+            id: &self.id,
+            workflow_id: &self.workflow_id,
+            workflow_name: &self.workflow_name,
+            status: self.status,
+            parameters: &self.parameters,
+            trigger: &self.trigger,
+            steps: &self.steps,
+            created_at: &self.created_at,
+            started_at: self.started_at.as_deref(),
+            finished_at: self.finished_at.as_deref(),
+            duration_ms: self.duration_ms,
+            message: self.message.as_deref(),
+            tests: self.tests,
+            rerun_of: self.rerun_of.as_deref(),
+            revision: self.revision.as_deref(),
+            pid: self.pid,
+        }
+    }
+
+    /// The whole record: this head and the run's expanded workflow.
+    pub fn with_workflow(self, workflow: Value) -> RunRecord {
+        RunRecord {
+            id: self.id,
+            workflow_id: self.workflow_id,
+            workflow_name: self.workflow_name,
+            status: self.status,
+            parameters: self.parameters,
+            trigger: self.trigger,
+            workflow,
+            steps: self.steps,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            duration_ms: self.duration_ms,
+            message: self.message,
+            tests: self.tests,
+            rerun_of: self.rerun_of,
+            revision: self.revision,
+            pid: self.pid,
+        }
+    }
+}
+
+/// A run's head, borrowed, as the store writes it: the fields of [`RunHead`], from a
+/// [`RunRecord`] or a [`RunHead`] without copying them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RunHeadRef<'a> {
+    /// `run_` and a ULID.
+    pub id: &'a str,
+    /// The workflow's id.
+    pub workflow_id: &'a str,
+    /// The workflow's name.
+    pub workflow_name: &'a str,
+    /// Current state.
+    pub status: Status,
+    /// The validated parameters.
+    pub parameters: &'a Map<String, Value>,
+    /// What started it.
+    pub trigger: &'a Trigger,
+    /// Step names in workflow order.
+    pub steps: &'a [String],
+    /// When it was created.
+    pub created_at: &'a str,
+    /// When its first step started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<&'a str>,
+    /// When it reached its final state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<&'a str>,
+    /// Wall time from start to finish.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it failed, was cancelled or was interrupted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
+    /// Test cases of all steps, counted.
+    pub tests: TestSummary,
+    /// The run this one re-runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<&'a str>,
+    /// The revision it ran at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<&'a str>,
+    /// The process executing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl RunRecord {
+    /// The record without its workflow.
+    pub fn into_head(self) -> RunHead {
+        RunHead {
+            id: self.id,
+            workflow_id: self.workflow_id,
+            workflow_name: self.workflow_name,
+            status: self.status,
+            parameters: self.parameters,
+            trigger: self.trigger,
+            steps: self.steps,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            duration_ms: self.duration_ms,
+            message: self.message,
+            tests: self.tests,
+            rerun_of: self.rerun_of,
+            revision: self.revision,
+            pid: self.pid,
+        }
+    }
+
+    /// The record without its workflow, borrowed (what the store writes of a run).
+    pub fn head(&self) -> RunHeadRef<'_> {
+        RunHeadRef {
+            id: &self.id,
+            workflow_id: &self.workflow_id,
+            workflow_name: &self.workflow_name,
+            status: self.status,
+            parameters: &self.parameters,
+            trigger: &self.trigger,
+            steps: &self.steps,
+            created_at: &self.created_at,
+            started_at: self.started_at.as_deref(),
+            finished_at: self.finished_at.as_deref(),
+            duration_ms: self.duration_ms,
+            message: self.message.as_deref(),
+            tests: self.tests,
+            rerun_of: self.rerun_of.as_deref(),
+            revision: self.revision.as_deref(),
+            pid: self.pid,
+        }
+    }
+}
+
 /// A run as events and run lists show it: the record without its expanded workflow, and
 /// the number of its steps.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -525,9 +710,10 @@ pub struct RunSummary {
     pub steps: usize,
 }
 
-impl RunSummary {
-    /// The summary of a run.
-    pub fn of(run: &RunRecord) -> RunSummary {
+/// The summary of a run record or head: the fields they share.
+macro_rules! summary_of {
+    ($run:expr) => {{
+        let run = $run;
         RunSummary {
             id: run.id.clone(),
             workflow_id: run.workflow_id.clone(),
@@ -545,6 +731,18 @@ impl RunSummary {
             revision: run.revision.clone(),
             steps: run.steps.len(),
         }
+    }};
+}
+
+impl RunSummary {
+    /// The summary of a run.
+    pub fn of(run: &RunRecord) -> RunSummary {
+        summary_of!(run)
+    }
+
+    /// The summary of a run's head (what lists of runs read).
+    pub fn of_head(run: &RunHead) -> RunSummary {
+        summary_of!(run)
     }
 }
 

@@ -106,10 +106,14 @@ pub async fn agent_executions(
         .collect();
     let known = builtin(&name).is_some() || declared.contains(&name);
     let answer = tokio::task::spawn_blocking(move || -> Result<AgentExecutions, ApiError> {
-        let runs = state.store.runs()?;
+        // The newest runs' heads only: no workflow is decoded.
+        let runs = state
+            .store
+            .list_runs(&crate::store::RunFilter::default(), 0, MAX_SCAN)?
+            .runs;
         let mut executions = Vec::new();
         let mut scanned = 0;
-        for run in runs.iter().rev().take(MAX_SCAN) {
+        for run in &runs {
             scanned += 1;
             for step in state.store.steps(&run.id)? {
                 if step.agent != name {

@@ -18,10 +18,10 @@ use super::{ApiError, AppState};
 use crate::engine::run::{self, RunRequest};
 use crate::engine::runner::run_summary;
 use crate::manifest::Kind;
-use crate::model::{RunRecord, Status, StepRecord, Trigger};
+use crate::model::{RunHead, RunRecord, RunSummary, Status, StepRecord, Trigger};
 use crate::reconcile::view::workflow_summary;
 use crate::spec::agents::BUILTIN_AGENTS;
-use crate::store::ObjectRecord;
+use crate::store::{ObjectRecord, RunFilter};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -418,11 +418,17 @@ pub async fn show_workflow(
     let record = find_workflow(&state, &id)?;
     let runs: Vec<Value> = state
         .store
-        .workflow_runs(&record.key.id)?
+        .list_runs(
+            &RunFilter {
+                workflow: Some(record.key.id.clone()),
+                status: None,
+            },
+            0,
+            20,
+        )?
+        .runs
         .iter()
-        .rev()
-        .take(20)
-        .map(run_summary)
+        .map(head_summary)
         .collect();
     let mut body = workflow_summary(&record);
     body["last_run"] = state.view.last_run(&record.key.id);
@@ -562,30 +568,36 @@ pub async fn list_runs(
         })?),
         None => None,
     };
-    let stored = match &page.workflow {
-        Some(workflow) => state.store.workflow_runs(workflow)?,
-        None => state.store.runs()?,
+    let filter = RunFilter {
+        workflow: page.workflow.clone(),
+        status,
     };
-    let runs: Vec<RunRecord> = stored
-        .into_iter()
-        .rev()
-        .filter(|r| page.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))
-        .filter(|r| status.is_none_or(|s| r.status == s))
-        .collect();
-    let page_of = runs.iter().skip(offset).take(limit);
-    let items: Vec<Value> = if page.full {
-        page_of
-            .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .collect()
+    // Only the page's records are read (and with `full`, the page's workflows): a page
+    // costs the same with a hundred runs stored or a hundred thousand.
+    let listed = state.store.list_runs(&filter, offset, limit)?;
+    let runs: Vec<Value> = if page.full {
+        let mut runs = Vec::with_capacity(listed.runs.len());
+        for head in listed.runs {
+            // A run deleted since it was listed is left out.
+            if let Some(workflow) = state.store.run_workflow(&head.id)? {
+                runs.push(serde_json::to_value(head.with_workflow(workflow)).unwrap_or_default());
+            }
+        }
+        runs
     } else {
-        page_of.map(run_summary).collect()
+        listed.runs.iter().map(head_summary).collect()
     };
     Ok(Json(RunList {
-        runs: items,
-        total: runs.len(),
+        runs,
+        total: listed.total,
         limit,
         offset,
     }))
+}
+
+/// The summary of a run's head, as lists show it.
+fn head_summary(run: &RunHead) -> Value {
+    serde_json::to_value(RunSummary::of_head(run)).unwrap_or(Value::Null)
 }
 
 fn load_run(state: &AppState, id: &str) -> ApiResult<RunRecord> {

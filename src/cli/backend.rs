@@ -9,8 +9,8 @@ use anyhow::Result;
 use super::client::ApiClient;
 use super::workflow::open_store;
 use super::Context;
-use crate::model::{RunRecord, StepRecord};
-use crate::store::{ObjectKey, ObjectRecord, Store};
+use crate::model::{RunHead, RunRecord, StepRecord};
+use crate::store::{ObjectKey, ObjectRecord, RunFilter, Store};
 
 /// The project's store, opened by this process. A read-only command in a project without
 /// a store yet gets an empty one that lives in memory, and a note that nothing is applied
@@ -52,11 +52,38 @@ impl Backend {
         }
     }
 
-    /// Every run, oldest first.
-    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+    /// The runs `filter` matches, newest first, whole records (with their workflows), at
+    /// most `limit` (through a server, at most its largest page, 10,000). Only those runs
+    /// are read.
+    pub fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<RunRecord>> {
         match self {
-            Backend::Local(store) => Ok(store.runs()?),
-            Backend::Remote(client) => client.runs(),
+            Backend::Local(store) => {
+                let mut runs = Vec::new();
+                for head in store.list_runs(filter, 0, limit)?.runs {
+                    if let Some(workflow) = store.run_workflow(&head.id)? {
+                        runs.push(head.with_workflow(workflow));
+                    }
+                }
+                Ok(runs)
+            }
+            Backend::Remote(client) => client.runs(filter, limit),
+        }
+    }
+
+    /// The newest run of each workflow that has one, without their workflows.
+    pub fn latest_runs(&self) -> Result<Vec<RunHead>> {
+        match self {
+            Backend::Local(store) => Ok(store.latest_runs()?),
+            Backend::Remote(client) => {
+                let mut newest: BTreeMap<String, RunHead> = BTreeMap::new();
+                for run in client.runs(&RunFilter::default(), usize::MAX)? {
+                    // Newest first: the first seen of a workflow is its newest.
+                    if !newest.contains_key(&run.workflow_id) {
+                        newest.insert(run.workflow_id.clone(), run.into_head());
+                    }
+                }
+                Ok(newest.into_values().collect())
+            }
         }
     }
 

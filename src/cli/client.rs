@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::Context;
 use crate::config::process_file::{self, ServerInfo};
 use crate::model::{RunRecord, StepRecord};
-use crate::store::{ObjectKey, ObjectRecord};
+use crate::store::{ObjectKey, ObjectRecord, RunFilter};
 
 /// What is left as it is in a path segment or a query value: RFC 3986's unreserved
 /// characters. Everything else (`/`, `?`, `#`, `%`, spaces, non-ASCII) is percent-encoded.
@@ -209,17 +209,21 @@ impl ApiClient {
         Ok(records.into_iter().map(|r| (r.key.clone(), r)).collect())
     }
 
-    /// Every run, oldest first.
-    pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        let value = self.get(
-            &ApiPath::api(&["runs"])
-                .query("full", true)
-                .query("limit", 10000),
-        )?;
-        let mut runs: Vec<RunRecord> = serde_json::from_value(value["runs"].clone())
-            .context("the server's runs are not in the expected shape")?;
-        runs.reverse();
-        Ok(runs)
+    /// The runs `filter` matches, newest first, whole records, at most `limit` (and at most
+    /// the server's largest page, 10,000).
+    pub fn runs(&self, filter: &RunFilter, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut path = ApiPath::api(&["runs"])
+            .query("full", true)
+            .query("limit", limit.clamp(1, 10_000));
+        if let Some(workflow) = &filter.workflow {
+            path = path.query("workflow", workflow);
+        }
+        if let Some(status) = filter.status {
+            path = path.query("status", status.as_str());
+        }
+        let value = self.get(&path)?;
+        serde_json::from_value(value["runs"].clone())
+            .context("the server's runs are not in the expected shape")
     }
 
     /// What was reported of a run to its GitHub commit; `None` when nothing is, or the

@@ -14,7 +14,7 @@ use super::workflow::{follow_remote, follow_run, human_ms, open_store};
 use super::{Context, OutputFormat, EXIT_FINDINGS, EXIT_OK};
 use crate::engine::run::{self, cancel_request_path};
 use crate::model::{Status, TestStatus};
-use crate::store::StoreError;
+use crate::store::{RunFilter, StoreError};
 
 /// `run` subcommands.
 #[derive(Debug, Subcommand)]
@@ -109,14 +109,11 @@ fn list(context: &Context, args: &ListArgs) -> Result<u8> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let store = Backend::open(context)?;
-    let runs: Vec<_> = store
-        .runs()?
-        .into_iter()
-        .rev()
-        .filter(|r| args.workflow.as_ref().is_none_or(|w| &r.workflow_id == w))
-        .filter(|r| status.is_none_or(|s| r.status == s))
-        .take(args.limit)
-        .collect();
+    let filter = RunFilter {
+        workflow: args.workflow.clone(),
+        status,
+    };
+    let runs = store.runs(&filter, args.limit)?;
     let mut out = std::io::stdout().lock();
     match args.output {
         OutputFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&runs)?)?,

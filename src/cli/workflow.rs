@@ -21,7 +21,7 @@ use crate::engine::run::{self, CancelSignal, EngineConfig, EngineError, Event, R
 use crate::manifest::Kind;
 use crate::model::{RunRecord, Status, StepRecord, Trigger};
 use crate::spec::params;
-use crate::store::Store;
+use crate::store::{RunFilter, Store};
 
 /// `workflow` subcommands.
 #[derive(Debug, Subcommand)]
@@ -128,13 +128,13 @@ pub fn parse_params(text: Option<&str>) -> Result<Map<String, Value>> {
 fn list(context: &Context, args: &OutputArgs) -> Result<u8> {
     context.init_logging(true)?;
     let store = Backend::open(context)?;
-    let runs = store.runs()?;
+    let runs = store.latest_runs()?;
     let workflows: Vec<Value> = store
         .objects()?
         .into_values()
         .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
         .map(|r| {
-            let last = runs.iter().rev().find(|run| run.workflow_id == r.key.id);
+            let last = runs.iter().find(|run| run.workflow_id == r.key.id);
             let spec = r.spec.clone().unwrap_or_default();
             let steps = spec
                 .get("steps")
@@ -190,11 +190,13 @@ fn show(context: &Context, args: &ShowArgs) -> Result<u8> {
     context.init_logging(true)?;
     let store = Backend::open(context)?;
     let record = run::find_workflow_in(&store.objects()?, &args.id)?;
-    let runs: Vec<RunRecord> = store
-        .runs()?
-        .into_iter()
-        .filter(|r| r.workflow_id == record.key.id)
-        .collect();
+    let filter = RunFilter {
+        workflow: Some(record.key.id.clone()),
+        status: None,
+    };
+    // Oldest first, as the document has always listed them.
+    let mut runs = store.runs(&filter, usize::MAX)?;
+    runs.reverse();
     let mut out = std::io::stdout().lock();
     if args.output != OutputFormat::Table {
         let value = serde_json::json!({"workflow": record, "runs": runs});

@@ -53,7 +53,7 @@ use utoipa::ToSchema;
 pub use health::{HealthCheck, HealthStatus};
 
 use crate::lang::condition::MetricRef;
-use crate::model::{RunRecord, Status, StepRecord, TestStatus};
+use crate::model::{RunHeadRef, Status, StepRecord, TestStatus};
 use crate::store::{Store, StoreError};
 
 /// The window when the configuration does not say (`monitoring.metrics_window`).
@@ -346,7 +346,7 @@ impl RunStats {
             }
             if parse_time(run.finished_at.as_deref()).is_some_and(|at| at > since) {
                 let steps = store.steps(&run.id)?;
-                self.record(&run, &steps);
+                self.record(run.borrowed(), &steps);
                 loaded += 1;
             }
         }
@@ -355,14 +355,14 @@ impl RunStats {
 
     /// Adds a finished run and its steps (a run not finished is ignored; one recorded again
     /// replaces its entry). Runs that left the window are dropped at the next question.
-    pub fn record(&self, run: &RunRecord, steps: &[StepRecord]) {
+    pub fn record(&self, run: RunHeadRef<'_>, steps: &[StepRecord]) {
         if !run.status.is_finished() {
             return;
         }
-        let finished = parse_time(run.finished_at.as_deref()).unwrap_or_else(Utc::now);
+        let finished = parse_time(run.finished_at).unwrap_or_else(Utc::now);
         let entry = RunEntry {
-            workflow_id: run.workflow_id.clone(),
-            workflow_name: run.workflow_name.clone(),
+            workflow_id: run.workflow_id.to_owned(),
+            workflow_name: run.workflow_name.to_owned(),
             status: run.status,
             duration_seconds: run.duration_ms.map(|ms| ms as f64 / 1000.0),
             steps: steps
@@ -406,13 +406,13 @@ impl RunStats {
                             .message
                             .clone()
                             .unwrap_or_else(|| format!("step {}", step.status)),
-                        run_id: run.id.clone(),
+                        run_id: run.id.to_owned(),
                         step: step.name.clone(),
                     },
                 );
             }
         }
-        inner.runs.insert((finished, run.id.clone()), entry);
+        inner.runs.insert((finished, run.id.to_owned()), entry);
         inner.snapshot = None;
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::{json, Value};
 
 use crate::manifest::Kind;
-use crate::model::RunRecord;
+use crate::model::{RunHeadRef, RunRecord};
 use crate::spec::alert::AlertRule;
 use crate::spec::schedule::ScheduleSpec;
 use crate::store::{ObjectKey, ObjectRecord, Store, StoreError};
@@ -96,7 +96,7 @@ pub fn workflow_summary(record: &ObjectRecord) -> Value {
 }
 
 /// A run as a workflow's `last_run` shows it.
-pub fn last_run_summary(run: &RunRecord) -> Value {
+pub fn last_run_summary(run: RunHeadRef<'_>) -> Value {
     json!({
         "id": run.id,
         "status": run.status,
@@ -116,7 +116,7 @@ impl View {
         view.refresh_objects(store)?;
         let mut last = HashMap::new();
         for run in store.latest_runs()? {
-            last.insert(run.workflow_id.clone(), last_run_summary(&run));
+            last.insert(run.workflow_id.clone(), last_run_summary(run.borrowed()));
         }
         *view.last_runs.write().unwrap_or_else(|e| e.into_inner()) = last;
         Ok(view)
@@ -152,7 +152,7 @@ impl View {
         self.last_runs
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(run.workflow_id.clone(), last_run_summary(run));
+            .insert(run.workflow_id.clone(), last_run_summary(run.head()));
     }
 
     /// The objects as of the last reconcile.

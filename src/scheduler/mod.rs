@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 use crate::engine::run::{self, RunRequest};
 use crate::events::{Event, EventKind};
 use crate::manifest::Kind;
-use crate::model::{RunRecord, Trigger};
+use crate::model::{RunHead, RunRecord, Trigger};
 use crate::store::{ObjectRecord, Store, StoreError};
 
 /// The state tree of schedules in the store.
@@ -339,7 +339,7 @@ pub fn set_paused(
 
 /// The run a fire created, if it got that far: found by its trigger among the runs created
 /// since the fire could be made (a [`LEAD`] before its due instant, with a minute's margin).
-fn run_of_fire(store: &Store, schedule: &str, due: DateTime<Utc>) -> Option<RunRecord> {
+fn run_of_fire(store: &Store, schedule: &str, due: DateTime<Utc>) -> Option<RunHead> {
     let since = std::time::SystemTime::from(due) - LEAD - Duration::from_secs(60);
     let from = crate::engine::run::first_run_id_at(since);
     let due = due.to_rfc3339();
@@ -425,7 +425,10 @@ pub fn tick(
                         if run.status == crate::model::Status::Queued && !live {
                             // Created but never started: it starts now, and the fire stays
                             // pending until a later pass finds the run under way or over.
-                            unstarted.push(run);
+                            // The whole record (with its workflow) of the one to start.
+                            if let Ok(Some(run)) = shared.store.run(&run.id) {
+                                unstarted.push(run);
+                            }
                             state.pending_fires.push(due);
                         }
                     }

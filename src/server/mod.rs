@@ -39,7 +39,7 @@ impl RunObserver for RunCounters {
     fn run_finished(&self, run: &RunRecord, steps: &[StepRecord]) {
         self.metrics.record_run(run);
         self.metrics.record_steps(steps);
-        self.stats.record(run, steps);
+        self.stats.record(run.head(), steps);
     }
 
     fn run_ended_unstarted(&self, run: &RunRecord) {

@@ -1,29 +1,40 @@
 //! The durable state, in sled. This is the only module that imports sled.
 //!
 //! Trees: `objects` (key `Kind/id`, one record per object ever applied) and `meta` (per-source
-//! status); `runs` and `steps` (a run's record, its steps under `<run id>\0<index>`). `runs`
-//! also holds the index of runs per workflow, under keys that start with a zero byte
+//! status); `runs`, `run_workflows` and `steps` (a run's record without its expanded
+//! workflow, that workflow, its steps under `<run id>\0<index>`). A run's workflow is
+//! written once, before its first record, so a status change rewrites a small record and
+//! no run is ever found without its workflow; records of an older release keep their
+//! workflow inside (format 1) and are read as they are. `runs` also holds the index of
+//! runs per workflow, under keys that start with a zero byte
 //! (`\0by-workflow\0<workflow id>\0<run id>`, run ids sort by creation; value: the run's
 //! status): it is written in the same batch as the run record, so that a workflow's runs
-//! are listed and counted without decoding any other, and no crash leaves the two apart. Every value starts with a format-version byte so that a later release can migrate
-//! records; the rest is JSON. Writes go through one atomic batch and are flushed before the
+//! are listed and counted without decoding any other, and no crash leaves the two apart.
+//! Listing every run goes through an in-memory index ([`RunIndex`]: run ids by status,
+//! counts per workflow), built at open and kept by every run write and delete, so a page
+//! decodes its own records only. Every value starts with a format-version byte so that a
+//! later release can migrate records; the rest is JSON. Writes go through one atomic batch and are flushed before the
 //! call returns, so whatever the caller then reports is on disk.
 
 pub mod test_history;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::diagnostics::Diagnostic;
 use crate::manifest::Kind;
-use crate::model::{RunRecord, Status, StepRecord};
+use crate::model::{RunHead, RunRecord, Status, StepRecord};
 
 /// Version byte of the record encoding written by this release.
 const FORMAT_VERSION: u8 = 1;
+/// Version byte of run records: their workflow is in `run_workflows` (format 1 records
+/// hold it inside).
+const RUN_FORMAT_VERSION: u8 = 2;
 
 /// The file in the data directory naming the process that holds the store.
 const OWNER_FILE: &str = "owner.pid";
@@ -173,6 +184,10 @@ pub struct Store {
     failed: std::sync::atomic::AtomicBool,
     /// Held while test results are recorded: they read and rewrite buckets of test states.
     test_writes: std::sync::Mutex<()>,
+    /// Every run by status, for listing; written under its lock together with the `runs`
+    /// tree, so the two agree.
+    /// Boxed: its maps would make every `Store` large.
+    index: std::sync::RwLock<Box<RunIndex>>,
 }
 
 /// The open `Db` and its trees.
@@ -181,6 +196,7 @@ struct Handles {
     objects: sled::Tree,
     meta: sled::Tree,
     runs: sled::Tree,
+    run_workflows: sled::Tree,
     steps: sled::Tree,
 }
 
@@ -357,6 +373,7 @@ impl Store {
         let objects = db.open_tree("objects").map_err(sled_error)?;
         let meta = db.open_tree("meta").map_err(sled_error)?;
         let runs = db.open_tree("runs").map_err(sled_error)?;
+        let run_workflows = db.open_tree("run_workflows").map_err(sled_error)?;
         let steps = db.open_tree("steps").map_err(sled_error)?;
         let store = Store {
             path: data_dir.to_owned(),
@@ -365,13 +382,17 @@ impl Store {
                 objects,
                 meta,
                 runs,
+                run_workflows,
                 steps,
             }))),
             flushes: GroupCommit::default(),
             failed: std::sync::atomic::AtomicBool::new(false),
             test_writes: std::sync::Mutex::new(()),
+            index: std::sync::RwLock::new(Box::default()),
         };
         store.build_run_index()?;
+        let index = store.load_run_index()?;
+        **store.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         Ok(store)
     }
 
@@ -441,6 +462,10 @@ impl Store {
                         .get_mut()
                         .unwrap_or_else(|e| e.into_inner())
                         .take();
+                    // What the reopened store holds: writes lost with the failure are gone
+                    // from the listing too.
+                    *self.index.write().unwrap_or_else(|e| e.into_inner()) =
+                        std::mem::take(reopened.index.get_mut().unwrap_or_else(|e| e.into_inner()));
                 }
                 Err(err) => {
                     tracing::warn!("the store is still unwritable: {err}");
@@ -479,6 +504,26 @@ impl Store {
         }
         h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         self.flush_on(&h)
+    }
+
+    /// The in-memory run index, from the per-workflow index of the `runs` tree (keys and
+    /// statuses only: no record is decoded).
+    fn load_run_index(&self) -> Result<RunIndex, StoreError> {
+        let h = self.handles()?;
+        let mut index = RunIndex::default();
+        for entry in h.runs.scan_prefix(INDEX_PREFIX) {
+            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+            let status: Status = decode(&key, &value)?;
+            let rest = &key[INDEX_PREFIX.len()..];
+            if let Some(at) = rest.iter().position(|&b| b == 0) {
+                index.insert(
+                    &String::from_utf8_lossy(&rest[at + 1..]),
+                    &String::from_utf8_lossy(&rest[..at]),
+                    status,
+                );
+            }
+        }
+        Ok(index)
     }
 
     /// Makes every write made so far durable (one flush for all the threads asking at
@@ -603,7 +648,8 @@ impl Store {
 /// state change writes one small record.
 impl Store {
     /// Writes a run and some of its steps; with `durable`, flushes before returning. The run
-    /// record and its entry in the per-workflow index are written in one batch.
+    /// record and its entry in the per-workflow index are written in one batch; the run's
+    /// workflow only the first time (it never changes), before the record.
     pub fn save_run(
         &self,
         run: Option<&RunRecord>,
@@ -622,10 +668,24 @@ impl Store {
             h.steps.apply_batch(batch).map_err(|e| self.sled_error(e))?;
         }
         if let Some(run) = run {
+            // The workflow before the record: sled recovers a prefix of its writes after a
+            // crash, so no record is found without its workflow.
+            let key = run.id.as_bytes();
+            if !h
+                .run_workflows
+                .contains_key(key)
+                .map_err(|e| self.sled_error(e))?
+            {
+                h.run_workflows
+                    .insert(key, encode(&run.workflow))
+                    .map_err(|e| self.sled_error(e))?;
+            }
             let mut batch = sled::Batch::default();
-            batch.insert(run.id.as_bytes(), encode(run));
+            batch.insert(key, encode_as(RUN_FORMAT_VERSION, &run.head()));
             batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+            index.insert(&run.id, &run.workflow_id, run.status);
         }
         if durable {
             self.flush_on(&h)?;
@@ -633,8 +693,19 @@ impl Store {
         Ok(())
     }
 
-    /// One run.
+    /// One run, whole: its record and its workflow.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let h = self.handles()?;
+        let Some(value) = h.runs.get(id.as_bytes()).map_err(|e| self.sled_error(e))? else {
+            return Ok(None);
+        };
+        let head: RunHead = decode(id.as_bytes(), &value)?;
+        let workflow = self.workflow_of(&h, id, &value)?;
+        Ok(Some(head.with_workflow(workflow)))
+    }
+
+    /// One run without its workflow.
+    pub fn run_head(&self, id: &str) -> Result<Option<RunHead>, StoreError> {
         let h = self.handles()?;
         h.runs
             .get(id.as_bytes())
@@ -643,9 +714,32 @@ impl Store {
             .transpose()
     }
 
-    /// Every run, oldest first (run ids sort by creation time). This decodes every record:
-    /// for one workflow's runs, see [`Store::workflow_runs`].
-    pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+    /// The expanded workflow of a run whose record is `record`: in `run_workflows`, or in a
+    /// record an older release wrote (format 1).
+    fn workflow_of(&self, h: &Handles, id: &str, record: &[u8]) -> Result<Value, StoreError> {
+        if let Some(value) = h
+            .run_workflows
+            .get(id.as_bytes())
+            .map_err(|e| self.sled_error(e))?
+        {
+            return decode(id.as_bytes(), &value);
+        }
+        #[derive(Deserialize)]
+        struct Inside {
+            workflow: Value,
+        }
+        match record.first() {
+            Some(&FORMAT_VERSION) => Ok(decode::<Inside>(id.as_bytes(), record)?.workflow),
+            _ => Err(StoreError::Corrupt {
+                key: id.to_owned(),
+                message: "the run's workflow is missing".to_owned(),
+            }),
+        }
+    }
+
+    /// Every run without its workflow, oldest first (run ids sort by creation time). For a
+    /// page of them, see [`Store::list_runs`]; for one workflow's, [`Store::workflow_runs`].
+    pub fn runs(&self) -> Result<Vec<RunHead>, StoreError> {
         let h = self.handles()?;
         h.run_records()
             .map(|entry| {
@@ -653,6 +747,65 @@ impl Store {
                 decode(&key, &value)
             })
             .collect()
+    }
+
+    /// A page of runs, newest first, without their workflows, and how many match the
+    /// filter: only the page's records are decoded.
+    pub fn list_runs(
+        &self,
+        filter: &RunFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<RunPage, StoreError> {
+        let h = self.handles()?;
+        let (total, ids) = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            let total = index.total(filter.workflow.as_deref(), filter.status);
+            match &filter.workflow {
+                None => (total, index.page(filter.status, offset, limit)),
+                // One workflow's runs, newest first, from its keys in the `runs` tree.
+                Some(workflow) => {
+                    drop(index);
+                    let prefix = index_key(workflow, "");
+                    let mut ids = Vec::new();
+                    let mut skipped = 0;
+                    for entry in h.runs.scan_prefix(&prefix).rev() {
+                        if ids.len() == limit {
+                            break;
+                        }
+                        let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+                        if let Some(status) = filter.status {
+                            if decode::<Status>(&key, &value)? != status {
+                                continue;
+                            }
+                        }
+                        if skipped < offset {
+                            skipped += 1;
+                            continue;
+                        }
+                        ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+                    }
+                    (total, ids)
+                }
+            }
+        };
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A run deleted since the index was read is left out.
+            if let Some(value) = h.runs.get(id.as_bytes()).map_err(|e| self.sled_error(e))? {
+                runs.push(decode(id.as_bytes(), &value)?);
+            }
+        }
+        Ok(RunPage { runs, total })
+    }
+
+    /// The expanded workflow of a run (what [`Store::run`] adds to its head).
+    pub fn run_workflow(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let h = self.handles()?;
+        match h.runs.get(id.as_bytes()).map_err(|e| self.sled_error(e))? {
+            Some(record) => Ok(Some(self.workflow_of(&h, id, &record)?)),
+            None => Ok(None),
+        }
     }
 
     /// The ids and statuses of a workflow's runs, oldest first, read from the index alone.
@@ -669,19 +822,21 @@ impl Store {
             .collect()
     }
 
-    /// A workflow's runs, oldest first: only its own records are decoded.
-    pub fn workflow_runs(&self, workflow_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+    /// A workflow's runs without their workflows, oldest first: only its own records are
+    /// decoded.
+    pub fn workflow_runs(&self, workflow_id: &str) -> Result<Vec<RunHead>, StoreError> {
         let mut runs = Vec::new();
         for (id, _) in self.workflow_run_ids(workflow_id)? {
-            if let Some(run) = self.run(&id)? {
+            if let Some(run) = self.run_head(&id)? {
                 runs.push(run);
             }
         }
         Ok(runs)
     }
 
-    /// The newest run of each workflow that has one, decoding only those.
-    pub fn latest_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+    /// The newest run of each workflow that has one, decoding only those (without their
+    /// workflows).
+    pub fn latest_runs(&self) -> Result<Vec<RunHead>, StoreError> {
         let h = self.handles()?;
         let mut newest: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
         for key in h.runs.scan_prefix(INDEX_PREFIX).keys() {
@@ -694,34 +849,30 @@ impl Store {
         }
         let mut runs = Vec::new();
         for id in newest.values() {
-            if let Some(run) = self.run(&String::from_utf8_lossy(id))? {
+            if let Some(run) = self.run_head(&String::from_utf8_lossy(id))? {
                 runs.push(run);
             }
         }
         Ok(runs)
     }
 
-    /// The ids of the runs in one of `statuses`, oldest first, read from the index alone.
+    /// The ids of the runs in one of `statuses`, oldest first, read from the in-memory
+    /// index alone.
     pub fn run_ids_with_status(&self, statuses: &[Status]) -> Result<Vec<String>, StoreError> {
-        let h = self.handles()?;
-        let mut ids = Vec::new();
-        for entry in h.runs.scan_prefix(INDEX_PREFIX) {
-            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
-            let status: Status = decode(&key, &value)?;
-            if statuses.contains(&status) {
-                let key = &key[INDEX_PREFIX.len()..];
-                if let Some(at) = key.iter().position(|&b| b == 0) {
-                    ids.push(String::from_utf8_lossy(&key[at + 1..]).into_owned());
-                }
-            }
-        }
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<String> = statuses
+            .iter()
+            .flat_map(|status| index.by_status[*status as usize].keys())
+            .map(|id| id.to_string())
+            .collect();
         ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 
     /// The runs created at or after the run id `from` (ids sort by creation time), oldest
-    /// first.
-    pub fn runs_from(&self, from: &str) -> Result<Vec<RunRecord>, StoreError> {
+    /// first, without their workflows.
+    pub fn runs_from(&self, from: &str) -> Result<Vec<RunHead>, StoreError> {
         let h = self.handles()?;
         h.runs
             .range(from.as_bytes().max(&[1u8][..])..)
@@ -874,10 +1025,18 @@ impl Store {
                 batch.remove(key.map_err(|e| self.sled_error(e))?);
             }
             h.steps.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+            // The record before its workflow, the reverse of their writing.
             let mut batch = sled::Batch::default();
             batch.remove(id.as_bytes());
             batch.remove(index_key(workflow_id, id));
-            h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+            {
+                let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+                h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+                index.remove(id);
+            }
+            h.run_workflows
+                .remove(id.as_bytes())
+                .map_err(|e| self.sled_error(e))?;
         }
         self.flush_on(&h)?;
         Ok(())
@@ -894,6 +1053,121 @@ struct RunIndexFields {
     id: String,
     workflow_id: String,
     status: Status,
+}
+
+/// Which runs a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Runs of this workflow id only.
+    pub workflow: Option<String>,
+    /// Runs in this state only.
+    pub status: Option<Status>,
+}
+
+/// A page of runs ([`Store::list_runs`]).
+#[derive(Debug, Clone)]
+pub struct RunPage {
+    /// Newest first, without their workflows.
+    pub runs: Vec<RunHead>,
+    /// Every run the filter matches.
+    pub total: usize,
+}
+
+/// Every run, in memory, for listing in the time of a page: run ids by status (each a map
+/// in id order, so newest last), the workflow of each, and each workflow's runs counted
+/// by status, so any filter's total is a sum. About 100 bytes a run.
+#[derive(Default)]
+struct RunIndex {
+    /// Per status (`status as usize`, the order of [`Status::ALL`]): run id → workflow id.
+    by_status: [BTreeMap<Box<str>, Arc<str>>; Status::ALL.len()],
+    /// Per workflow id: its runs in each status.
+    counts: HashMap<Arc<str>, [usize; Status::ALL.len()]>,
+}
+
+impl RunIndex {
+    /// Adds a run, or moves it to its new status.
+    fn insert(&mut self, id: &str, workflow: &str, status: Status) {
+        let slot = status as usize;
+        if let Some(known) = self.by_status[slot].get(id) {
+            if &**known == workflow {
+                return;
+            }
+        }
+        self.remove(id);
+        let workflow = match self.counts.get_key_value(workflow) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(workflow),
+        };
+        self.counts.entry(workflow.clone()).or_default()[slot] += 1;
+        self.by_status[slot].insert(id.into(), workflow);
+    }
+
+    /// Forgets a run.
+    fn remove(&mut self, id: &str) {
+        for slot in 0..self.by_status.len() {
+            if let Some(workflow) = self.by_status[slot].remove(id) {
+                if let Some(counts) = self.counts.get_mut(&workflow) {
+                    counts[slot] = counts[slot].saturating_sub(1);
+                    if counts.iter().all(|&n| n == 0) {
+                        self.counts.remove(&workflow);
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// How many runs match.
+    fn total(&self, workflow: Option<&str>, status: Option<Status>) -> usize {
+        match (workflow, status) {
+            (None, None) => self.by_status.iter().map(BTreeMap::len).sum(),
+            (None, Some(status)) => self.by_status[status as usize].len(),
+            (Some(workflow), status) => {
+                self.counts.get(workflow).map_or(0, |counts| match status {
+                    Some(status) => counts[status as usize],
+                    None => counts.iter().sum(),
+                })
+            }
+        }
+    }
+
+    /// The ids of a page of runs in `status` (or any), newest first: the statuses' maps
+    /// merged from their ends, `offset + limit` steps at most.
+    fn page(&self, status: Option<Status>, offset: usize, limit: usize) -> Vec<String> {
+        let mut sources: Vec<_> = match status {
+            Some(status) => vec![self.by_status[status as usize].keys().rev().peekable()],
+            None => self
+                .by_status
+                .iter()
+                .map(|ids| ids.keys().rev().peekable())
+                .collect(),
+        };
+        let mut ids = Vec::new();
+        let mut skipped = 0;
+        while ids.len() < limit {
+            // The source whose next id is the newest.
+            let mut newest: Option<(usize, &str)> = None;
+            for (at, source) in sources.iter_mut().enumerate() {
+                if let Some(id) = source.peek() {
+                    if newest.is_none_or(|(_, best)| &***id > best) {
+                        newest = Some((at, id));
+                    }
+                }
+            }
+            let Some((at, _)) = newest else {
+                break;
+            };
+            let Some(id) = sources[at].next() else {
+                break;
+            };
+            if skipped < offset {
+                skipped += 1;
+            } else {
+                ids.push(id.to_string());
+            }
+        }
+        ids
+    }
 }
 
 /// Where the run index starts in the `runs` tree: before every run id.
@@ -965,7 +1239,12 @@ fn read_owner(data_dir: &Path) -> String {
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![FORMAT_VERSION];
+    encode_as(FORMAT_VERSION, value)
+}
+
+/// A record in the encoding of `version` (JSON after the byte, in every version so far).
+fn encode_as<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut bytes = vec![version];
     // Serialising these plain data types to JSON cannot fail.
     serde_json::to_writer(&mut bytes, value).expect("record serialises");
     bytes
@@ -977,11 +1256,12 @@ fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError
         message,
     };
     match value.split_first() {
-        Some((&FORMAT_VERSION, rest)) => {
+        // Format 2 differs from 1 in what a run record holds, not in its encoding.
+        Some((&(FORMAT_VERSION | RUN_FORMAT_VERSION), rest)) => {
             serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string()))
         }
         Some((version, _)) => Err(corrupt(format!(
-            "record format {version} is newer than this release understands ({FORMAT_VERSION})"
+            "record format {version} is newer than this release understands ({RUN_FORMAT_VERSION})"
         ))),
         None => Err(corrupt("empty record".to_owned())),
     }
@@ -1147,7 +1427,7 @@ mod tests {
         );
         // A workflow whose id is a prefix of another's sees only its own.
         assert!(store.workflow_run_ids("wf_").unwrap().is_empty());
-        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let ids = |runs: Vec<RunHead>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(
             ids(store.workflow_runs("wf_b").unwrap()),
             ["run_02", "run_05"]
@@ -1228,6 +1508,239 @@ mod tests {
             store.run_ids_with_status(&[Status::Queued]).unwrap(),
             ["run_02"]
         );
+    }
+
+    /// The page's ids and the total.
+    fn listed(
+        store: &Store,
+        filter: &RunFilter,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<String>, usize) {
+        let page = store.list_runs(filter, offset, limit).unwrap();
+        (page.runs.into_iter().map(|r| r.id).collect(), page.total)
+    }
+
+    fn filter(workflow: Option<&str>, status: Option<Status>) -> RunFilter {
+        RunFilter {
+            workflow: workflow.map(str::to_owned),
+            status,
+        }
+    }
+
+    #[test]
+    fn runs_are_listed_newest_first_by_page_with_filters_and_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let statuses = [Status::Succeeded, Status::Failed, Status::Running];
+        for n in 0..30 {
+            let workflow = if n % 3 == 0 { "wf_a" } else { "wf_b" };
+            let id = format!("run_{n:02}");
+            store
+                .save_run(
+                    Some(&run_record(&id, workflow, statuses[n % 2])),
+                    &[],
+                    false,
+                )
+                .unwrap();
+        }
+        // A status change moves a run between statuses, and keeps it once in the total.
+        store
+            .save_run(Some(&run_record("run_29", "wf_b", statuses[2])), &[], false)
+            .unwrap();
+        let ids = |range: std::ops::Range<usize>, keep: &dyn Fn(usize) -> bool| {
+            range
+                .rev()
+                .filter(|n| keep(*n))
+                .map(|n| format!("run_{n:02}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            listed(&store, &RunFilter::default(), 0, 5),
+            (ids(25..30, &|_| true), 30)
+        );
+        assert_eq!(
+            listed(&store, &RunFilter::default(), 28, 5),
+            (ids(0..2, &|_| true), 30)
+        );
+        assert_eq!(listed(&store, &RunFilter::default(), 30, 5), (vec![], 30));
+        // Even runs succeeded, odd ones failed, run_29 now runs.
+        assert_eq!(
+            listed(&store, &filter(None, Some(Status::Failed)), 2, 3),
+            (ids(0..24, &|n| n % 2 == 1)[..3].to_vec(), 14)
+        );
+        assert_eq!(
+            listed(&store, &filter(None, Some(Status::Running)), 0, 50),
+            (vec!["run_29".to_owned()], 1)
+        );
+        assert_eq!(
+            listed(&store, &filter(Some("wf_a"), None), 1, 3),
+            (ids(0..25, &|n| n % 3 == 0)[..3].to_vec(), 10)
+        );
+        assert_eq!(
+            listed(
+                &store,
+                &filter(Some("wf_a"), Some(Status::Succeeded)),
+                0,
+                50
+            ),
+            (ids(0..30, &|n| n % 6 == 0), 5)
+        );
+        assert_eq!(
+            listed(&store, &filter(Some("wf_"), None), 0, 50),
+            (vec![], 0)
+        );
+        assert_eq!(
+            listed(&store, &filter(Some("wf_c"), Some(Status::Queued)), 0, 50),
+            (vec![], 0)
+        );
+        // The page holds heads: their workflows are read only when asked for.
+        let page = store.list_runs(&RunFilter::default(), 0, 1).unwrap();
+        assert_eq!(page.runs[0].steps, ["a"]);
+        assert_eq!(
+            store.run_workflow("run_29").unwrap(),
+            Some(run_record("run_29", "wf_b", Status::Running).workflow)
+        );
+
+        store
+            .delete_runs("wf_a", &["run_27".into(), "run_24".into()])
+            .unwrap();
+        assert_eq!(
+            listed(&store, &RunFilter::default(), 0, 3),
+            (vec!["run_29".into(), "run_28".into(), "run_26".into()], 28)
+        );
+        assert_eq!(listed(&store, &filter(Some("wf_a"), None), 0, 0).1, 8);
+        assert_eq!(
+            listed(&store, &filter(None, Some(Status::Succeeded)), 0, 0).1,
+            14
+        );
+        assert!(store.run_workflow("run_27").unwrap().is_none());
+        // The index is the store's: a reopened store lists the same.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            listed(&store, &RunFilter::default(), 0, 3),
+            (vec!["run_29".into(), "run_28".into(), "run_26".into()], 28)
+        );
+        assert_eq!(
+            listed(&store, &filter(Some("wf_b"), Some(Status::Failed)), 0, 50).1,
+            9
+        );
+    }
+
+    #[test]
+    fn a_run_saved_many_times_writes_its_workflow_once_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut run: RunRecord = serde_json::from_value(serde_json::json!({
+            "id": "run_01",
+            "workflow_id": "wf_a",
+            "workflow_name": "A",
+            "status": "running",
+            "parameters": {"env": "staging"},
+            "trigger": {"kind": "schedule", "details": {"due": "now"}},
+            "workflow": {"steps": [{"name": "a", "command": ["true"]}, {"name": "b", "command": ["true"]}]},
+            "steps": ["a", "b"],
+            "created_at": "2026-01-01T00:00:00Z",
+            "started_at": "2026-01-01T00:00:01Z",
+            "finished_at": "2026-01-01T00:00:02Z",
+            "duration_ms": 1000,
+            "message": "why",
+            "tests": crate::model::TestSummary { total: 3, passed: 2, failed: 1, ..Default::default() },
+            "rerun_of": "run_00",
+            "revision": "dir:1",
+            "pid": 42,
+        }))
+        .unwrap();
+        let first = run.workflow.clone();
+        for n in 0..100 {
+            run.duration_ms = Some(n);
+            // The workflow never changes once a run exists; a different one here shows
+            // whether a save rewrote it.
+            if n > 0 {
+                run.workflow = serde_json::json!({"save": n});
+            }
+            store.save_run(Some(&run), &[], n % 10 == 0).unwrap();
+        }
+        let h = store.handles().unwrap();
+        let workflows: Vec<_> = h.run_workflows.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(workflows.len(), 1);
+        assert_eq!(decode::<Value>(b"run_01", &workflows[0].1).unwrap(), first);
+        let record = h.runs.get(b"run_01").unwrap().unwrap();
+        assert_eq!(record[0], RUN_FORMAT_VERSION);
+        let stored: Value = decode(b"run_01", &record).unwrap();
+        assert!(stored.get("workflow").is_none(), "{stored}");
+        // Every field comes back: the head and the workflow make the record again.
+        run.workflow = first;
+        assert_eq!(store.run("run_01").unwrap(), Some(run.clone()));
+        assert_eq!(
+            store.run_head("run_01").unwrap(),
+            Some(run.clone().into_head())
+        );
+        assert_eq!(
+            store
+                .runs()
+                .unwrap()
+                .into_iter()
+                .next()
+                .map(|r| r.with_workflow(run.workflow.clone())),
+            Some(run)
+        );
+    }
+
+    #[test]
+    fn runs_an_older_release_wrote_are_read_listed_and_moved_on_their_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = run_record("run_01", "wf_a", Status::Running);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .save_run(
+                    Some(&run_record("run_02", "wf_a", Status::Succeeded)),
+                    &[],
+                    false,
+                )
+                .unwrap();
+            // As the release before this one wrote it: the workflow inside, format 1.
+            let h = store.handles().unwrap();
+            h.runs.insert(b"run_01", encode(&old)).unwrap();
+            h.runs
+                .insert(index_key("wf_a", "run_01"), encode(&old.status))
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.run("run_01").unwrap(), Some(old.clone()));
+        assert_eq!(
+            store.run_workflow("run_01").unwrap(),
+            Some(old.workflow.clone())
+        );
+        assert_eq!(
+            listed(&store, &filter(None, Some(Status::Running)), 0, 50),
+            (vec!["run_01".to_owned()], 1)
+        );
+        assert_eq!(
+            listed(&store, &RunFilter::default(), 0, 50),
+            (vec!["run_02".to_owned(), "run_01".to_owned()], 2)
+        );
+        assert_eq!(
+            store.workflow_runs("wf_a").unwrap()[0],
+            old.clone().into_head()
+        );
+        // Its next save writes the new layout.
+        let mut finished = old.clone();
+        finished.status = Status::Interrupted;
+        store.save_run(Some(&finished), &[], true).unwrap();
+        let h = store.handles().unwrap();
+        assert!(h.run_workflows.contains_key(b"run_01").unwrap());
+        assert_eq!(
+            h.runs.get(b"run_01").unwrap().unwrap()[0],
+            RUN_FORMAT_VERSION
+        );
+        assert_eq!(store.run("run_01").unwrap(), Some(finished));
+        store.delete_runs("wf_a", &["run_01".into()]).unwrap();
+        assert!(h.run_workflows.get(b"run_01").unwrap().is_none());
+        assert_eq!(listed(&store, &RunFilter::default(), 0, 50).1, 1);
     }
 
     #[test]

@@ -160,3 +160,96 @@ fn the_guard_answers_before_any_handler_in_process() {
     let runs = api.get("/api/runs");
     assert_eq!(runs.expect(200)["total"], 0, "{runs:?}");
 }
+
+/// A run record as the engine writes them, straight into the store.
+fn stored_run(id: &str, workflow: &str, status: &str) -> orchestrator::model::RunRecord {
+    serde_json::from_value(json!({
+        "id": id,
+        "workflow_id": workflow,
+        "workflow_name": workflow,
+        "status": status,
+        "parameters": {},
+        "trigger": {"kind": "api"},
+        "workflow": {"steps": [{"name": "a", "command": ["true"]}, {"name": "b", "command": ["true"]}]},
+        "steps": ["a", "b"],
+        "created_at": "2026-01-01T00:00:00Z",
+    }))
+    .expect("a run record")
+}
+
+#[test]
+fn the_run_list_pages_newest_first_with_filters_and_totals() {
+    let api = InProcess::start(&[], None);
+    for n in 0..12 {
+        let workflow = if n % 3 == 0 { "wf_a" } else { "wf_b" };
+        let status = if n % 2 == 0 { "succeeded" } else { "failed" };
+        api.app
+            .store
+            .save_run(
+                Some(&stored_run(&format!("run_{n:02}"), workflow, status)),
+                &[],
+                true,
+            )
+            .expect("save");
+    }
+    let ids = |body: &serde_json::Value| -> Vec<String> {
+        body["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let page = api.get("/api/runs?limit=3&offset=2").expect(200);
+    assert_eq!(ids(&page), ["run_09", "run_08", "run_07"], "{page}");
+    assert_eq!(
+        (&page["total"], &page["limit"], &page["offset"]),
+        (&json!(12), &json!(3), &json!(2)),
+        "{page}"
+    );
+    // Summaries: no workflow, steps counted.
+    assert!(page["runs"][0].get("workflow").is_none(), "{page}");
+    assert_eq!(page["runs"][0]["steps"], 2, "{page}");
+
+    let failed = api.get("/api/runs?status=failed&limit=2").expect(200);
+    assert_eq!(ids(&failed), ["run_11", "run_09"], "{failed}");
+    assert_eq!(failed["total"], 6, "{failed}");
+    let of_a = api.get("/api/runs?workflow=wf_a").expect(200);
+    assert_eq!(
+        ids(&of_a),
+        ["run_09", "run_06", "run_03", "run_00"],
+        "{of_a}"
+    );
+    assert_eq!(of_a["total"], 4, "{of_a}");
+    let both = api
+        .get("/api/runs?workflow=wf_a&status=succeeded")
+        .expect(200);
+    assert_eq!(ids(&both), ["run_06", "run_00"], "{both}");
+    assert_eq!(both["total"], 2, "{both}");
+    let past = api.get("/api/runs?offset=50").expect(200);
+    assert_eq!(
+        (ids(&past).len(), &past["total"]),
+        (0, &json!(12)),
+        "{past}"
+    );
+
+    // Whole records carry their workflows.
+    let full = api.get("/api/runs?full=true&limit=1").expect(200);
+    assert_eq!(ids(&full), ["run_11"], "{full}");
+    assert_eq!(
+        full["runs"][0]["workflow"],
+        stored_run("run_11", "wf_b", "failed").workflow,
+        "{full}"
+    );
+    assert_eq!(full["runs"][0]["steps"], json!(["a", "b"]), "{full}");
+
+    // A delete leaves the pages and their totals.
+    api.app
+        .store
+        .delete_runs("wf_a", &["run_09".into()])
+        .expect("delete");
+    let after = api.get("/api/runs?limit=2").expect(200);
+    assert_eq!(ids(&after), ["run_11", "run_10"], "{after}");
+    assert_eq!(after["total"], 11, "{after}");
+    assert_eq!(api.get("/api/runs?workflow=wf_a").expect(200)["total"], 3);
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Map};
 use super::health::{check_agent, HealthCheck, HealthStatus};
 use super::*;
 use crate::lang::condition::parse_condition;
-use crate::model::{Attempt, TestCase, TestSummary, Trigger};
+use crate::model::{Attempt, RunRecord, TestCase, TestSummary, Trigger};
 
 fn at(now: DateTime<Utc>, minutes_ago: i64) -> String {
     (now - TimeDelta::minutes(minutes_ago)).to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -144,11 +144,11 @@ fn sample(now: DateTime<Utc>) -> RunStats {
                 },
             ),
         ];
-        stats.record(&r, &steps);
+        stats.record(r.head(), &steps);
     }
     let b = run("run_b0", "b", Status::Succeeded, &at(now, 10), 20_000);
     stats.record(
-        &b,
+        b.head(),
         &[step(
             &b,
             0,
@@ -162,7 +162,7 @@ fn sample(now: DateTime<Utc>) -> RunStats {
     );
     let c = run("run_a9", "a", Status::Cancelled, &at(now, 5), 99_000);
     stats.record(
-        &c,
+        c.head(),
         &[
             step(
                 &c,
@@ -341,7 +341,7 @@ fn a_failed_step_message_is_the_last_error() {
             usage: None,
         },
     );
-    stats.record(&r, &[s]);
+    stats.record(r.head(), &[s]);
     let error = stats.agent("exec_a", now).unwrap().last_error.unwrap();
     assert_eq!(
         (
@@ -442,7 +442,7 @@ fn tests_metrics_pass_rate_failures_and_flaky_cases() {
             },
         );
         s.tests = cases;
-        stats.record(&r, &[s]);
+        stats.record(r.head(), &[s]);
     }
     // Another workflow where `flip` always passes: flaky counts per workflow.
     let other = run("run_u", "u", Status::Succeeded, &at(now, 3), 10);
@@ -457,7 +457,7 @@ fn tests_metrics_pass_rate_failures_and_flaky_cases() {
         },
     );
     s.tests = vec![case("flip", TestStatus::Passed, 0.1)];
-    stats.record(&other, &[s]);
+    stats.record(other.head(), &[s]);
 
     // t: passed 5 (steady×3, flip, slow), failed 3 (flip×2, bad), skipped 1.
     assert_eq!(
@@ -523,7 +523,7 @@ fn entries_leave_the_window_and_the_snapshot_is_reused_until_then() {
                 usage: None,
             },
         );
-        stats.record(r, &[s]);
+        stats.record(r.head(), &[s]);
     }
     // The run of 90 minutes ago is out at once.
     assert_eq!(value(&stats, "workflow.runs", now), Some(2.0));
@@ -555,7 +555,7 @@ fn entries_leave_the_window_and_the_snapshot_is_reused_until_then() {
         "run_mid"
     );
     // Recording the same run again replaces it.
-    stats.record(&new, &[]);
+    stats.record(new.head(), &[]);
     assert_eq!(value(&stats, "workflow.runs", later), Some(1.0));
     // Unfinished runs are ignored.
     let running = RunRecord {
@@ -564,10 +564,11 @@ fn entries_leave_the_window_and_the_snapshot_is_reused_until_then() {
         ..new.clone()
     };
     stats.record(
-        &RunRecord {
+        RunRecord {
             id: "run_r".into(),
             ..running
-        },
+        }
+        .head(),
         &[],
     );
     assert_eq!(value(&stats, "workflow.runs", later), Some(1.0));
@@ -579,7 +580,10 @@ fn the_window_is_a_parameter() {
     let stats = RunStats::new(Duration::from_secs(300));
     assert_eq!(stats.window(), Duration::from_secs(300));
     for (id, minutes) in [("run_1", 2), ("run_2", 6)] {
-        stats.record(&run(id, "a", Status::Succeeded, &at(now, minutes), 10), &[]);
+        stats.record(
+            run(id, "a", Status::Succeeded, &at(now, minutes), 10).head(),
+            &[],
+        );
     }
     assert_eq!(value(&stats, "workflow.runs", now), Some(1.0));
 }
@@ -636,12 +640,12 @@ fn new_failures_and_quarantined_sum_the_runs_classification_per_workflow() {
             quarantined,
             ..TestSummary::default()
         };
-        stats.record(&r, &[]);
+        stats.record(r.head(), &[]);
     }
     // A run that was cancelled says nothing about the workflow.
     let mut cancelled = run("run_cx", "a", Status::Cancelled, &at(now, 1), 10);
     cancelled.tests.new_failures = 7;
-    stats.record(&cancelled, &[]);
+    stats.record(cancelled.head(), &[]);
     let check = |text: &str, expected: f64| {
         assert_eq!(value(&stats, text, now), Some(expected), "{text}");
     };
@@ -738,7 +742,7 @@ fn every_metric_of_the_condition_language_answers() {
         case("a", TestStatus::Passed, 0.1),
         case("b", TestStatus::Failed, 0.1),
     ];
-    stats.record(&r, &[s]);
+    stats.record(r.head(), &[s]);
     for name in &names {
         let got = value(&stats, name, now).unwrap_or_else(|| panic!("{name} has no value"));
         if name.contains("rate") || name.contains("score") {
