@@ -128,13 +128,13 @@ pub fn prepare_checked(
 
 /// The records a scoped reconcile compares against: those last seen inside the scope, and
 /// those the snapshot declares wherever they were seen before.
-fn in_scope(
-    all: &BTreeMap<ObjectKey, ObjectRecord>,
+fn in_scope<'a>(
+    all: &'a BTreeMap<ObjectKey, ObjectRecord>,
     scope: Option<&[String]>,
     desired: &DesiredSet,
-) -> BTreeMap<ObjectKey, ObjectRecord> {
+) -> std::borrow::Cow<'a, BTreeMap<ObjectKey, ObjectRecord>> {
     let Some(scope) = scope else {
-        return all.clone();
+        return std::borrow::Cow::Borrowed(all);
     };
     let inside = |file: &str| {
         scope.iter().any(|s| {
@@ -145,14 +145,16 @@ fn in_scope(
                     .is_some_and(|rest| rest.starts_with('/'))
         })
     };
-    all.iter()
-        .filter(|(key, record)| {
-            inside(&record.source_file)
-                || desired.objects.contains_key(*key)
-                || desired.invalid.contains_key(*key)
-        })
-        .map(|(k, r)| (k.clone(), r.clone()))
-        .collect()
+    std::borrow::Cow::Owned(
+        all.iter()
+            .filter(|(key, record)| {
+                inside(&record.source_file)
+                    || desired.objects.contains_key(*key)
+                    || desired.invalid.contains_key(*key)
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect(),
+    )
 }
 
 /// Names everything besides the records that a reconcile's outcome depends on.
@@ -293,6 +295,7 @@ mod tests {
             let scope: Option<Vec<String>> =
                 scope.map(|paths| paths.iter().map(|p| (*p).to_owned()).collect());
             let kept: Vec<String> = in_scope(&all, scope.as_deref(), &desired)
+                .into_owned()
                 .into_keys()
                 .map(|key| key.id)
                 .collect();
