@@ -24,6 +24,10 @@ use orchestrator::source::dir::{self, DirOptions, SourcePath};
 use orchestrator::store::Store;
 use serde_json::{json, Value};
 
+// The server's allocator, so that the resident memory measured is what the server's would be.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[path = "support/mod.rs"]
 mod support;
 use support::{Measurement, Report, Target};
