@@ -93,7 +93,8 @@ pub fn reconcile(
     )?;
     let planned = started.elapsed();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let report = reconcile::apply(&shared.store, &prepared, dry_run, &now)?;
+    let (report, records) =
+        reconcile::apply_returning_records(&shared.store, &prepared, dry_run, &now)?;
     let applied = started.elapsed();
     let outcome = ReconcileOutcome {
         report,
@@ -103,7 +104,12 @@ pub fn reconcile(
         plan: prepared.plan.clone(),
     };
     if !dry_run {
-        shared.view.refresh_objects(&shared.store)?;
+        // The records the reconcile read with those it wrote are what the store holds now
+        // (only a reconcile writes objects, one at a time): no need to read them again.
+        match records {
+            Some(records) => shared.view.set_records(records),
+            None => shared.view.refresh_objects(&shared.store)?,
+        }
         let refreshed = started.elapsed();
         shared.metrics.reconciles.inc();
         if outcome.report.errors > 0 {
@@ -146,11 +152,9 @@ fn publish(shared: &Controller, outcome: &ReconcileOutcome, reason: &str) {
                 .publish(Event::ManifestApplied(change_of(key, change)));
         }
     }
-    let objects = if report.invalid.is_empty() && report.kept.is_empty() {
-        Default::default()
-    } else {
-        shared.store.objects().unwrap_or_default()
-    };
+    // The view holds the records as of this reconcile.
+    let view = shared.view.objects();
+    let objects = &view.records;
     // Invalid documents, and objects kept because their file no longer parses at all: both
     // leave the last good version in force.
     for (keys, change) in [(&report.invalid, "invalid"), (&report.kept, "kept")] {

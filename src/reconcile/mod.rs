@@ -21,7 +21,7 @@ use crate::source::dir::SourcePath;
 use crate::source::{Snapshot, SourceFile};
 use crate::store::ObjectKey;
 
-pub use apply::{apply, ApplyReport};
+pub use apply::{apply, apply_returning_records, ApplyReport};
 pub use diff::{diff, Change, Plan};
 pub use prepare::{prepare, prepare_checked, Prepared, ReconcileOptions};
 
