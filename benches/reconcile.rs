@@ -236,7 +236,9 @@ fn scaling(report: &mut Report, runs: usize) {
                     .reference(base_name.clone(), base_per)
                     .target(Target::RatioAtMost(1.25))
                     .bound(
-                        "what a reconcile does per manifest is the same at every size; the                          rest is the machine's (page cache, allocator, the store's tree                          depth) at that size.",
+                        "the reconcile's work per manifest is the same at every size; what grows is the \
+                         machine's share: the page cache and allocator under 100,000 files' \
+                         texts and documents held at once, and the store's tree depth.",
                     );
             }
             report.add(row);
@@ -274,7 +276,10 @@ fn scaling(report: &mut Report, runs: usize) {
         );
         if Some(count) == SCALES.last() {
             row = row.target(Target::AtMost(300.0)).bound(
-                "the allocator keeps the peak of the cold reconcile (every file's text and                  parsed document at once) mapped after it is freed.",
+                "the cold reconcile holds every file's text, parsed document (with its \
+                 locations) and record at once; the allocator keeps much of that peak after \
+                 it is freed. Streaming the files through parse and apply in batches would \
+                 move it.",
             );
         }
         report.add(row);

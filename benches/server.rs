@@ -120,7 +120,7 @@ fn main() {
             .bound(
                 "each edit reconciles the whole tree after the watcher's debounce (10 ms of \
                  quiet for an isolated save): every file is read and hashed, only the edited \
-                 one parsed and validated, every record read for the diff and the view. \
+                 one parsed and validated, every record read once for the diff. \
                  Reconciling only the changed paths between periodic full resyncs would move it.",
             ),
     );
