@@ -16,6 +16,7 @@ use crate::config::LoadedConfig;
 use crate::events::EventBus;
 use crate::monitor::metrics::Metrics;
 use crate::reconcile::view::View;
+use crate::reconcile::FileChecks;
 use crate::store::{Store, StoreError};
 
 pub use git::GitState;
@@ -40,6 +41,9 @@ pub struct Controller {
     pub git: Option<GitState>,
     /// One reconcile at a time.
     reconcile_lock: Mutex<()>,
+    /// Each manifest file's own check, by path and text: a reconcile after an edit parses
+    /// and validates the edited files alone.
+    file_checks: FileChecks,
 }
 
 impl Controller {
@@ -62,6 +66,7 @@ impl Controller {
             metrics,
             git,
             reconcile_lock: Mutex::new(()),
+            file_checks: FileChecks::default(),
         }
     }
 

@@ -45,6 +45,18 @@ pub fn apply(
     dry_run: bool,
     now: &str,
 ) -> Result<ApplyReport, StoreError> {
+    apply_returning_records(store, prepared, dry_run, now).map(|(report, _)| report)
+}
+
+/// [`apply`], also returning every object record as the store holds it once the apply is
+/// durable, when the plan was computed afresh (it read them all): the records it read with
+/// those it wrote. `None` for a plan from the memo or a dry run.
+pub fn apply_returning_records(
+    store: &Store,
+    prepared: &Prepared,
+    dry_run: bool,
+    now: &str,
+) -> Result<(ApplyReport, Option<BTreeMap<ObjectKey, ObjectRecord>>), StoreError> {
     let plan = &prepared.plan;
     let options = &prepared.options;
     let revision = &prepared.revision;
@@ -74,7 +86,7 @@ pub fn apply(
         }
     }
     if dry_run {
-        return Ok(report);
+        return Ok((report, None));
     }
     let records = match &prepared.computed {
         Some((desired, applied)) => records_to_write(prepared, desired, applied, now),
@@ -103,7 +115,14 @@ pub fn apply(
         serde_json::to_vec(&memo).expect("memo serialises")
     });
     store.commit(&records, Some(&status), memo.as_deref())?;
-    Ok(report)
+    let after = prepared.computed.as_ref().map(|(_, all)| {
+        let mut after = all.clone();
+        for record in records {
+            after.insert(record.key.clone(), record);
+        }
+        after
+    });
+    Ok((report, after))
 }
 
 /// The records an apply writes: created, updated and recovered objects, invalid ones whose
@@ -296,6 +315,34 @@ mod tests {
         let again = prepare(&store, &snapshot, &options(false)).unwrap();
         assert!(again.from_memo);
         assert_eq!(again.plan.unchanged, vec![key("wf_a"), key("wf_b")]);
+    }
+
+    #[test]
+    fn the_records_an_apply_returns_are_those_the_store_holds_after_it() {
+        let data = tempfile::tempdir().unwrap();
+        let store = Store::open(data.path()).unwrap();
+        let steps = [
+            two_workflows(),
+            snapshot(
+                "dir:2",
+                &[
+                    ("workflows/a.yaml", invalid_workflow("A")),
+                    ("workflows/c.yaml", workflow("C", "true")),
+                ],
+            ),
+            two_workflows(),
+        ];
+        for (n, snapshot) in steps.iter().enumerate() {
+            let mut options = options(n == 1);
+            options.use_memo = false;
+            let prepared = prepare(&store, snapshot, &options).unwrap();
+            let (_, after) = apply_returning_records(&store, &prepared, false, LATER).unwrap();
+            assert_eq!(after, Some(store.objects().unwrap()), "step {n}");
+        }
+        let memo = prepare(&store, &two_workflows(), &options(false)).unwrap();
+        assert!(memo.from_memo);
+        let (_, after) = apply_returning_records(&store, &memo, false, LATER).unwrap();
+        assert_eq!(after, None, "a plan from the memo read no record");
     }
 
     #[test]

@@ -21,9 +21,9 @@ use crate::source::dir::SourcePath;
 use crate::source::{Snapshot, SourceFile};
 use crate::store::ObjectKey;
 
-pub use apply::{apply, ApplyReport};
+pub use apply::{apply, apply_returning_records, ApplyReport};
 pub use diff::{diff, Change, Plan};
-pub use prepare::{prepare, Prepared, ReconcileOptions};
+pub use prepare::{prepare, prepare_checked, Prepared, ReconcileOptions};
 
 /// A valid object the snapshot declares.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +104,94 @@ pub fn desired_set(snapshot: &Snapshot) -> DesiredSet {
 
 /// [`desired_set`], also checking the manifests against their [`Surroundings`].
 pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) -> DesiredSet {
+    desired_set_checked(snapshot, surroundings, None)
+}
+
+/// What parsing and validating each file on its own found, by path, with a digest of the
+/// text it was found in: a file whose text is unchanged is not parsed again. Sound because
+/// checking a file on its own is a pure function of its path and text (the rules are built
+/// into the release); whatever spans files — duplicate ids, references, the surroundings —
+/// is checked afresh every time. A long-lived reconciler (the controller) keeps one.
+#[derive(Default)]
+pub struct FileChecks {
+    files: std::sync::Mutex<std::collections::HashMap<String, CheckedFile>>,
+    parsed: std::sync::atomic::AtomicUsize,
+}
+
+struct CheckedFile {
+    digest: [u8; 32],
+    result: FileResult,
+}
+
+impl std::fmt::Debug for FileChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileChecks")
+            .field("files", &self.len())
+            .finish()
+    }
+}
+
+impl FileChecks {
+    /// How many files were parsed and validated through it so far (the others were
+    /// remembered).
+    pub fn parsed(&self) -> usize {
+        self.parsed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many files are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no file is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CheckedFile>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The check of one file: remembered when its text is unchanged, else done and
+    /// remembered.
+    fn check(&self, source: &SourceFile) -> FileResult {
+        let digest: [u8; 32] = Sha256::digest(source.text.as_bytes()).into();
+        if let Some(known) = self.lock().get(&source.path) {
+            if known.digest == digest {
+                return known.result.clone();
+            }
+        }
+        let result = check_file(source);
+        self.parsed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().insert(
+            source.path.clone(),
+            CheckedFile {
+                digest,
+                result: result.clone(),
+            },
+        );
+        result
+    }
+
+    /// Forgets every file but these (after a reconcile of the whole source: files gone
+    /// from it are not kept).
+    pub fn retain_only(&self, files: &[SourceFile]) {
+        let present: std::collections::HashSet<&str> =
+            files.iter().map(|f| f.path.as_str()).collect();
+        self.lock()
+            .retain(|path, _| present.contains(path.as_str()));
+    }
+}
+
+/// [`desired_set_with`], taking each unchanged file's own check from `checks` (and
+/// remembering the others there) instead of parsing it again. The outcome is the same as
+/// without.
+pub fn desired_set_checked(
+    snapshot: &Snapshot,
+    surroundings: &Surroundings<'_>,
+    checks: Option<&FileChecks>,
+) -> DesiredSet {
     let mut set = DesiredSet {
         revision: snapshot.revision.clone(),
         ..DesiredSet::default()
@@ -114,7 +202,16 @@ pub fn desired_set_with(snapshot: &Snapshot, surroundings: &Surroundings<'_>) ->
     }
 
     // Files are independent until references are checked: parse and validate in parallel.
-    let check_all = || snapshot.files.par_iter().map(check_file).collect();
+    let check_all = || {
+        snapshot
+            .files
+            .par_iter()
+            .map(|file| match checks {
+                Some(checks) => checks.check(file),
+                None => check_file(file),
+            })
+            .collect()
+    };
     let per_file: Vec<FileResult> = match check_pool() {
         Some(pool) => pool.install(check_all),
         None => check_all(),
@@ -272,6 +369,7 @@ fn column_inside_scalar(text: &str, line: u32, column: u32, inner: u32) -> u32 {
 }
 
 /// A document that got as far as having a kind and an id.
+#[derive(Clone)]
 struct Candidate {
     manifest: Manifest,
     id: String,
@@ -287,6 +385,7 @@ impl Candidate {
     }
 }
 
+#[derive(Clone)]
 struct FileResult {
     file: String,
     damaged: bool,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{desired_set, diff, DesiredSet, Plan};
+use super::{desired_set_checked, diff, DesiredSet, FileChecks, Plan, Surroundings};
 use crate::diagnostics::Diagnostic;
 use crate::manifest::Kind;
 use crate::schema;
@@ -74,6 +74,18 @@ pub fn prepare(
     snapshot: &Snapshot,
     options: &ReconcileOptions,
 ) -> Result<Prepared, StoreError> {
+    prepare_checked(store, snapshot, options, None)
+}
+
+/// [`prepare`], parsing and validating only the files whose text `checks` does not know
+/// (see [`FileChecks`]): what a long-lived reconciler calls, so that an edit re-checks the
+/// edited file alone. The plan is the same as [`prepare`]'s.
+pub fn prepare_checked(
+    store: &Store,
+    snapshot: &Snapshot,
+    options: &ReconcileOptions,
+    checks: Option<&FileChecks>,
+) -> Result<Prepared, StoreError> {
     let memo_key = memo_key(snapshot, options.scope.as_deref());
     if options.use_memo {
         if let Some(memo) = store
@@ -94,7 +106,11 @@ pub fn prepare(
             });
         }
     }
-    let desired = desired_set(snapshot);
+    let desired = desired_set_checked(snapshot, &Surroundings::default(), checks);
+    if let (Some(checks), None) = (checks, &options.scope) {
+        // The whole source was read: files no longer in it are forgotten.
+        checks.retain_only(&snapshot.files);
+    }
     let all = store.objects()?;
     let applied = in_scope(&all, options.scope.as_deref(), &desired);
     let plan = diff(&desired, &applied);
@@ -112,13 +128,13 @@ pub fn prepare(
 
 /// The records a scoped reconcile compares against: those last seen inside the scope, and
 /// those the snapshot declares wherever they were seen before.
-fn in_scope(
-    all: &BTreeMap<ObjectKey, ObjectRecord>,
+fn in_scope<'a>(
+    all: &'a BTreeMap<ObjectKey, ObjectRecord>,
     scope: Option<&[String]>,
     desired: &DesiredSet,
-) -> BTreeMap<ObjectKey, ObjectRecord> {
+) -> std::borrow::Cow<'a, BTreeMap<ObjectKey, ObjectRecord>> {
     let Some(scope) = scope else {
-        return all.clone();
+        return std::borrow::Cow::Borrowed(all);
     };
     let inside = |file: &str| {
         scope.iter().any(|s| {
@@ -129,14 +145,16 @@ fn in_scope(
                     .is_some_and(|rest| rest.starts_with('/'))
         })
     };
-    all.iter()
-        .filter(|(key, record)| {
-            inside(&record.source_file)
-                || desired.objects.contains_key(*key)
-                || desired.invalid.contains_key(*key)
-        })
-        .map(|(k, r)| (k.clone(), r.clone()))
-        .collect()
+    std::borrow::Cow::Owned(
+        all.iter()
+            .filter(|(key, record)| {
+                inside(&record.source_file)
+                    || desired.objects.contains_key(*key)
+                    || desired.invalid.contains_key(*key)
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect(),
+    )
 }
 
 /// Names everything besides the records that a reconcile's outcome depends on.
@@ -277,6 +295,7 @@ mod tests {
             let scope: Option<Vec<String>> =
                 scope.map(|paths| paths.iter().map(|p| (*p).to_owned()).collect());
             let kept: Vec<String> = in_scope(&all, scope.as_deref(), &desired)
+                .into_owned()
                 .into_keys()
                 .map(|key| key.id)
                 .collect();
@@ -404,6 +423,92 @@ mod tests {
         let pruning = prepare(&store, &one, &options(None, true, true)).unwrap();
         assert!(!pruning.from_memo);
         assert_eq!(pruning.plan.delete.len(), 1);
+    }
+
+    /// Reconciles a real directory twice over, with and without [`FileChecks`], through
+    /// edits, creations, deletions, renames, broken files and duplicate ids: the plans,
+    /// diagnostics, reports and records are the same, and only changed files are parsed.
+    #[test]
+    fn remembered_file_checks_give_the_same_outcome_as_a_full_check() {
+        use crate::source::dir::{self, DirOptions, SourcePath};
+        let project = tempfile::tempdir().unwrap();
+        let workflows = project.path().join("workflows");
+        std::fs::create_dir(&workflows).unwrap();
+        let incremental = tempfile::tempdir().unwrap();
+        let full = tempfile::tempdir().unwrap();
+        let incremental = Store::open(incremental.path()).unwrap();
+        let full = Store::open(full.path()).unwrap();
+        let checks = FileChecks::default();
+        let paths = [SourcePath {
+            path: workflows.clone(),
+            required: true,
+        }];
+        let read = DirOptions {
+            root: project.path().to_owned(),
+            max_file_bytes: 1 << 20,
+        };
+        let write = |name: &str, text: &str| std::fs::write(workflows.join(name), text).unwrap();
+        let step = |what: &str, expect_parsed: usize| {
+            let snapshot = dir::load(&paths, &read).unwrap();
+            let before = checks.parsed();
+            let now = format!("2026-01-01T00:00:{:02}Z", before % 60);
+            let a = prepare_checked(
+                &incremental,
+                &snapshot,
+                &options(None, true, false),
+                Some(&checks),
+            )
+            .unwrap();
+            let b = prepare(&full, &snapshot, &options(None, true, false)).unwrap();
+            assert_eq!(
+                checks.parsed() - before,
+                expect_parsed,
+                "{what}: files parsed"
+            );
+            assert_eq!(
+                checks.len(),
+                snapshot.files.len(),
+                "{what}: files remembered"
+            );
+            assert_eq!(a.plan, b.plan, "{what}");
+            assert_eq!(a.diagnostics, b.diagnostics, "{what}");
+            assert_eq!(a.objects, b.objects, "{what}");
+            let report_a = apply(&incremental, &a, false, &now).unwrap();
+            let report_b = apply(&full, &b, false, &now).unwrap();
+            assert_eq!(report_a, report_b, "{what}");
+            assert_eq!(
+                incremental.objects().unwrap(),
+                full.objects().unwrap(),
+                "{what}"
+            );
+            report_a
+        };
+        for name in ["a", "b", "c", "d"] {
+            write(&format!("{name}.yaml"), &workflow(name, "true"));
+        }
+        assert_eq!(step("cold", 4).created.len(), 4);
+        assert_eq!(step("unchanged", 0).unchanged, 4);
+        write("a.yaml", &workflow("a", "false"));
+        assert_eq!(step("one edit", 1).updated, vec![key("wf_a")]);
+        write("e.yaml", &workflow("e", "true"));
+        std::fs::remove_file(workflows.join("b.yaml")).unwrap();
+        let report = step("a creation and a deletion", 1);
+        assert_eq!(
+            (report.created, report.pruned),
+            (vec![key("wf_e")], vec![key("wf_b")])
+        );
+        std::fs::rename(workflows.join("c.yaml"), workflows.join("renamed.yaml")).unwrap();
+        step("a rename", 1);
+        write("d.yaml", "name: d\nsteps: [\n");
+        assert_eq!(step("a syntax error", 1).kept, vec![key("wf_d")]);
+        write("dup.yaml", &workflow("e", "false"));
+        let report = step("a duplicate id in a new file", 1);
+        assert!(report.errors > 0, "{report:?}");
+        std::fs::remove_file(workflows.join("dup.yaml")).unwrap();
+        write("d.yaml", &workflow("d", "true"));
+        let report = step("the duplicate gone, the syntax mended", 1);
+        assert_eq!(report.errors, 0, "{report:?}");
+        assert_eq!(step("unchanged again", 0).unchanged, 4);
     }
 
     #[test]

@@ -124,7 +124,13 @@ impl View {
 
     /// Re-reads the object records (after a reconcile).
     pub fn refresh_objects(&self, store: &Store) -> Result<(), StoreError> {
-        let records = store.objects()?;
+        self.set_records(store.objects()?);
+        Ok(())
+    }
+
+    /// Takes these records as the objects in force: what the store holds, as a reconcile
+    /// that read every record and then wrote some knows without reading them again.
+    pub fn set_records(&self, records: BTreeMap<ObjectKey, ObjectRecord>) {
         let workflows = records
             .values()
             .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
@@ -144,7 +150,6 @@ impl View {
             alerts,
             agents,
         });
-        Ok(())
     }
 
     /// Notes a run's latest state as its workflow's last run.
