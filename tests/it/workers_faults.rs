@@ -32,12 +32,18 @@ fn markers() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-fn read_pid(path: &Path) -> u32 {
-    fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{} holds no pid", path.display()))
+/// Waits for a step's `echo $$ > FILE` to have written its pid: the shell creates the file
+/// before it writes to it, so the file may be there and still empty.
+#[track_caller]
+fn wait_for_pid(path: &Path, what: &str) -> u32 {
+    eventually_within(
+        &format!("{what}: a pid in {}", path.display()),
+        Duration::from_secs(20),
+        || {
+            let text = fs::read_to_string(path).ok()?;
+            text.ends_with('\n').then(|| text.trim().parse().ok())?
+        },
+    )
 }
 
 /// Waits for a process to be gone.
@@ -311,8 +317,7 @@ fn a_worker_cut_off_past_its_lease_is_refused_and_stops_its_own_step() {
     let stale = WorkerProcess::start(dir, "stale", "pool=cut", 1);
     let run = execute_detached(dir, "cut");
     let stale_pid = marks.path().join("stale.pid");
-    wait_for_file(&stale_pid, "the step running on `stale`");
-    let step_pid = read_pid(&stale_pid);
+    let step_pid = wait_for_pid(&stale_pid, "the step running on `stale`");
     let _fresh = WorkerProcess::start(dir, "fresh", "pool=cut", 1);
 
     // Cut off: frozen past its lease. The controller declares it lost and the retry runs
@@ -525,12 +530,12 @@ fn sigint_twice_cancels_what_a_worker_runs_reports_it_and_exits() {
     let mut worker = WorkerProcess::start(dir, "w-int", "pool=i", 1);
     let run = execute_detached(dir, "int");
     let pid_file = marks.path().join("int.pid");
-    wait_for_file(&pid_file, "the step running");
+    let step_pid = wait_for_pid(&pid_file, "the step running");
     worker.signal(Signal::SIGINT);
     eventually("the worker to say a second Ctrl-C cancels", || {
         worker.stderr().contains("Ctrl-C again").then_some(())
     });
-    assert!(alive(read_pid(&pid_file)), "one Ctrl-C only drains");
+    assert!(alive(step_pid), "one Ctrl-C only drains");
     worker.signal(Signal::SIGINT);
     let code = worker.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{}", worker.stderr());
@@ -687,11 +692,11 @@ fn a_remote_steps_timeout_holds_on_the_worker_while_the_controller_is_away() {
     let worker = WorkerProcess::start(dir, "alone", "pool=a", 1);
     execute_detached(dir, "away");
     let pid_file = marks.path().join("away.pid");
-    wait_for_file(&pid_file, "the step running");
+    let step_pid = wait_for_pid(&pid_file, "the step running");
     // The controller goes away: nobody is left to send the timeout's stop.
     signal(server.pid(), Signal::SIGKILL);
     wait_gone(
-        read_pid(&pid_file),
+        step_pid,
         "the step past its timeout with no controller",
         Duration::from_secs(10),
     );
