@@ -49,17 +49,7 @@ fn main() {
     let work = tempfile::tempdir().expect("temp dir");
     let project = work.path().join("project");
     let documents = generate(&project, MANIFESTS);
-    let options = DirOptions {
-        root: project.clone(),
-        max_file_bytes: 4 << 20,
-    };
-    let paths: Vec<SourcePath> = Kind::ALL
-        .iter()
-        .map(|k| SourcePath {
-            path: project.join(k.directory()),
-            required: false,
-        })
-        .collect();
+    let (options, paths) = source_of(&project);
 
     let reconcile_once = |data_dir: &Path, use_memo: bool| -> (Duration, usize, bool) {
         let started = Instant::now();
@@ -292,23 +282,29 @@ struct ScaleFigures {
     rss_mib: f64,
 }
 
-/// In a child process: generates `count` manifests, reconciles them into an empty store and
-/// once more unchanged, and prints the times and the resident memory after, as JSON.
-fn scale_child(count: usize) {
-    let work = tempfile::tempdir().expect("temp dir");
-    let project = work.path().join("project");
-    generate(&project, count);
+/// How the reconcile reads `project`: every kind's directory, none required.
+fn source_of(project: &Path) -> (DirOptions, Vec<SourcePath>) {
     let options = DirOptions {
-        root: project.clone(),
+        root: project.to_owned(),
         max_file_bytes: 4 << 20,
     };
-    let paths: Vec<SourcePath> = Kind::ALL
+    let paths = Kind::ALL
         .iter()
         .map(|k| SourcePath {
             path: project.join(k.directory()),
             required: false,
         })
         .collect();
+    (options, paths)
+}
+
+/// In a child process: generates `count` manifests, reconciles them into an empty store and
+/// once more unchanged, and prints the times and the resident memory after, as JSON.
+fn scale_child(count: usize) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let project = work.path().join("project");
+    generate(&project, count);
+    let (options, paths) = source_of(&project);
     let store = Store::open(&work.path().join("data")).expect("store");
     let reconcile_once = || {
         let started = Instant::now();

@@ -45,16 +45,7 @@ fn main() {
     let work = tempfile::tempdir().expect("temp dir");
     let project = work.path().join("project");
     let binary = release_binary();
-    run_ok(Command::new(&binary).arg("init").arg(&project));
-    for index in 0..WORKFLOWS {
-        fs::write(
-            project
-                .join("workflows")
-                .join(format!("bench-{index:04}.yaml")),
-            workflow_text(index, "first"),
-        )
-        .expect("write workflow");
-    }
+    init_project(&binary, &project, WORKFLOWS);
     // Memory and list throughput on exactly the 1,000 manifests: first just after a start
     // that applied them, then idle after a restart, then after the list load.
     let mut server = Server::start(&binary, &project, &[]);
@@ -375,8 +366,18 @@ const LARGE_WORKFLOWS: usize = 10_000;
 /// server of its own: p50 and p99 of [`EDITS`] edits.
 fn edit_latency_at_scale(binary: &Path, work: &Path) -> (f64, f64) {
     let project = work.join("project-large");
-    run_ok(Command::new(binary).arg("init").arg(&project));
-    for index in 0..LARGE_WORKFLOWS {
+    init_project(binary, &project, LARGE_WORKFLOWS);
+    let mut server = Server::start(binary, &project, &[]);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let latencies = runtime.block_on(edit_latencies(&server.address, &project));
+    server.stop();
+    (percentile(&latencies, 0.50), percentile(&latencies, 0.99))
+}
+
+/// `orchestrator init` at `project`, then `count` one-step workflow manifests in it.
+fn init_project(binary: &Path, project: &Path, count: usize) {
+    run_ok(Command::new(binary).arg("init").arg(project));
+    for index in 0..count {
         fs::write(
             project
                 .join("workflows")
@@ -385,11 +386,6 @@ fn edit_latency_at_scale(binary: &Path, work: &Path) -> (f64, f64) {
         )
         .expect("write workflow");
     }
-    let mut server = Server::start(binary, &project, &[]);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let latencies = runtime.block_on(edit_latencies(&server.address, &project));
-    server.stop();
-    (percentile(&latencies, 0.50), percentile(&latencies, 0.99))
 }
 
 fn workflow_text(index: usize, description: &str) -> String {
