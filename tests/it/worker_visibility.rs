@@ -3,6 +3,7 @@
 //! and `validate`'s warning for a `runs_on` no worker ever matched — against a real
 //! nats-server and real worker processes.
 
+use std::path::Path;
 use std::time::Duration;
 
 use orchestrator::events::Published;
@@ -208,14 +209,21 @@ fn workers_are_listed_drained_resumed_and_lost_with_one_event_each() {
     assert_eq!(remembered[0].1["info"]["labels"]["os"], "linux");
 }
 
-const REMOTE: &str = r#"id: wf_remote
+/// A remote step that runs until the test creates `release`, so that its attempt is seen
+/// running however slowly the machine goes.
+fn remote(release: &Path) -> String {
+    format!(
+        r#"id: wf_remote
 name: remote
 max_parallel: 2
 steps:
   - name: slow
-    runs_on: {pool: rig}
-    command: ["sh", "-c", "sleep 3"]
-"#;
+    runs_on: {{pool: rig}}
+    command: ["sh", "-c", "while [ ! -f '{}' ]; do sleep 0.05; done"]
+"#,
+        release.display()
+    )
+}
 
 const NOWHERE: &str = r#"id: wf_nowhere
 name: nowhere
@@ -237,14 +245,10 @@ steps:
 fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_warns_of_unmatched_runs_on(
 ) {
     let nats = Nats::start();
-    let project = distributed_project(
-        &nats,
-        &[
-            ("workflows/remote.yaml", REMOTE),
-            ("workflows/nowhere.yaml", NOWHERE),
-        ],
-    );
+    let project = distributed_project(&nats, &[("workflows/nowhere.yaml", NOWHERE)]);
     let dir = project.path();
+    let release = dir.join("release");
+    std::fs::write(dir.join("workflows/remote.yaml"), remote(&release)).unwrap();
 
     // No server yet: the commands say where the workers are known.
     let refused = cli(dir, &["worker", "list"]).expect_code(2);
@@ -349,6 +353,7 @@ fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_wa
         "{}",
         unknown.stderr
     );
+    std::fs::write(&release, "").unwrap();
     server.eventually("the run to end", DEADLINE, || {
         (show(dir, &run)["run"]["status"] == "succeeded").then_some(())
     });
@@ -377,8 +382,10 @@ fn worker_commands_list_show_drain_and_resume_through_the_server_and_validate_wa
 fn the_workers_page_shows_a_real_worker_its_running_attempt_and_drains_and_resumes_it() {
     use crate::browser::{runtime, serve, Browser, DESKTOP};
     let nats = Nats::start();
-    let project = distributed_project(&nats, &[("workflows/remote.yaml", REMOTE)]);
+    let project = distributed_project(&nats, &[]);
     let dir = project.path();
+    let release = dir.join("release");
+    std::fs::write(dir.join("workflows/remote.yaml"), remote(&release)).unwrap();
     let (server, base) = serve(dir);
     let api = server.api();
     let mut rig = WorkerProcess::start(dir, "rig-1", "pool=rig,os=linux", 2);
@@ -410,6 +417,7 @@ fn the_workers_page_shows_a_real_worker_its_running_attempt_and_drains_and_resum
 
         // Once the step is done (its end redraws the row), drain from the page: the API
         // says draining, the row offers resume.
+        std::fs::write(&release, "").unwrap();
         server.eventually("the run to end", DEADLINE, || {
             (show(dir, &run)["run"]["status"] == "succeeded").then_some(())
         });

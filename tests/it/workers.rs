@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::support::*;
 
+/// Six remote steps; each waits until three of them have started (`MARKS` holds a file per
+/// started step), so three one-slot workers all take one however the machine is loaded.
 const FAN_OUT: &str = r#"id: wf_fan
 name: fan
 max_parallel: 8
@@ -19,27 +21,27 @@ steps:
   - name: big
     depends_on: [seed]
     runs_on: {pool: linux}
-    command: ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo \"line $i of a log that crosses many chunks {{ steps.seed.outputs.seed }}\"; i=$((i+1)); done; echo total=3000 >> $ORCHESTRATOR_OUTPUT"]
+    command: ["sh", "-c", "touch MARKS/$ORCHESTRATOR_STEP; while [ $(ls MARKS | wc -l) -lt 3 ]; do sleep 0.05; done; i=0; while [ $i -lt 3000 ]; do echo \"line $i of a log that crosses many chunks {{ steps.seed.outputs.seed }}\"; i=$((i+1)); done; echo total=3000 >> $ORCHESTRATOR_OUTPUT"]
   - name: s1
     depends_on: [seed]
     runs_on: {pool: linux}
-    command: ["sh", "-c", "sleep 0.4; test -f suites/api.sh && echo part=one >> $ORCHESTRATOR_OUTPUT"]
+    command: ["sh", "-c", "touch MARKS/$ORCHESTRATOR_STEP; while [ $(ls MARKS | wc -l) -lt 3 ]; do sleep 0.05; done; test -f suites/api.sh && echo part=one >> $ORCHESTRATOR_OUTPUT"]
   - name: s2
     depends_on: [seed]
     runs_on: {pool: linux}
-    command: ["sh", "-c", "sleep 0.4; echo part=two >> $ORCHESTRATOR_OUTPUT"]
+    command: ["sh", "-c", "touch MARKS/$ORCHESTRATOR_STEP; while [ $(ls MARKS | wc -l) -lt 3 ]; do sleep 0.05; done; echo part=two >> $ORCHESTRATOR_OUTPUT"]
   - name: s3
     depends_on: [seed]
     runs_on: {pool: linux}
-    command: ["sh", "-c", "sleep 0.4; echo part=three >> $ORCHESTRATOR_OUTPUT"]
+    command: ["sh", "-c", "touch MARKS/$ORCHESTRATOR_STEP; while [ $(ls MARKS | wc -l) -lt 3 ]; do sleep 0.05; done; echo part=three >> $ORCHESTRATOR_OUTPUT"]
   - name: s4
     depends_on: [seed]
     runs_on: {pool: linux}
-    command: ["sh", "-c", "sleep 0.4; echo part=four >> $ORCHESTRATOR_OUTPUT"]
+    command: ["sh", "-c", "touch MARKS/$ORCHESTRATOR_STEP; while [ $(ls MARKS | wc -l) -lt 3 ]; do sleep 0.05; done; echo part=four >> $ORCHESTRATOR_OUTPUT"]
   - name: s5
     depends_on: [seed]
     runs_on: {pool: linux}
-    command: ["sh", "-c", "sleep 0.4; echo part=five >> $ORCHESTRATOR_OUTPUT"]
+    command: ["sh", "-c", "touch MARKS/$ORCHESTRATOR_STEP; while [ $(ls MARKS | wc -l) -lt 3 ]; do sleep 0.05; done; echo part=five >> $ORCHESTRATOR_OUTPUT"]
   - name: join
     depends_on: [big, s1, s2, s3, s4, s5]
     command: ["sh", "-c", "echo joined {{ steps.big.outputs.total }} {{ steps.s1.outputs.part }} {{ steps.s5.outputs.part }}"]
@@ -48,7 +50,9 @@ steps:
 #[test]
 fn a_dag_fans_out_over_three_workers_and_outputs_pass_between_remote_and_local_steps() {
     let nats = Nats::start();
-    let project = distributed_project(&nats, &[("workflows/fan.yaml", FAN_OUT)]);
+    let marks = tempfile::tempdir().expect("temp dir");
+    let fan_out = FAN_OUT.replace("MARKS", &marks.path().display().to_string());
+    let project = distributed_project(&nats, &[("workflows/fan.yaml", &fan_out)]);
     let dir = project.path();
     let server = Server::start(dir);
     let _workers: Vec<WorkerProcess> = (1..=3)

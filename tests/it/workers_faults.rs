@@ -480,7 +480,7 @@ fn sigterm_drains_a_worker_it_finishes_its_step_takes_nothing_new_and_exits_0() 
     let mut workflow = String::from("id: wf_drain\nname: drain\nmax_parallel: 4\nsteps:\n");
     for i in 0..3 {
         workflow.push_str(&format!(
-            "  - name: d{i}\n    depends_on: []\n    runs_on: {{pool: d}}\n    command: [\"sh\", \"-c\", \"echo $ORCHESTRATOR_WORKER > {m}/d{i}; sleep 1.5\"]\n"
+            "  - name: d{i}\n    depends_on: []\n    runs_on: {{pool: d}}\n    command: [\"sh\", \"-c\", \"echo $ORCHESTRATOR_WORKER > {m}/d{i}; while [ ! -f {m}/release ]; do sleep 0.05; done\"]\n"
         ));
     }
     let project = distributed_project(&nats, &[("workflows/drain.yaml", &workflow)]);
@@ -492,6 +492,11 @@ fn sigterm_drains_a_worker_it_finishes_its_step_takes_nothing_new_and_exits_0() 
         (0..3).find(|i| marks.path().join(format!("d{i}")).exists())
     });
     first.signal(Signal::SIGTERM);
+    eventually("`first` to say it drains", || {
+        first.stderr().contains("draining").then_some(())
+    });
+    // Its step ends only now, so it had no chance to take another before the signal.
+    fs::write(marks.path().join("release"), "").unwrap();
     let code = first.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{}", first.stderr());
     assert!(first.stderr().contains("draining"), "{}", first.stderr());
