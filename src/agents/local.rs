@@ -29,6 +29,7 @@ use crate::engine::expand;
 use crate::engine::mask::StepLog;
 use crate::engine::process::StepControl;
 use crate::engine::run::{log_name, EngineConfig};
+use crate::engine::threads::STEP_THREADS;
 use crate::model::{Attempt, Status};
 use crate::spec::agents::BUILTIN_AGENTS;
 use crate::spec::params;
@@ -98,13 +99,21 @@ pub fn engine_config(config: &LoadedConfig, data_dir: PathBuf) -> EngineConfig {
 impl Executor for LocalExecutor {
     fn start(&self, attempt: StepAttempt, events: Sender<AttemptMessage>) -> Arc<dyn AttemptStop> {
         let control = StepControl::new();
+        let (index, number) = (attempt.index, attempt.number);
         let job = AttemptJob {
             settings: Arc::clone(&self.settings),
             control: Arc::clone(&control),
             attempt,
-            events,
+            events: events.clone(),
         };
-        std::thread::spawn(move || job.run());
+        if let Err(err) = STEP_THREADS.run("step attempt", move || job.run()) {
+            let finished = failed_before_start(format!("cannot start a thread: {err}"));
+            let _ = events.send(AttemptMessage {
+                index,
+                number,
+                event: AttemptEvent::Finished(Box::new(finished)),
+            });
+        }
         control
     }
 
@@ -258,7 +267,11 @@ impl AttemptJob {
             outputs_path,
             &self.control,
             attempt.reports.as_deref(),
-            || self.send(AttemptEvent::Started { at: Instant::now() }),
+            || {
+                if attempt.timeout.is_some() {
+                    self.send(AttemptEvent::Started { at: Instant::now() });
+                }
+            },
         )
     }
 }

@@ -122,7 +122,8 @@ pub struct AttemptMessage {
 #[derive(Debug)]
 pub enum AttemptEvent {
     /// The attempt is under way (its agent is about to run): the step's timeout counts
-    /// from here.
+    /// from here. Nothing else does, so an executor may leave it out for an attempt without
+    /// a timeout (the local one does: a chain of steps then costs one turn per step).
     Started {
         /// When.
         at: Instant,

@@ -16,3 +16,4 @@ pub mod run;
 pub mod runner;
 pub mod settings;
 pub mod test_results;
+pub mod threads;

@@ -19,9 +19,10 @@
 //! their starter has reaped them, and the reaper takes only unregistered zombie children.
 
 use std::collections::BTreeSet;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +33,7 @@ use nix::unistd::Pid;
 use wait4::Wait4;
 
 use super::mask::StepLog;
+use super::threads::STEP_THREADS;
 
 /// How long a process group has between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -75,6 +77,38 @@ pub fn spawn_awaited(command: &mut Command) -> std::io::Result<Child> {
     Ok(child)
 }
 
+/// Where `execvp` would find `program` in the child's `PATH` (`cwd` for relative entries),
+/// or `None` for a program given as a path, or not found (the spawn then reports it).
+///
+/// Resolved here because the standard library forks (copying this process's page tables)
+/// instead of using `posix_spawn` when a command sets `PATH` and names its program
+/// without a path; with the path resolved, a step costs a `vfork`-like spawn and no
+/// failed `execve` per `PATH` entry.
+pub fn resolve_program(program: &str, path: Option<&OsStr>, cwd: &Path) -> Option<PathBuf> {
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    // POSIX leaves an unset PATH to the implementation; glibc's execvp uses this one.
+    let path = path.unwrap_or_else(|| OsStr::new("/bin:/usr/bin"));
+    std::env::split_paths(path).find_map(|dir| {
+        let dir = if dir.as_os_str().is_empty() {
+            cwd.to_owned()
+        } else {
+            cwd.join(dir)
+        };
+        let candidate = dir.join(program);
+        let metadata = std::fs::metadata(&candidate).ok()?;
+        (metadata.is_file()
+            && nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok())
+        .then_some(candidate)
+    })
+}
+
+/// `ENOEXEC`: the file is neither a known binary format nor a `#!` script.
+fn is_not_executable_format(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(nix::libc::ENOEXEC)
+}
+
 /// Ends the registration of [`spawn_awaited`] (after the process was reaped).
 pub fn forget_awaited(pid: u32) {
     awaited().remove(&(pid as i32));
@@ -110,7 +144,10 @@ struct ControlState {
 pub struct ResourceUsage {
     /// User plus system CPU time, in seconds.
     pub cpu_seconds: f64,
-    /// Peak resident set size of the largest process, in bytes.
+    /// Peak resident set size of the largest process, in bytes. A process is spawned
+    /// without copying this one (`posix_spawn`, which shares its memory until the exec), and
+    /// the kernel counts what that memory held at the exec into the new process's peak: a
+    /// step that stays below this process's own peak is counted at that peak.
     pub max_rss_bytes: u64,
 }
 
@@ -498,31 +535,52 @@ pub fn run_process(
     // (the reader would wait for them); the child gets its copies as stdout and stderr.
     let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let reader = std::fs::File::from(reader);
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_clear()
-        .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(is_inherited)))
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env(COOKIE_VARIABLE, &cookie)
-        .current_dir(&spec.cwd)
-        .process_group(0)
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(if spec.capture_stdout {
-            Stdio::piped()
-        } else {
-            Stdio::from(writer.try_clone()?)
-        })
-        .stderr(Stdio::from(writer));
+    let child_path = spec
+        .env
+        .iter()
+        .rev()
+        .find(|(name, _)| name == "PATH")
+        .map(|(_, value)| OsString::from(value))
+        .or_else(|| std::env::var_os("PATH"));
+    let resolved = resolve_program(program, child_path.as_deref(), &spec.cwd);
+    let command_for = |executable: &Path| -> std::io::Result<Command> {
+        let mut command = Command::new(executable);
+        command
+            .arg0(program)
+            .args(args)
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(is_inherited)))
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env(COOKIE_VARIABLE, &cookie)
+            .current_dir(&spec.cwd)
+            .process_group(0)
+            .stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(if spec.capture_stdout {
+                Stdio::piped()
+            } else {
+                Stdio::from(writer.try_clone()?)
+            })
+            .stderr(Stdio::from(writer.try_clone()?));
+        Ok(command)
+    };
     let started = Instant::now();
-    let spawned = spawn_awaited(&mut command);
-    // The command holds this process's copies of the pipe's writing end: closed now, so
-    // the reader sees the end once the process and its descendants have closed theirs.
+    let mut command = command_for(resolved.as_deref().unwrap_or(Path::new(program)))?;
+    let mut spawned = spawn_awaited(&mut command);
+    if resolved.is_some() && spawned.as_ref().is_err_and(is_not_executable_format) {
+        // A file without `#!` or an ELF header: `execvp`, which a program named without a
+        // path gets, runs it with `/bin/sh`; `posix_spawn` does not.
+        command = command_for(Path::new(program))?;
+        spawned = spawn_awaited(&mut command);
+    }
+    // The command and `writer` hold this process's copies of the pipe's writing end:
+    // closed now, so the reader sees the end once the process and its descendants have
+    // closed theirs.
     drop(command);
+    drop(writer);
     let mut child = spawned.map_err(|err| {
         std::io::Error::new(err.kind(), format!("cannot start `{program}`: {err}"))
     })?;
@@ -533,23 +591,27 @@ pub fn run_process(
         signal_group(pgid, Signal::SIGKILL);
     }
     let pump = {
-        let log = Arc::clone(log);
+        let pump_log = Arc::clone(log);
         let (done, finished) = std::sync::mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            let mut masker = log.secrets().masker();
+        let read = move || {
+            let mut masker = pump_log.secrets().masker();
             let mut reader = reader;
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
                 match reader.read(&mut buffer) {
                     Ok(0) => break,
-                    Ok(n) => log.write_masked(&masker.feed(&buffer[..n])),
+                    Ok(n) => pump_log.write_masked(&masker.feed(&buffer[..n])),
                     Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
             }
-            log.write_masked(&masker.finish());
+            pump_log.write_masked(&masker.finish());
             let _ = done.send(());
-        });
+        };
+        if let Err(err) = STEP_THREADS.run("step output", read) {
+            // Its pipe closes unread: the process ends on SIGPIPE if it writes.
+            log.note(&format!("cannot start a thread to read the output: {err}"));
+        }
         finished
     };
     let writer = match (spec.stdin.clone(), child.stdin.take()) {
@@ -634,6 +696,77 @@ mod tests {
         assert_eq!(child.wait().unwrap().signal(), Some(9));
     }
 
+    fn write_executable(path: &std::path::Path, text: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn programs_are_found_on_the_child_path_as_execvp_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second, relative) = (
+            dir.path().join("first"),
+            dir.path().join("second"),
+            dir.path().join("relative"),
+        );
+        for bin in [&first, &second, &relative] {
+            std::fs::create_dir(bin).unwrap();
+        }
+        write_executable(&second.join("tool"), "#!/bin/sh\n", 0o755);
+        // Not executable, or not a file: passed over.
+        write_executable(&first.join("tool"), "#!/bin/sh\n", 0o644);
+        std::fs::create_dir(first.join("other")).unwrap();
+        write_executable(&second.join("other"), "#!/bin/sh\n", 0o755);
+        write_executable(&relative.join("local"), "#!/bin/sh\n", 0o755);
+        let path = std::env::join_paths([&first, &second, Path::new("relative")]).unwrap();
+        let find = |program: &str| resolve_program(program, Some(&path), dir.path());
+        assert_eq!(find("tool"), Some(second.join("tool")));
+        assert_eq!(find("other"), Some(second.join("other")));
+        // A relative entry is taken from the child's working directory.
+        assert_eq!(
+            find("local"),
+            Some(dir.path().join("relative").join("local"))
+        );
+        assert_eq!(find("missing"), None);
+        // A name with a slash is a path already.
+        assert_eq!(find("./tool"), None);
+        assert_eq!(find("second/tool"), None);
+        // Without PATH, glibc's default.
+        assert_eq!(
+            resolve_program("sh", None, dir.path()).map(|p| p.parent().map(Path::to_owned)),
+            Some(Some(PathBuf::from("/bin")))
+        );
+    }
+
+    #[test]
+    fn a_program_keeps_the_name_it_was_given_and_a_script_without_a_shebang_runs_with_sh() {
+        let (dir, file) = log();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        // No `#!` line: execvp hands it to /bin/sh, and so does the engine.
+        write_executable(&bin.join("plain"), "echo plain ran with \"$1\"\n", 0o755);
+        let path = format!("{}:/usr/bin:/bin", bin.display());
+        let run = |argv: &[&str]| {
+            let spec = ProcessSpec {
+                argv: argv.iter().map(|a| (*a).to_owned()).collect(),
+                env: vec![("PATH".into(), path.clone())],
+                cwd: dir.path().to_owned(),
+                ..ProcessSpec::default()
+            };
+            let result = run_process(&spec, &file, &StepControl::default()).unwrap();
+            assert!(result.success(), "{argv:?}: {}", result.describe());
+        };
+        run(&["plain", "an argument"]);
+        // argv[0] is `sh` as written, not the path it was found at.
+        run(&["sh", "-c", "tr '\\0' ' ' < /proc/$$/cmdline; echo"]);
+        let text = std::fs::read_to_string(dir.path().join("step.log")).unwrap();
+        assert_eq!(
+            text,
+            "plain ran with an argument\nsh -c tr '\\0' ' ' < /proc/$$/cmdline; echo \n"
+        );
+    }
+
     #[test]
     fn output_goes_to_the_log_and_the_exit_code_is_kept() {
         let (dir, file) = log();
@@ -655,12 +788,22 @@ mod tests {
     #[test]
     fn usage_counts_cpu_and_peak_memory_of_the_process_and_what_it_waited_for() {
         let (dir, file) = log();
+        // A process spawned from this one is counted at least at this one's peak (the
+        // kernel records it at the exec), so the step allocates well above it.
+        let own_peak = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024;
+        let allocated = own_peak + 100_000_000;
         // The shell forks python and waits for it: python's use is counted through it.
         let spec = ProcessSpec {
             argv: vec![
                 "sh".into(),
                 "-c".into(),
-                "python3 -c 'x = bytearray(60_000_000); s = sum(range(3_000_000))'; true".into(),
+                format!("python3 -c 'x = bytearray({allocated}); s = sum(range(3_000_000))'; true"),
             ],
             cwd: dir.path().to_owned(),
             ..ProcessSpec::default()
@@ -669,7 +812,7 @@ mod tests {
         let result = run_process(&spec, &file, &control).unwrap();
         assert!(result.success(), "{}", result.describe());
         let usage = result.usage.unwrap();
-        assert!(usage.max_rss_bytes >= 60_000_000, "{usage:?}");
+        assert!(usage.max_rss_bytes >= allocated, "{usage:?}");
         assert!(usage.cpu_seconds > 0.0, "{usage:?}");
         // A second process under the same control: CPU adds up, the peak stays the largest.
         let small = ProcessSpec {
@@ -678,7 +821,7 @@ mod tests {
             ..ProcessSpec::default()
         };
         let second = run_process(&small, &file, &control).unwrap().usage.unwrap();
-        assert!(second.max_rss_bytes < 60_000_000, "{second:?}");
+        assert!(second.max_rss_bytes < allocated, "{second:?}");
         let total = control.take_usage().unwrap();
         assert_eq!(total.max_rss_bytes, usage.max_rss_bytes);
         assert!((total.cpu_seconds - usage.cpu_seconds - second.cpu_seconds).abs() < 1e-9);

@@ -1142,7 +1142,6 @@ impl Driver<'_> {
         }
         for &index in &turn.ended {
             self.stops[index] = None;
-            agent_log(self.config, &steps[index]);
         }
         for command in &turn.commands {
             match *command {
@@ -1156,6 +1155,10 @@ impl Driver<'_> {
                     self.stops[index] = Some(self.config.executor.start(attempt, sender.clone()));
                 }
             }
+        }
+        // After the starts: the next step of a chain need not wait for these lines.
+        for &index in &turn.ended {
+            agent_log(self.config, &steps[index]);
         }
         if let Some(end) = &turn.run_end {
             run.status = end.status;
