@@ -544,7 +544,7 @@ impl Store {
             let status: Status = decode(&key, &value)?;
             let rest = &key[INDEX_PREFIX.len()..];
             if let Some(at) = rest.iter().position(|&b| b == 0) {
-                index.insert(
+                index.insert_new(
                     &String::from_utf8_lossy(&rest[at + 1..]),
                     &String::from_utf8_lossy(&rest[..at]),
                     status,
@@ -1242,6 +1242,13 @@ impl RunIndex {
             }
         }
         self.remove(id);
+        self.insert_new(id, workflow, status);
+    }
+
+    /// Adds a run the index does not hold (as it is loaded: each run once), without
+    /// looking for it in every status first.
+    fn insert_new(&mut self, id: &str, workflow: &str, status: Status) {
+        let slot = status as usize;
         let workflow = match self.counts.get_key_value(workflow) {
             Some((shared, _)) => shared.clone(),
             None => Arc::from(workflow),
