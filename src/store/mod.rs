@@ -2157,6 +2157,11 @@ mod tests {
         // The rest of the tree never sees the index: listings, run records.
         assert_eq!(store.runs().unwrap().len(), 3);
         assert_eq!(listed(&store, &filter(None, None), 0, 50).1, 3);
+        // A record outside the range is never read: one that no longer decodes stops a
+        // reader of every run, not this one.
+        h.runs.insert(b"run_01", &b"\x02not json"[..]).unwrap();
+        assert!(store.runs().is_err());
+        assert_eq!(finished_since(&store, "2026-01-01T13:00:00Z"), ["run_04"]);
     }
 
     #[test]
