@@ -273,9 +273,9 @@ fn main() {
         .reference(same, reference.p99_ms);
         if at_target {
             rps = rps.target(Target::AtLeast(5_000.0)).bound(
-                "the page's 50 records are read from sled and decoded (without their \
-                 workflows) on every request, and wrk shares the cores with the server. \
-                 Caching serialized pages would move it.",
+                "the page's 50 summaries come serialized from the store's cache (nothing \
+                 decoded); most of the time is the kernel's TCP copy of a 25 KB body and \
+                 wrk sharing the cores with the server. More cores would move it.",
             );
             p99 = p99.target(Target::AtMost(10.0)).bound(
                 "32 connections on the machine's cores with wrk's own threads: the p99 is a \

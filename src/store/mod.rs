@@ -12,12 +12,16 @@
 //! are listed and counted without decoding any other, and no crash leaves the two apart.
 //! Listing every run goes through an in-memory index ([`RunIndex`]: run ids by status,
 //! counts per workflow), built at open and kept by every run write and delete, so a page
-//! decodes its own records only. Every value starts with a format-version byte so that a
+//! decodes its own records only; it caches the listed runs' summaries as JSON, each dropped
+//! by the next write of its run. The index of finish times
+//! (`\0by-finish\0<ms, big-endian><run id>`, also in `runs` and its batches) finds the
+//! runs that finished in a time range without reading the others. Every value starts with a format-version byte so that a
 //! later release can migrate records; the rest is JSON. Writes go through one atomic batch and are flushed before the
 //! call returns, so whatever the caller then reports is on disk.
 
 pub mod test_history;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +32,7 @@ use serde_json::Value;
 
 use crate::diagnostics::Diagnostic;
 use crate::manifest::Kind;
-use crate::model::{RunHead, RunRecord, Status, StepRecord};
+use crate::model::{RunHead, RunRecord, RunSummary, Status, StepRecord};
 
 /// Version byte of the record encoding written by this release.
 const FORMAT_VERSION: u8 = 1;
@@ -391,6 +395,7 @@ impl Store {
             index: std::sync::RwLock::new(Box::default()),
         };
         store.build_run_index()?;
+        store.build_finish_index()?;
         let index = store.load_run_index()?;
         **store.index.write().unwrap_or_else(|e| e.into_inner()) = index;
         Ok(store)
@@ -506,6 +511,29 @@ impl Store {
         self.flush_on(&h)
     }
 
+    /// A store written before the index of finish times existed: the index is built once,
+    /// from every run (reading their status and finish time only), and marked built.
+    fn build_finish_index(&self) -> Result<(), StoreError> {
+        let h = self.handles()?;
+        if h.runs
+            .contains_key(FINISH_PREFIX)
+            .map_err(|e| self.sled_error(e))?
+        {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for entry in h.run_records() {
+            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+            let run: FinishFields = decode(&key, &value)?;
+            if let Some(key) = finish_key(&run.id, run.status, run.finished_at.as_deref()) {
+                batch.insert(key, &[][..]);
+            }
+        }
+        batch.insert(FINISH_PREFIX, &[][..]);
+        h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
+        self.flush_on(&h)
+    }
+
     /// The in-memory run index, from the per-workflow index of the `runs` tree (keys and
     /// statuses only: no record is decoded).
     fn load_run_index(&self) -> Result<RunIndex, StoreError> {
@@ -516,7 +544,7 @@ impl Store {
             let status: Status = decode(&key, &value)?;
             let rest = &key[INDEX_PREFIX.len()..];
             if let Some(at) = rest.iter().position(|&b| b == 0) {
-                index.insert(
+                index.insert_new(
                     &String::from_utf8_lossy(&rest[at + 1..]),
                     &String::from_utf8_lossy(&rest[..at]),
                     status,
@@ -683,6 +711,9 @@ impl Store {
             let mut batch = sled::Batch::default();
             batch.insert(key, encode_as(RUN_FORMAT_VERSION, &run.head()));
             batch.insert(index_key(&run.workflow_id, &run.id), encode(&run.status));
+            if let Some(key) = finish_key(&run.id, run.status, run.finished_at.as_deref()) {
+                batch.insert(key, &[][..]);
+            }
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             h.runs.apply_batch(batch).map_err(|e| self.sled_error(e))?;
             index.insert(&run.id, &run.workflow_id, run.status);
@@ -758,37 +789,8 @@ impl Store {
         limit: usize,
     ) -> Result<RunPage, StoreError> {
         let h = self.handles()?;
-        let (total, ids) = {
-            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-            let total = index.total(filter.workflow.as_deref(), filter.status);
-            match &filter.workflow {
-                None => (total, index.page(filter.status, offset, limit)),
-                // One workflow's runs, newest first, from its keys in the `runs` tree.
-                Some(workflow) => {
-                    drop(index);
-                    let prefix = index_key(workflow, "");
-                    let mut ids = Vec::new();
-                    let mut skipped = 0;
-                    for entry in h.runs.scan_prefix(&prefix).rev() {
-                        if ids.len() == limit {
-                            break;
-                        }
-                        let (key, value) = entry.map_err(|e| self.sled_error(e))?;
-                        if let Some(status) = filter.status {
-                            if decode::<Status>(&key, &value)? != status {
-                                continue;
-                            }
-                        }
-                        if skipped < offset {
-                            skipped += 1;
-                            continue;
-                        }
-                        ids.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
-                    }
-                    (total, ids)
-                }
-            }
-        };
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let (total, ids) = self.page_ids(&h, &index, filter, offset, limit)?;
         let mut runs = Vec::with_capacity(ids.len());
         for id in ids {
             // A run deleted since the index was read is left out.
@@ -797,6 +799,88 @@ impl Store {
             }
         }
         Ok(RunPage { runs, total })
+    }
+
+    /// A page of runs as lists show them — each run's [`RunSummary`], serialized as JSON —
+    /// newest first, and how many match the filter. Summaries are cached in memory (the
+    /// newest [`SUMMARY_CACHE_RUNS`] read), dropped whenever their run is written or
+    /// deleted: the default page decodes nothing, and no listing reads `run_workflows`.
+    pub fn list_run_summaries(
+        &self,
+        filter: &RunFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<SummaryPage, StoreError> {
+        let h = self.handles()?;
+        // Held while missing summaries are read and cached: a run is written under the
+        // index's write lock, which drops its summary, so none cached here is stale.
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let (total, ids) = self.page_ids(&h, &index, filter, offset, limit)?;
+        let mut cache = index.summaries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut runs = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(summary) = cache.get(id.as_ref()) {
+                runs.push(summary.clone());
+                continue;
+            }
+            // A run deleted since the index was read is left out.
+            let Some(value) = h.runs.get(id.as_bytes()).map_err(|e| self.sled_error(e))? else {
+                continue;
+            };
+            let head: RunHead = decode(id.as_bytes(), &value)?;
+            let summary: Arc<str> = serde_json::to_string(&RunSummary::of_head(&head))
+                .map_err(|e| StoreError::Corrupt {
+                    key: id.to_string(),
+                    message: e.to_string(),
+                })?
+                .into();
+            cache.insert(id.into(), summary.clone());
+            while cache.len() > SUMMARY_CACHE_RUNS {
+                cache.pop_first();
+            }
+            runs.push(summary);
+        }
+        Ok(SummaryPage { runs, total })
+    }
+
+    /// How many runs match `filter`, and the ids of a page of them, newest first: from the
+    /// in-memory index, or for one workflow from its keys in the `runs` tree.
+    fn page_ids<'i>(
+        &self,
+        h: &Handles,
+        index: &'i RunIndex,
+        filter: &RunFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(usize, Vec<Cow<'i, str>>), StoreError> {
+        let total = index.total(filter.workflow.as_deref(), filter.status);
+        let Some(workflow) = &filter.workflow else {
+            return Ok((total, index.page(filter.status, offset, limit)));
+        };
+        let prefix = index_key(workflow, "");
+        let mut ids = Vec::new();
+        let mut skipped = 0;
+        for entry in h.runs.scan_prefix(&prefix).rev() {
+            if ids.len() == limit {
+                break;
+            }
+            let (key, value) = entry.map_err(|e| self.sled_error(e))?;
+            if let Some(status) = filter.status {
+                if decode::<Status>(&key, &value)? != status {
+                    continue;
+                }
+            }
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            ids.push(
+                String::from_utf8_lossy(&key[prefix.len()..])
+                    .into_owned()
+                    .into(),
+            );
+        }
+        Ok((total, ids))
     }
 
     /// The expanded workflow of a run (what [`Store::run`] adds to its head).
@@ -881,6 +965,35 @@ impl Store {
                 decode(&key, &value)
             })
             .collect()
+    }
+
+    /// The finished runs whose finish time is `since` or later, in order of finishing,
+    /// without their workflows: found through the index of finish times, so only those
+    /// records are read, however many runs are stored.
+    pub fn runs_finished_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<RunHead>, StoreError> {
+        let h = self.handles()?;
+        let mut from = FINISH_PREFIX.to_vec();
+        from.extend_from_slice(&finish_millis(since).to_be_bytes());
+        let mut runs = Vec::new();
+        for key in h.runs.range(from..).keys() {
+            let key = key.map_err(|e| self.sled_error(e))?;
+            let Some(id) = key
+                .strip_prefix(FINISH_PREFIX)
+                .and_then(|rest| rest.get(8..))
+            else {
+                break;
+            };
+            let id = String::from_utf8_lossy(id);
+            // A key left by a run deleted (or finished again later) reads nothing or a
+            // record whose finish time the caller checks.
+            if let Some(run) = self.run_head(&id)? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
     }
 
     /// The steps of a run, in workflow order.
@@ -1027,6 +1140,12 @@ impl Store {
             h.steps.apply_batch(batch).map_err(|e| self.sled_error(e))?;
             // The record before its workflow, the reverse of their writing.
             let mut batch = sled::Batch::default();
+            if let Some(value) = h.runs.get(id.as_bytes()).map_err(|e| self.sled_error(e))? {
+                let run: FinishFields = decode(id.as_bytes(), &value)?;
+                if let Some(key) = finish_key(id, run.status, run.finished_at.as_deref()) {
+                    batch.remove(key);
+                }
+            }
             batch.remove(id.as_bytes());
             batch.remove(index_key(workflow_id, id));
             {
@@ -1047,6 +1166,15 @@ impl Store {
 /// the commit statuses reported of each run (`triggers::commit_status`).
 pub const RUN_STATE_TREES: [&str; 1] = ["commit_statuses"];
 
+/// What the index of finish times needs of a run record.
+#[derive(Deserialize)]
+struct FinishFields {
+    id: String,
+    status: Status,
+    #[serde(default)]
+    finished_at: Option<String>,
+}
+
 /// What the run index needs of a run record (the rest is skipped when it is built).
 #[derive(Deserialize)]
 struct RunIndexFields {
@@ -1063,6 +1191,19 @@ pub struct RunFilter {
     /// Runs in this state only.
     pub status: Option<Status>,
 }
+
+/// A page of runs as lists show them ([`Store::list_run_summaries`]).
+#[derive(Debug, Clone)]
+pub struct SummaryPage {
+    /// Newest first: each run's [`RunSummary`] as JSON.
+    pub runs: Vec<Arc<str>>,
+    /// Every run the filter matches.
+    pub total: usize,
+}
+
+/// How many serialized run summaries the store keeps (the newest read; each some
+/// hundreds of bytes): the first pages of every listing and then some.
+pub const SUMMARY_CACHE_RUNS: usize = 4096;
 
 /// A page of runs ([`Store::list_runs`]).
 #[derive(Debug, Clone)]
@@ -1082,11 +1223,18 @@ struct RunIndex {
     by_status: [BTreeMap<Box<str>, Arc<str>>; Status::ALL.len()],
     /// Per workflow id: its runs in each status.
     counts: HashMap<Arc<str>, [usize; Status::ALL.len()]>,
+    /// Run id → its [`RunSummary`] as JSON, for the runs listed lately (at most
+    /// [`SUMMARY_CACHE_RUNS`], the oldest ids dropped first). Filled by readers under the
+    /// index's read lock; a run's entry is dropped by every write of it (under the write
+    /// lock), so an entry is always the run's stored state.
+    summaries: std::sync::Mutex<BTreeMap<Box<str>, Arc<str>>>,
 }
 
 impl RunIndex {
     /// Adds a run, or moves it to its new status.
     fn insert(&mut self, id: &str, workflow: &str, status: Status) {
+        // Whatever changed, the cached summary is the old one.
+        self.forget_summary(id);
         let slot = status as usize;
         if let Some(known) = self.by_status[slot].get(id) {
             if &**known == workflow {
@@ -1094,6 +1242,13 @@ impl RunIndex {
             }
         }
         self.remove(id);
+        self.insert_new(id, workflow, status);
+    }
+
+    /// Adds a run the index does not hold (as it is loaded: each run once), without
+    /// looking for it in every status first.
+    fn insert_new(&mut self, id: &str, workflow: &str, status: Status) {
+        let slot = status as usize;
         let workflow = match self.counts.get_key_value(workflow) {
             Some((shared, _)) => shared.clone(),
             None => Arc::from(workflow),
@@ -1104,6 +1259,7 @@ impl RunIndex {
 
     /// Forgets a run.
     fn remove(&mut self, id: &str) {
+        self.forget_summary(id);
         for slot in 0..self.by_status.len() {
             if let Some(workflow) = self.by_status[slot].remove(id) {
                 if let Some(counts) = self.counts.get_mut(&workflow) {
@@ -1115,6 +1271,14 @@ impl RunIndex {
                 return;
             }
         }
+    }
+
+    /// Drops a run's cached summary.
+    fn forget_summary(&mut self, id: &str) {
+        self.summaries
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
     }
 
     /// How many runs match.
@@ -1133,7 +1297,7 @@ impl RunIndex {
 
     /// The ids of a page of runs in `status` (or any), newest first: the statuses' maps
     /// merged from their ends, `offset + limit` steps at most.
-    fn page(&self, status: Option<Status>, offset: usize, limit: usize) -> Vec<String> {
+    fn page(&self, status: Option<Status>, offset: usize, limit: usize) -> Vec<Cow<'_, str>> {
         let mut sources: Vec<_> = match status {
             Some(status) => vec![self.by_status[status as usize].keys().rev().peekable()],
             None => self
@@ -1163,7 +1327,7 @@ impl RunIndex {
             if skipped < offset {
                 skipped += 1;
             } else {
-                ids.push(id.to_string());
+                ids.push(Cow::Borrowed(&**id));
             }
         }
         ids
@@ -1172,6 +1336,31 @@ impl RunIndex {
 
 /// Where the run index starts in the `runs` tree: before every run id.
 const INDEX_PREFIX: &[u8] = b"\0by-workflow\0";
+
+/// Where the index of finish times starts in the `runs` tree; the prefix alone is the key
+/// that marks it built.
+const FINISH_PREFIX: &[u8] = b"\0by-finish\0";
+
+/// A finished run's key in the index of finish times: `\0by-finish\0`, the finish time in
+/// milliseconds since the epoch (8 bytes, big-endian: keys sort by time), the run id. `None`
+/// for a run not finished or without a finish time that parses.
+fn finish_key(id: &str, status: Status, finished_at: Option<&str>) -> Option<Vec<u8>> {
+    if !status.is_finished() {
+        return None;
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(finished_at?).ok()?;
+    let mut key = Vec::with_capacity(FINISH_PREFIX.len() + 8 + id.len());
+    key.extend_from_slice(FINISH_PREFIX);
+    key.extend_from_slice(&finish_millis(at.to_utc()).to_be_bytes());
+    key.extend_from_slice(id.as_bytes());
+    Some(key)
+}
+
+/// A time as the index of finish times sorts it: milliseconds since the epoch, times before
+/// it as 0.
+fn finish_millis(at: chrono::DateTime<chrono::Utc>) -> u64 {
+    u64::try_from(at.timestamp_millis()).unwrap_or(0)
+}
 
 /// The run index's key: `\0by-workflow\0<workflow id>\0<run id>`.
 fn index_key(workflow_id: &str, run_id: &str) -> Vec<u8> {
@@ -1518,6 +1707,16 @@ mod tests {
         limit: usize,
     ) -> (Vec<String>, usize) {
         let page = store.list_runs(filter, offset, limit).unwrap();
+        // The summaries' page is the same runs, each the summary of its head.
+        let summaries = store.list_run_summaries(filter, offset, limit).unwrap();
+        assert_eq!(summaries.total, page.total);
+        let expected: Vec<String> = page
+            .runs
+            .iter()
+            .map(|head| serde_json::to_string(&RunSummary::of_head(head)).unwrap())
+            .collect();
+        let got: Vec<String> = summaries.runs.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, expected);
         (page.runs.into_iter().map(|r| r.id).collect(), page.total)
     }
 
@@ -1761,5 +1960,238 @@ mod tests {
         assert!(store.memo("dir").unwrap().is_some());
         store.commit(&[record("wf_a")], None, None).unwrap();
         assert_eq!(store.memo("dir").unwrap(), None);
+    }
+
+    /// The ids and statuses of a page of summaries.
+    fn summarised(store: &Store, filter: &RunFilter) -> Vec<(String, String)> {
+        store
+            .list_run_summaries(filter, 0, 50)
+            .unwrap()
+            .runs
+            .iter()
+            .map(|text| {
+                let summary: Value = serde_json::from_str(text).unwrap();
+                (
+                    summary["id"].as_str().unwrap().to_owned(),
+                    summary["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_cached_summary_follows_every_write_of_its_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut run = run_record("run_01", "wf_a", Status::Running);
+        store.save_run(Some(&run), &[], false).unwrap();
+        let all = filter(None, None);
+        assert_eq!(
+            summarised(&store, &all),
+            [("run_01".into(), "running".into())]
+        );
+        // Cached now: the next listing serves the same text without reading the record.
+        let first = store.list_run_summaries(&all, 0, 50).unwrap().runs;
+        let again = store.list_run_summaries(&all, 0, 50).unwrap().runs;
+        assert!(Arc::ptr_eq(&first[0], &again[0]));
+        // A status change shows at once, through every filter.
+        run.status = Status::Succeeded;
+        run.finished_at = Some("2026-01-01T00:00:01Z".into());
+        store.save_run(Some(&run), &[], false).unwrap();
+        assert_eq!(
+            summarised(&store, &all),
+            [("run_01".into(), "succeeded".into())]
+        );
+        assert_eq!(
+            summarised(&store, &filter(Some("wf_a"), None)),
+            [("run_01".into(), "succeeded".into())]
+        );
+        // So does a change that keeps the status.
+        run.message = Some("done".into());
+        store.save_run(Some(&run), &[], false).unwrap();
+        let page = store.list_run_summaries(&all, 0, 50).unwrap();
+        let summary: Value = serde_json::from_str(&page.runs[0]).unwrap();
+        assert_eq!(summary["message"], "done");
+        // And a delete.
+        store.delete_runs("wf_a", &["run_01".into()]).unwrap();
+        assert!(summarised(&store, &all).is_empty());
+        store
+            .save_run(
+                Some(&run_record("run_01", "wf_a", Status::Queued)),
+                &[],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            summarised(&store, &all),
+            [("run_01".into(), "queued".into())]
+        );
+    }
+
+    #[test]
+    fn the_summary_cache_keeps_the_newest_runs_it_read() {
+        let store = Store::empty().unwrap();
+        let count = SUMMARY_CACHE_RUNS + 10;
+        for n in 0..count {
+            let run = run_record(&format!("run_{n:05}"), "wf_a", Status::Succeeded);
+            store.save_run(Some(&run), &[], false).unwrap();
+        }
+        for offset in (0..count).step_by(500) {
+            store
+                .list_run_summaries(&filter(None, None), offset, 500)
+                .unwrap();
+        }
+        let index = store.index.read().unwrap();
+        let cache = index.summaries.lock().unwrap();
+        assert_eq!(cache.len(), SUMMARY_CACHE_RUNS);
+        assert_eq!(cache.keys().next().map(|k| &**k), Some("run_00010"));
+    }
+
+    #[test]
+    fn listing_runs_never_reads_their_workflows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (id, status) in [("run_01", Status::Succeeded), ("run_02", Status::Failed)] {
+            store
+                .save_run(Some(&run_record(id, "wf_a", status)), &[], false)
+                .unwrap();
+        }
+        // Every workflow gone: reading a whole run fails, listing does not.
+        store.handles().unwrap().run_workflows.clear().unwrap();
+        assert!(store.run("run_01").is_err());
+        for wanted in [
+            filter(None, None),
+            filter(Some("wf_a"), None),
+            filter(None, Some(Status::Failed)),
+        ] {
+            listed(&store, &wanted, 0, 50);
+        }
+        assert_eq!(
+            summarised(&store, &filter(None, None)),
+            [
+                ("run_02".into(), "failed".into()),
+                ("run_01".into(), "succeeded".into())
+            ]
+        );
+    }
+
+    fn finished(id: &str, at: &str) -> RunRecord {
+        let mut run = run_record(id, "wf_a", Status::Succeeded);
+        run.finished_at = Some(at.into());
+        run
+    }
+
+    fn finished_since(store: &Store, since: &str) -> Vec<String> {
+        let since = chrono::DateTime::parse_from_rfc3339(since)
+            .unwrap()
+            .to_utc();
+        store
+            .runs_finished_since(since)
+            .unwrap()
+            .into_iter()
+            .map(|run| run.id)
+            .collect()
+    }
+
+    #[test]
+    fn runs_are_found_by_finish_time_without_reading_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Created in one order, finished in another; one still running.
+        store
+            .save_run(
+                Some(&finished("run_01", "2026-01-01T12:00:00Z")),
+                &[],
+                false,
+            )
+            .unwrap();
+        store
+            .save_run(
+                Some(&finished("run_02", "2026-01-01T10:00:00+00:00")),
+                &[],
+                false,
+            )
+            .unwrap();
+        store
+            .save_run(
+                Some(&finished("run_03", "2026-01-01T13:30:00+01:00")),
+                &[],
+                false,
+            )
+            .unwrap();
+        store
+            .save_run(
+                Some(&run_record("run_04", "wf_a", Status::Running)),
+                &[],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            finished_since(&store, "2026-01-01T11:00:00Z"),
+            ["run_01", "run_03"]
+        );
+        assert_eq!(
+            finished_since(&store, "2026-01-01T12:00:00Z"),
+            ["run_01", "run_03"]
+        );
+        assert_eq!(finished_since(&store, "2026-01-01T12:00:01Z"), ["run_03"]);
+        // The running one, once finished; a deleted one, gone with its key.
+        store
+            .save_run(
+                Some(&finished("run_04", "2026-01-01T14:00:00Z")),
+                &[],
+                false,
+            )
+            .unwrap();
+        store.delete_runs("wf_a", &["run_03".into()]).unwrap();
+        assert_eq!(
+            finished_since(&store, "2026-01-01T11:00:00Z"),
+            ["run_01", "run_04"]
+        );
+        let h = store.handles().unwrap();
+        assert_eq!(
+            h.runs.scan_prefix(FINISH_PREFIX).count(),
+            4,
+            "the marker and three runs"
+        );
+        // The rest of the tree never sees the index: listings, run records.
+        assert_eq!(store.runs().unwrap().len(), 3);
+        assert_eq!(listed(&store, &filter(None, None), 0, 50).1, 3);
+        // A record outside the range is never read: one that no longer decodes stops a
+        // reader of every run, not this one.
+        h.runs.insert(b"run_01", &b"\x02not json"[..]).unwrap();
+        assert!(store.runs().is_err());
+        assert_eq!(finished_since(&store, "2026-01-01T13:00:00Z"), ["run_04"]);
+    }
+
+    #[test]
+    fn a_store_without_the_finish_index_gets_it_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .save_run(
+                    Some(&finished("run_01", "2026-01-01T12:00:00Z")),
+                    &[],
+                    false,
+                )
+                .unwrap();
+            store
+                .save_run(
+                    Some(&run_record("run_02", "wf_a", Status::Running)),
+                    &[],
+                    false,
+                )
+                .unwrap();
+            // As a release before the index left it: no keys, no marker.
+            let h = store.handles().unwrap();
+            for key in h.runs.scan_prefix(FINISH_PREFIX).keys() {
+                h.runs.remove(key.unwrap()).unwrap();
+            }
+            store.flush().unwrap();
+            assert!(finished_since(&store, "2026-01-01T00:00:00Z").is_empty());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(finished_since(&store, "2026-01-01T00:00:00Z"), ["run_01"]);
     }
 }

@@ -243,6 +243,16 @@ fn the_run_list_pages_newest_first_with_filters_and_totals() {
     );
     assert_eq!(full["runs"][0]["steps"], json!(["a", "b"]), "{full}");
 
+    // A listed run that changes is listed as it is now (its summary is cached once listed).
+    api.app
+        .store
+        .save_run(Some(&stored_run("run_11", "wf_b", "succeeded")), &[], true)
+        .expect("save");
+    let changed = api.get("/api/runs?limit=1").expect(200);
+    assert_eq!(changed["runs"][0]["status"], "succeeded", "{changed}");
+    let failed = api.get("/api/runs?status=failed&limit=2").expect(200);
+    assert_eq!(ids(&failed), ["run_09", "run_07"], "{failed}");
+
     // A delete leaves the pages and their totals.
     api.app
         .store

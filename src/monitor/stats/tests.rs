@@ -612,6 +612,22 @@ fn bootstrap_loads_the_runs_of_the_window_from_the_store() {
     store.save_run(Some(&running), &[], true).unwrap();
     let stats = RunStats::new(DEFAULT_WINDOW);
     assert_eq!(stats.bootstrap(&store, now).unwrap(), 1);
+    // Found by when it finished, not when it was created (its id is the oldest).
+    let mut long = run(
+        "run_00long",
+        "a",
+        Status::Succeeded,
+        &at(now, 5),
+        3 * 3600 * 1000,
+    );
+    long.created_at = at(now, 185);
+    store.save_run(Some(&long), &[], true).unwrap();
+    assert_eq!(
+        RunStats::new(DEFAULT_WINDOW)
+            .bootstrap(&store, now)
+            .unwrap(),
+        2
+    );
     assert_eq!(value(&stats, "workflow.failure_rate", now), Some(1.0));
     let shell = stats.agent("shell", now).unwrap();
     assert_eq!(
