@@ -72,58 +72,59 @@ const MANIFEST_DIRS: [&str; 9] = [
 const OTHER_FILE: &str = "workflows/other.yaml";
 const OTHER_TEXT: &str = "name: Other\nsteps:\n  - name: s\n    command: [\"true\"]\n";
 
-/// A manifest file: the input (after its first byte, which picks the directory) as the
-/// text of a `.yaml` and of a `.json` file, through the reconciler's per-file path (parse,
-/// extract, schema validation, semantic checks), beside another file. It must not panic; every diagnostic names
-/// the file and a line of it (1-based, at most one past the last line), and renders.
+/// A manifest file: the input (after its first byte, which picks the directory and, by its
+/// top bit, `.json` rather than `.yaml`) as the text of a file, through the reconciler's
+/// per-file path (parse, extract, schema validation, semantic checks), beside another
+/// file. It must not panic; every diagnostic names the file and a line of it (1-based, at
+/// most one past the last line), and renders. One file per execution: the same text as
+/// the other kind is another input, which the mutations reach by one bit.
 pub fn manifest(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    let dir = MANIFEST_DIRS[usize::from(selector) % MANIFEST_DIRS.len()];
-    for extension in ["yaml", "json"] {
-        let path = format!("{dir}fuzz.{extension}");
-        let snapshot = Snapshot {
-            revision: "dir:fuzz".to_owned(),
-            content_revision: None,
-            files: vec![
-                SourceFile {
-                    path: path.clone(),
-                    text: text.clone().into_owned(),
-                },
-                SourceFile {
-                    path: OTHER_FILE.to_owned(),
-                    text: OTHER_TEXT.to_owned(),
-                },
-            ],
-            diagnostics: Vec::new(),
-            context: Vec::new(),
-        };
-        let set = desired_set(&snapshot);
-        let lines = line_count(&text);
-        for diagnostic in set.diagnostics.iter().filter(|d| d.file != OTHER_FILE) {
+    let dir = MANIFEST_DIRS[usize::from(selector & 0x7f) % MANIFEST_DIRS.len()];
+    let extension = if selector & 0x80 == 0 { "yaml" } else { "json" };
+    let path = format!("{dir}fuzz.{extension}");
+    let snapshot = Snapshot {
+        revision: "dir:fuzz".to_owned(),
+        content_revision: None,
+        files: vec![
+            SourceFile {
+                path: path.clone(),
+                text: text.clone().into_owned(),
+            },
+            SourceFile {
+                path: OTHER_FILE.to_owned(),
+                text: OTHER_TEXT.to_owned(),
+            },
+        ],
+        diagnostics: Vec::new(),
+        context: Vec::new(),
+    };
+    let set = desired_set(&snapshot);
+    let lines = line_count(&text);
+    for diagnostic in set.diagnostics.iter().filter(|d| d.file != OTHER_FILE) {
+        check_diagnostic(diagnostic, &path, lines);
+        let rendered = diagnostic.render(Some(&text), false);
+        assert!(rendered.contains(&diagnostic.message), "{rendered}");
+    }
+    for object in set.objects.values().filter(|o| o.file != OTHER_FILE) {
+        assert_eq!(object.file, path);
+        assert!(
+            !set.invalid.contains_key(&object.key),
+            "{:?} is both valid and invalid",
+            object.key
+        );
+    }
+    for invalid in set.invalid.values().filter(|o| o.file != OTHER_FILE) {
+        assert_eq!(invalid.file, path);
+        assert!(
+            invalid.diagnostics.iter().any(Diagnostic::is_error),
+            "an invalid object without an error: {invalid:?}"
+        );
+        for diagnostic in &invalid.diagnostics {
             check_diagnostic(diagnostic, &path, lines);
-            let rendered = diagnostic.render(Some(&text), false);
-            assert!(rendered.contains(&diagnostic.message), "{rendered}");
-        }
-        for object in set.objects.values().filter(|o| o.file != OTHER_FILE) {
-            assert_eq!(object.file, path);
-            assert!(
-                !set.invalid.contains_key(&object.key),
-                "{:?} is both valid and invalid",
-                object.key
-            );
-        }
-        for invalid in set.invalid.values().filter(|o| o.file != OTHER_FILE) {
-            assert_eq!(invalid.file, path);
-            assert!(
-                invalid.diagnostics.iter().any(Diagnostic::is_error),
-                "an invalid object without an error: {invalid:?}"
-            );
-            for diagnostic in &invalid.diagnostics {
-                check_diagnostic(diagnostic, &path, lines);
-            }
         }
     }
 }
