@@ -893,3 +893,101 @@ fn a_burst_of_deliveries_runs_every_one_and_keeps_the_history_at_its_limit() {
     let deliveries = hooks.deliveries("trg_burst");
     assert_eq!(deliveries["total"], 40);
 }
+
+/// A server killed between a delivery's `202` and sled's flush of its run leaves the
+/// delivery only in the delivery journal. Made here by hand from what a delivery journals:
+/// an accepted delivery's entry, copied with a new delivery id, record key and run id and
+/// appended to the journal while the server is down. The next start creates that run from
+/// the journal and runs it, once; a redelivery of the id is a duplicate naming it, and a
+/// further restart creates nothing again.
+#[test]
+fn a_journaled_delivery_whose_run_was_never_recorded_runs_once_after_a_restart() {
+    let workflow = "name: Journal\nsteps:\n  - name: t\n    command: [\"true\"]\n";
+    let trigger =
+        "name: Journal\npath: /hooks/journal\nworkflow: wf_journal\nevents: [push]\ninsecure: true\n";
+    let dir = project(&[
+        ("workflows/journal.yaml", workflow),
+        ("triggers/journal.yaml", trigger),
+    ]);
+    let dir = dir.path();
+    let push = push_to_master();
+    let mut server = Server::start(dir);
+    let hooks = Sender::new(dir);
+    let first = hooks
+        .github("/hooks/journal", "push", "j-1", &push, None)
+        .expect(202);
+    let first_run = first["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(hooks.wait_finished(&first_run)["status"], "succeeded");
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{stderr}");
+
+    // The journal of the stopped server holds j-1's entry (settled: sled has its mark).
+    let journal_dir = dir.join("data/delivery-journal");
+    let segments: Vec<std::path::PathBuf> = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let bytes = std::fs::read(&segments[0]).unwrap();
+    let length = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let mut entry: Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    assert_eq!(entry["run"]["id"], first_run.as_str(), "{entry:#}");
+    // The same delivery as j-2, with a run id of its own (a later ULID: ids sort by time).
+    let lost_run = format!("run_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let key = format!("trg_journal/{}", ulid::Ulid::new());
+    entry["key"] = json!(key);
+    entry["record"]["delivery"] = json!("j-2");
+    entry["record"]["run_id"] = json!(lost_run);
+    entry["run"]["id"] = json!(lost_run);
+    entry["run"]["trigger"]["details"]["delivery"] = json!("j-2");
+    let payload = serde_json::to_vec(&entry).unwrap();
+    let mut appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segments[0])
+        .unwrap();
+    use std::io::Write as _;
+    appended
+        .write_all(&(payload.len() as u32).to_le_bytes())
+        .unwrap();
+    appended
+        .write_all(&crc32fast::hash(&payload).to_le_bytes())
+        .unwrap();
+    appended.write_all(&payload).unwrap();
+    drop(appended);
+
+    let mut server = Server::start(dir);
+    let hooks = Sender::new(dir);
+    assert_eq!(hooks.wait_finished(&lost_run)["status"], "succeeded");
+    let duplicate = hooks
+        .github("/hooks/journal", "push", "j-2", &push, None)
+        .expect(200);
+    assert_eq!(duplicate["status"], "duplicate", "{duplicate:#}");
+    assert_eq!(duplicate["runs"][0]["run_id"], lost_run.as_str());
+    let again = hooks
+        .github("/hooks/journal", "push", "j-1", &push, None)
+        .expect(200);
+    assert_eq!(again["runs"][0]["run_id"], first_run.as_str());
+    let deliveries = hooks.deliveries("trg_journal");
+    let accepted: Vec<&Value> = deliveries["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["result"] == "accepted")
+        .collect();
+    assert_eq!(accepted.len(), 2, "{deliveries:#}");
+    assert!(accepted
+        .iter()
+        .any(|d| d["delivery"] == "j-2" && d["run_id"] == lost_run.as_str()));
+    assert_eq!(hooks.runs_of("wf_journal"), 2);
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{stderr}");
+
+    // Replayed once: a further start creates nothing.
+    let _server = Server::start(dir);
+    let hooks = Sender::new(dir);
+    assert_eq!(hooks.runs_of("wf_journal"), 2);
+    let duplicate = hooks
+        .github("/hooks/journal", "push", "j-2", &push, None)
+        .expect(200);
+    assert_eq!(duplicate["runs"][0]["run_id"], lost_run.as_str());
+}
