@@ -917,7 +917,7 @@ fn a_journaled_delivery_whose_run_was_never_recorded_runs_once_after_a_restart()
         .github("/hooks/journal", "push", "j-1", &push, None)
         .expect(202);
     let first_run = first["runs"][0]["run_id"].as_str().unwrap().to_owned();
-    assert_eq!(hooks.wait_finished(&first_run)["status"], "succeeded");
+    assert_eq!(hooks.wait_finished(&first_run)["run"]["status"], "succeeded");
     let (status, stderr) = server.stop();
     assert!(status.success(), "{stderr}");
 
@@ -957,7 +957,7 @@ fn a_journaled_delivery_whose_run_was_never_recorded_runs_once_after_a_restart()
 
     let mut server = Server::start(dir);
     let hooks = Sender::new(dir);
-    assert_eq!(hooks.wait_finished(&lost_run)["status"], "succeeded");
+    assert_eq!(hooks.wait_finished(&lost_run)["run"]["status"], "succeeded");
     let duplicate = hooks
         .github("/hooks/journal", "push", "j-2", &push, None)
         .expect(200);
