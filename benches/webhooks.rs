@@ -206,13 +206,15 @@ fn main() {
             .reference(alone, reference(0.99))
             .target(Target::AtMost(20.0))
             .bound(
-                "the receiver alone (every delivery filtered out, no run) answers at p99 about \
-                 4 ms; with a run per delivery it shares the cores and the disk with about \
-                 400 runs/s, each spawning a process, making its durable writes and creating \
-                 log files that history trimming later deletes. Lowering the runs' CPU priority \
-                 did not move it, so it is the shared fsync and sled's flushes. Delivery \
-                 records in a store whose flushes the runs do not share (a second sled or an \
-                 append-only file), or pacing run starts while deliveries arrive, would move it.",
+                "the reference is the receiver alone (the same load filtered out, no run, one \
+                 durable record). With a run per delivery the receiver shares the cores and \
+                 sled with about 400 runs/s, each spawning a process and making its durable \
+                 writes. Acknowledging a delivery once it is in a journal of its own (its \
+                 fdatasync took 44 µs at p50) was tried and made it worse: the deliveries' \
+                 sled writes, no longer paced by the shared flush, queued behind sled's \
+                 global batch lock (every apply_batch, such as a run's record, locks every \
+                 tree) and the receiver fell to about 450 deliveries/s. Fewer sled batches \
+                 per delivery (or runs written in one batch by one thread) must come first.",
             ),
     );
     report.add(

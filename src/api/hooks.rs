@@ -5,12 +5,9 @@
 //! checked (`X-Hub-Signature-256`, a generic provider's header, or a bearer token; with no
 //! secret, the API token when one is configured), then `ping`, the filters and the
 //! parameters; the delivery id is claimed in the store before the run is created, so a
-//! redelivery — after a restart too — runs nothing. An accepted delivery's run is made
-//! (workflow and parameters checked) and handed to [`crate::triggers::accepted`]: the
-//! `202` comes once the delivery is in its journal, and the run starts as soon as sled has
-//! flushed it (a crash in between loses nothing: the next start replays the journal).
-//! Every outcome is recorded for `trigger deliveries`. The answer comes at once: `202`
-//! with the runs (they go on in their own threads), `200` for a ping, a duplicate or a delivery no filter lets
+//! redelivery — after a restart too — runs nothing. Every outcome is recorded for
+//! `trigger deliveries`. The answer comes at once: `202` with the runs started (they go on
+//! in their own threads), `200` for a ping, a duplicate or a delivery no filter lets
 //! through (saying why), `401` when no trigger accepts the signature, `404` when no trigger
 //! has the path, `413` over 25 MB.
 //!
@@ -482,7 +479,8 @@ fn run_trigger(
         }
     }
     // Remembered before the run exists (sled recovers a prefix of its writes), so no crash
-    // can leave a run whose delivery would be accepted again.
+    // can leave a run whose delivery would be accepted again; one flush, after the run and
+    // the record naming it are written, makes them all durable before the answer.
     deliveries::record(&state.store, &key, &record, false)?;
     let mut details = Map::new();
     details.insert("trigger".into(), Value::from(trigger.id.clone()));
@@ -502,39 +500,24 @@ fn run_trigger(
             details,
         },
     };
-    // The run is made (workflow, parameters checked) but not written: the journal makes
-    // the delivery durable with it, and the starter writes it durably before it runs.
-    let accepted = state
-        .runner
-        .prepare_run(&request)
-        .map_err(|err| {
-            let reason = format!("the run could not be started: {err}");
-            (reason, ApiError::from(err).status)
-        })
-        .and_then(|(run, steps)| {
-            record.run_id = Some(run.id.clone());
-            state
-                .accepted
-                .accept(&key, &record, run, steps)
-                .map_err(|err| {
-                    tracing::error!(trigger = %trigger.id, delivery = %record.delivery, "webhook delivery not accepted: {err}");
-                    (
-                        format!("the delivery could not be recorded: {err}"),
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                    )
-                })
-        });
+    let accepted = state.runner.start_run_recorded(&request, |run| {
+        record.run_id = Some(run.id.clone());
+        deliveries::name_run(&state.store, &trigger.id, &record.delivery, &key, &run.id)?;
+        deliveries::record(&state.store, &key, &record, true)
+    });
     match accepted {
-        Ok(()) => {
-            tracing::debug!(trigger = %trigger.id, delivery = %record.delivery, run = ?record.run_id, "webhook delivery accepted");
+        Ok(run) => {
+            tracing::debug!(trigger = %trigger.id, delivery = %record.delivery, run = %run.id, "webhook delivery accepted");
             Ok(Outcome {
                 record,
                 error_status: None,
                 written: true,
             })
         }
-        Err((reason, status)) => {
+        Err(err) => {
             // No run: the id is released, so a redelivery may try again.
+            let reason = format!("the run could not be started: {err}");
+            let status = ApiError::from(err).status;
             record.run_id = None;
             deliveries::release(&state.store, &trigger.id, &record.delivery)?;
             record.result = DeliveryResult::Error;

@@ -33,8 +33,6 @@ pub struct App {
     pub data_dir: PathBuf,
     /// Runs: start, cancel, the runs executing and waiting.
     pub runner: Arc<Runner>,
-    /// Accepted webhook deliveries: their journal and the thread that starts their runs.
-    pub accepted: Arc<crate::triggers::accepted::Accepted>,
     /// Reconciles and the manifest source.
     pub controller: Arc<Controller>,
     /// What the read routes serve, in memory.

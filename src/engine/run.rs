@@ -285,16 +285,6 @@ pub fn create_run_unflushed(
     Ok(created)
 }
 
-/// The run and its queued steps for a request, as [`create_run_in`] would store them, not
-/// written: for a caller that makes it durable its own way (a webhook delivery's journal).
-pub fn prepare_run_in(
-    store: &Store,
-    objects: &BTreeMap<ObjectKey, ObjectRecord>,
-    request: &RunRequest,
-) -> Result<Created, EngineError> {
-    prepare_run(objects, request, &source_revisions(store))
-}
-
 /// The revision each source (`dir`, `git`) was last reconciled at, by name.
 fn source_revisions(store: &Store) -> Vec<(String, String)> {
     ["dir", "git"]
@@ -414,8 +404,7 @@ pub fn log_name(step: &str) -> String {
         .collect()
 }
 
-/// The steps of a new run, queued: what is stored with it when it is created.
-pub fn initial_steps(run: &RunRecord) -> Result<Vec<StepRecord>, EngineError> {
+fn initial_steps(run: &RunRecord) -> Result<Vec<StepRecord>, EngineError> {
     let specs = run.workflow["steps"]
         .as_array()
         .cloned()

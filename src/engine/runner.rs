@@ -205,17 +205,6 @@ impl Runner {
         Ok(run)
     }
 
-    /// A run made for `request` (workflow expanded, parameters checked) and its queued
-    /// steps, not written: the caller writes it, makes it durable and hands it to
-    /// [`Runner::spawn`] (a webhook delivery, through its journal).
-    pub fn prepare_run(
-        &self,
-        request: &run::RunRequest,
-    ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-        self.refuse_when_stopping()?;
-        run::prepare_run_in(&self.store, &self.view.objects().records, request)
-    }
-
     /// Creates a re-run of a finished run and starts it.
     pub fn start_rerun(
         self: &Arc<Self>,

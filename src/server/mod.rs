@@ -125,13 +125,6 @@ pub fn assemble(
     for id in &recovery.interrupted {
         tracing::warn!("run {id} was left running by a process that ended; marked interrupted");
     }
-    // Webhook deliveries acknowledged whose run sled lost: their runs are created from the
-    // delivery journal (queued, started below with the others), before the claims are
-    // settled.
-    let (journal, replayed) = crate::triggers::accepted::recover(&store, &data_dir)?;
-    for run in &replayed.created {
-        tracing::warn!("run {run} of a webhook delivery acknowledged by a process that ended was created from the delivery journal");
-    }
     // Webhook deliveries claimed without a recorded run: linked to their run, or released
     // so that a redelivery runs them.
     let deliveries = crate::triggers::recovery::recover(&store)?;
@@ -171,11 +164,6 @@ pub fn assemble(
         }),
         max_active: config.config.runs.max_active_runs(),
     });
-    let accepted = Arc::new(crate::triggers::accepted::Accepted::start(
-        journal,
-        Arc::clone(&store),
-        Arc::clone(&runner),
-    )?);
     for id in runner.resume_running(recovery.resumed) {
         tracing::warn!(
             "run {id} was left running by a process that ended; resumed with its steps on workers"
@@ -207,7 +195,6 @@ pub fn assemble(
         environment,
         data_dir: data_dir.clone(),
         runner: Arc::clone(&runner),
-        accepted,
         controller: Arc::clone(&controller),
         view,
         events,

@@ -16,7 +16,6 @@
 //! later release can migrate records; the rest is JSON. Writes go through one atomic batch and are flushed before the
 //! call returns, so whatever the caller then reports is on disk.
 
-pub mod journal;
 pub mod test_history;
 
 use std::collections::{BTreeMap, HashMap};
@@ -528,9 +527,9 @@ impl Store {
     }
 
     /// Makes every write made so far durable (one flush for all the threads asking at
-    /// once: see [`GroupCommit`]): for a caller that wrote unflushed and acknowledged
-    /// elsewhere (the delivery journal). The store's own writes use [`Store::flush_on`].
-    pub fn flush(&self) -> Result<(), StoreError> {
+    /// once: see [`GroupCommit`]). The store's own writes use [`Store::flush_on`].
+    #[cfg(test)]
+    fn flush(&self) -> Result<(), StoreError> {
         let handles = self.handles()?;
         self.flush_on(&handles)
     }

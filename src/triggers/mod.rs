@@ -5,7 +5,6 @@
 //! the store, and [`commit_status`], the service that reports runs back to their GitHub
 //! commit; the HTTP side (`api::hooks`) resolves secrets and starts the runs.
 
-pub mod accepted;
 pub mod commit_status;
 pub mod deliveries;
 pub mod recovery;

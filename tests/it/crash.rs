@@ -106,9 +106,6 @@ struct Tally {
     duplicates_answered: usize,
     redeliveries_accepted: usize,
     catch_up_kills: usize,
-    /// Runs of deliveries acknowledged (journaled) whose run sled had lost at the kill,
-    /// created from the delivery journal at the restart.
-    replayed_from_journal: usize,
 }
 
 /// A client that tells a lost connection (the server was killed) from an answer.
@@ -723,10 +720,6 @@ fn crash_trials(mode: Mode, count: usize) {
         for thread in threads {
             thread.join().expect("a workload thread panicked");
         }
-        // The 202 comes once the delivery is journaled, before sled's flush of its run: a
-        // kill in between leaves the run to the journal's replay at the next start
-        // (checked below like every acknowledged delivery), which says so in the log.
-        let journal_entries = journaled_runs(dir);
         if mode == Mode::Apply {
             crash_cli_apply(dir, &ledger, &mut rng, &mut tally, &context);
         }
@@ -753,25 +746,12 @@ fn crash_trials(mode: Mode, count: usize) {
             );
         }
         check_restart(dir, &client, &ledger, restarted, &mut tally, &context);
-        let replayed: Vec<String> = server
-            .stderr()
-            .lines()
-            .filter(|l| l.contains("created from the delivery journal"))
-            .map(str::to_owned)
-            .collect();
-        for line in &replayed {
-            assert!(
-                journal_entries.iter().any(|run| line.contains(run.as_str())),
-                "{context}: a run created from the journal that the journal did not hold: {line}"
-            );
-        }
-        tally.replayed_from_journal += replayed.len();
     }
     let (status, _) = server.stop();
     assert!(status.success(), "{status:?}\n{}", server.stderr());
     let ledger = ledger.lock().unwrap();
     eprintln!(
-        "crash {mode:?}: {count} trials in {:.1} s (seed {seed}); kills after {}–{} ms of load; acknowledged: {} runs, {} silences, {} deliveries, generation {}; runs interrupted by the crashes: {}; runs created before the last crash: {}; orchestrator apply killed midway {} times, finished {} times; redeliveries answered duplicate {}, accepted {}; killed while catching up missed fires {} times; runs created from the delivery journal {}",
+        "crash {mode:?}: {count} trials in {:.1} s (seed {seed}); kills after {}–{} ms of load; acknowledged: {} runs, {} silences, {} deliveries, generation {}; runs interrupted by the crashes: {}; runs created before the last crash: {}; orchestrator apply killed midway {} times, finished {} times; redeliveries answered duplicate {}, accepted {}; killed while catching up missed fires {} times",
         began.elapsed().as_secs_f64(),
         delays.iter().min().unwrap_or(&0),
         delays.iter().max().unwrap_or(&0),
@@ -786,33 +766,7 @@ fn crash_trials(mode: Mode, count: usize) {
         tally.duplicates_answered,
         tally.redeliveries_accepted,
         tally.catch_up_kills,
-        tally.replayed_from_journal,
     );
-}
-
-/// The run ids the delivery journal of the stopped server holds (the server replays them at
-/// its next start and deletes the segments).
-fn journaled_runs(dir: &Path) -> Vec<String> {
-    let Ok(segments) = fs::read_dir(dir.join("data/delivery-journal")) else {
-        return Vec::new();
-    };
-    let mut runs = Vec::new();
-    for segment in segments {
-        let bytes = fs::read(segment.unwrap().path()).unwrap();
-        let mut at = 0;
-        while at + 8 <= bytes.len() {
-            let length = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            let Some(payload) = bytes.get(at + 8..at + 8 + length) else {
-                break;
-            };
-            match serde_json::from_slice::<Value>(payload) {
-                Ok(entry) => runs.extend(entry["run"]["id"].as_str().map(str::to_owned)),
-                Err(_) => break,
-            }
-            at += 8 + length;
-        }
-    }
-    runs
 }
 
 /// This mode's share of the trials (at least a third of the total each, so the three add
