@@ -34,6 +34,7 @@ fn main() {
     let alone_project = clock_project(&binary, &work.path().join("alone"));
     write_schedule(&alone_project, 0, "* * * * * *");
     let alone = Percentiles::of(fire_lateness(&binary, &alone_project, ALONE_FIRES));
+    let alone_floor = Percentiles::of(floor_alone(ALONE_FIRES));
     let (ours, floor) = (Percentiles::of(lateness), Percentiles::of(floor));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let metric = format!(
@@ -66,13 +67,15 @@ fn main() {
     let alone_metric = format!(
         "fire lateness, one schedule alone due every second × {ALONE_FIRES}, due → first step's process running"
     );
-    report.add(Measurement::new(
-        format!("{alone_metric}, p50"),
-        "ms",
-        alone.p50,
-    ));
+    let alone_floor_name =
+        "floor: one thread waking at an instant, creating a log file and spawning the step";
+    report.add(
+        Measurement::new(format!("{alone_metric}, p50"), "ms", alone.p50)
+            .reference(alone_floor_name, alone_floor.p50),
+    );
     report.add(
         Measurement::new(format!("{alone_metric}, p99"), "ms", alone.p99)
+            .reference(alone_floor_name, alone_floor.p99)
             .target(Target::AtMost(5.0))
             .bound(
                 "at the due instant the run makes two durable writes (run running, step \
@@ -210,6 +213,39 @@ fn floor_lateness(rounds: usize) -> Vec<f64> {
         }
     }
     samples
+}
+
+/// The schedule alone without the orchestrator: `fires` times, a thread sleeps until an
+/// instant 50 ms ahead, creates a log file and spawns `date +%s.%N` into it; the lateness of
+/// each process's clock.
+fn floor_alone(fires: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64()
+    };
+    (0..fires)
+        .map(|fire| {
+            let due = clock() + 0.05;
+            std::thread::sleep(Duration::from_secs_f64((due - clock()).max(0.0)));
+            let path = dir.path().join(format!("{fire}.log"));
+            let log = fs::File::create(&path).expect("log");
+            let status = Command::new("date")
+                .arg("+%s.%N")
+                .stdout(log)
+                .status()
+                .expect("date");
+            assert!(status.success());
+            let started: f64 = fs::read_to_string(path)
+                .expect("clock")
+                .trim()
+                .parse()
+                .expect("a clock reading");
+            (started - due) * 1e3
+        })
+        .collect()
 }
 
 fn finished_runs(address: &str) -> Vec<Value> {
