@@ -241,7 +241,7 @@ fn load_started_at(
     }
     // Reading is most of the cost of a large tree: read the files in parallel, and with an
     // index only those whose stamp changed.
-    let read: Vec<Result<Result<(SourceFile, [u8; 32]), Diagnostic>, DirError>> = walker
+    let read: Vec<Result<Outcome, DirError>> = walker
         .to_read
         .par_iter()
         .map(|found| read_found(found, index, started))
@@ -404,13 +404,16 @@ impl Walker {
     }
 }
 
+/// A file read, with the SHA-256 of its text, or why it cannot be used.
+type Outcome = Result<(SourceFile, [u8; 32]), Diagnostic>;
+
 /// One file found by the walk, with the SHA-256 of its text: remembered by `index` when its
 /// stamp is the one remembered and was not racy, else read (and remembered).
 fn read_found(
     found: &Found,
     index: Option<&FileIndex>,
     started: i128,
-) -> Result<Result<(SourceFile, [u8; 32]), Diagnostic>, DirError> {
+) -> Result<Outcome, DirError> {
     if let Some(index) = index {
         if let Some(known) = index.lock().get(&found.path) {
             if known.stamp == found.stamp && !known.racy && known.shown == found.shown {
