@@ -4,7 +4,10 @@
 //! - no-op re-reconcile: the same against the populated store (the unchanged revision reuses
 //!   its memo), and once more with the memo bypassed, for reference;
 //! - scaling: cold and no-op reconcile at 1,000, 10,000 and 100,000 manifests, each size in
-//!   a process of its own: time per manifest (flat is the goal) and resident memory after;
+//!   a process of its own, the way the server's controller reconciles (its file index and
+//!   file checks kept between reconciles): time per manifest (flat is the goal, the 1,000
+//!   figure the reference) and resident memory after; at the largest size the no-op beside
+//!   a one-shot `apply`'s, which reads every file;
 //! - validation throughput: JSON Schema validation of the same documents, beside
 //!   python-jsonschema validating them with the same schemas in the same run (skipped with a
 //!   note when python3 cannot import jsonschema; `bench/foundation` installs it).
@@ -137,8 +140,8 @@ fn main() {
         .target(Target::AtMost(300.0))
         .bound(
             "reading and hashing every file to find the revision unchanged (the memo then \
-             skips parsing and validation). Skipping files whose size and modification time \
-             did not change would move it, at the price of trusting modification times.",
+             skips parsing and validation): a one-shot reconcile keeps no file index. The \
+             controller's index skips files whose stamp is unchanged (the scaling rows).",
         ),
     );
     report.add(
@@ -182,6 +185,9 @@ fn scaling(report: &mut Report, runs: usize) {
             samples.push(ScaleFigures {
                 cold_ms: value["cold_ms"].as_f64().unwrap_or(f64::NAN),
                 noop_ms: value["noop_ms"].as_f64().unwrap_or(f64::NAN),
+                noop_unindexed_ms: value["noop_unindexed_ms"].as_f64().unwrap_or(f64::NAN),
+                cold_cpu_ms: value["cold_cpu_ms"].as_f64().unwrap_or(f64::NAN),
+                noop_cpu_ms: value["noop_cpu_ms"].as_f64().unwrap_or(f64::NAN),
                 rss_mib: value["rss_mib"].as_f64().unwrap_or(f64::NAN),
             });
         }
@@ -193,6 +199,9 @@ fn scaling(report: &mut Report, runs: usize) {
             ScaleFigures {
                 cold_ms: middle(|f| f.cold_ms),
                 noop_ms: middle(|f| f.noop_ms),
+                noop_unindexed_ms: middle(|f| f.noop_unindexed_ms),
+                cold_cpu_ms: middle(|f| f.cold_cpu_ms),
+                noop_cpu_ms: middle(|f| f.noop_cpu_ms),
                 rss_mib: middle(|f| f.rss_mib),
             },
         ));
@@ -201,6 +210,8 @@ fn scaling(report: &mut Report, runs: usize) {
     let (base_count, base) = &figures[0];
     let base_cold = per(base.cold_ms, *base_count);
     let base_noop = per(base.noop_ms, *base_count);
+    let base_cold_cpu = per(base.cold_cpu_ms, *base_count);
+    let base_noop_cpu = per(base.noop_cpu_ms, *base_count);
     let base_name = format!("at {} manifests", support::number(*base_count as f64));
     for (what, base_per, pick) in [
         (
@@ -211,6 +222,17 @@ fn scaling(report: &mut Report, runs: usize) {
         ("no-op re-reconcile", base_noop, |f: &ScaleFigures| {
             f.noop_ms
         }),
+        // CPU time (every thread): what the machine's other work does not add to.
+        (
+            "cold reconcile, CPU time",
+            base_cold_cpu,
+            |f: &ScaleFigures| f.cold_cpu_ms,
+        ),
+        (
+            "no-op re-reconcile, CPU time",
+            base_noop_cpu,
+            |f: &ScaleFigures| f.noop_cpu_ms,
+        ),
     ] {
         for (count, f) in &figures {
             let mut row = Measurement::new(
@@ -221,7 +243,9 @@ fn scaling(report: &mut Report, runs: usize) {
                 "µs",
                 per(pick(f), *count),
             );
-            if count != base_count {
+            // CPU time is counted in clock ticks (10 ms): a no-op at 1,000 manifests takes
+            // less than one, so it is no reference.
+            if count != base_count && base_per > 0.0 {
                 row = row
                     .reference(base_name.clone(), base_per)
                     .target(Target::RatioAtMost(1.25))
@@ -251,8 +275,15 @@ fn scaling(report: &mut Report, runs: usize) {
                 "ms",
                 f.noop_ms,
             )
+            .reference(
+                "the same with every file read (a one-shot apply)",
+                f.noop_unindexed_ms,
+            )
             .target(Target::AtMost(1_000.0))
-            .bound("reading and hashing every file to find the revision unchanged."),
+            .bound(
+                "the walk: listing the directories and a stat of every file to find each \
+                 stamp unchanged; the files themselves are not opened.",
+            ),
         );
     }
     for (count, f) in &figures {
@@ -279,6 +310,9 @@ fn scaling(report: &mut Report, runs: usize) {
 struct ScaleFigures {
     cold_ms: f64,
     noop_ms: f64,
+    noop_unindexed_ms: f64,
+    cold_cpu_ms: f64,
+    noop_cpu_ms: f64,
     rss_mib: f64,
 }
 
@@ -299,45 +333,92 @@ fn source_of(project: &Path) -> (DirOptions, Vec<SourcePath>) {
 }
 
 /// In a child process: generates `count` manifests, reconciles them into an empty store and
-/// once more unchanged, and prints the times and the resident memory after, as JSON.
+/// once more unchanged the way the server's controller does (its file index and file checks
+/// kept between reconciles, the records it returns kept as the view keeps them), then once
+/// more unchanged the way a one-shot `apply` does (every file read: the reference), and
+/// prints the times and the resident memory after the first two, as JSON.
 fn scale_child(count: usize) {
     let work = tempfile::tempdir().expect("temp dir");
     let project = work.path().join("project");
     generate(&project, count);
     let (options, paths) = source_of(&project);
     let store = Store::open(&work.path().join("data")).expect("store");
-    let reconcile_once = || {
-        let started = Instant::now();
-        let snapshot = dir::load(&paths, &options).expect("load");
-        let prepared = reconcile::prepare(
-            &store,
-            &snapshot,
-            &ReconcileOptions {
-                source: "dir".into(),
-                scope: None,
-                prune: true,
-                use_memo: true,
-            },
-        )
-        .expect("prepare");
-        assert!(!prepared.has_errors(), "{:?}", prepared.diagnostics.first());
-        let report =
-            reconcile::apply(&store, &prepared, false, "2026-01-01T00:00:00Z").expect("apply");
-        (started.elapsed(), report.created.len(), prepared.from_memo)
+    let index = dir::FileIndex::default();
+    let checks = reconcile::FileChecks::default();
+    let reconcile_options = ReconcileOptions {
+        source: "dir".into(),
+        scope: None,
+        prune: true,
+        use_memo: true,
     };
-    let (cold, created, _) = reconcile_once();
+    let mut view = None;
+    let mut reconcile_once = |long_lived: bool| {
+        let started = Instant::now();
+        let cpu_before = cpu_time();
+        let (snapshot, prepared) = if long_lived {
+            let snapshot = dir::load_indexed(&paths, &options, Some(&index)).expect("load");
+            index.retain_only(&snapshot);
+            let prepared =
+                reconcile::prepare_checked(&store, &snapshot, &reconcile_options, Some(&checks))
+                    .expect("prepare");
+            (snapshot, prepared)
+        } else {
+            let snapshot = dir::load(&paths, &options).expect("load");
+            let prepared =
+                reconcile::prepare(&store, &snapshot, &reconcile_options).expect("prepare");
+            (snapshot, prepared)
+        };
+        drop(snapshot);
+        assert!(!prepared.has_errors(), "{:?}", prepared.diagnostics.first());
+        let (report, records) =
+            reconcile::apply_returning_records(&store, &prepared, false, "2026-01-01T00:00:00Z")
+                .expect("apply");
+        if records.is_some() {
+            view = records;
+        }
+        let cpu = cpu_time() - cpu_before;
+        (
+            started.elapsed(),
+            cpu,
+            report.created.len(),
+            prepared.from_memo,
+        )
+    };
+    let (cold, cold_cpu, created, _) = reconcile_once(true);
     assert_eq!(created, count);
-    let (noop, created, from_memo) = reconcile_once();
+    let (noop, noop_cpu, created, from_memo) = reconcile_once(true);
     assert!(created == 0 && from_memo);
     let rss_mib = support::rss_kib(std::process::id()) as f64 / 1024.0;
+    let (noop_unindexed, _, created, from_memo) = reconcile_once(false);
+    assert!(created == 0 && from_memo);
+    drop(view);
     println!(
         "{}",
         json!({
             "cold_ms": cold.as_secs_f64() * 1e3,
             "noop_ms": noop.as_secs_f64() * 1e3,
+            "noop_unindexed_ms": noop_unindexed.as_secs_f64() * 1e3,
+            "cold_cpu_ms": cold_cpu.as_secs_f64() * 1e3,
+            "noop_cpu_ms": noop_cpu.as_secs_f64() * 1e3,
             "rss_mib": rss_mib,
         })
     );
+}
+
+/// The CPU time this process has used (user and system, every thread): on a shared machine
+/// the wall time of a phase also counts the time other work held the cores.
+fn cpu_time() -> Duration {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name's closing parenthesis; utime and stime are the
+    // 14th and 15th of the line, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
 fn median(samples: &[Duration]) -> Duration {

@@ -17,6 +17,7 @@ use crate::events::EventBus;
 use crate::monitor::metrics::Metrics;
 use crate::reconcile::view::View;
 use crate::reconcile::FileChecks;
+use crate::source::dir::FileIndex;
 use crate::store::{Store, StoreError};
 
 pub use git::GitState;
@@ -44,6 +45,9 @@ pub struct Controller {
     /// Each manifest file's own check, by path and text: a reconcile after an edit parses
     /// and validates the edited files alone.
     file_checks: FileChecks,
+    /// Each manifest file's stamp and text, by path: a reconcile reads the changed files
+    /// alone.
+    file_index: FileIndex,
 }
 
 impl Controller {
@@ -67,6 +71,7 @@ impl Controller {
             git,
             reconcile_lock: Mutex::new(()),
             file_checks: FileChecks::default(),
+            file_index: FileIndex::default(),
         }
     }
 

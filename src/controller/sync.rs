@@ -1,9 +1,10 @@
 //! The reconcile loop: the manifest directories are watched (notify), changes are debounced
 //! — editors save through rename-and-replace, several files change at once; the quiet
 //! waited for grows with the burst — and the whole source is reconciled into the store (its
-//! files read again, only those whose text changed parsed again: the controller's
-//! [`FileChecks`](crate::reconcile::FileChecks)); a periodic full resync catches anything a watch
-//! missed. Every reconcile publishes what it changed, once it is durable.
+//! directories walked again, only the files whose stamp changed read again — the controller's
+//! [`FileIndex`](crate::source::dir::FileIndex) — and only those whose text changed parsed
+//! again — its [`FileChecks`](crate::reconcile::FileChecks)); a periodic full resync catches
+//! anything a watch missed. Every reconcile publishes what it changed, once it is durable.
 //!
 //! The controller prunes: a manifest removed from the tree removes its object, because the
 //! files are the source of truth (`apply` from the command line prunes only when asked).
@@ -75,7 +76,8 @@ pub fn reconcile(
             super::git::GIT_SOURCE,
         ),
         None => {
-            let (snapshot, scope) = reconcile::load_manifests(&shared.config, paths)?;
+            let (snapshot, scope) =
+                reconcile::load_manifests_indexed(&shared.config, paths, &shared.file_index)?;
             (snapshot, scope, "dir")
         }
     };

@@ -120,7 +120,8 @@ pub struct FileChecks {
 
 struct CheckedFile {
     digest: [u8; 32],
-    result: FileResult,
+    /// Shared with the reconciles that use it: a reconcile reads it, never copies it.
+    result: std::sync::Arc<FileResult>,
 }
 
 impl std::fmt::Debug for FileChecks {
@@ -154,14 +155,14 @@ impl FileChecks {
 
     /// The check of one file: remembered when its text is unchanged, else done and
     /// remembered.
-    fn check(&self, source: &SourceFile) -> FileResult {
+    fn check(&self, source: &SourceFile) -> std::sync::Arc<FileResult> {
         let digest: [u8; 32] = Sha256::digest(source.text.as_bytes()).into();
         if let Some(known) = self.lock().get(&source.path) {
             if known.digest == digest {
                 return known.result.clone();
             }
         }
-        let result = check_file(source);
+        let result = std::sync::Arc::new(check_file(source));
         self.parsed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lock().insert(
@@ -208,23 +209,26 @@ pub fn desired_set_checked(
             .par_iter()
             .map(|file| match checks {
                 Some(checks) => checks.check(file),
-                None => check_file(file),
+                None => std::sync::Arc::new(check_file(file)),
             })
             .collect()
     };
-    let per_file: Vec<FileResult> = match check_pool() {
+    let per_file: Vec<std::sync::Arc<FileResult>> = match check_pool() {
         Some(pool) => pool.install(check_all),
         None => check_all(),
     };
 
-    let mut candidates: Vec<Candidate> = Vec::new();
-    for result in per_file {
+    // The candidates are read where the file checks hold them; what the checks across files
+    // add to each is kept beside it.
+    let mut candidates: Vec<&Candidate> = Vec::new();
+    for result in &per_file {
         if result.damaged {
             set.damaged_files.insert(result.file.clone());
         }
-        set.diagnostics.extend(result.diagnostics);
-        candidates.extend(result.candidates);
+        set.diagnostics.extend(result.diagnostics.iter().cloned());
+        candidates.extend(result.candidates.iter());
     }
+    let mut added: Vec<Vec<Diagnostic>> = vec![Vec::new(); candidates.len()];
 
     // The rest of the source, when the snapshot is limited to some paths: its objects are
     // what the snapshot's references and ids are checked against, as in a whole check.
@@ -247,8 +251,8 @@ pub fn desired_set_checked(
         .chain(context.iter().filter_map(|m| Some((m.kind, m.id()?, m))))
         .collect();
     for (index, diagnostic) in semantic::duplicate_ids(&keyed) {
-        if let Some(candidate) = candidates.get_mut(index) {
-            candidate.diagnostics.push(diagnostic);
+        if let Some(added) = added.get_mut(index) {
+            added.push(diagnostic);
         }
     }
 
@@ -293,29 +297,35 @@ pub fn desired_set_checked(
             .filter(|k| !seen.insert(k.clone()))
             .collect()
     };
-    for (mut candidate, reference_diagnostics) in candidates.into_iter().zip(references) {
-        candidate.diagnostics.extend(reference_diagnostics);
+    for ((candidate, added), reference_diagnostics) in
+        candidates.into_iter().zip(added).zip(references)
+    {
+        let diagnostics: Vec<Diagnostic> = candidate
+            .diagnostics
+            .iter()
+            .cloned()
+            .chain(added)
+            .chain(reference_diagnostics)
+            .collect();
         let key = candidate.key();
         let name = candidate.manifest.name().unwrap_or_default().to_owned();
         let file = candidate.manifest.file.clone();
-        set.diagnostics
-            .extend(candidate.diagnostics.iter().cloned());
-        if candidate.diagnostics.iter().any(Diagnostic::is_error) {
+        set.diagnostics.extend(diagnostics.iter().cloned());
+        if diagnostics.iter().any(Diagnostic::is_error) {
             let entry = set.invalid.entry(key).or_insert_with(|| InvalidObject {
                 name,
                 file,
                 diagnostics: Vec::new(),
             });
-            entry.diagnostics.extend(candidate.diagnostics);
+            entry.diagnostics.extend(diagnostics);
         } else if !duplicated.contains(&key) {
-            let hash = content_hash(&candidate.manifest.value);
             set.objects.insert(
                 key.clone(),
                 DesiredObject {
                     key,
                     name,
-                    spec: candidate.manifest.value,
-                    hash,
+                    spec: candidate.manifest.value.clone(),
+                    hash: candidate.hash.clone(),
                     file,
                 },
             );
@@ -369,10 +379,11 @@ fn column_inside_scalar(text: &str, line: u32, column: u32, inner: u32) -> u32 {
 }
 
 /// A document that got as far as having a kind and an id.
-#[derive(Clone)]
 struct Candidate {
     manifest: Manifest,
     id: String,
+    /// [`content_hash`] of the manifest's value, computed once with the check.
+    hash: String,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -385,7 +396,6 @@ impl Candidate {
     }
 }
 
-#[derive(Clone)]
 struct FileResult {
     file: String,
     damaged: bool,
@@ -474,9 +484,11 @@ fn check_file(source: &SourceFile) -> FileResult {
                 continue;
             };
             diagnostics.extend(semantic::check_object(&manifest));
+            let hash = content_hash(&manifest.value);
             result.candidates.push(Candidate {
                 manifest,
                 id,
+                hash,
                 diagnostics,
             });
         }
@@ -519,6 +531,22 @@ pub fn load_manifests(
     load_manifests_under(config, &config.project_dir, paths)
 }
 
+/// [`load_manifests`], reading only the files whose stamp `index` does not know (see
+/// [`FileIndex`](crate::source::dir::FileIndex)): what a long-lived reconciler calls, so
+/// that a reconcile of an unchanged tree opens no file. A load of the whole source forgets
+/// the files gone from it.
+pub fn load_manifests_indexed(
+    config: &crate::config::LoadedConfig,
+    paths: &[std::path::PathBuf],
+    index: &crate::source::dir::FileIndex,
+) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
+    let loaded = load_manifests_in(config, &config.project_dir, paths, Some(index))?;
+    if loaded.1.is_none() {
+        index.retain_only(&loaded.0);
+    }
+    Ok(loaded)
+}
+
 /// [`load_manifests`] with the configured manifest directories relative to `root` instead of
 /// the project directory (a git checkout); paths are shown relative to `root`, and symlinks
 /// may not leave it.
@@ -526,6 +554,15 @@ pub fn load_manifests_under(
     config: &crate::config::LoadedConfig,
     root: &std::path::Path,
     paths: &[std::path::PathBuf],
+) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
+    load_manifests_in(config, root, paths, None)
+}
+
+fn load_manifests_in(
+    config: &crate::config::LoadedConfig,
+    root: &std::path::Path,
+    paths: &[std::path::PathBuf],
+    index: Option<&crate::source::dir::FileIndex>,
 ) -> Result<(Snapshot, Option<Vec<String>>), crate::source::dir::DirError> {
     use crate::source::dir::{self, DirOptions};
     let (source_paths, scope): (Vec<SourcePath>, _) = if paths.is_empty() {
@@ -552,9 +589,9 @@ pub fn load_manifests_under(
         root: root.to_owned(),
         max_file_bytes: config.config.manifests.max_file_bytes,
     };
-    let mut snapshot = dir::load(&source_paths, &options)?;
+    let mut snapshot = dir::load_indexed(&source_paths, &options, index)?;
     if scope.is_some() {
-        snapshot.context = rest_of_source(config, root, &options, &snapshot);
+        snapshot.context = rest_of_source(config, root, &options, &snapshot, index);
     }
     Ok((snapshot, scope))
 }
@@ -566,6 +603,7 @@ fn rest_of_source(
     root: &std::path::Path,
     options: &crate::source::dir::DirOptions,
     scoped: &Snapshot,
+    index: Option<&crate::source::dir::FileIndex>,
 ) -> Vec<SourceFile> {
     use crate::source::dir;
     let real = |shown: &str| {
@@ -580,7 +618,7 @@ fn rest_of_source(
             .unwrap_or(joined)
     };
     let held: BTreeSet<std::path::PathBuf> = scoped.files.iter().map(|f| real(&f.path)).collect();
-    match dir::load(&manifest_directories(config, root), options) {
+    match dir::load_indexed(&manifest_directories(config, root), options, index) {
         Ok(whole) => whole
             .files
             .into_iter()

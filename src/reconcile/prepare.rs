@@ -425,7 +425,8 @@ mod tests {
         assert_eq!(pruning.plan.delete.len(), 1);
     }
 
-    /// Reconciles a real directory twice over, with and without [`FileChecks`], through
+    /// Reconciles a real directory twice over, with and without [`FileChecks`] (and a file
+    /// index, as the controller reads the tree), through
     /// edits, creations, deletions, renames, broken files and duplicate ids: the plans,
     /// diagnostics, reports and records are the same, and only changed files are parsed.
     #[test]
@@ -448,13 +449,17 @@ mod tests {
             max_file_bytes: 1 << 20,
         };
         let write = |name: &str, text: &str| std::fs::write(workflows.join(name), text).unwrap();
+        let index = dir::FileIndex::default();
         let step = |what: &str, expect_parsed: usize| {
             let snapshot = dir::load(&paths, &read).unwrap();
+            let indexed = dir::load_indexed(&paths, &read, Some(&index)).unwrap();
+            index.retain_only(&indexed);
+            assert_eq!(indexed.revision, snapshot.revision, "{what}");
             let before = checks.parsed();
             let now = format!("2026-01-01T00:00:{:02}Z", before % 60);
             let a = prepare_checked(
                 &incremental,
-                &snapshot,
+                &indexed,
                 &options(None, true, false),
                 Some(&checks),
             )

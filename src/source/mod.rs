@@ -50,11 +50,20 @@ impl Snapshot {
 
 /// The revision of a set of files: the same files with the same content give the same one.
 pub fn revision_of(prefix: &str, files: &[(String, &[u8])]) -> String {
+    let digests: Vec<(&str, [u8; 32])> = files
+        .iter()
+        .map(|(path, content)| (path.as_str(), Sha256::digest(content).into()))
+        .collect();
+    revision_of_digests(prefix, &digests)
+}
+
+/// [`revision_of`] from each file's path and the SHA-256 of its content.
+pub fn revision_of_digests(prefix: &str, files: &[(&str, [u8; 32])]) -> String {
     let mut hasher = Sha256::new();
     for (path, content) in files {
         hasher.update(path.as_bytes());
         hasher.update([0]);
-        hasher.update(Sha256::digest(content));
+        hasher.update(content);
     }
     let digest = hasher.finalize();
     let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
