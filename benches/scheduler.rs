@@ -190,25 +190,11 @@ fn floor_lateness(rounds: usize) -> Vec<f64> {
         let handles: Vec<_> = (0..SCHEDULES)
             .map(|index| {
                 let path = dir.path().join(format!("{round}-{index}.log"));
-                std::thread::spawn(move || {
-                    let log = fs::File::create(&path).expect("log");
-                    let status = Command::new("date")
-                        .arg("+%s.%N")
-                        .stdout(log)
-                        .status()
-                        .expect("date");
-                    assert!(status.success());
-                    path
-                })
+                std::thread::spawn(move || clock_of_a_step(&path))
             })
             .collect();
         for handle in handles {
-            let path = handle.join().expect("thread");
-            let started: f64 = fs::read_to_string(path)
-                .expect("clock")
-                .trim()
-                .parse()
-                .expect("a clock reading");
+            let started = handle.join().expect("thread");
             samples.push((started - start) * 1e3);
         }
     }
@@ -230,22 +216,26 @@ fn floor_alone(fires: usize) -> Vec<f64> {
         .map(|fire| {
             let due = clock() + 0.05;
             std::thread::sleep(Duration::from_secs_f64((due - clock()).max(0.0)));
-            let path = dir.path().join(format!("{fire}.log"));
-            let log = fs::File::create(&path).expect("log");
-            let status = Command::new("date")
-                .arg("+%s.%N")
-                .stdout(log)
-                .status()
-                .expect("date");
-            assert!(status.success());
-            let started: f64 = fs::read_to_string(path)
-                .expect("clock")
-                .trim()
-                .parse()
-                .expect("a clock reading");
-            (started - due) * 1e3
+            (clock_of_a_step(&dir.path().join(format!("{fire}.log"))) - due) * 1e3
         })
         .collect()
+}
+
+/// What a floor's step does: creates its log file at `path`, spawns `date +%s.%N` into it
+/// and waits; the clock the process printed as it started, in seconds.
+fn clock_of_a_step(path: &Path) -> f64 {
+    let log = fs::File::create(path).expect("log");
+    let status = Command::new("date")
+        .arg("+%s.%N")
+        .stdout(log)
+        .status()
+        .expect("date");
+    assert!(status.success());
+    fs::read_to_string(path)
+        .expect("clock")
+        .trim()
+        .parse()
+        .expect("a clock reading")
 }
 
 fn finished_runs(address: &str) -> Vec<Value> {
