@@ -2081,6 +2081,13 @@ mod tests {
         run
     }
 
+    /// Saves each run's record, without a flush.
+    fn save_all(store: &Store, runs: &[RunRecord]) {
+        for run in runs {
+            store.save_run(Some(run), &[], false).unwrap();
+        }
+    }
+
     fn finished_since(store: &Store, since: &str) -> Vec<String> {
         let since = chrono::DateTime::parse_from_rfc3339(since)
             .unwrap()
@@ -2098,34 +2105,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         // Created in one order, finished in another; one still running.
-        store
-            .save_run(
-                Some(&finished("run_01", "2026-01-01T12:00:00Z")),
-                &[],
-                false,
-            )
-            .unwrap();
-        store
-            .save_run(
-                Some(&finished("run_02", "2026-01-01T10:00:00+00:00")),
-                &[],
-                false,
-            )
-            .unwrap();
-        store
-            .save_run(
-                Some(&finished("run_03", "2026-01-01T13:30:00+01:00")),
-                &[],
-                false,
-            )
-            .unwrap();
-        store
-            .save_run(
-                Some(&run_record("run_04", "wf_a", Status::Running)),
-                &[],
-                false,
-            )
-            .unwrap();
+        save_all(
+            &store,
+            &[
+                finished("run_01", "2026-01-01T12:00:00Z"),
+                finished("run_02", "2026-01-01T10:00:00+00:00"),
+                finished("run_03", "2026-01-01T13:30:00+01:00"),
+                run_record("run_04", "wf_a", Status::Running),
+            ],
+        );
         assert_eq!(
             finished_since(&store, "2026-01-01T11:00:00Z"),
             ["run_01", "run_03"]
@@ -2136,13 +2124,7 @@ mod tests {
         );
         assert_eq!(finished_since(&store, "2026-01-01T12:00:01Z"), ["run_03"]);
         // The running one, once finished; a deleted one, gone with its key.
-        store
-            .save_run(
-                Some(&finished("run_04", "2026-01-01T14:00:00Z")),
-                &[],
-                false,
-            )
-            .unwrap();
+        save_all(&store, &[finished("run_04", "2026-01-01T14:00:00Z")]);
         store.delete_runs("wf_a", &["run_03".into()]).unwrap();
         assert_eq!(
             finished_since(&store, "2026-01-01T11:00:00Z"),
@@ -2169,20 +2151,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            store
-                .save_run(
-                    Some(&finished("run_01", "2026-01-01T12:00:00Z")),
-                    &[],
-                    false,
-                )
-                .unwrap();
-            store
-                .save_run(
-                    Some(&run_record("run_02", "wf_a", Status::Running)),
-                    &[],
-                    false,
-                )
-                .unwrap();
+            save_all(
+                &store,
+                &[
+                    finished("run_01", "2026-01-01T12:00:00Z"),
+                    run_record("run_02", "wf_a", Status::Running),
+                ],
+            );
             // As a release before the index left it: no keys, no marker.
             let h = store.handles().unwrap();
             for key in h.runs.scan_prefix(FINISH_PREFIX).keys() {
