@@ -7,6 +7,7 @@ use std::process::ExitCode;
 /// resident memory of a long-running server falls again after a large run, a burst of
 /// WebSocket clients or large webhook bodies (glibc keeps the freed heap of every arena),
 /// and runs and steps, which each take a short-lived thread, do not leave it fragmented.
+/// Its options (how soon freed pages go back) are built in from `.cargo/config.toml`.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

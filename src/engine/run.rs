@@ -661,15 +661,44 @@ pub fn execute_with_agents(
     store: &Store,
     config: &EngineConfig,
     agents: &BTreeMap<String, Value>,
-    mut run: RunRecord,
-    mut steps: Vec<StepRecord>,
+    run: RunRecord,
+    steps: Vec<StepRecord>,
     cancel: &CancelSignal,
     on_event: &(dyn Fn(&Event) + Sync),
 ) -> Result<RunRecord, EngineError> {
+    let ready = ready_to_start(config, &run)?;
+    execute_ready(store, config, agents, run, steps, ready, cancel, on_event)
+}
+
+/// What starting a run needs that does not depend on the instant it starts: its workflow
+/// compiled and its log directory made. Made ahead of a scheduled run's due instant
+/// ([`ready_to_start`]), so that at the instant only the run itself is left to do.
+pub struct ReadyToStart {
+    spec: WorkflowSpec,
+}
+
+/// Compiles the run's workflow and makes its log directory.
+pub fn ready_to_start(config: &EngineConfig, run: &RunRecord) -> Result<ReadyToStart, EngineError> {
     let spec = WorkflowSpec::compile(&run.workflow);
     let run_dir = config.log_dir.join("workflows").join(&run.id);
     fs::create_dir_all(&run_dir)
         .map_err(|e| EngineError::Invalid(format!("cannot create {}: {e}", run_dir.display())))?;
+    Ok(ReadyToStart { spec })
+}
+
+/// [`execute_with_agents`] for a run made [`ready_to_start`] beforehand.
+#[allow(clippy::too_many_arguments)]
+pub fn execute_ready(
+    store: &Store,
+    config: &EngineConfig,
+    agents: &BTreeMap<String, Value>,
+    mut run: RunRecord,
+    mut steps: Vec<StepRecord>,
+    ready: ReadyToStart,
+    cancel: &CancelSignal,
+    on_event: &(dyn Fn(&Event) + Sync),
+) -> Result<RunRecord, EngineError> {
+    let ReadyToStart { spec } = ready;
     // Held until the run ends: the workflow's concurrency policy decides when it may start.
     let _ticket = match config.admission.admit(
         &run.workflow_id,

@@ -513,19 +513,23 @@ impl Runner {
             flag,
             not_before,
         } = pending;
+        let mut ready = None;
         if let Some(at) = not_before {
-            // Ready ahead of time: wait for the instant itself.
+            // Ready ahead of time: the workflow compiled and the log directory made (or, if
+            // that fails, tried again and reported at the instant), then wait for the
+            // instant itself.
+            ready = run::ready_to_start(&self.engine, &run).ok();
             if let Ok(wait) = at.duration_since(SystemTime::now()) {
                 std::thread::sleep(wait);
             }
         }
-        self.execute(Execution::Created(Box::new(run), steps), flag);
+        self.execute(Execution::Created(Box::new(run), steps, ready), flag);
     }
 
     /// Executes a run in the calling thread to its end, publishing each durable change.
     fn execute(&self, execution: Execution, flag: Arc<AtomicBool>) {
         let id = match &execution {
-            Execution::Created(run, _) => run.id.clone(),
+            Execution::Created(run, ..) => run.id.clone(),
             Execution::Resumed(resumed) => resumed.run.id.clone(),
         };
         let events = self.events.clone();
@@ -549,18 +553,30 @@ impl Runner {
         let agents = self.view.objects().agents.clone();
         let cancel = CancelSignal { flag };
         let result = match execution {
-            Execution::Created(run, steps) => {
+            Execution::Created(run, steps, ready) => {
                 self.observer.run_started();
                 events.publish(Event::WorkflowStarted(RunSummary::of(&run)));
-                run::execute_with_agents(
-                    &self.store,
-                    &self.engine,
-                    &agents,
-                    *run,
-                    steps,
-                    &cancel,
-                    &on_event,
-                )
+                match ready {
+                    Some(ready) => run::execute_ready(
+                        &self.store,
+                        &self.engine,
+                        &agents,
+                        *run,
+                        steps,
+                        ready,
+                        &cancel,
+                        &on_event,
+                    ),
+                    None => run::execute_with_agents(
+                        &self.store,
+                        &self.engine,
+                        &agents,
+                        *run,
+                        steps,
+                        &cancel,
+                        &on_event,
+                    ),
+                }
             }
             // Started by the process that ended, and reported started then.
             Execution::Resumed(resumed) => run::execute_resumed(
@@ -601,9 +617,10 @@ impl Runner {
     }
 }
 
-/// A run to execute: created (its steps queued), or resumed after a restart.
+/// A run to execute: created (its steps queued, made ready to start ahead of its instant
+/// or not), or resumed after a restart.
 enum Execution {
-    Created(Box<RunRecord>, Vec<StepRecord>),
+    Created(Box<RunRecord>, Vec<StepRecord>, Option<run::ReadyToStart>),
     Resumed(Box<run::Resumed>),
 }
 

@@ -4,9 +4,10 @@
 //!   schedules (a tokio timer, millisecond resolution), not on a polling tick; a reconcile
 //!   wakes it to re-plan.
 //! - **Prepared ahead, released on time.** [`LEAD`] before a due instant the fire is made:
-//!   recorded, its run created, the run's thread started and parked. At the instant the
-//!   thread wakes by its own timer and only the run itself is left to do: no store write of
-//!   the fire, no workflow expansion, no thread creation at the due instant.
+//!   recorded, its run created, the run's thread started, its workflow compiled and its log
+//!   directory made, and the thread parked. At the instant the thread wakes by its own
+//!   timer and only the run itself is left to do: no store write of the fire, no workflow
+//!   expansion or compilation, no directory or thread creation at the due instant.
 //! - **Recorded before it runs.** A fire is written durably (the due instant fired and the
 //!   next one, with a `pending` mark) before its run is created, and the run carries the
 //!   schedule and the due instant in its trigger. After a crash, a pending fire is settled

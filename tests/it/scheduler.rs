@@ -110,6 +110,35 @@ fn a_seconds_schedule_fires_every_second_on_time() {
     assert!(job["next_fire"].is_string(), "{job}");
 }
 
+/// A fire's run is made ready ahead of its due instant (its workflow compiled, its log
+/// directory made), so that only the run itself is left to do at the instant: the directory
+/// is there while the instant is still to come.
+#[test]
+fn a_fire_is_made_ready_before_its_due_instant() {
+    let dir = project(&[
+        ("workflows/tick.yaml", TICK),
+        (
+            "schedules/every.yaml",
+            "name: Every Second\ncron: \"* * * * * *\"\nworkflow: wf_tick\n",
+        ),
+    ]);
+    let server = Server::start(dir.path());
+    let logs = dir.path().join("logs/workflows");
+    eventually("a fire's log directory before its due instant", || {
+        let runs = server
+            .api()
+            .get("/api/runs?workflow=wf_tick&limit=1000")
+            .expect(200);
+        runs["runs"].as_array()?.iter().find_map(|run| {
+            let due = run["trigger"]["details"]["due"].as_str()?;
+            let due = chrono::DateTime::parse_from_rfc3339(due).ok()?;
+            let ready = logs.join(run["id"].as_str()?).is_dir();
+            // The clock read after the directory was seen: the instant was still to come.
+            (ready && chrono::Utc::now() < due).then_some(())
+        })
+    });
+}
+
 fn restart_keeps_fires(catchup: &str) -> (Vec<i64>, i64, i64) {
     let dir = project(&[
         ("workflows/tick.yaml", TICK),
