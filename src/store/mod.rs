@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::Transactional;
 use serde_json::Value;
 
 use crate::diagnostics::Diagnostic;
@@ -724,6 +725,87 @@ impl Store {
         Ok(())
     }
 
+    /// Writes new runs (each with its steps and workflow) and state records together in
+    /// one atomic write — a sled transaction over their trees, so a crash leaves all of them
+    /// or none — then flushes. For the webhook receiver: a batch of deliveries' claims and
+    /// records with the runs they started, one lock of sled's writers and one flush for the
+    /// whole batch. The runs must be new (their workflows are written unconditionally).
+    pub fn create_runs_with_states(
+        &self,
+        runs: &[(&RunRecord, &[StepRecord])],
+        states: &[StateWrite],
+    ) -> Result<(), StoreError> {
+        let h = self.handles()?;
+        let mut trees = vec![h.runs.clone(), h.run_workflows.clone(), h.steps.clone()];
+        let mut names: Vec<&str> = Vec::new();
+        for write in states {
+            if !names.contains(&write.tree) {
+                names.push(write.tree);
+                trees.push(h.db.open_tree(write.tree).map_err(|e| self.sled_error(e))?);
+            }
+        }
+        let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> = runs
+            .iter()
+            .map(|(run, steps)| {
+                (
+                    encode_as(RUN_FORMAT_VERSION, &run.head()),
+                    index_key(&run.workflow_id, &run.id),
+                    encode(&run.workflow),
+                    steps
+                        .iter()
+                        .map(|step| (step_key(&step.run_id, step.index), encode(step)))
+                        .collect(),
+                )
+            })
+            .collect();
+        let status: Vec<Vec<u8>> = runs.iter().map(|(run, _)| encode(&run.status)).collect();
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let written: sled::transaction::TransactionResult<(), ()> =
+            trees.as_slice().transaction(|trees| {
+                let (runs_tree, workflows, steps_tree) = (&trees[0], &trees[1], &trees[2]);
+                for (((run, _), (head, index_key, workflow, steps)), status) in
+                    runs.iter().zip(&encoded).zip(&status)
+                {
+                    for (key, value) in steps {
+                        steps_tree.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    workflows.insert(run.id.as_bytes(), workflow.as_slice())?;
+                    runs_tree.insert(run.id.as_bytes(), head.as_slice())?;
+                    runs_tree.insert(index_key.as_slice(), status.as_slice())?;
+                    if let Some(key) = finish_key(&run.id, run.status, run.finished_at.as_deref())
+                    {
+                        runs_tree.insert(key, &[][..])?;
+                    }
+                }
+                for write in states {
+                    let at = 3 + names.iter().position(|n| *n == write.tree).unwrap_or(0);
+                    trees[at].insert(write.key.as_bytes(), write.value.as_slice())?;
+                }
+                Ok(())
+            });
+        written.map_err(|err| match err {
+            sled::transaction::TransactionError::Storage(e) => self.sled_error(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                self.sled_error(sled::Error::ReportableBug("transaction aborted".into()))
+            }
+        })?;
+        for (run, _) in runs {
+            index.insert(&run.id, &run.workflow_id, run.status);
+        }
+        drop(index);
+        self.flush_on(&h)
+    }
+
+    /// Flushes finished since the store was opened (each one a group commit, see
+    /// [`GroupCommit`]): how many device syncs writers shared.
+    pub fn flushes(&self) -> u64 {
+        self.flushes
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished
+    }
+
     /// One run, whole: its record and its workflow.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let h = self.handles()?;
@@ -1159,6 +1241,26 @@ impl Store {
         }
         self.flush_on(&h)?;
         Ok(())
+    }
+}
+
+/// A state record to write with [`Store::create_runs_with_states`]: its tree, key and value
+/// (encoded as [`Store::put_state`] encodes).
+#[derive(Debug, Clone)]
+pub struct StateWrite {
+    tree: &'static str,
+    key: String,
+    value: Vec<u8>,
+}
+
+impl StateWrite {
+    /// `value` under `key` in the state tree `tree`.
+    pub fn new<T: Serialize>(tree: &'static str, key: String, value: &T) -> StateWrite {
+        StateWrite {
+            tree,
+            key,
+            value: encode(value),
+        }
     }
 }
 
