@@ -38,7 +38,7 @@ use crate::engine::run::RunRequest;
 use crate::manifest::Kind;
 use crate::model::Trigger;
 use crate::store::ObjectRecord;
-use crate::triggers::deliveries;
+use crate::triggers::deliveries::{self, Seen};
 use crate::triggers::intake::{Acceptance, Accepted};
 use crate::triggers::{
     template_context, DeliveryRecord, DeliveryResult, TriggerSpec, HOOKS_PREFIX, MAX_DELIVERY_BYTES,
@@ -415,7 +415,7 @@ fn deliver(
 fn run_trigger(
     state: &Arc<App>,
     trigger: &TriggerSpec,
-    mut record: DeliveryRecord,
+    record: DeliveryRecord,
     payload: &Value,
     path: &str,
 ) -> Result<Outcome, ApiError> {
@@ -457,6 +457,27 @@ fn run_trigger(
             )
         }
     };
+    fn duplicate(mut record: DeliveryRecord, earlier: Seen) -> Result<Outcome, ApiError> {
+        record.run_id = earlier
+            .record
+            .as_ref()
+            .and_then(|r| r.run_id.clone())
+            .or(earlier.run_id);
+        let when = earlier
+            .record
+            .map(|e| format!(" at {}", e.received_at))
+            .unwrap_or_default();
+        let run = record
+            .run_id
+            .as_deref()
+            .map(|r| format!(" (run {r})"))
+            .unwrap_or_default();
+        let reason = format!(
+            "delivery {} was accepted before{when}{run}: nothing new runs",
+            record.delivery
+        );
+        finish(record, DeliveryResult::Duplicate, reason, None)
+    }
     let mut details = Map::new();
     details.insert("trigger".into(), Value::from(trigger.id.clone()));
     details.insert("delivery".into(), Value::from(record.delivery.clone()));
@@ -481,6 +502,12 @@ fn run_trigger(
     let (run, steps) = match state.runner.make_run(&request) {
         Ok(made) => made,
         Err(err) => {
+            // A redelivery of an accepted delivery stays a duplicate, whatever its workflow
+            // has become.
+            if let Some(earlier) = deliveries::earlier(&state.store, &trigger.id, &record.delivery)?
+            {
+                return duplicate(record, earlier);
+            }
             // No run, no claim: a redelivery may try again.
             let reason = format!("the run could not be started: {err}");
             let status = ApiError::from(err).status;
@@ -506,27 +533,7 @@ fn run_trigger(
                 written: true,
             })
         }
-        Accepted::Seen(earlier) => {
-            record.run_id = earlier
-                .record
-                .as_ref()
-                .and_then(|r| r.run_id.clone())
-                .or(earlier.run_id);
-            let when = earlier
-                .record
-                .map(|e| format!(" at {}", e.received_at))
-                .unwrap_or_default();
-            let run = record
-                .run_id
-                .as_deref()
-                .map(|r| format!(" (run {r})"))
-                .unwrap_or_default();
-            let reason = format!(
-                "delivery {} was accepted before{when}{run}: nothing new runs",
-                record.delivery
-            );
-            finish(record, DeliveryResult::Duplicate, reason, None)
-        }
+        Accepted::Seen(earlier) => duplicate(record, earlier),
         Accepted::Failed(err) => Err(ApiError::internal(err)),
     }
 }

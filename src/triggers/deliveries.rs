@@ -206,21 +206,21 @@ pub fn earlier(store: &Store, trigger: &str, delivery: &str) -> Result<Option<Se
 }
 
 /// What an accepted delivery whose record names its run writes with that run, in one
-/// atomic write ([`Store::create_runs_with_states`]): its claim, naming the run and the
-/// record under `key`, and the record.
-pub fn accepted_writes(key: &str, record: &DeliveryRecord) -> [StateWrite; 2] {
+/// atomic write ([`Store::create_claimed_runs`]): its claim, naming the run and the record
+/// under `key`, and the record.
+pub fn accepted_writes(key: &str, record: &DeliveryRecord) -> (StateWrite, StateWrite) {
     let entry = IdEntry {
         record: key.to_owned(),
         run_id: record.run_id.clone(),
     };
-    [
+    (
         StateWrite::new(
             IDS_TREE,
             format!("{}/{}", record.trigger, record.delivery),
             &entry,
         ),
         StateWrite::new(TREE, key.to_owned(), record),
-    ]
+    )
 }
 
 /// The run an accepted delivery started, remembered with its claim (not flushed: the

@@ -1,7 +1,8 @@
 //! Accepted webhook deliveries written in batches: whatever deliveries are waiting when a
 //! write can start go into the store together — each one's claim and record, its run, the
-//! run's steps and workflow — in one atomic write and one flush
-//! ([`Store::create_runs_with_states`]), and each is answered once that flush is done.
+//! run's steps and workflow — in one atomic write that checks each claim
+//! ([`Store::create_claimed_runs`]) and one flush, and each is answered once that flush is
+//! done.
 //!
 //! There is no thread of its own: the handler that finds no batch being written writes
 //! the batch of every delivery queued so far (its own included), and the others wait for
@@ -10,13 +11,12 @@
 //! writers and one device sync per batch instead of several sled batches and a flush
 //! each, which they used to share with every run's writes.
 //!
-//! Batches are the only place delivery ids are claimed while the server receives (the
-//! start's [`super::recovery`] runs before), one batch at a time: a delivery id not
-//! claimed when its batch is read stays unclaimed until the batch writes it. A second
-//! delivery of an id already in the batch waits for the next batch, which finds the
-//! first's claim. Since the claim, the record and the run are one atomic write, a crash
-//! leaves a delivery either wholly accepted (claimed, recorded, with its run) or not at
-//! all (never answered, so redelivered and run then).
+//! A delivery whose id is claimed already when its batch is written writes nothing and is
+//! answered with what the claim names; a second delivery of an id already in the batch
+//! waits for the next batch, which finds the first's claim. Since the claim, the record
+//! and the run are one atomic write, a crash leaves a delivery either wholly accepted
+//! (claimed, recorded, with its run) or not at all (never answered, so redelivered and run
+//! then).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,7 +25,7 @@ use super::deliveries::{self, Seen};
 use super::DeliveryRecord;
 use crate::engine::runner::Runner;
 use crate::model::{RunRecord, StepRecord};
-use crate::store::Store;
+use crate::store::{ClaimedRun, Store};
 
 /// An accepted delivery, its filters and parameters passed, with its run made (not
 /// written: see [`Runner::make_run`]).
@@ -146,7 +146,8 @@ impl Intake {
 }
 
 /// Writes one batch: the answers of its deliveries, and the deliveries left for the next
-/// batch (a second delivery of an id in this one).
+/// batch (a second delivery of an id in this one). Each claim is checked in the write
+/// itself, so a delivery whose id is claimed already writes nothing.
 #[allow(clippy::type_complexity)]
 fn write_batch(
     store: &Store,
@@ -155,56 +156,60 @@ fn write_batch(
 ) -> (Vec<(u64, Accepted)>, Vec<(u64, Acceptance)>) {
     let mut answers = Vec::with_capacity(batch.len());
     let mut later = Vec::new();
-    let mut fresh = Vec::with_capacity(batch.len());
+    let mut made = Vec::with_capacity(batch.len());
     let mut ids = HashSet::new();
     for (ticket, acceptance) in batch {
         let id = (
             acceptance.record.trigger.clone(),
             acceptance.record.delivery.clone(),
         );
-        if ids.contains(&id) {
+        if !ids.insert(id) {
             later.push((ticket, acceptance));
             continue;
         }
-        match deliveries::earlier(store, &id.0, &id.1) {
-            Ok(Some(seen)) => answers.push((ticket, Accepted::Seen(seen))),
-            Ok(None) => {
-                ids.insert(id);
-                fresh.push((ticket, acceptance));
+        let mut record = acceptance.record;
+        record.run_id = Some(acceptance.run.id.clone());
+        made.push((
+            ticket,
+            acceptance.key,
+            record,
+            acceptance.run,
+            acceptance.steps,
+        ));
+    }
+    let claimed: Vec<ClaimedRun> = made
+        .iter()
+        .map(|(_, key, record, run, steps)| {
+            let (claim, written) = deliveries::accepted_writes(key, record);
+            ClaimedRun {
+                claim,
+                run,
+                steps,
+                states: vec![written],
             }
-            Err(err) => answers.push((ticket, Accepted::Failed(err.to_string()))),
-        }
-    }
-    if fresh.is_empty() {
-        return (answers, later);
-    }
-    let made: Vec<(u64, String, DeliveryRecord, RunRecord, Vec<StepRecord>)> = fresh
-        .into_iter()
-        .map(|(ticket, acceptance)| {
-            let mut record = acceptance.record;
-            record.run_id = Some(acceptance.run.id.clone());
-            (
-                ticket,
-                acceptance.key,
-                record,
-                acceptance.run,
-                acceptance.steps,
-            )
         })
         .collect();
-    let writes: Vec<_> = made
-        .iter()
-        .flat_map(|(_, key, record, _, _)| deliveries::accepted_writes(key, record))
-        .collect();
-    let new_runs: Vec<(&RunRecord, &[StepRecord])> = made
-        .iter()
-        .map(|(_, _, _, run, steps)| (run, steps.as_slice()))
-        .collect();
-    match store.create_runs_with_states(&new_runs, &writes) {
-        Ok(()) => {
-            for (ticket, _, record, run, steps) in made {
-                runs.start(run, steps);
-                answers.push((ticket, Accepted::Run(record)));
+    let written = store.create_claimed_runs(&claimed);
+    drop(claimed);
+    match written {
+        Ok(written) => {
+            for ((ticket, _, record, run, steps), written) in made.into_iter().zip(written) {
+                if written {
+                    runs.start(run, steps);
+                    answers.push((ticket, Accepted::Run(record)));
+                    continue;
+                }
+                let seen = match deliveries::earlier(store, &record.trigger, &record.delivery) {
+                    Ok(seen) => seen.unwrap_or(Seen {
+                        record: None,
+                        run_id: None,
+                    }),
+                    Err(err) => {
+                        answers.push((ticket, Accepted::Failed(err.to_string())));
+                        continue;
+                    }
+                };
+                answers.push((ticket, Accepted::Seen(seen)));
             }
         }
         Err(err) => {
