@@ -748,21 +748,30 @@ impl Store {
         }
         let tree_of =
             |write: &StateWrite| 3 + names.iter().position(|n| *n == write.tree).unwrap_or(0);
-        let encoded: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)> = runs
+        /// A run's values as they are stored: its record, index entry, status, workflow and
+        /// steps (key, value).
+        struct Encoded {
+            head: Vec<u8>,
+            index_key: Vec<u8>,
+            status: Vec<u8>,
+            workflow: Vec<u8>,
+            steps: Vec<(Vec<u8>, Vec<u8>)>,
+        }
+        let encoded: Vec<Encoded> = runs
             .iter()
             .map(|claimed| {
                 let run = claimed.run;
-                (
-                    encode_as(RUN_FORMAT_VERSION, &run.head()),
-                    index_key(&run.workflow_id, &run.id),
-                    encode(&run.status),
-                    encode(&run.workflow),
-                    claimed
+                Encoded {
+                    head: encode_as(RUN_FORMAT_VERSION, &run.head()),
+                    index_key: index_key(&run.workflow_id, &run.id),
+                    status: encode(&run.status),
+                    workflow: encode(&run.workflow),
+                    steps: claimed
                         .steps
                         .iter()
                         .map(|step| (step_key(&step.run_id, step.index), encode(step)))
                         .collect(),
-                )
+                }
             })
             .collect();
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
@@ -770,9 +779,7 @@ impl Store {
             trees.as_slice().transaction(|trees| {
                 let (runs_tree, workflows, steps_tree) = (&trees[0], &trees[1], &trees[2]);
                 let mut written = Vec::with_capacity(runs.len());
-                for (claimed, (head, index_key, status, workflow, steps)) in
-                    runs.iter().zip(&encoded)
-                {
+                for (claimed, encoded) in runs.iter().zip(&encoded) {
                     let claims = &trees[tree_of(&claimed.claim)];
                     if claims.get(claimed.claim.key.as_bytes())?.is_some() {
                         written.push(false);
@@ -780,12 +787,12 @@ impl Store {
                     }
                     claims.insert(claimed.claim.key.as_bytes(), claimed.claim.value.as_slice())?;
                     let run = claimed.run;
-                    for (key, value) in steps {
+                    for (key, value) in &encoded.steps {
                         steps_tree.insert(key.as_slice(), value.as_slice())?;
                     }
-                    workflows.insert(run.id.as_bytes(), workflow.as_slice())?;
-                    runs_tree.insert(run.id.as_bytes(), head.as_slice())?;
-                    runs_tree.insert(index_key.as_slice(), status.as_slice())?;
+                    workflows.insert(run.id.as_bytes(), encoded.workflow.as_slice())?;
+                    runs_tree.insert(run.id.as_bytes(), encoded.head.as_slice())?;
+                    runs_tree.insert(encoded.index_key.as_slice(), encoded.status.as_slice())?;
                     if let Some(key) = finish_key(&run.id, run.status, run.finished_at.as_deref()) {
                         runs_tree.insert(key, &[][..])?;
                     }
