@@ -4,10 +4,11 @@
 //! A delivery goes to every live trigger whose `path` it names. For each: the signature is
 //! checked (`X-Hub-Signature-256`, a generic provider's header, or a bearer token; with no
 //! secret, the API token when one is configured), then `ping`, the filters and the
-//! parameters; the delivery id is claimed in the store before the run is created, so a
-//! redelivery — after a restart too — runs nothing. Every outcome is recorded for
-//! `trigger deliveries`. The answer comes at once: `202` with the runs started (they go on
-//! in their own threads), `200` for a ping, a duplicate or a delivery no filter lets
+//! parameters; an accepted delivery goes to [`crate::triggers::intake`], which claims its id,
+//! records it and creates its run in one atomic write, in a batch with the other
+//! deliveries waiting, so a redelivery — after a restart too — runs nothing. Every outcome
+//! is recorded for `trigger deliveries`. The answer comes once the batch is flushed: `202`
+//! with the runs started (they go on in their own threads), `200` for a ping, a duplicate or a delivery no filter lets
 //! through (saying why), `401` when no trigger accepts the signature, `404` when no trigger
 //! has the path, `413` over 25 MB.
 //!
@@ -37,7 +38,8 @@ use crate::engine::run::RunRequest;
 use crate::manifest::Kind;
 use crate::model::Trigger;
 use crate::store::ObjectRecord;
-use crate::triggers::deliveries::{self, Claim};
+use crate::triggers::deliveries::{self, Seen};
+use crate::triggers::intake::{Acceptance, Accepted};
 use crate::triggers::{
     template_context, DeliveryRecord, DeliveryResult, TriggerSpec, HOOKS_PREFIX, MAX_DELIVERY_BYTES,
 };
@@ -408,12 +410,12 @@ fn deliver(
 }
 
 /// Filters, parameters, dedup and the run, for one trigger that accepted the signature.
-/// An accepted delivery's record is written here (before and after its run is created);
-/// the others are written by the caller.
+/// An accepted delivery's record is written here, with its run (see
+/// [`crate::triggers::intake`]); the others are written by the caller.
 fn run_trigger(
     state: &Arc<App>,
     trigger: &TriggerSpec,
-    mut record: DeliveryRecord,
+    record: DeliveryRecord,
     payload: &Value,
     path: &str,
 ) -> Result<Outcome, ApiError> {
@@ -455,33 +457,27 @@ fn run_trigger(
             )
         }
     };
-    let key = state.routes.deliveries.new_key(&trigger.id);
-    match deliveries::claim(&state.store, &trigger.id, &record.delivery, &key)? {
-        Claim::New => {}
-        Claim::Seen(earlier) => {
-            record.run_id = match &earlier {
-                Some(earlier) => earlier.run_id.clone(),
-                None => deliveries::claimed_run(&state.store, &trigger.id, &record.delivery)?,
-            };
-            let when = earlier
-                .map(|e| format!(" at {}", e.received_at))
-                .unwrap_or_default();
-            let run = record
-                .run_id
-                .as_deref()
-                .map(|r| format!(" (run {r})"))
-                .unwrap_or_default();
-            let reason = format!(
-                "delivery {} was accepted before{when}{run}: nothing new runs",
-                record.delivery
-            );
-            return finish(record, DeliveryResult::Duplicate, reason, None);
-        }
+    fn duplicate(mut record: DeliveryRecord, earlier: Seen) -> Result<Outcome, ApiError> {
+        record.run_id = earlier
+            .record
+            .as_ref()
+            .and_then(|r| r.run_id.clone())
+            .or(earlier.run_id);
+        let when = earlier
+            .record
+            .map(|e| format!(" at {}", e.received_at))
+            .unwrap_or_default();
+        let run = record
+            .run_id
+            .as_deref()
+            .map(|r| format!(" (run {r})"))
+            .unwrap_or_default();
+        let reason = format!(
+            "delivery {} was accepted before{when}{run}: nothing new runs",
+            record.delivery
+        );
+        finish(record, DeliveryResult::Duplicate, reason, None)
     }
-    // Remembered before the run exists (sled recovers a prefix of its writes), so no crash
-    // can leave a run whose delivery would be accepted again; one flush, after the run and
-    // the record naming it are written, makes them all durable before the answer.
-    deliveries::record(&state.store, &key, &record, false)?;
     let mut details = Map::new();
     details.insert("trigger".into(), Value::from(trigger.id.clone()));
     details.insert("delivery".into(), Value::from(record.delivery.clone()));
@@ -500,35 +496,45 @@ fn run_trigger(
             details,
         },
     };
-    let accepted = state.runner.start_run_recorded(&request, |run| {
-        record.run_id = Some(run.id.clone());
-        deliveries::name_run(&state.store, &trigger.id, &record.delivery, &key, &run.id)?;
-        deliveries::record(&state.store, &key, &record, true)
-    });
-    match accepted {
-        Ok(run) => {
-            tracing::debug!(trigger = %trigger.id, delivery = %record.delivery, run = %run.id, "webhook delivery accepted");
+    // Made here (workflow found, parameters checked), written by the intake: the claim, the
+    // record naming the run and the run are one atomic write, in a batch with the other
+    // deliveries waiting, flushed before the answer (see `triggers::intake`).
+    let (run, steps) = match state.runner.make_run(&request) {
+        Ok(made) => made,
+        Err(err) => {
+            // A redelivery of an accepted delivery stays a duplicate, whatever its workflow
+            // has become.
+            if let Some(earlier) = deliveries::earlier(&state.store, &trigger.id, &record.delivery)?
+            {
+                return duplicate(record, earlier);
+            }
+            // No run, no claim: a redelivery may try again.
+            let reason = format!("the run could not be started: {err}");
+            let status = ApiError::from(err).status;
+            return finish(record, DeliveryResult::Error, reason, Some(status));
+        }
+    };
+    let acceptance = Acceptance {
+        key: state.routes.deliveries.new_key(&trigger.id),
+        record: record.clone(),
+        run,
+        steps,
+    };
+    match state
+        .routes
+        .intake
+        .accept(&state.store, &state.runner, acceptance)
+    {
+        Accepted::Run(record) => {
+            tracing::debug!(trigger = %trigger.id, delivery = %record.delivery, run = ?record.run_id, "webhook delivery accepted");
             Ok(Outcome {
                 record,
                 error_status: None,
                 written: true,
             })
         }
-        Err(err) => {
-            // No run: the id is released, so a redelivery may try again.
-            let reason = format!("the run could not be started: {err}");
-            let status = ApiError::from(err).status;
-            record.run_id = None;
-            deliveries::release(&state.store, &trigger.id, &record.delivery)?;
-            record.result = DeliveryResult::Error;
-            record.reason = Some(reason);
-            deliveries::record(&state.store, &key, &record, true)?;
-            Ok(Outcome {
-                record,
-                error_status: Some(status),
-                written: true,
-            })
-        }
+        Accepted::Seen(earlier) => duplicate(record, earlier),
+        Accepted::Failed(err) => Err(ApiError::internal(err)),
     }
 }
 
@@ -579,7 +585,7 @@ fn write_records(state: &App, outcomes: &[Outcome]) -> Result<(), ApiError> {
         state
             .routes
             .deliveries
-            .note_delivery(&state.store, trigger, keep)?;
+            .note_delivery(&state.store, trigger, keep);
     }
     Ok(())
 }

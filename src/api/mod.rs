@@ -58,6 +58,8 @@ pub struct RouteState {
     body_budget: Arc<tokio::sync::Semaphore>,
     /// The keys of delivery records, and the deliveries counted per trigger.
     deliveries: crate::triggers::deliveries::Deliveries,
+    /// Accepted deliveries waiting to be written, in batches, with their runs.
+    intake: crate::triggers::intake::Intake,
     /// The OpenAPI document, and the route list read from it.
     published: openapi::Published,
 }
@@ -69,6 +71,7 @@ impl Default for RouteState {
             triggers: hooks::CompiledTriggers::default(),
             body_budget: hooks::body_budget(),
             deliveries: crate::triggers::deliveries::Deliveries::default(),
+            intake: crate::triggers::intake::Intake::default(),
             published: openapi::Published::new(),
         }
     }

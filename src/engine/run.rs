@@ -269,20 +269,15 @@ pub fn create_run_in(
     Ok(created)
 }
 
-/// [`create_run_in`] without the flush: the run is written but durable only with the
-/// caller's next flush (which it must make before reporting the run).
-pub fn create_run_unflushed(
+/// The run and queued steps of a request, made (workflow found and expanded, parameters
+/// checked) but not written: the caller writes them, with what must be durable along with
+/// them, before starting the run.
+pub fn make_run(
     store: &Store,
     objects: &BTreeMap<ObjectKey, ObjectRecord>,
     request: &RunRequest,
 ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
-    let created = prepare_run(objects, request, &source_revisions(store))?;
-    store.save_run(
-        Some(&created.0),
-        &created.1.iter().collect::<Vec<_>>(),
-        false,
-    )?;
-    Ok(created)
+    prepare_run(objects, request, &source_revisions(store))
 }
 
 /// The revision each source (`dir`, `git`) was last reconciled at, by name.

@@ -187,22 +187,15 @@ impl Runner {
         Ok(run)
     }
 
-    /// [`Runner::start_run`] with one flush for the run and what the caller writes with it:
-    /// the run is created unflushed, `record` writes what must be durable along with it (a
-    /// webhook delivery's record naming the run) and flushes, and only then does the run
-    /// start. A run whose `record` fails does not start (it stays `queued` in the store,
-    /// unacknowledged).
-    pub fn start_run_recorded(
-        self: &Arc<Self>,
+    /// The run of a request made but not written ([`run::make_run`]): the caller writes it
+    /// durably, with what goes along with it, then hands it to [`Runner::spawn`]. Refused
+    /// once the process is stopping.
+    pub fn make_run(
+        &self,
         request: &run::RunRequest,
-        record: impl FnOnce(&RunRecord) -> Result<(), StoreError>,
-    ) -> Result<RunRecord, EngineError> {
+    ) -> Result<(RunRecord, Vec<StepRecord>), EngineError> {
         self.refuse_when_stopping()?;
-        let (run, steps) =
-            run::create_run_unflushed(&self.store, &self.view.objects().records, request)?;
-        record(&run)?;
-        self.spawn(run.clone(), steps);
-        Ok(run)
+        run::make_run(&self.store, &self.view.objects().records, request)
     }
 
     /// Creates a re-run of a finished run and starts it.

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
+use sled::Transactional;
 
 use crate::diagnostics::Diagnostic;
 use crate::manifest::Kind;
@@ -724,6 +725,113 @@ impl Store {
         Ok(())
     }
 
+    /// Writes new runs, each under a claim: a state record written only where its key is
+    /// absent, the run (its steps and workflow) and the state records that go with it
+    /// written only with it. All of them in one atomic write — a sled transaction over
+    /// their trees, in which each claim is checked, so a crash leaves all of them or none —
+    /// then flushed. Returns, for each run, whether it was written (its claim was free).
+    /// For the webhook receiver: a batch of deliveries' claims and records with the runs
+    /// they started, one lock of sled's writers and one flush for the whole batch. The runs
+    /// must be new (their workflows are written unconditionally).
+    pub fn create_claimed_runs(&self, runs: &[ClaimedRun]) -> Result<Vec<bool>, StoreError> {
+        let h = self.handles()?;
+        let mut trees = vec![h.runs.clone(), h.run_workflows.clone(), h.steps.clone()];
+        let mut names: Vec<&str> = Vec::new();
+        for write in runs
+            .iter()
+            .flat_map(|r| std::iter::once(&r.claim).chain(&r.states))
+        {
+            if !names.contains(&write.tree) {
+                names.push(write.tree);
+                trees.push(h.db.open_tree(write.tree).map_err(|e| self.sled_error(e))?);
+            }
+        }
+        let tree_of =
+            |write: &StateWrite| 3 + names.iter().position(|n| *n == write.tree).unwrap_or(0);
+        /// A run's values as they are stored: its record, index entry, status, workflow and
+        /// steps (key, value).
+        struct Encoded {
+            head: Vec<u8>,
+            index_key: Vec<u8>,
+            status: Vec<u8>,
+            workflow: Vec<u8>,
+            steps: Vec<(Vec<u8>, Vec<u8>)>,
+        }
+        let encoded: Vec<Encoded> = runs
+            .iter()
+            .map(|claimed| {
+                let run = claimed.run;
+                Encoded {
+                    head: encode_as(RUN_FORMAT_VERSION, &run.head()),
+                    index_key: index_key(&run.workflow_id, &run.id),
+                    status: encode(&run.status),
+                    workflow: encode(&run.workflow),
+                    steps: claimed
+                        .steps
+                        .iter()
+                        .map(|step| (step_key(&step.run_id, step.index), encode(step)))
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let written: sled::transaction::TransactionResult<Vec<bool>, ()> =
+            trees.as_slice().transaction(|trees| {
+                let (runs_tree, workflows, steps_tree) = (&trees[0], &trees[1], &trees[2]);
+                let mut written = Vec::with_capacity(runs.len());
+                for (claimed, encoded) in runs.iter().zip(&encoded) {
+                    let claims = &trees[tree_of(&claimed.claim)];
+                    if claims.get(claimed.claim.key.as_bytes())?.is_some() {
+                        written.push(false);
+                        continue;
+                    }
+                    claims.insert(claimed.claim.key.as_bytes(), claimed.claim.value.as_slice())?;
+                    let run = claimed.run;
+                    for (key, value) in &encoded.steps {
+                        steps_tree.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    workflows.insert(run.id.as_bytes(), encoded.workflow.as_slice())?;
+                    runs_tree.insert(run.id.as_bytes(), encoded.head.as_slice())?;
+                    runs_tree.insert(encoded.index_key.as_slice(), encoded.status.as_slice())?;
+                    if let Some(key) = finish_key(&run.id, run.status, run.finished_at.as_deref()) {
+                        runs_tree.insert(key, &[][..])?;
+                    }
+                    for write in &claimed.states {
+                        trees[tree_of(write)]
+                            .insert(write.key.as_bytes(), write.value.as_slice())?;
+                    }
+                    written.push(true);
+                }
+                Ok(written)
+            });
+        let written = written.map_err(|err| match err {
+            sled::transaction::TransactionError::Storage(e) => self.sled_error(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                self.sled_error(sled::Error::ReportableBug("transaction aborted".into()))
+            }
+        })?;
+        for (claimed, _) in runs.iter().zip(&written).filter(|(_, w)| **w) {
+            index.insert(
+                &claimed.run.id,
+                &claimed.run.workflow_id,
+                claimed.run.status,
+            );
+        }
+        drop(index);
+        self.flush_on(&h)?;
+        Ok(written)
+    }
+
+    /// Flushes finished since the store was opened (each one a group commit, see
+    /// [`GroupCommit`]): how many device syncs writers shared.
+    pub fn flushes(&self) -> u64 {
+        self.flushes
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finished
+    }
+
     /// One run, whole: its record and its workflow.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
         let h = self.handles()?;
@@ -1159,6 +1267,39 @@ impl Store {
         }
         self.flush_on(&h)?;
         Ok(())
+    }
+}
+
+/// A new run to write under a claim with [`Store::create_claimed_runs`].
+#[derive(Debug)]
+pub struct ClaimedRun<'a> {
+    /// Written only where its key is absent; the rest only with it.
+    pub claim: StateWrite,
+    /// The run, new.
+    pub run: &'a RunRecord,
+    /// Its steps.
+    pub steps: &'a [StepRecord],
+    /// State records written with it.
+    pub states: Vec<StateWrite>,
+}
+
+/// A state record to write with [`Store::create_claimed_runs`]: its tree, key and value
+/// (encoded as [`Store::put_state`] encodes).
+#[derive(Debug, Clone)]
+pub struct StateWrite {
+    tree: &'static str,
+    key: String,
+    value: Vec<u8>,
+}
+
+impl StateWrite {
+    /// `value` under `key` in the state tree `tree`.
+    pub fn new<T: Serialize>(tree: &'static str, key: String, value: &T) -> StateWrite {
+        StateWrite {
+            tree,
+            key,
+            value: encode(value),
+        }
     }
 }
 

@@ -17,13 +17,13 @@
 //! `history_limit` accepted deliveries are kept: nothing pushes a claim out. Older ones
 //! go.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use super::DeliveryRecord;
-use crate::store::{Store, StoreError};
+use crate::store::{StateWrite, Store, StoreError};
 
 /// The tree of delivery records.
 pub const TREE: &str = "deliveries";
@@ -45,10 +45,22 @@ struct IdEntry {
 }
 
 /// What the receiver of deliveries keeps between them, for as long as it receives: the
-/// generator of record keys and the deliveries counted per trigger since the start.
+/// generator of record keys, the deliveries counted per trigger since the start, and the
+/// prunes due.
 pub struct Deliveries {
     keys: Mutex<ulid::Generator>,
     counts: Mutex<HashMap<String, u64>>,
+    prunes: Arc<Prunes>,
+}
+
+/// Prunes due, by trigger (the history kept), and whether a thread is pruning them.
+#[derive(Default)]
+struct Prunes {
+    due: Mutex<(bool, BTreeMap<String, usize>)>,
+    /// Held by the pruning thread while it prunes (tests hold it to see a delivery noted
+    /// without waiting for its prune).
+    #[cfg(test)]
+    gate: Mutex<()>,
 }
 
 impl Default for Deliveries {
@@ -56,6 +68,7 @@ impl Default for Deliveries {
         Deliveries {
             keys: Mutex::new(ulid::Generator::new()),
             counts: Mutex::default(),
+            prunes: Arc::default(),
         }
     }
 }
@@ -74,23 +87,58 @@ impl Deliveries {
     }
 
     /// Counts deliveries per trigger and prunes a trigger's records to `keep` now and then
-    /// (every [`PRUNE_EVERY`], and at the first after a start).
-    pub fn note_delivery(
-        &self,
-        store: &Store,
-        trigger: &str,
-        keep: usize,
-    ) -> Result<(), StoreError> {
+    /// (every [`PRUNE_EVERY`], and at the first after a start). A prune reads every record
+    /// and claim of the trigger, so it is not the delivery's to wait for: it is handed to a
+    /// thread (one at a time, each trigger's latest `keep`), and this returns at once.
+    pub fn note_delivery(&self, store: &Arc<Store>, trigger: &str, keep: usize) {
         let due = {
             let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
             let count = counts.entry(trigger.to_owned()).or_insert(0);
             *count += 1;
             *count % PRUNE_EVERY == 1
         };
-        if due {
-            prune(store, trigger, keep)?;
+        if !due {
+            return;
         }
-        Ok(())
+        let mut state = self.prunes.due.lock().unwrap_or_else(|e| e.into_inner());
+        state.1.insert(trigger.to_owned(), keep);
+        if state.0 {
+            return;
+        }
+        state.0 = true;
+        drop(state);
+        let (prunes, store) = (Arc::clone(&self.prunes), Arc::clone(store));
+        let spawned = std::thread::Builder::new()
+            .name("delivery prune".into())
+            .spawn(move || prunes.prune_due(&store));
+        if let Err(err) = spawned {
+            tracing::warn!("no thread to prune webhook deliveries: {err}");
+            self.prunes.due.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
+        }
+    }
+}
+
+impl Prunes {
+    /// Prunes the triggers due until none is left.
+    fn prune_due(&self, store: &Store) {
+        loop {
+            let next = {
+                let mut state = self.due.lock().unwrap_or_else(|e| e.into_inner());
+                match state.1.pop_first() {
+                    Some(next) => next,
+                    None => {
+                        state.0 = false;
+                        return;
+                    }
+                }
+            };
+            #[cfg(test)]
+            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            let (trigger, keep) = next;
+            if let Err(err) = prune(store, &trigger, keep) {
+                tracing::warn!(trigger = %trigger, "webhook deliveries not pruned: {err}");
+            }
+        }
     }
 }
 
@@ -124,17 +172,55 @@ pub fn claim(store: &Store, trigger: &str, delivery: &str, key: &str) -> Result<
     if store.insert_state_once(IDS_TREE, &id_key, &entry, false)? {
         return Ok(Claim::New);
     }
-    let earlier = match store.state::<IdEntry>(IDS_TREE, &id_key)? {
-        Some(entry) => match store.state::<DeliveryRecord>(TREE, &entry.record)? {
-            Some(mut record) => {
-                record.run_id = record.run_id.or(entry.run_id);
-                Some(record)
-            }
-            None => None,
-        },
-        None => None,
+    Ok(Claim::Seen(
+        earlier(store, trigger, delivery)?.and_then(|seen| seen.record),
+    ))
+}
+
+/// A delivery id claimed before: the record of that delivery, when still kept (naming
+/// its run), and the run its claim names.
+#[derive(Debug)]
+pub struct Seen {
+    /// The earlier delivery's record, while the history keeps it.
+    pub record: Option<DeliveryRecord>,
+    /// The run the claim names, if any.
+    pub run_id: Option<String>,
+}
+
+/// What the store remembers of an earlier delivery with this id at `trigger`: `None`
+/// when the id is not claimed.
+pub fn earlier(store: &Store, trigger: &str, delivery: &str) -> Result<Option<Seen>, StoreError> {
+    let Some(entry) = store.state::<IdEntry>(IDS_TREE, &format!("{trigger}/{delivery}"))? else {
+        return Ok(None);
     };
-    Ok(Claim::Seen(earlier))
+    let record = store
+        .state::<DeliveryRecord>(TREE, &entry.record)?
+        .map(|mut record| {
+            record.run_id = record.run_id.or_else(|| entry.run_id.clone());
+            record
+        });
+    Ok(Some(Seen {
+        record,
+        run_id: entry.run_id,
+    }))
+}
+
+/// What an accepted delivery whose record names its run writes with that run, in one
+/// atomic write ([`Store::create_claimed_runs`]): its claim, naming the run and the record
+/// under `key`, and the record.
+pub fn accepted_writes(key: &str, record: &DeliveryRecord) -> (StateWrite, StateWrite) {
+    let entry = IdEntry {
+        record: key.to_owned(),
+        run_id: record.run_id.clone(),
+    };
+    (
+        StateWrite::new(
+            IDS_TREE,
+            format!("{}/{}", record.trigger, record.delivery),
+            &entry,
+        ),
+        StateWrite::new(TREE, key.to_owned(), record),
+    )
 }
 
 /// The run an accepted delivery started, remembered with its claim (not flushed: the
@@ -345,6 +431,33 @@ mod tests {
             Claim::Seen(Some(_))
         ));
         assert_eq!(list(&store, "trg_ab", 10).unwrap().1, 1);
+    }
+
+    #[test]
+    fn a_delivery_noted_does_not_wait_for_its_prune() {
+        let keys = Deliveries::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for i in 0..5 {
+            record(
+                &store,
+                &keys.new_key("trg_a"),
+                &record_of("trg_a", &format!("d-{i}"), DeliveryResult::Filtered),
+                false,
+            )
+            .unwrap();
+        }
+        // The pruning thread cannot prune while the gate is held: the first delivery after
+        // the start, whose prune is due, is noted all the same.
+        let gate = keys.prunes.gate.lock().unwrap();
+        keys.note_delivery(&store, "trg_a", 2);
+        assert_eq!(list(&store, "trg_a", 100).unwrap().1, 5);
+        drop(gate);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while list(&store, "trg_a", 100).unwrap().1 != 2 {
+            assert!(std::time::Instant::now() < deadline, "never pruned");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod commit_status;
 pub mod deliveries;
+pub mod intake;
 pub mod recovery;
 pub mod signature;
 pub mod template;

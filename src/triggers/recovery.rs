@@ -1,8 +1,10 @@
 //! Webhook deliveries a process that ended left half done, settled at the server's start.
 //!
-//! The receiver claims a delivery id, records the delivery as accepted, creates its run and
-//! records the run's id, then flushes once (see `api::hooks`). A crash before that flush
-//! may still leave the claim on disk — sled writes buffers out when any thread flushes,
+//! The receiver now writes a delivery's claim, its record and its run in one transaction
+//! (see [`super::intake`]), which a crash leaves whole or not at all. Before it, it
+//! claimed a delivery id, recorded the delivery as accepted, created its run and recorded
+//! the run's id in separate writes, then flushed once: a store a crash left then may
+//! still hold the claim — sled writes buffers out when any thread flushes,
 //! and recovers a prefix of its writes — without the run, or with the run but without the
 //! record naming it. The sender was never answered 202, so it will deliver again; without
 //! this pass the claim would answer that redelivery `duplicate` with no run, and nothing
