@@ -227,7 +227,6 @@ fn write_batch(
 mod tests {
     use super::*;
     use crate::triggers::deliveries::{Claim, Deliveries};
-    use crate::triggers::DeliveryResult;
     use serde_json::json;
     use std::time::{Duration, Instant};
 
@@ -259,17 +258,7 @@ mod tests {
         .unwrap();
         Acceptance {
             key: keys.new_key("trg_a"),
-            record: DeliveryRecord {
-                trigger: "trg_a".into(),
-                delivery: delivery.into(),
-                event: Some("push".into()),
-                action: None,
-                branch: Some("main".into()),
-                result: DeliveryResult::Accepted,
-                reason: None,
-                run_id: None,
-                received_at: chrono::Utc::now().to_rfc3339(),
-            },
+            record: crate::triggers::recovery::accepted("trg_a", delivery, None),
             run,
             steps: Vec::new(),
         }
