@@ -351,6 +351,17 @@ fn main_thread_children() -> Option<Vec<i32>> {
     )
 }
 
+/// Whether a process has ended and waits to be reaped.
+fn is_zombie(pid: i32) -> bool {
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    // The state follows the command name, which is in parentheses and may hold any
+    // character: read after the last `)`.
+    state
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
 /// Reaps the zombie children of this process that nobody here waits for (orphans of steps
 /// re-parented to it). Returns whether any child not waited for is left.
 fn reap_orphans() -> bool {
@@ -360,14 +371,7 @@ fn reap_orphans() -> bool {
     };
     let mut left = false;
     for pid in children.into_iter().filter(|p| !registry.contains(p)) {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-        // The state follows the command name, which is in parentheses and may hold any
-        // character: read after the last `)`.
-        let zombie = state
-            .as_deref()
-            .and_then(|s| s.rsplit_once(')'))
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        if zombie {
+        if is_zombie(pid) {
             let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
         } else {
             left = true;
@@ -393,17 +397,21 @@ fn stop_leftovers(cookie: &str, pgid: i32, group_stopped: bool) -> u32 {
         return 0;
     }
     let entry = format!("{COOKIE_VARIABLE}={cookie}").into_bytes();
+    // The cookie's carriers, and the live members of the step's group: a process caught in
+    // the middle of an `execve` shows an empty environment for that instant, but not
+    // another group (a zombie's environment reads empty too, and it outlived nothing).
+    let in_group = |pid: i32| {
+        pgid > 1 && nix::unistd::getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pgid)
+    };
     let found: Vec<i32> = environments()
-        .filter(|(_, environ)| has_cookie(environ, &entry))
+        .filter(|(pid, environ)| {
+            has_cookie(environ, &entry) || (in_group(*pid) && !is_zombie(*pid))
+        })
         .map(|(pid, _)| pid)
         .collect();
     let outlived = found
         .iter()
-        .filter(|pid| {
-            !(group_stopped
-                && nix::unistd::getpgid(Some(Pid::from_raw(**pid)))
-                    .is_ok_and(|group| group.as_raw() == pgid))
-        })
+        .filter(|pid| !(group_stopped && in_group(**pid)))
         .count() as u32;
     for pid in &found {
         let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
