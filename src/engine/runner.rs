@@ -549,8 +549,9 @@ impl Runner {
             Execution::Created(run, steps, ready) => {
                 self.observer.run_started();
                 events.publish(Event::WorkflowStarted(RunSummary::of(&run)));
-                match ready {
-                    Some(ready) => run::execute_ready(
+                // Made ready now unless it was ahead of its instant.
+                match ready.map_or_else(|| run::ready_to_start(&self.engine, &run), Ok) {
+                    Ok(ready) => run::execute_ready(
                         &self.store,
                         &self.engine,
                         &agents,
@@ -560,15 +561,7 @@ impl Runner {
                         &cancel,
                         &on_event,
                     ),
-                    None => run::execute_with_agents(
-                        &self.store,
-                        &self.engine,
-                        &agents,
-                        *run,
-                        steps,
-                        &cancel,
-                        &on_event,
-                    ),
+                    Err(err) => Err(err),
                 }
             }
             // Started by the process that ended, and reported started then.

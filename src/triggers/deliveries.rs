@@ -334,24 +334,40 @@ pub fn prune(store: &Store, trigger: &str, keep: usize) -> Result<usize, StoreEr
     Ok(old.len())
 }
 
+/// A push delivery's record with this result, naming no run, for the delivery modules' tests.
+#[cfg(test)]
+pub(crate) fn record_of(
+    trigger: &str,
+    delivery: &str,
+    result: super::DeliveryResult,
+) -> DeliveryRecord {
+    DeliveryRecord {
+        trigger: trigger.into(),
+        delivery: delivery.into(),
+        event: Some("push".into()),
+        action: None,
+        branch: Some("main".into()),
+        result,
+        reason: None,
+        run_id: None,
+        received_at: "2025-01-01T00:00:00Z".into(),
+    }
+}
+
+/// An accepted push delivery's record, received now, naming `run`.
+#[cfg(test)]
+pub(crate) fn accepted(trigger: &str, delivery: &str, run: Option<&str>) -> DeliveryRecord {
+    DeliveryRecord {
+        run_id: run.map(str::to_owned),
+        received_at: chrono::Utc::now().to_rfc3339(),
+        ..record_of(trigger, delivery, super::DeliveryResult::Accepted)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::triggers::DeliveryResult;
-
-    fn record_of(trigger: &str, delivery: &str, result: DeliveryResult) -> DeliveryRecord {
-        DeliveryRecord {
-            trigger: trigger.into(),
-            delivery: delivery.into(),
-            event: Some("push".into()),
-            action: None,
-            branch: Some("main".into()),
-            result,
-            reason: None,
-            run_id: None,
-            received_at: "2025-01-01T00:00:00Z".into(),
-        }
-    }
 
     #[test]
     fn claims_dedupe_and_survive_a_reopen() {

@@ -258,7 +258,7 @@ mod tests {
         .unwrap();
         Acceptance {
             key: keys.new_key("trg_a"),
-            record: crate::triggers::recovery::accepted("trg_a", delivery, None),
+            record: crate::triggers::deliveries::accepted("trg_a", delivery, None),
             run,
             steps: Vec::new(),
         }

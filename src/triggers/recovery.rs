@@ -169,27 +169,11 @@ fn received(record_key: &str) -> Option<SystemTime> {
     ulid::Ulid::from_string(id).ok().map(|u| u.datetime())
 }
 
-/// An accepted push delivery's record, for the tests of the delivery modules.
-#[cfg(test)]
-pub(crate) fn accepted(trigger: &str, delivery: &str, run: Option<&str>) -> DeliveryRecord {
-    DeliveryRecord {
-        trigger: trigger.into(),
-        delivery: delivery.into(),
-        event: Some("push".into()),
-        action: None,
-        branch: Some("main".into()),
-        result: DeliveryResult::Accepted,
-        reason: None,
-        run_id: run.map(str::to_owned),
-        received_at: chrono::Utc::now().to_rfc3339(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::RunRecord;
-    use crate::triggers::deliveries::{claim, record, Claim, Deliveries};
+    use crate::triggers::deliveries::{accepted, claim, record, Claim, Deliveries};
 
     fn webhook_run(trigger: &str, delivery: &str) -> RunRecord {
         serde_json::from_value(serde_json::json!({
