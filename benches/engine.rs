@@ -98,9 +98,11 @@ fn main() {
             "cost per step, {}-step chain of `true` as a plain exec (beyond the 10-step chain)",
             support::number(*steps as f64)
         );
-        let bound = "the spawn of each step's process is the floor; above it, each step \
-                     creates its log file, hands its end to the run's driver and makes one \
-                     durable flush, which overlaps the next step's spawn.";
+        let bound = "the spawn of each step's process is the floor; above it, each step's \
+                     output is read by a thread of its own into its log (a file created only \
+                     once the step prints), its end is handed to the run's driver, and the \
+                     driver makes one durable flush per step, which overlaps the next \
+                     step's spawn.";
         report.add(
             Measurement::new(
                 format!("{metric}, `workflow execute`, beside the spawn floor"),

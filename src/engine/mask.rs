@@ -3,12 +3,18 @@
 //! secrets) and a cap on its size after which one line says the output was cut and the
 //! rest is drained unwritten.
 //!
+//! The log's file is created with its first byte: a step that prints nothing leaves no
+//! file (readers take a missing log as an empty one). Creating a file allocates an inode,
+//! and where the file system has no journal ext4 looks past every inode freed in the last
+//! few seconds to find one, so after a run's history was pruned each creation costs as
+//! much as the step's own spawn.
+//!
 //! Output arrives in chunks that may split a secret anywhere, so a [`Masker`] keeps the
 //! last `longest secret - 1` bytes back until the next chunk (or the end) decides them.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -155,25 +161,64 @@ pub struct StepLog {
 
 #[derive(Debug)]
 struct LogState {
-    file: File,
+    file: LogFile,
     secrets: Secrets,
     max_bytes: u64,
     written: u64,
     cut: bool,
 }
 
+/// The file of a log: open for appending, or still to be created at its path.
+#[derive(Debug)]
+enum LogFile {
+    Open(File),
+    ToCreate(PathBuf),
+    /// Its creation failed: what is written is dropped, as when a write fails.
+    Failed,
+}
+
+impl LogFile {
+    /// The open file, created if it is not yet.
+    fn get(&mut self) -> Option<&mut File> {
+        if let LogFile::ToCreate(path) = self {
+            *self = match OpenOptions::new().create(true).append(true).open(&*path) {
+                Ok(file) => LogFile::Open(file),
+                Err(err) => {
+                    tracing::warn!(log = %path.display(), "cannot create the step log: {err}");
+                    LogFile::Failed
+                }
+            };
+        }
+        match self {
+            LogFile::Open(file) => Some(file),
+            LogFile::ToCreate(_) | LogFile::Failed => None,
+        }
+    }
+}
+
 impl StepLog {
-    /// Opens (creates) the log at `path` for appending; once it holds `max_bytes`, further
+    /// The log at `path`, appended to; the file is created with the first byte written
+    /// (its directory must exist: that is checked here). Once it holds `max_bytes`, further
     /// output is dropped after one line saying so.
     pub fn open(path: &Path, max_bytes: u64) -> std::io::Result<StepLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(StepLog::from_file(file, max_bytes))
-    }
-
-    /// A log over a file already open for appending.
-    pub fn from_file(file: File, max_bytes: u64) -> StepLog {
-        let written = file.metadata().map_or(0, |m| m.len());
-        StepLog {
+        let (file, written) = match OpenOptions::new().append(true).open(path) {
+            Ok(file) => {
+                let written = file.metadata().map_or(0, |m| m.len());
+                (LogFile::Open(file), written)
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let directory = path.parent().unwrap_or(Path::new("."));
+                if !std::fs::metadata(directory)?.is_dir() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotADirectory,
+                        format!("{} is not a directory", directory.display()),
+                    ));
+                }
+                (LogFile::ToCreate(path.to_owned()), 0)
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(StepLog {
             state: Mutex::new(LogState {
                 file,
                 secrets: Secrets::default(),
@@ -181,7 +226,7 @@ impl StepLog {
                 written,
                 cut: false,
             }),
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
@@ -222,14 +267,17 @@ impl LogState {
             return;
         }
         let room = self.max_bytes.saturating_sub(self.written);
+        let Some(file) = self.file.get() else {
+            return;
+        };
         if (bytes.len() as u64) <= room {
-            if self.file.write_all(bytes).is_ok() {
+            if file.write_all(bytes).is_ok() {
                 self.written += bytes.len() as u64;
             }
             return;
         }
         let head = &bytes[..room as usize];
-        let _ = self.file.write_all(head);
+        let _ = file.write_all(head);
         self.written += head.len() as u64;
         let newline = if head.last().is_some_and(|b| *b != b'\n') {
             "\n"
@@ -237,7 +285,7 @@ impl LogState {
             ""
         };
         let _ = writeln!(
-            self.file,
+            file,
             "{newline}[orchestrator] output cut at {} bytes (runs.max_log_bytes); the rest was not written",
             self.max_bytes
         );
@@ -336,6 +384,35 @@ mod tests {
             text,
             "0123456789\n[orchestrator] output cut at 10 bytes (runs.max_log_bytes); the rest was not written\n"
         );
+    }
+
+    #[test]
+    fn a_log_nothing_was_written_to_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step.log");
+        let log = StepLog::open(&path, 1000).unwrap();
+        log.write_masked(b"");
+        drop(log);
+        assert!(!path.exists(), "a silent step's log was created");
+        let log = StepLog::open(&path, 1000).unwrap();
+        log.write_masked(b"first\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first\n");
+        // A later attempt appends to the same log, its cap counting what is there.
+        let log = StepLog::open(&path, 10).unwrap();
+        log.write_masked(b"second\n");
+        assert!(log.was_cut());
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("first\nseco\n[orchestrator] output cut"));
+    }
+
+    #[test]
+    fn a_log_in_a_directory_that_is_not_there_fails_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(StepLog::open(&dir.path().join("gone").join("step.log"), 10).is_err());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(StepLog::open(&file.join("step.log"), 10).is_err());
     }
 
     #[test]
