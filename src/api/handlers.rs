@@ -432,7 +432,7 @@ pub async fn show_workflow(
         .collect();
     let mut body = workflow_summary(&record);
     body["last_run"] = state.view.last_run(&record.key.id);
-    body["spec"] = record.spec.clone().unwrap_or(Value::Null);
+    body["spec"] = record.spec.as_deref().cloned().unwrap_or(Value::Null);
     body["diagnostics"] = json!(record.diagnostics);
     body["runs"] = json!(runs);
     Ok(Json(body))

@@ -84,7 +84,7 @@ impl CompiledTriggers {
         match TriggerSpec::from_spec(
             &record.key.id,
             &record.name,
-            record.spec.as_ref().unwrap_or(&Value::Null),
+            record.spec.as_deref().unwrap_or(&Value::Null),
         ) {
             Ok(spec) => {
                 let spec = Arc::new(spec);

@@ -362,7 +362,7 @@ fn snapshot_with(state: &AppState, target: &Target) -> Result<Snapshot, ApiError
     let mut snapshot = if state.controller.git.is_some() {
         let mut files = Vec::new();
         for record in state.view.objects().records.values() {
-            let Some(Value::Object(spec)) = record.spec.as_ref().filter(|_| record.is_live())
+            let Some(Value::Object(spec)) = record.spec.as_deref().filter(|_| record.is_live())
             else {
                 continue;
             };
@@ -805,7 +805,7 @@ pub async fn show_dashboard(
             ))
         })?;
     let mut body = dashboard_summary(record);
-    body["spec"] = record.spec.clone().unwrap_or(Value::Null);
+    body["spec"] = record.spec.as_deref().cloned().unwrap_or(Value::Null);
     body["diagnostics"] = json!(record.diagnostics);
     body["applied_revision"] = json!(record.applied_revision);
     Ok(Json(body))

@@ -224,7 +224,12 @@ fn triggers_of(records: impl IntoIterator<Item = ObjectRecord>) -> Vec<TriggerSp
         .into_iter()
         .filter(|r| r.key.kind == Kind::Trigger && r.is_live())
         .filter_map(|r| {
-            TriggerSpec::from_spec(&r.key.id, &r.name, r.spec.as_ref().unwrap_or(&Value::Null)).ok()
+            TriggerSpec::from_spec(
+                &r.key.id,
+                &r.name,
+                r.spec.as_deref().unwrap_or(&Value::Null),
+            )
+            .ok()
         })
         .collect()
 }

@@ -361,6 +361,8 @@ fn apply(plan: &ImpactPlan, steps: &[(usize, Selectable)], selections: &mut [Opt
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use serde_json::json;
 
     use super::*;
@@ -374,7 +376,7 @@ mod tests {
         let record = ObjectRecord {
             key: key.clone(),
             name: name.to_owned(),
-            spec: Some(json!({})),
+            spec: Some(Arc::new(json!({}))),
             hash: None,
             source_file: file.to_owned(),
             status: ObjectStatus::Applied,

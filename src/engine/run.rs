@@ -175,7 +175,7 @@ pub fn expand_workflow_in(
                         .and_then(Value::as_str)
                         == Some(name)
             })
-            .and_then(|r| r.spec.clone())
+            .and_then(|r| r.spec.as_deref().cloned())
     })
     .map_err(EngineError::Invalid)
 }

@@ -4,6 +4,7 @@
 pub mod parse;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,8 +124,9 @@ pub struct Manifest {
     /// Where the document sits in the file, as a JSON pointer prefix (`/alerts/2`), empty
     /// for a whole document.
     pub pointer: String,
-    /// The document with field aliases renamed to their canonical names.
-    pub value: Value,
+    /// The document with field aliases renamed to their canonical names; shared with the
+    /// object's desired state and its record once applied, never copied.
+    pub value: Arc<Value>,
     /// Where its nodes sit in the file.
     pub locations: LocatedNode,
 }
@@ -368,7 +370,7 @@ fn extract_one(
         kind,
         file: file.to_owned(),
         pointer,
-        value,
+        value: Arc::new(value),
         locations,
     };
     (Some(manifest), diagnostics)

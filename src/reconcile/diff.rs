@@ -19,9 +19,9 @@ pub struct Change {
     /// The file that declares it (for deletions: where it was last seen).
     pub file: String,
     /// The spec in force now.
-    pub before: Option<Value>,
+    pub before: Option<std::sync::Arc<Value>>,
     /// The spec that would be in force.
-    pub after: Option<Value>,
+    pub after: Option<std::sync::Arc<Value>>,
 }
 
 /// An object whose manifest is invalid: nothing about it changes but its status.
@@ -180,8 +180,8 @@ pub fn diff(desired: &DesiredSet, applied: &BTreeMap<ObjectKey, ObjectRecord>) -
 
 /// A unified diff of one change, YAML on both sides, coloured when asked.
 pub fn render_change(change: &Change, color: bool) -> String {
-    let before = change.before.as_ref().map(to_yaml).unwrap_or_default();
-    let after = change.after.as_ref().map(to_yaml).unwrap_or_default();
+    let before = change.before.as_deref().map(to_yaml).unwrap_or_default();
+    let after = change.after.as_deref().map(to_yaml).unwrap_or_default();
     let (old_name, new_name) = match (&change.before, &change.after) {
         (None, _) => ("/dev/null".to_owned(), format!("b/{}", change.file)),
         (_, None) => (format!("a/{}", change.file), "/dev/null".to_owned()),
@@ -222,6 +222,7 @@ pub fn to_yaml(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::sync::Arc;
 
     use serde_json::json;
 
@@ -279,7 +280,7 @@ mod tests {
                     DesiredObject {
                         key: key(),
                         name: "A".to_owned(),
-                        spec: json!({"name": "A", "hash": hash}),
+                        spec: Arc::new(json!({"name": "A", "hash": hash})),
                         hash: hash.to_owned(),
                         file: FILE.to_owned(),
                     },
@@ -303,7 +304,7 @@ mod tests {
         ObjectRecord {
             key: key(),
             name: "A".to_owned(),
-            spec: hash.map(|h| json!({"name": "A", "hash": h})),
+            spec: hash.map(|h| Arc::new(json!({"name": "A", "hash": h}))),
             hash: hash.map(str::to_owned),
             source_file: FILE.to_owned(),
             status,
@@ -439,8 +440,14 @@ mod tests {
             &applied(Recorded::Applied("h1")),
         );
         let change = &plan.update[0];
-        assert_eq!(change.before, Some(json!({"name": "A", "hash": "h1"})));
-        assert_eq!(change.after, Some(json!({"name": "A", "hash": "h2"})));
+        assert_eq!(
+            change.before.as_deref(),
+            Some(&json!({"name": "A", "hash": "h1"}))
+        );
+        assert_eq!(
+            change.after.as_deref(),
+            Some(&json!({"name": "A", "hash": "h2"}))
+        );
         assert_eq!((change.name.as_str(), change.file.as_str()), ("A", FILE));
 
         let plan = diff(
@@ -448,7 +455,10 @@ mod tests {
             &applied(Recorded::Applied("h1")),
         );
         let change = &plan.delete[0];
-        assert_eq!(change.before, Some(json!({"name": "A", "hash": "h1"})));
+        assert_eq!(
+            change.before.as_deref(),
+            Some(&json!({"name": "A", "hash": "h1"}))
+        );
         assert_eq!(change.after, None);
 
         let plan = diff(&desired(Declared::Valid("h1")), &applied(Recorded::None));
@@ -536,7 +546,7 @@ mod tests {
                 DesiredObject {
                     key: workflow(id),
                     name: id.to_owned(),
-                    spec: json!({}),
+                    spec: Arc::new(json!({})),
                     hash: "same".to_owned(),
                     file: format!("workflows/{id}.yaml"),
                 },

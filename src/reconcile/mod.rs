@@ -32,8 +32,8 @@ pub struct DesiredObject {
     pub key: ObjectKey,
     /// The declared name.
     pub name: String,
-    /// The manifest with aliases normalised.
-    pub spec: Value,
+    /// The manifest with aliases normalised (shared with the file's check).
+    pub spec: std::sync::Arc<Value>,
     /// Content hash of the spec.
     pub hash: String,
     /// The file it is declared in.

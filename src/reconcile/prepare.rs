@@ -195,6 +195,8 @@ fn memo_key(snapshot: &Snapshot, scope: Option<&[String]>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use serde_json::json;
 
     use super::*;
@@ -242,7 +244,7 @@ mod tests {
         ObjectRecord {
             key: key(id),
             name: id.to_owned(),
-            spec: Some(json!({})),
+            spec: Some(Arc::new(json!({}))),
             hash: Some("h".to_owned()),
             source_file: file.to_owned(),
             status: ObjectStatus::Applied,
@@ -273,7 +275,7 @@ mod tests {
             DesiredObject {
                 key: key("wf_moved"),
                 name: "moved".to_owned(),
-                spec: json!({}),
+                spec: Arc::new(json!({})),
                 hash: "h".to_owned(),
                 file: "workflows/moved.yaml".to_owned(),
             },

@@ -37,7 +37,7 @@ pub fn agent_configs(objects: &BTreeMap<ObjectKey, ObjectRecord>) -> BTreeMap<St
     objects
         .values()
         .filter(|r| r.key.kind == Kind::Agent && r.is_live())
-        .filter_map(|r| r.spec.clone().map(|spec| (r.name.clone(), spec)))
+        .filter_map(|r| Some((r.name.clone(), r.spec.as_deref()?.clone())))
         .collect()
 }
 

@@ -476,7 +476,7 @@ impl Catalog {
                     });
                     catalog
                         .agent_specs
-                        .insert(name.clone(), manifest.value.clone());
+                        .insert(name.clone(), Value::clone(&manifest.value));
                     catalog.agents.insert(name, (agent_type, actions));
                 }
                 Kind::Workflow => {

@@ -46,6 +46,9 @@ const OWNER_FILE: &str = "owner.pid";
 /// Key prefix of reconcile memos in the meta tree.
 const MEMO_PREFIX: &str = "memo/";
 
+/// How many object records [`Store::commit`] writes in one sled batch.
+pub const OBJECT_BATCH: usize = 1_000;
+
 /// An object's identity: its kind and id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ObjectKey {
@@ -88,8 +91,9 @@ pub struct ObjectRecord {
     pub key: ObjectKey,
     /// The declared name.
     pub name: String,
-    /// The applied spec in force, if any.
-    pub spec: Option<Value>,
+    /// The applied spec in force, if any (shared with the reconcile's checks that found it,
+    /// never copied).
+    pub spec: Option<Arc<Value>>,
     /// Content hash of `spec`.
     pub hash: Option<String>,
     /// The file the object was last seen in.
@@ -636,6 +640,12 @@ impl Store {
     /// of records first drops every memo (sled recovers a prefix of its operations after a
     /// crash, so no recovered state has changed records beside an old memo). `memo`, when
     /// given, is stored for the status' source after the records.
+    ///
+    /// The records are written in batches of [`OBJECT_BATCH`]: one sled batch of 100,000
+    /// records (the cold reconcile of a large project) left about 1 GiB allocated inside
+    /// sled that it never gave back, where batches of 1,000 leave about 60 MiB. A crash
+    /// between two batches leaves some records written and no memo, and the next reconcile
+    /// writes the rest.
     pub fn commit(
         &self,
         records: &[ObjectRecord],
@@ -649,13 +659,15 @@ impl Store {
                 stale.remove(entry.map_err(|e| self.sled_error(e))?);
             }
             h.meta.apply_batch(stale).map_err(|e| self.sled_error(e))?;
-            let mut batch = sled::Batch::default();
-            for record in records {
-                batch.insert(record.key.to_bytes(), encode(record));
+            for part in records.chunks(OBJECT_BATCH) {
+                let mut batch = sled::Batch::default();
+                for record in part {
+                    batch.insert(record.key.to_bytes(), encode(record));
+                }
+                h.objects
+                    .apply_batch(batch)
+                    .map_err(|e| self.sled_error(e))?;
             }
-            h.objects
-                .apply_batch(batch)
-                .map_err(|e| self.sled_error(e))?;
         }
         if let Some(status) = status {
             let mut batch = sled::Batch::default();
@@ -1608,7 +1620,7 @@ mod tests {
                 id: id.to_owned(),
             },
             name: id.to_owned(),
-            spec: Some(serde_json::json!({"name": id})),
+            spec: Some(Arc::new(serde_json::json!({"name": id}))),
             hash: Some("h".into()),
             source_file: "workflows/a.yaml".into(),
             status: ObjectStatus::Applied,
@@ -2101,6 +2113,29 @@ mod tests {
         assert!(store.memo("dir").unwrap().is_some());
         store.commit(&[record("wf_a")], None, None).unwrap();
         assert_eq!(store.memo("dir").unwrap(), None);
+    }
+
+    #[test]
+    fn a_commit_of_more_records_than_a_batch_writes_them_all_then_the_memo() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let status = SourceStatus {
+            source: "dir".into(),
+            last_applied_revision: Some("dir:2".into()),
+            last_attempted_revision: "dir:2".into(),
+            last_attempt_at: "2026-01-01T00:00:00Z".into(),
+            errors: 0,
+        };
+        let records: Vec<ObjectRecord> = (0..OBJECT_BATCH * 2 + 7)
+            .map(|n| record(&format!("wf_{n:05}")))
+            .collect();
+        store
+            .commit(&records, Some(&status), Some(b"memo"))
+            .unwrap();
+        let stored = store.objects().unwrap();
+        assert_eq!(stored.len(), records.len());
+        assert!(records.iter().all(|r| stored.get(&r.key) == Some(r)));
+        assert_eq!(store.memo("dir").unwrap().as_deref(), Some(&b"memo"[..]));
     }
 
     /// The ids and statuses of a page of summaries.

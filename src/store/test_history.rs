@@ -1373,7 +1373,7 @@ pub fn quarantine_set(
         objects
             .values()
             .filter(|r| r.key.kind == crate::manifest::Kind::Quarantine && r.is_live())
-            .filter_map(|r| Some((r.key.id.as_str(), r.spec.as_ref()?))),
+            .filter_map(|r| Some((r.key.id.as_str(), r.spec.as_deref()?))),
     )
 }
 

@@ -467,7 +467,7 @@ fn trigger_manifest(view: &View, run: &RunRecord) -> Option<Value> {
         kind: Kind::Trigger,
         id: id.to_owned(),
     })?;
-    record.spec.clone().filter(|_| record.is_live())
+    record.spec.as_deref().filter(|_| record.is_live()).cloned()
 }
 
 /// Sends the states one run is wanted in, newest first when one replaces another being
