@@ -80,6 +80,25 @@ pub struct View {
     last_runs: RwLock<HashMap<String, Value>>,
 }
 
+/// Whether what the view derives from a record (a workflow's summary, a compiled Schedule)
+/// is the same for both versions of it: the same spec (by its content hash), name, file,
+/// status and applied revision.
+fn reads_the_same(before: &ObjectRecord, after: &ObjectRecord) -> bool {
+    before.hash.is_some()
+        && before.hash == after.hash
+        && before.spec.is_some() == after.spec.is_some()
+        && before.name == after.name
+        && before.status == after.status
+        && before.source_file == after.source_file
+        && before.applied_revision == after.applied_revision
+}
+
+/// Where `id` is in a list in id order.
+fn position_of<T>(list: &[(String, T)], id: &str) -> Option<usize> {
+    list.binary_search_by(|(known, _)| known.as_str().cmp(id))
+        .ok()
+}
+
 /// A workflow as lists show it (without its last run).
 pub fn workflow_summary(record: &ObjectRecord) -> Value {
     let spec = record.spec.as_ref();
@@ -129,17 +148,39 @@ impl View {
     }
 
     /// Takes these records as the objects in force: what the store holds, as a reconcile
-    /// that read every record and then wrote some knows without reading them again.
+    /// that read every record and then wrote some knows without reading them again. The
+    /// summary and the compiled Schedule of an object whose record is as it was are taken
+    /// from the objects replaced: an edit serializes and compiles what it changed, not
+    /// every workflow again.
     pub fn set_records(&self, records: BTreeMap<ObjectKey, ObjectRecord>) {
+        let previous = self.objects();
+        let unchanged = |record: &ObjectRecord| {
+            previous
+                .records
+                .get(&record.key)
+                .is_some_and(|before| reads_the_same(before, record))
+        };
         let workflows = records
             .values()
             .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
-            .map(|r| (r.key.id.clone(), workflow_summary(r).to_string()))
+            .map(|r| {
+                let summary = match position_of(&previous.workflows, &r.key.id) {
+                    Some(at) if unchanged(r) => previous.workflows[at].1.clone(),
+                    _ => workflow_summary(r).to_string(),
+                };
+                (r.key.id.clone(), summary)
+            })
             .collect();
         let schedules = records
             .values()
             .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
-            .map(|r| (r.key.id.clone(), schedule_spec(r, &self.schedule_zone)))
+            .map(|r| {
+                let compiled = match position_of(&previous.schedules, &r.key.id) {
+                    Some(at) if unchanged(r) => previous.schedules[at].1.clone(),
+                    _ => schedule_spec(r, &self.schedule_zone),
+                };
+                (r.key.id.clone(), compiled)
+            })
             .collect();
         let alerts = alert_rules(&records);
         let agents = agent_configs(&records);
@@ -206,5 +247,100 @@ impl View {
             .get(workflow)
             .cloned()
             .unwrap_or(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ObjectStatus;
+
+    fn workflow(id: &str, description: &str, revision: &str) -> (ObjectKey, ObjectRecord) {
+        let spec = json!({"name": id, "description": description, "steps": [{"name": "a"}]});
+        let key = ObjectKey {
+            kind: Kind::Workflow,
+            id: id.to_owned(),
+        };
+        let record = ObjectRecord {
+            key: key.clone(),
+            name: id.to_owned(),
+            hash: Some(crate::reconcile::content_hash(&spec)),
+            // A record read back from the store: its own copy of the spec.
+            spec: Some(Arc::new(spec)),
+            source_file: format!("workflows/{id}.yaml"),
+            status: ObjectStatus::Applied,
+            diagnostics: Vec::new(),
+            applied_revision: Some(revision.to_owned()),
+            attempted_revision: revision.to_owned(),
+            generation: 1,
+            applied_at: None,
+            updated_at: "2026-01-01T00:00:00Z".to_owned(),
+        };
+        (key, record)
+    }
+
+    /// (id, description, status, applied revision) of each workflow as the list shows it.
+    fn listed(view: &View) -> Vec<(String, String, String, String)> {
+        let page: Value = serde_json::from_str(&view.workflow_page(0, 100)).unwrap();
+        page["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let field = |name: &str| w[name].as_str().unwrap_or_default().to_owned();
+                (
+                    field("id"),
+                    field("description"),
+                    field("status"),
+                    field("applied_revision"),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_set_of_records_shows_what_changed_and_keeps_what_did_not() {
+        let view = View::default();
+        view.set_records(BTreeMap::from([
+            workflow("wf_a", "first", "dir:1"),
+            workflow("wf_b", "first", "dir:1"),
+            workflow("wf_c", "first", "dir:1"),
+            workflow("wf_d", "first", "dir:1"),
+        ]));
+        let row = |id: &str, description: &str, status: &str, revision: &str| {
+            (
+                id.to_owned(),
+                description.to_owned(),
+                status.to_owned(),
+                revision.to_owned(),
+            )
+        };
+        // wf_a edited; wf_b as it was (read again); wf_c's manifest now invalid, its spec
+        // still in force; wf_d re-applied unchanged at a new revision; wf_e new.
+        let (key_c, mut invalid_c) = workflow("wf_c", "first", "dir:1");
+        invalid_c.status = ObjectStatus::Invalid;
+        view.set_records(BTreeMap::from([
+            workflow("wf_a", "second", "dir:2"),
+            workflow("wf_b", "first", "dir:1"),
+            (key_c, invalid_c),
+            workflow("wf_d", "first", "dir:2"),
+            workflow("wf_e", "new", "dir:2"),
+        ]));
+        assert_eq!(
+            listed(&view),
+            vec![
+                row("wf_a", "second", "applied", "dir:2"),
+                row("wf_b", "first", "applied", "dir:1"),
+                row("wf_c", "first", "invalid", "dir:1"),
+                row("wf_d", "first", "applied", "dir:2"),
+                row("wf_e", "new", "applied", "dir:2"),
+            ]
+        );
+        // A workflow gone from the records is gone from the list.
+        view.set_records(BTreeMap::from([workflow("wf_b", "first", "dir:1")]));
+        assert_eq!(
+            listed(&view),
+            vec![row("wf_b", "first", "applied", "dir:1")]
+        );
     }
 }
