@@ -93,10 +93,26 @@ fn reads_the_same(before: &ObjectRecord, after: &ObjectRecord) -> bool {
         && before.applied_revision == after.applied_revision
 }
 
-/// Where `id` is in a list in id order.
-fn position_of<T>(list: &[(String, T)], id: &str) -> Option<usize> {
-    list.binary_search_by(|(known, _)| known.as_str().cmp(id))
+/// What `previous` derived from `record` (found in `list`, which is in id order) when the
+/// record reads the same as it did there; otherwise `derive`d afresh.
+fn kept_or_derived<T: Clone>(
+    previous: &Objects,
+    list: &[(String, T)],
+    record: &ObjectRecord,
+    derive: impl FnOnce() -> T,
+) -> T {
+    let unchanged = previous
+        .records
+        .get(&record.key)
+        .is_some_and(|before| reads_the_same(before, record));
+    let kept = list
+        .binary_search_by(|(id, _)| id.as_str().cmp(&record.key.id))
         .ok()
+        .filter(|_| unchanged);
+    match kept {
+        Some(at) => list[at].1.clone(),
+        None => derive(),
+    }
 }
 
 /// A workflow as lists show it (without its last run).
@@ -154,20 +170,13 @@ impl View {
     /// every workflow again.
     pub fn set_records(&self, records: BTreeMap<ObjectKey, ObjectRecord>) {
         let previous = self.objects();
-        let unchanged = |record: &ObjectRecord| {
-            previous
-                .records
-                .get(&record.key)
-                .is_some_and(|before| reads_the_same(before, record))
-        };
         let workflows = records
             .values()
             .filter(|r| r.key.kind == Kind::Workflow && r.is_live())
             .map(|r| {
-                let summary = match position_of(&previous.workflows, &r.key.id) {
-                    Some(at) if unchanged(r) => previous.workflows[at].1.clone(),
-                    _ => workflow_summary(r).to_string(),
-                };
+                let summary = kept_or_derived(&previous, &previous.workflows, r, || {
+                    workflow_summary(r).to_string()
+                });
                 (r.key.id.clone(), summary)
             })
             .collect();
@@ -175,10 +184,9 @@ impl View {
             .values()
             .filter(|r| r.key.kind == Kind::Schedule && r.is_live())
             .map(|r| {
-                let compiled = match position_of(&previous.schedules, &r.key.id) {
-                    Some(at) if unchanged(r) => previous.schedules[at].1.clone(),
-                    _ => schedule_spec(r, &self.schedule_zone),
-                };
+                let compiled = kept_or_derived(&previous, &previous.schedules, r, || {
+                    schedule_spec(r, &self.schedule_zone)
+                });
                 (r.key.id.clone(), compiled)
             })
             .collect();
